@@ -1,0 +1,147 @@
+//! Admin endpoint: `/healthz` (process alive), `/readyz` (listeners up and
+//! config applied), `/metrics` (Prometheus text), `/config` (what is served).
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc, Mutex,
+    },
+};
+
+use arc_swap::ArcSwap;
+use http::{header, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use prometheus_client::registry::Registry;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+use crate::{
+    gateway::{full, Body},
+    snapshot::Snapshot,
+};
+
+/// State the admin endpoint reports on.
+pub struct AdminState {
+    pub registry: Registry,
+    pub ready: AtomicBool,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Datapath in use, for `/config`.
+    pub datapath: String,
+    /// Warnings of the last applied config and the last rejection, for `/config`.
+    pub config_notes: Mutex<ConfigNotes>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct ConfigNotes {
+    pub warnings: Vec<String>,
+    pub last_rejection: Option<String>,
+}
+
+pub struct AdminServer {
+    pub addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+impl AdminServer {
+    pub async fn bind(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
+        let listener = TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown, mut rx) = watch::channel(false);
+        let task = tokio::spawn(async move {
+            loop {
+                let (stream, _) = tokio::select! {
+                    r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
+                    _ = rx.changed() => break,
+                };
+                let state = state.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let state = state.clone();
+                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req)) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Ok(Self {
+            addr,
+            shutdown,
+            task,
+        })
+    }
+
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.task.await;
+    }
+}
+
+fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(body));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r
+}
+
+fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
+    match req.uri().path() {
+        "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
+        "/readyz" => {
+            if state.ready.load(Ordering::Acquire) {
+                text(StatusCode::OK, "ready\n".into(), "text/plain")
+            } else {
+                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
+            }
+        }
+        "/metrics" => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
+                Ok(()) => text(
+                    StatusCode::OK,
+                    out,
+                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                ),
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "text/plain"),
+            }
+        }
+        "/config" => {
+            let snap = state.snapshot.load();
+            let notes = state.config_notes.lock().map(|n| n.clone()).unwrap_or_default();
+            let shards: Vec<_> = snap
+                .shards
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "id": s.id,
+                        "gateway": s.gateway.to_string(),
+                        "addresses": s.addresses,
+                        "ports": s.ports(),
+                        "listeners": s.listeners.iter().map(|l| serde_json::json!({
+                            "name": l.name,
+                            "port": l.port,
+                            "hostname": l.hostname.as_ref().map(ToString::to_string),
+                            "routes": l.routes.len(),
+                        })).collect::<Vec<_>>(),
+                    })
+                })
+                .collect();
+            let body = serde_json::json!({
+                "generation": snap.generation,
+                "datapath": state.datapath,
+                "shards": shards,
+                "warnings": notes.warnings,
+                "lastRejection": notes.last_rejection,
+            });
+            text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&body).unwrap_or_default(),
+                "application/json",
+            )
+        }
+        _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}

@@ -1,0 +1,102 @@
+//! Command line of the `sluice` binary.
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, ValueEnum};
+
+use crate::app::{DatapathMode, Settings};
+
+/// Sluice: eBPF-accelerated node-level API gateway agent (Gateway API).
+#[derive(Debug, Parser)]
+#[command(name = "sluice", version, about, long_about = None)]
+pub struct Cli {
+    /// Directory of Gateway API YAML documents (GatewayClass, Gateway, HTTPRoute,
+    /// Service, EndpointSlice, Namespace); read recursively, *.yaml and *.yml.
+    #[arg(long, value_name = "DIR")]
+    pub config_dir: PathBuf,
+
+    /// Datapath: `ebpf` (XDP + sk_lookup; fail if they cannot load), `userspace`
+    /// (the agent binds listener addresses itself), or `auto` (eBPF when it
+    /// loads, userspace otherwise; the choice is logged and exported as the
+    /// `sluice_datapath_mode` metric).
+    #[arg(long, value_enum, default_value_t = DatapathArg::Auto)]
+    pub datapath: DatapathArg,
+
+    /// Listen address of the admin endpoint (/healthz, /readyz, /metrics, /config).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
+    pub admin_addr: SocketAddr,
+
+    /// Interface to attach `xdp_ingress` to (repeatable). Without any, no XDP
+    /// program is attached and only sk_lookup steering is used.
+    #[arg(long = "interface", value_name = "IFACE")]
+    pub interfaces: Vec<String>,
+
+    /// Log level of the eBPF programs' output: error, warn, info, debug, trace.
+    #[arg(long, value_name = "LEVEL", default_value = "info")]
+    pub ebpf_log_level: EbpfLogLevel,
+
+    /// Log output format.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DatapathArg {
+    Auto,
+    Ebpf,
+    Userspace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum EbpfLogLevel {
+    Error,
+    Warn,
+    Info,
+    Debug,
+    Trace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+impl Cli {
+    pub fn settings(&self) -> Settings {
+        let mut s = Settings::new(&self.config_dir);
+        s.datapath = match self.datapath {
+            DatapathArg::Auto => DatapathMode::Auto,
+            DatapathArg::Ebpf => DatapathMode::Ebpf,
+            DatapathArg::Userspace => DatapathMode::Userspace,
+        };
+        s.admin_addr = self.admin_addr;
+        s.interfaces = self.interfaces.clone();
+        s.ebpf_log_level = match self.ebpf_log_level {
+            EbpfLogLevel::Error => 1,
+            EbpfLogLevel::Warn => 2,
+            EbpfLogLevel::Info => 3,
+            EbpfLogLevel::Debug => 4,
+            EbpfLogLevel::Trace => 5,
+        };
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_consistent_and_parses_the_documented_form() {
+        Cli::command().debug_assert();
+        let cli = Cli::parse_from([
+            "sluice", "--config-dir", "d", "--datapath", "ebpf", "--admin-addr", "127.0.0.1:1",
+            "--interface", "lo", "--interface", "eth0",
+        ]);
+        let s = cli.settings();
+        assert_eq!(s.datapath, DatapathMode::Ebpf);
+        assert_eq!(s.interfaces, ["lo", "eth0"]);
+    }
+}

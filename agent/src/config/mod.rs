@@ -1,0 +1,77 @@
+//! Configuration: the directory source, conversion and validation into the
+//! domain types of [`model`]. Nothing outside this module sees YAML.
+mod load;
+pub mod model;
+mod resources;
+mod validate;
+
+use std::{fmt, path::PathBuf};
+
+pub use load::{load_dir, parse_documents};
+pub use model::*;
+
+/// Where in the input a problem was found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Location {
+    pub file: PathBuf,
+    /// 1-based index of the YAML document in the file.
+    pub document: usize,
+    /// `Kind namespace/name`, when the document got far enough to tell.
+    pub object: Option<String>,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file.display(), self.document)?;
+        if let Some(o) = &self.object {
+            write!(f, " ({o})")?;
+        }
+        Ok(())
+    }
+}
+
+/// One problem in one document.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DocumentError {
+    pub location: Location,
+    /// Dotted field path, e.g. `spec.listeners[0].port`; empty for the whole document.
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for DocumentError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.field.is_empty() {
+            write!(f, "{}: {}", self.location, self.message)
+        } else {
+            write!(f, "{}: field {}: {}", self.location, self.field, self.message)
+        }
+    }
+}
+
+/// Errors of the configuration module.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read configuration directory {path}: {source}")]
+    ReadDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("cannot read configuration file {path}: {source}")]
+    ReadFile {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("configuration directory {0} contains no YAML files (*.yaml, *.yml)")]
+    Empty(PathBuf),
+    #[error("{} invalid configuration document(s):\n{}", .0.len(), join_lines(.0))]
+    Invalid(Vec<DocumentError>),
+}
+
+fn join_lines(errors: &[DocumentError]) -> String {
+    errors
+        .iter()
+        .map(|e| format!("  - {e}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

@@ -1,0 +1,583 @@
+//! Conversion of wire documents into validated domain types. Structural errors
+//! (wrong types, bad values, unsupported features) are reported here with file,
+//! document and field; references between objects are not errors here — a
+//! route to a missing Gateway is a status condition, not a bad config.
+use std::{net::IpAddr, str::FromStr};
+
+use ipnet::IpNet;
+use serde::de::DeserializeOwned;
+
+use super::{model, resources as wire, Config, ConfigError, DocumentError, Location};
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+/// Gateway annotation: comma-separated source CIDRs allowed to reach the shard.
+pub const SOURCE_RANGES_ANNOTATION: &str = "sluice.dev/source-ranges";
+/// Gateway annotation: comma-separated source CIDRs denied (longest prefix wins).
+pub const SOURCE_DENY_ANNOTATION: &str = "sluice.dev/source-deny";
+const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Default)]
+pub struct Builder {
+    config: Config,
+    errors: Vec<DocumentError>,
+}
+
+/// Collects the errors of one document.
+struct Doc<'a> {
+    location: Location,
+    errors: &'a mut Vec<DocumentError>,
+}
+
+impl Doc<'_> {
+    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.errors.push(DocumentError {
+            location: self.location.clone(),
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+}
+
+impl Builder {
+    pub fn error(&mut self, e: DocumentError) {
+        self.errors.push(e);
+    }
+
+    pub fn add(&mut self, mut location: Location, value: serde_yaml::Value) {
+        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+        let api_version = value
+            .get("apiVersion")
+            .and_then(|k| k.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        let name = value
+            .get("metadata")
+            .and_then(|m| m.get("name"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("<unnamed>");
+        let namespace = value
+            .get("metadata")
+            .and_then(|m| m.get("namespace"))
+            .and_then(|n| n.as_str())
+            .unwrap_or("default");
+        let Some(kind) = kind else {
+            self.errors.push(DocumentError {
+                location,
+                field: "kind".into(),
+                message: "missing".into(),
+            });
+            return;
+        };
+        location.object = Some(format!("{kind} {namespace}/{name}"));
+        let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        let mut doc = Doc {
+            location,
+            errors: &mut self.errors,
+        };
+        match (group, kind.as_str()) {
+            (GATEWAY_GROUP, "GatewayClass") => {
+                if let Some(gc) = decode::<wire::GatewayClass>(&mut doc, value) {
+                    self.config.gateway_classes.push(model::GatewayClass {
+                        name: gc.metadata.name,
+                        controller_name: gc.spec.controller_name,
+                    });
+                }
+            }
+            (GATEWAY_GROUP, "Gateway") => {
+                if let Some(g) = decode::<wire::Gateway>(&mut doc, value) {
+                    if let Some(g) = gateway(&mut doc, g) {
+                        self.config.gateways.push(g);
+                    }
+                }
+            }
+            (GATEWAY_GROUP, "HTTPRoute") => {
+                if let Some(r) = decode::<wire::HttpRoute>(&mut doc, value) {
+                    if let Some(r) = http_route(&mut doc, r) {
+                        self.config.routes.push(r);
+                    }
+                }
+            }
+            ("", "Service") => {
+                if let Some(s) = decode::<wire::Service>(&mut doc, value) {
+                    if let Some(s) = service(&mut doc, s) {
+                        self.config.services.push(s);
+                    }
+                }
+            }
+            ("discovery.k8s.io", "EndpointSlice") => {
+                if let Some(s) = decode::<wire::EndpointSlice>(&mut doc, value) {
+                    if let Some(s) = endpoint_slice(&mut doc, s) {
+                        self.config.endpoint_slices.push(s);
+                    }
+                }
+            }
+            ("", "Namespace") => {}
+            _ => doc.err(
+                "kind",
+                format!(
+                    "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
+                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), Service, Namespace (v1), \
+                     EndpointSlice (discovery.k8s.io/v1)"
+                ),
+            ),
+        }
+    }
+
+    pub fn finish(self) -> Result<Config, ConfigError> {
+        if self.errors.is_empty() {
+            Ok(self.config)
+        } else {
+            Err(ConfigError::Invalid(self.errors))
+        }
+    }
+}
+
+fn decode<T: DeserializeOwned>(doc: &mut Doc<'_>, value: serde_yaml::Value) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(e) => {
+            let field = e.path().to_string();
+            let field = if field == "." { String::new() } else { field };
+            doc.err(field, e.into_inner().to_string());
+            None
+        }
+    }
+}
+
+fn ns(meta: &wire::ObjectMeta) -> String {
+    meta.namespace.clone().unwrap_or_else(|| "default".into())
+}
+
+fn hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<model::Hostname> {
+    let h = raw.to_ascii_lowercase();
+    let (wild, rest) = match h.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, h.as_str()),
+    };
+    let valid_label = |l: &str| {
+        !l.is_empty()
+            && l.len() <= 63
+            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if rest.is_empty() || rest.len() > 253 || !rest.split('.').all(valid_label) {
+        doc.err(field, format!("invalid hostname {raw:?}"));
+        return None;
+    }
+    if rest.parse::<IpAddr>().is_ok() {
+        doc.err(field, format!("hostname must not be an IP address: {raw:?}"));
+        return None;
+    }
+    Some(if wild {
+        model::Hostname::Wildcard(format!(".{rest}"))
+    } else {
+        model::Hostname::Exact(rest.to_owned())
+    })
+}
+
+fn cidrs(doc: &mut Doc<'_>, field: &str, raw: Option<&String>) -> Vec<IpNet> {
+    let Some(raw) = raw else { return Vec::new() };
+    let mut out = Vec::new();
+    for item in raw.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let parsed = IpNet::from_str(item)
+            .or_else(|_| IpAddr::from_str(item).map(IpNet::from))
+            .map(|n| n.trunc());
+        match parsed {
+            Ok(n) => out.push(n),
+            Err(_) => doc.err(field, format!("invalid CIDR {item:?}")),
+        }
+    }
+    out
+}
+
+fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
+    let before = doc.errors.len();
+    let mut addresses = Vec::new();
+    for (i, a) in g.spec.addresses.iter().enumerate() {
+        match a.kind.as_deref().unwrap_or("IPAddress") {
+            "IPAddress" => match a.value.parse::<IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => doc.err(
+                    format!("spec.addresses[{i}].value"),
+                    format!("not an IP address: {:?}", a.value),
+                ),
+            },
+            other => doc.err(
+                format!("spec.addresses[{i}].type"),
+                format!("unsupported address type {other:?} (supported: IPAddress)"),
+            ),
+        }
+    }
+    if g.spec.listeners.is_empty() {
+        doc.err("spec.listeners", "a Gateway needs at least one listener");
+    }
+    let mut listeners = Vec::new();
+    for (i, l) in g.spec.listeners.iter().enumerate() {
+        let protocol = match l.protocol.as_str() {
+            "HTTP" => model::ListenerProtocol::Http,
+            "HTTPS" => model::ListenerProtocol::Https,
+            other => model::ListenerProtocol::Other(other.to_owned()),
+        };
+        if l.port == 0 {
+            doc.err(format!("spec.listeners[{i}].port"), "port must be 1-65535");
+        }
+        if listeners.iter().any(|x: &model::Listener| x.name == l.name) {
+            doc.err(
+                format!("spec.listeners[{i}].name"),
+                format!("duplicate listener name {:?}", l.name),
+            );
+        }
+        let hostname = match &l.hostname {
+            Some(h) => hostname(doc, &format!("spec.listeners[{i}].hostname"), h),
+            None => None,
+        };
+        let from = l
+            .allowed_routes
+            .as_ref()
+            .and_then(|a| a.namespaces.as_ref())
+            .and_then(|n| n.from.as_deref());
+        let allowed_routes = match from {
+            None | Some("Same") => model::AllowedRoutes::Same,
+            Some("All") => model::AllowedRoutes::All,
+            Some(other) => {
+                doc.err(
+                    format!("spec.listeners[{i}].allowedRoutes.namespaces.from"),
+                    format!("{other:?} is not supported yet (supported: Same, All)"),
+                );
+                model::AllowedRoutes::Same
+            }
+        };
+        listeners.push(model::Listener {
+            name: l.name.clone(),
+            port: l.port,
+            protocol,
+            hostname,
+            allowed_routes,
+        });
+    }
+    let ann = &g.metadata.annotations;
+    let source_allow = cidrs(
+        doc,
+        &format!("metadata.annotations[{SOURCE_RANGES_ANNOTATION}]"),
+        ann.get(SOURCE_RANGES_ANNOTATION),
+    );
+    let source_deny = cidrs(
+        doc,
+        &format!("metadata.annotations[{SOURCE_DENY_ANNOTATION}]"),
+        ann.get(SOURCE_DENY_ANNOTATION),
+    );
+    (doc.errors.len() == before).then(|| model::Gateway {
+        id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
+        class_name: g.spec.gateway_class_name,
+        addresses,
+        listeners,
+        source_allow,
+        source_deny,
+    })
+}
+
+fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute> {
+    let before = doc.errors.len();
+    let namespace = ns(&r.metadata);
+    let mut parents = Vec::new();
+    for p in &r.spec.parent_refs {
+        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
+        let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group != GATEWAY_GROUP || kind != "Gateway" {
+            // Not a parent this agent can be; other controllers may own it.
+            continue;
+        }
+        parents.push(model::ParentRef {
+            gateway: model::ObjectRef::new(
+                p.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                &p.name,
+            ),
+            section_name: p.section_name.clone(),
+            port: p.port,
+        });
+    }
+    let mut hostnames = Vec::new();
+    for (i, h) in r.spec.hostnames.iter().enumerate() {
+        if let Some(h) = hostname(doc, &format!("spec.hostnames[{i}]"), h) {
+            hostnames.push(h);
+        }
+    }
+    let mut rules = Vec::new();
+    for (ri, rule) in r.spec.rules.iter().enumerate() {
+        let at = |rest: &str| format!("spec.rules[{ri}]{rest}");
+        for (fi, f) in rule.filters.iter().enumerate() {
+            let ty = f.get("type").and_then(|t| t.as_str()).unwrap_or("<none>");
+            doc.err(
+                at(&format!(".filters[{fi}].type")),
+                format!("filter {ty} is not supported yet"),
+            );
+        }
+        let mut matches = Vec::new();
+        for (mi, m) in rule.matches.iter().enumerate() {
+            let mat = |rest: &str| at(&format!(".matches[{mi}]{rest}"));
+            if !m.headers.is_empty() {
+                doc.err(mat(".headers"), "header matches are not supported yet");
+            }
+            if !m.query_params.is_empty() {
+                doc.err(mat(".queryParams"), "query parameter matches are not supported yet");
+            }
+            if m.method.is_some() {
+                doc.err(mat(".method"), "method matches are not supported yet");
+            }
+            let (kind, value) = match &m.path {
+                Some(p) => (
+                    p.kind.as_deref().unwrap_or("PathPrefix"),
+                    p.value.as_deref().unwrap_or("/"),
+                ),
+                None => ("PathPrefix", "/"),
+            };
+            if !value.starts_with('/') {
+                doc.err(mat(".path.value"), format!("path must start with '/': {value:?}"));
+                continue;
+            }
+            let path = match kind {
+                "Exact" => model::PathMatch::Exact(value.to_owned()),
+                "PathPrefix" => {
+                    let trimmed = value.trim_end_matches('/');
+                    model::PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
+                }
+                other => {
+                    doc.err(
+                        mat(".path.type"),
+                        format!("unsupported path match type {other:?} (supported: Exact, PathPrefix)"),
+                    );
+                    continue;
+                }
+            };
+            matches.push(model::RouteMatch { path });
+        }
+        if rule.matches.is_empty() {
+            matches.push(model::RouteMatch {
+                path: model::PathMatch::Prefix("/".into()),
+            });
+        }
+        let mut backends = Vec::new();
+        for (bi, b) in rule.backend_refs.iter().enumerate() {
+            let field = |rest: &str| at(&format!(".backendRefs[{bi}]{rest}"));
+            if !b.filters.is_empty() {
+                doc.err(field(".filters"), "backendRef filters are not supported yet");
+            }
+            let group = b.group.as_deref().unwrap_or("");
+            let kind = b.kind.as_deref().unwrap_or("Service");
+            if group != "" || kind != "Service" {
+                doc.err(
+                    field(".kind"),
+                    format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
+                );
+                continue;
+            }
+            let Some(port) = b.port else {
+                doc.err(field(".port"), "port is required for a Service backend");
+                continue;
+            };
+            backends.push(model::BackendRef {
+                service: model::ObjectRef::new(
+                    b.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                    &b.name,
+                ),
+                port,
+                weight: b.weight.unwrap_or(1),
+            });
+        }
+        rules.push(model::RouteRule { matches, backends });
+    }
+    if r.spec.rules.is_empty() {
+        rules.push(model::RouteRule {
+            matches: vec![model::RouteMatch {
+                path: model::PathMatch::Prefix("/".into()),
+            }],
+            backends: Vec::new(),
+        });
+    }
+    (doc.errors.len() == before).then(|| model::HttpRoute {
+        id: model::ObjectRef::new(namespace, &r.metadata.name),
+        parents,
+        hostnames,
+        rules,
+    })
+}
+
+fn service(doc: &mut Doc<'_>, s: wire::Service) -> Option<model::Service> {
+    let before = doc.errors.len();
+    let mut ports = Vec::new();
+    for (i, p) in s.spec.ports.iter().enumerate() {
+        let target_port = match &p.target_port {
+            None => None,
+            Some(serde_yaml::Value::Number(n)) => match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                Some(n) if n > 0 => Some(n),
+                _ => {
+                    doc.err(format!("spec.ports[{i}].targetPort"), format!("invalid port {n}"));
+                    None
+                }
+            },
+            // A named port: resolved through the EndpointSlice port of this name.
+            Some(serde_yaml::Value::String(_)) => None,
+            Some(other) => {
+                doc.err(
+                    format!("spec.ports[{i}].targetPort"),
+                    format!("expected a port number or name, got {other:?}"),
+                );
+                None
+            }
+        };
+        ports.push(model::ServicePort {
+            name: p.name.clone(),
+            port: p.port,
+            target_port,
+            app_protocol: p.app_protocol.clone(),
+        });
+    }
+    (doc.errors.len() == before).then(|| model::Service {
+        id: model::ObjectRef::new(ns(&s.metadata), &s.metadata.name),
+        ports,
+    })
+}
+
+fn endpoint_slice(doc: &mut Doc<'_>, s: wire::EndpointSlice) -> Option<model::EndpointSlice> {
+    let before = doc.errors.len();
+    let namespace = ns(&s.metadata);
+    let Some(service) = s.metadata.labels.get(SERVICE_NAME_LABEL) else {
+        doc.err(
+            format!("metadata.labels[{SERVICE_NAME_LABEL}]"),
+            "an EndpointSlice must name its Service with this label",
+        );
+        return None;
+    };
+    let mut addresses = Vec::new();
+    for (i, e) in s.endpoints.iter().enumerate() {
+        if e.conditions.ready == Some(false) {
+            continue;
+        }
+        for (j, a) in e.addresses.iter().enumerate() {
+            match a.parse::<IpAddr>() {
+                Ok(ip) => addresses.push(ip),
+                Err(_) => doc.err(
+                    format!("endpoints[{i}].addresses[{j}]"),
+                    format!("not an IP address: {a:?}"),
+                ),
+            }
+        }
+    }
+    let mut ports = Vec::new();
+    for (i, p) in s.ports.iter().enumerate() {
+        match p.port {
+            Some(port) if port > 0 => ports.push(model::EndpointPort {
+                name: p.name.clone(),
+                port,
+            }),
+            _ => doc.err(format!("ports[{i}].port"), "a port number is required"),
+        }
+    }
+    (doc.errors.len() == before).then(|| model::EndpointSlice {
+        id: model::ObjectRef::new(&namespace, &s.metadata.name),
+        service: model::ObjectRef::new(&namespace, service),
+        addresses,
+        ports,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::super::{parse_documents, ConfigError, Hostname, PathMatch};
+
+    fn parse(text: &str) -> Result<super::Config, ConfigError> {
+        parse_documents([(Path::new("test.yaml"), text)])
+    }
+
+    const GOOD: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns1, annotations: {sluice.dev/source-ranges: "10.0.0.0/8, fd00::/8"}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{value: 10.1.2.3}]
+  listeners: [{name: http, port: 80, protocol: HTTP, hostname: "*.Example.com"}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: ns1}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [api.example.com]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v1/}}]
+    backendRefs: [{name: svc, port: 8080}]
+"#;
+
+    #[test]
+    fn converts_gateway_and_route() {
+        let c = parse(GOOD).unwrap();
+        let g = &c.gateways[0];
+        assert_eq!(g.id.to_string(), "ns1/gw");
+        assert_eq!(g.source_allow.len(), 2);
+        assert_eq!(
+            g.listeners[0].hostname,
+            Some(Hostname::Wildcard(".example.com".into()))
+        );
+        let r = &c.routes[0];
+        assert_eq!(r.parents[0].gateway.to_string(), "ns1/gw");
+        assert_eq!(r.rules[0].matches[0].path, PathMatch::Prefix("/v1".into()));
+        assert_eq!(r.rules[0].backends[0].service.to_string(), "ns1/svc");
+        assert_eq!(r.rules[0].backends[0].weight, 1);
+    }
+
+    #[test]
+    fn errors_name_file_document_and_field() {
+        let bad = GOOD.replace("port: 80", "port: eighty");
+        let err = parse(&bad).unwrap_err().to_string();
+        assert!(err.contains("test.yaml: document 1 (Gateway ns1/gw)"), "{err}");
+        assert!(err.contains("spec.listeners[0].port"), "{err}");
+    }
+
+    #[test]
+    fn every_error_is_reported() {
+        let bad = GOOD
+            .replace("10.0.0.0/8", "10.0.0.0/99")
+            .replace("type: PathPrefix", "type: Nope");
+        let ConfigError::Invalid(errors) = parse(&bad).unwrap_err() else {
+            panic!("expected Invalid")
+        };
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert_eq!(errors[0].location.document, 1);
+        assert_eq!(errors[1].location.document, 2);
+        assert_eq!(errors[1].field, "spec.rules[0].matches[0].path.type");
+    }
+
+    #[test]
+    fn rejects_unknown_kinds_and_bad_hostnames() {
+        let err = parse("apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: d}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported kind Deployment"), "{err}");
+        let err = parse(&GOOD.replace("api.example.com", "a..b")).unwrap_err().to_string();
+        assert!(err.contains("spec.hostnames[0]"), "{err}");
+    }
+
+    #[test]
+    fn hostname_semantics() {
+        let w = Hostname::Wildcard(".example.com".into());
+        assert!(w.matches("a.example.com"));
+        assert!(w.matches("a.b.example.com"));
+        assert!(!w.matches("example.com"));
+        let e = Hostname::Exact("a.example.com".into());
+        assert_eq!(Hostname::intersect(&w, &e), Some(e.clone()));
+        assert_eq!(Hostname::intersect(&e, &Hostname::Exact("b.example.com".into())), None);
+    }
+
+    #[test]
+    fn prefix_match_is_element_wise() {
+        let p = PathMatch::Prefix("/v1".into());
+        assert!(p.matches("/v1"));
+        assert!(p.matches("/v1/users"));
+        assert!(!p.matches("/v10"));
+        assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+}

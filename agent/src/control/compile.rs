@@ -1,0 +1,417 @@
+//! Config → snapshot (for the L7 data path) and desired kernel state (for the
+//! eBPF maps). Pure: the same input gives the same output, so both halves can
+//! be tested without sockets or a kernel.
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
+};
+
+use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SHARDS, PROTO_TCP};
+
+use crate::{
+    config::{
+        AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
+        ObjectRef, ParentRef, RouteRule,
+    },
+    kernel::{KernelDesired, SourceRule},
+    snapshot::{
+        Backend, BackendGroup, BackendTarget, ListenerRoutes, RouteEntry, RouteTable, Shard,
+        ShardId, Snapshot,
+    },
+};
+
+/// The controllerName of GatewayClasses this agent implements.
+pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
+
+/// Stable shard ids: a Gateway keeps its id across reloads (the eBPF maps and
+/// SockMap slots are keyed by it); ids of removed Gateways are reused.
+#[derive(Debug, Default)]
+pub struct ShardIds {
+    ids: BTreeMap<ObjectRef, ShardId>,
+}
+
+impl ShardIds {
+    /// Ids for exactly `gateways`, releasing those of Gateways that are gone.
+    fn assign(&mut self, gateways: &[&Gateway]) -> Vec<Option<ShardId>> {
+        self.ids.retain(|k, _| gateways.iter().any(|g| &g.id == k));
+        gateways
+            .iter()
+            .map(|g| {
+                if let Some(id) = self.ids.get(&g.id) {
+                    return Some(*id);
+                }
+                let id = (1..MAX_SHARDS).find(|i| !self.ids.values().any(|v| v == i))?;
+                self.ids.insert(g.id.clone(), id);
+                Some(id)
+            })
+            .collect()
+    }
+}
+
+/// Output of [`compile`].
+#[derive(Debug)]
+pub struct Compiled {
+    pub snapshot: Snapshot,
+    pub kernel: KernelDesired,
+    /// Things that are not config errors but that an operator should see
+    /// (Gateways of other classes, conflicting listeners, HTTPS not served yet...).
+    pub warnings: Vec<String>,
+}
+
+pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled {
+    let mut warnings = Vec::new();
+    let ours: Vec<&Gateway> = config
+        .gateways
+        .iter()
+        .filter(|g| {
+            let class = config.gateway_classes.iter().find(|c| c.name == g.class_name);
+            match class {
+                Some(c) if c.controller_name == CONTROLLER_NAME => true,
+                Some(_) => false,
+                None => {
+                    warnings.push(format!(
+                        "Gateway {}: GatewayClass {:?} not found; not served",
+                        g.id, g.class_name
+                    ));
+                    false
+                }
+            }
+        })
+        .collect();
+    let resolver = BackendResolver::new(config);
+    let mut route_order: Vec<&HttpRoute> = config.routes.iter().collect();
+    route_order.sort_by(|a, b| a.id.cmp(&b.id));
+
+    let mut shards = Vec::new();
+    let mut kernel = KernelDesired::default();
+    for (gateway, id) in ours.iter().zip(ids.assign(&ours)) {
+        let Some(id) = id else {
+            warnings.push(format!(
+                "Gateway {}: more than {} Gateways; not served",
+                gateway.id,
+                MAX_SHARDS - 1
+            ));
+            continue;
+        };
+        let mut listeners = Vec::new();
+        for l in &gateway.listeners {
+            match &l.protocol {
+                ListenerProtocol::Http => {}
+                other => {
+                    warnings.push(format!(
+                        "Gateway {} listener {}: protocol {other:?} is not served yet",
+                        gateway.id, l.name
+                    ));
+                    continue;
+                }
+            }
+            let routes = listener_routes(gateway, l, &route_order, &resolver);
+            listeners.push(ListenerRoutes {
+                name: l.name.clone(),
+                port: l.port,
+                hostname: l.hostname.clone(),
+                routes,
+            });
+        }
+        let shard = Shard {
+            id,
+            gateway: gateway.id.clone(),
+            addresses: gateway.addresses.clone(),
+            source_allow: gateway.source_allow.clone(),
+            source_deny: gateway.source_deny.clone(),
+            listeners,
+        };
+        program_kernel(&shard, &mut kernel, &mut warnings);
+        shards.push(shard);
+    }
+    shards.sort_by_key(|s| s.id);
+    Compiled {
+        snapshot: Snapshot { generation, shards },
+        kernel,
+        warnings,
+    }
+}
+
+/// Routes attached to one listener, with their effective hostnames.
+fn listener_routes(
+    gateway: &Gateway,
+    listener: &Listener,
+    routes: &[&HttpRoute],
+    resolver: &BackendResolver,
+) -> RouteTable {
+    let mut entries = Vec::new();
+    for (order, route) in routes.iter().enumerate() {
+        let attached = route
+            .parents
+            .iter()
+            .any(|p| parent_selects(p, gateway, listener));
+        if !attached || !namespace_allowed(listener, gateway, route) {
+            continue;
+        }
+        let hosts = effective_hostnames(listener.hostname.as_ref(), &route.hostnames);
+        if hosts.is_empty() {
+            continue;
+        }
+        let route_id = Arc::new(route.id.clone());
+        for (ri, rule) in route.rules.iter().enumerate() {
+            let backends = Arc::new(resolver.group(&route.id, rule));
+            for m in &rule.matches {
+                for h in &hosts {
+                    entries.push((
+                        h.clone(),
+                        RouteEntry {
+                            route: route_id.clone(),
+                            route_order: order,
+                            rule: ri,
+                            path: m.path.clone(),
+                            backends: backends.clone(),
+                        },
+                    ));
+                }
+            }
+        }
+    }
+    RouteTable::build(entries)
+}
+
+fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
+    p.gateway == gateway.id
+        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+        && p.port.is_none_or(|port| port == listener.port)
+}
+
+fn namespace_allowed(listener: &Listener, gateway: &Gateway, route: &HttpRoute) -> bool {
+    match listener.allowed_routes {
+        AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
+        AllowedRoutes::All => true,
+    }
+}
+
+/// Hostnames under which a route is reachable through a listener: `[None]`
+/// (any host the listener takes) when neither names one, the intersection
+/// otherwise; empty when they do not intersect (the route does not attach).
+fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Hostname>> {
+    match (listener, route.is_empty()) {
+        (None, true) => vec![None],
+        (Some(l), true) => vec![Some(l.clone())],
+        (None, false) => route.iter().cloned().map(Some).collect(),
+        (Some(l), false) => {
+            let mut v: Vec<Option<Hostname>> = route
+                .iter()
+                .filter_map(|r| Hostname::intersect(l, r))
+                .map(Some)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+    }
+}
+
+/// Resolves backendRefs to endpoints through Services and EndpointSlices.
+struct BackendResolver<'a> {
+    services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
+    slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
+}
+
+impl<'a> BackendResolver<'a> {
+    fn new(config: &'a Config) -> Self {
+        let services = config.services.iter().map(|s| (&s.id, s)).collect();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in &config.endpoint_slices {
+            slices.entry(&s.service).or_default().push(s);
+        }
+        Self { services, slices }
+    }
+
+    fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
+        BackendGroup::new(
+            rule.backends
+                .iter()
+                .map(|b| {
+                    let target = self.target(route, &b.service, b.port);
+                    Backend::new(b.service.clone(), b.port, b.weight, target)
+                })
+                .collect(),
+        )
+    }
+
+    fn target(&self, route: &ObjectRef, service: &ObjectRef, port: u16) -> BackendTarget {
+        if service.namespace != route.namespace {
+            // Cross-namespace references need a ReferenceGrant, which this
+            // agent does not read yet: the reference is not permitted.
+            return BackendTarget::Invalid(format!(
+                "backend {service}: cross-namespace reference not permitted"
+            ));
+        }
+        let Some(svc) = self.services.get(service) else {
+            return BackendTarget::Invalid(format!("backend {service}: Service not found"));
+        };
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return BackendTarget::Invalid(format!("backend {service}: Service has no port {port}"));
+        };
+        let mut endpoints = Vec::new();
+        for slice in self.slices.get(service).into_iter().flatten() {
+            // The slice port for this service port: same name, else the only one.
+            let slice_port = slice
+                .ports
+                .iter()
+                .find(|p| p.name == sp.name)
+                .or_else(|| (slice.ports.len() == 1).then(|| &slice.ports[0]))
+                .map(|p| p.port)
+                .or(sp.target_port)
+                .unwrap_or(sp.port);
+            endpoints.extend(slice.addresses.iter().map(|a| SocketAddr::new(*a, slice_port)));
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        BackendTarget::Endpoints(endpoints)
+    }
+}
+
+/// Adds a shard's listeners and source rules to the desired kernel state.
+fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<String>) {
+    let addrs: Vec<[u8; 16]> = if shard.addresses.is_empty() {
+        vec![[0; 16]]
+    } else {
+        shard.addresses.iter().map(|a| crate::kernel::addr16(*a)).collect()
+    };
+    let filtered = !shard.source_allow.is_empty() || !shard.source_deny.is_empty();
+    let value = ListenerValue {
+        shard: shard.id,
+        flags: if filtered { LISTENER_F_SOURCE_FILTER } else { 0 },
+    };
+    for port in shard.ports() {
+        for a in &addrs {
+            let key = ListenerKey::new(*a, port, PROTO_TCP);
+            match kernel.listeners.get(&key) {
+                Some(other) if other.shard != shard.id => warnings.push(format!(
+                    "Gateway {}: {}:{port} is already served by shard {}; not programmed",
+                    shard.gateway,
+                    IpAddr::from(*a),
+                    other.shard
+                )),
+                _ => {
+                    kernel.listeners.insert(key, value);
+                }
+            }
+        }
+    }
+    if filtered {
+        let allow: Vec<ipnet::IpNet> = if shard.source_allow.is_empty() {
+            // Deny-only: everything else is allowed.
+            vec!["::/0".parse().unwrap(), "0.0.0.0/0".parse().unwrap()]
+        } else {
+            shard.source_allow.clone()
+        };
+        for net in &allow {
+            kernel.source_rules.insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_ALLOW);
+        }
+        for net in &shard.source_deny {
+            kernel.source_rules.insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_DENY);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_documents;
+
+    const CFG: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: other}
+spec: {controllerName: example.com/other}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app, annotations: {sluice.dev/source-ranges: 10.0.0.0/8}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{value: 10.9.0.1}, {value: "fd00::1"}]
+  listeners:
+  - {name: http, port: 80, protocol: HTTP}
+  - {name: admin, port: 81, protocol: HTTP, hostname: admin.example.com}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: theirs, namespace: app}
+spec: {gatewayClassName: other, listeners: [{name: http, port: 80, protocol: HTTP}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: app}
+spec:
+  parentRefs: [{name: gw, sectionName: http}]
+  rules:
+  - backendRefs: [{name: echo, port: 8080}, {name: missing, port: 1}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: app}
+spec: {ports: [{name: http, port: 8080, targetPort: http}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: echo-1, namespace: app, labels: {kubernetes.io/service-name: echo}}
+addressType: IPv4
+endpoints: [{addresses: [127.0.0.1]}, {addresses: [127.0.0.2], conditions: {ready: false}}]
+ports: [{name: http, port: 9000}]
+"#;
+
+    fn compiled() -> Compiled {
+        let cfg = parse_documents([(Path::new("t.yaml"), CFG)]).unwrap();
+        compile(&cfg, &mut ShardIds::default(), 1)
+    }
+
+    #[test]
+    fn serves_only_own_class_and_attaches_by_section() {
+        let c = compiled();
+        assert_eq!(c.snapshot.shards.len(), 1);
+        let shard = &c.snapshot.shards[0];
+        assert_eq!(shard.gateway.to_string(), "app/gw");
+        let http = shard.listener_for(80, "x").unwrap();
+        assert_eq!(http.routes.len(), 1);
+        let admin = shard.listener_for(81, "admin.example.com").unwrap();
+        assert!(admin.routes.is_empty(), "sectionName http must not attach to admin");
+        assert!(shard.listener_for(81, "other.example.com").is_none());
+    }
+
+    #[test]
+    fn resolves_named_target_port_and_skips_unready() {
+        let c = compiled();
+        let e = c.snapshot.shards[0].listener_for(80, "x").unwrap().routes.find("x", "/").unwrap();
+        let b = &e.backends.backends;
+        match &b[0].target {
+            BackendTarget::Endpoints(eps) => assert_eq!(eps, &["127.0.0.1:9000".parse().unwrap()]),
+            t => panic!("{t:?}"),
+        }
+        assert!(matches!(&b[1].target, BackendTarget::Invalid(m) if m.contains("not found")));
+    }
+
+    #[test]
+    fn kernel_state_has_listener_per_address_port_and_source_rules() {
+        let c = compiled();
+        assert_eq!(c.kernel.listeners.len(), 4); // 2 addresses x 2 ports
+        assert!(c.kernel.listeners.values().all(|v| v.flags & LISTENER_F_SOURCE_FILTER != 0));
+        assert_eq!(c.kernel.source_rules.len(), 1);
+    }
+
+    #[test]
+    fn shard_ids_are_stable_and_reused() {
+        let cfg = parse_documents([(Path::new("t.yaml"), CFG)]).unwrap();
+        let mut ids = ShardIds::default();
+        let a = compile(&cfg, &mut ids, 1).snapshot.shards[0].id;
+        let b = compile(&cfg, &mut ids, 2).snapshot.shards[0].id;
+        assert_eq!(a, b);
+    }
+}

@@ -1,0 +1,20 @@
+//! The in-process L7 gateway (the data path). Reads snapshots only; never
+//! touches config parsing or the kernel maps.
+mod proxy;
+mod server;
+
+pub use proxy::{ConnInfo, Proxy};
+pub use server::{ShardServer, ShardSocket};
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+
+/// Error type of response bodies.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Response body of the gateway: streamed from upstream or generated here.
+pub type Body = BoxBody<Bytes, BoxError>;
+
+/// A small generated body (error pages, admin responses).
+pub fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into()).map_err(|never| match never {}).boxed()
+}

@@ -1,0 +1,274 @@
+//! Request handling: pick shard listener → route → backend, forward upstream
+//! with a pooled client, and stream the answer back.
+use std::{net::SocketAddr, sync::Arc, time::Instant};
+
+use arc_swap::ArcSwap;
+use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::TokioExecutor,
+};
+
+use super::{full, Body};
+use crate::{
+    metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
+    snapshot::{BackendTarget, ShardId, Snapshot},
+};
+
+/// What the accept loop knows about a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub shard: ShardId,
+    /// The address the client dialled (with sk_lookup, the gateway address,
+    /// not the shard socket's own bind address).
+    pub local: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+/// The L7 request handler shared by all shards.
+pub struct Proxy {
+    snapshot: Arc<ArcSwap<Snapshot>>,
+    client: Client<HttpConnector, Incoming>,
+    metrics: Metrics,
+}
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+impl Proxy {
+    pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Metrics) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector);
+        Self {
+            snapshot,
+            client,
+            metrics,
+        }
+    }
+
+    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+        let start = Instant::now();
+        // The request keeps this snapshot to the end, whatever is published meanwhile.
+        let snapshot = self.snapshot.load_full();
+        let (response, shard, route) = self.route_and_forward(&snapshot, conn, req).await;
+        let status = response.status().as_u16();
+        let shard = Name(shard);
+        self.metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                shard: shard.clone(),
+                route: Name(route),
+                status_class: StatusClass(status),
+            })
+            .inc();
+        self.metrics
+            .request_duration
+            .get_or_create(&ShardLabels { shard })
+            .observe(start.elapsed().as_secs_f64());
+        response
+    }
+
+    async fn route_and_forward(
+        &self,
+        snapshot: &Snapshot,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> (Response<Body>, Arc<str>, Arc<str>) {
+        let none: Arc<str> = Arc::from("none");
+        let Some(shard) = snapshot.shard(conn.shard) else {
+            return (error(StatusCode::NOT_FOUND, "no gateway"), none.clone(), none);
+        };
+        let shard_name: Arc<str> = Arc::from(shard.gateway.to_string());
+        let Some(authority) = authority(&req) else {
+            return (
+                error(StatusCode::BAD_REQUEST, "missing Host header"),
+                shard_name,
+                none,
+            );
+        };
+        let host = host_without_port(&authority).to_ascii_lowercase();
+        let path = req.uri().path();
+        let Some(entry) = shard
+            .listener_for(conn.local.port(), &host)
+            .and_then(|l| l.routes.find(&host, path))
+        else {
+            return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
+        };
+        let route_name: Arc<str> = Arc::from(entry.route.to_string());
+        let Some(backend) = entry.backends.pick() else {
+            // A rule without (non-zero-weight) backends answers 500 per Gateway API.
+            return (
+                error(StatusCode::INTERNAL_SERVER_ERROR, "route has no backends"),
+                shard_name,
+                route_name,
+            );
+        };
+        let endpoint = match &backend.target {
+            BackendTarget::Invalid(reason) => {
+                tracing::debug!(route = %entry.route, %reason, "invalid backend");
+                return (
+                    error(StatusCode::INTERNAL_SERVER_ERROR, "backend not resolvable"),
+                    shard_name,
+                    route_name,
+                );
+            }
+            BackendTarget::Endpoints(_) => match backend.endpoint() {
+                Some(ep) => ep,
+                None => {
+                    return (
+                        error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints"),
+                        shard_name,
+                        route_name,
+                    )
+                }
+            },
+        };
+        let upstream = match upstream_request(req, conn, &authority, endpoint) {
+            Ok(r) => r,
+            Err(e) => {
+                return (error(StatusCode::BAD_REQUEST, &e), shard_name, route_name);
+            }
+        };
+        let response = match self.client.request(upstream).await {
+            Ok(resp) => {
+                let (mut parts, body) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers);
+                Response::from_parts(parts, body.map_err(Into::into).boxed())
+            }
+            Err(e) => {
+                tracing::warn!(route = %entry.route, %endpoint, error = %e, "upstream request failed");
+                let status = if e.is_connect() {
+                    StatusCode::SERVICE_UNAVAILABLE
+                } else {
+                    StatusCode::BAD_GATEWAY
+                };
+                error(status, "upstream unavailable")
+            }
+        };
+        (response, shard_name, route_name)
+    }
+}
+
+fn error(status: StatusCode, message: &str) -> Response<Body> {
+    let mut r = Response::new(full(format!("{message}\n")));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+/// The request authority: `:authority` for HTTP/2, else the Host header.
+fn authority(req: &Request<Incoming>) -> Option<String> {
+    if let Some(a) = req.uri().authority() {
+        return Some(a.as_str().to_owned());
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .filter(|h| !h.is_empty())
+        .map(str::to_owned)
+}
+
+fn host_without_port(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        // [v6]:port
+        return rest.split(']').next().unwrap_or(rest);
+    }
+    authority.rsplit_once(':').map_or(authority, |(h, _)| h)
+}
+
+fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+fn upstream_request(
+    req: Request<Incoming>,
+    conn: ConnInfo,
+    authority: &str,
+    endpoint: SocketAddr,
+) -> Result<Request<Incoming>, String> {
+    let (mut parts, body) = req.into_parts();
+    let path_and_query = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    parts.uri = Uri::builder()
+        .scheme("http")
+        .authority(endpoint.to_string())
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| format!("invalid request target: {e}"))?;
+    parts.version = http::Version::HTTP_11;
+    strip_hop_by_hop(&mut parts.headers);
+    let host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
+    parts.headers.insert(header::HOST, host.clone());
+    let peer_ip = conn.peer.ip().to_canonical().to_string();
+    let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {peer_ip}"),
+        None => peer_ip,
+    };
+    parts.headers.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
+    );
+    parts
+        .headers
+        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    Ok(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_parsing() {
+        assert_eq!(host_without_port("example.com:8080"), "example.com");
+        assert_eq!(host_without_port("example.com"), "example.com");
+        assert_eq!(host_without_port("[::1]:80"), "::1");
+    }
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("x-custom, keep-alive"));
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}

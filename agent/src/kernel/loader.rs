@@ -1,0 +1,315 @@
+//! Loading the eBPF object, attaching `xdp_ingress` to interfaces and
+//! `sk_lookup_dispatch` to the network namespace, and owning the maps.
+//! Dropping [`KernelDatapath`] detaches every program it attached.
+use std::{collections::BTreeMap, os::fd::AsRawFd};
+
+use aya::{
+    maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, SockMap},
+    programs::{SkLookup, Xdp, XdpMode},
+    Ebpf, EbpfLoader,
+};
+use sluice_common::{
+    counter_index, socket_index, ListenerKey, ListenerValue, Reason, SourceRuleKey, MAX_SHARDS,
+};
+use tokio::io::unix::AsyncFd;
+
+use super::{maps::DatapathMaps, KernelError, SourceRule};
+
+/// How `xdp_ingress` ended up attached to an interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum XdpAttachMode {
+    /// In the driver (native XDP).
+    Native,
+    /// In the generic (skb) path, for drivers without native XDP such as `lo`.
+    Generic,
+}
+
+impl XdpAttachMode {
+    pub fn label(self) -> &'static str {
+        match self {
+            XdpAttachMode::Native => "native",
+            XdpAttachMode::Generic => "generic",
+        }
+    }
+}
+
+/// What to load and where.
+#[derive(Debug, Clone, Default)]
+pub struct KernelOptions {
+    /// Interfaces (in the agent's network namespace) to attach `xdp_ingress` to.
+    pub interfaces: Vec<String>,
+    /// Log level of the programs' aya-log output (1 error … 5 trace).
+    pub log_level: u8,
+}
+
+/// The loaded and attached programs plus their maps.
+pub struct KernelDatapath {
+    // Field order matters for Drop: maps and programs go before the logger task
+    // is aborted; the Ebpf handle owns the program links.
+    listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
+    source_rules: LpmTrie<MapData, SourceRuleKey, u32>,
+    sockets: SockMap<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    xdp: BTreeMap<String, XdpAttachMode>,
+    _ebpf: Ebpf,
+    logger: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for KernelDatapath {
+    fn drop(&mut self) {
+        if let Some(l) = self.logger.take() {
+            l.abort();
+        }
+    }
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, KernelError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(KernelError::MissingMap(name))?;
+    T::try_from(map).map_err(|source| KernelError::Map {
+        map: name,
+        action: "open".into(),
+        source,
+    })
+}
+
+impl KernelDatapath {
+    /// Loads and attaches everything, in the calling thread's network namespace.
+    /// Must be called inside a tokio runtime (the log reader is a task).
+    pub fn load(opts: &KernelOptions) -> Result<Self, KernelError> {
+        raise_memlock();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("AYA_LOG_LEVEL", &opts.log_level, false)
+            .load(crate::EBPF_OBJ)
+            .map_err(|e| {
+                // SAFETY: geteuid has no preconditions.
+                let uid = unsafe { libc::geteuid() };
+                if uid != 0 && is_permission_error(&e) {
+                    KernelError::NotPrivileged(uid)
+                } else {
+                    KernelError::Load(e)
+                }
+            })?;
+        let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
+            Ok(logger) => Some(tokio::spawn(pump_logs(logger))),
+            Err(e) => {
+                tracing::warn!(error = %e, "eBPF log output unavailable");
+                None
+            }
+        };
+
+        let prog = |action: &str, source| KernelError::Program {
+            program: "xdp_ingress",
+            action: action.to_owned(),
+            source,
+        };
+        let mut xdp = BTreeMap::new();
+        if !opts.interfaces.is_empty() {
+            let program: &mut Xdp = ebpf
+                .program_mut("xdp_ingress")
+                .ok_or(KernelError::MissingMap("xdp_ingress"))?
+                .try_into()
+                .map_err(|e| prog("open", e))?;
+            program.load().map_err(|e| prog("load", e))?;
+            for iface in &opts.interfaces {
+                let mode = match program.attach(iface, XdpMode::Driver) {
+                    Ok(_) => XdpAttachMode::Native,
+                    Err(aya::programs::ProgramError::UnknownInterface { .. }) => {
+                        return Err(KernelError::NoSuchInterface(iface.clone()))
+                    }
+                    Err(native_err) => {
+                        program.attach(iface, XdpMode::Skb).map_err(|e| {
+                            prog(
+                                &format!("attach to {iface} (native failed: {native_err}; generic)"),
+                                e,
+                            )
+                        })?;
+                        XdpAttachMode::Generic
+                    }
+                };
+                tracing::info!(interface = %iface, mode = mode.label(), "xdp_ingress attached");
+                xdp.insert(iface.clone(), mode);
+            }
+        }
+
+        let sk = |action: &str, source| KernelError::Program {
+            program: "sk_lookup_dispatch",
+            action: action.to_owned(),
+            source,
+        };
+        let program: &mut SkLookup = ebpf
+            .program_mut("sk_lookup_dispatch")
+            .ok_or(KernelError::MissingMap("sk_lookup_dispatch"))?
+            .try_into()
+            .map_err(|e| sk("open", e))?;
+        program.load().map_err(|e| sk("load", e))?;
+        // thread-self: the network namespace is a per-thread property.
+        let netns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| KernelError::Io {
+            what: "opening /proc/thread-self/ns/net".into(),
+            source,
+        })?;
+        program.attach(&netns).map_err(|e| sk("attach to network namespace", e))?;
+        tracing::info!("sk_lookup_dispatch attached to the network namespace");
+
+        Ok(Self {
+            listeners: take(&mut ebpf, "LISTENERS")?,
+            source_rules: take(&mut ebpf, "SOURCE_RULES")?,
+            sockets: take(&mut ebpf, "SHARD_SOCKETS")?,
+            counters: take(&mut ebpf, "COUNTERS")?,
+            xdp,
+            _ebpf: ebpf,
+            logger,
+        })
+    }
+
+    /// Interfaces with `xdp_ingress` and how it is attached.
+    pub fn xdp_interfaces(&self) -> &BTreeMap<String, XdpAttachMode> {
+        &self.xdp
+    }
+
+    /// Puts a shard's listening socket where `sk_lookup_dispatch` finds it.
+    pub fn set_shard_socket(
+        &mut self,
+        shard: u32,
+        ipv6: bool,
+        socket: &impl AsRawFd,
+    ) -> Result<(), KernelError> {
+        self.sockets
+            .set(socket_index(shard, ipv6), socket, 0)
+            .map_err(|source| KernelError::Map {
+                map: "SHARD_SOCKETS",
+                action: format!("insert socket of shard {shard}"),
+                source,
+            })
+    }
+
+    /// Removes a shard's socket; removing an absent one is not an error.
+    pub fn clear_shard_socket(&mut self, shard: u32, ipv6: bool) -> Result<(), KernelError> {
+        match self.sockets.clear_index(&socket_index(shard, ipv6)) {
+            Ok(()) => Ok(()),
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            Err(source) => Err(KernelError::Map {
+                map: "SHARD_SOCKETS",
+                action: format!("remove socket of shard {shard}"),
+                source,
+            }),
+        }
+    }
+
+    /// Packet counters summed over CPUs, for shard 0 (no shard) and `shards`.
+    pub fn counters(&self, shards: &[u32]) -> Vec<(u32, Reason, u64)> {
+        let mut out = Vec::new();
+        for &shard in std::iter::once(&0).chain(shards) {
+            if shard >= MAX_SHARDS {
+                continue;
+            }
+            for reason in Reason::ALL {
+                if let Ok(values) = self.counters.get(&counter_index(shard, reason), 0) {
+                    out.push((shard, reason, values.iter().sum()));
+                }
+            }
+        }
+        out
+    }
+}
+
+fn is_enoent(e: &aya::maps::MapError) -> bool {
+    matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
+}
+
+fn is_permission_error(e: &aya::EbpfError) -> bool {
+    let s = e.to_string();
+    s.contains("Operation not permitted") || s.contains("Permission denied")
+}
+
+fn map_err(map: &'static str, action: &str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+    let action = action.to_owned();
+    move |source| KernelError::Map {
+        map,
+        action,
+        source,
+    }
+}
+
+impl DatapathMaps for KernelDatapath {
+    fn dump_listeners(&self) -> Result<BTreeMap<ListenerKey, ListenerValue>, KernelError> {
+        self.listeners
+            .iter()
+            .collect::<Result<_, _>>()
+            .map_err(map_err("LISTENERS", "dump"))
+    }
+
+    fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError> {
+        self.listeners
+            .insert(key, value, 0)
+            .map_err(map_err("LISTENERS", &format!("insert port {}", key.port)))
+    }
+
+    fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError> {
+        match self.listeners.remove(key) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            r => r.map_err(map_err("LISTENERS", "delete")),
+        }
+    }
+
+    fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError> {
+        self.source_rules
+            .iter()
+            .map(|r| r.map(|(k, v)| (SourceRule::from_key(k.prefix_len(), &k.data()), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err("SOURCE_RULES", "dump"))
+    }
+
+    fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError> {
+        let (len, data) = rule.key();
+        self.source_rules
+            .insert(&Key::new(len, data), action, 0)
+            .map_err(map_err("SOURCE_RULES", "insert"))
+    }
+
+    fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError> {
+        let (len, data) = rule.key();
+        match self.source_rules.remove(&Key::new(len, data)) {
+            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(e) if is_enoent(&e) => Ok(()),
+            r => r.map_err(map_err("SOURCE_RULES", "delete")),
+        }
+    }
+}
+
+/// Forwards aya-log records from the programs' ring buffer to the `log` facade
+/// (bridged into tracing) whenever the buffer becomes readable.
+async fn pump_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
+    // SAFETY: the logger owns its ring buffer fd for its whole life and the
+    // AsyncFd owns the logger, so the fd stays open and the same while registered.
+    let registered =
+        unsafe { AsyncFd::register_with_interest(logger, tokio::io::Interest::READABLE) };
+    let mut fd = match registered {
+        Ok(fd) => fd,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot poll the eBPF log buffer");
+            return;
+        }
+    };
+    loop {
+        let Ok(mut guard) = fd.readable_mut().await else {
+            return;
+        };
+        guard.get_inner_mut().flush();
+        guard.clear_ready();
+    }
+}
+
+fn raise_memlock() {
+    // Kernels before 5.11 charge BPF maps to RLIMIT_MEMLOCK; newer ones ignore it.
+    let limit = libc::rlimit {
+        rlim_cur: libc::RLIM_INFINITY,
+        rlim_max: libc::RLIM_INFINITY,
+    };
+    // SAFETY: setrlimit reads a valid rlimit struct; failure is harmless here.
+    unsafe { libc::setrlimit(libc::RLIMIT_MEMLOCK, &limit) };
+}

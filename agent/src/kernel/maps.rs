@@ -1,0 +1,87 @@
+//! The narrow interface the reconciler programs the kernel through. Deletes are
+//! idempotent (deleting a missing key is not an error), so a retried or
+//! repeated reconcile converges instead of failing.
+use std::collections::BTreeMap;
+
+use sluice_common::{ListenerKey, ListenerValue};
+
+use super::{KernelError, SourceRule};
+
+pub trait DatapathMaps {
+    fn dump_listeners(&self) -> Result<BTreeMap<ListenerKey, ListenerValue>, KernelError>;
+    fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError>;
+    fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError>;
+    fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError>;
+    fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError>;
+    fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError>;
+}
+
+/// In-memory maps for tests, with injectable failures.
+#[derive(Debug, Default)]
+pub struct FakeMaps {
+    pub listeners: BTreeMap<ListenerKey, ListenerValue>,
+    pub source_rules: BTreeMap<SourceRule, u32>,
+    /// Fail every write after this many successful ones (`None`: never).
+    pub fail_after_writes: Option<usize>,
+    pub writes: usize,
+    /// Capacity of the listener map, as the kernel would enforce it.
+    pub max_listeners: Option<usize>,
+}
+
+impl FakeMaps {
+    fn write(&mut self, map: &'static str) -> Result<(), KernelError> {
+        if self.fail_after_writes.is_some_and(|n| self.writes >= n) {
+            return Err(KernelError::Map {
+                map,
+                action: "update".into(),
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(libc::EIO),
+                }),
+            });
+        }
+        self.writes += 1;
+        Ok(())
+    }
+}
+
+impl DatapathMaps for FakeMaps {
+    fn dump_listeners(&self) -> Result<BTreeMap<ListenerKey, ListenerValue>, KernelError> {
+        Ok(self.listeners.clone())
+    }
+    fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError> {
+        if self.max_listeners.is_some_and(|m| self.listeners.len() >= m)
+            && !self.listeners.contains_key(&key)
+        {
+            return Err(KernelError::Map {
+                map: "LISTENERS",
+                action: format!("insert (map full at {} entries)", self.listeners.len()),
+                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
+                    call: "bpf_map_update_elem",
+                    io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
+                }),
+            });
+        }
+        self.write("LISTENERS")?;
+        self.listeners.insert(key, value);
+        Ok(())
+    }
+    fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError> {
+        self.write("LISTENERS")?;
+        self.listeners.remove(key);
+        Ok(())
+    }
+    fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError> {
+        Ok(self.source_rules.clone())
+    }
+    fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError> {
+        self.write("SOURCE_RULES")?;
+        self.source_rules.insert(rule, action);
+        Ok(())
+    }
+    fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError> {
+        self.write("SOURCE_RULES")?;
+        self.source_rules.remove(rule);
+        Ok(())
+    }
+}

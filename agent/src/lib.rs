@@ -1,0 +1,17 @@
+//! Sluice: an eBPF-accelerated, node-level API gateway agent.
+//!
+//! Layout: [`config`] (sources, validation) → [`control`] (compile) →
+//! [`snapshot`] (immutable, read by the data path) and [`kernel`] (eBPF maps);
+//! [`gateway`] is the L7 data path; [`app`] wires it together.
+pub mod admin;
+pub mod app;
+pub mod cli;
+pub mod config;
+pub mod control;
+pub mod gateway;
+pub mod kernel;
+pub mod metrics;
+pub mod snapshot;
+
+/// The eBPF object built from `ebpf/sluice-ebpf` by `build.rs`.
+pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));

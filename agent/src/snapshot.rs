@@ -1,0 +1,329 @@
+//! The immutable state the data path reads. Built by [`crate::control`] from
+//! validated config, published whole through an `ArcSwap`; a request keeps the
+//! `Arc<Snapshot>` it started with, so a swap never changes a request midway.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+};
+
+use ipnet::IpNet;
+
+use crate::config::{Hostname, ObjectRef, PathMatch};
+
+/// Shard id as used in the eBPF maps (`1..MAX_SHARDS`).
+pub type ShardId = u32;
+
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    /// Increases with every published snapshot.
+    pub generation: u64,
+    /// Sorted by id.
+    pub shards: Vec<Shard>,
+}
+
+impl Snapshot {
+    pub fn shard(&self, id: ShardId) -> Option<&Shard> {
+        self.shards
+            .binary_search_by_key(&id, |s| s.id)
+            .ok()
+            .map(|i| &self.shards[i])
+    }
+}
+
+/// One Gateway served by this agent.
+#[derive(Debug)]
+pub struct Shard {
+    pub id: ShardId,
+    pub gateway: ObjectRef,
+    /// Addresses the Gateway answers on; empty means every local address.
+    pub addresses: Vec<IpAddr>,
+    pub source_allow: Vec<IpNet>,
+    pub source_deny: Vec<IpNet>,
+    /// HTTP listeners that are programmed.
+    pub listeners: Vec<ListenerRoutes>,
+}
+
+impl Shard {
+    /// Distinct ports of the programmed listeners.
+    pub fn ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self.listeners.iter().map(|l| l.port).collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// The listener that owns a request to `port` for `host` (lower-case, no
+    /// port): the most specific listener hostname that covers the host wins, so
+    /// routes of a catch-all listener never see a more specific listener's
+    /// traffic (listener isolation).
+    pub fn listener_for(&self, port: u16, host: &str) -> Option<&ListenerRoutes> {
+        self.listeners
+            .iter()
+            .filter(|l| l.port == port)
+            .filter(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
+            .max_by_key(|l| match &l.hostname {
+                None => (0, 0),
+                Some(Hostname::Wildcard(s)) => (1, s.len()),
+                Some(Hostname::Exact(_)) => (2, 0),
+            })
+    }
+}
+
+#[derive(Debug)]
+pub struct ListenerRoutes {
+    pub name: String,
+    pub port: u16,
+    pub hostname: Option<Hostname>,
+    pub routes: RouteTable,
+}
+
+/// Routes of one listener, grouped by effective hostname and pre-sorted by
+/// Gateway API precedence, so matching is a walk that stops at the first hit.
+#[derive(Debug, Default)]
+pub struct RouteTable {
+    exact: HashMap<String, Vec<RouteEntry>>,
+    /// Longest suffix first.
+    wildcard: Vec<(String, Vec<RouteEntry>)>,
+    any: Vec<RouteEntry>,
+}
+
+impl RouteTable {
+    /// Builds the table; `entries` come with their effective hostname (`None`:
+    /// any host the listener accepts).
+    pub fn build(entries: Vec<(Option<Hostname>, RouteEntry)>) -> Self {
+        let mut t = RouteTable::default();
+        let mut wild: HashMap<String, Vec<RouteEntry>> = HashMap::new();
+        for (host, e) in entries {
+            match host {
+                Some(Hostname::Exact(h)) => t.exact.entry(h).or_default().push(e),
+                Some(Hostname::Wildcard(s)) => wild.entry(s).or_default().push(e),
+                None => t.any.push(e),
+            }
+        }
+        t.wildcard = wild.into_iter().collect();
+        t.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        for v in t.exact.values_mut() {
+            v.sort_by(RouteEntry::precedence);
+        }
+        for (_, v) in &mut t.wildcard {
+            v.sort_by(RouteEntry::precedence);
+        }
+        t.any.sort_by(RouteEntry::precedence);
+        t
+    }
+
+    /// The highest-precedence entry matching `host` and `path`. Routes with a
+    /// longer matching hostname win over any path precedence (Gateway API).
+    pub fn find<'a>(&'a self, host: &str, path: &str) -> Option<&'a RouteEntry> {
+        fn first<'t>(v: &'t [RouteEntry], path: &str) -> Option<&'t RouteEntry> {
+            v.iter().find(|e| e.path.matches(path))
+        }
+        let hit = |v: &'a [RouteEntry]| first(v, path);
+        if let Some(e) = self.exact.get(host).and_then(|v| hit(v)) {
+            return Some(e);
+        }
+        for (suffix, v) in &self.wildcard {
+            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
+                if let Some(e) = hit(v) {
+                    return Some(e);
+                }
+            }
+        }
+        hit(&self.any)
+    }
+
+    pub fn len(&self) -> usize {
+        self.exact.values().map(Vec::len).sum::<usize>()
+            + self.wildcard.iter().map(|(_, v)| v.len()).sum::<usize>()
+            + self.any.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// One match of one rule of one route.
+#[derive(Debug, Clone)]
+pub struct RouteEntry {
+    pub route: Arc<ObjectRef>,
+    /// Position of the route in precedence order among equals (creation order, then name).
+    pub route_order: usize,
+    pub rule: usize,
+    pub path: PathMatch,
+    pub backends: Arc<BackendGroup>,
+}
+
+impl RouteEntry {
+    /// Gateway API rule precedence: Exact path before prefix, longer prefix
+    /// first; then route order, rule order.
+    fn precedence(a: &RouteEntry, b: &RouteEntry) -> std::cmp::Ordering {
+        fn rank(p: &PathMatch) -> (u8, std::cmp::Reverse<usize>) {
+            match p {
+                PathMatch::Exact(s) => (0, std::cmp::Reverse(s.len())),
+                PathMatch::Prefix(s) => (1, std::cmp::Reverse(s.len())),
+            }
+        }
+        rank(&a.path)
+            .cmp(&rank(&b.path))
+            .then(a.route_order.cmp(&b.route_order))
+            .then(a.rule.cmp(&b.rule))
+    }
+}
+
+/// The weighted backends of a rule.
+#[derive(Debug, Default)]
+pub struct BackendGroup {
+    pub backends: Vec<Backend>,
+    total_weight: u64,
+    /// Coprime with `total_weight`, so `n * stride % total` visits every slot
+    /// once per cycle while interleaving backends instead of running in blocks.
+    stride: u64,
+    next: AtomicU64,
+}
+
+impl BackendGroup {
+    pub fn new(backends: Vec<Backend>) -> Self {
+        let total_weight: u64 = backends.iter().map(|b| u64::from(b.weight)).sum();
+        let gcd = |mut a: u64, mut b: u64| {
+            while b != 0 {
+                (a, b) = (b, a % b);
+            }
+            a
+        };
+        let mut stride = (total_weight * 618 / 1000).max(1);
+        while total_weight > 1 && gcd(stride, total_weight) != 1 {
+            stride += 1;
+        }
+        Self {
+            backends,
+            total_weight,
+            stride,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Picks a backend in proportion to the weights (deterministic interleave:
+    /// over `total_weight` picks, each backend is chosen exactly `weight` times).
+    /// `None` when the rule has no backends or every weight is zero.
+    pub fn pick(&self) -> Option<&Backend> {
+        if self.total_weight == 0 {
+            return None;
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed) % self.total_weight;
+        let slot = n * self.stride % self.total_weight;
+        let mut acc = 0;
+        for b in &self.backends {
+            acc += u64::from(b.weight);
+            if slot < acc {
+                return Some(b);
+            }
+        }
+        None
+    }
+}
+
+/// A resolved backendRef.
+#[derive(Debug)]
+pub struct Backend {
+    pub service: ObjectRef,
+    pub port: u16,
+    pub weight: u32,
+    pub target: BackendTarget,
+    next: AtomicU64,
+}
+
+#[derive(Debug)]
+pub enum BackendTarget {
+    /// Ready endpoints (may be empty: 503).
+    Endpoints(Vec<SocketAddr>),
+    /// The reference does not resolve; requests get a 500 with this reason.
+    Invalid(String),
+}
+
+impl Backend {
+    pub fn new(service: ObjectRef, port: u16, weight: u32, target: BackendTarget) -> Self {
+        Self {
+            service,
+            port,
+            weight,
+            target,
+            next: AtomicU64::new(0),
+        }
+    }
+
+    /// Round-robin over the ready endpoints.
+    pub fn endpoint(&self) -> Option<SocketAddr> {
+        match &self.target {
+            BackendTarget::Endpoints(e) if !e.is_empty() => {
+                let i = self.next.fetch_add(1, Ordering::Relaxed) as usize % e.len();
+                Some(e[i])
+            }
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(order: usize, path: PathMatch, tag: &str) -> RouteEntry {
+        RouteEntry {
+            route: Arc::new(ObjectRef::new("ns", tag)),
+            route_order: order,
+            rule: 0,
+            path,
+            backends: Arc::new(BackendGroup::default()),
+        }
+    }
+
+    #[test]
+    fn exact_beats_prefix_and_longer_prefix_wins() {
+        let t = RouteTable::build(vec![
+            (None, entry(0, PathMatch::Prefix("/".into()), "root")),
+            (None, entry(1, PathMatch::Prefix("/v1".into()), "v1")),
+            (None, entry(2, PathMatch::Exact("/v1/x".into()), "exact")),
+        ]);
+        assert_eq!(t.find("h", "/v1/x").unwrap().route.name, "exact");
+        assert_eq!(t.find("h", "/v1/y").unwrap().route.name, "v1");
+        assert_eq!(t.find("h", "/v2").unwrap().route.name, "root");
+    }
+
+    #[test]
+    fn more_specific_hostname_wins_over_path() {
+        let t = RouteTable::build(vec![
+            (
+                Some(Hostname::Wildcard(".example.com".into())),
+                entry(0, PathMatch::Exact("/x".into()), "wild"),
+            ),
+            (
+                Some(Hostname::Exact("a.example.com".into())),
+                entry(1, PathMatch::Prefix("/".into()), "exact-host"),
+            ),
+        ]);
+        assert_eq!(t.find("a.example.com", "/x").unwrap().route.name, "exact-host");
+        assert_eq!(t.find("b.example.com", "/x").unwrap().route.name, "wild");
+        assert!(t.find("example.com", "/x").is_none());
+    }
+
+    #[test]
+    fn weighted_pick_follows_weights() {
+        let b = |name: &str, w| {
+            Backend::new(ObjectRef::new("ns", name), 80, w, BackendTarget::Endpoints(vec![]))
+        };
+        let g = BackendGroup::new(vec![b("a", 1), b("b", 3), b("zero", 0)]);
+        let mut counts = HashMap::new();
+        for _ in 0..400 {
+            *counts.entry(g.pick().unwrap().service.name.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(counts["a"], 100);
+        assert_eq!(counts["b"], 300);
+        assert!(!counts.contains_key("zero"));
+        assert!(BackendGroup::new(vec![b("z", 0)]).pick().is_none());
+    }
+}

@@ -1,0 +1,177 @@
+//! Map key/value types shared by the eBPF programs (`sluice-ebpf`) and the agent.
+//!
+//! Everything here is `#[repr(C)]`, `Copy` and free of padding the kernel could
+//! misread: the byte layout *is* the map ABI. Addresses are always 16 bytes;
+//! IPv4 uses the IPv4-mapped form `::ffff:a.b.c.d` so one key type serves both
+//! families. The all-zero address is the wildcard ("any local address").
+#![no_std]
+
+/// Upper bound on shards (Gateways) one agent serves; sizes the SockMap and counters.
+pub const MAX_SHARDS: u32 = 1024;
+/// Default capacity of the listener map.
+pub const DEFAULT_MAX_LISTENERS: u32 = 4096;
+/// Default capacity of the source-CIDR LPM trie.
+pub const DEFAULT_MAX_SOURCE_RULES: u32 = 16384;
+
+/// IP protocol numbers as they appear in packets and in `bpf_sk_lookup.protocol`.
+pub const PROTO_TCP: u8 = 6;
+pub const PROTO_UDP: u8 = 17;
+
+/// Why `xdp_ingress` let a packet through or dropped it. Index into the counters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    /// Not addressed to a gateway listener: passed untouched.
+    PassNotGateway = 0,
+    /// Gateway traffic whose source is allowed: passed to the stack.
+    PassAllowed = 1,
+    /// Gateway traffic from a source outside the shard's allow list (or in its deny list).
+    DropSourceDenied = 2,
+    /// SYN over the per-source budget.
+    DropSynBudget = 3,
+    /// Frame too short or malformed headers for its declared protocol: passed to the
+    /// kernel, which owns the decision about broken packets.
+    PassMalformed = 4,
+}
+
+/// Number of reason slots per shard in the counter array (room to grow).
+pub const REASON_SLOTS: u32 = 8;
+
+impl Reason {
+    pub const ALL: [Reason; 5] = [
+        Reason::PassNotGateway,
+        Reason::PassAllowed,
+        Reason::DropSourceDenied,
+        Reason::DropSynBudget,
+        Reason::PassMalformed,
+    ];
+
+    /// Stable label used for metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Reason::PassNotGateway => "pass_not_gateway",
+            Reason::PassAllowed => "pass_allowed",
+            Reason::DropSourceDenied => "drop_source_denied",
+            Reason::DropSynBudget => "drop_syn_budget",
+            Reason::PassMalformed => "pass_malformed",
+        }
+    }
+}
+
+/// Index of a (shard, reason) counter in the `COUNTERS` per-CPU array.
+/// Shard 0 is reserved for traffic that matched no shard.
+#[inline(always)]
+pub const fn counter_index(shard: u32, reason: Reason) -> u32 {
+    shard * REASON_SLOTS + reason as u32
+}
+
+/// Total entries of the `COUNTERS` array.
+pub const COUNTER_ENTRIES: u32 = MAX_SHARDS * REASON_SLOTS;
+
+/// Index of a shard's listening socket in the `SHARD_SOCKETS` SockMap.
+#[inline(always)]
+pub const fn socket_index(shard: u32, ipv6: bool) -> u32 {
+    shard * 2 + ipv6 as u32
+}
+
+/// A gateway listener: destination address, port (host byte order) and IP protocol.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerKey {
+    pub addr: [u8; 16],
+    pub port: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+impl ListenerKey {
+    pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            addr,
+            port,
+            proto,
+            _pad: 0,
+        }
+    }
+
+    /// The same port and protocol on any address.
+    pub const fn wildcard(&self) -> Self {
+        Self::new([0; 16], self.port, self.proto)
+    }
+}
+
+/// What a listener belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ListenerValue {
+    /// Shard id, `1..MAX_SHARDS`.
+    pub shard: u32,
+    /// `LISTENER_F_*` bits.
+    pub flags: u32,
+}
+
+/// The shard has source rules: a source matching no allow rule is dropped.
+pub const LISTENER_F_SOURCE_FILTER: u32 = 1;
+
+/// LPM trie data for per-shard source rules: the shard id (big endian, so it is
+/// the leading 32 bits of the prefix) followed by the 16-byte source address.
+/// The full prefix length of a lookup is `32 + 128`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SourceRuleKey {
+    pub shard_be: [u8; 4],
+    pub addr: [u8; 16],
+}
+
+/// Prefix length of an LPM key covering a shard and an address prefix of
+/// `addr_prefix_len` bits (in the 128-bit address space).
+pub const fn source_rule_prefix_len(addr_prefix_len: u32) -> u32 {
+    32 + addr_prefix_len
+}
+
+/// Value of a source rule.
+pub const SOURCE_ALLOW: u32 = 1;
+pub const SOURCE_DENY: u32 = 2;
+
+/// IPv4 address in the IPv4-mapped IPv6 form used by every key.
+#[inline(always)]
+pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
+    [
+        0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, octets[0], octets[1], octets[2], octets[3],
+    ]
+}
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all are repr(C), Copy, contain only integers/byte arrays, and have no
+    // implicit padding (checked by the size assertions below).
+    unsafe impl aya::Pod for ListenerKey {}
+    unsafe impl aya::Pod for ListenerValue {}
+    unsafe impl aya::Pod for SourceRuleKey {}
+
+    const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);
+    const _: () = assert!(core::mem::size_of::<ListenerValue>() == 8);
+    const _: () = assert!(core::mem::size_of::<SourceRuleKey>() == 20);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counter_and_socket_indices_do_not_collide() {
+        assert_eq!(counter_index(0, Reason::PassNotGateway), 0);
+        assert_eq!(counter_index(1, Reason::PassNotGateway), REASON_SLOTS);
+        assert!(counter_index(MAX_SHARDS - 1, Reason::PassMalformed) < COUNTER_ENTRIES);
+        assert_ne!(socket_index(3, false), socket_index(3, true));
+        assert_eq!(socket_index(3, true) + 1, socket_index(4, false));
+    }
+
+    #[test]
+    fn v4_mapped_layout() {
+        let a = v4_mapped([10, 1, 2, 3]);
+        assert_eq!(&a[10..], &[0xff, 0xff, 10, 1, 2, 3]);
+        assert_eq!(ListenerKey::new(a, 80, PROTO_TCP).wildcard().addr, [0; 16]);
+    }
+}

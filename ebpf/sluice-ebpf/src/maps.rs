@@ -1,0 +1,45 @@
+//! Maps shared by all programs in the object. Names are the ABI with user space
+//! (`agent/src/datapath/maps.rs` opens them by these names).
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, LpmTrie, PerCpuArray, SockMap},
+};
+use sluice_common::{
+    ListenerKey, ListenerValue, SourceRuleKey, COUNTER_ENTRIES, DEFAULT_MAX_LISTENERS,
+    DEFAULT_MAX_SOURCE_RULES, MAX_SHARDS,
+};
+
+/// (address, port, proto) → shard. Address all-zero = any local address.
+#[map]
+pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
+    HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// (shard, source prefix) → SOURCE_ALLOW / SOURCE_DENY; longest prefix wins.
+#[map]
+pub static SOURCE_RULES: LpmTrie<SourceRuleKey, u32> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_SOURCE_RULES, 0);
+
+/// Listening sockets of the shards at `socket_index(shard, ipv6)`.
+#[map]
+pub static SHARD_SOCKETS: SockMap = SockMap::with_max_entries(MAX_SHARDS * 2, 0);
+
+/// Packet counters at `counter_index(shard, reason)`.
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_ENTRIES, 0);
+
+#[inline(always)]
+pub fn count(shard: u32, reason: sluice_common::Reason) {
+    if let Some(c) = COUNTERS.get_ptr_mut(sluice_common::counter_index(shard, reason)) {
+        // Per-CPU slot: no other writer, a plain add is enough.
+        unsafe { *c += 1 };
+    }
+}
+
+/// Listener for a destination: the exact address first, then the wildcard.
+#[inline(always)]
+pub fn find_listener(key: &ListenerKey) -> Option<ListenerValue> {
+    if let Some(v) = unsafe { LISTENERS.get(key) } {
+        return Some(*v);
+    }
+    unsafe { LISTENERS.get(&key.wildcard()) }.copied()
+}
