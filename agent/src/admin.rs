@@ -27,6 +27,8 @@ pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Datapath in use, for `/config`.
     pub datapath: String,
+    /// The shards' own socket addresses, by Gateway, for `/config`.
+    pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
     /// Warnings of the last applied config and the last rejection, for `/config`.
     pub config_notes: Mutex<ConfigNotes>,
 }
@@ -120,6 +122,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                         "gateway": s.gateway.to_string(),
                         "addresses": s.addresses,
                         "ports": s.ports(),
+                        "sockets": state.sockets.get(&s.gateway.to_string()),
                         "listeners": s.listeners.iter().map(|l| serde_json::json!({
                             "name": l.name,
                             "port": l.port,

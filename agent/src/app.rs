@@ -209,6 +209,10 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         ready: false.into(),
         snapshot: snapshot.clone(),
         datapath: datapath.label().to_owned(),
+        sockets: shards
+            .iter()
+            .map(|(k, v): (&ObjectRef, &ShardInfo)| (k.to_string(), v.socket_addrs.clone()))
+            .collect(),
         config_notes: Mutex::new(ConfigNotes {
             warnings: compiled.warnings,
             last_rejection: None,

@@ -1,1 +1,5 @@
-
+//! Test support for Sluice: an echo backend and a network-namespace topology
+//! harness for the privileged end-to-end tests.
+pub mod echo;
+pub mod netns;
+pub mod process;

@@ -15,25 +15,38 @@ pub fn sk_lookup_dispatch(ctx: SkLookupContext) -> u32 {
     try_sk_lookup_dispatch(&ctx).unwrap_or(SK_PASS)
 }
 
+/// Reads a context field with one load at a constant offset from the context
+/// pointer: the verifier rejects loads through a ctx pointer that LLVM has
+/// offset into another register, which plain field reads can compile to.
+macro_rules! ctx_field {
+    ($ctx:expr, $field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const (*$ctx.lookup).$field) }
+    };
+}
+
 fn try_sk_lookup_dispatch(ctx: &SkLookupContext) -> Result<u32, i32> {
-    let lookup = unsafe { &*ctx.lookup };
-    let (addr, ipv6) = match lookup.family {
-        // local_ip4 holds the address in network byte order.
-        AF_INET => (v4_mapped(lookup.local_ip4.to_ne_bytes()), false),
+    // All loads first, unconditionally, in straight-line code: branches make
+    // LLVM share one offset ctx pointer between paths, which the verifier rejects.
+    let family = ctx_field!(ctx, family);
+    let protocol = ctx_field!(ctx, protocol);
+    // local_port is in host byte order (unlike remote_port).
+    let port = ctx_field!(ctx, local_port) as u16;
+    // local_ip4 holds the address in network byte order.
+    let ip4 = ctx_field!(ctx, local_ip4);
+    let ip6 = ctx_field!(ctx, local_ip6);
+    let (addr, ipv6) = match family {
+        AF_INET => (v4_mapped(ip4.to_ne_bytes()), false),
         AF_INET6 => {
-            let w = lookup.local_ip6;
             let mut a = [0u8; 16];
-            a[0..4].copy_from_slice(&w[0].to_ne_bytes());
-            a[4..8].copy_from_slice(&w[1].to_ne_bytes());
-            a[8..12].copy_from_slice(&w[2].to_ne_bytes());
-            a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+            a[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
+            a[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
+            a[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
+            a[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
             (a, true)
         }
         _ => return Ok(SK_PASS),
     };
-    // local_port is in host byte order (unlike remote_port).
-    let port = lookup.local_port as u16;
-    let key = ListenerKey::new(addr, port, lookup.protocol as u8);
+    let key = ListenerKey::new(addr, port, protocol as u8);
     let Some(listener) = find_listener(&key) else {
         return Ok(SK_PASS);
     };

@@ -1,0 +1,179 @@
+//! An HTTP echo backend that answers the way the Gateway API conformance
+//! suite's `echo-basic` does: a JSON description of the request it received.
+//!
+//! - body: `{"path", "host", "method", "proto", "headers": {Name: [values]},
+//!   "namespace", "pod"}` with `Content-Type: application/json`;
+//! - `X-Echo-Set-Header: Name1:value1,Name2:value2` sets response headers;
+//! - `?delay=<duration>` (e.g. `500ms`, `2s`) delays the answer;
+//! - one log line per request on stderr: `Echoing back request made to <uri> to client (<peer>)`.
+use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+
+use bytes::Bytes;
+use http::{HeaderName, HeaderValue, Request, Response};
+use http_body_util::Full;
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    rt::{TokioExecutor, TokioIo},
+    server::conn::auto,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+
+/// Who this echo server claims to be (the pod and namespace fields).
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub pod: String,
+    pub namespace: String,
+}
+
+/// The JSON body of an echo response.
+#[derive(Debug, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Echo {
+    pub path: String,
+    pub host: String,
+    pub method: String,
+    pub proto: String,
+    pub headers: BTreeMap<String, Vec<String>>,
+    pub namespace: String,
+    pub pod: String,
+}
+
+/// Go's canonical header form (`x-forwarded-for` → `X-Forwarded-For`), which
+/// is how the upstream echo server reports header names.
+pub fn canonical_header(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    let mut upper = true;
+    for c in name.chars() {
+        out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        upper = c == '-';
+    }
+    out
+}
+
+fn proto(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2.0",
+        http::Version::HTTP_3 => "HTTP/3.0",
+        _ => "HTTP/1.1",
+    }
+}
+
+/// Parses the durations the conformance suite sends (`100ms`, `1s`, `1.5s`).
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let (num, unit) = s
+        .find(|c: char| c.is_ascii_alphabetic())
+        .map(|i| s.split_at(i))?;
+    let n: f64 = num.parse().ok()?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "us" | "µs" => n / 1_000_000.0,
+        _ => return None,
+    };
+    (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
+}
+
+fn echo(id: &Identity, req: &Request<Incoming>) -> Echo {
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (name, value) in req.headers() {
+        if name == http::header::HOST {
+            continue;
+        }
+        headers
+            .entry(canonical_header(name.as_str()))
+            .or_default()
+            .push(String::from_utf8_lossy(value.as_bytes()).into_owned());
+    }
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .map(|h| String::from_utf8_lossy(h.as_bytes()).into_owned())
+        })
+        .unwrap_or_default();
+    Echo {
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or_else(|| "/".to_owned(), |p| p.to_string()),
+        host,
+        method: req.method().to_string(),
+        proto: proto(req.version()).to_owned(),
+        headers,
+        namespace: id.namespace.clone(),
+        pod: id.pod.clone(),
+    }
+}
+
+async fn handle(id: Arc<Identity>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+    eprintln!(
+        "Echoing back request made to {} to client ({peer})",
+        req.uri().path_and_query().map_or("/", |p| p.as_str())
+    );
+    let delay = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("delay=")))
+        .and_then(parse_duration);
+    if let Some(d) = delay {
+        tokio::time::sleep(d.min(Duration::from_secs(60))).await;
+    }
+    let body = serde_json::to_vec(&echo(&id, &req)).expect("echo serializes");
+    let mut resp = Response::new(Full::new(Bytes::from(body)));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some(set) = req.headers().get("x-echo-set-header").and_then(|v| v.to_str().ok()) {
+        for pair in set.split(',').filter(|p| !p.is_empty()) {
+            if let Some((n, v)) = pair.split_once(':') {
+                if let (Ok(n), Ok(v)) = (
+                    HeaderName::from_bytes(n.trim().as_bytes()),
+                    HeaderValue::from_str(v.trim()),
+                ) {
+                    resp.headers_mut().append(n, v);
+                }
+            }
+        }
+    }
+    resp
+}
+
+/// Serves echo responses on `listener` until the task is dropped/aborted.
+pub async fn serve(listener: TcpListener, id: Identity) {
+    let id = Arc::new(id);
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else {
+            continue;
+        };
+        let id = id.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let id = id.clone();
+                async move { Ok::<_, Infallible>(handle(id, peer, req).await) }
+            });
+            let _ = auto::Builder::new(TokioExecutor::new())
+                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_names_and_durations() {
+        assert_eq!(canonical_header("x-forwarded-for"), "X-Forwarded-For");
+        assert_eq!(canonical_header("HOST"), "Host");
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("abc"), None);
+    }
+}
