@@ -1,1 +1,177 @@
-fn main() {}
+//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance`.
+mod setup;
+
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask", about = "Sluice developer tasks")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what building and testing need (idempotent): llvm-22-dev,
+    /// libzstd-dev, bpf-linker 0.13 (llvm-22), nightly rust-src, and the test
+    /// tools (iproute2, curl, bpftool, ethtool).
+    Setup,
+    /// Set up, build, and run every test: unit, in-process and privileged
+    /// (network namespaces + eBPF; needs root, required when CI=true).
+    Test {
+        /// Extra arguments for `cargo test` (e.g. a test name filter).
+        #[arg(trailing_var_arg = true)]
+        args: Vec<String>,
+    },
+    /// Set up, build, and run the agent with eBPF on the quickstart config,
+    /// with a local echo backend. Ctrl-C stops and detaches everything.
+    RunEbpf {
+        /// Interface for xdp_ingress.
+        #[arg(long, default_value = "lo")]
+        interface: String,
+        /// Config directory.
+        #[arg(long, default_value = "examples/quickstart")]
+        config_dir: PathBuf,
+        /// Build and run in release mode.
+        #[arg(long)]
+        release: bool,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let root = workspace_root();
+    std::env::set_current_dir(&root)?;
+    match cli.cmd {
+        Cmd::Setup => setup::run(),
+        Cmd::Test { args } => test(&args),
+        Cmd::RunEbpf {
+            interface,
+            config_dir,
+            release,
+        } => run_ebpf(&interface, &config_dir, release),
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command, failing with its name if it fails.
+pub fn run(cmd: &mut Command) -> Result<()> {
+    eprintln!("+ {cmd:?}");
+    let status = cmd.status().with_context(|| format!("spawning {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed with {status}");
+    }
+    Ok(())
+}
+
+fn cargo() -> Command {
+    Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn is_root() -> bool {
+    // SAFETY-free: `id -u` avoids a libc dependency for one call.
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn test(extra: &[String]) -> Result<()> {
+    let start = Instant::now();
+    setup::run()?;
+    let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+    if !is_root() {
+        if ci {
+            bail!("CI=true but not running as root: the privileged eBPF/netns tests cannot run");
+        }
+        eprintln!(
+            "\n!!! not root: privileged tests (network namespaces, eBPF) will be SKIPPED. \
+             Run `sudo -E cargo xtask test` to run them.\n"
+        );
+    }
+    // Binaries first: the end-to-end tests run the real `sluice` binary.
+    run(cargo().args(["build", "--workspace", "--bins"]))?;
+    let bin = workspace_root().join("target/debug/sluice");
+    run(cargo()
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("SLUICE_BIN", &bin))?;
+    eprintln!("xtask test: all tests passed in {:.0?}", start.elapsed());
+    Ok(())
+}
+
+/// Kills a child by pid when dropped (also on error paths).
+struct Guard(Child, &'static str);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SIGINT by pid: lets the agent detach its programs cleanly.
+            let _ = Command::new("kill")
+                .args(["-INT", &self.0.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            eprintln!("{} did not stop; killing it", self.1);
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+fn run_ebpf(interface: &str, config_dir: &Path, release: bool) -> Result<()> {
+    setup::run()?;
+    if !is_root() {
+        bail!("run-ebpf loads eBPF programs and needs root: run `sudo -E cargo xtask run-ebpf`");
+    }
+    let profile = if release { "release" } else { "debug" };
+    let mut build = cargo();
+    build.args(["build", "-p", "sluice", "-p", "sluice-tests", "--bins"]);
+    if release {
+        build.arg("--release");
+    }
+    run(&mut build)?;
+    let target = workspace_root().join("target").join(profile);
+
+    let echo = Command::new(target.join("sluice-echo"))
+        .args(["--listen", "127.0.0.1:9080", "--pod", "quickstart-echo", "--namespace", "default"])
+        .spawn()
+        .context("starting the echo backend")?;
+    let _echo = Guard(echo, "sluice-echo");
+    let agent = Command::new(target.join("sluice"))
+        .arg("--config-dir")
+        .arg(config_dir)
+        .args(["--datapath", "ebpf", "--interface", interface])
+        .spawn()
+        .context("starting sluice")?;
+    let mut agent = Guard(agent, "sluice");
+    eprintln!(
+        "\nsluice is running (eBPF on {interface}). Try:\n  curl -H 'Host: echo.example.com' http://127.0.0.1:8080/hello\n  curl http://127.0.0.1:9901/metrics\nCtrl-C to stop.\n"
+    );
+    // Ctrl-C reaches the whole foreground process group: the agent detaches
+    // and exits; we then stop the backend.
+    let status = agent.0.wait()?;
+    if !status.success() {
+        bail!("sluice exited with {status}");
+    }
+    Ok(())
+}

@@ -1,0 +1,89 @@
+//! Idempotent installation of build and test prerequisites. Each step checks
+//! first and only installs what is missing, saying what and why.
+use std::process::Command;
+
+use anyhow::{bail, Context, Result};
+
+use crate::run as exec;
+
+const BPF_LINKER_VERSION: &str = "0.13";
+
+fn ok(cmd: &mut Command) -> bool {
+    cmd.output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+fn output(cmd: &mut Command) -> String {
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
+}
+
+/// (package, why) pairs for apt.
+const APT: &[(&str, &str)] = &[
+    ("llvm-22-dev", "bpf-linker links the eBPF object with LLVM 22"),
+    ("libzstd-dev", "LLVM 22 links against zstd"),
+    ("iproute2", "network namespaces and veth for the end-to-end tests"),
+    ("curl", "the HTTP client of the end-to-end tests"),
+    ("bpftool", "tests check that no eBPF links are left behind"),
+    ("ethtool", "tests set veth offloads"),
+];
+
+pub fn run() -> Result<()> {
+    let missing: Vec<&(&str, &str)> = APT
+        .iter()
+        .filter(|(pkg, _)| {
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", pkg]))
+                .contains("install ok installed")
+        })
+        .collect();
+    if !missing.is_empty() {
+        for (pkg, why) in &missing {
+            eprintln!("setup: installing {pkg}: {why}");
+        }
+        let apt_ok = ok(Command::new("apt-get").arg("--version"));
+        if !apt_ok {
+            bail!(
+                "missing packages {:?} and no apt-get: install them with your package manager",
+                missing.iter().map(|m| m.0).collect::<Vec<_>>()
+            );
+        }
+        exec(Command::new("apt-get").args(["update", "-qq"]))
+            .context("apt-get update (are you root?)")?;
+        exec(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(missing.iter().map(|m| m.0))
+            .env("DEBIAN_FRONTEND", "noninteractive"))
+        .context("installing apt packages")?;
+    }
+
+    let linker = output(Command::new("bpf-linker").arg("--version"));
+    if !linker.contains(&format!("bpf-linker {BPF_LINKER_VERSION}")) {
+        eprintln!(
+            "setup: installing bpf-linker {BPF_LINKER_VERSION} (llvm-22): links the eBPF programs \
+             (found: {:?})",
+            linker.trim()
+        );
+        exec(Command::new("cargo")
+            .args(["install", "bpf-linker", "--locked", "--version"])
+            .arg(format!("~{BPF_LINKER_VERSION}"))
+            .args(["--no-default-features", "--features", "llvm-22"])
+            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+        .context("installing bpf-linker")?;
+    }
+
+    let components = output(Command::new("rustup").args([
+        "component", "list", "--installed", "--toolchain", "nightly",
+    ]));
+    if !components.lines().any(|l| l.starts_with("rust-src")) {
+        eprintln!("setup: adding rust-src to nightly: the eBPF crate builds core with -Z build-std");
+        if !ok(Command::new("rustup").args(["toolchain", "list"])) {
+            bail!("rustup not found: install rustup with a nightly toolchain");
+        }
+        exec(Command::new("rustup").args([
+            "component", "add", "rust-src", "--toolchain", "nightly",
+        ]))
+        .context("adding nightly rust-src (is a nightly toolchain installed? `rustup toolchain install nightly`)")?;
+    }
+    eprintln!("setup: all prerequisites present");
+    Ok(())
+}
