@@ -7,12 +7,16 @@ async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let fmt = tracing_subscriber::fmt().with_env_filter(filter);
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()));
     match cli.log_format {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
-    let app = sluice::app::build(cli.settings()).await.context("sluice failed to start")?;
+    let app = sluice::app::build(cli.settings())
+        .await
+        .context("sluice failed to start")?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.shutdown().await;

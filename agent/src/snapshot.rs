@@ -105,7 +105,8 @@ impl RouteTable {
             }
         }
         t.wildcard = wild.into_iter().collect();
-        t.wildcard.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
+        t.wildcard
+            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         for v in t.exact.values_mut() {
             v.sort_by(RouteEntry::precedence);
         }
@@ -306,7 +307,10 @@ mod tests {
                 entry(1, PathMatch::Prefix("/".into()), "exact-host"),
             ),
         ]);
-        assert_eq!(t.find("a.example.com", "/x").unwrap().route.name, "exact-host");
+        assert_eq!(
+            t.find("a.example.com", "/x").unwrap().route.name,
+            "exact-host"
+        );
         assert_eq!(t.find("b.example.com", "/x").unwrap().route.name, "wild");
         assert!(t.find("example.com", "/x").is_none());
     }
@@ -314,12 +318,19 @@ mod tests {
     #[test]
     fn weighted_pick_follows_weights() {
         let b = |name: &str, w| {
-            Backend::new(ObjectRef::new("ns", name), 80, w, BackendTarget::Endpoints(vec![]))
+            Backend::new(
+                ObjectRef::new("ns", name),
+                80,
+                w,
+                BackendTarget::Endpoints(vec![]),
+            )
         };
         let g = BackendGroup::new(vec![b("a", 1), b("b", 3), b("zero", 0)]);
         let mut counts = HashMap::new();
         for _ in 0..400 {
-            *counts.entry(g.pick().unwrap().service.name.clone()).or_insert(0) += 1;
+            *counts
+                .entry(g.pick().unwrap().service.name.clone())
+                .or_insert(0) += 1;
         }
         assert_eq!(counts["a"], 100);
         assert_eq!(counts["b"], 300);

@@ -44,7 +44,11 @@ pub fn canonical_header(name: &str) -> String {
     let mut out = String::with_capacity(name.len());
     let mut upper = true;
     for c in name.chars() {
-        out.push(if upper { c.to_ascii_uppercase() } else { c.to_ascii_lowercase() });
+        out.push(if upper {
+            c.to_ascii_uppercase()
+        } else {
+            c.to_ascii_lowercase()
+        });
         upper = c == '-';
     }
     out
@@ -110,7 +114,11 @@ fn echo(id: &Identity, req: &Request<Incoming>) -> Echo {
     }
 }
 
-async fn handle(id: Arc<Identity>, peer: SocketAddr, req: Request<Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    id: Arc<Identity>,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Response<Full<Bytes>> {
     eprintln!(
         "Echoing back request made to {} to client ({peer})",
         req.uri().path_and_query().map_or("/", |p| p.as_str())
@@ -129,7 +137,11 @@ async fn handle(id: Arc<Identity>, peer: SocketAddr, req: Request<Incoming>) -> 
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Some(set) = req.headers().get("x-echo-set-header").and_then(|v| v.to_str().ok()) {
+    if let Some(set) = req
+        .headers()
+        .get("x-echo-set-header")
+        .and_then(|v| v.to_str().ok())
+    {
         for pair in set.split(',').filter(|p| !p.is_empty()) {
             if let Some((n, v)) = pair.split_once(':') {
                 if let (Ok(n), Ok(v)) = (

@@ -35,7 +35,9 @@ pub fn privileged(test: &str) -> bool {
             panic!("{test}: privileged test cannot run in CI: {p}")
         }
         Some(p) => {
-            eprintln!("\n!!! SKIPPED {test}: {p}. Run as root (cargo xtask test does) to exercise it.\n");
+            eprintln!(
+                "\n!!! SKIPPED {test}: {p}. Run as root (cargo xtask test does) to exercise it.\n"
+            );
             false
         }
     }
@@ -43,7 +45,9 @@ pub fn privileged(test: &str) -> bool {
 
 /// Runs a command and fails the test with its output if it fails.
 pub fn run(cmd: &mut Command) -> Output {
-    let out = cmd.output().unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("spawning {cmd:?}: {e}"));
     assert!(
         out.status.success(),
         "{cmd:?} failed: {}\n{}",
@@ -91,7 +95,9 @@ impl Netns {
 
 impl Drop for Netns {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "delete", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "delete", &self.name])
+            .output();
     }
 }
 
@@ -118,22 +124,40 @@ impl Topology {
         let client_if = format!("slc{n}");
         let node_if = format!("sln{n}");
         run(Command::new("ip").args([
-            "link", "add", &client_if, "netns", &client.name, "type", "veth", "peer", "name",
-            &node_if, "netns", &node.name,
+            "link",
+            "add",
+            &client_if,
+            "netns",
+            &client.name,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            &node_if,
+            "netns",
+            &node.name,
         ]));
         for (ns, ifname, addrs) in [
-            (&client, &client_if, [
-                format!("{}/24", Self::CLIENT_V4),
-                format!("{}/24", Self::CLIENT_V4_ALT),
-                format!("{}/64", Self::CLIENT_V6),
-                format!("{}/64", Self::CLIENT_V6_ALT),
-            ]),
-            (&node, &node_if, [
-                format!("{}/24", Self::NODE_V4),
-                String::new(),
-                format!("{}/64", Self::NODE_V6),
-                String::new(),
-            ]),
+            (
+                &client,
+                &client_if,
+                [
+                    format!("{}/24", Self::CLIENT_V4),
+                    format!("{}/24", Self::CLIENT_V4_ALT),
+                    format!("{}/64", Self::CLIENT_V6),
+                    format!("{}/64", Self::CLIENT_V6_ALT),
+                ],
+            ),
+            (
+                &node,
+                &node_if,
+                [
+                    format!("{}/24", Self::NODE_V4),
+                    String::new(),
+                    format!("{}/64", Self::NODE_V6),
+                    String::new(),
+                ],
+            ),
         ] {
             for a in addrs.iter().filter(|a| !a.is_empty()) {
                 let mut args = vec!["addr", "add", a.as_str(), "dev", ifname.as_str()];
@@ -159,7 +183,13 @@ impl Topology {
     }
 
     /// curl from the client namespace. `source` picks the client address.
-    pub fn curl(&self, url: &str, host: Option<&str>, source: Option<&str>, timeout: Duration) -> Curl {
+    pub fn curl(
+        &self,
+        url: &str,
+        host: Option<&str>,
+        source: Option<&str>,
+        timeout: Duration,
+    ) -> Curl {
         curl_in(&self.client, url, host, source, timeout)
     }
 }
@@ -181,9 +211,20 @@ pub struct Curl {
 }
 
 /// curl inside `ns`, bounded by `timeout`.
-pub fn curl_in(ns: &Netns, url: &str, host: Option<&str>, source: Option<&str>, timeout: Duration) -> Curl {
+pub fn curl_in(
+    ns: &Netns,
+    url: &str,
+    host: Option<&str>,
+    source: Option<&str>,
+    timeout: Duration,
+) -> Curl {
     let mut c = ns.command("curl");
-    c.args(["-sS", "-g", "--max-time", &format!("{:.1}", timeout.as_secs_f64())]);
+    c.args([
+        "-sS",
+        "-g",
+        "--max-time",
+        &format!("{:.1}", timeout.as_secs_f64()),
+    ]);
     c.args(["-w", "\n%{http_code}"]);
     if let Some(h) = host {
         c.args(["-H", &format!("Host: {h}")]);

@@ -75,7 +75,11 @@ impl ChildGuard {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        eprintln!("{}: still running after {grace:?}; killing pid {}", self.name, child.id());
+        eprintln!(
+            "{}: still running after {grace:?}; killing pid {}",
+            self.name,
+            child.id()
+        );
         let _ = child.kill();
         child.wait().ok()
     }

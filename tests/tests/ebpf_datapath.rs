@@ -89,15 +89,31 @@ impl Scenario {
         std::fs::write(dir.join("config/gateway.yaml"), config(source_ranges)).unwrap();
 
         let mut echo = topo.node.command(env!("CARGO_BIN_EXE_sluice-echo"));
-        echo.args(["--listen", &format!("127.0.0.1:{BACKEND_PORT}"), "--pod", "echo-v1-abc-123", "--namespace", "team-a"]);
+        echo.args([
+            "--listen",
+            &format!("127.0.0.1:{BACKEND_PORT}"),
+            "--pod",
+            "echo-v1-abc-123",
+            "--namespace",
+            "team-a",
+        ]);
         let mut echo = ChildGuard::spawn("echo", echo, &dir.join("echo.log")).unwrap();
-        assert!(echo.wait_for_log(Duration::from_secs(10), |l| l.contains("listening")), "echo did not start: {}", echo.log());
+        assert!(
+            echo.wait_for_log(Duration::from_secs(10), |l| l.contains("listening")),
+            "echo did not start: {}",
+            echo.log()
+        );
 
         let mut agent = topo.node.command(sluice_bin().to_str().unwrap());
         agent
             .args(["--config-dir", dir.join("config").to_str().unwrap()])
             .args(["--datapath", datapath, "--interface", &topo.node_if])
-            .args(["--admin-addr", "127.0.0.1:9901", "--ebpf-log-level", "debug"])
+            .args([
+                "--admin-addr",
+                "127.0.0.1:9901",
+                "--ebpf-log-level",
+                "debug",
+            ])
             .env("RUST_LOG", "info,sluice=debug");
         let mut agent = ChildGuard::spawn("sluice", agent, &dir.join("agent.log")).unwrap();
         assert!(
@@ -105,7 +121,12 @@ impl Scenario {
             "agent did not become ready:\n{}",
             agent.log()
         );
-        Self { topo, agent: Some(agent), _echo: echo, dir }
+        Self {
+            topo,
+            agent: Some(agent),
+            _echo: echo,
+            dir,
+        }
     }
 
     fn agent_log(&self) -> String {
@@ -113,24 +134,45 @@ impl Scenario {
     }
 
     fn admin(&self, path: &str) -> String {
-        let r = curl_in(&self.topo.node, &format!("http://127.0.0.1:9901{path}"), None, None, Duration::from_secs(5));
+        let r = curl_in(
+            &self.topo.node,
+            &format!("http://127.0.0.1:9901{path}"),
+            None,
+            None,
+            Duration::from_secs(5),
+        );
         assert_eq!(r.status, Some(200), "admin {path}: {r:?}");
         r.body
     }
 
     fn get(&self, addr: &str, port: u16, source: Option<&str>) -> sluice_tests::netns::Curl {
-        self.topo.curl(&url(addr, port, "/hello?x=1"), Some("echo.example.com"), source, Duration::from_secs(3))
+        self.topo.curl(
+            &url(addr, port, "/hello?x=1"),
+            Some("echo.example.com"),
+            source,
+            Duration::from_secs(3),
+        )
     }
 
     /// Listening TCP sockets on `port` in the node namespace.
     fn listeners_on(&self, port: u16) -> String {
-        let out = self.topo.node.command("ss").args(["-Htln", &format!("sport = :{port}")]).output().unwrap();
+        let out = self
+            .topo
+            .node
+            .command("ss")
+            .args(["-Htln", &format!("sport = :{port}")])
+            .output()
+            .unwrap();
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     fn stop_agent(&mut self) {
         let status = self.agent.as_mut().unwrap().stop(Duration::from_secs(15));
-        assert!(status.is_some_and(|s| s.success()), "agent exit: {status:?}\n{}", self.agent_log());
+        assert!(
+            status.is_some_and(|s| s.success()),
+            "agent exit: {status:?}\n{}",
+            self.agent_log()
+        );
     }
 }
 
@@ -157,7 +199,10 @@ fn xdp_attached(topo: &Topology) -> bool {
 
 /// sk_lookup links attached to the node namespace, from bpftool.
 fn sk_lookup_links(topo: &Topology) -> usize {
-    let out = Command::new("bpftool").args(["-j", "link", "show"]).output().expect("bpftool runs");
+    let out = Command::new("bpftool")
+        .args(["-j", "link", "show"])
+        .output()
+        .expect("bpftool runs");
     let links: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
     let ino = topo.node.inode();
     links
@@ -185,14 +230,28 @@ fn ipv4_request_is_steered_by_sk_lookup_to_the_shard_socket() {
     assert_eq!(echo["headers"]["X-Forwarded-For"][0], Topology::CLIENT_V4);
 
     // Nobody listens on the port the client dialled: sk_lookup did the steering.
-    assert_eq!(s.listeners_on(GATEWAY_PORT), "", "agent must not bind the gateway port in eBPF mode");
+    assert_eq!(
+        s.listeners_on(GATEWAY_PORT),
+        "",
+        "agent must not bind the gateway port in eBPF mode"
+    );
     let config: serde_json::Value = serde_json::from_str(&s.admin("/config")).unwrap();
     assert_eq!(config["datapath"], "ebpf");
     let sockets = config["shards"][0]["sockets"].as_array().unwrap();
     assert!(!sockets.is_empty());
     for sock in sockets {
-        let port: u16 = sock.as_str().unwrap().rsplit(':').next().unwrap().parse().unwrap();
-        assert_ne!(port, GATEWAY_PORT, "shard socket {sock} must be on another port");
+        let port: u16 = sock
+            .as_str()
+            .unwrap()
+            .rsplit(':')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert_ne!(
+            port, GATEWAY_PORT,
+            "shard socket {sock} must be on another port"
+        );
     }
 
     // A port that is no gateway listener is not answered.
@@ -200,18 +259,37 @@ fn ipv4_request_is_steered_by_sk_lookup_to_the_shard_socket() {
     assert_eq!(r.exit, 7, "expected connection refused: {r:?}");
 
     let metrics = s.admin("/metrics");
-    let allowed = metric(&metrics, "sluice_xdp_packets_total", &["team-a/edge", "pass_allowed"]);
+    let allowed = metric(
+        &metrics,
+        "sluice_xdp_packets_total",
+        &["team-a/edge", "pass_allowed"],
+    );
     assert!(allowed.unwrap_or(0.0) > 0.0, "{metrics}");
-    let requests = metric(&metrics, "sluice_http_requests_total", &["team-a/edge", "2xx"]);
+    let requests = metric(
+        &metrics,
+        "sluice_http_requests_total",
+        &["team-a/edge", "2xx"],
+    );
     assert_eq!(requests, Some(1.0), "{metrics}");
-    assert!(metrics.contains("sluice_datapath_mode{mode=\"ebpf\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_datapath_mode{mode=\"ebpf\"} 1"),
+        "{metrics}"
+    );
     assert!(xdp_attached(&s.topo));
     assert_eq!(sk_lookup_links(&s.topo), 1);
 
     // Stopping the agent detaches everything it attached.
     s.stop_agent();
-    assert!(!xdp_attached(&s.topo), "XDP program left on {}", s.topo.node_if);
-    assert_eq!(sk_lookup_links(&s.topo), 0, "sk_lookup link left in the namespace");
+    assert!(
+        !xdp_attached(&s.topo),
+        "XDP program left on {}",
+        s.topo.node_if
+    );
+    assert_eq!(
+        sk_lookup_links(&s.topo),
+        0,
+        "sk_lookup link left in the namespace"
+    );
 }
 
 #[test]
@@ -237,16 +315,45 @@ fn source_outside_the_allowed_cidrs_is_dropped_by_xdp() {
     let ranges = format!("{}/32, {}/128", Topology::CLIENT_V4, Topology::CLIENT_V6);
     let s = Scenario::start("cidr", Some(&ranges), "ebpf");
     for (allowed, denied, node) in [
-        (Topology::CLIENT_V4, Topology::CLIENT_V4_ALT, Topology::NODE_V4),
-        (Topology::CLIENT_V6, Topology::CLIENT_V6_ALT, Topology::NODE_V6),
+        (
+            Topology::CLIENT_V4,
+            Topology::CLIENT_V4_ALT,
+            Topology::NODE_V4,
+        ),
+        (
+            Topology::CLIENT_V6,
+            Topology::CLIENT_V6_ALT,
+            Topology::NODE_V6,
+        ),
     ] {
         let r = s.get(node, GATEWAY_PORT, Some(allowed));
         assert_eq!(r.status, Some(200), "allowed source {allowed}: {r:?}");
-        let before = metric(&s.admin("/metrics"), "sluice_xdp_packets_total", &["team-a/edge", "drop_source_denied"]).unwrap_or(0.0);
-        let r = s.topo.curl(&url(node, GATEWAY_PORT, "/"), Some("echo.example.com"), Some(denied), Duration::from_secs(1));
-        assert_eq!(r.exit, 28, "denied source {denied} must time out (SYN dropped): {r:?}");
-        let after = metric(&s.admin("/metrics"), "sluice_xdp_packets_total", &["team-a/edge", "drop_source_denied"]).unwrap_or(0.0);
-        assert!(after > before, "drop counter did not rise for {denied}: {before} -> {after}");
+        let before = metric(
+            &s.admin("/metrics"),
+            "sluice_xdp_packets_total",
+            &["team-a/edge", "drop_source_denied"],
+        )
+        .unwrap_or(0.0);
+        let r = s.topo.curl(
+            &url(node, GATEWAY_PORT, "/"),
+            Some("echo.example.com"),
+            Some(denied),
+            Duration::from_secs(1),
+        );
+        assert_eq!(
+            r.exit, 28,
+            "denied source {denied} must time out (SYN dropped): {r:?}"
+        );
+        let after = metric(
+            &s.admin("/metrics"),
+            "sluice_xdp_packets_total",
+            &["team-a/edge", "drop_source_denied"],
+        )
+        .unwrap_or(0.0);
+        assert!(
+            after > before,
+            "drop counter did not rise for {denied}: {before} -> {after}"
+        );
     }
     // aya-log output of xdp_ingress reaches the agent's log.
     let mut agent_log = String::new();
@@ -257,7 +364,10 @@ fn source_outside_the_allowed_cidrs_is_dropped_by_xdp() {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
-    assert!(agent_log.contains("drop source-denied"), "no eBPF log line in agent log:\n{agent_log}");
+    assert!(
+        agent_log.contains("drop source-denied"),
+        "no eBPF log line in agent log:\n{agent_log}"
+    );
 }
 
 #[test]
@@ -268,8 +378,13 @@ fn userspace_datapath_binds_the_gateway_port_and_serves() {
     let s = Scenario::start("user", None, "userspace");
     let r = s.get(Topology::NODE_V4, GATEWAY_PORT, None);
     assert_eq!(r.status, Some(200), "{r:?}\n{}", s.agent_log());
-    assert!(s.listeners_on(GATEWAY_PORT).contains(&format!("{}:{GATEWAY_PORT}", Topology::NODE_V4)));
+    assert!(s
+        .listeners_on(GATEWAY_PORT)
+        .contains(&format!("{}:{GATEWAY_PORT}", Topology::NODE_V4)));
     assert!(!xdp_attached(&s.topo));
     let metrics = s.admin("/metrics");
-    assert!(metrics.contains("sluice_datapath_mode{mode=\"userspace\"} 1"), "{metrics}");
+    assert!(
+        metrics.contains("sluice_datapath_mode{mode=\"userspace\"} 1"),
+        "{metrics}"
+    );
 }

@@ -30,6 +30,8 @@ enum Cmd {
         #[arg(trailing_var_arg = true)]
         args: Vec<String>,
     },
+    /// Formatting and clippy (`-D warnings`) over the workspace.
+    Lint,
     /// Set up, build, and run the agent with eBPF on the quickstart config,
     /// with a local echo backend. Ctrl-C stops and detaches everything.
     RunEbpf {
@@ -51,6 +53,7 @@ fn main() -> Result<()> {
     std::env::set_current_dir(&root)?;
     match cli.cmd {
         Cmd::Setup => setup::run(),
+        Cmd::Lint => lint(),
         Cmd::Test { args } => test(&args),
         Cmd::RunEbpf {
             interface,
@@ -88,6 +91,19 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+fn lint() -> Result<()> {
+    setup::run()?;
+    run(cargo().args(["fmt", "--all", "--check"]))?;
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ]))
 }
 
 fn test(extra: &[String]) -> Result<()> {
@@ -153,7 +169,14 @@ fn run_ebpf(interface: &str, config_dir: &Path, release: bool) -> Result<()> {
     let target = workspace_root().join("target").join(profile);
 
     let echo = Command::new(target.join("sluice-echo"))
-        .args(["--listen", "127.0.0.1:9080", "--pod", "quickstart-echo", "--namespace", "default"])
+        .args([
+            "--listen",
+            "127.0.0.1:9080",
+            "--pod",
+            "quickstart-echo",
+            "--namespace",
+            "default",
+        ])
         .spawn()
         .context("starting the echo backend")?;
     let _echo = Guard(echo, "sluice-echo");

@@ -20,9 +20,15 @@ fn output(cmd: &mut Command) -> String {
 
 /// (package, why) pairs for apt.
 const APT: &[(&str, &str)] = &[
-    ("llvm-22-dev", "bpf-linker links the eBPF object with LLVM 22"),
+    (
+        "llvm-22-dev",
+        "bpf-linker links the eBPF object with LLVM 22",
+    ),
     ("libzstd-dev", "LLVM 22 links against zstd"),
-    ("iproute2", "network namespaces and veth for the end-to-end tests"),
+    (
+        "iproute2",
+        "network namespaces and veth for the end-to-end tests",
+    ),
     ("curl", "the HTTP client of the end-to-end tests"),
     ("bpftool", "tests check that no eBPF links are left behind"),
     ("ethtool", "tests set veth offloads"),
@@ -49,10 +55,12 @@ pub fn run() -> Result<()> {
         }
         exec(Command::new("apt-get").args(["update", "-qq"]))
             .context("apt-get update (are you root?)")?;
-        exec(Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(missing.iter().map(|m| m.0))
-            .env("DEBIAN_FRONTEND", "noninteractive"))
+        exec(
+            Command::new("apt-get")
+                .args(["install", "-y", "-qq", "--no-install-recommends"])
+                .args(missing.iter().map(|m| m.0))
+                .env("DEBIAN_FRONTEND", "noninteractive"),
+        )
         .context("installing apt packages")?;
     }
 
@@ -63,19 +71,27 @@ pub fn run() -> Result<()> {
              (found: {:?})",
             linker.trim()
         );
-        exec(Command::new("cargo")
-            .args(["install", "bpf-linker", "--locked", "--version"])
-            .arg(format!("~{BPF_LINKER_VERSION}"))
-            .args(["--no-default-features", "--features", "llvm-22"])
-            .env("LLVM_PREFIX", "/usr/lib/llvm-22"))
+        exec(
+            Command::new("cargo")
+                .args(["install", "bpf-linker", "--locked", "--version"])
+                .arg(format!("~{BPF_LINKER_VERSION}"))
+                .args(["--no-default-features", "--features", "llvm-22"])
+                .env("LLVM_PREFIX", "/usr/lib/llvm-22"),
+        )
         .context("installing bpf-linker")?;
     }
 
     let components = output(Command::new("rustup").args([
-        "component", "list", "--installed", "--toolchain", "nightly",
+        "component",
+        "list",
+        "--installed",
+        "--toolchain",
+        "nightly",
     ]));
     if !components.lines().any(|l| l.starts_with("rust-src")) {
-        eprintln!("setup: adding rust-src to nightly: the eBPF crate builds core with -Z build-std");
+        eprintln!(
+            "setup: adding rust-src to nightly: the eBPF crate builds core with -Z build-std"
+        );
         if !ok(Command::new("rustup").args(["toolchain", "list"])) {
             bail!("rustup not found: install rustup with a nightly toolchain");
         }

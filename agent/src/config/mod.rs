@@ -44,7 +44,11 @@ impl fmt::Display for DocumentError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.location, self.message)
         } else {
-            write!(f, "{}: field {}: {}", self.location, self.field, self.message)
+            write!(
+                f,
+                "{}: field {}: {}",
+                self.location, self.field, self.message
+            )
         }
     }
 }

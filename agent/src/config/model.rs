@@ -99,7 +99,9 @@ impl Hostname {
     pub fn matches(&self, host: &str) -> bool {
         match self {
             Hostname::Exact(h) => h == host,
-            Hostname::Wildcard(suffix) => host.len() > suffix.len() && host.ends_with(suffix.as_str()),
+            Hostname::Wildcard(suffix) => {
+                host.len() > suffix.len() && host.ends_with(suffix.as_str())
+            }
         }
     }
 

@@ -44,7 +44,10 @@ impl Builder {
     }
 
     pub fn add(&mut self, mut location: Location, value: serde_yaml::Value) {
-        let kind = value.get("kind").and_then(|k| k.as_str()).map(str::to_owned);
+        let kind = value
+            .get("kind")
+            .and_then(|k| k.as_str())
+            .map(str::to_owned);
         let api_version = value
             .get("apiVersion")
             .and_then(|k| k.as_str())
@@ -166,7 +169,10 @@ fn hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<model::Hostname
         return None;
     }
     if rest.parse::<IpAddr>().is_ok() {
-        doc.err(field, format!("hostname must not be an IP address: {raw:?}"));
+        doc.err(
+            field,
+            format!("hostname must not be an IP address: {raw:?}"),
+        );
         return None;
     }
     Some(if wild {
@@ -320,7 +326,10 @@ fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute>
                 doc.err(mat(".headers"), "header matches are not supported yet");
             }
             if !m.query_params.is_empty() {
-                doc.err(mat(".queryParams"), "query parameter matches are not supported yet");
+                doc.err(
+                    mat(".queryParams"),
+                    "query parameter matches are not supported yet",
+                );
             }
             if m.method.is_some() {
                 doc.err(mat(".method"), "method matches are not supported yet");
@@ -333,7 +342,10 @@ fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute>
                 None => ("PathPrefix", "/"),
             };
             if !value.starts_with('/') {
-                doc.err(mat(".path.value"), format!("path must start with '/': {value:?}"));
+                doc.err(
+                    mat(".path.value"),
+                    format!("path must start with '/': {value:?}"),
+                );
                 continue;
             }
             let path = match kind {
@@ -345,7 +357,9 @@ fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute>
                 other => {
                     doc.err(
                         mat(".path.type"),
-                        format!("unsupported path match type {other:?} (supported: Exact, PathPrefix)"),
+                        format!(
+                            "unsupported path match type {other:?} (supported: Exact, PathPrefix)"
+                        ),
                     );
                     continue;
                 }
@@ -361,11 +375,14 @@ fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute>
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let field = |rest: &str| at(&format!(".backendRefs[{bi}]{rest}"));
             if !b.filters.is_empty() {
-                doc.err(field(".filters"), "backendRef filters are not supported yet");
+                doc.err(
+                    field(".filters"),
+                    "backendRef filters are not supported yet",
+                );
             }
             let group = b.group.as_deref().unwrap_or("");
             let kind = b.kind.as_deref().unwrap_or("Service");
-            if group != "" || kind != "Service" {
+            if !group.is_empty() || kind != "Service" {
                 doc.err(
                     field(".kind"),
                     format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
@@ -409,13 +426,18 @@ fn service(doc: &mut Doc<'_>, s: wire::Service) -> Option<model::Service> {
     for (i, p) in s.spec.ports.iter().enumerate() {
         let target_port = match &p.target_port {
             None => None,
-            Some(serde_yaml::Value::Number(n)) => match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
-                Some(n) if n > 0 => Some(n),
-                _ => {
-                    doc.err(format!("spec.ports[{i}].targetPort"), format!("invalid port {n}"));
-                    None
+            Some(serde_yaml::Value::Number(n)) => {
+                match n.as_u64().and_then(|n| u16::try_from(n).ok()) {
+                    Some(n) if n > 0 => Some(n),
+                    _ => {
+                        doc.err(
+                            format!("spec.ports[{i}].targetPort"),
+                            format!("invalid port {n}"),
+                        );
+                        None
+                    }
                 }
-            },
+            }
             // A named port: resolved through the EndpointSlice port of this name.
             Some(serde_yaml::Value::String(_)) => None,
             Some(other) => {
@@ -533,7 +555,10 @@ spec:
     fn errors_name_file_document_and_field() {
         let bad = GOOD.replace("port: 80", "port: eighty");
         let err = parse(&bad).unwrap_err().to_string();
-        assert!(err.contains("test.yaml: document 1 (Gateway ns1/gw)"), "{err}");
+        assert!(
+            err.contains("test.yaml: document 1 (Gateway ns1/gw)"),
+            "{err}"
+        );
         assert!(err.contains("spec.listeners[0].port"), "{err}");
     }
 
@@ -557,7 +582,9 @@ spec:
             .unwrap_err()
             .to_string();
         assert!(err.contains("unsupported kind Deployment"), "{err}");
-        let err = parse(&GOOD.replace("api.example.com", "a..b")).unwrap_err().to_string();
+        let err = parse(&GOOD.replace("api.example.com", "a..b"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("spec.hostnames[0]"), "{err}");
     }
 
@@ -569,7 +596,10 @@ spec:
         assert!(!w.matches("example.com"));
         let e = Hostname::Exact("a.example.com".into());
         assert_eq!(Hostname::intersect(&w, &e), Some(e.clone()));
-        assert_eq!(Hostname::intersect(&e, &Hostname::Exact("b.example.com".into())), None);
+        assert_eq!(
+            Hostname::intersect(&e, &Hostname::Exact("b.example.com".into())),
+            None
+        );
     }
 
     #[test]

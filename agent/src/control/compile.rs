@@ -11,8 +11,8 @@ use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SH
 
 use crate::{
     config::{
-        AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
-        ObjectRef, ParentRef, RouteRule,
+        AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol, ObjectRef,
+        ParentRef, RouteRule,
     },
     kernel::{KernelDesired, SourceRule},
     snapshot::{
@@ -65,7 +65,10 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         .gateways
         .iter()
         .filter(|g| {
-            let class = config.gateway_classes.iter().find(|c| c.name == g.class_name);
+            let class = config
+                .gateway_classes
+                .iter()
+                .find(|c| c.name == g.class_name);
             match class {
                 Some(c) if c.controller_name == CONTROLLER_NAME => true,
                 Some(_) => false,
@@ -249,7 +252,9 @@ impl<'a> BackendResolver<'a> {
             return BackendTarget::Invalid(format!("backend {service}: Service not found"));
         };
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
-            return BackendTarget::Invalid(format!("backend {service}: Service has no port {port}"));
+            return BackendTarget::Invalid(format!(
+                "backend {service}: Service has no port {port}"
+            ));
         };
         let mut endpoints = Vec::new();
         for slice in self.slices.get(service).into_iter().flatten() {
@@ -262,7 +267,12 @@ impl<'a> BackendResolver<'a> {
                 .map(|p| p.port)
                 .or(sp.target_port)
                 .unwrap_or(sp.port);
-            endpoints.extend(slice.addresses.iter().map(|a| SocketAddr::new(*a, slice_port)));
+            endpoints.extend(
+                slice
+                    .addresses
+                    .iter()
+                    .map(|a| SocketAddr::new(*a, slice_port)),
+            );
         }
         endpoints.sort();
         endpoints.dedup();
@@ -275,12 +285,20 @@ fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<
     let addrs: Vec<[u8; 16]> = if shard.addresses.is_empty() {
         vec![[0; 16]]
     } else {
-        shard.addresses.iter().map(|a| crate::kernel::addr16(*a)).collect()
+        shard
+            .addresses
+            .iter()
+            .map(|a| crate::kernel::addr16(*a))
+            .collect()
     };
     let filtered = !shard.source_allow.is_empty() || !shard.source_deny.is_empty();
     let value = ListenerValue {
         shard: shard.id,
-        flags: if filtered { LISTENER_F_SOURCE_FILTER } else { 0 },
+        flags: if filtered {
+            LISTENER_F_SOURCE_FILTER
+        } else {
+            0
+        },
     };
     for port in shard.ports() {
         for a in &addrs {
@@ -306,10 +324,14 @@ fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<
             shard.source_allow.clone()
         };
         for net in &allow {
-            kernel.source_rules.insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_ALLOW);
+            kernel
+                .source_rules
+                .insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_ALLOW);
         }
         for net in &shard.source_deny {
-            kernel.source_rules.insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_DENY);
+            kernel
+                .source_rules
+                .insert(SourceRule::new(shard.id, *net), sluice_common::SOURCE_DENY);
         }
     }
 }
@@ -382,14 +404,22 @@ ports: [{name: http, port: 9000}]
         let http = shard.listener_for(80, "x").unwrap();
         assert_eq!(http.routes.len(), 1);
         let admin = shard.listener_for(81, "admin.example.com").unwrap();
-        assert!(admin.routes.is_empty(), "sectionName http must not attach to admin");
+        assert!(
+            admin.routes.is_empty(),
+            "sectionName http must not attach to admin"
+        );
         assert!(shard.listener_for(81, "other.example.com").is_none());
     }
 
     #[test]
     fn resolves_named_target_port_and_skips_unready() {
         let c = compiled();
-        let e = c.snapshot.shards[0].listener_for(80, "x").unwrap().routes.find("x", "/").unwrap();
+        let e = c.snapshot.shards[0]
+            .listener_for(80, "x")
+            .unwrap()
+            .routes
+            .find("x", "/")
+            .unwrap();
         let b = &e.backends.backends;
         match &b[0].target {
             BackendTarget::Endpoints(eps) => assert_eq!(eps, &["127.0.0.1:9000".parse().unwrap()]),
@@ -402,7 +432,11 @@ ports: [{name: http, port: 9000}]
     fn kernel_state_has_listener_per_address_port_and_source_rules() {
         let c = compiled();
         assert_eq!(c.kernel.listeners.len(), 4); // 2 addresses x 2 ports
-        assert!(c.kernel.listeners.values().all(|v| v.flags & LISTENER_F_SOURCE_FILTER != 0));
+        assert!(c
+            .kernel
+            .listeners
+            .values()
+            .all(|v| v.flags & LISTENER_F_SOURCE_FILTER != 0));
         assert_eq!(c.kernel.source_rules.len(), 1);
     }
 

@@ -16,5 +16,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A small generated body (error pages, admin responses).
 pub fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }

@@ -94,7 +94,11 @@ impl Proxy {
     ) -> (Response<Body>, Arc<str>, Arc<str>) {
         let none: Arc<str> = Arc::from("none");
         let Some(shard) = snapshot.shard(conn.shard) else {
-            return (error(StatusCode::NOT_FOUND, "no gateway"), none.clone(), none);
+            return (
+                error(StatusCode::NOT_FOUND, "no gateway"),
+                none.clone(),
+                none,
+            );
         };
         let shard_name: Arc<str> = Arc::from(shard.gateway.to_string());
         let Some(authority) = authority(&req) else {
@@ -234,7 +238,11 @@ fn upstream_request(
     let host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
     parts.headers.insert(header::HOST, host.clone());
     let peer_ip = conn.peer.ip().to_canonical().to_string();
-    let xff = match parts.headers.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+    let xff = match parts
+        .headers
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+    {
         Some(prev) => format!("{prev}, {peer_ip}"),
         None => peer_ip,
     };
@@ -263,7 +271,10 @@ mod tests {
     #[test]
     fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
         let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("x-custom, keep-alive"));
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-custom, keep-alive"),
+        );
         h.insert("x-custom", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert("x-kept", HeaderValue::from_static("1"));
