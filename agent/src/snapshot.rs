@@ -43,6 +43,7 @@ pub struct Shard {
     pub addresses: Vec<IpAddr>,
     pub source_allow: Vec<IpNet>,
     pub source_deny: Vec<IpNet>,
+    pub syn_budget: Option<crate::config::SynBudget>,
     /// HTTP listeners that are programmed.
     pub listeners: Vec<ListenerRoutes>,
 }

@@ -24,10 +24,16 @@ fn sluice_bin() -> PathBuf {
     p
 }
 
-fn config(source_ranges: Option<&str>) -> String {
-    let annotation = source_ranges
-        .map(|r| format!("  annotations:\n    sluice.dev/source-ranges: \"{r}\"\n"))
-        .unwrap_or_default();
+fn config(annotations: &[(&str, &str)]) -> String {
+    let annotation = if annotations.is_empty() {
+        String::new()
+    } else {
+        let items: String = annotations
+            .iter()
+            .map(|(k, v)| format!("    {k}: \"{v}\"\n"))
+            .collect();
+        format!("  annotations:\n{items}")
+    };
     format!(
         r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -81,12 +87,12 @@ struct Scenario {
 }
 
 impl Scenario {
-    fn start(test: &str, source_ranges: Option<&str>, datapath: &str) -> Self {
+    fn start(test: &str, annotations: &[(&str, &str)], datapath: &str) -> Self {
         let topo = Topology::new();
         let dir = std::env::temp_dir().join(format!("sluice-e2e-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("config")).unwrap();
-        std::fs::write(dir.join("config/gateway.yaml"), config(source_ranges)).unwrap();
+        std::fs::write(dir.join("config/gateway.yaml"), config(annotations)).unwrap();
 
         let mut echo = topo.node.command(env!("CARGO_BIN_EXE_sluice-echo"));
         echo.args([
@@ -220,7 +226,7 @@ fn ipv4_request_is_steered_by_sk_lookup_to_the_shard_socket() {
     if !privileged("ipv4_request_is_steered_by_sk_lookup_to_the_shard_socket") {
         return;
     }
-    let mut s = Scenario::start("v4", None, "ebpf");
+    let mut s = Scenario::start("v4", &[], "ebpf");
     let r = s.get(Topology::NODE_V4, GATEWAY_PORT, None);
     assert_eq!(r.status, Some(200), "{r:?}\n{}", s.agent_log());
     let echo: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -297,7 +303,7 @@ fn ipv6_request_is_served_the_same_way() {
     if !privileged("ipv6_request_is_served_the_same_way") {
         return;
     }
-    let s = Scenario::start("v6", None, "ebpf");
+    let s = Scenario::start("v6", &[], "ebpf");
     let r = s.get(Topology::NODE_V6, GATEWAY_PORT, Some(Topology::CLIENT_V6));
     assert_eq!(r.status, Some(200), "{r:?}\n{}", s.agent_log());
     let echo: serde_json::Value = serde_json::from_str(&r.body).unwrap();
@@ -313,7 +319,7 @@ fn source_outside_the_allowed_cidrs_is_dropped_by_xdp() {
         return;
     }
     let ranges = format!("{}/32, {}/128", Topology::CLIENT_V4, Topology::CLIENT_V6);
-    let s = Scenario::start("cidr", Some(&ranges), "ebpf");
+    let s = Scenario::start("cidr", &[("sluice.dev/source-ranges", &ranges)], "ebpf");
     for (allowed, denied, node) in [
         (
             Topology::CLIENT_V4,
@@ -375,7 +381,7 @@ fn userspace_datapath_binds_the_gateway_port_and_serves() {
     if !privileged("userspace_datapath_binds_the_gateway_port_and_serves") {
         return;
     }
-    let s = Scenario::start("user", None, "userspace");
+    let s = Scenario::start("user", &[], "userspace");
     let r = s.get(Topology::NODE_V4, GATEWAY_PORT, None);
     assert_eq!(r.status, Some(200), "{r:?}\n{}", s.agent_log());
     assert!(s
@@ -387,4 +393,46 @@ fn userspace_datapath_binds_the_gateway_port_and_serves() {
         metrics.contains("sluice_datapath_mode{mode=\"userspace\"} 1"),
         "{metrics}"
     );
+}
+
+#[test]
+fn syn_budget_drops_new_connections_over_the_per_source_rate() {
+    if !privileged("syn_budget_drops_new_connections_over_the_per_source_rate") {
+        return;
+    }
+    // One new connection per second per source, no burst beyond that.
+    let s = Scenario::start(
+        "syn",
+        &[("sluice.dev/syn-rate", "1"), ("sluice.dev/syn-burst", "1")],
+        "ebpf",
+    );
+    let attempt = |source: &str| {
+        s.topo.curl(
+            &url(Topology::NODE_V4, GATEWAY_PORT, "/"),
+            Some("echo.example.com"),
+            Some(source),
+            Duration::from_millis(400),
+        )
+    };
+    // The first SYN of a source takes its only token; an immediate second one
+    // finds the bucket empty and is dropped (curl times out, no RST).
+    let first = attempt(Topology::CLIENT_V4);
+    assert_eq!(first.status, Some(200), "{first:?}\n{}", s.agent_log());
+    // (Three tries, so a slow machine that takes a whole second per curl
+    // still shows the drop: a dropped try takes 0.4 s, well under the refill.)
+    let tries: Vec<_> = (0..3).map(|_| attempt(Topology::CLIENT_V4)).collect();
+    assert!(
+        tries.iter().any(|t| t.exit == 28 && t.status.is_none()),
+        "a SYN right after the budget was spent must be dropped: {tries:?}"
+    );
+    // Budgets are per source: another address is not affected.
+    let other = attempt(Topology::CLIENT_V4_ALT);
+    assert_eq!(other.status, Some(200), "{other:?}");
+    let metrics = s.admin("/metrics");
+    let dropped = metric(
+        &metrics,
+        "sluice_xdp_packets_total",
+        &["team-a/edge", "drop_syn_budget"],
+    );
+    assert!(dropped.unwrap_or(0.0) >= 1.0, "{metrics}");
 }

@@ -54,6 +54,16 @@ pub struct Gateway {
     pub source_allow: Vec<IpNet>,
     /// Source CIDRs from the `sluice.dev/source-deny` annotation.
     pub source_deny: Vec<IpNet>,
+    /// Per-source budget of new TCP connections, from `sluice.dev/syn-rate`
+    /// (per second) and `sluice.dev/syn-burst`; enforced by `xdp_ingress`.
+    pub syn_budget: Option<SynBudget>,
+}
+
+/// New connections per second and burst allowed per source address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynBudget {
+    pub rate: u32,
+    pub burst: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,6 +14,10 @@ const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const SOURCE_RANGES_ANNOTATION: &str = "sluice.dev/source-ranges";
 /// Gateway annotation: comma-separated source CIDRs denied (longest prefix wins).
 pub const SOURCE_DENY_ANNOTATION: &str = "sluice.dev/source-deny";
+/// Gateway annotation: new TCP connections per second allowed per source address.
+pub const SYN_RATE_ANNOTATION: &str = "sluice.dev/syn-rate";
+/// Gateway annotation: burst of new connections per source (default: the rate).
+pub const SYN_BURST_ANNOTATION: &str = "sluice.dev/syn-burst";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 
 #[derive(Default)]
@@ -273,6 +277,31 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         &format!("metadata.annotations[{SOURCE_DENY_ANNOTATION}]"),
         ann.get(SOURCE_DENY_ANNOTATION),
     );
+    let positive = |doc: &mut Doc<'_>, key: &str| -> Option<u32> {
+        let raw = ann.get(key)?;
+        match raw.trim().parse::<u32>() {
+            Ok(n) if n > 0 => Some(n),
+            _ => {
+                doc.err(
+                    format!("metadata.annotations[{key}]"),
+                    format!("expected a positive integer, got {raw:?}"),
+                );
+                None
+            }
+        }
+    };
+    let syn_rate = positive(doc, SYN_RATE_ANNOTATION);
+    let syn_burst = positive(doc, SYN_BURST_ANNOTATION);
+    if syn_burst.is_some() && syn_rate.is_none() {
+        doc.err(
+            format!("metadata.annotations[{SYN_BURST_ANNOTATION}]"),
+            format!("needs {SYN_RATE_ANNOTATION} as well"),
+        );
+    }
+    let syn_budget = syn_rate.map(|rate| model::SynBudget {
+        rate,
+        burst: syn_burst.unwrap_or(rate),
+    });
     (doc.errors.len() == before).then(|| model::Gateway {
         id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
         class_name: g.spec.gateway_class_name,
@@ -280,6 +309,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         listeners,
         source_allow,
         source_deny,
+        syn_budget,
     })
 }
 

@@ -123,6 +123,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
             addresses: gateway.addresses.clone(),
             source_allow: gateway.source_allow.clone(),
             source_deny: gateway.source_deny.clone(),
+            syn_budget: gateway.syn_budget,
             listeners,
         };
         program_kernel(&shard, &mut kernel, &mut warnings);
@@ -299,6 +300,8 @@ fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<
         } else {
             0
         },
+        syn_rate: shard.syn_budget.map_or(0, |b| b.rate),
+        syn_burst: shard.syn_budget.map_or(0, |b| b.burst),
     };
     for port in shard.ports() {
         for a in &addrs {
@@ -356,7 +359,7 @@ spec: {controllerName: example.com/other}
 ---
 apiVersion: gateway.networking.k8s.io/v1
 kind: Gateway
-metadata: {name: gw, namespace: app, annotations: {sluice.dev/source-ranges: 10.0.0.0/8}}
+metadata: {name: gw, namespace: app, annotations: {sluice.dev/source-ranges: 10.0.0.0/8, sluice.dev/syn-rate: "50"}}
 spec:
   gatewayClassName: sluice
   addresses: [{value: 10.9.0.1}, {value: "fd00::1"}]
@@ -437,6 +440,11 @@ ports: [{name: http, port: 9000}]
             .listeners
             .values()
             .all(|v| v.flags & LISTENER_F_SOURCE_FILTER != 0));
+        assert!(c
+            .kernel
+            .listeners
+            .values()
+            .all(|v| v.syn_rate == 50 && v.syn_burst == 50));
         assert_eq!(c.kernel.source_rules.len(), 1);
     }
 

@@ -64,7 +64,7 @@ mod tests {
         for p in ports {
             d.listeners.insert(
                 ListenerKey::new([0; 16], *p, PROTO_TCP),
-                ListenerValue { shard: 1, flags: 0 },
+                ListenerValue::new(1, 0),
             );
         }
         d.source_rules.insert(
@@ -91,7 +91,7 @@ mod tests {
         let mut m = FakeMaps::default();
         m.listeners.insert(
             ListenerKey::new([1; 16], 9, PROTO_TCP),
-            ListenerValue { shard: 9, flags: 0 },
+            ListenerValue::new(9, 0),
         );
         reconcile(&mut m, &desired(&[80])).unwrap();
         assert_eq!(m.listeners.len(), 1);

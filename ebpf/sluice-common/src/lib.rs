@@ -108,6 +108,73 @@ pub struct ListenerValue {
     pub shard: u32,
     /// `LISTENER_F_*` bits.
     pub flags: u32,
+    /// New TCP connections (SYNs) per second allowed per source address; 0: unlimited.
+    pub syn_rate: u32,
+    /// Bucket size: SYNs a source may send in a burst before the rate applies.
+    pub syn_burst: u32,
+}
+
+impl ListenerValue {
+    pub const fn new(shard: u32, flags: u32) -> Self {
+        Self {
+            shard,
+            flags,
+            syn_rate: 0,
+            syn_burst: 0,
+        }
+    }
+}
+
+/// Default capacity of the per-source SYN budget LRU.
+pub const DEFAULT_MAX_SYN_SOURCES: u32 = 65536;
+
+/// Key of a SYN budget: one bucket per (shard, source address).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SynKey {
+    pub shard: u32,
+    pub addr: [u8; 16],
+}
+
+/// Token bucket state. Tokens are kept in thousandths so that slow rates refill
+/// smoothly; `last_ns` is `bpf_ktime_get_ns` at the last update.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SynBucket {
+    pub tokens_milli: u64,
+    pub last_ns: u64,
+}
+
+/// Refills and takes one token. Returns the new bucket and whether the SYN may pass.
+/// Pure, so user space tests the arithmetic the kernel runs.
+#[inline(always)]
+pub const fn syn_take(bucket: SynBucket, now_ns: u64, rate: u32, burst: u32) -> (SynBucket, bool) {
+    let cap = burst as u64 * 1000;
+    let mut elapsed = now_ns.saturating_sub(bucket.last_ns);
+    // Bound the product below: anything past 10 s refills a full bucket anyway
+    // for every rate and burst a u32 can express.
+    if elapsed > 10_000_000_000 {
+        elapsed = 10_000_000_000;
+    }
+    let refill = elapsed * rate as u64 / 1_000_000;
+    // Frequent updates must not round slow refills away: the clock only moves
+    // on once at least one thousandth of a token was credited.
+    let last_ns = if refill > 0 { now_ns } else { bucket.last_ns };
+    let mut tokens = bucket.tokens_milli + refill;
+    if tokens > cap {
+        tokens = cap;
+    }
+    let pass = tokens >= 1000;
+    if pass {
+        tokens -= 1000;
+    }
+    (
+        SynBucket {
+            tokens_milli: tokens,
+            last_ns,
+        },
+        pass,
+    )
 }
 
 /// The shard has source rules: a source matching no allow rule is dropped.
@@ -149,9 +216,13 @@ mod user {
     unsafe impl aya::Pod for ListenerKey {}
     unsafe impl aya::Pod for ListenerValue {}
     unsafe impl aya::Pod for SourceRuleKey {}
+    unsafe impl aya::Pod for SynKey {}
+    unsafe impl aya::Pod for SynBucket {}
 
     const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);
-    const _: () = assert!(core::mem::size_of::<ListenerValue>() == 8);
+    const _: () = assert!(core::mem::size_of::<ListenerValue>() == 16);
+    const _: () = assert!(core::mem::size_of::<SynKey>() == 20);
+    const _: () = assert!(core::mem::size_of::<SynBucket>() == 16);
     const _: () = assert!(core::mem::size_of::<SourceRuleKey>() == 20);
 }
 
@@ -166,6 +237,26 @@ mod tests {
         assert!(counter_index(MAX_SHARDS - 1, Reason::PassMalformed) < COUNTER_ENTRIES);
         assert_ne!(socket_index(3, false), socket_index(3, true));
         assert_eq!(socket_index(3, true) + 1, socket_index(4, false));
+    }
+
+    #[test]
+    fn syn_bucket_refills_at_rate_and_caps_at_burst() {
+        let full = SynBucket {
+            tokens_milli: 2000,
+            last_ns: 0,
+        };
+        let (b, ok1) = syn_take(full, 0, 1, 2);
+        let (b, ok2) = syn_take(b, 1, 1, 2);
+        let (b, ok3) = syn_take(b, 2, 1, 2);
+        assert!(ok1 && ok2 && !ok3, "burst of 2 then empty");
+        // Half a second at 1/s: half a token, still not enough.
+        let (b, ok) = syn_take(b, 500_000_000, 1, 2);
+        assert!(!ok);
+        let (b, ok) = syn_take(b, 1_000_000_010, 1, 2);
+        assert!(ok, "a full token after one second: {b:?}");
+        // A long pause refills to the burst, not beyond.
+        let (b, _) = syn_take(b, u64::MAX / 2, 1, 2);
+        assert_eq!(b.tokens_milli, 1000);
     }
 
     #[test]

@@ -2,11 +2,11 @@
 //! (`agent/src/datapath/maps.rs` opens them by these names).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, PerCpuArray, SockMap},
+    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use sluice_common::{
-    ListenerKey, ListenerValue, SourceRuleKey, COUNTER_ENTRIES, DEFAULT_MAX_LISTENERS,
-    DEFAULT_MAX_SOURCE_RULES, MAX_SHARDS,
+    ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
+    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
 };
 
 /// (address, port, proto) → shard. Address all-zero = any local address.
@@ -18,6 +18,12 @@ pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
 #[map]
 pub static SOURCE_RULES: LpmTrie<SourceRuleKey, u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_SOURCE_RULES, 0);
+
+/// Per-(shard, source) SYN token buckets. LRU: a flood of spoofed sources
+/// evicts old buckets instead of failing inserts.
+#[map]
+pub static SYN_BUDGET: LruHashMap<SynKey, SynBucket> =
+    LruHashMap::with_max_entries(DEFAULT_MAX_SYN_SOURCES, 0);
 
 /// Listening sockets of the shards at `socket_index(shard, ipv6)`.
 #[map]

@@ -6,18 +6,19 @@
 //! listener passes untouched.
 use aya_ebpf::{
     bindings::xdp_action::{XDP_DROP, XDP_PASS},
+    helpers::bpf_ktime_get_ns,
     macros::xdp,
     maps::lpm_trie::Key,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use sluice_common::{
-    v4_mapped, ListenerKey, Reason, SourceRuleKey, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP,
-    SOURCE_ALLOW,
+    syn_take, v4_mapped, ListenerKey, ListenerValue, Reason, SourceRuleKey, SynBucket, SynKey,
+    LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP, SOURCE_ALLOW,
 };
 
 use crate::{
-    maps::{count, find_listener, SOURCE_RULES},
+    maps::{count, find_listener, SOURCE_RULES, SYN_BUDGET},
     packet::ptr_at,
 };
 
@@ -27,6 +28,8 @@ const ETH_P_IPV6: u16 = 0x86dd;
 const ETH_P_8021Q: u16 = 0x8100;
 const ETH_P_8021AD: u16 = 0x88a8;
 const IPV6_HLEN: usize = 40;
+const TCP_FLAG_SYN: u8 = 0x02;
+const TCP_FLAG_ACK: u8 = 0x10;
 
 #[xdp]
 pub fn xdp_ingress(ctx: XdpContext) -> u32 {
@@ -99,8 +102,43 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
         );
         return Ok(XDP_DROP);
     }
+    if flow.proto == PROTO_TCP && listener.syn_rate != 0 {
+        let flags = read::<u8>(ctx, flow.l4 + 13)?;
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN
+            && !syn_budget_allows(&listener, &flow.src)
+        {
+            count(shard, Reason::DropSynBudget);
+            debug!(
+                ctx,
+                "xdp_ingress: drop syn-budget shard={} port={}", shard, dport
+            );
+            return Ok(XDP_DROP);
+        }
+    }
     count(shard, Reason::PassAllowed);
     Ok(XDP_PASS)
+}
+
+/// Takes a token from the source's bucket; a new source starts with a full bucket.
+#[inline(always)]
+fn syn_budget_allows(listener: &ListenerValue, src: &[u8; 16]) -> bool {
+    let key = SynKey {
+        shard: listener.shard,
+        addr: *src,
+    };
+    let now = unsafe { bpf_ktime_get_ns() };
+    let bucket = match SYN_BUDGET.get_ptr(&key) {
+        Some(b) => unsafe { *b },
+        None => SynBucket {
+            tokens_milli: u64::from(listener.syn_burst) * 1000,
+            last_ns: now,
+        },
+    };
+    let (next, pass) = syn_take(bucket, now, listener.syn_rate, listener.syn_burst);
+    // Racing CPUs may both refill from the same old state: the budget is
+    // approximate under contention, which is fine for flood control.
+    let _ = SYN_BUDGET.insert(&key, &next, 0);
+    pass
 }
 
 #[inline(always)]
