@@ -1,4 +1,5 @@
 //! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance`.
+mod kube;
 mod setup;
 
 use std::{
@@ -27,7 +28,7 @@ enum Cmd {
     /// (network namespaces + eBPF; needs root, required when CI=true).
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
-        #[arg(trailing_var_arg = true)]
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
     /// Formatting and clippy (`-D warnings`) over the workspace.
@@ -126,6 +127,7 @@ fn test(extra: &[String]) -> Result<()> {
         .args(["test", "--workspace"])
         .args(extra)
         .env("SLUICE_BIN", &bin))?;
+    kube::validate_deploy(&workspace_root(), ci)?;
     eprintln!("xtask test: all tests passed in {:.0?}", start.elapsed());
     Ok(())
 }

