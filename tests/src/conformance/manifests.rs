@@ -12,7 +12,8 @@
 //!   (127.0.10.N, what a cluster's load balancer would assign), and every
 //!   listener port is moved up by a fixed offset so that no privileged or
 //!   well-known port is needed. Requests are dialed at the moved port; the
-//!   `Host` header still carries the manifest's port.
+//!   `Host` header still carries the manifest's port. Routes' `parentRefs[].port`
+//!   move with the listeners they name.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},
@@ -183,7 +184,7 @@ pub fn prepare(
                     }
                 }
             }
-            _ => {}
+            _ => shift_parent_ref_ports(&mut doc, port_offset),
         }
         p.docs.push(doc);
     }
@@ -239,6 +240,23 @@ fn rewrite_gateway(doc: &mut Value, index: usize, offset: u16) -> Result<Gateway
         }
     }
     Ok(GatewayInfo { address, listeners })
+}
+
+/// Routes' `parentRefs[].port` name listener ports, which moved by the offset.
+fn shift_parent_ref_ports(doc: &mut Value, offset: u16) {
+    let Some(refs) = doc
+        .get_mut("spec")
+        .and_then(|s| s.get_mut("parentRefs"))
+        .and_then(Value::as_sequence_mut)
+    else {
+        return;
+    };
+    for r in refs {
+        let port = r.get("port").and_then(Value::as_u64);
+        if let (Some(port), Some(m)) = (port, r.as_mapping_mut()) {
+            m.insert("port".into(), Value::from(port + u64::from(offset)));
+        }
+    }
 }
 
 fn endpoint_slice(service: &Value, key: &(String, String), port: u16) -> Result<Value> {

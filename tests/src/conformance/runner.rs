@@ -601,9 +601,28 @@ async fn converge(
 ) -> Result<(), String> {
     let deadline = Instant::now() + max;
     let mut ok = 0;
+    static UUIDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     loop {
-        let result = match clients.round_trip(out).await {
-            Ok(o) => compare(c, &BTreeMap::new(), &o).map(|_| ()),
+        // `{uuid}` in a path (retry cases): a fresh value for every attempt.
+        let (c, out) = if c.request.path.contains("{uuid}") {
+            let n = UUIDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let uuid = format!("{:08x}-{n:08x}-conformance", std::process::id());
+            let mut c = c.clone();
+            let mut out = out.clone();
+            c.request.path = c.request.path.replace("{uuid}", &uuid);
+            if let Some(p) = c.expected_request.as_mut().and_then(|e| e.path.as_mut()) {
+                *p = p.replace("{uuid}", &uuid);
+            }
+            out.path = out.path.replace("{uuid}", &uuid);
+            (std::borrow::Cow::Owned(c), std::borrow::Cow::Owned(out))
+        } else {
+            (
+                std::borrow::Cow::Borrowed(c),
+                std::borrow::Cow::Borrowed(out),
+            )
+        };
+        let result = match clients.round_trip(&out).await {
+            Ok(o) => compare(&c, &BTreeMap::new(), &o).map(|_| ()),
             Err(e) => Err(e),
         };
         match result {
