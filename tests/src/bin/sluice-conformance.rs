@@ -50,10 +50,13 @@ struct Args {
     /// Report directory.
     #[arg(long)]
     out_dir: Option<PathBuf>,
-    /// Check mode: fail when a test listed in this file (default
-    /// tests/conformance/passing.txt) no longer passes its request cases.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
-    check: Option<PathBuf>,
+    /// Check mode: exit 1 when a test listed in the passing file no longer
+    /// passes its request cases.
+    #[arg(long)]
+    check: bool,
+    /// The passing file (default tests/conformance/passing.txt).
+    #[arg(long)]
+    passing_file: Option<PathBuf>,
     /// Add newly passing tests to the passing file (never removes any).
     #[arg(long)]
     update_passing: bool,
@@ -72,12 +75,11 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    let passing_file = match &a.check {
-        Some(p) if !p.as_os_str().is_empty() => Some(p.clone()),
-        Some(_) => Some(repo("tests/conformance/passing.txt")),
-        None if a.update_passing => Some(repo("tests/conformance/passing.txt")),
-        None => None,
-    };
+    let passing_file = (a.check || a.update_passing).then(|| {
+        a.passing_file
+            .clone()
+            .unwrap_or_else(|| repo("tests/conformance/passing.txt"))
+    });
     anyhow::ensure!(
         passing_file.is_none() || a.skip_gateway.is_empty(),
         "--check/--update-passing cannot be combined with the diagnostic --skip-gateway"
@@ -133,7 +135,7 @@ async fn main() -> Result<()> {
                 );
             }
         }
-        if a.check.is_some() {
+        if a.check {
             if !regressions.is_empty() {
                 eprintln!("\nconformance regressions (listed in {}):", file.display());
                 for r in &regressions {
