@@ -14,4 +14,4 @@ pub mod metrics;
 pub mod snapshot;
 
 /// The eBPF object built from `ebpf/sluice-ebpf` by `build.rs`.
-pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice"));
+pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));

@@ -5,8 +5,17 @@
 //!   "namespace", "pod"}` with `Content-Type: application/json`;
 //! - `X-Echo-Set-Header: Name1:value1,Name2:value2` sets response headers;
 //! - `?delay=<duration>` (e.g. `500ms`, `2s`) delays the answer;
-//! - one log line per request on stderr: `Echoing back request made to <uri> to client (<peer>)`.
-use std::{collections::BTreeMap, convert::Infallible, net::SocketAddr, sync::Arc, time::Duration};
+//! - `/retry/...?uuid=U&succeedAfter=N[&responseCode=C]` fails the first N
+//!   requests for `U` (status `C`, or the connection is dropped without an
+//!   answer when no `responseCode` is given), then echoes;
+//! - one log line per request on stderr: `Echoing back request made to <uri> to client (<peer>)`,
+//!   also recorded in an optional [`RequestLog`] (mirror checks read it).
+use std::{
+    collections::{BTreeMap, HashMap},
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
 
 use bytes::Bytes;
 use http::{HeaderName, HeaderValue, Request, Response};
@@ -114,15 +123,83 @@ fn echo(id: &Identity, req: &Request<Incoming>) -> Echo {
     }
 }
 
+/// Request-URIs an echo server received, in order (shared with the caller).
+#[derive(Debug, Default)]
+pub struct RequestLog(Mutex<Vec<String>>);
+
+impl RequestLog {
+    pub fn push(&self, uri: String) {
+        if let Ok(mut v) = self.0.lock() {
+            v.push(uri);
+        }
+    }
+
+    /// A copy of the request-URIs received so far.
+    pub fn entries(&self) -> Vec<String> {
+        self.0.lock().map(|v| v.clone()).unwrap_or_default()
+    }
+}
+
+/// Per-server state: the request log and the `/retry` attempt counters.
+#[derive(Default)]
+struct State {
+    log: Option<Arc<RequestLog>>,
+    quiet: bool,
+    retries: Mutex<HashMap<String, u32>>,
+}
+
+fn query_param<'a>(req: &'a Request<Incoming>, name: &str) -> Option<&'a str> {
+    req.uri().query().and_then(|q| {
+        q.split('&').find_map(|kv| {
+            kv.split_once('=')
+                .filter(|(k, _)| *k == name)
+                .map(|(_, v)| v)
+        })
+    })
+}
+
+/// What `/retry` asks for: `None` to echo, `Some(None)` to drop the
+/// connection, `Some(Some(code))` to answer with `code`.
+fn retry_failure(state: &State, req: &Request<Incoming>) -> Option<Option<u16>> {
+    if !req.uri().path().starts_with("/retry") {
+        return None;
+    }
+    let uuid = query_param(req, "uuid")?;
+    let succeed_after: u32 = query_param(req, "succeedAfter")?.parse().ok()?;
+    let code = query_param(req, "responseCode").and_then(|c| c.parse::<u16>().ok());
+    let mut counts = state.retries.lock().ok()?;
+    let seen = counts.entry(uuid.to_owned()).or_insert(0);
+    *seen += 1;
+    (*seen <= succeed_after).then_some(code)
+}
+
 async fn handle(
     id: Arc<Identity>,
+    state: Arc<State>,
     peer: SocketAddr,
     req: Request<Incoming>,
-) -> Response<Full<Bytes>> {
-    eprintln!(
-        "Echoing back request made to {} to client ({peer})",
-        req.uri().path_and_query().map_or("/", |p| p.as_str())
-    );
+) -> Result<Response<Full<Bytes>>, std::io::Error> {
+    let uri = req
+        .uri()
+        .path_and_query()
+        .map_or_else(|| "/".to_owned(), |p| p.to_string());
+    if !state.quiet {
+        eprintln!("Echoing back request made to {uri} to client ({peer})");
+    }
+    if let Some(log) = &state.log {
+        log.push(uri);
+    }
+    match retry_failure(&state, &req) {
+        None => {}
+        Some(Some(code)) => {
+            let mut resp = Response::new(Full::new(Bytes::from_static(b"retry\n")));
+            *resp.status_mut() =
+                http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+            return Ok(resp);
+        }
+        // An error from the service makes hyper close the connection unanswered.
+        Some(None) => return Err(std::io::Error::other("retry: dropping the connection")),
+    }
     let delay = req
         .uri()
         .query()
@@ -153,21 +230,39 @@ async fn handle(
             }
         }
     }
-    resp
+    Ok(resp)
 }
 
 /// Serves echo responses on `listener` until the task is dropped/aborted.
 pub async fn serve(listener: TcpListener, id: Identity) {
+    serve_with(listener, id, None, false).await
+}
+
+/// Like [`serve`], also recording every request-URI in `log`; `quiet` drops
+/// the per-request stderr line (the conformance runner has its own log).
+pub async fn serve_with(
+    listener: TcpListener,
+    id: Identity,
+    log: Option<Arc<RequestLog>>,
+    quiet: bool,
+) {
     let id = Arc::new(id);
+    let state = Arc::new(State {
+        log,
+        quiet,
+        ..State::default()
+    });
     loop {
         let Ok((stream, peer)) = listener.accept().await else {
             continue;
         };
         let id = id.clone();
+        let state = state.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
                 let id = id.clone();
-                async move { Ok::<_, Infallible>(handle(id, peer, req).await) }
+                let state = state.clone();
+                async move { handle(id, state, peer, req).await }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection_with_upgrades(TokioIo::new(stream), svc)

@@ -1,5 +1,6 @@
 //! Test support for Sluice: an echo backend and a network-namespace topology
 //! harness for the privileged end-to-end tests.
+pub mod conformance;
 pub mod echo;
 pub mod netns;
 pub mod process;

@@ -46,6 +46,20 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Build the agent and the runner, then replay the upstream Gateway API
+    /// HTTP conformance scenarios against the agent (see
+    /// tests/conformance/README.md). Reports go to stdout and target/conformance/.
+    Conformance {
+        /// Only these tests (case file name or upstream ShortName, comma separated).
+        #[arg(long)]
+        run: Option<String>,
+        /// Claimed features (comma separated), or `all` (default).
+        #[arg(long)]
+        features: Option<String>,
+        /// Further arguments for sluice-conformance (see its --help).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
 }
 
 fn main() -> Result<()> {
@@ -61,6 +75,11 @@ fn main() -> Result<()> {
             config_dir,
             release,
         } => run_ebpf(&interface, &config_dir, release),
+        Cmd::Conformance {
+            run: tests,
+            features,
+            args,
+        } => conformance(tests.as_deref(), features.as_deref(), &args),
     }
 }
 
@@ -128,8 +147,30 @@ fn test(extra: &[String]) -> Result<()> {
         .args(extra)
         .env("SLUICE_BIN", &bin))?;
     kube::validate_deploy(&workspace_root(), ci)?;
+    // Conformance regression check: every test in tests/conformance/passing.txt
+    // must still pass its request cases (short timeouts keep it to minutes).
+    run(
+        Command::new(workspace_root().join("target/debug/sluice-conformance"))
+            .args(["--check", "--max-time", "10", "--request-timeout", "5"])
+            .arg("--agent-bin")
+            .arg(&bin),
+    )?;
     eprintln!("xtask test: all tests passed in {:.0?}", start.elapsed());
     Ok(())
+}
+
+fn conformance(tests: Option<&str>, features: Option<&str>, extra: &[String]) -> Result<()> {
+    run(cargo().args(["build", "-p", "sluice", "-p", "sluice-tests", "--bins"]))?;
+    let target = workspace_root().join("target/debug");
+    let mut cmd = Command::new(target.join("sluice-conformance"));
+    cmd.arg("--agent-bin").arg(target.join("sluice"));
+    if let Some(t) = tests {
+        cmd.args(["--run", t]);
+    }
+    if let Some(f) = features {
+        cmd.args(["--features", f]);
+    }
+    run(cmd.args(extra))
 }
 
 /// Kills a child by pid when dropped (also on error paths).

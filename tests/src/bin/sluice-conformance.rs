@@ -1,0 +1,153 @@
+//! Gateway API conformance runner (GATEWAY-HTTP). Usually run through
+//! `cargo xtask conformance`; see tests/conformance/README.md.
+use std::{collections::BTreeSet, path::PathBuf, time::Duration};
+
+use anyhow::Result;
+use clap::Parser;
+use sluice_tests::conformance::{report, runner};
+
+fn repo(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel)
+}
+
+/// Replays the upstream Gateway API HTTP conformance scenarios against the
+/// sluice agent (one agent per test, userspace datapath, echo backends on
+/// loopback) and writes report.md and report.yaml.
+#[derive(Parser)]
+#[command(name = "sluice-conformance")]
+struct Args {
+    /// Only these tests (case file name without .yaml, or upstream ShortName);
+    /// repeatable or comma separated.
+    #[arg(long, value_delimiter = ',')]
+    run: Vec<String>,
+    /// Claimed features (comma separated, upstream names), or `all`. Tests
+    /// needing an unclaimed feature are skipped.
+    #[arg(long, default_value = "all", value_delimiter = ',')]
+    features: Vec<String>,
+    /// Transcribed cases.
+    #[arg(long)]
+    cases_dir: Option<PathBuf>,
+    /// Upstream `conformance/` directory (base/manifests.yaml, tests/*.yaml).
+    #[arg(
+        long,
+        env = "SLUICE_GATEWAY_API_CONFORMANCE",
+        default_value = "/work/shared/gateway-api/conformance"
+    )]
+    upstream_dir: PathBuf,
+    /// The agent binary.
+    #[arg(long, env = "SLUICE_BIN")]
+    agent_bin: Option<PathBuf>,
+    /// Added to every listener port of the manifests.
+    #[arg(long, default_value_t = 20_000)]
+    port_offset: u16,
+    /// Seconds a case may take to give the expected answer 3 times in a row
+    /// (upstream MaxTimeToConsistency is 30).
+    #[arg(long, default_value_t = 10)]
+    max_time: u64,
+    /// Seconds per request.
+    #[arg(long, default_value_t = 10)]
+    request_timeout: u64,
+    /// Report directory.
+    #[arg(long)]
+    out_dir: Option<PathBuf>,
+    /// Check mode: exit 1 when a test listed in the passing file no longer
+    /// passes its request cases.
+    #[arg(long)]
+    check: bool,
+    /// The passing file (default tests/conformance/passing.txt).
+    #[arg(long)]
+    passing_file: Option<PathBuf>,
+    /// Add newly passing tests to the passing file (never removes any).
+    #[arg(long)]
+    update_passing: bool,
+    /// Diagnostic, non-conformant: leave this Gateway (namespace/name) out of
+    /// the manifests (repeatable). The report says so; check mode refuses it.
+    #[arg(long)]
+    skip_gateway: Vec<String>,
+    /// Keep per-test config and agent logs (under $TMPDIR/sluice-conformance-<pid>).
+    #[arg(long)]
+    keep_temp: bool,
+    /// Log every case.
+    #[arg(short, long)]
+    verbose: bool,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let a = Args::parse();
+    let passing_file = (a.check || a.update_passing).then(|| {
+        a.passing_file
+            .clone()
+            .unwrap_or_else(|| repo("tests/conformance/passing.txt"))
+    });
+    anyhow::ensure!(
+        passing_file.is_none() || a.skip_gateway.is_empty(),
+        "--check/--update-passing cannot be combined with the diagnostic --skip-gateway"
+    );
+    let features = if a.features.iter().any(|f| f == "all") {
+        None
+    } else {
+        Some(a.features.iter().cloned().collect::<BTreeSet<_>>())
+    };
+    let opts = runner::Options {
+        cases_dir: a
+            .cases_dir
+            .unwrap_or_else(|| repo("tests/conformance/cases")),
+        upstream_dir: a.upstream_dir,
+        agent_bin: a.agent_bin.unwrap_or_else(|| repo("target/debug/sluice")),
+        port_offset: a.port_offset,
+        max_time_to_consistency: Duration::from_secs(a.max_time),
+        request_timeout: Duration::from_secs(a.request_timeout),
+        agent_start_timeout: Duration::from_secs(10),
+        run: a.run,
+        features,
+        skip_gateways: a.skip_gateway,
+        keep_temp: a.keep_temp,
+        verbose: a.verbose,
+    };
+    anyhow::ensure!(
+        opts.agent_bin.exists(),
+        "agent binary {} not found: build it with `cargo build -p sluice`",
+        opts.agent_bin.display()
+    );
+    let rep = runner::run(opts).await?;
+    let out_dir = a.out_dir.unwrap_or_else(|| repo("target/conformance"));
+    rep.write(&out_dir)?;
+    println!("{}", rep.markdown());
+    eprintln!(
+        "\n{}\nreports: {}, {}",
+        rep.summary(),
+        out_dir.join("report.md").display(),
+        out_dir.join("report.yaml").display()
+    );
+    if let Some(file) = passing_file {
+        let listed = report::read_passing(&file)?;
+        let (regressions, new) = report::compare_passing(&rep, &listed);
+        if !new.is_empty() {
+            if a.update_passing {
+                report::grow_passing(&file, &new)?;
+                eprintln!("added to {}: {}", file.display(), new.join(", "));
+            } else {
+                eprintln!(
+                    "newly passing (add them to {} or rerun with --update-passing): {}",
+                    file.display(),
+                    new.join(", ")
+                );
+            }
+        }
+        if a.check {
+            if !regressions.is_empty() {
+                eprintln!("\nconformance regressions (listed in {}):", file.display());
+                for r in &regressions {
+                    eprintln!("  - {r}");
+                }
+                std::process::exit(1);
+            }
+            eprintln!(
+                "conformance check: all {} listed tests still pass",
+                listed.len()
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,10 @@
+//! Gateway API conformance runner: replays the upstream GATEWAY-HTTP
+//! scenarios (`tests/conformance/cases/*.yaml` + the upstream manifests)
+//! against the `sluice` agent fed from files, one agent per test, with echo
+//! backends in process. See `tests/conformance/README.md`.
+pub mod cases;
+pub mod client;
+pub mod compare;
+pub mod manifests;
+pub mod report;
+pub mod runner;

@@ -1,0 +1,498 @@
+//! Results, the Markdown/YAML reports and the passing-list comparison.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt::Write as _,
+    path::Path,
+};
+
+use anyhow::{Context, Result};
+
+/// Upstream GATEWAY-HTTP core features; every other feature is extended.
+pub const CORE_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+pub const GATEWAY_API_VERSION: &str = "v1.6.1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Passed,
+    Failed,
+    Skipped,
+}
+
+impl Outcome {
+    pub fn label(self) -> &'static str {
+        match self {
+            Outcome::Passed => "Passed",
+            Outcome::Failed => "Failed",
+            Outcome::Skipped => "Skipped",
+        }
+    }
+}
+
+/// How the request cases of a test went.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Traffic {
+    /// Not run (skipped test).
+    NotRun,
+    /// The test has no request cases (status only).
+    NoCases,
+    /// The agent refused the config (or did not start): its error.
+    Refused(String),
+    Ran {
+        passed: usize,
+        total: usize,
+    },
+}
+
+/// Status assertions of a test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StatusCheck {
+    None,
+    /// The agent computes no Gateway API status yet: these many assertions
+    /// cannot be checked and count as failed.
+    Unsupported(usize),
+}
+
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub label: String,
+    pub error: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TestResult {
+    pub id: String,
+    pub name: String,
+    pub features: Vec<String>,
+    pub provisional: bool,
+    pub traffic: Traffic,
+    pub status: StatusCheck,
+    /// Why it was skipped, or the first failure.
+    pub reason: String,
+    pub cases: Vec<CaseResult>,
+    pub seconds: f64,
+}
+
+impl TestResult {
+    pub fn core(&self) -> bool {
+        self.features
+            .iter()
+            .all(|f| CORE_FEATURES.contains(&f.as_str()))
+    }
+
+    /// Every request case passed (and there was at least one).
+    pub fn traffic_passed(&self) -> bool {
+        matches!(self.traffic, Traffic::Ran { passed, total } if total > 0 && passed == total)
+    }
+
+    /// Upstream semantics: every request case and every status assertion passed.
+    pub fn outcome(&self) -> Outcome {
+        match (&self.traffic, self.status) {
+            (Traffic::NotRun, _) => Outcome::Skipped,
+            (Traffic::NoCases, StatusCheck::None) => Outcome::Passed,
+            (_, StatusCheck::None) if self.traffic_passed() => Outcome::Passed,
+            _ => Outcome::Failed,
+        }
+    }
+
+    pub fn traffic_label(&self) -> String {
+        match &self.traffic {
+            Traffic::NotRun => "-".into(),
+            Traffic::NoCases => "no requests".into(),
+            Traffic::Refused(_) => "config refused".into(),
+            Traffic::Ran { passed, total } => format!("{passed}/{total}"),
+        }
+    }
+
+    pub fn status_label(&self) -> String {
+        match (&self.traffic, self.status) {
+            (Traffic::NotRun, _) => "-".into(),
+            (_, StatusCheck::None) => "none".into(),
+            (_, StatusCheck::Unsupported(n)) => format!("{n} unsupported"),
+        }
+    }
+}
+
+/// A whole run.
+#[derive(Debug, Clone)]
+pub struct Report {
+    pub results: Vec<TestResult>,
+    /// Features claimed for this run (tests needing others are skipped).
+    pub claimed: BTreeSet<String>,
+    /// Every feature named by a case file.
+    pub all_features: BTreeSet<String>,
+    /// Set when the run deviates from the conformant setup (diagnostic flags).
+    pub non_conformant: Option<String>,
+    pub version: String,
+}
+
+fn md_escape(s: &str) -> String {
+    s.replace('|', "\\|").replace('\n', " ")
+}
+
+fn short(s: &str, n: usize) -> String {
+    if s.chars().count() <= n {
+        s.to_owned()
+    } else {
+        format!("{}…", s.chars().take(n).collect::<String>())
+    }
+}
+
+#[derive(Default, Clone, Copy)]
+struct Stats {
+    passed: usize,
+    failed: usize,
+    skipped: usize,
+}
+
+impl Stats {
+    fn add(&mut self, o: Outcome) {
+        match o {
+            Outcome::Passed => self.passed += 1,
+            Outcome::Failed => self.failed += 1,
+            Outcome::Skipped => self.skipped += 1,
+        }
+    }
+}
+
+impl Report {
+    fn stats(&self, core: bool) -> Stats {
+        let mut s = Stats::default();
+        for r in self.results.iter().filter(|r| r.core() == core) {
+            s.add(r.outcome());
+        }
+        s
+    }
+
+    /// feature → stats over the tests that need it.
+    fn feature_stats(&self) -> BTreeMap<String, Stats> {
+        let mut m: BTreeMap<String, Stats> = BTreeMap::new();
+        for r in &self.results {
+            for f in &r.features {
+                m.entry(f.clone()).or_default().add(r.outcome());
+            }
+        }
+        m
+    }
+
+    pub fn summary(&self) -> String {
+        let mut all = Stats::default();
+        for r in &self.results {
+            all.add(r.outcome());
+        }
+        let traffic = self.results.iter().filter(|r| r.traffic_passed()).count();
+        let with_traffic = self
+            .results
+            .iter()
+            .filter(|r| !matches!(r.traffic, Traffic::NotRun | Traffic::NoCases))
+            .count();
+        let refused = self
+            .results
+            .iter()
+            .filter(|r| matches!(r.traffic, Traffic::Refused(_)))
+            .count();
+        format!(
+            "{} tests: {} passed, {} failed, {} skipped; request cases all passing in {traffic} of {with_traffic} tests with requests; agent refused the config in {refused}",
+            self.results.len(),
+            all.passed,
+            all.failed,
+            all.skipped
+        )
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "# Sluice Gateway API conformance report (GATEWAY-HTTP, Gateway API {GATEWAY_API_VERSION})\n");
+        if let Some(n) = &self.non_conformant {
+            let _ = writeln!(out, "**Non-conformant diagnostic run:** {n}\n");
+        }
+        let _ = writeln!(out, "{}\n", self.summary());
+        let _ = writeln!(
+            out,
+            "Result is upstream's: every request case and every status assertion must pass. \
+             *requests* = request cases passed / total; *status* = status assertions, which the \
+             agent cannot answer yet (it computes no Gateway API status).\n"
+        );
+        let _ = writeln!(
+            out,
+            "| test | upstream test | core | result | requests | status | reason |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for r in &self.results {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.id,
+                r.name,
+                if r.core() { "core" } else { "extended" },
+                r.outcome().label(),
+                r.traffic_label(),
+                r.status_label(),
+                md_escape(&short(&r.reason, 400))
+            );
+        }
+        let _ = writeln!(out, "\n## Features\n");
+        let _ = writeln!(
+            out,
+            "| feature | claimed | passed | failed | skipped | verdict |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|");
+        for (f, s) in self.feature_stats() {
+            let verdict = if s.failed > 0 {
+                "fail"
+            } else if s.passed > 0 {
+                "pass"
+            } else {
+                "not run"
+            };
+            let _ = writeln!(
+                out,
+                "| {f} | {} | {} | {} | {} | {verdict} |",
+                if self.claimed.contains(&f) {
+                    "yes"
+                } else {
+                    "no"
+                },
+                s.passed,
+                s.failed,
+                s.skipped
+            );
+        }
+        let failing_cases: Vec<_> = self
+            .results
+            .iter()
+            .filter(|r| r.cases.iter().any(|c| c.error.is_some()))
+            .collect();
+        if !failing_cases.is_empty() {
+            let _ = writeln!(out, "\n## Failing request cases\n");
+            for r in failing_cases {
+                let _ = writeln!(out, "- **{}**", r.id);
+                for c in r.cases.iter().filter(|c| c.error.is_some()) {
+                    let _ = writeln!(
+                        out,
+                        "  - {}: {}",
+                        md_escape(&c.label),
+                        md_escape(&short(c.error.as_deref().unwrap_or(""), 300))
+                    );
+                }
+            }
+        }
+        out
+    }
+
+    /// The upstream `ConformanceReport` shape.
+    pub fn conformance_report(&self) -> serde_json::Value {
+        let names = |core: bool, o: Outcome| -> Vec<String> {
+            let mut v: Vec<String> = self
+                .results
+                .iter()
+                .filter(|r| r.core() == core && r.outcome() == o)
+                .map(|r| r.name.clone())
+                .collect();
+            v.dedup();
+            v
+        };
+        let claim = |core: bool| {
+            let s = self.stats(core);
+            let result = if s.failed > 0 {
+                "failure"
+            } else if s.passed > 0 && s.skipped == 0 {
+                "success"
+            } else if s.passed > 0 {
+                "partial"
+            } else {
+                "failure"
+            };
+            let mut v = serde_json::json!({
+                "result": result,
+                "statistics": {"Passed": s.passed, "Failed": s.failed, "Skipped": s.skipped},
+                "skippedTests": names(core, Outcome::Skipped),
+                "failedTests": names(core, Outcome::Failed),
+            });
+            if !core {
+                let extended: Vec<&String> = self
+                    .all_features
+                    .iter()
+                    .filter(|f| !CORE_FEATURES.contains(&f.as_str()))
+                    .collect();
+                v["supportedFeatures"] = serde_json::json!(extended
+                    .iter()
+                    .filter(|f| self.claimed.contains(**f))
+                    .collect::<Vec<_>>());
+                v["unsupportedFeatures"] = serde_json::json!(extended
+                    .iter()
+                    .filter(|f| !self.claimed.contains(**f))
+                    .collect::<Vec<_>>());
+            }
+            v
+        };
+        serde_json::json!({
+            "apiVersion": "gateway.networking.k8s.io/v1",
+            "kind": "ConformanceReport",
+            "date": now_rfc3339(),
+            "gatewayAPIVersion": GATEWAY_API_VERSION,
+            "gatewayAPIChannel": "standard",
+            "mode": if self.non_conformant.is_some() { "diagnostic" } else { "default" },
+            "implementation": {
+                "organization": "sluice",
+                "project": "sluice",
+                "url": "https://github.com/sluice-gateway/sluice",
+                "version": self.version,
+                "contact": ["sluice maintainers"],
+            },
+            "profiles": [{
+                "name": "GATEWAY-HTTP",
+                "summary": self.summary(),
+                "core": claim(true),
+                "extended": claim(false),
+            }],
+        })
+    }
+
+    /// Writes report.md and report.yaml to `dir`.
+    pub fn write(&self, dir: &Path) -> Result<()> {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        std::fs::write(dir.join("report.md"), self.markdown())?;
+        std::fs::write(
+            dir.join("report.yaml"),
+            serde_yaml::to_string(&self.conformance_report())?,
+        )?;
+        Ok(())
+    }
+}
+
+fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Test ids listed in a passing file (`#` comments and blank lines ignored).
+pub fn read_passing(path: &Path) -> Result<BTreeSet<String>> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => String::new(),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .map(|l| l.split('#').next().unwrap_or("").trim())
+        .filter(|l| !l.is_empty())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// Regressions (listed, run, and not passing) and new passes (passing, not listed).
+pub fn compare_passing(report: &Report, listed: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+    let mut regressions = Vec::new();
+    let mut new = Vec::new();
+    for r in &report.results {
+        let listed_here = listed.contains(&r.id);
+        if listed_here && r.traffic != Traffic::NotRun && !r.traffic_passed() {
+            regressions.push(format!("{}: {}", r.id, r.reason));
+        }
+        if !listed_here && r.traffic_passed() {
+            new.push(r.id.clone());
+        }
+    }
+    (regressions, new)
+}
+
+/// Adds `ids` to the passing file (never removes any).
+pub fn grow_passing(path: &Path, ids: &[String]) -> Result<()> {
+    let mut text = std::fs::read_to_string(path).unwrap_or_default();
+    if !text.is_empty() && !text.ends_with('\n') {
+        text.push('\n');
+    }
+    for id in ids {
+        text.push_str(id);
+        text.push('\n');
+    }
+    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn result(id: &str, traffic: Traffic, status: StatusCheck) -> TestResult {
+        TestResult {
+            id: id.into(),
+            name: id.into(),
+            features: vec!["Gateway".into(), "HTTPRoute".into()],
+            provisional: false,
+            traffic,
+            status,
+            reason: String::new(),
+            cases: Vec::new(),
+            seconds: 0.0,
+        }
+    }
+
+    #[test]
+    fn outcomes_statistics_and_passing_list() {
+        let report = Report {
+            results: vec![
+                result(
+                    "a",
+                    Traffic::Ran {
+                        passed: 2,
+                        total: 2,
+                    },
+                    StatusCheck::Unsupported(3),
+                ),
+                result(
+                    "b",
+                    Traffic::Ran {
+                        passed: 1,
+                        total: 2,
+                    },
+                    StatusCheck::None,
+                ),
+                result("c", Traffic::Refused("no".into()), StatusCheck::None),
+                result("d", Traffic::NotRun, StatusCheck::None),
+                result(
+                    "e",
+                    Traffic::Ran {
+                        passed: 1,
+                        total: 1,
+                    },
+                    StatusCheck::None,
+                ),
+            ],
+            claimed: BTreeSet::new(),
+            all_features: BTreeSet::from(["Gateway".into(), "HTTPRoute".into()]),
+            non_conformant: None,
+            version: "0".into(),
+        };
+        let outcomes: Vec<_> = report.results.iter().map(|r| r.outcome()).collect();
+        use Outcome::*;
+        assert_eq!(outcomes, [Failed, Failed, Failed, Skipped, Passed]);
+        let yaml = report.conformance_report();
+        assert_eq!(yaml["profiles"][0]["core"]["statistics"]["Failed"], 3);
+        assert_eq!(yaml["profiles"][0]["core"]["result"], "failure");
+        let listed = BTreeSet::from(["b".to_owned(), "d".to_owned(), "e".to_owned()]);
+        let (regressions, new) = compare_passing(&report, &listed);
+        assert_eq!(regressions.len(), 1);
+        assert!(regressions[0].starts_with("b:"));
+        assert_eq!(new, ["a"]);
+    }
+}

@@ -1,0 +1,738 @@
+//! Runs the case files against one fresh agent per test.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::Stdio,
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result};
+use serde_yaml::Value;
+
+use super::{
+    cases::{self, Case, TestFile},
+    client::{Clients, Outgoing},
+    compare::{compare, EchoBody},
+    manifests::{self, Prepared, GATEWAY_CLASS},
+    report::{CaseResult, Report, StatusCheck, TestResult, Traffic},
+};
+use crate::echo::{serve_with, Identity, RequestLog};
+
+/// Upstream `RequiredConsecutiveSuccesses`.
+pub const CONSECUTIVE_SUCCESSES: usize = 3;
+
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// `tests/conformance/cases`.
+    pub cases_dir: PathBuf,
+    /// Upstream `conformance/` directory (holds `base/` and `tests/`).
+    pub upstream_dir: PathBuf,
+    /// The `sluice` binary.
+    pub agent_bin: PathBuf,
+    /// Added to every listener port.
+    pub port_offset: u16,
+    /// Upstream `MaxTimeToConsistency` (30 s upstream).
+    pub max_time_to_consistency: Duration,
+    /// Per request (10 s upstream).
+    pub request_timeout: Duration,
+    /// How long the agent may take to become ready.
+    pub agent_start_timeout: Duration,
+    /// Only tests whose id or upstream name is listed (all when empty).
+    pub run: Vec<String>,
+    /// Claimed features; `None` claims every feature (runs every test).
+    pub features: Option<BTreeSet<String>>,
+    /// Diagnostic: Gateways (`namespace/name`) left out of the manifests.
+    pub skip_gateways: Vec<String>,
+    /// Keep the per-test temporary directories (config + agent log).
+    pub keep_temp: bool,
+    pub verbose: bool,
+}
+
+/// A Service's echo backend.
+struct Backend {
+    port: u16,
+    log: Arc<RequestLog>,
+}
+
+struct Env {
+    opts: Options,
+    base: Vec<Value>,
+    backends: BTreeMap<(String, String), Backend>,
+    work: PathBuf,
+}
+
+/// Runs the selected tests and returns the report.
+pub async fn run(opts: Options) -> Result<Report> {
+    let mut tests = cases::load_dir(&opts.cases_dir)?;
+    if !opts.run.is_empty() {
+        tests.retain(|t| opts.run.iter().any(|r| *r == t.id || *r == t.name));
+        anyhow::ensure!(
+            !tests.is_empty(),
+            "no case file matches --run {:?}",
+            opts.run
+        );
+    }
+    let all_features: BTreeSet<String> = cases::load_dir(&opts.cases_dir)?
+        .iter()
+        .flat_map(|t| t.features.clone())
+        .collect();
+    let claimed = opts
+        .features
+        .clone()
+        .unwrap_or_else(|| all_features.clone());
+    let base = manifests::read_docs(
+        &opts.upstream_dir.join("base/manifests.yaml"),
+        GATEWAY_CLASS,
+    )?;
+
+    // One echo server per Service of any manifest, for the whole run.
+    let mut services: BTreeSet<(String, String)> = manifests::services(&base).into_iter().collect();
+    for t in &tests {
+        for m in &t.manifests {
+            if let Ok(docs) = manifests::read_docs(&opts.upstream_dir.join(m), GATEWAY_CLASS) {
+                services.extend(manifests::services(&docs));
+            }
+        }
+    }
+    let mut backends = BTreeMap::new();
+    for (ns, name) in services {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let log = Arc::new(RequestLog::default());
+        let id = Identity {
+            // Like a Deployment's pod: <deployment>-<hash>-<suffix>.
+            pod: format!("{name}-5c9d7f8b4-conf0"),
+            namespace: ns.clone(),
+        };
+        tokio::spawn(serve_with(listener, id, Some(log.clone()), true));
+        backends.insert((ns, name), Backend { port, log });
+    }
+
+    let work = std::env::temp_dir().join(format!("sluice-conformance-{}", std::process::id()));
+    std::fs::create_dir_all(&work)?;
+    let env = Env {
+        opts: opts.clone(),
+        base,
+        backends,
+        work: work.clone(),
+    };
+    let mut results = Vec::new();
+    for t in &tests {
+        let started = Instant::now();
+        let mut r = run_test(&env, t, &claimed).await;
+        r.seconds = started.elapsed().as_secs_f64();
+        eprintln!(
+            "[{:>7}] {} ({}) requests {} status {} in {:.1}s{}",
+            r.outcome().label(),
+            r.id,
+            r.name,
+            r.traffic_label(),
+            r.status_label(),
+            r.seconds,
+            if r.reason.is_empty() {
+                String::new()
+            } else {
+                format!(": {}", r.reason.lines().next().unwrap_or(""))
+            }
+        );
+        results.push(r);
+    }
+    if !opts.keep_temp {
+        let _ = std::fs::remove_dir_all(&work);
+    } else {
+        eprintln!("kept per-test directories under {}", work.display());
+    }
+    let non_conformant = (!opts.skip_gateways.is_empty()).then(|| {
+        format!(
+            "Gateways left out of the manifests: {}",
+            opts.skip_gateways.join(", ")
+        )
+    });
+    Ok(Report {
+        results,
+        claimed,
+        all_features,
+        non_conformant,
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+fn skeleton(t: &TestFile) -> TestResult {
+    TestResult {
+        id: t.id.clone(),
+        name: t.name.clone(),
+        features: t.features.clone(),
+        provisional: t.provisional,
+        traffic: Traffic::NotRun,
+        status: StatusCheck::None,
+        reason: String::new(),
+        cases: Vec::new(),
+        seconds: 0.0,
+    }
+}
+
+async fn run_test(env: &Env, t: &TestFile, claimed: &BTreeSet<String>) -> TestResult {
+    let mut r = skeleton(t);
+    if !t.runnable {
+        r.reason = format!("not runnable without a cluster: {}", t.reason);
+        return r;
+    }
+    let missing: Vec<&String> = t
+        .features
+        .iter()
+        .filter(|f| !claimed.contains(*f))
+        .collect();
+    if !missing.is_empty() {
+        r.reason = format!("feature(s) not claimed: {missing:?}");
+        return r;
+    }
+    let status_count = t.status_count();
+    if status_count > 0 {
+        r.status = StatusCheck::Unsupported(status_count);
+    }
+    let dir = env.work.join(&t.id);
+    let outcome = run_test_in(env, t, &dir, &mut r).await;
+    if let Err(e) = outcome {
+        r.traffic = Traffic::Refused(format!("{e:#}"));
+    }
+    if !env.opts.keep_temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    r.reason = match &r.traffic {
+        Traffic::Refused(e) => format!("agent refused the config: {e}"),
+        _ => {
+            let first = r
+                .cases
+                .iter()
+                .find_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.label)));
+            match (first, r.status) {
+                (Some(f), _) => f,
+                (None, StatusCheck::Unsupported(n)) => {
+                    format!("{n} status assertion(s): the agent computes no Gateway API status yet")
+                }
+                (None, StatusCheck::None) => String::new(),
+            }
+        }
+    };
+    r
+}
+
+/// Runs one test; `Err` means the agent did not accept the config.
+async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) -> Result<()> {
+    let mut source = env.base.clone();
+    for m in &t.manifests {
+        source.extend(manifests::read_docs(
+            &env.opts.upstream_dir.join(m),
+            GATEWAY_CLASS,
+        )?);
+    }
+    source.retain(|d| {
+        let (gk, key) = (manifests::group_kind(d), manifests::object_key(d));
+        !(gk.1 == "Gateway"
+            && env
+                .opts
+                .skip_gateways
+                .contains(&format!("{}/{}", key.0, key.1)))
+    });
+    let ports: BTreeMap<_, _> = env
+        .backends
+        .iter()
+        .map(|(k, b)| (k.clone(), b.port))
+        .collect();
+
+    let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+    let mut agent = Agent::start(env, dir, &prepared, 0).await?;
+    let mut case_results = run_cases(env, t, &t.cases, &prepared, "").await;
+    agent.stop().await;
+    if t.cases.is_empty() && t.steps.iter().all(|s| s.cases.is_empty()) {
+        r.traffic = Traffic::NoCases;
+    }
+    for (i, step) in t.steps.iter().enumerate() {
+        let applied = match (&step.delete, &step.patch) {
+            (Some(d), _) => manifests::delete(&mut source, d),
+            (_, Some(p)) => manifests::patch(&mut source, p),
+            _ => Ok(()),
+        };
+        let prefix = format!("step {}: ", i + 1);
+        if let Err(e) = applied {
+            case_results.extend(step.cases.iter().map(|c| CaseResult {
+                label: format!("{prefix}{}", label(c)),
+                error: Some(format!("cannot apply the step: {e:#}")),
+            }));
+            continue;
+        }
+        let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+        match Agent::start(env, dir, &prepared, i + 1).await {
+            Ok(mut a) => {
+                case_results.extend(run_cases(env, t, &step.cases, &prepared, &prefix).await);
+                a.stop().await;
+            }
+            Err(e) => case_results.extend(step.cases.iter().map(|c| CaseResult {
+                label: format!("{prefix}{}", label(c)),
+                error: Some(format!("agent refused the config after the step: {e:#}")),
+            })),
+        }
+    }
+    if r.traffic != Traffic::NoCases {
+        let passed = case_results.iter().filter(|c| c.error.is_none()).count();
+        r.traffic = Traffic::Ran {
+            passed,
+            total: case_results.len(),
+        };
+    }
+    r.cases = case_results;
+    Ok(())
+}
+
+/// One agent process for one config.
+struct Agent {
+    child: tokio::process::Child,
+}
+
+impl Agent {
+    async fn start(env: &Env, dir: &Path, prepared: &Prepared, n: usize) -> Result<Self> {
+        let config = dir.join(format!("config-{n}"));
+        std::fs::create_dir_all(&config)?;
+        std::fs::write(config.join("conformance.yaml"), prepared.to_yaml()?)?;
+        let admin = free_port()?;
+        let log_path = dir.join(format!("agent-{n}.log"));
+        let log = std::fs::File::create(&log_path)?;
+        let child = tokio::process::Command::new(&env.opts.agent_bin)
+            .arg("--config-dir")
+            .arg(&config)
+            .args(["--datapath", "userspace", "--admin-addr"])
+            .arg(admin.to_string())
+            .env("RUST_BACKTRACE", "0")
+            .env("RUST_LOG", if env.opts.verbose { "debug" } else { "info" })
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {}", env.opts.agent_bin.display()))?;
+        let mut agent = Agent { child };
+        let deadline = Instant::now() + env.opts.agent_start_timeout;
+        let client = Clients::new(Duration::from_secs(1));
+        loop {
+            if let Ok(Some(status)) = agent.child.try_wait() {
+                let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+                anyhow::bail!("{}", agent_error(&text, &config, status));
+            }
+            let probe = Outgoing {
+                dial: admin,
+                method: "GET".into(),
+                host: admin.to_string(),
+                path: "/readyz".into(),
+                headers: BTreeMap::new(),
+                h2c: false,
+            };
+            if matches!(client.round_trip(&probe).await, Ok(o) if o.status == 200) {
+                return Ok(agent);
+            }
+            if Instant::now() > deadline {
+                agent.stop().await;
+                anyhow::bail!(
+                    "agent not ready after {:?} (log: {})",
+                    env.opts.agent_start_timeout,
+                    log_path.display()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGTERM by pid, then SIGKILL after 5 s.
+    async fn stop(&mut self) {
+        if let Some(pid) = self.child.id() {
+            // SAFETY: signalling our own child process by its pid.
+            unsafe {
+                libc::kill(pid as libc::pid_t, libc::SIGTERM);
+            }
+            if tokio::time::timeout(Duration::from_secs(5), self.child.wait())
+                .await
+                .is_ok()
+            {
+                return;
+            }
+        }
+        let _ = self.child.kill().await;
+    }
+}
+
+/// The agent's own error message from its log, without backtraces and with
+/// the temporary directory removed from file names.
+fn agent_error(log: &str, config: &Path, status: std::process::ExitStatus) -> String {
+    let start = log.find("Error: ").map(|i| i + "Error: ".len());
+    let Some(start) = start else {
+        let tail: Vec<&str> = log.lines().rev().take(5).collect();
+        return format!(
+            "agent exited with {status}: {}",
+            tail.into_iter().rev().collect::<Vec<_>>().join(" / ")
+        );
+    };
+    let text = &log[start..];
+    // anyhow's chain: "Caused by:\n    0: ...\n    1: ..."; the first cause is the most complete.
+    let body = match text.find("Caused by:") {
+        Some(i) => {
+            let causes = &text[i + "Caused by:".len()..];
+            let first = causes.split("\n    1: ").next().unwrap_or(causes);
+            first.trim().trim_start_matches("0: ").to_owned()
+        }
+        None => text.trim().to_owned(),
+    };
+    let prefix = format!("{}/", config.display());
+    body.replace(&prefix, "")
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?)
+}
+
+fn label(c: &Case) -> String {
+    let base = format!(
+        "{} {}{}",
+        c.request.method(),
+        c.request.host.as_deref().unwrap_or(""),
+        c.request.path
+    );
+    match &c.name {
+        Some(n) => format!("{n} ({base})"),
+        None => base,
+    }
+}
+
+async fn run_cases(
+    env: &Env,
+    t: &TestFile,
+    cases: &[Case],
+    prepared: &Prepared,
+    prefix: &str,
+) -> Vec<CaseResult> {
+    let clients = Clients::new(env.opts.request_timeout);
+    if t.sequential() {
+        let mut out = Vec::new();
+        for (i, c) in cases.iter().enumerate() {
+            out.push(run_one(env, t, c, i, prepared, &clients, prefix).await);
+        }
+        out
+    } else {
+        futures_join_all(
+            cases
+                .iter()
+                .enumerate()
+                .map(|(i, c)| run_one(env, t, c, i, prepared, &clients, prefix)),
+        )
+        .await
+    }
+}
+
+async fn run_one(
+    env: &Env,
+    t: &TestFile,
+    c: &Case,
+    i: usize,
+    prepared: &Prepared,
+    clients: &Clients,
+    prefix: &str,
+) -> CaseResult {
+    let error = run_case(env, t, c, i, prepared, clients).await.err();
+    if env.opts.verbose {
+        eprintln!(
+            "    {}{}: {}",
+            prefix,
+            label(c),
+            error.as_deref().unwrap_or("ok")
+        );
+    }
+    CaseResult {
+        label: format!("{prefix}{}", label(c)),
+        error,
+    }
+}
+
+/// Runs futures concurrently on the current task, keeping their order.
+async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+    let mut set = Vec::new();
+    for f in futs {
+        set.push(Box::pin(f));
+    }
+    let mut out: Vec<Option<F::Output>> = (0..set.len()).map(|_| None).collect();
+    std::future::poll_fn(|cx| {
+        let mut pending = false;
+        for (i, f) in set.iter_mut().enumerate() {
+            if out[i].is_none() {
+                match f.as_mut().poll(cx) {
+                    std::task::Poll::Ready(v) => out[i] = Some(v),
+                    std::task::Poll::Pending => pending = true,
+                }
+            }
+        }
+        if pending {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(())
+        }
+    })
+    .await;
+    out.into_iter()
+        .map(|o| o.expect("every future finished"))
+        .collect()
+}
+
+/// The wire request of a case.
+fn outgoing(env: &Env, t: &TestFile, c: &Case, prepared: &Prepared) -> Result<Outgoing, String> {
+    let g = t.gateways.get(c.gateway).ok_or_else(|| {
+        format!(
+            "case refers to gateways[{}], which is not listed",
+            c.gateway
+        )
+    })?;
+    let info = prepared
+        .gateways
+        .get(&(g.namespace.clone(), g.name.clone()))
+        .ok_or_else(|| format!("Gateway {}/{} is not in the manifests", g.namespace, g.name))?;
+    let listener = match &g.listener {
+        Some(n) => info.listeners.iter().find(|l| &l.name == n),
+        None => info.listeners.first(),
+    }
+    .ok_or_else(|| format!("Gateway {}/{} has no such listener", g.namespace, g.name))?;
+    let port = c.port.unwrap_or(listener.port);
+    let scheme = c.request.scheme();
+    let host = c.request.host.clone().unwrap_or_else(|| {
+        if (port == 80 && scheme == "http") || (port == 443 && scheme == "https") {
+            info.address.to_string()
+        } else {
+            format!("{}:{port}", info.address)
+        }
+    });
+    let dial_port = port
+        .checked_add(env.opts.port_offset)
+        .ok_or_else(|| format!("port {port} + offset overflows"))?;
+    let mut headers = c.request.headers.clone();
+    let set: Vec<String> = c
+        .backend_response_headers
+        .iter()
+        .map(|(k, v)| format!("{k}:{v}"))
+        .collect();
+    headers.insert("X-Echo-Set-Header".into(), set.join(","));
+    Ok(Outgoing {
+        dial: SocketAddr::new(info.address, dial_port),
+        method: c.request.method().to_owned(),
+        host,
+        path: c.request.path.clone(),
+        headers,
+        h2c: c.request.protocol.as_deref() == Some("H2C_PRIOR_KNOWLEDGE"),
+    })
+}
+
+/// What the runner cannot do yet, if the case needs it.
+fn unsupported(c: &Case) -> Option<String> {
+    if c.websocket.is_some() {
+        return Some("WebSocket cases are not supported by the runner yet".into());
+    }
+    if c.request.scheme() == "https" || c.request.protocol.as_deref() == Some("H2") {
+        return Some("HTTPS cases need a TLS client and the suite's certificates, not supported by the runner yet".into());
+    }
+    if c.expect_error.is_some() {
+        return Some("transport-error cases are not supported by the runner yet".into());
+    }
+    if c.mirrored_to.iter().any(|m| m.percent.is_some()) {
+        return Some("percentage-mirror statistics are not supported by the runner yet".into());
+    }
+    if c.check.is_some() && c.weights.is_empty() {
+        return Some("this statistical check is not supported by the runner yet".into());
+    }
+    None
+}
+
+async fn run_case(
+    env: &Env,
+    t: &TestFile,
+    c: &Case,
+    index: usize,
+    prepared: &Prepared,
+    clients: &Clients,
+) -> Result<(), String> {
+    if let Some(why) = unsupported(c) {
+        return Err(why);
+    }
+    let mut c = c.clone();
+    let mirror_id = (!c.mirrored_to.is_empty()).then(|| {
+        format!(
+            "gateway-api-conformance-request-id={}-{}-{index}",
+            std::process::id(),
+            t.id
+        )
+    });
+    if let Some(id) = &mirror_id {
+        let sep = |p: &str| if p.contains('?') { '&' } else { '?' };
+        c.request.path = format!("{}{}{id}", c.request.path, sep(&c.request.path));
+        if let Some(e) = c.expected_request.as_mut() {
+            if let Some(p) = e.path.as_mut() {
+                *p = format!("{p}{}{id}", sep(p));
+            }
+        }
+    }
+    let out = outgoing(env, t, &c, prepared)?;
+    converge(&c, &out, clients, env.opts.max_time_to_consistency).await?;
+    if mirror_id.is_some() {
+        check_mirrors(env, &c).await?;
+    }
+    if !c.weights.is_empty() {
+        check_weights(&c, &out, clients).await?;
+    }
+    Ok(())
+}
+
+/// Upstream `MakeRequestAndExpectEventuallyConsistentResponse`.
+async fn converge(
+    c: &Case,
+    out: &Outgoing,
+    clients: &Clients,
+    max: Duration,
+) -> Result<(), String> {
+    let deadline = Instant::now() + max;
+    let mut ok = 0;
+    static UUIDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    loop {
+        // `{uuid}` in a path (retry cases): a fresh value for every attempt.
+        let (c, out) = if c.request.path.contains("{uuid}") {
+            let n = UUIDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let uuid = format!("{:08x}-{n:08x}-conformance", std::process::id());
+            let mut c = c.clone();
+            let mut out = out.clone();
+            c.request.path = c.request.path.replace("{uuid}", &uuid);
+            if let Some(p) = c.expected_request.as_mut().and_then(|e| e.path.as_mut()) {
+                *p = p.replace("{uuid}", &uuid);
+            }
+            out.path = out.path.replace("{uuid}", &uuid);
+            (std::borrow::Cow::Owned(c), std::borrow::Cow::Owned(out))
+        } else {
+            (
+                std::borrow::Cow::Borrowed(c),
+                std::borrow::Cow::Borrowed(out),
+            )
+        };
+        let result = match clients.round_trip(&out).await {
+            Ok(o) => compare(&c, &BTreeMap::new(), &o).map(|_| ()),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(()) => {
+                ok += 1;
+                if ok >= CONSECUTIVE_SUCCESSES {
+                    return Ok(());
+                }
+            }
+            Err(e) => {
+                ok = 0;
+                if Instant::now() >= deadline {
+                    return Err(e);
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+async fn check_mirrors(env: &Env, c: &Case) -> Result<(), String> {
+    let deadline = Instant::now() + env.opts.request_timeout;
+    for m in &c.mirrored_to {
+        let b = env
+            .backends
+            .get(&(m.namespace.clone(), m.backend.clone()))
+            .ok_or_else(|| {
+                format!(
+                    "mirror backend {}/{} is not a Service",
+                    m.namespace, m.backend
+                )
+            })?;
+        loop {
+            if b.log.entries().contains(&c.request.path) {
+                break;
+            }
+            if Instant::now() >= deadline {
+                return Err(format!(
+                    "mirror backend {}/{} never received {}",
+                    m.namespace, m.backend, c.request.path
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    Ok(())
+}
+
+/// The weighted-distribution check of `httproute-weight` (see its `check`).
+async fn check_weights(c: &Case, out: &Outgoing, clients: &Clients) -> Result<(), String> {
+    const REQUESTS: usize = 500;
+    const CONCURRENCY: usize = 10;
+    const TOLERANCE: f64 = 0.05;
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut last = String::new();
+    for _batch in 0..10 {
+        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
+        let mut failure = None;
+        for _chunk in 0..REQUESTS / CONCURRENCY {
+            let mut reqs = Vec::new();
+            for _ in 0..CONCURRENCY {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let mut o = out.clone();
+                if seed.is_multiple_of(2) {
+                    o.headers
+                        .insert("X-Jitter".into(), (seed % 10_000).to_string());
+                }
+                reqs.push(o);
+            }
+            let results = futures_join_all(reqs.iter().map(|o| clients.round_trip(o))).await;
+            for r in results {
+                match r.and_then(|o| compare(c, &BTreeMap::new(), &o)) {
+                    Ok(EchoBody { pod, .. }) => {
+                        let parts: Vec<&str> = pod.split('-').collect();
+                        let backend = parts[..parts.len().saturating_sub(2)].join("-");
+                        *counts.entry(backend).or_default() += 1;
+                    }
+                    Err(e) => failure = Some(e),
+                }
+            }
+        }
+        if let Some(e) = failure {
+            last = e;
+            continue;
+        }
+        let mut problems = Vec::new();
+        for b in counts.keys() {
+            if !c.weights.contains_key(b) {
+                problems.push(format!("unexpected backend {b}"));
+            }
+        }
+        for (b, w) in &c.weights {
+            let got = counts.get(b).copied().unwrap_or(0);
+            if *w == 0 && got > 0 {
+                problems.push(format!("{b} has weight 0 but got {got} requests"));
+            }
+            let frac = got as f64 / REQUESTS as f64;
+            if (frac - f64::from(*w) / 100.0).abs() > TOLERANCE {
+                problems.push(format!(
+                    "{b}: {:.1}% of requests, expected {w}%",
+                    frac * 100.0
+                ));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(());
+        }
+        last = problems.join("; ");
+    }
+    Err(format!("weighted distribution: {last}"))
+}
