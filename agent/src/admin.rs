@@ -82,8 +82,10 @@ impl AdminServer {
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
     let mut r = Response::new(full(body));
     *r.status_mut() = status;
-    r.headers_mut()
-        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static(content_type));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static(content_type),
+    );
     r
 }
 
@@ -94,7 +96,11 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n".into(), "text/plain")
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "not ready\n".into(),
+                    "text/plain",
+                )
             }
         }
         "/metrics" => {
@@ -105,12 +111,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                     out,
                     "application/openmetrics-text; version=1.0.0; charset=utf-8",
                 ),
-                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, e.to_string(), "text/plain"),
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    e.to_string(),
+                    "text/plain",
+                ),
             }
         }
         "/config" => {
             let snap = state.snapshot.load();
-            let notes = state.config_notes.lock().map(|n| n.clone()).unwrap_or_default();
+            let notes = state
+                .config_notes
+                .lock()
+                .map(|n| n.clone())
+                .unwrap_or_default();
             let shards: Vec<_> = snap
                 .shards
                 .iter()

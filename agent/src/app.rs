@@ -79,10 +79,11 @@ impl Settings {
 pub enum AppError {
     #[error("configuration rejected: {0}")]
     Config(#[from] config::ConfigError),
+    // Boxed: KernelError is large and AppError travels through every `?` here.
     #[error("eBPF datapath unavailable (--datapath=ebpf): {0}")]
-    Kernel(#[from] KernelError),
+    Kernel(#[source] Box<KernelError>),
     #[error("programming eBPF maps: {0}")]
-    Reconcile(#[source] KernelError),
+    Reconcile(#[source] Box<KernelError>),
     #[error("Gateway {gateway}: cannot listen on {addr}: {source}")]
     Listen {
         gateway: ObjectRef,
@@ -127,7 +128,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
 
     let kernel = match settings.datapath {
         DatapathMode::Userspace => None,
-        DatapathMode::Ebpf => Some(load_kernel(&settings)?),
+        DatapathMode::Ebpf => {
+            Some(load_kernel(&settings).map_err(|e| AppError::Kernel(Box::new(e)))?)
+        }
         DatapathMode::Auto => match load_kernel(&settings) {
             Ok(k) => Some(k),
             Err(e) => {
@@ -156,7 +159,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             mode: datapath.label(),
         })
         .set(1);
-    metrics.config_generation.set(compiled.snapshot.generation as i64);
+    metrics
+        .config_generation
+        .set(compiled.snapshot.generation as i64);
     metrics
         .config_reloads
         .get_or_create(&crate::metrics::ConfigLabels { result: "applied" })
@@ -166,7 +171,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let mut kernel_shared = None;
     if let Some(mut k) = kernel {
         let stats = kernel::reconcile(&mut k as &mut dyn DatapathMaps, &compiled.kernel)
-            .map_err(AppError::Reconcile)?;
+            .map_err(|e| AppError::Reconcile(Box::new(e)))?;
         tracing::info!(?stats, "eBPF maps programmed");
         let shared = Arc::new(Mutex::new(k));
         registry.register_collector(Box::new(KernelCounters {
@@ -181,18 +186,27 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let mut shards = BTreeMap::new();
     for shard in &compiled.snapshot.shards {
         let sockets = match &kernel_shared {
-            Some(k) => steering_sockets(shard.id, &shard.gateway, &mut k.lock().expect("kernel lock"))?,
+            Some(k) => steering_sockets(
+                shard.id,
+                &shard.gateway,
+                &mut k.lock().expect("kernel lock"),
+            )?,
             None => bound_sockets(shard)?,
         };
         let socket_addrs = sockets.iter().map(|s| s.local).collect();
         tracing::info!(gateway = %shard.gateway, shard = shard.id, sockets = ?socket_addrs, ports = ?shard.ports(), "shard listening");
         servers.push(
-            ShardServer::spawn(shard.id, sockets, proxy.clone(), settings.max_connections_per_shard)
-                .map_err(|source| AppError::Listen {
-                    gateway: shard.gateway.clone(),
-                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
-                    source,
-                })?,
+            ShardServer::spawn(
+                shard.id,
+                sockets,
+                proxy.clone(),
+                settings.max_connections_per_shard,
+            )
+            .map_err(|source| AppError::Listen {
+                gateway: shard.gateway.clone(),
+                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+                source,
+            })?,
         );
         shards.insert(
             shard.gateway.clone(),
@@ -264,7 +278,7 @@ fn steering_sockets(
         };
         kernel
             .set_shard_socket(shard, ipv6, &s.listener)
-            .map_err(AppError::Reconcile)?;
+            .map_err(|e| AppError::Reconcile(Box::new(e)))?;
         out.push(s);
     }
     Ok(out)
@@ -273,7 +287,10 @@ fn steering_sockets(
 /// Userspace mode: bind each (address, port) of the Gateway.
 fn bound_sockets(shard: &crate::snapshot::Shard) -> Result<Vec<ShardSocket>, AppError> {
     let addrs: Vec<IpAddr> = if shard.addresses.is_empty() {
-        vec![IpAddr::V4(Ipv4Addr::UNSPECIFIED), IpAddr::V6(Ipv6Addr::UNSPECIFIED)]
+        vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ]
     } else {
         shard.addresses.clone()
     };

@@ -92,8 +92,17 @@ mod tests {
     fn cli_is_consistent_and_parses_the_documented_form() {
         Cli::command().debug_assert();
         let cli = Cli::parse_from([
-            "sluice", "--config-dir", "d", "--datapath", "ebpf", "--admin-addr", "127.0.0.1:1",
-            "--interface", "lo", "--interface", "eth0",
+            "sluice",
+            "--config-dir",
+            "d",
+            "--datapath",
+            "ebpf",
+            "--admin-addr",
+            "127.0.0.1:1",
+            "--interface",
+            "lo",
+            "--interface",
+            "eth0",
         ]);
         let s = cli.settings();
         assert_eq!(s.datapath, DatapathMode::Ebpf);

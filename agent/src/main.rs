@@ -12,7 +12,9 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
-    let app = sluice::app::build(cli.settings()).await.context("sluice failed to start")?;
+    let app = sluice::app::build(cli.settings())
+        .await
+        .context("sluice failed to start")?;
     shutdown_signal().await;
     tracing::info!("shutting down");
     app.shutdown().await;

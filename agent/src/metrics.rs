@@ -6,7 +6,9 @@ use std::sync::{Arc, Mutex};
 use arc_swap::ArcSwap;
 use prometheus_client::{
     collector::Collector,
-    encoding::{DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder},
+    encoding::{
+        DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+    },
     metrics::{
         counter::{ConstCounter, Counter},
         family::Family,

@@ -3,12 +3,14 @@
 mod load;
 pub mod model;
 mod resources;
+mod route;
 mod validate;
 
 use std::{fmt, path::PathBuf};
 
 pub use load::{load_dir, parse_documents};
 pub use model::*;
+pub use validate::NAMESPACE_NAME_LABEL;
 
 /// Where in the input a problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -44,7 +46,11 @@ impl fmt::Display for DocumentError {
         if self.field.is_empty() {
             write!(f, "{}: {}", self.location, self.message)
         } else {
-            write!(f, "{}: field {}: {}", self.location, self.field, self.message)
+            write!(
+                f,
+                "{}: field {}: {}",
+                self.location, self.field, self.message
+            )
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
+pub mod filters;
 mod proxy;
 mod server;
 
@@ -16,5 +17,7 @@ pub type Body = BoxBody<Bytes, BoxError>;
 
 /// A small generated body (error pages, admin responses).
 pub fn full(text: impl Into<Bytes>) -> Body {
-    Full::new(text.into()).map_err(|never| match never {}).boxed()
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
 }

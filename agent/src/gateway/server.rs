@@ -1,10 +1,6 @@
 //! One accept loop per shard socket; each shard is a bulkhead with its own
 //! connection limit, so a flood on one Gateway cannot exhaust another's.
-use std::{
-    net::SocketAddr,
-    sync::Arc,
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{

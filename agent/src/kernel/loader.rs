@@ -122,7 +122,9 @@ impl KernelDatapath {
                     Err(native_err) => {
                         program.attach(iface, XdpMode::Skb).map_err(|e| {
                             prog(
-                                &format!("attach to {iface} (native failed: {native_err}; generic)"),
+                                &format!(
+                                    "attach to {iface} (native failed: {native_err}; generic)"
+                                ),
                                 e,
                             )
                         })?;
@@ -146,11 +148,14 @@ impl KernelDatapath {
             .map_err(|e| sk("open", e))?;
         program.load().map_err(|e| sk("load", e))?;
         // thread-self: the network namespace is a per-thread property.
-        let netns = std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| KernelError::Io {
-            what: "opening /proc/thread-self/ns/net".into(),
-            source,
-        })?;
-        program.attach(&netns).map_err(|e| sk("attach to network namespace", e))?;
+        let netns =
+            std::fs::File::open("/proc/thread-self/ns/net").map_err(|source| KernelError::Io {
+                what: "opening /proc/thread-self/ns/net".into(),
+                source,
+            })?;
+        program
+            .attach(&netns)
+            .map_err(|e| sk("attach to network namespace", e))?;
         tracing::info!("sk_lookup_dispatch attached to the network namespace");
 
         Ok(Self {

@@ -50,7 +50,9 @@ impl DatapathMaps for FakeMaps {
         Ok(self.listeners.clone())
     }
     fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError> {
-        if self.max_listeners.is_some_and(|m| self.listeners.len() >= m)
+        if self
+            .max_listeners
+            .is_some_and(|m| self.listeners.len() >= m)
             && !self.listeners.contains_key(&key)
         {
             return Err(KernelError::Map {

@@ -67,8 +67,10 @@ mod tests {
                 ListenerValue { shard: 1, flags: 0 },
             );
         }
-        d.source_rules
-            .insert(SourceRule::new(1, "10.0.0.0/8".parse().unwrap()), SOURCE_ALLOW);
+        d.source_rules.insert(
+            SourceRule::new(1, "10.0.0.0/8".parse().unwrap()),
+            SOURCE_ALLOW,
+        );
         d
     }
 
@@ -115,7 +117,12 @@ mod tests {
             max_listeners: Some(2),
             ..Default::default()
         };
-        let err = reconcile(&mut m, &desired(&[80, 81, 82])).unwrap_err().to_string();
-        assert!(err.contains("LISTENERS") && err.contains("map full"), "{err}");
+        let err = reconcile(&mut m, &desired(&[80, 81, 82]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("LISTENERS") && err.contains("map full"),
+            "{err}"
+        );
     }
 }

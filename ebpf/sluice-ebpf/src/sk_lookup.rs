@@ -37,8 +37,7 @@ fn try_sk_lookup_dispatch(ctx: &SkLookupContext) -> Result<u32, i32> {
     let Some(listener) = find_listener(&key) else {
         return Ok(SK_PASS);
     };
-    if let Err(e) = SHARD_SOCKETS.redirect_sk_lookup(ctx, socket_index(listener.shard, ipv6), 0)
-    {
+    if let Err(e) = SHARD_SOCKETS.redirect_sk_lookup(ctx, socket_index(listener.shard, ipv6), 0) {
         warn!(
             ctx,
             "sk_lookup_dispatch: no socket for shard={} port={} err={}", listener.shard, port, e

@@ -12,8 +12,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use sluice_common::{
-    v4_mapped, ListenerKey, Reason, SourceRuleKey, LISTENER_F_SOURCE_FILTER, PROTO_TCP,
-    PROTO_UDP, SOURCE_ALLOW,
+    v4_mapped, ListenerKey, Reason, SourceRuleKey, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP,
+    SOURCE_ALLOW,
 };
 
 use crate::{
@@ -93,7 +93,10 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
 
     if listener.flags & LISTENER_F_SOURCE_FILTER != 0 && !source_allowed(shard, &flow.src) {
         count(shard, Reason::DropSourceDenied);
-        debug!(ctx, "xdp_ingress: drop source-denied shard={} port={}", shard, dport);
+        debug!(
+            ctx,
+            "xdp_ingress: drop source-denied shard={} port={}", shard, dport
+        );
         return Ok(XDP_DROP);
     }
     count(shard, Reason::PassAllowed);
