@@ -28,7 +28,7 @@ pub struct AdminState {
     /// Datapath in use, for `/config`.
     pub datapath: String,
     /// Warnings of the last applied config and the last rejection, for `/config`.
-    pub config_notes: Mutex<ConfigNotes>,
+    pub config_notes: Arc<Mutex<ConfigNotes>>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]

@@ -590,4 +590,12 @@ spec:
         assert!(!p.matches("/v10"));
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
     }
+
+    #[test]
+    fn broken_yaml_is_one_error_not_a_hang() {
+        let err = parse("kind: [unclosed\n---\nkind: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid YAML"), "{err}");
+    }
 }

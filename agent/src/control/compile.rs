@@ -28,7 +28,7 @@ pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 
 /// Stable shard ids: a Gateway keeps its id across reloads (the eBPF maps and
 /// SockMap slots are keyed by it); ids of removed Gateways are reused.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ShardIds {
     ids: BTreeMap<ObjectRef, ShardId>,
 }
@@ -36,14 +36,26 @@ pub struct ShardIds {
 impl ShardIds {
     /// Ids for exactly `gateways`, releasing those of Gateways that are gone.
     fn assign(&mut self, gateways: &[&Gateway]) -> Vec<Option<ShardId>> {
-        self.ids.retain(|k, _| gateways.iter().any(|g| &g.id == k));
+        let mut released = Vec::new();
+        self.ids.retain(|k, v| {
+            let keep = gateways.iter().any(|g| &g.id == k);
+            if !keep {
+                released.push(*v);
+            }
+            keep
+        });
         gateways
             .iter()
             .map(|g| {
                 if let Some(id) = self.ids.get(&g.id) {
                     return Some(*id);
                 }
-                let id = (1..MAX_SHARDS).find(|i| !self.ids.values().any(|v| v == i))?;
+                // Prefer ids not released by this same change, so one id never
+                // stands for two Gateways while a reload swaps them.
+                let free = |i: &ShardId| !self.ids.values().any(|v| v == i);
+                let id = (1..MAX_SHARDS)
+                    .find(|i| free(i) && !released.contains(i))
+                    .or_else(|| (1..MAX_SHARDS).find(free))?;
                 self.ids.insert(g.id.clone(), id);
                 Some(id)
             })
