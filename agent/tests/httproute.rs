@@ -338,3 +338,79 @@ async fn timeouts_answer_504() {
     assert_eq!(c.get("x", "/request").await.status, StatusCode::OK);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn request_mirror_copies_requests_with_body_and_samples_fractions() {
+    let v1 = echo_backend("v1").await;
+    let (m1, seen1) = recording_backend("mirror-1").await;
+    let (m2, seen2) = recording_backend("mirror-2").await;
+    let port = free_port();
+    let dir = config_dir();
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: mirror, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /mirror}}]
+    filters:
+    - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: X-Set, value: "1"}]}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: m1, port: 8080}}}
+    - {type: RequestMirror, requestMirror: {backendRef: {name: m2, port: 8080}}}
+    backendRefs: [{name: v1, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /half}}]
+    filters:
+    - {type: RequestMirror, requestMirror: {backendRef: {name: m2, port: 8080}, fraction: {numerator: 1, denominator: 2}}}
+    backendRefs: [{name: v1, port: 8080}]
+"#;
+    let text = format!(
+        "{}{}{}{}---\n{routes}",
+        gateway_yaml(port),
+        service_yaml("infra", "v1", v1),
+        service_yaml("infra", "m1", m1),
+        service_yaml("infra", "m2", m2),
+    );
+    write_config(&dir, "config.yaml", &text);
+    let app = start(&dir).await;
+    let c = TestClient::new(port);
+    let r = c
+        .send_body(Method::POST, "x", "/mirror?id=1", "payload")
+        .await;
+    assert_eq!(r.backend(), "v1");
+    assert_eq!(r.echo.as_ref().unwrap()["body"], "payload");
+    assert_eq!(c.get("x", "/mirror?id=2").await.backend(), "v1");
+    // Mirrors are asynchronous: wait (bounded) until both copies arrived.
+    let want = ["POST /mirror?id=1 payload", "GET /mirror?id=2 "];
+    for seen in [&seen1, &seen2] {
+        for _ in 0..200 {
+            if seen.lock().unwrap().len() >= 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        let mut got = seen.lock().unwrap().clone();
+        got.sort();
+        let mut want = want.to_vec();
+        want.sort();
+        assert_eq!(got, want);
+    }
+    seen2.lock().unwrap().clear();
+    for i in 0..10 {
+        assert_eq!(c.get("x", &format!("/half?i={i}")).await.backend(), "v1");
+    }
+    for _ in 0..200 {
+        if seen2.lock().unwrap().len() >= 5 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // Give stray extra copies a chance to show up before counting.
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        seen2.lock().unwrap().len(),
+        5,
+        "1/2 of 10 requests mirrored"
+    );
+    app.shutdown().await;
+}

@@ -373,6 +373,20 @@ pub enum Filter {
     ResponseHeaders(HeaderModifier),
     Redirect(Redirect),
     Rewrite(Rewrite),
+    /// Rule level only; several may be given.
+    Mirror(Mirror),
+}
+
+/// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a
+/// Service; its response is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub service: ObjectRef,
+    pub port: u16,
+    /// Share of requests mirrored: `numerator / denominator` (from `percent`
+    /// or `fraction`; 100% when neither is set).
+    pub numerator: u32,
+    pub denominator: u32,
 }
 
 /// `HTTPHeaderFilter`: applied as remove, then set, then add.

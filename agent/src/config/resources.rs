@@ -216,6 +216,40 @@ pub struct HttpRouteFilter {
     pub request_redirect: Option<HttpRequestRedirectFilter>,
     #[serde(default)]
     pub url_rewrite: Option<HttpUrlRewriteFilter>,
+    #[serde(default)]
+    pub request_mirror: Option<HttpRequestMirrorFilter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestMirrorFilter {
+    pub backend_ref: BackendObjectReference,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Option<u32>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -65,25 +65,17 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         }
         let single_prefix_match =
             matches.len() == 1 && matches!(matches[0].path, model::PathMatch::Prefix(_));
-        let rule_filters = filters(
-            doc,
-            &format!("{at}.filters"),
-            &rule.filters,
+        let ctx = FilterContext {
+            namespace: &namespace,
             single_prefix_match,
-            true,
-        );
+        };
+        let rule_filters = filters(doc, &format!("{at}.filters"), &rule.filters, ctx, true);
         let mut backends = Vec::new();
         for (bi, b) in rule.backend_refs.iter().enumerate() {
             let field = format!("{at}.backendRefs[{bi}]");
             let group = b.group.as_deref().unwrap_or("");
             let kind = b.kind.as_deref().unwrap_or("Service");
-            let backend_filters = filters(
-                doc,
-                &format!("{field}.filters"),
-                &b.filters,
-                single_prefix_match,
-                false,
-            );
+            let backend_filters = filters(doc, &format!("{field}.filters"), &b.filters, ctx, false);
             if !group.is_empty() || kind != "Service" {
                 doc.err(
                     format!("{field}.kind"),
@@ -288,16 +280,25 @@ fn pattern(doc: &mut Doc<'_>, field: &str, source: &str) -> Option<model::Patter
     }
 }
 
+/// What filter conversion needs to know about the rule.
+#[derive(Clone, Copy)]
+struct FilterContext<'a> {
+    /// The route's namespace, the default for backend references.
+    namespace: &'a str,
+    /// The rule has exactly one match and it is a PathPrefix, which
+    /// `ReplacePrefixMatch` requires.
+    single_prefix_match: bool,
+}
+
 /// Converts rule-level (`rule_level`) or backendRef-level filters.
-/// `single_prefix_match`: the rule has exactly one match and it is a
-/// PathPrefix, which `ReplacePrefixMatch` requires.
 fn filters(
     doc: &mut Doc<'_>,
     at: &str,
     raw: &[wire::HttpRouteFilter],
-    single_prefix_match: bool,
+    ctx: FilterContext<'_>,
     rule_level: bool,
 ) -> Vec<model::Filter> {
+    let single_prefix_match = ctx.single_prefix_match;
     let mut out = Vec::new();
     let mut seen: Vec<&str> = Vec::new();
     for (i, f) in raw.iter().enumerate() {
@@ -325,12 +326,14 @@ fn filters(
             ),
             ("requestRedirect", f.request_redirect.is_some()),
             ("urlRewrite", f.url_rewrite.is_some()),
+            ("requestMirror", f.request_mirror.is_some()),
         ];
         let expected = match ty {
             "RequestHeaderModifier" => Some("requestHeaderModifier"),
             "ResponseHeaderModifier" => Some("responseHeaderModifier"),
             "RequestRedirect" => Some("requestRedirect"),
             "URLRewrite" => Some("urlRewrite"),
+            "RequestMirror" => Some("requestMirror"),
             _ => None,
         };
         if let Some((other, _)) = set
@@ -354,7 +357,7 @@ fn filters(
                 .as_ref()
                 .map(|m| header_modifier(doc, &format!("{field}.responseHeaderModifier"), m))
                 .map(model::Filter::ResponseHeaders),
-            "RequestRedirect" | "URLRewrite" if !rule_level => {
+            "RequestRedirect" | "URLRewrite" | "RequestMirror" if !rule_level => {
                 // Support at backendRef level is implementation-specific in the spec.
                 doc.err(
                     format!("{field}.type"),
@@ -375,7 +378,12 @@ fn filters(
                 rewrite(doc, &format!("{field}.urlRewrite"), r, single_prefix_match)
                     .map(model::Filter::Rewrite)
             }),
-            "RequestMirror" | "CORS" | "ExternalAuth" | "ExtensionRef" => {
+            "RequestMirror" => f
+                .request_mirror
+                .as_ref()
+                .and_then(|m| mirror(doc, &format!("{field}.requestMirror"), m, ctx.namespace))
+                .map(model::Filter::Mirror),
+            "CORS" | "ExternalAuth" | "ExtensionRef" => {
                 doc.err(
                     format!("{field}.type"),
                     format!("filter {ty} is not supported yet"),
@@ -387,7 +395,7 @@ fn filters(
                     format!("{field}.type"),
                     format!(
                         "unknown filter type {other:?} (supported: RequestHeaderModifier, \
-                         ResponseHeaderModifier, RequestRedirect, URLRewrite)"
+                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror)"
                     ),
                 );
                 continue;
@@ -409,6 +417,58 @@ fn filters(
         );
     }
     out
+}
+
+fn mirror(
+    doc: &mut Doc<'_>,
+    at: &str,
+    m: &wire::HttpRequestMirrorFilter,
+    namespace: &str,
+) -> Option<model::Mirror> {
+    let before = doc.errors.len();
+    let b = &m.backend_ref;
+    let group = b.group.as_deref().unwrap_or("");
+    let kind = b.kind.as_deref().unwrap_or("Service");
+    if !group.is_empty() || kind != "Service" {
+        doc.err(
+            format!("{at}.backendRef.kind"),
+            format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
+        );
+    }
+    if b.port.is_none() {
+        doc.err(
+            format!("{at}.backendRef.port"),
+            "port is required for a Service backend",
+        );
+    }
+    let (numerator, denominator) = match (m.percent, &m.fraction) {
+        (Some(_), Some(_)) => {
+            doc.err(at, "only one of percent or fraction may be specified");
+            (0, 1)
+        }
+        (Some(p), None) if p > 100 => {
+            doc.err(format!("{at}.percent"), "must be 0-100");
+            (0, 1)
+        }
+        (Some(p), None) => (p, 100),
+        (None, Some(f)) => {
+            let d = f.denominator.unwrap_or(100);
+            if d == 0 || f.numerator > d {
+                doc.err(
+                    format!("{at}.fraction"),
+                    "denominator must be at least 1 and not below numerator",
+                );
+            }
+            (f.numerator, d.max(1))
+        }
+        (None, None) => (1, 1),
+    };
+    (doc.errors.len() == before).then(|| model::Mirror {
+        service: model::ObjectRef::new(b.namespace.as_deref().unwrap_or(namespace), &b.name),
+        port: b.port.unwrap_or_default(),
+        numerator,
+        denominator,
+    })
 }
 
 fn header_modifier(
@@ -848,11 +908,18 @@ mod tests {
 
     #[test]
     fn unimplemented_filters_are_named() {
-        let e = errors(&route("  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}}}]\n"));
+        let e = errors(&route(
+            "  - filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n",
+        ));
         assert!(
-            e.contains("spec.rules[0].filters[0].type: filter RequestMirror is not supported yet"),
+            e.contains("spec.rules[0].filters[0].type: filter CORS is not supported yet"),
             "{e}"
         );
+        let e = errors(&route(
+            "  - filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 80}, \
+             percent: 10, fraction: {numerator: 1}}}]\n",
+        ));
+        assert!(e.contains("only one of percent or fraction"), "{e}");
         let e = errors(&route(
             "  - backendRefs: [{name: s, port: 80, filters: [{type: RequestRedirect, requestRedirect: {}}]}]\n",
         ));

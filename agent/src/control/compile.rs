@@ -11,13 +11,13 @@ use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SH
 
 use crate::{
     config::{
-        AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol, ObjectRef,
-        ParentRef, RouteRule, NAMESPACE_NAME_LABEL,
+        AllowedRoutes, Config, Filter, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
+        ObjectRef, ParentRef, RouteRule, NAMESPACE_NAME_LABEL,
     },
     kernel::{KernelDesired, SourceRule},
     snapshot::{
-        Backend, BackendGroup, BackendTarget, ListenerRoutes, RouteEntry, RouteTable, RuleAction,
-        Shard, ShardId, Snapshot,
+        Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, RouteEntry, RouteTable,
+        RuleAction, Shard, ShardId, Snapshot,
     },
 };
 
@@ -182,6 +182,7 @@ fn listener_routes(
                 filters: rule.filters.clone(),
                 backends: resolver.group(&route.id, rule),
                 timeouts: rule.timeouts,
+                mirrors: resolver.mirrors(&route.id, rule),
             });
             for (mi, m) in rule.matches.iter().enumerate() {
                 for h in &hosts {
@@ -301,6 +302,21 @@ impl<'a> BackendResolver<'a> {
                 })
                 .collect(),
         )
+    }
+
+    fn mirrors(&self, route: &ObjectRef, rule: &RouteRule) -> Vec<MirrorTarget> {
+        rule.filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::Mirror(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| {
+                let target = self.target(route, &m.service, m.port);
+                let backend = Backend::new(m.service.clone(), m.port, 1, target);
+                MirrorTarget::new(backend, m.numerator, m.denominator)
+            })
+            .collect()
     }
 
     fn target(&self, route: &ObjectRef, service: &ObjectRef, port: u16) -> BackendTarget {

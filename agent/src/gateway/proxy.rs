@@ -13,7 +13,9 @@ use hyper_util::{
 
 use super::{
     filters::{self, RedirectContext},
-    full, Body,
+    full,
+    mirror::{self, UpstreamBody},
+    Body,
 };
 use crate::{
     config::{Filter, HeaderModifier},
@@ -34,7 +36,7 @@ pub struct ConnInfo {
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
 }
 
@@ -164,7 +166,8 @@ impl Proxy {
         for f in &action.filters {
             match f {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                Filter::ResponseHeaders(_) => {}
+                // Applied to the response; mirrors are sent with the upstream request.
+                Filter::ResponseHeaders(_) | Filter::Mirror(_) => {}
                 Filter::Redirect(r) => {
                     let location = filters::redirect_location(
                         r,
@@ -242,7 +245,7 @@ impl Proxy {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 Filter::ResponseHeaders(m) => response_mods.push(m),
                 // Rejected at backendRef level by validation.
-                Filter::Redirect(_) | Filter::Rewrite(_) => {}
+                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) => {}
             }
         }
         let path_and_query = match &query {
@@ -257,6 +260,7 @@ impl Proxy {
                 Ok(r) => r,
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
+        let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let request = self.client.request(upstream);
         let result = match action.timeouts.backend_request {
             Some(limit) => match tokio::time::timeout(limit, request).await {
@@ -281,6 +285,69 @@ impl Proxy {
                 error(status, "upstream unavailable")
             }
         }
+    }
+}
+
+impl Proxy {
+    /// Starts the sampled mirrors of the rule with copies of `req` and
+    /// returns the primary request, whose body now feeds the copies.
+    fn send_mirrors(
+        &self,
+        entry: &RouteEntry,
+        req: Request<Incoming>,
+        path_and_query: &str,
+    ) -> Request<UpstreamBody> {
+        let targets: Vec<SocketAddr> = entry
+            .action
+            .mirrors
+            .iter()
+            .filter(|m| m.sample())
+            .filter_map(|m| {
+                let ep = m.backend.endpoint();
+                if ep.is_none() {
+                    tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
+                }
+                ep
+            })
+            .collect();
+        let (parts, body) = req.into_parts();
+        let (primary, copies) = mirror::tee(body, targets.len());
+        let req = Request::from_parts(parts, primary);
+        for (endpoint, body) in targets.into_iter().zip(copies) {
+            let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(endpoint.to_string())
+                .path_and_query(path_and_query)
+                .build()
+            else {
+                continue;
+            };
+            let copy = mirror::copy_head(&req, uri, body);
+            let client = self.client.clone();
+            let route = entry.route.clone();
+            tokio::spawn(async move {
+                let exchange = async {
+                    match client.request(copy).await {
+                        // Drained so the pooled connection can be reused.
+                        Ok(resp) => resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                match tokio::time::timeout(mirror::MIRROR_TIMEOUT, exchange).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%route, %endpoint, error = %e, "mirror request failed")
+                    }
+                    Err(_) => tracing::debug!(%route, %endpoint, "mirror request timed out"),
+                }
+            });
+        }
+        req
     }
 }
 

@@ -171,6 +171,37 @@ pub struct RuleAction {
     pub filters: Vec<Filter>,
     pub backends: BackendGroup,
     pub timeouts: Timeouts,
+    /// Resolved targets of the rule's RequestMirror filters.
+    pub mirrors: Vec<MirrorTarget>,
+}
+
+/// Where a RequestMirror filter sends copies, and how many.
+#[derive(Debug)]
+pub struct MirrorTarget {
+    pub backend: Backend,
+    pub numerator: u32,
+    pub denominator: u32,
+    seen: AtomicU64,
+}
+
+impl MirrorTarget {
+    pub fn new(backend: Backend, numerator: u32, denominator: u32) -> Self {
+        Self {
+            backend,
+            numerator,
+            denominator: denominator.max(1),
+            seen: AtomicU64::new(0),
+        }
+    }
+
+    /// Whether this request is mirrored: exactly `numerator` of every
+    /// `denominator` consecutive requests, spread evenly.
+    pub fn sample(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) % u64::from(self.denominator);
+        let num = u64::from(self.numerator);
+        let den = u64::from(self.denominator);
+        (n + 1) * num / den > n * num / den
+    }
 }
 
 /// The weighted backends of a rule.
@@ -322,6 +353,23 @@ mod tests {
         );
         assert_eq!(find(&t, "b.example.com", "/x").unwrap().route.name, "wild");
         assert!(find(&t, "example.com", "/x").is_none());
+    }
+
+    #[test]
+    fn mirror_sampling_is_exact_per_cycle() {
+        let b = || {
+            Backend::new(
+                ObjectRef::new("ns", "m"),
+                80,
+                1,
+                BackendTarget::Endpoints(vec![]),
+            )
+        };
+        for (num, den, want) in [(20, 100, 40), (25, 50, 100), (0, 100, 0), (1, 1, 200)] {
+            let m = MirrorTarget::new(b(), num, den);
+            let hits = (0..200).filter(|_| m.sample()).count();
+            assert_eq!(hits, want, "{num}/{den}");
+        }
     }
 
     #[test]

@@ -6,7 +6,10 @@ use std::{
     collections::BTreeMap,
     net::{SocketAddr, TcpListener as StdListener},
     path::{Path, PathBuf},
-    sync::atomic::{AtomicUsize, Ordering},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
     time::Duration,
 };
 
@@ -33,6 +36,16 @@ pub fn free_port() -> u16 {
 /// with JSON `{backend, method, path, host, headers}`; `?delay_ms=N` delays
 /// the answer.
 pub async fn echo_backend(name: &'static str) -> SocketAddr {
+    recording_backend(name).await.0
+}
+
+/// Requests a backend received, as `METHOD path-and-query body`.
+pub type Recorded = Arc<Mutex<Vec<String>>>;
+
+/// Like [`echo_backend`], also recording every request it receives.
+pub async fn recording_backend(name: &'static str) -> (SocketAddr, Recorded) {
+    let seen: Recorded = Arc::default();
+    let log = seen.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
@@ -40,9 +53,11 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
             let Ok((stream, _)) = listener.accept().await else {
                 continue;
             };
+            let log = log.clone();
             tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| async move {
-                    Ok::<_, std::convert::Infallible>(echo(name, req).await)
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move { Ok::<_, std::convert::Infallible>(echo(name, req, &log).await) }
                 });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(stream), svc)
@@ -50,10 +65,10 @@ pub async fn echo_backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
-async fn echo(name: &str, req: Request<Incoming>) -> http::Response<Full<Bytes>> {
+async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<Full<Bytes>> {
     let delay = req
         .uri()
         .query()
@@ -69,12 +84,35 @@ async fn echo(name: &str, req: Request<Incoming>) -> http::Response<Full<Bytes>>
             .or_default()
             .push(v.to_str().unwrap_or("").to_owned());
     }
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let received = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = String::from_utf8_lossy(&received).into_owned();
+    log.lock()
+        .unwrap()
+        .push(format!("{method} {path} {received}"));
     let body = serde_json::json!({
         "backend": name,
-        "method": req.method().as_str(),
-        "path": req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"),
-        "host": req.headers().get("host").and_then(|h| h.to_str().ok()),
+        "method": method,
+        "path": path,
+        "host": host,
         "headers": headers,
+        "body": received,
     });
     let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
     resp.headers_mut()
@@ -226,12 +264,31 @@ impl TestClient {
             .expect("request to the gateway")
     }
 
+    /// A request with a body.
+    pub async fn send_body(&self, method: Method, host: &str, path: &str, body: &str) -> Reply {
+        self.try_send_body(method, host, path, &[], Bytes::from(body.to_owned()))
+            .await
+            .expect("request to the gateway")
+    }
+
     pub async fn try_send(
         &self,
         method: Method,
         host: &str,
         path: &str,
         headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        self.try_send_body(method, host, path, headers, Bytes::new())
+            .await
+    }
+
+    pub async fn try_send_body(
+        &self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
     ) -> Result<Reply, String> {
         let mut req = Request::builder()
             .method(method)
@@ -240,9 +297,7 @@ impl TestClient {
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
-        let req = req
-            .body(Full::new(Bytes::new()))
-            .map_err(|e| e.to_string())?;
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
         let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
         let status = resp.status();
         let headers = resp.headers().clone();
