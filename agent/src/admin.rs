@@ -27,16 +27,17 @@ pub struct AdminState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Datapath in use, for `/config`.
     pub datapath: String,
-    /// The shards' own socket addresses, by Gateway, for `/config`.
-    pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
     /// Warnings of the last applied config and the last rejection, for `/config`.
-    pub config_notes: Mutex<ConfigNotes>,
+    pub config_notes: Arc<Mutex<ConfigNotes>>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ConfigNotes {
     pub warnings: Vec<String>,
     pub last_rejection: Option<String>,
+    /// The shards' own socket addresses, by Gateway. With eBPF these are the
+    /// loopback steering sockets, not the Gateway's addresses.
+    pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
 }
 
 pub struct AdminServer {
@@ -136,7 +137,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                         "gateway": s.gateway.to_string(),
                         "addresses": s.addresses,
                         "ports": s.ports(),
-                        "sockets": state.sockets.get(&s.gateway.to_string()),
+                        "sockets": notes.sockets.get(&s.gateway.to_string()),
                         "listeners": s.listeners.iter().map(|l| serde_json::json!({
                             "name": l.name,
                             "port": l.port,

@@ -3,7 +3,7 @@
 //! run exactly what `main` runs.
 use std::{
     collections::BTreeMap,
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     path::PathBuf,
     sync::{atomic::Ordering, Arc, Mutex},
 };
@@ -12,12 +12,12 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{
-    admin::{AdminServer, AdminState, ConfigNotes},
+    admin::{AdminServer, AdminState},
     config::{self, ObjectRef},
-    control::{compile, ShardIds},
-    gateway::{Proxy, ShardServer, ShardSocket},
-    kernel::{self, maps::DatapathMaps, KernelDatapath, KernelError, KernelOptions},
+    gateway::Proxy,
+    kernel::{KernelDatapath, KernelError, KernelOptions},
     metrics::{KernelCounters, Metrics, ModeLabels},
+    reload::{ReloadError, Runtime},
     snapshot::Snapshot,
 };
 
@@ -59,6 +59,8 @@ pub struct Settings {
     pub ebpf_log_level: u8,
     /// Per-shard limit of concurrent downstream connections.
     pub max_connections_per_shard: usize,
+    /// Watch `config_dir` and apply changes while running.
+    pub watch_config: bool,
 }
 
 impl Settings {
@@ -70,6 +72,7 @@ impl Settings {
             interfaces: Vec::new(),
             ebpf_log_level: 3,
             max_connections_per_shard: 16_384,
+            watch_config: true,
         }
     }
 }
@@ -79,6 +82,7 @@ impl Settings {
 pub enum AppError {
     #[error("configuration rejected: {0}")]
     Config(#[from] config::ConfigError),
+    // Boxed: KernelError is large and AppError travels through every `?` here.
     #[error("eBPF datapath unavailable (--datapath=ebpf): {0}")]
     Kernel(#[source] Box<KernelError>),
     #[error("programming eBPF maps: {0}")]
@@ -89,6 +93,8 @@ pub enum AppError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error("{0}")]
+    Internal(String),
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -96,35 +102,21 @@ pub enum AppError {
     },
 }
 
-/// Where a served Gateway receives connections.
-#[derive(Debug, Clone)]
-pub struct ShardInfo {
-    pub id: u32,
-    /// Addresses of the shard's own sockets. With eBPF these are loopback
-    /// steering sockets on ephemeral ports, not the Gateway's addresses.
-    pub socket_addrs: Vec<SocketAddr>,
-}
+pub use crate::reload::ShardInfo;
 
 /// A running agent.
 pub struct App {
     pub admin_addr: SocketAddr,
     pub datapath: ActiveDatapath,
+    /// Shards as of start-up; see [`App::shards_now`] after reloads.
     pub shards: BTreeMap<ObjectRef, ShardInfo>,
-    servers: Vec<ShardServer>,
+    runtime: Arc<Runtime>,
+    watcher: Option<tokio::task::JoinHandle<()>>,
     admin: AdminServer,
     admin_state: Arc<AdminState>,
-    // Dropped last: detaches the programs after the servers stopped.
-    kernel: Option<Arc<Mutex<KernelDatapath>>>,
 }
 
 pub async fn build(settings: Settings) -> Result<App, AppError> {
-    let cfg = config::load_dir(&settings.config_dir)?;
-    let mut ids = ShardIds::default();
-    let compiled = compile(&cfg, &mut ids, 1);
-    for w in &compiled.warnings {
-        tracing::warn!("{w}");
-    }
-
     let kernel = match settings.datapath {
         DatapathMode::Userspace => None,
         DatapathMode::Ebpf => {
@@ -158,78 +150,64 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             mode: datapath.label(),
         })
         .set(1);
-    metrics
-        .config_generation
-        .set(compiled.snapshot.generation as i64);
-    metrics
-        .config_reloads
-        .get_or_create(&crate::metrics::ConfigLabels { result: "applied" })
-        .inc();
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
-    let mut kernel_shared = None;
-    if let Some(mut k) = kernel {
-        let stats = kernel::reconcile(&mut k as &mut dyn DatapathMaps, &compiled.kernel)
-            .map_err(|e| AppError::Reconcile(Box::new(e)))?;
-        tracing::info!(?stats, "eBPF maps programmed");
-        let shared = Arc::new(Mutex::new(k));
+    let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
+    if let Some(shared) = &kernel {
         registry.register_collector(Box::new(KernelCounters {
             kernel: shared.clone(),
             snapshot: snapshot.clone(),
         }));
-        kernel_shared = Some(shared);
     }
-
     let proxy = Arc::new(Proxy::new(snapshot.clone(), metrics.clone()));
-    let mut servers = Vec::new();
-    let mut shards = BTreeMap::new();
-    for shard in &compiled.snapshot.shards {
-        let sockets = match &kernel_shared {
-            Some(k) => steering_sockets(
-                shard.id,
-                &shard.gateway,
-                &mut k.lock().expect("kernel lock"),
-            )?,
-            None => bound_sockets(shard)?,
-        };
-        let socket_addrs = sockets.iter().map(|s| s.local).collect();
-        tracing::info!(gateway = %shard.gateway, shard = shard.id, sockets = ?socket_addrs, ports = ?shard.ports(), "shard listening");
-        servers.push(
-            ShardServer::spawn(
-                shard.id,
-                sockets,
-                proxy.clone(),
-                settings.max_connections_per_shard,
-            )
-            .map_err(|source| AppError::Listen {
-                gateway: shard.gateway.clone(),
-                addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), 0),
+    let runtime = Arc::new(Runtime::new(
+        settings.config_dir.clone(),
+        snapshot.clone(),
+        kernel,
+        metrics,
+        proxy,
+        settings.max_connections_per_shard,
+    ));
+    // The first load must succeed; later ones may be rejected and keep this one.
+    if let Err(e) = runtime.load_and_apply().await {
+        runtime.shutdown().await;
+        return Err(match e {
+            ReloadError::Config(e) => AppError::Config(e),
+            ReloadError::Listen {
+                gateway,
+                addr,
                 source,
-            })?,
-        );
-        shards.insert(
-            shard.gateway.clone(),
-            ShardInfo {
-                id: shard.id,
-                socket_addrs,
+            } => AppError::Listen {
+                gateway,
+                addr,
+                source,
             },
-        );
+            ReloadError::Kernel(e) => AppError::Reconcile(e),
+            e @ ReloadError::Compile => AppError::Internal(e.to_string()),
+        });
     }
-    snapshot.store(Arc::new(compiled.snapshot));
+    let shards = runtime.shard_infos().await;
+    for (gateway, info) in &shards {
+        tracing::info!(%gateway, shard = info.id, sockets = ?info.socket_addrs, "shard listening");
+    }
+    let watcher = if settings.watch_config {
+        match runtime.watch() {
+            Ok(task) => Some(task),
+            Err(e) => {
+                runtime.shutdown().await;
+                return Err(AppError::Config(e));
+            }
+        }
+    } else {
+        None
+    };
 
     let admin_state = Arc::new(AdminState {
         registry,
         ready: false.into(),
         snapshot: snapshot.clone(),
         datapath: datapath.label().to_owned(),
-        sockets: shards
-            .iter()
-            .map(|(k, v): (&ObjectRef, &ShardInfo)| (k.to_string(), v.socket_addrs.clone()))
-            .collect(),
-        config_notes: Mutex::new(ConfigNotes {
-            warnings: compiled.warnings,
-            last_rejection: None,
-        }),
+        config_notes: runtime.notes.clone(),
     });
     let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
         .await
@@ -243,10 +221,10 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         admin_addr: admin.addr,
         datapath,
         shards,
-        servers,
+        runtime,
+        watcher,
         admin,
         admin_state,
-        kernel: kernel_shared,
     })
 }
 
@@ -257,83 +235,31 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
     })
 }
 
-/// eBPF mode: loopback sockets on ephemeral ports, registered in the SockMap.
-fn steering_sockets(
-    shard: u32,
-    gateway: &ObjectRef,
-    kernel: &mut KernelDatapath,
-) -> Result<Vec<ShardSocket>, AppError> {
-    let mut out = Vec::new();
-    for ipv6 in [false, true] {
-        let s = match ShardSocket::steering(ipv6) {
-            Ok(s) => s,
-            Err(e) if ipv6 => {
-                tracing::warn!(%gateway, error = %e, "no IPv6 loopback; IPv6 not steered");
-                continue;
-            }
-            Err(source) => {
-                return Err(AppError::Listen {
-                    gateway: gateway.clone(),
-                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
-                    source,
-                })
-            }
-        };
-        kernel
-            .set_shard_socket(shard, ipv6, &s.listener)
-            .map_err(|e| AppError::Reconcile(Box::new(e)))?;
-        out.push(s);
-    }
-    Ok(out)
-}
-
-/// Userspace mode: bind each (address, port) of the Gateway.
-fn bound_sockets(shard: &crate::snapshot::Shard) -> Result<Vec<ShardSocket>, AppError> {
-    let addrs: Vec<IpAddr> = if shard.addresses.is_empty() {
-        vec![
-            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
-            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
-        ]
-    } else {
-        shard.addresses.clone()
-    };
-    let mut out = Vec::new();
-    for port in shard.ports() {
-        for ip in &addrs {
-            let addr = SocketAddr::new(*ip, port);
-            match ShardSocket::bind(addr) {
-                Ok(s) => out.push(s),
-                // A host without IPv6 still serves IPv4 on the wildcard.
-                Err(e) if ip.is_ipv6() && shard.addresses.is_empty() => {
-                    tracing::warn!(gateway = %shard.gateway, %addr, error = %e, "IPv6 wildcard not bound");
-                }
-                Err(source) => {
-                    return Err(AppError::Listen {
-                        gateway: shard.gateway.clone(),
-                        addr,
-                        source,
-                    })
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
 impl App {
     /// Whether the admin endpoint reports ready.
     pub fn is_ready(&self) -> bool {
         self.admin_state.ready.load(Ordering::Acquire)
     }
 
-    /// Stops accepting, drains connections, stops admin, detaches eBPF.
+    /// Where each served Gateway receives connections now (reloads may
+    /// have added or removed shards since start-up).
+    pub async fn shards_now(&self) -> BTreeMap<ObjectRef, ShardInfo> {
+        self.runtime.shard_infos().await
+    }
+
+    /// Stops watching the config, stops accepting, drains connections, stops
+    /// admin, detaches eBPF.
     pub async fn shutdown(self) {
         self.admin_state.ready.store(false, Ordering::Release);
-        for s in self.servers {
-            s.shutdown().await;
+        if let Some(w) = self.watcher {
+            w.abort();
+            let _ = w.await;
         }
+        self.runtime.shutdown().await;
         self.admin.shutdown().await;
-        drop(self.kernel);
+        // The kernel datapath is dropped (programs detached) with the last
+        // Arc: the runtime and the metrics collector.
+        drop(self.runtime);
         tracing::info!("sluice stopped");
     }
 }

@@ -11,6 +11,7 @@ pub mod control;
 pub mod gateway;
 pub mod kernel;
 pub mod metrics;
+pub mod reload;
 pub mod snapshot;
 
 /// The eBPF object built from `ebpf/sluice-ebpf` by `build.rs`.

@@ -69,11 +69,17 @@ pub fn parse_documents<'a>(
             match serde_yaml::Value::deserialize(doc) {
                 Ok(serde_yaml::Value::Null) => {}
                 Ok(value) => builder.add(location, value),
-                Err(e) => builder.error(DocumentError {
-                    location,
-                    field: String::new(),
-                    message: format!("not valid YAML: {e}"),
-                }),
+                Err(e) => {
+                    builder.error(DocumentError {
+                        location,
+                        field: String::new(),
+                        message: format!("not valid YAML: {e}"),
+                    });
+                    // The parser cannot resynchronise after a syntax error: it
+                    // would yield the same error forever. The rest of the file
+                    // is unreadable.
+                    break;
+                }
             }
         }
     }

@@ -3,12 +3,16 @@
 mod load;
 pub mod model;
 mod resources;
+mod route;
 mod validate;
+mod watch;
 
 use std::{fmt, path::PathBuf};
 
 pub use load::{load_dir, parse_documents};
 pub use model::*;
+pub use validate::NAMESPACE_NAME_LABEL;
+pub use watch::DirWatcher;
 
 /// Where in the input a problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,6 +72,11 @@ pub enum ConfigError {
     },
     #[error("configuration directory {0} contains no YAML files (*.yaml, *.yml)")]
     Empty(PathBuf),
+    #[error("cannot watch configuration directory {path}: {source}")]
+    Watch {
+        path: PathBuf,
+        source: notify::Error,
+    },
     #[error("{} invalid configuration document(s):\n{}", .0.len(), join_lines(.0))]
     Invalid(Vec<DocumentError>),
 }

@@ -1,7 +1,8 @@
 //! Validated domain types. Everything here has been checked once, where it
 //! entered (see [`super::validate`]); consumers never re-validate.
-use std::{fmt, net::IpAddr};
+use std::{collections::BTreeMap, fmt, net::IpAddr, time::Duration};
 
+use http::{HeaderName, HeaderValue, Method};
 use ipnet::IpNet;
 
 /// Namespace and name of an object.
@@ -34,6 +35,39 @@ pub struct Config {
     pub routes: Vec<HttpRoute>,
     pub services: Vec<Service>,
     pub endpoint_slices: Vec<EndpointSlice>,
+    pub namespaces: Vec<Namespace>,
+    pub reference_grants: Vec<ReferenceGrant>,
+}
+
+/// A Namespace; only its labels matter (for `allowedRoutes` selectors).
+#[derive(Debug, Clone)]
+pub struct Namespace {
+    pub name: String,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A ReferenceGrant: lets objects of the `from` kinds/namespaces refer to the
+/// `to` objects in the grant's own namespace.
+#[derive(Debug, Clone)]
+pub struct ReferenceGrant {
+    pub id: ObjectRef,
+    pub from: Vec<GrantFrom>,
+    pub to: Vec<GrantTo>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GrantTo {
+    pub group: String,
+    pub kind: String,
+    /// `None`: every object of the kind in the grant's namespace.
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -86,12 +120,55 @@ pub struct Listener {
 }
 
 /// `allowedRoutes.namespaces.from` of a listener.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum AllowedRoutes {
     /// Only routes in the Gateway's namespace (the Gateway API default).
     #[default]
     Same,
     All,
+    /// Routes in namespaces whose labels match.
+    Selector(LabelSelector),
+}
+
+/// A Kubernetes label selector; every requirement must hold (an empty
+/// selector selects everything).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct LabelSelector {
+    pub match_labels: BTreeMap<String, String>,
+    pub match_expressions: Vec<LabelRequirement>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LabelRequirement {
+    pub key: String,
+    pub operator: LabelOperator,
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelOperator {
+    In,
+    NotIn,
+    Exists,
+    DoesNotExist,
+}
+
+impl LabelSelector {
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k) == Some(v))
+            && self.match_expressions.iter().all(|r| {
+                let value = labels.get(&r.key);
+                match r.operator {
+                    LabelOperator::In => value.is_some_and(|v| r.values.contains(v)),
+                    // NotIn also holds when the label is absent (Kubernetes semantics).
+                    LabelOperator::NotIn => value.is_none_or(|v| !r.values.contains(v)),
+                    LabelOperator::Exists => value.is_some(),
+                    LabelOperator::DoesNotExist => value.is_none(),
+                }
+            })
+    }
 }
 
 /// A DNS name as Gateway API uses it: exact (`api.example.com`) or a leading
@@ -156,6 +233,9 @@ impl fmt::Display for Hostname {
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
     pub id: ObjectRef,
+    /// `metadata.creationTimestamp` as (Unix seconds, nanoseconds); older
+    /// routes win precedence ties. `None` sorts after every timestamp.
+    pub created: Option<(i64, u32)>,
     pub parents: Vec<ParentRef>,
     pub hostnames: Vec<Hostname>,
     pub rules: Vec<RouteRule>,
@@ -172,19 +252,114 @@ pub struct ParentRef {
 pub struct RouteRule {
     /// Matches; never empty (an omitted list means "PathPrefix /").
     pub matches: Vec<RouteMatch>,
+    /// Rule-level filters, in the order given.
+    pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
+    pub timeouts: Timeouts,
 }
 
+/// `HTTPRouteRule.timeouts`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeouts {
+    /// Whole request, from request received to response complete (504 when exceeded).
+    pub request: Option<Duration>,
+    /// One request to a backend (504 when exceeded).
+    pub backend_request: Option<Duration>,
+}
+
+/// One `HTTPRouteMatch`: every condition must hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RouteMatch {
     pub path: PathMatch,
+    pub method: Option<Method>,
+    /// At most one per (case-insensitive) name.
+    pub headers: Vec<HeaderMatch>,
+    /// At most one per (case-sensitive) name.
+    pub query_params: Vec<QueryMatch>,
 }
+
+impl RouteMatch {
+    /// A match on a path alone.
+    pub fn path(path: PathMatch) -> Self {
+        Self {
+            path,
+            method: None,
+            headers: Vec::new(),
+            query_params: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeaderMatch {
+    pub name: HeaderName,
+    pub value: StringMatch,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueryMatch {
+    pub name: String,
+    pub value: StringMatch,
+}
+
+/// How a header or query value is compared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StringMatch {
+    Exact(String),
+    /// Must match the whole value.
+    Regex(Pattern),
+}
+
+impl StringMatch {
+    pub fn matches(&self, value: &str) -> bool {
+        match self {
+            StringMatch::Exact(s) => s == value,
+            StringMatch::Regex(p) => p.is_match(value),
+        }
+    }
+}
+
+/// A regular expression (RE2 syntax, as the Gateway API asks) anchored to match
+/// a whole value; compared by its source text.
+#[derive(Debug, Clone)]
+pub struct Pattern {
+    source: String,
+    regex: regex::Regex,
+}
+
+impl Pattern {
+    pub fn new(source: &str) -> Result<Self, regex::Error> {
+        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
+        Ok(Self {
+            source: source.to_owned(),
+            regex,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.source
+    }
+
+    pub fn is_match(&self, value: &str) -> bool {
+        self.regex.is_match(value)
+    }
+}
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.source == other.source
+    }
+}
+
+impl Eq for Pattern {}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PathMatch {
     Exact(String),
     /// Element-wise prefix, stored without a trailing slash (except `/` itself).
     Prefix(String),
+    /// Whole-path regular expression.
+    Regex(Pattern),
 }
 
 impl PathMatch {
@@ -196,8 +371,67 @@ impl PathMatch {
                     || (path.starts_with(p.as_str())
                         && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
             }
+            PathMatch::Regex(r) => r.is_match(path),
         }
     }
+}
+
+/// An HTTPRoute filter (rule level or backendRef level).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Filter {
+    RequestHeaders(HeaderModifier),
+    ResponseHeaders(HeaderModifier),
+    Redirect(Redirect),
+    Rewrite(Rewrite),
+    /// Rule level only; several may be given.
+    Mirror(Mirror),
+}
+
+/// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a
+/// Service; its response is ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mirror {
+    pub service: ObjectRef,
+    pub port: u16,
+    /// Share of requests mirrored: `numerator / denominator` (from `percent`
+    /// or `fraction`; 100% when neither is set).
+    pub numerator: u32,
+    pub denominator: u32,
+}
+
+/// `HTTPHeaderFilter`: applied as remove, then set, then add.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct HeaderModifier {
+    pub set: Vec<(HeaderName, HeaderValue)>,
+    pub add: Vec<(HeaderName, HeaderValue)>,
+    pub remove: Vec<HeaderName>,
+}
+
+/// `HTTPRequestRedirectFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Redirect {
+    /// `http` or `https`; `None` keeps the request's scheme.
+    pub scheme: Option<String>,
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+    pub port: Option<u16>,
+    /// 301, 302 (default), 303, 307 or 308.
+    pub status: u16,
+}
+
+/// `HTTPURLRewriteFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rewrite {
+    pub hostname: Option<String>,
+    pub path: Option<PathModifier>,
+}
+
+/// `HTTPPathModifier`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathModifier {
+    ReplaceFullPath(String),
+    /// Replaces the matched `PathPrefix` (only valid with one PathPrefix match).
+    ReplacePrefixMatch(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -205,6 +439,8 @@ pub struct BackendRef {
     pub service: ObjectRef,
     pub port: u16,
     pub weight: u32,
+    /// Filters applied only when this backend is picked (after the rule's).
+    pub filters: Vec<Filter>,
 }
 
 #[derive(Debug, Clone)]

@@ -83,6 +83,63 @@ pub struct AllowedRoutes {
 pub struct RouteNamespaces {
     #[serde(default)]
     pub from: Option<String>,
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelector {
+    #[serde(default)]
+    pub match_labels: BTreeMap<String, String>,
+    #[serde(default)]
+    pub match_expressions: Vec<LabelSelectorRequirement>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LabelSelectorRequirement {
+    pub key: String,
+    pub operator: String,
+    #[serde(default)]
+    pub values: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrant {
+    pub metadata: ObjectMeta,
+    pub spec: ReferenceGrantSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantSpec {
+    pub from: Vec<ReferenceGrantFrom>,
+    pub to: Vec<ReferenceGrantTo>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantFrom {
+    pub group: String,
+    pub kind: String,
+    pub namespace: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ReferenceGrantTo {
+    pub group: String,
+    pub kind: String,
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -128,10 +185,124 @@ pub struct HttpRouteRule {
     pub matches: Vec<HttpRouteMatch>,
     #[serde(default)]
     pub backend_refs: Vec<HttpBackendRef>,
-    /// Kept raw: each filter type is validated (and, where not yet supported,
-    /// rejected by name) in [`super::validate`].
     #[serde(default)]
-    pub filters: Vec<serde_yaml::Value>,
+    pub filters: Vec<HttpRouteFilter>,
+    #[serde(default)]
+    pub timeouts: Option<HttpRouteTimeouts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteTimeouts {
+    #[serde(default)]
+    pub request: Option<String>,
+    #[serde(default)]
+    pub backend_request: Option<String>,
+}
+
+/// A filter; which of the optional fields must be set depends on `type`
+/// (checked in [`super::route`]). Fields of filter types Sluice does not
+/// implement are ignored here and the type is rejected by name there.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteFilter {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub request_header_modifier: Option<HttpHeaderFilter>,
+    #[serde(default)]
+    pub response_header_modifier: Option<HttpHeaderFilter>,
+    #[serde(default)]
+    pub request_redirect: Option<HttpRequestRedirectFilter>,
+    #[serde(default)]
+    pub url_rewrite: Option<HttpUrlRewriteFilter>,
+    #[serde(default)]
+    pub request_mirror: Option<HttpRequestMirrorFilter>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestMirrorFilter {
+    pub backend_ref: BackendObjectReference,
+    #[serde(default)]
+    pub percent: Option<u32>,
+    #[serde(default)]
+    pub fraction: Option<Fraction>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackendObjectReference {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+    #[serde(default)]
+    pub port: Option<u16>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Fraction {
+    pub numerator: u32,
+    #[serde(default)]
+    pub denominator: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHeaderFilter {
+    #[serde(default)]
+    pub set: Vec<HttpHeader>,
+    #[serde(default)]
+    pub add: Vec<HttpHeader>,
+    #[serde(default)]
+    pub remove: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpHeader {
+    pub name: String,
+    pub value: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRequestRedirectFilter {
+    #[serde(default)]
+    pub scheme: Option<String>,
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+    #[serde(default)]
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub status_code: Option<u16>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpUrlRewriteFilter {
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub path: Option<HttpPathModifier>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpPathModifier {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub replace_full_path: Option<String>,
+    #[serde(default)]
+    pub replace_prefix_match: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -140,11 +311,21 @@ pub struct HttpRouteMatch {
     #[serde(default)]
     pub path: Option<HttpPathMatch>,
     #[serde(default)]
-    pub headers: Vec<serde_yaml::Value>,
+    pub headers: Vec<HttpValueMatch>,
     #[serde(default)]
-    pub query_params: Vec<serde_yaml::Value>,
+    pub query_params: Vec<HttpValueMatch>,
     #[serde(default)]
     pub method: Option<String>,
+}
+
+/// `HTTPHeaderMatch` and `HTTPQueryParamMatch` share this shape.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpValueMatch {
+    #[serde(default, rename = "type")]
+    pub kind: Option<String>,
+    pub name: String,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,7 +352,7 @@ pub struct HttpBackendRef {
     #[serde(default)]
     pub weight: Option<u32>,
     #[serde(default)]
-    pub filters: Vec<serde_yaml::Value>,
+    pub filters: Vec<HttpRouteFilter>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,9 +7,11 @@ use std::{net::IpAddr, str::FromStr};
 use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
-use super::{model, resources as wire, Config, ConfigError, DocumentError, Location};
+use super::{
+    model, resources as wire, route::http_route, Config, ConfigError, DocumentError, Location,
+};
 
-const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+pub(super) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 /// Gateway annotation: comma-separated source CIDRs allowed to reach the shard.
 pub const SOURCE_RANGES_ANNOTATION: &str = "sluice.dev/source-ranges";
 /// Gateway annotation: comma-separated source CIDRs denied (longest prefix wins).
@@ -19,6 +21,8 @@ pub const SYN_RATE_ANNOTATION: &str = "sluice.dev/syn-rate";
 /// Gateway annotation: burst of new connections per source (default: the rate).
 pub const SYN_BURST_ANNOTATION: &str = "sluice.dev/syn-burst";
 const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+/// Label Kubernetes puts on every Namespace, holding its name.
+pub const NAMESPACE_NAME_LABEL: &str = "kubernetes.io/metadata.name";
 
 #[derive(Default)]
 pub struct Builder {
@@ -27,13 +31,13 @@ pub struct Builder {
 }
 
 /// Collects the errors of one document.
-struct Doc<'a> {
+pub(super) struct Doc<'a> {
     location: Location,
-    errors: &'a mut Vec<DocumentError>,
+    pub(super) errors: &'a mut Vec<DocumentError>,
 }
 
 impl Doc<'_> {
-    fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn err(&mut self, field: impl Into<String>, message: impl Into<String>) {
         self.errors.push(DocumentError {
             location: self.location.clone(),
             field: field.into(),
@@ -118,12 +122,31 @@ impl Builder {
                     }
                 }
             }
-            ("", "Namespace") => {}
+            ("", "Namespace") => {
+                if let Some(n) = decode::<wire::Namespace>(&mut doc, value) {
+                    let mut labels = n.metadata.labels;
+                    // Kubernetes sets this label on every Namespace; selectors rely on it.
+                    labels.insert(NAMESPACE_NAME_LABEL.into(), n.metadata.name.clone());
+                    self.config.namespaces.push(model::Namespace {
+                        name: n.metadata.name,
+                        labels,
+                    });
+                }
+            }
+            (GATEWAY_GROUP, "ReferenceGrant") => {
+                if !matches!(api_version.as_str(), "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1") {
+                    doc.err("apiVersion", format!("unsupported ReferenceGrant version {api_version:?} (supported: v1beta1, v1)"));
+                } else if let Some(g) = decode::<wire::ReferenceGrant>(&mut doc, value) {
+                    if let Some(g) = reference_grant(&mut doc, g) {
+                        self.config.reference_grants.push(g);
+                    }
+                }
+            }
             _ => doc.err(
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), Service, Namespace (v1), \
+                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace (v1), \
                      EndpointSlice (discovery.k8s.io/v1)"
                 ),
             ),
@@ -151,11 +174,11 @@ fn decode<T: DeserializeOwned>(doc: &mut Doc<'_>, value: serde_yaml::Value) -> O
     }
 }
 
-fn ns(meta: &wire::ObjectMeta) -> String {
+pub(super) fn ns(meta: &wire::ObjectMeta) -> String {
     meta.namespace.clone().unwrap_or_else(|| "default".into())
 }
 
-fn hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<model::Hostname> {
+pub(super) fn hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<model::Hostname> {
     let h = raw.to_ascii_lowercase();
     let (wild, rest) = match h.strip_prefix("*.") {
         Some(rest) => (true, rest),
@@ -242,18 +265,33 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
             Some(h) => hostname(doc, &format!("spec.listeners[{i}].hostname"), h),
             None => None,
         };
-        let from = l
+        let namespaces = l
             .allowed_routes
             .as_ref()
-            .and_then(|a| a.namespaces.as_ref())
-            .and_then(|n| n.from.as_deref());
+            .and_then(|a| a.namespaces.as_ref());
+        let from = namespaces.and_then(|n| n.from.as_deref());
+        let field = format!("spec.listeners[{i}].allowedRoutes.namespaces");
         let allowed_routes = match from {
             None | Some("Same") => model::AllowedRoutes::Same,
             Some("All") => model::AllowedRoutes::All,
+            Some("Selector") => match namespaces.and_then(|n| n.selector.as_ref()) {
+                Some(sel) => model::AllowedRoutes::Selector(label_selector(
+                    doc,
+                    &format!("{field}.selector"),
+                    sel,
+                )),
+                None => {
+                    doc.err(
+                        format!("{field}.selector"),
+                        "required when from is Selector",
+                    );
+                    model::AllowedRoutes::Same
+                }
+            },
             Some(other) => {
                 doc.err(
-                    format!("spec.listeners[{i}].allowedRoutes.namespaces.from"),
-                    format!("{other:?} is not supported yet (supported: Same, All)"),
+                    format!("{field}.from"),
+                    format!("unsupported value {other:?} (supported: Same, All, Selector)"),
                 );
                 model::AllowedRoutes::Same
             }
@@ -313,140 +351,82 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
     })
 }
 
-fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute> {
-    let before = doc.errors.len();
-    let namespace = ns(&r.metadata);
-    let mut parents = Vec::new();
-    for p in &r.spec.parent_refs {
-        let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
-        let kind = p.kind.as_deref().unwrap_or("Gateway");
-        if group != GATEWAY_GROUP || kind != "Gateway" {
-            // Not a parent this agent can be; other controllers may own it.
+fn label_selector(doc: &mut Doc<'_>, at: &str, s: &wire::LabelSelector) -> model::LabelSelector {
+    let mut out = model::LabelSelector {
+        match_labels: s.match_labels.clone(),
+        match_expressions: Vec::new(),
+    };
+    for (i, e) in s.match_expressions.iter().enumerate() {
+        let field = format!("{at}.matchExpressions[{i}]");
+        let operator = match e.operator.as_str() {
+            "In" => model::LabelOperator::In,
+            "NotIn" => model::LabelOperator::NotIn,
+            "Exists" => model::LabelOperator::Exists,
+            "DoesNotExist" => model::LabelOperator::DoesNotExist,
+            other => {
+                doc.err(
+                    format!("{field}.operator"),
+                    format!("unsupported operator {other:?} (supported: In, NotIn, Exists, DoesNotExist)"),
+                );
+                continue;
+            }
+        };
+        let needs_values = matches!(
+            operator,
+            model::LabelOperator::In | model::LabelOperator::NotIn
+        );
+        if needs_values == e.values.is_empty() {
+            doc.err(
+                format!("{field}.values"),
+                if needs_values {
+                    "must be non-empty for In and NotIn"
+                } else {
+                    "must be empty for Exists and DoesNotExist"
+                },
+            );
             continue;
         }
-        parents.push(model::ParentRef {
-            gateway: model::ObjectRef::new(
-                p.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                &p.name,
-            ),
-            section_name: p.section_name.clone(),
-            port: p.port,
+        out.match_expressions.push(model::LabelRequirement {
+            key: e.key.clone(),
+            operator,
+            values: e.values.clone(),
         });
     }
-    let mut hostnames = Vec::new();
-    for (i, h) in r.spec.hostnames.iter().enumerate() {
-        if let Some(h) = hostname(doc, &format!("spec.hostnames[{i}]"), h) {
-            hostnames.push(h);
-        }
+    out
+}
+
+fn reference_grant(doc: &mut Doc<'_>, g: wire::ReferenceGrant) -> Option<model::ReferenceGrant> {
+    let before = doc.errors.len();
+    if g.spec.from.is_empty() {
+        doc.err("spec.from", "at least one entry is required");
     }
-    let mut rules = Vec::new();
-    for (ri, rule) in r.spec.rules.iter().enumerate() {
-        let at = |rest: &str| format!("spec.rules[{ri}]{rest}");
-        for (fi, f) in rule.filters.iter().enumerate() {
-            let ty = f.get("type").and_then(|t| t.as_str()).unwrap_or("<none>");
-            doc.err(
-                at(&format!(".filters[{fi}].type")),
-                format!("filter {ty} is not supported yet"),
-            );
-        }
-        let mut matches = Vec::new();
-        for (mi, m) in rule.matches.iter().enumerate() {
-            let mat = |rest: &str| at(&format!(".matches[{mi}]{rest}"));
-            if !m.headers.is_empty() {
-                doc.err(mat(".headers"), "header matches are not supported yet");
-            }
-            if !m.query_params.is_empty() {
-                doc.err(
-                    mat(".queryParams"),
-                    "query parameter matches are not supported yet",
-                );
-            }
-            if m.method.is_some() {
-                doc.err(mat(".method"), "method matches are not supported yet");
-            }
-            let (kind, value) = match &m.path {
-                Some(p) => (
-                    p.kind.as_deref().unwrap_or("PathPrefix"),
-                    p.value.as_deref().unwrap_or("/"),
-                ),
-                None => ("PathPrefix", "/"),
-            };
-            if !value.starts_with('/') {
-                doc.err(
-                    mat(".path.value"),
-                    format!("path must start with '/': {value:?}"),
-                );
-                continue;
-            }
-            let path = match kind {
-                "Exact" => model::PathMatch::Exact(value.to_owned()),
-                "PathPrefix" => {
-                    let trimmed = value.trim_end_matches('/');
-                    model::PathMatch::Prefix(if trimmed.is_empty() { "/" } else { trimmed }.into())
-                }
-                other => {
-                    doc.err(
-                        mat(".path.type"),
-                        format!(
-                            "unsupported path match type {other:?} (supported: Exact, PathPrefix)"
-                        ),
-                    );
-                    continue;
-                }
-            };
-            matches.push(model::RouteMatch { path });
-        }
-        if rule.matches.is_empty() {
-            matches.push(model::RouteMatch {
-                path: model::PathMatch::Prefix("/".into()),
-            });
-        }
-        let mut backends = Vec::new();
-        for (bi, b) in rule.backend_refs.iter().enumerate() {
-            let field = |rest: &str| at(&format!(".backendRefs[{bi}]{rest}"));
-            if !b.filters.is_empty() {
-                doc.err(
-                    field(".filters"),
-                    "backendRef filters are not supported yet",
-                );
-            }
-            let group = b.group.as_deref().unwrap_or("");
-            let kind = b.kind.as_deref().unwrap_or("Service");
-            if !group.is_empty() || kind != "Service" {
-                doc.err(
-                    field(".kind"),
-                    format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
-                );
-                continue;
-            }
-            let Some(port) = b.port else {
-                doc.err(field(".port"), "port is required for a Service backend");
-                continue;
-            };
-            backends.push(model::BackendRef {
-                service: model::ObjectRef::new(
-                    b.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                    &b.name,
-                ),
-                port,
-                weight: b.weight.unwrap_or(1),
-            });
-        }
-        rules.push(model::RouteRule { matches, backends });
+    if g.spec.to.is_empty() {
+        doc.err("spec.to", "at least one entry is required");
     }
-    if r.spec.rules.is_empty() {
-        rules.push(model::RouteRule {
-            matches: vec![model::RouteMatch {
-                path: model::PathMatch::Prefix("/".into()),
-            }],
-            backends: Vec::new(),
-        });
-    }
-    (doc.errors.len() == before).then(|| model::HttpRoute {
-        id: model::ObjectRef::new(namespace, &r.metadata.name),
-        parents,
-        hostnames,
-        rules,
+    let from = g
+        .spec
+        .from
+        .iter()
+        .map(|f| model::GrantFrom {
+            group: f.group.clone(),
+            kind: f.kind.clone(),
+            namespace: f.namespace.clone(),
+        })
+        .collect();
+    let to = g
+        .spec
+        .to
+        .iter()
+        .map(|t| model::GrantTo {
+            group: t.group.clone(),
+            kind: t.kind.clone(),
+            name: t.name.clone().filter(|n| !n.is_empty()),
+        })
+        .collect();
+    (doc.errors.len() == before).then(|| model::ReferenceGrant {
+        id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
+        from,
+        to,
     })
 }
 
@@ -639,5 +619,13 @@ spec:
         assert!(p.matches("/v1/users"));
         assert!(!p.matches("/v10"));
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn broken_yaml_is_one_error_not_a_hang() {
+        let err = parse("kind: [unclosed\n---\nkind: x\n")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not valid YAML"), "{err}");
     }
 }

@@ -11,22 +11,24 @@ use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SH
 
 use crate::{
     config::{
-        AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol, ObjectRef,
-        ParentRef, RouteRule,
+        AllowedRoutes, Config, Filter, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
+        ObjectRef, ParentRef, RouteRule, NAMESPACE_NAME_LABEL,
     },
     kernel::{KernelDesired, SourceRule},
     snapshot::{
-        Backend, BackendGroup, BackendTarget, ListenerRoutes, RouteEntry, RouteTable, Shard,
-        ShardId, Snapshot,
+        Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, RouteEntry, RouteTable,
+        RuleAction, Shard, ShardId, Snapshot,
     },
 };
+
+use super::refgrant::{Kind, ReferenceGrants};
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 
 /// Stable shard ids: a Gateway keeps its id across reloads (the eBPF maps and
 /// SockMap slots are keyed by it); ids of removed Gateways are reused.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct ShardIds {
     ids: BTreeMap<ObjectRef, ShardId>,
 }
@@ -34,14 +36,26 @@ pub struct ShardIds {
 impl ShardIds {
     /// Ids for exactly `gateways`, releasing those of Gateways that are gone.
     fn assign(&mut self, gateways: &[&Gateway]) -> Vec<Option<ShardId>> {
-        self.ids.retain(|k, _| gateways.iter().any(|g| &g.id == k));
+        let mut released = Vec::new();
+        self.ids.retain(|k, v| {
+            let keep = gateways.iter().any(|g| &g.id == k);
+            if !keep {
+                released.push(*v);
+            }
+            keep
+        });
         gateways
             .iter()
             .map(|g| {
                 if let Some(id) = self.ids.get(&g.id) {
                     return Some(*id);
                 }
-                let id = (1..MAX_SHARDS).find(|i| !self.ids.values().any(|v| v == i))?;
+                // Prefer ids not released by this same change, so one id never
+                // stands for two Gateways while a reload swaps them.
+                let free = |i: &ShardId| !self.ids.values().any(|v| v == i);
+                let id = (1..MAX_SHARDS)
+                    .find(|i| free(i) && !released.contains(i))
+                    .or_else(|| (1..MAX_SHARDS).find(free))?;
                 self.ids.insert(g.id.clone(), id);
                 Some(id)
             })
@@ -83,8 +97,13 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         })
         .collect();
     let resolver = BackendResolver::new(config);
+    let namespaces = NamespaceLabels::new(config);
+    // Precedence among otherwise equal matches: the oldest route, then
+    // namespace/name. Routes without a creation time count as newest.
     let mut route_order: Vec<&HttpRoute> = config.routes.iter().collect();
-    route_order.sort_by(|a, b| a.id.cmp(&b.id));
+    route_order.sort_by(|a, b| {
+        (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
+    });
 
     let mut shards = Vec::new();
     let mut kernel = KernelDesired::default();
@@ -109,7 +128,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                     continue;
                 }
             }
-            let routes = listener_routes(gateway, l, &route_order, &resolver);
+            let routes = listener_routes(gateway, l, &route_order, &resolver, &namespaces);
             listeners.push(ListenerRoutes {
                 name: l.name.clone(),
                 port: l.port,
@@ -143,6 +162,7 @@ fn listener_routes(
     listener: &Listener,
     routes: &[&HttpRoute],
     resolver: &BackendResolver,
+    namespaces: &NamespaceLabels,
 ) -> RouteTable {
     let mut entries = Vec::new();
     for (order, route) in routes.iter().enumerate() {
@@ -150,7 +170,7 @@ fn listener_routes(
             .parents
             .iter()
             .any(|p| parent_selects(p, gateway, listener));
-        if !attached || !namespace_allowed(listener, gateway, route) {
+        if !attached || !namespace_allowed(listener, gateway, route, namespaces) {
             continue;
         }
         let hosts = effective_hostnames(listener.hostname.as_ref(), &route.hostnames);
@@ -159,8 +179,13 @@ fn listener_routes(
         }
         let route_id = Arc::new(route.id.clone());
         for (ri, rule) in route.rules.iter().enumerate() {
-            let backends = Arc::new(resolver.group(&route.id, rule));
-            for m in &rule.matches {
+            let action = Arc::new(RuleAction {
+                filters: rule.filters.clone(),
+                backends: resolver.group(&route.id, rule),
+                timeouts: rule.timeouts,
+                mirrors: resolver.mirrors(&route.id, rule),
+            });
+            for (mi, m) in rule.matches.iter().enumerate() {
                 for h in &hosts {
                     entries.push((
                         h.clone(),
@@ -168,8 +193,9 @@ fn listener_routes(
                             route: route_id.clone(),
                             route_order: order,
                             rule: ri,
-                            path: m.path.clone(),
-                            backends: backends.clone(),
+                            match_index: mi,
+                            matcher: m.clone(),
+                            action: action.clone(),
                         },
                     ));
                 }
@@ -185,10 +211,41 @@ fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool
         && p.port.is_none_or(|port| port == listener.port)
 }
 
-fn namespace_allowed(listener: &Listener, gateway: &Gateway, route: &HttpRoute) -> bool {
-    match listener.allowed_routes {
+fn namespace_allowed(
+    listener: &Listener,
+    gateway: &Gateway,
+    route: &HttpRoute,
+    namespaces: &NamespaceLabels,
+) -> bool {
+    match &listener.allowed_routes {
         AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
         AllowedRoutes::All => true,
+        AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(&route.id.namespace)),
+    }
+}
+
+/// Labels of the Namespaces in the config. A namespace that is not declared
+/// still has the label Kubernetes gives every namespace (its name).
+struct NamespaceLabels<'a> {
+    declared: HashMap<&'a str, &'a BTreeMap<String, String>>,
+}
+
+impl<'a> NamespaceLabels<'a> {
+    fn new(config: &'a Config) -> Self {
+        Self {
+            declared: config
+                .namespaces
+                .iter()
+                .map(|n| (n.name.as_str(), &n.labels))
+                .collect(),
+        }
+    }
+
+    fn get(&self, namespace: &str) -> BTreeMap<String, String> {
+        match self.declared.get(namespace) {
+            Some(labels) => (*labels).clone(),
+            None => BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())]),
+        }
     }
 }
 
@@ -217,6 +274,7 @@ fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<O
 struct BackendResolver<'a> {
     services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
     slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
+    grants: ReferenceGrants<'a>,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -226,7 +284,11 @@ impl<'a> BackendResolver<'a> {
         for s in &config.endpoint_slices {
             slices.entry(&s.service).or_default().push(s);
         }
-        Self { services, slices }
+        Self {
+            services,
+            slices,
+            grants: ReferenceGrants::new(config),
+        }
     }
 
     fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
@@ -235,18 +297,38 @@ impl<'a> BackendResolver<'a> {
                 .iter()
                 .map(|b| {
                     let target = self.target(route, &b.service, b.port);
-                    Backend::new(b.service.clone(), b.port, b.weight, target)
+                    let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
+                    backend.filters = b.filters.clone();
+                    backend
                 })
                 .collect(),
         )
     }
 
+    fn mirrors(&self, route: &ObjectRef, rule: &RouteRule) -> Vec<MirrorTarget> {
+        rule.filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::Mirror(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| {
+                let target = self.target(route, &m.service, m.port);
+                let backend = Backend::new(m.service.clone(), m.port, 1, target);
+                MirrorTarget::new(backend, m.numerator, m.denominator)
+            })
+            .collect()
+    }
+
     fn target(&self, route: &ObjectRef, service: &ObjectRef, port: u16) -> BackendTarget {
-        if service.namespace != route.namespace {
-            // Cross-namespace references need a ReferenceGrant, which this
-            // agent does not read yet: the reference is not permitted.
+        if !self
+            .grants
+            .allows(Kind::HTTP_ROUTE, &route.namespace, Kind::SERVICE, service)
+        {
             return BackendTarget::Invalid(format!(
-                "backend {service}: cross-namespace reference not permitted"
+                "backend {service}: cross-namespace reference not permitted by any ReferenceGrant \
+                 in namespace {}",
+                service.namespace
             ));
         }
         let Some(svc) = self.services.get(service) else {
@@ -417,13 +499,15 @@ ports: [{name: http, port: 9000}]
     #[test]
     fn resolves_named_target_port_and_skips_unready() {
         let c = compiled();
+        let headers = http::HeaderMap::new();
+        let req = crate::snapshot::RequestView::new(&http::Method::GET, "/", None, &headers);
         let e = c.snapshot.shards[0]
             .listener_for(80, "x")
             .unwrap()
             .routes
-            .find("x", "/")
+            .find("x", &req)
             .unwrap();
-        let b = &e.backends.backends;
+        let b = &e.action.backends.backends;
         match &b[0].target {
             BackendTarget::Endpoints(eps) => assert_eq!(eps, &["127.0.0.1:9000".parse().unwrap()]),
             t => panic!("{t:?}"),
@@ -455,5 +539,99 @@ ports: [{name: http, port: 9000}]
         let a = compile(&cfg, &mut ids, 1).snapshot.shards[0].id;
         let b = compile(&cfg, &mut ids, 2).snapshot.shards[0].id;
         assert_eq!(a, b);
+    }
+
+    const CROSS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: v1
+kind: Namespace
+metadata: {name: team-a, labels: {gw-access: "yes"}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: http
+    port: 80
+    protocol: HTTP
+    allowedRoutes: {namespaces: {from: Selector, selector: {matchLabels: {gw-access: "yes"}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: newer, namespace: team-a, creationTimestamp: "2024-02-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  rules: [{backendRefs: [{name: svc, namespace: team-b, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: older, namespace: team-a, creationTimestamp: "2024-01-01T00:00:00Z"}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  rules: [{backendRefs: [{name: svc, namespace: team-b, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: outsider, namespace: team-c}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [outsider.example.com]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: team-b}
+spec: {ports: [{port: 80}]}
+"#;
+
+    const GRANT: &str = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: allow-a, namespace: team-b}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team-a}]
+  to: [{group: "", kind: Service}]
+"#;
+
+    fn first_entry(text: &str) -> (usize, RouteEntry) {
+        let cfg = parse_documents([(Path::new("t.yaml"), text)]).unwrap();
+        let c = compile(&cfg, &mut ShardIds::default(), 1);
+        let headers = http::HeaderMap::new();
+        let req = crate::snapshot::RequestView::new(&http::Method::GET, "/", None, &headers);
+        let l = c.snapshot.shards[0].listener_for(80, "x").unwrap();
+        (l.routes.len(), l.routes.find("x", &req).unwrap().clone())
+    }
+
+    #[test]
+    fn selector_admits_labelled_namespaces_and_oldest_route_wins() {
+        let (len, e) = first_entry(CROSS);
+        assert_eq!(len, 2, "team-c is not selected");
+        assert_eq!(e.route.name, "older");
+    }
+
+    #[test]
+    fn cross_namespace_backend_needs_a_reference_grant() {
+        let (_, e) = first_entry(CROSS);
+        assert!(
+            matches!(&e.action.backends.backends[0].target, BackendTarget::Invalid(m) if m.contains("ReferenceGrant"))
+        );
+        let (_, e) = first_entry(&format!("{CROSS}{GRANT}"));
+        assert!(matches!(
+            &e.action.backends.backends[0].target,
+            BackendTarget::Endpoints(_)
+        ));
+        let wrong = GRANT.replace("namespace: team-a}", "namespace: team-x}");
+        let (_, e) = first_entry(&format!("{CROSS}{wrong}"));
+        assert!(matches!(
+            &e.action.backends.backends[0].target,
+            BackendTarget::Invalid(_)
+        ));
     }
 }

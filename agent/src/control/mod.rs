@@ -1,5 +1,6 @@
 //! Control plane: turns validated config into a snapshot for the data path and
 //! desired state for the eBPF maps.
 mod compile;
+pub mod refgrant;
 
 pub use compile::{compile, Compiled, ShardIds, CONTROLLER_NAME};

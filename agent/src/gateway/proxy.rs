@@ -11,10 +11,16 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 
-use super::{full, Body};
+use super::{
+    filters::{self, RedirectContext},
+    full,
+    mirror::{self, UpstreamBody},
+    Body,
+};
 use crate::{
+    config::{Filter, HeaderModifier},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
-    snapshot::{BackendTarget, ShardId, Snapshot},
+    snapshot::{BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
 
 /// What the accept loop knows about a connection.
@@ -30,7 +36,7 @@ pub struct ConnInfo {
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    client: Client<HttpConnector, Incoming>,
+    client: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
 }
 
@@ -109,56 +115,168 @@ impl Proxy {
             );
         };
         let host = host_without_port(&authority).to_ascii_lowercase();
-        let path = req.uri().path();
-        let Some(entry) = shard
-            .listener_for(conn.local.port(), &host)
-            .and_then(|l| l.routes.find(&host, path))
-        else {
+        let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
+            return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
+        };
+        let view = RequestView::new(
+            req.method(),
+            req.uri().path(),
+            req.uri().query(),
+            req.headers(),
+        );
+        let Some(entry) = listener.routes.find(&host, &view) else {
             return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
         };
         let route_name: Arc<str> = Arc::from(entry.route.to_string());
-        let Some(backend) = entry.backends.pick() else {
+        let target = Target {
+            entry,
+            listener_port: listener.port,
+            host: &host,
+            authority: &authority,
+        };
+        let forward = self.apply_rule(target, conn, req);
+        let response = match entry.action.timeouts.request {
+            Some(limit) => match tokio::time::timeout(limit, forward).await {
+                Ok(r) => r,
+                Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "request timeout"),
+            },
+            None => forward.await,
+        };
+        (response, shard_name, route_name)
+    }
+
+    /// Runs the rule's filters, picks a backend, runs its filters and forwards.
+    async fn apply_rule(
+        &self,
+        t: Target<'_>,
+        conn: ConnInfo,
+        req: Request<Incoming>,
+    ) -> Response<Body> {
+        let action = &t.entry.action;
+        let (mut parts, body) = req.into_parts();
+        let mut path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
+        let mut upstream_host: Option<String> = None;
+        let mut response_mods: Vec<&HeaderModifier> = Vec::new();
+        for f in &action.filters {
+            if let Filter::ResponseHeaders(m) = f {
+                response_mods.push(m);
+            }
+        }
+        for f in &action.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                // Applied to the response; mirrors are sent with the upstream request.
+                Filter::ResponseHeaders(_) | Filter::Mirror(_) => {}
+                Filter::Redirect(r) => {
+                    let location = filters::redirect_location(
+                        r,
+                        RedirectContext {
+                            scheme: "http",
+                            listener_port: t.listener_port,
+                            host: t.host,
+                            path: &path,
+                            query: query.as_deref(),
+                            matched: &t.entry.matcher.path,
+                        },
+                    );
+                    let mut resp = redirect(r.status, &location);
+                    for m in &response_mods {
+                        filters::modify_headers(m, resp.headers_mut());
+                    }
+                    return resp;
+                }
+                Filter::Rewrite(rw) => {
+                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                    path = out.path;
+                    if out.host.is_some() {
+                        upstream_host = out.host;
+                    }
+                }
+            }
+        }
+        let mut response = self
+            .forward(
+                t,
+                conn,
+                &mut parts,
+                body,
+                path,
+                query,
+                upstream_host,
+                &mut response_mods,
+            )
+            .await;
+        for m in &response_mods {
+            filters::modify_headers(m, response.headers_mut());
+        }
+        response
+    }
+
+    #[allow(clippy::too_many_arguments)] // The pieces of one request, split by the filters.
+    async fn forward<'a>(
+        &self,
+        t: Target<'a>,
+        conn: ConnInfo,
+        parts: &mut http::request::Parts,
+        body: Incoming,
+        path: String,
+        query: Option<String>,
+        upstream_host: Option<String>,
+        response_mods: &mut Vec<&'a HeaderModifier>,
+    ) -> Response<Body> {
+        let action = &t.entry.action;
+        let Some(backend) = action.backends.pick() else {
             // A rule without (non-zero-weight) backends answers 500 per Gateway API.
-            return (
-                error(StatusCode::INTERNAL_SERVER_ERROR, "route has no backends"),
-                shard_name,
-                route_name,
-            );
+            return error(StatusCode::INTERNAL_SERVER_ERROR, "route has no backends");
         };
         let endpoint = match &backend.target {
             BackendTarget::Invalid(reason) => {
-                tracing::debug!(route = %entry.route, %reason, "invalid backend");
-                return (
-                    error(StatusCode::INTERNAL_SERVER_ERROR, "backend not resolvable"),
-                    shard_name,
-                    route_name,
-                );
+                tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
+                return error(StatusCode::INTERNAL_SERVER_ERROR, "backend not resolvable");
             }
             BackendTarget::Endpoints(_) => match backend.endpoint() {
                 Some(ep) => ep,
-                None => {
-                    return (
-                        error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints"),
-                        shard_name,
-                        route_name,
-                    )
-                }
+                None => return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints"),
             },
         };
-        let upstream = match upstream_request(req, conn, &authority, endpoint) {
-            Ok(r) => r,
-            Err(e) => {
-                return (error(StatusCode::BAD_REQUEST, &e), shard_name, route_name);
+        for f in &backend.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                Filter::ResponseHeaders(m) => response_mods.push(m),
+                // Rejected at backendRef level by validation.
+                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) => {}
             }
+        }
+        let path_and_query = match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
         };
-        let response = match self.client.request(upstream).await {
+        let head = std::mem::replace(parts, Request::new(()).into_parts().0);
+        let req = Request::from_parts(head, body);
+        let host = upstream_host.as_deref().unwrap_or(t.authority);
+        let upstream =
+            match upstream_request(req, conn, t.authority, host, &path_and_query, endpoint) {
+                Ok(r) => r,
+                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+            };
+        let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
+        let request = self.client.request(upstream);
+        let result = match action.timeouts.backend_request {
+            Some(limit) => match tokio::time::timeout(limit, request).await {
+                Ok(r) => r,
+                Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
+            },
+            None => request.await,
+        };
+        match result {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
                 Response::from_parts(parts, body.map_err(Into::into).boxed())
             }
             Err(e) => {
-                tracing::warn!(route = %entry.route, %endpoint, error = %e, "upstream request failed");
+                tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
                 let status = if e.is_connect() {
                     StatusCode::SERVICE_UNAVAILABLE
                 } else {
@@ -166,9 +284,92 @@ impl Proxy {
                 };
                 error(status, "upstream unavailable")
             }
-        };
-        (response, shard_name, route_name)
+        }
     }
+}
+
+impl Proxy {
+    /// Starts the sampled mirrors of the rule with copies of `req` and
+    /// returns the primary request, whose body now feeds the copies.
+    fn send_mirrors(
+        &self,
+        entry: &RouteEntry,
+        req: Request<Incoming>,
+        path_and_query: &str,
+    ) -> Request<UpstreamBody> {
+        let targets: Vec<SocketAddr> = entry
+            .action
+            .mirrors
+            .iter()
+            .filter(|m| m.sample())
+            .filter_map(|m| {
+                let ep = m.backend.endpoint();
+                if ep.is_none() {
+                    tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
+                }
+                ep
+            })
+            .collect();
+        let (parts, body) = req.into_parts();
+        let (primary, copies) = mirror::tee(body, targets.len());
+        let req = Request::from_parts(parts, primary);
+        for (endpoint, body) in targets.into_iter().zip(copies) {
+            let Ok(uri) = Uri::builder()
+                .scheme("http")
+                .authority(endpoint.to_string())
+                .path_and_query(path_and_query)
+                .build()
+            else {
+                continue;
+            };
+            let copy = mirror::copy_head(&req, uri, body);
+            let client = self.client.clone();
+            let route = entry.route.clone();
+            tokio::spawn(async move {
+                let exchange = async {
+                    match client.request(copy).await {
+                        // Drained so the pooled connection can be reused.
+                        Ok(resp) => resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                match tokio::time::timeout(mirror::MIRROR_TIMEOUT, exchange).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%route, %endpoint, error = %e, "mirror request failed")
+                    }
+                    Err(_) => tracing::debug!(%route, %endpoint, "mirror request timed out"),
+                }
+            });
+        }
+        req
+    }
+}
+
+/// The routing decision for one request.
+#[derive(Clone, Copy)]
+struct Target<'a> {
+    entry: &'a RouteEntry,
+    listener_port: u16,
+    /// Request host, lower-case, without port.
+    host: &'a str,
+    /// Request authority as received (with port, if any).
+    authority: &'a str,
+}
+
+fn redirect(status: u16, location: &str) -> Response<Body> {
+    let Some(value) = filters::location_header(location) else {
+        return error(StatusCode::BAD_REQUEST, "request path cannot be redirected");
+    };
+    let mut r = Response::new(full(""));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
+    r.headers_mut().insert(header::LOCATION, value);
+    r
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
@@ -215,18 +416,18 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The request to the backend: `authority` is what the client asked for
+/// (kept in X-Forwarded-Host), `host` what the backend sees as Host (differs
+/// after a URLRewrite hostname).
 fn upstream_request(
     req: Request<Incoming>,
     conn: ConnInfo,
     authority: &str,
+    host: &str,
+    path_and_query: &str,
     endpoint: SocketAddr,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
-    let path_and_query = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
     parts.uri = Uri::builder()
         .scheme("http")
         .authority(endpoint.to_string())
@@ -235,8 +436,9 @@ fn upstream_request(
         .map_err(|e| format!("invalid request target: {e}"))?;
     parts.version = http::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
-    let host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
-    parts.headers.insert(header::HOST, host.clone());
+    let forwarded_host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
+    let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
+    parts.headers.insert(header::HOST, host);
     let peer_ip = conn.peer.ip().to_canonical().to_string();
     let xff = match parts
         .headers
@@ -253,7 +455,9 @@ fn upstream_request(
     parts
         .headers
         .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    parts.headers.insert(X_FORWARDED_HOST.clone(), host);
+    parts
+        .headers
+        .insert(X_FORWARDED_HOST.clone(), forwarded_host);
     Ok(Request::from_parts(parts, body))
 }
 

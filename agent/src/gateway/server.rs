@@ -52,6 +52,7 @@ impl ShardSocket {
 pub struct ShardServer {
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
+    locals: Vec<SocketAddr>,
 }
 
 impl ShardServer {
@@ -61,9 +62,22 @@ impl ShardServer {
         proxy: Arc<Proxy>,
         max_connections: usize,
     ) -> std::io::Result<Self> {
-        let (shutdown, rx) = watch::channel(false);
         let limit = Arc::new(tokio::sync::Semaphore::new(max_connections));
+        Self::spawn_with_limit(shard, sockets, proxy, limit)
+    }
+
+    /// Like [`ShardServer::spawn`], sharing the connection limit with other
+    /// servers of the same shard (sockets added by a reload join the shard's
+    /// bulkhead instead of getting their own).
+    pub fn spawn_with_limit(
+        shard: ShardId,
+        sockets: Vec<ShardSocket>,
+        proxy: Arc<Proxy>,
+        limit: Arc<tokio::sync::Semaphore>,
+    ) -> std::io::Result<Self> {
+        let (shutdown, rx) = watch::channel(false);
         let mut tasks = JoinSet::new();
+        let locals = sockets.iter().map(|s| s.local).collect();
         for s in sockets {
             let listener = TcpListener::from_std(s.listener)?;
             tasks.spawn(accept_loop(
@@ -74,7 +88,16 @@ impl ShardServer {
                 rx.clone(),
             ));
         }
-        Ok(Self { shutdown, tasks })
+        Ok(Self {
+            shutdown,
+            tasks,
+            locals,
+        })
+    }
+
+    /// Addresses of the sockets this server accepts on.
+    pub fn local_addrs(&self) -> &[SocketAddr] {
+        &self.locals
     }
 
     /// Stops accepting and waits (bounded) for open connections to finish.
@@ -132,6 +155,8 @@ async fn accept_loop(
             drop(permit);
         });
     }
+    // Release the port now, not after the drain: a reload may bind it again.
+    drop(listener);
     // Bounded drain: in-flight requests get time to finish, then we go.
     if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
         .await

@@ -12,7 +12,11 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::config::{Hostname, ObjectRef, PathMatch};
+use crate::config::{Filter, Hostname, ObjectRef, RouteMatch, Timeouts};
+
+pub mod matching;
+
+pub use matching::RequestView;
 
 /// Shard id as used in the eBPF maps (`1..MAX_SHARDS`).
 pub type ShardId = u32;
@@ -109,22 +113,20 @@ impl RouteTable {
         t.wildcard
             .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
         for v in t.exact.values_mut() {
-            v.sort_by(RouteEntry::precedence);
+            v.sort_by(matching::precedence);
         }
         for (_, v) in &mut t.wildcard {
-            v.sort_by(RouteEntry::precedence);
+            v.sort_by(matching::precedence);
         }
-        t.any.sort_by(RouteEntry::precedence);
+        t.any.sort_by(matching::precedence);
         t
     }
 
-    /// The highest-precedence entry matching `host` and `path`. Routes with a
-    /// longer matching hostname win over any path precedence (Gateway API).
-    pub fn find<'a>(&'a self, host: &str, path: &str) -> Option<&'a RouteEntry> {
-        fn first<'t>(v: &'t [RouteEntry], path: &str) -> Option<&'t RouteEntry> {
-            v.iter().find(|e| e.path.matches(path))
-        }
-        let hit = |v: &'a [RouteEntry]| first(v, path);
+    /// The highest-precedence entry matching `host` and the request. Routes
+    /// with a more specific matching hostname win over any other precedence
+    /// (Gateway API).
+    pub fn find<'a>(&'a self, host: &str, req: &RequestView<'_>) -> Option<&'a RouteEntry> {
+        let hit = |v: &'a [RouteEntry]| v.iter().find(|e| matching::matches(&e.matcher, req));
         if let Some(e) = self.exact.get(host).and_then(|v| hit(v)) {
             return Some(e);
         }
@@ -156,24 +158,50 @@ pub struct RouteEntry {
     /// Position of the route in precedence order among equals (creation order, then name).
     pub route_order: usize,
     pub rule: usize,
-    pub path: PathMatch,
-    pub backends: Arc<BackendGroup>,
+    /// Index of the match within the rule.
+    pub match_index: usize,
+    pub matcher: RouteMatch,
+    /// What the rule does; shared by every match of the rule.
+    pub action: Arc<RuleAction>,
 }
 
-impl RouteEntry {
-    /// Gateway API rule precedence: Exact path before prefix, longer prefix
-    /// first; then route order, rule order.
-    fn precedence(a: &RouteEntry, b: &RouteEntry) -> std::cmp::Ordering {
-        fn rank(p: &PathMatch) -> (u8, std::cmp::Reverse<usize>) {
-            match p {
-                PathMatch::Exact(s) => (0, std::cmp::Reverse(s.len())),
-                PathMatch::Prefix(s) => (1, std::cmp::Reverse(s.len())),
-            }
+/// Filters, backends and timeouts of one rule.
+#[derive(Debug, Default)]
+pub struct RuleAction {
+    /// Rule-level filters in configured order.
+    pub filters: Vec<Filter>,
+    pub backends: BackendGroup,
+    pub timeouts: Timeouts,
+    /// Resolved targets of the rule's RequestMirror filters.
+    pub mirrors: Vec<MirrorTarget>,
+}
+
+/// Where a RequestMirror filter sends copies, and how many.
+#[derive(Debug)]
+pub struct MirrorTarget {
+    pub backend: Backend,
+    pub numerator: u32,
+    pub denominator: u32,
+    seen: AtomicU64,
+}
+
+impl MirrorTarget {
+    pub fn new(backend: Backend, numerator: u32, denominator: u32) -> Self {
+        Self {
+            backend,
+            numerator,
+            denominator: denominator.max(1),
+            seen: AtomicU64::new(0),
         }
-        rank(&a.path)
-            .cmp(&rank(&b.path))
-            .then(a.route_order.cmp(&b.route_order))
-            .then(a.rule.cmp(&b.rule))
+    }
+
+    /// Whether this request is mirrored: exactly `numerator` of every
+    /// `denominator` consecutive requests, spread evenly.
+    pub fn sample(&self) -> bool {
+        let n = self.seen.fetch_add(1, Ordering::Relaxed) % u64::from(self.denominator);
+        let num = u64::from(self.numerator);
+        let den = u64::from(self.denominator);
+        (n + 1) * num / den > n * num / den
     }
 }
 
@@ -236,6 +264,8 @@ pub struct Backend {
     pub port: u16,
     pub weight: u32,
     pub target: BackendTarget,
+    /// backendRef-level filters, applied after the rule's.
+    pub filters: Vec<Filter>,
     next: AtomicU64,
 }
 
@@ -254,6 +284,7 @@ impl Backend {
             port,
             weight,
             target,
+            filters: Vec::new(),
             next: AtomicU64::new(0),
         }
     }
@@ -272,16 +303,25 @@ impl Backend {
 
 #[cfg(test)]
 mod tests {
+    use http::{HeaderMap, Method};
+
     use super::*;
+    use crate::config::PathMatch;
 
     fn entry(order: usize, path: PathMatch, tag: &str) -> RouteEntry {
         RouteEntry {
             route: Arc::new(ObjectRef::new("ns", tag)),
             route_order: order,
             rule: 0,
-            path,
-            backends: Arc::new(BackendGroup::default()),
+            match_index: 0,
+            matcher: RouteMatch::path(path),
+            action: Arc::new(RuleAction::default()),
         }
+    }
+
+    fn find<'t>(t: &'t RouteTable, host: &str, path: &str) -> Option<&'t RouteEntry> {
+        let headers = HeaderMap::new();
+        t.find(host, &RequestView::new(&Method::GET, path, None, &headers))
     }
 
     #[test]
@@ -291,9 +331,9 @@ mod tests {
             (None, entry(1, PathMatch::Prefix("/v1".into()), "v1")),
             (None, entry(2, PathMatch::Exact("/v1/x".into()), "exact")),
         ]);
-        assert_eq!(t.find("h", "/v1/x").unwrap().route.name, "exact");
-        assert_eq!(t.find("h", "/v1/y").unwrap().route.name, "v1");
-        assert_eq!(t.find("h", "/v2").unwrap().route.name, "root");
+        assert_eq!(find(&t, "h", "/v1/x").unwrap().route.name, "exact");
+        assert_eq!(find(&t, "h", "/v1/y").unwrap().route.name, "v1");
+        assert_eq!(find(&t, "h", "/v2").unwrap().route.name, "root");
     }
 
     #[test]
@@ -309,11 +349,28 @@ mod tests {
             ),
         ]);
         assert_eq!(
-            t.find("a.example.com", "/x").unwrap().route.name,
+            find(&t, "a.example.com", "/x").unwrap().route.name,
             "exact-host"
         );
-        assert_eq!(t.find("b.example.com", "/x").unwrap().route.name, "wild");
-        assert!(t.find("example.com", "/x").is_none());
+        assert_eq!(find(&t, "b.example.com", "/x").unwrap().route.name, "wild");
+        assert!(find(&t, "example.com", "/x").is_none());
+    }
+
+    #[test]
+    fn mirror_sampling_is_exact_per_cycle() {
+        let b = || {
+            Backend::new(
+                ObjectRef::new("ns", "m"),
+                80,
+                1,
+                BackendTarget::Endpoints(vec![]),
+            )
+        };
+        for (num, den, want) in [(20, 100, 40), (25, 50, 100), (0, 100, 0), (1, 1, 200)] {
+            let m = MirrorTarget::new(b(), num, den);
+            let hits = (0..200).filter(|_| m.sample()).count();
+            assert_eq!(hits, want, "{num}/{den}");
+        }
     }
 
     #[test]

@@ -1,0 +1,429 @@
+//! Applying a configuration to the running agent, at start-up and on every
+//! change of the config directory. A change is applied whole or not at all:
+//! the new snapshot is compiled off the data path, listener sockets for new
+//! (address, port)s are bound, the eBPF maps are converged, and only then is
+//! the snapshot swapped in. Anything failing on the way leaves the previous
+//! snapshot serving, and the rejection is logged, counted and shown on
+//! `/config`.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use arc_swap::ArcSwap;
+use tokio::sync::Semaphore;
+
+use crate::{
+    admin::ConfigNotes,
+    config::{self, ConfigError, DirWatcher, ObjectRef},
+    control::{compile, Compiled, ShardIds},
+    gateway::{Proxy, ShardServer, ShardSocket},
+    kernel::{self, maps::DatapathMaps, KernelDatapath, KernelDesired, KernelError},
+    metrics::{ConfigLabels, Metrics},
+    snapshot::{Shard, ShardId, Snapshot},
+};
+
+/// How long the directory must be quiet before a reload.
+pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// Why a configuration was not applied.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("Gateway {gateway}: cannot listen on {addr}: {source}")]
+    Listen {
+        gateway: ObjectRef,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("programming eBPF maps: {0}")]
+    Kernel(#[source] Box<KernelError>),
+    #[error("compiling the configuration panicked or was cancelled")]
+    Compile,
+}
+
+/// Where a served Gateway receives connections.
+#[derive(Debug, Clone)]
+pub struct ShardInfo {
+    pub id: u32,
+    /// Addresses of the shard's own sockets. With eBPF these are loopback
+    /// steering sockets on ephemeral ports, not the Gateway's addresses.
+    pub socket_addrs: Vec<SocketAddr>,
+}
+
+/// The running sockets of one shard.
+struct RunningShard {
+    gateway: ObjectRef,
+    /// Shared by every socket of the shard: the bulkhead's connection limit.
+    limit: Arc<Semaphore>,
+    /// Userspace: keyed by the bound (address, port). eBPF: by the steering
+    /// socket's own address.
+    servers: BTreeMap<SocketAddr, ShardServer>,
+}
+
+/// Everything a configuration change touches.
+pub struct Runtime {
+    pub config_dir: PathBuf,
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    pub kernel: Option<Arc<Mutex<KernelDatapath>>>,
+    pub metrics: Metrics,
+    pub proxy: Arc<Proxy>,
+    pub notes: Arc<Mutex<ConfigNotes>>,
+    max_connections: usize,
+    ids: Mutex<ShardIds>,
+    generation: AtomicU64,
+    /// The kernel state of the snapshot being served, to return to when a
+    /// later reconcile fails halfway.
+    kernel_applied: Mutex<KernelDesired>,
+    shards: tokio::sync::Mutex<BTreeMap<ShardId, RunningShard>>,
+}
+
+impl Runtime {
+    pub fn new(
+        config_dir: PathBuf,
+        snapshot: Arc<ArcSwap<Snapshot>>,
+        kernel: Option<Arc<Mutex<KernelDatapath>>>,
+        metrics: Metrics,
+        proxy: Arc<Proxy>,
+        max_connections: usize,
+    ) -> Self {
+        Self {
+            config_dir,
+            snapshot,
+            kernel,
+            metrics,
+            proxy,
+            notes: Arc::default(),
+            max_connections,
+            ids: Mutex::default(),
+            generation: AtomicU64::new(0),
+            kernel_applied: Mutex::default(),
+            shards: tokio::sync::Mutex::default(),
+        }
+    }
+
+    /// Loads the config directory and applies it. On error nothing changed.
+    pub async fn load_and_apply(self: &Arc<Self>) -> Result<Vec<String>, ReloadError> {
+        let this = self.clone();
+        // Parsing and compiling are CPU work: keep them off the async workers
+        // that serve requests.
+        let (compiled, ids) = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
+            let cfg = config::load_dir(&this.config_dir)?;
+            let mut ids = this.ids.lock().expect("ids lock").clone();
+            let generation = this.generation.load(Ordering::Acquire) + 1;
+            Ok((compile(&cfg, &mut ids, generation), ids))
+        })
+        .await
+        .map_err(|_| ReloadError::Compile)??;
+        self.apply(compiled, ids).await
+    }
+
+    async fn apply(&self, compiled: Compiled, ids: ShardIds) -> Result<Vec<String>, ReloadError> {
+        let mut running = self.shards.lock().await;
+        let prepared = self.prepare_sockets(&compiled.snapshot, &running)?;
+        if let Some(k) = &self.kernel {
+            let mut k = k.lock().expect("kernel lock");
+            match kernel::reconcile(&mut *k as &mut dyn DatapathMaps, &compiled.kernel) {
+                Ok(stats) => tracing::info!(?stats, "eBPF maps programmed"),
+                Err(e) => {
+                    // Back to what the served snapshot expects; new sockets are dropped.
+                    let previous = self
+                        .kernel_applied
+                        .lock()
+                        .expect("kernel state lock")
+                        .clone();
+                    if let Err(e2) = kernel::reconcile(&mut *k as &mut dyn DatapathMaps, &previous)
+                    {
+                        tracing::error!(error = %e2, "restoring the previous eBPF map state failed");
+                    }
+                    for (id, ipv6) in prepared.kernel_slots_of_new_shards() {
+                        let _ = k.clear_shard_socket(id, ipv6);
+                    }
+                    return Err(ReloadError::Kernel(Box::new(e)));
+                }
+            }
+        }
+
+        let generation = compiled.snapshot.generation;
+        let new_ids: BTreeSet<ShardId> = compiled.snapshot.shards.iter().map(|s| s.id).collect();
+        let wanted: BTreeMap<ShardId, BTreeSet<SocketAddr>> = compiled
+            .snapshot
+            .shards
+            .iter()
+            .map(|s| (s.id, wanted_binds(s).into_iter().collect()))
+            .collect();
+        self.snapshot.store(Arc::new(compiled.snapshot));
+
+        let mut stopping = Vec::new();
+        // Sockets are listening already (connections queue in the backlog);
+        // accept loops start after the swap so the first request sees its shard.
+        for (id, gateway, sockets) in prepared.shards {
+            if running.get(&id).is_some_and(|r| r.gateway != gateway) {
+                // The id now stands for another Gateway: the old one's sockets go.
+                if let Some(old) = running.remove(&id) {
+                    stopping.extend(old.servers.into_values());
+                }
+            }
+            let entry = running.entry(id).or_insert_with(|| RunningShard {
+                gateway: gateway.clone(),
+                limit: Arc::new(Semaphore::new(self.max_connections)),
+                servers: BTreeMap::new(),
+            });
+            for (key, socket) in sockets {
+                let local = socket.local;
+                match ShardServer::spawn_with_limit(
+                    id,
+                    vec![socket],
+                    self.proxy.clone(),
+                    entry.limit.clone(),
+                ) {
+                    Ok(server) => {
+                        tracing::info!(%gateway, shard = id, socket = %local, "listening");
+                        entry.servers.insert(key, server);
+                    }
+                    Err(e) => {
+                        tracing::error!(%gateway, shard = id, socket = %local, error = %e, "accept loop not started")
+                    }
+                }
+            }
+        }
+
+        // Stop what the new snapshot no longer has: whole shards, and in
+        // userspace mode (address, port)s a shard dropped.
+        running.retain(|id, shard| {
+            if !new_ids.contains(id) {
+                tracing::info!(gateway = %shard.gateway, shard = id, "Gateway removed; closing its listeners");
+                if let Some(k) = &self.kernel {
+                    let mut k = k.lock().expect("kernel lock");
+                    for ipv6 in [false, true] {
+                        if let Err(e) = k.clear_shard_socket(*id, ipv6) {
+                            tracing::warn!(shard = id, error = %e, "clearing steering socket");
+                        }
+                    }
+                }
+                stopping.extend(std::mem::take(&mut shard.servers).into_values());
+                return false;
+            }
+            if self.kernel.is_none() {
+                let keep = &wanted[id];
+                let gone: Vec<SocketAddr> = shard.servers.keys().filter(|a| !keep.contains(a)).copied().collect();
+                for addr in gone {
+                    tracing::info!(gateway = %shard.gateway, %addr, "listener removed; closing socket");
+                    stopping.extend(shard.servers.remove(&addr));
+                }
+            }
+            true
+        });
+        let sockets = running
+            .values()
+            .map(|s| {
+                let addrs = s
+                    .servers
+                    .values()
+                    .flat_map(|srv| srv.local_addrs().to_vec())
+                    .collect();
+                (s.gateway.to_string(), addrs)
+            })
+            .collect();
+        drop(running);
+        for server in stopping {
+            // Draining takes up to the drain timeout; the reload does not wait.
+            tokio::spawn(server.shutdown());
+        }
+
+        *self.ids.lock().expect("ids lock") = ids;
+        *self.kernel_applied.lock().expect("kernel state lock") = compiled.kernel;
+        self.generation.store(generation, Ordering::Release);
+        self.metrics.config_generation.set(generation as i64);
+        self.metrics
+            .config_reloads
+            .get_or_create(&ConfigLabels { result: "applied" })
+            .inc();
+        {
+            let mut notes = self.notes.lock().expect("notes lock");
+            notes.warnings = compiled.warnings.clone();
+            notes.sockets = sockets;
+        }
+        for w in &compiled.warnings {
+            tracing::warn!("{w}");
+        }
+        Ok(compiled.warnings)
+    }
+
+    /// Records a rejected change: logged, counted, shown on `/config`.
+    pub fn reject(&self, error: &ReloadError) {
+        tracing::error!(error = %error, "configuration change rejected; the previous configuration keeps serving");
+        self.metrics
+            .config_reloads
+            .get_or_create(&ConfigLabels { result: "rejected" })
+            .inc();
+        self.notes.lock().expect("notes lock").last_rejection = Some(error.to_string());
+    }
+
+    /// Where each served Gateway receives connections now.
+    pub async fn shard_infos(&self) -> BTreeMap<ObjectRef, ShardInfo> {
+        let running = self.shards.lock().await;
+        running
+            .iter()
+            .map(|(id, s)| {
+                let socket_addrs = s
+                    .servers
+                    .values()
+                    .flat_map(|srv| srv.local_addrs().to_vec())
+                    .collect();
+                (
+                    s.gateway.clone(),
+                    ShardInfo {
+                        id: *id,
+                        socket_addrs,
+                    },
+                )
+            })
+            .collect()
+    }
+
+    /// Stops every accept loop and drains connections.
+    pub async fn shutdown(&self) {
+        let mut running = self.shards.lock().await;
+        for (_, shard) in std::mem::take(&mut *running) {
+            for (_, server) in shard.servers {
+                server.shutdown().await;
+            }
+        }
+    }
+
+    /// Binds what the snapshot needs and the running shards do not have yet.
+    fn prepare_sockets(
+        &self,
+        snapshot: &Snapshot,
+        running: &BTreeMap<ShardId, RunningShard>,
+    ) -> Result<Prepared, ReloadError> {
+        let mut prepared = Prepared::default();
+        for shard in &snapshot.shards {
+            let existing = running
+                .get(&shard.id)
+                .filter(|r| r.gateway == shard.gateway);
+            let mut sockets = Vec::new();
+            match &self.kernel {
+                None => {
+                    for addr in wanted_binds(shard) {
+                        if existing.is_some_and(|r| r.servers.contains_key(&addr)) {
+                            continue;
+                        }
+                        match ShardSocket::bind(addr) {
+                            Ok(s) => sockets.push((addr, s)),
+                            // A host without IPv6 still serves IPv4 on the wildcard.
+                            Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+                                tracing::warn!(gateway = %shard.gateway, %addr, error = %e, "IPv6 wildcard not bound");
+                            }
+                            // Dropping `prepared` closes what this change bound so far.
+                            Err(source) => {
+                                return Err(ReloadError::Listen {
+                                    gateway: shard.gateway.clone(),
+                                    addr,
+                                    source,
+                                })
+                            }
+                        }
+                    }
+                }
+                Some(k) if existing.is_none() => {
+                    let mut k = k.lock().expect("kernel lock");
+                    for ipv6 in [false, true] {
+                        let s = match ShardSocket::steering(ipv6) {
+                            Ok(s) => s,
+                            Err(e) if ipv6 => {
+                                tracing::warn!(gateway = %shard.gateway, error = %e, "no IPv6 loopback; IPv6 not steered");
+                                continue;
+                            }
+                            Err(source) => {
+                                for (id, v6) in prepared.kernel_slots_of_new_shards() {
+                                    let _ = k.clear_shard_socket(id, v6);
+                                }
+                                return Err(ReloadError::Listen {
+                                    gateway: shard.gateway.clone(),
+                                    addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 0),
+                                    source,
+                                });
+                            }
+                        };
+                        if let Err(e) = k.set_shard_socket(shard.id, ipv6, &s.listener) {
+                            for (id, v6) in prepared.kernel_slots_of_new_shards() {
+                                let _ = k.clear_shard_socket(id, v6);
+                            }
+                            return Err(ReloadError::Kernel(Box::new(e)));
+                        }
+                        prepared.kernel_slots.push((shard.id, ipv6));
+                        sockets.push((s.local, s));
+                    }
+                }
+                Some(_) => {}
+            }
+            if !sockets.is_empty() {
+                prepared
+                    .shards
+                    .push((shard.id, shard.gateway.clone(), sockets));
+            }
+        }
+        Ok(prepared)
+    }
+
+    /// Watches the config directory and applies each change until the
+    /// returned task is aborted.
+    pub fn watch(self: &Arc<Self>) -> Result<tokio::task::JoinHandle<()>, ConfigError> {
+        let mut watcher = DirWatcher::new(&self.config_dir)?;
+        let this = self.clone();
+        Ok(tokio::spawn(async move {
+            while watcher.changed(DEBOUNCE).await {
+                match this.load_and_apply().await {
+                    Ok(_) => tracing::info!(
+                        generation = this.generation.load(Ordering::Acquire),
+                        "configuration reloaded"
+                    ),
+                    Err(e) => this.reject(&e),
+                }
+            }
+        }))
+    }
+}
+
+/// A new socket and the key it is kept under in [`RunningShard::servers`].
+type KeyedSocket = (SocketAddr, ShardSocket);
+
+/// Sockets bound for one change, not yet serving.
+#[derive(Default)]
+struct Prepared {
+    shards: Vec<(ShardId, ObjectRef, Vec<KeyedSocket>)>,
+    /// SockMap slots set for shards new in this change.
+    kernel_slots: Vec<(ShardId, bool)>,
+}
+
+impl Prepared {
+    fn kernel_slots_of_new_shards(&self) -> Vec<(ShardId, bool)> {
+        self.kernel_slots.clone()
+    }
+}
+
+/// Userspace mode: each (address, port) the shard's listeners need.
+fn wanted_binds(shard: &Shard) -> Vec<SocketAddr> {
+    let addrs: Vec<IpAddr> = if shard.addresses.is_empty() {
+        vec![
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        ]
+    } else {
+        shard.addresses.clone()
+    };
+    shard
+        .ports()
+        .into_iter()
+        .flat_map(|port| addrs.iter().map(move |ip| SocketAddr::new(*ip, port)))
+        .collect()
+}

@@ -1,0 +1,339 @@
+//! In-process harness: echo backends, a config directory, the real app on
+//! loopback, and a small HTTP client. Traffic never leaves 127.0.0.1.
+#![allow(dead_code)] // Each test binary uses a different part of the harness.
+
+use std::{
+    collections::BTreeMap,
+    net::{SocketAddr, TcpListener as StdListener},
+    path::{Path, PathBuf},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http::{HeaderMap, Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::{
+    client::legacy::{connect::HttpConnector, Client},
+    rt::{TokioExecutor, TokioIo},
+};
+use sluice::app::{self, App, DatapathMode, Settings};
+use tokio::net::TcpListener;
+
+/// A port that was free a moment ago (bind :0, read, drop).
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// Starts an echo backend named `name` on 127.0.0.1: it answers every request
+/// with JSON `{backend, method, path, host, headers}`; `?delay_ms=N` delays
+/// the answer.
+pub async fn echo_backend(name: &'static str) -> SocketAddr {
+    recording_backend(name).await.0
+}
+
+/// Requests a backend received, as `METHOD path-and-query body`.
+pub type Recorded = Arc<Mutex<Vec<String>>>;
+
+/// Like [`echo_backend`], also recording every request it receives.
+pub async fn recording_backend(name: &'static str) -> (SocketAddr, Recorded) {
+    let seen: Recorded = Arc::default();
+    let log = seen.clone();
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind echo");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move { Ok::<_, std::convert::Infallible>(echo(name, req, &log).await) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    (addr, seen)
+}
+
+async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<Full<Bytes>> {
+    let delay = req
+        .uri()
+        .query()
+        .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("delay_ms=")))
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+    }
+    let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_owned())
+            .or_default()
+            .push(v.to_str().unwrap_or("").to_owned());
+    }
+    let method = req.method().as_str().to_owned();
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/")
+        .to_owned();
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_owned);
+    let received = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let received = String::from_utf8_lossy(&received).into_owned();
+    log.lock()
+        .unwrap()
+        .push(format!("{method} {path} {received}"));
+    let body = serde_json::json!({
+        "backend": name,
+        "method": method,
+        "path": path,
+        "host": host,
+        "headers": headers,
+        "body": received,
+    });
+    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("x-backend-original", "kept".parse().unwrap());
+    resp
+}
+
+/// A fresh, empty config directory under the system temp dir.
+pub fn config_dir() -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let dir = std::env::temp_dir().join(format!(
+        "sluice-test-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create config dir");
+    dir
+}
+
+/// GatewayClass + Gateway `infra/gw` on 127.0.0.1:`port` accepting routes
+/// from all namespaces.
+pub fn gateway_yaml(port: u16) -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: infra}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - name: http
+    port: {port}
+    protocol: HTTP
+    allowedRoutes: {{namespaces: {{from: All}}}}
+"#
+    )
+}
+
+/// Service `namespace/name` on port 8080 with one endpoint at `backend`.
+pub fn service_yaml(namespace: &str, name: &str, backend: SocketAddr) -> String {
+    format!(
+        r#"---
+apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: {namespace}}}
+spec: {{ports: [{{name: http, port: 8080}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: {namespace}, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["{ip}"]}}]
+ports: [{{name: http, port: {port}}}]
+"#,
+        ip = backend.ip(),
+        port = backend.port()
+    )
+}
+
+/// Writes `text` atomically (temp file + rename), as GitOps tools do, so a
+/// watcher never sees half a file.
+pub fn write_config(dir: &Path, file: &str, text: &str) {
+    let tmp = dir.join(format!(".{file}.tmp"));
+    std::fs::write(&tmp, text).expect("write config");
+    std::fs::rename(&tmp, dir.join(file)).expect("rename config");
+}
+
+/// Starts the real app (userspace datapath, admin on an ephemeral port).
+pub async fn start(dir: &Path) -> App {
+    let mut settings = Settings::new(dir);
+    settings.datapath = DatapathMode::Userspace;
+    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    app::build(settings).await.expect("app starts")
+}
+
+/// A response, with the echo body parsed when there is one.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: String,
+    pub echo: Option<serde_json::Value>,
+}
+
+impl Reply {
+    pub fn backend(&self) -> &str {
+        self.echo
+            .as_ref()
+            .and_then(|e| e["backend"].as_str())
+            .unwrap_or("")
+    }
+
+    pub fn path(&self) -> &str {
+        self.echo
+            .as_ref()
+            .and_then(|e| e["path"].as_str())
+            .unwrap_or("")
+    }
+
+    /// Values the backend saw for a (lower-case) request header, joined with `,`.
+    pub fn seen_header(&self, name: &str) -> Option<String> {
+        let values = self.echo.as_ref()?["headers"].get(name)?.as_array()?;
+        Some(
+            values
+                .iter()
+                .filter_map(|v| v.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+    }
+}
+
+/// A client for the gateway under test.
+#[derive(Clone)]
+pub struct TestClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    pub port: u16,
+}
+
+impl TestClient {
+    pub fn new(port: u16) -> Self {
+        Self {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+            port,
+        }
+    }
+
+    pub async fn get(&self, host: &str, path: &str) -> Reply {
+        self.send(Method::GET, host, path, &[]).await
+    }
+
+    pub async fn send(
+        &self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Reply {
+        self.try_send(method, host, path, headers)
+            .await
+            .expect("request to the gateway")
+    }
+
+    /// A request with a body.
+    pub async fn send_body(&self, method: Method, host: &str, path: &str, body: &str) -> Reply {
+        self.try_send_body(method, host, path, &[], Bytes::from(body.to_owned()))
+            .await
+            .expect("request to the gateway")
+    }
+
+    pub async fn try_send(
+        &self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Reply, String> {
+        self.try_send_body(method, host, path, headers, Bytes::new())
+            .await
+    }
+
+    pub async fn try_send_body(
+        &self,
+        method: Method,
+        host: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: Bytes,
+    ) -> Result<Reply, String> {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(format!("http://127.0.0.1:{}{path}", self.port))
+            .header("host", host);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let req = req.body(Full::new(body)).map_err(|e| e.to_string())?;
+        let resp = self.client.request(req).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        let headers = resp.headers().clone();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        let body = String::from_utf8_lossy(&body).into_owned();
+        let echo = (headers.get("content-type").map(|v| v.as_bytes()) == Some(b"application/json"))
+            .then(|| serde_json::from_str(&body).ok())
+            .flatten();
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            echo,
+        })
+    }
+}
+
+/// GET on the admin endpoint, body as text.
+pub async fn admin_get(app: &App, path: &str) -> String {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let uri = format!("http://{}{path}", app.admin_addr);
+    let resp = client
+        .get(uri.parse().unwrap())
+        .await
+        .expect("admin request");
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("admin body")
+        .to_bytes();
+    String::from_utf8_lossy(&body).into_owned()
+}
