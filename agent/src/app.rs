@@ -61,6 +61,9 @@ pub struct Settings {
     pub max_connections_per_shard: usize,
     /// Watch `config_dir` and apply changes while running.
     pub watch_config: bool,
+    /// bpf filesystem for the pinned eBPF state that lets a restarted agent
+    /// take over without dropping connections; `None` pins nothing.
+    pub bpffs: Option<PathBuf>,
 }
 
 impl Settings {
@@ -73,6 +76,7 @@ impl Settings {
             ebpf_log_level: 3,
             max_connections_per_shard: 16_384,
             watch_config: true,
+            bpffs: Some(PathBuf::from("/sys/fs/bpf")),
         }
     }
 }
@@ -230,6 +234,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
 
 fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
     KernelDatapath::load(&KernelOptions {
+        bpffs: settings.bpffs.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
     })

@@ -34,6 +34,12 @@ pub struct Cli {
     #[arg(long, value_name = "LEVEL", default_value = "info")]
     pub ebpf_log_level: EbpfLogLevel,
 
+    /// bpf filesystem where the eBPF maps, the shard-socket SockMap and the XDP
+    /// links are pinned (under `sluice/<netns inode>/`), so that a restarted
+    /// agent takes over without refusing connections. Mounted if needed.
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    pub bpffs: PathBuf,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -71,6 +77,7 @@ impl Cli {
         };
         s.admin_addr = self.admin_addr;
         s.interfaces = self.interfaces.clone();
+        s.bpffs = Some(self.bpffs.clone());
         s.ebpf_log_level = match self.ebpf_log_level {
             EbpfLogLevel::Error => 1,
             EbpfLogLevel::Warn => 2,

@@ -290,11 +290,28 @@ impl Runtime {
     }
 
     /// Stops every accept loop and drains connections.
+    ///
+    /// When a successor agent has taken over the pinned eBPF datapath, the
+    /// connections sk_lookup queued on our sockets before the switch are served
+    /// first, so a restart refuses nothing.
     pub async fn shutdown(&self) {
+        let handover = self
+            .kernel
+            .as_ref()
+            .is_some_and(|k| !k.lock().expect("kernel lock").owned_by_us());
+        if handover {
+            tracing::info!(
+                "a successor agent owns the datapath; serving queued connections before stopping"
+            );
+        }
         let mut running = self.shards.lock().await;
         for (_, shard) in std::mem::take(&mut *running) {
             for (_, server) in shard.servers {
-                server.shutdown().await;
+                if handover {
+                    server.shutdown_after_backlog().await;
+                } else {
+                    server.shutdown().await;
+                }
             }
         }
     }

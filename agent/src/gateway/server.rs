@@ -50,7 +50,7 @@ impl ShardSocket {
 
 /// Running accept loops of one shard.
 pub struct ShardServer {
-    shutdown: watch::Sender<bool>,
+    shutdown: watch::Sender<Stop>,
     tasks: JoinSet<()>,
     locals: Vec<SocketAddr>,
 }
@@ -75,7 +75,7 @@ impl ShardServer {
         proxy: Arc<Proxy>,
         limit: Arc<tokio::sync::Semaphore>,
     ) -> std::io::Result<Self> {
-        let (shutdown, rx) = watch::channel(false);
+        let (shutdown, rx) = watch::channel(Stop::Running);
         let mut tasks = JoinSet::new();
         let locals = sockets.iter().map(|s| s.local).collect();
         for s in sockets {
@@ -101,10 +101,32 @@ impl ShardServer {
     }
 
     /// Stops accepting and waits (bounded) for open connections to finish.
-    pub async fn shutdown(mut self) {
-        let _ = self.shutdown.send(true);
+    pub async fn shutdown(self) {
+        self.stop(Stop::Now).await;
+    }
+
+    /// Like [`shutdown`](Self::shutdown), but first serves connections already
+    /// queued on the sockets (agent hand-over: a successor owns the SockMap slots).
+    pub async fn shutdown_after_backlog(self) {
+        self.stop(Stop::AfterBacklog).await;
+    }
+
+    async fn stop(mut self, how: Stop) {
+        let _ = self.shutdown.send(how);
         while self.tasks.join_next().await.is_some() {}
     }
+}
+
+/// How an accept loop stops.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stop {
+    Running,
+    /// Stop accepting at once (the listener set changed, or no successor).
+    Now,
+    /// First accept what is already queued on the socket: connections that
+    /// sk_lookup steered here before a successor agent took over the SockMap
+    /// slot would otherwise be reset when the socket closes.
+    AfterBacklog,
 }
 
 async fn accept_loop(
@@ -112,7 +134,7 @@ async fn accept_loop(
     listener: TcpListener,
     proxy: Arc<Proxy>,
     limit: Arc<tokio::sync::Semaphore>,
-    mut shutdown: watch::Receiver<bool>,
+    mut shutdown: watch::Receiver<Stop>,
 ) {
     let graceful = GracefulShutdown::new();
     let builder = auto::Builder::new(TokioExecutor::new());
@@ -133,27 +155,27 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
-        let _ = stream.set_nodelay(true);
-        let local = match stream.local_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
-        };
-        let info = ConnInfo { shard, local, peer };
-        let proxy = proxy.clone();
-        let service = service_fn(move |req| {
-            let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, req).await) }
-        });
-        let conn = builder
-            .serve_connection_with_upgrades(TokioIo::new(stream), service)
-            .into_owned();
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(shard, %peer, error = %e, "connection ended with error");
+        serve(
+            shard,
+            stream,
+            peer,
+            &proxy,
+            &builder,
+            &graceful,
+            Some(permit),
+        );
+    }
+    if *shutdown.borrow() == Stop::AfterBacklog {
+        // Bounded: until the queue stays empty for 100 ms, at most 2 s.
+        let until = tokio::time::Instant::now() + Duration::from_secs(2);
+        while tokio::time::Instant::now() < until {
+            match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
+                Ok(Ok((stream, peer))) => {
+                    serve(shard, stream, peer, &proxy, &builder, &graceful, None)
+                }
+                _ => break,
             }
-            drop(permit);
-        });
+        }
     }
     // Release the port now, not after the drain: a reload may bind it again.
     drop(listener);
@@ -164,4 +186,35 @@ async fn accept_loop(
     {
         tracing::warn!(shard, "connections still open after 10 s drain; closing");
     }
+}
+
+fn serve(
+    shard: ShardId,
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    proxy: &Arc<Proxy>,
+    builder: &auto::Builder<TokioExecutor>,
+    graceful: &GracefulShutdown,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) {
+    let _ = stream.set_nodelay(true);
+    let Ok(local) = stream.local_addr() else {
+        return;
+    };
+    let info = ConnInfo { shard, local, peer };
+    let proxy = proxy.clone();
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(TokioIo::new(stream), service)
+        .into_owned();
+    let conn = graceful.watch(conn);
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(shard, %peer, error = %e, "connection ended with error");
+        }
+        drop(permit);
+    });
 }

@@ -1,11 +1,15 @@
 //! Loading the eBPF object, attaching `xdp_ingress` to interfaces and
 //! `sk_lookup_dispatch` to the network namespace, and owning the maps.
 //! Dropping [`KernelDatapath`] detaches every program it attached.
-use std::{collections::BTreeMap, os::fd::AsRawFd};
+use std::{collections::BTreeMap, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
-    maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, SockMap},
-    programs::{SkLookup, Xdp, XdpMode},
+    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, SockMap},
+    programs::{
+        links::{FdLink, PinnedLink},
+        xdp::XdpLink,
+        SkLookup, Xdp, XdpMode,
+    },
     Ebpf, EbpfLoader,
 };
 use sluice_common::{
@@ -22,6 +26,8 @@ pub enum XdpAttachMode {
     Native,
     /// In the generic (skb) path, for drivers without native XDP such as `lo`.
     Generic,
+    /// Taken over from a previous agent's pinned link (its mode is kept).
+    Adopted,
 }
 
 impl XdpAttachMode {
@@ -29,6 +35,7 @@ impl XdpAttachMode {
         match self {
             XdpAttachMode::Native => "native",
             XdpAttachMode::Generic => "generic",
+            XdpAttachMode::Adopted => "adopted",
         }
     }
 }
@@ -40,6 +47,9 @@ pub struct KernelOptions {
     pub interfaces: Vec<String>,
     /// Log level of the programs' aya-log output (1 error … 5 trace).
     pub log_level: u8,
+    /// bpf filesystem for pinned maps and links (hand-over between agent
+    /// processes). `None`: nothing pinned, everything goes with the process.
+    pub bpffs: Option<PathBuf>,
 }
 
 /// The loaded and attached programs plus their maps.
@@ -51,6 +61,9 @@ pub struct KernelDatapath {
     sockets: SockMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     xdp: BTreeMap<String, XdpAttachMode>,
+    owner: Array<MapData, u32>,
+    /// Pin directory and the pinned XDP links (path, fd) when pinning.
+    pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
     _ebpf: Ebpf,
     logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -59,6 +72,19 @@ impl Drop for KernelDatapath {
     fn drop(&mut self) {
         if let Some(l) = self.logger.take() {
             l.abort();
+        }
+        if let Some((dir, links)) = self.pins.take() {
+            if self.owned_by_us() {
+                // The last agent: unpin so links detach and maps are freed
+                // once our fds close (right after this).
+                super::pins::remove_all(&dir);
+                drop(links);
+                tracing::info!(dir = %dir.display(), "eBPF pins removed; programs detached");
+            } else {
+                tracing::info!(
+                    "another agent owns the eBPF datapath now; leaving programs, links and maps in place"
+                );
+            }
         }
     }
 }
@@ -80,18 +106,29 @@ impl KernelDatapath {
     /// Must be called inside a tokio runtime (the log reader is a task).
     pub fn load(opts: &KernelOptions) -> Result<Self, KernelError> {
         raise_memlock();
-        let mut ebpf = EbpfLoader::new()
-            .override_global("AYA_LOG_LEVEL", &opts.log_level, false)
-            .load(crate::EBPF_OBJ)
-            .map_err(|e| {
-                // SAFETY: geteuid has no preconditions.
-                let uid = unsafe { libc::geteuid() };
-                if uid != 0 && is_permission_error(&e) {
-                    KernelError::NotPrivileged(uid)
-                } else {
-                    KernelError::Load(e)
-                }
-            })?;
+        let pin_dir = opts
+            .bpffs
+            .as_deref()
+            .map(super::pins::pin_dir)
+            .transpose()?;
+        let mut loader = EbpfLoader::new();
+        loader.override_global("AYA_LOG_LEVEL", &opts.log_level, false);
+        if let Some(dir) = &pin_dir {
+            // Existing pins are reused: a restarted agent sees the maps (and
+            // the shard sockets in them) the previous one left in place.
+            for name in super::pins::PINNED_MAPS {
+                loader.map_pin_path(name, dir.join(name));
+            }
+        }
+        let mut ebpf = loader.load(crate::EBPF_OBJ).map_err(|e| {
+            // SAFETY: geteuid has no preconditions.
+            let uid = unsafe { libc::geteuid() };
+            if uid != 0 && is_permission_error(&e) {
+                KernelError::NotPrivileged(uid)
+            } else {
+                KernelError::Load(e)
+            }
+        })?;
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(tokio::spawn(pump_logs(logger))),
             Err(e) => {
@@ -100,39 +137,20 @@ impl KernelDatapath {
             }
         };
 
-        let prog = |action: &str, source| KernelError::Program {
-            program: "xdp_ingress",
-            action: action.to_owned(),
-            source,
-        };
         let mut xdp = BTreeMap::new();
+        let mut links = Vec::new();
         if !opts.interfaces.is_empty() {
             let program: &mut Xdp = ebpf
                 .program_mut("xdp_ingress")
                 .ok_or(KernelError::MissingMap("xdp_ingress"))?
                 .try_into()
-                .map_err(|e| prog("open", e))?;
-            program.load().map_err(|e| prog("load", e))?;
+                .map_err(|e| xdp_err("open", e))?;
+            program.load().map_err(|e| xdp_err("load", e))?;
             for iface in &opts.interfaces {
-                let mode = match program.attach(iface, XdpMode::Driver) {
-                    Ok(_) => XdpAttachMode::Native,
-                    Err(aya::programs::ProgramError::UnknownInterface { .. }) => {
-                        return Err(KernelError::NoSuchInterface(iface.clone()))
-                    }
-                    Err(native_err) => {
-                        program.attach(iface, XdpMode::Skb).map_err(|e| {
-                            prog(
-                                &format!(
-                                    "attach to {iface} (native failed: {native_err}; generic)"
-                                ),
-                                e,
-                            )
-                        })?;
-                        XdpAttachMode::Generic
-                    }
-                };
+                let (mode, link) = attach_xdp(program, iface, pin_dir.as_deref())?;
                 tracing::info!(interface = %iface, mode = mode.label(), "xdp_ingress attached");
                 xdp.insert(iface.clone(), mode);
+                links.extend(link);
             }
         }
 
@@ -158,7 +176,13 @@ impl KernelDatapath {
             .map_err(|e| sk("attach to network namespace", e))?;
         tracing::info!("sk_lookup_dispatch attached to the network namespace");
 
+        let mut owner: Array<MapData, u32> = take(&mut ebpf, "OWNER")?;
+        owner
+            .set(0, std::process::id(), 0)
+            .map_err(map_err("OWNER", "claim"))?;
         Ok(Self {
+            owner,
+            pins: pin_dir.map(|d| (d, links)),
             listeners: take(&mut ebpf, "LISTENERS")?,
             source_rules: take(&mut ebpf, "SOURCE_RULES")?,
             sockets: take(&mut ebpf, "SHARD_SOCKETS")?,
@@ -167,6 +191,11 @@ impl KernelDatapath {
             _ebpf: ebpf,
             logger,
         })
+    }
+
+    /// Whether this process still owns the pinned datapath (no successor took over).
+    pub fn owned_by_us(&self) -> bool {
+        self.owner.get(&0, 0).ok() == Some(std::process::id())
     }
 
     /// Interfaces with `xdp_ingress` and how it is attached.
@@ -219,6 +248,85 @@ impl KernelDatapath {
         }
         out
     }
+}
+
+fn xdp_err(action: &str, source: aya::programs::ProgramError) -> KernelError {
+    KernelError::Program {
+        program: "xdp_ingress",
+        action: action.to_owned(),
+        source,
+    }
+}
+
+fn link_err(action: String, e: impl std::fmt::Display) -> KernelError {
+    KernelError::Io {
+        what: format!("xdp_ingress link: {action}"),
+        source: std::io::Error::other(e.to_string()),
+    }
+}
+
+/// Attaches `xdp_ingress` to `iface`: native mode, else generic. With a pin
+/// directory, an XDP link pinned by a previous agent is taken over by swapping
+/// its program atomically (no moment without a program), and a new link is
+/// pinned so that a successor can do the same.
+fn attach_xdp(
+    program: &mut Xdp,
+    iface: &str,
+    pin_dir: Option<&std::path::Path>,
+) -> Result<(XdpAttachMode, Option<(PathBuf, FdLink)>), KernelError> {
+    let c =
+        std::ffi::CString::new(iface).map_err(|_| KernelError::NoSuchInterface(iface.into()))?;
+    // SAFETY: if_nametoindex reads a NUL-terminated string.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(KernelError::NoSuchInterface(iface.into()));
+    }
+    let pinned = pin_dir.map(|d| super::pins::xdp_link_path(d, ifindex));
+    if let Some(path) = pinned.as_ref().filter(|p| p.exists()) {
+        let fd: FdLink = PinnedLink::from_pin(path)
+            .map_err(|e| link_err(format!("open pin {}", path.display()), e))?
+            .into();
+        let link =
+            XdpLink::try_from(fd).map_err(|e| link_err("pinned link is not XDP".into(), e))?;
+        let id = program.attach_to_link(link).map_err(|e| {
+            xdp_err(
+                &format!("replace the program of the pinned link on {iface}"),
+                e,
+            )
+        })?;
+        let fd = FdLink::try_from(program.take_link(id).map_err(|e| xdp_err("take link", e))?)
+            .map_err(|e| link_err("as fd link".into(), e))?;
+        return Ok((XdpAttachMode::Adopted, Some((path.clone(), fd))));
+    }
+    let (mode, id) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
+        Ok(id) => (XdpAttachMode::Native, id),
+        Err(native_err) => {
+            let id = program
+                .attach_to_if_index(ifindex, XdpMode::Skb)
+                .map_err(|e| {
+                    xdp_err(
+                        &format!("attach to {iface} (native failed: {native_err}; generic)"),
+                        e,
+                    )
+                })?;
+            (XdpAttachMode::Generic, id)
+        }
+    };
+    let Some(path) = pinned else {
+        return Ok((mode, None));
+    };
+    let fd = FdLink::try_from(program.take_link(id).map_err(|e| xdp_err("take link", e))?)
+        .map_err(|e| {
+            link_err(
+                format!("{iface}: kernel without bpf_link XDP cannot pin"),
+                e,
+            )
+        })?;
+    let fd: FdLink = fd
+        .pin(&path)
+        .map_err(|e| link_err(format!("pin at {}", path.display()), e))?
+        .into();
+    Ok((mode, Some((path, fd))))
 }
 
 fn is_enoent(e: &aya::maps::MapError) -> bool {

@@ -3,6 +3,7 @@
 //! the maps, and the loader that loads and attaches the programs.
 mod loader;
 pub mod maps;
+mod pins;
 mod reconcile;
 
 use std::{collections::BTreeMap, net::IpAddr};

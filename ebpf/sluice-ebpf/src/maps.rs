@@ -2,7 +2,7 @@
 //! (`agent/src/datapath/maps.rs` opens them by these names).
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use sluice_common::{
     ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
@@ -28,6 +28,12 @@ pub static SYN_BUDGET: LruHashMap<SynKey, SynBucket> =
 /// Listening sockets of the shards at `socket_index(shard, ipv6)`.
 #[map]
 pub static SHARD_SOCKETS: SockMap = SockMap::with_max_entries(MAX_SHARDS * 2, 0);
+
+/// Pid of the agent that owns the pinned state. No program reads it: a
+/// restarting agent writes its pid, and the agent that stops checks it to tell
+/// a hand-over (leave everything attached) from a final stop (clean up).
+#[map]
+pub static OWNER: Array<u32> = Array::with_max_entries(1, 0);
 
 /// Packet counters at `counter_index(shard, reason)`.
 #[map]
