@@ -208,6 +208,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         snapshot: snapshot.clone(),
         datapath: datapath.label().to_owned(),
         config_notes: runtime.notes.clone(),
+        status: runtime.status.clone(),
     });
     let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
         .await

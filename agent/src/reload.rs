@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::{
     admin::ConfigNotes,
     config::{self, ConfigError, DirWatcher, ObjectRef},
-    control::{compile, Compiled, ShardIds},
+    control::{compile, status::Status, Compiled, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
     kernel::{self, maps::DatapathMaps, KernelDatapath, KernelDesired, KernelError},
     metrics::{ConfigLabels, Metrics},
@@ -76,6 +76,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     pub proxy: Arc<Proxy>,
     pub notes: Arc<Mutex<ConfigNotes>>,
+    /// Gateway API status of the applied configuration.
+    pub status: Arc<Mutex<Status>>,
     max_connections: usize,
     ids: Mutex<ShardIds>,
     generation: AtomicU64,
@@ -101,6 +103,7 @@ impl Runtime {
             metrics,
             proxy,
             notes: Arc::default(),
+            status: Arc::default(),
             max_connections,
             ids: Mutex::default(),
             generation: AtomicU64::new(0),
@@ -235,10 +238,8 @@ impl Runtime {
             .config_reloads
             .get_or_create(&ConfigLabels { result: "applied" })
             .inc();
-        {
-            let mut notes = self.notes.lock().expect("notes lock");
-            notes.warnings = compiled.warnings.clone();
-        }
+        self.notes.lock().expect("notes lock").warnings = compiled.warnings.clone();
+        *self.status.lock().expect("status lock") = compiled.status;
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }

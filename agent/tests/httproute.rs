@@ -414,3 +414,41 @@ spec:
     );
     app.shutdown().await;
 }
+
+const PARTLY_INVALID: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: partly-invalid, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: v2, kind: Mystery, group: example.com, port: 8080}]
+  - backendRefs: [{name: v1, port: 8080}]
+"#;
+
+#[tokio::test]
+async fn unknown_backend_kind_answers_500_and_shows_in_status() {
+    let (app, c) = setup(PARTLY_INVALID).await;
+    assert_eq!(
+        c.get("x", "/v2").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(c.get("x", "/").await.backend(), "v1");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&app, "/status").await).unwrap();
+    let route = status["httpRoutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "partly-invalid")
+        .unwrap();
+    let conds = route["parents"][0]["conditions"].as_array().unwrap();
+    let resolved = conds.iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "InvalidKind");
+    let accepted = conds.iter().find(|c| c["type"] == "Accepted").unwrap();
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(status["gateways"][0]["listeners"][0]["attachedRoutes"], 1);
+    app.shutdown().await;
+}

@@ -80,6 +80,8 @@ pub struct GatewayClass {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub id: ObjectRef,
+    /// `metadata.generation`, echoed as `observedGeneration` in status.
+    pub generation: Option<i64>,
     pub class_name: String,
     /// Addresses the Gateway is reachable on. Empty: every local address.
     pub addresses: Vec<IpAddr>,
@@ -223,6 +225,8 @@ impl fmt::Display for Hostname {
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
     pub id: ObjectRef,
+    /// `metadata.generation`, echoed as `observedGeneration` in status.
+    pub generation: Option<i64>,
     /// `metadata.creationTimestamp` as (Unix seconds, nanoseconds); older
     /// routes win precedence ties. `None` sorts after every timestamp.
     pub created: Option<(i64, u32)>,
@@ -431,6 +435,10 @@ pub struct BackendRef {
     pub weight: u32,
     /// Filters applied only when this backend is picked (after the rule's).
     pub filters: Vec<Filter>,
+    /// `group/kind` when the reference is not to a core Service: kept so the
+    /// route reports ResolvedRefs=False (InvalidKind) and the share of traffic
+    /// for this backend gets a 500, as the Gateway API asks.
+    pub unsupported_kind: Option<String>,
 }
 
 #[derive(Debug, Clone)]

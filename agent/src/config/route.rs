@@ -76,19 +76,20 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             let group = b.group.as_deref().unwrap_or("");
             let kind = b.kind.as_deref().unwrap_or("Service");
             let backend_filters = filters(doc, &format!("{field}.filters"), &b.filters, ctx, false);
-            if !group.is_empty() || kind != "Service" {
-                doc.err(
-                    format!("{field}.kind"),
-                    format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
-                );
-                continue;
-            }
-            let Some(port) = b.port else {
-                doc.err(
-                    format!("{field}.port"),
-                    "port is required for a Service backend",
-                );
-                continue;
+            // Another kind is not a config error but an unresolved reference
+            // (ResolvedRefs=False, InvalidKind; its share of traffic gets 500).
+            let unsupported_kind =
+                (!group.is_empty() || kind != "Service").then(|| format!("{group}/{kind}"));
+            let port = match b.port {
+                Some(p) => p,
+                None if unsupported_kind.is_some() => 0,
+                None => {
+                    doc.err(
+                        format!("{field}.port"),
+                        "port is required for a Service backend",
+                    );
+                    continue;
+                }
             };
             if b.weight.is_some_and(|w| w > 1_000_000) {
                 doc.err(format!("{field}.weight"), "weight must be 0-1000000");
@@ -101,6 +102,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
                 port,
                 weight: b.weight.unwrap_or(1),
                 filters: backend_filters,
+                unsupported_kind,
             });
         }
         let timeouts = timeouts(doc, &format!("{at}.timeouts"), rule.timeouts.as_ref());
@@ -123,6 +125,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     }
     (doc.errors.len() == before).then(|| model::HttpRoute {
         id: model::ObjectRef::new(namespace, &r.metadata.name),
+        generation: r.metadata.generation,
         created,
         parents,
         hostnames,

@@ -313,6 +313,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
     );
     (doc.errors.len() == before).then(|| model::Gateway {
         id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
+        generation: g.metadata.generation,
         class_name: g.spec.gateway_class_name,
         addresses,
         listeners,
