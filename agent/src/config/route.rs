@@ -211,12 +211,16 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
             );
             continue;
         };
-        if headers.iter().any(|x| x.name == name) {
-            // The API server rejects duplicates (list-map key `name`); names are case-insensitive.
+        if m.headers[..i].iter().any(|x| x.name == h.name) {
+            // The API server rejects exact duplicates (list-map key `name`).
             doc.err(
                 format!("{field}.name"),
                 format!("duplicate header match {:?}", h.name),
             );
+            continue;
+        }
+        if headers.iter().any(|x| x.name == name) {
+            // Equivalent up to case: the spec says only the first counts.
             continue;
         }
         if let Some(value) = string_match(doc, &field, h) {
@@ -897,7 +901,7 @@ mod tests {
         ));
         assert!(e.contains("exactly one PathPrefix match"), "{e}");
         let e = errors(&route(
-            r#"  - matches: [{method: FETCH, headers: [{name: a, value: "1"}, {name: A, value: "2"}]}]
+            r#"  - matches: [{method: FETCH, headers: [{name: a, value: "1"}, {name: a, value: "2"}]}]
     timeouts: {request: 1s, backendRequest: 2s}
 "#,
         ));
@@ -927,6 +931,18 @@ mod tests {
             "  - backendRefs: [{name: s, port: 80, filters: [{type: RequestRedirect, requestRedirect: {}}]}]\n",
         ));
         assert!(e.contains("not supported on a backendRef"), "{e}");
+    }
+
+    #[test]
+    fn header_names_equal_up_to_case_keep_the_first() {
+        let text = route(
+            r#"  - matches: [{headers: [{name: Version, value: one}, {name: version, value: two}]}]
+"#,
+        );
+        let c = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let h = &c.routes[0].rules[0].matches[0].headers;
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].value, StringMatch::Exact("one".into()));
     }
 
     #[test]
