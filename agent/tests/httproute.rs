@@ -452,3 +452,84 @@ async fn unknown_backend_kind_answers_500_and_shows_in_status() {
     assert_eq!(status["gateways"][0]["listeners"][0]["attachedRoutes"], 1);
     app.shutdown().await;
 }
+
+const CORS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cors, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com"]
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1, x-header-2]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: v1, port: 8080}]
+"#;
+
+#[tokio::test]
+async fn cors_preflight_is_answered_by_the_gateway_and_actual_requests_annotated() {
+    let (app, c) = setup(CORS).await;
+    let preflight = [
+        ("origin", "https://xpto.www.bar.com"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "x-header-1"),
+    ];
+    let r = c.send(Method::OPTIONS, "x", "/cors", &preflight).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.echo.is_none(), "a preflight must not reach the backend");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://xpto.www.bar.com"
+    );
+    assert_eq!(r.headers["access-control-allow-methods"], "GET, OPTIONS");
+    assert_eq!(
+        r.headers["access-control-allow-headers"],
+        "x-header-1, x-header-2"
+    );
+    assert_eq!(r.headers["access-control-max-age"], "3600");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    let denied = [
+        ("origin", "https://foobar.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    let r = c.send(Method::OPTIONS, "x", "/cors", &denied).await;
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+
+    let r = c
+        .send(
+            Method::GET,
+            "x",
+            "/cors",
+            &[("origin", "https://www.foo.com")],
+        )
+        .await;
+    assert_eq!(r.backend(), "v1");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://www.foo.com"
+    );
+    assert_eq!(r.headers["access-control-expose-headers"], "x-header-3");
+    let r = c
+        .send(
+            Method::GET,
+            "x",
+            "/cors",
+            &[("origin", "https://foobar.com")],
+        )
+        .await;
+    assert_eq!(r.backend(), "v1");
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    // OPTIONS without the preflight headers is an ordinary request.
+    assert_eq!(
+        c.send(Method::OPTIONS, "x", "/cors", &[]).await.backend(),
+        "v1"
+    );
+    app.shutdown().await;
+}

@@ -379,6 +379,40 @@ pub enum Filter {
     Rewrite(Rewrite),
     /// Rule level only; several may be given.
     Mirror(Mirror),
+    /// Rule level only.
+    Cors(Cors),
+}
+
+/// `HTTPCORSFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_origins: Vec<OriginPattern>,
+    pub allow_credentials: bool,
+    /// Method names; `*` allows any.
+    pub allow_methods: Vec<String>,
+    /// Header names; `*` allows any.
+    pub allow_headers: Vec<String>,
+    /// Header names; `*` exposes all.
+    pub expose_headers: Vec<String>,
+    /// Seconds (default 5).
+    pub max_age: u32,
+}
+
+/// One `allowOrigins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: every origin.
+    Any,
+    /// `scheme://host[:port]`; `host_suffix` is set for `*.example.com`
+    /// (as `.example.com`, one or more labels in front) or for a lone `*`
+    /// host (as the empty string: any host).
+    Origin {
+        scheme: String,
+        host: String,
+        host_suffix: Option<String>,
+        /// Explicit or the scheme's default.
+        port: u16,
+    },
 }
 
 /// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a

@@ -189,6 +189,12 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// Experimental-channel fields: read only to reject them by name rather
+    /// than silently ignore them.
+    #[serde(default)]
+    pub retry: Option<serde_yaml::Value>,
+    #[serde(default)]
+    pub session_persistence: Option<serde_yaml::Value>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -218,6 +224,25 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<HttpUrlRewriteFilter>,
     #[serde(default)]
     pub request_mirror: Option<HttpRequestMirrorFilter>,
+    #[serde(default)]
+    pub cors: Option<HttpCorsFilter>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCorsFilter {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

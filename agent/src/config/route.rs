@@ -106,6 +106,15 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             });
         }
         let timeouts = timeouts(doc, &format!("{at}.timeouts"), rule.timeouts.as_ref());
+        if rule.retry.is_some() {
+            doc.err(format!("{at}.retry"), "retries are not supported yet");
+        }
+        if rule.session_persistence.is_some() {
+            doc.err(
+                format!("{at}.sessionPersistence"),
+                "session persistence is not supported yet",
+            );
+        }
         rules.push(model::RouteRule {
             matches,
             filters: rule_filters,
@@ -314,7 +323,11 @@ fn filters(
         // The CRD allows each of these at most once per list.
         if matches!(
             ty,
-            "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestRedirect" | "URLRewrite"
+            "RequestHeaderModifier"
+                | "ResponseHeaderModifier"
+                | "RequestRedirect"
+                | "URLRewrite"
+                | "CORS"
         ) {
             if seen.contains(&ty) {
                 doc.err(
@@ -334,6 +347,7 @@ fn filters(
             ("requestRedirect", f.request_redirect.is_some()),
             ("urlRewrite", f.url_rewrite.is_some()),
             ("requestMirror", f.request_mirror.is_some()),
+            ("cors", f.cors.is_some()),
         ];
         let expected = match ty {
             "RequestHeaderModifier" => Some("requestHeaderModifier"),
@@ -341,6 +355,7 @@ fn filters(
             "RequestRedirect" => Some("requestRedirect"),
             "URLRewrite" => Some("urlRewrite"),
             "RequestMirror" => Some("requestMirror"),
+            "CORS" => Some("cors"),
             _ => None,
         };
         if let Some((other, _)) = set
@@ -364,7 +379,7 @@ fn filters(
                 .as_ref()
                 .map(|m| header_modifier(doc, &format!("{field}.responseHeaderModifier"), m))
                 .map(model::Filter::ResponseHeaders),
-            "RequestRedirect" | "URLRewrite" | "RequestMirror" if !rule_level => {
+            "RequestRedirect" | "URLRewrite" | "RequestMirror" | "CORS" if !rule_level => {
                 // Support at backendRef level is implementation-specific in the spec.
                 doc.err(
                     format!("{field}.type"),
@@ -390,7 +405,12 @@ fn filters(
                 .as_ref()
                 .and_then(|m| mirror(doc, &format!("{field}.requestMirror"), m, ctx.namespace))
                 .map(model::Filter::Mirror),
-            "CORS" | "ExternalAuth" | "ExtensionRef" => {
+            "CORS" => f
+                .cors
+                .as_ref()
+                .and_then(|c| cors(doc, &format!("{field}.cors"), c))
+                .map(model::Filter::Cors),
+            "ExternalAuth" | "ExtensionRef" => {
                 doc.err(
                     format!("{field}.type"),
                     format!("filter {ty} is not supported yet"),
@@ -402,7 +422,7 @@ fn filters(
                     format!("{field}.type"),
                     format!(
                         "unknown filter type {other:?} (supported: RequestHeaderModifier, \
-                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror)"
+                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS)"
                     ),
                 );
                 continue;
@@ -475,6 +495,97 @@ fn mirror(
         port: b.port.unwrap_or_default(),
         numerator,
         denominator,
+    })
+}
+
+fn cors(doc: &mut Doc<'_>, at: &str, c: &wire::HttpCorsFilter) -> Option<model::Cors> {
+    let before = doc.errors.len();
+    let mut allow_origins = Vec::new();
+    for (i, o) in c.allow_origins.iter().enumerate() {
+        match origin_pattern(o) {
+            Some(p) => allow_origins.push(p),
+            None => doc.err(
+                format!("{at}.allowOrigins[{i}]"),
+                format!("not an origin (scheme://host[:port], host may start with *.) or *: {o:?}"),
+            ),
+        }
+    }
+    const METHODS: [&str; 10] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH", "*",
+    ];
+    for (i, m) in c.allow_methods.iter().enumerate() {
+        if !METHODS.contains(&m.as_str()) {
+            doc.err(
+                format!("{at}.allowMethods[{i}]"),
+                format!("unsupported method {m:?}"),
+            );
+        }
+    }
+    let mut names = |list: &str, items: &[String]| {
+        for (i, h) in items.iter().enumerate() {
+            if h != "*" && HeaderName::from_bytes(h.as_bytes()).is_err() {
+                doc.err(
+                    format!("{at}.{list}[{i}]"),
+                    format!("invalid header name {h:?}"),
+                );
+            }
+        }
+    };
+    names("allowHeaders", &c.allow_headers);
+    names("exposeHeaders", &c.expose_headers);
+    if c.max_age == Some(0) {
+        doc.err(format!("{at}.maxAge"), "must be at least 1");
+    }
+    (doc.errors.len() == before).then(|| model::Cors {
+        allow_origins,
+        allow_credentials: c.allow_credentials.unwrap_or(false),
+        allow_methods: c.allow_methods.clone(),
+        allow_headers: c.allow_headers.clone(),
+        expose_headers: c.expose_headers.clone(),
+        max_age: c.max_age.unwrap_or(5),
+    })
+}
+
+/// Parses an `allowOrigins` entry (the CRD pattern: `*`, or
+/// `http(s)://host[:port]` where host may be `*` or start with `*.`).
+pub(super) fn origin_pattern(raw: &str) -> Option<model::OriginPattern> {
+    if raw == "*" {
+        return Some(model::OriginPattern::Any);
+    }
+    let (scheme, rest) = raw.split_once("://")?;
+    let default_port = match scheme {
+        "http" => 80,
+        "https" => 443,
+        _ => return None,
+    };
+    let (host, port) = match rest.rsplit_once(':') {
+        Some((h, p)) if !p.is_empty() && p.len() <= 5 && p.bytes().all(|b| b.is_ascii_digit()) => {
+            (h, p.parse::<u16>().ok().filter(|p| *p > 0)?)
+        }
+        Some(_) => return None,
+        None => (rest, default_port),
+    };
+    let host = host.to_ascii_lowercase();
+    let label_ok =
+        |l: &str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let host_suffix = if host == "*" {
+        Some(String::new())
+    } else if let Some(suffix) = host.strip_prefix("*.") {
+        if !suffix.split('.').all(label_ok) {
+            return None;
+        }
+        Some(format!(".{suffix}"))
+    } else {
+        if !host.split('.').all(label_ok) {
+            return None;
+        }
+        None
+    };
+    Some(model::OriginPattern::Origin {
+        scheme: scheme.to_owned(),
+        host,
+        host_suffix,
+        port,
     })
 }
 
@@ -916,10 +1027,10 @@ mod tests {
     #[test]
     fn unimplemented_filters_are_named() {
         let e = errors(&route(
-            "  - filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n",
+            "  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n",
         ));
         assert!(
-            e.contains("spec.rules[0].filters[0].type: filter CORS is not supported yet"),
+            e.contains("spec.rules[0].filters[0].type: filter ExtensionRef is not supported yet"),
             "{e}"
         );
         let e = errors(&route(
@@ -931,6 +1042,51 @@ mod tests {
             "  - backendRefs: [{name: s, port: 80, filters: [{type: RequestRedirect, requestRedirect: {}}]}]\n",
         ));
         assert!(e.contains("not supported on a backendRef"), "{e}");
+        let e = errors(&route("  - retry: {attempts: 2}\n"));
+        assert!(
+            e.contains("spec.rules[0].retry: retries are not supported yet"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn cors_filter_is_converted_and_checked() {
+        let text = route(
+            r#"  - filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com", "http://x.io:8080", "*"]
+        allowMethods: [GET, "*"]
+        allowHeaders: [x-a]
+        allowCredentials: true
+"#,
+        );
+        let c = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let Filter::Cors(cors) = &c.routes[0].rules[0].filters[0] else {
+            panic!("CORS filter expected")
+        };
+        assert_eq!(cors.max_age, 5);
+        assert!(cors.allow_credentials);
+        assert_eq!(cors.allow_origins.len(), 4);
+        assert_eq!(
+            super::origin_pattern("https://*.bar.com"),
+            Some(crate::config::OriginPattern::Origin {
+                scheme: "https".into(),
+                host: "*.bar.com".into(),
+                host_suffix: Some(".bar.com".into()),
+                port: 443,
+            })
+        );
+        let e = errors(
+            &text
+                .replace("http://x.io:8080", "ftp://x.io")
+                .replace("[GET,", "[FETCH,"),
+        );
+        assert!(e.contains("cors.allowOrigins[2]: not an origin"), "{e}");
+        assert!(
+            e.contains("cors.allowMethods[0]: unsupported method"),
+            "{e}"
+        );
     }
 
     #[test]

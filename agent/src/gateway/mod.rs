@@ -1,5 +1,6 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
+mod cors;
 pub mod filters;
 mod mirror;
 mod proxy;

@@ -12,6 +12,7 @@ use hyper_util::{
 };
 
 use super::{
+    cors,
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
@@ -163,11 +164,31 @@ impl Proxy {
                 response_mods.push(m);
             }
         }
+        let cors_filter = action.filters.iter().find_map(|f| match f {
+            Filter::Cors(c) => Some(c),
+            _ => None,
+        });
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        if let Some(c) = cors_filter {
+            // Preflights are the gateway's to answer; they never reach a backend.
+            if cors::is_preflight(&parts.method, &parts.headers) {
+                return cors::preflight(c, &parts.headers);
+            }
+        }
+        let finish = |mut resp: Response<Body>, mods: &[&HeaderModifier]| {
+            for m in mods {
+                filters::modify_headers(m, resp.headers_mut());
+            }
+            if let Some(c) = cors_filter {
+                cors::annotate(c, origin.as_ref(), resp.headers_mut());
+            }
+            resp
+        };
         for f in &action.filters {
             match f {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 // Applied to the response; mirrors are sent with the upstream request.
-                Filter::ResponseHeaders(_) | Filter::Mirror(_) => {}
+                Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
                 Filter::Redirect(r) => {
                     let location = filters::redirect_location(
                         r,
@@ -180,11 +201,7 @@ impl Proxy {
                             matched: &t.entry.matcher.path,
                         },
                     );
-                    let mut resp = redirect(r.status, &location);
-                    for m in &response_mods {
-                        filters::modify_headers(m, resp.headers_mut());
-                    }
-                    return resp;
+                    return finish(redirect(r.status, &location), &response_mods);
                 }
                 Filter::Rewrite(rw) => {
                     let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
@@ -195,7 +212,7 @@ impl Proxy {
                 }
             }
         }
-        let mut response = self
+        let response = self
             .forward(
                 t,
                 conn,
@@ -207,10 +224,7 @@ impl Proxy {
                 &mut response_mods,
             )
             .await;
-        for m in &response_mods {
-            filters::modify_headers(m, response.headers_mut());
-        }
-        response
+        finish(response, &response_mods)
     }
 
     #[allow(clippy::too_many_arguments)] // The pieces of one request, split by the filters.
@@ -245,7 +259,7 @@ impl Proxy {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 Filter::ResponseHeaders(m) => response_mods.push(m),
                 // Rejected at backendRef level by validation.
-                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) => {}
+                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
             }
         }
         let path_and_query = match &query {
