@@ -109,6 +109,11 @@ pub struct Listener {
     pub hostname: Option<Hostname>,
     /// Which namespaces' routes may attach (`allowedRoutes.namespaces.from`).
     pub allowed_routes: AllowedRoutes,
+    /// Whether `allowedRoutes.kinds` admits HTTPRoute (true when unset).
+    pub allows_http_routes: bool,
+    /// `allowedRoutes.kinds` entries this agent does not serve (`group/kind`);
+    /// reported as ResolvedRefs=False, InvalidRouteKinds.
+    pub invalid_route_kinds: Vec<String>,
 }
 
 /// `allowedRoutes.namespaces.from` of a listener.

@@ -76,6 +76,16 @@ pub struct Listener {
 pub struct AllowedRoutes {
     #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

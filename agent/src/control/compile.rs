@@ -234,6 +234,9 @@ pub(super) fn namespace_allowed(
     route: &HttpRoute,
     namespaces: &NamespaceLabels,
 ) -> bool {
+    if !listener.allows_http_routes {
+        return false;
+    }
     match &listener.allowed_routes {
         AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
         AllowedRoutes::All => true,

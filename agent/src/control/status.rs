@@ -196,50 +196,69 @@ pub(super) fn compute(
                 group: super::refgrant::GATEWAY_GROUP,
                 kind: "HTTPRoute",
             };
-            let (supported_kinds, mut conditions) = match &l.protocol {
-                ListenerProtocol::Http => (
-                    vec![http_route],
-                    vec![
-                        cond("Accepted", true, "Accepted", ""),
-                        cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                        if is_served {
-                            cond("Programmed", true, "Programmed", "")
-                        } else {
-                            cond("Programmed", false, "Invalid", "the Gateway is not served")
-                        },
-                    ],
-                ),
-                ListenerProtocol::Https => (
-                    vec![http_route],
-                    vec![
-                        cond("Accepted", true, "Accepted", ""),
-                        cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                        cond(
-                            "Programmed",
-                            false,
-                            "Pending",
-                            "HTTPS listeners are not served yet",
-                        ),
-                    ],
-                ),
-                ListenerProtocol::Other(p) => (
-                    Vec::new(),
-                    vec![
-                        cond(
-                            "Accepted",
-                            false,
-                            "UnsupportedProtocol",
-                            format!("protocol {p} is not supported"),
-                        ),
-                        cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                        cond(
-                            "Programmed",
-                            false,
-                            "Invalid",
-                            format!("protocol {p} is not supported"),
-                        ),
-                    ],
-                ),
+            let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) =
+                match &l.protocol {
+                    ListenerProtocol::Http => (
+                        vec![http_route],
+                        vec![
+                            cond("Accepted", true, "Accepted", ""),
+                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
+                            if is_served {
+                                cond("Programmed", true, "Programmed", "")
+                            } else {
+                                cond("Programmed", false, "Invalid", "the Gateway is not served")
+                            },
+                        ],
+                    ),
+                    ListenerProtocol::Https => (
+                        vec![http_route],
+                        vec![
+                            cond("Accepted", true, "Accepted", ""),
+                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
+                            cond(
+                                "Programmed",
+                                false,
+                                "Pending",
+                                "HTTPS listeners are not served yet",
+                            ),
+                        ],
+                    ),
+                    ListenerProtocol::Other(p) => (
+                        Vec::new(),
+                        vec![
+                            cond(
+                                "Accepted",
+                                false,
+                                "UnsupportedProtocol",
+                                format!("protocol {p} is not supported"),
+                            ),
+                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
+                            cond(
+                                "Programmed",
+                                false,
+                                "Invalid",
+                                format!("protocol {p} is not supported"),
+                            ),
+                        ],
+                    ),
+                };
+            if !l.invalid_route_kinds.is_empty() {
+                // Replaces the ResolvedRefs=True set above.
+                conditions.retain(|c| c.kind != "ResolvedRefs");
+                conditions.push(cond(
+                    "ResolvedRefs",
+                    false,
+                    "InvalidRouteKinds",
+                    format!(
+                        "unsupported route kinds: {}",
+                        l.invalid_route_kinds.join(", ")
+                    ),
+                ));
+            }
+            let supported_kinds = if l.allows_http_routes {
+                supported_kinds
+            } else {
+                Vec::new()
             };
             conditions.push(cond("Conflicted", false, "NoConflicts", ""));
             set_generation(&mut conditions, gateway.generation);
@@ -471,6 +490,43 @@ spec: {ports: [{port: 8080}]}
             Some(7)
         );
         assert_eq!(s.gateway_classes[0].conditions[0].status, "True");
+    }
+
+    #[test]
+    fn invalid_route_kinds() {
+        let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: only-invalid, port: 80, protocol: HTTP, allowedRoutes: {kinds: [{kind: InvalidRoute}]}}
+  - {name: both, port: 81, protocol: HTTP, allowedRoutes: {kinds: [{kind: InvalidRoute}, {kind: HTTPRoute}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: r, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+"#;
+        let cfg = parse_documents([(Path::new("t.yaml"), text)]).unwrap();
+        let s = compile(&cfg, &mut ShardIds::default(), 1).status;
+        let l = &s.gateways[0].listeners;
+        assert!(l[0].supported_kinds.is_empty());
+        assert_eq!(l[0].attached_routes, 0);
+        assert_eq!(
+            condition(&l[0].conditions, "ResolvedRefs").reason,
+            "InvalidRouteKinds"
+        );
+        assert_eq!(l[1].supported_kinds.len(), 1);
+        assert_eq!(l[1].attached_routes, 1);
+        assert_eq!(condition(&l[1].conditions, "ResolvedRefs").status, "False");
     }
 
     #[test]
