@@ -336,6 +336,17 @@ async fn timeouts_answer_504() {
         StatusCode::GATEWAY_TIMEOUT
     );
     assert_eq!(c.get("x", "/request").await.status, StatusCode::OK);
+    // The head arrives in time but the body stalls: the request timeout still
+    // ends the exchange (the client sees the body fail, not a hang).
+    let r = c
+        .try_send(Method::GET, "x", "/request?body_delay_ms=10000", &[])
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // So does the backend request timeout (it covers the full response).
+    let r = c
+        .try_send(Method::GET, "x", "/backend?body_delay_ms=10000", &[])
+        .await;
+    assert!(r.is_err(), "{r:?}");
     app.shutdown().await;
 }
 

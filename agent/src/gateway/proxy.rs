@@ -13,6 +13,7 @@ use hyper_util::{
 
 use super::{
     cors,
+    deadline::Deadline,
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
@@ -137,10 +138,14 @@ impl Proxy {
         };
         let forward = self.apply_rule(target, conn, req);
         let response = match entry.action.timeouts.request {
-            Some(limit) => match tokio::time::timeout(limit, forward).await {
-                Ok(r) => r,
-                Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "request timeout"),
-            },
+            Some(limit) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match tokio::time::timeout_at(deadline, forward).await {
+                    // The body streams after this returns: it gets the rest of the budget.
+                    Ok(r) => r.map(|body| Deadline::new(body, deadline).boxed()),
+                    Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "request timeout"),
+                }
+            }
             None => forward.await,
         };
         (response, shard_name, route_name)
@@ -276,8 +281,13 @@ impl Proxy {
             };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let request = self.client.request(upstream);
-        let result = match action.timeouts.backend_request {
-            Some(limit) => match tokio::time::timeout(limit, request).await {
+        // backendRequest covers the exchange until the full response is in.
+        let deadline = action
+            .timeouts
+            .backend_request
+            .map(|limit| tokio::time::Instant::now() + limit);
+        let result = match deadline {
+            Some(at) => match tokio::time::timeout_at(at, request).await {
                 Ok(r) => r,
                 Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
             },
@@ -287,7 +297,12 @@ impl Proxy {
             Ok(resp) => {
                 let (mut parts, body) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
+                let body = body.map_err(Into::into).boxed();
+                let body = match deadline {
+                    Some(at) => Deadline::new(body, at).boxed(),
+                    None => body,
+                };
+                Response::from_parts(parts, body)
             }
             Err(e) => {
                 tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");

@@ -68,7 +68,37 @@ pub async fn recording_backend(name: &'static str) -> (SocketAddr, Recorded) {
     (addr, seen)
 }
 
-async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<Full<Bytes>> {
+/// A body that yields its bytes only after a delay (a backend that sends
+/// its head at once and then stalls).
+struct DelayedBody {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl hyper::body::Body for DelayedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<EchoBody> {
+    let query_ms = |key: &str| {
+        req.uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(key)))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let body_delay = query_ms("body_delay_ms=");
     let delay = req
         .uri()
         .query()
@@ -114,7 +144,16 @@ async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Respo
         "headers": headers,
         "body": received,
     });
-    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    let body = Bytes::from(body.to_string());
+    let body = match body_delay {
+        Some(ms) => DelayedBody {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_millis(ms))),
+            data: Some(body),
+        }
+        .boxed(),
+        None => Full::new(body).boxed(),
+    };
+    let mut resp = http::Response::new(body);
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut()
