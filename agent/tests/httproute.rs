@@ -189,6 +189,11 @@ spec:
     - type: URLRewrite
       urlRewrite: {hostname: rewritten.example.org, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
     backendRefs: [{name: v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /backend-rewrite}}]
+    backendRefs:
+    - name: v2
+      port: 8080
+      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]
   - matches: [{path: {type: PathPrefix, value: /full}}]
     filters:
     - type: URLRewrite
@@ -269,6 +274,8 @@ async fn url_rewrite_changes_path_and_host_seen_by_backend() {
         r.seen_header("x-forwarded-host").as_deref(),
         Some("gw.example.com")
     );
+    let r = c.get("gw.example.com", "/backend-rewrite/x").await;
+    assert_eq!(r.path(), "/b/x", "backendRef-level URLRewrite");
     let r = c.get("gw.example.com", "/full/one/two").await;
     assert_eq!(r.path(), "/one");
     assert_eq!(r.echo.as_ref().unwrap()["host"], "gw.example.com");

@@ -379,7 +379,7 @@ fn filters(
                 .as_ref()
                 .map(|m| header_modifier(doc, &format!("{field}.responseHeaderModifier"), m))
                 .map(model::Filter::ResponseHeaders),
-            "RequestRedirect" | "URLRewrite" | "RequestMirror" | "CORS" if !rule_level => {
+            "RequestMirror" | "CORS" if !rule_level => {
                 // Support at backendRef level is implementation-specific in the spec.
                 doc.err(
                     format!("{field}.type"),
@@ -1039,7 +1039,7 @@ mod tests {
         ));
         assert!(e.contains("only one of percent or fraction"), "{e}");
         let e = errors(&route(
-            "  - backendRefs: [{name: s, port: 80, filters: [{type: RequestRedirect, requestRedirect: {}}]}]\n",
+            "  - backendRefs: [{name: s, port: 80, filters: [{type: CORS, cors: {}}]}]\n",
         ));
         assert!(e.contains("not supported on a backendRef"), "{e}");
         let e = errors(&route("  - retry: {attempts: 2}\n"));

@@ -239,7 +239,7 @@ impl Proxy {
         conn: ConnInfo,
         parts: &mut http::request::Parts,
         body: Incoming,
-        path: String,
+        mut path: String,
         query: Option<String>,
         upstream_host: Option<String>,
         response_mods: &mut Vec<&'a HeaderModifier>,
@@ -249,6 +249,37 @@ impl Proxy {
             // A rule without (non-zero-weight) backends answers 500 per Gateway API.
             return error(StatusCode::INTERNAL_SERVER_ERROR, "route has no backends");
         };
+        // backendRef filters: only when this backend is picked, after the rule's.
+        let mut upstream_host = upstream_host;
+        for f in &backend.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                Filter::ResponseHeaders(m) => response_mods.push(m),
+                Filter::Redirect(r) => {
+                    let location = filters::redirect_location(
+                        r,
+                        RedirectContext {
+                            scheme: "http",
+                            listener_port: t.listener_port,
+                            host: t.host,
+                            path: &path,
+                            query: query.as_deref(),
+                            matched: &t.entry.matcher.path,
+                        },
+                    );
+                    return redirect(r.status, &location);
+                }
+                Filter::Rewrite(rw) => {
+                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                    path = out.path;
+                    if out.host.is_some() {
+                        upstream_host = out.host;
+                    }
+                }
+                // Rejected at backendRef level by validation.
+                Filter::Mirror(_) | Filter::Cors(_) => {}
+            }
+        }
         let endpoint = match &backend.target {
             BackendTarget::Invalid(reason) => {
                 tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
@@ -259,14 +290,6 @@ impl Proxy {
                 None => return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints"),
             },
         };
-        for f in &backend.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                Filter::ResponseHeaders(m) => response_mods.push(m),
-                // Rejected at backendRef level by validation.
-                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
-            }
-        }
         let path_and_query = match &query {
             Some(q) => format!("{path}?{q}"),
             None => path,

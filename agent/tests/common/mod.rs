@@ -24,12 +24,20 @@ use hyper_util::{
 use sluice::app::{self, App, DatapathMode, Settings};
 use tokio::net::TcpListener;
 
-/// A port that was free a moment ago (bind :0, read, drop).
+/// A port that was free a moment ago and that nothing else in this process
+/// will be handed: taken from below the kernel's ephemeral range (where the
+/// `:0` binds of backends and clients land) and never twice per process.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Spread concurrent test processes over the range.
+    let base = 20_000 + (std::process::id() as usize % 400) * 25;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 10_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts an echo backend named `name` on 127.0.0.1: it answers every request
