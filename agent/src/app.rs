@@ -183,7 +183,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
                 source,
             },
             ReloadError::Kernel(e) => AppError::Reconcile(e),
-            e @ ReloadError::Compile => AppError::Internal(e.to_string()),
+            e @ (ReloadError::Compile | ReloadError::AddressHeld { .. }) => {
+                AppError::Internal(e.to_string())
+            }
         });
     }
     let shards = runtime.shard_infos().await;

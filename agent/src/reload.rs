@@ -43,6 +43,16 @@ pub enum ReloadError {
         addr: SocketAddr,
         source: std::io::Error,
     },
+    #[error(
+        "Gateway {gateway}: {addr} is still served by Gateway {holder}; moving a listener \
+         address between Gateways takes two changes (remove it from {holder} first)"
+    )]
+    AddressHeld {
+        gateway: ObjectRef,
+        /// `namespace/name` (a string keeps the error small).
+        holder: String,
+        addr: SocketAddr,
+    },
     #[error("programming eBPF maps: {0}")]
     Kernel(#[source] Box<KernelError>),
     #[error("compiling the configuration panicked or was cancelled")]
@@ -314,11 +324,22 @@ impl Runtime {
                             }
                             // Dropping `prepared` closes what this change bound so far.
                             Err(source) => {
+                                // Another served Gateway still holds the address: it
+                                // is released only after this change is in effect.
+                                if let Some(holder) = running.values().find(|r| {
+                                    r.gateway != shard.gateway && r.servers.contains_key(&addr)
+                                }) {
+                                    return Err(ReloadError::AddressHeld {
+                                        gateway: shard.gateway.clone(),
+                                        holder: holder.gateway.to_string(),
+                                        addr,
+                                    });
+                                }
                                 return Err(ReloadError::Listen {
                                     gateway: shard.gateway.clone(),
                                     addr,
                                     source,
-                                })
+                                });
                             }
                         }
                     }
