@@ -20,7 +20,7 @@ use super::{
     Body,
 };
 use crate::{
-    config::{Filter, HeaderModifier},
+    config::{Filter, HeaderModifier, Redirect},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
     snapshot::{BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
@@ -195,18 +195,7 @@ impl Proxy {
                 // Applied to the response; mirrors are sent with the upstream request.
                 Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
                 Filter::Redirect(r) => {
-                    let location = filters::redirect_location(
-                        r,
-                        RedirectContext {
-                            scheme: "http",
-                            listener_port: t.listener_port,
-                            host: t.host,
-                            path: &path,
-                            query: query.as_deref(),
-                            matched: &t.entry.matcher.path,
-                        },
-                    );
-                    return finish(redirect(r.status, &location), &response_mods);
+                    return finish(t.redirect(r, &path, query.as_deref()), &response_mods);
                 }
                 Filter::Rewrite(rw) => {
                     let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
@@ -255,20 +244,7 @@ impl Proxy {
             match f {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 Filter::ResponseHeaders(m) => response_mods.push(m),
-                Filter::Redirect(r) => {
-                    let location = filters::redirect_location(
-                        r,
-                        RedirectContext {
-                            scheme: "http",
-                            listener_port: t.listener_port,
-                            host: t.host,
-                            path: &path,
-                            query: query.as_deref(),
-                            matched: &t.entry.matcher.path,
-                        },
-                    );
-                    return redirect(r.status, &location);
-                }
+                Filter::Redirect(r) => return t.redirect(r, &path, query.as_deref()),
                 Filter::Rewrite(rw) => {
                     let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
                     path = out.path;
@@ -414,14 +390,31 @@ struct Target<'a> {
     authority: &'a str,
 }
 
-fn redirect(status: u16, location: &str) -> Response<Body> {
-    let Some(value) = filters::location_header(location) else {
-        return error(StatusCode::BAD_REQUEST, "request path cannot be redirected");
-    };
-    let mut r = Response::new(full(""));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    r.headers_mut().insert(header::LOCATION, value);
-    r
+impl Target<'_> {
+    /// The response of a RequestRedirect filter for the request as it
+    /// stands after the filters before it (`path` may be rewritten).
+    fn redirect(&self, r: &Redirect, path: &str, query: Option<&str>) -> Response<Body> {
+        let location = filters::redirect_location(
+            r,
+            RedirectContext {
+                // Only HTTP listeners are served so far; HTTPS ones will
+                // pass their own scheme here.
+                scheme: "http",
+                listener_port: self.listener_port,
+                host: self.host,
+                path,
+                query,
+                matched: &self.entry.matcher.path,
+            },
+        );
+        let Some(value) = filters::location_header(&location) else {
+            return error(StatusCode::BAD_REQUEST, "request path cannot be redirected");
+        };
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+        resp.headers_mut().insert(header::LOCATION, value);
+        resp
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {
