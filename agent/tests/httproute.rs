@@ -551,3 +551,63 @@ async fn cors_preflight_is_answered_by_the_gateway_and_actual_requests_annotated
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn retries_replay_the_request_for_configured_codes_only() {
+    let (v1, seen) = recording_backend("v1").await;
+    let port = free_port();
+    let dir = config_dir();
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: retry, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /retry}}]
+    retry: {codes: [500, 502], attempts: 3, backoff: 1ms}
+    backendRefs: [{name: v1, port: 8080}]
+"#;
+    let text = format!(
+        "{}{}---\n{routes}",
+        gateway_yaml(port),
+        service_yaml("infra", "v1", v1)
+    );
+    write_config(&dir, "config.yaml", &text);
+    let app = start(&dir).await;
+    let c = TestClient::new(port);
+
+    // Fails twice, then answers: the third attempt (second retry) succeeds.
+    let r = c
+        .send_body(Method::POST, "x", "/retry?fail_first=2&id=a", "payload")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.echo.as_ref().unwrap()["body"],
+        "payload",
+        "the body is replayed"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert!(
+        seen.lock().unwrap()[1].ends_with("payload"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // Fails more often than 1 + 3 attempts: the last failure is returned.
+    seen.lock().unwrap().clear();
+    let r = c.get("x", "/retry?fail_first=9&id=b&code=502").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "one attempt plus three retries"
+    );
+
+    // A code that is not configured is not retried.
+    seen.lock().unwrap().clear();
+    let r = c.get("x", "/retry?fail_first=1&id=c&code=503").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().len(), 1);
+    app.shutdown().await;
+}

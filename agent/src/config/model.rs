@@ -255,6 +255,26 @@ pub struct RouteRule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
+}
+
+/// `HTTPRouteRule.retry` (experimental channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Response codes that are retried; connection failures and backend
+    /// request timeouts are retried as well.
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Minimum wait between attempts.
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// Used when `attempts` is not given.
+    pub const DEFAULT_ATTEMPTS: u32 = 1;
+    /// Used when `backoff` is not given.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 }
 
 /// `HTTPRouteRule.timeouts`.

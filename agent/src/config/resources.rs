@@ -199,12 +199,24 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
-    /// Experimental-channel fields: read only to reject them by name rather
-    /// than silently ignore them.
+    /// Experimental channel.
     #[serde(default)]
-    pub retry: Option<serde_yaml::Value>,
+    pub retry: Option<HttpRouteRetry>,
+    /// Experimental channel: read only to reject it by name rather than
+    /// silently ignore it.
     #[serde(default)]
     pub session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRetry {
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -106,9 +106,10 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             });
         }
         let timeouts = timeouts(doc, &format!("{at}.timeouts"), rule.timeouts.as_ref());
-        if rule.retry.is_some() {
-            doc.err(format!("{at}.retry"), "retries are not supported yet");
-        }
+        let retry = rule
+            .retry
+            .as_ref()
+            .and_then(|r| retry(doc, &format!("{at}.retry"), r));
         if rule.session_persistence.is_some() {
             doc.err(
                 format!("{at}.sessionPersistence"),
@@ -120,6 +121,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             filters: rule_filters,
             backends,
             timeouts,
+            retry,
         });
     }
     if r.spec.rules.is_empty() {
@@ -130,6 +132,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             filters: Vec::new(),
             backends: Vec::new(),
             timeouts: model::Timeouts::default(),
+            retry: None,
         });
     }
     (doc.errors.len() == before).then(|| model::HttpRoute {
@@ -331,6 +334,36 @@ fn timeouts(doc: &mut Doc<'_>, at: &str, t: Option<&wire::HttpRouteTimeouts>) ->
     }
 }
 
+fn retry(doc: &mut Doc<'_>, at: &str, r: &wire::HttpRouteRetry) -> Option<model::Retry> {
+    let before = doc.errors.len();
+    for (i, c) in r.codes.iter().enumerate() {
+        if !(400..=599).contains(c) {
+            doc.err(
+                format!("{at}.codes[{i}]"),
+                format!("must be 400-599, got {c}"),
+            );
+        }
+    }
+    if r.attempts == Some(0) {
+        doc.err(format!("{at}.attempts"), "must be at least 1");
+    }
+    let backoff = match &r.backoff {
+        None => model::Retry::DEFAULT_BACKOFF,
+        Some(raw) => parse_duration(raw).unwrap_or_else(|| {
+            doc.err(
+                format!("{at}.backoff"),
+                format!("invalid duration {raw:?} (expected e.g. 100ms, 1s)"),
+            );
+            model::Retry::DEFAULT_BACKOFF
+        }),
+    };
+    (doc.errors.len() == before).then(|| model::Retry {
+        codes: r.codes.clone(),
+        attempts: r.attempts.unwrap_or(model::Retry::DEFAULT_ATTEMPTS),
+        backoff,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::{path::Path, time::Duration};
@@ -459,11 +492,19 @@ mod tests {
             "  - backendRefs: [{name: s, port: 80, filters: [{type: CORS, cors: {}}]}]\n",
         ));
         assert!(e.contains("not supported on a backendRef"), "{e}");
-        let e = errors(&route("  - retry: {attempts: 2}\n"));
+        let e = errors(&route("  - sessionPersistence: {type: Cookie}\n"));
         assert!(
-            e.contains("spec.rules[0].retry: retries are not supported yet"),
+            e.contains(
+                "spec.rules[0].sessionPersistence: session persistence is not supported yet"
+            ),
             "{e}"
         );
+        let e = errors(&route(
+            "  - retry: {attempts: 0, codes: [200], backoff: soon}\n",
+        ));
+        assert!(e.contains("retry.codes[0]: must be 400-599"), "{e}");
+        assert!(e.contains("retry.attempts: must be at least 1"), "{e}");
+        assert!(e.contains("retry.backoff: invalid duration"), "{e}");
     }
 
     #[test]

@@ -200,6 +200,7 @@ fn listener_routes(
                 filters: rule.filters.clone(),
                 backends: resolver.group(&route.id, rule),
                 timeouts: rule.timeouts,
+                retry: rule.retry.clone(),
                 mirrors: resolver.mirrors(&route.id, rule),
             });
             for (mi, m) in rule.matches.iter().enumerate() {

@@ -5,6 +5,7 @@ mod deadline;
 pub mod filters;
 mod mirror;
 mod proxy;
+mod retry;
 mod server;
 
 pub use proxy::{ConnInfo, Proxy};

@@ -17,6 +17,7 @@ use super::{
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
+    retry::Replay,
     Body,
 };
 use crate::{
@@ -279,39 +280,70 @@ impl Proxy {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
-        let request = self.client.request(upstream);
-        // backendRequest covers the exchange until the full response is in.
-        let deadline = action
-            .timeouts
-            .backend_request
-            .map(|limit| tokio::time::Instant::now() + limit);
-        let result = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, request).await {
-                Ok(r) => r,
-                Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
-            },
-            None => request.await,
+        let (mut request, replay) = match &action.retry {
+            Some(_) => {
+                let (r, replay) = Replay::record(upstream);
+                (r, Some(replay))
+            }
+            None => (upstream, None),
         };
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                let body = body.map_err(Into::into).boxed();
-                let body = match deadline {
-                    Some(at) => Deadline::new(body, at).boxed(),
-                    None => body,
+        let mut endpoint = endpoint;
+        let mut retries = 0;
+        loop {
+            // backendRequest covers one attempt until its full response is in.
+            let deadline = action
+                .timeouts
+                .backend_request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            let sent = self.client.request(request);
+            let outcome = match deadline {
+                Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
+                let retriable = match &outcome {
+                    None => true,
+                    Some(Err(e)) => e.is_connect(),
+                    Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
                 };
-                Response::from_parts(parts, body)
+                if retriable && retries < policy.attempts {
+                    // Another endpoint of the same backend, if it has several.
+                    let next = backend
+                        .endpoint()
+                        .and_then(|ep| replay.again(&ep.to_string()).map(|r| (ep, r)));
+                    if let Some((ep, again)) = next {
+                        drop(outcome);
+                        tokio::time::sleep(policy.backoff).await;
+                        tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
+                        retries += 1;
+                        endpoint = ep;
+                        request = again;
+                        continue;
+                    }
+                }
             }
-            Err(e) => {
-                tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
-                let status = if e.is_connect() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
-                };
-                error(status, "upstream unavailable")
-            }
+            return match outcome {
+                None => error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
+                Some(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = body.map_err(Into::into).boxed();
+                    let body = match deadline {
+                        Some(at) => Deadline::new(body, at).boxed(),
+                        None => body,
+                    };
+                    Response::from_parts(parts, body)
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
+                    let status = if e.is_connect() {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    error(status, "upstream unavailable")
+                }
+            };
         }
     }
 }

@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::config::{Filter, Hostname, ObjectRef, RouteMatch, Timeouts};
+use crate::config::{Filter, Hostname, ObjectRef, Retry, RouteMatch, Timeouts};
 
 pub mod matching;
 
@@ -171,6 +171,7 @@ pub struct RuleAction {
     pub filters: Vec<Filter>,
     pub backends: BackendGroup,
     pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
     /// Resolved targets of the rule's RequestMirror filters.
     pub mirrors: Vec<MirrorTarget>,
 }

@@ -107,6 +107,38 @@ async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Respo
             .and_then(|v| v.parse::<u64>().ok())
     };
     let body_delay = query_ms("body_delay_ms=");
+    // `?fail_first=N&id=U&code=C`: the first N requests with id U get status C.
+    if let Some(n) = query_ms("fail_first=") {
+        static SEEN: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+        let id = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("id=")))
+            .unwrap_or("")
+            .to_owned();
+        let code = query_ms("code=").unwrap_or(500) as u16;
+        let seen = {
+            let mut m = SEEN.lock().unwrap();
+            let c = m.entry(id).or_default();
+            *c += 1;
+            *c
+        };
+        if seen <= n {
+            let received = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            log.lock().unwrap().push(format!(
+                "failed {code} {}",
+                String::from_utf8_lossy(&received)
+            ));
+            let mut resp = http::Response::new(Full::new(Bytes::new()).boxed());
+            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+            return resp;
+        }
+    }
     let delay = req
         .uri()
         .query()
