@@ -1,5 +1,6 @@
 //! Admin endpoint: `/healthz` (process alive), `/readyz` (listeners up and
-//! config applied), `/metrics` (Prometheus text), `/config` (what is served).
+//! config applied), `/metrics` (Prometheus text), `/config` (what is served),
+//! `/status` (Gateway API status conditions).
 use std::{
     net::SocketAddr,
     sync::{
@@ -16,6 +17,7 @@ use prometheus_client::registry::Registry;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 use crate::{
+    control::status::Status,
     gateway::{full, Body},
     snapshot::Snapshot,
 };
@@ -29,6 +31,8 @@ pub struct AdminState {
     pub datapath: String,
     /// Warnings of the last applied config and the last rejection, for `/config`.
     pub config_notes: Arc<Mutex<ConfigNotes>>,
+    /// Gateway API status of the applied configuration, for `/status`.
+    pub status: Arc<Mutex<Status>>,
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
@@ -157,6 +161,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             text(
                 StatusCode::OK,
                 serde_json::to_string_pretty(&body).unwrap_or_default(),
+                "application/json",
+            )
+        }
+        "/status" => {
+            let status = state.status.lock().map(|s| s.clone()).unwrap_or_default();
+            text(
+                StatusCode::OK,
+                serde_json::to_string_pretty(&status).unwrap_or_default(),
                 "application/json",
             )
         }

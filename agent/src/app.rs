@@ -187,7 +187,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
                 source,
             },
             ReloadError::Kernel(e) => AppError::Reconcile(e),
-            e @ ReloadError::Compile => AppError::Internal(e.to_string()),
+            e @ (ReloadError::Compile | ReloadError::AddressHeld { .. }) => {
+                AppError::Internal(e.to_string())
+            }
         });
     }
     let shards = runtime.shard_infos().await;
@@ -212,6 +214,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         snapshot: snapshot.clone(),
         datapath: datapath.label().to_owned(),
         config_notes: runtime.notes.clone(),
+        status: runtime.status.clone(),
     });
     let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
         .await

@@ -2,7 +2,9 @@
 //!
 //! Layout: [`config`] (sources, validation) → [`control`] (compile) →
 //! [`snapshot`] (immutable, read by the data path) and [`kernel`] (eBPF maps);
-//! [`gateway`] is the L7 data path; [`app`] wires it together.
+//! [`gateway`] is the L7 data path; [`reload`] applies a configuration (at
+//! start-up and on every change of the config directory); [`app`] wires it
+//! together.
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::{
     admin::ConfigNotes,
     config::{self, ConfigError, DirWatcher, ObjectRef},
-    control::{compile, Compiled, ShardIds},
+    control::{compile, status::Status, Compiled, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
     kernel::{self, maps::DatapathMaps, KernelDatapath, KernelDesired, KernelError},
     metrics::{ConfigLabels, Metrics},
@@ -42,6 +42,16 @@ pub enum ReloadError {
         gateway: ObjectRef,
         addr: SocketAddr,
         source: std::io::Error,
+    },
+    #[error(
+        "Gateway {gateway}: {addr} is still served by Gateway {holder}; moving a listener \
+         address between Gateways takes two changes (remove it from {holder} first)"
+    )]
+    AddressHeld {
+        gateway: ObjectRef,
+        /// `namespace/name` (a string keeps the error small).
+        holder: String,
+        addr: SocketAddr,
     },
     #[error("programming eBPF maps: {0}")]
     Kernel(#[source] Box<KernelError>),
@@ -76,6 +86,8 @@ pub struct Runtime {
     pub metrics: Metrics,
     pub proxy: Arc<Proxy>,
     pub notes: Arc<Mutex<ConfigNotes>>,
+    /// Gateway API status of the applied configuration.
+    pub status: Arc<Mutex<Status>>,
     max_connections: usize,
     ids: Mutex<ShardIds>,
     generation: AtomicU64,
@@ -101,6 +113,7 @@ impl Runtime {
             metrics,
             proxy,
             notes: Arc::default(),
+            status: Arc::default(),
             max_connections,
             ids: Mutex::default(),
             generation: AtomicU64::new(0),
@@ -251,6 +264,7 @@ impl Runtime {
             notes.warnings = compiled.warnings.clone();
             notes.sockets = sockets;
         }
+        *self.status.lock().expect("status lock") = compiled.status;
         for w in &compiled.warnings {
             tracing::warn!("{w}");
         }
@@ -342,11 +356,22 @@ impl Runtime {
                             }
                             // Dropping `prepared` closes what this change bound so far.
                             Err(source) => {
+                                // Another served Gateway still holds the address: it
+                                // is released only after this change is in effect.
+                                if let Some(holder) = running.values().find(|r| {
+                                    r.gateway != shard.gateway && r.servers.contains_key(&addr)
+                                }) {
+                                    return Err(ReloadError::AddressHeld {
+                                        gateway: shard.gateway.clone(),
+                                        holder: holder.gateway.to_string(),
+                                        addr,
+                                    });
+                                }
                                 return Err(ReloadError::Listen {
                                     gateway: shard.gateway.clone(),
                                     addr,
                                     source,
-                                })
+                                });
                             }
                         }
                     }

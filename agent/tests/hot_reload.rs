@@ -257,3 +257,32 @@ spec:
     assert_eq!(f.client.get("x", "/").await.backend(), "v1");
     f.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn moving_a_listener_address_between_gateways_is_rejected_clearly() {
+    let f = fixture().await;
+    // Renaming the Gateway in one change: the new one wants the address the
+    // old one still serves until the change is in effect.
+    write_config(
+        &f.dir,
+        "base.yaml",
+        &f.base.replace("name: gw,", "name: gw-renamed,"),
+    );
+    write_config(
+        &f.dir,
+        "route.yaml",
+        &route("v2", "").replace("{name: gw}", "{name: gw-renamed}"),
+    );
+    let cfg = wait_config(&f.app, "a rejection", |c| !c["lastRejection"].is_null()).await;
+    let rejection = cfg["lastRejection"].as_str().unwrap();
+    assert!(
+        rejection.contains("still served by Gateway infra/gw"),
+        "{rejection}"
+    );
+    assert_eq!(
+        f.client.get("x", "/").await.backend(),
+        "v1",
+        "old config still serves"
+    );
+    f.app.shutdown().await;
+}

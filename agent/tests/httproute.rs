@@ -189,6 +189,11 @@ spec:
     - type: URLRewrite
       urlRewrite: {hostname: rewritten.example.org, path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}
     backendRefs: [{name: v2, port: 8080}]
+  - matches: [{path: {type: PathPrefix, value: /backend-rewrite}}]
+    backendRefs:
+    - name: v2
+      port: 8080
+      filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /b}}}]
   - matches: [{path: {type: PathPrefix, value: /full}}]
     filters:
     - type: URLRewrite
@@ -269,6 +274,8 @@ async fn url_rewrite_changes_path_and_host_seen_by_backend() {
         r.seen_header("x-forwarded-host").as_deref(),
         Some("gw.example.com")
     );
+    let r = c.get("gw.example.com", "/backend-rewrite/x").await;
+    assert_eq!(r.path(), "/b/x", "backendRef-level URLRewrite");
     let r = c.get("gw.example.com", "/full/one/two").await;
     assert_eq!(r.path(), "/one");
     assert_eq!(r.echo.as_ref().unwrap()["host"], "gw.example.com");
@@ -336,6 +343,17 @@ async fn timeouts_answer_504() {
         StatusCode::GATEWAY_TIMEOUT
     );
     assert_eq!(c.get("x", "/request").await.status, StatusCode::OK);
+    // The head arrives in time but the body stalls: the request timeout still
+    // ends the exchange (the client sees the body fail, not a hang).
+    let r = c
+        .try_send(Method::GET, "x", "/request?body_delay_ms=10000", &[])
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    // So does the backend request timeout (it covers the full response).
+    let r = c
+        .try_send(Method::GET, "x", "/backend?body_delay_ms=10000", &[])
+        .await;
+    assert!(r.is_err(), "{r:?}");
     app.shutdown().await;
 }
 
@@ -412,5 +430,184 @@ spec:
         5,
         "1/2 of 10 requests mirrored"
     );
+    app.shutdown().await;
+}
+
+const PARTLY_INVALID: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: partly-invalid, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /v2}}]
+    backendRefs: [{name: v2, kind: Mystery, group: example.com, port: 8080}]
+  - backendRefs: [{name: v1, port: 8080}]
+"#;
+
+#[tokio::test]
+async fn unknown_backend_kind_answers_500_and_shows_in_status() {
+    let (app, c) = setup(PARTLY_INVALID).await;
+    assert_eq!(
+        c.get("x", "/v2").await.status,
+        StatusCode::INTERNAL_SERVER_ERROR
+    );
+    assert_eq!(c.get("x", "/").await.backend(), "v1");
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&app, "/status").await).unwrap();
+    let route = status["httpRoutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "partly-invalid")
+        .unwrap();
+    let conds = route["parents"][0]["conditions"].as_array().unwrap();
+    let resolved = conds.iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "False");
+    assert_eq!(resolved["reason"], "InvalidKind");
+    let accepted = conds.iter().find(|c| c["type"] == "Accepted").unwrap();
+    assert_eq!(accepted["status"], "True");
+    assert_eq!(status["gateways"][0]["listeners"][0]["attachedRoutes"], 1);
+    app.shutdown().await;
+}
+
+const CORS: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: cors, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /cors}}]
+    filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com"]
+        allowMethods: [GET, OPTIONS]
+        allowHeaders: [x-header-1, x-header-2]
+        exposeHeaders: [x-header-3]
+        allowCredentials: true
+        maxAge: 3600
+    backendRefs: [{name: v1, port: 8080}]
+"#;
+
+#[tokio::test]
+async fn cors_preflight_is_answered_by_the_gateway_and_actual_requests_annotated() {
+    let (app, c) = setup(CORS).await;
+    let preflight = [
+        ("origin", "https://xpto.www.bar.com"),
+        ("access-control-request-method", "GET"),
+        ("access-control-request-headers", "x-header-1"),
+    ];
+    let r = c.send(Method::OPTIONS, "x", "/cors", &preflight).await;
+    assert_eq!(r.status, StatusCode::NO_CONTENT);
+    assert!(r.echo.is_none(), "a preflight must not reach the backend");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://xpto.www.bar.com"
+    );
+    assert_eq!(r.headers["access-control-allow-methods"], "GET, OPTIONS");
+    assert_eq!(
+        r.headers["access-control-allow-headers"],
+        "x-header-1, x-header-2"
+    );
+    assert_eq!(r.headers["access-control-max-age"], "3600");
+    assert_eq!(r.headers["access-control-allow-credentials"], "true");
+    let denied = [
+        ("origin", "https://foobar.com"),
+        ("access-control-request-method", "GET"),
+    ];
+    let r = c.send(Method::OPTIONS, "x", "/cors", &denied).await;
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+
+    let r = c
+        .send(
+            Method::GET,
+            "x",
+            "/cors",
+            &[("origin", "https://www.foo.com")],
+        )
+        .await;
+    assert_eq!(r.backend(), "v1");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://www.foo.com"
+    );
+    assert_eq!(r.headers["access-control-expose-headers"], "x-header-3");
+    let r = c
+        .send(
+            Method::GET,
+            "x",
+            "/cors",
+            &[("origin", "https://foobar.com")],
+        )
+        .await;
+    assert_eq!(r.backend(), "v1");
+    assert!(r.headers.get("access-control-allow-origin").is_none());
+    // OPTIONS without the preflight headers is an ordinary request.
+    assert_eq!(
+        c.send(Method::OPTIONS, "x", "/cors", &[]).await.backend(),
+        "v1"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn retries_replay_the_request_for_configured_codes_only() {
+    let (v1, seen) = recording_backend("v1").await;
+    let port = free_port();
+    let dir = config_dir();
+    let routes = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: retry, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /retry}}]
+    retry: {codes: [500, 502], attempts: 3, backoff: 1ms}
+    backendRefs: [{name: v1, port: 8080}]
+"#;
+    let text = format!(
+        "{}{}---\n{routes}",
+        gateway_yaml(port),
+        service_yaml("infra", "v1", v1)
+    );
+    write_config(&dir, "config.yaml", &text);
+    let app = start(&dir).await;
+    let c = TestClient::new(port);
+
+    // Fails twice, then answers: the third attempt (second retry) succeeds.
+    let r = c
+        .send_body(Method::POST, "x", "/retry?fail_first=2&id=a", "payload")
+        .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(
+        r.echo.as_ref().unwrap()["body"],
+        "payload",
+        "the body is replayed"
+    );
+    assert_eq!(seen.lock().unwrap().len(), 3);
+    assert!(
+        seen.lock().unwrap()[1].ends_with("payload"),
+        "{:?}",
+        seen.lock().unwrap()
+    );
+
+    // Fails more often than 1 + 3 attempts: the last failure is returned.
+    seen.lock().unwrap().clear();
+    let r = c.get("x", "/retry?fail_first=9&id=b&code=502").await;
+    assert_eq!(r.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(
+        seen.lock().unwrap().len(),
+        4,
+        "one attempt plus three retries"
+    );
+
+    // A code that is not configured is not retried.
+    seen.lock().unwrap().clear();
+    let r = c.get("x", "/retry?fail_first=1&id=c&code=503").await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(seen.lock().unwrap().len(), 1);
     app.shutdown().await;
 }

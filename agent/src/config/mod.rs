@@ -1,9 +1,11 @@
 //! Configuration: the directory source, conversion and validation into the
 //! domain types of [`model`]. Nothing outside this module sees YAML.
+mod filter;
 mod load;
 pub mod model;
 mod resources;
 mod route;
+mod time;
 mod validate;
 mod watch;
 

@@ -80,6 +80,8 @@ pub struct GatewayClass {
 #[derive(Debug, Clone)]
 pub struct Gateway {
     pub id: ObjectRef,
+    /// `metadata.generation`, echoed as `observedGeneration` in status.
+    pub generation: Option<i64>,
     pub class_name: String,
     /// Addresses the Gateway is reachable on. Empty: every local address.
     pub addresses: Vec<IpAddr>,
@@ -117,6 +119,11 @@ pub struct Listener {
     pub hostname: Option<Hostname>,
     /// Which namespaces' routes may attach (`allowedRoutes.namespaces.from`).
     pub allowed_routes: AllowedRoutes,
+    /// Whether `allowedRoutes.kinds` admits HTTPRoute (true when unset).
+    pub allows_http_routes: bool,
+    /// `allowedRoutes.kinds` entries this agent does not serve (`group/kind`);
+    /// reported as ResolvedRefs=False, InvalidRouteKinds.
+    pub invalid_route_kinds: Vec<String>,
 }
 
 /// `allowedRoutes.namespaces.from` of a listener.
@@ -233,6 +240,8 @@ impl fmt::Display for Hostname {
 #[derive(Debug, Clone)]
 pub struct HttpRoute {
     pub id: ObjectRef,
+    /// `metadata.generation`, echoed as `observedGeneration` in status.
+    pub generation: Option<i64>,
     /// `metadata.creationTimestamp` as (Unix seconds, nanoseconds); older
     /// routes win precedence ties. `None` sorts after every timestamp.
     pub created: Option<(i64, u32)>,
@@ -256,6 +265,26 @@ pub struct RouteRule {
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
     pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
+}
+
+/// `HTTPRouteRule.retry` (experimental channel).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Retry {
+    /// Response codes that are retried; connection failures and backend
+    /// request timeouts are retried as well.
+    pub codes: Vec<u16>,
+    /// Retries after the first attempt.
+    pub attempts: u32,
+    /// Minimum wait between attempts.
+    pub backoff: Duration,
+}
+
+impl Retry {
+    /// Used when `attempts` is not given.
+    pub const DEFAULT_ATTEMPTS: u32 = 1;
+    /// Used when `backoff` is not given.
+    pub const DEFAULT_BACKOFF: Duration = Duration::from_millis(25);
 }
 
 /// `HTTPRouteRule.timeouts`.
@@ -385,6 +414,40 @@ pub enum Filter {
     Rewrite(Rewrite),
     /// Rule level only; several may be given.
     Mirror(Mirror),
+    /// Rule level only.
+    Cors(Cors),
+}
+
+/// `HTTPCORSFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_origins: Vec<OriginPattern>,
+    pub allow_credentials: bool,
+    /// Method names; `*` allows any.
+    pub allow_methods: Vec<String>,
+    /// Header names; `*` allows any.
+    pub allow_headers: Vec<String>,
+    /// Header names; `*` exposes all.
+    pub expose_headers: Vec<String>,
+    /// Seconds (default 5).
+    pub max_age: u32,
+}
+
+/// One `allowOrigins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: every origin.
+    Any,
+    /// `scheme://host[:port]`; `host_suffix` is set for `*.example.com`
+    /// (as `.example.com`, one or more labels in front) or for a lone `*`
+    /// host (as the empty string: any host).
+    Origin {
+        scheme: String,
+        host: String,
+        host_suffix: Option<String>,
+        /// Explicit or the scheme's default.
+        port: u16,
+    },
 }
 
 /// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a
@@ -441,6 +504,10 @@ pub struct BackendRef {
     pub weight: u32,
     /// Filters applied only when this backend is picked (after the rule's).
     pub filters: Vec<Filter>,
+    /// `group/kind` when the reference is not to a core Service: kept so the
+    /// route reports ResolvedRefs=False (InvalidKind) and the share of traffic
+    /// for this backend gets a 500, as the Gateway API asks.
+    pub unsupported_kind: Option<String>,
 }
 
 #[derive(Debug, Clone)]

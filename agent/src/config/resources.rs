@@ -76,6 +76,16 @@ pub struct Listener {
 pub struct AllowedRoutes {
     #[serde(default)]
     pub namespaces: Option<RouteNamespaces>,
+    #[serde(default)]
+    pub kinds: Vec<RouteGroupKind>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RouteGroupKind {
+    #[serde(default)]
+    pub group: Option<String>,
+    pub kind: String,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -189,6 +199,24 @@ pub struct HttpRouteRule {
     pub filters: Vec<HttpRouteFilter>,
     #[serde(default)]
     pub timeouts: Option<HttpRouteTimeouts>,
+    /// Experimental channel.
+    #[serde(default)]
+    pub retry: Option<HttpRouteRetry>,
+    /// Experimental channel: read only to reject it by name rather than
+    /// silently ignore it.
+    #[serde(default)]
+    pub session_persistence: Option<serde_yaml::Value>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpRouteRetry {
+    #[serde(default)]
+    pub codes: Vec<u16>,
+    #[serde(default)]
+    pub attempts: Option<u32>,
+    #[serde(default)]
+    pub backoff: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -218,6 +246,25 @@ pub struct HttpRouteFilter {
     pub url_rewrite: Option<HttpUrlRewriteFilter>,
     #[serde(default)]
     pub request_mirror: Option<HttpRequestMirrorFilter>,
+    #[serde(default)]
+    pub cors: Option<HttpCorsFilter>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HttpCorsFilter {
+    #[serde(default)]
+    pub allow_origins: Vec<String>,
+    #[serde(default)]
+    pub allow_credentials: Option<bool>,
+    #[serde(default)]
+    pub allow_methods: Vec<String>,
+    #[serde(default)]
+    pub allow_headers: Vec<String>,
+    #[serde(default)]
+    pub expose_headers: Vec<String>,
+    #[serde(default)]
+    pub max_age: Option<u32>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

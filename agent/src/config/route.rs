@@ -1,12 +1,12 @@
-//! Conversion of an HTTPRoute: parentRefs, hostnames, matches, filters,
-//! backendRefs and timeouts, with the checks the Gateway API CRDs make
+//! Conversion of an HTTPRoute: parentRefs, hostnames, matches, backendRefs
+//! and timeouts (filters: [`super::filter`]), with the checks the CRDs make
 //! (enums, CEL rules) so that a file source rejects what an API server would.
-use std::time::Duration;
-
-use http::{HeaderName, HeaderValue, Method};
+use http::{HeaderName, Method};
 
 use super::{
+    filter::{filters, FilterContext},
     model, resources as wire,
+    time::{parse_duration, parse_timestamp},
     validate::{hostname, ns, Doc, GATEWAY_GROUP},
 };
 
@@ -76,19 +76,20 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             let group = b.group.as_deref().unwrap_or("");
             let kind = b.kind.as_deref().unwrap_or("Service");
             let backend_filters = filters(doc, &format!("{field}.filters"), &b.filters, ctx, false);
-            if !group.is_empty() || kind != "Service" {
-                doc.err(
-                    format!("{field}.kind"),
-                    format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
-                );
-                continue;
-            }
-            let Some(port) = b.port else {
-                doc.err(
-                    format!("{field}.port"),
-                    "port is required for a Service backend",
-                );
-                continue;
+            // Another kind is not a config error but an unresolved reference
+            // (ResolvedRefs=False, InvalidKind; its share of traffic gets 500).
+            let unsupported_kind =
+                (!group.is_empty() || kind != "Service").then(|| format!("{group}/{kind}"));
+            let port = match b.port {
+                Some(p) => p,
+                None if unsupported_kind.is_some() => 0,
+                None => {
+                    doc.err(
+                        format!("{field}.port"),
+                        "port is required for a Service backend",
+                    );
+                    continue;
+                }
             };
             if b.weight.is_some_and(|w| w > 1_000_000) {
                 doc.err(format!("{field}.weight"), "weight must be 0-1000000");
@@ -101,14 +102,26 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
                 port,
                 weight: b.weight.unwrap_or(1),
                 filters: backend_filters,
+                unsupported_kind,
             });
         }
         let timeouts = timeouts(doc, &format!("{at}.timeouts"), rule.timeouts.as_ref());
+        let retry = rule
+            .retry
+            .as_ref()
+            .and_then(|r| retry(doc, &format!("{at}.retry"), r));
+        if rule.session_persistence.is_some() {
+            doc.err(
+                format!("{at}.sessionPersistence"),
+                "session persistence is not supported yet",
+            );
+        }
         rules.push(model::RouteRule {
             matches,
             filters: rule_filters,
             backends,
             timeouts,
+            retry,
         });
     }
     if r.spec.rules.is_empty() {
@@ -119,10 +132,12 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             filters: Vec::new(),
             backends: Vec::new(),
             timeouts: model::Timeouts::default(),
+            retry: None,
         });
     }
     (doc.errors.len() == before).then(|| model::HttpRoute {
         id: model::ObjectRef::new(namespace, &r.metadata.name),
+        generation: r.metadata.generation,
         created,
         parents,
         hostnames,
@@ -208,12 +223,16 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
             );
             continue;
         };
-        if headers.iter().any(|x| x.name == name) {
-            // The API server rejects duplicates (list-map key `name`); names are case-insensitive.
+        if m.headers[..i].iter().any(|x| x.name == h.name) {
+            // The API server rejects exact duplicates (list-map key `name`).
             doc.err(
                 format!("{field}.name"),
                 format!("duplicate header match {:?}", h.name),
             );
+            continue;
+        }
+        if headers.iter().any(|x| x.name == name) {
+            // Equivalent up to case: the spec says only the first counts.
             continue;
         }
         if let Some(value) = string_match(doc, &field, h) {
@@ -280,395 +299,6 @@ fn pattern(doc: &mut Doc<'_>, field: &str, source: &str) -> Option<model::Patter
     }
 }
 
-/// What filter conversion needs to know about the rule.
-#[derive(Clone, Copy)]
-struct FilterContext<'a> {
-    /// The route's namespace, the default for backend references.
-    namespace: &'a str,
-    /// The rule has exactly one match and it is a PathPrefix, which
-    /// `ReplacePrefixMatch` requires.
-    single_prefix_match: bool,
-}
-
-/// Converts rule-level (`rule_level`) or backendRef-level filters.
-fn filters(
-    doc: &mut Doc<'_>,
-    at: &str,
-    raw: &[wire::HttpRouteFilter],
-    ctx: FilterContext<'_>,
-    rule_level: bool,
-) -> Vec<model::Filter> {
-    let single_prefix_match = ctx.single_prefix_match;
-    let mut out = Vec::new();
-    let mut seen: Vec<&str> = Vec::new();
-    for (i, f) in raw.iter().enumerate() {
-        let field = format!("{at}[{i}]");
-        let ty = f.kind.as_str();
-        // The CRD allows each of these at most once per list.
-        if matches!(
-            ty,
-            "RequestHeaderModifier" | "ResponseHeaderModifier" | "RequestRedirect" | "URLRewrite"
-        ) {
-            if seen.contains(&ty) {
-                doc.err(
-                    format!("{field}.type"),
-                    format!("filter {ty} may appear only once"),
-                );
-                continue;
-            }
-            seen.push(ty);
-        }
-        let set = [
-            ("requestHeaderModifier", f.request_header_modifier.is_some()),
-            (
-                "responseHeaderModifier",
-                f.response_header_modifier.is_some(),
-            ),
-            ("requestRedirect", f.request_redirect.is_some()),
-            ("urlRewrite", f.url_rewrite.is_some()),
-            ("requestMirror", f.request_mirror.is_some()),
-        ];
-        let expected = match ty {
-            "RequestHeaderModifier" => Some("requestHeaderModifier"),
-            "ResponseHeaderModifier" => Some("responseHeaderModifier"),
-            "RequestRedirect" => Some("requestRedirect"),
-            "URLRewrite" => Some("urlRewrite"),
-            "RequestMirror" => Some("requestMirror"),
-            _ => None,
-        };
-        if let Some((other, _)) = set
-            .iter()
-            .find(|(name, present)| *present && Some(*name) != expected)
-        {
-            doc.err(
-                format!("{field}.{other}"),
-                format!("must not be set for filter type {ty}"),
-            );
-            continue;
-        }
-        let converted = match ty {
-            "RequestHeaderModifier" => f
-                .request_header_modifier
-                .as_ref()
-                .map(|m| header_modifier(doc, &format!("{field}.requestHeaderModifier"), m))
-                .map(model::Filter::RequestHeaders),
-            "ResponseHeaderModifier" => f
-                .response_header_modifier
-                .as_ref()
-                .map(|m| header_modifier(doc, &format!("{field}.responseHeaderModifier"), m))
-                .map(model::Filter::ResponseHeaders),
-            "RequestRedirect" | "URLRewrite" | "RequestMirror" if !rule_level => {
-                // Support at backendRef level is implementation-specific in the spec.
-                doc.err(
-                    format!("{field}.type"),
-                    format!("filter {ty} is not supported on a backendRef (use it on the rule)"),
-                );
-                continue;
-            }
-            "RequestRedirect" => f.request_redirect.as_ref().and_then(|r| {
-                redirect(
-                    doc,
-                    &format!("{field}.requestRedirect"),
-                    r,
-                    single_prefix_match,
-                )
-                .map(model::Filter::Redirect)
-            }),
-            "URLRewrite" => f.url_rewrite.as_ref().and_then(|r| {
-                rewrite(doc, &format!("{field}.urlRewrite"), r, single_prefix_match)
-                    .map(model::Filter::Rewrite)
-            }),
-            "RequestMirror" => f
-                .request_mirror
-                .as_ref()
-                .and_then(|m| mirror(doc, &format!("{field}.requestMirror"), m, ctx.namespace))
-                .map(model::Filter::Mirror),
-            "CORS" | "ExternalAuth" | "ExtensionRef" => {
-                doc.err(
-                    format!("{field}.type"),
-                    format!("filter {ty} is not supported yet"),
-                );
-                continue;
-            }
-            other => {
-                doc.err(
-                    format!("{field}.type"),
-                    format!(
-                        "unknown filter type {other:?} (supported: RequestHeaderModifier, \
-                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror)"
-                    ),
-                );
-                continue;
-            }
-        };
-        match converted {
-            Some(c) => out.push(c),
-            None if expected.is_some_and(|e| !set.iter().any(|(n, p)| *n == e && *p)) => doc.err(
-                format!("{field}.{}", expected.unwrap_or_default()),
-                format!("required for filter type {ty}"),
-            ),
-            None => {}
-        }
-    }
-    if seen.contains(&"RequestRedirect") && seen.contains(&"URLRewrite") {
-        doc.err(
-            at,
-            "may specify either a RequestRedirect or a URLRewrite filter, but not both",
-        );
-    }
-    out
-}
-
-fn mirror(
-    doc: &mut Doc<'_>,
-    at: &str,
-    m: &wire::HttpRequestMirrorFilter,
-    namespace: &str,
-) -> Option<model::Mirror> {
-    let before = doc.errors.len();
-    let b = &m.backend_ref;
-    let group = b.group.as_deref().unwrap_or("");
-    let kind = b.kind.as_deref().unwrap_or("Service");
-    if !group.is_empty() || kind != "Service" {
-        doc.err(
-            format!("{at}.backendRef.kind"),
-            format!("unsupported backend kind {group}/{kind} (supported: core Service)"),
-        );
-    }
-    if b.port.is_none() {
-        doc.err(
-            format!("{at}.backendRef.port"),
-            "port is required for a Service backend",
-        );
-    }
-    let (numerator, denominator) = match (m.percent, &m.fraction) {
-        (Some(_), Some(_)) => {
-            doc.err(at, "only one of percent or fraction may be specified");
-            (0, 1)
-        }
-        (Some(p), None) if p > 100 => {
-            doc.err(format!("{at}.percent"), "must be 0-100");
-            (0, 1)
-        }
-        (Some(p), None) => (p, 100),
-        (None, Some(f)) => {
-            let d = f.denominator.unwrap_or(100);
-            if d == 0 || f.numerator > d {
-                doc.err(
-                    format!("{at}.fraction"),
-                    "denominator must be at least 1 and not below numerator",
-                );
-            }
-            (f.numerator, d.max(1))
-        }
-        (None, None) => (1, 1),
-    };
-    (doc.errors.len() == before).then(|| model::Mirror {
-        service: model::ObjectRef::new(b.namespace.as_deref().unwrap_or(namespace), &b.name),
-        port: b.port.unwrap_or_default(),
-        numerator,
-        denominator,
-    })
-}
-
-fn header_modifier(
-    doc: &mut Doc<'_>,
-    at: &str,
-    m: &wire::HttpHeaderFilter,
-) -> model::HeaderModifier {
-    let mut out = model::HeaderModifier::default();
-    let pairs = |doc: &mut Doc<'_>, list: &str, items: &[wire::HttpHeader]| {
-        let mut v: Vec<(HeaderName, HeaderValue)> = Vec::new();
-        for (i, h) in items.iter().enumerate() {
-            let field = format!("{at}.{list}[{i}]");
-            let Ok(name) = HeaderName::from_bytes(h.name.as_bytes()) else {
-                doc.err(
-                    format!("{field}.name"),
-                    format!("invalid header name {:?}", h.name),
-                );
-                continue;
-            };
-            let Ok(value) = HeaderValue::from_str(&h.value) else {
-                doc.err(
-                    format!("{field}.value"),
-                    format!("invalid header value {:?}", h.value),
-                );
-                continue;
-            };
-            if v.iter().any(|(n, _)| *n == name) {
-                doc.err(
-                    format!("{field}.name"),
-                    format!("duplicate header {:?}", h.name),
-                );
-                continue;
-            }
-            v.push((name, value));
-        }
-        v
-    };
-    out.set = pairs(doc, "set", &m.set);
-    out.add = pairs(doc, "add", &m.add);
-    for (i, r) in m.remove.iter().enumerate() {
-        match HeaderName::from_bytes(r.as_bytes()) {
-            Ok(n) if !out.remove.contains(&n) => out.remove.push(n),
-            Ok(_) => doc.err(
-                format!("{at}.remove[{i}]"),
-                format!("duplicate header {r:?}"),
-            ),
-            Err(_) => doc.err(
-                format!("{at}.remove[{i}]"),
-                format!("invalid header name {r:?}"),
-            ),
-        }
-    }
-    out
-}
-
-fn path_modifier(
-    doc: &mut Doc<'_>,
-    at: &str,
-    p: &wire::HttpPathModifier,
-    single_prefix_match: bool,
-    filter: &str,
-) -> Option<model::PathModifier> {
-    let (value, modifier): (Option<&String>, fn(String) -> model::PathModifier) = match p
-        .kind
-        .as_str()
-    {
-        "ReplaceFullPath" => (
-            p.replace_full_path.as_ref(),
-            model::PathModifier::ReplaceFullPath,
-        ),
-        "ReplacePrefixMatch" => {
-            if !single_prefix_match {
-                doc.err(
-                    format!("{at}.type"),
-                    format!(
-                        "when using {filter} with path.replacePrefixMatch, exactly one PathPrefix \
-                         match must be specified"
-                    ),
-                );
-                return None;
-            }
-            (
-                p.replace_prefix_match.as_ref(),
-                model::PathModifier::ReplacePrefixMatch,
-            )
-        }
-        other => {
-            doc.err(
-                format!("{at}.type"),
-                format!("unsupported path modifier {other:?} (supported: ReplaceFullPath, ReplacePrefixMatch)"),
-            );
-            return None;
-        }
-    };
-    let field = if p.kind == "ReplaceFullPath" {
-        "replaceFullPath"
-    } else {
-        "replacePrefixMatch"
-    };
-    let Some(value) = value else {
-        doc.err(
-            format!("{at}.{field}"),
-            format!("required for type {}", p.kind),
-        );
-        return None;
-    };
-    if !value.starts_with('/') || value.contains(['?', '#']) {
-        doc.err(
-            format!("{at}.{field}"),
-            format!("must be an absolute path without query or fragment: {value:?}"),
-        );
-        return None;
-    }
-    Some(modifier(value.clone()))
-}
-
-fn redirect(
-    doc: &mut Doc<'_>,
-    at: &str,
-    r: &wire::HttpRequestRedirectFilter,
-    single_prefix_match: bool,
-) -> Option<model::Redirect> {
-    let before = doc.errors.len();
-    let scheme = match r.scheme.as_deref() {
-        None => None,
-        Some(s @ ("http" | "https")) => Some(s.to_owned()),
-        Some(other) => {
-            doc.err(
-                format!("{at}.scheme"),
-                format!("unsupported scheme {other:?} (supported: http, https)"),
-            );
-            None
-        }
-    };
-    let hostname = r
-        .hostname
-        .as_ref()
-        .and_then(|h| exact_hostname(doc, &format!("{at}.hostname"), h));
-    let path = r.path.as_ref().and_then(|p| {
-        path_modifier(
-            doc,
-            &format!("{at}.path"),
-            p,
-            single_prefix_match,
-            "RequestRedirect",
-        )
-    });
-    if r.port == Some(0) {
-        doc.err(format!("{at}.port"), "port must be 1-65535");
-    }
-    let status = r.status_code.unwrap_or(302);
-    if ![301, 302, 303, 307, 308].contains(&status) {
-        doc.err(
-            format!("{at}.statusCode"),
-            format!("unsupported status code {status} (supported: 301, 302, 303, 307, 308)"),
-        );
-    }
-    (doc.errors.len() == before).then_some(model::Redirect {
-        scheme,
-        hostname,
-        path,
-        port: r.port,
-        status,
-    })
-}
-
-fn rewrite(
-    doc: &mut Doc<'_>,
-    at: &str,
-    r: &wire::HttpUrlRewriteFilter,
-    single_prefix_match: bool,
-) -> Option<model::Rewrite> {
-    let before = doc.errors.len();
-    let hostname = r
-        .hostname
-        .as_ref()
-        .and_then(|h| exact_hostname(doc, &format!("{at}.hostname"), h));
-    let path = r.path.as_ref().and_then(|p| {
-        path_modifier(
-            doc,
-            &format!("{at}.path"),
-            p,
-            single_prefix_match,
-            "URLRewrite",
-        )
-    });
-    (doc.errors.len() == before).then_some(model::Rewrite { hostname, path })
-}
-
-/// A `PreciseHostname`: no wildcard.
-fn exact_hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<String> {
-    match hostname(doc, field, raw)? {
-        model::Hostname::Exact(h) => Some(h),
-        model::Hostname::Wildcard(_) => {
-            doc.err(field, format!("a wildcard is not allowed here: {raw:?}"));
-            None
-        }
-    }
-}
-
 fn timeouts(doc: &mut Doc<'_>, at: &str, t: Option<&wire::HttpRouteTimeouts>) -> model::Timeouts {
     let Some(t) = t else {
         return model::Timeouts::default();
@@ -704,102 +334,40 @@ fn timeouts(doc: &mut Doc<'_>, at: &str, t: Option<&wire::HttpRouteTimeouts>) ->
     }
 }
 
-/// A Gateway API `Duration`: 1-4 groups of up to 5 digits with unit h, m, s or ms.
-pub(super) fn parse_duration(raw: &str) -> Option<Duration> {
-    let mut rest = raw;
-    let mut total = Duration::ZERO;
-    let mut groups = 0;
-    while !rest.is_empty() {
-        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 || digits > 5 {
-            return None;
+fn retry(doc: &mut Doc<'_>, at: &str, r: &wire::HttpRouteRetry) -> Option<model::Retry> {
+    let before = doc.errors.len();
+    for (i, c) in r.codes.iter().enumerate() {
+        if !(400..=599).contains(c) {
+            doc.err(
+                format!("{at}.codes[{i}]"),
+                format!("must be 400-599, got {c}"),
+            );
         }
-        let n: u64 = rest[..digits].parse().ok()?;
-        rest = &rest[digits..];
-        let (unit, len) = if rest.starts_with("ms") {
-            (Duration::from_millis(1), 2)
-        } else if rest.starts_with('h') {
-            (Duration::from_secs(3600), 1)
-        } else if rest.starts_with('m') {
-            (Duration::from_secs(60), 1)
-        } else if rest.starts_with('s') {
-            (Duration::from_secs(1), 1)
-        } else {
-            return None;
-        };
-        rest = &rest[len..];
-        total += unit * u32::try_from(n).ok()?;
-        groups += 1;
     }
-    (1..=4).contains(&groups).then_some(total)
-}
-
-/// An RFC 3339 timestamp (`2024-05-01T10:00:00Z`, optional fraction, `Z` or
-/// `±hh:mm`) as (Unix seconds, nanoseconds).
-pub(super) fn parse_timestamp(raw: &str) -> Option<(i64, u32)> {
-    let b = raw.as_bytes();
-    if b.len() < 20
-        || b[4] != b'-'
-        || b[7] != b'-'
-        || !matches!(b[10], b'T' | b't')
-        || b[13] != b':'
-        || b[16] != b':'
-    {
-        return None;
+    if r.attempts == Some(0) {
+        doc.err(format!("{at}.attempts"), "must be at least 1");
     }
-    let num = |s: &str| -> Option<i64> {
-        s.bytes()
-            .all(|c| c.is_ascii_digit())
-            .then(|| s.parse().ok())
-            .flatten()
+    let backoff = match &r.backoff {
+        None => model::Retry::DEFAULT_BACKOFF,
+        Some(raw) => parse_duration(raw).unwrap_or_else(|| {
+            doc.err(
+                format!("{at}.backoff"),
+                format!("invalid duration {raw:?} (expected e.g. 100ms, 1s)"),
+            );
+            model::Retry::DEFAULT_BACKOFF
+        }),
     };
-    let (year, month, day) = (num(&raw[0..4])?, num(&raw[5..7])?, num(&raw[8..10])?);
-    let (hour, min, sec) = (num(&raw[11..13])?, num(&raw[14..16])?, num(&raw[17..19])?);
-    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || min > 59 || sec > 60 {
-        return None;
-    }
-    let mut rest = &raw[19..];
-    let mut nanos = 0u32;
-    if let Some(frac) = rest.strip_prefix('.') {
-        let digits = frac.bytes().take_while(u8::is_ascii_digit).count();
-        if digits == 0 {
-            return None;
-        }
-        let mut s = frac[..digits.min(9)].to_owned();
-        while s.len() < 9 {
-            s.push('0');
-        }
-        nanos = s.parse().ok()?;
-        rest = &frac[digits..];
-    }
-    let offset = match rest {
-        "Z" | "z" => 0,
-        _ if rest.len() == 6 && matches!(&rest[3..4], ":") => {
-            let sign = match &rest[0..1] {
-                "+" => 1,
-                "-" => -1,
-                _ => return None,
-            };
-            sign * (num(&rest[1..3])? * 3600 + num(&rest[4..6])? * 60)
-        }
-        _ => return None,
-    };
-    // Days from the civil date (proleptic Gregorian), after H. Hinnant's algorithm.
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    Some((days * 86_400 + hour * 3600 + min * 60 + sec - offset, nanos))
+    (doc.errors.len() == before).then(|| model::Retry {
+        codes: r.codes.clone(),
+        attempts: r.attempts.unwrap_or(model::Retry::DEFAULT_ATTEMPTS),
+        backoff,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use std::{path::Path, time::Duration};
 
-    use super::{parse_duration, parse_timestamp};
     use crate::config::{
         parse_documents, AllowedRoutes, ConfigError, Filter, LabelOperator, PathMatch,
         PathModifier, StringMatch,
@@ -894,7 +462,7 @@ mod tests {
         ));
         assert!(e.contains("exactly one PathPrefix match"), "{e}");
         let e = errors(&route(
-            r#"  - matches: [{method: FETCH, headers: [{name: a, value: "1"}, {name: A, value: "2"}]}]
+            r#"  - matches: [{method: FETCH, headers: [{name: a, value: "1"}, {name: a, value: "2"}]}]
     timeouts: {request: 1s, backendRequest: 2s}
 "#,
         ));
@@ -909,10 +477,10 @@ mod tests {
     #[test]
     fn unimplemented_filters_are_named() {
         let e = errors(&route(
-            "  - filters: [{type: CORS, cors: {allowOrigins: [\"*\"]}}]\n",
+            "  - filters: [{type: ExtensionRef, extensionRef: {group: x, kind: y, name: z}}]\n",
         ));
         assert!(
-            e.contains("spec.rules[0].filters[0].type: filter CORS is not supported yet"),
+            e.contains("spec.rules[0].filters[0].type: filter ExtensionRef is not supported yet"),
             "{e}"
         );
         let e = errors(&route(
@@ -921,9 +489,74 @@ mod tests {
         ));
         assert!(e.contains("only one of percent or fraction"), "{e}");
         let e = errors(&route(
-            "  - backendRefs: [{name: s, port: 80, filters: [{type: RequestRedirect, requestRedirect: {}}]}]\n",
+            "  - backendRefs: [{name: s, port: 80, filters: [{type: CORS, cors: {}}]}]\n",
         ));
         assert!(e.contains("not supported on a backendRef"), "{e}");
+        let e = errors(&route("  - sessionPersistence: {type: Cookie}\n"));
+        assert!(
+            e.contains(
+                "spec.rules[0].sessionPersistence: session persistence is not supported yet"
+            ),
+            "{e}"
+        );
+        let e = errors(&route(
+            "  - retry: {attempts: 0, codes: [200], backoff: soon}\n",
+        ));
+        assert!(e.contains("retry.codes[0]: must be 400-599"), "{e}");
+        assert!(e.contains("retry.attempts: must be at least 1"), "{e}");
+        assert!(e.contains("retry.backoff: invalid duration"), "{e}");
+    }
+
+    #[test]
+    fn cors_filter_is_converted_and_checked() {
+        let text = route(
+            r#"  - filters:
+    - type: CORS
+      cors:
+        allowOrigins: ["https://www.foo.com", "https://*.bar.com", "http://x.io:8080", "*"]
+        allowMethods: [GET, "*"]
+        allowHeaders: [x-a]
+        allowCredentials: true
+"#,
+        );
+        let c = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let Filter::Cors(cors) = &c.routes[0].rules[0].filters[0] else {
+            panic!("CORS filter expected")
+        };
+        assert_eq!(cors.max_age, 5);
+        assert!(cors.allow_credentials);
+        assert_eq!(cors.allow_origins.len(), 4);
+        assert_eq!(
+            super::super::filter::origin_pattern("https://*.bar.com"),
+            Some(crate::config::OriginPattern::Origin {
+                scheme: "https".into(),
+                host: "*.bar.com".into(),
+                host_suffix: Some(".bar.com".into()),
+                port: 443,
+            })
+        );
+        let e = errors(
+            &text
+                .replace("http://x.io:8080", "ftp://x.io")
+                .replace("[GET,", "[FETCH,"),
+        );
+        assert!(e.contains("cors.allowOrigins[2]: not an origin"), "{e}");
+        assert!(
+            e.contains("cors.allowMethods[0]: unsupported method"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn header_names_equal_up_to_case_keep_the_first() {
+        let text = route(
+            r#"  - matches: [{headers: [{name: Version, value: one}, {name: version, value: two}]}]
+"#,
+        );
+        let c = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let h = &c.routes[0].rules[0].matches[0].headers;
+        assert_eq!(h.len(), 1);
+        assert_eq!(h[0].value, StringMatch::Exact("one".into()));
     }
 
     #[test]
@@ -986,36 +619,5 @@ spec:
             e.contains("matchExpressions[0].operator: unsupported operator"),
             "{e}"
         );
-    }
-
-    #[test]
-    fn durations() {
-        assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("1.5s"), None);
-        assert_eq!(parse_duration("123456s"), None);
-        assert_eq!(parse_duration("1s1s1s1s1s"), None);
-    }
-
-    #[test]
-    fn timestamps() {
-        assert_eq!(parse_timestamp("1970-01-01T00:00:00Z"), Some((0, 0)));
-        assert_eq!(
-            parse_timestamp("2024-03-01T00:00:00Z"),
-            Some((1_709_251_200, 0))
-        );
-        assert_eq!(
-            parse_timestamp("2024-03-01T01:00:00+01:00"),
-            Some((1_709_251_200, 0))
-        );
-        assert_eq!(
-            parse_timestamp("2024-03-01T00:00:00.5Z"),
-            Some((1_709_251_200, 500_000_000))
-        );
-        assert_eq!(parse_timestamp("2024-13-01T00:00:00Z"), None);
-        assert_eq!(parse_timestamp("yesterday"), None);
     }
 }

@@ -296,12 +296,28 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
                 model::AllowedRoutes::Same
             }
         };
+        let kinds = l
+            .allowed_routes
+            .as_ref()
+            .map(|a| a.kinds.as_slice())
+            .unwrap_or_default();
+        let is_http_route = |k: &&wire::RouteGroupKind| {
+            k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        };
+        let allows_http_routes = kinds.is_empty() || kinds.iter().any(|k| is_http_route(&k));
+        let invalid_route_kinds = kinds
+            .iter()
+            .filter(|k| !is_http_route(k))
+            .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GATEWAY_GROUP), k.kind))
+            .collect();
         listeners.push(model::Listener {
             name: l.name.clone(),
             port: l.port,
             protocol,
             hostname,
             allowed_routes,
+            allows_http_routes,
+            invalid_route_kinds,
         });
     }
     let ann = &g.metadata.annotations;
@@ -342,6 +358,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
     });
     (doc.errors.len() == before).then(|| model::Gateway {
         id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
+        generation: g.metadata.generation,
         class_name: g.spec.gateway_class_name,
         addresses,
         listeners,

@@ -68,15 +68,19 @@ impl DirWatcher {
         })
     }
 
-    /// Waits for a change and then for `quiet` without further changes.
-    /// `false` when the watch has ended.
+    /// Waits for a change and then for `quiet` without further changes, but
+    /// no longer than ten times `quiet` in all, so a directory that never
+    /// stops changing is still reloaded. `false` when the watch has ended.
     pub async fn changed(&mut self, quiet: Duration) -> bool {
         if self.rx.recv().await.is_none() {
             return false;
         }
+        let give_up = tokio::time::Instant::now() + quiet * 10;
         loop {
-            match tokio::time::timeout(quiet, self.rx.recv()).await {
-                Ok(Some(())) => continue,
+            let until = (tokio::time::Instant::now() + quiet).min(give_up);
+            match tokio::time::timeout_at(until, self.rx.recv()).await {
+                Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
+                Ok(Some(())) => return true,
                 Ok(None) => return false,
                 Err(_) => return true,
             }
@@ -87,6 +91,47 @@ impl DirWatcher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A watcher fed by hand.
+    fn fake() -> (mpsc::Sender<()>, DirWatcher) {
+        let (tx, rx) = mpsc::channel(1);
+        let watcher = notify::recommended_watcher(|_: notify::Result<notify::Event>| {}).unwrap();
+        (
+            tx,
+            DirWatcher {
+                _watcher: watcher,
+                rx,
+            },
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn debounce_waits_for_quiet_but_not_forever() {
+        let quiet = Duration::from_millis(100);
+        let (tx, mut w) = fake();
+        tx.send(()).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(w.changed(quiet).await);
+        assert_eq!(start.elapsed(), quiet, "returns after one quiet period");
+
+        // A change every 50 ms never leaves 100 ms of quiet: the cap ends the wait.
+        let feeder = tokio::spawn(async move {
+            loop {
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        let start = tokio::time::Instant::now();
+        assert!(w.changed(quiet).await);
+        assert!(
+            start.elapsed() <= quiet * 10 + Duration::from_millis(50),
+            "{:?}",
+            start.elapsed()
+        );
+        feeder.abort();
+    }
 
     #[test]
     fn reads_do_not_count_as_changes() {

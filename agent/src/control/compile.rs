@@ -2,7 +2,7 @@
 //! eBPF maps). Pure: the same input gives the same output, so both halves can
 //! be tested without sockets or a kernel.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -17,11 +17,14 @@ use crate::{
     kernel::{KernelDesired, SourceRule},
     snapshot::{
         Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, RouteEntry, RouteTable,
-        RuleAction, Shard, ShardId, Snapshot,
+        RuleAction, Shard, ShardId, Snapshot, Unresolved,
     },
 };
 
-use super::refgrant::{Kind, ReferenceGrants};
+use super::{
+    refgrant::{Kind, ReferenceGrants},
+    status::Status,
+};
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -71,6 +74,8 @@ pub struct Compiled {
     /// Things that are not config errors but that an operator should see
     /// (Gateways of other classes, conflicting listeners, HTTPS not served yet...).
     pub warnings: Vec<String>,
+    /// Gateway API status conditions of what this agent is responsible for.
+    pub status: Status,
 }
 
 pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled {
@@ -149,10 +154,23 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         shards.push(shard);
     }
     shards.sort_by_key(|s| s.id);
+    let served: HashSet<&ObjectRef> = shards
+        .iter()
+        .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| &g.id))
+        .collect();
+    let status = super::status::compute(
+        config,
+        CONTROLLER_NAME,
+        &ours,
+        &served,
+        &resolver,
+        &namespaces,
+    );
     Compiled {
         snapshot: Snapshot { generation, shards },
         kernel,
         warnings,
+        status,
     }
 }
 
@@ -183,6 +201,7 @@ fn listener_routes(
                 filters: rule.filters.clone(),
                 backends: resolver.group(&route.id, rule),
                 timeouts: rule.timeouts,
+                retry: rule.retry.clone(),
                 mirrors: resolver.mirrors(&route.id, rule),
             });
             for (mi, m) in rule.matches.iter().enumerate() {
@@ -205,18 +224,21 @@ fn listener_routes(
     RouteTable::build(entries)
 }
 
-fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
+pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
     p.gateway == gateway.id
         && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
         && p.port.is_none_or(|port| port == listener.port)
 }
 
-fn namespace_allowed(
+pub(super) fn namespace_allowed(
     listener: &Listener,
     gateway: &Gateway,
     route: &HttpRoute,
     namespaces: &NamespaceLabels,
 ) -> bool {
+    if !listener.allows_http_routes {
+        return false;
+    }
     match &listener.allowed_routes {
         AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
         AllowedRoutes::All => true,
@@ -226,7 +248,7 @@ fn namespace_allowed(
 
 /// Labels of the Namespaces in the config. A namespace that is not declared
 /// still has the label Kubernetes gives every namespace (its name).
-struct NamespaceLabels<'a> {
+pub(super) struct NamespaceLabels<'a> {
     declared: HashMap<&'a str, &'a BTreeMap<String, String>>,
 }
 
@@ -252,7 +274,10 @@ impl<'a> NamespaceLabels<'a> {
 /// Hostnames under which a route is reachable through a listener: `[None]`
 /// (any host the listener takes) when neither names one, the intersection
 /// otherwise; empty when they do not intersect (the route does not attach).
-fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<Option<Hostname>> {
+pub(super) fn effective_hostnames(
+    listener: Option<&Hostname>,
+    route: &[Hostname],
+) -> Vec<Option<Hostname>> {
     match (listener, route.is_empty()) {
         (None, true) => vec![None],
         (Some(l), true) => vec![Some(l.clone())],
@@ -271,7 +296,7 @@ fn effective_hostnames(listener: Option<&Hostname>, route: &[Hostname]) -> Vec<O
 }
 
 /// Resolves backendRefs to endpoints through Services and EndpointSlices.
-struct BackendResolver<'a> {
+pub(super) struct BackendResolver<'a> {
     services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
     slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
     grants: ReferenceGrants<'a>,
@@ -296,7 +321,12 @@ impl<'a> BackendResolver<'a> {
             rule.backends
                 .iter()
                 .map(|b| {
-                    let target = self.target(route, &b.service, b.port);
+                    let target = self.target_of_kind(
+                        route,
+                        b.unsupported_kind.as_deref(),
+                        &b.service,
+                        b.port,
+                    );
                     let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend
@@ -321,23 +351,64 @@ impl<'a> BackendResolver<'a> {
     }
 
     fn target(&self, route: &ObjectRef, service: &ObjectRef, port: u16) -> BackendTarget {
+        self.target_of_kind(route, None, service, port)
+    }
+
+    /// Checks a reference the way `ResolvedRefs` reports it: the kind, then
+    /// the ReferenceGrant, then the Service and its port.
+    pub(super) fn check(
+        &self,
+        route: &ObjectRef,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
+        if let Some(kind) = unsupported_kind {
+            return Err(Unresolved {
+                reason: "InvalidKind",
+                message: format!(
+                    "backend {service}: unsupported kind {kind} (supported: core Service)"
+                ),
+            });
+        }
         if !self
             .grants
             .allows(Kind::HTTP_ROUTE, &route.namespace, Kind::SERVICE, service)
         {
-            return BackendTarget::Invalid(format!(
-                "backend {service}: cross-namespace reference not permitted by any ReferenceGrant \
-                 in namespace {}",
-                service.namespace
-            ));
+            return Err(Unresolved {
+                reason: "RefNotPermitted",
+                message: format!(
+                    "backend {service}: cross-namespace reference not permitted by any \
+                     ReferenceGrant in namespace {}",
+                    service.namespace
+                ),
+            });
         }
-        let Some(svc) = self.services.get(service) else {
-            return BackendTarget::Invalid(format!("backend {service}: Service not found"));
+        let Some(svc) = self.services.get(service).copied() else {
+            return Err(Unresolved {
+                reason: "BackendNotFound",
+                message: format!("backend {service}: Service not found"),
+            });
         };
         let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
-            return BackendTarget::Invalid(format!(
-                "backend {service}: Service has no port {port}"
-            ));
+            return Err(Unresolved {
+                reason: "BackendNotFound",
+                message: format!("backend {service}: Service has no port {port}"),
+            });
+        };
+        Ok((svc, sp))
+    }
+
+    fn target_of_kind(
+        &self,
+        route: &ObjectRef,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> BackendTarget {
+        let (_, sp) = match self.check(route, unsupported_kind, service, port) {
+            Ok(x) => x,
+            Err(u) => return BackendTarget::Invalid(u),
         };
         let mut endpoints = Vec::new();
         for slice in self.slices.get(service).into_iter().flatten() {
@@ -512,7 +583,7 @@ ports: [{name: http, port: 9000}]
             BackendTarget::Endpoints(eps) => assert_eq!(eps, &["127.0.0.1:9000".parse().unwrap()]),
             t => panic!("{t:?}"),
         }
-        assert!(matches!(&b[1].target, BackendTarget::Invalid(m) if m.contains("not found")));
+        assert!(matches!(&b[1].target, BackendTarget::Invalid(u) if u.reason == "BackendNotFound"));
     }
 
     #[test]
@@ -620,7 +691,7 @@ spec:
     fn cross_namespace_backend_needs_a_reference_grant() {
         let (_, e) = first_entry(CROSS);
         assert!(
-            matches!(&e.action.backends.backends[0].target, BackendTarget::Invalid(m) if m.contains("ReferenceGrant"))
+            matches!(&e.action.backends.backends[0].target, BackendTarget::Invalid(u) if u.reason == "RefNotPermitted")
         );
         let (_, e) = first_entry(&format!("{CROSS}{GRANT}"));
         assert!(matches!(

@@ -2,5 +2,6 @@
 //! desired state for the eBPF maps.
 mod compile;
 pub mod refgrant;
+pub mod status;
 
 pub use compile::{compile, Compiled, ShardIds, CONTROLLER_NAME};

@@ -1,8 +1,11 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
+mod cors;
+mod deadline;
 pub mod filters;
 mod mirror;
 mod proxy;
+mod retry;
 mod server;
 
 pub use proxy::{ConnInfo, Proxy};

@@ -12,13 +12,16 @@ use hyper_util::{
 };
 
 use super::{
+    cors,
+    deadline::Deadline,
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
+    retry::Replay,
     Body,
 };
 use crate::{
-    config::{Filter, HeaderModifier},
+    config::{Filter, HeaderModifier, Redirect},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
     snapshot::{BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
@@ -136,10 +139,14 @@ impl Proxy {
         };
         let forward = self.apply_rule(target, conn, req);
         let response = match entry.action.timeouts.request {
-            Some(limit) => match tokio::time::timeout(limit, forward).await {
-                Ok(r) => r,
-                Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "request timeout"),
-            },
+            Some(limit) => {
+                let deadline = tokio::time::Instant::now() + limit;
+                match tokio::time::timeout_at(deadline, forward).await {
+                    // The body streams after this returns: it gets the rest of the budget.
+                    Ok(r) => r.map(|body| Deadline::new(body, deadline).boxed()),
+                    Err(_) => error(StatusCode::GATEWAY_TIMEOUT, "request timeout"),
+                }
+            }
             None => forward.await,
         };
         (response, shard_name, route_name)
@@ -163,28 +170,33 @@ impl Proxy {
                 response_mods.push(m);
             }
         }
+        let cors_filter = action.filters.iter().find_map(|f| match f {
+            Filter::Cors(c) => Some(c),
+            _ => None,
+        });
+        let origin = parts.headers.get(header::ORIGIN).cloned();
+        if let Some(c) = cors_filter {
+            // Preflights are the gateway's to answer; they never reach a backend.
+            if cors::is_preflight(&parts.method, &parts.headers) {
+                return cors::preflight(c, &parts.headers);
+            }
+        }
+        let finish = |mut resp: Response<Body>, mods: &[&HeaderModifier]| {
+            for m in mods {
+                filters::modify_headers(m, resp.headers_mut());
+            }
+            if let Some(c) = cors_filter {
+                cors::annotate(c, origin.as_ref(), resp.headers_mut());
+            }
+            resp
+        };
         for f in &action.filters {
             match f {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 // Applied to the response; mirrors are sent with the upstream request.
-                Filter::ResponseHeaders(_) | Filter::Mirror(_) => {}
+                Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
                 Filter::Redirect(r) => {
-                    let location = filters::redirect_location(
-                        r,
-                        RedirectContext {
-                            scheme: "http",
-                            listener_port: t.listener_port,
-                            host: t.host,
-                            path: &path,
-                            query: query.as_deref(),
-                            matched: &t.entry.matcher.path,
-                        },
-                    );
-                    let mut resp = redirect(r.status, &location);
-                    for m in &response_mods {
-                        filters::modify_headers(m, resp.headers_mut());
-                    }
-                    return resp;
+                    return finish(t.redirect(r, &path, query.as_deref()), &response_mods);
                 }
                 Filter::Rewrite(rw) => {
                     let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
@@ -195,7 +207,7 @@ impl Proxy {
                 }
             }
         }
-        let mut response = self
+        let response = self
             .forward(
                 t,
                 conn,
@@ -207,10 +219,7 @@ impl Proxy {
                 &mut response_mods,
             )
             .await;
-        for m in &response_mods {
-            filters::modify_headers(m, response.headers_mut());
-        }
-        response
+        finish(response, &response_mods)
     }
 
     #[allow(clippy::too_many_arguments)] // The pieces of one request, split by the filters.
@@ -220,7 +229,7 @@ impl Proxy {
         conn: ConnInfo,
         parts: &mut http::request::Parts,
         body: Incoming,
-        path: String,
+        mut path: String,
         query: Option<String>,
         upstream_host: Option<String>,
         response_mods: &mut Vec<&'a HeaderModifier>,
@@ -230,6 +239,24 @@ impl Proxy {
             // A rule without (non-zero-weight) backends answers 500 per Gateway API.
             return error(StatusCode::INTERNAL_SERVER_ERROR, "route has no backends");
         };
+        // backendRef filters: only when this backend is picked, after the rule's.
+        let mut upstream_host = upstream_host;
+        for f in &backend.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                Filter::ResponseHeaders(m) => response_mods.push(m),
+                Filter::Redirect(r) => return t.redirect(r, &path, query.as_deref()),
+                Filter::Rewrite(rw) => {
+                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                    path = out.path;
+                    if out.host.is_some() {
+                        upstream_host = out.host;
+                    }
+                }
+                // Rejected at backendRef level by validation.
+                Filter::Mirror(_) | Filter::Cors(_) => {}
+            }
+        }
         let endpoint = match &backend.target {
             BackendTarget::Invalid(reason) => {
                 tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
@@ -240,14 +267,6 @@ impl Proxy {
                 None => return error(StatusCode::SERVICE_UNAVAILABLE, "no ready endpoints"),
             },
         };
-        for f in &backend.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                Filter::ResponseHeaders(m) => response_mods.push(m),
-                // Rejected at backendRef level by validation.
-                Filter::Redirect(_) | Filter::Rewrite(_) | Filter::Mirror(_) => {}
-            }
-        }
         let path_and_query = match &query {
             Some(q) => format!("{path}?{q}"),
             None => path,
@@ -261,29 +280,70 @@ impl Proxy {
                 Err(e) => return error(StatusCode::BAD_REQUEST, &e),
             };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
-        let request = self.client.request(upstream);
-        let result = match action.timeouts.backend_request {
-            Some(limit) => match tokio::time::timeout(limit, request).await {
-                Ok(r) => r,
-                Err(_) => return error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
-            },
-            None => request.await,
+        let (mut request, replay) = match &action.retry {
+            Some(_) => {
+                let (r, replay) = Replay::record(upstream);
+                (r, Some(replay))
+            }
+            None => (upstream, None),
         };
-        match result {
-            Ok(resp) => {
-                let (mut parts, body) = resp.into_parts();
-                strip_hop_by_hop(&mut parts.headers);
-                Response::from_parts(parts, body.map_err(Into::into).boxed())
-            }
-            Err(e) => {
-                tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
-                let status = if e.is_connect() {
-                    StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    StatusCode::BAD_GATEWAY
+        let mut endpoint = endpoint;
+        let mut retries = 0;
+        loop {
+            // backendRequest covers one attempt until its full response is in.
+            let deadline = action
+                .timeouts
+                .backend_request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            let sent = self.client.request(request);
+            let outcome = match deadline {
+                Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
+                let retriable = match &outcome {
+                    None => true,
+                    Some(Err(e)) => e.is_connect(),
+                    Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
                 };
-                error(status, "upstream unavailable")
+                if retriable && retries < policy.attempts {
+                    // Another endpoint of the same backend, if it has several.
+                    let next = backend
+                        .endpoint()
+                        .and_then(|ep| replay.again(&ep.to_string()).map(|r| (ep, r)));
+                    if let Some((ep, again)) = next {
+                        drop(outcome);
+                        tokio::time::sleep(policy.backoff).await;
+                        tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
+                        retries += 1;
+                        endpoint = ep;
+                        request = again;
+                        continue;
+                    }
+                }
             }
+            return match outcome {
+                None => error(StatusCode::GATEWAY_TIMEOUT, "backend request timeout"),
+                Some(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = body.map_err(Into::into).boxed();
+                    let body = match deadline {
+                        Some(at) => Deadline::new(body, at).boxed(),
+                        None => body,
+                    };
+                    Response::from_parts(parts, body)
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
+                    let status = if e.is_connect() {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    } else {
+                        StatusCode::BAD_GATEWAY
+                    };
+                    error(status, "upstream unavailable")
+                }
+            };
         }
     }
 }
@@ -362,14 +422,31 @@ struct Target<'a> {
     authority: &'a str,
 }
 
-fn redirect(status: u16, location: &str) -> Response<Body> {
-    let Some(value) = filters::location_header(location) else {
-        return error(StatusCode::BAD_REQUEST, "request path cannot be redirected");
-    };
-    let mut r = Response::new(full(""));
-    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::FOUND);
-    r.headers_mut().insert(header::LOCATION, value);
-    r
+impl Target<'_> {
+    /// The response of a RequestRedirect filter for the request as it
+    /// stands after the filters before it (`path` may be rewritten).
+    fn redirect(&self, r: &Redirect, path: &str, query: Option<&str>) -> Response<Body> {
+        let location = filters::redirect_location(
+            r,
+            RedirectContext {
+                // Only HTTP listeners are served so far; HTTPS ones will
+                // pass their own scheme here.
+                scheme: "http",
+                listener_port: self.listener_port,
+                host: self.host,
+                path,
+                query,
+                matched: &self.entry.matcher.path,
+            },
+        );
+        let Some(value) = filters::location_header(&location) else {
+            return error(StatusCode::BAD_REQUEST, "request path cannot be redirected");
+        };
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() = StatusCode::from_u16(r.status).unwrap_or(StatusCode::FOUND);
+        resp.headers_mut().insert(header::LOCATION, value);
+        resp
+    }
 }
 
 fn error(status: StatusCode, message: &str) -> Response<Body> {

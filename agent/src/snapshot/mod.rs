@@ -12,7 +12,7 @@ use std::{
 
 use ipnet::IpNet;
 
-use crate::config::{Filter, Hostname, ObjectRef, RouteMatch, Timeouts};
+use crate::config::{Filter, Hostname, ObjectRef, Retry, RouteMatch, Timeouts};
 
 pub mod matching;
 
@@ -172,6 +172,7 @@ pub struct RuleAction {
     pub filters: Vec<Filter>,
     pub backends: BackendGroup,
     pub timeouts: Timeouts,
+    pub retry: Option<Retry>,
     /// Resolved targets of the rule's RequestMirror filters.
     pub mirrors: Vec<MirrorTarget>,
 }
@@ -273,8 +274,23 @@ pub struct Backend {
 pub enum BackendTarget {
     /// Ready endpoints (may be empty: 503).
     Endpoints(Vec<SocketAddr>),
-    /// The reference does not resolve; requests get a 500 with this reason.
-    Invalid(String),
+    /// The reference does not resolve; requests get a 500.
+    Invalid(Unresolved),
+}
+
+/// Why a backend reference does not resolve.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unresolved {
+    /// The Gateway API `ResolvedRefs` reason: `RefNotPermitted`,
+    /// `InvalidKind` or `BackendNotFound`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl std::fmt::Display for Unresolved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.reason, self.message)
+    }
 }
 
 impl Backend {

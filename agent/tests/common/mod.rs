@@ -24,12 +24,20 @@ use hyper_util::{
 use sluice::app::{self, App, DatapathMode, Settings};
 use tokio::net::TcpListener;
 
-/// A port that was free a moment ago (bind :0, read, drop).
+/// A port that was free a moment ago and that nothing else in this process
+/// will be handed: taken from below the kernel's ephemeral range (where the
+/// `:0` binds of backends and clients land) and never twice per process.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    // Spread concurrent test processes over the range.
+    let base = 20_000 + (std::process::id() as usize % 400) * 25;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (base + n % 10_000) as u16;
+        if StdListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// Starts an echo backend named `name` on 127.0.0.1: it answers every request
@@ -68,7 +76,69 @@ pub async fn recording_backend(name: &'static str) -> (SocketAddr, Recorded) {
     (addr, seen)
 }
 
-async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<Full<Bytes>> {
+/// A body that yields its bytes only after a delay (a backend that sends
+/// its head at once and then stalls).
+struct DelayedBody {
+    sleep: std::pin::Pin<Box<tokio::time::Sleep>>,
+    data: Option<Bytes>,
+}
+
+impl hyper::body::Body for DelayedBody {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::future::Future;
+        std::task::ready!(self.sleep.as_mut().poll(cx));
+        std::task::Poll::Ready(self.data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, std::convert::Infallible>;
+
+async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Response<EchoBody> {
+    let query_ms = |key: &str| {
+        req.uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix(key)))
+            .and_then(|v| v.parse::<u64>().ok())
+    };
+    let body_delay = query_ms("body_delay_ms=");
+    // `?fail_first=N&id=U&code=C`: the first N requests with id U get status C.
+    if let Some(n) = query_ms("fail_first=") {
+        static SEEN: Mutex<BTreeMap<String, u64>> = Mutex::new(BTreeMap::new());
+        let id = req
+            .uri()
+            .query()
+            .and_then(|q| q.split('&').find_map(|p| p.strip_prefix("id=")))
+            .unwrap_or("")
+            .to_owned();
+        let code = query_ms("code=").unwrap_or(500) as u16;
+        let seen = {
+            let mut m = SEEN.lock().unwrap();
+            let c = m.entry(id).or_default();
+            *c += 1;
+            *c
+        };
+        if seen <= n {
+            let received = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            log.lock().unwrap().push(format!(
+                "failed {code} {}",
+                String::from_utf8_lossy(&received)
+            ));
+            let mut resp = http::Response::new(Full::new(Bytes::new()).boxed());
+            *resp.status_mut() = StatusCode::from_u16(code).unwrap();
+            return resp;
+        }
+    }
     let delay = req
         .uri()
         .query()
@@ -114,7 +184,16 @@ async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Respo
         "headers": headers,
         "body": received,
     });
-    let mut resp = http::Response::new(Full::new(Bytes::from(body.to_string())));
+    let body = Bytes::from(body.to_string());
+    let body = match body_delay {
+        Some(ms) => DelayedBody {
+            sleep: Box::pin(tokio::time::sleep(Duration::from_millis(ms))),
+            data: Some(body),
+        }
+        .boxed(),
+        None => Full::new(body).boxed(),
+    };
+    let mut resp = http::Response::new(body);
     resp.headers_mut()
         .insert("content-type", "application/json".parse().unwrap());
     resp.headers_mut()
