@@ -72,6 +72,13 @@ impl Netns {
         ns
     }
 
+    /// A handle on a namespace someone else owns (not deleted on drop).
+    pub fn existing(name: &str) -> std::mem::ManuallyDrop<Self> {
+        std::mem::ManuallyDrop::new(Self {
+            name: name.to_owned(),
+        })
+    }
+
     /// `ip netns exec <ns> <program> ...`
     pub fn command(&self, program: &str) -> Command {
         let mut c = Command::new("ip");
@@ -249,5 +256,47 @@ pub fn url(addr: &str, port: u16, path: &str) -> String {
     match addr.parse::<IpAddr>() {
         Ok(IpAddr::V6(_)) => format!("http://[{addr}]:{port}{path}"),
         _ => format!("http://{addr}:{port}{path}"),
+    }
+}
+
+/// A private bpf filesystem mounted on a temporary directory, so tests never
+/// touch the host's `/sys/fs/bpf`. Unmounting frees whatever is still pinned.
+pub struct BpfFs {
+    pub path: std::path::PathBuf,
+}
+
+impl BpfFs {
+    pub fn mount(tag: &str) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("sluice-bpffs-{tag}-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&path).unwrap();
+        run(Command::new("mount").args(["-t", "bpf", "bpf"]).arg(&path));
+        Self { path }
+    }
+
+    /// Files pinned under `sluice/` (any network namespace).
+    pub fn pins(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        if let Ok(dirs) = std::fs::read_dir(self.path.join("sluice")) {
+            for d in dirs.flatten() {
+                if let Ok(files) = std::fs::read_dir(d.path()) {
+                    out.extend(
+                        files
+                            .flatten()
+                            .map(|f| f.file_name().to_string_lossy().into_owned()),
+                    );
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+}
+
+impl Drop for BpfFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.path).output();
+        let _ = std::fs::remove_dir_all(&self.path);
     }
 }

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use sluice_tests::{
-    netns::{curl_in, privileged, url, Topology},
+    netns::{curl_in, privileged, url, BpfFs, Topology},
     process::ChildGuard,
 };
 
@@ -110,29 +110,41 @@ impl Scenario {
             echo.log()
         );
 
-        let mut agent = topo.node.command(sluice_bin().to_str().unwrap());
-        agent
-            .args(["--config-dir", dir.join("config").to_str().unwrap()])
-            .args(["--datapath", datapath, "--interface", &topo.node_if])
-            .args([
-                "--admin-addr",
-                "127.0.0.1:9901",
-                "--ebpf-log-level",
-                "debug",
-            ])
-            .env("RUST_LOG", "info,sluice=debug");
-        let mut agent = ChildGuard::spawn("sluice", agent, &dir.join("agent.log")).unwrap();
-        assert!(
-            agent.wait_for_log(Duration::from_secs(20), |l| l.contains("sluice ready")),
-            "agent did not become ready:\n{}",
-            agent.log()
-        );
-        Self {
+        let mut scenario = Self {
             topo,
-            agent: Some(agent),
+            agent: None,
             _echo: echo,
             dir,
-        }
+        };
+        let agent = scenario.spawn_agent("agent", datapath, 9901, &[]);
+        scenario.agent = Some(agent);
+        scenario
+    }
+
+    /// Starts an agent in the node namespace and waits until it is ready.
+    fn spawn_agent(
+        &self,
+        name: &str,
+        datapath: &str,
+        admin_port: u16,
+        extra: &[&str],
+    ) -> ChildGuard {
+        let mut agent = self.topo.node.command(sluice_bin().to_str().unwrap());
+        agent
+            .args(["--config-dir", self.dir.join("config").to_str().unwrap()])
+            .args(["--datapath", datapath, "--interface", &self.topo.node_if])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--ebpf-log-level", "debug"])
+            .args(extra)
+            .env("RUST_LOG", "info,sluice=debug");
+        let mut agent =
+            ChildGuard::spawn(name, agent, &self.dir.join(format!("{name}.log"))).unwrap();
+        assert!(
+            agent.wait_for_log(Duration::from_secs(20), |l| l.contains("sluice ready")),
+            "{name} did not become ready:\n{}",
+            agent.log()
+        );
+        agent
     }
 
     fn agent_log(&self) -> String {
@@ -140,9 +152,13 @@ impl Scenario {
     }
 
     fn admin(&self, path: &str) -> String {
+        self.admin_on(9901, path)
+    }
+
+    fn admin_on(&self, port: u16, path: &str) -> String {
         let r = curl_in(
             &self.topo.node,
-            &format!("http://127.0.0.1:9901{path}"),
+            &format!("http://127.0.0.1:{port}{path}"),
             None,
             None,
             Duration::from_secs(5),
@@ -435,4 +451,127 @@ fn syn_budget_drops_new_connections_over_the_per_source_rate() {
         &["team-a/edge", "drop_syn_budget"],
     );
     assert!(dropped.unwrap_or(0.0) >= 1.0, "{metrics}");
+}
+
+#[test]
+fn restart_under_load_hands_over_without_failed_requests() {
+    if !privileged("restart_under_load_hands_over_without_failed_requests") {
+        return;
+    }
+    let bpffs = BpfFs::mount("restart");
+    let pin_arg = ["--bpffs", bpffs.path.to_str().unwrap()];
+    let mut s = Scenario::start("restart", &[], "ebpf");
+    // The scenario's default agent pins into its own private mount namespace;
+    // run the pair under test on the shared private bpffs instead.
+    s.stop_agent();
+    let mut old = s.spawn_agent("old", "ebpf", 9901, &pin_arg);
+    assert!(
+        bpffs.pins().contains(&"SHARD_SOCKETS".to_owned()),
+        "{:?}",
+        bpffs.pins()
+    );
+
+    // Bounded load: two clients, fresh connection per request, until told to
+    // stop (at most 2,000 requests or 60 s each).
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load: Vec<_> = (0..2)
+        .map(|_| {
+            let stop = stop.clone();
+            let client = s.topo.client.name.clone();
+            std::thread::spawn(move || {
+                let ns = sluice_tests::netns::Netns::existing(&client);
+                let deadline = std::time::Instant::now() + Duration::from_secs(60);
+                let (mut ok, mut failed) = (0u32, Vec::new());
+                for _ in 0..2000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed)
+                        || std::time::Instant::now() > deadline
+                    {
+                        break;
+                    }
+                    let r = curl_in(
+                        &ns,
+                        &url(Topology::NODE_V4, GATEWAY_PORT, "/load"),
+                        Some("echo.example.com"),
+                        None,
+                        Duration::from_secs(5),
+                    );
+                    if r.status == Some(200) {
+                        ok += 1
+                    } else {
+                        failed.push(r)
+                    }
+                }
+                (ok, failed)
+            })
+        })
+        .collect();
+
+    std::thread::sleep(Duration::from_millis(500));
+    let mut new = s.spawn_agent("new", "ebpf", 9902, &pin_arg);
+    assert!(
+        new.log().contains("mode=\"adopted\""),
+        "new agent must take over the pinned XDP link:\n{}",
+        new.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let status = old.stop(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "old agent: {status:?}\n{}",
+        old.log()
+    );
+    assert!(
+        old.log().contains("another agent owns the eBPF datapath"),
+        "{}",
+        old.log()
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+
+    let (mut ok, mut failed) = (0, Vec::new());
+    for t in load {
+        let (o, f) = t.join().unwrap();
+        ok += o;
+        failed.extend(f);
+    }
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests failed across the restart: {:?}",
+        failed.len(),
+        ok as usize + failed.len(),
+        &failed[..failed.len().min(3)]
+    );
+    assert!(
+        ok >= 20,
+        "load loop too short to prove anything: {ok} requests"
+    );
+    eprintln!("restart under load: {ok} requests, 0 failed");
+
+    // The successor serves, the datapath stayed attached through the hand-over.
+    let served = metric(
+        &s.admin_on(9902, "/metrics"),
+        "sluice_http_requests_total",
+        &["team-a/edge", "2xx"],
+    );
+    assert!(served.unwrap_or(0.0) > 0.0, "new agent served nothing");
+    assert!(xdp_attached(&s.topo));
+    assert_eq!(
+        sk_lookup_links(&s.topo),
+        1,
+        "only the new agent's sk_lookup link remains"
+    );
+
+    // The last agent out cleans up: no XDP, no sk_lookup link, no pins.
+    let status = new.stop(Duration::from_secs(20));
+    assert!(
+        status.is_some_and(|st| st.success()),
+        "new agent: {status:?}\n{}",
+        new.log()
+    );
+    assert!(
+        !xdp_attached(&s.topo),
+        "XDP left after the last agent stopped"
+    );
+    assert_eq!(sk_lookup_links(&s.topo), 0);
+    assert_eq!(bpffs.pins(), Vec::<String>::new(), "pins left behind");
 }
