@@ -64,6 +64,8 @@ pub struct Settings {
     /// bpf filesystem for the pinned eBPF state that lets a restarted agent
     /// take over without dropping connections; `None` pins nothing.
     pub bpffs: Option<PathBuf>,
+    /// XDP attach mode preference.
+    pub xdp_mode: crate::kernel::XdpModePref,
 }
 
 impl Settings {
@@ -77,6 +79,7 @@ impl Settings {
             max_connections_per_shard: 16_384,
             watch_config: true,
             bpffs: Some(PathBuf::from("/sys/fs/bpf")),
+            xdp_mode: crate::kernel::XdpModePref::Auto,
         }
     }
 }
@@ -238,6 +241,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
 fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
     KernelDatapath::load(&KernelOptions {
         bpffs: settings.bpffs.clone(),
+        xdp_mode: settings.xdp_mode,
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
     })

@@ -40,6 +40,11 @@ pub struct Cli {
     #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
     pub bpffs: PathBuf,
 
+    /// XDP attach mode: `auto` (native where the driver supports it, generic
+    /// otherwise), `native` (fail without driver support), `generic`.
+    #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
+    pub xdp_mode: XdpModeArg,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -50,6 +55,13 @@ pub enum DatapathArg {
     Auto,
     Ebpf,
     Userspace,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum XdpModeArg {
+    Auto,
+    Native,
+    Generic,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -78,6 +90,11 @@ impl Cli {
         s.admin_addr = self.admin_addr;
         s.interfaces = self.interfaces.clone();
         s.bpffs = Some(self.bpffs.clone());
+        s.xdp_mode = match self.xdp_mode {
+            XdpModeArg::Auto => crate::kernel::XdpModePref::Auto,
+            XdpModeArg::Native => crate::kernel::XdpModePref::Native,
+            XdpModeArg::Generic => crate::kernel::XdpModePref::Generic,
+        };
         s.ebpf_log_level = match self.ebpf_log_level {
             EbpfLogLevel::Error => 1,
             EbpfLogLevel::Warn => 2,

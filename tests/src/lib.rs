@@ -2,5 +2,6 @@
 //! harness for the privileged end-to-end tests.
 pub mod conformance;
 pub mod echo;
+pub mod flood;
 pub mod netns;
 pub mod process;

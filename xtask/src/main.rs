@@ -33,6 +33,11 @@ enum Cmd {
     },
     /// Formatting and clippy (`-D warnings`) over the workspace.
     Lint,
+    /// Benchmarks that print figures next to a baseline measured in the same run.
+    Bench {
+        #[command(subcommand)]
+        what: Bench,
+    },
     /// Set up, build, and run the agent with eBPF on the quickstart config,
     /// with a local echo backend. Ctrl-C stops and detaches everything.
     RunEbpf {
@@ -69,6 +74,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Lint => lint(),
+        Cmd::Bench { what } => bench(what),
         Cmd::Test { args } => test(&args),
         Cmd::RunEbpf {
             interface,
@@ -111,6 +117,43 @@ fn is_root() -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
         .unwrap_or(false)
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
+    /// iptables and nftables drops of the same SYN flood, on veth (root).
+    Xdp {
+        /// Packets per mode.
+        #[arg(long, default_value_t = 1_000_000)]
+        packets: u64,
+    },
+}
+
+fn bench(what: Bench) -> Result<()> {
+    setup::run()?;
+    match what {
+        Bench::Xdp { packets } => {
+            if !is_root() {
+                bail!("bench xdp needs root: `sudo -E cargo xtask bench xdp`");
+            }
+            run(cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "sluice",
+                "-p",
+                "sluice-tests",
+                "--bins",
+            ]))?;
+            let target = workspace_root().join("target/release");
+            run(Command::new(target.join("sluice-bench-xdp"))
+                .arg("--packets")
+                .arg(packets.to_string())
+                .arg("--sluice")
+                .arg(target.join("sluice")))
+        }
+    }
 }
 
 fn lint() -> Result<()> {

@@ -50,6 +50,20 @@ pub struct KernelOptions {
     /// bpf filesystem for pinned maps and links (hand-over between agent
     /// processes). `None`: nothing pinned, everything goes with the process.
     pub bpffs: Option<PathBuf>,
+    /// Which XDP attach modes to try.
+    pub xdp_mode: XdpModePref,
+}
+
+/// XDP attach preference.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum XdpModePref {
+    /// Native where the driver supports it, generic otherwise.
+    #[default]
+    Auto,
+    /// Native only: fail if the driver cannot.
+    Native,
+    /// Generic (skb) only.
+    Generic,
 }
 
 /// The loaded and attached programs plus their maps.
@@ -147,7 +161,7 @@ impl KernelDatapath {
                 .map_err(|e| xdp_err("open", e))?;
             program.load().map_err(|e| xdp_err("load", e))?;
             for iface in &opts.interfaces {
-                let (mode, link) = attach_xdp(program, iface, pin_dir.as_deref())?;
+                let (mode, link) = attach_xdp(program, iface, pin_dir.as_deref(), opts.xdp_mode)?;
                 tracing::info!(interface = %iface, mode = mode.label(), "xdp_ingress attached");
                 xdp.insert(iface.clone(), mode);
                 links.extend(link);
@@ -273,6 +287,7 @@ fn attach_xdp(
     program: &mut Xdp,
     iface: &str,
     pin_dir: Option<&std::path::Path>,
+    pref: XdpModePref,
 ) -> Result<(XdpAttachMode, Option<(PathBuf, FdLink)>), KernelError> {
     let c =
         std::ffi::CString::new(iface).map_err(|_| KernelError::NoSuchInterface(iface.into()))?;
@@ -298,9 +313,22 @@ fn attach_xdp(
             .map_err(|e| link_err("as fd link".into(), e))?;
         return Ok((XdpAttachMode::Adopted, Some((path.clone(), fd))));
     }
-    let (mode, id) = match program.attach_to_if_index(ifindex, XdpMode::Driver) {
-        Ok(id) => (XdpAttachMode::Native, id),
-        Err(native_err) => {
+    let native = match pref {
+        XdpModePref::Generic => None,
+        _ => Some(program.attach_to_if_index(ifindex, XdpMode::Driver)),
+    };
+    let (mode, id) = match native {
+        Some(Ok(id)) => (XdpAttachMode::Native, id),
+        Some(Err(e)) if pref == XdpModePref::Native => {
+            return Err(xdp_err(&format!("attach to {iface} in native mode"), e))
+        }
+        None => {
+            let id = program
+                .attach_to_if_index(ifindex, XdpMode::Skb)
+                .map_err(|e| xdp_err(&format!("attach to {iface} in generic mode"), e))?;
+            (XdpAttachMode::Generic, id)
+        }
+        Some(Err(native_err)) => {
             let id = program
                 .attach_to_if_index(ifindex, XdpMode::Skb)
                 .map_err(|e| {

@@ -11,7 +11,7 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::IpNet;
 use sluice_common::{source_rule_prefix_len, ListenerKey, ListenerValue, SourceRuleKey};
 
-pub use loader::{KernelDatapath, KernelOptions, XdpAttachMode};
+pub use loader::{KernelDatapath, KernelOptions, XdpAttachMode, XdpModePref};
 pub use reconcile::{reconcile, ReconcileStats};
 
 /// Map contents the control plane wants. Compared against what the maps hold.
