@@ -66,6 +66,10 @@ pub struct Settings {
     pub bpffs: Option<PathBuf>,
     /// XDP attach mode preference.
     pub xdp_mode: crate::kernel::XdpModePref,
+    /// cgroup for the connect4/connect6 hooks (default: the cgroup v2 root).
+    pub cgroup: Option<PathBuf>,
+    /// Namespace identity of sources (agent config `namespaces:`).
+    pub identity: crate::config::NamespaceIdentity,
 }
 
 impl Settings {
@@ -80,6 +84,8 @@ impl Settings {
             watch_config: true,
             bpffs: Some(PathBuf::from("/sys/fs/bpf")),
             xdp_mode: crate::kernel::XdpModePref::Auto,
+            cgroup: None,
+            identity: Default::default(),
         }
     }
 }
@@ -167,14 +173,16 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         }));
     }
     let proxy = Arc::new(Proxy::new(snapshot.clone(), metrics.clone()));
-    let runtime = Arc::new(Runtime::new(
+    let mut runtime = Runtime::new(
         settings.config_dir.clone(),
         snapshot.clone(),
         kernel,
         metrics,
         proxy,
         settings.max_connections_per_shard,
-    ));
+    );
+    runtime.identity = settings.identity.clone();
+    let runtime = Arc::new(runtime);
     // The first load must succeed; later ones may be rejected and keep this one.
     if let Err(e) = runtime.load_and_apply().await {
         runtime.shutdown().await;
@@ -242,6 +250,7 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
     KernelDatapath::load(&KernelOptions {
         bpffs: settings.bpffs.clone(),
         xdp_mode: settings.xdp_mode,
+        cgroup: settings.cgroup.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
     })

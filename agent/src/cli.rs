@@ -45,6 +45,16 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = XdpModeArg::Auto)]
     pub xdp_mode: XdpModeArg,
 
+    /// Agent config file (YAML). Today: `namespaces:` — which source CIDRs and
+    /// cgroups belong to which namespace, for `sluice.dev/admitted-namespaces`.
+    #[arg(long, value_name = "FILE", env = "SLUICE_CONFIG")]
+    pub agent_config: Option<PathBuf>,
+
+    /// cgroup v2 directory for the connect4/connect6 hooks (default: the root
+    /// of the cgroup v2 hierarchy, wherever it is mounted).
+    #[arg(long, value_name = "DIR")]
+    pub cgroup: Option<PathBuf>,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -80,8 +90,13 @@ pub enum LogFormat {
 }
 
 impl Cli {
-    pub fn settings(&self) -> Settings {
+    /// Settings for [`crate::app::build`]; reads the agent config file.
+    pub fn settings(&self) -> Result<Settings, crate::config::ConfigError> {
         let mut s = Settings::new(&self.config_dir);
+        if let Some(path) = &self.agent_config {
+            s.identity = crate::config::identity::load_agent_config(path)?;
+        }
+        s.cgroup = self.cgroup.clone();
         s.datapath = match self.datapath {
             DatapathArg::Auto => DatapathMode::Auto,
             DatapathArg::Ebpf => DatapathMode::Ebpf,
@@ -102,7 +117,7 @@ impl Cli {
             EbpfLogLevel::Debug => 4,
             EbpfLogLevel::Trace => 5,
         };
-        s
+        Ok(s)
     }
 }
 
@@ -128,7 +143,7 @@ mod tests {
             "--interface",
             "eth0",
         ]);
-        let s = cli.settings();
+        let s = cli.settings().unwrap();
         assert_eq!(s.datapath, DatapathMode::Ebpf);
         assert_eq!(s.interfaces, ["lo", "eth0"]);
     }

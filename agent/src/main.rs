@@ -14,7 +14,8 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
-    let app = sluice::app::build(cli.settings())
+    let settings = cli.settings().context("reading the agent config")?;
+    let app = sluice::app::build(settings)
         .await
         .context("sluice failed to start")?;
     shutdown_signal().await;

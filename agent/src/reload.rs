@@ -89,6 +89,8 @@ pub struct Runtime {
     /// Gateway API status of the applied configuration.
     pub status: Arc<Mutex<Status>>,
     max_connections: usize,
+    /// Namespace identity from the agent config, merged into every load.
+    pub identity: config::NamespaceIdentity,
     ids: Mutex<ShardIds>,
     generation: AtomicU64,
     /// The kernel state of the snapshot being served, to return to when a
@@ -115,6 +117,7 @@ impl Runtime {
             notes: Arc::default(),
             status: Arc::default(),
             max_connections,
+            identity: Default::default(),
             ids: Mutex::default(),
             generation: AtomicU64::new(0),
             kernel_applied: Mutex::default(),
@@ -128,7 +131,8 @@ impl Runtime {
         // Parsing and compiling are CPU work: keep them off the async workers
         // that serve requests.
         let (compiled, ids) = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
-            let cfg = config::load_dir(&this.config_dir)?;
+            let mut cfg = config::load_dir(&this.config_dir)?;
+            cfg.identity = this.identity.clone();
             let mut ids = this.ids.lock().expect("ids lock").clone();
             let generation = this.generation.load(Ordering::Acquire) + 1;
             Ok((compile(&cfg, &mut ids, generation), ids))
@@ -143,7 +147,7 @@ impl Runtime {
         let prepared = self.prepare_sockets(&compiled.snapshot, &running)?;
         if let Some(k) = &self.kernel {
             let mut k = k.lock().expect("kernel lock");
-            match kernel::reconcile(&mut *k as &mut dyn DatapathMaps, &compiled.kernel) {
+            match kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &compiled.kernel) {
                 Ok(stats) => tracing::info!(?stats, "eBPF maps programmed"),
                 Err(e) => {
                     // Back to what the served snapshot expects; new sockets are dropped.
@@ -152,7 +156,8 @@ impl Runtime {
                         .lock()
                         .expect("kernel state lock")
                         .clone();
-                    if let Err(e2) = kernel::reconcile(&mut *k as &mut dyn DatapathMaps, &previous)
+                    if let Err(e2) =
+                        kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &previous)
                     {
                         tracing::error!(error = %e2, "restoring the previous eBPF map state failed");
                     }

@@ -300,3 +300,55 @@ impl Drop for BpfFs {
         let _ = std::fs::remove_dir_all(&self.path);
     }
 }
+
+/// A private mount of the cgroup v2 hierarchy plus a test cgroup in it, at a
+/// path that stays visible inside `ip netns exec` (which replaces `/sys`).
+pub struct TestCgroups {
+    pub mount: std::path::PathBuf,
+    /// `<mount>/sluice-test-<pid>-<n>`: attach point of the connect hooks.
+    pub parent: std::path::PathBuf,
+}
+
+impl TestCgroups {
+    pub fn new(children: &[&str]) -> Self {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let mount = std::env::temp_dir().join(format!("sluice-cg-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&mount).unwrap();
+        run(Command::new("mount")
+            .args(["-t", "cgroup2", "none"])
+            .arg(&mount));
+        let parent = mount.join(format!("sluice-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&parent).unwrap();
+        for c in children {
+            std::fs::create_dir_all(parent.join(c)).unwrap();
+        }
+        Self { mount, parent }
+    }
+
+    /// A shell command line that joins `child` and then runs `cmd` (which
+    /// inherits the membership).
+    pub fn run_in(&self, child: &str, cmd: &[&str]) -> Command {
+        let procs = self.parent.join(child).join("cgroup.procs");
+        let mut c = Command::new("sh");
+        c.arg("-c")
+            .arg(format!("echo $$ > '{}' && exec \"$@\"", procs.display()))
+            .arg("sh")
+            .args(cmd);
+        c
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        if let Ok(entries) = std::fs::read_dir(&self.parent) {
+            for e in entries.flatten() {
+                if e.path().is_dir() {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+        }
+        let _ = std::fs::remove_dir(&self.parent);
+        let _ = Command::new("umount").arg(&self.mount).output();
+        let _ = std::fs::remove_dir(&self.mount);
+    }
+}

@@ -4,7 +4,7 @@
 use std::{path::PathBuf, process::Command, time::Duration};
 
 use sluice_tests::{
-    netns::{curl_in, privileged, url, BpfFs, Topology},
+    netns::{curl_in, privileged, url, BpfFs, TestCgroups, Topology},
     process::ChildGuard,
 };
 
@@ -88,6 +88,17 @@ struct Scenario {
 
 impl Scenario {
     fn start(test: &str, annotations: &[(&str, &str)], datapath: &str) -> Self {
+        Self::start_with(test, annotations, datapath, |_| Vec::new())
+    }
+
+    /// Like [`start`](Self::start), with extra agent arguments computed from the
+    /// scenario directory (for files the agent reads).
+    fn start_with(
+        test: &str,
+        annotations: &[(&str, &str)],
+        datapath: &str,
+        extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+    ) -> Self {
         let topo = Topology::new();
         let dir = std::env::temp_dir().join(format!("sluice-e2e-{test}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -116,7 +127,9 @@ impl Scenario {
             _echo: echo,
             dir,
         };
-        let agent = scenario.spawn_agent("agent", datapath, 9901, &[]);
+        let extra = extra(&scenario.dir);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        let agent = scenario.spawn_agent("agent", datapath, 9901, &extra);
         scenario.agent = Some(agent);
         scenario
     }
@@ -574,4 +587,119 @@ fn restart_under_load_hands_over_without_failed_requests() {
     );
     assert_eq!(sk_lookup_links(&s.topo), 0);
     assert_eq!(bpffs.pins(), Vec::<String>::new(), "pins left behind");
+}
+
+#[test]
+fn namespaces_not_admitted_are_refused_at_sk_lookup_and_at_connect() {
+    if !privileged("namespaces_not_admitted_are_refused_at_sk_lookup_and_at_connect") {
+        return;
+    }
+    let cgroups = TestCgroups::new(&["team-a", "team-b"]);
+    let parent = cgroups.parent.clone();
+    let s = Scenario::start_with(
+        "isolation",
+        &[("sluice.dev/admitted-namespaces", "team-a")],
+        "ebpf",
+        |dir| {
+            let cfg = dir.join("agent.yaml");
+            std::fs::write(
+                &cfg,
+                format!(
+                    "namespaces:\n  team-a:\n    cidrs: [{a}/32]\n    cgroups: [{pa}]\n  team-b:\n    cidrs: [{b}/32]\n    cgroups: [{pb}]\n",
+                    a = Topology::CLIENT_V4,
+                    b = Topology::CLIENT_V4_ALT,
+                    pa = parent.join("team-a").display(),
+                    pb = parent.join("team-b").display(),
+                ),
+            )
+            .unwrap();
+            vec![
+                "--agent-config".into(),
+                cfg.display().to_string(),
+                "--cgroup".into(),
+                parent.display().to_string(),
+            ]
+        },
+    );
+    assert!(
+        s.agent_log().contains("connect4/connect6 attached"),
+        "{}",
+        s.agent_log()
+    );
+
+    // Remote clients: sk_lookup maps the source address to its namespace.
+    let a = s.get(Topology::NODE_V4, GATEWAY_PORT, Some(Topology::CLIENT_V4));
+    assert_eq!(
+        a.status,
+        Some(200),
+        "team-a source: {a:?}\n{}",
+        s.agent_log()
+    );
+    let b = s.get(
+        Topology::NODE_V4,
+        GATEWAY_PORT,
+        Some(Topology::CLIENT_V4_ALT),
+    );
+    assert!(
+        b.status.is_none() && (b.exit == 7 || b.exit == 28),
+        "team-b source must be refused: {b:?}"
+    );
+
+    // Local processes: the cgroup connect hook knows their namespace.
+    let local = |ns: &str| {
+        let url = url(Topology::NODE_V4, GATEWAY_PORT, "/local");
+        let out = cgroups
+            .run_in(
+                ns,
+                &[
+                    "ip",
+                    "netns",
+                    "exec",
+                    &s.topo.node.name,
+                    "curl",
+                    "-sS",
+                    "--max-time",
+                    "3",
+                    "-H",
+                    "Host: echo.example.com",
+                    "-w",
+                    "\n%{http_code}",
+                    &url,
+                ],
+            )
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, out, err) = local("team-a");
+    assert_eq!(
+        code,
+        Some(0),
+        "team-a process: {out} {err}\n{}",
+        s.agent_log()
+    );
+    assert!(out.ends_with("200"), "{out}");
+    let (code, out, err) = local("team-b");
+    assert_eq!(
+        code,
+        Some(7),
+        "team-b process must fail to connect: {out} {err}"
+    );
+    // curl reports EPERM as a plain connect failure; the deny_namespace_connect
+    // counter below proves it was the connect hook that refused.
+    let _ = err;
+
+    let metrics = s.admin("/metrics");
+    for reason in ["deny_namespace_lookup", "deny_namespace_connect"] {
+        let n = metric(
+            &metrics,
+            "sluice_xdp_packets_total",
+            &["team-a/edge", reason],
+        );
+        assert!(n.unwrap_or(0.0) >= 1.0, "{reason} counter: {metrics}");
+    }
 }

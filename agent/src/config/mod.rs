@@ -1,6 +1,7 @@
 //! Configuration: the directory source, conversion and validation into the
 //! domain types of [`model`]. Nothing outside this module sees YAML.
 mod filter;
+pub mod identity;
 mod load;
 pub mod model;
 mod resources;
@@ -11,6 +12,7 @@ mod watch;
 
 use std::{fmt, path::PathBuf};
 
+pub use identity::NamespaceIdentity;
 pub use load::{load_dir, parse_documents};
 pub use model::*;
 pub use validate::NAMESPACE_NAME_LABEL;

@@ -37,6 +37,8 @@ pub struct Config {
     pub endpoint_slices: Vec<EndpointSlice>,
     pub namespaces: Vec<Namespace>,
     pub reference_grants: Vec<ReferenceGrant>,
+    /// Namespace identity of sources, from the agent config (not the directory).
+    pub identity: super::NamespaceIdentity,
 }
 
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
@@ -93,6 +95,10 @@ pub struct Gateway {
     /// Per-source budget of new TCP connections, from `sluice.dev/syn-rate`
     /// (per second) and `sluice.dev/syn-burst`; enforced by `xdp_ingress`.
     pub syn_budget: Option<SynBudget>,
+    /// Namespaces whose clients may connect, from `sluice.dev/admitted-namespaces`;
+    /// `None`: every source. Enforced by sk_lookup (remote sources) and the
+    /// cgroup connect hooks (local processes).
+    pub admitted_namespaces: Option<Vec<String>>,
 }
 
 /// New connections per second and burst allowed per source address.

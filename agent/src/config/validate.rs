@@ -16,6 +16,8 @@ pub(super) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub const SOURCE_RANGES_ANNOTATION: &str = "sluice.dev/source-ranges";
 /// Gateway annotation: comma-separated source CIDRs denied (longest prefix wins).
 pub const SOURCE_DENY_ANNOTATION: &str = "sluice.dev/source-deny";
+/// Gateway annotation: comma-separated namespaces whose clients may connect.
+pub const ADMITTED_NAMESPACES_ANNOTATION: &str = "sluice.dev/admitted-namespaces";
 /// Gateway annotation: new TCP connections per second allowed per source address.
 pub const SYN_RATE_ANNOTATION: &str = "sluice.dev/syn-rate";
 /// Gateway annotation: burst of new connections per source (default: the rate).
@@ -352,6 +354,13 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
             format!("needs {SYN_RATE_ANNOTATION} as well"),
         );
     }
+    let admitted_namespaces = ann.get(ADMITTED_NAMESPACES_ANNOTATION).map(|raw| {
+        raw.split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect::<Vec<_>>()
+    });
     let syn_budget = syn_rate.map(|rate| model::SynBudget {
         rate,
         burst: syn_burst.unwrap_or(rate),
@@ -365,6 +374,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         source_allow,
         source_deny,
         syn_budget,
+        admitted_namespaces,
     })
 }
 

@@ -34,6 +34,8 @@ pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
 #[derive(Debug, Default, Clone)]
 pub struct ShardIds {
     ids: BTreeMap<ObjectRef, ShardId>,
+    /// Namespace ids of the isolation maps, stable the same way.
+    namespaces: super::isolation::NamespaceIds,
 }
 
 impl ShardIds {
@@ -154,6 +156,16 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         shards.push(shard);
     }
     shards.sort_by_key(|s| s.id);
+    let served_gateways: Vec<(ShardId, &Gateway)> = shards
+        .iter()
+        .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| (s.id, *g)))
+        .collect();
+    super::isolation::program(
+        &config.identity,
+        &served_gateways,
+        &mut ids.namespaces,
+        &mut kernel,
+    );
     let served: HashSet<&ObjectRef> = shards
         .iter()
         .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| &g.id))

@@ -1,6 +1,7 @@
 //! Control plane: turns validated config into a snapshot for the data path and
 //! desired state for the eBPF maps.
 mod compile;
+mod isolation;
 pub mod refgrant;
 pub mod status;
 

@@ -4,20 +4,18 @@
 use std::{collections::BTreeMap, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
-    maps::{lpm_trie::Key, Array, HashMap as BpfHashMap, LpmTrie, MapData, PerCpuArray, SockMap},
+    maps::{Array, MapData, PerCpuArray, SockMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
-        SkLookup, Xdp, XdpMode,
+        CgroupAttachMode, CgroupSockAddr, SkLookup, Xdp, XdpMode,
     },
     Ebpf, EbpfLoader,
 };
-use sluice_common::{
-    counter_index, socket_index, ListenerKey, ListenerValue, Reason, SourceRuleKey, MAX_SHARDS,
-};
+use sluice_common::{counter_index, socket_index, Reason, MAX_SHARDS};
 use tokio::io::unix::AsyncFd;
 
-use super::{maps::DatapathMaps, KernelError, SourceRule};
+use super::{aya_maps::AyaMaps, KernelError};
 
 /// How `xdp_ingress` ended up attached to an interface.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +50,9 @@ pub struct KernelOptions {
     pub bpffs: Option<PathBuf>,
     /// Which XDP attach modes to try.
     pub xdp_mode: XdpModePref,
+    /// cgroup v2 directory for the connect4/connect6 hooks; `None`: the root
+    /// of the cgroup v2 hierarchy.
+    pub cgroup: Option<PathBuf>,
 }
 
 /// XDP attach preference.
@@ -70,11 +71,13 @@ pub enum XdpModePref {
 pub struct KernelDatapath {
     // Field order matters for Drop: maps and programs go before the logger task
     // is aborted; the Ebpf handle owns the program links.
-    listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
-    source_rules: LpmTrie<MapData, SourceRuleKey, u32>,
+    /// The maps the reconciler programs.
+    pub maps: AyaMaps,
     sockets: SockMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     xdp: BTreeMap<String, XdpAttachMode>,
+    /// cgroup the connect hooks are attached to, if any.
+    cgroup: Option<PathBuf>,
     owner: Array<MapData, u32>,
     /// Pin directory and the pinned XDP links (path, fd) when pinning.
     pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
@@ -127,6 +130,10 @@ impl KernelDatapath {
             .transpose()?;
         let mut loader = EbpfLoader::new();
         loader.override_global("AYA_LOG_LEVEL", &opts.log_level, false);
+        // The connect hooks see every network namespace under their cgroup;
+        // they act only on sockets of ours.
+        let cookie = netns_cookie()?;
+        loader.override_global("NETNS_COOKIE", &cookie, true);
         if let Some(dir) = &pin_dir {
             // Existing pins are reused: a restarted agent sees the maps (and
             // the shard sockets in them) the previous one left in place.
@@ -190,15 +197,23 @@ impl KernelDatapath {
             .map_err(|e| sk("attach to network namespace", e))?;
         tracing::info!("sk_lookup_dispatch attached to the network namespace");
 
+        let cgroup = attach_connect_hooks(&mut ebpf, opts.cgroup.as_deref())?;
+
         let mut owner: Array<MapData, u32> = take(&mut ebpf, "OWNER")?;
         owner
             .set(0, std::process::id(), 0)
             .map_err(map_err("OWNER", "claim"))?;
         Ok(Self {
+            cgroup,
             owner,
             pins: pin_dir.map(|d| (d, links)),
-            listeners: take(&mut ebpf, "LISTENERS")?,
-            source_rules: take(&mut ebpf, "SOURCE_RULES")?,
+            maps: AyaMaps {
+                listeners: take(&mut ebpf, "LISTENERS")?,
+                source_rules: take(&mut ebpf, "SOURCE_RULES")?,
+                source_ns: take(&mut ebpf, "SOURCE_NS")?,
+                cgroup_ns: take(&mut ebpf, "CGROUP_NS")?,
+                admission: take(&mut ebpf, "ADMISSION")?,
+            },
             sockets: take(&mut ebpf, "SHARD_SOCKETS")?,
             counters: take(&mut ebpf, "COUNTERS")?,
             xdp,
@@ -210,6 +225,11 @@ impl KernelDatapath {
     /// Whether this process still owns the pinned datapath (no successor took over).
     pub fn owned_by_us(&self) -> bool {
         self.owner.get(&0, 0).ok() == Some(std::process::id())
+    }
+
+    /// The cgroup with the connect4/connect6 hooks, if attached.
+    pub fn connect_hooks_cgroup(&self) -> Option<&std::path::Path> {
+        self.cgroup.as_deref()
     }
 
     /// Interfaces with `xdp_ingress` and how it is attached.
@@ -357,7 +377,83 @@ fn attach_xdp(
     Ok((mode, Some((path, fd))))
 }
 
-fn is_enoent(e: &aya::maps::MapError) -> bool {
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE, 5.14+).
+fn netns_cookie() -> Result<u64, KernelError> {
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").map_err(|source| KernelError::Io {
+        what: "socket for SO_NETNS_COOKIE".into(),
+        source,
+    })?;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: getsockopt writes at most `len` bytes into `cookie`, which we own.
+    let rc = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(KernelError::Io {
+            what: "SO_NETNS_COOKIE (kernel 5.14+ needed for the connect hooks)".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    Ok(cookie)
+}
+
+/// Attaches connect4/connect6 to `cgroup` (default: the cgroup v2 root). A
+/// host without cgroup v2 loses only the local-process admission check: said
+/// loudly, not fatal.
+fn attach_connect_hooks(
+    ebpf: &mut Ebpf,
+    cgroup: Option<&std::path::Path>,
+) -> Result<Option<PathBuf>, KernelError> {
+    let dir = match cgroup {
+        Some(d) => d.to_path_buf(),
+        None => match crate::config::identity::cgroup2_root() {
+            Some(d) => d,
+            None => {
+                tracing::warn!(
+                    "no cgroup v2 hierarchy mounted: connect4/connect6 not attached;                      local processes are not checked against namespace admission"
+                );
+                return Ok(None);
+            }
+        },
+    };
+    let file = std::fs::File::open(&dir).map_err(|source| KernelError::Io {
+        what: format!("opening cgroup {}", dir.display()),
+        source,
+    })?;
+    for name in ["connect4", "connect6"] {
+        let err = |action: &str, source| KernelError::Program {
+            program: if name == "connect4" {
+                "connect4"
+            } else {
+                "connect6"
+            },
+            action: action.to_owned(),
+            source,
+        };
+        let program: &mut CgroupSockAddr = ebpf
+            .program_mut(name)
+            .ok_or(KernelError::MissingMap("connect4/connect6 program"))?
+            .try_into()
+            .map_err(|e| err("open", e))?;
+        program.load().map_err(|e| err("load", e))?;
+        program
+            // Link-based attachments coexist with other programs on the cgroup
+            // (and with a successor agent's); ALLOW_MULTI is for the legacy API.
+            .attach(&file, CgroupAttachMode::Single)
+            .map_err(|e| err(&format!("attach to cgroup {}", dir.display()), e))?;
+    }
+    tracing::info!(cgroup = %dir.display(), "connect4/connect6 attached");
+    Ok(Some(dir))
+}
+
+pub(super) fn is_enoent(e: &aya::maps::MapError) -> bool {
     matches!(e, aya::maps::MapError::SyscallError(s) if s.io_error.raw_os_error() == Some(libc::ENOENT))
 }
 
@@ -366,59 +462,15 @@ fn is_permission_error(e: &aya::EbpfError) -> bool {
     s.contains("Operation not permitted") || s.contains("Permission denied")
 }
 
-fn map_err(map: &'static str, action: &str) -> impl FnOnce(aya::maps::MapError) -> KernelError {
+pub(super) fn map_err(
+    map: &'static str,
+    action: &str,
+) -> impl FnOnce(aya::maps::MapError) -> KernelError {
     let action = action.to_owned();
     move |source| KernelError::Map {
         map,
         action,
         source,
-    }
-}
-
-impl DatapathMaps for KernelDatapath {
-    fn dump_listeners(&self) -> Result<BTreeMap<ListenerKey, ListenerValue>, KernelError> {
-        self.listeners
-            .iter()
-            .collect::<Result<_, _>>()
-            .map_err(map_err("LISTENERS", "dump"))
-    }
-
-    fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError> {
-        self.listeners
-            .insert(key, value, 0)
-            .map_err(map_err("LISTENERS", &format!("insert port {}", key.port)))
-    }
-
-    fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError> {
-        match self.listeners.remove(key) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            r => r.map_err(map_err("LISTENERS", "delete")),
-        }
-    }
-
-    fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError> {
-        self.source_rules
-            .iter()
-            .map(|r| r.map(|(k, v)| (SourceRule::from_key(k.prefix_len(), &k.data()), v)))
-            .collect::<Result<_, _>>()
-            .map_err(map_err("SOURCE_RULES", "dump"))
-    }
-
-    fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError> {
-        let (len, data) = rule.key();
-        self.source_rules
-            .insert(&Key::new(len, data), action, 0)
-            .map_err(map_err("SOURCE_RULES", "insert"))
-    }
-
-    fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError> {
-        let (len, data) = rule.key();
-        match self.source_rules.remove(&Key::new(len, data)) {
-            Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) if is_enoent(&e) => Ok(()),
-            r => r.map_err(map_err("SOURCE_RULES", "delete")),
-        }
     }
 }
 

@@ -3,7 +3,9 @@
 //! repeated reconcile converges instead of failing.
 use std::collections::BTreeMap;
 
-use sluice_common::{ListenerKey, ListenerValue};
+use std::collections::BTreeSet;
+
+use sluice_common::{AdmitKey, ListenerKey, ListenerValue};
 
 use super::{KernelError, SourceRule};
 
@@ -14,6 +16,15 @@ pub trait DatapathMaps {
     fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError>;
     fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError>;
     fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError>;
+    fn dump_source_namespaces(&self) -> Result<BTreeMap<([u8; 16], u8), u32>, KernelError>;
+    fn put_source_namespace(&mut self, prefix: ([u8; 16], u8), ns: u32) -> Result<(), KernelError>;
+    fn delete_source_namespace(&mut self, prefix: &([u8; 16], u8)) -> Result<(), KernelError>;
+    fn dump_cgroup_namespaces(&self) -> Result<BTreeMap<u64, u32>, KernelError>;
+    fn put_cgroup_namespace(&mut self, cgroup: u64, ns: u32) -> Result<(), KernelError>;
+    fn delete_cgroup_namespace(&mut self, cgroup: &u64) -> Result<(), KernelError>;
+    fn dump_admissions(&self) -> Result<BTreeSet<AdmitKey>, KernelError>;
+    fn put_admission(&mut self, key: AdmitKey) -> Result<(), KernelError>;
+    fn delete_admission(&mut self, key: &AdmitKey) -> Result<(), KernelError>;
 }
 
 /// In-memory maps for tests, with injectable failures.
@@ -21,6 +32,9 @@ pub trait DatapathMaps {
 pub struct FakeMaps {
     pub listeners: BTreeMap<ListenerKey, ListenerValue>,
     pub source_rules: BTreeMap<SourceRule, u32>,
+    pub source_namespaces: BTreeMap<([u8; 16], u8), u32>,
+    pub cgroup_namespaces: BTreeMap<u64, u32>,
+    pub admissions: BTreeSet<AdmitKey>,
     /// Fail every write after this many successful ones (`None`: never).
     pub fail_after_writes: Option<usize>,
     pub writes: usize,
@@ -84,6 +98,45 @@ impl DatapathMaps for FakeMaps {
     fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError> {
         self.write("SOURCE_RULES")?;
         self.source_rules.remove(rule);
+        Ok(())
+    }
+    fn dump_source_namespaces(&self) -> Result<BTreeMap<([u8; 16], u8), u32>, KernelError> {
+        Ok(self.source_namespaces.clone())
+    }
+    fn put_source_namespace(&mut self, prefix: ([u8; 16], u8), ns: u32) -> Result<(), KernelError> {
+        self.write("SOURCE_NS")?;
+        self.source_namespaces.insert(prefix, ns);
+        Ok(())
+    }
+    fn delete_source_namespace(&mut self, prefix: &([u8; 16], u8)) -> Result<(), KernelError> {
+        self.write("SOURCE_NS")?;
+        self.source_namespaces.remove(prefix);
+        Ok(())
+    }
+    fn dump_cgroup_namespaces(&self) -> Result<BTreeMap<u64, u32>, KernelError> {
+        Ok(self.cgroup_namespaces.clone())
+    }
+    fn put_cgroup_namespace(&mut self, cgroup: u64, ns: u32) -> Result<(), KernelError> {
+        self.write("CGROUP_NS")?;
+        self.cgroup_namespaces.insert(cgroup, ns);
+        Ok(())
+    }
+    fn delete_cgroup_namespace(&mut self, cgroup: &u64) -> Result<(), KernelError> {
+        self.write("CGROUP_NS")?;
+        self.cgroup_namespaces.remove(cgroup);
+        Ok(())
+    }
+    fn dump_admissions(&self) -> Result<BTreeSet<AdmitKey>, KernelError> {
+        Ok(self.admissions.clone())
+    }
+    fn put_admission(&mut self, key: AdmitKey) -> Result<(), KernelError> {
+        self.write("ADMISSION")?;
+        self.admissions.insert(key);
+        Ok(())
+    }
+    fn delete_admission(&mut self, key: &AdmitKey) -> Result<(), KernelError> {
+        self.write("ADMISSION")?;
+        self.admissions.remove(key);
         Ok(())
     }
 }

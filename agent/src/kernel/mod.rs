@@ -1,6 +1,7 @@
 //! The eBPF datapath as seen from user space: desired map contents, a narrow
 //! trait over the maps (with a fake for tests), the reconciler that converges
 //! the maps, and the loader that loads and attaches the programs.
+mod aya_maps;
 mod loader;
 pub mod maps;
 mod pins;
@@ -19,6 +20,12 @@ pub use reconcile::{reconcile, ReconcileStats};
 pub struct KernelDesired {
     pub listeners: BTreeMap<ListenerKey, ListenerValue>,
     pub source_rules: BTreeMap<SourceRule, u32>,
+    /// Source prefix (address, prefix length in the 128-bit space) → namespace id.
+    pub source_namespaces: BTreeMap<([u8; 16], u8), u32>,
+    /// cgroup id → namespace id.
+    pub cgroup_namespaces: BTreeMap<u64, u32>,
+    /// (shard, namespace id) pairs admitted.
+    pub admissions: std::collections::BTreeSet<sluice_common::AdmitKey>,
 }
 
 /// One LPM entry: shard + source prefix.
@@ -59,6 +66,14 @@ impl SourceRule {
             addr: key.addr,
             prefix: prefix_len.saturating_sub(32) as u8,
         }
+    }
+}
+
+/// A prefix in the 16-byte key space: IPv4 prefixes are shifted by 96 bits.
+pub fn prefix16(net: IpNet) -> ([u8; 16], u8) {
+    match net {
+        IpNet::V4(n) => (addr16(IpAddr::V4(n.network())), 96 + n.prefix_len()),
+        IpNet::V6(n) => (addr16(IpAddr::V6(n.network())), n.prefix_len()),
     }
 }
 

@@ -11,13 +11,16 @@ use std::{
 use super::KernelError;
 
 /// Maps pinned by name in the pin directory.
-pub const PINNED_MAPS: [&str; 6] = [
+pub const PINNED_MAPS: [&str; 9] = [
     "LISTENERS",
     "SOURCE_RULES",
     "SHARD_SOCKETS",
     "COUNTERS",
     "SYN_BUDGET",
     "OWNER",
+    "SOURCE_NS",
+    "CGROUP_NS",
+    "ADMISSION",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

@@ -28,6 +28,29 @@ pub fn reconcile(
             stats.written += 1;
         }
     }
+    // Identity and admission before listeners: a listener that starts
+    // requiring admission finds its namespaces already in place.
+    converge(
+        &maps.dump_source_namespaces()?,
+        &desired.source_namespaces,
+        &mut stats,
+        |k, v| maps.put_source_namespace(*k, *v),
+    )?;
+    converge(
+        &maps.dump_cgroup_namespaces()?,
+        &desired.cgroup_namespaces,
+        &mut stats,
+        |k, v| maps.put_cgroup_namespace(*k, *v),
+    )?;
+    let current_admissions = maps.dump_admissions()?;
+    for key in &desired.admissions {
+        if current_admissions.contains(key) {
+            stats.unchanged += 1;
+        } else {
+            maps.put_admission(*key)?;
+            stats.written += 1;
+        }
+    }
     let current_listeners = maps.dump_listeners()?;
     for (key, value) in &desired.listeners {
         if current_listeners.get(key) == Some(value) {
@@ -49,7 +72,43 @@ pub fn reconcile(
             stats.deleted += 1;
         }
     }
+    for key in &current_admissions {
+        if !desired.admissions.contains(key) {
+            maps.delete_admission(key)?;
+            stats.deleted += 1;
+        }
+    }
+    for key in maps.dump_cgroup_namespaces()?.keys() {
+        if !desired.cgroup_namespaces.contains_key(key) {
+            maps.delete_cgroup_namespace(key)?;
+            stats.deleted += 1;
+        }
+    }
+    for key in maps.dump_source_namespaces()?.keys() {
+        if !desired.source_namespaces.contains_key(key) {
+            maps.delete_source_namespace(key)?;
+            stats.deleted += 1;
+        }
+    }
     Ok(stats)
+}
+
+/// Writes what is missing or different (deletes happen at the end of reconcile).
+fn converge<K: Ord, V: PartialEq>(
+    current: &std::collections::BTreeMap<K, V>,
+    desired: &std::collections::BTreeMap<K, V>,
+    stats: &mut ReconcileStats,
+    mut put: impl FnMut(&K, &V) -> Result<(), KernelError>,
+) -> Result<(), KernelError> {
+    for (k, v) in desired {
+        if current.get(k) == Some(v) {
+            stats.unchanged += 1;
+        } else {
+            put(k, v)?;
+            stats.written += 1;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -109,6 +168,27 @@ mod tests {
         reconcile(&mut m, &desired(&[80, 81, 82])).unwrap();
         assert_eq!(m.listeners.len(), 3);
         assert_eq!(m.source_rules.len(), 1);
+    }
+
+    #[test]
+    fn namespace_identity_and_admissions_converge() {
+        let mut m = FakeMaps::default();
+        let mut d = desired(&[80]);
+        d.source_namespaces.insert(([0; 16], 0), 7);
+        d.cgroup_namespaces.insert(42, 7);
+        d.admissions.insert(sluice_common::AdmitKey {
+            shard: 1,
+            namespace: 7,
+        });
+        reconcile(&mut m, &d).unwrap();
+        assert_eq!(m.admissions.len(), 1);
+        assert_eq!(m.cgroup_namespaces.get(&42), Some(&7));
+        d.admissions.clear();
+        d.cgroup_namespaces.clear();
+        let s = reconcile(&mut m, &d).unwrap();
+        assert_eq!(s.deleted, 2);
+        assert!(m.admissions.is_empty() && m.cgroup_namespaces.is_empty());
+        assert_eq!(m.source_namespaces.len(), 1);
     }
 
     #[test]

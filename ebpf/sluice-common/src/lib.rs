@@ -32,18 +32,24 @@ pub enum Reason {
     /// Frame too short or malformed headers for its declared protocol: passed to the
     /// kernel, which owns the decision about broken packets.
     PassMalformed = 4,
+    /// sk_lookup: the source address belongs to a namespace the shard does not admit.
+    DenyNamespaceLookup = 5,
+    /// cgroup connect4/6: a local process of a namespace the shard does not admit (EPERM).
+    DenyNamespaceConnect = 6,
 }
 
 /// Number of reason slots per shard in the counter array (room to grow).
 pub const REASON_SLOTS: u32 = 8;
 
 impl Reason {
-    pub const ALL: [Reason; 5] = [
+    pub const ALL: [Reason; 7] = [
         Reason::PassNotGateway,
         Reason::PassAllowed,
         Reason::DropSourceDenied,
         Reason::DropSynBudget,
         Reason::PassMalformed,
+        Reason::DenyNamespaceLookup,
+        Reason::DenyNamespaceConnect,
     ];
 
     /// Stable label used for metrics.
@@ -54,6 +60,8 @@ impl Reason {
             Reason::DropSourceDenied => "drop_source_denied",
             Reason::DropSynBudget => "drop_syn_budget",
             Reason::PassMalformed => "pass_malformed",
+            Reason::DenyNamespaceLookup => "deny_namespace_lookup",
+            Reason::DenyNamespaceConnect => "deny_namespace_connect",
         }
     }
 }
@@ -179,6 +187,22 @@ pub const fn syn_take(bucket: SynBucket, now_ns: u64, rate: u32, burst: u32) -> 
 
 /// The shard has source rules: a source matching no allow rule is dropped.
 pub const LISTENER_F_SOURCE_FILTER: u32 = 1;
+/// The shard admits only some namespaces (`ADMISSION`); unknown sources are refused.
+pub const LISTENER_F_NS_ADMISSION: u32 = 2;
+
+/// Default capacities of the namespace identity maps.
+pub const DEFAULT_MAX_NS_SOURCES: u32 = 16384;
+pub const DEFAULT_MAX_CGROUPS: u32 = 65536;
+pub const DEFAULT_MAX_ADMISSIONS: u32 = 16384;
+
+/// A namespace admitted to a shard. Namespace ids are assigned by the agent;
+/// 0 means "no known namespace".
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AdmitKey {
+    pub shard: u32,
+    pub namespace: u32,
+}
 
 /// LPM trie data for per-shard source rules: the shard id (big endian, so it is
 /// the leading 32 bits of the prefix) followed by the 16-byte source address.
@@ -217,6 +241,7 @@ mod user {
     unsafe impl aya::Pod for ListenerValue {}
     unsafe impl aya::Pod for SourceRuleKey {}
     unsafe impl aya::Pod for SynKey {}
+    unsafe impl aya::Pod for AdmitKey {}
     unsafe impl aya::Pod for SynBucket {}
 
     const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);

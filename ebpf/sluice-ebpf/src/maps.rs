@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use sluice_common::{
-    ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
-    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
+    AdmitKey, ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
+    DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES,
+    DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
 };
 
 /// (address, port, proto) → shard. Address all-zero = any local address.
@@ -28,6 +29,30 @@ pub static SYN_BUDGET: LruHashMap<SynKey, SynBucket> =
 /// Listening sockets of the shards at `socket_index(shard, ipv6)`.
 #[map]
 pub static SHARD_SOCKETS: SockMap = SockMap::with_max_entries(MAX_SHARDS * 2, 0);
+
+/// Source address prefix → namespace id (longest prefix wins).
+#[map]
+pub static SOURCE_NS: LpmTrie<[u8; 16], u32> = LpmTrie::with_max_entries(DEFAULT_MAX_NS_SOURCES, 0);
+
+/// cgroup id (cgroup v2 inode) → namespace id, for local processes.
+#[map]
+pub static CGROUP_NS: HashMap<u64, u32> = HashMap::with_max_entries(DEFAULT_MAX_CGROUPS, 0);
+
+/// (shard, namespace) pairs that may connect; checked when the listener has
+/// `LISTENER_F_NS_ADMISSION`.
+#[map]
+pub static ADMISSION: HashMap<AdmitKey, u8> = HashMap::with_max_entries(DEFAULT_MAX_ADMISSIONS, 0);
+
+#[inline(always)]
+pub fn source_namespace(addr: &[u8; 16]) -> u32 {
+    let key = aya_ebpf::maps::lpm_trie::Key::new(128, *addr);
+    SOURCE_NS.get(&key).copied().unwrap_or(0)
+}
+
+#[inline(always)]
+pub fn admitted(shard: u32, namespace: u32) -> bool {
+    namespace != 0 && unsafe { ADMISSION.get(&AdmitKey { shard, namespace }) }.is_some()
+}
 
 /// Pid of the agent that owns the pinned state. No program reads it: a
 /// restarting agent writes its pid, and the agent that stops checks it to tell

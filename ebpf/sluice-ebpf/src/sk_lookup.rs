@@ -1,13 +1,20 @@
 //! `sk_lookup_dispatch`: hands connections for a gateway (address, port) to the
-//! shard's listening socket, whatever address/port that socket is bound to.
-use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
-use aya_log_ebpf::warn;
-use sluice_common::{socket_index, v4_mapped, ListenerKey};
+//! shard's listening socket, whatever address/port that socket is bound to,
+//! after checking that the source's namespace is admitted to the shard.
+use aya_ebpf::{
+    bindings::sk_action::{SK_DROP, SK_PASS},
+    macros::sk_lookup,
+    programs::SkLookupContext,
+};
+use aya_log_ebpf::{debug, warn};
+use sluice_common::{socket_index, v4_mapped, ListenerKey, Reason, LISTENER_F_NS_ADMISSION};
 
-use crate::maps::{find_listener, SHARD_SOCKETS};
+use crate::maps::{admitted, count, find_listener, source_namespace, SHARD_SOCKETS};
 
 const AF_INET: u32 = 2;
 const AF_INET6: u32 = 10;
+/// `lo` is interface 1 in every network namespace.
+const LOOPBACK_IFINDEX: u32 = 1;
 
 #[sk_lookup]
 pub fn sk_lookup_dispatch(ctx: SkLookupContext) -> u32 {
@@ -34,22 +41,37 @@ fn try_sk_lookup_dispatch(ctx: &SkLookupContext) -> Result<u32, i32> {
     // local_ip4 holds the address in network byte order.
     let ip4 = ctx_field!(ctx, local_ip4);
     let ip6 = ctx_field!(ctx, local_ip6);
+    let remote4 = ctx_field!(ctx, remote_ip4);
+    let remote6 = ctx_field!(ctx, remote_ip6);
+    let ingress = ctx_field!(ctx, ingress_ifindex);
     let (addr, ipv6) = match family {
         AF_INET => (v4_mapped(ip4.to_ne_bytes()), false),
-        AF_INET6 => {
-            let mut a = [0u8; 16];
-            a[0..4].copy_from_slice(&ip6[0].to_ne_bytes());
-            a[4..8].copy_from_slice(&ip6[1].to_ne_bytes());
-            a[8..12].copy_from_slice(&ip6[2].to_ne_bytes());
-            a[12..16].copy_from_slice(&ip6[3].to_ne_bytes());
-            (a, true)
-        }
+        AF_INET6 => (words(ip6), true),
         _ => return Ok(SK_PASS),
     };
     let key = ListenerKey::new(addr, port, protocol as u8);
     let Some(listener) = find_listener(&key) else {
         return Ok(SK_PASS);
     };
+    if listener.flags & LISTENER_F_NS_ADMISSION != 0 {
+        let remote = if ipv6 {
+            words(remote6)
+        } else {
+            v4_mapped(remote4.to_ne_bytes())
+        };
+        // A connection from a local process (over loopback, or from the
+        // node's own address) was checked at connect() by the cgroup hooks,
+        // which know the process; the source address says nothing here.
+        let local = ingress == LOOPBACK_IFINDEX || remote == addr;
+        if !local && !admitted(listener.shard, source_namespace(&remote)) {
+            count(listener.shard, Reason::DenyNamespaceLookup);
+            debug!(
+                ctx,
+                "sk_lookup_dispatch: deny namespace shard={} port={}", listener.shard, port
+            );
+            return Ok(SK_DROP);
+        }
+    }
     if let Err(e) = SHARD_SOCKETS.redirect_sk_lookup(ctx, socket_index(listener.shard, ipv6), 0) {
         warn!(
             ctx,
@@ -57,4 +79,15 @@ fn try_sk_lookup_dispatch(ctx: &SkLookupContext) -> Result<u32, i32> {
         );
     }
     Ok(SK_PASS)
+}
+
+/// An IPv6 address from the four network-order words of a BPF context.
+#[inline(always)]
+pub fn words(w: [u32; 4]) -> [u8; 16] {
+    let mut a = [0u8; 16];
+    a[0..4].copy_from_slice(&w[0].to_ne_bytes());
+    a[4..8].copy_from_slice(&w[1].to_ne_bytes());
+    a[8..12].copy_from_slice(&w[2].to_ne_bytes());
+    a[12..16].copy_from_slice(&w[3].to_ne_bytes());
+    a
 }
