@@ -191,10 +191,12 @@ fn test(extra: &[String]) -> Result<()> {
         .env("SLUICE_BIN", &bin))?;
     kube::validate_deploy(&workspace_root(), ci)?;
     // Conformance regression check: every test in tests/conformance/passing.txt
-    // must still pass its request cases (short timeouts keep it to minutes).
+    // must still pass (requests + status), every test in passing-requests.txt its
+    // request cases (short timeouts keep it to minutes).
     run(
         Command::new(workspace_root().join("target/debug/sluice-conformance"))
             .args(["--check", "--max-time", "10", "--request-timeout", "5"])
+            .args(["--status-timeout", "3"])
             .arg("--agent-bin")
             .arg(&bin),
     )?;

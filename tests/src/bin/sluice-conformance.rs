@@ -47,17 +47,27 @@ struct Args {
     /// Seconds per request.
     #[arg(long, default_value_t = 10)]
     request_timeout: u64,
+    /// Seconds status assertions are polled against the agent's /status
+    /// (upstream: 60 for routes, 180 for Gateways; the agent computes status
+    /// when it loads a config, before it reports ready).
+    #[arg(long, default_value_t = 5)]
+    status_timeout: u64,
     /// Report directory.
     #[arg(long)]
     out_dir: Option<PathBuf>,
     /// Check mode: exit 1 when a test listed in the passing file no longer
-    /// passes its request cases.
+    /// passes (request cases and status assertions), or one listed in the
+    /// passing-requests file no longer passes its request cases.
     #[arg(long)]
     check: bool,
-    /// The passing file (default tests/conformance/passing.txt).
+    /// Tests that fully pass (default tests/conformance/passing.txt).
     #[arg(long)]
     passing_file: Option<PathBuf>,
-    /// Add newly passing tests to the passing file (never removes any).
+    /// Tests whose request cases all pass (default
+    /// tests/conformance/passing-requests.txt).
+    #[arg(long)]
+    passing_requests_file: Option<PathBuf>,
+    /// Add newly passing tests to both passing files (never removes any).
     #[arg(long)]
     update_passing: bool,
     /// Diagnostic, non-conformant: leave this Gateway (namespace/name) out of
@@ -75,13 +85,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = Args::parse();
-    let passing_file = (a.check || a.update_passing).then(|| {
-        a.passing_file
-            .clone()
-            .unwrap_or_else(|| repo("tests/conformance/passing.txt"))
-    });
+    let guard = a.check || a.update_passing;
     anyhow::ensure!(
-        passing_file.is_none() || a.skip_gateway.is_empty(),
+        !guard || a.skip_gateway.is_empty(),
         "--check/--update-passing cannot be combined with the diagnostic --skip-gateway"
     );
     let features = if a.features.iter().any(|f| f == "all") {
@@ -98,6 +104,7 @@ async fn main() -> Result<()> {
         port_offset: a.port_offset,
         max_time_to_consistency: Duration::from_secs(a.max_time),
         request_timeout: Duration::from_secs(a.request_timeout),
+        status_timeout: Duration::from_secs(a.status_timeout),
         agent_start_timeout: Duration::from_secs(10),
         run: a.run,
         features,
@@ -120,33 +127,55 @@ async fn main() -> Result<()> {
         out_dir.join("report.md").display(),
         out_dir.join("report.yaml").display()
     );
-    if let Some(file) = passing_file {
-        let listed = report::read_passing(&file)?;
-        let (regressions, new) = report::compare_passing(&rep, &listed);
-        if !new.is_empty() {
-            if a.update_passing {
-                report::grow_passing(&file, &new)?;
-                eprintln!("added to {}: {}", file.display(), new.join(", "));
-            } else {
-                eprintln!(
-                    "newly passing (add them to {} or rerun with --update-passing): {}",
-                    file.display(),
-                    new.join(", ")
-                );
+    if guard {
+        let lists = [
+            (
+                report::PassLevel::Full,
+                a.passing_file
+                    .clone()
+                    .unwrap_or_else(|| repo("tests/conformance/passing.txt")),
+            ),
+            (
+                report::PassLevel::Requests,
+                a.passing_requests_file
+                    .clone()
+                    .unwrap_or_else(|| repo("tests/conformance/passing-requests.txt")),
+            ),
+        ];
+        let mut failed = false;
+        for (level, file) in lists {
+            let listed = report::read_passing(&file)?;
+            let (regressions, new) = report::compare_passing(&rep, &listed, level);
+            if !new.is_empty() {
+                if a.update_passing {
+                    report::grow_passing(&file, &new)?;
+                    eprintln!("added to {}: {}", file.display(), new.join(", "));
+                } else {
+                    eprintln!(
+                        "newly passing (add them to {} or rerun with --update-passing): {}",
+                        file.display(),
+                        new.join(", ")
+                    );
+                }
+            }
+            if a.check {
+                if regressions.is_empty() {
+                    eprintln!(
+                        "conformance check: all {} tests listed in {} still pass",
+                        listed.len(),
+                        file.display()
+                    );
+                } else {
+                    eprintln!("\nconformance regressions (listed in {}):", file.display());
+                    for r in &regressions {
+                        eprintln!("  - {r}");
+                    }
+                    failed = true;
+                }
             }
         }
-        if a.check {
-            if !regressions.is_empty() {
-                eprintln!("\nconformance regressions (listed in {}):", file.display());
-                for r in &regressions {
-                    eprintln!("  - {r}");
-                }
-                std::process::exit(1);
-            }
-            eprintln!(
-                "conformance check: all {} listed tests still pass",
-                listed.len()
-            );
+        if failed {
+            std::process::exit(1);
         }
     }
     Ok(())

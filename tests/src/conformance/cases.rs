@@ -31,7 +31,7 @@ pub struct TestFile {
     pub reason: String,
     #[serde(default)]
     pub gateways: Vec<GatewayRef>,
-    /// Status assertions; kept as data (the agent computes no status yet).
+    /// Status assertions, evaluated by `status.rs` against the agent's `/status`.
     #[serde(default)]
     pub status: serde_yaml::Value,
     #[serde(default)]

@@ -300,14 +300,42 @@ pub fn delete(docs: &mut Vec<Value>, sel: &ObjectSel) -> Result<()> {
     Ok(())
 }
 
-/// Applies a step's JSON merge patch (RFC 7386).
+/// Applies a step's JSON merge patch (RFC 7386). Like the API server, bumps
+/// `metadata.generation` when the patch changes the `spec`.
 pub fn patch(docs: &mut [Value], p: &Patch) -> Result<()> {
     let doc = docs
         .iter_mut()
         .find(|d| matches(d, &p.kind, &p.namespace, &p.name))
         .with_context(|| format!("patch: no {} {}", p.kind, p.name))?;
+    let spec_before = doc.get("spec").cloned();
     merge_patch(doc, &p.patch);
+    if doc.get("spec").cloned() != spec_before {
+        let g = generation(doc).unwrap_or(0);
+        set_generation(doc, g + 1);
+    }
     Ok(())
+}
+
+const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+fn generation(doc: &Value) -> Option<i64> {
+    doc.get("metadata")?.get("generation")?.as_i64()
+}
+
+fn set_generation(doc: &mut Value, g: i64) {
+    if let Some(m) = doc.get_mut("metadata").and_then(Value::as_mapping_mut) {
+        m.insert("generation".into(), Value::from(g));
+    }
+}
+
+/// What the API server does on create: every Gateway API object starts at
+/// `metadata.generation: 1` (the agent echoes it as `observedGeneration`).
+pub fn set_initial_generations(docs: &mut [Value]) {
+    for d in docs {
+        if group_kind(d).0 == GATEWAY_GROUP && generation(d).is_none() {
+            set_generation(d, 1);
+        }
+    }
 }
 
 pub fn merge_patch(target: &mut Value, patch: &Value) {
@@ -372,6 +400,30 @@ metadata: {name: svc, namespace: infra}
         );
         assert!(!yaml.contains("Deployment"));
         assert_eq!(p.skipped["Deployment"], 1);
+    }
+
+    #[test]
+    fn generations_start_at_one_and_spec_patches_bump_them() {
+        let mut docs = parse_docs(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: infra}\nspec: {listeners: []}\n---\napiVersion: v1\nkind: Service\nmetadata: {name: s, namespace: infra}\n",
+            GATEWAY_CLASS,
+        )
+        .unwrap();
+        set_initial_generations(&mut docs);
+        assert_eq!(generation(&docs[0]), Some(1));
+        assert_eq!(generation(&docs[1]), None);
+        let p = |patch: &str| Patch {
+            kind: "Gateway".into(),
+            namespace: Some("infra".into()),
+            name: "g".into(),
+            patch: serde_yaml::from_str(patch).unwrap(),
+        };
+        patch(&mut docs, &p("{metadata: {labels: {a: b}}}")).unwrap();
+        assert_eq!(generation(&docs[0]), Some(1), "metadata-only change");
+        patch(&mut docs, &p("{spec: {listeners: [{name: http}]}}")).unwrap();
+        assert_eq!(generation(&docs[0]), Some(2));
+        patch(&mut docs, &p("{spec: {listeners: [{name: http}]}}")).unwrap();
+        assert_eq!(generation(&docs[0]), Some(2), "no-op patch");
     }
 
     #[test]

@@ -8,3 +8,4 @@ pub mod compare;
 pub mod manifests;
 pub mod report;
 pub mod runner;
+pub mod status;

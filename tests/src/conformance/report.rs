@@ -7,6 +7,8 @@ use std::{
 
 use anyhow::{Context, Result};
 
+use super::status::Verdict;
+
 /// Upstream GATEWAY-HTTP core features; every other feature is extended.
 pub const CORE_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 pub const GATEWAY_API_VERSION: &str = "v1.6.1";
@@ -43,13 +45,19 @@ pub enum Traffic {
     },
 }
 
-/// Status assertions of a test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StatusCheck {
-    None,
-    /// The agent computes no Gateway API status yet: these many assertions
-    /// cannot be checked and count as failed.
-    Unsupported(usize),
+/// One status assertion and its verdict.
+#[derive(Debug, Clone)]
+pub struct StatusResult {
+    pub label: String,
+    pub verdict: Verdict,
+}
+
+/// Counts of a test's status assertions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StatusCounts {
+    pub passed: usize,
+    pub failed: usize,
+    pub unsupported: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -65,7 +73,8 @@ pub struct TestResult {
     pub features: Vec<String>,
     pub provisional: bool,
     pub traffic: Traffic,
-    pub status: StatusCheck,
+    /// Status assertions of the test and its steps, in order.
+    pub status: Vec<StatusResult>,
     /// Why it was skipped, or the first failure.
     pub reason: String,
     pub cases: Vec<CaseResult>,
@@ -84,13 +93,34 @@ impl TestResult {
         matches!(self.traffic, Traffic::Ran { passed, total } if total > 0 && passed == total)
     }
 
+    pub fn status_counts(&self) -> StatusCounts {
+        let mut c = StatusCounts::default();
+        for s in &self.status {
+            match s.verdict {
+                Verdict::Pass => c.passed += 1,
+                Verdict::Fail(_) => c.failed += 1,
+                Verdict::Unsupported(_) => c.unsupported += 1,
+            }
+        }
+        c
+    }
+
+    /// Every status assertion passed (none unsupported).
+    pub fn status_passed(&self) -> bool {
+        self.status.iter().all(|s| s.verdict == Verdict::Pass)
+    }
+
     /// Upstream semantics: every request case and every status assertion passed.
     pub fn outcome(&self) -> Outcome {
-        match (&self.traffic, self.status) {
-            (Traffic::NotRun, _) => Outcome::Skipped,
-            (Traffic::NoCases, StatusCheck::None) => Outcome::Passed,
-            (_, StatusCheck::None) if self.traffic_passed() => Outcome::Passed,
-            _ => Outcome::Failed,
+        let requests_ok = match &self.traffic {
+            Traffic::NotRun => return Outcome::Skipped,
+            Traffic::NoCases => true,
+            _ => self.traffic_passed(),
+        };
+        if requests_ok && self.status_passed() {
+            Outcome::Passed
+        } else {
+            Outcome::Failed
         }
     }
 
@@ -104,11 +134,32 @@ impl TestResult {
     }
 
     pub fn status_label(&self) -> String {
-        match (&self.traffic, self.status) {
-            (Traffic::NotRun, _) => "-".into(),
-            (_, StatusCheck::None) => "none".into(),
-            (_, StatusCheck::Unsupported(n)) => format!("{n} unsupported"),
+        if self.traffic == Traffic::NotRun {
+            return "-".into();
         }
+        if self.status.is_empty() {
+            return "none".into();
+        }
+        let c = self.status_counts();
+        let mut out = format!("{}/{}", c.passed, self.status.len());
+        if c.unsupported > 0 {
+            out.push_str(&format!(" ({} unsupported)", c.unsupported));
+        }
+        out
+    }
+
+    /// The first failing (else unsupported) status assertion, for reasons.
+    pub fn first_status_problem(&self) -> Option<String> {
+        let fail = self.status.iter().find_map(|s| match &s.verdict {
+            Verdict::Fail(e) => Some(format!("status: {}: {e}", s.label)),
+            _ => None,
+        });
+        fail.or_else(|| {
+            self.status.iter().find_map(|s| match &s.verdict {
+                Verdict::Unsupported(e) => Some(format!("status unsupported: {}: {e}", s.label)),
+                _ => None,
+            })
+        })
     }
 }
 
@@ -190,12 +241,22 @@ impl Report {
             .iter()
             .filter(|r| matches!(r.traffic, Traffic::Refused(_)))
             .count();
+        let mut st = StatusCounts::default();
+        for r in &self.results {
+            let c = r.status_counts();
+            st.passed += c.passed;
+            st.failed += c.failed;
+            st.unsupported += c.unsupported;
+        }
         format!(
-            "{} tests: {} passed, {} failed, {} skipped; request cases all passing in {traffic} of {with_traffic} tests with requests; agent refused the config in {refused}",
+            "{} tests: {} passed, {} failed, {} skipped; request cases all passing in {traffic} of {with_traffic} tests with requests; status assertions {} passed, {} failed, {} unsupported; agent refused the config in {refused}",
             self.results.len(),
             all.passed,
             all.failed,
-            all.skipped
+            all.skipped,
+            st.passed,
+            st.failed,
+            st.unsupported,
         )
     }
 
@@ -209,8 +270,9 @@ impl Report {
         let _ = writeln!(
             out,
             "Result is upstream's: every request case and every status assertion must pass. \
-             *requests* = request cases passed / total; *status* = status assertions, which the \
-             agent cannot answer yet (it computes no Gateway API status).\n"
+             *requests* = request cases passed / total; *status* = status assertions passed / \
+             total, checked against the agent's admin `/status` (*unsupported*: cannot be \
+             evaluated without a cluster; they fail the test).\n"
         );
         let _ = writeln!(
             out,
@@ -272,6 +334,30 @@ impl Report {
                         "  - {}: {}",
                         md_escape(&c.label),
                         md_escape(&short(c.error.as_deref().unwrap_or(""), 300))
+                    );
+                }
+            }
+        }
+        let failing_status: Vec<_> = self
+            .results
+            .iter()
+            .filter(|r| r.status.iter().any(|s| s.verdict != Verdict::Pass))
+            .collect();
+        if !failing_status.is_empty() {
+            let _ = writeln!(out, "\n## Failing or unsupported status assertions\n");
+            for r in failing_status {
+                let _ = writeln!(out, "- **{}**", r.id);
+                for s in &r.status {
+                    let what = match &s.verdict {
+                        Verdict::Pass => continue,
+                        Verdict::Fail(e) => format!("failed: {e}"),
+                        Verdict::Unsupported(e) => format!("unsupported: {e}"),
+                    };
+                    let _ = writeln!(
+                        out,
+                        "  - {}: {}",
+                        md_escape(&s.label),
+                        md_escape(&short(&what, 300))
                     );
                 }
             }
@@ -400,16 +486,40 @@ pub fn read_passing(path: &Path) -> Result<BTreeSet<String>> {
         .collect())
 }
 
-/// Regressions (listed, run, and not passing) and new passes (passing, not listed).
-pub fn compare_passing(report: &Report, listed: &BTreeSet<String>) -> (Vec<String>, Vec<String>) {
+/// What a passing list guards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassLevel {
+    /// `passing.txt`: the test passes (request cases and status assertions).
+    Full,
+    /// `passing-requests.txt`: every request case passes.
+    Requests,
+}
+
+impl PassLevel {
+    pub fn passed(self, r: &TestResult) -> bool {
+        match self {
+            PassLevel::Full => r.outcome() == Outcome::Passed,
+            PassLevel::Requests => r.traffic_passed(),
+        }
+    }
+}
+
+/// Regressions (listed, run, and not passing) and new passes (passing, not
+/// listed) at `level`.
+pub fn compare_passing(
+    report: &Report,
+    listed: &BTreeSet<String>,
+    level: PassLevel,
+) -> (Vec<String>, Vec<String>) {
     let mut regressions = Vec::new();
     let mut new = Vec::new();
     for r in &report.results {
         let listed_here = listed.contains(&r.id);
-        if listed_here && r.traffic != Traffic::NotRun && !r.traffic_passed() {
+        let passed = level.passed(r);
+        if listed_here && r.traffic != Traffic::NotRun && !passed {
             regressions.push(format!("{}: {}", r.id, r.reason));
         }
-        if !listed_here && r.traffic_passed() {
+        if !listed_here && passed {
             new.push(r.id.clone());
         }
     }
@@ -433,14 +543,20 @@ pub fn grow_passing(path: &Path, ids: &[String]) -> Result<()> {
 mod tests {
     use super::*;
 
-    fn result(id: &str, traffic: Traffic, status: StatusCheck) -> TestResult {
+    fn result(id: &str, traffic: Traffic, status: &[Verdict]) -> TestResult {
         TestResult {
             id: id.into(),
             name: id.into(),
             features: vec!["Gateway".into(), "HTTPRoute".into()],
             provisional: false,
             traffic,
-            status,
+            status: status
+                .iter()
+                .map(|v| StatusResult {
+                    label: "s".into(),
+                    verdict: v.clone(),
+                })
+                .collect(),
             reason: String::new(),
             cases: Vec::new(),
             seconds: 0.0,
@@ -448,35 +564,20 @@ mod tests {
     }
 
     #[test]
-    fn outcomes_statistics_and_passing_list() {
+    fn outcomes_statistics_and_passing_lists() {
+        let all = |passed, total| Traffic::Ran { passed, total };
+        let unsupported = Verdict::Unsupported("x".into());
         let report = Report {
             results: vec![
-                result(
-                    "a",
-                    Traffic::Ran {
-                        passed: 2,
-                        total: 2,
-                    },
-                    StatusCheck::Unsupported(3),
-                ),
-                result(
-                    "b",
-                    Traffic::Ran {
-                        passed: 1,
-                        total: 2,
-                    },
-                    StatusCheck::None,
-                ),
-                result("c", Traffic::Refused("no".into()), StatusCheck::None),
-                result("d", Traffic::NotRun, StatusCheck::None),
-                result(
-                    "e",
-                    Traffic::Ran {
-                        passed: 1,
-                        total: 1,
-                    },
-                    StatusCheck::None,
-                ),
+                result("a", all(2, 2), &[Verdict::Pass, unsupported.clone()]),
+                result("b", all(1, 2), &[Verdict::Pass]),
+                result("c", Traffic::Refused("no".into()), &[]),
+                result("d", Traffic::NotRun, &[]),
+                result("e", all(1, 1), &[]),
+                result("f", all(3, 3), &[Verdict::Pass, Verdict::Pass]),
+                result("g", Traffic::NoCases, &[Verdict::Pass]),
+                result("h", Traffic::NoCases, &[Verdict::Fail("no".into())]),
+                result("i", all(1, 1), &[Verdict::Fail("no".into())]),
             ],
             claimed: BTreeSet::new(),
             all_features: BTreeSet::from(["Gateway".into(), "HTTPRoute".into()]),
@@ -485,14 +586,26 @@ mod tests {
         };
         let outcomes: Vec<_> = report.results.iter().map(|r| r.outcome()).collect();
         use Outcome::*;
-        assert_eq!(outcomes, [Failed, Failed, Failed, Skipped, Passed]);
+        assert_eq!(
+            outcomes,
+            [Failed, Failed, Failed, Skipped, Passed, Passed, Passed, Failed, Failed]
+        );
+        assert_eq!(report.results[0].status_label(), "1/2 (1 unsupported)");
+        assert_eq!(report.results[3].status_label(), "-");
         let yaml = report.conformance_report();
-        assert_eq!(yaml["profiles"][0]["core"]["statistics"]["Failed"], 3);
+        assert_eq!(yaml["profiles"][0]["core"]["statistics"]["Failed"], 5);
         assert_eq!(yaml["profiles"][0]["core"]["result"], "failure");
+
         let listed = BTreeSet::from(["b".to_owned(), "d".to_owned(), "e".to_owned()]);
-        let (regressions, new) = compare_passing(&report, &listed);
+        let (regressions, new) = compare_passing(&report, &listed, PassLevel::Requests);
         assert_eq!(regressions.len(), 1);
         assert!(regressions[0].starts_with("b:"));
-        assert_eq!(new, ["a"]);
+        assert_eq!(new, ["a", "f", "i"]);
+
+        let listed = BTreeSet::from(["a".to_owned(), "f".to_owned()]);
+        let (regressions, new) = compare_passing(&report, &listed, PassLevel::Full);
+        assert_eq!(regressions.len(), 1);
+        assert!(regressions[0].starts_with("a:"));
+        assert_eq!(new, ["e", "g"]);
     }
 }

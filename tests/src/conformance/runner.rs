@@ -16,7 +16,8 @@ use super::{
     client::{Clients, Outgoing},
     compare::{compare, EchoBody},
     manifests::{self, Prepared, GATEWAY_CLASS},
-    report::{CaseResult, Report, StatusCheck, TestResult, Traffic},
+    report::{CaseResult, Report, StatusResult, TestResult, Traffic},
+    status::{self as st, AgentStatus, Objects, Poll},
 };
 use crate::echo::{serve_with, Identity, RequestLog};
 
@@ -37,6 +38,9 @@ pub struct Options {
     pub max_time_to_consistency: Duration,
     /// Per request (10 s upstream).
     pub request_timeout: Duration,
+    /// How long status assertions are polled (upstream: 60 s for routes,
+    /// 180 s for Gateways).
+    pub status_timeout: Duration,
     /// How long the agent may take to become ready.
     pub agent_start_timeout: Duration,
     /// Only tests whose id or upstream name is listed (all when empty).
@@ -166,7 +170,7 @@ fn skeleton(t: &TestFile) -> TestResult {
         features: t.features.clone(),
         provisional: t.provisional,
         traffic: Traffic::NotRun,
-        status: StatusCheck::None,
+        status: Vec::new(),
         reason: String::new(),
         cases: Vec::new(),
         seconds: 0.0,
@@ -188,14 +192,17 @@ async fn run_test(env: &Env, t: &TestFile, claimed: &BTreeSet<String>) -> TestRe
         r.reason = format!("feature(s) not claimed: {missing:?}");
         return r;
     }
-    let status_count = t.status_count();
-    if status_count > 0 {
-        r.status = StatusCheck::Unsupported(status_count);
-    }
     let dir = env.work.join(&t.id);
     let outcome = run_test_in(env, t, &dir, &mut r).await;
     if let Err(e) = outcome {
         r.traffic = Traffic::Refused(format!("{e:#}"));
+        // Nothing could be checked: the assertions fail (unsupported ones stay so).
+        let why = "the agent refused the config";
+        r.status = unchecked(&t.status, "", why);
+        for (i, step) in t.steps.iter().enumerate() {
+            r.status
+                .extend(unchecked(&step.status, &format!("step {}: ", i + 1), why));
+        }
     }
     if !env.opts.keep_temp {
         let _ = std::fs::remove_dir_all(&dir);
@@ -207,13 +214,9 @@ async fn run_test(env: &Env, t: &TestFile, claimed: &BTreeSet<String>) -> TestRe
                 .cases
                 .iter()
                 .find_map(|c| c.error.as_ref().map(|e| format!("{}: {e}", c.label)));
-            match (first, r.status) {
-                (Some(f), _) => f,
-                (None, StatusCheck::Unsupported(n)) => {
-                    format!("{n} status assertion(s): the agent computes no Gateway API status yet")
-                }
-                (None, StatusCheck::None) => String::new(),
-            }
+            first
+                .or_else(|| r.first_status_problem())
+                .unwrap_or_default()
         }
     };
     r
@@ -242,8 +245,11 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         .map(|(k, b)| (k.clone(), b.port))
         .collect();
 
+    manifests::set_initial_generations(&mut source);
     let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
     let mut agent = Agent::start(env, dir, &prepared, 0).await?;
+    r.status
+        .extend(check_status(env, &agent, &t.status, &prepared, "").await);
     let mut case_results = run_cases(env, t, &t.cases, &prepared, "").await;
     agent.stop().await;
     if t.cases.is_empty() && t.steps.iter().all(|s| s.cases.is_empty()) {
@@ -257,6 +263,11 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         };
         let prefix = format!("step {}: ", i + 1);
         if let Err(e) = applied {
+            r.status.extend(unchecked(
+                &step.status,
+                &prefix,
+                &format!("cannot apply the step: {e:#}"),
+            ));
             case_results.extend(step.cases.iter().map(|c| CaseResult {
                 label: format!("{prefix}{}", label(c)),
                 error: Some(format!("cannot apply the step: {e:#}")),
@@ -266,13 +277,19 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
         match Agent::start(env, dir, &prepared, i + 1).await {
             Ok(mut a) => {
+                r.status
+                    .extend(check_status(env, &a, &step.status, &prepared, &prefix).await);
                 case_results.extend(run_cases(env, t, &step.cases, &prepared, &prefix).await);
                 a.stop().await;
             }
-            Err(e) => case_results.extend(step.cases.iter().map(|c| CaseResult {
-                label: format!("{prefix}{}", label(c)),
-                error: Some(format!("agent refused the config after the step: {e:#}")),
-            })),
+            Err(e) => {
+                let why = format!("agent refused the config after the step: {e:#}");
+                r.status.extend(unchecked(&step.status, &prefix, &why));
+                case_results.extend(step.cases.iter().map(|c| CaseResult {
+                    label: format!("{prefix}{}", label(c)),
+                    error: Some(why.clone()),
+                }))
+            }
         }
     }
     if r.traffic != Traffic::NoCases {
@@ -286,9 +303,100 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
     Ok(())
 }
 
+/// Status assertions that cannot be checked because the agent did not run.
+fn unchecked(status: &Value, prefix: &str, why: &str) -> Vec<StatusResult> {
+    st::assertions(status)
+        .into_iter()
+        .map(|a| StatusResult {
+            label: format!("{prefix}{}", a.label),
+            verdict: match a.check {
+                st::Check::Unsupported(u) => st::Verdict::Unsupported(u),
+                _ => st::Verdict::Fail(why.to_owned()),
+            },
+        })
+        .collect()
+}
+
+/// The agent's `/status`.
+async fn fetch_status(clients: &Clients, admin: SocketAddr) -> Result<AgentStatus, String> {
+    let req = Outgoing {
+        dial: admin,
+        method: "GET".into(),
+        host: admin.to_string(),
+        path: "/status".into(),
+        headers: BTreeMap::new(),
+        h2c: false,
+    };
+    let o = clients.round_trip(&req).await?;
+    if o.status != 200 {
+        return Err(format!("GET /status answered {}", o.status));
+    }
+    serde_json::from_slice(&o.body).map_err(|e| format!("GET /status: invalid JSON: {e}"))
+}
+
+/// Polls the agent's `/status` until every assertion of `status` holds or
+/// `--status-timeout` has passed (upstream polls too, bounded).
+async fn check_status(
+    env: &Env,
+    agent: &Agent,
+    status: &Value,
+    prepared: &Prepared,
+    prefix: &str,
+) -> Vec<StatusResult> {
+    let assertions = st::assertions(status);
+    if assertions.is_empty() {
+        return Vec::new();
+    }
+    let objs = Objects {
+        docs: &prepared.docs,
+    };
+    let clients = Clients::new(Duration::from_secs(2));
+    let timeout = env.opts.status_timeout;
+    let deadline = Instant::now() + timeout;
+    let mut poll = Poll::new(assertions.len(), Duration::from_secs(1));
+    let mut fetch_error: Option<String>;
+    loop {
+        match fetch_status(&clients, agent.admin).await {
+            Ok(s) => {
+                fetch_error = None;
+                let now = Instant::now();
+                for (i, a) in assertions.iter().enumerate() {
+                    if poll.pending(i) {
+                        poll.record(i, st::evaluate(&a.check, &s, &objs), now);
+                    }
+                }
+            }
+            Err(e) => fetch_error = Some(e),
+        }
+        if poll.done() || Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let verdicts = poll.finish(timeout);
+    assertions
+        .into_iter()
+        .zip(verdicts)
+        .map(|(a, v)| {
+            let verdict = match (v, &fetch_error) {
+                (st::Verdict::Fail(e), Some(f)) => st::Verdict::Fail(format!("{f}; {e}")),
+                (v, _) => v,
+            };
+            if env.opts.verbose {
+                eprintln!("    {prefix}status {}: {verdict:?}", a.label);
+            }
+            StatusResult {
+                label: format!("{prefix}{}", a.label),
+                verdict,
+            }
+        })
+        .collect()
+}
+
 /// One agent process for one config.
 struct Agent {
     child: tokio::process::Child,
+    admin: SocketAddr,
 }
 
 impl Agent {
@@ -312,7 +420,7 @@ impl Agent {
             .kill_on_drop(true)
             .spawn()
             .with_context(|| format!("starting {}", env.opts.agent_bin.display()))?;
-        let mut agent = Agent { child };
+        let mut agent = Agent { child, admin };
         let deadline = Instant::now() + env.opts.agent_start_timeout;
         let client = Clients::new(Duration::from_secs(1));
         loop {
