@@ -63,8 +63,18 @@ pub struct ClassStatus {
 pub struct GatewayStatus {
     pub namespace: String,
     pub name: String,
+    /// Addresses the Gateway is reachable on (its `spec.addresses`, which the
+    /// agent binds or steers); empty for a Gateway on every local address.
+    pub addresses: Vec<GatewayStatusAddress>,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GatewayStatusAddress {
+    #[serde(rename = "type")]
+    pub kind: &'static str,
+    pub value: String,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -303,6 +313,14 @@ pub(super) fn compute(
         status.gateways.push(GatewayStatus {
             namespace: gateway.id.namespace.clone(),
             name: gateway.id.name.clone(),
+            addresses: gateway
+                .addresses
+                .iter()
+                .map(|a| GatewayStatusAddress {
+                    kind: "IPAddress",
+                    value: a.to_string(),
+                })
+                .collect(),
             conditions,
             listeners,
         });
