@@ -3,5 +3,6 @@
 mod compile;
 pub mod refgrant;
 pub mod status;
+pub mod tls;
 
 pub use compile::{compile, Compiled, ShardIds, CONTROLLER_NAME};

@@ -8,7 +8,7 @@ mod proxy;
 mod retry;
 mod server;
 
-pub use proxy::{ConnInfo, Proxy};
+pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 
 use bytes::Bytes;

@@ -27,13 +27,33 @@ use crate::{
 };
 
 /// What the accept loop knows about a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub shard: ShardId,
     /// The address the client dialled (with sk_lookup, the gateway address,
     /// not the shard socket's own bind address).
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Set when the connection was TLS-terminated here.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS side of a terminated connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    /// `https` for TLS-terminated connections, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// The L7 request handler shared by all shards.
@@ -73,7 +93,12 @@ impl Proxy {
         }
     }
 
-    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    /// The TLS server config of a shard port, when connections to it are TLS.
+    pub fn tls_config(&self, shard: ShardId, port: u16) -> Option<Arc<rustls::ServerConfig>> {
+        self.snapshot.load().shard(shard)?.tls.get(&port).cloned()
+    }
+
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         // The request keeps this snapshot to the end, whatever is published meanwhile.
         let snapshot = self.snapshot.load_full();
@@ -98,7 +123,7 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         snapshot: &Snapshot,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> (Response<Body>, Arc<str>, Arc<str>) {
         let none: Arc<str> = Arc::from("none");
@@ -121,6 +146,20 @@ impl Proxy {
         let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
             return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
         };
+        if let Some(tls) = &conn.tls {
+            // The certificate was chosen for the SNI's listener; a Host that
+            // belongs to another listener on the port is misdirected (RFC 9110
+            // §15.5.20), as the Gateway API asks for listeners sharing a port.
+            let sni = tls.sni.as_deref().unwrap_or("").to_ascii_lowercase();
+            let by_sni = shard.listener_for(conn.local.port(), &sni);
+            if by_sni.is_none_or(|l| l.name != listener.name) {
+                return (
+                    error(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+                    shard_name,
+                    none,
+                );
+            }
+        }
         let view = RequestView::new(
             req.method(),
             req.uri().path(),
@@ -134,6 +173,7 @@ impl Proxy {
         let target = Target {
             entry,
             listener_port: listener.port,
+            scheme: conn.scheme(),
             host: &host,
             authority: &authority,
         };
@@ -156,7 +196,7 @@ impl Proxy {
     async fn apply_rule(
         &self,
         t: Target<'_>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let action = &t.entry.action;
@@ -226,7 +266,7 @@ impl Proxy {
     async fn forward<'a>(
         &self,
         t: Target<'a>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         parts: &mut http::request::Parts,
         body: Incoming,
         mut path: String,
@@ -416,6 +456,8 @@ impl Proxy {
 struct Target<'a> {
     entry: &'a RouteEntry,
     listener_port: u16,
+    /// `http` or `https`: how the request reached the gateway.
+    scheme: &'static str,
     /// Request host, lower-case, without port.
     host: &'a str,
     /// Request authority as received (with port, if any).
@@ -429,9 +471,7 @@ impl Target<'_> {
         let location = filters::redirect_location(
             r,
             RedirectContext {
-                // Only HTTP listeners are served so far; HTTPS ones will
-                // pass their own scheme here.
-                scheme: "http",
+                scheme: self.scheme,
                 listener_port: self.listener_port,
                 host: self.host,
                 path,
@@ -498,7 +538,7 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// after a URLRewrite hostname).
 fn upstream_request(
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
     authority: &str,
     host: &str,
     path_and_query: &str,
@@ -529,9 +569,10 @@ fn upstream_request(
         X_FORWARDED_FOR.clone(),
         HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
     );
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
+    parts.headers.insert(
+        X_FORWARDED_PROTO.clone(),
+        HeaderValue::from_static(conn.scheme()),
+    );
     parts
         .headers
         .insert(X_FORWARDED_HOST.clone(), forwarded_host);
