@@ -364,8 +364,7 @@ async fn host_of_another_listener_is_misdirected() {
         let s = connect(client, f.port, "a.example.com").await.unwrap();
         let r = request(s, "x.b.example.com", "/").await.unwrap();
         assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST, "{}", r.body);
-        // Host covered by no listener: misdirected as well (it is not
-        // listener a's either).
+        // And the other way round: SNI picks b, the Host is a's.
         let s = connect(client, f.port, "x.b.example.com").await.unwrap();
         let r = request(s, "a.example.com", "/").await.unwrap();
         assert_eq!(r.status, StatusCode::MISDIRECTED_REQUEST);

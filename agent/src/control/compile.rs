@@ -16,8 +16,8 @@ use crate::{
     },
     kernel::{KernelDesired, SourceRule},
     snapshot::{
-        Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, RouteEntry, RouteTable,
-        RuleAction, Shard, ShardId, Snapshot, Unresolved,
+        AppProtocol, Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget,
+        RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot, Unresolved,
     },
 };
 
@@ -27,6 +27,10 @@ use super::{
     tls::Certificates,
 };
 use crate::snapshot::tls::{server_config, SniResolver};
+
+/// Service port `appProtocol`s that need upstream TLS (not implemented):
+/// references to them do not resolve (`UnsupportedProtocol`).
+const UNSUPPORTED_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/wss", "https"];
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -396,6 +400,7 @@ impl<'a> BackendResolver<'a> {
                     );
                     let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
+                    backend.protocol = self.protocol(&b.service, b.port);
                     backend
                 })
                 .collect(),
@@ -463,7 +468,31 @@ impl<'a> BackendResolver<'a> {
                 message: format!("backend {service}: Service has no port {port}"),
             });
         };
+        if let Some(p) = sp.app_protocol.as_deref() {
+            if UNSUPPORTED_APP_PROTOCOLS.contains(&p) {
+                return Err(Unresolved {
+                    reason: "UnsupportedProtocol",
+                    message: format!(
+                        "backend {service}: port {port} appProtocol {p} needs TLS to the \
+                         backend, which is not implemented"
+                    ),
+                });
+            }
+        }
         Ok((svc, sp))
+    }
+
+    /// The upstream protocol of a Service port (HTTP/1.1 when unknown).
+    fn protocol(&self, service: &ObjectRef, port: u16) -> AppProtocol {
+        let app_protocol = self
+            .services
+            .get(service)
+            .and_then(|s| s.ports.iter().find(|p| p.port == port))
+            .and_then(|p| p.app_protocol.as_deref());
+        match app_protocol {
+            Some("kubernetes.io/h2c") => AppProtocol::H2c,
+            _ => AppProtocol::Http1,
+        }
     }
 
     fn target_of_kind(

@@ -7,6 +7,7 @@ mod mirror;
 mod proxy;
 mod retry;
 mod server;
+mod upgrade;
 
 pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};

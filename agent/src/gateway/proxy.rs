@@ -18,12 +18,13 @@ use super::{
     full,
     mirror::{self, UpstreamBody},
     retry::Replay,
+    upgrade::{self, upgrade_protocol},
     Body,
 };
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
-    snapshot::{BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
+    snapshot::{AppProtocol, BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
 
 /// What the accept loop knows about a connection.
@@ -60,6 +61,8 @@ impl ConnInfo {
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     client: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/2 with prior knowledge, for `kubernetes.io/h2c` backends.
+    h2c: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
 }
 
@@ -85,10 +88,15 @@ impl Proxy {
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .http2_only(true)
             .build(connector);
         Self {
             snapshot,
             client,
+            h2c,
             metrics,
         }
     }
@@ -312,13 +320,34 @@ impl Proxy {
             None => path,
         };
         let head = std::mem::replace(parts, Request::new(()).into_parts().0);
-        let req = Request::from_parts(head, body);
+        let mut req = Request::from_parts(head, body);
         let host = upstream_host.as_deref().unwrap_or(t.authority);
-        let upstream =
-            match upstream_request(req, conn, t.authority, host, &path_and_query, endpoint) {
-                Ok(r) => r,
-                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-            };
+        let upgrade = upgrade_protocol(&req);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let version = match (backend.protocol, &upgrade) {
+            (AppProtocol::H2c, None) => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
+        };
+        let upstream = match upstream_request(
+            req,
+            conn,
+            t.authority,
+            host,
+            &path_and_query,
+            endpoint,
+            version,
+        ) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
+            return upgrade::forward(upstream, protocol, endpoint, downstream, &t.entry.route)
+                .await;
+        }
+        let client = match version {
+            http::Version::HTTP_2 => &self.h2c,
+            _ => &self.client,
+        };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let (mut request, replay) = match &action.retry {
             Some(_) => {
@@ -335,7 +364,7 @@ impl Proxy {
                 .timeouts
                 .backend_request
                 .map(|limit| tokio::time::Instant::now() + limit);
-            let sent = self.client.request(request);
+            let sent = client.request(request);
             let outcome = match deadline {
                 Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
                 None => Some(sent.await),
@@ -489,7 +518,7 @@ impl Target<'_> {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{message}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -519,7 +548,7 @@ fn host_without_port(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -543,6 +572,7 @@ fn upstream_request(
     host: &str,
     path_and_query: &str,
     endpoint: SocketAddr,
+    version: http::Version,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
@@ -551,8 +581,21 @@ fn upstream_request(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| format!("invalid request target: {e}"))?;
-    parts.version = http::Version::HTTP_11;
+    parts.version = version;
+    // `TE: trailers` is the one TE value that passes (gRPC relies on it).
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let forwarded_host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
     let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
     parts.headers.insert(header::HOST, host);

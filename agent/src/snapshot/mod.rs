@@ -268,7 +268,20 @@ pub struct Backend {
     pub target: BackendTarget,
     /// backendRef-level filters, applied after the rule's.
     pub filters: Vec<Filter>,
+    /// How requests reach it (from the Service port's `appProtocol`).
+    pub protocol: AppProtocol,
     next: AtomicU64,
+}
+
+/// The upstream protocol of a backend, from the Service port's `appProtocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (no `appProtocol`, `http`, `kubernetes.io/ws`, or one this
+    /// agent does not know and treats as plain HTTP).
+    #[default]
+    Http1,
+    /// `kubernetes.io/h2c`: HTTP/2 with prior knowledge.
+    H2c,
 }
 
 #[derive(Debug)]
@@ -302,6 +315,7 @@ impl Backend {
             weight,
             target,
             filters: Vec::new(),
+            protocol: AppProtocol::Http1,
             next: AtomicU64::new(0),
         }
     }
