@@ -64,6 +64,9 @@ pub struct Settings {
     /// bpf filesystem for the pinned eBPF state that lets a restarted agent
     /// take over without dropping connections; `None` pins nothing.
     pub bpffs: Option<PathBuf>,
+    /// Peers whose `X-Forwarded-*` headers are kept and appended to; from
+    /// everyone else they are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -77,6 +80,7 @@ impl Settings {
             max_connections_per_shard: 16_384,
             watch_config: true,
             bpffs: Some(PathBuf::from("/sys/fs/bpf")),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -163,7 +167,10 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             snapshot: snapshot.clone(),
         }));
     }
-    let proxy = Arc::new(Proxy::new(snapshot.clone(), metrics.clone()));
+    let proxy = Arc::new(
+        Proxy::new(snapshot.clone(), metrics.clone())
+            .with_trusted_proxies(settings.trusted_proxies.clone()),
+    );
     let runtime = Arc::new(Runtime::new(
         settings.config_dir.clone(),
         snapshot.clone(),

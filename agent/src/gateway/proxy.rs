@@ -10,6 +10,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use ipnet::IpNet;
 
 use super::{
     cors,
@@ -64,6 +65,8 @@ pub struct Proxy {
     /// HTTP/2 with prior knowledge, for `kubernetes.io/h2c` backends.
     h2c: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
+    /// Peers whose `X-Forwarded-*` headers are believed and extended.
+    trusted_proxies: Vec<IpNet>,
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -98,7 +101,22 @@ impl Proxy {
             client,
             h2c,
             metrics,
+            trusted_proxies: Vec::new(),
         }
+    }
+
+    /// Peers in these networks are proxies in front of the gateway: their
+    /// `X-Forwarded-For` is appended to and their `X-Forwarded-Proto/Host`
+    /// kept. From anyone else these headers are replaced, so a client
+    /// cannot forge its address or scheme towards the backends.
+    pub fn with_trusted_proxies(mut self, networks: Vec<IpNet>) -> Self {
+        self.trusted_proxies = networks;
+        self
+    }
+
+    fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
     }
 
     /// The TLS server config of a shard port, when connections to it are TLS.
@@ -331,6 +349,7 @@ impl Proxy {
         let upstream = match upstream_request(
             req,
             conn,
+            self.is_trusted(conn.peer.ip()),
             t.authority,
             host,
             &path_and_query,
@@ -565,9 +584,11 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request to the backend: `authority` is what the client asked for
 /// (kept in X-Forwarded-Host), `host` what the backend sees as Host (differs
 /// after a URLRewrite hostname).
+#[allow(clippy::too_many_arguments)] // One request's pieces, as decided by the routing.
 fn upstream_request(
     req: Request<Incoming>,
     conn: &ConnInfo,
+    trusted_peer: bool,
     authority: &str,
     host: &str,
     path_and_query: &str,
@@ -600,25 +621,37 @@ fn upstream_request(
     let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
     parts.headers.insert(header::HOST, host);
     let peer_ip = conn.peer.ip().to_canonical().to_string();
-    let xff = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+    let h = &mut parts.headers;
+    if !trusted_peer {
+        // Whatever an untrusted client claims about earlier hops is dropped.
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            h.remove(name);
+        }
+        h.remove(header::FORWARDED);
+    }
+    let earlier: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if earlier.is_empty() {
+        peer_ip
+    } else {
+        format!("{}, {peer_ip}", earlier.join(", "))
     };
-    parts.headers.insert(
+    h.insert(
         X_FORWARDED_FOR.clone(),
         HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
     );
-    parts.headers.insert(
-        X_FORWARDED_PROTO.clone(),
-        HeaderValue::from_static(conn.scheme()),
-    );
-    parts
-        .headers
-        .insert(X_FORWARDED_HOST.clone(), forwarded_host);
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.scheme()),
+        );
+    }
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        h.insert(X_FORWARDED_HOST.clone(), forwarded_host);
+    }
     Ok(Request::from_parts(parts, body))
 }
 
