@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance`.
+//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance | bench`.
 mod kube;
 mod setup;
 
@@ -46,6 +46,12 @@ enum Cmd {
         #[arg(long)]
         release: bool,
     },
+    /// Benchmarks (release build). `routes`: route-table rebuild + swap time
+    /// and RSS at 100 / 1,000 / 5,000 HTTPRoutes, next to the design targets.
+    Bench {
+        #[arg(value_enum)]
+        what: BenchKind,
+    },
     /// Build the agent and the runner, then replay the upstream Gateway API
     /// HTTP conformance scenarios against the agent (see
     /// tests/conformance/README.md). Reports go to stdout and target/conformance/.
@@ -62,6 +68,11 @@ enum Cmd {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    Routes,
+}
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
@@ -75,6 +86,7 @@ fn main() -> Result<()> {
             config_dir,
             release,
         } => run_ebpf(&interface, &config_dir, release),
+        Cmd::Bench { what } => bench(what),
         Cmd::Conformance {
             run: tests,
             features,
@@ -124,6 +136,18 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ]))
+}
+
+fn bench(what: BenchKind) -> Result<()> {
+    match what {
+        BenchKind::Routes => {
+            // The real agent binary too: its RSS is what the target is about.
+            run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
+            run(cargo()
+                .args(["bench", "-p", "sluice", "--bench", "routes"])
+                .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))
+        }
+    }
 }
 
 fn test(extra: &[String]) -> Result<()> {
