@@ -70,6 +70,9 @@ pub struct Settings {
     pub cgroup: Option<PathBuf>,
     /// Namespace identity of sources (agent config `namespaces:`).
     pub identity: crate::config::NamespaceIdentity,
+    /// Peers whose `X-Forwarded-*` headers are kept and appended to; from
+    /// everyone else they are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 impl Settings {
@@ -86,6 +89,7 @@ impl Settings {
             xdp_mode: crate::kernel::XdpModePref::Auto,
             cgroup: None,
             identity: Default::default(),
+            trusted_proxies: Vec::new(),
         }
     }
 }
@@ -172,7 +176,10 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             snapshot: snapshot.clone(),
         }));
     }
-    let proxy = Arc::new(Proxy::new(snapshot.clone(), metrics.clone()));
+    let proxy = Arc::new(
+        Proxy::new(snapshot.clone(), metrics.clone())
+            .with_trusted_proxies(settings.trusted_proxies.clone()),
+    );
     let mut runtime = Runtime::new(
         settings.config_dir.clone(),
         snapshot.clone(),

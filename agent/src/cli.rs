@@ -54,10 +54,25 @@ pub struct Cli {
     /// of the cgroup v2 hierarchy, wherever it is mounted).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+    /// Networks of proxies in front of the gateway (comma-separated CIDRs or
+    /// addresses). Their X-Forwarded-For is appended to and their
+    /// X-Forwarded-Proto/Host kept; from any other peer these headers (and
+    /// Forwarded) are replaced. Default: trust no one.
+    #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_net)]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+}
+
+/// A CIDR, or a single address (as /32 or /128).
+fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| format!("not a CIDR or IP address: {s:?}"))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -110,6 +125,7 @@ impl Cli {
             XdpModeArg::Native => crate::kernel::XdpModePref::Native,
             XdpModeArg::Generic => crate::kernel::XdpModePref::Generic,
         };
+        s.trusted_proxies = self.trusted_proxies.clone();
         s.ebpf_log_level = match self.ebpf_log_level {
             EbpfLogLevel::Error => 1,
             EbpfLogLevel::Warn => 2,
@@ -142,8 +158,20 @@ mod tests {
             "lo",
             "--interface",
             "eth0",
+            "--trusted-proxies",
+            "10.0.0.0/8, 192.168.1.1",
         ]);
         let s = cli.settings().unwrap();
+        assert_eq!(
+            s.trusted_proxies,
+            [
+                "10.0.0.0/8".parse::<ipnet::IpNet>().unwrap(),
+                "192.168.1.1/32".parse().unwrap()
+            ]
+        );
+        assert!(
+            Cli::try_parse_from(["sluice", "--config-dir", "d", "--trusted-proxies", "x"]).is_err()
+        );
         assert_eq!(s.datapath, DatapathMode::Ebpf);
         assert_eq!(s.interfaces, ["lo", "eth0"]);
     }

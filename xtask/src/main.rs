@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance`.
+//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance | bench`.
 mod kube;
 mod setup;
 
@@ -121,6 +121,9 @@ fn is_root() -> bool {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// Route-table rebuild + swap time and agent RSS at 100 / 1,000 / 5,000
+    /// HTTPRoutes (release build), next to the design targets.
+    Routes,
     /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
     /// iptables and nftables drops of the same SYN flood, on veth (root).
     Xdp {
@@ -133,6 +136,13 @@ enum Bench {
 fn bench(what: Bench) -> Result<()> {
     setup::run()?;
     match what {
+        Bench::Routes => {
+            // The real agent binary too: its RSS is what the target is about.
+            run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
+            run(cargo()
+                .args(["bench", "-p", "sluice", "--bench", "routes"])
+                .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))
+        }
         Bench::Xdp { packets } => {
             if !is_root() {
                 bail!("bench xdp needs root: `sudo -E cargo xtask bench xdp`");

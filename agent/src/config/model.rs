@@ -39,7 +39,32 @@ pub struct Config {
     pub reference_grants: Vec<ReferenceGrant>,
     /// Namespace identity of sources, from the agent config (not the directory).
     pub identity: super::NamespaceIdentity,
+    pub secrets: Vec<Secret>,
 }
+
+/// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
+#[derive(Clone)]
+pub struct Secret {
+    pub id: ObjectRef,
+    /// `type`, e.g. `kubernetes.io/tls` (`Opaque` when unset).
+    pub kind: String,
+    /// Decoded `data` merged with `stringData` (which wins, as in Kubernetes).
+    pub data: BTreeMap<String, Vec<u8>>,
+}
+
+impl fmt::Debug for Secret {
+    /// Never prints the key material.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Secret")
+            .field("id", &self.id)
+            .field("kind", &self.kind)
+            .field("keys", &self.data.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// The Secret type of TLS certificates.
+pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
 #[derive(Debug, Clone)]
@@ -130,6 +155,24 @@ pub struct Listener {
     /// `allowedRoutes.kinds` entries this agent does not serve (`group/kind`);
     /// reported as ResolvedRefs=False, InvalidRouteKinds.
     pub invalid_route_kinds: Vec<String>,
+    /// `tls` of an HTTPS listener (always set for HTTPS; mode Terminate).
+    pub tls: Option<ListenerTls>,
+}
+
+/// `GatewayTLSConfig` with mode Terminate.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ListenerTls {
+    /// In order; the first that resolves is served.
+    pub certificate_refs: Vec<CertificateRef>,
+}
+
+/// One `certificateRefs` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CertificateRef {
+    /// `""` for the core group.
+    pub group: String,
+    pub kind: String,
+    pub object: ObjectRef,
 }
 
 /// `allowedRoutes.namespaces.from` of a listener.

@@ -135,6 +135,13 @@ impl Builder {
                     });
                 }
             }
+            ("", "Secret") => {
+                if let Some(sec) = decode::<wire::Secret>(&mut doc, value) {
+                    if let Some(sec) = secret(&mut doc, sec) {
+                        self.config.secrets.push(sec);
+                    }
+                }
+            }
             (GATEWAY_GROUP, "ReferenceGrant") => {
                 if !matches!(api_version.as_str(), "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1") {
                     doc.err("apiVersion", format!("unsupported ReferenceGrant version {api_version:?} (supported: v1beta1, v1)"));
@@ -148,7 +155,7 @@ impl Builder {
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace (v1), \
+                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret (v1), \
                      EndpointSlice (discovery.k8s.io/v1)"
                 ),
             ),
@@ -312,6 +319,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
             .filter(|k| !is_http_route(k))
             .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GATEWAY_GROUP), k.kind))
             .collect();
+        let tls = listener_tls(doc, i, &protocol, l.tls.as_ref(), &ns(&g.metadata));
         listeners.push(model::Listener {
             name: l.name.clone(),
             port: l.port,
@@ -320,6 +328,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
             allowed_routes,
             allows_http_routes,
             invalid_route_kinds,
+            tls,
         });
     }
     let ann = &g.metadata.annotations;
@@ -376,6 +385,118 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         syn_budget,
         admitted_namespaces,
     })
+}
+
+/// `spec.listeners[i].tls`: required for HTTPS (mode Terminate), not allowed
+/// for HTTP. Other protocols are not served, so their `tls` is not read.
+fn listener_tls(
+    doc: &mut Doc<'_>,
+    i: usize,
+    protocol: &model::ListenerProtocol,
+    tls: Option<&wire::GatewayTlsConfig>,
+    gateway_ns: &str,
+) -> Option<model::ListenerTls> {
+    let field = format!("spec.listeners[{i}].tls");
+    match (protocol, tls) {
+        (model::ListenerProtocol::Http, Some(_)) => {
+            doc.err(field, "not allowed for protocol HTTP");
+            None
+        }
+        (model::ListenerProtocol::Https, None) => {
+            doc.err(field, "required for protocol HTTPS");
+            None
+        }
+        (model::ListenerProtocol::Https, Some(tls)) => {
+            match tls.mode.as_deref().unwrap_or("Terminate") {
+                "Terminate" => {}
+                "Passthrough" => doc.err(
+                    format!("{field}.mode"),
+                    "Passthrough is only valid for protocol TLS (not served); HTTPS terminates",
+                ),
+                other => doc.err(
+                    format!("{field}.mode"),
+                    format!("unsupported mode {other:?} (supported: Terminate)"),
+                ),
+            }
+            if let Some(key) = tls.options.keys().next() {
+                doc.err(
+                    format!("{field}.options"),
+                    format!("unsupported option {key:?} (no TLS options are implemented)"),
+                );
+            }
+            let certificate_refs = tls
+                .certificate_refs
+                .iter()
+                .map(|r| model::CertificateRef {
+                    group: r.group.clone().unwrap_or_default(),
+                    kind: r.kind.clone().unwrap_or_else(|| "Secret".into()),
+                    object: model::ObjectRef::new(
+                        r.namespace.as_deref().unwrap_or(gateway_ns),
+                        &r.name,
+                    ),
+                })
+                .collect();
+            Some(model::ListenerTls { certificate_refs })
+        }
+        _ => None,
+    }
+}
+
+/// A Secret: `data` is base64 (whitespace ignored), `stringData` plain and
+/// overriding `data`, as the API server merges them.
+fn secret(doc: &mut Doc<'_>, s: wire::Secret) -> Option<model::Secret> {
+    let before = doc.errors.len();
+    let mut data = std::collections::BTreeMap::new();
+    for (key, value) in &s.data {
+        match base64_decode(value) {
+            Some(bytes) => {
+                data.insert(key.clone(), bytes);
+            }
+            None => doc.err(format!("data[{key}]"), "not valid base64"),
+        }
+    }
+    for (key, value) in s.string_data {
+        data.insert(key, value.into_bytes());
+    }
+    (doc.errors.len() == before).then(|| model::Secret {
+        id: model::ObjectRef::new(ns(&s.metadata), &s.metadata.name),
+        kind: s.kind.unwrap_or_else(|| "Opaque".into()),
+        data,
+    })
+}
+
+/// Standard base64 (RFC 4648 §4) with optional padding; ASCII whitespace is
+/// skipped. `None` on any other character or a dangling 6-bit group.
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(text.len() * 3 / 4);
+    let (mut acc, mut bits, mut padding) = (0u32, 0u32, 0usize);
+    for b in text.bytes() {
+        let v = match b {
+            b'A'..=b'Z' => b - b'A',
+            b'a'..=b'z' => b - b'a' + 26,
+            b'0'..=b'9' => b - b'0' + 52,
+            b'+' => 62,
+            b'/' => 63,
+            b'=' => {
+                padding += 1;
+                continue;
+            }
+            b if b.is_ascii_whitespace() => continue,
+            _ => return None,
+        };
+        if padding > 0 {
+            return None; // data after padding
+        }
+        acc = (acc << 6) | u32::from(v);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((acc >> bits) as u8);
+            acc &= (1 << bits) - 1;
+        }
+    }
+    // 2 or 4 leftover bits are a partial final group; 6 cannot be.
+    (bits < 6 && padding <= 2).then_some(out)
 }
 
 fn label_selector(doc: &mut Doc<'_>, at: &str, s: &wire::LabelSelector) -> model::LabelSelector {
@@ -646,6 +767,66 @@ spec:
         assert!(p.matches("/v1/users"));
         assert!(!p.matches("/v10"));
         assert!(PathMatch::Prefix("/".into()).matches("/anything"));
+    }
+
+    #[test]
+    fn base64_round_trips_and_rejects_garbage() {
+        assert_eq!(super::base64_decode("aGVsbG8=").unwrap(), b"hello");
+        assert_eq!(super::base64_decode("aGVs\nbG8").unwrap(), b"hello");
+        assert_eq!(super::base64_decode("").unwrap(), b"");
+        assert_eq!(super::base64_decode("/+8=").unwrap(), [0xff, 0xef]);
+        assert!(super::base64_decode("aGVs*G8=").is_none());
+        assert!(super::base64_decode("a").is_none());
+        assert!(super::base64_decode("aG=Vs").is_none());
+    }
+
+    #[test]
+    fn https_listener_and_tls_secret() {
+        let text = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: ns1}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - name: https
+    port: 443
+    protocol: HTTPS
+    tls: {certificateRefs: [{name: cert}, {name: other, namespace: certs, kind: Secret, group: ""}]}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: cert, namespace: ns1}
+type: kubernetes.io/tls
+data: {tls.crt: aGVsbG8=}
+stringData: {tls.key: key}
+"#;
+        let c = parse(text).unwrap();
+        let tls = c.gateways[0].listeners[0].tls.as_ref().unwrap();
+        assert_eq!(tls.certificate_refs[0].object.to_string(), "ns1/cert");
+        assert_eq!(tls.certificate_refs[0].kind, "Secret");
+        assert_eq!(tls.certificate_refs[1].object.to_string(), "certs/other");
+        let s = &c.secrets[0];
+        assert_eq!(s.kind, "kubernetes.io/tls");
+        assert_eq!(s.data["tls.crt"], b"hello");
+        assert_eq!(s.data["tls.key"], b"key");
+        assert!(
+            !format!("{s:?}").contains("hello"),
+            "Debug hides key material"
+        );
+
+        let err = parse(&text.replace("tls: {", "tls: {mode: Passthrough, "))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("spec.listeners[0].tls.mode"), "{err}");
+        let err = parse(&text.replace("protocol: HTTPS", "protocol: HTTP"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not allowed for protocol HTTP"), "{err}");
+        let err = parse(&text.replace("aGVsbG8=", "a*b"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("data[tls.crt]"), "{err}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! eBPF maps). Pure: the same input gives the same output, so both halves can
 //! be tested without sockets or a kernel.
 use std::{
-    collections::{BTreeMap, HashMap, HashSet},
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
     net::{IpAddr, SocketAddr},
     sync::Arc,
 };
@@ -16,15 +16,21 @@ use crate::{
     },
     kernel::{KernelDesired, SourceRule},
     snapshot::{
-        Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, RouteEntry, RouteTable,
-        RuleAction, Shard, ShardId, Snapshot, Unresolved,
+        AppProtocol, Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget,
+        RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot, Unresolved,
     },
 };
 
 use super::{
     refgrant::{Kind, ReferenceGrants},
-    status::Status,
+    status::{ListenerProblem, ListenerProblems, Status},
+    tls::Certificates,
 };
+use crate::snapshot::tls::{server_config, SniResolver};
+
+/// Service port `appProtocol`s that need upstream TLS (not implemented):
+/// references to them do not resolve (`UnsupportedProtocol`).
+const UNSUPPORTED_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/wss", "https"];
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -74,7 +80,7 @@ pub struct Compiled {
     pub snapshot: Snapshot,
     pub kernel: KernelDesired,
     /// Things that are not config errors but that an operator should see
-    /// (Gateways of other classes, conflicting listeners, HTTPS not served yet...).
+    /// (Gateways of other classes, conflicting listeners, unusable certificates...).
     pub warnings: Vec<String>,
     /// Gateway API status conditions of what this agent is responsible for.
     pub status: Status,
@@ -105,6 +111,8 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         .collect();
     let resolver = BackendResolver::new(config);
     let namespaces = NamespaceLabels::new(config);
+    let certificates = Certificates::new(config);
+    let mut problems = ListenerProblems::new();
     // Precedence among otherwise equal matches: the oldest route, then
     // namespace/name. Routes without a creation time count as newest.
     let mut route_order: Vec<&HttpRoute> = config.routes.iter().collect();
@@ -124,24 +132,85 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
             continue;
         };
         let mut listeners = Vec::new();
+        // The protocol of each port is the one of its first listener; a
+        // listener of another protocol on the same port is not served.
+        let mut port_protocol: HashMap<u16, &ListenerProtocol> = HashMap::new();
         for l in &gateway.listeners {
             match &l.protocol {
-                ListenerProtocol::Http => {}
+                ListenerProtocol::Http | ListenerProtocol::Https => {}
                 other => {
                     warnings.push(format!(
-                        "Gateway {} listener {}: protocol {other:?} is not served yet",
+                        "Gateway {} listener {}: protocol {other:?} is not served",
                         gateway.id, l.name
                     ));
                     continue;
                 }
             }
+            let first = *port_protocol.entry(l.port).or_insert(&l.protocol);
+            if first != &l.protocol {
+                warnings.push(format!(
+                    "Gateway {} listener {}: port {} is already used with protocol {first:?}; \
+                     not served",
+                    gateway.id, l.name, l.port
+                ));
+                problems.insert(
+                    (gateway.id.clone(), l.name.clone()),
+                    ListenerProblem::ProtocolConflict,
+                );
+                continue;
+            }
+            let tls = match &l.protocol {
+                ListenerProtocol::Https => match certificates.resolve(gateway, l) {
+                    Ok(key) => Some(key),
+                    Err(u) => {
+                        warnings.push(format!(
+                            "Gateway {} listener {}: not served: {u}",
+                            gateway.id, l.name
+                        ));
+                        problems.insert(
+                            (gateway.id.clone(), l.name.clone()),
+                            ListenerProblem::Certificate(u),
+                        );
+                        continue;
+                    }
+                },
+                _ => None,
+            };
             let routes = listener_routes(gateway, l, &route_order, &resolver, &namespaces);
             listeners.push(ListenerRoutes {
                 name: l.name.clone(),
                 port: l.port,
                 hostname: l.hostname.clone(),
                 routes,
+                tls,
             });
+        }
+        let mut tls = BTreeMap::new();
+        let tls_ports: BTreeSet<u16> = listeners
+            .iter()
+            .filter(|l| l.tls.is_some())
+            .map(|l| l.port)
+            .collect();
+        for port in tls_ports {
+            let certs = listeners
+                .iter()
+                .filter(|l| l.port == port)
+                .filter_map(|l| Some((l.hostname.clone(), l.tls.clone()?)))
+                .collect();
+            match server_config(SniResolver::new(certs)) {
+                Ok(c) => {
+                    tls.insert(port, c);
+                }
+                Err(e) => {
+                    // Only a broken build of rustls gets here; never serve
+                    // plain text where TLS was asked for.
+                    warnings.push(format!(
+                        "Gateway {} port {port}: TLS setup failed: {e}; not served",
+                        gateway.id
+                    ));
+                    listeners.retain(|l| l.port != port);
+                }
+            }
         }
         let shard = Shard {
             id,
@@ -151,6 +220,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
             source_deny: gateway.source_deny.clone(),
             syn_budget: gateway.syn_budget,
             listeners,
+            tls,
         };
         program_kernel(&shard, &mut kernel, &mut warnings);
         shards.push(shard);
@@ -177,6 +247,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         &served,
         &resolver,
         &namespaces,
+        &problems,
     );
     Compiled {
         snapshot: Snapshot { generation, shards },
@@ -341,6 +412,7 @@ impl<'a> BackendResolver<'a> {
                     );
                     let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
+                    backend.protocol = self.protocol(&b.service, b.port);
                     backend
                 })
                 .collect(),
@@ -408,7 +480,31 @@ impl<'a> BackendResolver<'a> {
                 message: format!("backend {service}: Service has no port {port}"),
             });
         };
+        if let Some(p) = sp.app_protocol.as_deref() {
+            if UNSUPPORTED_APP_PROTOCOLS.contains(&p) {
+                return Err(Unresolved {
+                    reason: "UnsupportedProtocol",
+                    message: format!(
+                        "backend {service}: port {port} appProtocol {p} needs TLS to the \
+                         backend, which is not implemented"
+                    ),
+                });
+            }
+        }
         Ok((svc, sp))
+    }
+
+    /// The upstream protocol of a Service port (HTTP/1.1 when unknown).
+    fn protocol(&self, service: &ObjectRef, port: u16) -> AppProtocol {
+        let app_protocol = self
+            .services
+            .get(service)
+            .and_then(|s| s.ports.iter().find(|p| p.port == port))
+            .and_then(|p| p.app_protocol.as_deref());
+        match app_protocol {
+            Some("kubernetes.io/h2c") => AppProtocol::H2c,
+            _ => AppProtocol::Http1,
+        }
     }
 
     fn target_of_kind(

@@ -4,5 +4,6 @@ mod compile;
 mod isolation;
 pub mod refgrant;
 pub mod status;
+pub mod tls;
 
 pub use compile::{compile, Compiled, ShardIds, CONTROLLER_NAME};

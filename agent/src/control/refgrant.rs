@@ -24,6 +24,14 @@ impl Kind<'static> {
         group: "",
         kind: "Service",
     };
+    pub const GATEWAY: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "Gateway",
+    };
+    pub const SECRET: Kind<'static> = Kind {
+        group: "",
+        kind: "Secret",
+    };
 }
 
 /// Every ReferenceGrant of a config, for lookups while compiling.

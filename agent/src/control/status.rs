@@ -3,14 +3,17 @@
 //! the same attachment rules the compiler uses, so status and behaviour
 //! cannot disagree. Served at the admin `/status`; writing it back to the
 //! Kubernetes API is the job of the elected status writer.
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 
 use serde::Serialize;
 
 use super::compile::{
     effective_hostnames, namespace_allowed, parent_selects, BackendResolver, NamespaceLabels,
 };
-use crate::config::{Config, Filter, Gateway, HttpRoute, ListenerProtocol, ObjectRef};
+use crate::{
+    config::{Config, Filter, Gateway, HttpRoute, ListenerProtocol, ObjectRef},
+    snapshot::Unresolved,
+};
 
 /// Status of everything this agent is responsible for.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -121,6 +124,18 @@ pub struct ParentRefStatus {
     pub port: Option<u16>,
 }
 
+/// Why a listener of a Gateway (namespace/name, listener name) is not served.
+#[derive(Debug, Clone)]
+pub enum ListenerProblem {
+    /// No `certificateRefs` entry resolves (`InvalidCertificateRef`,
+    /// `RefNotPermitted`).
+    Certificate(Unresolved),
+    /// An earlier listener uses the port with another protocol.
+    ProtocolConflict,
+}
+
+pub type ListenerProblems = HashMap<(ObjectRef, String), ListenerProblem>;
+
 /// Why a route does not attach to a Gateway through a parentRef.
 fn attach_failure(
     route: &HttpRoute,
@@ -173,6 +188,7 @@ pub(super) fn compute(
     served: &HashSet<&ObjectRef>,
     resolver: &BackendResolver<'_>,
     namespaces: &NamespaceLabels<'_>,
+    problems: &ListenerProblems,
 ) -> Status {
     let mut status = Status::default();
     for class in config
@@ -206,52 +222,55 @@ pub(super) fn compute(
                 group: super::refgrant::GATEWAY_GROUP,
                 kind: "HTTPRoute",
             };
-            let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) =
-                match &l.protocol {
-                    ListenerProtocol::Http => (
-                        vec![http_route],
-                        vec![
-                            cond("Accepted", true, "Accepted", ""),
-                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                            if is_served {
-                                cond("Programmed", true, "Programmed", "")
-                            } else {
-                                cond("Programmed", false, "Invalid", "the Gateway is not served")
-                            },
-                        ],
-                    ),
-                    ListenerProtocol::Https => (
-                        vec![http_route],
-                        vec![
-                            cond("Accepted", true, "Accepted", ""),
-                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                            cond(
-                                "Programmed",
-                                false,
-                                "Pending",
-                                "HTTPS listeners are not served yet",
-                            ),
-                        ],
-                    ),
-                    ListenerProtocol::Other(p) => (
-                        Vec::new(),
-                        vec![
-                            cond(
-                                "Accepted",
-                                false,
-                                "UnsupportedProtocol",
-                                format!("protocol {p} is not supported"),
-                            ),
-                            cond("ResolvedRefs", true, "ResolvedRefs", ""),
-                            cond(
+            let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) = match &l
+                .protocol
+            {
+                ListenerProtocol::Http | ListenerProtocol::Https => (
+                    vec![http_route],
+                    vec![
+                        cond("Accepted", true, "Accepted", ""),
+                        match problems.get(&(gateway.id.clone(), l.name.clone())) {
+                            Some(ListenerProblem::Certificate(u)) => {
+                                cond("ResolvedRefs", false, u.reason, u.message.clone())
+                            }
+                            _ => cond("ResolvedRefs", true, "ResolvedRefs", ""),
+                        },
+                        match problems.get(&(gateway.id.clone(), l.name.clone())) {
+                            Some(ListenerProblem::Certificate(_)) => {
+                                cond("Programmed", false, "Invalid", "no usable certificate")
+                            }
+                            Some(ListenerProblem::ProtocolConflict) => cond(
                                 "Programmed",
                                 false,
                                 "Invalid",
-                                format!("protocol {p} is not supported"),
+                                "another listener uses the port with another protocol",
                             ),
-                        ],
-                    ),
-                };
+                            None if is_served => cond("Programmed", true, "Programmed", ""),
+                            None => {
+                                cond("Programmed", false, "Invalid", "the Gateway is not served")
+                            }
+                        },
+                    ],
+                ),
+                ListenerProtocol::Other(p) => (
+                    Vec::new(),
+                    vec![
+                        cond(
+                            "Accepted",
+                            false,
+                            "UnsupportedProtocol",
+                            format!("protocol {p} is not supported"),
+                        ),
+                        cond("ResolvedRefs", true, "ResolvedRefs", ""),
+                        cond(
+                            "Programmed",
+                            false,
+                            "Invalid",
+                            format!("protocol {p} is not supported"),
+                        ),
+                    ],
+                ),
+            };
             if !l.invalid_route_kinds.is_empty() {
                 // Replaces the ResolvedRefs=True set above.
                 conditions.retain(|c| c.kind != "ResolvedRefs");
@@ -270,7 +289,15 @@ pub(super) fn compute(
             } else {
                 Vec::new()
             };
-            conditions.push(cond("Conflicted", false, "NoConflicts", ""));
+            conditions.push(match problems.get(&(gateway.id.clone(), l.name.clone())) {
+                Some(ListenerProblem::ProtocolConflict) => cond(
+                    "Conflicted",
+                    true,
+                    "ProtocolConflict",
+                    format!("port {} is used with another protocol", l.port),
+                ),
+                _ => cond("Conflicted", false, "NoConflicts", ""),
+            });
             set_generation(&mut conditions, gateway.generation);
             listeners.push(ListenerStatus {
                 name: l.name.clone(),
@@ -283,10 +310,10 @@ pub(super) fn compute(
             .listeners
             .iter()
             .any(|l| !matches!(l.protocol, ListenerProtocol::Other(_)));
-        let any_programmed = gateway
-            .listeners
-            .iter()
-            .any(|l| l.protocol == ListenerProtocol::Http);
+        let any_programmed = gateway.listeners.iter().any(|l| {
+            matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+                && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
+        });
         let mut conditions = vec![
             if any_valid {
                 cond("Accepted", true, "Accepted", "")
@@ -414,7 +441,7 @@ spec:
   gatewayClassName: sluice
   listeners:
   - {name: http, port: 80, protocol: HTTP, hostname: foo.example.com}
-  - {name: https, port: 443, protocol: HTTPS}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing-cert}]}}
   - {name: tcp, port: 9000, protocol: TCP}
 ---
 apiVersion: v1

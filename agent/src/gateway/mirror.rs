@@ -116,7 +116,8 @@ pub fn copy_head(
     let mut out = Request::new(body);
     *out.method_mut() = req.method().clone();
     *out.uri_mut() = uri;
-    *out.version_mut() = req.version();
+    // Mirrors go over HTTP/1.1 whatever the primary backend speaks.
+    *out.version_mut() = http::Version::HTTP_11;
     *out.headers_mut() = req.headers().clone();
     out
 }

@@ -7,8 +7,9 @@ mod mirror;
 mod proxy;
 mod retry;
 mod server;
+mod upgrade;
 
-pub use proxy::{ConnInfo, Proxy};
+pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 
 use bytes::Bytes;

@@ -10,6 +10,7 @@ use hyper_util::{
     client::legacy::{connect::HttpConnector, Client},
     rt::TokioExecutor,
 };
+use ipnet::IpNet;
 
 use super::{
     cors,
@@ -18,29 +19,54 @@ use super::{
     full,
     mirror::{self, UpstreamBody},
     retry::Replay,
+    upgrade::{self, upgrade_protocol},
     Body,
 };
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
-    snapshot::{BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
+    snapshot::{AppProtocol, BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
 
 /// What the accept loop knows about a connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct ConnInfo {
     pub shard: ShardId,
     /// The address the client dialled (with sk_lookup, the gateway address,
     /// not the shard socket's own bind address).
     pub local: SocketAddr,
     pub peer: SocketAddr,
+    /// Set when the connection was TLS-terminated here.
+    pub tls: Option<TlsInfo>,
+}
+
+/// The TLS side of a terminated connection.
+#[derive(Debug, Clone)]
+pub struct TlsInfo {
+    /// The server name the client sent (SNI), if any.
+    pub sni: Option<Arc<str>>,
+}
+
+impl ConnInfo {
+    /// `https` for TLS-terminated connections, else `http`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
 }
 
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
     client: Client<HttpConnector, UpstreamBody>,
+    /// HTTP/2 with prior knowledge, for `kubernetes.io/h2c` backends.
+    h2c: Client<HttpConnector, UpstreamBody>,
     metrics: Metrics,
+    /// Peers whose `X-Forwarded-*` headers are believed and extended.
+    trusted_proxies: Vec<IpNet>,
 }
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -65,15 +91,40 @@ impl Proxy {
         connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .build(connector.clone());
+        let h2c = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(std::time::Duration::from_secs(60))
+            .http2_only(true)
             .build(connector);
         Self {
             snapshot,
             client,
+            h2c,
             metrics,
+            trusted_proxies: Vec::new(),
         }
     }
 
-    pub async fn handle(&self, conn: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    /// Peers in these networks are proxies in front of the gateway: their
+    /// `X-Forwarded-For` is appended to and their `X-Forwarded-Proto/Host`
+    /// kept. From anyone else these headers are replaced, so a client
+    /// cannot forge its address or scheme towards the backends.
+    pub fn with_trusted_proxies(mut self, networks: Vec<IpNet>) -> Self {
+        self.trusted_proxies = networks;
+        self
+    }
+
+    fn is_trusted(&self, peer: std::net::IpAddr) -> bool {
+        let peer = peer.to_canonical();
+        self.trusted_proxies.iter().any(|n| n.contains(&peer))
+    }
+
+    /// The TLS server config of a shard port, when connections to it are TLS.
+    pub fn tls_config(&self, shard: ShardId, port: u16) -> Option<Arc<rustls::ServerConfig>> {
+        self.snapshot.load().shard(shard)?.tls.get(&port).cloned()
+    }
+
+    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
         let start = Instant::now();
         // The request keeps this snapshot to the end, whatever is published meanwhile.
         let snapshot = self.snapshot.load_full();
@@ -98,7 +149,7 @@ impl Proxy {
     async fn route_and_forward(
         &self,
         snapshot: &Snapshot,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> (Response<Body>, Arc<str>, Arc<str>) {
         let none: Arc<str> = Arc::from("none");
@@ -121,6 +172,20 @@ impl Proxy {
         let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
             return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
         };
+        if let Some(tls) = &conn.tls {
+            // The certificate was chosen for the SNI's listener; a Host that
+            // belongs to another listener on the port is misdirected (RFC 9110
+            // §15.5.20), as the Gateway API asks for listeners sharing a port.
+            let sni = tls.sni.as_deref().unwrap_or("").to_ascii_lowercase();
+            let by_sni = shard.listener_for(conn.local.port(), &sni);
+            if by_sni.is_none_or(|l| l.name != listener.name) {
+                return (
+                    error(StatusCode::MISDIRECTED_REQUEST, "misdirected request"),
+                    shard_name,
+                    none,
+                );
+            }
+        }
         let view = RequestView::new(
             req.method(),
             req.uri().path(),
@@ -134,6 +199,7 @@ impl Proxy {
         let target = Target {
             entry,
             listener_port: listener.port,
+            scheme: conn.scheme(),
             host: &host,
             authority: &authority,
         };
@@ -156,7 +222,7 @@ impl Proxy {
     async fn apply_rule(
         &self,
         t: Target<'_>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         req: Request<Incoming>,
     ) -> Response<Body> {
         let action = &t.entry.action;
@@ -226,7 +292,7 @@ impl Proxy {
     async fn forward<'a>(
         &self,
         t: Target<'a>,
-        conn: ConnInfo,
+        conn: &ConnInfo,
         parts: &mut http::request::Parts,
         body: Incoming,
         mut path: String,
@@ -272,13 +338,35 @@ impl Proxy {
             None => path,
         };
         let head = std::mem::replace(parts, Request::new(()).into_parts().0);
-        let req = Request::from_parts(head, body);
+        let mut req = Request::from_parts(head, body);
         let host = upstream_host.as_deref().unwrap_or(t.authority);
-        let upstream =
-            match upstream_request(req, conn, t.authority, host, &path_and_query, endpoint) {
-                Ok(r) => r,
-                Err(e) => return error(StatusCode::BAD_REQUEST, &e),
-            };
+        let upgrade = upgrade_protocol(&req);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let version = match (backend.protocol, &upgrade) {
+            (AppProtocol::H2c, None) => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
+        };
+        let upstream = match upstream_request(
+            req,
+            conn,
+            self.is_trusted(conn.peer.ip()),
+            t.authority,
+            host,
+            &path_and_query,
+            endpoint,
+            version,
+        ) {
+            Ok(r) => r,
+            Err(e) => return error(StatusCode::BAD_REQUEST, &e),
+        };
+        if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
+            return upgrade::forward(upstream, protocol, endpoint, downstream, &t.entry.route)
+                .await;
+        }
+        let client = match version {
+            http::Version::HTTP_2 => &self.h2c,
+            _ => &self.client,
+        };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let (mut request, replay) = match &action.retry {
             Some(_) => {
@@ -295,7 +383,7 @@ impl Proxy {
                 .timeouts
                 .backend_request
                 .map(|limit| tokio::time::Instant::now() + limit);
-            let sent = self.client.request(request);
+            let sent = client.request(request);
             let outcome = match deadline {
                 Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
                 None => Some(sent.await),
@@ -416,6 +504,8 @@ impl Proxy {
 struct Target<'a> {
     entry: &'a RouteEntry,
     listener_port: u16,
+    /// `http` or `https`: how the request reached the gateway.
+    scheme: &'static str,
     /// Request host, lower-case, without port.
     host: &'a str,
     /// Request authority as received (with port, if any).
@@ -429,9 +519,7 @@ impl Target<'_> {
         let location = filters::redirect_location(
             r,
             RedirectContext {
-                // Only HTTP listeners are served so far; HTTPS ones will
-                // pass their own scheme here.
-                scheme: "http",
+                scheme: self.scheme,
                 listener_port: self.listener_port,
                 host: self.host,
                 path,
@@ -449,7 +537,7 @@ impl Target<'_> {
     }
 }
 
-fn error(status: StatusCode, message: &str) -> Response<Body> {
+pub(super) fn error(status: StatusCode, message: &str) -> Response<Body> {
     let mut r = Response::new(full(format!("{message}\n")));
     *r.status_mut() = status;
     r.headers_mut().insert(
@@ -479,7 +567,7 @@ fn host_without_port(authority: &str) -> &str {
     authority.rsplit_once(':').map_or(authority, |(h, _)| h)
 }
 
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     // Headers named in Connection are hop-by-hop too.
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
@@ -496,13 +584,16 @@ fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// The request to the backend: `authority` is what the client asked for
 /// (kept in X-Forwarded-Host), `host` what the backend sees as Host (differs
 /// after a URLRewrite hostname).
+#[allow(clippy::too_many_arguments)] // One request's pieces, as decided by the routing.
 fn upstream_request(
     req: Request<Incoming>,
-    conn: ConnInfo,
+    conn: &ConnInfo,
+    trusted_peer: bool,
     authority: &str,
     host: &str,
     path_and_query: &str,
     endpoint: SocketAddr,
+    version: http::Version,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
@@ -511,30 +602,56 @@ fn upstream_request(
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| format!("invalid request target: {e}"))?;
-    parts.version = http::Version::HTTP_11;
+    parts.version = version;
+    // `TE: trailers` is the one TE value that passes (gRPC relies on it).
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("trailers"));
     strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
     let forwarded_host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
     let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
     parts.headers.insert(header::HOST, host);
     let peer_ip = conn.peer.ip().to_canonical().to_string();
-    let xff = match parts
-        .headers
-        .get(&X_FORWARDED_FOR)
-        .and_then(|v| v.to_str().ok())
-    {
-        Some(prev) => format!("{prev}, {peer_ip}"),
-        None => peer_ip,
+    let h = &mut parts.headers;
+    if !trusted_peer {
+        // Whatever an untrusted client claims about earlier hops is dropped.
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            h.remove(name);
+        }
+        h.remove(header::FORWARDED);
+    }
+    let earlier: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if earlier.is_empty() {
+        peer_ip
+    } else {
+        format!("{}, {peer_ip}", earlier.join(", "))
     };
-    parts.headers.insert(
+    h.insert(
         X_FORWARDED_FOR.clone(),
         HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
     );
-    parts
-        .headers
-        .insert(X_FORWARDED_PROTO.clone(), HeaderValue::from_static("http"));
-    parts
-        .headers
-        .insert(X_FORWARDED_HOST.clone(), forwarded_host);
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.scheme()),
+        );
+    }
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        h.insert(X_FORWARDED_HOST.clone(), forwarded_host);
+    }
     Ok(Request::from_parts(parts, body))
 }
 

@@ -5,12 +5,15 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use hyper::service::service_fn;
 use hyper_util::{
     rt::{TokioExecutor, TokioIo},
-    server::{conn::auto, graceful::GracefulShutdown},
+    server::{
+        conn::auto,
+        graceful::{GracefulShutdown, Watcher},
+    },
 };
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::{ConnInfo, Proxy};
+use super::{ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::ShardId;
 
 /// A listening socket of a shard, before it is handed to the accept loop.
@@ -188,6 +191,9 @@ async fn accept_loop(
     }
 }
 
+/// Longest a client may take to complete the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
 fn serve(
     shard: ShardId,
     stream: tokio::net::TcpStream,
@@ -201,20 +207,68 @@ fn serve(
     let Ok(local) = stream.local_addr() else {
         return;
     };
-    let info = ConnInfo { shard, local, peer };
+    // Decided per connection from the current snapshot: a rotated
+    // certificate is used by the next handshake, on the same socket.
+    let tls = proxy.tls_config(shard, local.port());
     let proxy = proxy.clone();
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(info, req).await) }
-    });
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(stream), service)
-        .into_owned();
-    let conn = graceful.watch(conn);
+    let builder = builder.clone();
+    let watcher = graceful.watcher();
     tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(shard, %peer, error = %e, "connection ended with error");
-        }
+        let Some(config) = tls else {
+            let info = ConnInfo {
+                shard,
+                local,
+                peer,
+                tls: None,
+            };
+            serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
+            drop(permit);
+            return;
+        };
+        let acceptor = tokio_rustls::TlsAcceptor::from(config);
+        let stream =
+            match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    tracing::debug!(shard, %peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(shard, %peer, "TLS handshake timed out");
+                    return;
+                }
+            };
+        let sni = stream.get_ref().1.server_name().map(Arc::<str>::from);
+        let info = ConnInfo {
+            shard,
+            local,
+            peer,
+            tls: Some(TlsInfo { sni }),
+        };
+        serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop(permit);
     });
+}
+
+async fn serve_io<I>(
+    info: ConnInfo,
+    io: TokioIo<I>,
+    proxy: Arc<Proxy>,
+    builder: auto::Builder<TokioExecutor>,
+    watcher: Watcher,
+) where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (shard, peer) = (info.shard, info.peer);
+    let service = service_fn(move |req| {
+        let proxy = proxy.clone();
+        let info = info.clone();
+        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&info, req).await) }
+    });
+    let conn = builder
+        .serve_connection_with_upgrades(io, service)
+        .into_owned();
+    if let Err(e) = watcher.watch(conn).await {
+        tracing::debug!(shard, %peer, error = %e, "connection ended with error");
+    }
 }

@@ -2,7 +2,7 @@
 //! validated config, published whole through an `ArcSwap`; a request keeps the
 //! `Arc<Snapshot>` it started with, so a swap never changes a request midway.
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     net::{IpAddr, SocketAddr},
     sync::{
         atomic::{AtomicU64, Ordering},
@@ -15,6 +15,7 @@ use ipnet::IpNet;
 use crate::config::{Filter, Hostname, ObjectRef, Retry, RouteMatch, Timeouts};
 
 pub mod matching;
+pub mod tls;
 
 pub use matching::RequestView;
 
@@ -48,8 +49,10 @@ pub struct Shard {
     pub source_allow: Vec<IpNet>,
     pub source_deny: Vec<IpNet>,
     pub syn_budget: Option<crate::config::SynBudget>,
-    /// HTTP listeners that are programmed.
+    /// HTTP and HTTPS listeners that are programmed.
     pub listeners: Vec<ListenerRoutes>,
+    /// Ports whose connections are TLS: the server config (certificates by SNI).
+    pub tls: BTreeMap<u16, Arc<rustls::ServerConfig>>,
 }
 
 impl Shard {
@@ -70,11 +73,7 @@ impl Shard {
             .iter()
             .filter(|l| l.port == port)
             .filter(|l| l.hostname.as_ref().is_none_or(|h| h.matches(host)))
-            .max_by_key(|l| match &l.hostname {
-                None => (0, 0),
-                Some(Hostname::Wildcard(s)) => (1, s.len()),
-                Some(Hostname::Exact(_)) => (2, 0),
-            })
+            .max_by_key(|l| tls::listener_specificity(l.hostname.as_ref()))
     }
 }
 
@@ -84,6 +83,8 @@ pub struct ListenerRoutes {
     pub port: u16,
     pub hostname: Option<Hostname>,
     pub routes: RouteTable,
+    /// The certificate of an HTTPS listener.
+    pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
 }
 
 /// Routes of one listener, grouped by effective hostname and pre-sorted by
@@ -267,7 +268,20 @@ pub struct Backend {
     pub target: BackendTarget,
     /// backendRef-level filters, applied after the rule's.
     pub filters: Vec<Filter>,
+    /// How requests reach it (from the Service port's `appProtocol`).
+    pub protocol: AppProtocol,
     next: AtomicU64,
+}
+
+/// The upstream protocol of a backend, from the Service port's `appProtocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AppProtocol {
+    /// HTTP/1.1 (no `appProtocol`, `http`, `kubernetes.io/ws`, or one this
+    /// agent does not know and treats as plain HTTP).
+    #[default]
+    Http1,
+    /// `kubernetes.io/h2c`: HTTP/2 with prior knowledge.
+    H2c,
 }
 
 #[derive(Debug)]
@@ -301,6 +315,7 @@ impl Backend {
             weight,
             target,
             filters: Vec::new(),
+            protocol: AppProtocol::Http1,
             next: AtomicU64::new(0),
         }
     }

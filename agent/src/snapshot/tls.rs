@@ -1,0 +1,74 @@
+//! TLS termination state of a shard port: a rustls server config whose
+//! certificate is picked by SNI among the HTTPS listeners sharing the port.
+//! Built with the snapshot, so a new snapshot (a rotated Secret) is used by
+//! the next handshake while the listening socket stays as it is.
+use std::{fmt, sync::Arc};
+
+use rustls::{
+    server::{ClientHello, ResolvesServerCert},
+    sign::CertifiedKey,
+    ServerConfig,
+};
+
+use crate::config::Hostname;
+
+/// ALPN protocols offered downstream, preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// Certificates of the HTTPS listeners on one port.
+pub struct SniResolver {
+    listeners: Vec<(Option<Hostname>, Arc<CertifiedKey>)>,
+}
+
+impl fmt::Debug for SniResolver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list()
+            .entries(self.listeners.iter().map(|(h, _)| h))
+            .finish()
+    }
+}
+
+impl SniResolver {
+    pub fn new(listeners: Vec<(Option<Hostname>, Arc<CertifiedKey>)>) -> Self {
+        Self { listeners }
+    }
+
+    /// The certificate for a server name (lower-case; `""` without SNI): the
+    /// most specific listener hostname covering it, as for request routing.
+    pub fn pick(&self, server_name: &str) -> Option<&Arc<CertifiedKey>> {
+        self.listeners
+            .iter()
+            .filter(|(h, _)| h.as_ref().is_none_or(|h| h.matches(server_name)))
+            .max_by_key(|(h, _)| listener_specificity(h.as_ref()))
+            .map(|(_, k)| k)
+    }
+}
+
+/// Ordering of listener hostnames by how specific they are (catch-all <
+/// wildcard, longer suffix first < exact).
+pub fn listener_specificity(h: Option<&Hostname>) -> (u8, usize) {
+    match h {
+        None => (0, 0),
+        Some(Hostname::Wildcard(s)) => (1, s.len()),
+        Some(Hostname::Exact(_)) => (2, 0),
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        let name = hello.server_name().unwrap_or("").to_ascii_lowercase();
+        self.pick(&name).cloned()
+    }
+}
+
+/// The server config of a TLS port: TLS 1.2 and 1.3 only, ring crypto, ALPN
+/// h2 and http/1.1, certificates by SNI.
+pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
