@@ -39,6 +39,19 @@ pub struct Config {
     pub reference_grants: Vec<ReferenceGrant>,
 }
 
+impl Config {
+    /// Appends everything in `other` (objects converted one by one).
+    pub fn merge(&mut self, other: Config) {
+        self.gateway_classes.extend(other.gateway_classes);
+        self.gateways.extend(other.gateways);
+        self.routes.extend(other.routes);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.namespaces.extend(other.namespaces);
+        self.reference_grants.extend(other.reference_grants);
+    }
+}
+
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
 #[derive(Debug, Clone)]
 pub struct Namespace {
