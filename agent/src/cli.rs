@@ -51,6 +51,12 @@ pub struct Cli {
     )]
     pub pod_namespace: String,
 
+    /// Kubernetes: name of the status-writer Lease. Fleets that split the
+    /// Gateways with `--gateway-selector` need one each, or only one
+    /// fleet's Gateways get status.
+    #[arg(long, value_name = "NAME", default_value = "sluice-status-writer")]
+    pub lease_name: String,
+
     /// Kubernetes: this agent's pod name, added to the Lease identity.
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     pub pod_name: Option<String>,
@@ -115,6 +121,7 @@ impl Cli {
             k.watch_namespace = self.watch_namespace.clone();
             k.gateway_selector = self.gateway_selector.clone();
             k.lease_namespace = self.pod_namespace.clone();
+            k.lease_name = self.lease_name.clone();
             k.lease_identity = Some(match &self.pod_name {
                 Some(pod) => format!("{node}/{pod}"),
                 None => node,

@@ -117,71 +117,122 @@ async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
 /// The running Kubernetes source.
 pub struct KubeSource {
     stop: signal::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-    election: Election,
+    supervisor: JoinHandle<()>,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Stop,
+    /// The API server answers a freshly read configuration but not the one
+    /// in use (new CA or credentials): start over with the new one.
+    Reconnect,
 }
 
 impl KubeSource {
     /// Starts watching. Returns at once; `admin.ready` turns true after the
-    /// first complete sync has been applied.
+    /// first complete sync has been applied. Fails only when no client can
+    /// be configured at all.
     pub async fn start(
         settings: KubeSettings,
         runtime: Arc<Runtime>,
         admin: Arc<AdminState>,
     ) -> Result<Self, KubeError> {
-        let client = client(&settings).await?;
-        let health = admin.source_health.clone();
-        let (changed_tx, changed_rx) = mpsc::channel(1);
-        let watches = Watches::start(&client, &settings, changed_tx, health.clone());
-        let election = Election::spawn(
-            client.clone(),
-            LeaseSettings {
-                namespace: settings.lease_namespace.clone(),
-                name: settings.lease_name.clone(),
-                identity: settings
-                    .lease_identity
-                    .clone()
-                    .unwrap_or_else(|| settings.node_name.clone()),
-                duration: settings.lease_duration,
-                renew_every: settings.lease_renew_every,
-            },
-        );
+        let first = client(&settings).await?;
         let (stop, stop_rx) = signal::channel(false);
-        let (applied_tx, applied_rx) = signal::channel(None);
-        let writer = ApiStatusWriter::new(client.clone(), watches.stores.clone());
-        let tasks = vec![
-            tokio::spawn(probe(client, health, stop_rx.clone())),
-            tokio::spawn(status_loop(
-                Box::new(writer),
-                applied_rx,
-                election.is_leader.clone(),
-                stop_rx.clone(),
-            )),
-            tokio::spawn(sync_loop(
-                watches,
-                settings.debounce,
-                changed_rx,
-                runtime,
-                admin,
-                applied_tx,
-                stop_rx,
-            )),
-        ];
-        Ok(Self {
-            stop,
-            tasks,
-            election,
-        })
+        let supervisor = tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let client = match next.take() {
+                    Some(c) => c,
+                    None => match client(&settings).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kubernetes client; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                };
+                match session(client, &settings, &runtime, &admin, stop_rx.clone()).await {
+                    SessionEnd::Stop => return,
+                    SessionEnd::Reconnect => {
+                        tracing::warn!("API server credentials changed; reconnecting (the last applied state keeps serving)")
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, supervisor })
     }
 
     /// Stops watching and status writing, and releases the lease.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for t in self.tasks {
-            let _ = t.await;
-        }
-        self.election.shutdown().await;
+        let _ = self.supervisor.await;
     }
+}
+
+/// One connection's worth of watches, election and status writing.
+async fn session(
+    client: Client,
+    settings: &KubeSettings,
+    runtime: &Arc<Runtime>,
+    admin: &Arc<AdminState>,
+    mut stop: signal::Receiver<bool>,
+) -> SessionEnd {
+    let health = admin.source_health.clone();
+    let (changed_tx, changed_rx) = mpsc::channel(1);
+    let watches = Watches::start(&client, settings, changed_tx, health.clone());
+    let election = Election::spawn(
+        client.clone(),
+        LeaseSettings {
+            namespace: settings.lease_namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: settings
+                .lease_identity
+                .clone()
+                .unwrap_or_else(|| settings.node_name.clone()),
+            duration: settings.lease_duration,
+            renew_every: settings.lease_renew_every,
+        },
+    );
+    let (end_tx, end_rx) = signal::channel(false);
+    let (applied_tx, applied_rx) = signal::channel(None);
+    let writer = ApiStatusWriter::new(client.clone(), watches.stores.clone());
+    let (reconnect_tx, mut reconnect_rx) = mpsc::channel(1);
+    let tasks = vec![
+        tokio::spawn(probe(
+            client,
+            settings.clone(),
+            health,
+            reconnect_tx,
+            end_rx.clone(),
+        )),
+        tokio::spawn(status_loop(
+            Box::new(writer),
+            applied_rx,
+            election.is_leader.clone(),
+            end_rx.clone(),
+        )),
+        tokio::spawn(sync_loop(
+            watches,
+            settings.debounce,
+            changed_rx,
+            runtime.clone(),
+            admin.clone(),
+            applied_tx,
+            end_rx,
+        )),
+    ];
+    let end = tokio::select! {
+        _ = stop.changed() => SessionEnd::Stop,
+        _ = reconnect_rx.recv() => SessionEnd::Reconnect,
+    };
+    let _ = end_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    election.shutdown().await;
+    end
 }
 
 /// What was applied last, for status.
@@ -292,16 +343,39 @@ async fn status_loop(
 }
 
 /// Checks the API server every second: the watches only notice an outage
-/// when they reconnect, and only an answer tells that it is over.
-async fn probe(client: Client, health: Arc<SourceHealth>, mut stop: signal::Receiver<bool>) {
+/// when they reconnect, and only an answer tells that it is over. After a few
+/// seconds of failures it also tries a freshly read configuration, and asks
+/// for a reconnect when that one works (the server came back with a new CA
+/// or new credentials).
+async fn probe(
+    client: Client,
+    settings: KubeSettings,
+    health: Arc<SourceHealth>,
+    reconnect: mpsc::Sender<()>,
+    mut stop: signal::Receiver<bool>,
+) {
+    let answers = |c: Client| async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), c.apiserver_version()).await,
+            Ok(Ok(_))
+        )
+    };
+    let mut failing_since: Option<Instant> = None;
     loop {
-        match tokio::time::timeout(Duration::from_secs(2), client.apiserver_version()).await {
-            Ok(Ok(_)) => health.ok(),
-            Ok(Err(e)) => {
-                tracing::debug!(error = %e, "API server probe failed");
-                health.failed();
+        if answers(client.clone()).await {
+            health.ok();
+            failing_since = None;
+        } else {
+            health.failed();
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                if let Ok(fresh) = self::client(&settings).await {
+                    if answers(fresh).await {
+                        let _ = reconnect.try_send(());
+                        return;
+                    }
+                }
             }
-            Err(_) => health.failed(),
         }
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_secs(1)) => {}
