@@ -209,6 +209,8 @@ async fn session(
         )),
         tokio::spawn(status_loop(
             Box::new(writer),
+            // Namespaced mode has no RBAC to write cluster-scoped status.
+            settings.watch_namespace.is_none(),
             applied_rx,
             election.is_leader.clone(),
             end_rx.clone(),
@@ -308,6 +310,7 @@ async fn sync_loop(
 /// leader. Failed writes are retried after a pause.
 async fn status_loop(
     writer: Box<dyn StatusWriter>,
+    write_class_status: bool,
     mut applied: signal::Receiver<Applied>,
     mut leader: signal::Receiver<bool>,
     mut stop: signal::Receiver<bool>,
@@ -320,6 +323,10 @@ async fn status_loop(
                 let (converted, snapshot) = &*state;
                 let mut failed = false;
                 for s in provisional_status::compute(converted, snapshot) {
+                    if !write_class_status && matches!(s, status::ObjectStatus::GatewayClass { .. })
+                    {
+                        continue;
+                    }
                     match writer.write(&s).await {
                         Ok(true) => tracing::debug!(?s, "status written"),
                         Ok(false) => {}
