@@ -196,3 +196,81 @@ pub fn compute(converted: &Converted, snapshot: &Snapshot) -> Vec<ObjectStatus> 
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::{compile, ShardIds};
+
+    const CONFIG: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: a}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ok, namespace: a}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: s, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: wrong-section, namespace: a}
+spec:
+  parentRefs: [{name: gw, sectionName: nope}]
+  rules: [{backendRefs: [{name: s, port: 80}]}]
+"#;
+
+    #[test]
+    fn attached_routes_and_route_acceptance_follow_the_snapshot() {
+        let config =
+            crate::config::parse_documents([(std::path::Path::new("t.yaml"), CONFIG)]).unwrap();
+        let compiled = compile(&config, &mut ShardIds::default(), 1);
+        let mut converted = Converted {
+            config,
+            ..Converted::default()
+        };
+        converted
+            .generations
+            .insert((Kind::HttpRoute, ObjectRef::new("a", "ok")), 3);
+        let out = compute(&converted, &compiled.snapshot);
+        let gw = out
+            .iter()
+            .find_map(|s| match s {
+                ObjectStatus::Gateway {
+                    listeners,
+                    conditions,
+                    ..
+                } => Some((listeners, conditions)),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(gw.0[0].attached_routes, 1);
+        assert!(gw.1.iter().all(|c| c.status));
+        let route = |name: &str| {
+            out.iter()
+                .find_map(|s| match s {
+                    ObjectStatus::HttpRoute { id, parents } if id.name == name => {
+                        Some(parents[0].conditions[0].clone())
+                    }
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert!(route("ok").status);
+        assert_eq!(route("ok").observed_generation, 3);
+        assert_eq!(route("wrong-section").reason, "NotAllowedByListeners");
+        assert!(out
+            .iter()
+            .any(|s| matches!(s, ObjectStatus::GatewayClass { .. })));
+    }
+}
