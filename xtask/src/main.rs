@@ -1,4 +1,5 @@
 //! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance`.
+mod bench_kube;
 mod kube;
 mod setup;
 
@@ -18,6 +19,11 @@ struct Cli {
     cmd: Cmd,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum BenchKind {
+    Kube,
+}
+
 #[derive(Subcommand)]
 enum Cmd {
     /// Install what building and testing need (idempotent): llvm-22-dev,
@@ -33,6 +39,15 @@ enum Cmd {
     },
     /// Formatting and clippy (`-D warnings`) over the workspace.
     Lint,
+    /// Benchmarks. `kube`: route change through the Kubernetes API → in
+    /// effect at the data path, p50/p99 at 100/1,000/5,000 routes (kubelite).
+    Bench {
+        #[arg(value_enum)]
+        which: BenchKind,
+        /// Build and run the agent in release mode.
+        #[arg(long)]
+        release: bool,
+    },
     /// Set up, build, and run the agent with eBPF on the quickstart config,
     /// with a local echo backend. Ctrl-C stops and detaches everything.
     RunEbpf {
@@ -69,6 +84,10 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Lint => lint(),
+        Cmd::Bench {
+            which: BenchKind::Kube,
+            release,
+        } => bench_kube::run(&root, release),
         Cmd::Test { args } => test(&args),
         Cmd::RunEbpf {
             interface,
