@@ -38,6 +38,7 @@ pub struct Converted {
 
 /// One converted object, kept until the object changes.
 struct Cached {
+    resource_version: Option<String>,
     fingerprint: u64,
     result: Result<Config, Vec<DocumentError>>,
 }
@@ -75,22 +76,33 @@ impl Converter {
             if let Some(g) = obj.metadata.generation {
                 out.generations.insert(key.clone(), g);
             }
-            let fingerprint = fingerprint(obj);
-            let cached = match self.cache.get(&key) {
-                Some(c) if c.fingerprint == fingerprint => c,
-                _ => {
-                    out.changed = true;
-                    let result = convert_object(to_value(kind, obj));
-                    self.cache.insert(
-                        key.clone(),
-                        Cached {
-                            fingerprint,
-                            result,
-                        },
-                    );
-                    &self.cache[&key]
+            let rv = &obj.metadata.resource_version;
+            let known = match self.cache.get_mut(&key) {
+                // The version already converted: no need to even fingerprint.
+                Some(c) if rv.is_some() && c.resource_version == *rv => true,
+                Some(c) => {
+                    // A new version; often only status changed (our own writes).
+                    let f = fingerprint(obj);
+                    c.resource_version = rv.clone();
+                    if c.fingerprint != f {
+                        c.fingerprint = f;
+                        c.result = convert_object(to_value(kind, obj));
+                        out.changed = true;
+                    }
+                    true
                 }
+                None => false,
             };
+            if !known {
+                out.changed = true;
+                let cached = Cached {
+                    resource_version: rv.clone(),
+                    fingerprint: fingerprint(obj),
+                    result: convert_object(to_value(kind, obj)),
+                };
+                self.cache.insert(key.clone(), cached);
+            }
+            let cached = &self.cache[&key];
             match &cached.result {
                 Ok(c) => out.config.merge(c.clone()),
                 Err(errors) => {

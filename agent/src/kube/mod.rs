@@ -289,7 +289,11 @@ async fn sync_loop(
                 }
             }
         }
-        applied.send_replace(Some(Arc::new((converted, runtime.snapshot.load_full()))));
+        // Status follows what was applied; echoes of our own status writes
+        // change nothing that conversion reads and cause no recomputation.
+        if converted.changed || retry || applied.borrow().is_none() {
+            applied.send_replace(Some(Arc::new((converted, runtime.snapshot.load_full()))));
+        }
         // Wait for a change, then for `debounce` of quiet.
         tokio::select! {
             c = changed.recv() => if c.is_none() { return },
