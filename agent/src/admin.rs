@@ -7,6 +7,7 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc, Mutex,
     },
+    time::{Duration, Instant},
 };
 
 use arc_swap::ArcSwap;
@@ -33,12 +34,49 @@ pub struct AdminState {
     pub config_notes: Arc<Mutex<ConfigNotes>>,
     /// Gateway API status of the applied configuration, for `/status`.
     pub status: Arc<Mutex<Status>>,
+    /// Whether the config source (Kubernetes API) is reachable.
+    pub source_health: Arc<SourceHealth>,
+}
+
+/// Freshness of a remote config source. Readiness policy: the agent is ready
+/// once it serves a configuration and stays ready while the source is
+/// unreachable (it keeps serving the last good state, which is what
+/// traffic needs); staleness is reported, not acted on.
+#[derive(Debug, Default)]
+pub struct SourceHealth {
+    failing_since: Mutex<Option<Instant>>,
+}
+
+impl SourceHealth {
+    /// The source failed; staleness counts from the first failure.
+    pub fn failed(&self) {
+        self.failing_since
+            .lock()
+            .expect("health lock")
+            .get_or_insert_with(Instant::now);
+    }
+
+    /// The source answered again.
+    pub fn ok(&self) {
+        *self.failing_since.lock().expect("health lock") = None;
+    }
+
+    /// How long the source has been unreachable; zero while it is fine.
+    pub fn stale_for(&self) -> Duration {
+        self.failing_since
+            .lock()
+            .expect("health lock")
+            .map_or(Duration::ZERO, |t| t.elapsed())
+    }
 }
 
 #[derive(Debug, Default, Clone, serde::Serialize)]
 pub struct ConfigNotes {
     pub warnings: Vec<String>,
     pub last_rejection: Option<String>,
+    /// Objects of a per-object source (Kubernetes) left out as invalid,
+    /// each with namespace/name and field.
+    pub object_errors: Vec<String>,
     /// The shards' own socket addresses, by Gateway. With eBPF these are the
     /// loopback steering sockets, not the Gateway's addresses.
     pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
@@ -100,7 +138,17 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
-            if state.ready.load(Ordering::Acquire) {
+            let stale = state.source_health.stale_for();
+            if state.ready.load(Ordering::Acquire) && stale > Duration::ZERO {
+                text(
+                    StatusCode::OK,
+                    format!(
+                        "ready (serving the last good configuration; config source unreachable for {}s)\n",
+                        stale.as_secs()
+                    ),
+                    "text/plain",
+                )
+            } else if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n".into(), "text/plain")
             } else {
                 text(
@@ -157,6 +205,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 "shards": shards,
                 "warnings": notes.warnings,
                 "lastRejection": notes.last_rejection,
+                "objectErrors": notes.object_errors,
             });
             text(
                 StatusCode::OK,

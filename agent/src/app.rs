@@ -12,10 +12,11 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{
-    admin::{AdminServer, AdminState},
+    admin::{AdminServer, AdminState, SourceHealth},
     config::{self, ObjectRef},
     gateway::Proxy,
     kernel::{KernelDatapath, KernelError, KernelOptions},
+    kube::{KubeSource, StalenessCollector},
     metrics::{KernelCounters, Metrics, ModeLabels},
     reload::{ReloadError, Runtime},
     snapshot::Snapshot,
@@ -73,6 +74,8 @@ pub struct Settings {
     /// Peers whose `X-Forwarded-*` headers are kept and appended to; from
     /// everyone else they are replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// Read the configuration from the Kubernetes API instead of `config_dir`.
+    pub kubernetes: Option<crate::kube::KubeSettings>,
 }
 
 impl Settings {
@@ -90,6 +93,7 @@ impl Settings {
             cgroup: None,
             identity: Default::default(),
             trusted_proxies: Vec::new(),
+            kubernetes: None,
         }
     }
 }
@@ -112,6 +116,8 @@ pub enum AppError {
     },
     #[error("{0}")]
     Internal(String),
+    #[error("Kubernetes config source: {0}")]
+    Kubernetes(#[from] crate::kube::KubeError),
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -129,6 +135,7 @@ pub struct App {
     pub shards: BTreeMap<ObjectRef, ShardInfo>,
     runtime: Arc<Runtime>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    kube: Option<KubeSource>,
     admin: AdminServer,
     admin_state: Arc<AdminState>,
 }
@@ -190,41 +197,47 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     );
     runtime.identity = settings.identity.clone();
     let runtime = Arc::new(runtime);
-    // The first load must succeed; later ones may be rejected and keep this one.
-    if let Err(e) = runtime.load_and_apply().await {
-        runtime.shutdown().await;
-        return Err(match e {
-            ReloadError::Config(e) => AppError::Config(e),
-            ReloadError::Listen {
-                gateway,
-                addr,
-                source,
-            } => AppError::Listen {
-                gateway,
-                addr,
-                source,
-            },
-            ReloadError::Kernel(e) => AppError::Reconcile(e),
-            e @ (ReloadError::Compile | ReloadError::AddressHeld { .. }) => {
-                AppError::Internal(e.to_string())
-            }
-        });
-    }
-    let shards = runtime.shard_infos().await;
-    for (gateway, info) in &shards {
-        tracing::info!(%gateway, shard = info.id, sockets = ?info.socket_addrs, "shard listening");
-    }
-    let watcher = if settings.watch_config {
-        match runtime.watch() {
-            Ok(task) => Some(task),
-            Err(e) => {
-                runtime.shutdown().await;
-                return Err(AppError::Config(e));
-            }
-        }
+    let source_health = Arc::new(SourceHealth::default());
+    let mut watcher = None;
+    if settings.kubernetes.is_some() {
+        registry.register_collector(Box::new(StalenessCollector(source_health.clone())));
     } else {
-        None
-    };
+        // The first load must succeed; later ones may be rejected and keep this one.
+        if let Err(e) = runtime.load_and_apply().await {
+            runtime.shutdown().await;
+            return Err(match e {
+                ReloadError::Config(e) => AppError::Config(e),
+                ReloadError::Listen {
+                    gateway,
+                    addr,
+                    source,
+                } => AppError::Listen {
+                    gateway,
+                    addr,
+                    source,
+                },
+                ReloadError::Kernel(e) => AppError::Reconcile(e),
+                e @ (ReloadError::Compile | ReloadError::AddressHeld { .. }) => {
+                    AppError::Internal(e.to_string())
+                }
+            });
+        }
+        let shards = runtime.shard_infos().await;
+        for (gateway, info) in &shards {
+            tracing::info!(%gateway, shard = info.id, sockets = ?info.socket_addrs, "shard listening");
+        }
+        watcher = if settings.watch_config {
+            match runtime.watch() {
+                Ok(task) => Some(task),
+                Err(e) => {
+                    runtime.shutdown().await;
+                    return Err(AppError::Config(e));
+                }
+            }
+        } else {
+            None
+        };
+    }
 
     let admin_state = Arc::new(AdminState {
         registry,
@@ -233,6 +246,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         datapath: datapath.label().to_owned(),
         config_notes: runtime.notes.clone(),
         status: runtime.status.clone(),
+        source_health,
     });
     let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
         .await
@@ -240,14 +254,30 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             addr: settings.admin_addr,
             source,
         })?;
-    admin_state.ready.store(true, Ordering::Release);
-    tracing::info!(admin = %admin.addr, "sluice ready");
+    let kube = match settings.kubernetes.clone() {
+        // Ready once the first sync is applied (the source says so).
+        Some(k) => match KubeSource::start(k, runtime.clone(), admin_state.clone()).await {
+            Ok(source) => Some(source),
+            Err(e) => {
+                runtime.shutdown().await;
+                admin.shutdown().await;
+                return Err(e.into());
+            }
+        },
+        None => {
+            admin_state.ready.store(true, Ordering::Release);
+            tracing::info!(admin = %admin.addr, "sluice ready");
+            None
+        }
+    };
+    let shards = runtime.shard_infos().await;
     Ok(App {
         admin_addr: admin.addr,
         datapath,
         shards,
         runtime,
         watcher,
+        kube,
         admin,
         admin_state,
     })
@@ -279,6 +309,9 @@ impl App {
     /// admin, detaches eBPF.
     pub async fn shutdown(self) {
         self.admin_state.ready.store(false, Ordering::Release);
+        if let Some(k) = self.kube {
+            k.shutdown().await;
+        }
         if let Some(w) = self.watcher {
             w.abort();
             let _ = w.await;

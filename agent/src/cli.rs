@@ -3,7 +3,10 @@ use std::{net::SocketAddr, path::PathBuf};
 
 use clap::{Parser, ValueEnum};
 
-use crate::app::{DatapathMode, Settings};
+use crate::{
+    app::{DatapathMode, Settings},
+    kube::KubeSettings,
+};
 
 /// Sluice: eBPF-accelerated node-level API gateway agent (Gateway API).
 #[derive(Debug, Parser)]
@@ -11,8 +14,52 @@ use crate::app::{DatapathMode, Settings};
 pub struct Cli {
     /// Directory of Gateway API YAML documents (GatewayClass, Gateway, HTTPRoute,
     /// Service, EndpointSlice, Namespace); read recursively, *.yaml and *.yml.
-    #[arg(long, value_name = "DIR")]
-    pub config_dir: PathBuf,
+    #[arg(
+        long,
+        value_name = "DIR",
+        required_unless_present = "kubernetes",
+        conflicts_with = "kubernetes"
+    )]
+    pub config_dir: Option<PathBuf>,
+
+    /// Read the configuration from the Kubernetes API (KUBECONFIG, ~/.kube/config
+    /// or the in-cluster service account) instead of a directory.
+    #[arg(long)]
+    pub kubernetes: bool,
+
+    /// Kubernetes: watch only this namespace (a control plane per namespace,
+    /// namespaced RBAC). Default: cluster-wide.
+    #[arg(long, value_name = "NS")]
+    pub watch_namespace: Option<String>,
+
+    /// Kubernetes: name of this node (identity in the status-writer Lease).
+    #[arg(long, value_name = "NAME", env = "NODE_NAME")]
+    pub node_name: Option<String>,
+
+    /// Kubernetes: label selector of the Gateways this agent serves, e.g.
+    /// `sluice.dev/fleet=dmz`. Default: every Gateway of a Sluice GatewayClass.
+    #[arg(long, value_name = "LABELSELECTOR")]
+    pub gateway_selector: Option<String>,
+
+    /// Kubernetes: the agent's own namespace, where the status-writer Lease
+    /// `sluice-status-writer` lives.
+    #[arg(
+        long,
+        value_name = "NS",
+        env = "POD_NAMESPACE",
+        default_value = "sluice-system"
+    )]
+    pub pod_namespace: String,
+
+    /// Kubernetes: name of the status-writer Lease. Fleets that split the
+    /// Gateways with `--gateway-selector` need one each, or only one
+    /// fleet's Gateways get status.
+    #[arg(long, value_name = "NAME", default_value = "sluice-status-writer")]
+    pub lease_name: String,
+
+    /// Kubernetes: this agent's pod name, added to the Lease identity.
+    #[arg(long, value_name = "NAME", env = "POD_NAME")]
+    pub pod_name: Option<String>,
 
     /// Datapath: `ebpf` (XDP + sk_lookup; fail if they cannot load), `userspace`
     /// (the agent binds listener addresses itself), or `auto` (eBPF when it
@@ -107,11 +154,28 @@ pub enum LogFormat {
 impl Cli {
     /// Settings for [`crate::app::build`]; reads the agent config file.
     pub fn settings(&self) -> Result<Settings, crate::config::ConfigError> {
-        let mut s = Settings::new(&self.config_dir);
+        let mut s = Settings::new(self.config_dir.clone().unwrap_or_default());
         if let Some(path) = &self.agent_config {
             s.identity = crate::config::identity::load_agent_config(path)?;
         }
         s.cgroup = self.cgroup.clone();
+        if self.kubernetes {
+            let node = self
+                .node_name
+                .clone()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "unknown-node".into());
+            let mut k = KubeSettings::new(node.clone());
+            k.watch_namespace = self.watch_namespace.clone();
+            k.gateway_selector = self.gateway_selector.clone();
+            k.lease_namespace = self.pod_namespace.clone();
+            k.lease_name = self.lease_name.clone();
+            k.lease_identity = Some(match &self.pod_name {
+                Some(pod) => format!("{node}/{pod}"),
+                None => node,
+            });
+            s.kubernetes = Some(k);
+        }
         s.datapath = match self.datapath {
             DatapathArg::Auto => DatapathMode::Auto,
             DatapathArg::Ebpf => DatapathMode::Ebpf,
@@ -174,5 +238,30 @@ mod tests {
         );
         assert_eq!(s.datapath, DatapathMode::Ebpf);
         assert_eq!(s.interfaces, ["lo", "eth0"]);
+        assert!(s.kubernetes.is_none());
+    }
+
+    #[test]
+    fn kubernetes_mode_excludes_config_dir_and_takes_its_flags() {
+        assert!(Cli::try_parse_from(["sluice"]).is_err());
+        assert!(Cli::try_parse_from(["sluice", "--kubernetes", "--config-dir", "d"]).is_err());
+        let cli = Cli::parse_from([
+            "sluice",
+            "--kubernetes",
+            "--watch-namespace",
+            "team-a",
+            "--node-name",
+            "node-1",
+            "--gateway-selector",
+            "fleet=dmz",
+            "--pod-namespace",
+            "sluice",
+        ]);
+        let k = cli.settings().unwrap().kubernetes.unwrap();
+        assert_eq!(k.watch_namespace.as_deref(), Some("team-a"));
+        assert_eq!(k.gateway_selector.as_deref(), Some("fleet=dmz"));
+        assert_eq!(k.lease_namespace, "sluice");
+        assert_eq!(k.lease_name, "sluice-status-writer");
+        assert_eq!(k.node_name, "node-1");
     }
 }

@@ -12,6 +12,7 @@ pub mod config;
 pub mod control;
 pub mod gateway;
 pub mod kernel;
+pub mod kube;
 pub mod metrics;
 pub mod reload;
 pub mod snapshot;

@@ -133,13 +133,36 @@ impl Runtime {
         let (compiled, ids) = tokio::task::spawn_blocking(move || -> Result<_, ReloadError> {
             let mut cfg = config::load_dir(&this.config_dir)?;
             cfg.identity = this.identity.clone();
-            let mut ids = this.ids.lock().expect("ids lock").clone();
-            let generation = this.generation.load(Ordering::Acquire) + 1;
-            Ok((compile(&cfg, &mut ids, generation), ids))
+            Ok(this.compile(&cfg))
         })
         .await
         .map_err(|_| ReloadError::Compile)??;
         self.apply(compiled, ids).await
+    }
+
+    /// Applies a configuration that another source (Kubernetes) has already
+    /// converted and validated. On error nothing changed.
+    pub async fn apply_config(
+        self: &Arc<Self>,
+        mut cfg: config::Config,
+    ) -> Result<Vec<String>, ReloadError> {
+        cfg.identity = self.identity.clone();
+        let this = self.clone();
+        let (compiled, ids) = tokio::task::spawn_blocking(move || this.compile(&cfg))
+            .await
+            .map_err(|_| ReloadError::Compile)?;
+        self.apply(compiled, ids).await
+    }
+
+    fn compile(&self, cfg: &config::Config) -> (Compiled, ShardIds) {
+        let mut ids = self.ids.lock().expect("ids lock").clone();
+        let generation = self.generation.load(Ordering::Acquire) + 1;
+        (compile(cfg, &mut ids, generation), ids)
+    }
+
+    /// Generation of the snapshot being served (0 before the first apply).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
     }
 
     async fn apply(&self, compiled: Compiled, ids: ShardIds) -> Result<Vec<String>, ReloadError> {

@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask setup | test | run-ebpf | conformance | bench`.
+//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
+mod bench_kube;
 mod kube;
 mod setup;
 
@@ -74,7 +75,7 @@ fn main() -> Result<()> {
     match cli.cmd {
         Cmd::Setup => setup::run(),
         Cmd::Lint => lint(),
-        Cmd::Bench { what } => bench(what),
+        Cmd::Bench { what } => bench(what, &root),
         Cmd::Test { args } => test(&args),
         Cmd::RunEbpf {
             interface,
@@ -124,6 +125,13 @@ enum Bench {
     /// Route-table rebuild + swap time and agent RSS at 100 / 1,000 / 5,000
     /// HTTPRoutes (release build), next to the design targets.
     Routes,
+    /// Route change through the Kubernetes API (kubelite) → in effect at the
+    /// data path, p50/p99 at 100 / 1,000 / 5,000 routes.
+    Kube {
+        /// Build and run the agent in release mode.
+        #[arg(long)]
+        release: bool,
+    },
     /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
     /// iptables and nftables drops of the same SYN flood, on veth (root).
     Xdp {
@@ -133,9 +141,10 @@ enum Bench {
     },
 }
 
-fn bench(what: Bench) -> Result<()> {
+fn bench(what: Bench, root: &Path) -> Result<()> {
     setup::run()?;
     match what {
+        Bench::Kube { release } => bench_kube::run(root, release),
         Bench::Routes => {
             // The real agent binary too: its RSS is what the target is about.
             run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;

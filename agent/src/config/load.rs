@@ -85,3 +85,19 @@ pub fn parse_documents<'a>(
     }
     builder.finish()
 }
+
+/// Converts and validates one object on its own, for sources that apply
+/// object by object (Kubernetes): a bad object is reported and left out
+/// without holding back the others. Merge the results with [`Config::merge`].
+pub fn convert_object(value: serde_yaml::Value) -> Result<Config, Vec<DocumentError>> {
+    let mut builder = validate::Builder::default();
+    builder.add(Location::api_object(), value);
+    builder.finish().map_err(|e| match e {
+        ConfigError::Invalid(errors) => errors,
+        other => vec![DocumentError {
+            location: Location::api_object(),
+            field: String::new(),
+            message: other.to_string(),
+        }],
+    })
+}

@@ -13,7 +13,7 @@ mod watch;
 use std::{fmt, path::PathBuf};
 
 pub use identity::NamespaceIdentity;
-pub use load::{load_dir, parse_documents};
+pub use load::{convert_object, load_dir, parse_documents};
 pub use model::*;
 pub use validate::NAMESPACE_NAME_LABEL;
 pub use watch::DirWatcher;
@@ -28,8 +28,28 @@ pub struct Location {
     pub object: Option<String>,
 }
 
+impl Location {
+    /// An object read from the Kubernetes API: no file and no document
+    /// index; the object (`Kind namespace/name`) is filled in on conversion.
+    pub fn api_object() -> Self {
+        Self {
+            file: PathBuf::new(),
+            document: 0,
+            object: None,
+        }
+    }
+}
+
 impl fmt::Display for Location {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.file.as_os_str().is_empty() {
+            // From the Kubernetes API: the object is the whole location.
+            return write!(
+                f,
+                "{}",
+                self.object.as_deref().unwrap_or("<unknown object>")
+            );
+        }
         write!(f, "{}: document {}", self.file.display(), self.document)?;
         if let Some(o) = &self.object {
             write!(f, " ({o})")?;

@@ -66,6 +66,20 @@ impl fmt::Debug for Secret {
 /// The Secret type of TLS certificates.
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
+impl Config {
+    /// Appends everything in `other` (objects converted one by one).
+    pub fn merge(&mut self, other: Config) {
+        self.gateway_classes.extend(other.gateway_classes);
+        self.gateways.extend(other.gateways);
+        self.routes.extend(other.routes);
+        self.services.extend(other.services);
+        self.endpoint_slices.extend(other.endpoint_slices);
+        self.namespaces.extend(other.namespaces);
+        self.reference_grants.extend(other.reference_grants);
+        self.secrets.extend(other.secrets);
+    }
+}
+
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
 #[derive(Debug, Clone)]
 pub struct Namespace {

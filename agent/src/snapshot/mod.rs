@@ -141,6 +141,17 @@ impl RouteTable {
         hit(&self.any)
     }
 
+    /// The distinct routes with at least one entry in the table.
+    pub fn routes(&self) -> std::collections::BTreeSet<&ObjectRef> {
+        self.exact
+            .values()
+            .flatten()
+            .chain(self.wildcard.iter().flat_map(|(_, v)| v))
+            .chain(&self.any)
+            .map(|e| &*e.route)
+            .collect()
+    }
+
     pub fn len(&self) -> usize {
         self.exact.values().map(Vec::len).sum::<usize>()
             + self.wildcard.iter().map(|(_, v)| v.len()).sum::<usize>()

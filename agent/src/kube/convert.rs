@@ -1,0 +1,315 @@
+//! API objects → [`Config`], through the same conversion and validation as
+//! the directory source. Unlike a directory (whole or nothing), objects are
+//! judged one by one: in a cluster, one team's broken HTTPRoute must not hold
+//! back everybody else's changes. A bad object is left out and reported with
+//! namespace/name and field.
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{Hash, Hasher},
+};
+
+use ::kube::api::DynamicObject;
+
+use super::watch::{Kind, Stores};
+use crate::{
+    config::{convert_object, Config, DocumentError, ObjectRef},
+    control::CONTROLLER_NAME,
+};
+
+/// Identity of one API object.
+pub type ObjectKey = (Kind, ObjectRef);
+
+/// What the stores converted to.
+#[derive(Debug, Default, Clone)]
+pub struct Converted {
+    /// The valid objects Sluice acts on: GatewayClasses of our controller,
+    /// Gateways of those classes, and everything else in scope.
+    pub config: Config,
+    /// Objects left out as invalid.
+    pub errors: Vec<(ObjectKey, Vec<DocumentError>)>,
+    /// `metadata.generation` of each Gateway API object, for `observedGeneration`.
+    pub generations: HashMap<ObjectKey, i64>,
+    /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
+    /// status can say why they are not attached.
+    pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Whether anything that conversion reads changed since the last call.
+    pub changed: bool,
+}
+
+/// One converted object, kept until the object changes.
+struct Cached {
+    resource_version: Option<String>,
+    fingerprint: u64,
+    result: Result<Config, Vec<DocumentError>>,
+}
+
+/// Converts the stores, reusing the conversion of unchanged objects: with
+/// thousands of routes, a change of one must not re-validate all.
+#[derive(Default)]
+pub struct Converter {
+    cache: HashMap<ObjectKey, Cached>,
+}
+
+impl Converter {
+    pub fn convert(&mut self, stores: &Stores) -> Converted {
+        let mut out = Converted::default();
+        let objects = |kind: Kind| stores.get(&kind).map(|s| s.state()).unwrap_or_default();
+
+        let classes: Vec<_> = objects(Kind::GatewayClass)
+            .into_iter()
+            .filter(|c| str_at(c, &["spec", "controllerName"]) == Some(CONTROLLER_NAME))
+            .collect();
+        let our_classes: BTreeSet<String> = classes
+            .iter()
+            .filter_map(|c| c.metadata.name.clone())
+            .collect();
+        let gateways: Vec<_> = objects(Kind::Gateway)
+            .into_iter()
+            .filter(|g| {
+                str_at(g, &["spec", "gatewayClassName"]).is_some_and(|c| our_classes.contains(c))
+            })
+            .collect();
+
+        let mut seen = BTreeSet::new();
+        let mut add = |kind: Kind, obj: &DynamicObject, out: &mut Converted| {
+            let key = (kind, object_ref(obj));
+            if let Some(g) = obj.metadata.generation {
+                out.generations.insert(key.clone(), g);
+            }
+            let rv = &obj.metadata.resource_version;
+            let known = match self.cache.get_mut(&key) {
+                // The version already converted: no need to even fingerprint.
+                Some(c) if rv.is_some() && c.resource_version == *rv => true,
+                Some(c) => {
+                    // A new version; often only status changed (our own writes).
+                    let f = fingerprint(obj);
+                    c.resource_version = rv.clone();
+                    if c.fingerprint != f {
+                        c.fingerprint = f;
+                        c.result = convert_object(to_value(kind, obj));
+                        out.changed = true;
+                    }
+                    true
+                }
+                None => false,
+            };
+            if !known {
+                out.changed = true;
+                let cached = Cached {
+                    resource_version: rv.clone(),
+                    fingerprint: fingerprint(obj),
+                    result: convert_object(to_value(kind, obj)),
+                };
+                self.cache.insert(key.clone(), cached);
+            }
+            let cached = &self.cache[&key];
+            match &cached.result {
+                Ok(c) => out.config.merge(c.clone()),
+                Err(errors) => {
+                    if kind == Kind::HttpRoute {
+                        out.invalid_route_parents
+                            .push((key.1.clone(), raw_parents(obj)));
+                    }
+                    out.errors.push((key.clone(), errors.clone()))
+                }
+            }
+            seen.insert(key);
+        };
+        for c in &classes {
+            add(Kind::GatewayClass, c, &mut out);
+        }
+        for g in &gateways {
+            add(Kind::Gateway, g, &mut out);
+        }
+        for kind in [
+            Kind::HttpRoute,
+            Kind::ReferenceGrant,
+            Kind::Service,
+            Kind::EndpointSlice,
+            Kind::Namespace,
+        ] {
+            for o in objects(kind) {
+                add(kind, &o, &mut out);
+            }
+        }
+        let before = self.cache.len();
+        self.cache.retain(|k, _| seen.contains(k));
+        out.changed |= self.cache.len() != before;
+        out
+    }
+}
+
+pub fn object_ref(obj: &DynamicObject) -> ObjectRef {
+    ObjectRef::new(
+        obj.metadata.namespace.clone().unwrap_or_default(),
+        obj.metadata.name.clone().unwrap_or_default(),
+    )
+}
+
+/// The Gateways named by a route's `spec.parentRefs`, read without validation.
+fn raw_parents(obj: &DynamicObject) -> Vec<ObjectRef> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("parentRefs"))
+        .and_then(|p| p.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|p| {
+            p.get("kind")
+                .and_then(|k| k.as_str())
+                .is_none_or(|k| k == "Gateway")
+        })
+        .filter_map(|p| {
+            let name = p.get("name")?.as_str()?;
+            let pns = p.get("namespace").and_then(|n| n.as_str()).unwrap_or(&ns);
+            Some(ObjectRef::new(pns, name))
+        })
+        .collect()
+}
+
+/// A string field of the object's data.
+pub fn str_at<'a>(obj: &'a DynamicObject, path: &[&str]) -> Option<&'a str> {
+    let mut v = &obj.data;
+    for p in path {
+        v = v.get(p)?;
+    }
+    v.as_str()
+}
+
+/// The object as the wire types expect it: list items carry no apiVersion
+/// and kind, so they are put back; managedFields are dropped unread.
+fn to_value(kind: Kind, obj: &DynamicObject) -> serde_yaml::Value {
+    let ar = kind.resource();
+    let mut json = serde_json::to_value(obj).unwrap_or_default();
+    if let Some(map) = json.as_object_mut() {
+        map.insert("apiVersion".into(), ar.api_version.into());
+        map.insert("kind".into(), ar.kind.into());
+        if let Some(meta) = map.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+            meta.remove("managedFields");
+        }
+    }
+    serde_yaml::to_value(json).unwrap_or_default()
+}
+
+/// What conversion reads of an object: everything but status and the
+/// bookkeeping that changes on every write (status updates of our own
+/// would otherwise trigger a reconversion each).
+fn fingerprint(obj: &DynamicObject) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    let m = &obj.metadata;
+    (
+        &m.name,
+        &m.namespace,
+        &m.labels,
+        &m.annotations,
+        &m.generation,
+    )
+        .hash(&mut h);
+    m.creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .hash(&mut h);
+    if let Some(map) = obj.data.as_object() {
+        let rest: BTreeMap<&String, &serde_json::Value> =
+            map.iter().filter(|(k, _)| k.as_str() != "status").collect();
+        serde_json::to_string(&rest)
+            .unwrap_or_default()
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn obj(kind: Kind, ns: Option<&str>, name: &str, data: serde_json::Value) -> DynamicObject {
+        let mut o = DynamicObject::new(name, &kind.resource()).data(data);
+        o.metadata.namespace = ns.map(str::to_owned);
+        o
+    }
+
+    fn stores(objs: Vec<(Kind, DynamicObject)>) -> Stores {
+        let mut writers: BTreeMap<Kind, ::kube::runtime::reflector::store::Writer<DynamicObject>> =
+            Kind::ALL
+                .into_iter()
+                .map(|k| {
+                    (
+                        k,
+                        ::kube::runtime::reflector::store::Writer::new(k.resource()),
+                    )
+                })
+                .collect();
+        for (k, o) in objs {
+            writers
+                .get_mut(&k)
+                .unwrap()
+                .apply_watcher_event(&::kube::runtime::watcher::Event::Apply(o));
+        }
+        writers.iter().map(|(k, w)| (*k, w.as_reader())).collect()
+    }
+
+    #[test]
+    fn keeps_our_classes_and_their_gateways_and_reports_bad_objects_by_name() {
+        let s = stores(vec![
+            (
+                Kind::GatewayClass,
+                obj(
+                    Kind::GatewayClass,
+                    None,
+                    "ours",
+                    serde_json::json!({"spec": {"controllerName": CONTROLLER_NAME}}),
+                ),
+            ),
+            (
+                Kind::GatewayClass,
+                obj(
+                    Kind::GatewayClass,
+                    None,
+                    "theirs",
+                    serde_json::json!({"spec": {"controllerName": "x.io/y"}}),
+                ),
+            ),
+            (
+                Kind::Gateway,
+                obj(
+                    Kind::Gateway,
+                    Some("a"),
+                    "gw",
+                    serde_json::json!({"spec": {"gatewayClassName": "ours", "listeners": [{"name": "h", "port": 8080, "protocol": "HTTP"}]}}),
+                ),
+            ),
+            (
+                Kind::Gateway,
+                obj(
+                    Kind::Gateway,
+                    Some("a"),
+                    "other",
+                    serde_json::json!({"spec": {"gatewayClassName": "theirs", "listeners": []}}),
+                ),
+            ),
+            (
+                Kind::HttpRoute,
+                obj(
+                    Kind::HttpRoute,
+                    Some("a"),
+                    "bad",
+                    serde_json::json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"path": {"type": "Bogus", "value": "/"}}]}]}}),
+                ),
+            ),
+        ]);
+        let mut c = Converter::default();
+        let out = c.convert(&s);
+        assert!(out.changed);
+        assert_eq!(out.config.gateway_classes.len(), 1);
+        assert_eq!(out.config.gateways.len(), 1);
+        assert_eq!(out.config.routes.len(), 0);
+        assert_eq!(out.errors.len(), 1);
+        let text = out.errors[0].1[0].to_string();
+        assert!(text.contains("HTTPRoute a/bad"), "{text}");
+        assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
+        // Nothing changed: the cache answers and says so.
+        assert!(!c.convert(&s).changed);
+    }
+}

@@ -1,0 +1,413 @@
+//! The Kubernetes config source: watches the API server ([`watch`]),
+//! converts objects through the same validation as the directory source
+//! ([`convert`]), debounces, and feeds [`Runtime::apply_config`]. One agent
+//! of the fleet, elected with a Lease ([`lease`]), writes status back
+//! ([`status`], computed for now by [`provisional_status`]).
+//!
+//! When the API server is unreachable the agent keeps serving the last state
+//! it applied, the watches retry with backoff, and the outage shows as
+//! `sluice_config_source_stale_seconds` and in `/readyz`'s body (still 200:
+//! see [`crate::admin::SourceHealth`]).
+pub mod convert;
+pub mod lease;
+pub mod provisional_status;
+pub mod status;
+pub mod watch;
+
+use std::{
+    path::PathBuf,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use ::kube::{
+    config::{KubeConfigOptions, Kubeconfig},
+    Client,
+};
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, EncodeMetric},
+    metrics::{gauge::ConstGauge, MetricType},
+};
+use tokio::{
+    sync::{mpsc, watch as signal},
+    task::JoinHandle,
+};
+
+use crate::{
+    admin::{AdminState, SourceHealth},
+    reload::Runtime,
+};
+use convert::Converter;
+use lease::{Election, LeaseSettings};
+use status::{ApiStatusWriter, StatusWriter};
+use watch::Watches;
+
+/// Settings of the Kubernetes source.
+#[derive(Debug, Clone)]
+pub struct KubeSettings {
+    /// Kubeconfig file; `None`: `KUBECONFIG`, `~/.kube/config` or in-cluster.
+    pub kubeconfig: Option<PathBuf>,
+    /// Watch only this namespace (namespaced RBAC); `None`: cluster-wide.
+    pub watch_namespace: Option<String>,
+    /// This node; part of the lease identity.
+    pub node_name: String,
+    /// Label selector of the Gateways this agent serves; `None`: all of our class.
+    pub gateway_selector: Option<String>,
+    /// Namespace of the status-writer Lease (the agent's own).
+    pub lease_namespace: String,
+    pub lease_name: String,
+    /// Identity in the Lease; defaults to the node name.
+    pub lease_identity: Option<String>,
+    pub lease_duration: Duration,
+    pub lease_renew_every: Duration,
+    /// Quiet time after a change before converting: a `kubectl apply` of
+    /// many objects becomes one apply.
+    pub debounce: Duration,
+}
+
+impl KubeSettings {
+    pub fn new(node_name: impl Into<String>) -> Self {
+        Self {
+            kubeconfig: None,
+            watch_namespace: None,
+            node_name: node_name.into(),
+            gateway_selector: None,
+            lease_namespace: "sluice-system".into(),
+            lease_name: "sluice-status-writer".into(),
+            lease_identity: None,
+            lease_duration: Duration::from_secs(15),
+            lease_renew_every: Duration::from_secs(5),
+            debounce: Duration::from_millis(20),
+        }
+    }
+}
+
+/// Errors starting the Kubernetes source.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeError {
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        source: ::kube::config::KubeconfigError,
+    },
+    #[error("no Kubernetes configuration (KUBECONFIG, ~/.kube/config or in-cluster): {0}")]
+    Infer(#[from] ::kube::config::InferConfigError),
+    #[error("creating the Kubernetes client: {0}")]
+    Client(#[from] ::kube::Error),
+}
+
+async fn client(settings: &KubeSettings) -> Result<Client, KubeError> {
+    let config = match &settings.kubeconfig {
+        Some(path) => {
+            let err = |source| KubeError::Kubeconfig {
+                path: path.clone(),
+                source,
+            };
+            let kc = Kubeconfig::read_from(path).map_err(err)?;
+            ::kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
+                .await
+                .map_err(err)?
+        }
+        None => ::kube::Config::infer().await?,
+    };
+    Ok(Client::try_from(config)?)
+}
+
+/// The running Kubernetes source.
+pub struct KubeSource {
+    stop: signal::Sender<bool>,
+    supervisor: JoinHandle<()>,
+}
+
+/// Why a session ended.
+enum SessionEnd {
+    Stop,
+    /// The API server answers a freshly read configuration but not the one
+    /// in use (new CA or credentials): start over with the new one.
+    Reconnect,
+}
+
+impl KubeSource {
+    /// Starts watching. Returns at once; `admin.ready` turns true after the
+    /// first complete sync has been applied. Fails only when no client can
+    /// be configured at all.
+    pub async fn start(
+        settings: KubeSettings,
+        runtime: Arc<Runtime>,
+        admin: Arc<AdminState>,
+    ) -> Result<Self, KubeError> {
+        let first = client(&settings).await?;
+        let (stop, stop_rx) = signal::channel(false);
+        let supervisor = tokio::spawn(async move {
+            let mut next = Some(first);
+            loop {
+                let client = match next.take() {
+                    Some(c) => c,
+                    None => match client(&settings).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "Kubernetes client; retrying");
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            continue;
+                        }
+                    },
+                };
+                match session(client, &settings, &runtime, &admin, stop_rx.clone()).await {
+                    SessionEnd::Stop => return,
+                    SessionEnd::Reconnect => {
+                        tracing::warn!("API server credentials changed; reconnecting (the last applied state keeps serving)")
+                    }
+                }
+            }
+        });
+        Ok(Self { stop, supervisor })
+    }
+
+    /// Stops watching and status writing, and releases the lease.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        let _ = self.supervisor.await;
+    }
+}
+
+/// One connection's worth of watches, election and status writing.
+async fn session(
+    client: Client,
+    settings: &KubeSettings,
+    runtime: &Arc<Runtime>,
+    admin: &Arc<AdminState>,
+    mut stop: signal::Receiver<bool>,
+) -> SessionEnd {
+    let health = admin.source_health.clone();
+    let (changed_tx, changed_rx) = mpsc::channel(1);
+    let watches = Watches::start(&client, settings, changed_tx, health.clone());
+    let election = Election::spawn(
+        client.clone(),
+        LeaseSettings {
+            namespace: settings.lease_namespace.clone(),
+            name: settings.lease_name.clone(),
+            identity: settings
+                .lease_identity
+                .clone()
+                .unwrap_or_else(|| settings.node_name.clone()),
+            duration: settings.lease_duration,
+            renew_every: settings.lease_renew_every,
+        },
+    );
+    let (end_tx, end_rx) = signal::channel(false);
+    let (applied_tx, applied_rx) = signal::channel(None);
+    let writer = ApiStatusWriter::new(client.clone(), watches.stores.clone());
+    let (reconnect_tx, mut reconnect_rx) = mpsc::channel(1);
+    let tasks = vec![
+        tokio::spawn(probe(
+            client,
+            settings.clone(),
+            health,
+            reconnect_tx,
+            end_rx.clone(),
+        )),
+        tokio::spawn(status_loop(
+            Box::new(writer),
+            // Namespaced mode has no RBAC to write cluster-scoped status.
+            settings.watch_namespace.is_none(),
+            applied_rx,
+            election.is_leader.clone(),
+            end_rx.clone(),
+        )),
+        tokio::spawn(sync_loop(
+            watches,
+            settings.debounce,
+            changed_rx,
+            runtime.clone(),
+            admin.clone(),
+            applied_tx,
+            end_rx,
+        )),
+    ];
+    let end = tokio::select! {
+        _ = stop.changed() => SessionEnd::Stop,
+        _ = reconnect_rx.recv() => SessionEnd::Reconnect,
+    };
+    let _ = end_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    election.shutdown().await;
+    end
+}
+
+/// What was applied last, for status.
+type Applied = Option<Arc<(convert::Converted, Arc<crate::snapshot::Snapshot>)>>;
+
+async fn sync_loop(
+    watches: Watches,
+    debounce: Duration,
+    mut changed: mpsc::Receiver<()>,
+    runtime: Arc<Runtime>,
+    admin: Arc<AdminState>,
+    applied: signal::Sender<Applied>,
+    mut stop: signal::Receiver<bool>,
+) {
+    tokio::select! {
+        _ = watches.synced() => {}
+        _ = stop.changed() => return,
+    }
+    tracing::info!("Kubernetes objects listed; applying");
+    let mut converter = Converter::default();
+    // Whether the last apply failed: retry even if the objects did not change
+    // (a port may have been freed meanwhile).
+    let mut retry = false;
+    loop {
+        let started = Instant::now();
+        let converted = converter.convert(&watches.stores);
+        if converted.changed || retry {
+            let errors: Vec<String> = converted
+                .errors
+                .iter()
+                .flat_map(|(_, e)| e.iter().map(|e| e.to_string()))
+                .collect();
+            for e in &errors {
+                tracing::warn!("object left out: {e}");
+            }
+            match runtime.apply_config(converted.config.clone()).await {
+                Ok(_) => {
+                    retry = false;
+                    runtime.notes.lock().expect("notes lock").object_errors = errors;
+                    if !admin.ready.swap(true, Ordering::AcqRel) {
+                        tracing::info!("first Kubernetes sync applied; ready");
+                    }
+                    tracing::info!(
+                        generation = runtime.generation(),
+                        elapsed_ms = started.elapsed().as_millis() as u64,
+                        "Kubernetes configuration applied"
+                    );
+                }
+                Err(e) => {
+                    retry = true;
+                    runtime.reject(&e);
+                }
+            }
+        }
+        // Status follows what was applied; echoes of our own status writes
+        // change nothing that conversion reads and cause no recomputation.
+        if converted.changed || retry || applied.borrow().is_none() {
+            applied.send_replace(Some(Arc::new((converted, runtime.snapshot.load_full()))));
+        }
+        // Wait for a change, then for `debounce` of quiet.
+        tokio::select! {
+            c = changed.recv() => if c.is_none() { return },
+            _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
+            _ = stop.changed() => return,
+        }
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(debounce) => break,
+                c = changed.recv() => if c.is_none() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+}
+
+/// Writes status whenever the applied state or leadership changes, while
+/// leader. Failed writes are retried after a pause.
+async fn status_loop(
+    writer: Box<dyn StatusWriter>,
+    write_class_status: bool,
+    mut applied: signal::Receiver<Applied>,
+    mut leader: signal::Receiver<bool>,
+    mut stop: signal::Receiver<bool>,
+) {
+    loop {
+        let current = applied.borrow_and_update().clone();
+        let leading = *leader.borrow_and_update();
+        let failed = match (leading, current) {
+            (true, Some(state)) => {
+                let (converted, snapshot) = &*state;
+                let mut failed = false;
+                for s in provisional_status::compute(converted, snapshot) {
+                    if !write_class_status && matches!(s, status::ObjectStatus::GatewayClass { .. })
+                    {
+                        continue;
+                    }
+                    match writer.write(&s).await {
+                        Ok(true) => tracing::debug!(?s, "status written"),
+                        Ok(false) => {}
+                        Err(e) => {
+                            failed = true;
+                            tracing::warn!(error = %e, "status not written; will retry");
+                        }
+                    }
+                }
+                failed
+            }
+            _ => false,
+        };
+        tokio::select! {
+            r = applied.changed() => if r.is_err() { return },
+            r = leader.changed() => if r.is_err() { return },
+            _ = tokio::time::sleep(Duration::from_secs(2)), if failed => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// Checks the API server every second: the watches only notice an outage
+/// when they reconnect, and only an answer tells that it is over. After a few
+/// seconds of failures it also tries a freshly read configuration, and asks
+/// for a reconnect when that one works (the server came back with a new CA
+/// or new credentials).
+async fn probe(
+    client: Client,
+    settings: KubeSettings,
+    health: Arc<SourceHealth>,
+    reconnect: mpsc::Sender<()>,
+    mut stop: signal::Receiver<bool>,
+) {
+    let answers = |c: Client| async move {
+        matches!(
+            tokio::time::timeout(Duration::from_secs(2), c.apiserver_version()).await,
+            Ok(Ok(_))
+        )
+    };
+    let mut failing_since: Option<Instant> = None;
+    loop {
+        if answers(client.clone()).await {
+            health.ok();
+            failing_since = None;
+        } else {
+            health.failed();
+            let since = *failing_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= Duration::from_secs(3) {
+                if let Ok(fresh) = self::client(&settings).await {
+                    if answers(fresh).await {
+                        let _ = reconnect.try_send(());
+                        return;
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = stop.changed() => return,
+        }
+    }
+}
+
+/// `sluice_config_source_stale_seconds`, computed at scrape time.
+#[derive(Debug)]
+pub struct StalenessCollector(pub Arc<SourceHealth>);
+
+impl Collector for StalenessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let metric = encoder.encode_descriptor(
+            "sluice_config_source_stale_seconds",
+            "Seconds since the config source (Kubernetes API) became unreachable; 0 while reachable. \
+             The last good configuration keeps serving meanwhile.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(self.0.stale_for().as_secs_f64()).encode(metric)
+    }
+}
