@@ -71,6 +71,8 @@ pub struct Settings {
     pub cgroup: Option<PathBuf>,
     /// Namespace identity of sources (agent config `namespaces:`).
     pub identity: crate::config::NamespaceIdentity,
+    /// eBPF map capacities (`--map-size NAME=N`).
+    pub map_sizes: std::collections::BTreeMap<String, u32>,
     /// Peers whose `X-Forwarded-*` headers are kept and appended to; from
     /// everyone else they are replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
@@ -92,6 +94,7 @@ impl Settings {
             xdp_mode: crate::kernel::XdpModePref::Auto,
             cgroup: None,
             identity: Default::default(),
+            map_sizes: Default::default(),
             trusted_proxies: Vec::new(),
             kubernetes: None,
         }
@@ -288,6 +291,7 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
         bpffs: settings.bpffs.clone(),
         xdp_mode: settings.xdp_mode,
         cgroup: settings.cgroup.clone(),
+        map_sizes: settings.map_sizes.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
     })

@@ -97,6 +97,11 @@ pub struct Cli {
     #[arg(long, value_name = "FILE", env = "SLUICE_CONFIG")]
     pub agent_config: Option<PathBuf>,
 
+    /// Capacity of an eBPF map, `NAME=N` (repeatable): LISTENERS, SOURCE_RULES,
+    /// SYN_BUDGET, SOURCE_NS, CGROUP_NS, ADMISSION.
+    #[arg(long = "map-size", value_name = "NAME=N", value_parser = parse_map_size)]
+    pub map_sizes: Vec<(String, u32)>,
+
     /// cgroup v2 directory for the connect4/connect6 hooks (default: the root
     /// of the cgroup v2 hierarchy, wherever it is mounted).
     #[arg(long, value_name = "DIR")]
@@ -159,6 +164,7 @@ impl Cli {
             s.identity = crate::config::identity::load_agent_config(path)?;
         }
         s.cgroup = self.cgroup.clone();
+        s.map_sizes = self.map_sizes.iter().cloned().collect();
         if self.kubernetes {
             let node = self
                 .node_name
@@ -201,11 +207,46 @@ impl Cli {
     }
 }
 
+fn parse_map_size(raw: &str) -> Result<(String, u32), String> {
+    let (name, n) = raw
+        .split_once('=')
+        .ok_or_else(|| format!("expected NAME=N, got {raw:?}"))?;
+    let name = name.trim().to_ascii_uppercase();
+    if !crate::kernel::SIZABLE_MAPS.contains(&name.as_str()) {
+        return Err(format!(
+            "unknown map {name:?}; sizable maps: {}",
+            crate::kernel::SIZABLE_MAPS.join(", ")
+        ));
+    }
+    match n.trim().parse::<u32>() {
+        Ok(n) if n > 0 => Ok((name, n)),
+        _ => Err(format!("map size must be a positive integer, got {n:?}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
 
     use super::*;
+
+    #[test]
+    fn map_sizes_are_validated() {
+        let cli = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--map-size",
+            "listeners=8192",
+        ]);
+        assert_eq!(cli.map_sizes, [("LISTENERS".to_owned(), 8192)]);
+        for bad in ["NOPE=1", "LISTENERS=0", "LISTENERS"] {
+            assert!(
+                Cli::try_parse_from(["sluice", "--config-dir", "d", "--map-size", bad]).is_err(),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn cli_is_consistent_and_parses_the_documented_form() {

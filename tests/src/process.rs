@@ -60,6 +60,19 @@ impl ChildGuard {
         false
     }
 
+    /// Waits (bounded) for the process to exit on its own; then as [`stop`](Self::stop).
+    pub fn stop_when_exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                self.child = None;
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        self.stop(Duration::from_secs(5))
+    }
+
     /// SIGTERM, wait up to `grace`, then SIGKILL. Returns the exit status if known.
     pub fn stop(&mut self, grace: Duration) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;

@@ -703,3 +703,41 @@ fn namespaces_not_admitted_are_refused_at_sk_lookup_and_at_connect() {
         assert!(n.unwrap_or(0.0) >= 1.0, "{reason} counter: {metrics}");
     }
 }
+
+#[test]
+fn a_full_map_stops_the_agent_with_a_clear_error() {
+    if !privileged("a_full_map_stops_the_agent_with_a_clear_error") {
+        return;
+    }
+    let topo = Topology::new();
+    let dir = std::env::temp_dir().join(format!("sluice-e2e-mapfull-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Two listener keys (an IPv4 and an IPv6 address) into a map of one.
+    std::fs::write(dir.join("gateway.yaml"), config(&[])).unwrap();
+    let mut cmd = topo.node.command(sluice_bin().to_str().unwrap());
+    cmd.arg("--config-dir")
+        .arg(&dir)
+        .args(["--datapath", "ebpf", "--interface", &topo.node_if])
+        .args([
+            "--admin-addr",
+            "127.0.0.1:9901",
+            "--map-size",
+            "LISTENERS=1",
+        ]);
+    let mut agent = ChildGuard::spawn("sluice", cmd, &dir.join("agent.log")).unwrap();
+    let status = agent.stop_when_exited(Duration::from_secs(20));
+    let log = agent.log();
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "agent must refuse to start: {status:?}\n{log}"
+    );
+    assert!(
+        log.contains("eBPF map LISTENERS is full") && log.contains("--map-size LISTENERS=N"),
+        "{log}"
+    );
+    assert!(
+        !xdp_attached(&topo),
+        "a failed start must not leave XDP attached"
+    );
+}

@@ -53,6 +53,9 @@ pub struct KernelOptions {
     /// cgroup v2 directory for the connect4/connect6 hooks; `None`: the root
     /// of the cgroup v2 hierarchy.
     pub cgroup: Option<PathBuf>,
+    /// Capacities of the maps in [`super::SIZABLE_MAPS`] (others keep the
+    /// object's defaults).
+    pub map_sizes: BTreeMap<String, u32>,
 }
 
 /// XDP attach preference.
@@ -134,6 +137,9 @@ impl KernelDatapath {
         // they act only on sockets of ours.
         let cookie = netns_cookie()?;
         loader.override_global("NETNS_COOKIE", &cookie, true);
+        for (name, size) in &opts.map_sizes {
+            loader.map_max_entries(name, *size);
+        }
         if let Some(dir) = &pin_dir {
             // Existing pins are reused: a restarted agent sees the maps (and
             // the shard sockets in them) the previous one left in place.
@@ -467,10 +473,19 @@ pub(super) fn map_err(
     action: &str,
 ) -> impl FnOnce(aya::maps::MapError) -> KernelError {
     let action = action.to_owned();
-    move |source| KernelError::Map {
-        map,
-        action,
-        source,
+    move |source| {
+        // Hash maps answer E2BIG when full, LPM tries ENOSPC.
+        let full = matches!(&source, aya::maps::MapError::SyscallError(s)
+            if matches!(s.io_error.raw_os_error(), Some(libc::E2BIG | libc::ENOSPC)));
+        if full {
+            KernelError::MapFull { map }
+        } else {
+            KernelError::Map {
+                map,
+                action,
+                source,
+            }
+        }
     }
 }
 

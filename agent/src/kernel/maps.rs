@@ -69,14 +69,7 @@ impl DatapathMaps for FakeMaps {
             .is_some_and(|m| self.listeners.len() >= m)
             && !self.listeners.contains_key(&key)
         {
-            return Err(KernelError::Map {
-                map: "LISTENERS",
-                action: format!("insert (map full at {} entries)", self.listeners.len()),
-                source: aya::maps::MapError::SyscallError(aya::sys::SyscallError {
-                    call: "bpf_map_update_elem",
-                    io_error: std::io::Error::from_raw_os_error(libc::E2BIG),
-                }),
-            });
+            return Err(KernelError::MapFull { map: "LISTENERS" });
         }
         self.write("LISTENERS")?;
         self.listeners.insert(key, value);

@@ -15,6 +15,16 @@ use sluice_common::{source_rule_prefix_len, ListenerKey, ListenerValue, SourceRu
 pub use loader::{KernelDatapath, KernelOptions, XdpAttachMode, XdpModePref};
 pub use reconcile::{reconcile, ReconcileStats};
 
+/// Maps whose capacity `--map-size NAME=N` may set.
+pub const SIZABLE_MAPS: [&str; 6] = [
+    "LISTENERS",
+    "SOURCE_RULES",
+    "SYN_BUDGET",
+    "SOURCE_NS",
+    "CGROUP_NS",
+    "ADMISSION",
+];
+
 /// Map contents the control plane wants. Compared against what the maps hold.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KernelDesired {
@@ -104,6 +114,11 @@ pub enum KernelError {
         #[source]
         source: aya::maps::MapError,
     },
+    #[error(
+        "eBPF map {map} is full; raise its size with --map-size {map}=N (a pinned map keeps \
+         the size it was created with until the last agent using it stops)"
+    )]
+    MapFull { map: &'static str },
     #[error("eBPF map {0} missing from the object")]
     MissingMap(&'static str),
     #[error("interface {0:?} does not exist in this network namespace")]

@@ -201,7 +201,7 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            err.contains("LISTENERS") && err.contains("map full"),
+            err.contains("LISTENERS is full") && err.contains("--map-size LISTENERS=N"),
             "{err}"
         );
     }
