@@ -14,7 +14,13 @@
 //! both. The verifier below checks the chain with webpki and the name with
 //! Go's rules ([`go_hostname_matches`]) against the SANs the runner put into
 //! the certificate.
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use anyhow::{Context, Result};
 use rcgen::{
@@ -293,13 +299,15 @@ impl SuiteCerts {
 
     /// A client configuration that trusts the CA of `trusted` (every
     /// generated CA when `None`), offers `client_cert` when asked, and
-    /// announces `alpn`.
+    /// announces `alpn`. The flag turns true when the server asks for the
+    /// client certificate (only with `client_cert`).
     pub fn client_config(
         &self,
         trusted: Option<&GeneratedSecret>,
         client_cert: Option<&GeneratedSecret>,
         alpn: &[&[u8]],
-    ) -> Result<rustls::ClientConfig, String> {
+    ) -> Result<(rustls::ClientConfig, Arc<AtomicBool>), String> {
+        let asked = Arc::new(AtomicBool::new(false));
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier = Arc::new(self.verifier(trusted, provider.clone())?);
         let builder = rustls::ClientConfig::builder_with_provider(provider)
@@ -308,16 +316,44 @@ impl SuiteCerts {
             .dangerous()
             .with_custom_certificate_verifier(verifier);
         let mut config = match client_cert {
-            Some(c) => builder
-                .with_client_auth_cert(
+            Some(c) => {
+                let key = rustls::sign::CertifiedKey::from_der(
                     vec![CertificateDer::from(c.cert_der.clone())],
                     PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(c.key_der.clone())),
+                    &rustls::crypto::ring::default_provider(),
                 )
-                .map_err(|e| format!("client certificate {}/{}: {e}", c.namespace, c.name))?,
+                .map_err(|e| format!("client certificate {}/{}: {e}", c.namespace, c.name))?;
+                builder.with_client_cert_resolver(Arc::new(RecordingClientCert {
+                    key: Arc::new(key),
+                    asked: asked.clone(),
+                }))
+            }
             None => builder.with_no_client_auth(),
         };
         config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-        Ok(config)
+        Ok((config, asked))
+    }
+}
+
+/// Offers one client certificate and records that the server asked for it.
+#[derive(Debug)]
+struct RecordingClientCert {
+    key: Arc<rustls::sign::CertifiedKey>,
+    asked: Arc<AtomicBool>,
+}
+
+impl rustls::client::ResolvesClientCert for RecordingClientCert {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.asked.store(true, Ordering::SeqCst);
+        Some(self.key.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
     }
 }
 
@@ -465,7 +501,7 @@ mod tests {
         assert!(verify(&certs, "tls-checks-certificate", "example.org").is_err());
 
         // A chain to a different CA does not verify.
-        let config = certs
+        let (config, _) = certs
             .client_config(
                 certs.secret(INFRA, "tls-checks-certificate"),
                 None,
@@ -498,14 +534,19 @@ mod tests {
             .as_str()
             .unwrap()
             .contains("PRIVATE KEY"));
-        // Client certificates load into a client config.
-        certs
+        // Client certificates load into a client config, which records that
+        // the server asked for one.
+        let (config, asked) = certs
             .client_config(
                 Some(v),
                 certs.secret(INFRA, "tls-validity-checks-client-certificate"),
                 &[],
             )
             .unwrap();
+        assert!(!asked.load(Ordering::SeqCst));
+        assert!(config.client_auth_cert_resolver.has_certs());
+        assert!(config.client_auth_cert_resolver.resolve(&[], &[]).is_some());
+        assert!(asked.load(Ordering::SeqCst));
     }
 
     #[test]

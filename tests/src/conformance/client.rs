@@ -19,6 +19,11 @@ pub struct Clients {
     certs: Option<Arc<SuiteCerts>>,
 }
 
+/// The error of a case with `client_cert_secret` when the gateway did not
+/// ask for a client certificate (the case notes require that it does).
+pub const NO_CLIENT_CERT_REQUEST: &str =
+    "the gateway did not request a client certificate during the TLS handshake";
+
 /// TLS parameters of an `https` case.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TlsRequest {
@@ -115,7 +120,7 @@ impl Clients {
             .map(|r| certs.secret_ref(r))
             .transpose()?;
         let alpn: &[&[u8]] = if tls.h2 { &[b"h2"] } else { &[b"http/1.1"] };
-        let config = certs.client_config(trusted, client_cert, alpn)?;
+        let (config, asked) = certs.client_config(trusted, client_cert, alpn)?;
         let name = rustls::pki_types::ServerName::try_from(tls.sni.clone())
             .map_err(|e| format!("SNI {:?}: {e}", tls.sni))?;
         let tcp = tokio::net::TcpStream::connect(req.dial)
@@ -125,6 +130,9 @@ impl Clients {
             .connect(name, tcp)
             .await
             .map_err(|e| format!("TLS handshake with {} (SNI {}): {e}", req.dial, tls.sni))?;
+        if client_cert.is_some() && !asked.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(NO_CLIENT_CERT_REQUEST.into());
+        }
         let alpn = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
         let io = hyper_util::rt::TokioIo::new(stream);
         let mut b = http::Request::builder().method(req.method.as_str());

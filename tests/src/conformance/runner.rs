@@ -14,7 +14,7 @@ use serde_yaml::Value;
 use super::{
     cases::{self, Case, TestFile},
     certs::SuiteCerts,
-    client::{tls_request, Clients, Outgoing},
+    client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::{compare, EchoBody},
     manifests::{self, Prepared, GATEWAY_CLASS},
     report::{CaseResult, Report, StatusResult, TestResult, Traffic},
@@ -709,6 +709,7 @@ async fn run_case(
                 "expected a transport/TLS failure, got HTTP {}",
                 o.status
             )),
+            Err(e) if e.contains(NO_CLIENT_CERT_REQUEST) => Err(e),
             Err(_) => Ok(()),
         };
     }
