@@ -3,6 +3,7 @@
 //! against the `sluice` agent fed from files, one agent per test, with echo
 //! backends in process. See `tests/conformance/README.md`.
 pub mod cases;
+pub mod certs;
 pub mod client;
 pub mod compare;
 pub mod manifests;

@@ -13,7 +13,8 @@ use serde_yaml::Value;
 
 use super::{
     cases::{self, Case, TestFile},
-    client::{Clients, Outgoing},
+    certs::SuiteCerts,
+    client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::{compare, EchoBody},
     manifests::{self, Prepared, GATEWAY_CLASS},
     report::{CaseResult, Report, StatusResult, TestResult, Traffic},
@@ -65,6 +66,8 @@ struct Env {
     base: Vec<Value>,
     backends: BTreeMap<(String, String), Backend>,
     work: PathBuf,
+    /// The Secrets the suite creates in code; HTTPS cases trust their CAs.
+    certs: Arc<SuiteCerts>,
 }
 
 /// Runs the selected tests and returns the report.
@@ -121,6 +124,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         base,
         backends,
         work: work.clone(),
+        certs: Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?),
     };
     let mut results = Vec::new();
     for t in &tests {
@@ -326,6 +330,7 @@ async fn fetch_status(clients: &Clients, admin: SocketAddr) -> Result<AgentStatu
         path: "/status".into(),
         headers: BTreeMap::new(),
         h2c: false,
+        tls: None,
     };
     let o = clients.round_trip(&req).await?;
     if o.status != 200 {
@@ -404,6 +409,13 @@ impl Agent {
         let config = dir.join(format!("config-{n}"));
         std::fs::create_dir_all(&config)?;
         std::fs::write(config.join("conformance.yaml"), prepared.to_yaml()?)?;
+        // The Secrets the suite creates in code (manifests hold none).
+        let mut secrets = String::new();
+        for d in env.certs.secret_docs() {
+            secrets.push_str("---\n");
+            secrets.push_str(&serde_yaml::to_string(&d)?);
+        }
+        std::fs::write(config.join("suite-secrets.yaml"), secrets)?;
         let admin = free_port()?;
         let log_path = dir.join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path)?;
@@ -435,6 +447,7 @@ impl Agent {
                 path: "/readyz".into(),
                 headers: BTreeMap::new(),
                 h2c: false,
+                tls: None,
             };
             if matches!(client.round_trip(&probe).await, Ok(o) if o.status == 200) {
                 return Ok(agent);
@@ -524,7 +537,7 @@ async fn run_cases(
     prepared: &Prepared,
     prefix: &str,
 ) -> Vec<CaseResult> {
-    let clients = Clients::new(env.opts.request_timeout);
+    let clients = Clients::new(env.opts.request_timeout).with_certs(env.certs.clone());
     if t.sequential() {
         let mut out = Vec::new();
         for (i, c) in cases.iter().enumerate() {
@@ -631,7 +644,9 @@ fn outgoing(env: &Env, t: &TestFile, c: &Case, prepared: &Prepared) -> Result<Ou
         .map(|(k, v)| format!("{k}:{v}"))
         .collect();
     headers.insert("X-Echo-Set-Header".into(), set.join(","));
+    let tls = tls_request(&c.request, &host);
     Ok(Outgoing {
+        tls,
         dial: SocketAddr::new(info.address, dial_port),
         method: c.request.method().to_owned(),
         host,
@@ -645,12 +660,6 @@ fn outgoing(env: &Env, t: &TestFile, c: &Case, prepared: &Prepared) -> Result<Ou
 fn unsupported(c: &Case) -> Option<String> {
     if c.websocket.is_some() {
         return Some("WebSocket cases are not supported by the runner yet".into());
-    }
-    if c.request.scheme() == "https" || c.request.protocol.as_deref() == Some("H2") {
-        return Some("HTTPS cases need a TLS client and the suite's certificates, not supported by the runner yet".into());
-    }
-    if c.expect_error.is_some() {
-        return Some("transport-error cases are not supported by the runner yet".into());
     }
     if c.mirrored_to.iter().any(|m| m.percent.is_some()) {
         return Some("percentage-mirror statistics are not supported by the runner yet".into());
@@ -690,6 +699,20 @@ async fn run_case(
         }
     }
     let out = outgoing(env, t, &c, prepared)?;
+    if c.expect_error
+        .as_ref()
+        .is_some_and(|v| v.as_bool() != Some(false))
+    {
+        // One shot: the round trip must fail at transport/TLS level.
+        return match clients.round_trip(&out).await {
+            Ok(o) => Err(format!(
+                "expected a transport/TLS failure, got HTTP {}",
+                o.status
+            )),
+            Err(e) if e.contains(NO_CLIENT_CERT_REQUEST) => Err(e),
+            Err(_) => Ok(()),
+        };
+    }
     converge(&c, &out, clients, env.opts.max_time_to_consistency).await?;
     if mirror_id.is_some() {
         check_mirrors(env, &c).await?;
