@@ -215,6 +215,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         let shard = Shard {
             id,
             gateway: gateway.id.clone(),
+            name: Arc::from(gateway.id.to_string()),
             addresses: gateway.addresses.clone(),
             source_allow: gateway.source_allow.clone(),
             source_deny: gateway.source_deny.clone(),
@@ -279,6 +280,7 @@ fn listener_routes(
             continue;
         }
         let route_id = Arc::new(route.id.clone());
+        let route_name: Arc<str> = Arc::from(route.id.to_string());
         for (ri, rule) in route.rules.iter().enumerate() {
             let action = Arc::new(RuleAction {
                 filters: rule.filters.clone(),
@@ -293,6 +295,7 @@ fn listener_routes(
                         h.clone(),
                         RouteEntry {
                             route: route_id.clone(),
+                            route_name: route_name.clone(),
                             route_order: order,
                             rule: ri,
                             match_index: mi,

@@ -160,7 +160,7 @@ impl Proxy {
                 none,
             );
         };
-        let shard_name: Arc<str> = Arc::from(shard.gateway.to_string());
+        let shard_name = shard.name.clone();
         let Some(authority) = authority(&req) else {
             return (
                 error(StatusCode::BAD_REQUEST, "missing Host header"),
@@ -195,7 +195,7 @@ impl Proxy {
         let Some(entry) = listener.routes.find(&host, &view) else {
             return (error(StatusCode::NOT_FOUND, "no route"), shard_name, none);
         };
-        let route_name: Arc<str> = Arc::from(entry.route.to_string());
+        let route_name = entry.route_name.clone();
         let target = Target {
             entry,
             listener_port: listener.port,

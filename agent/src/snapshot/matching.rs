@@ -181,6 +181,7 @@ mod tests {
             None,
             RouteEntry {
                 route: Arc::new(ObjectRef::new("ns", tag)),
+                route_name: Arc::from(tag),
                 route_order: order,
                 rule,
                 match_index: 0,

@@ -44,6 +44,8 @@ impl Snapshot {
 pub struct Shard {
     pub id: ShardId,
     pub gateway: ObjectRef,
+    /// `namespace/name` of the Gateway, formatted once for metric labels.
+    pub name: Arc<str>,
     /// Addresses the Gateway answers on; empty means every local address.
     pub addresses: Vec<IpAddr>,
     pub source_allow: Vec<IpNet>,
@@ -167,6 +169,8 @@ impl RouteTable {
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
     pub route: Arc<ObjectRef>,
+    /// `namespace/name` of the route, formatted once for metric labels.
+    pub route_name: Arc<str>,
     /// Position of the route in precedence order among equals (creation order, then name).
     pub route_order: usize,
     pub rule: usize,
@@ -353,6 +357,7 @@ mod tests {
     fn entry(order: usize, path: PathMatch, tag: &str) -> RouteEntry {
         RouteEntry {
             route: Arc::new(ObjectRef::new("ns", tag)),
+            route_name: Arc::from(tag),
             route_order: order,
             rule: 0,
             match_index: 0,
