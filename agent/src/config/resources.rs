@@ -49,6 +49,8 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub addresses: Vec<GatewayAddress>,
     pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub infrastructure: Option<GatewayInfrastructure>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,7 +58,25 @@ pub struct GatewaySpec {
 pub struct GatewayAddress {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    pub value: String,
+    /// Optional: without a value the implementation assigns an address.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    #[serde(default)]
+    pub parameters_ref: Option<LocalParametersRef>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LocalParametersRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
