@@ -206,6 +206,51 @@ mod tests {
         assert!(parse(&bad).is_err());
     }
 
+    #[tokio::test]
+    async fn exchange_with_the_echo_backend() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let id = crate::echo::Identity {
+            pod: "ws-5c9d7f8b4-conf0".into(),
+            namespace: "ns".into(),
+        };
+        let server = tokio::spawn(crate::echo::serve_with(listener, id, None, true));
+        let out = Outgoing {
+            dial: addr,
+            method: "GET".into(),
+            host: addr.to_string(),
+            path: "/ws".into(),
+            headers: Default::default(),
+            h2c: false,
+            tls: None,
+        };
+        let exchange = Exchange {
+            path: "/ws".into(),
+            origin: "ws://gateway/test".into(),
+            messages: vec![
+                Message {
+                    opcode: ws::TEXT,
+                    payload: b"Websocket Support!".to_vec(),
+                },
+                Message {
+                    opcode: ws::BINARY,
+                    payload: (0..=255).collect(),
+                },
+            ],
+        };
+        let result = attempt(&exchange, &out).await;
+        // Any other path is a plain echo: 200, so no WebSocket.
+        let plain = Exchange {
+            path: "/".into(),
+            ..exchange.clone()
+        };
+        let refused = attempt(&plain, &out).await;
+        server.abort();
+        result.unwrap();
+        let e = refused.unwrap_err();
+        assert!(e.contains("handshake answered"), "{e}");
+    }
+
     #[test]
     fn handshake_needs_101_upgrade_and_the_right_accept() {
         let key = "dGhlIHNhbXBsZSBub25jZQ==";
