@@ -115,6 +115,10 @@ pub struct GrantTo {
 pub struct GatewayClass {
     pub name: String,
     pub controller_name: String,
+    /// `spec.parametersRef` as `group/kind/[namespace/]name`. Sluice defines
+    /// no parameters kind, so such a class is not accepted (`InvalidParameters`)
+    /// and its Gateways are not served.
+    pub parameters_ref: Option<String>,
 }
 
 /// A Gateway: one shard of the agent.

@@ -93,6 +93,7 @@ impl Builder {
                     self.config.gateway_classes.push(model::GatewayClass {
                         name: gc.metadata.name,
                         controller_name: gc.spec.controller_name,
+                        parameters_ref: gc.spec.parameters_ref.as_ref().map(|p| p.describe()),
                     });
                 }
             }
@@ -269,7 +270,7 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         .infrastructure
         .as_ref()
         .and_then(|i| i.parameters_ref.as_ref())
-        .map(|p| format!("{}/{}/{}", p.group, p.kind, p.name));
+        .map(|p| p.describe());
     if g.spec.listeners.is_empty() {
         doc.err("spec.listeners", "a Gateway needs at least one listener");
     }

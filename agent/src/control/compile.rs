@@ -120,20 +120,16 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
     });
 
-    // A Gateway naming parameters Sluice cannot resolve is not accepted, so
-    // not served (status: InvalidParameters).
+    // A Gateway (or its class) naming parameters Sluice cannot resolve is not
+    // accepted, so not served (status: InvalidParameters).
     let accepted: Vec<&Gateway> = ours
         .iter()
         .copied()
         .filter(|g| {
-            let Some(p) = &g.parameters_ref else {
+            let Some(why) = super::status::invalid_parameters(config, g) else {
                 return true;
             };
-            warnings.push(format!(
-                "Gateway {}: infrastructure.parametersRef {p} cannot be resolved \
-                 (Sluice has no parameters kinds); not served",
-                g.id
-            ));
+            warnings.push(format!("Gateway {}: {why}; not served", g.id));
             false
         })
         .collect();

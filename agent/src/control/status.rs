@@ -229,9 +229,18 @@ pub(super) fn compute(
         .iter()
         .filter(|c| c.controller_name == controller)
     {
+        let accepted = match &class.parameters_ref {
+            None => cond("Accepted", true, "Accepted", "handled by this agent"),
+            Some(p) => cond(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                format!("parametersRef {p} cannot be resolved: Sluice has no parameters kinds"),
+            ),
+        };
         status.gateway_classes.push(ClassStatus {
             name: class.name.clone(),
-            conditions: vec![cond("Accepted", true, "Accepted", "handled by this agent")],
+            conditions: vec![accepted],
         });
     }
     let mut routes: Vec<&HttpRoute> = config.routes.iter().collect();
@@ -371,9 +380,9 @@ pub(super) fn compute(
         });
         let addresses = gateway_addresses(gateway, node_addresses);
         let mut conditions = vec![
-            gateway_accepted(gateway, &listeners),
+            gateway_accepted(config, gateway, &listeners),
             match (is_served, any_programmed) {
-                _ if gateway.parameters_ref.is_some() => cond(
+                _ if invalid_parameters(config, gateway).is_some() => cond(
                     "Programmed",
                     false,
                     "Invalid",
@@ -448,18 +457,32 @@ pub(super) fn compute(
     status
 }
 
-/// The Gateway's `Accepted` condition: `InvalidParameters` for a
-/// parametersRef Sluice cannot resolve; else accepted when at least one
-/// listener is, with reason `ListenersNotValid` (True or False) as soon as
-/// one listener is not.
-fn gateway_accepted(gateway: &Gateway, listeners: &[ListenerStatus]) -> Condition {
+/// Why the parameters of a Gateway (its own `infrastructure.parametersRef`
+/// or its class's `parametersRef`) cannot be resolved: Sluice defines no
+/// parameters kinds, so any reference is refused.
+pub(super) fn invalid_parameters(config: &Config, gateway: &Gateway) -> Option<String> {
     if let Some(p) = &gateway.parameters_ref {
-        return cond(
-            "Accepted",
-            false,
-            "InvalidParameters",
-            format!("parametersRef {p} cannot be resolved: Sluice has no parameters kinds"),
-        );
+        return Some(format!(
+            "infrastructure.parametersRef {p} cannot be resolved: Sluice has no parameters kinds"
+        ));
+    }
+    let class = config
+        .gateway_classes
+        .iter()
+        .find(|c| c.name == gateway.class_name)?;
+    let p = class.parameters_ref.as_ref()?;
+    Some(format!(
+        "the parametersRef {p} of GatewayClass {} cannot be resolved: Sluice has no parameters kinds",
+        class.name
+    ))
+}
+
+/// The Gateway's `Accepted` condition: `InvalidParameters` for parameters
+/// Sluice cannot resolve; else accepted when at least one listener is, with
+/// reason `ListenersNotValid` (True or False) as soon as one listener is not.
+fn gateway_accepted(config: &Config, gateway: &Gateway, listeners: &[ListenerStatus]) -> Condition {
+    if let Some(why) = invalid_parameters(config, gateway) {
+        return cond("Accepted", false, "InvalidParameters", why);
     }
     let invalid: Vec<&str> = listeners
         .iter()
@@ -821,6 +844,27 @@ spec:
         let c = condition(&g.conditions, "Accepted");
         assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
         assert_eq!(condition(&g.conditions, "Programmed").status, "False");
+        assert!(compiled.snapshot.shards.is_empty());
+
+        // The class's parametersRef: the class and its Gateways are refused.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+             metadata: {name: sluice}\nspec:\n  controllerName: sluice.dev/gateway-controller\n  \
+             parametersRef: {group: example.com, kind: Config, name: c, namespace: ns}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n";
+        let cfg = parse_documents([(Path::new("t.yaml"), text)]).unwrap();
+        let compiled = compile(&cfg, &mut ShardIds::default(), 1);
+        let s = &compiled.status;
+        let c = &s.gateway_classes[0].conditions[0];
+        assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
+        assert!(
+            c.message.contains("example.com/Config/ns/c"),
+            "{}",
+            c.message
+        );
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
         assert!(compiled.snapshot.shards.is_empty());
     }
 
