@@ -13,7 +13,7 @@ mod watch;
 use std::{fmt, path::PathBuf};
 
 pub use identity::NamespaceIdentity;
-pub use load::{convert_object, load_dir, parse_documents};
+pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
 pub use model::*;
 pub use validate::NAMESPACE_NAME_LABEL;
 pub use watch::DirWatcher;
