@@ -165,7 +165,26 @@ impl Runtime {
         self.generation.load(Ordering::Acquire)
     }
 
-    async fn apply(&self, compiled: Compiled, ids: ShardIds) -> Result<Vec<String>, ReloadError> {
+    async fn apply(
+        &self,
+        mut compiled: Compiled,
+        ids: ShardIds,
+    ) -> Result<Vec<String>, ReloadError> {
+        if self.kernel.is_none() {
+            for shard in compiled
+                .snapshot
+                .shards
+                .iter()
+                .filter(|s| !s.port_ranges.is_empty())
+            {
+                compiled.warnings.push(format!(
+                    "Gateway {}: {} is served by the eBPF datapath only; its port ranges \
+                     are not bound in userspace mode",
+                    shard.gateway,
+                    config::PORT_RANGES_ANNOTATION
+                ));
+            }
+        }
         let mut running = self.shards.lock().await;
         let prepared = self.prepare_sockets(&compiled.snapshot, &running)?;
         if let Some(k) = &self.kernel {

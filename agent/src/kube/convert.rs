@@ -12,7 +12,10 @@ use ::kube::api::DynamicObject;
 
 use super::watch::{Kind, Stores};
 use crate::{
-    config::{convert_object, Config, DocumentError, ObjectRef},
+    config::{
+        convert_object, port_range_overlaps, Config, DocumentError, Location, ObjectRef,
+        PORT_RANGES_ANNOTATION,
+    },
     control::CONTROLLER_NAME,
 };
 
@@ -132,10 +135,36 @@ impl Converter {
                 add(kind, &o, &mut out);
             }
         }
+        drop_overlapping_port_ranges(&mut out);
         let before = self.cache.len();
         self.cache.retain(|k, _| seen.contains(k));
         out.changed |= self.cache.len() != before;
         out
+    }
+}
+
+/// Port ranges are judged across Gateways: of two that overlap, the later one
+/// (in namespace/name order) is left out, with an error naming both.
+fn drop_overlapping_port_ranges(out: &mut Converted) {
+    let mut dropped = BTreeSet::new();
+    for (later, _, message) in port_range_overlaps(&out.config.gateways) {
+        if !dropped.insert(later) {
+            continue;
+        }
+        let id = out.config.gateways[later].id.clone();
+        let mut location = Location::api_object();
+        location.object = Some(format!("Gateway {id}"));
+        out.errors.push((
+            (Kind::Gateway, id),
+            vec![DocumentError {
+                location,
+                field: format!("metadata.annotations[{PORT_RANGES_ANNOTATION}]"),
+                message,
+            }],
+        ));
+    }
+    for i in dropped.into_iter().rev() {
+        out.config.gateways.remove(i);
     }
 }
 
