@@ -24,13 +24,21 @@ use crate::{
     config::{self, ConfigError, DirWatcher, ObjectRef},
     control::{compile, status::Status, Compiled, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
-    kernel::{self, maps::DatapathMaps, KernelDatapath, KernelDesired, KernelError},
-    metrics::{ConfigLabels, Metrics},
+    kernel::{
+        self,
+        maps::DatapathMaps,
+        retry::{retry, Interrupt, RetryError, RetryPolicy},
+        KernelDatapath, KernelDesired, KernelError, ReconcileReport,
+    },
+    metrics::{ConfigLabels, MapLabels, Metrics},
     snapshot::{Shard, ShardId, Snapshot},
 };
 
 /// How long the directory must be quiet before a reload.
 pub const DEBOUNCE: Duration = Duration::from_millis(100);
+
+/// How often the eBPF maps are compared with the applied configuration.
+pub const DRIFT_CHECK_PERIOD: Duration = Duration::from_secs(30);
 
 /// Why a configuration was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +65,8 @@ pub enum ReloadError {
     Kernel(#[source] Box<KernelError>),
     #[error("compiling the configuration panicked or was cancelled")]
     Compile,
+    #[error("applying the configuration was cancelled: {0}")]
+    Cancelled(&'static str),
 }
 
 /// Where a served Gateway receives connections.
@@ -97,6 +107,11 @@ pub struct Runtime {
     /// later reconcile fails halfway.
     kernel_applied: Mutex<KernelDesired>,
     shards: tokio::sync::Mutex<BTreeMap<ShardId, RunningShard>>,
+    /// Retries of failed map updates, and what cancels them.
+    pub retry_policy: RetryPolicy,
+    interrupt: Interrupt,
+    /// Asks the drift checker for a check now.
+    drift_requested: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -122,6 +137,9 @@ impl Runtime {
             generation: AtomicU64::new(0),
             kernel_applied: Mutex::default(),
             shards: tokio::sync::Mutex::default(),
+            retry_policy: RetryPolicy::default(),
+            interrupt: Interrupt::default(),
+            drift_requested: tokio::sync::Notify::new(),
         }
     }
 
@@ -185,12 +203,13 @@ impl Runtime {
                 ));
             }
         }
+        // A change still retrying map updates gives way to this one.
+        let ticket = self.interrupt.supersede();
         let mut running = self.shards.lock().await;
         let prepared = self.prepare_sockets(&compiled.snapshot, &running)?;
         if let Some(k) = &self.kernel {
-            let mut k = k.lock().expect("kernel lock");
-            match kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &compiled.kernel) {
-                Ok(stats) => tracing::info!(?stats, "eBPF maps programmed"),
+            match self.program_maps(k, &compiled.kernel, ticket).await {
+                Ok(report) => tracing::info!(stats = ?report.stats, "eBPF maps programmed"),
                 Err(e) => {
                     // Back to what the served snapshot expects; new sockets are dropped.
                     let previous = self
@@ -198,15 +217,17 @@ impl Runtime {
                         .lock()
                         .expect("kernel state lock")
                         .clone();
+                    let mut k = k.lock().expect("kernel lock");
                     if let Err(e2) =
                         kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &previous)
                     {
-                        tracing::error!(error = %e2, "restoring the previous eBPF map state failed");
+                        self.count_map_error(&e2);
+                        tracing::error!(error = %e2, "restoring the previous eBPF map state failed; the drift check will repair it");
                     }
                     for (id, ipv6) in prepared.kernel_slots_of_new_shards() {
                         let _ = k.clear_shard_socket(id, ipv6);
                     }
-                    return Err(ReloadError::Kernel(Box::new(e)));
+                    return Err(e);
                 }
             }
         }
@@ -316,6 +337,114 @@ impl Runtime {
             tracing::warn!("{w}");
         }
         Ok(compiled.warnings)
+    }
+
+    /// Converges the maps to `desired`, retrying failed updates with backoff
+    /// until they succeed, fail for good, or a newer change or shutdown
+    /// cancels them.
+    async fn program_maps(
+        &self,
+        k: &Mutex<KernelDatapath>,
+        desired: &KernelDesired,
+        ticket: u64,
+    ) -> Result<ReconcileReport, ReloadError> {
+        retry(
+            self.retry_policy,
+            &self.interrupt,
+            ticket,
+            || {
+                let mut k = k.lock().expect("kernel lock");
+                kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, desired)
+            },
+            |e, delay| {
+                self.count_map_error(e);
+                match delay {
+                    Some(d) => tracing::warn!(
+                        map = e.map_name().unwrap_or("-"),
+                        error = %e,
+                        retry_in_ms = d.as_millis() as u64,
+                        "eBPF map update failed; retrying"
+                    ),
+                    None => tracing::error!(
+                        map = e.map_name().unwrap_or("-"),
+                        error = %e,
+                        "eBPF map update failed; giving up"
+                    ),
+                }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            RetryError::Failed(e) => ReloadError::Kernel(Box::new(e)),
+            RetryError::Cancelled(why) => ReloadError::Cancelled(why),
+        })
+    }
+
+    fn count_map_error(&self, e: &KernelError) {
+        self.metrics
+            .bpf_reconcile_errors
+            .get_or_create(&MapLabels {
+                map: e.map_name().unwrap_or("none"),
+            })
+            .inc();
+    }
+
+    /// Compares the maps with the state of the served configuration and
+    /// repairs what differs (an entry changed or removed by another program,
+    /// or a restore that failed): each difference is logged with map and key
+    /// and counted in `sluice_bpf_map_drift_total`.
+    pub async fn check_drift(&self) -> Result<ReconcileReport, ReloadError> {
+        let Some(k) = &self.kernel else {
+            return Ok(ReconcileReport::default());
+        };
+        // No change is being applied meanwhile: its maps would look like drift.
+        let _running = self.shards.lock().await;
+        if self.generation() == 0 {
+            // Nothing applied yet: pinned entries are a predecessor's, kept
+            // until the first configuration replaces them.
+            return Ok(ReconcileReport::default());
+        }
+        let desired = self
+            .kernel_applied
+            .lock()
+            .expect("kernel state lock")
+            .clone();
+        let mut k = k.lock().expect("kernel lock");
+        repair_drift(&mut k.maps, &desired, &self.metrics)
+            .map_err(|e| ReloadError::Kernel(Box::new(e)))
+    }
+
+    /// Asks the drift checker to check now instead of at its next period.
+    pub fn request_drift_check(&self) {
+        self.drift_requested.notify_one();
+    }
+
+    /// Checks for drift every `period` and on request, until aborted.
+    pub fn spawn_drift_checker(self: &Arc<Self>, period: Duration) -> tokio::task::JoinHandle<()> {
+        let this = self.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(period) => {}
+                    _ = this.drift_requested.notified() => {}
+                }
+                match this.check_drift().await {
+                    Ok(r) if !r.changes.is_empty() => tracing::info!(
+                        repaired = r.changes.len(),
+                        "eBPF maps back in line with the applied configuration"
+                    ),
+                    Ok(_) => tracing::debug!("eBPF maps match the applied configuration"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "eBPF drift check failed; next period retries")
+                    }
+                }
+            }
+        })
+    }
+
+    /// Ends every retry wait: the agent is stopping.
+    pub fn cancel_retries(&self) {
+        self.interrupt.stop();
     }
 
     /// Records a rejected change: logged, counted, shown on `/config`.
@@ -470,17 +599,74 @@ impl Runtime {
         let mut watcher = DirWatcher::new(&self.config_dir)?;
         let this = self.clone();
         Ok(tokio::spawn(async move {
-            while watcher.changed(DEBOUNCE).await {
-                match this.load_and_apply().await {
+            let mut open = watcher.changed(DEBOUNCE).await;
+            while open {
+                // A change that arrives while one is applied supersedes it
+                // (ending its retries, if it is retrying) and is applied next.
+                let mut pending = false;
+                let apply = this.load_and_apply();
+                tokio::pin!(apply);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut apply => break r,
+                        more = watcher.notified(), if open && !pending => {
+                            open = more;
+                            if more {
+                                pending = true;
+                                this.interrupt.supersede();
+                            }
+                        }
+                    }
+                };
+                match result {
                     Ok(_) => tracing::info!(
                         generation = this.generation.load(Ordering::Acquire),
                         "configuration reloaded"
                     ),
+                    Err(ReloadError::Cancelled(why)) => {
+                        tracing::info!("configuration change not applied: {why}")
+                    }
                     Err(e) => this.reject(&e),
                 }
+                open = open
+                    && if pending {
+                        watcher.settle(DEBOUNCE).await
+                    } else {
+                        watcher.changed(DEBOUNCE).await
+                    };
             }
         }))
     }
+}
+
+/// Converges `maps` back to `applied` (the state of the served
+/// configuration), logging and counting each entry that differed.
+fn repair_drift(
+    maps: &mut dyn DatapathMaps,
+    applied: &KernelDesired,
+    metrics: &Metrics,
+) -> Result<ReconcileReport, KernelError> {
+    let report = kernel::reconcile(maps, applied).inspect_err(|e| {
+        metrics
+            .bpf_reconcile_errors
+            .get_or_create(&MapLabels {
+                map: e.map_name().unwrap_or("none"),
+            })
+            .inc();
+    })?;
+    for c in &report.changes {
+        tracing::warn!(
+            map = c.map,
+            key = %c.key,
+            kind = c.kind.label(),
+            "eBPF map drift: entry differed from the applied configuration; repaired"
+        );
+        metrics
+            .bpf_map_drift
+            .get_or_create(&MapLabels { map: c.map })
+            .inc();
+    }
+    Ok(report)
 }
 
 /// A new socket and the key it is kept under in [`RunningShard::servers`].
@@ -515,4 +701,109 @@ fn wanted_binds(shard: &Shard) -> Vec<SocketAddr> {
         .into_iter()
         .flat_map(|port| addrs.iter().map(move |ip| SocketAddr::new(*ip, port)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use sluice_common::{ListenerKey, ListenerValue, PROTO_TCP, SOURCE_ALLOW, SOURCE_DENY};
+
+    use super::*;
+    use crate::kernel::{maps::FakeMaps, ChangeKind, PortBlock, SourceRule};
+
+    fn applied() -> KernelDesired {
+        let mut d = KernelDesired::default();
+        for port in [80, 443] {
+            d.listeners.insert(
+                ListenerKey::new([0; 16], port, PROTO_TCP),
+                ListenerValue::new(1, 0),
+            );
+        }
+        d.source_rules.insert(
+            SourceRule::new(1, "10.0.0.0/8".parse().unwrap()),
+            SOURCE_ALLOW,
+        );
+        d
+    }
+
+    fn count(
+        family: &prometheus_client::metrics::family::Family<
+            MapLabels,
+            prometheus_client::metrics::counter::Counter,
+        >,
+        map: &'static str,
+    ) -> u64 {
+        family.get_or_create(&MapLabels { map }).get()
+    }
+
+    #[test]
+    fn tampered_entries_are_detected_counted_and_repaired() {
+        let metrics = Metrics::default();
+        let d = applied();
+        let mut maps = FakeMaps::default();
+        kernel::reconcile(&mut maps, &d).unwrap();
+        assert!(repair_drift(&mut maps, &d, &metrics)
+            .unwrap()
+            .changes
+            .is_empty());
+
+        // Another program deletes a listener, flips a rule and adds a range.
+        maps.listeners
+            .remove(&ListenerKey::new([0; 16], 443, PROTO_TCP));
+        *maps.source_rules.values_mut().next().unwrap() = SOURCE_DENY;
+        maps.port_ranges.insert(
+            PortBlock {
+                addr: [0; 16],
+                proto: PROTO_TCP,
+                port: 30000,
+                bits: 12,
+            },
+            ListenerValue::new(9, 0),
+        );
+        let report = repair_drift(&mut maps, &d, &metrics).unwrap();
+        let mut kinds: Vec<(&str, ChangeKind)> =
+            report.changes.iter().map(|c| (c.map, c.kind)).collect();
+        kinds.sort_by_key(|(m, _)| *m);
+        assert_eq!(
+            kinds,
+            [
+                ("LISTENERS", ChangeKind::Missing),
+                ("PORT_RANGES", ChangeKind::Extra),
+                ("SOURCE_RULES", ChangeKind::Differs),
+            ]
+        );
+        assert!(
+            report
+                .changes
+                .iter()
+                .any(|c| c.map == "LISTENERS" && c.key.contains("port: 443")),
+            "the key is named: {report:?}"
+        );
+        for map in ["LISTENERS", "PORT_RANGES", "SOURCE_RULES"] {
+            assert_eq!(count(&metrics.bpf_map_drift, map), 1, "{map}");
+        }
+        assert_eq!(maps.listeners, d.listeners);
+        assert_eq!(maps.source_rules, d.source_rules);
+        assert!(maps.port_ranges.is_empty());
+
+        // Repaired: the next check finds nothing and counts nothing.
+        assert!(repair_drift(&mut maps, &d, &metrics)
+            .unwrap()
+            .changes
+            .is_empty());
+        assert_eq!(count(&metrics.bpf_map_drift, "LISTENERS"), 1);
+    }
+
+    #[test]
+    fn a_failing_repair_counts_an_error_for_the_map_and_the_next_one_finishes() {
+        let metrics = Metrics::default();
+        let d = applied();
+        let mut maps = FakeMaps::default();
+        maps.failures.insert("SOURCE_RULES", 1);
+        let err = repair_drift(&mut maps, &d, &metrics).unwrap_err();
+        assert_eq!(err.map_name(), Some("SOURCE_RULES"));
+        assert_eq!(count(&metrics.bpf_reconcile_errors, "SOURCE_RULES"), 1);
+        let report = repair_drift(&mut maps, &d, &metrics).unwrap();
+        assert_eq!(report.changes.len(), 3);
+        assert_eq!(maps.listeners, d.listeners);
+    }
 }

@@ -7,6 +7,7 @@ pub mod maps;
 mod pins;
 pub mod port_ranges;
 mod reconcile;
+pub mod retry;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
