@@ -5,11 +5,12 @@
 use std::{
     os::fd::{AsRawFd, FromRawFd},
     path::PathBuf,
+    process::Command,
     time::Duration,
 };
 
 use sluice_tests::{
-    netns::{curl_in, privileged, url, Curl, Topology},
+    netns::{curl_in, privileged, url, BpfFs, Curl, Topology},
     process::ChildGuard,
 };
 
@@ -291,6 +292,140 @@ spec:
         &["team-a/edge", "drop_source_denied"],
     );
     assert!(after > before, "drop counter: {before} -> {after}");
+}
+
+fn hex(bytes: &[u8]) -> Vec<String> {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Deletes one entry of a pinned map with bpftool.
+fn bpftool_delete(map: &std::path::Path, key: &[u8]) {
+    let out = Command::new("bpftool")
+        .args(["map", "delete", "pinned"])
+        .arg(map)
+        .arg("key")
+        .arg("hex")
+        .args(hex(key))
+        .output()
+        .expect("bpftool runs");
+    assert!(
+        out.status.success(),
+        "bpftool map delete {}: {}",
+        map.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn entries_removed_behind_the_agents_back_are_repaired_on_request_and_counted() {
+    if !privileged("entries_removed_behind_the_agents_back_are_repaired_on_request_and_counted") {
+        return;
+    }
+    let topo = Topology::new();
+    let bpffs = BpfFs::mount("drift");
+    let config = format!(
+        r#"{common}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata:
+  name: edge
+  namespace: team-a
+  annotations: {{sluice.dev/port-ranges: "30000-30015"}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{value: "{v4}"}}]
+  listeners:
+  - {{name: http, port: 8080, protocol: HTTP}}
+"#,
+        common = common_config(&["edge"]),
+        v4 = Topology::NODE_V4,
+    );
+    let agent = Agent::start(
+        "drift",
+        &topo,
+        &config,
+        &topo.node_if,
+        &["--bpffs", bpffs.path.to_str().unwrap()],
+    );
+    let quick = Duration::from_secs(3);
+    for port in [8080, 30007] {
+        let r = get(&topo, Topology::NODE_V4, port, None, quick);
+        assert_eq!(r.status, Some(200), "{port}: {r:?}");
+    }
+
+    // Another program removes the listener and the range block.
+    let dir = bpffs
+        .path
+        .join("sluice")
+        .join(topo.node.inode().to_string());
+    let addr = {
+        let mut a = [0u8; 16];
+        a[10] = 0xff;
+        a[11] = 0xff;
+        a[12..].copy_from_slice(&[10, 77, 0, 2]);
+        a
+    };
+    let mut listener = addr.to_vec();
+    listener.extend_from_slice(&8080u16.to_ne_bytes());
+    listener.extend_from_slice(&[6, 0]);
+    bpftool_delete(&dir.join("LISTENERS"), &listener);
+    // LPM key: prefix length (host order), then proto, address, port (BE), pad.
+    let mut block = (8u32 + 128 + 12).to_ne_bytes().to_vec();
+    block.push(6);
+    block.extend_from_slice(&addr);
+    block.extend_from_slice(&30000u16.to_be_bytes());
+    block.push(0);
+    bpftool_delete(&dir.join("PORT_RANGES"), &block);
+    for port in [8080, 30007] {
+        let r = get(&topo, Topology::NODE_V4, port, None, quick);
+        assert_eq!(
+            r.exit, 7,
+            "{port} must be refused once its entry is gone: {r:?}"
+        );
+    }
+
+    // On request the agent finds both, repairs them and counts them.
+    let out = topo
+        .node
+        .command("curl")
+        .args(["-sS", "-X", "POST", "-w", "%{http_code}"])
+        .arg(format!("http://127.0.0.1:{ADMIN_PORT}/reconcile"))
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&out.stdout).ends_with("202"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let drift = |map: &str| {
+        agent.metric(
+            &topo,
+            "sluice_bpf_map_drift_total",
+            &[&format!("map=\"{map}\"")],
+        )
+    };
+    let mut seen = (0.0, 0.0);
+    for _ in 0..50 {
+        seen = (drift("LISTENERS"), drift("PORT_RANGES"));
+        if seen == (1.0, 1.0) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(seen, (1.0, 1.0), "drift per map\n{}", agent.log());
+    let log = agent.log();
+    for map in ["LISTENERS", "PORT_RANGES"] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains("eBPF map drift") && l.contains(map)),
+            "a log line names {map}:\n{log}"
+        );
+    }
+    for port in [8080, 30007] {
+        let r = get(&topo, Topology::NODE_V4, port, None, quick);
+        assert_eq!(r.status, Some(200), "{port} after the repair: {r:?}");
+    }
+    drop(agent);
 }
 
 // VLAN: the kernels this runs on may be built without 802.1Q support
