@@ -410,6 +410,11 @@ impl Runtime {
             .expect("kernel state lock")
             .clone();
         let mut k = k.lock().expect("kernel lock");
+        if !k.owned_by_us() {
+            // A successor agent took the pinned maps over: its state is the
+            // right one now, and "repairing" it back would undo the hand-over.
+            return Ok(ReconcileReport::default());
+        }
         repair_drift(&mut k.maps, &desired, &self.metrics)
             .map_err(|e| ReloadError::Kernel(Box::new(e)))
     }

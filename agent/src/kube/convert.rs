@@ -146,6 +146,8 @@ impl Converter {
 /// Port ranges are judged across Gateways: of two that overlap, the later one
 /// (in namespace/name order) is left out, with an error naming both.
 fn drop_overlapping_port_ranges(out: &mut Converted) {
+    // Store order is arbitrary: which Gateway is left out must not flap.
+    out.config.gateways.sort_by(|a, b| a.id.cmp(&b.id));
     let mut dropped = BTreeSet::new();
     for (later, _, message) in port_range_overlaps(&out.config.gateways) {
         if !dropped.insert(later) {
@@ -340,5 +342,55 @@ mod tests {
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
         assert!(!c.convert(&s).changed);
+    }
+
+    #[test]
+    fn of_two_gateways_with_overlapping_port_ranges_the_later_is_left_out() {
+        let gateway = |name: &str, ranges: &str| {
+            let mut o = obj(
+                Kind::Gateway,
+                Some("a"),
+                name,
+                serde_json::json!({"spec": {"gatewayClassName": "ours", "listeners": [{"name": "h", "port": 8080, "protocol": "HTTP"}]}}),
+            );
+            o.metadata.annotations = Some(BTreeMap::from([(
+                PORT_RANGES_ANNOTATION.to_owned(),
+                ranges.to_owned(),
+            )]));
+            (Kind::Gateway, o)
+        };
+        let s = stores(vec![
+            (
+                Kind::GatewayClass,
+                obj(
+                    Kind::GatewayClass,
+                    None,
+                    "ours",
+                    serde_json::json!({"spec": {"controllerName": CONTROLLER_NAME}}),
+                ),
+            ),
+            gateway("one", "30000-30100"),
+            gateway("two", "30050"),
+            gateway("three", "31000"),
+        ]);
+        let out = Converter::default().convert(&s);
+        let served: Vec<String> = out
+            .config
+            .gateways
+            .iter()
+            .map(|g| g.id.to_string())
+            .collect();
+        assert_eq!(served, ["a/one", "a/three"]);
+        assert_eq!(out.errors.len(), 1);
+        let ((kind, id), errors) = &out.errors[0];
+        assert_eq!((*kind, id.to_string()), (Kind::Gateway, "a/two".to_owned()));
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("Gateway a/two")
+                && text.contains(
+                    "ports 30050 of Gateway a/two overlap ports 30000-30100 of Gateway a/one"
+                ),
+            "{text}"
+        );
     }
 }
