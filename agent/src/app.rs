@@ -289,7 +289,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let drift = runtime
         .kernel
         .is_some()
-        .then(|| runtime.spawn_drift_checker(crate::reload::DRIFT_CHECK_PERIOD));
+        .then(|| crate::drift::spawn_checker(&runtime, crate::drift::CHECK_PERIOD));
     Ok(App {
         admin_addr: admin.addr,
         datapath,
