@@ -3,5 +3,6 @@
 pub mod conformance;
 pub mod echo;
 pub mod flood;
+pub mod frames;
 pub mod netns;
 pub mod process;
