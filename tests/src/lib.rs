@@ -6,3 +6,4 @@ pub mod flood;
 pub mod frames;
 pub mod netns;
 pub mod process;
+pub mod ws;
