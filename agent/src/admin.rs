@@ -36,6 +36,9 @@ pub struct AdminState {
     pub status: Arc<Mutex<Status>>,
     /// Whether the config source (Kubernetes API) is reachable.
     pub source_health: Arc<SourceHealth>,
+    /// Asks for an eBPF map drift check now (`POST /reconcile`); `None`
+    /// without the eBPF datapath.
+    pub request_drift_check: Option<Box<dyn Fn() + Send + Sync>>,
 }
 
 /// Freshness of a remote config source. Readiness policy: the agent is ready
@@ -173,6 +176,23 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 ),
             }
         }
+        "/reconcile" if req.method() == http::Method::POST => match &state.request_drift_check {
+            Some(request) => {
+                request();
+                text(
+                    StatusCode::ACCEPTED,
+                    "eBPF map drift check requested; differences are logged and counted in \
+                     sluice_bpf_map_drift_total\n"
+                        .into(),
+                    "text/plain",
+                )
+            }
+            None => text(
+                StatusCode::NOT_FOUND,
+                "no eBPF datapath: nothing to reconcile\n".into(),
+                "text/plain",
+            ),
+        },
         "/config" => {
             let snap = state.snapshot.load();
             let notes = state

@@ -138,6 +138,8 @@ pub struct App {
     pub shards: BTreeMap<ObjectRef, ShardInfo>,
     runtime: Arc<Runtime>,
     watcher: Option<tokio::task::JoinHandle<()>>,
+    /// Periodic eBPF map drift check (eBPF datapath only).
+    drift: Option<tokio::task::JoinHandle<()>>,
     kube: Option<KubeSource>,
     admin: AdminServer,
     admin_state: Arc<AdminState>,
@@ -220,9 +222,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
                     source,
                 },
                 ReloadError::Kernel(e) => AppError::Reconcile(e),
-                e @ (ReloadError::Compile | ReloadError::AddressHeld { .. }) => {
-                    AppError::Internal(e.to_string())
-                }
+                e @ (ReloadError::Compile
+                | ReloadError::AddressHeld { .. }
+                | ReloadError::Cancelled(_)) => AppError::Internal(e.to_string()),
             });
         }
         let shards = runtime.shard_infos().await;
@@ -250,6 +252,16 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         config_notes: runtime.notes.clone(),
         status: runtime.status.clone(),
         source_health,
+        request_drift_check: runtime.kernel.is_some().then(|| {
+            // Weak: the admin state must not keep the kernel datapath alive
+            // (its drop detaches the programs).
+            let rt = Arc::downgrade(&runtime);
+            Box::new(move || {
+                if let Some(rt) = rt.upgrade() {
+                    rt.request_drift_check();
+                }
+            }) as Box<dyn Fn() + Send + Sync>
+        }),
     });
     let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
         .await
@@ -274,12 +286,17 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         }
     };
     let shards = runtime.shard_infos().await;
+    let drift = runtime
+        .kernel
+        .is_some()
+        .then(|| crate::drift::spawn_checker(&runtime, crate::drift::CHECK_PERIOD));
     Ok(App {
         admin_addr: admin.addr,
         datapath,
         shards,
         runtime,
         watcher,
+        drift,
         kube,
         admin,
         admin_state,
@@ -313,6 +330,10 @@ impl App {
     /// admin, detaches eBPF.
     pub async fn shutdown(self) {
         self.admin_state.ready.store(false, Ordering::Release);
+        self.runtime.cancel_retries();
+        if let Some(d) = self.drift {
+            d.abort();
+        }
         if let Some(k) = self.kube {
             k.shutdown().await;
         }

@@ -69,6 +69,11 @@ pub struct ConfigLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct MapLabels {
+    pub map: &'static str,
+}
+
 /// Metrics the L7 data path and the control plane update.
 #[derive(Debug, Clone)]
 pub struct Metrics {
@@ -77,6 +82,10 @@ pub struct Metrics {
     pub datapath_mode: Family<ModeLabels, Gauge>,
     pub config_reloads: Family<ConfigLabels, Counter>,
     pub config_generation: Gauge,
+    /// eBPF map entries found different from the applied state (and repaired).
+    pub bpf_map_drift: Family<MapLabels, Counter>,
+    /// Failed eBPF map reads and writes of the reconciler (each try).
+    pub bpf_reconcile_errors: Family<MapLabels, Counter>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -92,6 +101,8 @@ impl Default for Metrics {
             datapath_mode: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
+            bpf_map_drift: Family::default(),
+            bpf_reconcile_errors: Family::default(),
         }
     }
 }
@@ -122,6 +133,17 @@ impl Metrics {
             "sluice_config_generation",
             "Generation of the snapshot being served",
             self.config_generation.clone(),
+        );
+        registry.register(
+            "sluice_bpf_map_drift",
+            "eBPF map entries found different from the applied configuration (missing, \
+             changed or extra) by the periodic check, and repaired; by map",
+            self.bpf_map_drift.clone(),
+        );
+        registry.register(
+            "sluice_bpf_reconcile_errors",
+            "Failed eBPF map operations of the reconciler (every try), by map",
+            self.bpf_reconcile_errors.clone(),
         );
     }
 }

@@ -24,8 +24,13 @@ use crate::{
     config::{self, ConfigError, DirWatcher, ObjectRef},
     control::{compile, status::Status, Compiled, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
-    kernel::{self, maps::DatapathMaps, KernelDatapath, KernelDesired, KernelError},
-    metrics::{ConfigLabels, Metrics},
+    kernel::{
+        self,
+        maps::DatapathMaps,
+        retry::{retry, Interrupt, RetryError, RetryPolicy},
+        KernelDatapath, KernelDesired, KernelError, ReconcileReport,
+    },
+    metrics::{ConfigLabels, MapLabels, Metrics},
     snapshot::{Shard, ShardId, Snapshot},
 };
 
@@ -60,6 +65,8 @@ pub enum ReloadError {
     Kernel(#[source] Box<KernelError>),
     #[error("compiling the configuration panicked or was cancelled")]
     Compile,
+    #[error("applying the configuration was cancelled: {0}")]
+    Cancelled(&'static str),
 }
 
 /// Where a served Gateway receives connections.
@@ -102,6 +109,11 @@ pub struct Runtime {
     /// later reconcile fails halfway.
     kernel_applied: Mutex<KernelDesired>,
     shards: tokio::sync::Mutex<BTreeMap<ShardId, RunningShard>>,
+    /// Retries of failed map updates, and what cancels them.
+    pub retry_policy: RetryPolicy,
+    interrupt: Interrupt,
+    /// Asks the drift checker for a check now.
+    drift_requested: tokio::sync::Notify,
 }
 
 impl Runtime {
@@ -128,6 +140,9 @@ impl Runtime {
             generation: AtomicU64::new(0),
             kernel_applied: Mutex::default(),
             shards: tokio::sync::Mutex::default(),
+            retry_policy: RetryPolicy::default(),
+            interrupt: Interrupt::default(),
+            drift_requested: tokio::sync::Notify::new(),
         }
     }
 
@@ -181,13 +196,33 @@ impl Runtime {
         self.generation.load(Ordering::Acquire)
     }
 
-    async fn apply(&self, compiled: Compiled, ids: ShardIds) -> Result<Vec<String>, ReloadError> {
+    async fn apply(
+        &self,
+        mut compiled: Compiled,
+        ids: ShardIds,
+    ) -> Result<Vec<String>, ReloadError> {
+        if self.kernel.is_none() {
+            for shard in compiled
+                .snapshot
+                .shards
+                .iter()
+                .filter(|s| !s.port_ranges.is_empty())
+            {
+                compiled.warnings.push(format!(
+                    "Gateway {}: {} is served by the eBPF datapath only; its port ranges \
+                     are not bound in userspace mode",
+                    shard.gateway,
+                    config::PORT_RANGES_ANNOTATION
+                ));
+            }
+        }
+        // A change still retrying map updates gives way to this one.
+        let ticket = self.interrupt.supersede();
         let mut running = self.shards.lock().await;
         let prepared = self.prepare_sockets(&compiled.snapshot, &running)?;
         if let Some(k) = &self.kernel {
-            let mut k = k.lock().expect("kernel lock");
-            match kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &compiled.kernel) {
-                Ok(stats) => tracing::info!(?stats, "eBPF maps programmed"),
+            match self.program_maps(k, &compiled.kernel, ticket).await {
+                Ok(report) => tracing::info!(stats = ?report.stats, "eBPF maps programmed"),
                 Err(e) => {
                     // Back to what the served snapshot expects; new sockets are dropped.
                     let previous = self
@@ -195,15 +230,17 @@ impl Runtime {
                         .lock()
                         .expect("kernel state lock")
                         .clone();
+                    let mut k = k.lock().expect("kernel lock");
                     if let Err(e2) =
                         kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, &previous)
                     {
-                        tracing::error!(error = %e2, "restoring the previous eBPF map state failed");
+                        self.count_map_error(&e2);
+                        tracing::error!(error = %e2, "restoring the previous eBPF map state failed; the drift check will repair it");
                     }
                     for (id, ipv6) in prepared.kernel_slots_of_new_shards() {
                         let _ = k.clear_shard_socket(id, ipv6);
                     }
-                    return Err(ReloadError::Kernel(Box::new(e)));
+                    return Err(e);
                 }
             }
         }
@@ -317,6 +354,101 @@ impl Runtime {
             tracing::warn!("{w}");
         }
         Ok(compiled.warnings)
+    }
+
+    /// Converges the maps to `desired`, retrying failed updates with backoff
+    /// until they succeed, fail for good, or a newer change or shutdown
+    /// cancels them.
+    async fn program_maps(
+        &self,
+        k: &Mutex<KernelDatapath>,
+        desired: &KernelDesired,
+        ticket: u64,
+    ) -> Result<ReconcileReport, ReloadError> {
+        retry(
+            self.retry_policy,
+            &self.interrupt,
+            ticket,
+            || {
+                let mut k = k.lock().expect("kernel lock");
+                kernel::reconcile(&mut k.maps as &mut dyn DatapathMaps, desired)
+            },
+            |e, delay| {
+                self.count_map_error(e);
+                match delay {
+                    Some(d) => tracing::warn!(
+                        map = e.map_name().unwrap_or("-"),
+                        error = %e,
+                        retry_in_ms = d.as_millis() as u64,
+                        "eBPF map update failed; retrying"
+                    ),
+                    None => tracing::error!(
+                        map = e.map_name().unwrap_or("-"),
+                        error = %e,
+                        "eBPF map update failed; giving up"
+                    ),
+                }
+            },
+        )
+        .await
+        .map_err(|e| match e {
+            RetryError::Failed(e) => ReloadError::Kernel(Box::new(e)),
+            RetryError::Cancelled(why) => ReloadError::Cancelled(why),
+        })
+    }
+
+    fn count_map_error(&self, e: &KernelError) {
+        self.metrics
+            .bpf_reconcile_errors
+            .get_or_create(&MapLabels {
+                map: e.map_name().unwrap_or("none"),
+            })
+            .inc();
+    }
+
+    /// Compares the maps with the state of the served configuration and
+    /// repairs what differs (an entry changed or removed by another program,
+    /// or a restore that failed): each difference is logged with map and key
+    /// and counted in `sluice_bpf_map_drift_total`.
+    pub async fn check_drift(&self) -> Result<ReconcileReport, ReloadError> {
+        let Some(k) = &self.kernel else {
+            return Ok(ReconcileReport::default());
+        };
+        // No change is being applied meanwhile: its maps would look like drift.
+        let _running = self.shards.lock().await;
+        if self.generation() == 0 {
+            // Nothing applied yet: pinned entries are a predecessor's, kept
+            // until the first configuration replaces them.
+            return Ok(ReconcileReport::default());
+        }
+        let desired = self
+            .kernel_applied
+            .lock()
+            .expect("kernel state lock")
+            .clone();
+        let mut k = k.lock().expect("kernel lock");
+        if !k.owned_by_us() {
+            // A successor agent took the pinned maps over: its state is the
+            // right one now, and "repairing" it back would undo the hand-over.
+            return Ok(ReconcileReport::default());
+        }
+        crate::drift::repair(&mut k.maps, &desired, &self.metrics)
+            .map_err(|e| ReloadError::Kernel(Box::new(e)))
+    }
+
+    /// Asks the drift checker to check now instead of at its next period.
+    pub fn request_drift_check(&self) {
+        self.drift_requested.notify_one();
+    }
+
+    /// Resolves when a drift check is requested.
+    pub(crate) async fn drift_check_requested(&self) {
+        self.drift_requested.notified().await
+    }
+
+    /// Ends every retry wait: the agent is stopping.
+    pub fn cancel_retries(&self) {
+        self.interrupt.stop();
     }
 
     /// Records a rejected change: logged, counted, shown on `/config`.
@@ -471,14 +603,41 @@ impl Runtime {
         let mut watcher = DirWatcher::new(&self.config_dir)?;
         let this = self.clone();
         Ok(tokio::spawn(async move {
-            while watcher.changed(DEBOUNCE).await {
-                match this.load_and_apply().await {
+            let mut open = watcher.changed(DEBOUNCE).await;
+            while open {
+                // A change that arrives while one is applied supersedes it
+                // (ending its retries, if it is retrying) and is applied next.
+                let mut pending = false;
+                let apply = this.load_and_apply();
+                tokio::pin!(apply);
+                let result = loop {
+                    tokio::select! {
+                        r = &mut apply => break r,
+                        more = watcher.notified(), if open && !pending => {
+                            open = more;
+                            if more {
+                                pending = true;
+                                this.interrupt.supersede();
+                            }
+                        }
+                    }
+                };
+                match result {
                     Ok(_) => tracing::info!(
                         generation = this.generation.load(Ordering::Acquire),
                         "configuration reloaded"
                     ),
+                    Err(ReloadError::Cancelled(why)) => {
+                        tracing::info!("configuration change not applied: {why}")
+                    }
                     Err(e) => this.reject(&e),
                 }
+                open = open
+                    && if pending {
+                        watcher.settle(DEBOUNCE).await
+                    } else {
+                        watcher.changed(DEBOUNCE).await
+                    };
             }
         }))
     }

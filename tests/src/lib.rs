@@ -3,6 +3,7 @@
 pub mod conformance;
 pub mod echo;
 pub mod flood;
+pub mod frames;
 pub mod netns;
 pub mod process;
 pub mod ws;

@@ -15,7 +15,7 @@ use std::{fmt, path::PathBuf};
 pub use identity::NamespaceIdentity;
 pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
 pub use model::*;
-pub use validate::NAMESPACE_NAME_LABEL;
+pub use validate::{port_range_overlaps, NAMESPACE_NAME_LABEL, PORT_RANGES_ANNOTATION};
 pub use watch::DirWatcher;
 
 /// Where in the input a problem was found.

@@ -150,6 +150,35 @@ pub struct Gateway {
     /// `None`: every source. Enforced by sk_lookup (remote sources) and the
     /// cgroup connect hooks (local processes).
     pub admitted_namespaces: Option<Vec<String>>,
+    /// Extra destination ports served by a listener, from `sluice.dev/port-ranges`
+    /// (eBPF datapath only).
+    pub port_ranges: Vec<PortRange>,
+}
+
+/// Destination ports `first..=last` served as if they were the port of
+/// `listener` (its routes, hostnames and TLS): one shard socket for a whole
+/// range, the way a NodePort range is served without NodePort.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PortRange {
+    pub listener: String,
+    pub first: u16,
+    pub last: u16,
+}
+
+impl PortRange {
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.first <= other.last && other.first <= self.last
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first == self.last {
+            write!(f, "{}", self.first)
+        } else {
+            write!(f, "{}-{}", self.first, self.last)
+        }
+    }
 }
 
 /// New connections per second and burst allowed per source address.

@@ -72,9 +72,19 @@ impl DirWatcher {
     /// no longer than ten times `quiet` in all, so a directory that never
     /// stops changing is still reloaded. `false` when the watch has ended.
     pub async fn changed(&mut self, quiet: Duration) -> bool {
-        if self.rx.recv().await.is_none() {
-            return false;
-        }
+        self.notified().await && self.settle(quiet).await
+    }
+
+    /// Waits for the first event of a change; `false` when the watch has
+    /// ended. Cancel-safe: dropped before it returns, no event is lost.
+    pub async fn notified(&mut self) -> bool {
+        self.rx.recv().await.is_some()
+    }
+
+    /// After [`notified`](Self::notified): waits until the directory has been
+    /// quiet for `quiet` (at most ten times `quiet`). `false` when the watch
+    /// has ended.
+    pub async fn settle(&mut self, quiet: Duration) -> bool {
         let give_up = tokio::time::Instant::now() + quiet * 10;
         loop {
             let until = (tokio::time::Instant::now() + quiet).min(give_up);

@@ -14,9 +14,9 @@ use crate::{
         AllowedRoutes, Config, Filter, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
         ObjectRef, ParentRef, RouteRule, NAMESPACE_NAME_LABEL,
     },
-    kernel::{KernelDesired, SourceRule},
+    kernel::{port_ranges::split, KernelDesired, PortBlock, SourceRule},
     snapshot::{
-        AppProtocol, Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget,
+        AppProtocol, Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, PortAlias,
         RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot, Unresolved,
     },
 };
@@ -221,6 +221,22 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 }
             }
         }
+        // A range follows its listener: when the listener is not served (a
+        // protocol conflict, no usable certificate), neither are its ports.
+        let mut port_ranges = Vec::new();
+        for r in &gateway.port_ranges {
+            match listeners.iter().find(|l| l.name == r.listener) {
+                Some(l) => port_ranges.push(PortAlias {
+                    first: r.first,
+                    last: r.last,
+                    port: l.port,
+                }),
+                None => warnings.push(format!(
+                    "Gateway {}: port range {r} not served: listener {} is not served",
+                    gateway.id, r.listener
+                )),
+            }
+        }
         let shard = Shard {
             id,
             gateway: gateway.id.clone(),
@@ -231,6 +247,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
             syn_budget: gateway.syn_budget,
             listeners,
             tls,
+            port_ranges,
         };
         program_kernel(&shard, &mut kernel, &mut warnings);
         shards.push(shard);
@@ -592,6 +609,34 @@ fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<
             }
         }
     }
+    for range in &shard.port_ranges {
+        for a in &addrs {
+            for (port, bits) in split(range.first, range.last) {
+                let block = PortBlock {
+                    addr: *a,
+                    proto: PROTO_TCP,
+                    port,
+                    bits,
+                };
+                // Validation keeps ranges of Gateways apart; a clash left
+                // here (nested blocks of two shards) is refused, not merged.
+                let clash = kernel.port_ranges.iter().find(|(b, v)| {
+                    v.shard != shard.id
+                        && b.addr == block.addr
+                        && b.ports().0 <= block.ports().1
+                        && block.ports().0 <= b.ports().1
+                });
+                if let Some((b, v)) = clash {
+                    warnings.push(format!(
+                        "Gateway {}: port range {}-{} overlaps {b} of shard {}; not programmed",
+                        shard.gateway, range.first, range.last, v.shard
+                    ));
+                    continue;
+                }
+                kernel.port_ranges.insert(block, value);
+            }
+        }
+    }
     if filtered {
         let allow: Vec<ipnet::IpNet> = if shard.source_allow.is_empty() {
             // Deny-only: everything else is allowed.
@@ -721,6 +766,47 @@ ports: [{name: http, port: 9000}]
             .values()
             .all(|v| v.syn_rate == 50 && v.syn_burst == 50));
         assert_eq!(c.kernel.source_rules.len(), 1);
+    }
+
+    #[test]
+    fn port_ranges_become_kernel_blocks_and_listener_aliases() {
+        let text = CFG.replace(
+            "sluice.dev/syn-rate: \"50\"}",
+            "sluice.dev/syn-rate: \"50\", sluice.dev/port-ranges: \"30000-30100,admin=31000\"}",
+        );
+        let cfg = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let c = compile(&cfg, &mut ShardIds::default(), 1);
+        let shard = &c.snapshot.shards[0];
+        assert_eq!(shard.listener_port(30050), 80);
+        assert_eq!(shard.listener_port(31000), 81);
+        assert_eq!(shard.listener_port(81), 81, "exact ports are their own");
+        assert_eq!(shard.listener_port(30101), 30101);
+        assert_eq!(shard.listener_for(30000, "x").unwrap().name, "http");
+        assert!(
+            shard.listener_for(31000, "x").is_none(),
+            "admin's hostname applies"
+        );
+        assert!(shard.listener_for(31000, "admin.example.com").is_some());
+
+        // Both addresses get every block; every port of the ranges is
+        // covered exactly once per address, with the shard's listener value.
+        let blocks = &c.kernel.port_ranges;
+        let listener = c.kernel.listeners.values().next().unwrap();
+        assert!(blocks.values().all(|v| v == listener));
+        for addr in shard.addresses.iter().map(|a| crate::kernel::addr16(*a)) {
+            let mut ports: Vec<u32> = blocks
+                .keys()
+                .filter(|b| b.addr == addr)
+                .flat_map(|b| {
+                    let (first, last) = b.ports();
+                    u32::from(first)..=u32::from(last)
+                })
+                .collect();
+            ports.sort_unstable();
+            let want: Vec<u32> = (30000..=30100).chain([31000]).collect();
+            assert_eq!(ports, want);
+        }
+        assert!(blocks.len() < 20, "{} blocks", blocks.len());
     }
 
     #[test]

@@ -121,7 +121,9 @@ impl Proxy {
 
     /// The TLS server config of a shard port, when connections to it are TLS.
     pub fn tls_config(&self, shard: ShardId, port: u16) -> Option<Arc<rustls::ServerConfig>> {
-        self.snapshot.load().shard(shard)?.tls.get(&port).cloned()
+        let snapshot = self.snapshot.load();
+        let shard = snapshot.shard(shard)?;
+        shard.tls.get(&shard.listener_port(port)).cloned()
     }
 
     pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {

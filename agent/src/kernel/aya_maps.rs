@@ -2,17 +2,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aya::maps::{lpm_trie::Key, HashMap as BpfHashMap, LpmTrie, MapData};
-use sluice_common::{AdmitKey, ListenerKey, ListenerValue, SourceRuleKey};
+use sluice_common::{AdmitKey, ListenerKey, ListenerValue, PortRangeKey, SourceRuleKey};
 
 use super::{
     loader::{is_enoent, map_err},
     maps::DatapathMaps,
-    KernelError, SourceRule,
+    KernelError, PortBlock, SourceRule,
 };
 
 /// Handles on the pinned (or private) maps of the loaded object.
 pub struct AyaMaps {
     pub(super) listeners: BpfHashMap<MapData, ListenerKey, ListenerValue>,
+    pub(super) port_ranges: LpmTrie<MapData, PortRangeKey, ListenerValue>,
     pub(super) source_rules: LpmTrie<MapData, SourceRuleKey, u32>,
     pub(super) source_ns: LpmTrie<MapData, [u8; 16], u32>,
     pub(super) cgroup_ns: BpfHashMap<MapData, u64, u32>,
@@ -39,6 +40,30 @@ impl DatapathMaps for AyaMaps {
             Err(e) if is_enoent(&e) => Ok(()),
             r => r.map_err(map_err("LISTENERS", "delete")),
         }
+    }
+
+    fn dump_port_ranges(&self) -> Result<BTreeMap<PortBlock, ListenerValue>, KernelError> {
+        self.port_ranges
+            .iter()
+            .map(|r| r.map(|(k, v)| (PortBlock::from_key(k.prefix_len(), &k.data()), v)))
+            .collect::<Result<_, _>>()
+            .map_err(map_err("PORT_RANGES", "dump"))
+    }
+
+    fn put_port_range(
+        &mut self,
+        block: PortBlock,
+        value: ListenerValue,
+    ) -> Result<(), KernelError> {
+        let (len, data) = block.key();
+        self.port_ranges
+            .insert(&Key::new(len, data), value, 0)
+            .map_err(map_err("PORT_RANGES", &format!("insert {block}")))
+    }
+
+    fn delete_port_range(&mut self, block: &PortBlock) -> Result<(), KernelError> {
+        let (len, data) = block.key();
+        idempotent(self.port_ranges.remove(&Key::new(len, data)), "PORT_RANGES")
     }
 
     fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError> {

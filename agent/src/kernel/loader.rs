@@ -215,6 +215,7 @@ impl KernelDatapath {
             pins: pin_dir.map(|d| (d, links)),
             maps: AyaMaps {
                 listeners: take(&mut ebpf, "LISTENERS")?,
+                port_ranges: take(&mut ebpf, "PORT_RANGES")?,
                 source_rules: take(&mut ebpf, "SOURCE_RULES")?,
                 source_ns: take(&mut ebpf, "SOURCE_NS")?,
                 cgroup_ns: take(&mut ebpf, "CGROUP_NS")?,

@@ -7,12 +7,16 @@ use std::collections::BTreeSet;
 
 use sluice_common::{AdmitKey, ListenerKey, ListenerValue};
 
-use super::{KernelError, SourceRule};
+use super::{KernelError, PortBlock, SourceRule};
 
 pub trait DatapathMaps {
     fn dump_listeners(&self) -> Result<BTreeMap<ListenerKey, ListenerValue>, KernelError>;
     fn put_listener(&mut self, key: ListenerKey, value: ListenerValue) -> Result<(), KernelError>;
     fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError>;
+    fn dump_port_ranges(&self) -> Result<BTreeMap<PortBlock, ListenerValue>, KernelError>;
+    fn put_port_range(&mut self, block: PortBlock, value: ListenerValue)
+        -> Result<(), KernelError>;
+    fn delete_port_range(&mut self, block: &PortBlock) -> Result<(), KernelError>;
     fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError>;
     fn put_source_rule(&mut self, rule: SourceRule, action: u32) -> Result<(), KernelError>;
     fn delete_source_rule(&mut self, rule: &SourceRule) -> Result<(), KernelError>;
@@ -31,12 +35,15 @@ pub trait DatapathMaps {
 #[derive(Debug, Default)]
 pub struct FakeMaps {
     pub listeners: BTreeMap<ListenerKey, ListenerValue>,
+    pub port_ranges: BTreeMap<PortBlock, ListenerValue>,
     pub source_rules: BTreeMap<SourceRule, u32>,
     pub source_namespaces: BTreeMap<([u8; 16], u8), u32>,
     pub cgroup_namespaces: BTreeMap<u64, u32>,
     pub admissions: BTreeSet<AdmitKey>,
     /// Fail every write after this many successful ones (`None`: never).
     pub fail_after_writes: Option<usize>,
+    /// Transient faults: the next N writes to the named map fail (EIO).
+    pub failures: BTreeMap<&'static str, usize>,
     pub writes: usize,
     /// Capacity of the listener map, as the kernel would enforce it.
     pub max_listeners: Option<usize>,
@@ -44,7 +51,14 @@ pub struct FakeMaps {
 
 impl FakeMaps {
     fn write(&mut self, map: &'static str) -> Result<(), KernelError> {
-        if self.fail_after_writes.is_some_and(|n| self.writes >= n) {
+        let injected = match self.failures.get_mut(map) {
+            Some(n) if *n > 0 => {
+                *n -= 1;
+                true
+            }
+            _ => false,
+        };
+        if injected || self.fail_after_writes.is_some_and(|n| self.writes >= n) {
             return Err(KernelError::Map {
                 map,
                 action: "update".into(),
@@ -78,6 +92,23 @@ impl DatapathMaps for FakeMaps {
     fn delete_listener(&mut self, key: &ListenerKey) -> Result<(), KernelError> {
         self.write("LISTENERS")?;
         self.listeners.remove(key);
+        Ok(())
+    }
+    fn dump_port_ranges(&self) -> Result<BTreeMap<PortBlock, ListenerValue>, KernelError> {
+        Ok(self.port_ranges.clone())
+    }
+    fn put_port_range(
+        &mut self,
+        block: PortBlock,
+        value: ListenerValue,
+    ) -> Result<(), KernelError> {
+        self.write("PORT_RANGES")?;
+        self.port_ranges.insert(block, value);
+        Ok(())
+    }
+    fn delete_port_range(&mut self, block: &PortBlock) -> Result<(), KernelError> {
+        self.write("PORT_RANGES")?;
+        self.port_ranges.remove(block);
         Ok(())
     }
     fn dump_source_rules(&self) -> Result<BTreeMap<SourceRule, u32>, KernelError> {

@@ -5,7 +5,9 @@ mod aya_maps;
 mod loader;
 pub mod maps;
 mod pins;
+pub mod port_ranges;
 mod reconcile;
+pub mod retry;
 
 use std::{collections::BTreeMap, net::IpAddr};
 
@@ -13,11 +15,13 @@ use ipnet::IpNet;
 use sluice_common::{source_rule_prefix_len, ListenerKey, ListenerValue, SourceRuleKey};
 
 pub use loader::{KernelDatapath, KernelOptions, XdpAttachMode, XdpModePref};
-pub use reconcile::{reconcile, ReconcileStats};
+pub use port_ranges::PortBlock;
+pub use reconcile::{reconcile, ChangeKind, MapChange, ReconcileReport, ReconcileStats};
 
 /// Maps whose capacity `--map-size NAME=N` may set.
-pub const SIZABLE_MAPS: [&str; 6] = [
+pub const SIZABLE_MAPS: [&str; 7] = [
     "LISTENERS",
+    "PORT_RANGES",
     "SOURCE_RULES",
     "SYN_BUDGET",
     "SOURCE_NS",
@@ -29,6 +33,8 @@ pub const SIZABLE_MAPS: [&str; 6] = [
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct KernelDesired {
     pub listeners: BTreeMap<ListenerKey, ListenerValue>,
+    /// Port ranges, as prefix-aligned blocks.
+    pub port_ranges: BTreeMap<PortBlock, ListenerValue>,
     pub source_rules: BTreeMap<SourceRule, u32>,
     /// Source prefix (address, prefix length in the 128-bit space) → namespace id.
     pub source_namespaces: BTreeMap<([u8; 16], u8), u32>,

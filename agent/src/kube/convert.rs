@@ -12,7 +12,10 @@ use ::kube::api::DynamicObject;
 
 use super::watch::{Kind, Stores};
 use crate::{
-    config::{convert_object, Config, DocumentError, ObjectRef},
+    config::{
+        convert_object, port_range_overlaps, Config, DocumentError, Location, ObjectRef,
+        PORT_RANGES_ANNOTATION,
+    },
     control::CONTROLLER_NAME,
 };
 
@@ -132,10 +135,38 @@ impl Converter {
                 add(kind, &o, &mut out);
             }
         }
+        drop_overlapping_port_ranges(&mut out);
         let before = self.cache.len();
         self.cache.retain(|k, _| seen.contains(k));
         out.changed |= self.cache.len() != before;
         out
+    }
+}
+
+/// Port ranges are judged across Gateways: of two that overlap, the later one
+/// (in namespace/name order) is left out, with an error naming both.
+fn drop_overlapping_port_ranges(out: &mut Converted) {
+    // Store order is arbitrary: which Gateway is left out must not flap.
+    out.config.gateways.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut dropped = BTreeSet::new();
+    for (later, _, message) in port_range_overlaps(&out.config.gateways) {
+        if !dropped.insert(later) {
+            continue;
+        }
+        let id = out.config.gateways[later].id.clone();
+        let mut location = Location::api_object();
+        location.object = Some(format!("Gateway {id}"));
+        out.errors.push((
+            (Kind::Gateway, id),
+            vec![DocumentError {
+                location,
+                field: format!("metadata.annotations[{PORT_RANGES_ANNOTATION}]"),
+                message,
+            }],
+        ));
+    }
+    for i in dropped.into_iter().rev() {
+        out.config.gateways.remove(i);
     }
 }
 
@@ -311,5 +342,55 @@ mod tests {
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
         assert!(!c.convert(&s).changed);
+    }
+
+    #[test]
+    fn of_two_gateways_with_overlapping_port_ranges_the_later_is_left_out() {
+        let gateway = |name: &str, ranges: &str| {
+            let mut o = obj(
+                Kind::Gateway,
+                Some("a"),
+                name,
+                serde_json::json!({"spec": {"gatewayClassName": "ours", "listeners": [{"name": "h", "port": 8080, "protocol": "HTTP"}]}}),
+            );
+            o.metadata.annotations = Some(BTreeMap::from([(
+                PORT_RANGES_ANNOTATION.to_owned(),
+                ranges.to_owned(),
+            )]));
+            (Kind::Gateway, o)
+        };
+        let s = stores(vec![
+            (
+                Kind::GatewayClass,
+                obj(
+                    Kind::GatewayClass,
+                    None,
+                    "ours",
+                    serde_json::json!({"spec": {"controllerName": CONTROLLER_NAME}}),
+                ),
+            ),
+            gateway("one", "30000-30100"),
+            gateway("two", "30050"),
+            gateway("three", "31000"),
+        ]);
+        let out = Converter::default().convert(&s);
+        let served: Vec<String> = out
+            .config
+            .gateways
+            .iter()
+            .map(|g| g.id.to_string())
+            .collect();
+        assert_eq!(served, ["a/one", "a/three"]);
+        assert_eq!(out.errors.len(), 1);
+        let ((kind, id), errors) = &out.errors[0];
+        assert_eq!((*kind, id.to_string()), (Kind::Gateway, "a/two".to_owned()));
+        let text = errors[0].to_string();
+        assert!(
+            text.contains("Gateway a/two")
+                && text.contains(
+                    "ports 30050 of Gateway a/two overlap ports 30000-30100 of Gateway a/one"
+                ),
+            "{text}"
+        );
     }
 }

@@ -55,6 +55,16 @@ pub struct Shard {
     pub listeners: Vec<ListenerRoutes>,
     /// Ports whose connections are TLS: the server config (certificates by SNI).
     pub tls: BTreeMap<u16, Arc<rustls::ServerConfig>>,
+    /// Destination port ranges served as a listener port (`sluice.dev/port-ranges`).
+    pub port_ranges: Vec<PortAlias>,
+}
+
+/// Ports `first..=last` served as if they were `port` (a listener's port).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortAlias {
+    pub first: u16,
+    pub last: u16,
+    pub port: u16,
 }
 
 impl Shard {
@@ -66,11 +76,25 @@ impl Shard {
         p
     }
 
+    /// The listener port that serves connections to destination `port`: the
+    /// port itself when a listener has it (exact ports win), else the port of
+    /// the listener whose port range holds it.
+    pub fn listener_port(&self, port: u16) -> u16 {
+        if self.listeners.iter().any(|l| l.port == port) {
+            return port;
+        }
+        self.port_ranges
+            .iter()
+            .find(|r| (r.first..=r.last).contains(&port))
+            .map_or(port, |r| r.port)
+    }
+
     /// The listener that owns a request to `port` for `host` (lower-case, no
     /// port): the most specific listener hostname that covers the host wins, so
     /// routes of a catch-all listener never see a more specific listener's
     /// traffic (listener isolation).
     pub fn listener_for(&self, port: u16, host: &str) -> Option<&ListenerRoutes> {
+        let port = self.listener_port(port);
         self.listeners
             .iter()
             .filter(|l| l.port == port)

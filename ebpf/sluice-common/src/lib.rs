@@ -224,6 +224,40 @@ pub const fn source_rule_prefix_len(addr_prefix_len: u32) -> u32 {
 pub const SOURCE_ALLOW: u32 = 1;
 pub const SOURCE_DENY: u32 = 2;
 
+/// Default capacity of the port-range LPM trie (prefix-aligned blocks, not ranges:
+/// a range of n ports takes at most 2·log2(n) blocks).
+pub const DEFAULT_MAX_PORT_RANGES: u32 = 4096;
+
+/// LPM trie data for port ranges served by one shard: protocol, destination
+/// address (all-zero: any local address), destination port big endian. A
+/// range is stored as prefix-aligned blocks: a block of 2^k ports is a prefix
+/// of `port_range_prefix_len(16 - k)` bits. The trailing pad byte is never
+/// part of a prefix.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PortRangeKey {
+    pub proto: u8,
+    pub addr: [u8; 16],
+    pub port_be: [u8; 2],
+    pub _pad: u8,
+}
+
+impl PortRangeKey {
+    pub const fn new(addr: [u8; 16], port: u16, proto: u8) -> Self {
+        Self {
+            proto,
+            addr,
+            port_be: port.to_be_bytes(),
+            _pad: 0,
+        }
+    }
+}
+
+/// Prefix length of a port-range key whose first `port_bits` port bits are fixed.
+pub const fn port_range_prefix_len(port_bits: u32) -> u32 {
+    8 + 128 + port_bits
+}
+
 /// IPv4 address in the IPv4-mapped IPv6 form used by every key.
 #[inline(always)]
 pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
@@ -243,12 +277,14 @@ mod user {
     unsafe impl aya::Pod for SynKey {}
     unsafe impl aya::Pod for AdmitKey {}
     unsafe impl aya::Pod for SynBucket {}
+    unsafe impl aya::Pod for PortRangeKey {}
 
     const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);
     const _: () = assert!(core::mem::size_of::<ListenerValue>() == 16);
     const _: () = assert!(core::mem::size_of::<SynKey>() == 20);
     const _: () = assert!(core::mem::size_of::<SynBucket>() == 16);
     const _: () = assert!(core::mem::size_of::<SourceRuleKey>() == 20);
+    const _: () = assert!(core::mem::size_of::<PortRangeKey>() == 20);
 }
 
 #[cfg(test)]

@@ -2,11 +2,12 @@
 //! (`agent/src/datapath/maps.rs` opens them by these names).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
 };
 use sluice_common::{
-    AdmitKey, ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
-    DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES,
+    port_range_prefix_len, AdmitKey, ListenerKey, ListenerValue, PortRangeKey, SourceRuleKey,
+    SynBucket, SynKey, COUNTER_ENTRIES, DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS,
+    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_PORT_RANGES,
     DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
 };
 
@@ -14,6 +15,12 @@ use sluice_common::{
 #[map]
 pub static LISTENERS: HashMap<ListenerKey, ListenerValue> =
     HashMap::with_max_entries(DEFAULT_MAX_LISTENERS, 0);
+
+/// (proto, address, port block) → shard: port ranges as prefix-aligned blocks.
+/// Consulted after an exact `LISTENERS` miss on the same address.
+#[map]
+pub static PORT_RANGES: LpmTrie<PortRangeKey, ListenerValue> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PORT_RANGES, 0);
 
 /// (shard, source prefix) → SOURCE_ALLOW / SOURCE_DENY; longest prefix wins.
 #[map]
@@ -72,11 +79,29 @@ pub fn count(shard: u32, reason: sluice_common::Reason) {
     }
 }
 
-/// Listener for a destination: the exact address first, then the wildcard.
+/// Listener for a destination. The destination address is more specific than
+/// the wildcard, and on the same address an exact port beats a port range:
+/// exact (address, port), then a range on the address, then the wildcard
+/// address with the exact port, then a range on the wildcard address.
 #[inline(always)]
 pub fn find_listener(key: &ListenerKey) -> Option<ListenerValue> {
     if let Some(v) = unsafe { LISTENERS.get(key) } {
         return Some(*v);
     }
-    unsafe { LISTENERS.get(&key.wildcard()) }.copied()
+    if let Some(v) = find_range(key.addr, key.port, key.proto) {
+        return Some(v);
+    }
+    if let Some(v) = unsafe { LISTENERS.get(&key.wildcard()) } {
+        return Some(*v);
+    }
+    find_range([0; 16], key.port, key.proto)
+}
+
+#[inline(always)]
+fn find_range(addr: [u8; 16], port: u16, proto: u8) -> Option<ListenerValue> {
+    let key = Key::new(
+        port_range_prefix_len(16),
+        PortRangeKey::new(addr, port, proto),
+    );
+    PORT_RANGES.get(&key).copied()
 }
