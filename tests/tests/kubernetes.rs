@@ -596,6 +596,8 @@ async fn kube_pods_on_this_node_give_namespace_identity() {
     std::fs::create_dir_all(&cgroups.0).unwrap();
     let mut s = settings(&kube, "node-a", None);
     s.kubernetes.as_mut().unwrap().cgroup_root = Some(cgroups.0.clone());
+    // Identity from the agent config stays, pods add to it.
+    s.identity.cidrs = vec![("10.9.0.0/16".parse().unwrap(), "team-x".into())];
     let app = build(s).await.unwrap();
     wait_ready(&app).await;
 
@@ -626,6 +628,7 @@ async fn kube_pods_on_this_node_give_namespace_identity() {
             has_source(&c, "10.244.1.7/32", "apps")
                 && has_cgroup(&c, ino(&pod_dir), "apps")
                 && has_cgroup(&c, ino(&container), "apps")
+                && has_source(&c, "10.9.0.0/16", "team-x")
         },
     )
     .await;
@@ -650,7 +653,7 @@ async fn kube_pods_on_this_node_give_namespace_identity() {
             let c = admin_config(admin).await;
             !has_source(&c, "10.244.1.7/32", "apps")
                 && !has_cgroup(&c, ino(&pod_dir), "apps")
-                && c["identity"]["sources"].is_array()
+                && has_source(&c, "10.9.0.0/16", "team-x")
         },
     )
     .await;
