@@ -8,6 +8,8 @@
 //! - `/retry/...?uuid=U&succeedAfter=N[&responseCode=C]` fails the first N
 //!   requests for `U` (status `C`, or the connection is dropped without an
 //!   answer when no `responseCode` is given), then echoes;
+//! - `/ws` with a WebSocket handshake: echoes every text and binary message
+//!   (see [`crate::ws`]);
 //! - one log line per request on stderr: `Echoing back request made to <uri> to client (<peer>)`,
 //!   also recorded in an optional [`RequestLog`] (mirror checks read it).
 use std::{
@@ -134,6 +136,14 @@ impl RequestLog {
         }
     }
 
+    /// How many requests for exactly `uri` were received so far.
+    pub fn count(&self, uri: &str) -> usize {
+        self.0
+            .lock()
+            .map(|v| v.iter().filter(|u| *u == uri).count())
+            .unwrap_or(0)
+    }
+
     /// A copy of the request-URIs received so far.
     pub fn entries(&self) -> Vec<String> {
         self.0.lock().map(|v| v.clone()).unwrap_or_default()
@@ -177,7 +187,7 @@ async fn handle(
     id: Arc<Identity>,
     state: Arc<State>,
     peer: SocketAddr,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let uri = req
         .uri()
@@ -188,6 +198,11 @@ async fn handle(
     }
     if let Some(log) = &state.log {
         log.push(uri);
+    }
+    if req.uri().path() == "/ws" {
+        if let Some(resp) = websocket_upgrade(&mut req) {
+            return Ok(resp);
+        }
     }
     match retry_failure(&state, &req) {
         None => {}
@@ -231,6 +246,59 @@ async fn handle(
         }
     }
     Ok(resp)
+}
+
+/// Answers a WebSocket handshake with 101 and echoes messages on the
+/// upgraded connection; `None` when the request is not a handshake.
+fn websocket_upgrade(req: &mut Request<Incoming>) -> Option<Response<Full<Bytes>>> {
+    let header = |name: http::HeaderName| {
+        req.headers()
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let wants = header(http::header::UPGRADE).is_some_and(|u| u.eq_ignore_ascii_case("websocket"));
+    let key = header(http::header::SEC_WEBSOCKET_KEY)?;
+    if !wants {
+        return None;
+    }
+    let upgrade = hyper::upgrade::on(req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else {
+            return;
+        };
+        let mut io = TokioIo::new(upgraded);
+        while let Ok(m) = crate::ws::read_message(&mut io).await {
+            let (opcode, payload) = match m.opcode {
+                crate::ws::TEXT | crate::ws::BINARY => (m.opcode, m.payload),
+                crate::ws::PING => (crate::ws::PONG, m.payload),
+                crate::ws::CLOSE => {
+                    let _ = crate::ws::write_frame(&mut io, crate::ws::CLOSE, &[], None).await;
+                    return;
+                }
+                _ => continue,
+            };
+            if crate::ws::write_frame(&mut io, opcode, &payload, None)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let mut resp = Response::new(Full::new(Bytes::new()));
+    *resp.status_mut() = http::StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(http::header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(
+        http::header::CONNECTION,
+        HeaderValue::from_static("Upgrade"),
+    );
+    h.insert(
+        http::header::SEC_WEBSOCKET_ACCEPT,
+        HeaderValue::from_str(&crate::ws::accept_key(&key)).ok()?,
+    );
+    Some(resp)
 }
 
 /// Serves echo responses on `listener` until the task is dropped/aborted.

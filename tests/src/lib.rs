@@ -5,3 +5,4 @@ pub mod echo;
 pub mod flood;
 pub mod netns;
 pub mod process;
+pub mod ws;

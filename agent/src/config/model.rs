@@ -115,6 +115,10 @@ pub struct GrantTo {
 pub struct GatewayClass {
     pub name: String,
     pub controller_name: String,
+    /// `spec.parametersRef` as `group/kind/[namespace/]name`. Sluice defines
+    /// no parameters kind, so such a class is not accepted (`InvalidParameters`)
+    /// and its Gateways are not served.
+    pub parameters_ref: Option<String>,
 }
 
 /// A Gateway: one shard of the agent.
@@ -126,6 +130,14 @@ pub struct Gateway {
     pub class_name: String,
     /// Addresses the Gateway is reachable on. Empty: every local address.
     pub addresses: Vec<IpAddr>,
+    /// `spec.addresses` asks for an IPAddress without a value
+    /// (GatewayAddressEmpty): served on every local address, the Gateway is
+    /// given the node's addresses in status.
+    pub assign_address: bool,
+    /// `spec.infrastructure.parametersRef` as `group/kind/name`. Sluice
+    /// defines no parameters kind, so such a Gateway is not accepted
+    /// (`InvalidParameters`).
+    pub parameters_ref: Option<String>,
     pub listeners: Vec<Listener>,
     /// Source CIDRs from the `sluice.dev/source-ranges` annotation; empty: all sources.
     pub source_allow: Vec<IpNet>,

@@ -33,6 +33,8 @@ pub struct GatewayClass {
 #[serde(rename_all = "camelCase")]
 pub struct GatewayClassSpec {
     pub controller_name: String,
+    #[serde(default)]
+    pub parameters_ref: Option<ParametersRef>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -49,6 +51,8 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub addresses: Vec<GatewayAddress>,
     pub listeners: Vec<Listener>,
+    #[serde(default)]
+    pub infrastructure: Option<GatewayInfrastructure>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -56,7 +60,38 @@ pub struct GatewaySpec {
 pub struct GatewayAddress {
     #[serde(default, rename = "type")]
     pub kind: Option<String>,
-    pub value: String,
+    /// Optional: without a value the implementation assigns an address.
+    #[serde(default)]
+    pub value: Option<String>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GatewayInfrastructure {
+    #[serde(default)]
+    pub parameters_ref: Option<ParametersRef>,
+}
+
+/// A GatewayClass's or Gateway's `parametersRef` (a Gateway's has no namespace).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParametersRef {
+    #[serde(default)]
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
+}
+
+impl ParametersRef {
+    /// `group/kind/[namespace/]name`, for messages.
+    pub fn describe(&self) -> String {
+        match &self.namespace {
+            Some(ns) => format!("{}/{}/{ns}/{}", self.group, self.kind, self.name),
+            None => format!("{}/{}/{}", self.group, self.kind, self.name),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -93,6 +93,7 @@ impl Builder {
                     self.config.gateway_classes.push(model::GatewayClass {
                         name: gc.metadata.name,
                         controller_name: gc.spec.controller_name,
+                        parameters_ref: gc.spec.parameters_ref.as_ref().map(|p| p.describe()),
                     });
                 }
             }
@@ -236,14 +237,19 @@ fn cidrs(doc: &mut Doc<'_>, field: &str, raw: Option<&String>) -> Vec<IpNet> {
 fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
     let before = doc.errors.len();
     let mut addresses = Vec::new();
+    let mut assign_address = false;
     for (i, a) in g.spec.addresses.iter().enumerate() {
         match a.kind.as_deref().unwrap_or("IPAddress") {
-            "IPAddress" => match a.value.parse::<IpAddr>() {
-                Ok(ip) => addresses.push(ip),
-                Err(_) => doc.err(
-                    format!("spec.addresses[{i}].value"),
-                    format!("not an IP address: {:?}", a.value),
-                ),
+            "IPAddress" => match a.value.as_deref().filter(|v| !v.is_empty()) {
+                // GatewayAddressEmpty: the implementation assigns the address.
+                None => assign_address = true,
+                Some(v) => match v.parse::<IpAddr>() {
+                    Ok(ip) => addresses.push(ip),
+                    Err(_) => doc.err(
+                        format!("spec.addresses[{i}].value"),
+                        format!("not an IP address: {v:?}"),
+                    ),
+                },
             },
             other => doc.err(
                 format!("spec.addresses[{i}].type"),
@@ -251,6 +257,20 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
             ),
         }
     }
+    if assign_address && !addresses.is_empty() {
+        // Sluice serves a Gateway either on the given addresses or on every
+        // local address; it cannot add an assigned one to given ones.
+        doc.err(
+            "spec.addresses",
+            "an address without value cannot be combined with addresses that have one",
+        );
+    }
+    let parameters_ref = g
+        .spec
+        .infrastructure
+        .as_ref()
+        .and_then(|i| i.parameters_ref.as_ref())
+        .map(|p| p.describe());
     if g.spec.listeners.is_empty() {
         doc.err("spec.listeners", "a Gateway needs at least one listener");
     }
@@ -379,6 +399,8 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         generation: g.metadata.generation,
         class_name: g.spec.gateway_class_name,
         addresses,
+        assign_address,
+        parameters_ref,
         listeners,
         source_allow,
         source_deny,
@@ -691,6 +713,37 @@ spec:
   - matches: [{path: {type: PathPrefix, value: /v1/}}]
     backendRefs: [{name: svc, port: 8080}]
 "#;
+
+    #[test]
+    fn address_without_value_and_parameters_ref() {
+        let gw = |spec: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: ns1}}\nspec:\n  gatewayClassName: sluice\n  \
+                 listeners: [{{name: http, port: 80, protocol: HTTP}}]\n{spec}"
+            )
+        };
+        let c = parse(&gw("  addresses: [{type: IPAddress}]\n")).unwrap();
+        let g = &c.gateways[0];
+        assert!(g.assign_address && g.addresses.is_empty());
+        assert_eq!(g.parameters_ref, None);
+        let err = parse(&gw("  addresses: [{type: IPAddress}, {value: 10.0.0.1}]\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.addresses") && err.contains("without value"),
+            "{err}"
+        );
+        let c = parse(&gw(
+            "  infrastructure: {parametersRef: {group: invalid.io, kind: Params, name: p}}\n",
+        ))
+        .unwrap();
+        assert_eq!(
+            c.gateways[0].parameters_ref.as_deref(),
+            Some("invalid.io/Params/p")
+        );
+        assert!(!c.gateways[0].assign_address);
+    }
 
     #[test]
     fn converts_gateway_and_route() {

@@ -120,9 +120,22 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
     });
 
+    // A Gateway (or its class) naming parameters Sluice cannot resolve is not
+    // accepted, so not served (status: InvalidParameters).
+    let accepted: Vec<&Gateway> = ours
+        .iter()
+        .copied()
+        .filter(|g| {
+            let Some(why) = super::status::invalid_parameters(config, g) else {
+                return true;
+            };
+            warnings.push(format!("Gateway {}: {why}; not served", g.id));
+            false
+        })
+        .collect();
     let mut shards = Vec::new();
     let mut kernel = KernelDesired::default();
-    for (gateway, id) in ours.iter().zip(ids.assign(&ours)) {
+    for (gateway, id) in accepted.iter().zip(ids.assign(&accepted)) {
         let Some(id) = id else {
             warnings.push(format!(
                 "Gateway {}: more than {} Gateways; not served",
@@ -132,9 +145,9 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
             continue;
         };
         let mut listeners = Vec::new();
-        // The protocol of each port is the one of its first listener; a
-        // listener of another protocol on the same port is not served.
-        let mut port_protocol: HashMap<u16, &ListenerProtocol> = HashMap::new();
+        // Listeners that are not distinct are all left out: the spec forbids
+        // picking a winner among conflicted listeners.
+        let conflicts = super::status::listener_conflicts(gateway);
         for l in &gateway.listeners {
             match &l.protocol {
                 ListenerProtocol::Http | ListenerProtocol::Https => {}
@@ -146,17 +159,13 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                     continue;
                 }
             }
-            let first = *port_protocol.entry(l.port).or_insert(&l.protocol);
-            if first != &l.protocol {
+            if let Some(conflict) = conflicts.get(l.name.as_str()) {
                 warnings.push(format!(
-                    "Gateway {} listener {}: port {} is already used with protocol {first:?}; \
-                     not served",
+                    "Gateway {} listener {}: conflicts with another listener on port {} \
+                     ({conflict:?}); not served",
                     gateway.id, l.name, l.port
                 ));
-                problems.insert(
-                    (gateway.id.clone(), l.name.clone()),
-                    ListenerProblem::ProtocolConflict,
-                );
+                problems.insert((gateway.id.clone(), l.name.clone()), conflict.clone());
                 continue;
             }
             let tls = match &l.protocol {

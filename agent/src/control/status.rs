@@ -3,7 +3,10 @@
 //! the same attachment rules the compiler uses, so status and behaviour
 //! cannot disagree. Served at the admin `/status`; writing it back to the
 //! Kubernetes API is the job of the elected status writer.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    net::IpAddr,
+};
 
 use serde::Serialize;
 
@@ -130,11 +133,41 @@ pub enum ListenerProblem {
     /// No `certificateRefs` entry resolves (`InvalidCertificateRef`,
     /// `RefNotPermitted`).
     Certificate(Unresolved),
-    /// An earlier listener uses the port with another protocol.
+    /// Another listener uses the port with another protocol.
     ProtocolConflict,
+    /// Another listener uses the port, protocol and hostname.
+    HostnameConflict,
 }
 
 pub type ListenerProblems = HashMap<(ObjectRef, String), ListenerProblem>;
+
+/// The served-protocol listeners of a Gateway that are not distinct: every
+/// listener sharing its port with a listener of another protocol
+/// (`ProtocolConflict`), or with one of the same protocol and hostname
+/// (`HostnameConflict`). All of them are conflicted, none is picked as the
+/// winner. Listeners of protocols Sluice does not serve conflict with nothing.
+pub(super) fn listener_conflicts(gateway: &Gateway) -> HashMap<&str, ListenerProblem> {
+    let served: Vec<_> = gateway
+        .listeners
+        .iter()
+        .filter(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
+        .collect();
+    let mut out = HashMap::new();
+    for (i, l) in served.iter().enumerate() {
+        for (j, o) in served.iter().enumerate() {
+            if i == j || l.port != o.port {
+                continue;
+            }
+            if l.protocol != o.protocol {
+                out.insert(l.name.as_str(), ListenerProblem::ProtocolConflict);
+            } else if l.hostname == o.hostname {
+                out.entry(l.name.as_str())
+                    .or_insert(ListenerProblem::HostnameConflict);
+            }
+        }
+    }
+    out
+}
 
 /// Why a route does not attach to a Gateway through a parentRef.
 fn attach_failure(
@@ -196,9 +229,18 @@ pub(super) fn compute(
         .iter()
         .filter(|c| c.controller_name == controller)
     {
+        let accepted = match &class.parameters_ref {
+            None => cond("Accepted", true, "Accepted", "handled by this agent"),
+            Some(p) => cond(
+                "Accepted",
+                false,
+                "InvalidParameters",
+                format!("parametersRef {p} cannot be resolved: Sluice has no parameters kinds"),
+            ),
+        };
         status.gateway_classes.push(ClassStatus {
             name: class.name.clone(),
-            conditions: vec![cond("Accepted", true, "Accepted", "handled by this agent")],
+            conditions: vec![accepted],
         });
     }
     let mut routes: Vec<&HttpRoute> = config.routes.iter().collect();
@@ -228,7 +270,21 @@ pub(super) fn compute(
                 ListenerProtocol::Http | ListenerProtocol::Https => (
                     vec![http_route],
                     vec![
-                        cond("Accepted", true, "Accepted", ""),
+                        match problems.get(&(gateway.id.clone(), l.name.clone())) {
+                            Some(
+                                ListenerProblem::ProtocolConflict
+                                | ListenerProblem::HostnameConflict,
+                            ) => cond(
+                                "Accepted",
+                                false,
+                                "PortUnavailable",
+                                format!(
+                                    "port {} is shared with a listener it conflicts with",
+                                    l.port
+                                ),
+                            ),
+                            _ => cond("Accepted", true, "Accepted", ""),
+                        },
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
                             Some(ListenerProblem::Certificate(u)) => {
                                 cond("ResolvedRefs", false, u.reason, u.message.clone())
@@ -239,11 +295,14 @@ pub(super) fn compute(
                             Some(ListenerProblem::Certificate(_)) => {
                                 cond("Programmed", false, "Invalid", "no usable certificate")
                             }
-                            Some(ListenerProblem::ProtocolConflict) => cond(
+                            Some(
+                                ListenerProblem::ProtocolConflict
+                                | ListenerProblem::HostnameConflict,
+                            ) => cond(
                                 "Programmed",
                                 false,
                                 "Invalid",
-                                "another listener uses the port with another protocol",
+                                "conflicted listeners are not served",
                             ),
                             None if is_served => cond("Programmed", true, "Programmed", ""),
                             None => {
@@ -296,6 +355,15 @@ pub(super) fn compute(
                     "ProtocolConflict",
                     format!("port {} is used with another protocol", l.port),
                 ),
+                Some(ListenerProblem::HostnameConflict) => cond(
+                    "Conflicted",
+                    true,
+                    "HostnameConflict",
+                    format!(
+                        "another {:?} listener on port {} has the same hostname",
+                        l.protocol, l.port
+                    ),
+                ),
                 _ => cond("Conflicted", false, "NoConflicts", ""),
             });
             set_generation(&mut conditions, gateway.generation);
@@ -306,26 +374,26 @@ pub(super) fn compute(
                 conditions,
             });
         }
-        let any_valid = gateway
-            .listeners
-            .iter()
-            .any(|l| !matches!(l.protocol, ListenerProtocol::Other(_)));
         let any_programmed = gateway.listeners.iter().any(|l| {
             matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
                 && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
         });
+        let addresses = gateway_addresses(gateway, node_addresses);
         let mut conditions = vec![
-            if any_valid {
-                cond("Accepted", true, "Accepted", "")
-            } else {
-                cond(
-                    "Accepted",
-                    false,
-                    "ListenersNotValid",
-                    "no listener is valid",
-                )
-            },
+            gateway_accepted(config, gateway, &listeners),
             match (is_served, any_programmed) {
+                _ if invalid_parameters(config, gateway).is_some() => cond(
+                    "Programmed",
+                    false,
+                    "Invalid",
+                    "the Gateway is not accepted",
+                ),
+                (true, true) if addresses.is_empty() && gateway.assign_address => cond(
+                    "Programmed",
+                    false,
+                    "AddressNotAssigned",
+                    "the node has no address to assign",
+                ),
                 (true, true) => cond("Programmed", true, "Programmed", ""),
                 (false, _) => cond(
                     "Programmed",
@@ -340,8 +408,7 @@ pub(super) fn compute(
         status.gateways.push(GatewayStatus {
             namespace: gateway.id.namespace.clone(),
             name: gateway.id.name.clone(),
-            addresses: gateway
-                .addresses
+            addresses: addresses
                 .iter()
                 .map(|a| GatewayStatusAddress {
                     kind: "IPAddress",
@@ -390,6 +457,113 @@ pub(super) fn compute(
     status
 }
 
+/// Why the parameters of a Gateway (its own `infrastructure.parametersRef`
+/// or its class's `parametersRef`) cannot be resolved: Sluice defines no
+/// parameters kinds, so any reference is refused.
+pub(super) fn invalid_parameters(config: &Config, gateway: &Gateway) -> Option<String> {
+    if let Some(p) = &gateway.parameters_ref {
+        return Some(format!(
+            "infrastructure.parametersRef {p} cannot be resolved: Sluice has no parameters kinds"
+        ));
+    }
+    let class = config
+        .gateway_classes
+        .iter()
+        .find(|c| c.name == gateway.class_name)?;
+    let p = class.parameters_ref.as_ref()?;
+    Some(format!(
+        "the parametersRef {p} of GatewayClass {} cannot be resolved: Sluice has no parameters kinds",
+        class.name
+    ))
+}
+
+/// The Gateway's `Accepted` condition: `InvalidParameters` for parameters
+/// Sluice cannot resolve; else accepted when at least one listener is, with
+/// reason `ListenersNotValid` (True or False) as soon as one listener is not.
+fn gateway_accepted(config: &Config, gateway: &Gateway, listeners: &[ListenerStatus]) -> Condition {
+    if let Some(why) = invalid_parameters(config, gateway) {
+        return cond("Accepted", false, "InvalidParameters", why);
+    }
+    let invalid: Vec<&str> = listeners
+        .iter()
+        .filter(|l| {
+            l.conditions
+                .iter()
+                .any(|c| c.kind == "Accepted" && c.status == "False")
+        })
+        .map(|l| l.name.as_str())
+        .collect();
+    match (invalid.len(), listeners.len()) {
+        (0, _) => cond("Accepted", true, "Accepted", ""),
+        (n, total) if n == total => cond(
+            "Accepted",
+            false,
+            "ListenersNotValid",
+            "no listener is valid",
+        ),
+        _ => cond(
+            "Accepted",
+            true,
+            "ListenersNotValid",
+            format!("listeners not accepted: {}", invalid.join(", ")),
+        ),
+    }
+}
+
+/// The addresses reported for a Gateway: its own, or, when it asks for an
+/// address without a value (GatewayAddressEmpty), the node's: such a Gateway
+/// is served on every local address.
+fn gateway_addresses(gateway: &Gateway, node: impl FnOnce() -> Vec<IpAddr>) -> Vec<IpAddr> {
+    if gateway.assign_address && gateway.addresses.is_empty() {
+        node()
+    } else {
+        gateway.addresses.clone()
+    }
+}
+
+/// The addresses of this node's interfaces that are up, loopback last (so a
+/// node with other addresses reports those first), at most 16 (the status
+/// API's limit). IPv6 link-local addresses are left out: they need a zone.
+pub fn node_addresses() -> Vec<IpAddr> {
+    let mut out: Vec<(bool, IpAddr)> = Vec::new();
+    let mut head: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs allocates a list that is freed below.
+    if unsafe { libc::getifaddrs(&mut head) } != 0 {
+        return Vec::new();
+    }
+    let mut cur = head;
+    while !cur.is_null() {
+        // SAFETY: `cur` is an element of the list getifaddrs returned.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_flags & libc::IFF_UP as u32 == 0 {
+            continue;
+        }
+        // SAFETY: ifa_addr points at a sockaddr whose family says its type.
+        let ip = unsafe {
+            match i32::from((*ifa.ifa_addr).sa_family) {
+                libc::AF_INET => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in);
+                    IpAddr::from(u32::from_be(sa.sin_addr.s_addr).to_be_bytes())
+                }
+                libc::AF_INET6 => {
+                    let sa = &*(ifa.ifa_addr as *const libc::sockaddr_in6);
+                    IpAddr::from(sa.sin6_addr.s6_addr)
+                }
+                _ => continue,
+            }
+        };
+        let link_local = matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80);
+        if !link_local && !out.iter().any(|(_, x)| *x == ip) {
+            out.push((ip.is_loopback(), ip));
+        }
+    }
+    // SAFETY: freeing the list getifaddrs allocated, once.
+    unsafe { libc::freeifaddrs(head) };
+    out.sort_by_key(|(loopback, ip)| (*loopback, ip.is_ipv6()));
+    out.into_iter().map(|(_, ip)| ip).take(16).collect()
+}
+
 /// `ResolvedRefs` of a route: the first backendRef or mirror reference
 /// that does not resolve names the reason.
 fn resolved_refs(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Condition {
@@ -425,7 +599,7 @@ mod tests {
     use super::*;
     use crate::{
         config::parse_documents,
-        control::{compile, ShardIds},
+        control::{compile, Compiled, ShardIds},
     };
 
     const BASE: &str = r#"
@@ -572,6 +746,168 @@ spec:
         assert_eq!(l[1].supported_kinds.len(), 1);
         assert_eq!(l[1].attached_routes, 1);
         assert_eq!(condition(&l[1].conditions, "ResolvedRefs").status, "False");
+    }
+
+    fn gateway_status(gateway_yaml: &str) -> (Status, Compiled) {
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+             metadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n\
+             ---\n{gateway_yaml}"
+        );
+        let cfg = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let c = compile(&cfg, &mut ShardIds::default(), 1);
+        (c.status.clone(), c)
+    }
+
+    fn listener<'a>(s: &'a Status, name: &str) -> &'a ListenerStatus {
+        s.gateways[0]
+            .listeners
+            .iter()
+            .find(|l| l.name == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn some_invalid_listeners_keep_the_gateway_accepted_with_listeners_not_valid() {
+        let s = status("");
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
+        assert!(c.message.contains("tcp"), "{}", c.message);
+        let (s, _) = gateway_status(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n",
+        );
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("True", "Accepted"));
+        let (s, _) = gateway_status(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             listeners: [{name: a, port: 80, protocol: INVALID}]\n",
+        );
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "ListenersNotValid"));
+    }
+
+    #[test]
+    fn every_conflicting_listener_is_conflicted_and_none_is_served() {
+        let (s, compiled) = gateway_status(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: plain, port: 80, protocol: HTTP}
+  - {name: secure, port: 80, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}
+  - {name: same-a, port: 81, protocol: HTTP, hostname: a.example.com}
+  - {name: same-b, port: 81, protocol: HTTP, hostname: a.example.com}
+  - {name: other-host, port: 81, protocol: HTTP, hostname: b.example.com}
+  - {name: alone, port: 82, protocol: HTTP}
+"#,
+        );
+        for (name, reason) in [
+            ("plain", "ProtocolConflict"),
+            ("secure", "ProtocolConflict"),
+            ("same-a", "HostnameConflict"),
+            ("same-b", "HostnameConflict"),
+        ] {
+            let l = listener(&s, name);
+            let c = condition(&l.conditions, "Conflicted");
+            assert_eq!((c.status, c.reason), ("True", reason), "{name}");
+            assert_eq!(condition(&l.conditions, "Accepted").status, "False");
+            assert_eq!(condition(&l.conditions, "Programmed").status, "False");
+        }
+        for name in ["other-host", "alone"] {
+            let c = condition(&listener(&s, name).conditions, "Conflicted");
+            assert_eq!((c.status, c.reason), ("False", "NoConflicts"), "{name}");
+        }
+        let served: Vec<&str> = compiled.snapshot.shards[0]
+            .listeners
+            .iter()
+            .map(|l| l.name.as_str())
+            .collect();
+        assert_eq!(served, ["other-host", "alone"]);
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
+    }
+
+    #[test]
+    fn unresolvable_parameters_ref_is_not_accepted_nor_served() {
+        let (s, compiled) = gateway_status(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n  \
+             infrastructure: {parametersRef: {group: invalid.io, kind: Params, name: p}}\n",
+        );
+        let g = &s.gateways[0];
+        let c = condition(&g.conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
+        assert_eq!(condition(&g.conditions, "Programmed").status, "False");
+        assert!(compiled.snapshot.shards.is_empty());
+
+        // The class's parametersRef: the class and its Gateways are refused.
+        let text = "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+             metadata: {name: sluice}\nspec:\n  controllerName: sluice.dev/gateway-controller\n  \
+             parametersRef: {group: example.com, kind: Config, name: c, namespace: ns}\n---\n\
+             apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n";
+        let cfg = parse_documents([(Path::new("t.yaml"), text)]).unwrap();
+        let compiled = compile(&cfg, &mut ShardIds::default(), 1);
+        let s = &compiled.status;
+        let c = &s.gateway_classes[0].conditions[0];
+        assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
+        assert!(
+            c.message.contains("example.com/Config/ns/c"),
+            "{}",
+            c.message
+        );
+        let c = condition(&s.gateways[0].conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "InvalidParameters"));
+        assert!(compiled.snapshot.shards.is_empty());
+    }
+
+    #[test]
+    fn an_address_without_value_gets_the_node_addresses() {
+        let (s, _) = gateway_status(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             addresses: [{type: IPAddress}]\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n",
+        );
+        let g = &s.gateways[0];
+        // Whatever this machine's addresses are, Programmed agrees with them.
+        let programmed = condition(&g.conditions, "Programmed");
+        if g.addresses.is_empty() {
+            assert_eq!(programmed.reason, "AddressNotAssigned");
+        } else {
+            assert_eq!(programmed.status, "True");
+        }
+        let node = node_addresses();
+        assert!(node.len() <= 16);
+        assert!(node
+            .iter()
+            .all(|ip| !matches!(ip, IpAddr::V6(v6) if v6.segments()[0] & 0xffc0 == 0xfe80)));
+        let first_loopback = node.iter().position(IpAddr::is_loopback);
+        assert!(
+            first_loopback.is_none_or(|i| node[i..].iter().all(IpAddr::is_loopback)),
+            "loopback addresses come last: {node:?}"
+        );
+        // Deterministically: assigned only when asked for and none is given.
+        let cfg = parse_documents([(
+            Path::new("t.yaml"),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
+             addresses: [{type: IPAddress}]\n  \
+             listeners: [{name: a, port: 80, protocol: HTTP}]\n",
+        )])
+        .unwrap();
+        let ip: IpAddr = "192.0.2.7".parse().unwrap();
+        assert_eq!(gateway_addresses(&cfg.gateways[0], || vec![ip]), vec![ip]);
+        let mut explicit = cfg.gateways[0].clone();
+        explicit.assign_address = false;
+        assert!(gateway_addresses(&explicit, || vec![ip]).is_empty());
     }
 
     #[test]

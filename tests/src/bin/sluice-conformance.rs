@@ -3,8 +3,11 @@
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
 use anyhow::Result;
-use clap::Parser;
-use sluice_tests::conformance::{report, runner};
+use clap::{Parser, ValueEnum};
+use sluice_tests::conformance::{
+    network::{self, Network},
+    report, runner,
+};
 
 fn repo(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel)
@@ -37,9 +40,16 @@ struct Args {
     /// The agent binary.
     #[arg(long, env = "SLUICE_BIN")]
     agent_bin: Option<PathBuf>,
-    /// Added to every listener port of the manifests.
-    #[arg(long, default_value_t = 20_000)]
-    port_offset: u16,
+    /// Where to run: `private` enters a network namespace of its own (needs
+    /// root) so that listeners keep the manifests' ports, as upstream expects;
+    /// `host` moves them up by --port-offset on the host's loopback; `auto`
+    /// tries `private` and falls back to `host` loudly (fails with CI=true).
+    #[arg(long, value_enum, default_value_t = NetworkArg::Auto)]
+    network: NetworkArg,
+    /// Added to every listener port of the manifests (default: 0 in a private
+    /// network namespace, 20000 on the host network).
+    #[arg(long)]
+    port_offset: Option<u16>,
     /// Seconds a case may take to give the expected answer 3 times in a row
     /// (upstream MaxTimeToConsistency is 30).
     #[arg(long, default_value_t = 10)]
@@ -82,9 +92,52 @@ struct Args {
     verbose: bool,
 }
 
-#[tokio::main]
-async fn main() -> Result<()> {
+#[derive(Clone, Copy, ValueEnum)]
+enum NetworkArg {
+    Auto,
+    Private,
+    Host,
+}
+
+/// Enters the private network namespace if asked (before any thread exists:
+/// the tokio runtime is built afterwards, so its threads and every agent
+/// started later inherit the namespace).
+fn choose_network(arg: NetworkArg) -> Result<Network> {
+    match arg {
+        NetworkArg::Host => Ok(Network::Host),
+        NetworkArg::Private => {
+            network::enter_private_namespace().map_err(|e| {
+                anyhow::anyhow!("cannot enter a private network namespace (run as root): {e}")
+            })?;
+            Ok(Network::Private)
+        }
+        NetworkArg::Auto => match network::enter_private_namespace() {
+            Ok(()) => Ok(Network::Private),
+            Err(e) if std::env::var("CI").is_ok_and(|v| v == "true") => Err(anyhow::anyhow!(
+                "cannot enter a private network namespace in CI: {e}"
+            )),
+            Err(e) => {
+                eprintln!(
+                    "\n!!! cannot enter a private network namespace ({e}): running on the host \
+                     network with listener ports moved up, so tests whose expectations name \
+                     ports (redirects) fail. Run as root for the conformant setup.\n"
+                );
+                Ok(Network::Host)
+            }
+        },
+    }
+}
+
+fn main() -> Result<()> {
     let a = Args::parse();
+    let network = choose_network(a.network)?;
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run(a, network))
+}
+
+async fn run(a: Args, network: Network) -> Result<()> {
     let guard = a.check || a.update_passing;
     anyhow::ensure!(
         !guard || a.skip_gateway.is_empty(),
@@ -101,7 +154,10 @@ async fn main() -> Result<()> {
             .unwrap_or_else(|| repo("tests/conformance/cases")),
         upstream_dir: a.upstream_dir,
         agent_bin: a.agent_bin.unwrap_or_else(|| repo("target/debug/sluice")),
-        port_offset: a.port_offset,
+        port_offset: a
+            .port_offset
+            .unwrap_or_else(|| network.default_port_offset()),
+        network,
         max_time_to_consistency: Duration::from_secs(a.max_time),
         request_timeout: Duration::from_secs(a.request_timeout),
         status_timeout: Duration::from_secs(a.status_timeout),

@@ -82,6 +82,10 @@ pub struct Case {
     pub weights: BTreeMap<String, u32>,
     #[serde(default)]
     pub check: Option<String>,
+    /// Per-response check that the backend chosen matches a header a
+    /// backendRef filter set (`httproute-request-header-modifier-backend-weights`).
+    #[serde(default)]
+    pub backend_header: Option<BackendHeader>,
     #[serde(default)]
     pub expect_error: Option<serde_yaml::Value>,
     #[serde(default)]
@@ -192,6 +196,15 @@ pub struct Mirror {
     pub namespace: String,
     #[serde(default)]
     pub percent: Option<f64>,
+}
+
+/// Send the request `requests` times in a row; every echoed request must
+/// carry exactly one `name` header, and the answering pod's name must start
+/// with its value.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BackendHeader {
+    pub name: String,
+    pub requests: usize,
 }
 
 /// A mid-test change followed by its own status checks and cases.

@@ -10,10 +10,11 @@
 //!   127.0.0.1 (what the cluster's EndpointSlice controller would do);
 //! - every Gateway without `spec.addresses` gets its own loopback address
 //!   (127.0.10.N, what a cluster's load balancer would assign), and every
-//!   listener port is moved up by a fixed offset so that no privileged or
-//!   well-known port is needed. Requests are dialed at the moved port; the
-//!   `Host` header still carries the manifest's port. Routes' `parentRefs[].port`
-//!   move with the listeners they name.
+//!   listener port is moved up by the port offset: 0 in the runner's private
+//!   network namespace; on the host network an offset keeps privileged and
+//!   well-known ports free (see `network.rs`). Requests are dialed at the moved
+//!   port; the `Host` header still carries the manifest's port. Routes'
+//!   `parentRefs[].port` move with the listeners they name.
 use std::{
     collections::BTreeMap,
     net::{IpAddr, Ipv4Addr},

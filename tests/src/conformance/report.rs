@@ -173,6 +173,8 @@ pub struct Report {
     pub all_features: BTreeSet<String>,
     /// Set when the run deviates from the conformant setup (diagnostic flags).
     pub non_conformant: Option<String>,
+    /// Where the agents ran and on which ports (see `network.rs`).
+    pub network: String,
     pub version: String,
 }
 
@@ -267,6 +269,7 @@ impl Report {
             let _ = writeln!(out, "**Non-conformant diagnostic run:** {n}\n");
         }
         let _ = writeln!(out, "{}\n", self.summary());
+        let _ = writeln!(out, "Network: {}.\n", self.network);
         let _ = writeln!(
             out,
             "Result is upstream's: every request case and every status assertion must pass. \
@@ -582,6 +585,7 @@ mod tests {
             claimed: BTreeSet::new(),
             all_features: BTreeSet::from(["Gateway".into(), "HTTPRoute".into()]),
             non_conformant: None,
+            network: "test".into(),
             version: "0".into(),
         };
         let outcomes: Vec<_> = report.results.iter().map(|r| r.outcome()).collect();

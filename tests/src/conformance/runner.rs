@@ -15,10 +15,12 @@ use super::{
     cases::{self, Case, TestFile},
     certs::SuiteCerts,
     client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
-    compare::{compare, EchoBody},
+    compare::compare,
     manifests::{self, Prepared, GATEWAY_CLASS},
     report::{CaseResult, Report, StatusResult, TestResult, Traffic},
+    stats,
     status::{self as st, AgentStatus, Objects, Poll},
+    websocket,
 };
 use crate::echo::{serve_with, Identity, RequestLog};
 
@@ -35,6 +37,8 @@ pub struct Options {
     pub agent_bin: PathBuf,
     /// Added to every listener port.
     pub port_offset: u16,
+    /// Where the runner runs (for the report).
+    pub network: super::network::Network,
     /// Upstream `MaxTimeToConsistency` (30 s upstream).
     pub max_time_to_consistency: Duration,
     /// Per request (10 s upstream).
@@ -163,6 +167,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         claimed,
         all_features,
         non_conformant,
+        network: opts.network.describe(opts.port_offset),
         version: env!("CARGO_PKG_VERSION").into(),
     })
 }
@@ -580,7 +585,9 @@ async fn run_one(
 }
 
 /// Runs futures concurrently on the current task, keeping their order.
-async fn futures_join_all<F: std::future::Future>(futs: impl Iterator<Item = F>) -> Vec<F::Output> {
+pub(super) async fn futures_join_all<F: std::future::Future>(
+    futs: impl Iterator<Item = F>,
+) -> Vec<F::Output> {
     let mut set = Vec::new();
     for f in futs {
         set.push(Box::pin(f));
@@ -658,13 +665,8 @@ fn outgoing(env: &Env, t: &TestFile, c: &Case, prepared: &Prepared) -> Result<Ou
 
 /// What the runner cannot do yet, if the case needs it.
 fn unsupported(c: &Case) -> Option<String> {
-    if c.websocket.is_some() {
-        return Some("WebSocket cases are not supported by the runner yet".into());
-    }
-    if c.mirrored_to.iter().any(|m| m.percent.is_some()) {
-        return Some("percentage-mirror statistics are not supported by the runner yet".into());
-    }
-    if c.check.is_some() && c.weights.is_empty() {
+    let percent = c.mirrored_to.iter().any(|m| m.percent.is_some());
+    if c.check.is_some() && c.weights.is_empty() && !percent && c.backend_header.is_none() {
         return Some("this statistical check is not supported by the runner yet".into());
     }
     None
@@ -681,8 +683,15 @@ async fn run_case(
     if let Some(why) = unsupported(c) {
         return Err(why);
     }
+    if let Some(ws) = &c.websocket {
+        let out = outgoing(env, t, c, prepared)?;
+        return websocket::converge(ws, &out, env.opts.max_time_to_consistency).await;
+    }
     let mut c = c.clone();
-    let mirror_id = (!c.mirrored_to.is_empty()).then(|| {
+    // Plain mirrors are found by a request id of their own; percentage
+    // mirrors get a fresh id per statistics round.
+    let plain_mirrors = c.mirrored_to.iter().any(|m| m.percent.is_none());
+    let mirror_id = plain_mirrors.then(|| {
         format!(
             "gateway-api-conformance-request-id={}-{}-{index}",
             std::process::id(),
@@ -713,22 +722,51 @@ async fn run_case(
             Err(_) => Ok(()),
         };
     }
-    converge(&c, &out, clients, env.opts.max_time_to_consistency).await?;
+    let max = env.opts.max_time_to_consistency;
+    converge(&c, &out, clients, max, CONSECUTIVE_SUCCESSES).await?;
     if mirror_id.is_some() {
         check_mirrors(env, &c).await?;
     }
+    let mut targets = Vec::new();
+    for m in &c.mirrored_to {
+        if let Some(percent) = m.percent {
+            let b = env
+                .backends
+                .get(&(m.namespace.clone(), m.backend.clone()))
+                .ok_or_else(|| {
+                    format!(
+                        "mirror backend {}/{} is not a Service",
+                        m.namespace, m.backend
+                    )
+                })?;
+            targets.push(stats::MirrorTarget {
+                label: format!("{}/{}", m.namespace, m.backend),
+                log: &b.log,
+                percent,
+            });
+        }
+    }
+    if !targets.is_empty() {
+        let round_id = |r: usize| format!("{}-{}-{index}-round{r}", std::process::id(), t.id);
+        stats::check_percentage_mirrors(&c, &out, clients, &targets, round_id, max).await?;
+    }
     if !c.weights.is_empty() {
-        check_weights(&c, &out, clients).await?;
+        stats::check_weights(&c, &out, clients).await?;
+    }
+    if let Some(b) = &c.backend_header {
+        stats::check_backend_header(b, &out, clients).await?;
     }
     Ok(())
 }
 
-/// Upstream `MakeRequestAndExpectEventuallyConsistentResponse`.
-async fn converge(
+/// Upstream `MakeRequestAndExpectEventuallyConsistentResponse`: `required`
+/// passing round trips in a row within `max`.
+pub(super) async fn converge(
     c: &Case,
     out: &Outgoing,
     clients: &Clients,
     max: Duration,
+    required: usize,
 ) -> Result<(), String> {
     let deadline = Instant::now() + max;
     let mut ok = 0;
@@ -759,7 +797,7 @@ async fn converge(
         match result {
             Ok(()) => {
                 ok += 1;
-                if ok >= CONSECUTIVE_SUCCESSES {
+                if ok >= required {
                     return Ok(());
                 }
             }
@@ -800,70 +838,4 @@ async fn check_mirrors(env: &Env, c: &Case) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// The weighted-distribution check of `httproute-weight` (see its `check`).
-async fn check_weights(c: &Case, out: &Outgoing, clients: &Clients) -> Result<(), String> {
-    const REQUESTS: usize = 500;
-    const CONCURRENCY: usize = 10;
-    const TOLERANCE: f64 = 0.05;
-    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    let mut last = String::new();
-    for _batch in 0..10 {
-        let mut counts: BTreeMap<String, usize> = BTreeMap::new();
-        let mut failure = None;
-        for _chunk in 0..REQUESTS / CONCURRENCY {
-            let mut reqs = Vec::new();
-            for _ in 0..CONCURRENCY {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                let mut o = out.clone();
-                if seed.is_multiple_of(2) {
-                    o.headers
-                        .insert("X-Jitter".into(), (seed % 10_000).to_string());
-                }
-                reqs.push(o);
-            }
-            let results = futures_join_all(reqs.iter().map(|o| clients.round_trip(o))).await;
-            for r in results {
-                match r.and_then(|o| compare(c, &BTreeMap::new(), &o)) {
-                    Ok(EchoBody { pod, .. }) => {
-                        let parts: Vec<&str> = pod.split('-').collect();
-                        let backend = parts[..parts.len().saturating_sub(2)].join("-");
-                        *counts.entry(backend).or_default() += 1;
-                    }
-                    Err(e) => failure = Some(e),
-                }
-            }
-        }
-        if let Some(e) = failure {
-            last = e;
-            continue;
-        }
-        let mut problems = Vec::new();
-        for b in counts.keys() {
-            if !c.weights.contains_key(b) {
-                problems.push(format!("unexpected backend {b}"));
-            }
-        }
-        for (b, w) in &c.weights {
-            let got = counts.get(b).copied().unwrap_or(0);
-            if *w == 0 && got > 0 {
-                problems.push(format!("{b} has weight 0 but got {got} requests"));
-            }
-            let frac = got as f64 / REQUESTS as f64;
-            if (frac - f64::from(*w) / 100.0).abs() > TOLERANCE {
-                problems.push(format!(
-                    "{b}: {:.1}% of requests, expected {w}%",
-                    frac * 100.0
-                ));
-            }
-        }
-        if problems.is_empty() {
-            return Ok(());
-        }
-        last = problems.join("; ");
-    }
-    Err(format!("weighted distribution: {last}"))
 }
