@@ -83,6 +83,37 @@ pub struct ConfigNotes {
     /// The shards' own socket addresses, by Gateway. With eBPF these are the
     /// loopback steering sockets, not the Gateway's addresses.
     pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
+    /// Namespace identity of sources in the applied configuration (agent
+    /// config plus, with Kubernetes, this node's pods).
+    pub identity: IdentityNotes,
+    /// Kubernetes: the Secrets held in memory (only referenced ones).
+    pub held_secrets: Vec<String>,
+    /// Kubernetes: Gateways not served on this node (`sluice.dev/node-selector`).
+    pub gateways_elsewhere: Vec<String>,
+    /// Kubernetes: pods on this node whose cgroup was not found (yet).
+    pub unresolved_pods: Vec<String>,
+}
+
+/// [`crate::config::NamespaceIdentity`] as `/config` shows it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+pub struct IdentityNotes {
+    /// `[cidr, namespace]` pairs.
+    pub sources: Vec<(String, String)>,
+    /// `[cgroup id, namespace]` pairs.
+    pub cgroups: Vec<(u64, String)>,
+}
+
+impl From<&crate::config::NamespaceIdentity> for IdentityNotes {
+    fn from(id: &crate::config::NamespaceIdentity) -> Self {
+        Self {
+            sources: id
+                .cidrs
+                .iter()
+                .map(|(net, ns)| (net.to_string(), ns.clone()))
+                .collect(),
+            cgroups: id.cgroups.clone(),
+        }
+    }
 }
 
 pub struct AdminServer {
@@ -226,6 +257,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 "warnings": notes.warnings,
                 "lastRejection": notes.last_rejection,
                 "objectErrors": notes.object_errors,
+                "identity": notes.identity,
+                "heldSecrets": notes.held_secrets,
+                "gatewaysElsewhere": notes.gateways_elsewhere,
+                "unresolvedPods": notes.unresolved_pods,
             });
             text(
                 StatusCode::OK,

@@ -32,7 +32,9 @@ pub struct Cli {
     #[arg(long, value_name = "NS")]
     pub watch_namespace: Option<String>,
 
-    /// Kubernetes: name of this node (identity in the status-writer Lease).
+    /// Kubernetes: name of this node: identity in the status-writer Lease;
+    /// its Pods give namespace identity, its labels select the Gateways
+    /// annotated `sluice.dev/node-selector`.
     #[arg(long, value_name = "NAME", env = "NODE_NAME")]
     pub node_name: Option<String>,
 

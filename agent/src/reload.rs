@@ -166,23 +166,32 @@ impl Runtime {
         .map_err(|_| ReloadError::Compile)??;
         let result = self.apply(compiled, ids).await;
         release_free_heap();
-        result
+        let warnings = result?;
+        self.notes.lock().expect("notes lock").identity = (&self.identity).into();
+        Ok(warnings)
     }
 
     /// Applies a configuration that another source (Kubernetes) has already
-    /// converted and validated. On error nothing changed.
+    /// converted and validated; its `identity` (this node's pods) is added to
+    /// the agent config's. On error nothing changed.
     pub async fn apply_config(
         self: &Arc<Self>,
         mut cfg: config::Config,
     ) -> Result<Vec<String>, ReloadError> {
-        cfg.identity = self.identity.clone();
+        let mut identity = self.identity.clone();
+        identity.cidrs.append(&mut cfg.identity.cidrs);
+        identity.cgroups.append(&mut cfg.identity.cgroups);
+        let notes = (&identity).into();
+        cfg.identity = identity;
         let this = self.clone();
         let (compiled, ids) = tokio::task::spawn_blocking(move || this.compile(&cfg))
             .await
             .map_err(|_| ReloadError::Compile)?;
         let result = self.apply(compiled, ids).await;
         release_free_heap();
-        result
+        let warnings = result?;
+        self.notes.lock().expect("notes lock").identity = notes;
+        Ok(warnings)
     }
 
     fn compile(&self, cfg: &config::Config) -> (Compiled, ShardIds) {

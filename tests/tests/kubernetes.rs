@@ -530,3 +530,292 @@ async fn admin_get(addr: SocketAddr, path: &str) -> String {
         .unwrap_or_default();
     String::from_utf8_lossy(&body).into_owned()
 }
+
+/// The agent's `/config` as JSON.
+async fn admin_config(addr: SocketAddr) -> Value {
+    serde_json::from_str(&admin_get(addr, "/config").await).unwrap_or(Value::Null)
+}
+
+fn has_source(config: &Value, cidr: &str, namespace: &str) -> bool {
+    config["identity"]["sources"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|p| p[0] == cidr && p[1] == namespace))
+}
+
+fn has_cgroup(config: &Value, id: u64, namespace: &str) -> bool {
+    config["identity"]["cgroups"]
+        .as_array()
+        .is_some_and(|s| s.iter().any(|p| p[0] == id && p[1] == namespace))
+}
+
+/// A temporary directory standing in for the cgroup v2 mount; removed on drop.
+struct TempDir(PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn pod(name: &str, node: &str, host_network: bool) -> String {
+    format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}, namespace: apps}}\n\
+         spec: {{nodeName: {node}, hostNetwork: {host_network}, containers: [{{name: c, image: example}}]}}\n"
+    )
+}
+
+/// kubelite has no kubelet: status is written the way a kubelet would.
+fn set_pod_ip(kube: &Kubelite, name: &str, ip: &str) {
+    kube.kubectl_ok(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        "apps",
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        &format!(
+            r#"{{"status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}]}}}}"#
+        ),
+    ]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_pods_on_this_node_give_namespace_identity() {
+    use std::os::unix::fs::MetadataExt as _;
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("pods", 27473, 34820) else {
+        return;
+    };
+    let echo = echo().await;
+    let port = free_port();
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    let cgroups =
+        TempDir(std::env::temp_dir().join(format!("sluice-kube-cgroups-{}", std::process::id())));
+    std::fs::create_dir_all(&cgroups.0).unwrap();
+    let mut s = settings(&kube, "node-a", None);
+    s.kubernetes.as_mut().unwrap().cgroup_root = Some(cgroups.0.clone());
+    // Identity from the agent config stays, pods add to it.
+    s.identity.cidrs = vec![("10.9.0.0/16".parse().unwrap(), "team-x".into())];
+    let app = build(s).await.unwrap();
+    wait_ready(&app).await;
+
+    kube.apply(&pod("web", "node-a", false));
+    kube.apply(&pod("elsewhere", "node-b", false));
+    kube.apply(&pod("hostnet", "node-a", true));
+    // The kubelet would create the pod's cgroup (cgroupfs driver layout).
+    let uid = kube.get("pod/web", "apps")["metadata"]["uid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let pod_dir = cgroups.0.join(format!("kubepods/burstable/pod{uid}"));
+    let container = pod_dir.join("0123abcd");
+    for d in [&pod_dir, &container] {
+        std::fs::create_dir_all(d).unwrap();
+        std::fs::write(d.join("cgroup.procs"), "").unwrap();
+    }
+    let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+    set_pod_ip(&kube, "web", "10.244.1.7");
+    set_pod_ip(&kube, "elsewhere", "10.244.2.9");
+    set_pod_ip(&kube, "hostnet", "192.0.2.10");
+    let admin = app.admin_addr;
+    eventually(
+        "the pod's IP and cgroups map to its namespace",
+        Duration::from_secs(20),
+        || async {
+            let c = admin_config(admin).await;
+            has_source(&c, "10.244.1.7/32", "apps")
+                && has_cgroup(&c, ino(&pod_dir), "apps")
+                && has_cgroup(&c, ino(&container), "apps")
+                && has_source(&c, "10.9.0.0/16", "team-x")
+        },
+    )
+    .await;
+    let c = admin_config(admin).await;
+    assert!(
+        !has_source(&c, "10.244.2.9/32", "apps"),
+        "a pod of another node: {c}"
+    );
+    assert!(
+        !has_source(&c, "192.0.2.10/32", "apps"),
+        "a host-network pod's IP is the node's: {c}"
+    );
+    assert_eq!(c["unresolvedPods"], serde_json::json!(["apps/hostnet"]));
+    // Traffic is unaffected (the Gateway admits every namespace).
+    assert_eq!(status_of(port, "/v1/x").await, 200);
+
+    kube.kubectl_ok(&["delete", "pod", "web", "-n", "apps", "--wait=false"]);
+    eventually(
+        "a deleted pod leaves the identity",
+        Duration::from_secs(20),
+        || async {
+            let c = admin_config(admin).await;
+            !has_source(&c, "10.244.1.7/32", "apps")
+                && !has_cgroup(&c, ino(&pod_dir), "apps")
+                && has_source(&c, "10.9.0.0/16", "team-x")
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_only_referenced_secrets_are_held() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("secrets", 27483, 34830) else {
+        return;
+    };
+    let echo = echo().await;
+    let (port, tls_port) = (free_port(), free_port());
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("sluice-kube-certs-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["api.example.com".into()]).unwrap();
+    let (crt, key) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    for name in ["cert", "unused"] {
+        kube.kubectl_ok(&[
+            "create",
+            "secret",
+            "tls",
+            name,
+            "-n",
+            "apps",
+            &format!("--cert={}", crt.display()),
+            &format!("--key={}", key.display()),
+        ]);
+    }
+    kube.kubectl_ok(&[
+        "create",
+        "secret",
+        "generic",
+        "opaque",
+        "-n",
+        "apps",
+        "--from-literal=k=v",
+    ]);
+    let https_gateway = |secret: &str| {
+        format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: secure, namespace: apps}}\n\
+             spec:\n  gatewayClassName: sluice\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  \
+             listeners:\n  - {{name: https, port: {tls_port}, protocol: HTTPS, tls: {{certificateRefs: [{{name: {secret}}}]}}}}\n"
+        )
+    };
+    kube.apply(&https_gateway("cert"));
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    let admin = app.admin_addr;
+    let listener_resolved = |gw: &Value| {
+        let l = &gw["status"]["listeners"][0];
+        condition(&l["conditions"], "ResolvedRefs").as_deref() == Some("True")
+            && condition(&l["conditions"], "Programmed").as_deref() == Some("True")
+    };
+    eventually(
+        "the referenced Secret is held and the HTTPS listener programmed",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["heldSecrets"] == serde_json::json!(["apps/cert"])
+                && listener_resolved(&kube.get("gateway/secure", "apps"))
+        },
+    )
+    .await;
+    // The listener really serves TLS with the Secret's certificate.
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.cert.der().clone()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ));
+    tls.connect("api.example.com".try_into().unwrap(), tcp)
+        .await
+        .expect("TLS handshake with the Secret's certificate");
+
+    // The reference moves: the old Secret is dropped, the new one fetched.
+    kube.apply(&https_gateway("unused"));
+    eventually(
+        "only the newly referenced Secret is held",
+        Duration::from_secs(20),
+        || async { admin_config(admin).await["heldSecrets"] == serde_json::json!(["apps/unused"]) },
+    )
+    .await;
+    // A referenced Secret that is deleted is no longer held.
+    kube.kubectl_ok(&["delete", "secret", "unused", "-n", "apps"]);
+    eventually(
+        "a deleted Secret is dropped and the listener reports it",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["heldSecrets"] == serde_json::json!([])
+                && !listener_resolved(&kube.get("gateway/secure", "apps"))
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_node_labels_select_the_gateways_served() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("nodes", 27493, 34840) else {
+        return;
+    };
+    let echo = echo().await;
+    let port = free_port();
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    kube.kubectl_ok(&[
+        "annotate",
+        "gateway",
+        "gw",
+        "-n",
+        "apps",
+        "sluice.dev/node-selector=role=infra,zone in (a,b)",
+    ]);
+    kube.apply(
+        "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {role: edge, zone: a}}\n",
+    );
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    let admin = app.admin_addr;
+    eventually(
+        "not served on a node the selector does not match; status still written",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["gatewaysElsewhere"] == serde_json::json!(["apps/gw"])
+                && gateway_status_ok(&kube.get("gateway/gw", "apps"), 1)
+        },
+    )
+    .await;
+    assert_eq!(status_of(port, "/v1/x").await, 0, "nothing listens here");
+
+    kube.kubectl_ok(&["label", "node", "node-a", "role=infra", "--overwrite"]);
+    eventually(
+        "served once the node's labels match",
+        Duration::from_secs(20),
+        || async { status_of(port, "/v1/x").await == 200 },
+    )
+    .await;
+    assert_eq!(
+        admin_config(admin).await["gatewaysElsewhere"],
+        serde_json::json!([])
+    );
+
+    kube.kubectl_ok(&["label", "node", "node-a", "zone=c", "--overwrite"]);
+    eventually(
+        "no longer served after the node is relabelled",
+        Duration::from_secs(20),
+        || async { status_of(port, "/v1/x").await == 0 },
+    )
+    .await;
+    assert!(gateway_status_ok(&kube.get("gateway/gw", "apps"), 1));
+    app.shutdown().await;
+}

@@ -10,7 +10,10 @@ use std::{
 
 use ::kube::api::DynamicObject;
 
-use super::watch::{Kind, Stores};
+use super::{
+    node_select::{select, Selection, NODE_SELECTOR_ANNOTATION},
+    watch::{Kind, Stores},
+};
 use crate::{
     config::{
         convert_object, port_range_overlaps, Config, DocumentError, Location, ObjectRef,
@@ -35,6 +38,10 @@ pub struct Converted {
     /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
     /// status can say why they are not attached.
     pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Valid Gateways of our classes that this node does not serve
+    /// (`sluice.dev/node-selector`); not in `config`, but their status is
+    /// still the leader's job.
+    pub elsewhere: Vec<crate::config::Gateway>,
     /// Whether anything that conversion reads changed since the last call.
     pub changed: bool,
 }
@@ -51,11 +58,22 @@ struct Cached {
 #[derive(Default)]
 pub struct Converter {
     cache: HashMap<ObjectKey, Cached>,
+    /// The node's labels at the last call, to notice a change.
+    node_labels: Option<BTreeMap<String, String>>,
 }
 
 impl Converter {
-    pub fn convert(&mut self, stores: &Stores) -> Converted {
+    /// Converts the stores and the held `secrets`.
+    pub fn convert(&mut self, stores: &Stores, secrets: &[DynamicObject]) -> Converted {
         let mut out = Converted::default();
+        let node_labels: BTreeMap<String, String> = stores
+            .get(&Kind::Node)
+            .and_then(|s| s.state().first().and_then(|n| n.metadata.labels.clone()))
+            .unwrap_or_default();
+        if self.node_labels.as_ref() != Some(&node_labels) {
+            out.changed = true;
+            self.node_labels = Some(node_labels.clone());
+        }
         let objects = |kind: Kind| stores.get(&kind).map(|s| s.state()).unwrap_or_default();
 
         let classes: Vec<_> = objects(Kind::GatewayClass)
@@ -121,7 +139,32 @@ impl Converter {
         for c in &classes {
             add(Kind::GatewayClass, c, &mut out);
         }
+        let mut elsewhere = BTreeSet::new();
         for g in &gateways {
+            match select(g, &node_labels) {
+                Selection::Here => {}
+                Selection::Elsewhere => {
+                    elsewhere.insert(object_ref(g));
+                }
+                Selection::Invalid(message) => {
+                    let id = object_ref(g);
+                    if let Some(generation) = g.metadata.generation {
+                        out.generations
+                            .insert((Kind::Gateway, id.clone()), generation);
+                    }
+                    let mut location = crate::config::Location::api_object();
+                    location.object = Some(format!("Gateway {id}"));
+                    out.errors.push((
+                        (Kind::Gateway, id),
+                        vec![DocumentError {
+                            location,
+                            field: format!("metadata.annotations[{NODE_SELECTOR_ANNOTATION}]"),
+                            message,
+                        }],
+                    ));
+                    continue;
+                }
+            }
             add(Kind::Gateway, g, &mut out);
         }
         for kind in [
@@ -135,6 +178,14 @@ impl Converter {
                 add(kind, &o, &mut out);
             }
         }
+        for s in secrets {
+            add(Kind::Secret, s, &mut out);
+        }
+        let (here, there): (Vec<_>, Vec<_>) = std::mem::take(&mut out.config.gateways)
+            .into_iter()
+            .partition(|g| !elsewhere.contains(&g.id));
+        out.config.gateways = here;
+        out.elsewhere = there;
         drop_overlapping_port_ranges(&mut out);
         let before = self.cache.len();
         self.cache.retain(|k, _| seen.contains(k));
@@ -265,6 +316,7 @@ mod tests {
         let mut writers: BTreeMap<Kind, ::kube::runtime::reflector::store::Writer<DynamicObject>> =
             Kind::ALL
                 .into_iter()
+                .chain([Kind::Node])
                 .map(|k| {
                     (
                         k,
@@ -331,7 +383,7 @@ mod tests {
             ),
         ]);
         let mut c = Converter::default();
-        let out = c.convert(&s);
+        let out = c.convert(&s, &[]);
         assert!(out.changed);
         assert_eq!(out.config.gateway_classes.len(), 1);
         assert_eq!(out.config.gateways.len(), 1);
@@ -341,7 +393,75 @@ mod tests {
         assert!(text.contains("HTTPRoute a/bad"), "{text}");
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
-        assert!(!c.convert(&s).changed);
+        assert!(!c.convert(&s, &[]).changed);
+    }
+
+    fn node(labels: &[(&str, &str)]) -> DynamicObject {
+        let mut n = obj(Kind::Node, None, "node-1", serde_json::json!({}));
+        n.metadata.labels = Some(
+            labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        n
+    }
+
+    fn selected_gateway(name: &str, selector: &str) -> DynamicObject {
+        let mut g = obj(
+            Kind::Gateway,
+            Some("a"),
+            name,
+            serde_json::json!({"spec": {"gatewayClassName": "ours", "listeners": [{"name": "h", "port": 8080, "protocol": "HTTP"}]}}),
+        );
+        g.metadata.annotations = Some(
+            [(
+                super::super::node_select::NODE_SELECTOR_ANNOTATION.to_string(),
+                selector.to_string(),
+            )]
+            .into(),
+        );
+        g
+    }
+
+    #[test]
+    fn node_labels_select_the_gateways_served_here() {
+        let class = obj(
+            Kind::GatewayClass,
+            None,
+            "ours",
+            serde_json::json!({"spec": {"controllerName": CONTROLLER_NAME}}),
+        );
+        let objects = |labels: &[(&str, &str)]| {
+            stores(vec![
+                (Kind::GatewayClass, class.clone()),
+                (Kind::Gateway, selected_gateway("infra", "role=infra")),
+                (Kind::Gateway, selected_gateway("edge", "role in (edge)")),
+                (Kind::Gateway, selected_gateway("broken", "role in (")),
+                (Kind::Node, node(labels)),
+            ])
+        };
+        let names = |gws: &[crate::config::Gateway]| -> Vec<String> {
+            gws.iter().map(|g| g.id.name.clone()).collect()
+        };
+        let mut c = Converter::default();
+        let out = c.convert(&objects(&[("role", "infra")]), &[]);
+        assert_eq!(names(&out.config.gateways), ["infra"]);
+        assert_eq!(names(&out.elsewhere), ["edge"]);
+        assert_eq!(out.errors.len(), 1);
+        let text = out.errors[0].1[0].to_string();
+        assert!(
+            text.contains("Gateway a/broken")
+                && text.contains("sluice.dev/node-selector")
+                && text.contains("unclosed"),
+            "{text}"
+        );
+        // The node is relabelled: the other Gateway is served here now.
+        let out = c.convert(&objects(&[("role", "edge")]), &[]);
+        assert!(out.changed, "a label change is a change");
+        assert_eq!(names(&out.config.gateways), ["edge"]);
+        assert_eq!(names(&out.elsewhere), ["infra"]);
+        assert!(!c.convert(&objects(&[("role", "edge")]), &[]).changed);
     }
 
     #[test]

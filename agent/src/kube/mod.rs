@@ -1,8 +1,10 @@
 //! The Kubernetes config source: watches the API server ([`watch`]),
 //! converts objects through the same validation as the directory source
-//! ([`convert`]), debounces, and feeds [`Runtime::apply_config`]. One agent
-//! of the fleet, elected with a Lease ([`lease`]), writes status back
-//! ([`status`], computed for now by [`provisional_status`]).
+//! ([`convert`]), debounces, and feeds [`Runtime::apply_config`], together
+//! with the namespace identity of this node's pods ([`pods`]), only the
+//! Gateways this node serves ([`node_select`]) and only referenced Secrets
+//! ([`secrets`]). One agent of the fleet, elected with a Lease ([`lease`]),
+//! writes status back ([`status`], from the shared status model).
 //!
 //! When the API server is unreachable the agent keeps serving the last state
 //! it applied, the watches retry with backoff, and the outage shows as
@@ -10,7 +12,9 @@
 //! see [`crate::admin::SourceHealth`]).
 pub mod convert;
 pub mod lease;
-pub mod provisional_status;
+pub mod node_select;
+pub mod pods;
+pub mod secrets;
 pub mod status;
 pub mod watch;
 
@@ -50,8 +54,11 @@ pub struct KubeSettings {
     pub kubeconfig: Option<PathBuf>,
     /// Watch only this namespace (namespaced RBAC); `None`: cluster-wide.
     pub watch_namespace: Option<String>,
-    /// This node; part of the lease identity.
+    /// This node: part of the lease identity, its Pods give namespace
+    /// identity, its labels select Gateways (`sluice.dev/node-selector`).
     pub node_name: String,
+    /// Where pod cgroups are looked for; `None`: the cgroup v2 mount.
+    pub cgroup_root: Option<PathBuf>,
     /// Label selector of the Gateways this agent serves; `None`: all of our class.
     pub gateway_selector: Option<String>,
     /// Namespace of the status-writer Lease (the agent's own).
@@ -72,6 +79,7 @@ impl KubeSettings {
             kubeconfig: None,
             watch_namespace: None,
             node_name: node_name.into(),
+            cgroup_root: None,
             gateway_selector: None,
             lease_namespace: "sluice-system".into(),
             lease_name: "sluice-status-writer".into(),
@@ -217,6 +225,10 @@ async fn session(
         )),
         tokio::spawn(sync_loop(
             watches,
+            settings
+                .cgroup_root
+                .clone()
+                .or_else(crate::config::identity::cgroup2_root),
             settings.debounce,
             changed_rx,
             runtime.clone(),
@@ -237,11 +249,23 @@ async fn session(
     end
 }
 
-/// What was applied last, for status.
-type Applied = Option<Arc<(convert::Converted, Arc<crate::snapshot::Snapshot>)>>;
+/// What status is computed from: the model's status of the applied
+/// configuration and the conversion it came from.
+pub struct StatusInput {
+    pub status: crate::control::status::Status,
+    pub converted: convert::Converted,
+}
 
+/// What was applied last, for status.
+type Applied = Option<Arc<StatusInput>>;
+
+/// While a pod's cgroup has not appeared, look again this often.
+const POD_RETRY: Duration = Duration::from_secs(5);
+
+#[allow(clippy::too_many_arguments)]
 async fn sync_loop(
     watches: Watches,
+    cgroup_root: Option<PathBuf>,
     debounce: Duration,
     mut changed: mpsc::Receiver<()>,
     runtime: Arc<Runtime>,
@@ -258,10 +282,29 @@ async fn sync_loop(
     // Whether the last apply failed: retry even if the objects did not change
     // (a port may have been freed meanwhile).
     let mut retry = false;
+    let mut applied_identity = None;
     loop {
         let started = Instant::now();
-        let converted = converter.convert(&watches.stores);
-        if converted.changed || retry {
+        let mut converted = converter.convert(&watches.stores, &watches.secrets.held());
+        // Newly referenced Secrets are fetched before applying, so a new
+        // HTTPS listener starts with its certificate.
+        let wanted =
+            secrets::referenced(converted.config.gateways.iter().chain(&converted.elsewhere));
+        if watches.secrets.want(wanted).await {
+            let again = converter.convert(&watches.stores, &watches.secrets.held());
+            converted = convert::Converted {
+                changed: true,
+                ..again
+            };
+        }
+        let pods = watches
+            .stores
+            .get(&watch::Kind::Pod)
+            .map(|s| pods::collect(&s.state(), cgroup_root.as_deref()))
+            .unwrap_or_default();
+        let identity_changed = applied_identity.as_ref() != Some(&pods.identity);
+        let mut applied_now = false;
+        if converted.changed || retry || identity_changed {
             let errors: Vec<String> = converted
                 .errors
                 .iter()
@@ -270,10 +313,24 @@ async fn sync_loop(
             for e in &errors {
                 tracing::warn!("object left out: {e}");
             }
-            match runtime.apply_config(converted.config.clone()).await {
+            let mut config = converted.config.clone();
+            config.identity = pods.identity.clone();
+            match runtime.apply_config(config).await {
                 Ok(_) => {
                     retry = false;
-                    runtime.notes.lock().expect("notes lock").object_errors = errors;
+                    applied_now = true;
+                    applied_identity = Some(pods.identity.clone());
+                    {
+                        let mut notes = runtime.notes.lock().expect("notes lock");
+                        notes.object_errors = errors;
+                        notes.held_secrets = watches.secrets.held_names();
+                        notes.gateways_elsewhere = converted
+                            .elsewhere
+                            .iter()
+                            .map(|g| g.id.to_string())
+                            .collect();
+                        notes.unresolved_pods = pods.unresolved.clone();
+                    }
                     if !admin.ready.swap(true, Ordering::AcqRel) {
                         tracing::info!("first Kubernetes sync applied; ready");
                     }
@@ -291,13 +348,15 @@ async fn sync_loop(
         }
         // Status follows what was applied; echoes of our own status writes
         // change nothing that conversion reads and cause no recomputation.
-        if converted.changed || retry || applied.borrow().is_none() {
-            applied.send_replace(Some(Arc::new((converted, runtime.snapshot.load_full()))));
+        if applied_now || converted.changed || applied.borrow().is_none() {
+            let status = runtime.status.lock().expect("status lock").clone();
+            applied.send_replace(Some(Arc::new(StatusInput { status, converted })));
         }
         // Wait for a change, then for `debounce` of quiet.
         tokio::select! {
             c = changed.recv() => if c.is_none() { return },
             _ = tokio::time::sleep(Duration::from_secs(5)), if retry => {}
+            _ = tokio::time::sleep(POD_RETRY), if !pods.unresolved.is_empty() => {}
             _ = stop.changed() => return,
         }
         loop {
@@ -308,6 +367,21 @@ async fn sync_loop(
             }
         }
     }
+}
+
+/// The status of everything of our classes, for the leader. Gateways this
+/// node does not serve (`sluice.dev/node-selector`) are not in the applied
+/// model; their status is computed from the whole configuration, as if
+/// served: status describes the Gateway, not this node, and the nodes that
+/// match the selector serve it. Compiled only when there are such Gateways.
+fn fleet_status(input: &StatusInput) -> crate::control::status::Status {
+    if input.converted.elsewhere.is_empty() {
+        return input.status.clone();
+    }
+    let mut all = input.converted.config.clone();
+    all.gateways
+        .extend(input.converted.elsewhere.iter().cloned());
+    crate::control::compile(&all, &mut crate::control::ShardIds::default(), 0).status
 }
 
 /// Writes status whenever the applied state or leadership changes, while
@@ -323,12 +397,16 @@ async fn status_loop(
         let current = applied.borrow_and_update().clone();
         let leading = *leader.borrow_and_update();
         let failed = match (leading, current) {
-            (true, Some(state)) => {
-                let (converted, snapshot) = &*state;
+            (true, Some(input)) => {
+                let compute = input.clone();
+                let objects = tokio::task::spawn_blocking(move || {
+                    status::objects(&fleet_status(&compute), &compute.converted)
+                })
+                .await
+                .unwrap_or_default();
                 let mut failed = false;
-                for s in provisional_status::compute(converted, snapshot) {
-                    if !write_class_status && matches!(s, status::ObjectStatus::GatewayClass { .. })
-                    {
+                for s in objects {
+                    if !write_class_status && matches!(s, status::ObjectStatus::GatewayClass(_)) {
                         continue;
                     }
                     match writer.write(&s).await {

@@ -1,6 +1,7 @@
 //! Writing Gateway API status back with server-side apply. What to write is
-//! decided elsewhere (today [`super::provisional_status`], later the shared
-//! status model in `control/`); this module only turns per-object conditions
+//! the shared status model ([`crate::control::status`], the same as admin
+//! `/status`) plus what only this source knows ([`objects`]: objects left out
+//! as invalid, `observedGeneration` of every object); this module turns it
 //! into apply patches, keeps `lastTransitionTime` stable and skips writes
 //! that would change nothing.
 use std::{future::Future, pin::Pin};
@@ -13,78 +14,143 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::{
-    convert::object_ref,
-    watch::{Kind, Stores, GATEWAY_GROUP},
+    convert::{object_ref, Converted},
+    watch::{Kind, Stores},
 };
-use crate::{config::ObjectRef, control::CONTROLLER_NAME};
+use crate::{
+    config::ObjectRef,
+    control::{
+        status::{
+            ClassStatus, Condition, GatewayStatus, ParentRefStatus, RouteParentStatus, RouteStatus,
+            Status,
+        },
+        CONTROLLER_NAME,
+    },
+};
 
 /// Field manager of every status write.
 pub const FIELD_MANAGER: &str = "sluice.dev/gateway-controller";
 
-/// One condition as the Gateway API defines it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Condition {
-    pub type_: &'static str,
-    pub status: bool,
-    pub reason: String,
-    pub message: String,
-    pub observed_generation: i64,
+/// The status of one object, as this agent wants it.
+#[derive(Debug, Clone)]
+pub enum ObjectStatus {
+    GatewayClass(ClassStatus),
+    Gateway(GatewayStatus),
+    /// Only the parents this agent serves.
+    HttpRoute(RouteStatus),
 }
 
-impl Condition {
-    pub fn new(
-        type_: &'static str,
-        status: bool,
-        reason: &str,
-        message: impl Into<String>,
-        observed_generation: i64,
-    ) -> Self {
-        Self {
-            type_,
-            status,
-            reason: reason.into(),
-            message: message.into(),
-            observed_generation,
+impl ObjectStatus {
+    fn target(&self) -> (Kind, ObjectRef) {
+        match self {
+            ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
+            ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
+            ObjectStatus::HttpRoute(r) => (Kind::HttpRoute, ObjectRef::new(&r.namespace, &r.name)),
         }
     }
 }
 
-/// Status of one Gateway listener.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ListenerStatus {
-    pub name: String,
-    pub attached_routes: usize,
-    pub conditions: Vec<Condition>,
+fn condition(kind: &'static str, reason: &'static str, message: String) -> Condition {
+    Condition {
+        kind,
+        status: "False",
+        reason,
+        message,
+        observed_generation: None,
+    }
 }
 
-/// Status of a route towards one parent Gateway.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RouteParentStatus {
-    pub gateway: ObjectRef,
-    pub section_name: Option<String>,
-    pub port: Option<u16>,
-    pub conditions: Vec<Condition>,
-}
-
-/// The status of one object, as this agent wants it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ObjectStatus {
-    GatewayClass {
-        name: String,
-        conditions: Vec<Condition>,
-    },
-    Gateway {
-        id: ObjectRef,
-        conditions: Vec<Condition>,
-        listeners: Vec<ListenerStatus>,
-        /// IP addresses the Gateway is served on.
-        addresses: Vec<String>,
-    },
-    HttpRoute {
-        id: ObjectRef,
-        /// Only the parents this agent serves.
-        parents: Vec<RouteParentStatus>,
-    },
+/// The objects to write: `status` (the model's, for the valid objects), plus
+/// the Gateways and routes left out as invalid, which the model never saw:
+/// a Gateway gets Accepted=False (Invalid), a route Accepted=False
+/// (UnsupportedValue) towards each of its parents that `status` has. Every
+/// condition carries the object's `metadata.generation`.
+pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
+    let mut out: Vec<ObjectStatus> = status
+        .gateway_classes
+        .iter()
+        .cloned()
+        .map(ObjectStatus::GatewayClass)
+        .chain(status.gateways.iter().cloned().map(ObjectStatus::Gateway))
+        .chain(
+            status
+                .http_routes
+                .iter()
+                .cloned()
+                .map(ObjectStatus::HttpRoute),
+        )
+        .collect();
+    let messages = |kind: Kind, id: &ObjectRef| {
+        converted
+            .errors
+            .iter()
+            .filter(|((k, i), _)| *k == kind && i == id)
+            .flat_map(|(_, e)| e.iter().map(ToString::to_string))
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    for ((kind, id), _) in &converted.errors {
+        if *kind == Kind::Gateway {
+            out.push(ObjectStatus::Gateway(GatewayStatus {
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                addresses: vec![],
+                conditions: vec![
+                    condition("Accepted", "Invalid", messages(Kind::Gateway, id)),
+                    condition("Programmed", "Invalid", "not accepted".into()),
+                ],
+                listeners: vec![],
+            }));
+        }
+    }
+    for (id, gateways) in &converted.invalid_route_parents {
+        let message = messages(Kind::HttpRoute, id);
+        let parents: Vec<_> = gateways
+            .iter()
+            .filter(|gw| {
+                status
+                    .gateways
+                    .iter()
+                    .any(|s| s.namespace == gw.namespace && s.name == gw.name)
+            })
+            .map(|gw| RouteParentStatus {
+                parent_ref: ParentRefStatus {
+                    group: super::watch::GATEWAY_GROUP,
+                    kind: "Gateway",
+                    namespace: gw.namespace.clone(),
+                    name: gw.name.clone(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![condition("Accepted", "UnsupportedValue", message.clone())],
+            })
+            .collect();
+        if !parents.is_empty() {
+            out.push(ObjectStatus::HttpRoute(RouteStatus {
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                parents,
+            }));
+        }
+    }
+    for o in &mut out {
+        let (kind, id) = o.target();
+        let Some(generation) = converted.generations.get(&(kind, id)).copied() else {
+            continue;
+        };
+        let conditions: Vec<&mut Vec<Condition>> = match o {
+            ObjectStatus::GatewayClass(c) => vec![&mut c.conditions],
+            ObjectStatus::Gateway(g) => std::iter::once(&mut g.conditions)
+                .chain(g.listeners.iter_mut().map(|l| &mut l.conditions))
+                .collect(),
+            ObjectStatus::HttpRoute(r) => r.parents.iter_mut().map(|p| &mut p.conditions).collect(),
+        };
+        for c in conditions.into_iter().flatten() {
+            c.observed_generation.get_or_insert(generation);
+        }
+    }
+    out
 }
 
 /// Errors of the status writer.
@@ -119,13 +185,7 @@ impl ApiStatusWriter {
     }
 
     async fn apply(&self, status: &ObjectStatus) -> Result<bool, StatusError> {
-        let (kind, id) = match status {
-            ObjectStatus::GatewayClass { name, .. } => {
-                (Kind::GatewayClass, ObjectRef::new("", name.clone()))
-            }
-            ObjectStatus::Gateway { id, .. } => (Kind::Gateway, id.clone()),
-            ObjectStatus::HttpRoute { id, .. } => (Kind::HttpRoute, id.clone()),
-        };
+        let (kind, id) = status.target();
         let current = self
             .stores
             .get(&kind)
@@ -181,16 +241,12 @@ impl StatusWriter for ApiStatusWriter {
 /// conditions whose status did not change.
 fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
     match status {
-        ObjectStatus::GatewayClass { conditions, .. } => {
-            json!({"conditions": conditions_json(conditions, current.get("conditions"), now)})
+        ObjectStatus::GatewayClass(c) => {
+            json!({"conditions": conditions_json(&c.conditions, current.get("conditions"), now)})
         }
-        ObjectStatus::Gateway {
-            conditions,
-            listeners,
-            addresses,
-            ..
-        } => {
-            let listeners: Vec<Value> = listeners
+        ObjectStatus::Gateway(g) => {
+            let listeners: Vec<Value> = g
+                .listeners
                 .iter()
                 .map(|l| {
                     let old = current
@@ -200,24 +256,21 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
                     json!({
                         "name": l.name,
                         "attachedRoutes": l.attached_routes,
-                        "supportedKinds": [{"group": GATEWAY_GROUP, "kind": "HTTPRoute"}],
+                        "supportedKinds": l.supported_kinds,
                         "conditions": conditions_json(&l.conditions, old.and_then(|o| o.get("conditions")), now),
                     })
                 })
                 .collect();
             let mut out = json!({
-                "conditions": conditions_json(conditions, current.get("conditions"), now),
+                "conditions": conditions_json(&g.conditions, current.get("conditions"), now),
                 "listeners": listeners,
             });
-            if !addresses.is_empty() {
-                out["addresses"] = addresses
-                    .iter()
-                    .map(|a| json!({"type": "IPAddress", "value": a}))
-                    .collect();
+            if !g.addresses.is_empty() {
+                out["addresses"] = json!(g.addresses);
             }
             out
         }
-        ObjectStatus::HttpRoute { parents, .. } => {
+        ObjectStatus::HttpRoute(r) => {
             let old_parents = current.get("parents").and_then(|p| p.as_array());
             // `parents` is an atomic list: applying it replaces every entry,
             // so other controllers' entries are carried over unchanged.
@@ -229,26 +282,15 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
                 })
                 .cloned()
                 .collect();
-            for p in parents {
-                let mut parent_ref = json!({
-                    "group": GATEWAY_GROUP,
-                    "kind": "Gateway",
-                    "namespace": p.gateway.namespace,
-                    "name": p.gateway.name,
-                });
-                if let Some(s) = &p.section_name {
-                    parent_ref["sectionName"] = s.clone().into();
-                }
-                if let Some(port) = p.port {
-                    parent_ref["port"] = port.into();
-                }
+            for p in &r.parents {
+                let parent_ref = json!(p.parent_ref);
                 let old = old_parents.into_iter().flatten().find(|o| {
                     o.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
                         && o.get("parentRef") == Some(&parent_ref)
                 });
                 out.push(json!({
                     "parentRef": parent_ref,
-                    "controllerName": CONTROLLER_NAME,
+                    "controllerName": p.controller_name,
                     "conditions": conditions_json(&p.conditions, old.and_then(|o| o.get("conditions")), now),
                 }));
             }
@@ -261,25 +303,19 @@ fn conditions_json(conditions: &[Condition], old: Option<&Value>, now: &str) -> 
     conditions
         .iter()
         .map(|c| {
-            let status = if c.status { "True" } else { "False" };
             let since = old
                 .and_then(|o| o.as_array())
                 .and_then(|o| {
                     o.iter().find(|x| {
-                        x.get("type").and_then(|t| t.as_str()) == Some(c.type_)
-                            && x.get("status").and_then(|s| s.as_str()) == Some(status)
+                        x.get("type").and_then(|t| t.as_str()) == Some(c.kind)
+                            && x.get("status").and_then(|s| s.as_str()) == Some(c.status)
                     })
                 })
                 .and_then(|x| x.get("lastTransitionTime").and_then(|t| t.as_str()))
                 .unwrap_or(now);
-            json!({
-                "type": c.type_,
-                "status": status,
-                "reason": c.reason,
-                "message": c.message,
-                "observedGeneration": c.observed_generation,
-                "lastTransitionTime": since,
-            })
+            let mut v = json!(c);
+            v["lastTransitionTime"] = since.into();
+            v
         })
         .collect()
 }
@@ -312,25 +348,43 @@ fn strip_times(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::control::status::ListenerStatus;
+
+    fn cond(kind: &'static str, ok: bool) -> Condition {
+        Condition {
+            kind,
+            status: if ok { "True" } else { "False" },
+            reason: if ok { "Accepted" } else { "Invalid" },
+            message: "ok".into(),
+            observed_generation: Some(2),
+        }
+    }
 
     fn gw(accepted: bool) -> ObjectStatus {
-        ObjectStatus::Gateway {
-            id: ObjectRef::new("a", "gw"),
-            conditions: vec![Condition::new("Accepted", accepted, "Accepted", "ok", 2)],
+        ObjectStatus::Gateway(GatewayStatus {
+            namespace: "a".into(),
+            name: "gw".into(),
+            addresses: vec![crate::control::status::GatewayStatusAddress {
+                kind: "IPAddress",
+                value: "127.0.0.1".into(),
+            }],
+            conditions: vec![cond("Accepted", accepted)],
             listeners: vec![ListenerStatus {
                 name: "http".into(),
+                supported_kinds: vec![],
                 attached_routes: 3,
                 conditions: vec![],
             }],
-            addresses: vec!["127.0.0.1".into()],
-        }
+        })
     }
 
     #[test]
     fn transition_time_kept_while_status_holds_and_no_op_detected() {
         let first = render(&gw(true), &Value::Null, "T1");
         assert_eq!(first["conditions"][0]["lastTransitionTime"], "T1");
+        assert_eq!(first["conditions"][0]["observedGeneration"], 2);
         assert_eq!(first["listeners"][0]["attachedRoutes"], 3);
+        assert_eq!(first["addresses"][0]["type"], "IPAddress");
         let again = render(&gw(true), &first, "T2");
         assert_eq!(again["conditions"][0]["lastTransitionTime"], "T1");
         assert_eq!(strip_times(&again), strip_times(&project(&first, &again)));
@@ -345,17 +399,138 @@ mod tests {
     #[test]
     fn route_parents_of_other_controllers_are_kept() {
         let current = json!({"parents": [{"controllerName": "other.io/x", "parentRef": {"name": "o"}, "conditions": []}]});
-        let status = ObjectStatus::HttpRoute {
-            id: ObjectRef::new("a", "r"),
+        let status = ObjectStatus::HttpRoute(RouteStatus {
+            namespace: "a".into(),
+            name: "r".into(),
             parents: vec![RouteParentStatus {
-                gateway: ObjectRef::new("a", "gw"),
-                section_name: None,
-                port: None,
-                conditions: vec![Condition::new("Accepted", true, "Accepted", "", 1)],
+                parent_ref: ParentRefStatus {
+                    group: super::super::watch::GATEWAY_GROUP,
+                    kind: "Gateway",
+                    namespace: "a".into(),
+                    name: "gw".into(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![cond("Accepted", true)],
             }],
-        };
+        });
         let out = render(&status, &current, "T");
         assert_eq!(out["parents"].as_array().unwrap().len(), 2);
         assert_eq!(out["parents"][1]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(out["parents"][1]["parentRef"]["namespace"], "a");
+        assert!(out["parents"][1]["parentRef"].get("sectionName").is_none());
+    }
+}
+
+#[cfg(test)]
+mod objects_tests {
+    use super::*;
+    use crate::{
+        config::DocumentError,
+        control::{compile, ShardIds},
+    };
+
+    const CONFIG: &str = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: a, generation: 4}
+spec:
+  gatewayClassName: sluice
+  listeners: [{name: http, port: 8080, protocol: HTTP}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: ok, namespace: a, generation: 3}
+spec:
+  parentRefs: [{name: gw}]
+  rules: [{backendRefs: [{name: s, port: 80}]}]
+"#;
+
+    fn error(object: &str) -> DocumentError {
+        let mut location = crate::config::Location::api_object();
+        location.object = Some(object.into());
+        DocumentError {
+            location,
+            field: "spec".into(),
+            message: "bad".into(),
+        }
+    }
+
+    #[test]
+    fn model_status_plus_invalid_objects_with_generations() {
+        let config =
+            crate::config::parse_documents([(std::path::Path::new("t.yaml"), CONFIG)]).unwrap();
+        let status = compile(&config, &mut ShardIds::default(), 1).status;
+        let mut converted = Converted {
+            config,
+            ..Converted::default()
+        };
+        converted
+            .generations
+            .insert((Kind::GatewayClass, ObjectRef::new("", "sluice")), 5);
+        converted.errors.push((
+            (Kind::HttpRoute, ObjectRef::new("a", "bad")),
+            vec![error("HTTPRoute a/bad")],
+        ));
+        converted.invalid_route_parents.push((
+            ObjectRef::new("a", "bad"),
+            vec![ObjectRef::new("a", "gw"), ObjectRef::new("a", "not-ours")],
+        ));
+        converted.errors.push((
+            (Kind::Gateway, ObjectRef::new("a", "broken")),
+            vec![error("Gateway a/broken")],
+        ));
+        let out = objects(&status, &converted);
+        let class = out
+            .iter()
+            .find_map(|o| match o {
+                ObjectStatus::GatewayClass(c) => Some(c),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(class.conditions[0].observed_generation, Some(5));
+        let gateway = |name: &str| {
+            out.iter()
+                .find_map(|o| match o {
+                    ObjectStatus::Gateway(g) if g.name == name => Some(g),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(gateway("gw").conditions[0].observed_generation, Some(4));
+        assert_eq!(gateway("gw").listeners[0].attached_routes, 1);
+        let broken = &gateway("broken").conditions[0];
+        assert_eq!((broken.status, broken.reason), ("False", "Invalid"));
+        assert!(
+            broken.message.contains("Gateway a/broken"),
+            "{}",
+            broken.message
+        );
+        let route = |name: &str| {
+            out.iter()
+                .find_map(|o| match o {
+                    ObjectStatus::HttpRoute(r) if r.name == name => Some(r),
+                    _ => None,
+                })
+                .unwrap()
+        };
+        assert_eq!(route("ok").parents[0].conditions[0].status, "True");
+        assert_eq!(
+            route("ok").parents[0].conditions[0].observed_generation,
+            Some(3)
+        );
+        // Only towards the parent this agent reports on.
+        let bad = route("bad");
+        assert_eq!(bad.parents.len(), 1);
+        assert_eq!(bad.parents[0].conditions[0].reason, "UnsupportedValue");
+        assert!(bad.parents[0].conditions[0]
+            .message
+            .contains("HTTPRoute a/bad"));
     }
 }

@@ -2,6 +2,13 @@
 //! in-memory store) per kind, each retrying with backoff on its own. The
 //! stores are what [`super::convert`] reads; every change pokes one channel so
 //! the source can debounce and convert once.
+//!
+//! Besides the config kinds: this node's Pods (`spec.nodeName` field
+//! selector, for namespace identity, see [`super::pods`]), this agent's own
+//! Node (its labels select Gateways, see [`super::node_select`]), and only
+//! the Secrets that listeners reference ([`super::secrets`]). Objects are
+//! trimmed before they are stored: nobody reads `managedFields`, and of a Pod
+//! or a Node only a few fields.
 use std::{collections::BTreeMap, time::Duration};
 
 use ::kube::{
@@ -17,7 +24,7 @@ use ::kube::{
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::KubeSettings;
+use super::{secrets::SecretStore, KubeSettings};
 use crate::admin::SourceHealth;
 
 /// Group of the Gateway API kinds.
@@ -33,9 +40,16 @@ pub enum Kind {
     Service,
     EndpointSlice,
     Namespace,
+    /// Only referenced `kubernetes.io/tls` Secrets ([`super::secrets`]).
+    Secret,
+    /// Pods on this node.
+    Pod,
+    /// This agent's own Node.
+    Node,
 }
 
 impl Kind {
+    /// The kinds converted into the configuration, each with a reflector.
     pub const ALL: [Kind; 7] = [
         Kind::GatewayClass,
         Kind::Gateway,
@@ -56,12 +70,15 @@ impl Kind {
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Namespace => ("", "v1", "Namespace", "namespaces"),
+            Kind::Secret => ("", "v1", "Secret", "secrets"),
+            Kind::Pod => ("", "v1", "Pod", "pods"),
+            Kind::Node => ("", "v1", "Node", "nodes"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace)
+        !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::Node)
     }
 }
 
@@ -70,7 +87,10 @@ pub type Stores = BTreeMap<Kind, Store<DynamicObject>>;
 
 /// The running watches.
 pub struct Watches {
+    /// The config kinds ([`Kind::ALL`]) plus [`Kind::Pod`] and [`Kind::Node`].
     pub stores: Stores,
+    /// Referenced TLS Secrets.
+    pub secrets: SecretStore,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -85,12 +105,14 @@ impl Watches {
     ) -> Self {
         let mut stores = BTreeMap::new();
         let mut tasks = Vec::new();
-        for kind in Kind::ALL {
+        let api_for = |kind: Kind| -> Api<DynamicObject> {
             let ar = kind.resource();
-            let api: Api<DynamicObject> = match (&settings.watch_namespace, kind.namespaced()) {
+            match (&settings.watch_namespace, kind.namespaced()) {
                 (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &ar),
                 _ => Api::all_with(client.clone(), &ar),
-            };
+            }
+        };
+        for kind in Kind::ALL.into_iter().chain([Kind::Pod, Kind::Node]) {
             let mut config = watcher::Config::default();
             if let (Some(ns), Kind::Namespace) = (&settings.watch_namespace, kind) {
                 // Namespaced mode: only the watched Namespace's labels matter.
@@ -100,11 +122,25 @@ impl Watches {
                 // The Gateways this agent (fleet) serves; others are not ours.
                 config = config.labels(selector);
             }
-            let writer = Writer::new(ar);
+            let trim: fn(&mut DynamicObject) = match kind {
+                Kind::Pod => {
+                    // Only this node's pods; RBAC cannot narrow it, the selector does.
+                    config = config.fields(&format!("spec.nodeName={}", settings.node_name));
+                    super::pods::trim
+                }
+                Kind::Node => {
+                    config = config.fields(&format!("metadata.name={}", settings.node_name));
+                    super::node_select::trim
+                }
+                _ => trim_managed_fields,
+            };
+            let writer = Writer::new(kind.resource());
             stores.insert(kind, writer.as_reader());
             let stream = reflector::reflector(
                 writer,
-                watcher::watcher(api, config).backoff(WatchBackoff::default()),
+                watcher::watcher(api_for(kind), config)
+                    .backoff(WatchBackoff::default())
+                    .modify(trim),
             );
             let changed = changed.clone();
             let health = health.clone();
@@ -126,7 +162,18 @@ impl Watches {
                 }
             }));
         }
-        Self { stores, tasks }
+        let (secrets, task) = SecretStore::start(
+            client.clone(),
+            settings.watch_namespace.clone(),
+            changed,
+            health,
+        );
+        tasks.push(task);
+        Self {
+            stores,
+            secrets,
+            tasks,
+        }
     }
 
     /// Waits until every store has been listed once.
@@ -135,6 +182,7 @@ impl Watches {
             // Only fails when the writer is gone, i.e. on shutdown.
             let _ = store.wait_until_ready().await;
         }
+        self.secrets.synced().await;
     }
 
     pub fn stop(&self) {
@@ -148,6 +196,12 @@ impl Drop for Watches {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Nothing reads `managedFields`; with thousands of objects they are a
+/// good part of the memory.
+fn trim_managed_fields(obj: &mut DynamicObject) {
+    obj.metadata.managed_fields = None;
 }
 
 /// Exponential backoff for re-watching, 250 ms doubling up to 5 s: an agent

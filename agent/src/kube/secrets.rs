@@ -1,0 +1,282 @@
+//! Only the Secrets a Gateway listener references are held in memory.
+//!
+//! One watch on Secrets of type `kubernetes.io/tls` (field selector; every
+//! other Secret type — service-account tokens, registry credentials, API
+//! keys — is never even sent to the agent) sees every change, but keeps an
+//! object only when a listener's `certificateRefs` names it at that moment;
+//! the data of any other TLS Secret is dropped as soon as it arrives. When a
+//! reference appears for a Secret the watch has passed over, it is fetched
+//! by name (`get`) before the configuration is applied, so a new HTTPS
+//! listener starts with its certificate.
+//!
+//! RBAC consequence: `get`, `list` and `watch` on `secrets` stay necessary
+//! (cluster-wide, or in the watched namespace with `--watch-namespace`);
+//! RBAC cannot narrow them to referenced names, the agent does. A referenced
+//! Secret of another type is not fetched: the listener reports its
+//! certificate reference as not resolvable.
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use ::kube::{
+    api::{Api, DynamicObject},
+    runtime::{
+        watcher::{self, Event},
+        WatchStreamExt,
+    },
+    Client,
+};
+use futures::StreamExt;
+use tokio::{
+    sync::{mpsc, watch as signal},
+    task::JoinHandle,
+};
+
+use super::{
+    convert::object_ref,
+    watch::{Kind, WatchBackoff},
+};
+use crate::{
+    admin::SourceHealth,
+    config::{Gateway, ObjectRef, SECRET_TYPE_TLS},
+};
+
+/// The referenced TLS Secrets, kept current by one watch.
+#[derive(Clone)]
+pub struct SecretStore {
+    client: Client,
+    /// `--watch-namespace`: Secrets elsewhere cannot be read.
+    namespace: Option<String>,
+    state: Arc<Mutex<State>>,
+    listed: signal::Receiver<bool>,
+}
+
+#[derive(Default)]
+struct State {
+    wanted: BTreeSet<ObjectRef>,
+    held: BTreeMap<ObjectRef, DynamicObject>,
+    /// Being re-listed after a (re)connect; replaces `held` when complete.
+    relist: Option<BTreeMap<ObjectRef, DynamicObject>>,
+}
+
+impl State {
+    /// Keeps `obj` if it is referenced. Returns whether `held` changed.
+    fn offer(&mut self, mut obj: DynamicObject) -> bool {
+        let key = object_ref(&obj);
+        if !self.wanted.contains(&key) {
+            return self.held.remove(&key).is_some();
+        }
+        obj.metadata.managed_fields = None;
+        self.held.insert(key, obj);
+        true
+    }
+}
+
+/// How long a fetch of one referenced Secret may take.
+const GET_TIMEOUT: Duration = Duration::from_secs(5);
+
+impl SecretStore {
+    /// Starts the watch. `changed` is poked when a held Secret changes.
+    pub fn start(
+        client: Client,
+        namespace: Option<String>,
+        changed: mpsc::Sender<()>,
+        health: Arc<SourceHealth>,
+    ) -> (Self, JoinHandle<()>) {
+        let ar = Kind::Secret.resource();
+        let api: Api<DynamicObject> = match &namespace {
+            Some(ns) => Api::namespaced_with(client.clone(), ns, &ar),
+            None => Api::all_with(client.clone(), &ar),
+        };
+        let config = watcher::Config::default().fields(&format!("type={SECRET_TYPE_TLS}"));
+        let state = Arc::new(Mutex::new(State::default()));
+        let (listed_tx, listed) = signal::channel(false);
+        let task = {
+            let state = state.clone();
+            tokio::spawn(async move {
+                let stream = watcher::watcher(api, config).backoff(WatchBackoff::default());
+                let mut stream = std::pin::pin!(stream);
+                while let Some(event) = stream.next().await {
+                    let poke = {
+                        let mut st = state.lock().expect("secrets lock");
+                        match event {
+                            Ok(Event::Apply(o)) => st.offer(o),
+                            Ok(Event::Delete(o)) => st.held.remove(&object_ref(&o)).is_some(),
+                            Ok(Event::Init) => {
+                                st.relist = Some(BTreeMap::new());
+                                false
+                            }
+                            Ok(Event::InitApply(o)) => {
+                                let key = object_ref(&o);
+                                if st.wanted.contains(&key) {
+                                    let mut o = o;
+                                    o.metadata.managed_fields = None;
+                                    if let Some(r) = st.relist.as_mut() {
+                                        r.insert(key, o);
+                                    }
+                                }
+                                false
+                            }
+                            Ok(Event::InitDone) => {
+                                if let Some(r) = st.relist.take() {
+                                    st.held = r;
+                                }
+                                listed_tx.send_replace(true);
+                                true
+                            }
+                            Err(e) => {
+                                tracing::warn!(kind = ?Kind::Secret, error = %e, "Kubernetes watch failed; retrying");
+                                health.failed();
+                                false
+                            }
+                        }
+                    };
+                    if poke {
+                        let _ = changed.try_send(());
+                    }
+                }
+            })
+        };
+        (
+            Self {
+                client,
+                namespace,
+                state,
+                listed,
+            },
+            task,
+        )
+    }
+
+    /// Waits for the first complete list.
+    pub async fn synced(&self) {
+        let mut listed = self.listed.clone();
+        let _ = listed.wait_for(|l| *l).await;
+    }
+
+    /// The held Secrets.
+    pub fn held(&self) -> Vec<DynamicObject> {
+        let st = self.state.lock().expect("secrets lock");
+        st.held.values().cloned().collect()
+    }
+
+    /// `namespace/name` of each held Secret.
+    pub fn held_names(&self) -> Vec<String> {
+        let st = self.state.lock().expect("secrets lock");
+        st.held.keys().map(ToString::to_string).collect()
+    }
+
+    /// Sets the referenced Secrets: drops the ones no longer referenced and
+    /// fetches the referenced ones not held yet. Returns whether the held
+    /// set changed.
+    pub async fn want(&self, wanted: BTreeSet<ObjectRef>) -> bool {
+        let (missing, mut changed) = {
+            let mut st = self.state.lock().expect("secrets lock");
+            let before = st.held.len();
+            st.held.retain(|k, _| wanted.contains(k));
+            let changed = st.held.len() != before;
+            let missing: Vec<ObjectRef> = wanted
+                .iter()
+                .filter(|k| !st.held.contains_key(*k))
+                .filter(|k| self.namespace.as_ref().is_none_or(|ns| *ns == k.namespace))
+                .cloned()
+                .collect();
+            // Before fetching: a watch event from now on is kept.
+            st.wanted = wanted;
+            (missing, changed)
+        };
+        let ar = Kind::Secret.resource();
+        let fetches = missing.into_iter().map(|key| {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(self.client.clone(), &key.namespace, &ar);
+            async move {
+                let got = tokio::time::timeout(GET_TIMEOUT, api.get_opt(&key.name)).await;
+                (key, got)
+            }
+        });
+        for (key, got) in futures::future::join_all(fetches).await {
+            match got {
+                Ok(Ok(Some(obj)))
+                    if obj.data.get("type").and_then(|t| t.as_str()) == Some(SECRET_TYPE_TLS) =>
+                {
+                    let mut st = self.state.lock().expect("secrets lock");
+                    // A watch event may have brought a newer version meanwhile.
+                    if !st.held.contains_key(&key) {
+                        changed |= st.offer(obj);
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(secret = %key, error = %e, "fetching a referenced Secret")
+                }
+                Err(_) => tracing::warn!(secret = %key, "fetching a referenced Secret timed out"),
+            }
+        }
+        changed
+    }
+}
+
+/// The Secrets named by the listeners' `certificateRefs` of `gateways`.
+pub fn referenced<'a>(gateways: impl IntoIterator<Item = &'a Gateway>) -> BTreeSet<ObjectRef> {
+    gateways
+        .into_iter()
+        .flat_map(|g| &g.listeners)
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificate_refs)
+        .filter(|r| r.group.is_empty() && r.kind == "Secret")
+        .map(|r| r.object.clone())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn secret(ns: &str, name: &str) -> DynamicObject {
+        let mut o = DynamicObject::new(name, &Kind::Secret.resource())
+            .data(serde_json::json!({"type": SECRET_TYPE_TLS, "data": {}}));
+        o.metadata.namespace = Some(ns.into());
+        o
+    }
+
+    #[test]
+    fn only_wanted_secrets_are_kept() {
+        let mut st = State {
+            wanted: [ObjectRef::new("a", "cert")].into(),
+            ..State::default()
+        };
+        assert!(st.offer(secret("a", "cert")));
+        assert!(!st.offer(secret("a", "other")), "unreferenced: not kept");
+        assert_eq!(
+            st.held.keys().collect::<Vec<_>>(),
+            [&ObjectRef::new("a", "cert")]
+        );
+        st.wanted.clear();
+        assert!(
+            st.offer(secret("a", "cert")),
+            "no longer referenced: dropped"
+        );
+        assert!(st.held.is_empty());
+    }
+
+    #[test]
+    fn references_come_from_listener_certificate_refs() {
+        let cfg = crate::config::parse_documents([(
+            std::path::Path::new("t.yaml"),
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {name: g, namespace: n}\n\
+             spec:\n  gatewayClassName: c\n  listeners:\n  - {name: h, port: 80, protocol: HTTP}\n  \
+             - {name: s, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: cert}, {name: other, namespace: certs}]}}\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            referenced(&cfg.gateways),
+            [
+                ObjectRef::new("certs", "other"),
+                ObjectRef::new("n", "cert")
+            ]
+            .into()
+        );
+    }
+}
