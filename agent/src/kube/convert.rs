@@ -493,7 +493,7 @@ mod tests {
             gateway("two", "30050"),
             gateway("three", "31000"),
         ]);
-        let out = Converter::default().convert(&s);
+        let out = Converter::default().convert(&s, &[]);
         let served: Vec<String> = out
             .config
             .gateways
