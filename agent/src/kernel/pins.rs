@@ -11,7 +11,7 @@ use std::{
 use super::KernelError;
 
 /// Maps pinned by name in the pin directory.
-pub const PINNED_MAPS: [&str; 9] = [
+pub const PINNED_MAPS: [&str; 11] = [
     "LISTENERS",
     "SOURCE_RULES",
     "SHARD_SOCKETS",
@@ -21,6 +21,8 @@ pub const PINNED_MAPS: [&str; 9] = [
     "SOURCE_NS",
     "CGROUP_NS",
     "ADMISSION",
+    "SOCK_PAIRS",
+    "FASTPATH_COUNTERS",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

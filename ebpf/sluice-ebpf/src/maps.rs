@@ -2,12 +2,13 @@
 //! (`agent/src/datapath/maps.rs` opens them by these names).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
+    maps::{Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use sluice_common::{
-    AdmitKey, ListenerKey, ListenerValue, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES,
-    DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES,
-    DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
+    AdmitKey, FastPathEvent, ListenerKey, ListenerValue, SockPairKey, SourceRuleKey, SynBucket,
+    SynKey, COUNTER_ENTRIES, DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS,
+    DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_SOCK_PAIRS, DEFAULT_MAX_SOURCE_RULES,
+    DEFAULT_MAX_SYN_SOURCES, FASTPATH_COUNTER_ENTRIES, MAX_SHARDS,
 };
 
 /// (address, port, proto) → shard. Address all-zero = any local address.
@@ -79,4 +80,23 @@ pub fn find_listener(key: &ListenerKey) -> Option<ListenerValue> {
         return Some(*v);
     }
     unsafe { LISTENERS.get(&key.wildcard()) }.copied()
+}
+
+/// Node-local TCP sockets of the sockmap fast path, by connection 4-tuple as
+/// each socket sees it. `msg_redirect` is attached to this map.
+#[map]
+pub static SOCK_PAIRS: SockHash<SockPairKey> =
+    SockHash::with_max_entries(DEFAULT_MAX_SOCK_PAIRS, 0);
+
+/// Fast path events at `FastPathEvent as u32`.
+#[map]
+pub static FASTPATH_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FASTPATH_COUNTER_ENTRIES, 0);
+
+#[inline(always)]
+pub fn count_fast_path(event: FastPathEvent) {
+    if let Some(c) = FASTPATH_COUNTERS.get_ptr_mut(event as u32) {
+        // Per-CPU slot: no other writer.
+        unsafe { *c += 1 };
+    }
 }
