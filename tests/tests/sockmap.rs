@@ -108,44 +108,53 @@ impl Node {
             echo.log()
         );
 
+        let mut node = Self {
+            agent: None,
+            _echo: echo,
+            cgroups,
+            bpffs,
+            ns,
+            dir,
+        };
+        node.agent = Some(node.spawn_agent("agent", ADMIN, sockmap));
+        node
+    }
+
+    /// Starts an agent in the namespace and the tracked cgroup, pinning into
+    /// the test's bpffs, and waits until it is ready.
+    fn spawn_agent(&self, name: &str, admin: &str, sockmap: bool) -> ChildGuard {
         let bin = sluice_bin();
-        let config = dir.join("config");
+        let config = self.dir.join("config");
         let mut args = vec![
             "ip",
             "netns",
             "exec",
-            &ns.name,
+            &self.ns.name,
             bin.to_str().unwrap(),
             "--config-dir",
             config.to_str().unwrap(),
             "--datapath",
             "ebpf",
             "--admin-addr",
-            ADMIN,
+            admin,
             "--bpffs",
-            bpffs.path.to_str().unwrap(),
+            self.bpffs.path.to_str().unwrap(),
             "--cgroup",
-            cgroups.parent.to_str().unwrap(),
+            self.cgroups.parent.to_str().unwrap(),
         ];
         if sockmap {
             args.push("--sockmap");
         }
-        let mut cmd = cgroups.run_in("apps", &args);
+        let mut cmd = self.cgroups.run_in("apps", &args);
         cmd.env("RUST_LOG", "info,sluice=debug");
-        let mut agent = ChildGuard::spawn("agent", cmd, &dir.join("agent.log")).unwrap();
+        let mut agent =
+            ChildGuard::spawn(name, cmd, &self.dir.join(format!("{name}.log"))).unwrap();
         assert!(
             agent.wait_for_log(Duration::from_secs(20), |l| l.contains("sluice ready")),
-            "agent did not become ready:\n{}",
+            "{name} did not become ready:\n{}",
             agent.log()
         );
-        Self {
-            agent: Some(agent),
-            _echo: echo,
-            cgroups,
-            bpffs,
-            ns,
-            dir,
-        }
+        agent
     }
 
     fn agent_log(&self) -> String {
@@ -176,7 +185,11 @@ impl Node {
     }
 
     fn metrics(&self) -> String {
-        let (code, body) = self.curl(&[], &format!("http://{ADMIN}/metrics"));
+        self.metrics_on(ADMIN)
+    }
+
+    fn metrics_on(&self, admin: &str) -> String {
+        let (code, body) = self.curl(&[], &format!("http://{admin}/metrics"));
         assert_eq!(code, Some(0), "admin /metrics");
         String::from_utf8(body).unwrap()
     }
@@ -353,5 +366,46 @@ fn without_the_flag_the_fast_path_stays_off() {
     assert_eq!(event(&m, "socket_tracked"), 0.0, "{m}");
     assert_eq!(event(&m, "message_redirected"), 0.0, "{m}");
     node.stop_agent();
+    assert_eq!(node.bpffs.pins(), Vec::<String>::new(), "pins left behind");
+}
+
+#[test]
+fn a_restarted_agent_takes_over_the_fast_path() {
+    if !privileged("a_restarted_agent_takes_over_the_fast_path") {
+        return;
+    }
+    let mut node = Node::start("sockmap-restart", true);
+    exchange(&node);
+    // The successor adopts the pinned SOCK_PAIRS (and its counters) and
+    // attaches its own programs next to the old agent's.
+    let mut new = node.spawn_agent("new", "127.0.0.1:9902", true);
+    assert!(
+        new.log().contains("sockmap fast path attached"),
+        "{}",
+        new.log()
+    );
+    exchange(&node);
+    node.stop_agent();
+    assert!(
+        node.agent_log()
+            .contains("another agent owns the eBPF datapath"),
+        "{}",
+        node.agent_log()
+    );
+    assert_eq!(
+        node.sock_ops_programs(),
+        ["sockops_track"],
+        "the new agent's stays"
+    );
+    let before = event(&node.metrics_on("127.0.0.1:9902"), "message_redirected");
+    exchange(&node);
+    let after = node.metrics_on("127.0.0.1:9902");
+    assert!(
+        event(&after, "message_redirected") >= before + 6.0,
+        "the successor's fast path redirects: {before} -> {after}"
+    );
+    let status = new.stop(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{}", new.log());
+    assert_eq!(node.sock_ops_programs(), Vec::<String>::new());
     assert_eq!(node.bpffs.pins(), Vec::<String>::new(), "pins left behind");
 }
