@@ -172,7 +172,10 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let sockmap = kernel.as_ref().is_some_and(KernelDatapath::sockmap_enabled);
     tracing::info!(datapath = datapath.label(), sockmap, "datapath selected");
     if settings.sockmap && !sockmap {
-        tracing::warn!("--sockmap requested but the fast path is off (see above)");
+        tracing::warn!(
+            "--sockmap requested but the fast path is off: it needs the eBPF datapath \
+             and a kernel that accepts sock_ops + sk_msg programs"
+        );
     }
 
     let metrics = Metrics::default();
