@@ -326,7 +326,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let _echo = crate::Guard(echo, "sluice-echo");
 
     // (label, wrk threads, connections)
-    let loads = [("1 connection", 1, 1), ("loaded", 2, opts.connections)];
+    let loads = [("light", 1, 1), ("loaded", 2, opts.connections)];
     // results[load][mode] = samples
     let mut results: Vec<[Vec<Sample>; 2]> = vec![[Vec::new(), Vec::new()]; loads.len()];
     let mut redirects = 0.0;
