@@ -8,6 +8,11 @@
 //! the map too, queues the payload straight onto that socket's receive side:
 //! no TCP segments, no loopback device, no softirq. A send whose peer is not
 //! tracked takes the TCP stack as usual.
+//!
+//! Both ends are inserted at their ESTABLISHED callbacks, which on loopback
+//! run in the handshake's softirq before connect() returns, so a connection
+//! does not start on TCP and switch to redirects with TCP data still unread
+//! (the receiver reads redirected data first, which would reorder it).
 use aya_ebpf::{
     bindings::{
         sk_action::SK_PASS, BPF_ANY, BPF_F_INGRESS, BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB,
