@@ -15,7 +15,7 @@ use crate::{
     admin::{AdminServer, AdminState, SourceHealth},
     config::{self, ObjectRef},
     gateway::Proxy,
-    kernel::{KernelDatapath, KernelError, KernelOptions},
+    kernel::{KernelDatapath, KernelError, KernelOptions, SockmapPref},
     kube::{KubeSource, StalenessCollector},
     metrics::{KernelCounters, Metrics, ModeLabels},
     reload::{ReloadError, Runtime},
@@ -78,6 +78,8 @@ pub struct Settings {
     pub trusted_proxies: Vec<ipnet::IpNet>,
     /// Read the configuration from the Kubernetes API instead of `config_dir`.
     pub kubernetes: Option<crate::kube::KubeSettings>,
+    /// Attach the sockmap fast path between node-local sockets (opt-in).
+    pub sockmap: bool,
 }
 
 impl Settings {
@@ -97,6 +99,7 @@ impl Settings {
             map_sizes: Default::default(),
             trusted_proxies: Vec::new(),
             kubernetes: None,
+            sockmap: false,
         }
     }
 }
@@ -168,7 +171,14 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     } else {
         ActiveDatapath::Userspace
     };
-    tracing::info!(datapath = datapath.label(), "datapath selected");
+    let sockmap = kernel.as_ref().is_some_and(KernelDatapath::sockmap_enabled);
+    tracing::info!(datapath = datapath.label(), sockmap, "datapath selected");
+    if settings.sockmap && !sockmap {
+        tracing::warn!(
+            "--sockmap requested but the fast path is off: it needs the eBPF datapath \
+             and a kernel that accepts sock_ops + sk_msg programs"
+        );
+    }
 
     let metrics = Metrics::default();
     let mut registry = Registry::default();
@@ -179,6 +189,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             mode: datapath.label(),
         })
         .set(1);
+    metrics.sockmap_enabled.set(i64::from(sockmap));
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
@@ -311,6 +322,11 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
         map_sizes: settings.map_sizes.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
+        sockmap: match (settings.sockmap, settings.datapath) {
+            (false, _) => SockmapPref::Off,
+            (true, DatapathMode::Auto) => SockmapPref::IfAvailable,
+            (true, _) => SockmapPref::Required,
+        },
     })
 }
 

@@ -100,7 +100,7 @@ pub struct Cli {
     pub agent_config: Option<PathBuf>,
 
     /// Capacity of an eBPF map, `NAME=N` (repeatable): LISTENERS, SOURCE_RULES,
-    /// SYN_BUDGET, SOURCE_NS, CGROUP_NS, ADMISSION.
+    /// SYN_BUDGET, SOURCE_NS, CGROUP_NS, ADMISSION, SOCK_PAIRS.
     #[arg(long = "map-size", value_name = "NAME=N", value_parser = parse_map_size)]
     pub map_sizes: Vec<(String, u32)>,
 
@@ -108,6 +108,15 @@ pub struct Cli {
     /// of the cgroup v2 hierarchy, wherever it is mounted).
     #[arg(long, value_name = "DIR")]
     pub cgroup: Option<PathBuf>,
+
+    /// Sockmap fast path (opt-in): TCP payload between two sockets of this
+    /// node (loopback, or the same address at both ends) in the agent's network
+    /// namespace and under the `--cgroup` directory skips the TCP stack
+    /// (`sockops_track` + `msg_redirect`). With `--datapath ebpf` a kernel that
+    /// refuses it stops the agent; with `auto` it is left off with a warning.
+    #[arg(long)]
+    pub sockmap: bool,
+
     /// Networks of proxies in front of the gateway (comma-separated CIDRs or
     /// addresses). Their X-Forwarded-For is appended to and their
     /// X-Forwarded-Proto/Host kept; from any other peer these headers (and
@@ -166,6 +175,7 @@ impl Cli {
             s.identity = crate::config::identity::load_agent_config(path)?;
         }
         s.cgroup = self.cgroup.clone();
+        s.sockmap = self.sockmap;
         s.map_sizes = self.map_sizes.iter().cloned().collect();
         if self.kubernetes {
             let node = self
@@ -282,6 +292,9 @@ mod tests {
         assert_eq!(s.datapath, DatapathMode::Ebpf);
         assert_eq!(s.interfaces, ["lo", "eth0"]);
         assert!(s.kubernetes.is_none());
+        assert!(!s.sockmap, "the sockmap fast path is opt-in");
+        let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--sockmap"]);
+        assert!(cli.settings().unwrap().sockmap);
     }
 
     #[test]

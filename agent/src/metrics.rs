@@ -1,6 +1,6 @@
 //! Prometheus metrics: L7 request counters and latency by shard / route / status
-//! class, the datapath mode, and the eBPF packet counters read from the maps
-//! at scrape time.
+//! class, the datapath mode, and the eBPF packet and sockmap fast path counters
+//! read from the maps at scrape time.
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -86,6 +86,8 @@ pub struct Metrics {
     pub bpf_map_drift: Family<MapLabels, Counter>,
     /// Failed eBPF map reads and writes of the reconciler (each try).
     pub bpf_reconcile_errors: Family<MapLabels, Counter>,
+    /// 1 when the sockmap fast path is attached.
+    pub sockmap_enabled: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -103,6 +105,7 @@ impl Default for Metrics {
             config_generation: Gauge::default(),
             bpf_map_drift: Family::default(),
             bpf_reconcile_errors: Family::default(),
+            sockmap_enabled: Gauge::default(),
         }
     }
 }
@@ -145,6 +148,11 @@ impl Metrics {
             "Failed eBPF map operations of the reconciler (every try), by map",
             self.bpf_reconcile_errors.clone(),
         );
+        registry.register(
+            "sluice_sockmap_enabled",
+            "1 when the sockmap fast path between node-local sockets is attached (--sockmap)",
+            self.sockmap_enabled.clone(),
+        );
     }
 }
 
@@ -170,6 +178,11 @@ struct XdpLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FastPathLabels {
+    event: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct XdpIfaceLabels {
     interface: String,
     mode: &'static str,
@@ -179,11 +192,15 @@ impl Collector for KernelCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.snapshot.load();
         let ids: Vec<u32> = snapshot.shards.iter().map(|s| s.id).collect();
-        let (counters, ifaces) = {
+        let (counters, ifaces, fast_path) = {
             let Ok(kernel) = self.kernel.lock() else {
                 return Ok(());
             };
-            (kernel.counters(&ids), kernel.xdp_interfaces().clone())
+            (
+                kernel.counters(&ids),
+                kernel.xdp_interfaces().clone(),
+                kernel.fast_path_counters(),
+            )
         };
         let mut family = encoder.encode_descriptor(
             "sluice_xdp_packets",
@@ -215,6 +232,19 @@ impl Collector for KernelCounters {
             };
             prometheus_client::metrics::gauge::ConstGauge::new(1i64)
                 .encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sluice_sockmap_events",
+            "Sockmap fast path events: sockets tracked, messages redirected to the peer \
+             socket or passed to TCP",
+            None,
+            prometheus_client::metrics::MetricType::Counter,
+        )?;
+        for (event, value) in fast_path {
+            let labels = FastPathLabels {
+                event: event.label(),
+            };
+            ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

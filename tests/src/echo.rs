@@ -5,6 +5,7 @@
 //!   "namespace", "pod"}` with `Content-Type: application/json`;
 //! - `X-Echo-Set-Header: Name1:value1,Name2:value2` sets response headers;
 //! - `?delay=<duration>` (e.g. `500ms`, `2s`) delays the answer;
+//! - `/echo-body` answers with the request body, byte for byte;
 //! - `/retry/...?uuid=U&succeedAfter=N[&responseCode=C]` fails the first N
 //!   requests for `U` (status `C`, or the connection is dropped without an
 //!   answer when no `responseCode` is given), then echoes;
@@ -203,6 +204,16 @@ async fn handle(
         if let Some(resp) = websocket_upgrade(&mut req) {
             return Ok(resp);
         }
+    }
+    if req.uri().path() == "/echo-body" {
+        use http_body_util::BodyExt as _;
+        let body = req
+            .into_body()
+            .collect()
+            .await
+            .map_err(std::io::Error::other)?
+            .to_bytes();
+        return Ok(Response::new(Full::new(body)));
     }
     match retry_failure(&state, &req) {
         None => {}

@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
 mod bench_kube;
+mod bench_sockmap;
 mod kube;
 mod setup;
 
@@ -139,12 +140,37 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
     },
+    /// HTTP latency (p50/p99) and throughput through the agent to a local
+    /// echo backend with the sockmap fast path off and on, same run (root).
+    Sockmap {
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u32,
+        /// Rounds per mode (modes alternate; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Connections of the loaded scenario.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
 }
 
 fn bench(what: Bench, root: &Path) -> Result<()> {
     setup::run()?;
     match what {
         Bench::Kube { release } => bench_kube::run(root, release),
+        Bench::Sockmap {
+            seconds,
+            rounds,
+            connections,
+        } => bench_sockmap::run(
+            root,
+            &bench_sockmap::Options {
+                seconds: seconds.clamp(1, 120),
+                rounds: rounds.clamp(1, 10),
+                connections: connections.clamp(1, 1024),
+            },
+        ),
         Bench::Routes => {
             // The real agent binary too: its RSS is what the target is about.
             run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;

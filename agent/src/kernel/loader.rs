@@ -12,7 +12,7 @@ use aya::{
     },
     Ebpf, EbpfLoader,
 };
-use sluice_common::{counter_index, socket_index, Reason, MAX_SHARDS};
+use sluice_common::{counter_index, socket_index, FastPathEvent, Reason, MAX_SHARDS};
 use tokio::io::unix::AsyncFd;
 
 use super::{aya_maps::AyaMaps, KernelError};
@@ -56,6 +56,21 @@ pub struct KernelOptions {
     /// Capacities of the maps in [`super::SIZABLE_MAPS`] (others keep the
     /// object's defaults).
     pub map_sizes: BTreeMap<String, u32>,
+    /// Whether to attach the sockmap fast path (`sockops_track` on the
+    /// cgroup, `msg_redirect` on `SOCK_PAIRS`).
+    pub sockmap: SockmapPref,
+}
+
+/// Whether the sockmap fast path is wanted, and how much.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SockmapPref {
+    /// Not attached (the default: opt-in).
+    #[default]
+    Off,
+    /// Attached, or loading fails with the reason.
+    Required,
+    /// Attached if the kernel allows it; otherwise left off with a warning.
+    IfAvailable,
 }
 
 /// XDP attach preference.
@@ -78,6 +93,9 @@ pub struct KernelDatapath {
     pub maps: AyaMaps,
     sockets: SockMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
+    fast_path_counters: PerCpuArray<MapData, u64>,
+    /// Whether the sockmap fast path is attached.
+    sockmap: bool,
     xdp: BTreeMap<String, XdpAttachMode>,
     /// cgroup the connect hooks are attached to, if any.
     cgroup: Option<PathBuf>,
@@ -203,7 +221,25 @@ impl KernelDatapath {
             .map_err(|e| sk("attach to network namespace", e))?;
         tracing::info!("sk_lookup_dispatch attached to the network namespace");
 
-        let cgroup = attach_connect_hooks(&mut ebpf, opts.cgroup.as_deref())?;
+        let cgroup_dir = match &opts.cgroup {
+            Some(d) => Some(d.clone()),
+            None => crate::config::identity::cgroup2_root(),
+        };
+        let cgroup = attach_connect_hooks(&mut ebpf, cgroup_dir.as_deref())?;
+        let sockmap = match opts.sockmap {
+            SockmapPref::Off => false,
+            pref => match super::fast_path::attach(&mut ebpf, cgroup_dir.as_deref()) {
+                Ok(()) => true,
+                Err(e) if pref == SockmapPref::Required => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        error = %e,
+                        "sockmap fast path unavailable; leaving it off (local hops take the TCP stack)"
+                    );
+                    false
+                }
+            },
+        };
 
         let mut owner: Array<MapData, u32> = take(&mut ebpf, "OWNER")?;
         owner
@@ -223,6 +259,8 @@ impl KernelDatapath {
             },
             sockets: take(&mut ebpf, "SHARD_SOCKETS")?,
             counters: take(&mut ebpf, "COUNTERS")?,
+            fast_path_counters: take(&mut ebpf, "FASTPATH_COUNTERS")?,
+            sockmap,
             xdp,
             _ebpf: ebpf,
             logger,
@@ -237,6 +275,22 @@ impl KernelDatapath {
     /// The cgroup with the connect4/connect6 hooks, if attached.
     pub fn connect_hooks_cgroup(&self) -> Option<&std::path::Path> {
         self.cgroup.as_deref()
+    }
+
+    /// Whether the sockmap fast path is attached.
+    pub fn sockmap_enabled(&self) -> bool {
+        self.sockmap
+    }
+
+    /// Sockmap fast path event counters summed over CPUs.
+    pub fn fast_path_counters(&self) -> Vec<(FastPathEvent, u64)> {
+        FastPathEvent::ALL
+            .into_iter()
+            .filter_map(|event| {
+                let values = self.fast_path_counters.get(&(event as u32), 0).ok()?;
+                Some((event, values.iter().sum()))
+            })
+            .collect()
     }
 
     /// Interfaces with `xdp_ingress` and how it is attached.
@@ -411,24 +465,18 @@ fn netns_cookie() -> Result<u64, KernelError> {
     Ok(cookie)
 }
 
-/// Attaches connect4/connect6 to `cgroup` (default: the cgroup v2 root). A
+/// Attaches connect4/connect6 to `cgroup` (the caller's default: the cgroup v2 root). A
 /// host without cgroup v2 loses only the local-process admission check: said
 /// loudly, not fatal.
 fn attach_connect_hooks(
     ebpf: &mut Ebpf,
     cgroup: Option<&std::path::Path>,
 ) -> Result<Option<PathBuf>, KernelError> {
-    let dir = match cgroup {
-        Some(d) => d.to_path_buf(),
-        None => match crate::config::identity::cgroup2_root() {
-            Some(d) => d,
-            None => {
-                tracing::warn!(
-                    "no cgroup v2 hierarchy mounted: connect4/connect6 not attached;                      local processes are not checked against namespace admission"
-                );
-                return Ok(None);
-            }
-        },
+    let Some(dir) = cgroup.map(std::path::Path::to_path_buf) else {
+        tracing::warn!(
+            "no cgroup v2 hierarchy mounted: connect4/connect6 not attached;                  local processes are not checked against namespace admission"
+        );
+        return Ok(None);
     };
     let file = std::fs::File::open(&dir).map_err(|source| KernelError::Io {
         what: format!("opening cgroup {}", dir.display()),

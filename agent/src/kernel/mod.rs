@@ -2,6 +2,7 @@
 //! trait over the maps (with a fake for tests), the reconciler that converges
 //! the maps, and the loader that loads and attaches the programs.
 mod aya_maps;
+mod fast_path;
 mod loader;
 pub mod maps;
 mod pins;
@@ -14,12 +15,12 @@ use std::{collections::BTreeMap, net::IpAddr};
 use ipnet::IpNet;
 use sluice_common::{source_rule_prefix_len, ListenerKey, ListenerValue, SourceRuleKey};
 
-pub use loader::{KernelDatapath, KernelOptions, XdpAttachMode, XdpModePref};
+pub use loader::{KernelDatapath, KernelOptions, SockmapPref, XdpAttachMode, XdpModePref};
 pub use port_ranges::PortBlock;
 pub use reconcile::{reconcile, ChangeKind, MapChange, ReconcileReport, ReconcileStats};
 
 /// Maps whose capacity `--map-size NAME=N` may set.
-pub const SIZABLE_MAPS: [&str; 7] = [
+pub const SIZABLE_MAPS: [&str; 8] = [
     "LISTENERS",
     "PORT_RANGES",
     "SOURCE_RULES",
@@ -27,6 +28,7 @@ pub const SIZABLE_MAPS: [&str; 7] = [
     "SOURCE_NS",
     "CGROUP_NS",
     "ADMISSION",
+    "SOCK_PAIRS",
 ];
 
 /// Map contents the control plane wants. Compared against what the maps hold.

@@ -11,7 +11,7 @@ use std::{
 use super::KernelError;
 
 /// Maps pinned by name in the pin directory.
-pub const PINNED_MAPS: [&str; 10] = [
+pub const PINNED_MAPS: [&str; 12] = [
     "LISTENERS",
     "SOURCE_RULES",
     "SHARD_SOCKETS",
@@ -22,6 +22,8 @@ pub const PINNED_MAPS: [&str; 10] = [
     "CGROUP_NS",
     "ADMISSION",
     "PORT_RANGES",
+    "SOCK_PAIRS",
+    "FASTPATH_COUNTERS",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

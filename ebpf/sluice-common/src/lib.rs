@@ -266,6 +266,108 @@ pub const fn v4_mapped(octets: [u8; 4]) -> [u8; 16] {
     ]
 }
 
+/// Default capacity of the sockmap fast path's socket hash (`SOCK_PAIRS`).
+pub const DEFAULT_MAX_SOCK_PAIRS: u32 = 65536;
+
+/// A TCP connection seen from one of its sockets, the key of `SOCK_PAIRS`.
+/// Addresses in the 16-byte form of every key, ports in host byte order. The
+/// socket at the other end of the same connection has the [`peer`](Self::peer) key.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockPairKey {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u32,
+    pub remote_port: u32,
+}
+
+impl SockPairKey {
+    /// The key of the socket at the other end of this connection.
+    #[inline(always)]
+    pub const fn peer(&self) -> Self {
+        Self {
+            local_addr: self.remote_addr,
+            remote_addr: self.local_addr,
+            local_port: self.remote_port,
+            remote_port: self.local_port,
+        }
+    }
+
+    /// Whether both ends of the connection are on this node, so that the
+    /// fast path may hand payload from one socket to the other: both on
+    /// loopback, or the same address at both ends (a local process dialling
+    /// one of the node's own addresses).
+    #[inline(always)]
+    pub const fn is_node_local(&self) -> bool {
+        is_loopback(&self.local_addr) && is_loopback(&self.remote_addr)
+            || eq16(&self.local_addr, &self.remote_addr)
+    }
+}
+
+#[inline(always)]
+const fn eq16(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 16 {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+/// 127.0.0.0/8 (IPv4-mapped) or `::1`.
+#[inline(always)]
+pub const fn is_loopback(a: &[u8; 16]) -> bool {
+    let mut i = 0;
+    while i < 10 {
+        if a[i] != 0 {
+            return false;
+        }
+        i += 1;
+    }
+    if a[10] == 0xff && a[11] == 0xff {
+        return a[12] == 127;
+    }
+    a[10] == 0 && a[11] == 0 && a[12] == 0 && a[13] == 0 && a[14] == 0 && a[15] == 1
+}
+
+/// Events of the sockmap fast path, indices into `FASTPATH_COUNTERS`.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FastPathEvent {
+    /// `sockops_track` put a node-local socket into `SOCK_PAIRS`.
+    SocketTracked = 0,
+    /// `sockops_track` could not insert a socket (map full, socket busy).
+    TrackFailed = 1,
+    /// `msg_redirect` handed a message straight to the peer socket.
+    MessageRedirected = 2,
+    /// `msg_redirect` found no peer socket: the message took the TCP stack.
+    MessagePassed = 3,
+}
+
+/// Entries of the `FASTPATH_COUNTERS` per-CPU array.
+pub const FASTPATH_COUNTER_ENTRIES: u32 = 4;
+
+impl FastPathEvent {
+    pub const ALL: [FastPathEvent; 4] = [
+        FastPathEvent::SocketTracked,
+        FastPathEvent::TrackFailed,
+        FastPathEvent::MessageRedirected,
+        FastPathEvent::MessagePassed,
+    ];
+
+    /// Stable label used for metrics.
+    pub const fn label(self) -> &'static str {
+        match self {
+            FastPathEvent::SocketTracked => "socket_tracked",
+            FastPathEvent::TrackFailed => "track_failed",
+            FastPathEvent::MessageRedirected => "message_redirected",
+            FastPathEvent::MessagePassed => "message_passed",
+        }
+    }
+}
+
 #[cfg(feature = "user")]
 mod user {
     use super::*;
@@ -278,6 +380,7 @@ mod user {
     unsafe impl aya::Pod for AdmitKey {}
     unsafe impl aya::Pod for SynBucket {}
     unsafe impl aya::Pod for PortRangeKey {}
+    unsafe impl aya::Pod for SockPairKey {}
 
     const _: () = assert!(core::mem::size_of::<ListenerKey>() == 20);
     const _: () = assert!(core::mem::size_of::<ListenerValue>() == 16);
@@ -285,6 +388,7 @@ mod user {
     const _: () = assert!(core::mem::size_of::<SynBucket>() == 16);
     const _: () = assert!(core::mem::size_of::<SourceRuleKey>() == 20);
     const _: () = assert!(core::mem::size_of::<PortRangeKey>() == 20);
+    const _: () = assert!(core::mem::size_of::<SockPairKey>() == 40);
 }
 
 #[cfg(test)]
@@ -318,6 +422,33 @@ mod tests {
         // A long pause refills to the burst, not beyond.
         let (b, _) = syn_take(b, u64::MAX / 2, 1, 2);
         assert_eq!(b.tokens_milli, 1000);
+    }
+
+    #[test]
+    fn sock_pair_peer_and_node_locality() {
+        let lo = v4_mapped([127, 0, 0, 1]);
+        let lo2 = v4_mapped([127, 0, 0, 2]);
+        let node = v4_mapped([10, 77, 0, 2]);
+        let other = v4_mapped([10, 77, 0, 1]);
+        let key = |l, r| SockPairKey {
+            local_addr: l,
+            remote_addr: r,
+            local_port: 40000,
+            remote_port: 8080,
+        };
+        let k = key(lo, lo2);
+        assert_eq!(k.peer().local_port, 8080);
+        assert_eq!(k.peer().remote_addr, lo);
+        assert_eq!(k.peer().peer(), k);
+        assert!(k.is_node_local());
+        assert!(key(node, node).is_node_local(), "own address at both ends");
+        assert!(!key(node, other).is_node_local(), "remote peer");
+        assert!(!key(lo, other).is_node_local());
+        let mut v6lo = [0u8; 16];
+        v6lo[15] = 1;
+        assert!(key(v6lo, v6lo).is_node_local());
+        assert!(is_loopback(&v6lo) && is_loopback(&lo2) && !is_loopback(&node));
+        assert!(!is_loopback(&[0; 16]), "the wildcard is not loopback");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use crate::{
 
 /// Network namespace cookie of the agent, set at load time.
 #[unsafe(no_mangle)]
-static NETNS_COOKIE: Global<u64> = Global::new(0);
+pub(crate) static NETNS_COOKIE: Global<u64> = Global::new(0);
 
 const ALLOW: i32 = 1;
 const DENY: i32 = 0;

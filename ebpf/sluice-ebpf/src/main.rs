@@ -1,5 +1,7 @@
-//! Sluice eBPF programs: `xdp_ingress` (L4 admission at the NIC) and
-//! `sk_lookup_dispatch` (steering gateway traffic to the shard's socket).
+//! Sluice eBPF programs: `xdp_ingress` (L4 admission at the NIC),
+//! `sk_lookup_dispatch` (steering gateway traffic to the shard's socket), the
+//! cgroup connect hooks, and the opt-in sockmap fast path (`sockops_track` +
+//! `msg_redirect`).
 //!
 //! Entry points are thin; each calls a `try_*` function. All packet reads go
 //! through [`packet::ptr_at`], the one bounds-checked accessor.
@@ -14,6 +16,8 @@ mod maps;
 mod packet;
 #[cfg(target_arch = "bpf")]
 mod sk_lookup;
+#[cfg(target_arch = "bpf")]
+mod sockops;
 #[cfg(target_arch = "bpf")]
 mod xdp;
 

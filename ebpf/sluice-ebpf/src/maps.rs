@@ -2,13 +2,14 @@
 //! (`agent/src/datapath/maps.rs` opens them by these names).
 use aya_ebpf::{
     macros::map,
-    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockMap},
+    maps::{lpm_trie::Key, Array, HashMap, LpmTrie, LruHashMap, PerCpuArray, SockHash, SockMap},
 };
 use sluice_common::{
-    port_range_prefix_len, AdmitKey, ListenerKey, ListenerValue, PortRangeKey, SourceRuleKey,
-    SynBucket, SynKey, COUNTER_ENTRIES, DEFAULT_MAX_ADMISSIONS, DEFAULT_MAX_CGROUPS,
-    DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_PORT_RANGES,
-    DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES, MAX_SHARDS,
+    port_range_prefix_len, AdmitKey, FastPathEvent, ListenerKey, ListenerValue, PortRangeKey,
+    SockPairKey, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES, DEFAULT_MAX_ADMISSIONS,
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_PORT_RANGES,
+    DEFAULT_MAX_SOCK_PAIRS, DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES,
+    FASTPATH_COUNTER_ENTRIES, MAX_SHARDS,
 };
 
 /// (address, port, proto) → shard. Address all-zero = any local address.
@@ -104,4 +105,23 @@ fn find_range(addr: [u8; 16], port: u16, proto: u8) -> Option<ListenerValue> {
         PortRangeKey::new(addr, port, proto),
     );
     PORT_RANGES.get(&key).copied()
+}
+
+/// Node-local TCP sockets of the sockmap fast path, by connection 4-tuple as
+/// each socket sees it. `msg_redirect` is attached to this map.
+#[map]
+pub static SOCK_PAIRS: SockHash<SockPairKey> =
+    SockHash::with_max_entries(DEFAULT_MAX_SOCK_PAIRS, 0);
+
+/// Fast path events at `FastPathEvent as u32`.
+#[map]
+pub static FASTPATH_COUNTERS: PerCpuArray<u64> =
+    PerCpuArray::with_max_entries(FASTPATH_COUNTER_ENTRIES, 0);
+
+#[inline(always)]
+pub fn count_fast_path(event: FastPathEvent) {
+    if let Some(c) = FASTPATH_COUNTERS.get_ptr_mut(event as u32) {
+        // Per-CPU slot: no other writer.
+        unsafe { *c += 1 };
+    }
 }
