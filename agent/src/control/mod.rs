@@ -1,5 +1,6 @@
 //! Control plane: turns validated config into a snapshot for the data path and
 //! desired state for the eBPF maps.
+mod backend_tls;
 mod compile;
 mod isolation;
 pub mod refgrant;

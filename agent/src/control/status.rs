@@ -23,6 +23,8 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: Vec<RouteStatus>,
+    /// BackendTLSPolicies with their ancestors.
+    pub policies: Vec<super::backend_tls::PolicyStatus>,
 }
 
 /// One `metav1.Condition`.
