@@ -23,6 +23,7 @@ use crate::{
 
 use super::{
     backend_tls::{BackendTls, TLS_APP_PROTOCOLS},
+    frontend_tls::FrontendTls,
     refgrant::{Kind, ReferenceGrants},
     status::{ListenerProblem, ListenerProblems, Status},
     tls::Certificates,
@@ -110,6 +111,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
     let namespaces = NamespaceLabels::new(config);
     let certificates = Certificates::new(config);
     let backend_tls = BackendTls::new(config);
+    let frontend_tls = FrontendTls::new(config);
     let mut problems = ListenerProblems::new();
     // Precedence among otherwise equal matches: the oldest route, then
     // namespace/name. Routes without a creation time count as newest.
@@ -158,17 +160,24 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 continue;
             }
             let tls = match &l.protocol {
-                ListenerProtocol::Https => match certificates.resolve(gateway, l) {
+                ListenerProtocol::Https => match certificates.resolve(gateway, l).and_then(|key| {
+                    frontend_tls.verifier(gateway, l.port).inspect_err(|u| {
+                        problems.insert(
+                            (gateway.id.clone(), l.name.clone()),
+                            ListenerProblem::ClientValidation(u.clone()),
+                        );
+                    })?;
+                    Ok(key)
+                }) {
                     Ok(key) => Some(key),
                     Err(u) => {
                         warnings.push(format!(
                             "Gateway {} listener {}: not served: {u}",
                             gateway.id, l.name
                         ));
-                        problems.insert(
-                            (gateway.id.clone(), l.name.clone()),
-                            ListenerProblem::Certificate(u),
-                        );
+                        problems
+                            .entry((gateway.id.clone(), l.name.clone()))
+                            .or_insert(ListenerProblem::Certificate(u));
                         continue;
                     }
                 },
@@ -202,7 +211,9 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 .filter(|l| l.port == port)
                 .filter_map(|l| Some((l.hostname.clone(), l.tls.clone()?)))
                 .collect();
-            match server_config(SniResolver::new(certs)) {
+            // Checked per listener above: only ports whose validation resolves get here.
+            let client_auth = frontend_tls.verifier(gateway, port).ok().flatten();
+            match server_config(SniResolver::new(certs), client_auth) {
                 Ok(c) => {
                     tls.insert(port, c);
                 }
@@ -260,8 +271,9 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         let gateway = ours
             .iter()
             .find(|x| x.id.namespace == g.namespace && x.id.name == g.name);
-        if let Some(c) = gateway.and_then(|x| backend_tls.gateway_condition(x)) {
-            g.conditions.push(c);
+        if let Some(gateway) = gateway {
+            g.conditions.extend(backend_tls.gateway_condition(gateway));
+            g.conditions.extend(FrontendTls::gateway_condition(gateway));
         }
     }
     Compiled {

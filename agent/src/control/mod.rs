@@ -2,6 +2,7 @@
 //! desired state for the eBPF maps.
 mod backend_tls;
 mod compile;
+mod frontend_tls;
 mod isolation;
 pub mod refgrant;
 pub mod status;

@@ -134,6 +134,9 @@ pub enum ListenerProblem {
     Certificate(Unresolved),
     /// An earlier listener uses the port with another protocol.
     ProtocolConflict,
+    /// No CA of the port's client-certificate validation resolves
+    /// (`InvalidCACertificateRef`, `InvalidCACertificateKind`, `RefNotPermitted`).
+    ClientValidation(Unresolved),
 }
 
 pub type ListenerProblems = HashMap<(ObjectRef, String), ListenerProblem>;
@@ -230,17 +233,29 @@ pub(super) fn compute(
                 ListenerProtocol::Http | ListenerProtocol::Https => (
                     vec![http_route],
                     vec![
-                        cond("Accepted", true, "Accepted", ""),
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
-                            Some(ListenerProblem::Certificate(u)) => {
-                                cond("ResolvedRefs", false, u.reason, u.message.clone())
+                            Some(ListenerProblem::ClientValidation(u)) => {
+                                cond("Accepted", false, "NoValidCACertificate", u.message.clone())
                             }
+                            _ => cond("Accepted", true, "Accepted", ""),
+                        },
+                        match problems.get(&(gateway.id.clone(), l.name.clone())) {
+                            Some(
+                                ListenerProblem::Certificate(u)
+                                | ListenerProblem::ClientValidation(u),
+                            ) => cond("ResolvedRefs", false, u.reason, u.message.clone()),
                             _ => cond("ResolvedRefs", true, "ResolvedRefs", ""),
                         },
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
                             Some(ListenerProblem::Certificate(_)) => {
                                 cond("Programmed", false, "Invalid", "no usable certificate")
                             }
+                            Some(ListenerProblem::ClientValidation(_)) => cond(
+                                "Programmed",
+                                false,
+                                "Invalid",
+                                "no usable CA for client-certificate validation",
+                            ),
                             Some(ListenerProblem::ProtocolConflict) => cond(
                                 "Programmed",
                                 false,
