@@ -409,9 +409,14 @@ impl Agent {
         let config = dir.join(format!("config-{n}"));
         std::fs::create_dir_all(&config)?;
         std::fs::write(config.join("conformance.yaml"), prepared.to_yaml()?)?;
-        // The Secrets the suite creates in code (manifests hold none).
+        // The Secrets and CA ConfigMaps the suite creates in code.
         let mut secrets = String::new();
-        for d in env.certs.secret_docs() {
+        for d in env
+            .certs
+            .secret_docs()
+            .into_iter()
+            .chain(env.certs.config_map_docs())
+        {
             secrets.push_str("---\n");
             secrets.push_str(&serde_yaml::to_string(&d)?);
         }
