@@ -1,6 +1,6 @@
 //! Connections to TLS backends: a connection pool per [`UpstreamTls`] of
-//! the current snapshot (ALPN h2 and http/1.1), and single HTTP/1.1 TLS
-//! connections for protocol upgrades (`wss`).
+//! the current snapshot (HTTP/1.1), and single HTTP/1.1 TLS connections for
+//! protocol upgrades (`wss`).
 use std::{
     collections::HashMap,
     net::SocketAddr,
@@ -42,8 +42,10 @@ impl TlsPools {
             .with_tls_config(tls.config_with_alpn(&[]))
             .https_only()
             .with_server_name_resolver(FixedServerNameResolver::new(tls.server_name.clone()))
+            // HTTP/1.1 only: the pooled client dials the URI authority (the
+            // endpoint), which HTTP/2 would also send as :authority instead
+            // of the request's Host.
             .enable_http1()
-            .enable_http2()
             .wrap_connector(http.clone());
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(60))

@@ -85,8 +85,8 @@ impl UpstreamTls {
         })
     }
 
-    /// The config with an ALPN list (`http/1.1` only for upgrades, which
-    /// HTTP/2 cannot carry here).
+    /// The config with an ALPN list (the pool sets its own; `http/1.1` for
+    /// upgrades).
     pub fn config_with_alpn(&self, alpn: &[&[u8]]) -> ClientConfig {
         let mut c = (*self.config).clone();
         c.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();

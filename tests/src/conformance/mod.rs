@@ -10,3 +10,4 @@ pub mod manifests;
 pub mod report;
 pub mod runner;
 pub mod status;
+pub mod tls_backends;

@@ -20,7 +20,7 @@ use super::{
     report::{CaseResult, Report, StatusResult, TestResult, Traffic},
     status::{self as st, AgentStatus, Objects, Poll},
 };
-use crate::echo::{serve_with, Identity, RequestLog};
+use crate::echo::{serve_tls, serve_with, Identity, RequestLog};
 
 /// Upstream `RequiredConsecutiveSuccesses`.
 pub const CONSECUTIVE_SUCCESSES: usize = 3;
@@ -96,13 +96,16 @@ pub async fn run(opts: Options) -> Result<Report> {
 
     // One echo server per Service of any manifest, for the whole run.
     let mut services: BTreeSet<(String, String)> = manifests::services(&base).into_iter().collect();
+    let mut all_docs = base.clone();
     for t in &tests {
         for m in &t.manifests {
             if let Ok(docs) = manifests::read_docs(&opts.upstream_dir.join(m), GATEWAY_CLASS) {
                 services.extend(manifests::services(&docs));
+                all_docs.extend(docs);
             }
         }
     }
+    let certs = Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?);
     let mut backends = BTreeMap::new();
     for (ns, name) in services {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -113,7 +116,13 @@ pub async fn run(opts: Options) -> Result<Report> {
             pod: format!("{name}-5c9d7f8b4-conf0"),
             namespace: ns.clone(),
         };
-        tokio::spawn(serve_with(listener, id, Some(log.clone()), true));
+        // Backends whose Deployment serves TLS (echo-basic's TLS_* settings).
+        match super::tls_backends::server_config(&all_docs, &(ns.clone(), name.clone()), &certs)
+            .with_context(|| format!("TLS backend {ns}/{name}"))?
+        {
+            Some(tls) => tokio::spawn(serve_tls(listener, id, Some(log.clone()), true, tls)),
+            None => tokio::spawn(serve_with(listener, id, Some(log.clone()), true)),
+        };
         backends.insert((ns, name), Backend { port, log });
     }
 
@@ -124,7 +133,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         base,
         backends,
         work: work.clone(),
-        certs: Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?),
+        certs,
     };
     let mut results = Vec::new();
     for t in &tests {
@@ -687,6 +696,11 @@ async fn run_case(
         return Err(why);
     }
     let mut c = c.clone();
+    if let Some(e) = c.expected_request.as_mut() {
+        if let Some(r) = &e.client_cert_secret {
+            e.client_cert_pem = Some(env.certs.secret_ref(r)?.cert_pem.clone());
+        }
+    }
     let mirror_id = (!c.mirrored_to.is_empty()).then(|| {
         format!(
             "gateway-api-conformance-request-id={}-{}-{index}",
