@@ -426,3 +426,84 @@ async fn gateway_presents_its_backend_client_certificate() {
     assert_eq!(gateway_condition(&s, "Accepted"), "True/Accepted");
     app.shutdown().await;
 }
+
+/// A WebSocket server behind TLS answering `echo:<text>`; it reports the SNI
+/// it saw in its first reply.
+async fn wss_backend(server: &Leaf) -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let chain: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
+            .collect::<Result<_, _>>()
+            .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(chain, key)
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let Ok(tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let sni = tls.get_ref().1.server_name().unwrap_or("-").to_owned();
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tls).await else {
+                    return;
+                };
+                while let Some(Ok(Message::Text(t))) = ws.next().await {
+                    let reply = format!("echo:{} sni={sni}", t.as_str());
+                    if ws.send(Message::text(reply)).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn websocket_to_a_tls_backend() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let ca = Ca::new("backend CA");
+    let backend = wss_backend(&ca.leaf(&["ws.internal"], None, "ws")).await;
+    let port = free_port();
+    let dir = config_dir();
+    let config = [
+        gateway_yaml(port),
+        ca_config_map("backend-ca", &ca),
+        service_and_route(
+            "wss",
+            "wss.example.com",
+            backend,
+            ", appProtocol: kubernetes.io/wss",
+        ),
+        policy("wss", "wss", "backend-ca", "ws.internal", ""),
+    ]
+    .concat();
+    write_config(&dir, "all.yaml", &config);
+    let app = start(&dir).await;
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let (mut ws, resp) = tokio_tungstenite::client_async("ws://wss.example.com/chat", tcp)
+        .await
+        .expect("WebSocket handshake through the gateway");
+    assert_eq!(resp.status(), StatusCode::SWITCHING_PROTOCOLS);
+    ws.send(Message::text("hi")).await.unwrap();
+    match ws.next().await {
+        Some(Ok(Message::Text(t))) => assert_eq!(t.as_str(), "echo:hi sni=ws.internal"),
+        other => panic!("expected a text reply, got {other:?}"),
+    }
+    ws.close(None).await.unwrap();
+    app.shutdown().await;
+}
