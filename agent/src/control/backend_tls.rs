@@ -415,3 +415,128 @@ pub struct PolicyAncestorStatus {
     pub controller_name: &'static str,
     pub conditions: Vec<Condition>,
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_documents;
+
+    fn ca_pem() -> String {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let key = rcgen::KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().pem()
+    }
+
+    fn config(policies: &str) -> Config {
+        let pem: String = ca_pem().lines().map(|l| format!("    {l}\n")).collect();
+        let text = format!(
+            r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: svc, namespace: ns}}
+spec: {{ports: [{{name: https, port: 443}}, {{name: other, port: 8443}}]}}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: ca, namespace: ns}}
+data:
+  ca.crt: |
+{pem}{policies}"#
+        );
+        parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap()
+    }
+
+    fn policy(name: &str, created: &str, section: &str, validation: &str) -> String {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\n\
+             metadata: {{name: {name}, namespace: ns, creationTimestamp: \"{created}\"}}\n\
+             spec:\n  targetRefs: [{{group: \"\", kind: Service, name: svc{section}}}]\n  \
+             validation: {{hostname: {name}.internal, {validation}}}\n"
+        )
+    }
+
+    const CA: &str = "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: ca}]";
+
+    fn port(config: &Config, number: u16) -> &ServicePort {
+        config.services[0]
+            .ports
+            .iter()
+            .find(|p| p.port == number)
+            .unwrap()
+    }
+
+    #[test]
+    fn port_specific_policy_wins_then_the_oldest() {
+        let c = config(&format!(
+            "{}{}{}",
+            policy("whole-new", "2024-02-01T00:00:00Z", "", CA),
+            policy("whole-old", "2024-01-01T00:00:00Z", "", CA),
+            policy("port", "2024-03-01T00:00:00Z", ", sectionName: https", CA),
+        ));
+        let tls = BackendTls::new(&c);
+        let svc = ObjectRef::new("ns", "svc");
+        assert_eq!(tls.policy_for(&svc, port(&c, 443)).unwrap().id.name, "port");
+        assert_eq!(
+            tls.policy_for(&svc, port(&c, 8443)).unwrap().id.name,
+            "whole-old"
+        );
+        assert!(tls
+            .policy_for(&ObjectRef::new("other", "svc"), port(&c, 443))
+            .is_none());
+    }
+
+    #[test]
+    fn unknown_well_known_set_and_missing_ca_are_not_accepted() {
+        let c = config(&format!(
+            "{}{}",
+            policy(
+                "odd",
+                "2024-01-01T00:00:00Z",
+                "",
+                "wellKnownCACertificates: Mozilla"
+            ),
+            policy(
+                "missing",
+                "2024-01-02T00:00:00Z",
+                "",
+                "caCertificateRefs: [{group: \"\", kind: ConfigMap, name: nope}]"
+            ),
+        ));
+        let tls = BackendTls::new(&c);
+        let odd = &tls.validations[&ObjectRef::new("ns", "odd")];
+        assert_eq!(odd.not_accepted.as_ref().unwrap().0, "Invalid");
+        let missing = &tls.validations[&ObjectRef::new("ns", "missing")];
+        assert_eq!(
+            missing.not_accepted.as_ref().unwrap().0,
+            "NoValidCACertificate"
+        );
+        assert_eq!(
+            missing.ref_problem.as_ref().unwrap().reason,
+            "InvalidCACertificateRef"
+        );
+        // A backend under such a policy is not resolvable (never sent unverified).
+        // Parsed, not built field by field: Gateway grows fields.
+        let gw = "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                  metadata: {name: gw, namespace: ns}\n\
+                  spec: {gatewayClassName: c, listeners: [{name: h, port: 80, protocol: HTTP}]}\n";
+        let gateway = &parse_documents([(Path::new("g.yaml"), gw)])
+            .unwrap()
+            .gateways[0];
+        let mut b = Backend::new(
+            ObjectRef::new("ns", "svc"),
+            443,
+            1,
+            BackendTarget::Endpoints(vec!["127.0.0.1:1".parse().unwrap()]),
+        );
+        tls.apply(gateway, &mut b);
+        assert!(
+            matches!(&b.target, BackendTarget::Invalid(u) if u.reason == "Invalid"),
+            "{:?}",
+            b.target
+        );
+        assert!(b.tls.is_none());
+    }
+}
