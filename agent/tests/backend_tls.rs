@@ -337,6 +337,11 @@ async fn policy_routes_over_tls_and_refuses_wrong_ca_or_name() {
     let r = client.get("plain.example.com", "/").await;
     assert!(r.status.is_server_error(), "{}", r.status);
 
+    let config = admin_get(&app, "/config").await;
+    assert!(
+        config.contains("TLS backends not served") && config.contains("infra/missing-ca"),
+        "{config}"
+    );
     let s = status(&app).await;
     assert_eq!(
         policy_conditions(&s, "good"),

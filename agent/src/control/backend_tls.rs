@@ -67,6 +67,25 @@ pub(super) struct BackendTls<'a> {
     built: RefCell<HashMap<(ObjectRef, ObjectRef), Built>>,
 }
 
+impl BackendTls<'_> {
+    /// One line per (Gateway, policy) whose backends cannot be reached,
+    /// for the compile warnings (`/config`, logs).
+    pub(super) fn warnings(&self) -> Vec<String> {
+        let mut out: Vec<String> = self
+            .built
+            .borrow()
+            .iter()
+            .filter_map(|((gateway, _), b)| {
+                b.as_ref()
+                    .err()
+                    .map(|u| format!("Gateway {gateway}: TLS backends not served: {u}"))
+            })
+            .collect();
+        out.sort();
+        out
+    }
+}
+
 impl<'a> BackendTls<'a> {
     pub(super) fn new(config: &'a Config) -> Self {
         let mut policies: Vec<&BackendTlsPolicy> = config.backend_tls_policies.iter().collect();

@@ -267,6 +267,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         &problems,
     );
     status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
+    warnings.extend(backend_tls.warnings());
     for g in &mut status.gateways {
         let gateway = ours
             .iter()
