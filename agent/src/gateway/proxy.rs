@@ -353,7 +353,8 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let version = match (backend.protocol, &upgrade) {
-            (AppProtocol::H2c, None) => http::Version::HTTP_2,
+            // The TLS pool speaks HTTP/1.1 (see gateway::upstream_tls).
+            (AppProtocol::H2c, None) if backend.tls.is_none() => http::Version::HTTP_2,
             _ => http::Version::HTTP_11,
         };
         let upstream = match upstream_request(
