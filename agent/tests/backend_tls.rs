@@ -72,7 +72,7 @@ fn indent(text: &str) -> String {
 
 /// A TLS backend with the `server` certificate; with `client_ca`, it
 /// requires a client certificate signed by it. It answers
-/// `sni=<server name> client=<yes|no> alpn=<protocol>`.
+/// `sni=<server name> client=<yes|no> alpn=<protocol> host=<authority or Host>`.
 async fn tls_backend(server: &Leaf, client_ca: Option<&Ca>) -> SocketAddr {
     let chain: Vec<CertificateDer<'static>> =
         CertificateDer::pem_slice_iter(server.cert_pem.as_bytes())
@@ -119,8 +119,19 @@ async fn tls_backend(server: &Leaf, client_ca: Option<&Ca>) -> SocketAddr {
                         .map(|p| String::from_utf8_lossy(p).into_owned())
                         .unwrap_or_else(|| "-".into())
                 );
-                let svc = service_fn(move |_req: Request<hyper::body::Incoming>| {
-                    let info = info.clone();
+                let svc = service_fn(move |req: Request<hyper::body::Incoming>| {
+                    let host = req
+                        .uri()
+                        .authority()
+                        .map(|a| a.to_string())
+                        .or_else(|| {
+                            req.headers()
+                                .get("host")
+                                .and_then(|h| h.to_str().ok())
+                                .map(str::to_owned)
+                        })
+                        .unwrap_or_default();
+                    let info = format!("{info} host={host}");
                     async move {
                         Ok::<_, std::convert::Infallible>(Response::new(Full::new(
                             bytes::Bytes::from(info),
@@ -300,8 +311,9 @@ async fn policy_routes_over_tls_and_refuses_wrong_ca_or_name() {
 
     let r = client.get("good.example.com", "/").await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.body);
-    assert!(
-        r.body.starts_with("sni=backend.internal client=no alpn="),
+    // HTTP/2 by ALPN, with the request's Host as :authority.
+    assert_eq!(
+        r.body, "sni=backend.internal client=no alpn=h2 host=good.example.com",
         "{}",
         r.body
     );

@@ -353,7 +353,7 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let version = match (backend.protocol, &upgrade) {
-            // The TLS pool speaks HTTP/1.1 (see gateway::upstream_tls).
+            // Over TLS the version is ALPN's choice (see gateway::upstream_tls).
             (AppProtocol::H2c, None) if backend.tls.is_none() => http::Version::HTTP_2,
             _ => http::Version::HTTP_11,
         };
@@ -364,7 +364,11 @@ impl Proxy {
             t.authority,
             host,
             &path_and_query,
-            endpoint,
+            // TLS pools dial their endpoint; the URI carries the Host (HTTP/2 :authority).
+            &match backend.tls {
+                Some(_) => host.to_owned(),
+                None => endpoint.to_string(),
+            },
             version,
             upstream_tls::scheme(backend.tls.as_ref()),
         ) {
@@ -382,15 +386,6 @@ impl Proxy {
             )
             .await;
         }
-        let tls_client = backend
-            .tls
-            .as_ref()
-            .map(|tls| self.tls_pools.client(tls, &self.connector));
-        let client = match (&tls_client, version) {
-            (Some(c), _) => Upstream::Tls(c),
-            (None, http::Version::HTTP_2) => Upstream::Plain(&self.h2c),
-            (None, _) => Upstream::Plain(&self.client),
-        };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let (mut request, replay) = match &action.retry {
             Some(_) => {
@@ -407,6 +402,15 @@ impl Proxy {
                 .timeouts
                 .backend_request
                 .map(|limit| tokio::time::Instant::now() + limit);
+            let tls_client = backend
+                .tls
+                .as_ref()
+                .map(|tls| self.tls_pools.client(tls, &self.connector, endpoint));
+            let client = match (&tls_client, version) {
+                (Some(c), _) => Upstream::Tls(c),
+                (None, http::Version::HTTP_2) => Upstream::Plain(&self.h2c),
+                (None, _) => Upstream::Plain(&self.client),
+            };
             let sent = client.request(request);
             let outcome = match deadline {
                 Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
@@ -421,10 +425,15 @@ impl Proxy {
                 if retriable && retries < policy.attempts {
                     // Another endpoint of the same backend, if it has several.
                     let next = backend.endpoint().and_then(|ep| {
-                        let mut r = replay.again(&ep.to_string())?;
-                        if backend.tls.is_some() {
-                            *r.uri_mut() = with_scheme(r.uri(), "https")?;
-                        }
+                        let r = match backend.tls {
+                            // The pool of `ep` dials it; the URI keeps the Host.
+                            Some(_) => {
+                                let mut r = replay.again(host)?;
+                                *r.uri_mut() = with_scheme(r.uri(), "https")?;
+                                r
+                            }
+                            None => replay.again(&ep.to_string())?,
+                        };
                         Some((ep, r))
                     });
                     if let Some((ep, again)) = next {
@@ -488,21 +497,32 @@ impl Proxy {
                 if ep.is_none() {
                     tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
                 }
+                let ep = ep?;
                 let tls = m
                     .backend
                     .tls
                     .as_ref()
-                    .map(|tls| self.tls_pools.client(tls, &self.connector));
-                Some((ep?, tls))
+                    .map(|tls| self.tls_pools.client(tls, &self.connector, ep));
+                Some((ep, tls))
             })
             .collect();
         let (parts, body) = req.into_parts();
         let (primary, copies) = mirror::tee(body, targets.len());
         let req = Request::from_parts(parts, primary);
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
         for ((endpoint, tls), body) in targets.into_iter().zip(copies) {
+            // As for the primary request: TLS pools dial their endpoint.
+            let authority = match (&tls, &host) {
+                (Some(_), Some(h)) => h.clone(),
+                _ => endpoint.to_string(),
+            };
             let Ok(uri) = Uri::builder()
                 .scheme(if tls.is_some() { "https" } else { "http" })
-                .authority(endpoint.to_string())
+                .authority(authority)
                 .path_and_query(path_and_query)
                 .build()
             else {
@@ -670,14 +690,14 @@ fn upstream_request(
     authority: &str,
     host: &str,
     path_and_query: &str,
-    endpoint: SocketAddr,
+    uri_authority: &str,
     version: http::Version,
     scheme: &'static str,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
         .scheme(scheme)
-        .authority(endpoint.to_string())
+        .authority(uri_authority)
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| format!("invalid request target: {e}"))?;
