@@ -11,6 +11,8 @@
 //!   answer when no `responseCode` is given), then echoes;
 //! - `/ws` with a WebSocket handshake: echoes every text and binary message
 //!   (see [`crate::ws`]);
+//! - served over TLS ([`serve_tls`]), the body also has `tls: {serverName,
+//!   negotiatedProtocol, peerCertificates: [PEM]}` as echo-basic reports it;
 //! - one log line per request on stderr: `Echoing back request made to <uri> to client (<peer>)`,
 //!   also recorded in an optional [`RequestLog`] (mirror checks read it).
 use std::{
@@ -48,6 +50,66 @@ pub struct Echo {
     pub headers: BTreeMap<String, Vec<String>>,
     pub namespace: String,
     pub pod: String,
+    /// Set when the request came over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<EchoTls>,
+}
+
+/// The TLS side of an echoed request.
+#[derive(Debug, Clone, Default, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase", default)]
+pub struct EchoTls {
+    /// SNI sent by the client (`""` without).
+    pub server_name: String,
+    pub negotiated_protocol: String,
+    /// The client's certificates, PEM.
+    pub peer_certificates: Vec<String>,
+}
+
+impl EchoTls {
+    fn of(conn: &rustls::ServerConnection) -> Self {
+        Self {
+            server_name: conn.server_name().unwrap_or("").to_owned(),
+            negotiated_protocol: conn
+                .alpn_protocol()
+                .map(|p| String::from_utf8_lossy(p).into_owned())
+                .unwrap_or_default(),
+            peer_certificates: conn
+                .peer_certificates()
+                .unwrap_or_default()
+                .iter()
+                .map(|c| pem("CERTIFICATE", c.as_ref()))
+                .collect(),
+        }
+    }
+}
+
+/// PEM armour (base64 in 64-character lines).
+fn pem(label: &str, der: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut b64 = String::with_capacity(der.len() * 4 / 3 + 4);
+    for chunk in der.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let v = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            b64.push(if i <= chunk.len() {
+                A[(v >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    let mut out = format!("-----BEGIN {label}-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        out.push_str(std::str::from_utf8(line).unwrap_or_default());
+        out.push('\n');
+    }
+    out.push_str(&format!("-----END {label}-----\n"));
+    out
 }
 
 /// Go's canonical header form (`x-forwarded-for` → `X-Forwarded-For`), which
@@ -91,7 +153,7 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (secs.is_finite() && secs >= 0.0).then(|| Duration::from_secs_f64(secs))
 }
 
-fn echo(id: &Identity, req: &Request<Incoming>) -> Echo {
+fn echo(id: &Identity, req: &Request<Incoming>, tls: Option<&EchoTls>) -> Echo {
     let mut headers: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (name, value) in req.headers() {
         if name == http::header::HOST {
@@ -113,6 +175,7 @@ fn echo(id: &Identity, req: &Request<Incoming>) -> Echo {
         })
         .unwrap_or_default();
     Echo {
+        tls: tls.cloned(),
         path: req
             .uri()
             .path_and_query()
@@ -188,6 +251,7 @@ async fn handle(
     id: Arc<Identity>,
     state: Arc<State>,
     peer: SocketAddr,
+    tls: Option<Arc<EchoTls>>,
     mut req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, std::io::Error> {
     let uri = req
@@ -234,7 +298,7 @@ async fn handle(
     if let Some(d) = delay {
         tokio::time::sleep(d.min(Duration::from_secs(60))).await;
     }
-    let body = serde_json::to_vec(&echo(&id, &req)).expect("echo serializes");
+    let body = serde_json::to_vec(&echo(&id, &req, tls.as_deref())).expect("echo serializes");
     let mut resp = Response::new(Full::new(Bytes::from(body)));
     resp.headers_mut().insert(
         http::header::CONTENT_TYPE,
@@ -325,6 +389,29 @@ pub async fn serve_with(
     log: Option<Arc<RequestLog>>,
     quiet: bool,
 ) {
+    serve_inner(listener, id, log, quiet, None).await
+}
+
+/// Like [`serve_with`] over TLS with `config` (its certificate, ALPN and
+/// client-certificate policy); the echo body reports the TLS side.
+pub async fn serve_tls(
+    listener: TcpListener,
+    id: Identity,
+    log: Option<Arc<RequestLog>>,
+    quiet: bool,
+    config: Arc<rustls::ServerConfig>,
+) {
+    serve_inner(listener, id, log, quiet, Some(config)).await
+}
+
+async fn serve_inner(
+    listener: TcpListener,
+    id: Identity,
+    log: Option<Arc<RequestLog>>,
+    quiet: bool,
+    tls: Option<Arc<rustls::ServerConfig>>,
+) {
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let id = Arc::new(id);
     let state = Arc::new(State {
         log,
@@ -337,15 +424,33 @@ pub async fn serve_with(
         };
         let id = id.clone();
         let state = state.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let id = id.clone();
-                let state = state.clone();
-                async move { handle(id, state, peer, req).await }
-            });
-            let _ = auto::Builder::new(TokioExecutor::new())
-                .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                .await;
+            let svc = |tls: Option<Arc<EchoTls>>| {
+                service_fn(move |req| {
+                    let id = id.clone();
+                    let state = state.clone();
+                    let tls = tls.clone();
+                    async move { handle(id, state, peer, tls, req).await }
+                })
+            };
+            let builder = auto::Builder::new(TokioExecutor::new());
+            match acceptor {
+                None => {
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc(None))
+                        .await;
+                }
+                Some(acceptor) => {
+                    let Ok(stream) = acceptor.accept(stream).await else {
+                        return; // e.g. no or a wrong client certificate
+                    };
+                    let info = Arc::new(EchoTls::of(stream.get_ref().1));
+                    let _ = builder
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc(Some(info)))
+                        .await;
+                }
+            }
         });
     }
 }

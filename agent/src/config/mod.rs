@@ -1,5 +1,6 @@
 //! Configuration: the directory source, conversion and validation into the
 //! domain types of [`model`]. Nothing outside this module sees YAML.
+mod backend_tls;
 mod filter;
 pub mod identity;
 mod load;

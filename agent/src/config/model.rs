@@ -40,6 +40,9 @@ pub struct Config {
     /// Namespace identity of sources, from the agent config (not the directory).
     pub identity: super::NamespaceIdentity,
     pub secrets: Vec<Secret>,
+    /// CA bundles (`ca.crt`) for BackendTLSPolicy and client-certificate validation.
+    pub config_maps: Vec<ConfigMap>,
+    pub backend_tls_policies: Vec<BackendTlsPolicy>,
 }
 
 /// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
@@ -77,6 +80,8 @@ impl Config {
         self.namespaces.extend(other.namespaces);
         self.reference_grants.extend(other.reference_grants);
         self.secrets.extend(other.secrets);
+        self.config_maps.extend(other.config_maps);
+        self.backend_tls_policies.extend(other.backend_tls_policies);
     }
 }
 
@@ -150,6 +155,10 @@ pub struct Gateway {
     /// `None`: every source. Enforced by sk_lookup (remote sources) and the
     /// cgroup connect hooks (local processes).
     pub admitted_namespaces: Option<Vec<String>>,
+    /// `spec.tls.backend.clientCertificateRef`: presented to TLS backends.
+    pub backend_client_certificate: Option<CertificateRef>,
+    /// `spec.tls.frontend`: client-certificate validation per port.
+    pub frontend_validation: FrontendValidation,
     /// Extra destination ports served by a listener, from `sluice.dev/port-ranges`
     /// (eBPF datapath only).
     pub port_ranges: Vec<PortRange>,
@@ -644,4 +653,88 @@ pub struct EndpointSlice {
 pub struct EndpointPort {
     pub name: Option<String>,
     pub port: u16,
+}
+
+/// A ConfigMap; only `data` is kept (CA bundles under `ca.crt`).
+#[derive(Debug, Clone)]
+pub struct ConfigMap {
+    pub id: ObjectRef,
+    pub data: BTreeMap<String, String>,
+}
+
+/// A BackendTLSPolicy: connections to the targeted Service (ports) use TLS,
+/// verified against the given CAs and names.
+#[derive(Debug, Clone)]
+pub struct BackendTlsPolicy {
+    pub id: ObjectRef,
+    pub generation: Option<i64>,
+    /// `metadata.creationTimestamp`; the oldest policy wins a conflict.
+    pub created: Option<(i64, u32)>,
+    pub targets: Vec<PolicyTarget>,
+    /// `validation.caCertificateRefs` (in the policy's namespace).
+    pub ca_refs: Vec<LocalRef>,
+    /// `validation.wellKnownCACertificates` (only `System` is known).
+    pub well_known: Option<String>,
+    /// `validation.hostname`: SNI, and the name the certificate must carry
+    /// when no `subjectAltNames` are given.
+    pub hostname: String,
+    pub subject_alt_names: Vec<SubjectAltName>,
+}
+
+/// One `targetRefs` entry of a policy (in the policy's namespace).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyTarget {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+    /// A Service port name; `None`: every port.
+    pub section_name: Option<String>,
+}
+
+/// A reference to an object in the referrer's namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LocalRef {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+/// A name the backend certificate may carry instead of `hostname`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubjectAltName {
+    /// A DNS name (lower-case, may start with `*.`).
+    Hostname(String),
+    Uri(String),
+}
+
+/// `Gateway.spec.tls.frontend`: which ports ask clients for a certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FrontendValidation {
+    /// `default`: every HTTPS port without a `perPort` entry.
+    pub default: Option<ClientValidation>,
+    /// `perPort` entries by port (`None`: that port does not validate).
+    pub per_port: BTreeMap<u16, Option<ClientValidation>>,
+}
+
+impl FrontendValidation {
+    /// The validation of an HTTPS port, if any.
+    pub fn for_port(&self, port: u16) -> Option<&ClientValidation> {
+        match self.per_port.get(&port) {
+            Some(v) => v.as_ref(),
+            None => self.default.as_ref(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.default.is_none() && self.per_port.is_empty()
+    }
+}
+
+/// `FrontendTLSValidation`: client certificates must chain to these CAs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientValidation {
+    pub ca_refs: Vec<CertificateRef>,
+    /// `AllowInsecureFallback`: a client without a (valid) certificate is
+    /// still served; `AllowValidOnly` (default): the handshake fails.
+    pub insecure_fallback: bool,
 }

@@ -8,7 +8,8 @@ use ipnet::IpNet;
 use serde::de::DeserializeOwned;
 
 use super::{
-    model, resources as wire, route::http_route, Config, ConfigError, DocumentError, Location,
+    backend_tls, model, resources as wire, route::http_route, Config, ConfigError, DocumentError,
+    Location,
 };
 
 pub(super) const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
@@ -149,6 +150,20 @@ impl Builder {
                     }
                 }
             }
+            ("", "ConfigMap") => {
+                if let Some(m) = decode::<wire::ConfigMap>(&mut doc, value) {
+                    self.config.config_maps.push(backend_tls::config_map(m));
+                }
+            }
+            (GATEWAY_GROUP, "BackendTLSPolicy") => {
+                if !backend_tls::BACKEND_TLS_POLICY_VERSIONS.contains(&api_version.as_str()) {
+                    doc.err("apiVersion", format!("unsupported BackendTLSPolicy version {api_version:?} (supported: v1, v1alpha3)"));
+                } else if let Some(p) = decode::<wire::BackendTlsPolicy>(&mut doc, value) {
+                    if let Some(p) = backend_tls::backend_tls_policy(&mut doc, p) {
+                        self.config.backend_tls_policies.push(p);
+                    }
+                }
+            }
             (GATEWAY_GROUP, "ReferenceGrant") => {
                 if !matches!(api_version.as_str(), "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1") {
                     doc.err("apiVersion", format!("unsupported ReferenceGrant version {api_version:?} (supported: v1beta1, v1)"));
@@ -162,7 +177,7 @@ impl Builder {
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret (v1), \
+                     Gateway, HTTPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
                      EndpointSlice (discovery.k8s.io/v1)"
                 ),
             ),
@@ -410,6 +425,8 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         .get(PORT_RANGES_ANNOTATION)
         .map(|raw| port_ranges(doc, raw, &listeners))
         .unwrap_or_default();
+    let (backend_client_certificate, frontend_validation) =
+        backend_tls::gateway_tls(doc, g.spec.tls.as_ref(), &ns(&g.metadata));
     let syn_budget = syn_rate.map(|rate| model::SynBudget {
         rate,
         burst: syn_burst.unwrap_or(rate),
@@ -427,6 +444,8 @@ fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gateway> {
         syn_budget,
         admitted_namespaces,
         port_ranges,
+        backend_client_certificate,
+        frontend_validation,
     })
 }
 

@@ -22,15 +22,13 @@ use crate::{
 };
 
 use super::{
+    backend_tls::{BackendTls, TLS_APP_PROTOCOLS},
+    frontend_tls::FrontendTls,
     refgrant::{Kind, ReferenceGrants},
     status::{ListenerProblem, ListenerProblems, Status},
     tls::Certificates,
 };
 use crate::snapshot::tls::{server_config, SniResolver};
-
-/// Service port `appProtocol`s that need upstream TLS (not implemented):
-/// references to them do not resolve (`UnsupportedProtocol`).
-const UNSUPPORTED_APP_PROTOCOLS: [&str; 2] = ["kubernetes.io/wss", "https"];
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -112,6 +110,8 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
     let resolver = BackendResolver::new(config);
     let namespaces = NamespaceLabels::new(config);
     let certificates = Certificates::new(config);
+    let backend_tls = BackendTls::new(config);
+    let frontend_tls = FrontendTls::new(config);
     let mut problems = ListenerProblems::new();
     // Precedence among otherwise equal matches: the oldest route, then
     // namespace/name. Routes without a creation time count as newest.
@@ -169,23 +169,37 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 continue;
             }
             let tls = match &l.protocol {
-                ListenerProtocol::Https => match certificates.resolve(gateway, l) {
+                ListenerProtocol::Https => match certificates.resolve(gateway, l).and_then(|key| {
+                    frontend_tls.verifier(gateway, l.port).inspect_err(|u| {
+                        problems.insert(
+                            (gateway.id.clone(), l.name.clone()),
+                            ListenerProblem::ClientValidation(u.clone()),
+                        );
+                    })?;
+                    Ok(key)
+                }) {
                     Ok(key) => Some(key),
                     Err(u) => {
                         warnings.push(format!(
                             "Gateway {} listener {}: not served: {u}",
                             gateway.id, l.name
                         ));
-                        problems.insert(
-                            (gateway.id.clone(), l.name.clone()),
-                            ListenerProblem::Certificate(u),
-                        );
+                        problems
+                            .entry((gateway.id.clone(), l.name.clone()))
+                            .or_insert(ListenerProblem::Certificate(u));
                         continue;
                     }
                 },
                 _ => None,
             };
-            let routes = listener_routes(gateway, l, &route_order, &resolver, &namespaces);
+            let routes = listener_routes(
+                gateway,
+                l,
+                &route_order,
+                &resolver,
+                &namespaces,
+                &backend_tls,
+            );
             listeners.push(ListenerRoutes {
                 name: l.name.clone(),
                 port: l.port,
@@ -206,7 +220,9 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 .filter(|l| l.port == port)
                 .filter_map(|l| Some((l.hostname.clone(), l.tls.clone()?)))
                 .collect();
-            match server_config(SniResolver::new(certs)) {
+            // Checked per listener above: only ports whose validation resolves get here.
+            let client_auth = frontend_tls.verifier(gateway, port).ok().flatten();
+            match server_config(SniResolver::new(certs), client_auth) {
                 Ok(c) => {
                     tls.insert(port, c);
                 }
@@ -267,7 +283,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         .iter()
         .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| &g.id))
         .collect();
-    let status = super::status::compute(
+    let mut status = super::status::compute(
         config,
         CONTROLLER_NAME,
         &ours,
@@ -276,6 +292,17 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         &namespaces,
         &problems,
     );
+    status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
+    warnings.extend(backend_tls.warnings());
+    for g in &mut status.gateways {
+        let gateway = ours
+            .iter()
+            .find(|x| x.id.namespace == g.namespace && x.id.name == g.name);
+        if let Some(gateway) = gateway {
+            g.conditions.extend(backend_tls.gateway_condition(gateway));
+            g.conditions.extend(FrontendTls::gateway_condition(gateway));
+        }
+    }
     Compiled {
         snapshot: Snapshot { generation, shards },
         kernel,
@@ -291,6 +318,7 @@ fn listener_routes(
     routes: &[&HttpRoute],
     resolver: &BackendResolver,
     namespaces: &NamespaceLabels,
+    backend_tls: &BackendTls,
 ) -> RouteTable {
     let mut entries = Vec::new();
     for (order, route) in routes.iter().enumerate() {
@@ -308,12 +336,20 @@ fn listener_routes(
         let route_id = Arc::new(route.id.clone());
         let route_name: Arc<str> = Arc::from(route.id.to_string());
         for (ri, rule) in route.rules.iter().enumerate() {
+            let mut backends = resolver.group(&route.id, rule);
+            for b in &mut backends.backends {
+                backend_tls.apply(gateway, b);
+            }
+            let mut mirrors = resolver.mirrors(&route.id, rule);
+            for m in &mut mirrors {
+                backend_tls.apply(gateway, &mut m.backend);
+            }
             let action = Arc::new(RuleAction {
                 filters: rule.filters.clone(),
-                backends: resolver.group(&route.id, rule),
+                backends,
                 timeouts: rule.timeouts,
                 retry: rule.retry.clone(),
-                mirrors: resolver.mirrors(&route.id, rule),
+                mirrors,
             });
             for (mi, m) in rule.matches.iter().enumerate() {
                 for h in &hosts {
@@ -412,6 +448,7 @@ pub(super) struct BackendResolver<'a> {
     services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
     slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
     grants: ReferenceGrants<'a>,
+    tls_policies: &'a [crate::config::BackendTlsPolicy],
 }
 
 impl<'a> BackendResolver<'a> {
@@ -425,6 +462,7 @@ impl<'a> BackendResolver<'a> {
             services,
             slices,
             grants: ReferenceGrants::new(config),
+            tls_policies: &config.backend_tls_policies,
         }
     }
 
@@ -510,12 +548,17 @@ impl<'a> BackendResolver<'a> {
             });
         };
         if let Some(p) = sp.app_protocol.as_deref() {
-            if UNSUPPORTED_APP_PROTOCOLS.contains(&p) {
+            let covered = || {
+                self.tls_policies
+                    .iter()
+                    .any(|t| super::backend_tls::targets(t, service, sp.name.as_deref()))
+            };
+            if TLS_APP_PROTOCOLS.contains(&p) && !covered() {
                 return Err(Unresolved {
                     reason: "UnsupportedProtocol",
                     message: format!(
                         "backend {service}: port {port} appProtocol {p} needs TLS to the \
-                         backend, which is not implemented"
+                         backend: attach a BackendTLSPolicy (CA and hostname to verify)"
                     ),
                 });
             }

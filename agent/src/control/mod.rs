@@ -1,6 +1,8 @@
 //! Control plane: turns validated config into a snapshot for the data path and
 //! desired state for the eBPF maps.
+mod backend_tls;
 mod compile;
+mod frontend_tls;
 mod isolation;
 pub mod refgrant;
 pub mod status;

@@ -26,6 +26,8 @@ pub struct Status {
     pub gateways: Vec<GatewayStatus>,
     #[serde(rename = "httpRoutes")]
     pub http_routes: Vec<RouteStatus>,
+    /// BackendTLSPolicies with their ancestors.
+    pub policies: Vec<super::backend_tls::PolicyStatus>,
 }
 
 /// One `metav1.Condition`.
@@ -137,6 +139,9 @@ pub enum ListenerProblem {
     ProtocolConflict,
     /// Another listener uses the port, protocol and hostname.
     HostnameConflict,
+    /// No CA of the port's client-certificate validation resolves
+    /// (`InvalidCACertificateRef`, `InvalidCACertificateKind`, `RefNotPermitted`).
+    ClientValidation(Unresolved),
 }
 
 pub type ListenerProblems = HashMap<(ObjectRef, String), ListenerProblem>;
@@ -283,18 +288,28 @@ pub(super) fn compute(
                                     l.port
                                 ),
                             ),
+                            Some(ListenerProblem::ClientValidation(u)) => {
+                                cond("Accepted", false, "NoValidCACertificate", u.message.clone())
+                            }
                             _ => cond("Accepted", true, "Accepted", ""),
                         },
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
-                            Some(ListenerProblem::Certificate(u)) => {
-                                cond("ResolvedRefs", false, u.reason, u.message.clone())
-                            }
+                            Some(
+                                ListenerProblem::Certificate(u)
+                                | ListenerProblem::ClientValidation(u),
+                            ) => cond("ResolvedRefs", false, u.reason, u.message.clone()),
                             _ => cond("ResolvedRefs", true, "ResolvedRefs", ""),
                         },
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
                             Some(ListenerProblem::Certificate(_)) => {
                                 cond("Programmed", false, "Invalid", "no usable certificate")
                             }
+                            Some(ListenerProblem::ClientValidation(_)) => cond(
+                                "Programmed",
+                                false,
+                                "Invalid",
+                                "no usable CA for client-certificate validation",
+                            ),
                             Some(
                                 ListenerProblem::ProtocolConflict
                                 | ListenerProblem::HostnameConflict,

@@ -8,6 +8,7 @@ mod proxy;
 mod retry;
 mod server;
 mod upgrade;
+mod upstream_tls;
 
 pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};

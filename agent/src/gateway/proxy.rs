@@ -20,6 +20,7 @@ use super::{
     mirror::{self, UpstreamBody},
     retry::Replay,
     upgrade::{self, upgrade_protocol},
+    upstream_tls::{self, TlsPools},
     Body,
 };
 use crate::{
@@ -64,6 +65,10 @@ pub struct Proxy {
     client: Client<HttpConnector, UpstreamBody>,
     /// HTTP/2 with prior knowledge, for `kubernetes.io/h2c` backends.
     h2c: Client<HttpConnector, UpstreamBody>,
+    /// TCP connector under the TLS pools.
+    connector: HttpConnector,
+    /// Pools of TLS backends (BackendTLSPolicy).
+    tls_pools: TlsPools,
     metrics: Metrics,
     /// Peers whose `X-Forwarded-*` headers are believed and extended.
     trusted_proxies: Vec<IpNet>,
@@ -95,11 +100,16 @@ impl Proxy {
         let h2c = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(std::time::Duration::from_secs(60))
             .http2_only(true)
-            .build(connector);
+            .build(connector.clone());
+        let mut tcp = connector;
+        // The TLS layer asks for https URIs; TCP underneath does not care.
+        tcp.enforce_http(false);
         Self {
             snapshot,
             client,
             h2c,
+            connector: tcp,
+            tls_pools: TlsPools::default(),
             metrics,
             trusted_proxies: Vec::new(),
         }
@@ -345,7 +355,8 @@ impl Proxy {
         let upgrade = upgrade_protocol(&req);
         let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
         let version = match (backend.protocol, &upgrade) {
-            (AppProtocol::H2c, None) => http::Version::HTTP_2,
+            // Over TLS the version is ALPN's choice (see gateway::upstream_tls).
+            (AppProtocol::H2c, None) if backend.tls.is_none() => http::Version::HTTP_2,
             _ => http::Version::HTTP_11,
         };
         let upstream = match upstream_request(
@@ -355,20 +366,28 @@ impl Proxy {
             t.authority,
             host,
             &path_and_query,
-            endpoint,
+            // TLS pools dial their endpoint; the URI carries the Host (HTTP/2 :authority).
+            &match backend.tls {
+                Some(_) => host.to_owned(),
+                None => endpoint.to_string(),
+            },
             version,
+            upstream_tls::scheme(backend.tls.as_ref()),
         ) {
             Ok(r) => r,
             Err(e) => return error(StatusCode::BAD_REQUEST, &e),
         };
         if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
-            return upgrade::forward(upstream, protocol, endpoint, downstream, &t.entry.route)
-                .await;
+            return upgrade::forward(
+                upstream,
+                protocol,
+                endpoint,
+                backend.tls.as_deref(),
+                downstream,
+                &t.entry.route,
+            )
+            .await;
         }
-        let client = match version {
-            http::Version::HTTP_2 => &self.h2c,
-            _ => &self.client,
-        };
         let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
         let (mut request, replay) = match &action.retry {
             Some(_) => {
@@ -385,6 +404,15 @@ impl Proxy {
                 .timeouts
                 .backend_request
                 .map(|limit| tokio::time::Instant::now() + limit);
+            let tls_client = backend
+                .tls
+                .as_ref()
+                .map(|tls| self.tls_pools.client(tls, &self.connector, endpoint));
+            let client = match (&tls_client, version) {
+                (Some(c), _) => Upstream::Tls(c),
+                (None, http::Version::HTTP_2) => Upstream::Plain(&self.h2c),
+                (None, _) => Upstream::Plain(&self.client),
+            };
             let sent = client.request(request);
             let outcome = match deadline {
                 Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
@@ -398,9 +426,18 @@ impl Proxy {
                 };
                 if retriable && retries < policy.attempts {
                     // Another endpoint of the same backend, if it has several.
-                    let next = backend
-                        .endpoint()
-                        .and_then(|ep| replay.again(&ep.to_string()).map(|r| (ep, r)));
+                    let next = backend.endpoint().and_then(|ep| {
+                        let r = match backend.tls {
+                            // The pool of `ep` dials it; the URI keeps the Host.
+                            Some(_) => {
+                                let mut r = replay.again(host)?;
+                                *r.uri_mut() = with_scheme(r.uri(), "https")?;
+                                r
+                            }
+                            None => replay.again(&ep.to_string())?,
+                        };
+                        Some((ep, r))
+                    });
                     if let Some((ep, again)) = next {
                         drop(outcome);
                         tokio::time::sleep(policy.backoff).await;
@@ -425,7 +462,12 @@ impl Proxy {
                     Response::from_parts(parts, body)
                 }
                 Some(Err(e)) => {
-                    tracing::warn!(route = %t.entry.route, %endpoint, error = %e, "upstream request failed");
+                    tracing::warn!(
+                        route = %t.entry.route,
+                        endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
+                        error = %upstream_tls::error_chain(&e),
+                        "upstream request failed"
+                    );
                     let status = if e.is_connect() {
                         StatusCode::SERVICE_UNAVAILABLE
                     } else {
@@ -447,7 +489,7 @@ impl Proxy {
         req: Request<Incoming>,
         path_and_query: &str,
     ) -> Request<UpstreamBody> {
-        let targets: Vec<SocketAddr> = entry
+        let targets: Vec<(SocketAddr, Option<upstream_tls::TlsClient>)> = entry
             .action
             .mirrors
             .iter()
@@ -457,23 +499,42 @@ impl Proxy {
                 if ep.is_none() {
                     tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
                 }
-                ep
+                let ep = ep?;
+                let tls = m
+                    .backend
+                    .tls
+                    .as_ref()
+                    .map(|tls| self.tls_pools.client(tls, &self.connector, ep));
+                Some((ep, tls))
             })
             .collect();
         let (parts, body) = req.into_parts();
         let (primary, copies) = mirror::tee(body, targets.len());
         let req = Request::from_parts(parts, primary);
-        for (endpoint, body) in targets.into_iter().zip(copies) {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        for ((endpoint, tls), body) in targets.into_iter().zip(copies) {
+            // As for the primary request: TLS pools dial their endpoint.
+            let authority = match (&tls, &host) {
+                (Some(_), Some(h)) => h.clone(),
+                _ => endpoint.to_string(),
+            };
             let Ok(uri) = Uri::builder()
-                .scheme("http")
-                .authority(endpoint.to_string())
+                .scheme(if tls.is_some() { "https" } else { "http" })
+                .authority(authority)
                 .path_and_query(path_and_query)
                 .build()
             else {
                 continue;
             };
             let copy = mirror::copy_head(&req, uri, body);
-            let client = self.client.clone();
+            let client = match tls {
+                Some(c) => OwnedUpstream::Tls(c),
+                None => OwnedUpstream::Plain(self.client.clone()),
+            };
             let route = entry.route.clone();
             tokio::spawn(async move {
                 let exchange = async {
@@ -499,6 +560,43 @@ impl Proxy {
         }
         req
     }
+}
+
+/// The client a request goes out with.
+enum Upstream<'a> {
+    Plain(&'a Client<HttpConnector, UpstreamBody>),
+    Tls(&'a upstream_tls::TlsClient),
+}
+
+impl Upstream<'_> {
+    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Upstream::Plain(c) => c.request(req),
+            Upstream::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// [`Upstream`] for a spawned task.
+enum OwnedUpstream {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(upstream_tls::TlsClient),
+}
+
+impl OwnedUpstream {
+    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            OwnedUpstream::Plain(c) => c.request(req),
+            OwnedUpstream::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// `uri` with another scheme.
+fn with_scheme(uri: &Uri, scheme: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(scheme.parse().ok()?);
+    Uri::from_parts(parts).ok()
 }
 
 /// The routing decision for one request.
@@ -594,13 +692,14 @@ fn upstream_request(
     authority: &str,
     host: &str,
     path_and_query: &str,
-    endpoint: SocketAddr,
+    uri_authority: &str,
     version: http::Version,
+    scheme: &'static str,
 ) -> Result<Request<Incoming>, String> {
     let (mut parts, body) = req.into_parts();
     parts.uri = Uri::builder()
-        .scheme("http")
-        .authority(endpoint.to_string())
+        .scheme(scheme)
+        .authority(uri_authority)
         .path_and_query(path_and_query)
         .build()
         .map_err(|e| format!("invalid request target: {e}"))?;

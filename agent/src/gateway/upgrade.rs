@@ -9,7 +9,11 @@ use hyper::{body::Incoming, upgrade::OnUpgrade};
 use hyper_util::rt::TokioIo;
 
 use super::{proxy::strip_hop_by_hop, Body};
-use crate::config::ObjectRef;
+use crate::{config::ObjectRef, snapshot::upstream_tls::UpstreamTls};
+
+/// A backend connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
 /// Longest wait for the backend's TCP connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,6 +46,7 @@ pub async fn forward(
     mut upstream: Request<Incoming>,
     protocol: HeaderValue,
     endpoint: SocketAddr,
+    tls: Option<&UpstreamTls>,
     downstream: OnUpgrade,
     route: &ObjectRef,
 ) -> Response<Body> {
@@ -64,8 +69,18 @@ pub async fn forward(
         }
     };
     let _ = tcp.set_nodelay(true);
+    let io: Box<dyn Io> = match tls {
+        None => Box::new(tcp),
+        Some(tls) => match super::upstream_tls::connect_for_upgrade(tls, tcp).await {
+            Ok(s) => Box::new(s),
+            Err(e) => {
+                tracing::warn!(%route, %endpoint, policy = %tls.policy, error = %e, "upgrade: backend TLS handshake failed");
+                return super::proxy::error(StatusCode::BAD_GATEWAY, "upstream unavailable");
+            }
+        },
+    };
     let (mut sender, connection) =
-        match hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await {
+        match hyper::client::conn::http1::handshake(TokioIo::new(io)).await {
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(%route, %endpoint, error = %e, "upgrade: backend handshake failed");

@@ -16,6 +16,7 @@ use crate::config::{Filter, Hostname, ObjectRef, Retry, RouteMatch, Timeouts};
 
 pub mod matching;
 pub mod tls;
+pub mod upstream_tls;
 
 pub use matching::RequestView;
 
@@ -309,6 +310,8 @@ pub struct Backend {
     pub filters: Vec<Filter>,
     /// How requests reach it (from the Service port's `appProtocol`).
     pub protocol: AppProtocol,
+    /// Set when connections use TLS (a BackendTLSPolicy targets the port).
+    pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
     next: AtomicU64,
 }
 
@@ -355,6 +358,7 @@ impl Backend {
             target,
             filters: Vec::new(),
             protocol: AppProtocol::Http1,
+            tls: None,
             next: AtomicU64::new(0),
         }
     }

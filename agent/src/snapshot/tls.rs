@@ -5,9 +5,14 @@
 use std::{fmt, sync::Arc};
 
 use rustls::{
-    server::{ClientHello, ResolvesServerCert},
+    client::danger::HandshakeSignatureValid,
+    pki_types::{CertificateDer, UnixTime},
+    server::{
+        danger::{ClientCertVerified, ClientCertVerifier},
+        ClientHello, ResolvesServerCert,
+    },
     sign::CertifiedKey,
-    ServerConfig,
+    DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme,
 };
 
 use crate::config::Hostname;
@@ -62,13 +67,82 @@ impl ResolvesServerCert for SniResolver {
 }
 
 /// The server config of a TLS port: TLS 1.2 and 1.3 only, ring crypto, ALPN
-/// h2 and http/1.1, certificates by SNI.
-pub fn server_config(resolver: SniResolver) -> Result<Arc<ServerConfig>, rustls::Error> {
+/// h2 and http/1.1, certificates by SNI; with `client_auth`, clients are
+/// asked for a certificate (frontend client-certificate validation).
+pub fn server_config(
+    resolver: SniResolver,
+    client_auth: Option<Arc<dyn ClientCertVerifier>>,
+) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let builder = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?;
+    let builder = match client_auth {
+        Some(v) => builder.with_client_cert_verifier(v),
+        None => builder.with_no_client_auth(),
+    };
+    let mut config = builder.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// `AllowInsecureFallback`: the client is asked for a certificate, but one
+/// that is missing or does not chain to the CAs is let through (the Gateway
+/// API mode for migrating clients to mTLS). The handshake signature is
+/// still checked, so a presented certificate's key must be held.
+#[derive(Debug)]
+pub struct InsecureFallback {
+    inner: Arc<dyn ClientCertVerifier>,
+}
+
+impl InsecureFallback {
+    pub fn new(inner: Arc<dyn ClientCertVerifier>) -> Self {
+        Self { inner }
+    }
+}
+
+impl ClientCertVerifier for InsecureFallback {
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        self.inner.root_hint_subjects()
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        if let Err(e) = self
+            .inner
+            .verify_client_cert(end_entity, intermediates, now)
+        {
+            tracing::debug!(error = %e, "client certificate not valid; let through (AllowInsecureFallback)");
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }

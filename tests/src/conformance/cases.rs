@@ -147,6 +147,10 @@ pub struct ExpectedRequest {
     pub sni: Option<String>,
     #[serde(default)]
     pub client_cert_secret: Option<serde_yaml::Value>,
+    /// The certificate (PEM) of `client_cert_secret`, filled in by the runner
+    /// from the generated certificates.
+    #[serde(skip)]
+    pub client_cert_pem: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

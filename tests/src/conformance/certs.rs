@@ -55,8 +55,8 @@ pub struct GeneratedSecret {
     pub ca_der: Vec<u8>,
 }
 
-/// A generated CA ConfigMap (`ca.crt`). Kept for completeness: the agent does
-/// not read ConfigMaps, so they are not written to its config directory.
+/// A generated CA ConfigMap (`ca.crt`), written to the agent's config
+/// directory next to the Secrets.
 #[derive(Debug, Clone)]
 pub struct GeneratedCa {
     pub namespace: String,
@@ -264,6 +264,26 @@ impl SuiteCerts {
                 doc.insert("metadata".into(), Value::Mapping(meta));
                 doc.insert("type".into(), "kubernetes.io/tls".into());
                 doc.insert("stringData".into(), Value::Mapping(data));
+                Value::Mapping(doc)
+            })
+            .collect()
+    }
+
+    /// The CA ConfigMaps as documents for the agent.
+    pub fn config_map_docs(&self) -> Vec<Value> {
+        self.config_maps
+            .iter()
+            .map(|c| {
+                let mut data = serde_yaml::Mapping::new();
+                data.insert("ca.crt".into(), c.cert_pem.clone().into());
+                let mut meta = serde_yaml::Mapping::new();
+                meta.insert("name".into(), c.name.clone().into());
+                meta.insert("namespace".into(), c.namespace.clone().into());
+                let mut doc = serde_yaml::Mapping::new();
+                doc.insert("apiVersion".into(), "v1".into());
+                doc.insert("kind".into(), "ConfigMap".into());
+                doc.insert("metadata".into(), Value::Mapping(meta));
+                doc.insert("data".into(), Value::Mapping(data));
                 Value::Mapping(doc)
             })
             .collect()

@@ -33,6 +33,8 @@ pub struct EchoBody {
     pub headers: BTreeMap<String, Vec<String>>,
     pub namespace: String,
     pub pod: String,
+    /// Set by a backend serving TLS.
+    pub tls: Option<crate::echo::EchoTls>,
 }
 
 impl EchoBody {
@@ -42,6 +44,43 @@ impl EchoBody {
             .find(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.join(","))
     }
+}
+
+/// `sni`: the backend saw this TLS server name; `client_cert_secret`: the
+/// backend got that certificate among the client's (PEM compared as text).
+fn backend_tls_matches(
+    e: &super::cases::ExpectedRequest,
+    tls: Option<&crate::echo::EchoTls>,
+) -> Result<(), String> {
+    if e.sni.is_none() && e.client_cert_secret.is_none() {
+        return Ok(());
+    }
+    let tls = tls.ok_or("the backend was not reached over TLS")?;
+    if let Some(sni) = &e.sni {
+        if tls.server_name != *sni {
+            return Err(format!(
+                "backend TLS server name {:?}, expected {sni:?}",
+                tls.server_name
+            ));
+        }
+    }
+    if e.client_cert_secret.is_some() {
+        let want = e
+            .client_cert_pem
+            .as_deref()
+            .ok_or("client_cert_secret not resolved by the runner")?;
+        if !tls
+            .peer_certificates
+            .iter()
+            .any(|c| c.trim() == want.trim())
+        {
+            return Err(format!(
+                "the backend did not get the expected client certificate ({} presented)",
+                tls.peer_certificates.len()
+            ));
+        }
+    }
+    Ok(())
 }
 
 const REDIRECTS: [u16; 8] = [300, 301, 302, 303, 304, 305, 307, 308];
@@ -178,12 +217,7 @@ pub fn compare(
             }
         }
         if let Some(e) = &case.expected_request {
-            if e.sni.is_some() || e.client_cert_secret.is_some() {
-                return Err(
-                    "backend TLS (sni / client certificate) checks are not supported by the runner"
-                        .into(),
-                );
-            }
+            backend_tls_matches(e, echo.tls.as_ref())?;
         }
         return Ok(echo);
     }

@@ -5,7 +5,7 @@
 //! - `{GATEWAY_CLASS_NAME}` becomes the runner's class, and a GatewayClass with
 //!   controllerName `sluice.dev/gateway-controller` is added;
 //! - kinds that describe cluster infrastructure rather than gateway config
-//!   (Deployments, ConfigMaps, Secrets, ...) are left out: see [`SKIPPED_KINDS`];
+//!   (Deployments, Secrets, ...) are left out: see [`SKIPPED_KINDS`];
 //! - every Service gets an EndpointSlice pointing at its echo backend on
 //!   127.0.0.1 (what the cluster's EndpointSlice controller would do);
 //! - every Gateway without `spec.addresses` gets its own loopback address
@@ -41,7 +41,6 @@ pub const SKIPPED_KINDS: &[(&str, &str)] = &[
     ("apps", "StatefulSet"),
     ("apps", "ReplicaSet"),
     ("", "Pod"),
-    ("", "ConfigMap"),
     ("", "Secret"),
     ("", "ServiceAccount"),
     ("rbac.authorization.k8s.io", "Role"),
@@ -223,6 +222,20 @@ fn rewrite_gateway(doc: &mut Value, index: usize, offset: u16) -> Result<Gateway
             a
         }
     };
+    // Frontend TLS settings per port name listener ports, which move too.
+    if let Some(per_port) = spec
+        .get_mut("tls")
+        .and_then(|t| t.get_mut("frontend"))
+        .and_then(|f| f.get_mut("perPort"))
+        .and_then(Value::as_sequence_mut)
+    {
+        for p in per_port {
+            let port = p.get("port").and_then(Value::as_u64);
+            if let (Some(port), Some(m)) = (port, p.as_mapping_mut()) {
+                m.insert("port".into(), Value::from(port + u64::from(offset)));
+            }
+        }
+    }
     let mut listeners = Vec::new();
     if let Some(ls) = spec.get_mut("listeners").and_then(Value::as_sequence_mut) {
         for l in ls {

@@ -12,4 +12,5 @@ pub mod report;
 pub mod runner;
 pub mod stats;
 pub mod status;
+pub mod tls_backends;
 pub mod websocket;

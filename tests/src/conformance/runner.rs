@@ -22,7 +22,7 @@ use super::{
     status::{self as st, AgentStatus, Objects, Poll},
     websocket,
 };
-use crate::echo::{serve_with, Identity, RequestLog};
+use crate::echo::{serve_tls, serve_with, Identity, RequestLog};
 
 /// Upstream `RequiredConsecutiveSuccesses`.
 pub const CONSECUTIVE_SUCCESSES: usize = 3;
@@ -100,13 +100,16 @@ pub async fn run(opts: Options) -> Result<Report> {
 
     // One echo server per Service of any manifest, for the whole run.
     let mut services: BTreeSet<(String, String)> = manifests::services(&base).into_iter().collect();
+    let mut all_docs = base.clone();
     for t in &tests {
         for m in &t.manifests {
             if let Ok(docs) = manifests::read_docs(&opts.upstream_dir.join(m), GATEWAY_CLASS) {
                 services.extend(manifests::services(&docs));
+                all_docs.extend(docs);
             }
         }
     }
+    let certs = Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?);
     let mut backends = BTreeMap::new();
     for (ns, name) in services {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
@@ -117,7 +120,13 @@ pub async fn run(opts: Options) -> Result<Report> {
             pod: format!("{name}-5c9d7f8b4-conf0"),
             namespace: ns.clone(),
         };
-        tokio::spawn(serve_with(listener, id, Some(log.clone()), true));
+        // Backends whose Deployment serves TLS (echo-basic's TLS_* settings).
+        match super::tls_backends::server_config(&all_docs, &(ns.clone(), name.clone()), &certs)
+            .with_context(|| format!("TLS backend {ns}/{name}"))?
+        {
+            Some(tls) => tokio::spawn(serve_tls(listener, id, Some(log.clone()), true, tls)),
+            None => tokio::spawn(serve_with(listener, id, Some(log.clone()), true)),
+        };
         backends.insert((ns, name), Backend { port, log });
     }
 
@@ -128,7 +137,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         base,
         backends,
         work: work.clone(),
-        certs: Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?),
+        certs,
     };
     let mut results = Vec::new();
     for t in &tests {
@@ -414,9 +423,14 @@ impl Agent {
         let config = dir.join(format!("config-{n}"));
         std::fs::create_dir_all(&config)?;
         std::fs::write(config.join("conformance.yaml"), prepared.to_yaml()?)?;
-        // The Secrets the suite creates in code (manifests hold none).
+        // The Secrets and CA ConfigMaps the suite creates in code.
         let mut secrets = String::new();
-        for d in env.certs.secret_docs() {
+        for d in env
+            .certs
+            .secret_docs()
+            .into_iter()
+            .chain(env.certs.config_map_docs())
+        {
             secrets.push_str("---\n");
             secrets.push_str(&serde_yaml::to_string(&d)?);
         }
@@ -688,6 +702,11 @@ async fn run_case(
         return websocket::converge(ws, &out, env.opts.max_time_to_consistency).await;
     }
     let mut c = c.clone();
+    if let Some(e) = c.expected_request.as_mut() {
+        if let Some(r) = &e.client_cert_secret {
+            e.client_cert_pem = Some(env.certs.secret_ref(r)?.cert_pem.clone());
+        }
+    }
     // Plain mirrors are found by a request id of their own; percentage
     // mirrors get a fresh id per statistics round.
     let plain_mirrors = c.mirrored_to.iter().any(|m| m.percent.is_none());

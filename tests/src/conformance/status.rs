@@ -27,6 +27,24 @@ pub struct AgentStatus {
     pub gateway_classes: Vec<serde_json::Value>,
     pub gateways: Vec<GatewaySt>,
     pub http_routes: Vec<RouteSt>,
+    /// Policies (BackendTLSPolicy) with their `status.ancestors`.
+    pub policies: Vec<PolicySt>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct PolicySt {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub ancestors: Vec<AncestorSt>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct AncestorSt {
+    pub ancestor_ref: ParentRefSt,
+    pub conditions: Vec<Cond>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -196,6 +214,7 @@ pub enum Check {
         kind: String,
         policy: Key,
         ancestor: Key,
+        conditions: Vec<CondExp>,
     },
     /// Cannot be evaluated here; the reason.
     Unsupported(String),
@@ -427,15 +446,22 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
                         p.get("policy").map(|v| de::<Key>(v, "policy")),
                         p.get("ancestor").map(|v| de::<Key>(v, "ancestor")),
                     );
-                    match keys {
-                        (Some(Ok(policy)), Some(Ok(ancestor))) => out.push(Assertion {
-                            label: format!("{kind} {policy} ancestor {}", ancestor.name),
-                            check: Check::Policy {
-                                kind,
-                                policy,
-                                ancestor,
-                            },
-                        }),
+                    let conditions = match p.get("conditions") {
+                        None => Ok(Vec::new()),
+                        Some(v) => de::<Vec<CondExp>>(v, "conditions"),
+                    };
+                    match (keys, conditions) {
+                        ((Some(Ok(policy)), Some(Ok(ancestor))), Ok(conditions)) => {
+                            out.push(Assertion {
+                                label: format!("{kind} {policy} ancestor {}", ancestor.name),
+                                check: Check::Policy {
+                                    kind,
+                                    policy,
+                                    ancestor,
+                                    conditions,
+                                },
+                            })
+                        }
                         _ => bad(&mut out, format!("{kind} policy"), "invalid policy".into()),
                     }
                 }
@@ -494,6 +520,39 @@ pub fn condition_matches(exp: &CondExp, actual: &[Cond]) -> bool {
             && c.status == exp.status
             && exp.reason.as_ref().is_none_or(|r| *r == c.reason)
     })
+}
+
+/// The `policies` rule: an ancestor named like `ancestor` (namespace unset
+/// or equal) with the conditions, all at the policy's generation.
+fn policy_matches(
+    s: &AgentStatus,
+    objs: &Objects<'_>,
+    kind: &str,
+    policy: &Key,
+    ancestor: &Key,
+    conditions: &[CondExp],
+) -> Result<(), String> {
+    let p = s
+        .policies
+        .iter()
+        .find(|p| p.kind == kind && p.namespace == policy.namespace && p.name == policy.name)
+        .ok_or_else(|| {
+            format!("{kind} {policy}: no status (status.ancestors) in the agent's /status")
+        })?;
+    let a = p
+        .ancestors
+        .iter()
+        .find(|a| {
+            a.ancestor_ref.name == ancestor.name
+                && a.ancestor_ref
+                    .namespace
+                    .as_ref()
+                    .is_none_or(|ns| *ns == ancestor.namespace)
+        })
+        .ok_or_else(|| format!("{kind} {policy}: no ancestor {ancestor}"))?;
+    conditions_match(conditions, &a.conditions)
+        .and_then(|()| at_generation(&a.conditions, objs.generation(kind, policy)))
+        .map_err(|e| format!("{kind} {policy} ancestor {ancestor}: {e}"))
 }
 
 /// `Err` names the first expected condition that is missing.
@@ -781,9 +840,12 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
                 )),
             }
         })),
-        Check::Policy { kind, policy, .. } => Eval::Fail(format!(
-            "{kind} {policy}: the agent's /status reports no policy status (status.ancestors)"
-        )),
+        Check::Policy {
+            kind,
+            policy,
+            ancestor,
+            conditions,
+        } => r2e(policy_matches(s, objs, kind, policy, ancestor, conditions)),
     }
 }
 
@@ -1253,7 +1315,32 @@ gateways:
             "policies: [{kind: BackendTLSPolicy, policy: {namespace: infra, name: p}, ancestor: {namespace: infra, name: gw}, conditions: []}]\nmystery: 1",
             &s,
         );
-        assert!(fails(&e[0], "no policy status"), "{e:?}");
+        assert!(fails(&e[0], "no status"), "{e:?}");
         assert!(matches!(e[1], Eval::Unsupported(_)), "{e:?}");
+    }
+
+    #[test]
+    fn policy_ancestor_conditions() {
+        let s = agent(
+            r#"{"policies": [{"kind": "BackendTLSPolicy", "namespace": "infra", "name": "p",
+              "ancestors": [{"ancestorRef": {"namespace": "infra", "name": "gw"}, "controllerName": "c",
+                "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted"}]}]}]}"#,
+        );
+        let check = |conds: &str, ancestor: &str| {
+            run(
+                &format!("policies: [{{kind: BackendTLSPolicy, policy: {{namespace: infra, name: p}}, ancestor: {{namespace: infra, name: {ancestor}}}, conditions: {conds}}}]"),
+                &s,
+            )
+            .remove(0)
+        };
+        assert!(matches!(
+            check("[{type: Accepted, status: 'True', reason: Accepted}]", "gw"),
+            Eval::Pass
+        ));
+        assert!(fails(
+            &check("[{type: Accepted, status: 'False'}]", "gw"),
+            "Accepted=False"
+        ));
+        assert!(fails(&check("[]", "other"), "no ancestor"));
     }
 }
