@@ -4,7 +4,7 @@
 //! re-parses only the files that changed: parsing YAML dominates the cost of
 //! a reload, and a one-route edit should not pay for 5,000 routes.
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, HashMap},
     hash::{Hash, Hasher},
     path::{Path, PathBuf},
     sync::Arc,
@@ -35,10 +35,17 @@ struct CachedFile {
     /// Hash of the text, so a rewrite with the same content (editors, `touch`,
     /// `kubectl`-style tools) costs a read but no parse.
     digest: u64,
-    converted: Arc<FileResult>,
+    converted: Converted,
 }
 
-type FileResult = Result<Config, Vec<DocumentError>>;
+/// What a file converted to.
+#[derive(Debug)]
+enum Converted {
+    /// Each YAML document's objects, keyed by a hash of the document's text:
+    /// a change to one route in a file of hundreds re-parses that one.
+    Documents(Vec<(u64, Arc<Config>)>),
+    Invalid(Vec<DocumentError>),
+}
 
 /// What the file system says about a file; any difference means re-read.
 #[derive(Debug, PartialEq, Eq, Clone, Copy)]
@@ -69,6 +76,8 @@ pub struct LoadStats {
     pub read: usize,
     /// Files parsed because their content changed (or were new).
     pub parsed: usize,
+    /// YAML documents parsed: the new or changed documents of those files.
+    pub documents_parsed: usize,
 }
 
 impl DirSource {
@@ -124,12 +133,18 @@ impl DirSource {
                     let digest = digest(&text);
                     match cached {
                         Some(c) if c.digest == digest => CachedFile { stamp, ..c },
-                        _ => {
+                        cached => {
                             stats.parsed += 1;
+                            let previous = match cached.as_ref().map(|c| &c.converted) {
+                                Some(Converted::Documents(docs)) => docs.iter().cloned().collect(),
+                                _ => HashMap::new(),
+                            };
+                            let (converted, parsed) = convert_file(&path, &text, &previous);
+                            stats.documents_parsed += parsed;
                             CachedFile {
                                 stamp,
                                 digest,
-                                converted: Arc::new(convert_file(&path, &text)),
+                                converted,
                             }
                         }
                     }
@@ -142,9 +157,13 @@ impl DirSource {
         let mut errors = Vec::new();
         let mut config = Config::default();
         for file in self.files.values() {
-            match &*file.converted {
-                Ok(c) => config.merge(c.clone()),
-                Err(e) => errors.extend(e.iter().cloned()),
+            match &file.converted {
+                Converted::Documents(docs) => {
+                    for (_, c) in docs {
+                        config.merge(Config::clone(c));
+                    }
+                }
+                Converted::Invalid(e) => errors.extend(e.iter().cloned()),
             }
         }
         if errors.is_empty() {
@@ -189,13 +208,42 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
     Ok(())
 }
 
-/// Converts the documents of one file.
-fn convert_file(path: &Path, text: &str) -> FileResult {
+/// Converts the documents of one file, re-using the conversion of documents
+/// whose text is unchanged (`previous`, by text hash). Returns how many
+/// documents were parsed.
+fn convert_file(
+    path: &Path,
+    text: &str,
+    previous: &HashMap<u64, Arc<Config>>,
+) -> (Converted, usize) {
+    let mut docs = Vec::new();
+    let mut parsed = 0;
+    for chunk in split_documents(text) {
+        let d = digest(chunk);
+        if let Some(c) = previous.get(&d) {
+            docs.push((d, c.clone()));
+            continue;
+        }
+        parsed += 1;
+        let mut builder = validate::Builder::default();
+        add_documents(&mut builder, path, chunk);
+        match builder.finish() {
+            Ok(c) => docs.push((d, Arc::new(c))),
+            // The whole file again, so that every error names its real
+            // document number and line.
+            Err(_) => return (convert_whole_file(path, text), parsed),
+        }
+    }
+    (Converted::Documents(docs), parsed)
+}
+
+fn convert_whole_file(path: &Path, text: &str) -> Converted {
     let mut builder = validate::Builder::default();
     add_documents(&mut builder, path, text);
-    builder.finish().map_err(|e| match e {
-        ConfigError::Invalid(errors) => errors,
-        other => vec![DocumentError {
+    match builder.finish() {
+        Ok(c) => Converted::Documents(vec![(digest(text), Arc::new(c))]),
+        Err(ConfigError::Invalid(errors)) => Converted::Invalid(errors),
+        Err(other) => Converted::Invalid(vec![DocumentError {
             location: Location {
                 file: path.to_path_buf(),
                 document: 0,
@@ -203,8 +251,33 @@ fn convert_file(path: &Path, text: &str) -> FileResult {
             },
             field: String::new(),
             message: other.to_string(),
-        }],
-    })
+        }]),
+    }
+}
+
+/// Splits a multi-document YAML text at its document markers: lines that
+/// start with `---` followed by a space, a tab or the line end. YAML forbids
+/// such lines inside quoted scalars, and block scalars under a mapping are
+/// indented, so for the mappings a config holds these are exactly the
+/// document boundaries. Each piece keeps its own marker line.
+fn split_documents(text: &str) -> Vec<&str> {
+    let mut pieces = Vec::new();
+    let mut start = 0;
+    let mut line_start = 0;
+    for line in text.split_inclusive('\n') {
+        let marker = line
+            .strip_prefix("---")
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t', '\n', '\r']));
+        if marker && line_start > start {
+            pieces.push(&text[start..line_start]);
+            start = line_start;
+        }
+        line_start += line.len();
+    }
+    if start < text.len() || pieces.is_empty() {
+        pieces.push(&text[start..]);
+    }
+    pieces
 }
 
 fn add_documents(builder: &mut validate::Builder, path: &Path, text: &str) {
@@ -345,6 +418,56 @@ spec:
         let (c, s) = source.load_with_stats().unwrap();
         assert_eq!(route_names(&c), ["fixed"]);
         assert_eq!(s.parsed, 1, "the valid gateway file is not parsed again");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn documents_split_at_their_markers_only() {
+        assert_eq!(split_documents("a: 1\n"), ["a: 1\n"]);
+        assert_eq!(
+            split_documents("---\na: 1\n---\nb: 2\n"),
+            ["---\na: 1\n", "---\nb: 2\n"]
+        );
+        assert_eq!(
+            split_documents("# head\na: 1\n--- # two\nb: |\n  ---x\n---\n"),
+            ["# head\na: 1\n", "--- # two\nb: |\n  ---x\n", "---\n"]
+        );
+        // Not markers: `----`, `---x`, an indented `---`.
+        assert_eq!(split_documents("a: ----\n---x: 1\n  ---\n").len(), 1);
+        assert_eq!(split_documents(""), [""]);
+    }
+
+    #[test]
+    fn a_changed_document_is_the_only_one_parsed_and_errors_keep_their_document_number() {
+        let dir = temp_dir("docs");
+        let routes = |third: &str| {
+            format!(
+                "{GATEWAY}---\n{}---\n{}---\n{third}",
+                route("a"),
+                route("b")
+            )
+        };
+        std::fs::write(dir.join("all.yaml"), routes(&route("c"))).unwrap();
+        let mut source = DirSource::new(&dir);
+        let (c, s) = source.load_with_stats().unwrap();
+        assert_eq!(route_names(&c), ["a", "b", "c"]);
+        assert_eq!(s.documents_parsed, 4);
+
+        std::fs::write(dir.join("all.yaml"), routes(&route("c2"))).unwrap();
+        let (c, s) = source.load_with_stats().unwrap();
+        assert_eq!(route_names(&c), ["a", "b", "c2"], "order kept");
+        assert_eq!((s.parsed, s.documents_parsed), (1, 1));
+
+        std::fs::write(dir.join("all.yaml"), routes("kind: HTTPRoute\nspec: 7\n")).unwrap();
+        match source.load() {
+            Err(ConfigError::Invalid(errors)) => {
+                assert!(
+                    errors.iter().all(|e| e.location.document == 4),
+                    "{errors:?}"
+                );
+            }
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
