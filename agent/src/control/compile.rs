@@ -2,33 +2,33 @@
 //! eBPF maps). Pure: the same input gives the same output, so both halves can
 //! be tested without sockets or a kernel.
 use std::{
-    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
-    net::{IpAddr, SocketAddr},
+    collections::{BTreeMap, BTreeSet, HashSet},
+    net::IpAddr,
     sync::Arc,
 };
 
 use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SHARDS, PROTO_TCP};
 
 use crate::{
-    config::{
-        AllowedRoutes, Config, Filter, Gateway, Hostname, HttpRoute, Listener, ListenerProtocol,
-        ObjectRef, ParentRef, RouteRule, NAMESPACE_NAME_LABEL,
-    },
+    config::{Config, Gateway, HttpRoute, Listener, ListenerProtocol, ObjectRef},
     kernel::{port_ranges::split, KernelDesired, PortBlock, SourceRule},
     snapshot::{
-        AppProtocol, Backend, BackendGroup, BackendTarget, ListenerRoutes, MirrorTarget, PortAlias,
-        RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot, Unresolved,
+        ListenerRoutes, PortAlias, RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot,
     },
 };
 
 use super::{
-    backend_tls::{BackendTls, TLS_APP_PROTOCOLS},
+    backend_tls::BackendTls,
     frontend_tls::FrontendTls,
-    refgrant::{Kind, ReferenceGrants},
     status::{ListenerProblem, ListenerProblems, Status},
     tls::Certificates,
 };
 use crate::snapshot::tls::{server_config, SniResolver};
+
+pub(super) use super::{
+    attach::{effective_hostnames, namespace_allowed, parent_selects, NamespaceLabels},
+    backends::BackendResolver,
+};
 
 /// The controllerName of GatewayClasses this agent implements.
 pub const CONTROLLER_NAME: &str = "sluice.dev/gateway-controller";
@@ -372,248 +372,6 @@ fn listener_routes(
     RouteTable::build(entries)
 }
 
-pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
-    p.gateway == gateway.id
-        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
-        && p.port.is_none_or(|port| port == listener.port)
-}
-
-pub(super) fn namespace_allowed(
-    listener: &Listener,
-    gateway: &Gateway,
-    route: &HttpRoute,
-    namespaces: &NamespaceLabels,
-) -> bool {
-    if !listener.allows_http_routes {
-        return false;
-    }
-    match &listener.allowed_routes {
-        AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
-        AllowedRoutes::All => true,
-        AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(&route.id.namespace)),
-    }
-}
-
-/// Labels of the Namespaces in the config. A namespace that is not declared
-/// still has the label Kubernetes gives every namespace (its name).
-pub(super) struct NamespaceLabels<'a> {
-    declared: HashMap<&'a str, &'a BTreeMap<String, String>>,
-}
-
-impl<'a> NamespaceLabels<'a> {
-    fn new(config: &'a Config) -> Self {
-        Self {
-            declared: config
-                .namespaces
-                .iter()
-                .map(|n| (n.name.as_str(), &n.labels))
-                .collect(),
-        }
-    }
-
-    fn get(&self, namespace: &str) -> BTreeMap<String, String> {
-        match self.declared.get(namespace) {
-            Some(labels) => (*labels).clone(),
-            None => BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())]),
-        }
-    }
-}
-
-/// Hostnames under which a route is reachable through a listener: `[None]`
-/// (any host the listener takes) when neither names one, the intersection
-/// otherwise; empty when they do not intersect (the route does not attach).
-pub(super) fn effective_hostnames(
-    listener: Option<&Hostname>,
-    route: &[Hostname],
-) -> Vec<Option<Hostname>> {
-    match (listener, route.is_empty()) {
-        (None, true) => vec![None],
-        (Some(l), true) => vec![Some(l.clone())],
-        (None, false) => route.iter().cloned().map(Some).collect(),
-        (Some(l), false) => {
-            let mut v: Vec<Option<Hostname>> = route
-                .iter()
-                .filter_map(|r| Hostname::intersect(l, r))
-                .map(Some)
-                .collect();
-            v.sort();
-            v.dedup();
-            v
-        }
-    }
-}
-
-/// Resolves backendRefs to endpoints through Services and EndpointSlices.
-pub(super) struct BackendResolver<'a> {
-    services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
-    slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
-    grants: ReferenceGrants<'a>,
-    tls_policies: &'a [crate::config::BackendTlsPolicy],
-}
-
-impl<'a> BackendResolver<'a> {
-    fn new(config: &'a Config) -> Self {
-        let services = config.services.iter().map(|s| (&s.id, s)).collect();
-        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
-        for s in &config.endpoint_slices {
-            slices.entry(&s.service).or_default().push(s);
-        }
-        Self {
-            services,
-            slices,
-            grants: ReferenceGrants::new(config),
-            tls_policies: &config.backend_tls_policies,
-        }
-    }
-
-    fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
-        BackendGroup::new(
-            rule.backends
-                .iter()
-                .map(|b| {
-                    let target = self.target_of_kind(
-                        route,
-                        b.unsupported_kind.as_deref(),
-                        &b.service,
-                        b.port,
-                    );
-                    let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
-                    backend.filters = b.filters.clone();
-                    backend.protocol = self.protocol(&b.service, b.port);
-                    backend
-                })
-                .collect(),
-        )
-    }
-
-    fn mirrors(&self, route: &ObjectRef, rule: &RouteRule) -> Vec<MirrorTarget> {
-        rule.filters
-            .iter()
-            .filter_map(|f| match f {
-                Filter::Mirror(m) => Some(m),
-                _ => None,
-            })
-            .map(|m| {
-                let target = self.target(route, &m.service, m.port);
-                let backend = Backend::new(m.service.clone(), m.port, 1, target);
-                MirrorTarget::new(backend, m.numerator, m.denominator)
-            })
-            .collect()
-    }
-
-    fn target(&self, route: &ObjectRef, service: &ObjectRef, port: u16) -> BackendTarget {
-        self.target_of_kind(route, None, service, port)
-    }
-
-    /// Checks a reference the way `ResolvedRefs` reports it: the kind, then
-    /// the ReferenceGrant, then the Service and its port.
-    pub(super) fn check(
-        &self,
-        route: &ObjectRef,
-        unsupported_kind: Option<&str>,
-        service: &ObjectRef,
-        port: u16,
-    ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
-        if let Some(kind) = unsupported_kind {
-            return Err(Unresolved {
-                reason: "InvalidKind",
-                message: format!(
-                    "backend {service}: unsupported kind {kind} (supported: core Service)"
-                ),
-            });
-        }
-        if !self
-            .grants
-            .allows(Kind::HTTP_ROUTE, &route.namespace, Kind::SERVICE, service)
-        {
-            return Err(Unresolved {
-                reason: "RefNotPermitted",
-                message: format!(
-                    "backend {service}: cross-namespace reference not permitted by any \
-                     ReferenceGrant in namespace {}",
-                    service.namespace
-                ),
-            });
-        }
-        let Some(svc) = self.services.get(service).copied() else {
-            return Err(Unresolved {
-                reason: "BackendNotFound",
-                message: format!("backend {service}: Service not found"),
-            });
-        };
-        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
-            return Err(Unresolved {
-                reason: "BackendNotFound",
-                message: format!("backend {service}: Service has no port {port}"),
-            });
-        };
-        if let Some(p) = sp.app_protocol.as_deref() {
-            let covered = || {
-                self.tls_policies
-                    .iter()
-                    .any(|t| super::backend_tls::targets(t, service, sp.name.as_deref()))
-            };
-            if TLS_APP_PROTOCOLS.contains(&p) && !covered() {
-                return Err(Unresolved {
-                    reason: "UnsupportedProtocol",
-                    message: format!(
-                        "backend {service}: port {port} appProtocol {p} needs TLS to the \
-                         backend: attach a BackendTLSPolicy (CA and hostname to verify)"
-                    ),
-                });
-            }
-        }
-        Ok((svc, sp))
-    }
-
-    /// The upstream protocol of a Service port (HTTP/1.1 when unknown).
-    fn protocol(&self, service: &ObjectRef, port: u16) -> AppProtocol {
-        let app_protocol = self
-            .services
-            .get(service)
-            .and_then(|s| s.ports.iter().find(|p| p.port == port))
-            .and_then(|p| p.app_protocol.as_deref());
-        match app_protocol {
-            Some("kubernetes.io/h2c") => AppProtocol::H2c,
-            _ => AppProtocol::Http1,
-        }
-    }
-
-    fn target_of_kind(
-        &self,
-        route: &ObjectRef,
-        unsupported_kind: Option<&str>,
-        service: &ObjectRef,
-        port: u16,
-    ) -> BackendTarget {
-        let (_, sp) = match self.check(route, unsupported_kind, service, port) {
-            Ok(x) => x,
-            Err(u) => return BackendTarget::Invalid(u),
-        };
-        let mut endpoints = Vec::new();
-        for slice in self.slices.get(service).into_iter().flatten() {
-            // The slice port for this service port: same name, else the only one.
-            let slice_port = slice
-                .ports
-                .iter()
-                .find(|p| p.name == sp.name)
-                .or_else(|| (slice.ports.len() == 1).then(|| &slice.ports[0]))
-                .map(|p| p.port)
-                .or(sp.target_port)
-                .unwrap_or(sp.port);
-            endpoints.extend(
-                slice
-                    .addresses
-                    .iter()
-                    .map(|a| SocketAddr::new(*a, slice_port)),
-            );
-        }
-        endpoints.sort();
-        endpoints.dedup();
-        BackendTarget::Endpoints(endpoints)
-    }
-}
-
 /// Adds a shard's listeners and source rules to the desired kernel state.
 fn program_kernel(shard: &Shard, kernel: &mut KernelDesired, warnings: &mut Vec<String>) {
     let addrs: Vec<[u8; 16]> = if shard.addresses.is_empty() {
@@ -705,7 +463,7 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::config::parse_documents;
+    use crate::{config::parse_documents, snapshot::BackendTarget};
 
     const CFG: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1

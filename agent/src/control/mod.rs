@@ -1,6 +1,8 @@
 //! Control plane: turns validated config into a snapshot for the data path and
 //! desired state for the eBPF maps.
+mod attach;
 mod backend_tls;
+mod backends;
 mod compile;
 mod frontend_tls;
 mod isolation;

@@ -1,0 +1,79 @@
+//! Which routes attach to which listener: parentRef selection, `allowedRoutes`
+//! namespaces, and the hostname intersection. Shared by the compile step and
+//! the status model, which must agree on exactly this.
+use std::collections::{BTreeMap, HashMap};
+
+use crate::config::{
+    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, NAMESPACE_NAME_LABEL,
+};
+
+pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
+    p.gateway == gateway.id
+        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+        && p.port.is_none_or(|port| port == listener.port)
+}
+
+pub(super) fn namespace_allowed(
+    listener: &Listener,
+    gateway: &Gateway,
+    route: &HttpRoute,
+    namespaces: &NamespaceLabels,
+) -> bool {
+    if !listener.allows_http_routes {
+        return false;
+    }
+    match &listener.allowed_routes {
+        AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
+        AllowedRoutes::All => true,
+        AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(&route.id.namespace)),
+    }
+}
+
+/// Labels of the Namespaces in the config. A namespace that is not declared
+/// still has the label Kubernetes gives every namespace (its name).
+pub(super) struct NamespaceLabels<'a> {
+    declared: HashMap<&'a str, &'a BTreeMap<String, String>>,
+}
+
+impl<'a> NamespaceLabels<'a> {
+    pub(super) fn new(config: &'a Config) -> Self {
+        Self {
+            declared: config
+                .namespaces
+                .iter()
+                .map(|n| (n.name.as_str(), &n.labels))
+                .collect(),
+        }
+    }
+
+    pub(super) fn get(&self, namespace: &str) -> BTreeMap<String, String> {
+        match self.declared.get(namespace) {
+            Some(labels) => (*labels).clone(),
+            None => BTreeMap::from([(NAMESPACE_NAME_LABEL.to_owned(), namespace.to_owned())]),
+        }
+    }
+}
+
+/// Hostnames under which a route is reachable through a listener: `[None]`
+/// (any host the listener takes) when neither names one, the intersection
+/// otherwise; empty when they do not intersect (the route does not attach).
+pub(super) fn effective_hostnames(
+    listener: Option<&Hostname>,
+    route: &[Hostname],
+) -> Vec<Option<Hostname>> {
+    match (listener, route.is_empty()) {
+        (None, true) => vec![None],
+        (Some(l), true) => vec![Some(l.clone())],
+        (None, false) => route.iter().cloned().map(Some).collect(),
+        (Some(l), false) => {
+            let mut v: Vec<Option<Hostname>> = route
+                .iter()
+                .filter_map(|r| Hostname::intersect(l, r))
+                .map(Some)
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        }
+    }
+}

@@ -1,0 +1,191 @@
+//! Resolution of backendRefs and mirror targets: kind, ReferenceGrant,
+//! Service and port, endpoints from EndpointSlices, the upstream protocol
+//! (`appProtocol`) and the BackendTLSPolicy that covers the port. The status
+//! model reports `ResolvedRefs` from the same checks.
+use std::{collections::HashMap, net::SocketAddr};
+
+use crate::{
+    config::{Config, Filter, ObjectRef, RouteRule},
+    snapshot::{AppProtocol, Backend, BackendGroup, BackendTarget, MirrorTarget, Unresolved},
+};
+
+use super::{
+    backend_tls::TLS_APP_PROTOCOLS,
+    refgrant::{Kind, ReferenceGrants},
+};
+
+/// Resolves backendRefs to endpoints through Services and EndpointSlices.
+pub(super) struct BackendResolver<'a> {
+    services: HashMap<&'a ObjectRef, &'a crate::config::Service>,
+    slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
+    grants: ReferenceGrants<'a>,
+    tls_policies: &'a [crate::config::BackendTlsPolicy],
+}
+
+impl<'a> BackendResolver<'a> {
+    pub(super) fn new(config: &'a Config) -> Self {
+        let services = config.services.iter().map(|s| (&s.id, s)).collect();
+        let mut slices: HashMap<_, Vec<_>> = HashMap::new();
+        for s in &config.endpoint_slices {
+            slices.entry(&s.service).or_default().push(s);
+        }
+        Self {
+            services,
+            slices,
+            grants: ReferenceGrants::new(config),
+            tls_policies: &config.backend_tls_policies,
+        }
+    }
+
+    pub(super) fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
+        BackendGroup::new(
+            rule.backends
+                .iter()
+                .map(|b| {
+                    let target = self.target_of_kind(
+                        route,
+                        b.unsupported_kind.as_deref(),
+                        &b.service,
+                        b.port,
+                    );
+                    let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
+                    backend.filters = b.filters.clone();
+                    backend.protocol = self.protocol(&b.service, b.port);
+                    backend
+                })
+                .collect(),
+        )
+    }
+
+    pub(super) fn mirrors(&self, route: &ObjectRef, rule: &RouteRule) -> Vec<MirrorTarget> {
+        rule.filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::Mirror(m) => Some(m),
+                _ => None,
+            })
+            .map(|m| {
+                let target = self.target(route, &m.service, m.port);
+                let backend = Backend::new(m.service.clone(), m.port, 1, target);
+                MirrorTarget::new(backend, m.numerator, m.denominator)
+            })
+            .collect()
+    }
+
+    pub(super) fn target(
+        &self,
+        route: &ObjectRef,
+        service: &ObjectRef,
+        port: u16,
+    ) -> BackendTarget {
+        self.target_of_kind(route, None, service, port)
+    }
+
+    /// Checks a reference the way `ResolvedRefs` reports it: the kind, then
+    /// the ReferenceGrant, then the Service and its port.
+    pub(super) fn check(
+        &self,
+        route: &ObjectRef,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
+        if let Some(kind) = unsupported_kind {
+            return Err(Unresolved {
+                reason: "InvalidKind",
+                message: format!(
+                    "backend {service}: unsupported kind {kind} (supported: core Service)"
+                ),
+            });
+        }
+        if !self
+            .grants
+            .allows(Kind::HTTP_ROUTE, &route.namespace, Kind::SERVICE, service)
+        {
+            return Err(Unresolved {
+                reason: "RefNotPermitted",
+                message: format!(
+                    "backend {service}: cross-namespace reference not permitted by any \
+                     ReferenceGrant in namespace {}",
+                    service.namespace
+                ),
+            });
+        }
+        let Some(svc) = self.services.get(service).copied() else {
+            return Err(Unresolved {
+                reason: "BackendNotFound",
+                message: format!("backend {service}: Service not found"),
+            });
+        };
+        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+            return Err(Unresolved {
+                reason: "BackendNotFound",
+                message: format!("backend {service}: Service has no port {port}"),
+            });
+        };
+        if let Some(p) = sp.app_protocol.as_deref() {
+            let covered = || {
+                self.tls_policies
+                    .iter()
+                    .any(|t| super::backend_tls::targets(t, service, sp.name.as_deref()))
+            };
+            if TLS_APP_PROTOCOLS.contains(&p) && !covered() {
+                return Err(Unresolved {
+                    reason: "UnsupportedProtocol",
+                    message: format!(
+                        "backend {service}: port {port} appProtocol {p} needs TLS to the \
+                         backend: attach a BackendTLSPolicy (CA and hostname to verify)"
+                    ),
+                });
+            }
+        }
+        Ok((svc, sp))
+    }
+
+    /// The upstream protocol of a Service port (HTTP/1.1 when unknown).
+    pub(super) fn protocol(&self, service: &ObjectRef, port: u16) -> AppProtocol {
+        let app_protocol = self
+            .services
+            .get(service)
+            .and_then(|s| s.ports.iter().find(|p| p.port == port))
+            .and_then(|p| p.app_protocol.as_deref());
+        match app_protocol {
+            Some("kubernetes.io/h2c") => AppProtocol::H2c,
+            _ => AppProtocol::Http1,
+        }
+    }
+
+    pub(super) fn target_of_kind(
+        &self,
+        route: &ObjectRef,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> BackendTarget {
+        let (_, sp) = match self.check(route, unsupported_kind, service, port) {
+            Ok(x) => x,
+            Err(u) => return BackendTarget::Invalid(u),
+        };
+        let mut endpoints = Vec::new();
+        for slice in self.slices.get(service).into_iter().flatten() {
+            // The slice port for this service port: same name, else the only one.
+            let slice_port = slice
+                .ports
+                .iter()
+                .find(|p| p.name == sp.name)
+                .or_else(|| (slice.ports.len() == 1).then(|| &slice.ports[0]))
+                .map(|p| p.port)
+                .or(sp.target_port)
+                .unwrap_or(sp.port);
+            endpoints.extend(
+                slice
+                    .addresses
+                    .iter()
+                    .map(|a| SocketAddr::new(*a, slice_port)),
+            );
+        }
+        endpoints.sort();
+        endpoints.dedup();
+        BackendTarget::Endpoints(endpoints)
+    }
+}
