@@ -114,7 +114,7 @@ impl Builder {
             (GATEWAY_GROUP, "HTTPRoute") => {
                 if let Some(r) = decode::<wire::HttpRoute>(&mut doc, value) {
                     if let Some(r) = http_route(&mut doc, r) {
-                        self.config.routes.push(r);
+                        self.config.routes.push(std::sync::Arc::new(r));
                     }
                 }
             }

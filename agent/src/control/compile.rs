@@ -115,7 +115,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
     let mut problems = ListenerProblems::new();
     // Precedence among otherwise equal matches: the oldest route, then
     // namespace/name. Routes without a creation time count as newest.
-    let mut route_order: Vec<&HttpRoute> = config.routes.iter().collect();
+    let mut route_order: Vec<&HttpRoute> = config.routes.iter().map(|r| &**r).collect();
     route_order.sort_by(|a, b| {
         (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
     });

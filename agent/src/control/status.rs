@@ -248,7 +248,7 @@ pub(super) fn compute(
             conditions: vec![accepted],
         });
     }
-    let mut routes: Vec<&HttpRoute> = config.routes.iter().collect();
+    let mut routes: Vec<&HttpRoute> = config.routes.iter().map(|r| &**r).collect();
     routes.sort_by(|a, b| a.id.cmp(&b.id));
 
     for gateway in ours {
