@@ -1,10 +1,14 @@
 //! Configuration: the directory source, conversion and validation into the
 //! domain types of [`model`]. Nothing outside this module sees YAML.
+mod annotations;
 mod backend_tls;
+mod backends;
 mod filter;
+mod gateway;
 pub mod identity;
 mod load;
 pub mod model;
+mod refs;
 mod resources;
 mod route;
 mod time;
@@ -13,10 +17,11 @@ mod watch;
 
 use std::{fmt, path::PathBuf};
 
+pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
 pub use identity::NamespaceIdentity;
 pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
 pub use model::*;
-pub use validate::{port_range_overlaps, NAMESPACE_NAME_LABEL, PORT_RANGES_ANNOTATION};
+pub use refs::NAMESPACE_NAME_LABEL;
 pub use watch::DirWatcher;
 
 /// Where in the input a problem was found.
