@@ -63,8 +63,13 @@ pub struct Converter {
 }
 
 impl Converter {
-    /// Converts the stores and the held `secrets`.
-    pub fn convert(&mut self, stores: &Stores, secrets: &[DynamicObject]) -> Converted {
+    /// Converts the stores and the held `secrets` and `config_maps`.
+    pub fn convert(
+        &mut self,
+        stores: &Stores,
+        secrets: &[DynamicObject],
+        config_maps: &[DynamicObject],
+    ) -> Converted {
         let mut out = Converted::default();
         let node_labels: BTreeMap<String, String> = stores
             .get(&Kind::Node)
@@ -170,6 +175,7 @@ impl Converter {
         for kind in [
             Kind::HttpRoute,
             Kind::ReferenceGrant,
+            Kind::BackendTlsPolicy,
             Kind::Service,
             Kind::EndpointSlice,
             Kind::Namespace,
@@ -180,6 +186,9 @@ impl Converter {
         }
         for s in secrets {
             add(Kind::Secret, s, &mut out);
+        }
+        for m in config_maps {
+            add(Kind::ConfigMap, m, &mut out);
         }
         let (here, there): (Vec<_>, Vec<_>) = std::mem::take(&mut out.config.gateways)
             .into_iter()
@@ -383,7 +392,7 @@ mod tests {
             ),
         ]);
         let mut c = Converter::default();
-        let out = c.convert(&s, &[]);
+        let out = c.convert(&s, &[], &[]);
         assert!(out.changed);
         assert_eq!(out.config.gateway_classes.len(), 1);
         assert_eq!(out.config.gateways.len(), 1);
@@ -393,7 +402,7 @@ mod tests {
         assert!(text.contains("HTTPRoute a/bad"), "{text}");
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
-        assert!(!c.convert(&s, &[]).changed);
+        assert!(!c.convert(&s, &[], &[]).changed);
     }
 
     fn node(labels: &[(&str, &str)]) -> DynamicObject {
@@ -445,7 +454,7 @@ mod tests {
             gws.iter().map(|g| g.id.name.clone()).collect()
         };
         let mut c = Converter::default();
-        let out = c.convert(&objects(&[("role", "infra")]), &[]);
+        let out = c.convert(&objects(&[("role", "infra")]), &[], &[]);
         assert_eq!(names(&out.config.gateways), ["infra"]);
         assert_eq!(names(&out.elsewhere), ["edge"]);
         assert_eq!(out.errors.len(), 1);
@@ -457,11 +466,11 @@ mod tests {
             "{text}"
         );
         // The node is relabelled: the other Gateway is served here now.
-        let out = c.convert(&objects(&[("role", "edge")]), &[]);
+        let out = c.convert(&objects(&[("role", "edge")]), &[], &[]);
         assert!(out.changed, "a label change is a change");
         assert_eq!(names(&out.config.gateways), ["edge"]);
         assert_eq!(names(&out.elsewhere), ["infra"]);
-        assert!(!c.convert(&objects(&[("role", "edge")]), &[]).changed);
+        assert!(!c.convert(&objects(&[("role", "edge")]), &[], &[]).changed);
     }
 
     #[test]
@@ -493,7 +502,7 @@ mod tests {
             gateway("two", "30050"),
             gateway("three", "31000"),
         ]);
-        let out = Converter::default().convert(&s, &[]);
+        let out = Converter::default().convert(&s, &[], &[]);
         let served: Vec<String> = out
             .config
             .gateways

@@ -21,8 +21,8 @@ use crate::{
     config::ObjectRef,
     control::{
         status::{
-            ClassStatus, Condition, GatewayStatus, ParentRefStatus, RouteParentStatus, RouteStatus,
-            Status,
+            ClassStatus, Condition, GatewayStatus, ParentRefStatus, PolicyStatus,
+            RouteParentStatus, RouteStatus, Status,
         },
         CONTROLLER_NAME,
     },
@@ -38,6 +38,8 @@ pub enum ObjectStatus {
     Gateway(GatewayStatus),
     /// Only the parents this agent serves.
     HttpRoute(RouteStatus),
+    /// Only the ancestor Gateways of our classes.
+    BackendTlsPolicy(PolicyStatus),
 }
 
 impl ObjectStatus {
@@ -46,6 +48,10 @@ impl ObjectStatus {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
             ObjectStatus::HttpRoute(r) => (Kind::HttpRoute, ObjectRef::new(&r.namespace, &r.name)),
+            ObjectStatus::BackendTlsPolicy(p) => (
+                Kind::BackendTlsPolicy,
+                ObjectRef::new(&p.namespace, &p.name),
+            ),
         }
     }
 }
@@ -78,6 +84,14 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .iter()
                 .cloned()
                 .map(ObjectStatus::HttpRoute),
+        )
+        .chain(
+            status
+                .policies
+                .iter()
+                .filter(|p| p.kind == "BackendTLSPolicy")
+                .cloned()
+                .map(ObjectStatus::BackendTlsPolicy),
         )
         .collect();
     let messages = |kind: Kind, id: &ObjectRef| {
@@ -145,6 +159,9 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .chain(g.listeners.iter_mut().map(|l| &mut l.conditions))
                 .collect(),
             ObjectStatus::HttpRoute(r) => r.parents.iter_mut().map(|p| &mut p.conditions).collect(),
+            ObjectStatus::BackendTlsPolicy(p) => {
+                p.ancestors.iter_mut().map(|a| &mut a.conditions).collect()
+            }
         };
         for c in conditions.into_iter().flatten() {
             c.observed_generation.get_or_insert(generation);
@@ -296,8 +313,41 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
             }
             json!({"parents": out})
         }
+        ObjectStatus::BackendTlsPolicy(p) => {
+            let old_ancestors = current.get("ancestors").and_then(|a| a.as_array());
+            // `ancestors` is atomic like route `parents`: other controllers'
+            // entries are carried over; ours come first when the list is
+            // over the CRD's limit.
+            let mut out: Vec<Value> = Vec::new();
+            for a in &p.ancestors {
+                let ancestor_ref = json!(a.ancestor_ref);
+                let old = old_ancestors.into_iter().flatten().find(|o| {
+                    o.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
+                        && o.get("ancestorRef") == Some(&ancestor_ref)
+                });
+                out.push(json!({
+                    "ancestorRef": ancestor_ref,
+                    "controllerName": a.controller_name,
+                    "conditions": conditions_json(&a.conditions, old.and_then(|o| o.get("conditions")), now),
+                }));
+            }
+            out.extend(
+                old_ancestors
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| {
+                        a.get("controllerName").and_then(|c| c.as_str()) != Some(CONTROLLER_NAME)
+                    })
+                    .cloned(),
+            );
+            out.truncate(MAX_POLICY_ANCESTORS);
+            json!({"ancestors": out})
+        }
     }
 }
+
+/// `status.ancestors` holds at most this many entries (CRD `maxItems`).
+const MAX_POLICY_ANCESTORS: usize = 16;
 
 fn conditions_json(conditions: &[Condition], old: Option<&Value>, now: &str) -> Vec<Value> {
     conditions
@@ -420,6 +470,52 @@ mod tests {
         assert_eq!(out["parents"][1]["controllerName"], CONTROLLER_NAME);
         assert_eq!(out["parents"][1]["parentRef"]["namespace"], "a");
         assert!(out["parents"][1]["parentRef"].get("sectionName").is_none());
+    }
+    #[test]
+    fn policy_ancestors_keep_other_controllers_and_transition_times() {
+        let ancestor = |accepted: bool| {
+            ObjectStatus::BackendTlsPolicy(PolicyStatus {
+                kind: "BackendTLSPolicy",
+                namespace: "a".into(),
+                name: "p".into(),
+                ancestors: vec![crate::control::status::PolicyAncestorStatus {
+                    ancestor_ref: ParentRefStatus {
+                        group: super::super::watch::GATEWAY_GROUP,
+                        kind: "Gateway",
+                        namespace: "a".into(),
+                        name: "gw".into(),
+                        section_name: None,
+                        port: None,
+                    },
+                    controller_name: CONTROLLER_NAME,
+                    conditions: vec![cond("Accepted", accepted)],
+                }],
+            })
+        };
+        let other =
+            json!({"controllerName": "other.io/x", "ancestorRef": {"name": "o"}, "conditions": []});
+        let first = render(
+            &ancestor(true),
+            &json!({"ancestors": [other.clone()]}),
+            "T1",
+        );
+        let list = first["ancestors"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(list[0]["ancestorRef"]["kind"], "Gateway");
+        assert_eq!(list[0]["conditions"][0]["lastTransitionTime"], "T1");
+        assert_eq!(list[1], other);
+        let again = render(&ancestor(true), &first, "T2");
+        assert_eq!(
+            again["ancestors"][0]["conditions"][0]["lastTransitionTime"],
+            "T1"
+        );
+        assert_eq!(strip_times(&again), strip_times(&project(&first, &again)));
+        let flipped = render(&ancestor(false), &first, "T3");
+        assert_eq!(
+            flipped["ancestors"][0]["conditions"][0]["lastTransitionTime"],
+            "T3"
+        );
     }
 }
 

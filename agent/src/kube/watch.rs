@@ -6,7 +6,8 @@
 //! Besides the config kinds: this node's Pods (`spec.nodeName` field
 //! selector, for namespace identity, see [`super::pods`]), this agent's own
 //! Node (its labels select Gateways, see [`super::node_select`]), and only
-//! the Secrets that listeners reference ([`super::secrets`]). Objects are
+//! the Secrets and ConfigMaps that the configuration references
+//! ([`super::held`]). Objects are
 //! trimmed before they are stored: nobody reads `managedFields`, and of a Pod
 //! or a Node only a few fields.
 use std::{collections::BTreeMap, time::Duration};
@@ -24,7 +25,10 @@ use ::kube::{
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{secrets::SecretStore, KubeSettings};
+use super::{
+    held::{HeldKind, HeldStore},
+    KubeSettings,
+};
 use crate::admin::SourceHealth;
 
 /// Group of the Gateway API kinds.
@@ -37,11 +41,14 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     ReferenceGrant,
+    BackendTlsPolicy,
     Service,
     EndpointSlice,
     Namespace,
-    /// Only referenced `kubernetes.io/tls` Secrets ([`super::secrets`]).
+    /// Only referenced `kubernetes.io/tls` Secrets ([`super::held`]).
     Secret,
+    /// Only referenced ConfigMaps (CA bundles, [`super::held`]).
+    ConfigMap,
     /// Pods on this node.
     Pod,
     /// This agent's own Node.
@@ -50,11 +57,12 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
@@ -67,10 +75,17 @@ impl Kind {
             Kind::Gateway => (GATEWAY_GROUP, "v1", "Gateway", "gateways"),
             Kind::HttpRoute => (GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
             Kind::ReferenceGrant => (GATEWAY_GROUP, "v1", "ReferenceGrant", "referencegrants"),
+            Kind::BackendTlsPolicy => (
+                GATEWAY_GROUP,
+                "v1",
+                "BackendTLSPolicy",
+                "backendtlspolicies",
+            ),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Namespace => ("", "v1", "Namespace", "namespaces"),
             Kind::Secret => ("", "v1", "Secret", "secrets"),
+            Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
             Kind::Pod => ("", "v1", "Pod", "pods"),
             Kind::Node => ("", "v1", "Node", "nodes"),
         };
@@ -90,7 +105,9 @@ pub struct Watches {
     /// The config kinds ([`Kind::ALL`]) plus [`Kind::Pod`] and [`Kind::Node`].
     pub stores: Stores,
     /// Referenced TLS Secrets.
-    pub secrets: SecretStore,
+    pub secrets: HeldStore,
+    /// Referenced ConfigMaps (CA bundles).
+    pub config_maps: HeldStore,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -162,16 +179,23 @@ impl Watches {
                 }
             }));
         }
-        let (secrets, task) = SecretStore::start(
-            client.clone(),
-            settings.watch_namespace.clone(),
-            changed,
-            health,
-        );
-        tasks.push(task);
+        let mut held = |what| {
+            let (store, task) = HeldStore::start(
+                client.clone(),
+                what,
+                settings.watch_namespace.clone(),
+                changed.clone(),
+                health.clone(),
+            );
+            tasks.push(task);
+            store
+        };
+        let secrets = held(HeldKind::SECRETS);
+        let config_maps = held(HeldKind::CONFIG_MAPS);
         Self {
             stores,
             secrets,
+            config_maps,
             tasks,
         }
     }
@@ -183,6 +207,7 @@ impl Watches {
             let _ = store.wait_until_ready().await;
         }
         self.secrets.synced().await;
+        self.config_maps.synced().await;
     }
 
     pub fn stop(&self) {
