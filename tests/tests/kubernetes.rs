@@ -1058,3 +1058,59 @@ spec:
     .await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_serves_without_the_backend_tls_policy_crd() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("nocrd", 27513, 34860) else {
+        return;
+    };
+    // A cluster with a Gateway API older than BackendTLSPolicy v1.
+    let crd = shared_dir()
+        .join("gateway-api/crd/standard/gateway.networking.k8s.io_backendtlspolicies.yaml");
+    kube.kubectl_ok(&["delete", "-f", crd.to_str().unwrap(), "--wait=true"]);
+    let echo = echo().await;
+    let port = free_port();
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    eventually(
+        "traffic through the agent without the BackendTLSPolicy CRD",
+        Duration::from_secs(20),
+        || async { status_of(port, "/v1/users").await == 200 },
+    )
+    .await;
+    // The CRD is installed later: policies are picked up (this one is
+    // invalid, so it shows in /config's objectErrors).
+    kube.kubectl_ok(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/backendtlspolicies.gateway.networking.k8s.io",
+    ]);
+    kube.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: late, namespace: apps}\n\
+         spec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  options: {example.com/x: \"y\"}\n  \
+         validation: {hostname: echo.internal, wellKnownCACertificates: System}\n",
+    );
+    let admin = app.admin_addr;
+    eventually(
+        "the BackendTLSPolicy watch recovers once the CRD exists",
+        Duration::from_secs(30),
+        || async {
+            admin_config(admin).await["objectErrors"]
+                .as_array()
+                .is_some_and(|e| {
+                    e.iter().any(|e| {
+                        e.as_str().is_some_and(|e| {
+                            e.contains("BackendTLSPolicy apps/late") && e.contains("spec.options")
+                        })
+                    })
+                })
+        },
+    )
+    .await;
+    assert_eq!(status_of(port, "/v1/users").await, 200);
+    app.shutdown().await;
+}

@@ -40,7 +40,7 @@ use tokio::{
 
 use super::{
     convert::object_ref,
-    watch::{Kind, WatchBackoff},
+    watch::{unavailable_kind, Kind, WatchBackoff, UNAVAILABLE_RETRY},
 };
 use crate::{
     admin::SourceHealth,
@@ -134,7 +134,9 @@ impl HeldStore {
             tokio::spawn(async move {
                 let stream = watcher::watcher(api, config).backoff(WatchBackoff::default());
                 let mut stream = std::pin::pin!(stream);
+                let mut unavailable = false;
                 while let Some(event) = stream.next().await {
+                    let mut pause = false;
                     let poke = {
                         let mut st = state.lock().expect("held lock");
                         match event {
@@ -159,8 +161,24 @@ impl HeldStore {
                                 if let Some(r) = st.relist.take() {
                                     st.held = r;
                                 }
+                                unavailable = false;
                                 listed_tx.send_replace(true);
                                 true
+                            }
+                            Err(e) if kind.optional() && unavailable_kind(&e) => {
+                                // Serve without (nothing held) and keep trying,
+                                // at a calm pace (see `watch::UNAVAILABLE_RETRY`).
+                                pause = true;
+                                st.relist = None;
+                                listed_tx.send_replace(true);
+                                if unavailable {
+                                    false
+                                } else {
+                                    unavailable = true;
+                                    tracing::warn!(?kind, error = %e, "Kubernetes kind not available (no RBAC permission?); serving without it and retrying");
+                                    st.held.clear();
+                                    true
+                                }
                             }
                             Err(e) => {
                                 tracing::warn!(?kind, error = %e, "Kubernetes watch failed; retrying");
@@ -171,6 +189,9 @@ impl HeldStore {
                     };
                     if poke {
                         let _ = changed.try_send(());
+                    }
+                    if pause {
+                        tokio::time::sleep(UNAVAILABLE_RETRY).await;
                     }
                 }
             })

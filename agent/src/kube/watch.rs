@@ -15,7 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use ::kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
     runtime::{
-        reflector::{self, store::Writer, Store},
+        reflector::{store::Writer, Store},
         utils::Backoff,
         watcher::{self, Event},
         WatchStreamExt,
@@ -92,6 +92,13 @@ impl Kind {
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     }
 
+    /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
+    /// than v1.4 without BackendTLSPolicy v1, or RBAC not updated yet for
+    /// them) must not keep the agent from serving everything else.
+    pub fn optional(self) -> bool {
+        matches!(self, Kind::BackendTlsPolicy | Kind::ConfigMap)
+    }
+
     fn namespaced(self) -> bool {
         !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::Node)
     }
@@ -151,26 +158,42 @@ impl Watches {
                 }
                 _ => trim_managed_fields,
             };
-            let writer = Writer::new(kind.resource());
+            let mut writer = Writer::new(kind.resource());
             stores.insert(kind, writer.as_reader());
-            let stream = reflector::reflector(
-                writer,
-                watcher::watcher(api_for(kind), config)
-                    .backoff(WatchBackoff::default())
-                    .modify(trim),
-            );
+            let stream = watcher::watcher(api_for(kind), config)
+                .backoff(WatchBackoff::default())
+                .modify(trim);
             let changed = changed.clone();
             let health = health.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
+                // An optional kind that cannot be listed (see `Kind::optional`).
+                let mut unavailable = false;
                 while let Some(event) = stream.next().await {
                     match event {
-                        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => {
-                            let _ = changed.try_send(());
+                        Ok(ev) => {
+                            writer.apply_watcher_event(&ev);
+                            if matches!(ev, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
+                                unavailable = false;
+                                let _ = changed.try_send(());
+                            }
                         }
-                        Ok(Event::Init | Event::InitApply(_)) => {}
+                        Err(e) if kind.optional() && unavailable_kind(&e) => {
+                            // Serve without it (an empty store, listed) and
+                            // keep trying: the CRD or the permission may come.
+                            if !unavailable {
+                                unavailable = true;
+                                tracing::warn!(kind = ?kind, error = %e, "Kubernetes kind not available (CRD not installed or no RBAC permission); serving without it and retrying");
+                                writer.apply_watcher_event(&Event::Init);
+                                writer.apply_watcher_event(&Event::InitDone);
+                                let _ = changed.try_send(());
+                            }
+                            // Every attempt starts with `Init`, which resets
+                            // the backoff: look again at a calm pace.
+                            tokio::time::sleep(UNAVAILABLE_RETRY).await;
+                        }
                         Err(e) => {
-                            // The reflector keeps the last listed objects; the
+                            // The store keeps the last listed objects; the
                             // watcher retries with backoff.
                             tracing::warn!(kind = ?kind, error = %e, "Kubernetes watch failed; retrying");
                             health.failed();
@@ -223,6 +246,21 @@ impl Drop for Watches {
     }
 }
 
+/// Whether a watch error says the kind cannot be listed at all: not served
+/// (404) or not permitted (403).
+pub(super) fn unavailable_kind(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::InitialListFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => s,
+        _ => return false,
+    };
+    // By code: a missing resource answers with a plain-text body, whose
+    // reconstructed status has no reason (`is_not_found` wants one).
+    matches!(status.code, 403 | 404) || status.is_not_found() || status.is_forbidden()
+}
+
 /// Nothing reads `managedFields`; with thousands of objects they are a
 /// good part of the memory.
 fn trim_managed_fields(obj: &mut DynamicObject) {
@@ -236,6 +274,9 @@ fn trim_managed_fields(obj: &mut DynamicObject) {
 pub struct WatchBackoff {
     next: Duration,
 }
+
+/// How often an optional kind that is not available is looked for again.
+pub(super) const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
