@@ -1111,6 +1111,28 @@ async fn kube_serves_without_the_backend_tls_policy_crd() {
         },
     )
     .await;
+    // Its status says so, towards the Gateway whose route uses the Service.
+    eventually(
+        "the invalid BackendTLSPolicy gets Accepted=False (Invalid)",
+        Duration::from_secs(20),
+        || async {
+            let p = kube.get("backendtlspolicy/late", "apps");
+            let a = &p["status"]["ancestors"][0];
+            let accepted = a["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
+                .cloned()
+                .unwrap_or_default();
+            a["ancestorRef"]["name"] == "gw"
+                && a["controllerName"] == "sluice.dev/gateway-controller"
+                && accepted["status"] == "False"
+                && accepted["reason"] == "Invalid"
+                && accepted["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.options"))
+        },
+    )
+    .await;
     assert_eq!(status_of(port, "/v1/users").await, 200);
     app.shutdown().await;
 }

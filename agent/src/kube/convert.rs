@@ -38,6 +38,9 @@ pub struct Converted {
     /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
     /// status can say why they are not attached.
     pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Invalid BackendTLSPolicies and the Services their targetRefs name,
+    /// so their status can say why they are not accepted.
+    pub invalid_policy_targets: Vec<(ObjectRef, Vec<ObjectRef>)>,
     /// Valid Gateways of our classes that this node does not serve
     /// (`sluice.dev/node-selector`); not in `config`, but their status is
     /// still the leader's job.
@@ -135,6 +138,10 @@ impl Converter {
                     if kind == Kind::HttpRoute {
                         out.invalid_route_parents
                             .push((key.1.clone(), raw_parents(obj)));
+                    }
+                    if kind == Kind::BackendTlsPolicy {
+                        out.invalid_policy_targets
+                            .push((key.1.clone(), raw_service_targets(obj)));
                     }
                     out.errors.push((key.clone(), errors.clone()))
                 }
@@ -256,6 +263,26 @@ fn raw_parents(obj: &DynamicObject) -> Vec<ObjectRef> {
             let pns = p.get("namespace").and_then(|n| n.as_str()).unwrap_or(&ns);
             Some(ObjectRef::new(pns, name))
         })
+        .collect()
+}
+
+/// The Services named by a policy's `spec.targetRefs`, read without validation.
+fn raw_service_targets(obj: &DynamicObject) -> Vec<ObjectRef> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("targetRefs"))
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.get("group")
+                .and_then(|g| g.as_str())
+                .unwrap_or("")
+                .is_empty()
+                && t.get("kind").and_then(|k| k.as_str()) == Some("Service")
+        })
+        .filter_map(|t| Some(ObjectRef::new(&ns, t.get("name")?.as_str()?)))
         .collect()
 }
 

@@ -21,8 +21,8 @@ use crate::{
     config::ObjectRef,
     control::{
         status::{
-            ClassStatus, Condition, GatewayStatus, ParentRefStatus, PolicyStatus,
-            RouteParentStatus, RouteStatus, Status,
+            ClassStatus, Condition, GatewayStatus, ParentRefStatus, PolicyAncestorStatus,
+            PolicyStatus, RouteParentStatus, RouteStatus, Status,
         },
         CONTROLLER_NAME,
     },
@@ -145,6 +145,46 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
                 parents,
+            }));
+        }
+    }
+    // An invalid policy: Accepted=False (Invalid) towards each Gateway of
+    // ours whose routes use a Service it targets.
+    for (id, services) in &converted.invalid_policy_targets {
+        let message = messages(Kind::BackendTlsPolicy, id);
+        let ancestors: Vec<_> = status
+            .gateways
+            .iter()
+            .filter(|gw| {
+                converted.config.routes.iter().any(|r| {
+                    r.parents
+                        .iter()
+                        .any(|p| p.gateway.namespace == gw.namespace && p.gateway.name == gw.name)
+                        && r.rules
+                            .iter()
+                            .flat_map(|rule| &rule.backends)
+                            .any(|b| services.contains(&b.service))
+                })
+            })
+            .map(|gw| PolicyAncestorStatus {
+                ancestor_ref: ParentRefStatus {
+                    group: super::watch::GATEWAY_GROUP,
+                    kind: "Gateway",
+                    namespace: gw.namespace.clone(),
+                    name: gw.name.clone(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![condition("Accepted", "Invalid", message.clone())],
+            })
+            .collect();
+        if !ancestors.is_empty() {
+            out.push(ObjectStatus::BackendTlsPolicy(PolicyStatus {
+                kind: "BackendTLSPolicy",
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                ancestors,
             }));
         }
     }
@@ -478,7 +518,7 @@ mod tests {
                 kind: "BackendTLSPolicy",
                 namespace: "a".into(),
                 name: "p".into(),
-                ancestors: vec![crate::control::status::PolicyAncestorStatus {
+                ancestors: vec![PolicyAncestorStatus {
                     ancestor_ref: ParentRefStatus {
                         group: super::super::watch::GATEWAY_GROUP,
                         kind: "Gateway",
@@ -582,7 +622,48 @@ spec:
             (Kind::Gateway, ObjectRef::new("a", "broken")),
             vec![error("Gateway a/broken")],
         ));
+        converted.errors.push((
+            (Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")),
+            vec![error("BackendTLSPolicy a/bad-tls")],
+        ));
+        converted.invalid_policy_targets.push((
+            ObjectRef::new("a", "bad-tls"),
+            vec![ObjectRef::new("a", "s")],
+        ));
+        converted.errors.push((
+            (Kind::BackendTlsPolicy, ObjectRef::new("a", "unused")),
+            vec![error("BackendTLSPolicy a/unused")],
+        ));
+        converted.invalid_policy_targets.push((
+            ObjectRef::new("a", "unused"),
+            vec![ObjectRef::new("a", "nobody-routes-here")],
+        ));
+        converted
+            .generations
+            .insert((Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")), 7);
         let out = objects(&status, &converted);
+        let policies: Vec<&PolicyStatus> = out
+            .iter()
+            .filter_map(|o| match o {
+                ObjectStatus::BackendTlsPolicy(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            policies.len(),
+            1,
+            "only the policy whose Service a route of ours uses"
+        );
+        assert_eq!(policies[0].name, "bad-tls");
+        let ancestor = &policies[0].ancestors[0];
+        assert_eq!(ancestor.ancestor_ref.name, "gw");
+        let accepted = &ancestor.conditions[0];
+        assert_eq!(
+            (accepted.kind, accepted.status, accepted.reason),
+            ("Accepted", "False", "Invalid")
+        );
+        assert!(accepted.message.contains("BackendTLSPolicy a/bad-tls"));
+        assert_eq!(accepted.observed_generation, Some(7));
         let class = out
             .iter()
             .find_map(|o| match o {
