@@ -1031,6 +1031,26 @@ spec:
         serde_json::json!(["apps/backend-ca"])
     );
 
+    // A Gateway's frontend client-certificate validation references a CA
+    // ConfigMap too: it is held as well.
+    let client_ca = TestCa::new("client CA");
+    kube.apply(&client_ca.config_map("client-ca"));
+    kube.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\n\
+         spec:\n  gatewayClassName: sluice\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  \
+         listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n  \
+         tls: {{frontend: {{default: {{validation: {{caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]}}}}}}}}\n"
+    ));
+    eventually(
+        "the ConfigMap of the Gateway's frontend validation is held",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["heldConfigMaps"]
+                == serde_json::json!(["apps/backend-ca", "apps/client-ca"])
+        },
+    )
+    .await;
+
     // The policy names the other CA: it is fetched, the first is dropped,
     // and the backend's certificate no longer verifies.
     kube.apply(&policy("other-ca"));
@@ -1038,7 +1058,8 @@ spec:
         "only the newly referenced ConfigMap is held and TLS to the backend fails",
         Duration::from_secs(20),
         || async {
-            admin_config(admin).await["heldConfigMaps"] == serde_json::json!(["apps/other-ca"])
+            admin_config(admin).await["heldConfigMaps"]
+                == serde_json::json!(["apps/client-ca", "apps/other-ca"])
                 && !matches!(get(port, "/tls").await.0, 0 | 200)
         },
     )
@@ -1050,7 +1071,7 @@ spec:
         Duration::from_secs(20),
         || async {
             let p = kube.get("backendtlspolicy/secure", "apps");
-            admin_config(admin).await["heldConfigMaps"] == serde_json::json!([])
+            admin_config(admin).await["heldConfigMaps"] == serde_json::json!(["apps/client-ca"])
                 && condition(&p["status"]["ancestors"][0]["conditions"], "ResolvedRefs").as_deref()
                     == Some("False")
         },
