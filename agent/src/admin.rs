@@ -88,6 +88,8 @@ pub struct ConfigNotes {
     pub identity: IdentityNotes,
     /// Kubernetes: the Secrets held in memory (only referenced ones).
     pub held_secrets: Vec<String>,
+    /// Kubernetes: the ConfigMaps held in memory (only referenced CA bundles).
+    pub held_config_maps: Vec<String>,
     /// Kubernetes: Gateways not served on this node (`sluice.dev/node-selector`).
     pub gateways_elsewhere: Vec<String>,
     /// Kubernetes: pods on this node whose cgroup was not found (yet).
@@ -259,6 +261,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 "objectErrors": notes.object_errors,
                 "identity": notes.identity,
                 "heldSecrets": notes.held_secrets,
+                "heldConfigMaps": notes.held_config_maps,
                 "gatewaysElsewhere": notes.gateways_elsewhere,
                 "unresolvedPods": notes.unresolved_pods,
             });

@@ -819,3 +819,341 @@ async fn kube_node_labels_select_the_gateways_served() {
     assert!(gateway_status_ok(&kube.get("gateway/gw", "apps"), 1));
     app.shutdown().await;
 }
+
+/// A CA and a leaf it signs for `names` (rcgen), as PEM.
+struct TestCa {
+    cert: rcgen::Certificate,
+    key: rcgen::KeyPair,
+}
+
+impl TestCa {
+    fn new(name: &str) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Self { cert, key }
+    }
+
+    /// (certificate PEM, key PEM) of a leaf for `names`.
+    fn leaf(&self, names: &[&str]) -> (String, String) {
+        let names: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+        let params = rcgen::CertificateParams::new(names).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.cert, &self.key).unwrap();
+        (cert.pem(), key.serialize_pem())
+    }
+
+    /// A ConfigMap `apps/name` with this CA under `ca.crt`.
+    fn config_map(&self, name: &str) -> String {
+        let pem: String = self
+            .cert
+            .pem()
+            .lines()
+            .map(|l| format!("    {l}\n"))
+            .collect();
+        format!(
+            "apiVersion: v1\nkind: ConfigMap\nmetadata: {{name: {name}, namespace: apps}}\ndata:\n  ca.crt: |\n{pem}"
+        )
+    }
+}
+
+/// An echo backend over TLS with the leaf `(cert, key)`; its answers report
+/// the SNI it was reached with.
+async fn tls_echo(leaf: &(String, String)) -> SocketAddr {
+    use rustls::pki_types::{pem::PemObject, CertificateDer, PrivateKeyDer};
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(leaf.0.as_bytes())
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let key = PrivateKeyDer::from_pem_slice(leaf.1.as_bytes()).unwrap();
+    let mut config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(chain, key)
+    .unwrap();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(sluice_tests::echo::serve_tls(
+        l,
+        Identity {
+            pod: "secure-1".into(),
+            namespace: "apps".into(),
+        },
+        None,
+        true,
+        std::sync::Arc::new(config),
+    ));
+    addr
+}
+
+/// Status and body of GET `path` with Host api.example.com; `(0, "")` when
+/// no answer.
+async fn get(port: u16, path: &str) -> (u16, String) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", "api.example.com")
+        .body(Empty::new())
+        .unwrap();
+    match tokio::time::timeout(Duration::from_secs(3), client.request(req)).await {
+        Ok(Ok(resp)) => {
+            let s = resp.status().as_u16();
+            let body = resp
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            (s, String::from_utf8_lossy(&body).into_owned())
+        }
+        _ => (0, String::new()),
+    }
+}
+
+/// Whether a BackendTLSPolicy's status has our ancestor entry for Gateway
+/// `apps/gw` with Accepted and ResolvedRefs True at its generation.
+fn policy_status_ok(policy: &Value) -> bool {
+    let ancestors = policy["status"]["ancestors"].as_array();
+    ancestors.is_some_and(|a| {
+        a.iter().any(|a| {
+            let c = &a["conditions"];
+            a["controllerName"] == "sluice.dev/gateway-controller"
+                && a["ancestorRef"]["kind"] == "Gateway"
+                && a["ancestorRef"]["namespace"] == "apps"
+                && a["ancestorRef"]["name"] == "gw"
+                && condition(c, "Accepted").as_deref() == Some("True")
+                && condition(c, "ResolvedRefs").as_deref() == Some("True")
+                && c.as_array().is_some_and(|c| {
+                    c.iter()
+                        .all(|c| c["observedGeneration"] == policy["metadata"]["generation"])
+                })
+        })
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_backend_tls_policy_with_ca_config_map() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("backendtls", 27503, 34850) else {
+        return;
+    };
+    let (ca, other_ca) = (TestCa::new("backend CA"), TestCa::new("another CA"));
+    let backend = tls_echo(&ca.leaf(&["backend.internal"])).await;
+    let port = free_port();
+    kube.apply(&format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: apps}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{type: IPAddress, value: 127.0.0.1}}]
+  listeners: [{{name: http, port: {port}, protocol: HTTP}}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: secure, namespace: apps}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [api.example.com]
+  rules: [{{backendRefs: [{{name: secure, port: 443}}]}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: secure, namespace: apps}}
+spec: {{ports: [{{name: https, port: 443, protocol: TCP, appProtocol: https}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: secure-1, namespace: apps, labels: {{kubernetes.io/service-name: secure}}}}
+addressType: IPv4
+endpoints: [{{addresses: [127.0.0.1]}}]
+ports: [{{name: https, port: {backend_port}, protocol: TCP}}]
+"#,
+        backend_port = backend.port()
+    ));
+    kube.apply(&ca.config_map("backend-ca"));
+    kube.apply(&other_ca.config_map("other-ca"));
+    let policy = |ca_map: &str| {
+        format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure, namespace: apps}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: secure, sectionName: https}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: {ca_map}}}]
+    hostname: backend.internal
+"#
+        )
+    };
+    kube.apply(&policy("backend-ca"));
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    let admin = app.admin_addr;
+
+    // The request reaches the backend over TLS, verified with the CA of the
+    // ConfigMap and the policy's hostname as SNI.
+    eventually(
+        "a request through the agent reaches the backend over TLS",
+        Duration::from_secs(20),
+        || async {
+            let (status, body) = get(port, "/tls").await;
+            let echo: Option<sluice_tests::echo::Echo> = serde_json::from_str(&body).ok();
+            status == 200
+                && echo.is_some_and(|e| {
+                    e.pod == "secure-1"
+                        && e.tls.is_some_and(|t| t.server_name == "backend.internal")
+                })
+        },
+    )
+    .await;
+    eventually(
+        "BackendTLSPolicy status Accepted=True, ResolvedRefs=True for Gateway apps/gw",
+        Duration::from_secs(20),
+        || async { policy_status_ok(&kube.get("backendtlspolicy/secure", "apps")) },
+    )
+    .await;
+    // Only the referenced ConfigMap is held, not the other one (nor the
+    // API server's own kube-root-ca.crt ConfigMaps).
+    assert_eq!(
+        admin_config(admin).await["heldConfigMaps"],
+        serde_json::json!(["apps/backend-ca"])
+    );
+
+    // A Gateway's frontend client-certificate validation references a CA
+    // ConfigMap too: it is held as well.
+    let client_ca = TestCa::new("client CA");
+    kube.apply(&client_ca.config_map("client-ca"));
+    kube.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: gw, namespace: apps}}\n\
+         spec:\n  gatewayClassName: sluice\n  addresses: [{{type: IPAddress, value: 127.0.0.1}}]\n  \
+         listeners: [{{name: http, port: {port}, protocol: HTTP}}]\n  \
+         tls: {{frontend: {{default: {{validation: {{caCertificateRefs: [{{group: \"\", kind: ConfigMap, name: client-ca}}]}}}}}}}}\n"
+    ));
+    eventually(
+        "the ConfigMap of the Gateway's frontend validation is held",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["heldConfigMaps"]
+                == serde_json::json!(["apps/backend-ca", "apps/client-ca"])
+        },
+    )
+    .await;
+
+    // The policy names the other CA: it is fetched, the first is dropped,
+    // and the backend's certificate no longer verifies.
+    kube.apply(&policy("other-ca"));
+    eventually(
+        "only the newly referenced ConfigMap is held and TLS to the backend fails",
+        Duration::from_secs(20),
+        || async {
+            admin_config(admin).await["heldConfigMaps"]
+                == serde_json::json!(["apps/client-ca", "apps/other-ca"])
+                && !matches!(get(port, "/tls").await.0, 0 | 200)
+        },
+    )
+    .await;
+    // The CA ConfigMap is deleted: the policy reports the unresolved reference.
+    kube.kubectl_ok(&["delete", "configmap", "other-ca", "-n", "apps"]);
+    eventually(
+        "a deleted CA ConfigMap is dropped and the policy reports it",
+        Duration::from_secs(20),
+        || async {
+            let p = kube.get("backendtlspolicy/secure", "apps");
+            admin_config(admin).await["heldConfigMaps"] == serde_json::json!(["apps/client-ca"])
+                && condition(&p["status"]["ancestors"][0]["conditions"], "ResolvedRefs").as_deref()
+                    == Some("False")
+        },
+    )
+    .await;
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_serves_without_the_backend_tls_policy_crd() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("nocrd", 27513, 34860) else {
+        return;
+    };
+    // A cluster with a Gateway API older than BackendTLSPolicy v1.
+    let crd = shared_dir()
+        .join("gateway-api/crd/standard/gateway.networking.k8s.io_backendtlspolicies.yaml");
+    kube.kubectl_ok(&["delete", "-f", crd.to_str().unwrap(), "--wait=true"]);
+    let echo = echo().await;
+    let port = free_port();
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    eventually(
+        "traffic through the agent without the BackendTLSPolicy CRD",
+        Duration::from_secs(20),
+        || async { status_of(port, "/v1/users").await == 200 },
+    )
+    .await;
+    // The CRD is installed later: policies are picked up (this one is
+    // invalid, so it shows in /config's objectErrors).
+    kube.kubectl_ok(&["apply", "--server-side", "-f", crd.to_str().unwrap()]);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/backendtlspolicies.gateway.networking.k8s.io",
+    ]);
+    kube.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: BackendTLSPolicy\nmetadata: {name: late, namespace: apps}\n\
+         spec:\n  targetRefs: [{group: \"\", kind: Service, name: echo}]\n  options: {example.com/x: \"y\"}\n  \
+         validation: {hostname: echo.internal, wellKnownCACertificates: System}\n",
+    );
+    let admin = app.admin_addr;
+    eventually(
+        "the BackendTLSPolicy watch recovers once the CRD exists",
+        Duration::from_secs(30),
+        || async {
+            admin_config(admin).await["objectErrors"]
+                .as_array()
+                .is_some_and(|e| {
+                    e.iter().any(|e| {
+                        e.as_str().is_some_and(|e| {
+                            e.contains("BackendTLSPolicy apps/late") && e.contains("spec.options")
+                        })
+                    })
+                })
+        },
+    )
+    .await;
+    // Its status says so, towards the Gateway whose route uses the Service.
+    eventually(
+        "the invalid BackendTLSPolicy gets Accepted=False (Invalid)",
+        Duration::from_secs(20),
+        || async {
+            let p = kube.get("backendtlspolicy/late", "apps");
+            let a = &p["status"]["ancestors"][0];
+            let accepted = a["conditions"]
+                .as_array()
+                .and_then(|c| c.iter().find(|c| c["type"] == "Accepted"))
+                .cloned()
+                .unwrap_or_default();
+            a["ancestorRef"]["name"] == "gw"
+                && a["controllerName"] == "sluice.dev/gateway-controller"
+                && accepted["status"] == "False"
+                && accepted["reason"] == "Invalid"
+                && accepted["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.options"))
+        },
+    )
+    .await;
+    assert_eq!(status_of(port, "/v1/users").await, 200);
+    app.shutdown().await;
+}

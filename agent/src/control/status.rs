@@ -10,6 +10,7 @@ use std::{
 
 use serde::Serialize;
 
+pub use super::backend_tls::{PolicyAncestorStatus, PolicyStatus};
 use super::compile::{
     effective_hostnames, namespace_allowed, parent_selects, BackendResolver, NamespaceLabels,
 };
@@ -27,7 +28,7 @@ pub struct Status {
     #[serde(rename = "httpRoutes")]
     pub http_routes: Vec<RouteStatus>,
     /// BackendTLSPolicies with their ancestors.
-    pub policies: Vec<super::backend_tls::PolicyStatus>,
+    pub policies: Vec<PolicyStatus>,
 }
 
 /// One `metav1.Condition`.

@@ -38,6 +38,9 @@ pub struct Converted {
     /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
     /// status can say why they are not attached.
     pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Invalid BackendTLSPolicies and the Services their targetRefs name,
+    /// so their status can say why they are not accepted.
+    pub invalid_policy_targets: Vec<(ObjectRef, Vec<ObjectRef>)>,
     /// Valid Gateways of our classes that this node does not serve
     /// (`sluice.dev/node-selector`); not in `config`, but their status is
     /// still the leader's job.
@@ -63,8 +66,13 @@ pub struct Converter {
 }
 
 impl Converter {
-    /// Converts the stores and the held `secrets`.
-    pub fn convert(&mut self, stores: &Stores, secrets: &[DynamicObject]) -> Converted {
+    /// Converts the stores and the held `secrets` and `config_maps`.
+    pub fn convert(
+        &mut self,
+        stores: &Stores,
+        secrets: &[DynamicObject],
+        config_maps: &[DynamicObject],
+    ) -> Converted {
         let mut out = Converted::default();
         let node_labels: BTreeMap<String, String> = stores
             .get(&Kind::Node)
@@ -131,6 +139,10 @@ impl Converter {
                         out.invalid_route_parents
                             .push((key.1.clone(), raw_parents(obj)));
                     }
+                    if kind == Kind::BackendTlsPolicy {
+                        out.invalid_policy_targets
+                            .push((key.1.clone(), raw_service_targets(obj)));
+                    }
                     out.errors.push((key.clone(), errors.clone()))
                 }
             }
@@ -170,6 +182,7 @@ impl Converter {
         for kind in [
             Kind::HttpRoute,
             Kind::ReferenceGrant,
+            Kind::BackendTlsPolicy,
             Kind::Service,
             Kind::EndpointSlice,
             Kind::Namespace,
@@ -180,6 +193,9 @@ impl Converter {
         }
         for s in secrets {
             add(Kind::Secret, s, &mut out);
+        }
+        for m in config_maps {
+            add(Kind::ConfigMap, m, &mut out);
         }
         let (here, there): (Vec<_>, Vec<_>) = std::mem::take(&mut out.config.gateways)
             .into_iter()
@@ -247,6 +263,26 @@ fn raw_parents(obj: &DynamicObject) -> Vec<ObjectRef> {
             let pns = p.get("namespace").and_then(|n| n.as_str()).unwrap_or(&ns);
             Some(ObjectRef::new(pns, name))
         })
+        .collect()
+}
+
+/// The Services named by a policy's `spec.targetRefs`, read without validation.
+fn raw_service_targets(obj: &DynamicObject) -> Vec<ObjectRef> {
+    let ns = obj.metadata.namespace.clone().unwrap_or_default();
+    obj.data
+        .get("spec")
+        .and_then(|s| s.get("targetRefs"))
+        .and_then(|t| t.as_array())
+        .into_iter()
+        .flatten()
+        .filter(|t| {
+            t.get("group")
+                .and_then(|g| g.as_str())
+                .unwrap_or("")
+                .is_empty()
+                && t.get("kind").and_then(|k| k.as_str()) == Some("Service")
+        })
+        .filter_map(|t| Some(ObjectRef::new(&ns, t.get("name")?.as_str()?)))
         .collect()
 }
 
@@ -383,7 +419,7 @@ mod tests {
             ),
         ]);
         let mut c = Converter::default();
-        let out = c.convert(&s, &[]);
+        let out = c.convert(&s, &[], &[]);
         assert!(out.changed);
         assert_eq!(out.config.gateway_classes.len(), 1);
         assert_eq!(out.config.gateways.len(), 1);
@@ -393,7 +429,7 @@ mod tests {
         assert!(text.contains("HTTPRoute a/bad"), "{text}");
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
-        assert!(!c.convert(&s, &[]).changed);
+        assert!(!c.convert(&s, &[], &[]).changed);
     }
 
     fn node(labels: &[(&str, &str)]) -> DynamicObject {
@@ -445,7 +481,7 @@ mod tests {
             gws.iter().map(|g| g.id.name.clone()).collect()
         };
         let mut c = Converter::default();
-        let out = c.convert(&objects(&[("role", "infra")]), &[]);
+        let out = c.convert(&objects(&[("role", "infra")]), &[], &[]);
         assert_eq!(names(&out.config.gateways), ["infra"]);
         assert_eq!(names(&out.elsewhere), ["edge"]);
         assert_eq!(out.errors.len(), 1);
@@ -457,11 +493,11 @@ mod tests {
             "{text}"
         );
         // The node is relabelled: the other Gateway is served here now.
-        let out = c.convert(&objects(&[("role", "edge")]), &[]);
+        let out = c.convert(&objects(&[("role", "edge")]), &[], &[]);
         assert!(out.changed, "a label change is a change");
         assert_eq!(names(&out.config.gateways), ["edge"]);
         assert_eq!(names(&out.elsewhere), ["infra"]);
-        assert!(!c.convert(&objects(&[("role", "edge")]), &[]).changed);
+        assert!(!c.convert(&objects(&[("role", "edge")]), &[], &[]).changed);
     }
 
     #[test]
@@ -493,7 +529,7 @@ mod tests {
             gateway("two", "30050"),
             gateway("three", "31000"),
         ]);
-        let out = Converter::default().convert(&s, &[]);
+        let out = Converter::default().convert(&s, &[], &[]);
         let served: Vec<String> = out
             .config
             .gateways

@@ -3,7 +3,7 @@
 //! ([`convert`]), debounces, and feeds [`Runtime::apply_config`], together
 //! with the namespace identity of this node's pods ([`pods`]), only the
 //! Gateways this node serves ([`node_select`]) and only referenced Secrets
-//! ([`secrets`]). One agent of the fleet, elected with a Lease ([`lease`]),
+//! and ConfigMaps ([`held`]). One agent of the fleet, elected with a Lease ([`lease`]),
 //! writes status back ([`status`], from the shared status model).
 //!
 //! When the API server is unreachable the agent keeps serving the last state
@@ -11,10 +11,10 @@
 //! `sluice_config_source_stale_seconds` and in `/readyz`'s body (still 200:
 //! see [`crate::admin::SourceHealth`]).
 pub mod convert;
+pub mod held;
 pub mod lease;
 pub mod node_select;
 pub mod pods;
-pub mod secrets;
 pub mod status;
 pub mod watch;
 
@@ -285,16 +285,29 @@ async fn sync_loop(
     let mut applied_identity = None;
     loop {
         let started = Instant::now();
-        let mut converted = converter.convert(&watches.stores, &watches.secrets.held());
-        // Newly referenced Secrets are fetched before applying, so a new
-        // HTTPS listener starts with its certificate.
-        let wanted =
-            secrets::referenced(converted.config.gateways.iter().chain(&converted.elsewhere));
-        if watches.secrets.want(wanted).await {
-            let again = converter.convert(&watches.stores, &watches.secrets.held());
+        let convert = |converter: &mut Converter| {
+            converter.convert(
+                &watches.stores,
+                &watches.secrets.held(),
+                &watches.config_maps.held(),
+            )
+        };
+        let mut converted = convert(&mut converter);
+        // Newly referenced Secrets and ConfigMaps are fetched before
+        // applying, so a new HTTPS listener starts with its certificate and
+        // a new BackendTLSPolicy with its CA.
+        let gateways = || converted.config.gateways.iter().chain(&converted.elsewhere);
+        let secrets = held::referenced_secrets(gateways());
+        let config_maps =
+            held::referenced_config_maps(gateways(), &converted.config.backend_tls_policies);
+        let (more_secrets, more_maps) = tokio::join!(
+            watches.secrets.want(secrets),
+            watches.config_maps.want(config_maps)
+        );
+        if more_secrets || more_maps {
             converted = convert::Converted {
                 changed: true,
-                ..again
+                ..convert(&mut converter)
             };
         }
         let pods = watches
@@ -324,6 +337,7 @@ async fn sync_loop(
                         let mut notes = runtime.notes.lock().expect("notes lock");
                         notes.object_errors = errors;
                         notes.held_secrets = watches.secrets.held_names();
+                        notes.held_config_maps = watches.config_maps.held_names();
                         notes.gateways_elsewhere = converted
                             .elsewhere
                             .iter()

@@ -21,8 +21,8 @@ use crate::{
     config::ObjectRef,
     control::{
         status::{
-            ClassStatus, Condition, GatewayStatus, ParentRefStatus, RouteParentStatus, RouteStatus,
-            Status,
+            ClassStatus, Condition, GatewayStatus, ParentRefStatus, PolicyAncestorStatus,
+            PolicyStatus, RouteParentStatus, RouteStatus, Status,
         },
         CONTROLLER_NAME,
     },
@@ -38,6 +38,8 @@ pub enum ObjectStatus {
     Gateway(GatewayStatus),
     /// Only the parents this agent serves.
     HttpRoute(RouteStatus),
+    /// Only the ancestor Gateways of our classes.
+    BackendTlsPolicy(PolicyStatus),
 }
 
 impl ObjectStatus {
@@ -46,6 +48,10 @@ impl ObjectStatus {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
             ObjectStatus::HttpRoute(r) => (Kind::HttpRoute, ObjectRef::new(&r.namespace, &r.name)),
+            ObjectStatus::BackendTlsPolicy(p) => (
+                Kind::BackendTlsPolicy,
+                ObjectRef::new(&p.namespace, &p.name),
+            ),
         }
     }
 }
@@ -78,6 +84,14 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .iter()
                 .cloned()
                 .map(ObjectStatus::HttpRoute),
+        )
+        .chain(
+            status
+                .policies
+                .iter()
+                .filter(|p| p.kind == "BackendTLSPolicy")
+                .cloned()
+                .map(ObjectStatus::BackendTlsPolicy),
         )
         .collect();
     let messages = |kind: Kind, id: &ObjectRef| {
@@ -134,6 +148,46 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             }));
         }
     }
+    // An invalid policy: Accepted=False (Invalid) towards each Gateway of
+    // ours whose routes use a Service it targets.
+    for (id, services) in &converted.invalid_policy_targets {
+        let message = messages(Kind::BackendTlsPolicy, id);
+        let ancestors: Vec<_> = status
+            .gateways
+            .iter()
+            .filter(|gw| {
+                converted.config.routes.iter().any(|r| {
+                    r.parents
+                        .iter()
+                        .any(|p| p.gateway.namespace == gw.namespace && p.gateway.name == gw.name)
+                        && r.rules
+                            .iter()
+                            .flat_map(|rule| &rule.backends)
+                            .any(|b| services.contains(&b.service))
+                })
+            })
+            .map(|gw| PolicyAncestorStatus {
+                ancestor_ref: ParentRefStatus {
+                    group: super::watch::GATEWAY_GROUP,
+                    kind: "Gateway",
+                    namespace: gw.namespace.clone(),
+                    name: gw.name.clone(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: CONTROLLER_NAME,
+                conditions: vec![condition("Accepted", "Invalid", message.clone())],
+            })
+            .collect();
+        if !ancestors.is_empty() {
+            out.push(ObjectStatus::BackendTlsPolicy(PolicyStatus {
+                kind: "BackendTLSPolicy",
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                ancestors,
+            }));
+        }
+    }
     for o in &mut out {
         let (kind, id) = o.target();
         let Some(generation) = converted.generations.get(&(kind, id)).copied() else {
@@ -145,6 +199,9 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .chain(g.listeners.iter_mut().map(|l| &mut l.conditions))
                 .collect(),
             ObjectStatus::HttpRoute(r) => r.parents.iter_mut().map(|p| &mut p.conditions).collect(),
+            ObjectStatus::BackendTlsPolicy(p) => {
+                p.ancestors.iter_mut().map(|a| &mut a.conditions).collect()
+            }
         };
         for c in conditions.into_iter().flatten() {
             c.observed_generation.get_or_insert(generation);
@@ -296,8 +353,41 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
             }
             json!({"parents": out})
         }
+        ObjectStatus::BackendTlsPolicy(p) => {
+            let old_ancestors = current.get("ancestors").and_then(|a| a.as_array());
+            // `ancestors` is atomic like route `parents`: other controllers'
+            // entries are carried over; ours come first when the list is
+            // over the CRD's limit.
+            let mut out: Vec<Value> = Vec::new();
+            for a in &p.ancestors {
+                let ancestor_ref = json!(a.ancestor_ref);
+                let old = old_ancestors.into_iter().flatten().find(|o| {
+                    o.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
+                        && o.get("ancestorRef") == Some(&ancestor_ref)
+                });
+                out.push(json!({
+                    "ancestorRef": ancestor_ref,
+                    "controllerName": a.controller_name,
+                    "conditions": conditions_json(&a.conditions, old.and_then(|o| o.get("conditions")), now),
+                }));
+            }
+            out.extend(
+                old_ancestors
+                    .into_iter()
+                    .flatten()
+                    .filter(|a| {
+                        a.get("controllerName").and_then(|c| c.as_str()) != Some(CONTROLLER_NAME)
+                    })
+                    .cloned(),
+            );
+            out.truncate(MAX_POLICY_ANCESTORS);
+            json!({"ancestors": out})
+        }
     }
 }
+
+/// `status.ancestors` holds at most this many entries (CRD `maxItems`).
+const MAX_POLICY_ANCESTORS: usize = 16;
 
 fn conditions_json(conditions: &[Condition], old: Option<&Value>, now: &str) -> Vec<Value> {
     conditions
@@ -421,6 +511,52 @@ mod tests {
         assert_eq!(out["parents"][1]["parentRef"]["namespace"], "a");
         assert!(out["parents"][1]["parentRef"].get("sectionName").is_none());
     }
+    #[test]
+    fn policy_ancestors_keep_other_controllers_and_transition_times() {
+        let ancestor = |accepted: bool| {
+            ObjectStatus::BackendTlsPolicy(PolicyStatus {
+                kind: "BackendTLSPolicy",
+                namespace: "a".into(),
+                name: "p".into(),
+                ancestors: vec![PolicyAncestorStatus {
+                    ancestor_ref: ParentRefStatus {
+                        group: super::super::watch::GATEWAY_GROUP,
+                        kind: "Gateway",
+                        namespace: "a".into(),
+                        name: "gw".into(),
+                        section_name: None,
+                        port: None,
+                    },
+                    controller_name: CONTROLLER_NAME,
+                    conditions: vec![cond("Accepted", accepted)],
+                }],
+            })
+        };
+        let other =
+            json!({"controllerName": "other.io/x", "ancestorRef": {"name": "o"}, "conditions": []});
+        let first = render(
+            &ancestor(true),
+            &json!({"ancestors": [other.clone()]}),
+            "T1",
+        );
+        let list = first["ancestors"].as_array().unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0]["controllerName"], CONTROLLER_NAME);
+        assert_eq!(list[0]["ancestorRef"]["kind"], "Gateway");
+        assert_eq!(list[0]["conditions"][0]["lastTransitionTime"], "T1");
+        assert_eq!(list[1], other);
+        let again = render(&ancestor(true), &first, "T2");
+        assert_eq!(
+            again["ancestors"][0]["conditions"][0]["lastTransitionTime"],
+            "T1"
+        );
+        assert_eq!(strip_times(&again), strip_times(&project(&first, &again)));
+        let flipped = render(&ancestor(false), &first, "T3");
+        assert_eq!(
+            flipped["ancestors"][0]["conditions"][0]["lastTransitionTime"],
+            "T3"
+        );
+    }
 }
 
 #[cfg(test)]
@@ -486,7 +622,48 @@ spec:
             (Kind::Gateway, ObjectRef::new("a", "broken")),
             vec![error("Gateway a/broken")],
         ));
+        converted.errors.push((
+            (Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")),
+            vec![error("BackendTLSPolicy a/bad-tls")],
+        ));
+        converted.invalid_policy_targets.push((
+            ObjectRef::new("a", "bad-tls"),
+            vec![ObjectRef::new("a", "s")],
+        ));
+        converted.errors.push((
+            (Kind::BackendTlsPolicy, ObjectRef::new("a", "unused")),
+            vec![error("BackendTLSPolicy a/unused")],
+        ));
+        converted.invalid_policy_targets.push((
+            ObjectRef::new("a", "unused"),
+            vec![ObjectRef::new("a", "nobody-routes-here")],
+        ));
+        converted
+            .generations
+            .insert((Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")), 7);
         let out = objects(&status, &converted);
+        let policies: Vec<&PolicyStatus> = out
+            .iter()
+            .filter_map(|o| match o {
+                ObjectStatus::BackendTlsPolicy(p) => Some(p),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            policies.len(),
+            1,
+            "only the policy whose Service a route of ours uses"
+        );
+        assert_eq!(policies[0].name, "bad-tls");
+        let ancestor = &policies[0].ancestors[0];
+        assert_eq!(ancestor.ancestor_ref.name, "gw");
+        let accepted = &ancestor.conditions[0];
+        assert_eq!(
+            (accepted.kind, accepted.status, accepted.reason),
+            ("Accepted", "False", "Invalid")
+        );
+        assert!(accepted.message.contains("BackendTLSPolicy a/bad-tls"));
+        assert_eq!(accepted.observed_generation, Some(7));
         let class = out
             .iter()
             .find_map(|o| match o {

@@ -6,7 +6,8 @@
 //! Besides the config kinds: this node's Pods (`spec.nodeName` field
 //! selector, for namespace identity, see [`super::pods`]), this agent's own
 //! Node (its labels select Gateways, see [`super::node_select`]), and only
-//! the Secrets that listeners reference ([`super::secrets`]). Objects are
+//! the Secrets and ConfigMaps that the configuration references
+//! ([`super::held`]). Objects are
 //! trimmed before they are stored: nobody reads `managedFields`, and of a Pod
 //! or a Node only a few fields.
 use std::{collections::BTreeMap, time::Duration};
@@ -14,7 +15,7 @@ use std::{collections::BTreeMap, time::Duration};
 use ::kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
     runtime::{
-        reflector::{self, store::Writer, Store},
+        reflector::{store::Writer, Store},
         utils::Backoff,
         watcher::{self, Event},
         WatchStreamExt,
@@ -24,7 +25,10 @@ use ::kube::{
 use futures::StreamExt;
 use tokio::{sync::mpsc, task::JoinHandle};
 
-use super::{secrets::SecretStore, KubeSettings};
+use super::{
+    held::{HeldKind, HeldStore},
+    KubeSettings,
+};
 use crate::admin::SourceHealth;
 
 /// Group of the Gateway API kinds.
@@ -37,11 +41,14 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     ReferenceGrant,
+    BackendTlsPolicy,
     Service,
     EndpointSlice,
     Namespace,
-    /// Only referenced `kubernetes.io/tls` Secrets ([`super::secrets`]).
+    /// Only referenced `kubernetes.io/tls` Secrets ([`super::held`]).
     Secret,
+    /// Only referenced ConfigMaps (CA bundles, [`super::held`]).
+    ConfigMap,
     /// Pods on this node.
     Pod,
     /// This agent's own Node.
@@ -50,11 +57,12 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::ReferenceGrant,
+        Kind::BackendTlsPolicy,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
@@ -67,14 +75,28 @@ impl Kind {
             Kind::Gateway => (GATEWAY_GROUP, "v1", "Gateway", "gateways"),
             Kind::HttpRoute => (GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
             Kind::ReferenceGrant => (GATEWAY_GROUP, "v1", "ReferenceGrant", "referencegrants"),
+            Kind::BackendTlsPolicy => (
+                GATEWAY_GROUP,
+                "v1",
+                "BackendTLSPolicy",
+                "backendtlspolicies",
+            ),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Namespace => ("", "v1", "Namespace", "namespaces"),
             Kind::Secret => ("", "v1", "Secret", "secrets"),
+            Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
             Kind::Pod => ("", "v1", "Pod", "pods"),
             Kind::Node => ("", "v1", "Node", "nodes"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
+    }
+
+    /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
+    /// than v1.4 without BackendTLSPolicy v1, or RBAC not updated yet for
+    /// them) must not keep the agent from serving everything else.
+    pub fn optional(self) -> bool {
+        matches!(self, Kind::BackendTlsPolicy | Kind::ConfigMap)
     }
 
     fn namespaced(self) -> bool {
@@ -90,7 +112,9 @@ pub struct Watches {
     /// The config kinds ([`Kind::ALL`]) plus [`Kind::Pod`] and [`Kind::Node`].
     pub stores: Stores,
     /// Referenced TLS Secrets.
-    pub secrets: SecretStore,
+    pub secrets: HeldStore,
+    /// Referenced ConfigMaps (CA bundles).
+    pub config_maps: HeldStore,
     tasks: Vec<JoinHandle<()>>,
 }
 
@@ -134,26 +158,42 @@ impl Watches {
                 }
                 _ => trim_managed_fields,
             };
-            let writer = Writer::new(kind.resource());
+            let mut writer = Writer::new(kind.resource());
             stores.insert(kind, writer.as_reader());
-            let stream = reflector::reflector(
-                writer,
-                watcher::watcher(api_for(kind), config)
-                    .backoff(WatchBackoff::default())
-                    .modify(trim),
-            );
+            let stream = watcher::watcher(api_for(kind), config)
+                .backoff(WatchBackoff::default())
+                .modify(trim);
             let changed = changed.clone();
             let health = health.clone();
             tasks.push(tokio::spawn(async move {
                 let mut stream = std::pin::pin!(stream);
+                // An optional kind that cannot be listed (see `Kind::optional`).
+                let mut unavailable = false;
                 while let Some(event) = stream.next().await {
                     match event {
-                        Ok(Event::Apply(_) | Event::Delete(_) | Event::InitDone) => {
-                            let _ = changed.try_send(());
+                        Ok(ev) => {
+                            writer.apply_watcher_event(&ev);
+                            if matches!(ev, Event::Apply(_) | Event::Delete(_) | Event::InitDone) {
+                                unavailable = false;
+                                let _ = changed.try_send(());
+                            }
                         }
-                        Ok(Event::Init | Event::InitApply(_)) => {}
+                        Err(e) if kind.optional() && unavailable_kind(&e) => {
+                            // Serve without it (an empty store, listed) and
+                            // keep trying: the CRD or the permission may come.
+                            if !unavailable {
+                                unavailable = true;
+                                tracing::warn!(kind = ?kind, error = %e, "Kubernetes kind not available (CRD not installed or no RBAC permission); serving without it and retrying");
+                                writer.apply_watcher_event(&Event::Init);
+                                writer.apply_watcher_event(&Event::InitDone);
+                                let _ = changed.try_send(());
+                            }
+                            // Every attempt starts with `Init`, which resets
+                            // the backoff: look again at a calm pace.
+                            tokio::time::sleep(UNAVAILABLE_RETRY).await;
+                        }
                         Err(e) => {
-                            // The reflector keeps the last listed objects; the
+                            // The store keeps the last listed objects; the
                             // watcher retries with backoff.
                             tracing::warn!(kind = ?kind, error = %e, "Kubernetes watch failed; retrying");
                             health.failed();
@@ -162,16 +202,23 @@ impl Watches {
                 }
             }));
         }
-        let (secrets, task) = SecretStore::start(
-            client.clone(),
-            settings.watch_namespace.clone(),
-            changed,
-            health,
-        );
-        tasks.push(task);
+        let mut held = |what| {
+            let (store, task) = HeldStore::start(
+                client.clone(),
+                what,
+                settings.watch_namespace.clone(),
+                changed.clone(),
+                health.clone(),
+            );
+            tasks.push(task);
+            store
+        };
+        let secrets = held(HeldKind::SECRETS);
+        let config_maps = held(HeldKind::CONFIG_MAPS);
         Self {
             stores,
             secrets,
+            config_maps,
             tasks,
         }
     }
@@ -183,6 +230,7 @@ impl Watches {
             let _ = store.wait_until_ready().await;
         }
         self.secrets.synced().await;
+        self.config_maps.synced().await;
     }
 
     pub fn stop(&self) {
@@ -198,6 +246,21 @@ impl Drop for Watches {
     }
 }
 
+/// Whether a watch error says the kind cannot be listed at all: not served
+/// (404) or not permitted (403).
+pub(super) fn unavailable_kind(e: &watcher::Error) -> bool {
+    let status = match e {
+        watcher::Error::InitialListFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchStartFailed(::kube::Error::Api(s))
+        | watcher::Error::WatchFailed(::kube::Error::Api(s)) => s,
+        watcher::Error::WatchError(s) => s,
+        _ => return false,
+    };
+    // By code: a missing resource answers with a plain-text body, whose
+    // reconstructed status has no reason (`is_not_found` wants one).
+    matches!(status.code, 403 | 404) || status.is_not_found() || status.is_forbidden()
+}
+
 /// Nothing reads `managedFields`; with thousands of objects they are a
 /// good part of the memory.
 fn trim_managed_fields(obj: &mut DynamicObject) {
@@ -211,6 +274,9 @@ fn trim_managed_fields(obj: &mut DynamicObject) {
 pub struct WatchBackoff {
     next: Duration,
 }
+
+/// How often an optional kind that is not available is looked for again.
+pub(super) const UNAVAILABLE_RETRY: Duration = Duration::from_secs(5);
 
 const BACKOFF_FIRST: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
