@@ -10,7 +10,10 @@
 //! ([`super::held`]). Objects are
 //! trimmed before they are stored: nobody reads `managedFields`, and of a Pod
 //! or a Node only a few fields.
-use std::{collections::BTreeMap, time::Duration};
+use std::{
+    collections::BTreeMap,
+    time::{Duration, Instant},
+};
 
 use ::kube::{
     api::{Api, ApiResource, DynamicObject, GroupVersionKind},
@@ -270,9 +273,15 @@ fn trim_managed_fields(obj: &mut DynamicObject) {
 /// Exponential backoff for re-watching, 250 ms doubling up to 5 s: an agent
 /// serving traffic must converge soon after the API server is back, and a
 /// few requests per kind every 5 s is no load for an API server.
+///
+/// The watcher calls `reset` on every event, and it emits `Init` before each
+/// list attempt, failed ones included: taken literally that would retry a
+/// down API server every 250 ms forever. So a reset only counts once no
+/// attempt has failed for longer than the longest wait.
 #[derive(Debug, Clone)]
 pub struct WatchBackoff {
     next: Duration,
+    last_failure: Option<Instant>,
 }
 
 /// How often an optional kind that is not available is looked for again.
@@ -285,6 +294,25 @@ impl Default for WatchBackoff {
     fn default() -> Self {
         Self {
             next: BACKOFF_FIRST,
+            last_failure: None,
+        }
+    }
+}
+
+impl WatchBackoff {
+    fn failed_at(&mut self, now: Instant) -> Duration {
+        self.last_failure = Some(now);
+        let wait = self.next;
+        self.next = (self.next * 2).min(BACKOFF_MAX);
+        wait
+    }
+
+    fn reset_at(&mut self, now: Instant) {
+        let calm = self
+            .last_failure
+            .is_none_or(|t| now.saturating_duration_since(t) > 2 * BACKOFF_MAX);
+        if calm {
+            self.next = BACKOFF_FIRST;
         }
     }
 }
@@ -293,15 +321,13 @@ impl Iterator for WatchBackoff {
     type Item = Duration;
 
     fn next(&mut self) -> Option<Duration> {
-        let now = self.next;
-        self.next = (self.next * 2).min(BACKOFF_MAX);
-        Some(now)
+        Some(self.failed_at(Instant::now()))
     }
 }
 
 impl Backoff for WatchBackoff {
     fn reset(&mut self) {
-        self.next = BACKOFF_FIRST;
+        self.reset_at(Instant::now());
     }
 }
 
@@ -310,11 +336,24 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_up_to_the_cap_and_resets() {
+    fn backoff_doubles_up_to_the_cap_and_resets_once_calm() {
+        let t0 = Instant::now();
         let mut b = WatchBackoff::default();
-        let first: Vec<_> = b.by_ref().take(7).map(|d| d.as_millis()).collect();
-        assert_eq!(first, [250, 500, 1000, 2000, 4000, 5000, 5000]);
-        b.reset();
-        assert_eq!(b.next(), Some(BACKOFF_FIRST));
+        let mut at = t0;
+        let mut waits = Vec::new();
+        for _ in 0..7 {
+            let wait = b.failed_at(at);
+            waits.push(wait.as_millis());
+            at += wait;
+            // The watcher's `Init` before the next attempt resets: ignored
+            // while attempts keep failing.
+            b.reset_at(at);
+        }
+        assert_eq!(waits, [250, 500, 1000, 2000, 4000, 5000, 5000]);
+
+        // Healthy for longer than twice the cap: back to the first wait.
+        b.reset_at(at + 2 * BACKOFF_MAX + Duration::from_millis(1));
+        assert_eq!(b.failed_at(at + 11 * BACKOFF_MAX), BACKOFF_FIRST);
+        assert_eq!(WatchBackoff::default().next(), Some(BACKOFF_FIRST));
     }
 }
