@@ -103,3 +103,27 @@ impl Drop for ChildGuard {
         self.stop(Duration::from_secs(5));
     }
 }
+
+/// The agent binary the end-to-end tests run: `SLUICE_BIN` (set by `cargo
+/// xtask test`), else the workspace's debug build.
+pub fn sluice_bin() -> PathBuf {
+    if let Ok(p) = std::env::var("SLUICE_BIN") {
+        return p.into();
+    }
+    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
+    assert!(
+        p.exists(),
+        "{} missing: build it first (`cargo build -p sluice`; `cargo xtask test` does this)",
+        p.display()
+    );
+    p
+}
+
+/// The value of the first sample of metric `name` whose line contains every
+/// one of `labels`, from a Prometheus text exposition.
+pub fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}

@@ -5,24 +5,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use sluice_tests::{
     netns::{curl_in, privileged, url, BpfFs, TestCgroups, Topology},
-    process::ChildGuard,
+    process::{metric, sluice_bin, ChildGuard},
 };
 
 const GATEWAY_PORT: u16 = 8080;
 const BACKEND_PORT: u16 = 9080;
-
-fn sluice_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SLUICE_BIN") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
-    assert!(
-        p.exists(),
-        "{} missing: build it first (`cargo build -p sluice`; `cargo xtask test` does this)",
-        p.display()
-    );
-    p
-}
 
 fn config(annotations: &[(&str, &str)]) -> String {
     let annotation = if annotations.is_empty() {
@@ -218,13 +205,6 @@ impl Drop for Scenario {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn xdp_attached(topo: &Topology) -> bool {

@@ -7,24 +7,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 use sluice_tests::{
     frames::{in_netns, mac_of, tagged_syn, RawSocket},
     netns::{curl_in, privileged, url, BpfFs, Curl, Topology},
-    process::ChildGuard,
+    process::{sluice_bin, ChildGuard},
 };
 
 const BACKEND_PORT: u16 = 9080;
 const ADMIN_PORT: u16 = 9901;
-
-fn sluice_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SLUICE_BIN") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
-    assert!(
-        p.exists(),
-        "{} missing: build it first (`cargo build -p sluice`; `cargo xtask test` does this)",
-        p.display()
-    );
-    p
-}
 
 /// The GatewayClass, the route to the echo backend (for every Gateway named
 /// in `gateways`) and the backend Service.

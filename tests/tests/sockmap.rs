@@ -7,24 +7,11 @@ use std::{path::PathBuf, process::Command, time::Duration};
 
 use sluice_tests::{
     netns::{privileged, BpfFs, Netns, TestCgroups},
-    process::ChildGuard,
+    process::{metric, sluice_bin, ChildGuard},
 };
 
 const GATEWAY: &str = "127.0.0.1:8080";
 const ADMIN: &str = "127.0.0.1:9901";
-
-fn sluice_bin() -> PathBuf {
-    if let Ok(p) = std::env::var("SLUICE_BIN") {
-        return p.into();
-    }
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/debug/sluice");
-    assert!(
-        p.exists(),
-        "{} missing: build it first (`cargo build -p sluice`; `cargo xtask test` does this)",
-        p.display()
-    );
-    p
-}
 
 const CONFIG: &str = r#"apiVersion: gateway.networking.k8s.io/v1
 kind: GatewayClass
@@ -233,13 +220,6 @@ impl Drop for Node {
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }
-}
-
-fn metric(metrics: &str, name: &str, labels: &[&str]) -> Option<f64> {
-    metrics
-        .lines()
-        .filter(|l| l.starts_with(name) && labels.iter().all(|x| l.contains(x)))
-        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 fn event(metrics: &str, event: &str) -> f64 {
