@@ -2,9 +2,10 @@
 //!
 //! Layout: [`config`] (sources, validation) → [`control`] (compile) →
 //! [`snapshot`] (immutable, read by the data path) and [`kernel`] (eBPF maps);
-//! [`gateway`] is the L7 data path; [`reload`] applies a configuration (at
-//! start-up and on every change of the config directory); [`app`] wires it
-//! together.
+//! [`gateway`] is the L7 data path, which runs each request through the
+//! phases of [`policy`] (compiled API policy, independent of the config
+//! types); [`reload`] applies a configuration (at start-up and on every
+//! change of the config directory); [`app`] wires it together.
 pub mod admin;
 pub mod app;
 pub mod cli;
@@ -14,7 +15,9 @@ pub mod drift;
 pub mod gateway;
 pub mod kernel;
 pub mod kube;
+pub mod matchers;
 pub mod metrics;
+pub mod policy;
 pub mod reload;
 pub mod snapshot;
 

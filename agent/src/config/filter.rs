@@ -39,6 +39,7 @@ pub(super) fn filters(
                 | "RequestRedirect"
                 | "URLRewrite"
                 | "CORS"
+                | "ExternalAuth"
         ) {
             if seen.contains(&ty) {
                 doc.err(
@@ -59,6 +60,7 @@ pub(super) fn filters(
             ("urlRewrite", f.url_rewrite.is_some()),
             ("requestMirror", f.request_mirror.is_some()),
             ("cors", f.cors.is_some()),
+            ("externalAuth", f.external_auth.is_some()),
         ];
         let expected = match ty {
             "RequestHeaderModifier" => Some("requestHeaderModifier"),
@@ -67,6 +69,7 @@ pub(super) fn filters(
             "URLRewrite" => Some("urlRewrite"),
             "RequestMirror" => Some("requestMirror"),
             "CORS" => Some("cors"),
+            "ExternalAuth" => Some("externalAuth"),
             _ => None,
         };
         if let Some((other, _)) = set
@@ -90,7 +93,7 @@ pub(super) fn filters(
                 .as_ref()
                 .map(|m| header_modifier(doc, &format!("{field}.responseHeaderModifier"), m))
                 .map(model::Filter::ResponseHeaders),
-            "RequestMirror" | "CORS" if !rule_level => {
+            "RequestMirror" | "CORS" | "ExternalAuth" if !rule_level => {
                 // Support at backendRef level is implementation-specific in the spec.
                 doc.err(
                     format!("{field}.type"),
@@ -119,9 +122,18 @@ pub(super) fn filters(
             "CORS" => f
                 .cors
                 .as_ref()
-                .and_then(|c| cors(doc, &format!("{field}.cors"), c))
+                .and_then(|c| cors_filter(doc, &format!("{field}.cors"), c))
                 .map(model::Filter::Cors),
-            "ExternalAuth" | "ExtensionRef" => {
+            "ExternalAuth" => f.external_auth.as_ref().and_then(|e| {
+                super::policy::convert::ext_auth(
+                    doc,
+                    &format!("{field}.externalAuth"),
+                    e,
+                    ctx.namespace,
+                )
+                .map(model::Filter::ExternalAuth)
+            }),
+            "ExtensionRef" => {
                 doc.err(
                     format!("{field}.type"),
                     format!("filter {ty} is not supported yet"),
@@ -133,7 +145,7 @@ pub(super) fn filters(
                     format!("{field}.type"),
                     format!(
                         "unknown filter type {other:?} (supported: RequestHeaderModifier, \
-                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS)"
+                         ResponseHeaderModifier, RequestRedirect, URLRewrite, RequestMirror, CORS, ExternalAuth)"
                     ),
                 );
                 continue;
@@ -209,7 +221,11 @@ fn mirror(
     })
 }
 
-fn cors(doc: &mut Doc<'_>, at: &str, c: &wire::HttpCorsFilter) -> Option<model::Cors> {
+pub(super) fn cors_filter(
+    doc: &mut Doc<'_>,
+    at: &str,
+    c: &wire::HttpCorsFilter,
+) -> Option<model::Cors> {
     let before = doc.errors.len();
     let mut allow_origins = Vec::new();
     for (i, o) in c.allow_origins.iter().enumerate() {

@@ -8,6 +8,7 @@ mod gateway;
 pub mod identity;
 mod load;
 pub mod model;
+pub mod policy;
 mod refs;
 mod resources;
 mod route;
@@ -21,6 +22,7 @@ pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
 pub use identity::NamespaceIdentity;
 pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
 pub use model::*;
+pub use policy::SluicePolicy;
 pub use refs::NAMESPACE_NAME_LABEL;
 pub use watch::DirWatcher;
 

@@ -3,6 +3,11 @@
 use std::{collections::BTreeMap, fmt, net::IpAddr, sync::Arc, time::Duration};
 
 use http::{HeaderName, HeaderValue, Method};
+
+pub use crate::{
+    matchers::{PathMatch, Pattern, StringMatch},
+    policy::cors::{Cors, OriginPattern},
+};
 use ipnet::IpNet;
 
 /// Namespace and name of an object.
@@ -46,6 +51,8 @@ pub struct Config {
     /// CA bundles (`ca.crt`) for BackendTLSPolicy and client-certificate validation.
     pub config_maps: Vec<ConfigMap>,
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
+    /// SluicePolicies (API policy attached to Gateways and HTTPRoutes).
+    pub policies: Vec<super::SluicePolicy>,
 }
 
 /// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
@@ -85,6 +92,7 @@ impl Config {
         self.secrets.extend(other.secrets);
         self.config_maps.extend(other.config_maps);
         self.backend_tls_policies.extend(other.backend_tls_policies);
+        self.policies.extend(other.policies);
     }
 }
 
@@ -375,6 +383,8 @@ pub struct ParentRef {
 
 #[derive(Debug, Clone)]
 pub struct RouteRule {
+    /// `name`: what a policy's `sectionName` selects.
+    pub name: Option<String>,
     /// Matches; never empty (an omitted list means "PathPrefix /").
     pub matches: Vec<RouteMatch>,
     /// Rule-level filters, in the order given.
@@ -447,80 +457,6 @@ pub struct QueryMatch {
     pub value: StringMatch,
 }
 
-/// How a header or query value is compared.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum StringMatch {
-    Exact(String),
-    /// Must match the whole value.
-    Regex(Pattern),
-}
-
-impl StringMatch {
-    pub fn matches(&self, value: &str) -> bool {
-        match self {
-            StringMatch::Exact(s) => s == value,
-            StringMatch::Regex(p) => p.is_match(value),
-        }
-    }
-}
-
-/// A regular expression (RE2 syntax, as the Gateway API asks) anchored to match
-/// a whole value; compared by its source text.
-#[derive(Debug, Clone)]
-pub struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
-
-impl Pattern {
-    pub fn new(source: &str) -> Result<Self, regex::Error> {
-        let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Self {
-            source: source.to_owned(),
-            regex,
-        })
-    }
-
-    pub fn as_str(&self) -> &str {
-        &self.source
-    }
-
-    pub fn is_match(&self, value: &str) -> bool {
-        self.regex.is_match(value)
-    }
-}
-
-impl PartialEq for Pattern {
-    fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
-    }
-}
-
-impl Eq for Pattern {}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PathMatch {
-    Exact(String),
-    /// Element-wise prefix, stored without a trailing slash (except `/` itself).
-    Prefix(String),
-    /// Whole-path regular expression.
-    Regex(Pattern),
-}
-
-impl PathMatch {
-    pub fn matches(&self, path: &str) -> bool {
-        match self {
-            PathMatch::Exact(p) => p == path,
-            PathMatch::Prefix(p) => {
-                p == "/"
-                    || (path.starts_with(p.as_str())
-                        && matches!(path.as_bytes().get(p.len()), None | Some(b'/')))
-            }
-            PathMatch::Regex(r) => r.is_match(path),
-        }
-    }
-}
-
 /// An HTTPRoute filter (rule level or backendRef level).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
@@ -532,38 +468,8 @@ pub enum Filter {
     Mirror(Mirror),
     /// Rule level only.
     Cors(Cors),
-}
-
-/// `HTTPCORSFilter`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Cors {
-    pub allow_origins: Vec<OriginPattern>,
-    pub allow_credentials: bool,
-    /// Method names; `*` allows any.
-    pub allow_methods: Vec<String>,
-    /// Header names; `*` allows any.
-    pub allow_headers: Vec<String>,
-    /// Header names; `*` exposes all.
-    pub expose_headers: Vec<String>,
-    /// Seconds (default 5).
-    pub max_age: u32,
-}
-
-/// One `allowOrigins` entry.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginPattern {
-    /// `*`: every origin.
-    Any,
-    /// `scheme://host[:port]`; `host_suffix` is set for `*.example.com`
-    /// (as `.example.com`, one or more labels in front) or for a lone `*`
-    /// host (as the empty string: any host).
-    Origin {
-        scheme: String,
-        host: String,
-        host_suffix: Option<String>,
-        /// Explicit or the scheme's default.
-        port: u16,
-    },
+    /// Rule level only: the external authorization service decides.
+    ExternalAuth(super::policy::ExtAuthSection),
 }
 
 /// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a

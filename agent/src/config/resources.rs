@@ -322,6 +322,9 @@ pub struct HttpRouteFilter {
     pub request_mirror: Option<HttpRequestMirrorFilter>,
     #[serde(default)]
     pub cors: Option<HttpCorsFilter>,
+    /// Experimental `ExternalAuth` (the shape SluicePolicy's `extAuth` shares).
+    #[serde(default)]
+    pub external_auth: Option<super::policy::wire::ExtAuth>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -116,7 +116,16 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
                 "session persistence is not supported yet",
             );
         }
+        if let Some(n) = &rule.name {
+            if r.spec.rules[..ri]
+                .iter()
+                .any(|o| o.name.as_ref() == Some(n))
+            {
+                doc.err(format!("{at}.name"), format!("duplicate rule name {n:?}"));
+            }
+        }
         rules.push(model::RouteRule {
+            name: rule.name.clone(),
             matches,
             filters: rule_filters,
             backends,
@@ -126,6 +135,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     }
     if r.spec.rules.is_empty() {
         rules.push(model::RouteRule {
+            name: None,
             matches: vec![model::RouteMatch::path(model::PathMatch::Prefix(
                 "/".into(),
             ))],

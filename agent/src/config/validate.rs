@@ -145,6 +145,15 @@ impl Builder {
                     }
                 }
             }
+            (super::policy::SLUICE_GROUP, "SluicePolicy") => {
+                if !super::policy::POLICY_VERSIONS.contains(&api_version.as_str()) {
+                    doc.err("apiVersion", format!("unsupported SluicePolicy version {api_version:?} (supported: sluice.dev/v1alpha1)"));
+                } else if let Some(p) = decode::<super::policy::convert::Document>(&mut doc, value) {
+                    if let Some(p) = super::policy::convert::sluice_policy(&mut doc, p) {
+                        self.config.policies.push(p);
+                    }
+                }
+            }
             (GATEWAY_GROUP, "ReferenceGrant") => {
                 if !matches!(api_version.as_str(), "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1") {
                     doc.err("apiVersion", format!("unsupported ReferenceGrant version {api_version:?} (supported: v1beta1, v1)"));
@@ -159,7 +168,7 @@ impl Builder {
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
                      Gateway, HTTPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
-                     EndpointSlice (discovery.k8s.io/v1)"
+                     EndpointSlice (discovery.k8s.io/v1), SluicePolicy (sluice.dev/v1alpha1)"
                 ),
             ),
         }

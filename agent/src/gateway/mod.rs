@@ -1,6 +1,5 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
-mod cors;
 mod deadline;
 pub mod filters;
 mod mirror;

@@ -13,7 +13,6 @@ use hyper_util::{
 use ipnet::IpNet;
 
 use super::{
-    cors,
     deadline::Deadline,
     filters::{self, RedirectContext},
     full,
@@ -26,6 +25,7 @@ use super::{
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
     metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
+    policy::cors,
     snapshot::{AppProtocol, BackendTarget, RequestView, RouteEntry, ShardId, Snapshot},
 };
 
@@ -273,6 +273,12 @@ impl Proxy {
                 Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
                 // Applied to the response; mirrors are sent with the upstream request.
                 Filter::ResponseHeaders(_) | Filter::Mirror(_) | Filter::Cors(_) => {}
+                Filter::ExternalAuth(_) => {
+                    return error(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "external auth unavailable",
+                    )
+                }
                 Filter::Redirect(r) => {
                     return finish(t.redirect(r, &path, query.as_deref()), &response_mods);
                 }
@@ -332,7 +338,7 @@ impl Proxy {
                     }
                 }
                 // Rejected at backendRef level by validation.
-                Filter::Mirror(_) | Filter::Cors(_) => {}
+                Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
             }
         }
         let endpoint = match &backend.target {

@@ -1,11 +1,73 @@
-//! The CORS filter: preflight requests are answered here; actual requests
+//! CORS, for the HTTPRoute CORS filter and the policy `cors` section alike
+//! (one implementation): preflight requests are answered here; actual requests
 //! get the CORS response headers when their Origin is allowed. Wildcards are
 //! answered by echoing what the client asked for, which the spec allows in
 //! every case (and requires when credentials are allowed).
+use std::sync::Arc;
+
 use http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
 
-use super::{full, Body};
-use crate::config::{Cors, OriginPattern};
+use super::{full, Body, SectionMeta};
+
+/// `HTTPCORSFilter`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cors {
+    pub allow_origins: Vec<OriginPattern>,
+    pub allow_credentials: bool,
+    /// Method names; `*` allows any.
+    pub allow_methods: Vec<String>,
+    /// Header names; `*` allows any.
+    pub allow_headers: Vec<String>,
+    /// Header names; `*` exposes all.
+    pub expose_headers: Vec<String>,
+    /// Seconds (default 5).
+    pub max_age: u32,
+}
+
+/// One `allowOrigins` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    /// `*`: every origin.
+    Any,
+    /// `scheme://host[:port]`; `host_suffix` is set for `*.example.com`
+    /// (as `.example.com`, one or more labels in front) or for a lone `*`
+    /// host (as the empty string: any host).
+    Origin {
+        scheme: String,
+        host: String,
+        host_suffix: Option<String>,
+        /// Explicit or the scheme's default.
+        port: u16,
+    },
+}
+
+/// CORS on the data path: from a policy `cors` section or an HTTPRoute
+/// CORS filter (which, being the most specific, wins).
+#[derive(Debug)]
+pub struct CorsPolicy {
+    pub cors: Cors,
+    /// The policy section, when it came from a SluicePolicy (the HTTPRoute
+    /// filter is not counted as a policy decision).
+    pub meta: Option<Arc<SectionMeta>>,
+}
+
+impl CorsPolicy {
+    /// The answer to a preflight request; `None` for any other request.
+    pub fn preflight(&self, method: &Method, headers: &HeaderMap) -> Option<Response<Body>> {
+        if !is_preflight(method, headers) {
+            return None;
+        }
+        if let Some(m) = &self.meta {
+            m.allowed();
+        }
+        Some(preflight(&self.cors, headers))
+    }
+
+    /// Adds the CORS response headers of an actual request.
+    pub fn annotate(&self, origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        annotate(&self.cors, origin, headers);
+    }
+}
 
 /// Whether a request is a CORS preflight.
 pub fn is_preflight(method: &Method, headers: &HeaderMap) -> bool {
@@ -143,7 +205,6 @@ pub fn annotate(c: &Cors, origin: Option<&HeaderValue>, resp: &mut HeaderMap) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::OriginPattern;
 
     fn pattern(raw: &str) -> OriginPattern {
         if raw == "*" {

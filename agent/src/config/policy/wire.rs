@@ -1,0 +1,550 @@
+//! Wire shape of `SluicePolicy` (`sluice.dev/v1alpha1`): the one definition
+//! both the directory source parses and the CRD in
+//! `deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml` is generated from
+//! (`cargo xtask gen-crd`; a test fails when the committed file differs).
+//!
+//! The schema only checks structure and a few cross-field rules the API
+//! server can enforce early; the agent's conversion ([`super::convert`]) is
+//! authoritative and reports every problem with its field path, the same
+//! way for files and for API objects.
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Declares the policy sections once: they appear directly in the spec (as
+/// GEP-713 Defaults) and again under `spec.override` (Overrides).
+macro_rules! sections {
+    ($(
+        $(#[$attr:meta])*
+        $field:ident : $ty:ty,
+    )*) => {
+        /// Desired state of a SluicePolicy. Sections given directly in the spec are
+        /// defaults (a more specific policy's section wins); sections under
+        /// `override` win over every more specific policy's.
+        #[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+        #[kube(
+            group = "sluice.dev",
+            version = "v1alpha1",
+            kind = "SluicePolicy",
+            namespaced,
+            status = "SluicePolicyStatus",
+            shortname = "spol",
+            category = "sluice",
+            printcolumn = r#"{"name":"Target-Kind","type":"string","jsonPath":".spec.targetRefs[0].kind"}"#,
+            printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
+            printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+            doc = "SluicePolicy attaches API policy (authentication, authorization, IP filtering, request limits, header transformation, CORS) to Gateways and HTTPRoutes in its own namespace (Gateway API policy attachment, GEP-713)."
+        )]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        #[x_kube(validation = Rule::new("self.targetRefs.all(a, self.targetRefs.exists_one(b, a.kind == b.kind && a.name == b.name && (has(a.sectionName) ? has(b.sectionName) && a.sectionName == b.sectionName : !has(b.sectionName))))").message("targetRefs must be distinct (kind, name, sectionName)"))]
+        pub struct SluicePolicySpec {
+            /// Objects in the policy's namespace the policy applies to: a Gateway
+            /// (or one listener, by `sectionName`) or an HTTPRoute (or one named
+            /// rule, by `sectionName`).
+            #[schemars(length(min = 1, max = 16))]
+            pub target_refs: Vec<TargetRef>,
+            $(
+                $(#[$attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+            /// Sections that override those of more specific policies (a Gateway's
+            /// override wins over an HTTPRoute's settings).
+            #[serde(default, rename = "override", skip_serializing_if = "Option::is_none")]
+            pub overrides: Option<Sections>,
+        }
+
+        /// Policy sections, as under `spec.override`.
+        #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        pub struct Sections {
+            $(
+                $(#[$attr])*
+                #[serde(default, skip_serializing_if = "Option::is_none")]
+                pub $field: Option<$ty>,
+            )*
+        }
+
+        impl SluicePolicySpec {
+            /// The default sections (those given directly in the spec).
+            pub fn defaults(&self) -> Sections {
+                Sections { $($field: self.$field.clone(),)* }
+            }
+        }
+    };
+}
+
+sections! {
+    /// JWT authentication (bearer tokens verified against JWKS).
+    jwt: Jwt,
+    /// API-key authentication with keys from Secrets.
+    api_keys: ApiKeys,
+    /// HTTP Basic authentication with an htpasswd file from a Secret.
+    basic_auth: BasicAuth,
+    /// External authorization service (the shape of Gateway API's ExternalAuth filter).
+    ext_auth: ExtAuth,
+    /// How several authentication sections combine.
+    authentication: Authentication,
+    /// Ordered allow/deny rules over the request and the authenticated identity.
+    authorization: Authorization,
+    /// Source CIDRs allowed; everything else gets 403 (and, on a whole Gateway, is dropped by XDP).
+    #[schemars(length(max = 256))]
+    ip_allow: Vec<String>,
+    /// Source CIDRs refused with 403 (on a whole Gateway also dropped by XDP); wins over ipAllow.
+    #[schemars(length(max = 256))]
+    ip_deny: Vec<String>,
+    /// Request size limits.
+    limits: Limits,
+    /// Request and response header changes, with values templated from the request and identity.
+    transform: Transform,
+    /// CORS, with the semantics of Gateway API's HTTPCORSFilter.
+    cors: Cors,
+}
+
+/// A policy target in the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct TargetRef {
+    /// `gateway.networking.k8s.io`.
+    #[serde(default = "gateway_group")]
+    pub group: String,
+    /// `Gateway` or `HTTPRoute`.
+    pub kind: String,
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// A listener name (Gateway) or a rule name (HTTPRoute).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+}
+
+fn gateway_group() -> String {
+    "gateway.networking.k8s.io".into()
+}
+
+/// `jwt`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Jwt {
+    /// `Strict` (default): a valid token is required. `Optional`: requests
+    /// without a token pass unauthenticated. `Permissive`: like Optional, and
+    /// tokens of an issuer no provider names pass unauthenticated too. A token
+    /// of a known issuer that fails verification is always 401.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<String>,
+    /// Token issuers; a token is checked by the provider whose `issuer`
+    /// equals its `iss` (then by `kid`).
+    #[schemars(length(min = 1, max = 16))]
+    pub providers: Vec<JwtProvider>,
+    /// Where tokens are read from, in order; default `Authorization: Bearer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_sources: Option<Vec<TokenSource>>,
+    /// Keep the token on the upstream request (default: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_token: Option<bool>,
+}
+
+/// One token issuer.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JwtProvider {
+    /// Unique within the section; more specific policies replace a provider of the same name.
+    pub name: String,
+    /// Required `iss`.
+    pub issuer: String,
+    /// Accepted `aud` values (string or array claim); empty: not checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+    /// Accepted `alg`s: RS256/384/512, PS256/384/512, ES256/384, EdDSA, and
+    /// HS256/384/512 only with keys from a Secret. Default: every asymmetric one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub algorithms: Vec<String>,
+    /// Leeway for `exp` and `nbf` (Gateway API duration, default 60s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clock_skew: Option<String>,
+    /// The provider's keys.
+    pub jwks: Jwks,
+    /// Claims copied into upstream request headers (replacing any the client sent).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claim_to_headers: Vec<ClaimToHeader>,
+}
+
+/// A JWKS, from exactly one place.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.secretRef), has(self.configMapRef), has(self.remote)].filter(x, x).size() == 1").message("exactly one of inline, secretRef, configMapRef, remote"))]
+pub struct Jwks {
+    /// A JWKS JSON document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<String>,
+    /// A Secret in the policy's namespace (key default `jwks.json`); the only
+    /// place HMAC (`oct`) keys may come from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<KeyRef>,
+    /// A ConfigMap in the policy's namespace (key default `jwks.json`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_ref: Option<KeyRef>,
+    /// Fetched over HTTPS (plain http only to loopback addresses).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteJwks>,
+}
+
+/// A key of a Secret or ConfigMap in the policy's namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct KeyRef {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<String>,
+}
+
+/// A remote JWKS endpoint.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RemoteJwks {
+    pub uri: String,
+    /// ConfigMaps (key `ca.crt`) with the CAs the endpoint's certificate must
+    /// chain to; default: the platform's CA bundle.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ca_certificate_refs: Vec<KeyRef>,
+    /// How long fetched keys are used before a refresh (default 5m).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_duration: Option<String>,
+    /// Limit for one fetch (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+}
+
+/// Where a credential is read from: exactly one of header, cookie, queryParam.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("[has(self.header), has(self.cookie), has(self.queryParam)].filter(x, x).size() == 1").message("exactly one of header, cookie, queryParam"))]
+pub struct TokenSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<HeaderSource>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cookie: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<String>,
+}
+
+/// A request header, with an optional value prefix (e.g. `Bearer`, matched
+/// case-insensitively and followed by a space).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderSource {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+}
+
+/// A claim copied into a request header.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimToHeader {
+    /// Claim name; nested claims with dots (`realm.role`).
+    pub claim: String,
+    pub header: String,
+}
+
+/// `apiKeys`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ApiKeys {
+    /// Secrets in the policy's namespace: each data key is a client id, its value that client's key.
+    #[schemars(length(min = 1, max = 16))]
+    pub secret_refs: Vec<NameRef>,
+    /// Where the key is read from (default: header `x-api-key`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<TokenSource>,
+    /// Upstream header that receives the client id (replacing any the client sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_id_header: Option<String>,
+    /// Keep the key on the upstream request (default: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_key: Option<bool>,
+}
+
+/// An object in the policy's namespace, by name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct NameRef {
+    pub name: String,
+}
+
+/// `basicAuth`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BasicAuth {
+    /// A Secret in the policy's namespace holding an htpasswd file (key default `auth`;
+    /// bcrypt entries; `{SHA}` entries are accepted with a warning).
+    pub secret_ref: KeyRef,
+    /// `realm` of the `WWW-Authenticate` challenge.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub realm: Option<String>,
+    /// Upstream header that receives the user name (replacing any the client sent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub username_header: Option<String>,
+    /// Keep the `Authorization` header on the upstream request (default: removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_credentials: Option<bool>,
+}
+
+/// `extAuth`: Gateway API's `HTTPExternalAuthFilter` plus `timeout` and `failOpen`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ExtAuth {
+    /// `HTTP` (only HTTP is implemented).
+    pub protocol: String,
+    /// The authorization Service.
+    pub backend_ref: BackendRef,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub http: Option<HttpAuthConfig>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub forward_body: Option<ForwardBody>,
+    /// Limit for the authorization call (default 2s); expiry answers 503 (or allows with failOpen).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Allow requests when the service cannot be reached (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fail_open: Option<bool>,
+}
+
+/// A Service port (another namespace needs a ReferenceGrant).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    pub port: u16,
+}
+
+/// `extAuth.http`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HttpAuthConfig {
+    /// Prefix of the authorization request's path (the original path follows it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+    /// Request headers sent to the service besides Host, Method, Path,
+    /// Content-Length and Authorization (which always are).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_headers: Vec<String>,
+    /// Headers of an allowing answer copied onto the upstream request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allowed_response_headers: Vec<String>,
+}
+
+/// `extAuth.forwardBody`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ForwardBody {
+    /// Bytes of the request body buffered and sent to the service.
+    pub max_size: u32,
+}
+
+/// `authentication`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authentication {
+    /// `All` (default): every authentication section must pass. `Any`: one suffices.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub require: Option<String>,
+}
+
+/// `authorization`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Authorization {
+    /// `Allow` or `Deny` (default) when no rule matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_action: Option<String>,
+    /// Evaluated in order; the first rule whose every given condition holds decides.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 128))]
+    pub rules: Vec<AuthzRule>,
+}
+
+/// One authorization rule. Each given condition must hold; within a
+/// condition, any listed value suffices.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AuthzRule {
+    /// Names let more specific policies replace a rule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// `Allow` or `Deny`.
+    pub action: String,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub paths: Vec<PathMatch>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<HeaderMatch>,
+    /// Every listed claim must have one of its values (array claims and
+    /// space-separated `scope` by containment).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub claims: Vec<ClaimMatch>,
+    /// API-key client ids.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub api_key_clients: Vec<String>,
+    /// Basic-auth user names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<String>,
+    /// The client's address (after `--trusted-proxies`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty", rename = "sourceCIDRs")]
+    pub source_cidrs: Vec<String>,
+    /// The caller's Kubernetes namespace (pod identity, as the eBPF admission uses it).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub source_namespaces: Vec<String>,
+}
+
+/// A path condition, as in HTTPRoute matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct PathMatch {
+    /// `Exact`, `PathPrefix` (default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+/// A header condition, as in HTTPRoute matches.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderMatch {
+    pub name: String,
+    /// `Exact` (default) or `RegularExpression`.
+    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub value: String,
+}
+
+/// A claim condition.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClaimMatch {
+    /// Claim name; nested claims with dots.
+    pub name: String,
+    #[schemars(length(min = 1))]
+    pub values: Vec<String>,
+}
+
+/// `limits`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Limits {
+    /// Larger request bodies get 413 (counted as they stream).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_body_bytes: Option<u64>,
+    /// Requests whose header block (names, values, separators) is larger get 431.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_request_headers_bytes: Option<u32>,
+}
+
+/// `transform`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Transform {
+    /// Changes to the request sent upstream.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<HeaderTransform>,
+    /// Changes to the response sent to the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response: Option<HeaderTransform>,
+}
+
+/// Header changes: remove, then set, then add. Values may use `${...}`
+/// variables: `claim.NAME`, `apiKey.client`, `basicAuth.user`,
+/// `source.address`, `source.namespace`, `request.method`, `request.path`,
+/// `request.host`, `request.header.NAME`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderTransform {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub set: Vec<HeaderValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub add: Vec<HeaderValue>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub remove: Vec<String>,
+}
+
+/// A header and its (templated) value.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderValue {
+    pub name: String,
+    pub value: String,
+}
+
+/// `cors`: the fields of Gateway API's `HTTPCORSFilter`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cors {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_origins: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allow_credentials: Option<bool>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_methods: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow_headers: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub expose_headers: Vec<String>,
+    /// Seconds (default 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_age: Option<u32>,
+}
+
+/// Gateway API `PolicyStatus`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SluicePolicyStatus {
+    /// One entry per Gateway the policy takes effect through (at most 16).
+    #[serde(default)]
+    pub ancestors: Vec<PolicyAncestorStatus>,
+}
+
+/// One `status.ancestors` entry.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PolicyAncestorStatus {
+    pub ancestor_ref: AncestorRef,
+    pub controller_name: String,
+    pub conditions: Vec<Condition>,
+}
+
+/// A Gateway API `ParentReference`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AncestorRef {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub section_name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub port: Option<i32>,
+}
+
+/// A `metav1.Condition`.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub status: String,
+    pub reason: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    pub last_transition_time: String,
+}
