@@ -52,6 +52,10 @@ pub struct RequestLabels {
     pub shard: Name,
     pub route: Name,
     pub status_class: StatusClass,
+    /// `upstream` for the backend's answers; otherwise why the gateway
+    /// answered itself (a [`crate::policy::Reason`] label, `redirect`,
+    /// `cors_preflight`).
+    pub reason: &'static str,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -88,6 +92,8 @@ pub struct Metrics {
     pub bpf_reconcile_errors: Family<MapLabels, Counter>,
     /// 1 when the sockmap fast path is attached.
     pub sockmap_enabled: Gauge,
+    /// Policy decisions per section.
+    pub policy: crate::policy::PolicyMetrics,
 }
 
 fn latency_histogram() -> Histogram {
@@ -106,6 +112,7 @@ impl Default for Metrics {
             bpf_map_drift: Family::default(),
             bpf_reconcile_errors: Family::default(),
             sockmap_enabled: Gauge::default(),
+            policy: crate::policy::PolicyMetrics::default(),
         }
     }
 }
@@ -114,7 +121,8 @@ impl Metrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "sluice_http_requests",
-            "HTTP requests handled, by shard (Gateway), route and status class",
+            "HTTP requests handled, by shard (Gateway), route, status class and reason \
+             (upstream: the backend answered; otherwise why the gateway answered itself)",
             self.requests.clone(),
         );
         registry.register(
@@ -153,6 +161,7 @@ impl Metrics {
             "1 when the sockmap fast path between node-local sockets is attached (--sockmap)",
             self.sockmap_enabled.clone(),
         );
+        self.policy.register(registry);
     }
 }
 

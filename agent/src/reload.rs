@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::{
     admin::ConfigNotes,
     config::{self, ConfigError, DirWatcher, ObjectRef},
-    control::{compile, status::Status, Compiled, ShardIds},
+    control::{compile_with, status::Status, Compiled, PolicyEnv, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
     kernel::{
         self,
@@ -31,6 +31,7 @@ use crate::{
         KernelDatapath, KernelDesired, KernelError, ReconcileReport,
     },
     metrics::{ConfigLabels, MapLabels, Metrics},
+    policy::state::PolicyState,
     snapshot::{Shard, ShardId, Snapshot},
 };
 
@@ -39,6 +40,9 @@ use crate::{
 /// an extra reload cheap, and a half-copied directory that does not validate
 /// is rejected and reloaded on the next event anyway.
 pub const DEBOUNCE: Duration = Duration::from_millis(20);
+
+/// Longest a reload waits for the first fetch of new remote JWKS.
+const POLICY_WARM_UP: Duration = Duration::from_secs(3);
 
 /// Why a configuration was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +118,9 @@ pub struct Runtime {
     interrupt: Interrupt,
     /// Asks the drift checker for a check now.
     drift_requested: tokio::sync::Notify,
+    /// Policy state that outlives reloads (JWKS, verified-token caches),
+    /// keyed by the policies' identities, outside the snapshot.
+    pub policy_state: Arc<PolicyState>,
 }
 
 impl Runtime {
@@ -143,6 +150,10 @@ impl Runtime {
             retry_policy: RetryPolicy::default(),
             interrupt: Interrupt::default(),
             drift_requested: tokio::sync::Notify::new(),
+            policy_state: Arc::new(match tokio::runtime::Handle::try_current() {
+                Ok(rt) => PolicyState::with_runtime(rt),
+                Err(_) => PolicyState::default(),
+            }),
         }
     }
 
@@ -197,7 +208,12 @@ impl Runtime {
     fn compile(&self, cfg: &config::Config) -> (Compiled, ShardIds) {
         let mut ids = self.ids.lock().expect("ids lock").clone();
         let generation = self.generation.load(Ordering::Acquire) + 1;
-        (compile(cfg, &mut ids, generation), ids)
+        let run = self.policy_state.compile();
+        let env = PolicyEnv {
+            metrics: &self.metrics.policy,
+            state: &run,
+        };
+        (compile_with(cfg, &mut ids, generation, &env), ids)
     }
 
     /// Generation of the snapshot being served (0 before the first apply).
@@ -254,6 +270,10 @@ impl Runtime {
             }
         }
 
+        // Remote JWKS of new policies get their first fetch before the
+        // snapshot that needs them is served (bounded: an IdP that is down
+        // leaves those routes answering 503 until it answers).
+        crate::policy::warm_up(&self.policy_state, POLICY_WARM_UP).await;
         let generation = compiled.snapshot.generation;
         let new_ids: BTreeSet<ShardId> = compiled.snapshot.shards.iter().map(|s| s.id).collect();
         let wanted: BTreeMap<ShardId, BTreeSet<SocketAddr>> = compiled
@@ -346,6 +366,9 @@ impl Runtime {
         }
 
         *self.ids.lock().expect("ids lock") = ids;
+        // State the new snapshot does not use is dropped (requests still on
+        // the old snapshot hold what they use).
+        self.policy_state.commit(compiled.policy_compile);
         *self.kernel_applied.lock().expect("kernel state lock") = compiled.kernel;
         self.generation.store(generation, Ordering::Release);
         self.metrics.config_generation.set(generation as i64);

@@ -90,6 +90,25 @@ impl<'a> BackendResolver<'a> {
         service: &ObjectRef,
         port: u16,
     ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
+        self.check_from(
+            Kind::HTTP_ROUTE,
+            &route.namespace,
+            unsupported_kind,
+            service,
+            port,
+        )
+    }
+
+    /// [`Self::check`] for a reference from any kind of object (a policy's
+    /// external authorization Service, say).
+    pub(super) fn check_from(
+        &self,
+        from: Kind<'_>,
+        from_ns: &str,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
         if let Some(kind) = unsupported_kind {
             return Err(Unresolved {
                 reason: "InvalidKind",
@@ -98,10 +117,7 @@ impl<'a> BackendResolver<'a> {
                 ),
             });
         }
-        if !self
-            .grants
-            .allows(Kind::HTTP_ROUTE, &route.namespace, Kind::SERVICE, service)
-        {
+        if !self.grants.allows(from, from_ns, Kind::SERVICE, service) {
             return Err(Unresolved {
                 reason: "RefNotPermitted",
                 message: format!(
@@ -162,7 +178,36 @@ impl<'a> BackendResolver<'a> {
         service: &ObjectRef,
         port: u16,
     ) -> BackendTarget {
-        let (_, sp) = match self.check(route, unsupported_kind, service, port) {
+        self.resolve(
+            Kind::HTTP_ROUTE,
+            &route.namespace,
+            unsupported_kind,
+            service,
+            port,
+        )
+    }
+
+    /// The endpoints of a Service port referenced by an object of `from`
+    /// in `from_ns`.
+    pub(super) fn target_from(
+        &self,
+        from: Kind<'_>,
+        from_ns: &str,
+        service: &ObjectRef,
+        port: u16,
+    ) -> BackendTarget {
+        self.resolve(from, from_ns, None, service, port)
+    }
+
+    fn resolve(
+        &self,
+        from: Kind<'_>,
+        from_ns: &str,
+        unsupported_kind: Option<&str>,
+        service: &ObjectRef,
+        port: u16,
+    ) -> BackendTarget {
+        let (_, sp) = match self.check_from(from, from_ns, unsupported_kind, service, port) {
             Ok(x) => x,
             Err(u) => return BackendTarget::Invalid(u),
         };

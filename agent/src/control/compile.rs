@@ -20,6 +20,7 @@ use crate::{
 use super::{
     backend_tls::BackendTls,
     frontend_tls::FrontendTls,
+    policy::{Policies, PolicyEnv},
     status::{ListenerProblem, ListenerProblems, Status},
     tls::Certificates,
 };
@@ -82,9 +83,36 @@ pub struct Compiled {
     pub warnings: Vec<String>,
     /// Gateway API status conditions of what this agent is responsible for.
     pub status: Status,
+    /// The policy-state compile to commit once this snapshot is published.
+    pub policy_compile: u64,
 }
 
+/// [`compile_with`] with policy state that lives only for this compile and
+/// counters registered nowhere: for status computations and tests.
 pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled {
+    let state = crate::policy::state::PolicyState::default();
+    let run = state.compile();
+    let metrics = crate::policy::PolicyMetrics::default();
+    compile_with(
+        config,
+        ids,
+        generation,
+        &PolicyEnv {
+            metrics: &metrics,
+            state: &run,
+        },
+    )
+}
+
+/// Compiles `config`; policy sections count in `env.metrics` and take the
+/// state that outlives reloads from `env.state` (commit it once the
+/// snapshot is published).
+pub fn compile_with(
+    config: &Config,
+    ids: &mut ShardIds,
+    generation: u64,
+    env: &PolicyEnv<'_>,
+) -> Compiled {
     let mut warnings = Vec::new();
     let ours: Vec<&Gateway> = config
         .gateways
@@ -108,6 +136,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         })
         .collect();
     let resolver = BackendResolver::new(config);
+    let mut policies = Policies::new(config, &resolver, env);
     let namespaces = NamespaceLabels::new(config);
     let certificates = Certificates::new(config);
     let backend_tls = BackendTls::new(config);
@@ -199,6 +228,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 &resolver,
                 &namespaces,
                 &backend_tls,
+                &mut policies,
             );
             listeners.push(ListenerRoutes {
                 name: l.name.clone(),
@@ -206,6 +236,7 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 hostname: l.hostname.clone(),
                 routes,
                 tls,
+                policy: policies.for_listener(gateway, l),
             });
         }
         let mut tls = BTreeMap::new();
@@ -253,13 +284,27 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
                 )),
             }
         }
+        // Whole-Gateway ipAllow/ipDeny also go to XDP: denies add up; an
+        // annotation's allow list wins (L7 still enforces the policy's).
+        let (policy_allow, policy_deny) = policies.xdp_sources(gateway);
+        let source_allow = if gateway.source_allow.is_empty() {
+            policy_allow
+        } else {
+            gateway.source_allow.clone()
+        };
+        let mut source_deny = gateway.source_deny.clone();
+        source_deny.extend(
+            policy_deny
+                .into_iter()
+                .filter(|n| !gateway.source_deny.contains(n)),
+        );
         let shard = Shard {
             id,
             gateway: gateway.id.clone(),
             name: Arc::from(gateway.id.to_string()),
             addresses: gateway.addresses.clone(),
-            source_allow: gateway.source_allow.clone(),
-            source_deny: gateway.source_deny.clone(),
+            source_allow,
+            source_deny,
             syn_budget: gateway.syn_budget,
             listeners,
             tls,
@@ -293,7 +338,14 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         &problems,
     );
     status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
+    status.policies.extend(super::policy::policy_status(
+        config,
+        &policies,
+        &ours,
+        CONTROLLER_NAME,
+    ));
     warnings.extend(backend_tls.warnings());
+    warnings.extend(policies.warnings());
     for g in &mut status.gateways {
         let gateway = ours
             .iter()
@@ -304,10 +356,15 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
         }
     }
     Compiled {
-        snapshot: Snapshot { generation, shards },
+        snapshot: Snapshot {
+            generation,
+            shards,
+            identity: crate::snapshot::NamespaceLookup::new(&config.identity.cidrs),
+        },
         kernel,
         warnings,
         status,
+        policy_compile: env.state.id(),
     }
 }
 
@@ -319,6 +376,7 @@ fn listener_routes(
     resolver: &BackendResolver,
     namespaces: &NamespaceLabels,
     backend_tls: &BackendTls,
+    policies: &mut Policies<'_>,
 ) -> RouteTable {
     let mut entries = Vec::new();
     for (order, route) in routes.iter().enumerate() {
@@ -350,6 +408,7 @@ fn listener_routes(
                 timeouts: rule.timeouts,
                 retry: rule.retry.clone(),
                 mirrors,
+                policy: policies.for_rule(gateway, listener, route, ri),
             });
             for (mi, m) in rule.matches.iter().enumerate() {
                 for h in &hosts {

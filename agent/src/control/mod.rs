@@ -6,8 +6,10 @@ mod backends;
 mod compile;
 mod frontend_tls;
 mod isolation;
+pub mod policy;
 pub mod refgrant;
 pub mod status;
 pub mod tls;
 
-pub use compile::{compile, Compiled, ShardIds, CONTROLLER_NAME};
+pub use compile::{compile, compile_with, Compiled, ShardIds, CONTROLLER_NAME};
+pub use policy::PolicyEnv;

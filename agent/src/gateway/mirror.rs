@@ -12,11 +12,13 @@ use std::{
 use bytes::Bytes;
 use http::Request;
 use http_body_util::{BodyExt, Empty};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
+
+use super::BoxError;
 use tokio::sync::mpsc;
 
 /// Body type of upstream requests (primary and mirrors).
-pub type UpstreamBody = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
+pub type UpstreamBody = super::Body;
 
 /// Chunks a mirror may lag behind the primary before it is cut off.
 const TAP_CAPACITY: usize = 16;
@@ -25,18 +27,18 @@ pub const MIRROR_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The primary request body, copying each data chunk to the taps.
 pub struct Tee {
-    inner: Incoming,
+    inner: UpstreamBody,
     taps: Vec<mpsc::Sender<Bytes>>,
 }
 
 impl Body for Tee {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = &mut *self;
         let frame = ready!(Pin::new(&mut this.inner).poll_frame(cx));
         match &frame {
@@ -69,12 +71,12 @@ pub struct Tap {
 
 impl Body for Tap {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         Poll::Ready(ready!(self.rx.poll_recv(cx)).map(|b| Ok(Frame::data(b))))
     }
 
@@ -84,9 +86,9 @@ impl Body for Tap {
 }
 
 /// Splits `body` into the primary's body and `n` mirror bodies.
-pub fn tee(body: Incoming, n: usize) -> (UpstreamBody, Vec<UpstreamBody>) {
+pub fn tee(body: UpstreamBody, n: usize) -> (UpstreamBody, Vec<UpstreamBody>) {
     if n == 0 {
-        return (body.boxed(), Vec::new());
+        return (body, Vec::new());
     }
     if body.is_end_stream() {
         // Nothing to copy (GET and friends): mirrors need not wait for the primary.
@@ -95,7 +97,7 @@ pub fn tee(body: Incoming, n: usize) -> (UpstreamBody, Vec<UpstreamBody>) {
                 .map_err(|never| match never {})
                 .boxed()
         };
-        return (body.boxed(), (0..n).map(|_| empty()).collect());
+        return (body, (0..n).map(|_| empty()).collect());
     }
     let hint = body.size_hint();
     let (taps, bodies): (Vec<_>, Vec<_>) = (0..n)

@@ -2,6 +2,7 @@
 //! touches config parsing or the kernel maps.
 mod deadline;
 pub mod filters;
+mod forward;
 mod mirror;
 mod proxy;
 mod retry;

@@ -35,12 +35,12 @@ pub struct Recording {
 
 impl Body for Recording {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = super::BoxError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, super::BoxError>>> {
         let frame = ready!(Pin::new(&mut self.inner).poll_frame(cx));
         // A sender that knows the length stops polling after the last chunk,
         // so the end is also seen through `is_end_stream`.

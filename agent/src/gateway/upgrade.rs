@@ -5,11 +5,15 @@ use std::{net::SocketAddr, time::Duration};
 
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use http_body_util::BodyExt;
-use hyper::{body::Incoming, upgrade::OnUpgrade};
+use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 
-use super::{proxy::strip_hop_by_hop, Body};
-use crate::{config::ObjectRef, snapshot::upstream_tls::UpstreamTls};
+use super::{forward::strip_hop_by_hop, Body};
+use crate::{
+    config::ObjectRef,
+    policy::{Reason, Rejection},
+    snapshot::upstream_tls::UpstreamTls,
+};
 
 /// A backend connection, plain or TLS.
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
@@ -43,13 +47,14 @@ pub fn upgrade_protocol<B>(req: &Request<B>) -> Option<HeaderValue> {
 /// headers removed) and, on `101 Switching Protocols`, splices the
 /// downstream and upstream connections in a task of their own.
 pub async fn forward(
-    mut upstream: Request<Incoming>,
+    mut upstream: Request<Body>,
     protocol: HeaderValue,
     endpoint: SocketAddr,
     tls: Option<&UpstreamTls>,
     downstream: OnUpgrade,
     route: &ObjectRef,
-) -> Response<Body> {
+) -> Result<Response<Body>, Rejection> {
+    let unavailable = |reason| Rejection::new(reason, "upstream unavailable");
     upstream
         .headers_mut()
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -62,11 +67,9 @@ pub async fn forward(
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
             tracing::warn!(%route, %endpoint, error = %e, "upgrade: backend connect failed");
-            return super::proxy::error(StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable");
+            return Err(unavailable(Reason::UpstreamConnect));
         }
-        Err(_) => {
-            return super::proxy::error(StatusCode::SERVICE_UNAVAILABLE, "upstream unavailable")
-        }
+        Err(_) => return Err(unavailable(Reason::UpstreamConnect)),
     };
     let _ = tcp.set_nodelay(true);
     let io: Box<dyn Io> = match tls {
@@ -75,7 +78,7 @@ pub async fn forward(
             Ok(s) => Box::new(s),
             Err(e) => {
                 tracing::warn!(%route, %endpoint, policy = %tls.policy, error = %e, "upgrade: backend TLS handshake failed");
-                return super::proxy::error(StatusCode::BAD_GATEWAY, "upstream unavailable");
+                return Err(unavailable(Reason::UpstreamError));
             }
         },
     };
@@ -84,7 +87,7 @@ pub async fn forward(
             Ok(x) => x,
             Err(e) => {
                 tracing::warn!(%route, %endpoint, error = %e, "upgrade: backend handshake failed");
-                return super::proxy::error(StatusCode::BAD_GATEWAY, "upstream unavailable");
+                return Err(unavailable(Reason::UpstreamError));
             }
         };
     tokio::spawn(async move {
@@ -96,14 +99,17 @@ pub async fn forward(
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(%route, %endpoint, error = %e, "upgrade: backend request failed");
-            return super::proxy::error(StatusCode::BAD_GATEWAY, "upstream unavailable");
+            return Err(unavailable(Reason::UpstreamError));
         }
     };
     if response.status() != StatusCode::SWITCHING_PROTOCOLS {
         // The backend declined: an ordinary response.
         let (mut parts, body) = response.into_parts();
         strip_hop_by_hop(&mut parts.headers);
-        return Response::from_parts(parts, body.map_err(Into::into).boxed());
+        return Ok(Response::from_parts(
+            parts,
+            body.map_err(Into::into).boxed(),
+        ));
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let route = route.clone();
@@ -131,7 +137,10 @@ pub async fn forward(
         .headers
         .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
     parts.headers.insert(header::UPGRADE, protocol);
-    Response::from_parts(parts, body.map_err(Into::into).boxed())
+    Ok(Response::from_parts(
+        parts,
+        body.map_err(Into::into).boxed(),
+    ))
 }
 
 #[cfg(test)]

@@ -210,7 +210,10 @@ mod tests {
             panic!("{out:?}")
         };
         assert_eq!(r.status, http::StatusCode::UNAUTHORIZED);
-        assert_eq!(r.headers["www-authenticate"], "ApiKey header=\"x-api-key\"");
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "ApiKey header=\"x-api-key\""
+        );
         let (out, parts, client) = run(&a, &[("x-api-key", "k-ci-12"), ("x-client-id", "ci")]);
         assert!(matches!(out, AuthnOutcome::Failed(ref r) if r.reason == Reason::ApiKeyInvalid));
         assert!(client.is_none());

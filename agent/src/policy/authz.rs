@@ -75,7 +75,7 @@ fn claim_matches(name: &str, claim: &serde_json::Value, values: &[String]) -> bo
         Value::String(s) => values.iter().any(|x| x == s),
         Value::Number(_) | Value::Bool(_) => {
             let text = v.to_string();
-            values.iter().any(|x| *x == text)
+            values.contains(&text)
         }
         _ => false,
     };

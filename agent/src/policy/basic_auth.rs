@@ -317,7 +317,7 @@ mod tests {
             };
             assert_eq!(r.reason, Reason::BasicAuthInvalid);
             assert_eq!(
-                r.headers["www-authenticate"],
+                r.headers()["www-authenticate"],
                 "Basic realm=\"orders\", charset=\"UTF-8\""
             );
             assert_eq!(

@@ -84,6 +84,13 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
+/// Starts the background work of policy state (remote JWKS fetches) and
+/// waits, at most `within`, for the first load of state that never loaded.
+pub async fn warm_up(state: &state::PolicyState, within: std::time::Duration) {
+    // Remote JWKS: implemented with the jwt section.
+    let _ = (state, within);
+}
+
 /// Identity of a policy: what metrics, logs and state keys name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PolicyId {
@@ -249,8 +256,9 @@ impl RoutePolicy {
                     missing = Some(match missing {
                         // Every challenge goes back, so the client can pick a scheme.
                         Some(mut m) => {
-                            for v in r.headers.get_all(http::header::WWW_AUTHENTICATE) {
-                                m.headers.append(http::header::WWW_AUTHENTICATE, v.clone());
+                            for v in r.headers().get_all(http::header::WWW_AUTHENTICATE) {
+                                m.headers_mut()
+                                    .append(http::header::WWW_AUTHENTICATE, v.clone());
                             }
                             m
                         }

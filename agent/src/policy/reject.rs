@@ -163,20 +163,28 @@ impl Reason {
 }
 
 /// An answer the gateway makes instead of forwarding (or instead of the
-/// backend's answer).
+/// backend's answer). Small (headers and body are boxed, rarely present):
+/// it travels in every `Result` of the request path.
 #[derive(Debug, Clone)]
 pub struct Rejection {
     pub reason: Reason,
     pub status: StatusCode,
-    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
-    pub headers: HeaderMap,
-    /// The response body; `None`: `message` as plain text.
-    pub body: Option<Bytes>,
     /// Human-readable detail for the body and the logs.
     pub message: Cow<'static, str>,
     /// The policy section that decided, when it was a policy.
     pub section: Option<Arc<SectionMeta>>,
+    extra: Option<Box<Extra>>,
 }
+
+#[derive(Debug, Clone, Default)]
+struct Extra {
+    /// Extra response headers (`WWW-Authenticate`, `Retry-After`, ...).
+    headers: HeaderMap,
+    /// The response body; `None`: `message` as plain text.
+    body: Option<Bytes>,
+}
+
+static NO_HEADERS: std::sync::LazyLock<HeaderMap> = std::sync::LazyLock::new(HeaderMap::new);
 
 impl Rejection {
     /// A rejection with the reason's status and a plain-text message.
@@ -184,11 +192,26 @@ impl Rejection {
         Self {
             reason,
             status: reason.status(),
-            headers: HeaderMap::new(),
-            body: None,
             message: message.into(),
             section: None,
+            extra: None,
         }
+    }
+
+    /// The extra response headers.
+    pub fn headers(&self) -> &HeaderMap {
+        self.extra.as_ref().map_or(&NO_HEADERS, |e| &e.headers)
+    }
+
+    pub fn headers_mut(&mut self) -> &mut HeaderMap {
+        &mut self.extra.get_or_insert_with(Box::default).headers
+    }
+
+    /// Answers with this body instead of the message (e.g. what an
+    /// external authorization service sent).
+    pub fn with_body(mut self, body: Bytes) -> Self {
+        self.extra.get_or_insert_with(Box::default).body = Some(body);
+        self
     }
 
     /// The section that decided (for the decision metric and logs).
@@ -203,13 +226,14 @@ impl Rejection {
     }
 
     pub fn with_header(mut self, name: HeaderName, value: HeaderValue) -> Self {
-        self.headers.append(name, value);
+        self.headers_mut().append(name, value);
         self
     }
 
     /// The response sent to the client.
     pub fn into_response(self) -> Response<Body> {
-        let body = match self.body {
+        let Extra { headers, body } = self.extra.map(|e| *e).unwrap_or_default();
+        let body = match body {
             Some(b) => full(b),
             None => {
                 let mut text = String::with_capacity(self.message.len() + 1);
@@ -220,8 +244,8 @@ impl Rejection {
         };
         let mut r = Response::new(body);
         *r.status_mut() = self.status;
-        let explicit_type = self.headers.contains_key(header::CONTENT_TYPE);
-        *r.headers_mut() = self.headers;
+        let explicit_type = headers.contains_key(header::CONTENT_TYPE);
+        *r.headers_mut() = headers;
         if !explicit_type {
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -249,6 +273,15 @@ mod tests {
     use http_body_util::BodyExt;
 
     use super::*;
+
+    #[test]
+    fn stays_small() {
+        assert!(
+            std::mem::size_of::<Rejection>() <= 64,
+            "{}",
+            std::mem::size_of::<Rejection>()
+        );
+    }
 
     #[tokio::test]
     async fn response_carries_status_headers_and_message() {

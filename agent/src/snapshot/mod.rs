@@ -29,6 +29,49 @@ pub struct Snapshot {
     pub generation: u64,
     /// Sorted by id.
     pub shards: Vec<Shard>,
+    /// Source address → Kubernetes namespace (pod identity), for policies.
+    pub identity: NamespaceLookup,
+}
+
+/// Which namespace a source address belongs to: pod addresses (host
+/// routes) by hash, wider CIDRs by longest prefix.
+#[derive(Debug, Default)]
+pub struct NamespaceLookup {
+    hosts: HashMap<IpAddr, Arc<str>>,
+    /// Longest prefix first.
+    nets: Vec<(IpNet, Arc<str>)>,
+}
+
+impl NamespaceLookup {
+    pub fn new(cidrs: &[(IpNet, String)]) -> Self {
+        let mut names: HashMap<&str, Arc<str>> = HashMap::new();
+        let mut out = NamespaceLookup::default();
+        for (net, ns) in cidrs {
+            let name = names
+                .entry(ns)
+                .or_insert_with(|| Arc::from(ns.as_str()))
+                .clone();
+            if net.prefix_len() == net.max_prefix_len() {
+                out.hosts.entry(net.addr()).or_insert(name);
+            } else {
+                out.nets.push((net.trunc(), name));
+            }
+        }
+        out.nets
+            .sort_by_key(|n| std::cmp::Reverse(n.0.prefix_len()));
+        out
+    }
+
+    pub fn namespace_of(&self, ip: IpAddr) -> Option<Arc<str>> {
+        let ip = ip.to_canonical();
+        if let Some(ns) = self.hosts.get(&ip) {
+            return Some(ns.clone());
+        }
+        self.nets
+            .iter()
+            .find(|(n, _)| n.contains(&ip))
+            .map(|(_, ns)| ns.clone())
+    }
 }
 
 impl Snapshot {
@@ -112,6 +155,8 @@ pub struct ListenerRoutes {
     pub routes: RouteTable,
     /// The certificate of an HTTPS listener.
     pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
+    /// Policy of requests that match no route (Gateway and listener level).
+    pub policy: Arc<crate::policy::RoutePolicy>,
 }
 
 /// Routes of one listener, grouped by effective hostname and pre-sorted by
@@ -216,6 +261,8 @@ pub struct RuleAction {
     pub retry: Option<Retry>,
     /// Resolved targets of the rule's RequestMirror filters.
     pub mirrors: Vec<MirrorTarget>,
+    /// The effective API policy of the rule through this listener.
+    pub policy: Arc<crate::policy::RoutePolicy>,
 }
 
 /// Where a RequestMirror filter sends copies, and how many.

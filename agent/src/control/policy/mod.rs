@@ -1,0 +1,246 @@
+//! SluicePolicy attachment in the compile: which policies apply to each
+//! route rule through each listener ([`attach`]), how they merge
+//! ([`merge`]), what they compile to ([`sections`]), which whole-Gateway
+//! source filters go to XDP, and the policy status ([`status`]).
+pub mod attach;
+pub mod merge;
+mod sections;
+mod status;
+
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
+
+use ipnet::IpNet;
+
+use self::{
+    attach::{Level, TargetIndex},
+    merge::{effective, Contribution, Effective, SectionKind},
+    sections::SectionBuilder,
+};
+use super::{backends::BackendResolver, refgrant::Kind};
+use crate::{
+    config::{Config, Filter, Gateway, HttpRoute, Listener, ObjectRef, SluicePolicy},
+    policy::{
+        cors::CorsPolicy, ext_auth::ExtAuth, metrics::PolicyMetrics, state::Compile, Authenticator,
+        Broken, PolicyId, Reason, RoutePolicy,
+    },
+};
+
+pub(super) use status::policy_status;
+
+/// What the compile needs from the agent for policies: the metric
+/// families sections count in, and the state that outlives reloads.
+pub struct PolicyEnv<'a> {
+    pub metrics: &'a PolicyMetrics,
+    pub state: &'a Compile<'a>,
+}
+
+type EffKey = (Vec<(SectionKind, Vec<Contribution>)>, Vec<ObjectRef>);
+
+/// The policies of one compile.
+pub(super) struct Policies<'a> {
+    index: TargetIndex<'a, SluicePolicy>,
+    builder: SectionBuilder<'a>,
+    memo: HashMap<EffKey, Arc<RoutePolicy>>,
+    empty: Arc<RoutePolicy>,
+    /// Gateways with an ipAllow/ipDeny default below the Gateway level: a
+    /// Gateway default may be relaxed there, so it is not pushed to XDP.
+    ip_below_gateway: HashSet<ObjectRef>,
+}
+
+impl<'a> Policies<'a> {
+    pub(super) fn new(
+        config: &'a Config,
+        resolver: &'a BackendResolver<'a>,
+        env: &'a PolicyEnv<'a>,
+    ) -> Self {
+        Self {
+            index: TargetIndex::new(&config.policies),
+            builder: SectionBuilder::new(config, resolver, env.metrics, env.state),
+            memo: HashMap::new(),
+            empty: Arc::new(RoutePolicy::default()),
+            ip_below_gateway: HashSet::new(),
+        }
+    }
+
+    fn merged(&mut self, gateway: &Gateway, levels: &[Level]) -> Effective {
+        let attached: Vec<&[&SluicePolicy]> = levels.iter().map(|l| self.index.at(l)).collect();
+        let sets_ip_default = |ps: &[&SluicePolicy]| {
+            ps.iter()
+                .any(|p| p.defaults.ip_allow.is_some() || p.defaults.ip_deny.is_some())
+        };
+        if attached[1..].iter().any(|ps| sets_ip_default(ps)) {
+            self.ip_below_gateway.insert(gateway.id.clone());
+        }
+        effective(&attached)
+    }
+
+    fn runtime(&mut self, eff: &Effective) -> Arc<RoutePolicy> {
+        if eff.is_empty() {
+            return self.empty.clone();
+        }
+        let key: EffKey = (
+            eff.sources.iter().map(|(k, v)| (*k, v.clone())).collect(),
+            eff.invalid.iter().map(|(id, _)| id.clone()).collect(),
+        );
+        if let Some(p) = self.memo.get(&key) {
+            return p.clone();
+        }
+        let p = Arc::new(self.builder.route_policy(eff));
+        self.memo.insert(key, p.clone());
+        p
+    }
+
+    /// The policy of requests through `listener` that match no route.
+    pub(super) fn for_listener(
+        &mut self,
+        gateway: &Gateway,
+        listener: &Listener,
+    ) -> Arc<RoutePolicy> {
+        if self.index.is_empty() {
+            return self.empty.clone();
+        }
+        let eff = self.merged(gateway, &Level::chain(gateway, listener, None));
+        self.runtime(&eff)
+    }
+
+    /// The effective policy of rule `rule` of `route` through `listener`,
+    /// including the rule's own CORS and ExternalAuth filters.
+    pub(super) fn for_rule(
+        &mut self,
+        gateway: &Gateway,
+        listener: &Listener,
+        route: &HttpRoute,
+        rule: usize,
+    ) -> Arc<RoutePolicy> {
+        let r = &route.rules[rule];
+        let base = if self.index.is_empty() {
+            self.empty.clone()
+        } else {
+            let levels = Level::chain(gateway, listener, Some((route, r.name.as_deref())));
+            let eff = self.merged(gateway, &levels);
+            let overridden_cors = eff
+                .sources
+                .get(&SectionKind::Cors)
+                .is_some_and(|s| s.iter().any(|c| c.overriding));
+            let p = self.runtime(&eff);
+            if overridden_cors {
+                return self.with_filters(p, route, rule, false);
+            }
+            p
+        };
+        self.with_filters(base, route, rule, true)
+    }
+
+    /// Adds the rule's CORS filter (the most specific default) and
+    /// ExternalAuth filter (an extra authentication) to `base`.
+    fn with_filters(
+        &mut self,
+        base: Arc<RoutePolicy>,
+        route: &HttpRoute,
+        rule: usize,
+        cors_applies: bool,
+    ) -> Arc<RoutePolicy> {
+        let filters = &route.rules[rule].filters;
+        let cors = filters.iter().find_map(|f| match f {
+            Filter::Cors(c) if cors_applies => Some(c),
+            _ => None,
+        });
+        let ext = filters.iter().find_map(|f| match f {
+            Filter::ExternalAuth(e) => Some(e),
+            _ => None,
+        });
+        if cors.is_none() && ext.is_none() {
+            return base;
+        }
+        let mut p = (*base).clone();
+        if let Some(c) = cors {
+            p.cors = Some(Arc::new(CorsPolicy {
+                cors: c.clone(),
+                meta: None,
+            }));
+        }
+        if let Some(e) = ext {
+            let id = PolicyId::new("HTTPRoute", &route.id.namespace, &route.id.name);
+            let meta = Arc::new(self.builder_metrics().section(&id, "externalAuth"));
+            match self
+                .builder
+                .ext_auth_config(Kind::HTTP_ROUTE, &route.id.namespace, e)
+            {
+                Ok(config) => p
+                    .authn
+                    .push(Authenticator::Ext(Arc::new(ExtAuth::new(config, meta)))),
+                Err(why) => {
+                    p.broken.get_or_insert(Broken {
+                        reason: Reason::PolicyInvalid,
+                        message: format!("HTTPRoute {} ExternalAuth filter: {why}", route.id),
+                        section: meta,
+                    });
+                }
+            }
+        }
+        Arc::new(p)
+    }
+
+    fn builder_metrics(&self) -> &PolicyMetrics {
+        self.builder.metrics()
+    }
+
+    /// Source CIDRs of whole-Gateway policies for XDP: overrides always;
+    /// defaults when nothing below the Gateway sets ipAllow/ipDeny (a more
+    /// specific default could relax them, and XDP must never drop what L7
+    /// would accept).
+    pub(super) fn xdp_sources(&self, gateway: &Gateway) -> (Vec<IpNet>, Vec<IpNet>) {
+        let attached = self.index.at(&Level::Gateway(gateway.id.clone()));
+        let eff = effective(&[attached]);
+        let overriding = |k: SectionKind| {
+            eff.sources
+                .get(&k)
+                .is_some_and(|s| s.last().is_some_and(|c| c.overriding))
+        };
+        let usable = |k: SectionKind| overriding(k) || !self.ip_below_gateway.contains(&gateway.id);
+        if !eff.invalid.is_empty() {
+            return (vec![], vec![]);
+        }
+        let allow = if usable(SectionKind::IpAllow) {
+            eff.sections.ip_allow.clone().unwrap_or_default()
+        } else {
+            vec![]
+        };
+        let deny = if usable(SectionKind::IpDeny) {
+            eff.sections.ip_deny.clone().unwrap_or_default()
+        } else {
+            vec![]
+        };
+        (allow, deny)
+    }
+
+    /// Problems found while building sections, per policy.
+    pub(super) fn errors(&self) -> &std::collections::BTreeMap<ObjectRef, Vec<String>> {
+        &self.builder.errors
+    }
+
+    /// Warnings for `/config` and the logs.
+    pub(super) fn warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for (id, list) in self.builder.errors.iter() {
+            for e in list {
+                out.push(format!(
+                    "SluicePolicy {id}: {e}; its targets answer 500 (fail closed)"
+                ));
+            }
+        }
+        for (id, list) in self.builder.warnings.iter() {
+            for w in list {
+                out.push(format!("SluicePolicy {id}: {w}"));
+            }
+        }
+        out
+    }
+
+    pub(super) fn index(&self) -> &TargetIndex<'a, SluicePolicy> {
+        &self.index
+    }
+}

@@ -1,0 +1,575 @@
+//! The upstream phase: the rule's HTTPRoute filters, the backend choice
+//! and its filters, the request to the backend (with retries, mirrors and
+//! the backend request timeout) and the response header modifiers. Every
+//! answer the gateway makes itself here is a [`Rejection`].
+use std::net::SocketAddr;
+
+use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+
+use super::{
+    deadline::Deadline,
+    filters::{self, RedirectContext},
+    full,
+    mirror::{self, UpstreamBody},
+    proxy::{Answered, ConnInfo, Proxy},
+    retry::Replay,
+    upgrade::{self, upgrade_protocol},
+    upstream_tls, Body,
+};
+use crate::{
+    config::{Filter, HeaderModifier, Redirect},
+    policy::{Reason, Rejection},
+    snapshot::{AppProtocol, BackendTarget, RouteEntry},
+};
+
+/// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+
+/// The routing decision for one request.
+#[derive(Clone, Copy)]
+pub(super) struct Target<'a> {
+    pub entry: &'a RouteEntry,
+    pub listener_port: u16,
+    /// `http` or `https`: how the request reached the gateway.
+    pub scheme: &'static str,
+    /// Request host, lower-case, without port.
+    pub host: &'a str,
+    /// Request authority as received (with port, if any).
+    pub authority: &'a str,
+}
+
+impl Target<'_> {
+    /// The response of a RequestRedirect filter for the request as it
+    /// stands after the filters before it (`path` may be rewritten).
+    fn redirect(
+        &self,
+        r: &Redirect,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<Response<Body>, Rejection> {
+        let location = filters::redirect_location(
+            r,
+            RedirectContext {
+                scheme: self.scheme,
+                listener_port: self.listener_port,
+                host: self.host,
+                path,
+                query,
+                matched: &self.entry.matcher.path,
+            },
+        );
+        let Some(value) = filters::location_header(&location) else {
+            return Err(Rejection::new(
+                Reason::BadRequest,
+                "request path cannot be redirected",
+            ));
+        };
+        let mut resp = Response::new(full(""));
+        *resp.status_mut() =
+            http::StatusCode::from_u16(r.status).unwrap_or(http::StatusCode::FOUND);
+        resp.headers_mut().insert(header::LOCATION, value);
+        resp.extensions_mut().insert(Answered("redirect"));
+        Ok(resp)
+    }
+}
+
+impl Proxy {
+    /// Runs the rule's filters, picks a backend, runs its filters and
+    /// forwards; the response comes back with the response header modifiers applied.
+    pub(super) async fn forward(
+        &self,
+        t: Target<'_>,
+        conn: &ConnInfo,
+        mut parts: Parts,
+        body: Body,
+    ) -> Result<Response<Body>, Rejection> {
+        let action = &t.entry.action;
+        let mut path = parts.uri.path().to_owned();
+        let query = parts.uri.query().map(str::to_owned);
+        let mut upstream_host: Option<String> = None;
+        let mut response_mods: Vec<&HeaderModifier> = action
+            .filters
+            .iter()
+            .filter_map(|f| match f {
+                Filter::ResponseHeaders(m) => Some(m),
+                _ => None,
+            })
+            .collect();
+        let finish = |resp: Result<Response<Body>, Rejection>, mods: &[&HeaderModifier]| {
+            resp.map(|mut r| {
+                for m in mods {
+                    filters::modify_headers(m, r.headers_mut());
+                }
+                r
+            })
+        };
+        for f in &action.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                // Applied to the response, sent with the upstream request, or
+                // run by the policy phases before this one.
+                Filter::ResponseHeaders(_)
+                | Filter::Mirror(_)
+                | Filter::Cors(_)
+                | Filter::ExternalAuth(_) => {}
+                Filter::Redirect(r) => {
+                    return finish(t.redirect(r, &path, query.as_deref()), &response_mods);
+                }
+                Filter::Rewrite(rw) => {
+                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                    path = out.path;
+                    if out.host.is_some() {
+                        upstream_host = out.host;
+                    }
+                }
+            }
+        }
+        let Some(backend) = action.backends.pick() else {
+            // A rule without (non-zero-weight) backends answers 500 per Gateway API.
+            return finish(
+                Err(Rejection::new(Reason::NoBackends, "route has no backends")),
+                &response_mods,
+            );
+        };
+        // backendRef filters: only when this backend is picked, after the rule's.
+        for f in &backend.filters {
+            match f {
+                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+                Filter::ResponseHeaders(m) => response_mods.push(m),
+                Filter::Redirect(r) => return t.redirect(r, &path, query.as_deref()),
+                Filter::Rewrite(rw) => {
+                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                    path = out.path;
+                    if out.host.is_some() {
+                        upstream_host = out.host;
+                    }
+                }
+                // Rejected at backendRef level by validation.
+                Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
+            }
+        }
+        let response = self
+            .send(
+                t,
+                conn,
+                parts,
+                body,
+                path,
+                query,
+                upstream_host.as_deref(),
+                backend,
+            )
+            .await;
+        finish(response, &response_mods)
+    }
+
+    #[allow(clippy::too_many_arguments)] // The pieces of one request, as the filters left them.
+    async fn send(
+        &self,
+        t: Target<'_>,
+        conn: &ConnInfo,
+        parts: Parts,
+        body: Body,
+        path: String,
+        query: Option<String>,
+        upstream_host: Option<&str>,
+        backend: &crate::snapshot::Backend,
+    ) -> Result<Response<Body>, Rejection> {
+        let action = &t.entry.action;
+        let endpoint = match &backend.target {
+            BackendTarget::Invalid(reason) => {
+                tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
+                return Err(Rejection::new(
+                    Reason::BackendNotResolvable,
+                    "backend not resolvable",
+                ));
+            }
+            BackendTarget::Endpoints(_) => match backend.endpoint() {
+                Some(ep) => ep,
+                None => {
+                    return Err(Rejection::new(
+                        Reason::NoReadyEndpoints,
+                        "no ready endpoints",
+                    ))
+                }
+            },
+        };
+        let path_and_query = match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path,
+        };
+        let mut req = Request::from_parts(parts, body);
+        let host = upstream_host.unwrap_or(t.authority);
+        let upgrade = upgrade_protocol(&req);
+        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let version = match (backend.protocol, &upgrade) {
+            // Over TLS the version is ALPN's choice (see gateway::upstream_tls).
+            (AppProtocol::H2c, None) if backend.tls.is_none() => http::Version::HTTP_2,
+            _ => http::Version::HTTP_11,
+        };
+        let upstream = upstream_request(
+            req,
+            conn,
+            self.is_trusted(conn.peer.ip()),
+            t.authority,
+            host,
+            &path_and_query,
+            // TLS pools dial their endpoint; the URI carries the Host (HTTP/2 :authority).
+            &match backend.tls {
+                Some(_) => host.to_owned(),
+                None => endpoint.to_string(),
+            },
+            version,
+            upstream_tls::scheme(backend.tls.as_ref()),
+        )
+        .map_err(|e| Rejection::new(Reason::BadRequest, e))?;
+        if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
+            return upgrade::forward(
+                upstream,
+                protocol,
+                endpoint,
+                backend.tls.as_deref(),
+                downstream,
+                &t.entry.route,
+            )
+            .await;
+        }
+        let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
+        let (mut request, replay) = match &action.retry {
+            Some(_) => {
+                let (r, replay) = Replay::record(upstream);
+                (r, Some(replay))
+            }
+            None => (upstream, None),
+        };
+        let mut endpoint = endpoint;
+        let mut retries = 0;
+        loop {
+            // backendRequest covers one attempt until its full response is in.
+            let deadline = action
+                .timeouts
+                .backend_request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            let tls_client = backend
+                .tls
+                .as_ref()
+                .map(|tls| self.tls_pools.client(tls, &self.connector, endpoint));
+            let client = match (&tls_client, version) {
+                (Some(c), _) => Upstream::Tls(c),
+                (None, http::Version::HTTP_2) => Upstream::Plain(&self.h2c),
+                (None, _) => Upstream::Plain(&self.client),
+            };
+            let sent = client.request(request);
+            let outcome = match deadline {
+                Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
+                None => Some(sent.await),
+            };
+            if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
+                let retriable = match &outcome {
+                    None => true,
+                    Some(Err(e)) => e.is_connect(),
+                    Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
+                };
+                if retriable && retries < policy.attempts {
+                    // Another endpoint of the same backend, if it has several.
+                    let next = backend.endpoint().and_then(|ep| {
+                        let r = match backend.tls {
+                            // The pool of `ep` dials it; the URI keeps the Host.
+                            Some(_) => {
+                                let mut r = replay.again(host)?;
+                                *r.uri_mut() = with_scheme(r.uri(), "https")?;
+                                r
+                            }
+                            None => replay.again(&ep.to_string())?,
+                        };
+                        Some((ep, r))
+                    });
+                    if let Some((ep, again)) = next {
+                        drop(outcome);
+                        tokio::time::sleep(policy.backoff).await;
+                        tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
+                        retries += 1;
+                        endpoint = ep;
+                        request = again;
+                        continue;
+                    }
+                }
+            }
+            return match outcome {
+                None => Err(Rejection::new(
+                    Reason::UpstreamTimeout,
+                    "backend request timeout",
+                )),
+                Some(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    strip_hop_by_hop(&mut parts.headers);
+                    let body = body.map_err(Into::into).boxed();
+                    let body = match deadline {
+                        Some(at) => Deadline::new(body, at).boxed(),
+                        None => body,
+                    };
+                    Ok(Response::from_parts(parts, body))
+                }
+                Some(Err(e)) => {
+                    tracing::warn!(
+                        route = %t.entry.route,
+                        endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
+                        error = %upstream_tls::error_chain(&e),
+                        "upstream request failed"
+                    );
+                    Err(Rejection::new(
+                        if e.is_connect() {
+                            Reason::UpstreamConnect
+                        } else {
+                            Reason::UpstreamError
+                        },
+                        "upstream unavailable",
+                    ))
+                }
+            };
+        }
+    }
+
+    /// Starts the sampled mirrors of the rule with copies of `req` and
+    /// returns the primary request, whose body now feeds the copies.
+    fn send_mirrors(
+        &self,
+        entry: &RouteEntry,
+        req: Request<UpstreamBody>,
+        path_and_query: &str,
+    ) -> Request<UpstreamBody> {
+        if entry.action.mirrors.is_empty() {
+            return req;
+        }
+        let targets: Vec<(SocketAddr, Option<upstream_tls::TlsClient>)> = entry
+            .action
+            .mirrors
+            .iter()
+            .filter(|m| m.sample())
+            .filter_map(|m| {
+                let ep = m.backend.endpoint();
+                if ep.is_none() {
+                    tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
+                }
+                let ep = ep?;
+                let tls = m
+                    .backend
+                    .tls
+                    .as_ref()
+                    .map(|tls| self.tls_pools.client(tls, &self.connector, ep));
+                Some((ep, tls))
+            })
+            .collect();
+        let (parts, body) = req.into_parts();
+        let (primary, copies) = mirror::tee(body, targets.len());
+        let req = Request::from_parts(parts, primary);
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_owned);
+        for ((endpoint, tls), body) in targets.into_iter().zip(copies) {
+            // As for the primary request: TLS pools dial their endpoint.
+            let authority = match (&tls, &host) {
+                (Some(_), Some(h)) => h.clone(),
+                _ => endpoint.to_string(),
+            };
+            let Ok(uri) = Uri::builder()
+                .scheme(if tls.is_some() { "https" } else { "http" })
+                .authority(authority)
+                .path_and_query(path_and_query)
+                .build()
+            else {
+                continue;
+            };
+            let copy = mirror::copy_head(&req, uri, body);
+            let client = match tls {
+                Some(c) => OwnedUpstream::Tls(c),
+                None => OwnedUpstream::Plain(self.client.clone()),
+            };
+            let route = entry.route.clone();
+            tokio::spawn(async move {
+                let exchange = async {
+                    match client.request(copy).await {
+                        // Drained so the pooled connection can be reused.
+                        Ok(resp) => resp
+                            .into_body()
+                            .collect()
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    }
+                };
+                match tokio::time::timeout(mirror::MIRROR_TIMEOUT, exchange).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::debug!(%route, %endpoint, error = %e, "mirror request failed")
+                    }
+                    Err(_) => tracing::debug!(%route, %endpoint, "mirror request timed out"),
+                }
+            });
+        }
+        req
+    }
+}
+
+/// The client a request goes out with.
+enum Upstream<'a> {
+    Plain(&'a Client<HttpConnector, UpstreamBody>),
+    Tls(&'a upstream_tls::TlsClient),
+}
+
+impl Upstream<'_> {
+    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            Upstream::Plain(c) => c.request(req),
+            Upstream::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// [`Upstream`] for a spawned task.
+enum OwnedUpstream {
+    Plain(Client<HttpConnector, UpstreamBody>),
+    Tls(upstream_tls::TlsClient),
+}
+
+impl OwnedUpstream {
+    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
+        match self {
+            OwnedUpstream::Plain(c) => c.request(req),
+            OwnedUpstream::Tls(c) => c.request(req),
+        }
+    }
+}
+
+/// `uri` with another scheme.
+fn with_scheme(uri: &Uri, scheme: &str) -> Option<Uri> {
+    let mut parts = uri.clone().into_parts();
+    parts.scheme = Some(scheme.parse().ok()?);
+    Uri::from_parts(parts).ok()
+}
+
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Headers named in Connection are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(n);
+    }
+}
+
+/// The request to the backend: `authority` is what the client asked for
+/// (kept in X-Forwarded-Host), `host` what the backend sees as Host (differs
+/// after a URLRewrite hostname).
+#[allow(clippy::too_many_arguments)] // One request's pieces, as decided by the routing.
+fn upstream_request(
+    req: Request<Body>,
+    conn: &ConnInfo,
+    trusted_peer: bool,
+    authority: &str,
+    host: &str,
+    path_and_query: &str,
+    uri_authority: &str,
+    version: http::Version,
+    scheme: &'static str,
+) -> Result<Request<Body>, String> {
+    let (mut parts, body) = req.into_parts();
+    parts.uri = Uri::builder()
+        .scheme(scheme)
+        .authority(uri_authority)
+        .path_and_query(path_and_query)
+        .build()
+        .map_err(|e| format!("invalid request target: {e}"))?;
+    parts.version = version;
+    // `TE: trailers` is the one TE value that passes (gRPC relies on it).
+    let te_trailers = parts
+        .headers
+        .get_all(header::TE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|v| v.trim().eq_ignore_ascii_case("trailers"));
+    strip_hop_by_hop(&mut parts.headers);
+    if te_trailers {
+        parts
+            .headers
+            .insert(header::TE, HeaderValue::from_static("trailers"));
+    }
+    let forwarded_host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
+    let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
+    parts.headers.insert(header::HOST, host);
+    let peer_ip = conn.peer.ip().to_canonical().to_string();
+    let h = &mut parts.headers;
+    if !trusted_peer {
+        // Whatever an untrusted client claims about earlier hops is dropped.
+        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+            h.remove(name);
+        }
+        h.remove(header::FORWARDED);
+    }
+    let earlier: Vec<&str> = h
+        .get_all(&X_FORWARDED_FOR)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    let xff = if earlier.is_empty() {
+        peer_ip
+    } else {
+        format!("{}, {peer_ip}", earlier.join(", "))
+    };
+    h.insert(
+        X_FORWARDED_FOR.clone(),
+        HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
+    );
+    if !h.contains_key(&X_FORWARDED_PROTO) {
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.scheme()),
+        );
+    }
+    if !h.contains_key(&X_FORWARDED_HOST) {
+        h.insert(X_FORWARDED_HOST.clone(), forwarded_host);
+    }
+    Ok(Request::from_parts(parts, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_are_removed_including_connection_named_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("x-custom, keep-alive"),
+        );
+        h.insert("x-custom", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("x-kept"));
+    }
+}
