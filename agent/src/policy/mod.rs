@@ -54,6 +54,7 @@ pub mod cors;
 pub mod credential;
 pub mod ext_auth;
 pub mod ip;
+pub mod jose;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
