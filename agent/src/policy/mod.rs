@@ -55,6 +55,7 @@ pub mod credential;
 pub mod ext_auth;
 pub mod ip;
 pub mod jose;
+pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
