@@ -54,6 +54,8 @@ pub mod cors;
 pub mod credential;
 pub mod ext_auth;
 pub mod ip;
+pub mod jose;
+pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
