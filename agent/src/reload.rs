@@ -273,7 +273,9 @@ impl Runtime {
         // Remote JWKS of new policies get their first fetch before the
         // snapshot that needs them is served (bounded: an IdP that is down
         // leaves those routes answering 503 until it answers).
-        crate::policy::warm_up(&self.policy_state, POLICY_WARM_UP).await;
+        for pending in crate::policy::warm_up(&self.policy_state, POLICY_WARM_UP).await {
+            tracing::warn!("{pending}; its routes answer 503 until it loads");
+        }
         let generation = compiled.snapshot.generation;
         let new_ids: BTreeSet<ShardId> = compiled.snapshot.shards.iter().map(|s| s.id).collect();
         let wanted: BTreeMap<ShardId, BTreeSet<SocketAddr>> = compiled

@@ -87,11 +87,9 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// Starts the background work of policy state (remote JWKS fetches) and
-/// waits, at most `within`, for the first load of state that never loaded.
-pub async fn warm_up(state: &state::PolicyState, within: std::time::Duration) {
-    // Remote JWKS: implemented with the jwt section.
-    let _ = (state, within);
-}
+/// waits, at most `within`, for the first load of state that never loaded;
+/// returns what is still not loaded.
+pub use jwks::warm_up;
 
 /// Identity of a policy: what metrics, logs and state keys name.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
