@@ -1207,7 +1207,7 @@ mod tests {
             assert_eq!(r.reason, *reason, "{name}: {}", r.message);
             assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{name}");
             assert!(r.message.contains(message), "{name}: {}", r.message);
-            let challenge = r.headers[header::WWW_AUTHENTICATE].to_str().unwrap();
+            let challenge = r.headers()[header::WWW_AUTHENTICATE].to_str().unwrap();
             let want = format!(
                 "Bearer realm=\"api.example.com\", error=\"invalid_token\", \
                  error_description=\"{}\"",
@@ -1249,7 +1249,7 @@ mod tests {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         // RFC 6750 3.1: no error code when no credentials were sent.
         assert_eq!(
-            r.headers[header::WWW_AUTHENTICATE],
+            r.headers()[header::WWW_AUTHENTICATE],
             "Bearer realm=\"api.example.com\""
         );
     }
@@ -1801,7 +1801,7 @@ mod tests {
             (r.reason, r.status),
             (Reason::PolicyUnavailable, StatusCode::SERVICE_UNAVAILABLE)
         );
-        assert!(!r.headers.contains_key(header::WWW_AUTHENTICATE));
+        assert!(!r.headers().contains_key(header::WWW_AUTHENTICATE));
         assert!(out.claims.is_none());
 
         // The background refresh retries (1 s, 2 s, ...): the IdP coming
