@@ -16,6 +16,7 @@ use rustls::{
 use serde::Serialize;
 
 use super::{
+    policy::attach::{Level, TargetIndex},
     refgrant::{Kind, ReferenceGrants},
     status::{Condition, ParentRefStatus},
     tls::certified_key,
@@ -59,6 +60,8 @@ type Built = Result<Arc<UpstreamTls>, Unresolved>;
 pub(super) struct BackendTls<'a> {
     /// In precedence order: oldest first, then namespace/name.
     policies: Vec<&'a BackendTlsPolicy>,
+    /// The same, by the Service (port) they target.
+    index: TargetIndex<'a, BackendTlsPolicy>,
     services: HashMap<&'a ObjectRef, &'a Service>,
     validations: HashMap<&'a ObjectRef, Validation>,
     secrets: HashMap<&'a ObjectRef, &'a Secret>,
@@ -99,6 +102,7 @@ impl<'a> BackendTls<'a> {
             .map(|p| (&p.id, validation(p, &maps)))
             .collect();
         Self {
+            index: TargetIndex::new(policies.iter().copied()),
             policies,
             services: config.services.iter().map(|s| (&s.id, s)).collect(),
             validations,
@@ -108,23 +112,25 @@ impl<'a> BackendTls<'a> {
         }
     }
 
-    /// The policy in force for a Service port: one naming the port wins over
-    /// one for the whole Service, then the oldest.
+    /// The policy in force for a Service port (through the attachment
+    /// layer): one naming the port wins over one for the whole Service,
+    /// then the oldest.
     fn policy_for(&self, service: &ObjectRef, port: &ServicePort) -> Option<&'a BackendTlsPolicy> {
-        let name = port.name.as_deref();
-        let specific = self.policies.iter().find(|p| {
-            p.id.namespace == service.namespace
-                && p.targets.iter().any(|t| {
-                    t.group.is_empty()
-                        && t.kind == "Service"
-                        && t.name == service.name
-                        && t.section_name.is_some()
-                        && t.section_name.as_deref() == name
-                })
-        });
-        specific
-            .or_else(|| self.policies.iter().find(|p| targets(p, service, name)))
-            .copied()
+        let specific = port
+            .name
+            .as_ref()
+            .and_then(|n| {
+                self.index
+                    .at(&Level::ServicePort(service.clone(), n.clone()))
+                    .first()
+            })
+            .copied();
+        specific.or_else(|| {
+            self.index
+                .at(&Level::Service(service.clone()))
+                .first()
+                .copied()
+        })
     }
 
     /// `spec.tls.backend.clientCertificateRef` of a Gateway: `Ok(None)` when
@@ -240,7 +246,7 @@ impl<'a> BackendTls<'a> {
         controller: &'static str,
     ) -> Vec<PolicyStatus> {
         let mut out = Vec::new();
-        for (i, policy) in self.policies.iter().enumerate() {
+        for policy in &self.policies {
             let mut ancestors = Vec::new();
             for gateway in gateways {
                 let uses = config.routes.iter().any(|r| {
@@ -258,11 +264,14 @@ impl<'a> BackendTls<'a> {
                     continue;
                 }
                 let v = &self.validations[&policy.id];
-                // Conflicted: an older policy targets exactly the same ports.
+                // Conflicted: on every target, an older policy comes first.
                 let conflicted = policy.targets.iter().all(|t| {
-                    self.policies[..i]
-                        .iter()
-                        .any(|q| q.id.namespace == policy.id.namespace && q.targets.contains(t))
+                    Level::of(&policy.id.namespace, t).is_some_and(|level| {
+                        self.index
+                            .at(&level)
+                            .first()
+                            .is_some_and(|first| first.id != policy.id)
+                    })
                 });
                 let accepted = if conflicted {
                     condition(

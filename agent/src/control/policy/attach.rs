@@ -1,10 +1,15 @@
 //! The generic half of policy attachment (GEP-713), shared by every policy
-//! kind: which objects a `targetRefs` entry names, the levels a route rule
-//! inherits from (Gateway < listener < HTTPRoute < rule), and conflicts
-//! between policies on the same target (the oldest wins, then namespace/name).
+//! kind (SluicePolicy, BackendTLSPolicy): which objects a `targetRefs` entry
+//! names, the levels a route rule inherits from (Gateway < listener <
+//! HTTPRoute < rule; a Service or one of its ports for backend policies),
+//! and conflicts between policies on the same target (the oldest wins, then
+//! namespace/name).
 use std::collections::HashMap;
 
-use crate::config::{Gateway, HttpRoute, Listener, ObjectRef, PolicyTarget};
+use crate::{
+    config::{BackendTlsPolicy, Gateway, HttpRoute, Listener, ObjectRef, PolicyTarget},
+    control::refgrant::GATEWAY_GROUP,
+};
 
 /// Where a policy attaches, from least to most specific.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -13,6 +18,9 @@ pub enum Level {
     Listener(ObjectRef, String),
     Route(ObjectRef),
     Rule(ObjectRef, String),
+    /// A backend Service (BackendTLSPolicy), or one port of it by name.
+    Service(ObjectRef),
+    ServicePort(ObjectRef, String),
 }
 
 impl Level {
@@ -20,11 +28,13 @@ impl Level {
     /// always in the policy's own namespace).
     pub fn of(namespace: &str, t: &PolicyTarget) -> Option<Level> {
         let id = ObjectRef::new(namespace, &t.name);
-        match (t.kind.as_str(), &t.section_name) {
-            ("Gateway", None) => Some(Level::Gateway(id)),
-            ("Gateway", Some(s)) => Some(Level::Listener(id, s.clone())),
-            ("HTTPRoute", None) => Some(Level::Route(id)),
-            ("HTTPRoute", Some(s)) => Some(Level::Rule(id, s.clone())),
+        match (t.group.as_str(), t.kind.as_str(), &t.section_name) {
+            (GATEWAY_GROUP, "Gateway", None) => Some(Level::Gateway(id)),
+            (GATEWAY_GROUP, "Gateway", Some(s)) => Some(Level::Listener(id, s.clone())),
+            (GATEWAY_GROUP, "HTTPRoute", None) => Some(Level::Route(id)),
+            (GATEWAY_GROUP, "HTTPRoute", Some(s)) => Some(Level::Rule(id, s.clone())),
+            ("", "Service", None) => Some(Level::Service(id)),
+            ("", "Service", Some(s)) => Some(Level::ServicePort(id, s.clone())),
             _ => None,
         }
     }
@@ -95,6 +105,18 @@ impl<'a, P: Attached> TargetIndex<'a, P> {
 
     pub fn is_empty(&self) -> bool {
         self.by_level.is_empty()
+    }
+}
+
+impl Attached for BackendTlsPolicy {
+    fn id(&self) -> &ObjectRef {
+        &self.id
+    }
+    fn created(&self) -> Option<(i64, u32)> {
+        self.created
+    }
+    fn targets(&self) -> &[PolicyTarget] {
+        &self.targets
     }
 }
 

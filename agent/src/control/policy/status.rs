@@ -148,6 +148,9 @@ fn resolve(config: &Config, ours: &[&Gateway], level: &Level) -> Result<Vec<Obje
             }
             Ok(route_gateways(config, ours, id))
         }
+        Level::Service(_) | Level::ServicePort(..) => {
+            Err("a SluicePolicy cannot target a Service".to_owned())
+        }
     }
 }
 
