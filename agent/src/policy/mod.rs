@@ -57,6 +57,7 @@ pub mod ip;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
+pub mod prefix;
 pub mod reject;
 pub mod state;
 pub mod template;
