@@ -59,6 +59,7 @@ pub mod jwks;
 pub mod jwt;
 pub mod limits;
 pub mod metrics;
+pub mod prefix;
 pub mod reject;
 pub mod state;
 pub mod template;
