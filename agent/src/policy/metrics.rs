@@ -79,14 +79,23 @@ impl SectionMeta {
         self.allow.inc();
     }
 
+    /// An allow for a reason other than a passed check (a fail-open).
+    pub fn allowed_because(&self, reason: Reason) {
+        self.count("allow", reason);
+    }
+
     pub fn denied(&self, reason: Reason) {
+        self.count("deny", reason);
+    }
+
+    fn count(&self, decision: &'static str, reason: Reason) {
         self.metrics
             .decisions
             .get_or_create(&DecisionLabels {
                 namespace: Name(self.policy.namespace.clone()),
                 policy: Name(self.policy.name.clone()),
                 section: self.section,
-                decision: "deny",
+                decision,
                 reason: reason.label(),
             })
             .inc();

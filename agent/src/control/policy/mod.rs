@@ -169,9 +169,11 @@ impl<'a> Policies<'a> {
                 .builder
                 .ext_auth_config(Kind::HTTP_ROUTE, &route.id.namespace, e)
             {
-                Ok(config) => p
-                    .authn
-                    .push(Authenticator::Ext(Arc::new(ExtAuth::new(config, meta)))),
+                Ok(config) => p.authn.push(Authenticator::Ext(Arc::new(ExtAuth::compile(
+                    config,
+                    meta,
+                    self.builder.state(),
+                )))),
                 Err(why) => {
                     p.broken.get_or_insert(Broken {
                         reason: Reason::PolicyInvalid,

@@ -88,6 +88,10 @@ impl<'a> SectionBuilder<'a> {
         self.metrics
     }
 
+    pub(super) fn state(&self) -> &'a Compile<'a> {
+        self.state
+    }
+
     fn meta(&self, c: &Contribution, kind: SectionKind) -> Arc<SectionMeta> {
         let id = PolicyId::new("SluicePolicy", &c.policy.namespace, &c.policy.name);
         Arc::new(self.metrics.section(&id, kind.name()))
@@ -250,7 +254,9 @@ impl<'a> SectionBuilder<'a> {
                     &ns,
                     e,
                 )?;
-                Built::Authn(Authenticator::Ext(Arc::new(ExtAuth::new(config, meta))))
+                Built::Authn(Authenticator::Ext(Arc::new(ExtAuth::compile(
+                    config, meta, self.state,
+                ))))
             }
         })
     }
