@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
 mod bench_kube;
+mod bench_proxy;
 mod bench_sockmap;
 mod kube;
 mod setup;
@@ -140,6 +141,43 @@ enum Bench {
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
     },
+    /// Sluice next to nginx and HAProxy (one worker each on CPU 1, configured
+    /// equivalently and checked to forward identically) and a direct baseline:
+    /// req/s, p50/p90/p99/p99.9, proxy CPU per request and RSS over HTTP/1.1,
+    /// h2c, HTTPS, h2 over TLS and TLS handshakes (loopback; see
+    /// docs/benchmarks.md). Installs nginx, haproxy, wrk, h2load if missing.
+    Proxy {
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Rounds (every load against every target per round, the order of
+        /// the targets rotated; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Connections of the loaded scenarios (all but h1-single).
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Concurrent streams per connection of the HTTP/2 loads.
+        #[arg(long, default_value_t = 8)]
+        streams: u32,
+        /// Only these loads (comma separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench_proxy::Load>,
+        /// Also run every proxy with N more routes (distinct hostnames, e.g.
+        /// 5000) besides the measured one, side by side with the one-route runs.
+        #[arg(long, default_value_t = 0)]
+        routes: u32,
+        /// Use this sluice binary instead of building the release one.
+        #[arg(long)]
+        sluice_bin: Option<PathBuf>,
+        /// The CPU every proxy is pinned to.
+        #[arg(long, default_value_t = 1)]
+        proxy_cpu: u32,
+        /// The CPUs of the load generators (a thread per CPU) and the backend,
+        /// as a list (`0`, `0,2-3`).
+        #[arg(long, default_value = "0")]
+        load_cpus: String,
+    },
     /// HTTP latency (p50/p99) and throughput through the agent to a local
     /// echo backend with the sockmap fast path off and on, same run (root).
     Sockmap {
@@ -169,6 +207,31 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 seconds: seconds.clamp(1, 120),
                 rounds: rounds.clamp(1, 10),
                 connections: connections.clamp(1, 1024),
+            },
+        ),
+        Bench::Proxy {
+            seconds,
+            rounds,
+            connections,
+            streams,
+            only,
+            routes,
+            sluice_bin,
+            proxy_cpu,
+            load_cpus,
+        } => bench_proxy::run(
+            root,
+            &bench_proxy::Options {
+                seconds: seconds.clamp(1, 600),
+                rounds: rounds.clamp(1, 21),
+                connections: connections.clamp(1, 4096),
+                streams: streams.clamp(1, 100),
+                only,
+                routes: routes.min(100_000),
+                sluice_bin,
+                proxy_cpu,
+                load_cpus: bench_proxy::parse_cpu_list(&load_cpus)
+                    .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
             },
         ),
         Bench::Routes => {
