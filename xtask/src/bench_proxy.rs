@@ -463,41 +463,6 @@ const TOOLS: &[(&str, &str, &str)] = &[
     ),
 ];
 
-fn have(cmd: &str) -> bool {
-    Command::new("sh")
-        .arg("-c")
-        .arg(format!(
-            "command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd}"
-        ))
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-fn ensure_tools() -> Result<()> {
-    let missing: Vec<_> = TOOLS.iter().filter(|(cmd, _, _)| !have(cmd)).collect();
-    if missing.is_empty() {
-        return Ok(());
-    }
-    for (cmd, pkg, why) in &missing {
-        eprintln!("bench proxy: installing {pkg} ({cmd}): {why}");
-    }
-    if !crate::is_root() {
-        bail!(
-            "missing {:?}; install them (apt-get install {}) or run as root",
-            missing.iter().map(|m| m.0).collect::<Vec<_>>(),
-            missing.iter().map(|m| m.1).collect::<Vec<_>>().join(" ")
-        );
-    }
-    crate::run(Command::new("apt-get").args(["update", "-qq"]))?;
-    crate::run(
-        Command::new("apt-get")
-            .args(["install", "-y", "-qq", "--no-install-recommends"])
-            .args(missing.iter().map(|m| m.1))
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .context("installing the benchmark's tools")
-}
-
 // ---------------------------------------------------------------- configs
 
 /// Hostnames of the extra routes.
@@ -1495,7 +1460,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             opts.proxy_cpu
         );
     }
-    ensure_tools()?;
+    crate::setup::ensure_tools("bench proxy", TOOLS)?;
     let sluice = sluice_binary(root, opts)?;
     install_signal_handlers();
 

@@ -135,11 +135,16 @@ enum Bench {
         release: bool,
     },
     /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
-    /// iptables and nftables drops of the same SYN flood, on veth (root).
+    /// iptables and nftables drops of the same SYN flood, on veth (root):
+    /// the receive path's exact thread time, perf cycles where available, the
+    /// program's BPF run-time statistics; several runs with their spread.
     Xdp {
-        /// Packets per mode.
+        /// Packets per run.
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
+        /// Runs per mode (interleaved; min/median/max printed).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
     },
     /// Sluice next to nginx and HAProxy (one worker each on CPU 1, configured
     /// equivalently and checked to forward identically) and a direct baseline:
@@ -241,10 +246,33 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 .args(["bench", "-p", "sluice", "--bench", "routes"])
                 .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))
         }
-        Bench::Xdp { packets } => {
+        Bench::Xdp { packets, runs } => {
             if !is_root() {
                 bail!("bench xdp needs root: `sudo -E cargo xtask bench xdp`");
             }
+            setup::ensure_tools(
+                "bench xdp",
+                &[
+                    (
+                        "iptables",
+                        "iptables",
+                        "the iptables baseline (raw PREROUTING drop)",
+                    ),
+                    ("nft", "nftables", "the nftables baseline"),
+                    (
+                        "perf",
+                        "linux-perf",
+                        "CPU 1's cycles where the machine has a PMU",
+                    ),
+                    (
+                        "bpftool",
+                        "bpftool",
+                        "the XDP program's run-time statistics",
+                    ),
+                    ("ethtool", "ethtool", "GRO/TSO on the veth pair"),
+                    ("taskset", "util-linux", "pins the NAPI thread to CPU 1"),
+                ],
+            )?;
             run(cargo().args([
                 "build",
                 "--release",
@@ -258,6 +286,8 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             run(Command::new(target.join("sluice-bench-xdp"))
                 .arg("--packets")
                 .arg(packets.to_string())
+                .arg("--runs")
+                .arg(runs.clamp(1, 20).to_string())
                 .arg("--sluice")
                 .arg(target.join("sluice")))
         }
