@@ -1232,7 +1232,7 @@ impl Drop for Bench {
             t.process.take();
         }
         self.backend.take();
-        if self.keep_dir {
+        if self.keep_dir && !INTERRUPTED.load(Ordering::SeqCst) {
             eprintln!(
                 "bench proxy: configs and logs kept in {}",
                 self.dir.display()
