@@ -365,6 +365,23 @@ impl Drop for Proc {
     }
 }
 
+/// Proportional set size (kB) of a process: its shared pages divided among
+/// the processes sharing them (nginx's master and worker share most).
+fn pss_kb(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("Pss:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// RSS and PSS (kB) of a set of processes.
+fn memory(ids: &[ProcId]) -> (u64, u64) {
+    let (_, rss) = usage(ids, 1.0);
+    (rss, ids.iter().map(|(pid, _)| pss_kb(*pid)).sum())
+}
+
 /// CPU seconds (utime + stime) and RSS (kB) of a set of processes.
 fn usage(ids: &[ProcId], tick: f64) -> (f64, u64) {
     let mut cpu = 0.0;
@@ -947,7 +964,8 @@ struct Sample {
     /// Proxy CPU seconds during the run, and the run's wall seconds.
     cpu_s: Option<f64>,
     wall_s: f64,
-    rss_kb: Option<u64>,
+    /// RSS and PSS of the proxy's processes after the run (kB).
+    mem_kb: Option<(u64, u64)>,
     /// Share of the load CPUs (load generator + backend) left idle.
     load_idle: f64,
     /// h2load's TLS summary (protocol, cipher, key exchange, ALPN).
@@ -1104,7 +1122,7 @@ impl Runner<'_> {
             .output()
             .context("running the load generator")?;
         let wall_s = start.elapsed().as_secs_f64();
-        let (cpu_after, rss) = usage(&ids, self.tick);
+        let (cpu_after, _) = usage(&ids, self.tick);
         let load_after = cpu_ticks(&self.opts.load_cpus);
         check_interrupted()?;
         let text = String::from_utf8_lossy(&out.stdout);
@@ -1119,7 +1137,7 @@ impl Runner<'_> {
         let mut s = Sample {
             wall_s,
             cpu_s: target.process.as_ref().map(|_| cpu_after - cpu_before),
-            rss_kb: target.process.as_ref().map(|_| rss),
+            mem_kb: target.process.as_ref().map(|_| memory(&ids)),
             load_idle: {
                 let total = load_after.1.saturating_sub(load_before.1).max(1);
                 load_after.0.saturating_sub(load_before.0) as f64 / total as f64
@@ -1650,7 +1668,7 @@ fn print_report(
         opts.load_cpu_list()
     );
     println!(
-        "| load | target | req/s | p50 | p90 | p99 | p99.9 | proxy CPU s / 100k req | proxy busy | proxy RSS | load CPUs idle |"
+        "| load | target | req/s | p50 | p90 | p99 | p99.9 | proxy CPU s / 100k req | proxy busy | proxy RSS (PSS) | load CPUs idle |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut tls_notes: BTreeMap<String, String> = BTreeMap::new();
@@ -1675,8 +1693,11 @@ fn print_report(
                 cpu_per_100k(s).map_or("–".into(), |c| format!("{c:.2}")),
                 s.cpu_s
                     .map_or("–".into(), |c| format!("{:.0} %", 100.0 * c / s.wall_s)),
-                s.rss_kb
-                    .map_or("–".into(), |r| format!("{:.1} MB", r as f64 / 1024.0)),
+                s.mem_kb.map_or("–".into(), |(rss, pss)| format!(
+                    "{:.1} MB ({:.1} MB)",
+                    rss as f64 / 1024.0,
+                    pss as f64 / 1024.0
+                )),
                 100.0 * s.load_idle
             );
         }
