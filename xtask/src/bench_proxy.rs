@@ -612,7 +612,7 @@ fn nginx_config(dir: &Path, name: &str, ports: Ports, backend: u16, extra: u32) 
          upstream backend {{\n    server 127.0.0.1:{backend};\n    keepalive 1024;\n    \
          keepalive_requests 100000000;\n    keepalive_timeout 300s;\n  }}\n\
          proxy_http_version 1.1;\n  proxy_set_header Connection \"\";\n\
-         # What Sluice forwards (agent/src/gateway/proxy.rs upstream_request): the\n\
+         # What Sluice forwards (`upstream_request` in agent/src/gateway/): the\n\
          # client's Host, X-Forwarded-* replaced (not appended), Forwarded dropped.\n\
          proxy_set_header Host $http_host;\n  proxy_set_header X-Forwarded-For $remote_addr;\n  \
          proxy_set_header X-Forwarded-Proto $scheme;\n  proxy_set_header X-Forwarded-Host $http_host;\n  \
