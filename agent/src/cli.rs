@@ -127,6 +127,13 @@ pub struct Cli {
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+
+    /// Worker threads of the async runtime (the data path and everything
+    /// else). Default: the CPUs this process may use — its affinity mask,
+    /// lowered to the whole CPUs of its cgroup v2 quota (`cpu.max`), at
+    /// least 1; the choice is logged at start-up.
+    #[arg(long, value_name = "N")]
+    pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
 /// A CIDR, or a single address (as /32 or /128).
@@ -293,6 +300,12 @@ mod tests {
         assert_eq!(s.interfaces, ["lo", "eth0"]);
         assert!(s.kubernetes.is_none());
         assert!(!s.sockmap, "the sockmap fast path is opt-in");
+        assert_eq!(cli.worker_threads, None, "default: from the CPU budget");
+        let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--worker-threads", "3"]);
+        assert_eq!(cli.worker_threads.map(|n| n.get()), Some(3));
+        assert!(
+            Cli::try_parse_from(["sluice", "--config-dir", "d", "--worker-threads", "0"]).is_err()
+        );
         let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--sockmap"]);
         assert!(cli.settings().unwrap().sockmap);
     }

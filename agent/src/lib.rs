@@ -11,6 +11,7 @@ pub mod app;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod cpus;
 pub mod drift;
 pub mod gateway;
 pub mod kernel;

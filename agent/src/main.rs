@@ -2,8 +2,7 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sluice::cli::{Cli, LogFormat};
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
@@ -14,6 +13,37 @@ async fn main() -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
+    let budget = sluice::cpus::CpuBudget::detect();
+    let workers = match cli.worker_threads {
+        Some(n) => {
+            tracing::info!(
+                worker_threads = n.get(),
+                "runtime worker threads from --worker-threads"
+            );
+            n.get()
+        }
+        None => {
+            let n = budget.threads();
+            tracing::info!(
+                worker_threads = n,
+                affinity_cpus = ?budget.affinity,
+                cgroup_quota_cpus = ?budget.quota.as_ref().map(|(q, _)| *q),
+                quota_cgroup = ?budget.quota.as_ref().map(|(_, dir)| dir.display().to_string()),
+                host_cpus = budget.host,
+                "runtime worker threads from the CPUs this process may use (--worker-threads to override)"
+            );
+            n
+        }
+    };
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("building the async runtime")?
+        .block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
     let settings = cli.settings().context("reading the agent config")?;
     let app = sluice::app::build(settings)
         .await

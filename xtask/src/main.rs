@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
 mod bench_kube;
+mod bench_proxy;
 mod bench_sockmap;
 mod kube;
 mod setup;
@@ -134,11 +135,53 @@ enum Bench {
         release: bool,
     },
     /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
-    /// iptables and nftables drops of the same SYN flood, on veth (root).
+    /// iptables and nftables drops of the same SYN flood, on veth (root):
+    /// the receive path's exact thread time, perf cycles where available, the
+    /// program's BPF run-time statistics; several runs with their spread.
     Xdp {
-        /// Packets per mode.
+        /// Packets per run.
         #[arg(long, default_value_t = 1_000_000)]
         packets: u64,
+        /// Runs per mode (interleaved; min/median/max printed).
+        #[arg(long, default_value_t = 3)]
+        runs: u32,
+    },
+    /// Sluice next to nginx and HAProxy (one worker each on CPU 1, configured
+    /// equivalently and checked to forward identically) and a direct baseline:
+    /// req/s, p50/p90/p99/p99.9, proxy CPU per request and RSS over HTTP/1.1,
+    /// h2c, HTTPS, h2 over TLS and TLS handshakes (loopback; see
+    /// docs/benchmarks.md). Installs nginx, haproxy, wrk, h2load if missing.
+    Proxy {
+        /// Seconds per load-generator run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Rounds (every load against every target per round, the order of
+        /// the targets rotated; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Connections of the loaded scenarios (all but h1-single).
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Concurrent streams per connection of the HTTP/2 loads.
+        #[arg(long, default_value_t = 8)]
+        streams: u32,
+        /// Only these loads (comma separated; default: all).
+        #[arg(long, value_enum, value_delimiter = ',')]
+        only: Vec<bench_proxy::Load>,
+        /// Also run every proxy with N more routes (distinct hostnames, e.g.
+        /// 5000) besides the measured one, side by side with the one-route runs.
+        #[arg(long, default_value_t = 0)]
+        routes: u32,
+        /// Use this sluice binary instead of building the release one.
+        #[arg(long)]
+        sluice_bin: Option<PathBuf>,
+        /// The CPU every proxy is pinned to.
+        #[arg(long, default_value_t = 1)]
+        proxy_cpu: u32,
+        /// The CPUs of the load generators (a thread per CPU) and the backend,
+        /// as a list (`0`, `0,2-3`).
+        #[arg(long, default_value = "0")]
+        load_cpus: String,
     },
     /// HTTP latency (p50/p99) and throughput through the agent to a local
     /// echo backend with the sockmap fast path off and on, same run (root).
@@ -171,6 +214,31 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 connections: connections.clamp(1, 1024),
             },
         ),
+        Bench::Proxy {
+            seconds,
+            rounds,
+            connections,
+            streams,
+            only,
+            routes,
+            sluice_bin,
+            proxy_cpu,
+            load_cpus,
+        } => bench_proxy::run(
+            root,
+            &bench_proxy::Options {
+                seconds: seconds.clamp(1, 600),
+                rounds: rounds.clamp(1, 21),
+                connections: connections.clamp(1, 4096),
+                streams: streams.clamp(1, 100),
+                only,
+                routes: routes.min(100_000),
+                sluice_bin,
+                proxy_cpu,
+                load_cpus: bench_proxy::parse_cpu_list(&load_cpus)
+                    .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
+            },
+        ),
         Bench::Routes => {
             // The real agent binary too: its RSS is what the target is about.
             run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
@@ -178,10 +246,33 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 .args(["bench", "-p", "sluice", "--bench", "routes"])
                 .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))
         }
-        Bench::Xdp { packets } => {
+        Bench::Xdp { packets, runs } => {
             if !is_root() {
                 bail!("bench xdp needs root: `sudo -E cargo xtask bench xdp`");
             }
+            setup::ensure_tools(
+                "bench xdp",
+                &[
+                    (
+                        "iptables",
+                        "iptables",
+                        "the iptables baseline (raw PREROUTING drop)",
+                    ),
+                    ("nft", "nftables", "the nftables baseline"),
+                    (
+                        "perf",
+                        "linux-perf",
+                        "CPU 1's cycles where the machine has a PMU",
+                    ),
+                    (
+                        "bpftool",
+                        "bpftool",
+                        "the XDP program's run-time statistics",
+                    ),
+                    ("ethtool", "ethtool", "GRO/TSO on the veth pair"),
+                    ("taskset", "util-linux", "pins the NAPI thread to CPU 1"),
+                ],
+            )?;
             run(cargo().args([
                 "build",
                 "--release",
@@ -195,6 +286,8 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             run(Command::new(target.join("sluice-bench-xdp"))
                 .arg("--packets")
                 .arg(packets.to_string())
+                .arg("--runs")
+                .arg(runs.clamp(1, 20).to_string())
                 .arg("--sluice")
                 .arg(target.join("sluice")))
         }

@@ -112,3 +112,36 @@ pub fn run() -> Result<()> {
     eprintln!("setup: all prerequisites present");
     Ok(())
 }
+
+/// Makes sure each `(command, Debian package, why)` is there, installing the
+/// missing packages with apt (saying why); `who` names the task that needs them.
+pub fn ensure_tools(who: &str, tools: &[(&str, &str, &str)]) -> Result<()> {
+    let have = |cmd: &str| {
+        ok(Command::new("sh").arg("-c").arg(format!(
+            "command -v {cmd} >/dev/null 2>&1 || test -x /usr/sbin/{cmd} || test -x /sbin/{cmd}"
+        )))
+    };
+    let missing: Vec<_> = tools.iter().filter(|(cmd, _, _)| !have(cmd)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    for (cmd, pkg, why) in &missing {
+        eprintln!("{who}: installing {pkg} ({cmd}): {why}");
+    }
+    if !crate::is_root() {
+        bail!(
+            "{who}: missing {:?}; install them (apt-get install {}) or run as root",
+            missing.iter().map(|m| m.0).collect::<Vec<_>>(),
+            missing.iter().map(|m| m.1).collect::<Vec<_>>().join(" ")
+        );
+    }
+    exec(Command::new("apt-get").args(["update", "-qq"]))
+        .context("apt-get update (are you root?)")?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(missing.iter().map(|m| m.1))
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+    )
+    .with_context(|| format!("{who}: installing its tools"))
+}
