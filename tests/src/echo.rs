@@ -9,6 +9,9 @@
 //! - `/retry/...?uuid=U&succeedAfter=N[&responseCode=C]` fails the first N
 //!   requests for `U` (status `C`, or the connection is dropped without an
 //!   answer when no `responseCode` is given), then echoes;
+//! - `/ext-auth/...` is a demo external authorization service: 200 with
+//!   `X-Auth-User: partner` when the request has `Authorization: Bearer
+//!   letmein`, else 401 with `WWW-Authenticate: Bearer realm="partners"`;
 //! - `/ws` with a WebSocket handshake: echoes every text and binary message
 //!   (see [`crate::ws`]);
 //! - served over TLS ([`serve_tls`]), the body also has `tls: {serverName,
@@ -269,6 +272,9 @@ async fn handle(
             return Ok(resp);
         }
     }
+    if req.uri().path().starts_with("/ext-auth/") {
+        return Ok(ext_auth_decision(&req));
+    }
     if req.uri().path() == "/echo-body" {
         use http_body_util::BodyExt as _;
         let body = req
@@ -321,6 +327,27 @@ async fn handle(
         }
     }
     Ok(resp)
+}
+
+/// The demo authorization service's answer (see the module doc).
+fn ext_auth_decision(req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    let allowed = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .is_some_and(|v| v.as_bytes() == b"Bearer letmein");
+    if allowed {
+        let mut resp = Response::new(Full::new(Bytes::new()));
+        resp.headers_mut()
+            .insert("x-auth-user", HeaderValue::from_static("partner"));
+        return resp;
+    }
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"partner token required\n")));
+    *resp.status_mut() = http::StatusCode::UNAUTHORIZED;
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Bearer realm=\"partners\""),
+    );
+    resp
 }
 
 /// Answers a WebSocket handshake with 101 and echoes messages on the

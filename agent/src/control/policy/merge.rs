@@ -5,17 +5,20 @@
 //!   more specific policy's section replaces a less specific one's.
 //! - **Overrides** are then applied from the most to the least specific
 //!   level: a Gateway's override wins over everything below it.
-//! - The unit is the section; `jwt.providers` and `authorization.rules` are
-//!   merged by `name` (the winning side's entries first, then the other
-//!   side's entries of other names — so an override's rules are evaluated
-//!   first). Unnamed rules are never replaced.
+//! - The unit is the section; its named lists — `jwt.providers`,
+//!   `authorization.rules`, the headers of `transform` — are merged by name
+//!   (the winning side's entries first, then the other side's entries of
+//!   other names — so an override's rules are evaluated first). Unnamed
+//!   rules are never replaced.
 //! - At one level, two policies setting the same section conflict: the
 //!   oldest wins (then namespace/name) and the other is reported
 //!   `Conflicted` for that target.
 use std::collections::BTreeMap;
 
+use http::HeaderName;
+
 use crate::config::{
-    policy::{AuthorizationSection, JwtSection, PolicySections},
+    policy::{AuthorizationSection, HeaderOps, JwtSection, PolicySections, TransformSection},
     ObjectRef, SluicePolicy,
 };
 
@@ -102,7 +105,9 @@ impl SectionKind {
                 into.authorization =
                     merge_authz(into.authorization.take(), from.authorization.clone())
             }
-            SectionKind::Transform => into.transform = from.transform.clone(),
+            SectionKind::Transform => {
+                into.transform = merge_transform(into.transform.take(), from.transform.clone())
+            }
         }
     }
 }
@@ -148,6 +153,39 @@ fn merge_authz(
         (cur, None) => cur,
         (None, win) => win,
     }
+}
+
+fn merge_transform(
+    current: Option<TransformSection>,
+    incoming: Option<TransformSection>,
+) -> Option<TransformSection> {
+    match (current, incoming) {
+        (Some(cur), Some(win)) => Some(TransformSection {
+            request: merge_ops(cur.request, win.request),
+            response: merge_ops(cur.response, win.response),
+        }),
+        (cur, None) => cur,
+        (None, win) => win,
+    }
+}
+
+/// Header changes merged by header name: a name the winner touches is the
+/// winner's alone.
+fn merge_ops(cur: HeaderOps, mut win: HeaderOps) -> HeaderOps {
+    let named: Vec<HeaderName> = win
+        .set
+        .iter()
+        .chain(&win.add)
+        .map(|(n, _)| n.clone())
+        .chain(win.remove.iter().cloned())
+        .collect();
+    win.set
+        .extend(cur.set.into_iter().filter(|(n, _)| !named.contains(n)));
+    win.add
+        .extend(cur.add.into_iter().filter(|(n, _)| !named.contains(n)));
+    win.remove
+        .extend(cur.remove.into_iter().filter(|n| !named.contains(n)));
+    win
 }
 
 /// Who contributed to an effective section.
@@ -275,8 +313,12 @@ spec:
     rules:
     - {name: ops, action: Allow, methods: [GET]}
     - {name: shared, action: Deny, methods: [DELETE]}
+  transform:
+    request: {set: [{name: x-a, value: gw}, {name: x-b, value: gw}]}
   override:
     ipAllow: [10.0.0.0/8]
+    transform:
+      response: {set: [{name: x-served-by, value: platform}]}
 ---
 apiVersion: sluice.dev/v1alpha1
 kind: SluicePolicy
@@ -298,6 +340,8 @@ spec:
   targetRefs: [{kind: HTTPRoute, name: r}]
   limits: {maxRequestBodyBytes: 1}
   cors: {allowOrigins: ["https://a.example.com"]}
+  transform:
+    request: {set: [{name: x-a, value: route}], remove: [x-c]}
 "#;
 
     #[test]
@@ -345,6 +389,22 @@ spec:
         let names: Vec<_> = a.rules.iter().map(|r| r.name.clone()).collect();
         assert_eq!(names, [Some("shared".into()), None, Some("ops".into())]);
         assert!(a.rules[0].allow);
+
+        // Transforms merge by header name: the route's x-a replaces the
+        // Gateway's, x-b is inherited, the override's response header stays.
+        let t = eff.sections.transform.unwrap();
+        let set: Vec<_> = t
+            .request
+            .set
+            .iter()
+            .map(|(n, v)| (n.as_str(), v.clone()))
+            .collect();
+        assert_eq!(set.len(), 2, "{set:?}");
+        let lit = |v: &str| crate::policy::template::Template::parse(v).unwrap();
+        assert_eq!(set[0], ("x-a", lit("route")));
+        assert_eq!(set[1], ("x-b", lit("gw")));
+        assert_eq!(t.request.remove.len(), 1);
+        assert_eq!(t.response.set.len(), 1);
 
         let c = conflicts(&route);
         assert_eq!(c.len(), 1);

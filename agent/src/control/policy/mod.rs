@@ -45,9 +45,10 @@ pub(super) struct Policies<'a> {
     builder: SectionBuilder<'a>,
     memo: HashMap<EffKey, Arc<RoutePolicy>>,
     empty: Arc<RoutePolicy>,
-    /// Gateways with an ipAllow/ipDeny default below the Gateway level: a
-    /// Gateway default may be relaxed there, so it is not pushed to XDP.
-    ip_below_gateway: HashSet<ObjectRef>,
+    /// Gateways with an ipAllow (resp. ipDeny) default below the Gateway
+    /// level: that section of a Gateway default may be replaced there, so it
+    /// is not pushed to XDP.
+    ip_below_gateway: HashSet<(ObjectRef, SectionKind)>,
 }
 
 impl<'a> Policies<'a> {
@@ -67,12 +68,13 @@ impl<'a> Policies<'a> {
 
     fn merged(&mut self, gateway: &Gateway, levels: &[Level]) -> Effective {
         let attached: Vec<&[&SluicePolicy]> = levels.iter().map(|l| self.index.at(l)).collect();
-        let sets_ip_default = |ps: &[&SluicePolicy]| {
-            ps.iter()
-                .any(|p| p.defaults.ip_allow.is_some() || p.defaults.ip_deny.is_some())
-        };
-        if attached[1..].iter().any(|ps| sets_ip_default(ps)) {
-            self.ip_below_gateway.insert(gateway.id.clone());
+        for kind in [SectionKind::IpAllow, SectionKind::IpDeny] {
+            if attached[1..]
+                .iter()
+                .any(|ps| ps.iter().any(|p| kind.is_set(&p.defaults)))
+            {
+                self.ip_below_gateway.insert((gateway.id.clone(), kind));
+            }
         }
         effective(&attached)
     }
@@ -202,7 +204,9 @@ impl<'a> Policies<'a> {
                 .get(&k)
                 .is_some_and(|s| s.last().is_some_and(|c| c.overriding))
         };
-        let usable = |k: SectionKind| overriding(k) || !self.ip_below_gateway.contains(&gateway.id);
+        let usable = |k: SectionKind| {
+            overriding(k) || !self.ip_below_gateway.contains(&(gateway.id.clone(), k))
+        };
         if !eff.invalid.is_empty() {
             return (vec![], vec![]);
         }

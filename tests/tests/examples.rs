@@ -1,0 +1,238 @@
+//! The runnable examples do what their README says: each documented request
+//! is sent to the real app serving a copy of the example directory (ports
+//! moved to free ones), with the echo backend the README's command starts.
+use std::{net::SocketAddr, path::Path, time::Duration};
+
+use bytes::Bytes;
+use http::{Method, Request, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::{client::legacy::Client, rt::TokioExecutor};
+use sluice::app::{build, App, DatapathMode, Settings};
+use sluice_tests::echo::{serve, Echo, Identity};
+
+/// A copy of `examples/<name>` with the gateway port and the echo backend
+/// port (8080, 9080 in the files) replaced.
+fn copy_example(name: &str, gateway: u16, echo: u16) -> std::path::PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../examples")
+        .join(name);
+    let dir = std::env::temp_dir().join(format!("sluice-example-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("port: 8080", &format!("port: {gateway}"))
+                .replace("port: 9080", &format!("port: {echo}"));
+            std::fs::write(dir.join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    dir
+}
+
+struct Example {
+    app: App,
+    gateway: SocketAddr,
+}
+
+async fn start(name: &str) -> Example {
+    let echo_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo = echo_listener.local_addr().unwrap();
+    tokio::spawn(serve(
+        echo_listener,
+        Identity {
+            pod: "echo".into(),
+            namespace: "shop".into(),
+        },
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let dir = copy_example(name, port, echo.port());
+    let mut settings = Settings::new(&dir);
+    settings.datapath = DatapathMode::Userspace;
+    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    settings.watch_config = false;
+    let app = build(settings).await.expect("the example config loads");
+    Example {
+        app,
+        gateway: SocketAddr::from(([127, 0, 0, 1], port)),
+    }
+}
+
+struct Answer {
+    status: StatusCode,
+    headers: http::HeaderMap,
+    echo: Option<Echo>,
+}
+
+impl Answer {
+    fn seen(&self, header: &str) -> Option<String> {
+        let e = self.echo.as_ref()?;
+        e.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(header))
+            .map(|(_, v)| v.join(","))
+    }
+}
+
+async fn send(
+    gw: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = Request::builder()
+        .method(method)
+        .uri(format!("http://{gw}{path}"))
+        .header("host", "shop.example.com");
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = tokio::time::timeout(
+        Duration::from_secs(20),
+        client.request(req.body(Full::new(body)).unwrap()),
+    )
+    .await
+    .expect("answer in time")
+    .expect("request");
+    let status = resp.status();
+    let headers = resp.headers().clone();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    Answer {
+        status,
+        headers,
+        echo: serde_json::from_slice(&body).ok(),
+    }
+}
+
+const ALICE: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZERTQSIsImtpZCI6ImV4YW1wbGUtMSJ9.eyJhdWQiOiJvcmRlcnMiLCJleHAiOjQxMDI0NDQ4MDAsImdyb3VwcyI6WyJvcmRlcnMtYWRtaW4iLCJzdGFmZiJdLCJpYXQiOjE3NjcyMjU2MDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUuY29tIiwic2NvcGUiOiJvcmRlcnM6cmVhZCBvcmRlcnM6d3JpdGUiLCJzdWIiOiJhbGljZSIsInRlbmFudCI6ImFjbWUifQ.6Vc4lgO6Ej9B1sNPTNE8RD3xY6kWRzaPwQTVzm34_ghlEMDO-0zfjOvQOapHndA_0RnlibSUC8OzPM4LNBmRAA";
+const BOB: &str = "eyJ0eXAiOiJKV1QiLCJhbGciOiJFZERTQSIsImtpZCI6ImV4YW1wbGUtMSJ9.eyJhdWQiOiJvcmRlcnMiLCJleHAiOjQxMDI0NDQ4MDAsImdyb3VwcyI6WyJzdGFmZiJdLCJpYXQiOjE3NjcyMjU2MDAsImlzcyI6Imh0dHBzOi8vaWRwLmV4YW1wbGUuY29tIiwic2NvcGUiOiJvcmRlcnM6cmVhZCBvcmRlcnM6d3JpdGUiLCJzdWIiOiJib2IiLCJ0ZW5hbnQiOiJhY21lIn0.kgI6BUfVCyLTUonY3ErRN0MglOc53Be_MIW8CsQUCqBpLEBtpmafHCPSaBocdJD6bUOiKyIjcDm8OZim5wfrDg";
+
+#[tokio::test]
+async fn the_policy_example_does_what_its_readme_says() {
+    let readme = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/policy/README.md"),
+    )
+    .unwrap();
+    assert!(
+        readme.contains(ALICE) && readme.contains(BOB),
+        "README tokens changed"
+    );
+    let ex = start("policy").await;
+    let gw = ex.gateway;
+    let get = |path: &'static str, headers: Vec<(&'static str, String)>| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(gw, Method::GET, path, &h, Bytes::new()).await
+    };
+    let with = |method: Method, path: &'static str, headers: Vec<(&'static str, String)>| async move {
+        let h: Vec<(&str, &str)> = headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        send(gw, method, path, &h, Bytes::new()).await
+    };
+    let bearer = |t: &str| ("authorization", format!("Bearer {t}"));
+
+    // Public catalog: platform defaults and override.
+    let r = get(
+        "/catalog",
+        vec![("origin", "https://shop.example.com".into())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.headers["x-served-by"], "sluice");
+    assert_eq!(
+        r.headers["access-control-allow-origin"],
+        "https://shop.example.com"
+    );
+
+    // Orders: JWT, claims, authorization.
+    let r = get("/orders", vec![]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .starts_with("Bearer"));
+    let r = get("/orders/1", vec![bearer(BOB)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen("x-user").as_deref(), Some("bob"));
+    assert_eq!(r.seen("x-tenant").as_deref(), Some("acme"));
+    assert_eq!(r.seen("authorization"), None);
+    assert_eq!(
+        with(Method::DELETE, "/orders/1", vec![bearer(BOB)])
+            .await
+            .status,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        with(Method::DELETE, "/orders/1", vec![bearer(ALICE)])
+            .await
+            .status,
+        StatusCode::OK
+    );
+
+    // Inventory: API keys.
+    assert_eq!(
+        get("/inventory", vec![]).await.status,
+        StatusCode::UNAUTHORIZED
+    );
+    let r = with(
+        Method::POST,
+        "/inventory",
+        vec![("x-api-key", "wh-7f3c9a1e".into())],
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen("x-client-id").as_deref(), Some("warehouse"));
+    assert_eq!(r.seen("x-api-key"), None);
+    assert_eq!(
+        with(
+            Method::POST,
+            "/inventory",
+            vec![("x-api-key", "rp-2b8d4c60".into())]
+        )
+        .await
+        .status,
+        StatusCode::FORBIDDEN
+    );
+
+    // Admin: Basic auth.
+    let r = get("/admin", vec![]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert!(r.headers["www-authenticate"]
+        .to_str()
+        .unwrap()
+        .contains("shop-admin"));
+    use base64::Engine as _;
+    let basic = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("admin:admin-secret")
+    );
+    let r = get("/admin/stats", vec![("authorization", basic)]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen("x-operator").as_deref(), Some("admin"));
+
+    // Partner: external authorization.
+    let r = get("/partner", vec![]).await;
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    assert_eq!(r.headers["www-authenticate"], "Bearer realm=\"partners\"");
+    let r = get("/partner/feed", vec![bearer("letmein")]).await;
+    assert_eq!(r.status, StatusCode::OK);
+    assert_eq!(r.seen("x-auth-user").as_deref(), Some("partner"));
+
+    // Platform limits.
+    let r = send(
+        gw,
+        Method::POST,
+        "/catalog",
+        &[],
+        Bytes::from(vec![0u8; 2_000_000]),
+    )
+    .await;
+    assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+    ex.app.shutdown().await;
+}
