@@ -216,7 +216,7 @@ extern "C" fn on_signal(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
-fn install_signal_handlers() {
+pub(crate) fn install_signal_handlers() {
     // SAFETY: the handler only stores to an atomic (async-signal-safe).
     unsafe {
         libc::signal(libc::SIGINT, on_signal as *const () as libc::sighandler_t);
@@ -224,7 +224,7 @@ fn install_signal_handlers() {
     }
 }
 
-fn check_interrupted() -> Result<()> {
+pub(crate) fn check_interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         bail!("interrupted");
     }
@@ -233,7 +233,7 @@ fn check_interrupted() -> Result<()> {
 
 /// (pid, start time in ticks since boot): a pid with its start time names
 /// one process even if the pid is reused later.
-type ProcId = (u32, u64);
+pub(crate) type ProcId = (u32, u64);
 
 fn proc_stat_fields(pid: u32) -> Option<Vec<String>> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -250,14 +250,14 @@ fn start_time(pid: u32) -> Option<u64> {
 /// a Ctrl-C on the terminal reaches only the bench, which then stops it. On
 /// drop: SIGINT to the process, SIGKILL after 10 s, then SIGKILL to any of its
 /// descendants (nginx workers) still alive — each by pid and start time.
-struct Proc {
-    child: Child,
+pub(crate) struct Proc {
+    pub(crate) child: Child,
     name: String,
     log: PathBuf,
 }
 
 impl Proc {
-    fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
+    pub(crate) fn spawn(name: &str, mut cmd: Command, log: &Path) -> Result<Self> {
         let out = std::fs::File::create(log)?;
         cmd.stdin(Stdio::null())
             .stdout(out.try_clone()?)
@@ -274,7 +274,7 @@ impl Proc {
     }
 
     /// The process and all its descendants.
-    fn tree(&self) -> Vec<ProcId> {
+    pub(crate) fn tree(&self) -> Vec<ProcId> {
         let root = self.child.id();
         let mut all: Vec<(u32, u32, u64)> = Vec::new(); // pid, ppid, start
         if let Ok(dir) = std::fs::read_dir("/proc") {
@@ -309,13 +309,13 @@ impl Proc {
         tree
     }
 
-    fn log_tail(&self) -> String {
+    pub(crate) fn log_tail(&self) -> String {
         let s = std::fs::read_to_string(&self.log).unwrap_or_default();
         let lines: Vec<&str> = s.lines().collect();
         lines[lines.len().saturating_sub(30)..].join("\n")
     }
 
-    fn ensure_running(&mut self) -> Result<()> {
+    pub(crate) fn ensure_running(&mut self) -> Result<()> {
         if let Some(status) = self.child.try_wait()? {
             bail!(
                 "{} exited ({status}); its log {}:\n{}",
@@ -383,7 +383,7 @@ fn memory(ids: &[ProcId]) -> (u64, u64) {
 }
 
 /// CPU seconds (utime + stime) and RSS (kB) of a set of processes.
-fn usage(ids: &[ProcId], tick: f64) -> (f64, u64) {
+pub(crate) fn usage(ids: &[ProcId], tick: f64) -> (f64, u64) {
     let mut cpu = 0.0;
     let mut rss = 0;
     for (pid, start) in ids {
@@ -442,7 +442,7 @@ pub fn parse_cpu_list(list: &str) -> Option<Vec<u32>> {
     Some(out)
 }
 
-fn clock_ticks() -> f64 {
+pub(crate) fn clock_ticks() -> f64 {
     Command::new("getconf")
         .arg("CLK_TCK")
         .output()
@@ -558,7 +558,7 @@ ports: [{{port: {backend}}}]
     s
 }
 
-fn nginx_common(dir: &Path, name: &str) -> String {
+pub(crate) fn nginx_common(dir: &Path, name: &str) -> String {
     let d = dir.display();
     let user = if crate::is_root() { "user root;\n" } else { "" };
     format!(
@@ -568,7 +568,7 @@ fn nginx_common(dir: &Path, name: &str) -> String {
     )
 }
 
-fn nginx_temp_paths(dir: &Path, name: &str) -> String {
+pub(crate) fn nginx_temp_paths(dir: &Path, name: &str) -> String {
     let d = dir.display();
     ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"]
         .iter()
@@ -683,7 +683,7 @@ backend backend
     )
 }
 
-const WRK_SCRIPT: &str = r#"-- Prints the percentiles wrk measured, on one parsable line.
+pub(crate) const WRK_SCRIPT: &str = r#"-- Prints the percentiles wrk measured, on one parsable line.
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -973,7 +973,7 @@ struct Sample {
 }
 
 /// Parses the `BENCH ...` line of the wrk script.
-fn parse_wrk(out: &str) -> Option<(u64, f64, u64, u64, [f64; 4])> {
+pub(crate) fn parse_wrk(out: &str) -> Option<(u64, f64, u64, u64, [f64; 4])> {
     let line = out.lines().find(|l| l.starts_with("BENCH "))?;
     let kv: BTreeMap<&str, f64> = line
         .split_whitespace()
@@ -1261,7 +1261,7 @@ impl Drop for Bench {
     }
 }
 
-fn wait_until(
+pub(crate) fn wait_until(
     what: &str,
     proc: &mut Proc,
     timeout: Duration,
@@ -1284,7 +1284,7 @@ fn wait_until(
     }
 }
 
-fn port_open(port: u16) -> bool {
+pub(crate) fn port_open(port: u16) -> bool {
     TcpStream::connect_timeout(
         &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
         Duration::from_millis(200),
@@ -1293,7 +1293,7 @@ fn port_open(port: u16) -> bool {
 }
 
 /// Status of a plain GET (for the agent's /readyz).
-fn http_status(port: u16, path: &str) -> Option<u16> {
+pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(
@@ -1311,13 +1311,13 @@ fn http_status(port: u16, path: &str) -> Option<u16> {
         .ok()
 }
 
-fn pinned(cpu: &str, program: &Path) -> Command {
+pub(crate) fn pinned(cpu: &str, program: &Path) -> Command {
     let mut c = Command::new("taskset");
     c.args(["-c", cpu]).arg(program);
     c
 }
 
-fn which(cmd: &str) -> PathBuf {
+pub(crate) fn which(cmd: &str) -> PathBuf {
     for dir in [
         "/usr/sbin",
         "/usr/bin",

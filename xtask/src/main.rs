@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
 mod bench_kube;
+mod bench_policy;
 mod bench_proxy;
 mod bench_sockmap;
 mod kube;
@@ -183,6 +184,32 @@ enum Bench {
         #[arg(long, default_value = "0")]
         load_cpus: String,
     },
+    /// Per-request cost of each SluicePolicy section (JWT RS256/ES256 with
+    /// repeat and fresh tokens, API key, Basic, external auth) next to the
+    /// same route without policy, one run (release build).
+    Policy {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Rounds (scenarios interleaved; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Keep-alive connections of wrk.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// Distinct tokens of the fresh-token scenarios.
+        #[arg(long, default_value_t = 20_000)]
+        fresh_tokens: usize,
+        /// CPU of the agent.
+        #[arg(long, default_value_t = 1)]
+        proxy_cpu: u32,
+        /// CPU of wrk and the backend.
+        #[arg(long, default_value_t = 0)]
+        load_cpu: u32,
+        /// Use this agent binary instead of building the release one.
+        #[arg(long)]
+        sluice_bin: Option<PathBuf>,
+    },
     /// HTTP latency (p50/p99) and throughput through the agent to a local
     /// echo backend with the sockmap fast path off and on, same run (root).
     Sockmap {
@@ -202,6 +229,26 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
     setup::run()?;
     match what {
         Bench::Kube { release } => bench_kube::run(root, release),
+        Bench::Policy {
+            seconds,
+            rounds,
+            connections,
+            fresh_tokens,
+            proxy_cpu,
+            load_cpu,
+            sluice_bin,
+        } => bench_policy::run(
+            root,
+            &bench_policy::Options {
+                seconds: seconds.clamp(1, 120),
+                rounds: rounds.clamp(1, 10),
+                connections: connections.clamp(1, 1024),
+                fresh_tokens: fresh_tokens.clamp(100, 1_000_000),
+                proxy_cpu,
+                load_cpu,
+                sluice_bin,
+            },
+        ),
         Bench::Sockmap {
             seconds,
             rounds,
