@@ -386,6 +386,78 @@ fn source_outside_the_allowed_cidrs_is_dropped_by_xdp() {
 }
 
 #[test]
+fn a_whole_gateway_ip_deny_policy_is_dropped_by_xdp_and_a_route_one_answers_403() {
+    if !privileged("a_whole_gateway_ip_deny_policy_is_dropped_by_xdp_and_a_route_one_answers_403") {
+        return;
+    }
+    let policies = format!(
+        r#"apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {{name: edge-deny, namespace: team-a}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: Gateway, name: edge}}]
+  ipDeny: ["{v4_alt}/32", "{v6_alt}/128"]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {{name: echo-deny, namespace: team-a}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo}}]
+  ipDeny: ["{v6}/128"]
+"#,
+        v4_alt = Topology::CLIENT_V4_ALT,
+        v6_alt = Topology::CLIENT_V6_ALT,
+        v6 = Topology::CLIENT_V6,
+    );
+    let s = Scenario::start_with("policy-ip", &[], "ebpf", |dir| {
+        std::fs::write(dir.join("config/policy.yaml"), &policies).unwrap();
+        Vec::new()
+    });
+    let dropped = || {
+        metric(
+            &s.admin("/metrics"),
+            "sluice_xdp_packets_total",
+            &["team-a/edge", "drop_source_denied"],
+        )
+        .unwrap_or(0.0)
+    };
+    // The Gateway-level deny is in the XDP source maps: the SYN never gets in.
+    for (denied, node) in [
+        (Topology::CLIENT_V4_ALT, Topology::NODE_V4),
+        (Topology::CLIENT_V6_ALT, Topology::NODE_V6),
+    ] {
+        let before = dropped();
+        let r = s.topo.curl(
+            &url(node, GATEWAY_PORT, "/"),
+            Some("echo.example.com"),
+            Some(denied),
+            Duration::from_secs(1),
+        );
+        assert_eq!(r.exit, 28, "{denied} must be dropped by XDP: {r:?}");
+        assert!(
+            dropped() > before,
+            "XDP drop counter did not rise for {denied}"
+        );
+    }
+    // Others pass XDP; the route-level deny answers at L7.
+    let r = s.get(Topology::NODE_V4, GATEWAY_PORT, Some(Topology::CLIENT_V4));
+    assert_eq!(r.status, Some(200), "{r:?}");
+    let r = s.get(Topology::NODE_V6, GATEWAY_PORT, Some(Topology::CLIENT_V6));
+    assert_eq!(r.status, Some(403), "route-level ipDeny answers 403: {r:?}");
+    let metrics = s.admin("/metrics");
+    assert!(
+        metric(
+            &metrics,
+            "sluice_policy_decisions_total",
+            &["team-a", "echo-deny", "ipDeny", "deny", "source_denied"],
+        )
+        .unwrap_or(0.0)
+            >= 1.0,
+        "{metrics}"
+    );
+}
+
+#[test]
 fn userspace_datapath_binds_the_gateway_port_and_serves() {
     if !privileged("userspace_datapath_binds_the_gateway_port_and_serves") {
         return;

@@ -153,7 +153,8 @@ pub struct Broken {
 pub struct RoutePolicy {
     /// Fail closed: set when an attached security section cannot be applied.
     pub broken: Option<Broken>,
-    pub ip: Option<Arc<ip::IpFilter>>,
+    /// Source filters of every level; a request must pass each.
+    pub ip: Vec<Arc<ip::IpFilter>>,
     pub limits: Option<Arc<limits::Limits>>,
     pub cors: Option<Arc<cors::CorsPolicy>>,
     pub require: Require,
@@ -176,7 +177,7 @@ impl RoutePolicy {
     /// Whether nothing is attached (the data path skips every phase).
     pub fn is_empty(&self) -> bool {
         self.broken.is_none()
-            && self.ip.is_none()
+            && self.ip.is_empty()
             && self.limits.is_none()
             && self.cors.is_none()
             && self.authn.is_empty()
@@ -186,7 +187,7 @@ impl RoutePolicy {
 
     /// Pre-route checks: fail-closed, source address, header size.
     pub fn pre_route(&self, ctx: &RequestCtx, parts: &Parts) -> Result<(), Rejection> {
-        if let Some(ip) = &self.ip {
+        for ip in &self.ip {
             ip.check(ctx.client_ip)?;
         }
         if let Some(limits) = &self.limits {

@@ -13,9 +13,14 @@
 //! - At one level, two policies setting the same section conflict: the
 //!   oldest wins (then namespace/name) and the other is reported
 //!   `Conflicted` for that target.
+//! - `ipAllow` / `ipDeny` are the exception: source filters of every level
+//!   apply together (a source must pass each), defaults and overrides alike,
+//!   so no level can let in what a Gateway keeps out — which is also what
+//!   lets a whole-Gateway list be enforced by XDP at the NIC.
 use std::collections::BTreeMap;
 
 use http::HeaderName;
+use ipnet::IpNet;
 
 use crate::config::{
     policy::{AuthorizationSection, HeaderOps, JwtSection, PolicySections, TransformSection},
@@ -90,8 +95,8 @@ impl SectionKind {
     /// its named list with `primary` winning.
     fn apply(self, into: &mut PolicySections, from: &PolicySections, from_wins_lists: bool) {
         match self {
-            SectionKind::IpAllow => into.ip_allow = from.ip_allow.clone(),
-            SectionKind::IpDeny => into.ip_deny = from.ip_deny.clone(),
+            // Not merged: every level's source filter applies (see `effective`).
+            SectionKind::IpAllow | SectionKind::IpDeny => {}
             SectionKind::Limits => into.limits = from.limits,
             SectionKind::Cors => into.cors = from.cors.clone(),
             SectionKind::Jwt => {
@@ -196,12 +201,23 @@ pub struct Contribution {
     pub overriding: bool,
 }
 
+/// The source filter of one policy at one level (its `ipAllow` and
+/// `ipDeny`, each from the oldest policy there that sets it).
+#[derive(Debug, Clone, Default)]
+pub struct IpLevel {
+    pub allow: Option<(Contribution, Vec<IpNet>)>,
+    pub deny: Option<(Contribution, Vec<IpNet>)>,
+}
+
 /// The merged sections of one route rule (or listener), with who
 /// contributed what: the last contribution of a section is what it is
 /// attributed to in metrics.
 #[derive(Debug, Clone, Default)]
 pub struct Effective {
+    /// Merged sections (`ip_allow` / `ip_deny` stay unset: see `ip`).
     pub sections: PolicySections,
+    /// Source filters of every level, least specific first; all apply.
+    pub ip: Vec<IpLevel>,
     pub sources: BTreeMap<SectionKind, Vec<Contribution>>,
     /// Invalid policies attached at one of the levels: fail closed.
     pub invalid: Vec<(ObjectRef, String)>,
@@ -240,7 +256,42 @@ pub fn effective(levels: &[&[&SluicePolicy]]) -> Effective {
     let defaults: fn(&SluicePolicy) -> &PolicySections = |p| &p.defaults;
     let overrides: fn(&SluicePolicy) -> &PolicySections = |p| &p.overrides;
     for attached in levels {
+        for (pick, overriding) in [(defaults, false), (overrides, true)] {
+            let side = |kind: SectionKind| {
+                winner(attached, kind, pick).map(|p| {
+                    let c = Contribution {
+                        policy: p.id.clone(),
+                        overriding,
+                    };
+                    let list = match kind {
+                        SectionKind::IpAllow => pick(p).ip_allow.clone(),
+                        _ => pick(p).ip_deny.clone(),
+                    };
+                    (c, list.unwrap_or_default())
+                })
+            };
+            let level = IpLevel {
+                allow: side(SectionKind::IpAllow),
+                deny: side(SectionKind::IpDeny),
+            };
+            for (kind, part) in [
+                (SectionKind::IpAllow, &level.allow),
+                (SectionKind::IpDeny, &level.deny),
+            ] {
+                if let Some((c, _)) = part {
+                    eff.sources.entry(kind).or_default().push(c.clone());
+                }
+            }
+            if level.allow.is_some() || level.deny.is_some() {
+                eff.ip.push(level);
+            }
+        }
+    }
+    for attached in levels {
         for kind in SectionKind::ALL {
+            if matches!(kind, SectionKind::IpAllow | SectionKind::IpDeny) {
+                continue;
+            }
             if let Some(p) = winner(attached, kind, defaults) {
                 kind.apply(&mut eff.sections, &p.defaults, true);
                 eff.sources.entry(kind).or_default().push(Contribution {
@@ -252,6 +303,9 @@ pub fn effective(levels: &[&[&SluicePolicy]]) -> Effective {
     }
     for attached in levels.iter().rev() {
         for kind in SectionKind::ALL {
+            if matches!(kind, SectionKind::IpAllow | SectionKind::IpDeny) {
+                continue;
+            }
             if let Some(p) = winner(attached, kind, overrides) {
                 kind.apply(&mut eff.sections, &p.overrides, true);
                 eff.sources.entry(kind).or_default().push(Contribution {
@@ -357,27 +411,15 @@ spec:
             eff.sections.limits.unwrap().max_request_body_bytes,
             Some(5000)
         );
-        // Override: the Gateway's ipAllow wins over the route's default.
-        assert_eq!(
-            eff.sections.ip_allow.as_deref().unwrap(),
-            ["10.0.0.0/8".parse().unwrap()]
-        );
-        assert_eq!(
-            eff.sources[&SectionKind::IpAllow]
-                .last()
-                .unwrap()
-                .policy
-                .name,
-            "gw-default"
-        );
-        assert!(
-            eff.sources[&SectionKind::IpAllow]
-                .last()
-                .unwrap()
-                .overriding
-        );
-        // Sections set only at one level are inherited.
-        assert!(eff.sections.ip_deny.is_some());
+        // Source filters of every level apply together: the Gateway's
+        // default deny, its override allow and the route's allow.
+        assert_eq!(eff.ip.len(), 3, "{:?}", eff.ip);
+        assert!(eff.ip[0].deny.is_some() && eff.ip[0].allow.is_none());
+        let (c, allow) = eff.ip[1].allow.as_ref().unwrap();
+        assert!(c.overriding && c.policy.name == "gw-default");
+        assert_eq!(allow, &["10.0.0.0/8".parse::<IpNet>().unwrap()]);
+        assert_eq!(eff.ip[2].allow.as_ref().unwrap().0.policy.name, "route");
+        assert!(eff.sections.ip_allow.is_none() && eff.sections.ip_deny.is_none());
         assert!(
             eff.sections.cors.is_some(),
             "newer route policy's cors: no conflict"

@@ -7,10 +7,7 @@ pub mod merge;
 mod sections;
 mod status;
 
-use std::{
-    collections::{HashMap, HashSet},
-    sync::Arc,
-};
+use std::{collections::HashMap, sync::Arc};
 
 use ipnet::IpNet;
 
@@ -45,10 +42,6 @@ pub(super) struct Policies<'a> {
     builder: SectionBuilder<'a>,
     memo: HashMap<EffKey, Arc<RoutePolicy>>,
     empty: Arc<RoutePolicy>,
-    /// Gateways with an ipAllow (resp. ipDeny) default below the Gateway
-    /// level: that section of a Gateway default may be replaced there, so it
-    /// is not pushed to XDP.
-    ip_below_gateway: HashSet<(ObjectRef, SectionKind)>,
 }
 
 impl<'a> Policies<'a> {
@@ -62,20 +55,11 @@ impl<'a> Policies<'a> {
             builder: SectionBuilder::new(config, resolver, env.metrics, env.state),
             memo: HashMap::new(),
             empty: Arc::new(RoutePolicy::default()),
-            ip_below_gateway: HashSet::new(),
         }
     }
 
-    fn merged(&mut self, gateway: &Gateway, levels: &[Level]) -> Effective {
+    fn merged(&self, levels: &[Level]) -> Effective {
         let attached: Vec<&[&SluicePolicy]> = levels.iter().map(|l| self.index.at(l)).collect();
-        for kind in [SectionKind::IpAllow, SectionKind::IpDeny] {
-            if attached[1..]
-                .iter()
-                .any(|ps| ps.iter().any(|p| kind.is_set(&p.defaults)))
-            {
-                self.ip_below_gateway.insert((gateway.id.clone(), kind));
-            }
-        }
         effective(&attached)
     }
 
@@ -104,7 +88,7 @@ impl<'a> Policies<'a> {
         if self.index.is_empty() {
             return self.empty.clone();
         }
-        let eff = self.merged(gateway, &Level::chain(gateway, listener, None));
+        let eff = self.merged(&Level::chain(gateway, listener, None));
         self.runtime(&eff)
     }
 
@@ -122,7 +106,7 @@ impl<'a> Policies<'a> {
             self.empty.clone()
         } else {
             let levels = Level::chain(gateway, listener, Some((route, r.name.as_deref())));
-            let eff = self.merged(gateway, &levels);
+            let eff = self.merged(&levels);
             let overridden_cors = eff
                 .sources
                 .get(&SectionKind::Cors)
@@ -192,34 +176,28 @@ impl<'a> Policies<'a> {
         self.builder.metrics()
     }
 
-    /// Source CIDRs of whole-Gateway policies for XDP: overrides always;
-    /// defaults when nothing below the Gateway sets ipAllow/ipDeny (a more
-    /// specific default could relax them, and XDP must never drop what L7
-    /// would accept).
+    /// Source CIDRs of whole-Gateway policies for XDP. Every level's
+    /// source filter applies, so what a Gateway-level filter refuses is
+    /// refused for every route of the Gateway and can be dropped at the NIC:
+    /// all denies; one allow list (a source outside it fails at L7 too, so
+    /// XDP never drops what L7 would accept).
     pub(super) fn xdp_sources(&self, gateway: &Gateway) -> (Vec<IpNet>, Vec<IpNet>) {
         let attached = self.index.at(&Level::Gateway(gateway.id.clone()));
         let eff = effective(&[attached]);
-        let overriding = |k: SectionKind| {
-            eff.sources
-                .get(&k)
-                .is_some_and(|s| s.last().is_some_and(|c| c.overriding))
-        };
-        let usable = |k: SectionKind| {
-            overriding(k) || !self.ip_below_gateway.contains(&(gateway.id.clone(), k))
-        };
         if !eff.invalid.is_empty() {
             return (vec![], vec![]);
         }
-        let allow = if usable(SectionKind::IpAllow) {
-            eff.sections.ip_allow.clone().unwrap_or_default()
-        } else {
-            vec![]
-        };
-        let deny = if usable(SectionKind::IpDeny) {
-            eff.sections.ip_deny.clone().unwrap_or_default()
-        } else {
-            vec![]
-        };
+        let allow = eff
+            .ip
+            .iter()
+            .find_map(|l| l.allow.as_ref().map(|(_, v)| v.clone()))
+            .unwrap_or_default();
+        let deny = eff
+            .ip
+            .iter()
+            .filter_map(|l| l.deny.as_ref())
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
         (allow, deny)
     }
 

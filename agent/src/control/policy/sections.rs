@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use super::merge::{Contribution, Effective, SectionKind};
+use super::merge::{Contribution, Effective, IpLevel, SectionKind};
 use crate::{
     config::{
         policy::{
@@ -113,25 +113,18 @@ impl<'a> SectionBuilder<'a> {
             return rp;
         }
         let mut failures = Vec::new();
-        // ipAllow and ipDeny compile into one filter.
-        let ip_key: Vec<Contribution> = [SectionKind::IpAllow, SectionKind::IpDeny]
-            .iter()
-            .flat_map(|k| eff.sources.get(k).cloned().unwrap_or_default())
-            .collect();
+        // One filter per level (its ipAllow and ipDeny together).
+        for level in &eff.ip {
+            rp.ip.push(self.ip_filter(level));
+        }
         for kind in SectionKind::ALL {
-            let key = if kind == SectionKind::IpAllow {
-                ip_key.clone()
-            } else if kind == SectionKind::IpDeny {
-                continue;
-            } else {
-                match eff.sources.get(&kind) {
-                    Some(s) => s.clone(),
-                    None => continue,
-                }
-            };
-            if key.is_empty() {
+            if matches!(kind, SectionKind::IpAllow | SectionKind::IpDeny) {
                 continue;
             }
+            let key = match eff.sources.get(&kind) {
+                Some(s) => s.clone(),
+                None => continue,
+            };
             let built = match self.built.get(&(kind, key.clone())) {
                 Some(b) => b.clone(),
                 None => {
@@ -148,7 +141,7 @@ impl<'a> SectionBuilder<'a> {
                 }
             };
             match built {
-                Ok(Built::Ip(f)) => rp.ip = Some(f),
+                Ok(Built::Ip(f)) => rp.ip.push(f),
                 Ok(Built::Limits(l)) => rp.limits = Some(l),
                 Ok(Built::Cors(c)) => rp.cors = Some(c),
                 Ok(Built::Authn(a)) => rp.authn.push(a),
@@ -259,6 +252,31 @@ impl<'a> SectionBuilder<'a> {
                 ))))
             }
         })
+    }
+
+    /// The filter of one level's ipAllow and ipDeny, once per combination.
+    fn ip_filter(&mut self, level: &IpLevel) -> Arc<IpFilter> {
+        let key: Vec<Contribution> = level
+            .allow
+            .iter()
+            .chain(&level.deny)
+            .map(|(c, _)| c.clone())
+            .collect();
+        let memo = (SectionKind::IpAllow, key);
+        if let Some(Ok(Built::Ip(f))) = self.built.get(&memo) {
+            return f.clone();
+        }
+        let (owner, kind) = match (&level.allow, &level.deny) {
+            (Some((c, _)), _) => (c, SectionKind::IpAllow),
+            (None, Some((c, _))) => (c, SectionKind::IpDeny),
+            (None, None) => unreachable!("a level with a source filter"),
+        };
+        let empty = Vec::new();
+        let allow = level.allow.as_ref().map_or(&empty, |(_, v)| v);
+        let deny = level.deny.as_ref().map_or(&empty, |(_, v)| v);
+        let f = Arc::new(IpFilter::new(allow, deny, self.meta(owner, kind)));
+        self.built.insert(memo, Ok(Built::Ip(f.clone())));
+        f
     }
 
     fn secret(&self, namespace: &str, name: &str) -> Result<&'a Secret, String> {
