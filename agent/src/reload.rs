@@ -43,6 +43,17 @@ pub const DEBOUNCE: Duration = Duration::from_millis(20);
 
 /// Longest a reload waits for the first fetch of new remote JWKS.
 const POLICY_WARM_UP: Duration = Duration::from_secs(3);
+/// How long the status keeps following remote JWKS that did not load.
+const JWKS_STATUS_FOLLOW: Duration = Duration::from_secs(600);
+
+/// (policy, loaded, detail) of every remote JWKS in the policy state.
+fn remote_jwks(state: &PolicyState) -> Vec<(crate::policy::PolicyId, bool, String)> {
+    state
+        .all::<crate::policy::jwks::RemoteKeySet>()
+        .into_iter()
+        .map(|(key, set)| (key.policy, set.is_loaded(), set.unavailable_reason()))
+        .collect()
+}
 
 /// Why a configuration was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -371,6 +382,25 @@ impl Runtime {
         // State the new snapshot does not use is dropped (requests still on
         // the old snapshot hold what they use).
         self.policy_state.commit(compiled.policy_compile);
+        // Remote JWKS that never loaded show in the policies' status, and
+        // the status follows them until they load.
+        let remote = remote_jwks(&self.policy_state);
+        crate::control::policy::jwks_conditions(&mut compiled.status.policies, &remote);
+        if remote.iter().any(|(_, loaded, _)| !loaded) {
+            let (status, state) = (self.status.clone(), self.policy_state.clone());
+            tokio::spawn(async move {
+                let until = tokio::time::Instant::now() + JWKS_STATUS_FOLLOW;
+                while tokio::time::Instant::now() < until {
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    let remote = remote_jwks(&state);
+                    let mut s = status.lock().expect("status lock");
+                    crate::control::policy::jwks_conditions(&mut s.policies, &remote);
+                    if remote.iter().all(|(_, loaded, _)| *loaded) {
+                        break;
+                    }
+                }
+            });
+        }
         *self.kernel_applied.lock().expect("kernel state lock") = compiled.kernel;
         self.generation.store(generation, Ordering::Release);
         self.metrics.config_generation.set(generation as i64);

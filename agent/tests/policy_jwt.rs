@@ -321,3 +321,71 @@ stringData: {ci: ci-key}
     );
     s.app.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_unreachable_jwks_answers_503_and_says_so_in_status() {
+    let backend = echo_backend("api").await;
+    let port = free_port();
+    let dir = config_dir();
+    // Nothing listens there: the JWKS can never load.
+    let dead = free_port();
+    let text = format!(
+        r#"{gw}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: team-a}}
+spec:
+  parentRefs: [{{name: gw, namespace: infra}}]
+  hostnames: [api.example.com]
+  rules: [{{backendRefs: [{{name: api, port: 8080}}]}}]
+{svc}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {{name: jwt, namespace: team-a}}
+spec:
+  targetRefs: [{{kind: HTTPRoute, name: api}}]
+  jwt:
+    providers:
+    - name: corp
+      issuer: https://idp.example.com
+      jwks: {{remote: {{uri: "http://127.0.0.1:{dead}/jwks", timeout: 1s}}}}
+"#,
+        gw = gateway_yaml(port),
+        svc = service_yaml("team-a", "api", backend),
+    );
+    write_config(&dir, "all.yaml", &text);
+    let app = start(&dir).await;
+    let c = TestClient::new(port);
+    let key = SigningKey::es256("k1");
+    let r = get(&c, Some(&key.token(claims())), &[]).await;
+    assert_eq!(
+        r.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "never 500, never served: {}",
+        r.body
+    );
+    assert!(
+        r.body.contains("signing keys are not available"),
+        "{}",
+        r.body
+    );
+    let status: serde_json::Value =
+        serde_json::from_str(&admin_get(&app, "/status").await).unwrap();
+    let p = status["policies"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "jwt")
+        .unwrap();
+    let conds = p["ancestors"][0]["conditions"].as_array().unwrap();
+    let resolved = conds.iter().find(|c| c["type"] == "ResolvedRefs").unwrap();
+    assert_eq!(resolved["status"], "False", "{p}");
+    assert_eq!(resolved["reason"], "JWKSUnavailable");
+    assert!(resolved["message"]
+        .as_str()
+        .unwrap()
+        .contains(&dead.to_string()));
+    app.shutdown().await;
+}

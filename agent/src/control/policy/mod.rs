@@ -25,6 +25,7 @@ use crate::{
     },
 };
 
+pub use status::jwks_conditions;
 pub(super) use status::policy_status;
 
 /// What the compile needs from the agent for policies: the metric

@@ -216,3 +216,51 @@ fn accepted(p: &SluicePolicy, policies: &Policies<'_>, level: &Level) -> Conditi
     };
     condition(true, "Accepted", message, p.generation)
 }
+
+/// Adds `ResolvedRefs` to the ancestors of SluicePolicies with remote JWKS:
+/// `False`/`JWKSUnavailable` (with why) while a key set has never loaded —
+/// its routes answer 503 — else `True`. `remote` lists (policy, loaded,
+/// detail) for every remote key set in use.
+pub fn jwks_conditions(
+    policies: &mut [PolicyStatus],
+    remote: &[(crate::policy::PolicyId, bool, String)],
+) {
+    for p in policies.iter_mut().filter(|p| p.kind == "SluicePolicy") {
+        let mine: Vec<&(crate::policy::PolicyId, bool, String)> = remote
+            .iter()
+            .filter(|(id, _, _)| *id.namespace == *p.namespace && *id.name == *p.name)
+            .collect();
+        if mine.is_empty() {
+            continue;
+        }
+        let missing: Vec<&str> = mine
+            .iter()
+            .filter(|(_, loaded, _)| !loaded)
+            .map(|(_, _, why)| why.as_str())
+            .collect();
+        for a in &mut p.ancestors {
+            let generation = a.conditions.first().and_then(|c| c.observed_generation);
+            a.conditions.retain(|c| c.kind != "ResolvedRefs");
+            a.conditions.push(if missing.is_empty() {
+                Condition {
+                    kind: "ResolvedRefs",
+                    status: "True",
+                    reason: "ResolvedRefs",
+                    message: "every remote JWKS is loaded".into(),
+                    observed_generation: generation,
+                }
+            } else {
+                Condition {
+                    kind: "ResolvedRefs",
+                    status: "False",
+                    reason: "JWKSUnavailable",
+                    message: format!(
+                        "{}; requests needing these keys answer 503 until they load",
+                        missing.join("; ")
+                    ),
+                    observed_generation: generation,
+                }
+            });
+        }
+    }
+}
