@@ -4,7 +4,8 @@
 //!
 //! Outside CI a missing kubelite or kubectl skips these tests loudly; with
 //! `CI=true` it fails them. Each test starts its own kubelite on its own
-//! ports (a guard stops it, also on failure); tests run one at a time.
+//! ports (a guard stops it, also on failure, and removes its state unless the
+//! test failed); tests run one at a time.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -169,6 +170,11 @@ impl Kubelite {
 impl Drop for Kubelite {
     fn drop(&mut self) {
         self.down();
+        // The state (etcd data, the unpacked 80 MB binary, the log) is kept
+        // only when a test failed, for inspection.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
     }
 }
 
