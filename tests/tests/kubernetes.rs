@@ -4,7 +4,8 @@
 //!
 //! Outside CI a missing kubelite or kubectl skips these tests loudly; with
 //! `CI=true` it fails them. Each test starts its own kubelite on its own
-//! ports (a guard stops it, also on failure); tests run one at a time.
+//! ports (a guard stops it, also on failure, and removes its state unless the
+//! test failed); tests run one at a time.
 use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
@@ -169,6 +170,11 @@ impl Kubelite {
 impl Drop for Kubelite {
     fn drop(&mut self) {
         self.down();
+        // The state (etcd data, the unpacked 80 MB binary, the log) is kept
+        // only when a test failed, for inspection.
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
     }
 }
 
@@ -1155,5 +1161,232 @@ async fn kube_serves_without_the_backend_tls_policy_crd() {
     )
     .await;
     assert_eq!(status_of(port, "/v1/users").await, 200);
+    app.shutdown().await;
+}
+
+/// Status of GET `path` with Host api.example.com and `headers`; 0 when no answer.
+async fn status_with(port: u16, path: &str, headers: &[(&str, &str)]) -> u16 {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let mut req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", "api.example.com");
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        client.request(req.body(Empty::new()).unwrap()),
+    )
+    .await
+    {
+        Ok(Ok(resp)) => {
+            let s = resp.status().as_u16();
+            let _ = resp.into_body().collect().await;
+            s
+        }
+        _ => 0,
+    }
+}
+
+/// One of our `status.ancestors` entries of a SluicePolicy, with its
+/// Accepted condition.
+#[derive(Debug)]
+struct Ancestor {
+    kind: String,
+    name: String,
+    accepted: String,
+    reason: String,
+    message: String,
+}
+
+impl Ancestor {
+    fn is(&self, kind: &str, name: &str, accepted: &str, reason: &str) -> bool {
+        (self.kind.as_str(), self.name.as_str()) == (kind, name)
+            && (self.accepted.as_str(), self.reason.as_str()) == (accepted, reason)
+    }
+}
+
+/// Our ancestor entries of a SluicePolicy, when every condition carries the
+/// policy's current generation; `None` otherwise.
+fn sluice_policy_ancestors(policy: &Value) -> Option<Vec<Ancestor>> {
+    let generation = &policy["metadata"]["generation"];
+    let ancestors = policy["status"]["ancestors"].as_array()?;
+    let mut out = Vec::new();
+    for a in ancestors {
+        if a["controllerName"] != "sluice.dev/gateway-controller" {
+            continue;
+        }
+        let conditions = a["conditions"].as_array()?;
+        if !conditions
+            .iter()
+            .all(|c| c["observedGeneration"] == *generation)
+        {
+            return None;
+        }
+        let accepted = conditions.iter().find(|c| c["type"] == "Accepted")?;
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        out.push(Ancestor {
+            kind: text(&a["ancestorRef"]["kind"]),
+            name: text(&a["ancestorRef"]["name"]),
+            accepted: text(&accepted["status"]),
+            reason: text(&accepted["reason"]),
+            message: text(&accepted["message"]),
+        });
+    }
+    Some(out)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_sluice_policy_with_api_keys_fails_closed_and_reports_status() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("sluicepolicy", 27523, 34870) else {
+        return;
+    };
+    let echo = echo().await;
+    let port = free_port();
+    kube.apply(&objects("gw", "fleet: a", port, "/v1", echo));
+    kube.apply(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: admin, namespace: apps}\n\
+         spec:\n  parentRefs: [{name: gw}]\n  hostnames: [api.example.com]\n  \
+         rules: [{matches: [{path: {type: PathPrefix, value: /admin}}], backendRefs: [{name: echo, port: 80}]}]\n",
+    );
+    // Credentials nobody references: never held.
+    kube.apply("apiVersion: v1\nkind: Secret\nmetadata: {name: unused-keys, namespace: apps}\ntype: Opaque\nstringData: {someone: s3cret}\n");
+    // The SluicePolicy CRD is not installed yet: the agent serves without it.
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    let admin = app.admin_addr;
+    eventually(
+        "traffic through the agent without the SluicePolicy CRD",
+        Duration::from_secs(20),
+        || async { status_of(port, "/v1/x").await == 200 },
+    )
+    .await;
+
+    // The CRD (generated from the agent's types) arrives, then a policy with
+    // API keys from an Opaque Secret: the agent looks for the kind again.
+    let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy/daemonset/crds");
+    kube.kubectl_ok(&["apply", "--server-side", "-f", crds.to_str().unwrap()]);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/sluicepolicies.sluice.dev",
+    ]);
+    let keys = |key: &str| {
+        format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: api-keys, namespace: apps}}\ntype: Opaque\nstringData: {{client-a: {key}}}\n")
+    };
+    kube.apply(&keys("key-one"));
+    let keys_policy = |route: &str| {
+        format!(
+            "apiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\nmetadata: {{name: keys, namespace: apps}}\n\
+             spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {route}}}]\n  \
+             apiKeys: {{secretRefs: [{{name: api-keys}}]}}\n"
+        )
+    };
+    kube.apply(&keys_policy("gw-api"));
+    eventually(
+        "the policy protects its route with the Secret's key",
+        Duration::from_secs(30),
+        || async {
+            status_with(port, "/v1/x", &[]).await == 401
+                && status_with(port, "/v1/x", &[("x-api-key", "key-one")]).await == 200
+                && status_with(port, "/v1/x", &[("x-api-key", "wrong")]).await == 401
+        },
+    )
+    .await;
+    assert_eq!(
+        status_of(port, "/admin").await,
+        200,
+        "other routes untouched"
+    );
+    assert_eq!(
+        admin_config(admin).await["heldSecrets"],
+        serde_json::json!(["apps/api-keys"]),
+        "only the referenced Opaque Secret is held"
+    );
+    eventually(
+        "the Lease holder writes the policy's ancestors with observedGeneration",
+        Duration::from_secs(20),
+        || async {
+            sluice_policy_ancestors(&kube.get("sluicepolicy/keys", "apps"))
+                .is_some_and(|a| a.len() == 1 && a[0].is("Gateway", "gw", "True", "Accepted"))
+        },
+    )
+    .await;
+    assert_eq!(lease_holder(&kube).as_deref(), Some("node-a"));
+
+    // The Secret changes: the new key works, the old one no longer does.
+    kube.apply(&keys("key-two"));
+    eventually(
+        "the rotated key is in effect",
+        Duration::from_secs(20),
+        || async {
+            status_with(port, "/v1/x", &[("x-api-key", "key-two")]).await == 200
+                && status_with(port, "/v1/x", &[("x-api-key", "key-one")]).await == 401
+        },
+    )
+    .await;
+
+    // A policy the API server accepts but the agent cannot apply (a bad
+    // CIDR): its route fails closed, its status says why.
+    kube.apply(
+        "apiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\nmetadata: {name: bad, namespace: apps}\n\
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: admin}]\n  \
+         ipAllow: [10.0.0.0/33]\n",
+    );
+    eventually(
+        "the invalid policy's route answers 500 and its status is Invalid",
+        Duration::from_secs(20),
+        || async {
+            status_of(port, "/admin").await == 500
+                && sluice_policy_ancestors(&kube.get("sluicepolicy/bad", "apps")).is_some_and(|a| {
+                    a.len() == 1
+                        && a[0].is("Gateway", "gw", "False", "Invalid")
+                        && a[0].message.contains("spec.ipAllow[0]")
+                })
+        },
+    )
+    .await;
+    let errors = admin_config(admin).await["objectErrors"].clone();
+    assert!(
+        errors.as_array().is_some_and(|e| e.iter().any(|e| {
+            e.as_str().is_some_and(|e| {
+                e.contains("SluicePolicy apps/bad") && e.contains("spec.ipAllow[0]")
+            })
+        })),
+        "{errors}"
+    );
+    assert_eq!(
+        status_with(port, "/v1/x", &[("x-api-key", "key-two")]).await,
+        200,
+        "the invalid policy touches only its own target"
+    );
+
+    // The policy moves to a route that does not exist: its old ancestor is
+    // removed, the new target reported TargetNotFound, and the route it left
+    // is open again. Its Secret stays held while the policy names it.
+    kube.apply(&keys_policy("nope"));
+    eventually(
+        "TargetNotFound replaces the stale ancestor",
+        Duration::from_secs(20),
+        || async {
+            sluice_policy_ancestors(&kube.get("sluicepolicy/keys", "apps")).is_some_and(|a| {
+                a.len() == 1 && a[0].is("HTTPRoute", "nope", "False", "TargetNotFound")
+            }) && status_with(port, "/v1/x", &[]).await == 200
+        },
+    )
+    .await;
+    assert_eq!(
+        admin_config(admin).await["heldSecrets"],
+        serde_json::json!(["apps/api-keys"]),
+        "held while a policy names it"
+    );
+    kube.kubectl_ok(&["delete", "sluicepolicy", "keys", "-n", "apps"]);
+    eventually(
+        "a deleted policy's Secret is dropped",
+        Duration::from_secs(20),
+        || async { admin_config(admin).await["heldSecrets"] == serde_json::json!([]) },
+    )
+    .await;
     app.shutdown().await;
 }

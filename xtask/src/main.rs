@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench`.
+//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | gen-crd`.
 mod bench_kube;
 mod bench_policy;
 mod bench_proxy;
@@ -69,6 +69,9 @@ enum Cmd {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Regenerate deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml from
+    /// the SluicePolicy Rust types (agent/src/config/policy/wire.rs).
+    GenCrd,
 }
 
 fn main() -> Result<()> {
@@ -90,7 +93,35 @@ fn main() -> Result<()> {
             features,
             args,
         } => conformance(tests.as_deref(), features.as_deref(), &args),
+        Cmd::GenCrd => gen_crd(&root),
     }
+}
+
+/// The CRD comes from the agent's own types (kube's `CustomResourceExt`),
+/// printed by an example of the agent crate: xtask itself must not depend
+/// on the agent, whose build needs what `cargo xtask setup` installs.
+fn gen_crd(root: &Path) -> Result<()> {
+    setup::run()?;
+    let mut cmd = cargo();
+    cmd.args(["run", "-q", "-p", "sluice", "--example", "gen-crd"]);
+    eprintln!("+ {cmd:?}");
+    let out = cmd.output().context("running the gen-crd example")?;
+    if !out.status.success() {
+        bail!(
+            "gen-crd failed with {}:\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let path = root.join("deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml");
+    let unchanged = std::fs::read(&path).is_ok_and(|old| old == out.stdout);
+    std::fs::write(&path, &out.stdout).with_context(|| format!("writing {}", path.display()))?;
+    eprintln!(
+        "{} {}",
+        if unchanged { "unchanged:" } else { "written:" },
+        path.display()
+    );
+    Ok(())
 }
 
 fn workspace_root() -> PathBuf {

@@ -2,7 +2,9 @@
 //! the directory source. Unlike a directory (whole or nothing), objects are
 //! judged one by one: in a cluster, one team's broken HTTPRoute must not hold
 //! back everybody else's changes. A bad object is left out and reported with
-//! namespace/name and field.
+//! namespace/name and field — except a SluicePolicy, which fails closed: it
+//! stays in the configuration as invalid, with its targets read leniently,
+//! so that what it protects answers 500 instead of going unprotected.
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{Hash, Hasher},
@@ -16,7 +18,9 @@ use super::{
 };
 use crate::{
     config::{
-        convert_object, port_range_overlaps, Config, DocumentError, Location, ObjectRef,
+        convert_object,
+        policy::{lenient_targets, PolicySections},
+        port_range_overlaps, Config, DocumentError, Location, ObjectRef, SluicePolicy,
         PORT_RANGES_ANNOTATION,
     },
     control::CONTROLLER_NAME,
@@ -143,6 +147,9 @@ impl Converter {
                         out.invalid_policy_targets
                             .push((key.1.clone(), raw_service_targets(obj)));
                     }
+                    if kind == Kind::SluicePolicy {
+                        out.config.policies.push(fail_closed(obj, errors));
+                    }
                     out.errors.push((key.clone(), errors.clone()))
                 }
             }
@@ -183,6 +190,7 @@ impl Converter {
             Kind::HttpRoute,
             Kind::ReferenceGrant,
             Kind::BackendTlsPolicy,
+            Kind::SluicePolicy,
             Kind::Service,
             Kind::EndpointSlice,
             Kind::Namespace,
@@ -264,6 +272,35 @@ fn raw_parents(obj: &DynamicObject) -> Vec<ObjectRef> {
             Some(ObjectRef::new(pns, name))
         })
         .collect()
+}
+
+/// A SluicePolicy that did not validate, as an invalid policy: no sections,
+/// its targets read from the raw spec. The control plane answers 500 on
+/// every target of an invalid policy and reports it `Invalid`.
+fn fail_closed(obj: &DynamicObject, errors: &[DocumentError]) -> SluicePolicy {
+    SluicePolicy {
+        id: object_ref(obj),
+        generation: obj.metadata.generation,
+        created: obj
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .map(|t| (t.0.as_second(), t.0.subsec_nanosecond().max(0) as u32)),
+        targets: obj
+            .data
+            .get("spec")
+            .map(lenient_targets)
+            .unwrap_or_default(),
+        defaults: PolicySections::default(),
+        overrides: PolicySections::default(),
+        invalid: Some(
+            errors
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+    }
 }
 
 /// The Services named by a policy's `spec.targetRefs`, read without validation.
@@ -548,5 +585,85 @@ mod tests {
                 ),
             "{text}"
         );
+    }
+
+    #[test]
+    fn an_invalid_sluice_policy_fails_closed_on_its_targets() {
+        let policy = |name: &str, spec: serde_json::Value| {
+            let mut o = obj(
+                Kind::SluicePolicy,
+                Some("a"),
+                name,
+                serde_json::json!({"spec": spec}),
+            );
+            o.metadata.generation = Some(3);
+            (Kind::SluicePolicy, o)
+        };
+        let s = stores(vec![
+            policy(
+                "ok",
+                serde_json::json!({"targetRefs": [{"kind": "HTTPRoute", "name": "r"}], "ipAllow": ["10.0.0.0/8"]}),
+            ),
+            policy(
+                "bad-cidr",
+                serde_json::json!({
+                    "targetRefs": [{"kind": "HTTPRoute", "name": "r", "sectionName": "admin"}, {"kind": "Gateway", "name": "gw"}],
+                    "ipAllow": ["10.0.0.0/33"],
+                }),
+            ),
+            // Not even the wire shape: still fails closed on what it names.
+            policy(
+                "unknown-field",
+                serde_json::json!({"targetRefs": [{"kind": "HTTPRoute", "name": "r2"}], "ipAlow": ["10.0.0.0/8"]}),
+            ),
+        ]);
+        let mut c = Converter::default();
+        let out = c.convert(&s, &[], &[]);
+        let by_name = |n: &str| {
+            out.config
+                .policies
+                .iter()
+                .find(|p| p.id.name == n)
+                .unwrap_or_else(|| panic!("{n} not in the config"))
+        };
+        assert_eq!(out.config.policies.len(), 3);
+        let ok = by_name("ok");
+        assert!(ok.invalid.is_none() && ok.defaults.ip_allow.is_some());
+
+        let bad = by_name("bad-cidr");
+        let why = bad.invalid.as_deref().expect("kept as invalid");
+        assert!(
+            why.contains("SluicePolicy a/bad-cidr") && why.contains("spec.ipAllow[0]"),
+            "{why}"
+        );
+        assert!(bad.defaults.is_empty() && bad.overrides.is_empty());
+        assert_eq!(bad.generation, Some(3));
+        let targets: Vec<_> = bad
+            .targets
+            .iter()
+            .map(|t| (t.kind.as_str(), t.name.as_str(), t.section_name.as_deref()))
+            .collect();
+        assert_eq!(
+            targets,
+            [("HTTPRoute", "r", Some("admin")), ("Gateway", "gw", None)]
+        );
+        assert!(by_name("unknown-field")
+            .invalid
+            .as_deref()
+            .is_some_and(|w| w.contains("ipAlow")));
+        assert_eq!(by_name("unknown-field").targets[0].name, "r2");
+        // Still reported as object errors (admin /config).
+        let reported: Vec<&str> = out
+            .errors
+            .iter()
+            .filter(|((k, _), _)| *k == Kind::SluicePolicy)
+            .map(|((_, id), _)| id.name.as_str())
+            .collect();
+        assert_eq!(reported.len(), 2);
+        assert!(reported.contains(&"bad-cidr") && reported.contains(&"unknown-field"));
+        // Unchanged objects come from the cache, fail-closed ones included.
+        let again = c.convert(&s, &[], &[]);
+        assert!(!again.changed);
+        assert_eq!(again.config.policies.len(), 3);
     }
 }

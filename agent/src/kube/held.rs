@@ -3,12 +3,17 @@
 //!
 //! One watch per kind sees every change, but keeps an object only when a
 //! reference names it at that moment; the data of any other object is dropped
-//! as soon as it arrives. Secrets: only type `kubernetes.io/tls` (field
-//! selector; service-account tokens, registry credentials, API keys are never
-//! even sent to the agent), named by a listener's `certificateRefs` or a
-//! Gateway's `spec.tls.backend.clientCertificateRef`. ConfigMaps: CA bundles
-//! named by a BackendTLSPolicy's `validation.caCertificateRefs` or a Gateway's
-//! `spec.tls.frontend` `caCertificateRefs`. When a reference appears for an
+//! as soon as it arrives. Secrets, in two watches narrowed by type (field
+//! selectors; service-account tokens, registry credentials and other types
+//! are never even sent to the agent): `kubernetes.io/tls` ones named by a
+//! listener's `certificateRefs` or a Gateway's
+//! `spec.tls.backend.clientCertificateRef`, and `Opaque` ones named by a
+//! SluicePolicy in their namespace (API keys, htpasswd, JWKS; see
+//! [`crate::config::policy::references`]). ConfigMaps: CA bundles named by a
+//! BackendTLSPolicy's `validation.caCertificateRefs`, a Gateway's
+//! `spec.tls.frontend` `caCertificateRefs` or a SluicePolicy's remote JWKS
+//! `caCertificateRefs`, and JWKS named by a SluicePolicy's
+//! `jwks.configMapRef`. When a reference appears for an
 //! object the watch has passed over, it is fetched by name (`get`) before the
 //! configuration is applied, so a new HTTPS listener starts with its
 //! certificate and a new policy with its CA.
@@ -44,8 +49,13 @@ use super::{
 };
 use crate::{
     admin::SourceHealth,
-    config::{BackendTlsPolicy, Gateway, ObjectRef, SECRET_TYPE_TLS},
+    config::{
+        policy::references, BackendTlsPolicy, Gateway, ObjectRef, SluicePolicy, SECRET_TYPE_TLS,
+    },
 };
+
+/// The Secret type of policy credentials (API keys, htpasswd, JWKS).
+const SECRET_TYPE_OPAQUE: &str = "Opaque";
 
 /// What is held of one kind, and how its objects are told apart.
 #[derive(Debug, Clone, Copy)]
@@ -65,7 +75,19 @@ impl HeldKind {
         fields: Some("type=kubernetes.io/tls"),
         accept: |o| o.data.get("type").and_then(|t| t.as_str()) == Some(SECRET_TYPE_TLS),
     };
-    /// ConfigMaps (CA bundles).
+    /// `Opaque` Secrets (SluicePolicy credentials). A Secret without a type
+    /// is Opaque (the API server defaults it; a `get` may still show none).
+    pub const OPAQUE_SECRETS: HeldKind = HeldKind {
+        kind: Kind::Secret,
+        fields: Some("type=Opaque"),
+        accept: |o| {
+            o.data
+                .get("type")
+                .and_then(|t| t.as_str())
+                .is_none_or(|t| t == SECRET_TYPE_OPAQUE)
+        },
+    };
+    /// ConfigMaps (CA bundles, JWKS).
     pub const CONFIG_MAPS: HeldKind = HeldKind {
         kind: Kind::ConfigMap,
         fields: None,
@@ -296,11 +318,27 @@ pub fn referenced_secrets<'a>(
         .collect()
 }
 
+/// The Secrets named by `policies` (always in the policy's own namespace:
+/// a SluicePolicy's references are local by construction).
+pub fn referenced_policy_secrets(policies: &[SluicePolicy]) -> BTreeSet<ObjectRef> {
+    policies
+        .iter()
+        .flat_map(|p| {
+            references(p)
+                .0
+                .into_iter()
+                .map(|r| ObjectRef::new(&p.id.namespace, &r.name))
+        })
+        .collect()
+}
+
 /// The ConfigMaps named by the frontend client-certificate validation of
-/// `gateways` and by the `caCertificateRefs` of `policies`.
+/// `gateways`, by the `caCertificateRefs` of `policies`, and by the JWKS
+/// (`configMapRef`, remote `caCertificateRefs`) of `sluice_policies`.
 pub fn referenced_config_maps<'a>(
     gateways: impl IntoIterator<Item = &'a Gateway>,
     policies: &[BackendTlsPolicy],
+    sluice_policies: &[SluicePolicy],
 ) -> BTreeSet<ObjectRef> {
     let frontend = gateways.into_iter().flat_map(|g| {
         let f = &g.frontend_validation;
@@ -317,7 +355,13 @@ pub fn referenced_config_maps<'a>(
             .filter(|r| r.group.is_empty() && r.kind == "ConfigMap")
             .map(|r| ObjectRef::new(&p.id.namespace, &r.name))
     });
-    frontend.chain(backend).collect()
+    let sluice = sluice_policies.iter().flat_map(|p| {
+        references(p)
+            .1
+            .into_iter()
+            .map(|r| ObjectRef::new(&p.id.namespace, &r.name))
+    });
+    frontend.chain(backend).chain(sluice).collect()
 }
 
 #[cfg(test)]
@@ -384,7 +428,7 @@ mod tests {
         )])
         .unwrap();
         assert_eq!(
-            referenced_config_maps(&cfg.gateways, &cfg.backend_tls_policies),
+            referenced_config_maps(&cfg.gateways, &cfg.backend_tls_policies, &[]),
             [
                 ObjectRef::new("b", "backend-ca"),
                 ObjectRef::new("cas", "other"),
@@ -392,5 +436,59 @@ mod tests {
             ]
             .into()
         );
+    }
+
+    #[test]
+    fn sluice_policies_reference_secrets_and_config_maps_in_their_namespace() {
+        let cfg = crate::config::parse_documents([(
+            std::path::Path::new("t.yaml"),
+            "apiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\nmetadata: {name: p, namespace: team}\n\
+             spec:\n  targetRefs: [{kind: HTTPRoute, name: r}]\n  \
+             apiKeys: {secretRefs: [{name: keys}, {name: more-keys}]}\n  \
+             jwt:\n    providers:\n    \
+             - {name: a, issuer: a, jwks: {configMapRef: {name: jwks}}}\n    \
+             - {name: b, issuer: b, algorithms: [HS256], jwks: {secretRef: {name: hmac}}}\n    \
+             - {name: c, issuer: c, jwks: {remote: {uri: \"https://idp.example\", caCertificateRefs: [{name: idp-ca}]}}}\n  \
+             override:\n    basicAuth: {secretRef: {name: htpasswd}}\n",
+        )])
+        .unwrap();
+        assert_eq!(
+            referenced_policy_secrets(&cfg.policies),
+            [
+                ObjectRef::new("team", "hmac"),
+                ObjectRef::new("team", "htpasswd"),
+                ObjectRef::new("team", "keys"),
+                ObjectRef::new("team", "more-keys"),
+            ]
+            .into()
+        );
+        assert_eq!(
+            referenced_config_maps(&cfg.gateways, &cfg.backend_tls_policies, &cfg.policies),
+            [
+                ObjectRef::new("team", "idp-ca"),
+                ObjectRef::new("team", "jwks")
+            ]
+            .into()
+        );
+    }
+
+    #[test]
+    fn opaque_secrets_are_told_apart_from_other_types() {
+        let typed = |t: Option<&str>| {
+            let mut o = secret("a", "s");
+            match t {
+                Some(t) => o.data["type"] = t.into(),
+                None => {
+                    o.data.as_object_mut().unwrap().remove("type");
+                }
+            }
+            o
+        };
+        let opaque = HeldKind::OPAQUE_SECRETS.accept;
+        assert!(opaque(&typed(Some("Opaque"))));
+        assert!(opaque(&typed(None)), "no type is Opaque");
+        assert!(!opaque(&typed(Some(SECRET_TYPE_TLS))));
+        assert!(!opaque(&typed(Some("kubernetes.io/service-account-token"))));
+        assert!(!(HeldKind::SECRETS.accept)(&typed(Some("Opaque"))));
     }
 }

@@ -3,7 +3,8 @@
 //! ([`convert`]), debounces, and feeds [`Runtime::apply_config`], together
 //! with the namespace identity of this node's pods ([`pods`]), only the
 //! Gateways this node serves ([`node_select`]) and only referenced Secrets
-//! and ConfigMaps ([`held`]). One agent of the fleet, elected with a Lease ([`lease`]),
+//! and ConfigMaps ([`held`]). SluicePolicies that do not validate fail
+//! closed ([`convert`]). One agent of the fleet, elected with a Lease ([`lease`]),
 //! writes status back ([`status`], from the shared status model).
 //!
 //! When the API server is unreachable the agent keeps serving the last state
@@ -288,23 +289,29 @@ async fn sync_loop(
         let convert = |converter: &mut Converter| {
             converter.convert(
                 &watches.stores,
-                &watches.secrets.held(),
+                &watches.held_secrets(),
                 &watches.config_maps.held(),
             )
         };
         let mut converted = convert(&mut converter);
         // Newly referenced Secrets and ConfigMaps are fetched before
-        // applying, so a new HTTPS listener starts with its certificate and
-        // a new BackendTLSPolicy with its CA.
+        // applying, so a new HTTPS listener starts with its certificate, a
+        // new BackendTLSPolicy with its CA and a new SluicePolicy with its
+        // keys (a policy whose Secret is missing fails closed meanwhile).
         let gateways = || converted.config.gateways.iter().chain(&converted.elsewhere);
         let secrets = held::referenced_secrets(gateways());
-        let config_maps =
-            held::referenced_config_maps(gateways(), &converted.config.backend_tls_policies);
-        let (more_secrets, more_maps) = tokio::join!(
+        let policy_secrets = held::referenced_policy_secrets(&converted.config.policies);
+        let config_maps = held::referenced_config_maps(
+            gateways(),
+            &converted.config.backend_tls_policies,
+            &converted.config.policies,
+        );
+        let (more_secrets, more_policy_secrets, more_maps) = tokio::join!(
             watches.secrets.want(secrets),
+            watches.policy_secrets.want(policy_secrets),
             watches.config_maps.want(config_maps)
         );
-        if more_secrets || more_maps {
+        if more_secrets || more_policy_secrets || more_maps {
             converted = convert::Converted {
                 changed: true,
                 ..convert(&mut converter)
@@ -336,7 +343,7 @@ async fn sync_loop(
                     {
                         let mut notes = runtime.notes.lock().expect("notes lock");
                         notes.object_errors = errors;
-                        notes.held_secrets = watches.secrets.held_names();
+                        notes.held_secrets = watches.held_secret_names();
                         notes.held_config_maps = watches.config_maps.held_names();
                         notes.gateways_elsewhere = converted
                             .elsewhere

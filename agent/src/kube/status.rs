@@ -40,6 +40,9 @@ pub enum ObjectStatus {
     HttpRoute(RouteStatus),
     /// Only the ancestor Gateways of our classes.
     BackendTlsPolicy(PolicyStatus),
+    /// Every ancestor entry of ours: SluicePolicy is Sluice's own kind, so an
+    /// empty list removes entries that no longer apply.
+    SluicePolicy(PolicyStatus),
 }
 
 impl ObjectStatus {
@@ -52,6 +55,9 @@ impl ObjectStatus {
                 Kind::BackendTlsPolicy,
                 ObjectRef::new(&p.namespace, &p.name),
             ),
+            ObjectStatus::SluicePolicy(p) => {
+                (Kind::SluicePolicy, ObjectRef::new(&p.namespace, &p.name))
+            }
         }
     }
 }
@@ -70,7 +76,11 @@ fn condition(kind: &'static str, reason: &'static str, message: String) -> Condi
 /// the Gateways and routes left out as invalid, which the model never saw:
 /// a Gateway gets Accepted=False (Invalid), a route Accepted=False
 /// (UnsupportedValue) towards each of its parents that `status` has. Every
-/// condition carries the object's `metadata.generation`.
+/// SluicePolicy gets an entry (invalid ones are in the model, failing
+/// closed): a target HTTPRoute that does not exist at all is reported
+/// `TargetNotFound` with the route itself as the ancestor (no Gateway can
+/// stand in for it), and a policy with no ancestor left gets an empty list
+/// of ours. Every condition carries the object's `metadata.generation`.
 pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
     let mut out: Vec<ObjectStatus> = status
         .gateway_classes
@@ -93,6 +103,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .cloned()
                 .map(ObjectStatus::BackendTlsPolicy),
         )
+        .chain(sluice_policies(status, converted))
         .collect();
     let messages = |kind: Kind, id: &ObjectRef| {
         converted
@@ -199,7 +210,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 .chain(g.listeners.iter_mut().map(|l| &mut l.conditions))
                 .collect(),
             ObjectStatus::HttpRoute(r) => r.parents.iter_mut().map(|p| &mut p.conditions).collect(),
-            ObjectStatus::BackendTlsPolicy(p) => {
+            ObjectStatus::BackendTlsPolicy(p) | ObjectStatus::SluicePolicy(p) => {
                 p.ancestors.iter_mut().map(|a| &mut a.conditions).collect()
             }
         };
@@ -208,6 +219,68 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
         }
     }
     out
+}
+
+/// The status of every SluicePolicy of the configuration: the model's
+/// ancestors, plus `TargetNotFound` for each target HTTPRoute that does not
+/// exist (neither served nor left out as invalid).
+fn sluice_policies(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
+    let route_exists = |id: &ObjectRef| {
+        converted.config.routes.iter().any(|r| r.id == *id)
+            || converted
+                .errors
+                .iter()
+                .any(|((k, i), _)| *k == Kind::HttpRoute && i == id)
+    };
+    converted
+        .config
+        .policies
+        .iter()
+        .map(|p| {
+            let mut out = status
+                .policies
+                .iter()
+                .find(|s| {
+                    s.kind == "SluicePolicy" && s.namespace == p.id.namespace && s.name == p.id.name
+                })
+                .cloned()
+                .unwrap_or_else(|| PolicyStatus {
+                    kind: "SluicePolicy",
+                    namespace: p.id.namespace.clone(),
+                    name: p.id.name.clone(),
+                    ancestors: vec![],
+                });
+            for t in &p.targets {
+                let id = ObjectRef::new(&p.id.namespace, &t.name);
+                if t.group != super::watch::GATEWAY_GROUP
+                    || t.kind != "HTTPRoute"
+                    || route_exists(&id)
+                {
+                    continue;
+                }
+                let ancestor_ref = ParentRefStatus {
+                    group: super::watch::GATEWAY_GROUP,
+                    kind: "HTTPRoute",
+                    namespace: id.namespace.clone(),
+                    name: id.name.clone(),
+                    section_name: t.section_name.clone(),
+                    port: None,
+                };
+                if out.ancestors.len() < MAX_POLICY_ANCESTORS {
+                    out.ancestors.push(PolicyAncestorStatus {
+                        ancestor_ref,
+                        controller_name: CONTROLLER_NAME,
+                        conditions: vec![condition(
+                            "Accepted",
+                            "TargetNotFound",
+                            format!("HTTPRoute {id} not found"),
+                        )],
+                    });
+                }
+            }
+            ObjectStatus::SluicePolicy(out)
+        })
+        .collect()
 }
 
 /// Errors of the status writer.
@@ -252,6 +325,21 @@ impl ApiStatusWriter {
             return Ok(false);
         };
         let current_status = current.data.get("status").cloned().unwrap_or(Value::Null);
+        if let ObjectStatus::SluicePolicy(p) = status {
+            // Nothing to report and nothing of ours to remove: no write (a
+            // namespace full of unattached policies costs no API calls).
+            let ours = current_status
+                .get("ancestors")
+                .and_then(|a| a.as_array())
+                .is_some_and(|a| {
+                    a.iter().any(|a| {
+                        a.get("controllerName").and_then(|c| c.as_str()) == Some(CONTROLLER_NAME)
+                    })
+                });
+            if p.ancestors.is_empty() && !ours {
+                return Ok(false);
+            }
+        }
         let now = Timestamp::now().to_string();
         let desired = render(status, &current_status, &now);
         if strip_times(&desired) == strip_times(&project(&current_status, &desired)) {
@@ -353,7 +441,7 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
             }
             json!({"parents": out})
         }
-        ObjectStatus::BackendTlsPolicy(p) => {
+        ObjectStatus::BackendTlsPolicy(p) | ObjectStatus::SluicePolicy(p) => {
             let old_ancestors = current.get("ancestors").and_then(|a| a.as_array());
             // `ancestors` is atomic like route `parents`: other controllers'
             // entries are carried over; ours come first when the list is
@@ -709,5 +797,125 @@ spec:
         assert!(bad.parents[0].conditions[0]
             .message
             .contains("HTTPRoute a/bad"));
+    }
+
+    const POLICIES: &str = r#"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: on-route, namespace: a, generation: 2}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: ok}, {kind: HTTPRoute, name: missing, sectionName: x}]
+  ipAllow: [10.0.0.0/8]
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: elsewhere, namespace: a, generation: 1}
+spec:
+  targetRefs: [{kind: Gateway, name: not-ours}]
+  ipAllow: [10.0.0.0/8]
+"#;
+
+    #[test]
+    fn every_sluice_policy_gets_status_with_missing_routes_and_invalid_ones() {
+        let mut config = crate::config::parse_documents([(
+            std::path::Path::new("t.yaml"),
+            format!("{CONFIG}{POLICIES}").as_str(),
+        )])
+        .unwrap();
+        // As the Kubernetes source keeps a policy that did not validate.
+        config.policies.push(crate::config::SluicePolicy {
+            id: ObjectRef::new("a", "broken"),
+            generation: Some(6),
+            created: None,
+            targets: vec![crate::config::PolicyTarget {
+                group: super::super::watch::GATEWAY_GROUP.into(),
+                kind: "HTTPRoute".into(),
+                name: "ok".into(),
+                section_name: None,
+            }],
+            defaults: Default::default(),
+            overrides: Default::default(),
+            invalid: Some("SluicePolicy a/broken: field spec.ipAllow[0]: not a CIDR".into()),
+        });
+        let status = compile(&config, &mut ShardIds::default(), 1).status;
+        let mut converted = Converted {
+            config,
+            ..Converted::default()
+        };
+        for (name, generation) in [("on-route", 2), ("elsewhere", 1), ("broken", 6)] {
+            converted
+                .generations
+                .insert((Kind::SluicePolicy, ObjectRef::new("a", name)), generation);
+        }
+        let out = objects(&status, &converted);
+        let policy = |name: &str| {
+            out.iter()
+                .find_map(|o| match o {
+                    ObjectStatus::SluicePolicy(p) if p.name == name => Some(p),
+                    _ => None,
+                })
+                .unwrap_or_else(|| panic!("no status for {name}"))
+        };
+        let summary = |p: &PolicyStatus| -> Vec<(String, String, &'static str, Option<i64>)> {
+            p.ancestors
+                .iter()
+                .map(|a| {
+                    let c = &a.conditions[0];
+                    assert_eq!(c.kind, "Accepted");
+                    (
+                        a.ancestor_ref.kind.to_owned(),
+                        a.ancestor_ref.name.clone(),
+                        c.reason,
+                        c.observed_generation,
+                    )
+                })
+                .collect()
+        };
+        assert_eq!(
+            summary(policy("on-route")),
+            [
+                ("Gateway".into(), "gw".into(), "Accepted", Some(2)),
+                (
+                    "HTTPRoute".into(),
+                    "missing".into(),
+                    "TargetNotFound",
+                    Some(2)
+                ),
+            ]
+        );
+        let missing = &policy("on-route").ancestors[1];
+        assert_eq!(missing.ancestor_ref.section_name.as_deref(), Some("x"));
+        assert_eq!(
+            missing.conditions[0].message,
+            "HTTPRoute a/missing not found"
+        );
+        // Nothing of ours applies: an empty list (removes stale entries).
+        assert!(policy("elsewhere").ancestors.is_empty());
+        let broken = summary(policy("broken"));
+        assert_eq!(
+            broken,
+            [("Gateway".into(), "gw".into(), "Invalid", Some(6))]
+        );
+        assert!(policy("broken").ancestors[0].conditions[0]
+            .message
+            .contains("spec.ipAllow[0]"));
+    }
+
+    #[test]
+    fn sluice_policy_ancestors_of_ours_are_replaced_and_others_kept() {
+        let current = json!({"ancestors": [
+            {"controllerName": CONTROLLER_NAME, "ancestorRef": {"name": "stale"}, "conditions": []},
+            {"controllerName": "other.io/x", "ancestorRef": {"name": "o"}, "conditions": []},
+        ]});
+        let status = ObjectStatus::SluicePolicy(PolicyStatus {
+            kind: "SluicePolicy",
+            namespace: "a".into(),
+            name: "p".into(),
+            ancestors: vec![],
+        });
+        let out = render(&status, &current, "T");
+        assert_eq!(out["ancestors"].as_array().unwrap().len(), 1);
+        assert_eq!(out["ancestors"][0]["controllerName"], "other.io/x");
     }
 }

@@ -7,7 +7,8 @@
 //! selector, for namespace identity, see [`super::pods`]), this agent's own
 //! Node (its labels select Gateways, see [`super::node_select`]), and only
 //! the Secrets and ConfigMaps that the configuration references
-//! ([`super::held`]). Objects are
+//! ([`super::held`]): TLS Secrets of Gateways, Opaque Secrets of
+//! SluicePolicies, CA and JWKS ConfigMaps. Objects are
 //! trimmed before they are stored: nobody reads `managedFields`, and of a Pod
 //! or a Node only a few fields.
 use std::{
@@ -45,12 +46,14 @@ pub enum Kind {
     HttpRoute,
     ReferenceGrant,
     BackendTlsPolicy,
+    /// `sluice.dev/v1alpha1` SluicePolicy.
+    SluicePolicy,
     Service,
     EndpointSlice,
     Namespace,
-    /// Only referenced `kubernetes.io/tls` Secrets ([`super::held`]).
+    /// Only referenced `kubernetes.io/tls` and `Opaque` Secrets ([`super::held`]).
     Secret,
-    /// Only referenced ConfigMaps (CA bundles, [`super::held`]).
+    /// Only referenced ConfigMaps (CA bundles, JWKS; [`super::held`]).
     ConfigMap,
     /// Pods on this node.
     Pod,
@@ -60,12 +63,13 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 8] = [
+    pub const ALL: [Kind; 9] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::ReferenceGrant,
         Kind::BackendTlsPolicy,
+        Kind::SluicePolicy,
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
@@ -84,6 +88,12 @@ impl Kind {
                 "BackendTLSPolicy",
                 "backendtlspolicies",
             ),
+            Kind::SluicePolicy => (
+                crate::config::policy::SLUICE_GROUP,
+                "v1alpha1",
+                "SluicePolicy",
+                "sluicepolicies",
+            ),
             Kind::Service => ("", "v1", "Service", "services"),
             Kind::EndpointSlice => ("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices"),
             Kind::Namespace => ("", "v1", "Namespace", "namespaces"),
@@ -96,10 +106,14 @@ impl Kind {
     }
 
     /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
-    /// than v1.4 without BackendTLSPolicy v1, or RBAC not updated yet for
-    /// them) must not keep the agent from serving everything else.
+    /// than v1.4 without BackendTLSPolicy v1 or a cluster without the
+    /// SluicePolicy CRD, or RBAC not updated yet for them) must not keep the
+    /// agent from serving everything else.
     pub fn optional(self) -> bool {
-        matches!(self, Kind::BackendTlsPolicy | Kind::ConfigMap)
+        matches!(
+            self,
+            Kind::BackendTlsPolicy | Kind::SluicePolicy | Kind::ConfigMap
+        )
     }
 
     fn namespaced(self) -> bool {
@@ -114,9 +128,11 @@ pub type Stores = BTreeMap<Kind, Store<DynamicObject>>;
 pub struct Watches {
     /// The config kinds ([`Kind::ALL`]) plus [`Kind::Pod`] and [`Kind::Node`].
     pub stores: Stores,
-    /// Referenced TLS Secrets.
+    /// Referenced TLS Secrets (Gateways).
     pub secrets: HeldStore,
-    /// Referenced ConfigMaps (CA bundles).
+    /// Referenced Opaque Secrets (SluicePolicies: API keys, htpasswd, JWKS).
+    pub policy_secrets: HeldStore,
+    /// Referenced ConfigMaps (CA bundles, JWKS).
     pub config_maps: HeldStore,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -217,10 +233,12 @@ impl Watches {
             store
         };
         let secrets = held(HeldKind::SECRETS);
+        let policy_secrets = held(HeldKind::OPAQUE_SECRETS);
         let config_maps = held(HeldKind::CONFIG_MAPS);
         Self {
             stores,
             secrets,
+            policy_secrets,
             config_maps,
             tasks,
         }
@@ -233,7 +251,23 @@ impl Watches {
             let _ = store.wait_until_ready().await;
         }
         self.secrets.synced().await;
+        self.policy_secrets.synced().await;
         self.config_maps.synced().await;
+    }
+
+    /// Every held Secret (TLS and Opaque).
+    pub fn held_secrets(&self) -> Vec<DynamicObject> {
+        let mut all = self.secrets.held();
+        all.extend(self.policy_secrets.held());
+        all
+    }
+
+    /// `namespace/name` of every held Secret, sorted.
+    pub fn held_secret_names(&self) -> Vec<String> {
+        let mut all = self.secrets.held_names();
+        all.extend(self.policy_secrets.held_names());
+        all.sort();
+        all
     }
 
     pub fn stop(&self) {

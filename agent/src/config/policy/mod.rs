@@ -2,6 +2,7 @@
 //! generated from ([`wire`]), its validated form ([`model`]) and the
 //! conversion between them ([`convert`]).
 pub mod convert;
+pub mod crd;
 pub mod model;
 pub mod wire;
 

@@ -30,6 +30,9 @@ macro_rules! sections {
             status = "SluicePolicyStatus",
             shortname = "spol",
             category = "sluice",
+            label("app.kubernetes.io/name", "sluice"),
+            // GEP-713 policy class: a Gateway-level policy applies to what the Gateway serves.
+            label("gateway.networking.k8s.io/policy", "Inherited"),
             printcolumn = r#"{"name":"Target-Kind","type":"string","jsonPath":".spec.targetRefs[0].kind"}"#,
             printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
             printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
@@ -107,13 +110,18 @@ sections! {
 pub struct TargetRef {
     /// `gateway.networking.k8s.io`.
     #[serde(default = "gateway_group")]
+    #[schemars(length(max = 253))]
     pub group: String,
     /// `Gateway` or `HTTPRoute`.
+    // The lengths bound the cost of the distinctness rule on `targetRefs`,
+    // which the API server estimates before accepting the CRD.
+    #[schemars(length(min = 1, max = 63))]
     pub kind: String,
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
     /// A listener name (Gateway) or a rule name (HTTPRoute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
     pub section_name: Option<String>,
 }
 
@@ -137,6 +145,8 @@ pub struct Jwt {
     pub providers: Vec<JwtProvider>,
     /// Where tokens are read from, in order; default `Authorization: Bearer`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    // Bounded so the API server's cost estimate of the per-item rule fits.
+    #[schemars(length(min = 1, max = 8))]
     pub token_sources: Option<Vec<TokenSource>>,
     /// Keep the token on the upstream request (default: removed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -309,6 +319,10 @@ pub struct ExtAuth {
     pub fail_open: Option<bool>,
 }
 
+// Unsigned fields carry an OpenAPI `format` Kubernetes knows (`int32`,
+// `int64`): schemars' `uint16`/`uint32`/`uint64` make the API server warn on
+// every apply. `minimum`/`maximum` still bound them.
+
 /// A Service port (another namespace needs a ReferenceGrant).
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -320,6 +334,7 @@ pub struct BackendRef {
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespace: Option<String>,
+    #[schemars(extend("format" = "int32"))]
     pub port: u16,
 }
 
@@ -344,6 +359,7 @@ pub struct HttpAuthConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct ForwardBody {
     /// Bytes of the request body buffered and sent to the service.
+    #[schemars(extend("format" = "int32"))]
     pub max_size: u32,
 }
 
@@ -440,9 +456,11 @@ pub struct ClaimMatch {
 pub struct Limits {
     /// Larger request bodies get 413 (counted as they stream).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"))]
     pub max_request_body_bytes: Option<u64>,
     /// Requests whose header block (names, values, separators) is larger get 431.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
     pub max_request_headers_bytes: Option<u32>,
 }
 
@@ -497,6 +515,7 @@ pub struct Cors {
     pub expose_headers: Vec<String>,
     /// Seconds (default 5).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
     pub max_age: Option<u32>,
 }
 
@@ -506,6 +525,7 @@ pub struct Cors {
 pub struct SluicePolicyStatus {
     /// One entry per Gateway the policy takes effect through (at most 16).
     #[serde(default)]
+    #[schemars(length(max = 16))]
     pub ancestors: Vec<PolicyAncestorStatus>,
 }
 
