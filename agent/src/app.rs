@@ -12,12 +12,12 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{
-    admin::{AdminServer, AdminState, SourceHealth},
+    admin::{AdminServer, AdminState, ConfigSource, SourceHealth},
     config::{self, ObjectRef},
     gateway::Proxy,
     kernel::{KernelDatapath, KernelError, KernelOptions, SockmapPref},
     kube::{KubeSource, StalenessCollector},
-    metrics::{KernelCounters, Metrics, ModeLabels},
+    metrics::{KernelCounters, Metrics, ModeLabels, ProcessCollector, ShardCollector},
     reload::{ReloadError, Runtime},
     snapshot::Snapshot,
 };
@@ -193,12 +193,6 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
-    if let Some(shared) = &kernel {
-        registry.register_collector(Box::new(KernelCounters {
-            kernel: shared.clone(),
-            snapshot: snapshot.clone(),
-        }));
-    }
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone()),
@@ -213,11 +207,23 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     );
     runtime.identity = settings.identity.clone();
     let runtime = Arc::new(runtime);
+    if let Some(shared) = &runtime.kernel {
+        registry.register_collector(Box::new(KernelCounters {
+            kernel: shared.clone(),
+            snapshot: snapshot.clone(),
+            desired: runtime.kernel_applied(),
+        }));
+    }
+    registry.register_collector(Box::new(ShardCollector {
+        runtime: Arc::downgrade(&runtime),
+    }));
+    registry.register_collector(Box::new(ProcessCollector));
     let source_health = Arc::new(SourceHealth::default());
+    // Registered for every source, so dashboards and alerts need not know
+    // which one an agent uses: a local directory is never stale.
+    registry.register_collector(Box::new(StalenessCollector(source_health.clone())));
     let mut watcher = None;
-    if settings.kubernetes.is_some() {
-        registry.register_collector(Box::new(StalenessCollector(source_health.clone())));
-    } else {
+    if settings.kubernetes.is_none() {
         // The first load must succeed; later ones may be rejected and keep this one.
         if let Err(e) = runtime.load_and_apply().await {
             runtime.shutdown().await;
@@ -263,6 +269,19 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         config_notes: runtime.notes.clone(),
         status: runtime.status.clone(),
         source_health,
+        config_source: match &settings.kubernetes {
+            Some(k) => ConfigSource::Kubernetes {
+                watch_namespace: k.watch_namespace.clone(),
+                node_name: k.node_name.clone(),
+                gateway_selector: k.gateway_selector.clone(),
+            },
+            None => ConfigSource::Directory {
+                path: settings.config_dir.clone(),
+                watched: settings.watch_config,
+            },
+        },
+        runtime: Arc::downgrade(&runtime),
+        started: std::time::SystemTime::now(),
         request_drift_check: runtime.kernel.is_some().then(|| {
             // Weak: the admin state must not keep the kernel datapath alive
             // (its drop detaches the programs).

@@ -1,7 +1,14 @@
 //! Prometheus metrics: L7 request counters and latency by shard / route / status
-//! class, the datapath mode, and the eBPF packet and sockmap fast path counters
-//! read from the maps at scrape time.
-use std::sync::{Arc, Mutex};
+//! class, the datapath mode, config reloads, shard connections, process
+//! stats, and the eBPF packet and sockmap fast path counters and map
+//! occupancy read at scrape time.
+//!
+//! Naming follows the Prometheus conventions (checked by `promtool check
+//! metrics` and by tests): base units in the name (`_seconds`, `_bytes`),
+//! counters end in `_total` (prometheus-client appends it), and labels take
+//! values from the configuration or from enums only — never from request
+//! data (paths, hosts, client addresses), so series stay bounded.
+use std::sync::{atomic::AtomicU64, Arc, Mutex, Weak};
 
 use arc_swap::ArcSwap;
 use prometheus_client::{
@@ -18,7 +25,79 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{kernel::KernelDatapath, snapshot::Snapshot};
+use crate::{
+    kernel::{KernelDatapath, KernelDesired},
+    reload::Runtime,
+    snapshot::Snapshot,
+};
+
+/// `sluice_xdp_packets_total{shard,reason}` (eBPF datapath only).
+pub const XDP_PACKETS: &str = "sluice_xdp_packets";
+/// `sluice_xdp_attached{interface,mode}` (eBPF datapath only).
+pub const XDP_ATTACHED: &str = "sluice_xdp_attached";
+/// `sluice_sockmap_events_total{event}` (eBPF datapath only).
+pub const SOCKMAP_EVENTS: &str = "sluice_sockmap_events";
+/// `sluice_bpf_map_entries{map}` (eBPF datapath only).
+pub const BPF_MAP_ENTRIES: &str = "sluice_bpf_map_entries";
+/// `sluice_bpf_map_entries_limit{map}` (eBPF datapath only).
+pub const BPF_MAP_ENTRIES_LIMIT: &str = "sluice_bpf_map_entries_limit";
+
+/// A metric family only an agent with the eBPF datapath exposes.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFamily {
+    /// The family name (a counter's samples add `_total`).
+    pub name: &'static str,
+    pub kind: prometheus_client::metrics::MetricType,
+    pub labels: &'static [&'static str],
+}
+
+impl KernelFamily {
+    /// The name its samples (and its text-format `# TYPE`) carry.
+    pub fn sample_name(&self) -> String {
+        match self.kind {
+            prometheus_client::metrics::MetricType::Counter => format!("{}_total", self.name),
+            _ => self.name.to_owned(),
+        }
+    }
+
+    /// Its type as the exposition writes it.
+    pub fn type_name(&self) -> &str {
+        self.kind.as_str()
+    }
+}
+
+/// The families the [`KernelCounters`] collector encodes (exactly these), so
+/// dashboards and tests can tell them from the metrics every agent has.
+pub const KERNEL_FAMILIES: [KernelFamily; 5] = {
+    use prometheus_client::metrics::MetricType::{Counter, Gauge};
+    [
+        KernelFamily {
+            name: XDP_PACKETS,
+            kind: Counter,
+            labels: &["shard", "reason"],
+        },
+        KernelFamily {
+            name: XDP_ATTACHED,
+            kind: Gauge,
+            labels: &["interface", "mode"],
+        },
+        KernelFamily {
+            name: SOCKMAP_EVENTS,
+            kind: Counter,
+            labels: &["event"],
+        },
+        KernelFamily {
+            name: BPF_MAP_ENTRIES,
+            kind: Gauge,
+            labels: &["map"],
+        },
+        KernelFamily {
+            name: BPF_MAP_ENTRIES_LIMIT,
+            kind: Gauge,
+            labels: &["map"],
+        },
+    ]
+};
 
 /// A label value shared with the snapshot without copying per request.
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
@@ -86,6 +165,10 @@ pub struct Metrics {
     pub datapath_mode: Family<ModeLabels, Gauge>,
     pub config_reloads: Family<ConfigLabels, Counter>,
     pub config_generation: Gauge,
+    /// 1 when the last configuration change was applied, 0 when rejected.
+    pub config_last_reload_successful: Gauge,
+    /// When a configuration was last applied (Unix seconds).
+    pub config_last_success_timestamp: Gauge<f64, AtomicU64>,
     /// eBPF map entries found different from the applied state (and repaired).
     pub bpf_map_drift: Family<MapLabels, Counter>,
     /// Failed eBPF map reads and writes of the reconciler (each try).
@@ -109,6 +192,8 @@ impl Default for Metrics {
             datapath_mode: Family::default(),
             config_reloads: Family::default(),
             config_generation: Gauge::default(),
+            config_last_reload_successful: Gauge::default(),
+            config_last_success_timestamp: Gauge::default(),
             bpf_map_drift: Family::default(),
             bpf_reconcile_errors: Family::default(),
             sockmap_enabled: Gauge::default(),
@@ -146,6 +231,17 @@ impl Metrics {
             self.config_generation.clone(),
         );
         registry.register(
+            "sluice_config_last_reload_successful",
+            "1 when the last configuration change was applied, 0 when it was rejected \
+             (the previous configuration keeps serving) or none was applied yet",
+            self.config_last_reload_successful.clone(),
+        );
+        registry.register(
+            "sluice_config_last_reload_success_timestamp_seconds",
+            "When a configuration was last applied, in seconds since the Unix epoch",
+            self.config_last_success_timestamp.clone(),
+        );
+        registry.register(
             "sluice_bpf_map_drift",
             "eBPF map entries found different from the applied configuration (missing, \
              changed or extra) by the periodic check, and repaired; by map",
@@ -165,11 +261,14 @@ impl Metrics {
     }
 }
 
-/// Reads the per-CPU packet counters of `xdp_ingress` at scrape time.
+/// Reads the per-CPU packet counters of `xdp_ingress`, the fast path
+/// counters and map occupancy at scrape time.
 #[derive(Debug)]
 pub struct KernelCounters {
     pub kernel: Arc<Mutex<KernelDatapath>>,
     pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Map contents of the served configuration (see [`Runtime::kernel_applied`]).
+    pub desired: Arc<Mutex<KernelDesired>>,
 }
 
 impl std::fmt::Debug for KernelDatapath {
@@ -192,6 +291,11 @@ struct FastPathLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BpfMapLabels {
+    map: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct XdpIfaceLabels {
     interface: String,
     mode: &'static str,
@@ -201,7 +305,7 @@ impl Collector for KernelCounters {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let snapshot = self.snapshot.load();
         let ids: Vec<u32> = snapshot.shards.iter().map(|s| s.id).collect();
-        let (counters, ifaces, fast_path) = {
+        let (counters, ifaces, fast_path, limits) = {
             let Ok(kernel) = self.kernel.lock() else {
                 return Ok(());
             };
@@ -209,10 +313,15 @@ impl Collector for KernelCounters {
                 kernel.counters(&ids),
                 kernel.xdp_interfaces().clone(),
                 kernel.fast_path_counters(),
+                kernel.map_limits().clone(),
             )
         };
+        let entries = match self.desired.lock() {
+            Ok(d) => d.entries_by_map(),
+            Err(_) => return Ok(()),
+        };
         let mut family = encoder.encode_descriptor(
-            "sluice_xdp_packets",
+            XDP_PACKETS,
             "Packets seen by xdp_ingress, by shard and verdict reason",
             None,
             prometheus_client::metrics::MetricType::Counter,
@@ -229,7 +338,7 @@ impl Collector for KernelCounters {
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
-            "sluice_xdp_attached",
+            XDP_ATTACHED,
             "1 per interface with xdp_ingress attached, by attach mode",
             None,
             prometheus_client::metrics::MetricType::Gauge,
@@ -243,7 +352,7 @@ impl Collector for KernelCounters {
                 .encode(family.encode_family(&labels)?)?;
         }
         let mut family = encoder.encode_descriptor(
-            "sluice_sockmap_events",
+            SOCKMAP_EVENTS,
             "Sockmap fast path events: sockets tracked, messages redirected to the peer \
              socket or passed to TCP",
             None,
@@ -254,6 +363,198 @@ impl Collector for KernelCounters {
                 event: event.label(),
             };
             ConstCounter::new(value).encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            BPF_MAP_ENTRIES,
+            "Entries the agent programmed into each eBPF map it reconciles (the maps hold \
+             exactly these; the drift check repairs differences)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (map, n) in entries {
+            prometheus_client::metrics::gauge::ConstGauge::new(n as i64)
+                .encode(family.encode_family(&BpfMapLabels { map })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            BPF_MAP_ENTRIES_LIMIT,
+            "Capacity (max_entries) of each sizable eBPF map (--map-size); SYN_BUDGET and \
+             SOCK_PAIRS are filled by the kernel programs (LRU / socket hash)",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (map, n) in limits {
+            prometheus_client::metrics::gauge::ConstGauge::new(i64::from(n))
+                .encode(family.encode_family(&BpfMapLabels { map })?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Per-shard connection use, read from the running shards at scrape time.
+/// Holds the runtime weakly: metrics must not keep a stopped agent alive.
+#[derive(Debug)]
+pub struct ShardCollector {
+    pub runtime: Weak<Runtime>,
+}
+
+impl Collector for ShardCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Some(runtime) = self.runtime.upgrade() else {
+            return Ok(());
+        };
+        let snapshot = runtime.snapshot.load();
+        let connections = runtime.shard_connections();
+        let named = || {
+            connections.iter().filter_map(|(id, c)| {
+                let shard = snapshot.shard(*id)?;
+                Some((
+                    ShardLabels {
+                        shard: Name(shard.name.clone()),
+                    },
+                    *c,
+                ))
+            })
+        };
+        let mut family = encoder.encode_descriptor(
+            "sluice_shard_connections",
+            "Open downstream connections of each shard (Gateway); at the limit it may read \
+             up to one per listening socket low",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, c) in named() {
+            prometheus_client::metrics::gauge::ConstGauge::new(c.open as i64)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "sluice_shard_connections_limit",
+            "Connection limit of each shard (its bulkhead): connections beyond it wait \
+             in the listen backlog",
+            None,
+            prometheus_client::metrics::MetricType::Gauge,
+        )?;
+        for (labels, c) in named() {
+            prometheus_client::metrics::gauge::ConstGauge::new(c.limit as i64)
+                .encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}
+
+/// Resource use of this process, from procfs.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProcessStats {
+    /// User plus system CPU time.
+    pub cpu_seconds: f64,
+    pub resident_memory_bytes: u64,
+    pub virtual_memory_bytes: u64,
+    /// Unix time the process started.
+    pub start_time_seconds: f64,
+    pub threads: u64,
+    pub open_fds: u64,
+    pub max_fds: u64,
+}
+
+impl ProcessStats {
+    /// Reads `/proc/self/stat`, `/proc/stat` (boot time) and `/proc/self/fd`;
+    /// `None` where procfs is not mounted.
+    pub fn read() -> Option<Self> {
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // The command name is in parentheses and may contain spaces: fields
+        // are counted from the last ')'. `rest[0]` is field 3 of proc(5).
+        let rest: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        let field = |n: usize| rest.get(n - 3)?.parse::<u64>().ok();
+        // SAFETY: sysconf has no preconditions.
+        let (ticks, page) = unsafe {
+            (
+                libc::sysconf(libc::_SC_CLK_TCK),
+                libc::sysconf(libc::_SC_PAGESIZE),
+            )
+        };
+        let ticks = if ticks > 0 { ticks as f64 } else { 100.0 };
+        let page = u64::try_from(page).unwrap_or(4096);
+        let boot_time = std::fs::read_to_string("/proc/stat")
+            .ok()?
+            .lines()
+            .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())?;
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes into the struct we pass.
+        let max_fds = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0 {
+            limit.rlim_cur
+        } else {
+            0
+        };
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            threads: field(20)?,
+            start_time_seconds: boot_time as f64 + field(22)? as f64 / ticks,
+            virtual_memory_bytes: field(23)?,
+            resident_memory_bytes: field(24)? * page,
+            open_fds: std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count() as u64),
+            max_fds,
+        })
+    }
+}
+
+/// The standard `process_*` metrics (the names every Prometheus client
+/// library uses, so existing dashboards and alerts work), read at scrape time.
+#[derive(Debug, Default)]
+pub struct ProcessCollector;
+
+impl Collector for ProcessCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        use prometheus_client::metrics::{gauge::ConstGauge, MetricType};
+        let Some(p) = ProcessStats::read() else {
+            return Ok(());
+        };
+        ConstCounter::new(p.cpu_seconds).encode(encoder.encode_descriptor(
+            "process_cpu_seconds",
+            "User and system CPU time spent, in seconds",
+            None,
+            MetricType::Counter,
+        )?)?;
+        let gauges: [(&str, &str, f64); 6] = [
+            (
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                p.resident_memory_bytes as f64,
+            ),
+            (
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                p.virtual_memory_bytes as f64,
+            ),
+            (
+                "process_start_time_seconds",
+                "Start time of the process since the Unix epoch, in seconds",
+                p.start_time_seconds,
+            ),
+            ("process_threads", "Number of OS threads", p.threads as f64),
+            (
+                "process_open_fds",
+                "Number of open file descriptors",
+                p.open_fds as f64,
+            ),
+            (
+                "process_max_fds",
+                "Limit of open file descriptors",
+                p.max_fds as f64,
+            ),
+        ];
+        for (name, help, value) in gauges {
+            ConstGauge::new(value).encode(encoder.encode_descriptor(
+                name,
+                help,
+                None,
+                MetricType::Gauge,
+            )?)?;
         }
         Ok(())
     }

@@ -84,6 +84,22 @@ pub enum ReloadError {
     Cancelled(&'static str),
 }
 
+/// Connection use of one shard's bulkhead.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct ShardConnections {
+    /// Downstream connections accepted and not yet closed.
+    pub open: usize,
+    /// The shard's connection limit (`max_connections_per_shard`).
+    pub limit: usize,
+}
+
+/// Seconds since the Unix epoch, for timestamps shown to operators.
+pub(crate) fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// Where a served Gateway receives connections.
 #[derive(Debug, Clone)]
 pub struct ShardInfo {
@@ -101,6 +117,14 @@ struct RunningShard {
     /// Userspace: keyed by the bound (address, port). eBPF: by the steering
     /// socket's own address.
     servers: BTreeMap<SocketAddr, ShardServer>,
+}
+
+impl std::fmt::Debug for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Runtime")
+            .field("generation", &self.generation())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Everything a configuration change touches.
@@ -121,9 +145,14 @@ pub struct Runtime {
     ids: Mutex<ShardIds>,
     generation: AtomicU64,
     /// The kernel state of the snapshot being served, to return to when a
-    /// later reconcile fails halfway.
-    kernel_applied: Mutex<KernelDesired>,
+    /// later reconcile fails halfway. Shared with the metrics collector,
+    /// which reports map occupancy from it.
+    kernel_applied: Arc<Mutex<KernelDesired>>,
     shards: tokio::sync::Mutex<BTreeMap<ShardId, RunningShard>>,
+    /// Each running shard's connection limit and number of accept loops,
+    /// readable without waiting for a reload in progress (the admin page and
+    /// metrics read it).
+    connection_limits: Mutex<BTreeMap<ShardId, (Arc<Semaphore>, usize)>>,
     /// Retries of failed map updates, and what cancels them.
     pub retry_policy: RetryPolicy,
     interrupt: Interrupt,
@@ -156,8 +185,9 @@ impl Runtime {
             identity: Default::default(),
             ids: Mutex::default(),
             generation: AtomicU64::new(0),
-            kernel_applied: Mutex::default(),
+            kernel_applied: Arc::default(),
             shards: tokio::sync::Mutex::default(),
+            connection_limits: Mutex::default(),
             retry_policy: RetryPolicy::default(),
             interrupt: Interrupt::default(),
             drift_requested: tokio::sync::Notify::new(),
@@ -361,6 +391,13 @@ impl Runtime {
             }
             true
         });
+        *self.connection_limits.lock().expect("limits lock") = running
+            .iter()
+            .map(|(id, s)| {
+                let loops = s.servers.values().map(|srv| srv.local_addrs().len()).sum();
+                (*id, (s.limit.clone(), loops))
+            })
+            .collect();
         let sockets = running
             .values()
             .map(|s| {
@@ -408,10 +445,14 @@ impl Runtime {
             .config_reloads
             .get_or_create(&ConfigLabels { result: "applied" })
             .inc();
+        let now = unix_now();
+        self.metrics.config_last_reload_successful.set(1);
+        self.metrics.config_last_success_timestamp.set(now);
         {
             let mut notes = self.notes.lock().expect("notes lock");
             notes.warnings = compiled.warnings.clone();
             notes.sockets = sockets;
+            notes.last_applied_at = Some(now);
         }
         *self.status.lock().expect("status lock") = compiled.status;
         for w in &compiled.warnings {
@@ -522,7 +563,37 @@ impl Runtime {
             .config_reloads
             .get_or_create(&ConfigLabels { result: "rejected" })
             .inc();
-        self.notes.lock().expect("notes lock").last_rejection = Some(error.to_string());
+        self.metrics.config_last_reload_successful.set(0);
+        let mut notes = self.notes.lock().expect("notes lock");
+        notes.last_rejection = Some(error.to_string());
+        notes.last_rejected_at = Some(unix_now());
+    }
+
+    /// The kernel state of the served snapshot, shared (read-only use) with
+    /// the metrics collector that reports map occupancy.
+    pub fn kernel_applied(&self) -> Arc<Mutex<KernelDesired>> {
+        self.kernel_applied.clone()
+    }
+
+    /// Open downstream connections and the connection limit of each running
+    /// shard (its bulkhead). Every accepted connection holds one permit of
+    /// the shard's semaphore until it closes, and each accept loop takes its
+    /// permit before accepting; those are not connections and are counted
+    /// out. Exact below the limit; at the limit a loop may be waiting for a
+    /// permit instead of holding one, so `open` can read up to one per
+    /// socket low there.
+    pub fn shard_connections(&self) -> BTreeMap<ShardId, ShardConnections> {
+        self.connection_limits
+            .lock()
+            .expect("limits lock")
+            .iter()
+            .map(|(id, (sem, loops))| {
+                let limit = self.max_connections;
+                let held = limit.saturating_sub(sem.available_permits());
+                let open = held.saturating_sub(*loops);
+                (*id, ShardConnections { open, limit })
+            })
+            .collect()
     }
 
     /// Where each served Gateway receives connections now.
@@ -563,6 +634,7 @@ impl Runtime {
             );
         }
         let mut running = self.shards.lock().await;
+        self.connection_limits.lock().expect("limits lock").clear();
         for (_, shard) in std::mem::take(&mut *running) {
             for (_, server) in shard.servers {
                 if handover {

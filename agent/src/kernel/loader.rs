@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, os::fd::AsRawFd, path::PathBuf};
 
 use aya::{
-    maps::{Array, MapData, PerCpuArray, SockMap},
+    maps::{Array, Map, MapData, PerCpuArray, SockMap},
     programs::{
         links::{FdLink, PinnedLink},
         xdp::XdpLink,
@@ -97,6 +97,8 @@ pub struct KernelDatapath {
     /// Whether the sockmap fast path is attached.
     sockmap: bool,
     xdp: BTreeMap<String, XdpAttachMode>,
+    /// Capacity (`max_entries`) of each sizable map, as the kernel created it.
+    map_limits: BTreeMap<&'static str, u32>,
     /// cgroup the connect hooks are attached to, if any.
     cgroup: Option<PathBuf>,
     owner: Array<MapData, u32>,
@@ -174,6 +176,10 @@ impl KernelDatapath {
                 KernelError::Load(e)
             }
         })?;
+        let map_limits = super::SIZABLE_MAPS
+            .iter()
+            .filter_map(|&name| Some((name, max_entries(ebpf.map(name)?)?)))
+            .collect();
         let logger = match aya_log::EbpfLogger::init(&mut ebpf) {
             Ok(logger) => Some(tokio::spawn(pump_logs(logger))),
             Err(e) => {
@@ -262,6 +268,7 @@ impl KernelDatapath {
             fast_path_counters: take(&mut ebpf, "FASTPATH_COUNTERS")?,
             sockmap,
             xdp,
+            map_limits,
             _ebpf: ebpf,
             logger,
         })
@@ -275,6 +282,11 @@ impl KernelDatapath {
     /// The cgroup with the connect4/connect6 hooks, if attached.
     pub fn connect_hooks_cgroup(&self) -> Option<&std::path::Path> {
         self.cgroup.as_deref()
+    }
+
+    /// Capacity of each sizable map (`--map-size`), as the kernel reports it.
+    pub fn map_limits(&self) -> &BTreeMap<&'static str, u32> {
+        &self.map_limits
     }
 
     /// Whether the sockmap fast path is attached.
@@ -343,6 +355,22 @@ impl KernelDatapath {
         }
         out
     }
+}
+
+/// The kernel's `max_entries` of a loaded map (of the kinds this object
+/// defines); `None` when the kernel does not say.
+fn max_entries(map: &Map) -> Option<u32> {
+    let data = match map {
+        Map::HashMap(d)
+        | Map::LruHashMap(d)
+        | Map::LpmTrie(d)
+        | Map::Array(d)
+        | Map::PerCpuArray(d)
+        | Map::SockHash(d)
+        | Map::SockMap(d) => d,
+        _ => return None,
+    };
+    data.info().ok().map(|i| i.max_entries())
 }
 
 fn xdp_err(action: &str, source: aya::programs::ProgramError) -> KernelError {

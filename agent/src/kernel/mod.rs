@@ -46,6 +46,21 @@ pub struct KernelDesired {
     pub admissions: std::collections::BTreeSet<sluice_common::AdmitKey>,
 }
 
+impl KernelDesired {
+    /// Entries per map (by map name), for occupancy reporting: the maps hold
+    /// exactly these once reconciled (the drift check repairs differences).
+    pub fn entries_by_map(&self) -> [(&'static str, usize); 6] {
+        [
+            ("LISTENERS", self.listeners.len()),
+            ("PORT_RANGES", self.port_ranges.len()),
+            ("SOURCE_RULES", self.source_rules.len()),
+            ("SOURCE_NS", self.source_namespaces.len()),
+            ("CGROUP_NS", self.cgroup_namespaces.len()),
+            ("ADMISSION", self.admissions.len()),
+        ]
+    }
+}
+
 /// One LPM entry: shard + source prefix.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct SourceRule {

@@ -502,8 +502,8 @@ impl Collector for StalenessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         let metric = encoder.encode_descriptor(
             "sluice_config_source_stale_seconds",
-            "Seconds since the config source (Kubernetes API) became unreachable; 0 while reachable. \
-             The last good configuration keeps serving meanwhile.",
+            "Seconds since the config source (Kubernetes API) became unreachable; 0 while reachable \
+             (always 0 for a local directory). The last good configuration keeps serving meanwhile.",
             None,
             MetricType::Gauge,
         )?;

@@ -185,6 +185,25 @@ impl RoutePolicy {
             && self.transform.is_none()
     }
 
+    /// The sections in effect, each with the policy it comes from (for the
+    /// admin page: which policies govern a route).
+    pub fn sections(&self) -> Vec<&SectionMeta> {
+        let mut out: Vec<&SectionMeta> = Vec::new();
+        out.extend(self.broken.iter().map(|b| &*b.section));
+        out.extend(self.ip.iter().map(|i| &*i.meta));
+        out.extend(self.limits.iter().map(|l| &*l.meta));
+        out.extend(self.cors.iter().filter_map(|c| c.meta.as_deref()));
+        out.extend(self.authn.iter().map(|a| match a {
+            Authenticator::Jwt(j) => &*j.meta,
+            Authenticator::ApiKey(k) => &*k.meta,
+            Authenticator::Basic(b) => &*b.meta,
+            Authenticator::Ext(e) => &*e.meta,
+        }));
+        out.extend(self.authz.iter().map(|a| &*a.meta));
+        out.extend(self.transform.iter().map(|t| &*t.meta));
+        out
+    }
+
     /// Pre-route checks: fail-closed, source address, header size.
     pub fn pre_route(&self, ctx: &RequestCtx, parts: &Parts) -> Result<(), Rejection> {
         for ip in &self.ip {

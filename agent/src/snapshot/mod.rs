@@ -224,6 +224,22 @@ impl RouteTable {
             .collect()
     }
 
+    /// Every entry with the hostname it is filed under (`None`: any host the
+    /// listener accepts), for the admin page; matching uses [`Self::find`].
+    pub fn entries(&self) -> impl Iterator<Item = (Option<Hostname>, &RouteEntry)> {
+        let exact = self
+            .exact
+            .iter()
+            .flat_map(|(h, v)| v.iter().map(move |e| (Some(Hostname::Exact(h.clone())), e)));
+        let wildcard = self.wildcard.iter().flat_map(|(s, v)| {
+            v.iter()
+                .map(move |e| (Some(Hostname::Wildcard(s.clone())), e))
+        });
+        exact
+            .chain(wildcard)
+            .chain(self.any.iter().map(|e| (None, e)))
+    }
+
     pub fn len(&self) -> usize {
         self.exact.values().map(Vec::len).sum::<usize>()
             + self.wildcard.iter().map(|(_, v)| v.len()).sum::<usize>()

@@ -1,13 +1,16 @@
-//! Admin endpoint: `/healthz` (process alive), `/readyz` (listeners up and
-//! config applied), `/metrics` (Prometheus text), `/config` (what is served),
-//! `/status` (Gateway API status conditions).
+//! Admin endpoint: `/` (the status page), `/api/overview` (its data as
+//! JSON), `/healthz` (process alive), `/readyz` (listeners up and config
+//! applied), `/metrics` (Prometheus: OpenMetrics when asked for, else text
+//! format 0.0.4), `/config` (what is served), `/status` (Gateway API status
+//! conditions).
 use std::{
     net::SocketAddr,
+    path::PathBuf,
     sync::{
         atomic::{AtomicBool, Ordering},
-        Arc, Mutex,
+        Arc, Mutex, Weak,
     },
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use arc_swap::ArcSwap;
@@ -20,8 +23,16 @@ use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 use crate::{
     control::status::Status,
     gateway::{full, Body},
+    reload::Runtime,
     snapshot::Snapshot,
 };
+
+pub mod exposition;
+pub mod overview;
+
+/// The status page: one self-contained document (inline style and script,
+/// no external assets) that renders `/api/overview` and polls it.
+const STATUS_PAGE: &str = include_str!("status_page.html");
 
 /// State the admin endpoint reports on.
 pub struct AdminState {
@@ -39,6 +50,33 @@ pub struct AdminState {
     /// Asks for an eBPF map drift check now (`POST /reconcile`); `None`
     /// without the eBPF datapath.
     pub request_drift_check: Option<Box<dyn Fn() + Send + Sync>>,
+    /// Where the configuration comes from, for the status page.
+    pub config_source: ConfigSource,
+    /// The running agent, for the status page (weak: the admin state must
+    /// not keep the kernel datapath alive after shutdown).
+    pub runtime: Weak<Runtime>,
+    /// When the agent started.
+    pub started: SystemTime,
+}
+
+/// Where the configuration comes from.
+#[derive(Debug, Clone, serde::Serialize)]
+#[serde(tag = "kind", rename_all = "camelCase")]
+pub enum ConfigSource {
+    /// A directory of YAML documents.
+    #[serde(rename_all = "camelCase")]
+    Directory {
+        path: PathBuf,
+        /// Changes are applied while running.
+        watched: bool,
+    },
+    /// The Kubernetes API.
+    #[serde(rename_all = "camelCase")]
+    Kubernetes {
+        watch_namespace: Option<String>,
+        node_name: String,
+        gateway_selector: Option<String>,
+    },
 }
 
 /// Freshness of a remote config source. Readiness policy: the agent is ready
@@ -77,6 +115,10 @@ impl SourceHealth {
 pub struct ConfigNotes {
     pub warnings: Vec<String>,
     pub last_rejection: Option<String>,
+    /// When a configuration was last applied (Unix seconds).
+    pub last_applied_at: Option<f64>,
+    /// When `last_rejection` happened (Unix seconds).
+    pub last_rejected_at: Option<f64>,
     /// Objects of a per-object source (Kubernetes) left out as invalid,
     /// each with namespace/name and field.
     pub object_errors: Vec<String>,
@@ -170,8 +212,66 @@ fn text(status: StatusCode, body: String, content_type: &'static str) -> Respons
     r
 }
 
+/// The registry encoded as OpenMetrics.
+fn encode_metrics(state: &AdminState) -> Result<String, std::fmt::Error> {
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &state.registry)?;
+    Ok(out)
+}
+
+/// Whether the client asked for OpenMetrics (Prometheus does by default).
+fn wants_openmetrics(req: &Request<Incoming>) -> bool {
+    req.headers()
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("application/openmetrics-text"))
+}
+
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
+        "/" => {
+            let mut r = text(
+                StatusCode::OK,
+                STATUS_PAGE.into(),
+                "text/html; charset=utf-8",
+            );
+            // Enforces what the page promises: nothing is loaded from
+            // anywhere but this agent, so it works offline and leaks nothing.
+            r.headers_mut().insert(
+                header::CONTENT_SECURITY_POLICY,
+                header::HeaderValue::from_static(
+                    "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; \
+                     connect-src 'self'; img-src data:; base-uri 'none'; form-action 'none'",
+                ),
+            );
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                header::HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        "/api/overview" => match encode_metrics(state) {
+            Ok(metrics) => {
+                let samples = exposition::samples(&metrics);
+                let body = overview::build(state, &samples);
+                let mut r = text(
+                    StatusCode::OK,
+                    serde_json::to_string(&body).unwrap_or_default(),
+                    "application/json",
+                );
+                r.headers_mut().insert(
+                    header::CACHE_CONTROL,
+                    header::HeaderValue::from_static("no-store"),
+                );
+                r
+            }
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+                "text/plain",
+            ),
+        },
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
             let stale = state.source_health.stale_for();
@@ -194,21 +294,23 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 )
             }
         }
-        "/metrics" => {
-            let mut out = String::new();
-            match prometheus_client::encoding::text::encode(&mut out, &state.registry) {
-                Ok(()) => text(
-                    StatusCode::OK,
-                    out,
-                    "application/openmetrics-text; version=1.0.0; charset=utf-8",
-                ),
-                Err(e) => text(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    e.to_string(),
-                    "text/plain",
-                ),
-            }
-        }
+        "/metrics" => match encode_metrics(state) {
+            Ok(out) if wants_openmetrics(&req) => text(
+                StatusCode::OK,
+                out,
+                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+            ),
+            Ok(out) => text(
+                StatusCode::OK,
+                exposition::to_text_format(&out),
+                "text/plain; version=0.0.4; charset=utf-8",
+            ),
+            Err(e) => text(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                e.to_string(),
+                "text/plain",
+            ),
+        },
         "/reconcile" if req.method() == http::Method::POST => match &state.request_drift_check {
             Some(request) => {
                 request();
