@@ -212,6 +212,27 @@ fn xdp_attached(topo: &Topology) -> bool {
     String::from_utf8_lossy(&out.stdout).contains("xdp")
 }
 
+/// Every family the eBPF collector declares (the list the dashboard test
+/// relies on for eBPF-only metrics) is exposed, with exactly its labels.
+fn ebpf_families_are_exposed(metrics: &str) {
+    use sluice::metrics::KERNEL_FAMILIES;
+    for family in KERNEL_FAMILIES {
+        let (name, kind) = (family.sample_name(), family.type_name());
+        assert!(
+            metrics.contains(&format!("# TYPE {name} {kind}\n")),
+            "{name} ({kind}) not exposed by the eBPF agent:\n{metrics}"
+        );
+        let want: Vec<&str> = family.labels.to_vec();
+        for sample in sluice::admin::exposition::samples(metrics)
+            .into_iter()
+            .filter(|s| s.name == name)
+        {
+            let labels: Vec<&str> = sample.labels.iter().map(|(k, _)| k.as_str()).collect();
+            assert_eq!(labels, want, "labels of {name}");
+        }
+    }
+}
+
 /// sk_lookup links attached to the node namespace, from bpftool.
 fn sk_lookup_links(topo: &Topology) -> usize {
     let out = Command::new("bpftool")
@@ -289,6 +310,25 @@ fn ipv4_request_is_steered_by_sk_lookup_to_the_shard_socket() {
     assert!(
         metrics.contains("sluice_datapath_mode{mode=\"ebpf\"} 1"),
         "{metrics}"
+    );
+    ebpf_families_are_exposed(&metrics);
+    // The status page's data has the eBPF part: XDP per interface and map
+    // occupancy against capacity.
+    let overview: serde_json::Value = serde_json::from_str(&s.admin("/api/overview")).unwrap();
+    assert_eq!(overview["datapath"]["mode"], "ebpf");
+    assert_eq!(
+        overview["datapath"]["xdp"][0]["interface"],
+        s.topo.node_if.as_str()
+    );
+    let maps = overview["ebpf"]["maps"].as_array().unwrap();
+    let listeners = maps.iter().find(|m| m["name"] == "LISTENERS").unwrap();
+    assert!(listeners["entries"].as_u64().unwrap() >= 2, "{listeners}");
+    assert!(listeners["limit"].as_u64().unwrap() > 0, "{listeners}");
+    assert!(
+        overview["shards"][0]["packets"]["pass_allowed"]
+            .as_u64()
+            .unwrap()
+            > 0
     );
     assert!(xdp_attached(&s.topo));
     assert_eq!(sk_lookup_links(&s.topo), 1);

@@ -36,6 +36,14 @@ const APT: &[(&str, &str)] = &[
         "xz-utils",
         "unpacks the kubelite API server used by the Kubernetes tests",
     ),
+    (
+        "chromium",
+        "the status page test renders the admin page in headless Chromium",
+    ),
+    (
+        "prometheus",
+        "provides promtool: a test runs `promtool check metrics` on /metrics",
+    ),
 ];
 
 pub fn run() -> Result<()> {
@@ -66,6 +74,15 @@ pub fn run() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
         .context("installing apt packages")?;
+        if missing.iter().any(|(pkg, _)| *pkg == "prometheus") {
+            // Only promtool is wanted; on a machine with systemd the package
+            // also starts a Prometheus server, which nothing here needs.
+            if ok(Command::new("systemctl").args(["disable", "--now", "prometheus"])) {
+                eprintln!(
+                    "setup: prometheus installed for promtool; its server service is disabled"
+                );
+            }
+        }
     }
 
     let linker = output(Command::new("bpf-linker").arg("--version"));
