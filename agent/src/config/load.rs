@@ -40,7 +40,7 @@ struct CachedFile {
 
 /// What a file converted to.
 #[derive(Debug)]
-enum Converted {
+pub(super) enum Converted {
     /// Each YAML document's objects, keyed by a hash of the document's text:
     /// a change to one route in a file of hundreds re-parses that one.
     Documents(Vec<(u64, Arc<Config>)>),
@@ -174,7 +174,7 @@ impl DirSource {
     }
 }
 
-fn digest(text: &str) -> u64 {
+pub(super) fn digest(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
@@ -211,7 +211,7 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
 /// Converts the documents of one file, re-using the conversion of documents
 /// whose text is unchanged (`previous`, by text hash). Returns how many
 /// documents were parsed.
-fn convert_file(
+pub(super) fn convert_file(
     path: &Path,
     text: &str,
     previous: &HashMap<u64, Arc<Config>>,

@@ -53,7 +53,31 @@ pub struct Config {
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
     /// SluicePolicies (API policy attached to Gateways and HTTPRoutes).
     pub policies: Vec<super::SluicePolicy>,
+    /// Which Consul services back `ConsulService` backendRefs.
+    pub consul_services: Vec<ConsulService>,
 }
+
+/// `group: sluice.dev, kind: ConsulService` backends: the healthy instances
+/// of a Consul service, resolved by [`crate::sources::discovery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulService {
+    pub id: ObjectRef,
+    /// The Consul service name.
+    pub service: String,
+    /// Instances must carry all of these tags.
+    pub tags: Vec<String>,
+    /// Consul datacenter; `None`: the agent's own.
+    pub datacenter: Option<String>,
+}
+
+/// The kind of Consul-backed backendRefs (group `sluice.dev`).
+pub const CONSUL_SERVICE_KIND: &str = "ConsulService";
+
+/// Name prefix of the Service a ConsulService backendRef resolves through
+/// (`consul:NAME` in the route's namespace). A `:` cannot occur in a
+/// Kubernetes name, so such a Service never collides with a real one; the
+/// discovery adds it, with an EndpointSlice per healthy instance.
+pub const CONSUL_BACKEND_PREFIX: &str = "consul:";
 
 /// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
 #[derive(Clone)]
@@ -93,6 +117,7 @@ impl Config {
         self.config_maps.extend(other.config_maps);
         self.backend_tls_policies.extend(other.backend_tls_policies);
         self.policies.extend(other.policies);
+        self.consul_services.extend(other.consul_services);
     }
 }
 

@@ -78,10 +78,20 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             let backend_filters = filters(doc, &format!("{field}.filters"), &b.filters, ctx, false);
             // Another kind is not a config error but an unresolved reference
             // (ResolvedRefs=False, InvalidKind; its share of traffic gets 500).
-            let unsupported_kind =
-                (!group.is_empty() || kind != "Service").then(|| format!("{group}/{kind}"));
+            let consul = group == super::policy::SLUICE_GROUP && kind == model::CONSUL_SERVICE_KIND;
+            let unsupported_kind = (!consul && (!group.is_empty() || kind != "Service"))
+                .then(|| format!("{group}/{kind}"));
+            if consul && b.namespace.as_ref().is_some_and(|n| *n != namespace) {
+                doc.err(
+                    format!("{field}.namespace"),
+                    "a ConsulService backend must be in the route's namespace",
+                );
+                continue;
+            }
             let port = match b.port {
                 Some(p) => p,
+                // Each instance's registered port.
+                None if consul => 0,
                 None if unsupported_kind.is_some() => 0,
                 None => {
                     doc.err(
@@ -94,10 +104,15 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             if b.weight.is_some_and(|w| w > 1_000_000) {
                 doc.err(format!("{field}.weight"), "weight must be 0-1000000");
             }
+            let name = if consul {
+                format!("{}{}", model::CONSUL_BACKEND_PREFIX, b.name)
+            } else {
+                b.name.clone()
+            };
             backends.push(model::BackendRef {
                 service: model::ObjectRef::new(
                     b.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                    &b.name,
+                    name,
                 ),
                 port,
                 weight: b.weight.unwrap_or(1),
