@@ -100,6 +100,9 @@ pub struct Settings {
     pub secret_tls: TlsFiles,
     /// How often held Secrets' versions are checked.
     pub secret_poll: std::time::Duration,
+    /// Keep the pinned eBPF datapath when stopping without a successor, for
+    /// the next agent (`systemctl restart`).
+    pub keep_datapath_on_exit: bool,
 }
 
 impl Settings {
@@ -127,6 +130,7 @@ impl Settings {
             secret_token: Secret::None,
             secret_tls: TlsFiles::default(),
             secret_poll: std::time::Duration::from_secs(10),
+            keep_datapath_on_exit: false,
         }
     }
 }
@@ -470,6 +474,7 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
         map_sizes: settings.map_sizes.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
+        keep_on_exit: settings.keep_datapath_on_exit,
         sockmap: match (settings.sockmap, settings.datapath) {
             (false, _) => SockmapPref::Off,
             (true, DatapathMode::Auto) => SockmapPref::IfAvailable,

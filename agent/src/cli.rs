@@ -131,6 +131,14 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// When this agent stops without a successor, leave the pinned eBPF
+    /// datapath (XDP, sk_lookup, maps) in place for the next agent: new
+    /// connections to gateway ports wait for its sockets (their SYNs are
+    /// retransmitted) instead of being refused. The systemd unit sets it, so
+    /// `systemctl restart` is hitless; `sluice detach` removes the datapath.
+    #[arg(long)]
+    pub keep_datapath_on_exit: bool,
+
     /// Datapath: `ebpf` (XDP + sk_lookup; fail if they cannot load), `userspace`
     /// (the agent binds listener addresses itself), or `auto` (eBPF when it
     /// loads, userspace otherwise; the choice is logged and exported as the
@@ -154,7 +162,7 @@ pub struct Cli {
     /// bpf filesystem where the eBPF maps, the shard-socket SockMap and the XDP
     /// links are pinned (under `sluice/<netns inode>/`), so that a restarted
     /// agent takes over without refusing connections. Mounted if needed.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf", global = true)]
     pub bpffs: PathBuf,
 
     /// XDP attach mode: `auto` (native where the driver supports it, generic
@@ -213,6 +221,10 @@ pub enum Command {
         /// The directory (or a `file://`, `consul://`, `etcd://` URL).
         dir: String,
     },
+    /// Remove the eBPF datapath pinned for this network namespace under
+    /// `--bpffs` (what `--keep-datapath-on-exit` leaves when the agent stops):
+    /// XDP and sk_lookup detach once no running agent holds them.
+    Detach,
     /// Mirror a config directory into Consul KV or etcd, one key per YAML
     /// file (PREFIX/relative/path.yaml), deleting keys no file backs. The
     /// directory is validated first; nothing is pushed when it is invalid.
@@ -310,6 +322,7 @@ impl Cli {
             ..TlsFiles::default()
         };
         s.secret_poll = Duration::from_secs(self.secret_poll_seconds.max(1));
+        s.keep_datapath_on_exit = self.keep_datapath_on_exit;
         s.cgroup = self.cgroup.clone();
         s.sockmap = self.sockmap;
         s.map_sizes = self.map_sizes.iter().cloned().collect();

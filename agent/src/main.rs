@@ -29,6 +29,18 @@ fn main() -> anyhow::Result<()> {
             );
             return Ok(());
         }
+        Some(Command::Detach) => {
+            match sluice::kernel::pins::detach(&cli.bpffs).with_context(|| {
+                format!("removing the pinned datapath under {}", cli.bpffs.display())
+            })? {
+                Some(dir) => println!("removed the pinned eBPF datapath {}", dir.display()),
+                None => println!(
+                    "no pinned eBPF datapath for this network namespace under {}",
+                    cli.bpffs.display()
+                ),
+            }
+            return Ok(());
+        }
         None if cli.check => {
             let url = cli
                 .check_target()

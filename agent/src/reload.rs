@@ -635,6 +635,28 @@ impl Runtime {
         }
         let mut running = self.shards.lock().await;
         self.connection_limits.lock().expect("limits lock").clear();
+        // Kept for the next agent: new SYNs wait for the next agent's
+        // sockets (dropped by XDP, retransmitted by clients), then what is
+        // queued on ours is served.
+        let keep = !handover
+            && self.kernel.as_ref().is_some_and(|k| {
+                let mut k = k.lock().expect("kernel lock");
+                if !k.keep_on_exit() {
+                    return false;
+                }
+                // XDP drops new SYNs first (clients retransmit them to the
+                // next agent); then our sockets leave the steering map.
+                if let Err(e) = k.park_listeners() {
+                    tracing::warn!(error = %e, "parking the gateway listeners for the next agent");
+                }
+                for id in running.keys() {
+                    for ipv6 in [false, true] {
+                        let _ = k.clear_shard_socket(*id, ipv6);
+                    }
+                }
+                true
+            });
+        let handover = handover || keep;
         for (_, shard) in std::mem::take(&mut *running) {
             for (_, server) in shard.servers {
                 if handover {

@@ -5,7 +5,7 @@ mod aya_maps;
 mod fast_path;
 mod loader;
 pub mod maps;
-mod pins;
+pub mod pins;
 pub mod port_ranges;
 mod reconcile;
 pub mod retry;
