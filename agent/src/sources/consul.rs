@@ -289,9 +289,11 @@ pub async fn watch_kv(
                 // A wake-up without a change (the wait ran out, or another
                 // key moved the index) is not a reload.
                 if current.loaded && *current.entries == read.entries {
-                    if current.position != read.index {
-                        tx.send_modify(|v| v.position = read.index);
-                    }
+                    // The position moves silently: receivers are not woken.
+                    tx.send_if_modified(|v| {
+                        v.position = read.index;
+                        false
+                    });
                     continue;
                 }
                 tx.send_replace(StoreView {
