@@ -3,6 +3,7 @@ mod bench_kube;
 mod bench_policy;
 mod bench_proxy;
 mod bench_sockmap;
+mod bench_stores;
 mod kube;
 mod package;
 mod setup;
@@ -164,8 +165,14 @@ fn is_root() -> bool {
 #[derive(Subcommand)]
 enum Bench {
     /// Route-table rebuild + swap time and agent RSS at 100 / 1,000 / 5,000
-    /// HTTPRoutes (release build), next to the design targets.
-    Routes,
+    /// HTTPRoutes (release build), next to the design targets; then a
+    /// one-route change → in effect at 5,000 routes through the directory,
+    /// etcd and Consul KV (real servers on loopback).
+    Routes {
+        /// Only the config-source part (directory, etcd, Consul).
+        #[arg(long)]
+        stores_only: bool,
+    },
     /// Route change through the Kubernetes API (kubelite) → in effect at the
     /// data path, p50/p99 at 100 / 1,000 / 5,000 routes.
     Kube {
@@ -324,12 +331,20 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                     .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
             },
         ),
-        Bench::Routes => {
+        Bench::Routes { stores_only } => {
             // The real agent binary too: its RSS is what the target is about.
             run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
-            run(cargo()
-                .args(["bench", "-p", "sluice", "--bench", "routes"])
-                .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))
+            if !stores_only {
+                run(cargo()
+                    .args(["bench", "-p", "sluice", "--bench", "routes"])
+                    .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))?;
+            }
+            // The same change through each config source, in the same run.
+            let consul = Path::new(setup::CONSUL_DIR).join("usr/bin/consul");
+            bench_stores::run(
+                &workspace_root().join("target/release/sluice"),
+                consul.exists().then_some(consul),
+            )
         }
         Bench::Xdp { packets, runs } => {
             if !is_root() {
