@@ -17,8 +17,9 @@ pub fn build(root: &Path, profile: &str) -> Result<std::path::PathBuf> {
     if profile == "release" {
         run(&mut cmd)?;
     } else {
-        // The binary is built already (cargo xtask test builds it first).
-        run(cmd.args(["--no-build", "--profile", profile]))?;
+        // The binary is built already (cargo xtask test builds it first);
+        // --fast: the test package is unpacked at once, not shipped.
+        run(cmd.args(["--no-build", "--fast", "--profile", profile]))?;
     }
     let deb = std::fs::read_dir(&out)?
         .flatten()
