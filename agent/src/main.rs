@@ -2,6 +2,12 @@ use anyhow::Context as _;
 use clap::Parser as _;
 use sluice::cli::{Cli, LogFormat};
 
+/// mimalloc: a request allocates a few dozen small blocks (header maps,
+/// bodies, futures); its thread-local free lists make each a fraction of
+/// glibc malloc's cost (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
@@ -35,12 +41,29 @@ fn main() -> anyhow::Result<()> {
             n
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // Runtimes are single-threaded: no work stealing, no cross-thread
+    // wake-ups or run-queue synchronisation, which the multi-thread scheduler
+    // pays on every task switch even with one worker. One worker: everything
+    // (accept loops, connections, the control plane) runs on this thread.
+    // Several: a runtime per worker thread for the data path
+    // (gateway::workers), the control plane on this one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("building the async runtime")?
-        .block_on(run(cli))
+        .context("building the async runtime")?;
+    let data_path = if workers > 1 {
+        Some(
+            sluice::gateway::workers::Workers::start(workers)
+                .context("starting the data-path worker threads")?,
+        )
+    } else {
+        None
+    };
+    let result = runtime.block_on(run(cli));
+    if let Some(w) = data_path {
+        w.stop();
+    }
+    result
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
