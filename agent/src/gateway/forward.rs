@@ -24,7 +24,7 @@ use super::{
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
     policy::{Reason, Rejection},
-    snapshot::{upstream_tls::UpstreamTls, AppProtocol, BackendTarget, RouteEntry},
+    snapshot::{upstream_tls::UpstreamTls, AppProtocol, Backend, BackendTarget, RouteEntry},
 };
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -92,251 +92,162 @@ impl Target<'_> {
 
 impl Proxy {
     /// Runs the rule's filters, picks a backend, runs its filters and
-    /// forwards; the response comes back with the response header modifiers applied.
+    /// forwards (retries, mirrors, timeouts); the response comes back with
+    /// the response header modifiers applied. One function rather than a
+    /// chain of async calls: each level would store and copy its callee's
+    /// state.
     pub(super) async fn forward(
-        &self,
-        t: Target<'_>,
-        conn: &ConnInfo,
-        mut parts: Parts,
-        body: Body,
-    ) -> Result<Response<Body>, Rejection> {
-        let action = &t.entry.action;
-        // A shared handle on the request target: the path is copied only
-        // when a filter rewrites it.
-        let target = parts
-            .uri
-            .path_and_query()
-            .cloned()
-            .unwrap_or_else(|| PathAndQuery::from_static("/"));
-        let mut path: Cow<'_, str> = Cow::Borrowed(target.path());
-        let query = target.query();
-        let mut upstream_host: Option<String> = None;
-        let mut response_mods: Vec<&HeaderModifier> = action
-            .filters
-            .iter()
-            .filter_map(|f| match f {
-                Filter::ResponseHeaders(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        let finish = |resp: Result<Response<Body>, Rejection>, mods: &[&HeaderModifier]| {
-            resp.map(|mut r| {
-                for m in mods {
-                    filters::modify_headers(m, r.headers_mut());
-                }
-                r
-            })
-        };
-        for f in &action.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                // Applied to the response, sent with the upstream request, or
-                // run by the policy phases before this one.
-                Filter::ResponseHeaders(_)
-                | Filter::Mirror(_)
-                | Filter::Cors(_)
-                | Filter::ExternalAuth(_) => {}
-                Filter::Redirect(r) => {
-                    return finish(t.redirect(r, &path, query), &response_mods);
-                }
-                Filter::Rewrite(rw) => {
-                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
-                    path = Cow::Owned(out.path);
-                    if out.host.is_some() {
-                        upstream_host = out.host;
-                    }
-                }
-            }
-        }
-        let Some(backend) = action.backends.pick() else {
-            // A rule without (non-zero-weight) backends answers 500 per Gateway API.
-            return finish(
-                Err(Rejection::new(Reason::NoBackends, "route has no backends")),
-                &response_mods,
-            );
-        };
-        // backendRef filters: only when this backend is picked, after the rule's.
-        for f in &backend.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                Filter::ResponseHeaders(m) => response_mods.push(m),
-                Filter::Redirect(r) => return t.redirect(r, &path, query),
-                Filter::Rewrite(rw) => {
-                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
-                    path = Cow::Owned(out.path);
-                    if out.host.is_some() {
-                        upstream_host = out.host;
-                    }
-                }
-                // Rejected at backendRef level by validation.
-                Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
-            }
-        }
-        let path_and_query = match path {
-            Cow::Borrowed(_) => target.clone(),
-            Cow::Owned(p) => {
-                let pq = match query {
-                    Some(q) => format!("{p}?{q}"),
-                    None => p,
-                };
-                PathAndQuery::try_from(pq).map_err(|e| {
-                    Rejection::new(Reason::BadRequest, format!("invalid request target: {e}"))
-                })?
-            }
-        };
-        let response = self
-            .send(
-                t,
-                conn,
-                parts,
-                body,
-                path_and_query,
-                upstream_host.as_deref(),
-                backend,
-            )
-            .await;
-        finish(response, &response_mods)
-    }
-
-    #[allow(clippy::too_many_arguments)] // The pieces of one request, as the filters left them.
-    async fn send(
         &self,
         t: Target<'_>,
         conn: &ConnInfo,
         parts: Parts,
         body: Body,
-        path_and_query: PathAndQuery,
-        upstream_host: Option<&str>,
-        backend: &crate::snapshot::Backend,
     ) -> Result<Response<Body>, Rejection> {
-        let action = &t.entry.action;
-        let endpoint = match &backend.target {
-            BackendTarget::Invalid(reason) => {
-                tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
-                return Err(Rejection::new(
-                    Reason::BackendNotResolvable,
-                    "backend not resolvable",
-                ));
-            }
-            BackendTarget::Endpoints(_) => match backend.endpoint() {
-                Some(ep) => ep,
-                None => {
-                    return Err(Rejection::new(
-                        Reason::NoReadyEndpoints,
-                        "no ready endpoints",
-                    ))
-                }
-            },
-        };
-        let mut req = Request::from_parts(parts, body);
-        let upgrade = upgrade_protocol(&req);
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let upstream = upstream_request(
-            req,
-            conn,
-            self.is_trusted(conn.peer.ip()),
-            t.authority,
-            upstream_host,
+        let Planned {
+            backend,
+            parts,
             path_and_query,
-        )
-        .map_err(|e| Rejection::new(Reason::BadRequest, e))?;
-        // What the backend sees as Host: HTTP/2 to a TLS backend carries it
-        // as `:authority` too.
-        let host = upstream_host.unwrap_or(t.authority.as_str());
-        if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
-            return upgrade::forward(
-                upstream,
-                protocol,
-                endpoint,
-                backend.tls.as_deref(),
-                downstream,
-                &t.entry.route,
-            )
-            .await;
-        }
-        let upstream = self.send_mirrors(t.entry, upstream);
-        let (mut request, replay) = match &action.retry {
-            Some(_) => {
-                let (r, replay) = Replay::record(upstream);
-                (r, Some(replay))
-            }
-            None => (upstream, None),
+            upstream_host,
+            response_mods,
+        } = match plan(&t, parts) {
+            Ok(p) => p,
+            Err(answer) => return answer,
         };
-        let mut endpoint = endpoint;
-        let mut retries = 0;
-        loop {
-            // backendRequest covers one attempt until its full response is in.
-            let deadline = action
-                .timeouts
-                .backend_request
-                .map(|limit| tokio::time::Instant::now() + limit);
-            let dial = Dial {
-                endpoint,
-                h2c: backend.protocol == AppProtocol::H2c,
-                tls: backend.tls.as_ref(),
-                authority: host,
+        let upstream_host = upstream_host.as_deref();
+        let response = 'send: {
+            let action = &t.entry.action;
+            let endpoint = match &backend.target {
+                BackendTarget::Invalid(reason) => {
+                    tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
+                    break 'send Err(Rejection::new(
+                        Reason::BackendNotResolvable,
+                        "backend not resolvable",
+                    ));
+                }
+                BackendTarget::Endpoints(_) => match backend.endpoint() {
+                    Some(ep) => ep,
+                    None => {
+                        break 'send Err(Rejection::new(
+                            Reason::NoReadyEndpoints,
+                            "no ready endpoints",
+                        ))
+                    }
+                },
             };
-            let sent = self.pools.send(dial, request);
-            let outcome = match deadline {
-                Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
-                None => Some(sent.await),
+            let mut req = Request::from_parts(parts, body);
+            let upgrade = upgrade_protocol(&req);
+            let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let upstream = upstream_request(
+                req,
+                conn,
+                self.is_trusted(conn.peer.ip()),
+                t.authority,
+                upstream_host,
+                path_and_query,
+            )
+            .map_err(|e| Rejection::new(Reason::BadRequest, e))?;
+            // What the backend sees as Host: HTTP/2 to a TLS backend carries it
+            // as `:authority` too.
+            let host = upstream_host.unwrap_or(t.authority.as_str());
+            if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
+                // Boxed: a rare path with connection set-up state.
+                break 'send Box::pin(upgrade::forward(
+                    upstream,
+                    protocol,
+                    endpoint,
+                    backend.tls.as_deref(),
+                    downstream,
+                    &t.entry.route,
+                ))
+                .await;
+            }
+            let upstream = self.send_mirrors(t.entry, upstream);
+            let (mut request, replay) = match &action.retry {
+                Some(_) => {
+                    let (r, replay) = Replay::record(upstream);
+                    (r, Some(replay))
+                }
+                None => (upstream, None),
             };
-            if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
-                let retriable = match &outcome {
-                    None => true,
-                    Some(Err(e)) => e.is_connect(),
-                    Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
+            let mut endpoint = endpoint;
+            let mut retries = 0;
+            loop {
+                // backendRequest covers one attempt until its full response is in.
+                let deadline = action
+                    .timeouts
+                    .backend_request
+                    .map(|limit| tokio::time::Instant::now() + limit);
+                let dial = Dial {
+                    endpoint,
+                    h2c: backend.protocol == AppProtocol::H2c,
+                    tls: backend.tls.as_ref(),
+                    authority: host,
                 };
-                if retriable && retries < policy.attempts {
-                    // Another endpoint of the same backend, if it has several;
-                    // the pool gives the copy the target form its connection needs.
-                    let next = backend
-                        .endpoint()
-                        .and_then(|ep| Some((ep, replay.again()?)));
-                    if let Some((ep, again)) = next {
-                        drop(outcome);
-                        tokio::time::sleep(policy.backoff).await;
-                        tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
-                        retries += 1;
-                        endpoint = ep;
-                        request = again;
-                        continue;
+                // Made in the arm that awaits it (see `Proxy::serve`).
+                let outcome = match deadline {
+                    Some(at) => tokio::time::timeout_at(at, self.pools.send(dial, request))
+                        .await
+                        .ok(),
+                    None => Some(self.pools.send(dial, request).await),
+                };
+                if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
+                    let retriable = match &outcome {
+                        None => true,
+                        Some(Err(e)) => e.is_connect(),
+                        Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
+                    };
+                    if retriable && retries < policy.attempts {
+                        // Another endpoint of the same backend, if it has several;
+                        // the pool gives the copy the target form its connection needs.
+                        let next = backend
+                            .endpoint()
+                            .and_then(|ep| Some((ep, replay.again()?)));
+                        if let Some((ep, again)) = next {
+                            drop(outcome);
+                            tokio::time::sleep(policy.backoff).await;
+                            tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
+                            retries += 1;
+                            endpoint = ep;
+                            request = again;
+                            continue;
+                        }
                     }
                 }
+                break 'send match outcome {
+                    None => Err(Rejection::new(
+                        Reason::UpstreamTimeout,
+                        "backend request timeout",
+                    )),
+                    Some(Ok(resp)) => {
+                        let (mut parts, body) = resp.into_parts();
+                        strip_hop_by_hop(&mut parts.headers);
+                        let body = body.map_err(Into::into).boxed();
+                        let body = match deadline {
+                            Some(at) => Deadline::new(body, at).boxed(),
+                            None => body,
+                        };
+                        Ok(Response::from_parts(parts, body))
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            route = %t.entry.route,
+                            endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
+                            error = %upstream_tls::error_chain(&e),
+                            "upstream request failed"
+                        );
+                        Err(Rejection::new(
+                            if e.is_connect() {
+                                Reason::UpstreamConnect
+                            } else {
+                                Reason::UpstreamError
+                            },
+                            "upstream unavailable",
+                        ))
+                    }
+                };
             }
-            return match outcome {
-                None => Err(Rejection::new(
-                    Reason::UpstreamTimeout,
-                    "backend request timeout",
-                )),
-                Some(Ok(resp)) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let body = body.map_err(Into::into).boxed();
-                    let body = match deadline {
-                        Some(at) => Deadline::new(body, at).boxed(),
-                        None => body,
-                    };
-                    Ok(Response::from_parts(parts, body))
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(
-                        route = %t.entry.route,
-                        endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
-                        error = %upstream_tls::error_chain(&e),
-                        "upstream request failed"
-                    );
-                    Err(Rejection::new(
-                        if e.is_connect() {
-                            Reason::UpstreamConnect
-                        } else {
-                            Reason::UpstreamError
-                        },
-                        "upstream unavailable",
-                    ))
-                }
-            };
-        }
+        };
+        finish(response, &response_mods)
     }
 
     /// Starts the sampled mirrors of the rule with copies of `req` and
@@ -407,6 +318,125 @@ impl Proxy {
         }
         req
     }
+}
+
+/// What the filters decided for a request that goes to a backend.
+struct Planned<'a> {
+    backend: &'a Backend,
+    parts: Parts,
+    path_and_query: PathAndQuery,
+    /// The Host a URLRewrite set.
+    upstream_host: Option<String>,
+    response_mods: Vec<&'a HeaderModifier>,
+}
+
+/// The rule's filters, the backend choice and its filters; `Err` is the
+/// answer when the gateway answers itself (a redirect, a rule without
+/// backends, a target a rewrite made invalid).
+#[allow(clippy::result_large_err)] // Either way it is the request's answer.
+fn plan<'a>(
+    t: &Target<'a>,
+    mut parts: Parts,
+) -> Result<Planned<'a>, Result<Response<Body>, Rejection>> {
+    let action = &t.entry.action;
+    // A shared handle on the request target: the path is copied only
+    // when a filter rewrites it.
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut path: Cow<'_, str> = Cow::Borrowed(target.path());
+    let query = target.query();
+    let mut upstream_host: Option<String> = None;
+    let mut response_mods: Vec<&HeaderModifier> = action
+        .filters
+        .iter()
+        .filter_map(|f| match f {
+            Filter::ResponseHeaders(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    for f in &action.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+            // Applied to the response, sent with the upstream request, or
+            // run by the policy phases before this one.
+            Filter::ResponseHeaders(_)
+            | Filter::Mirror(_)
+            | Filter::Cors(_)
+            | Filter::ExternalAuth(_) => {}
+            Filter::Redirect(r) => {
+                return Err(finish(t.redirect(r, &path, query), &response_mods));
+            }
+            Filter::Rewrite(rw) => {
+                let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                path = Cow::Owned(out.path);
+                if out.host.is_some() {
+                    upstream_host = out.host;
+                }
+            }
+        }
+    }
+    let Some(backend) = action.backends.pick() else {
+        // A rule without (non-zero-weight) backends answers 500 per Gateway API.
+        return Err(Err(Rejection::new(
+            Reason::NoBackends,
+            "route has no backends",
+        )));
+    };
+    // backendRef filters: only when this backend is picked, after the rule's.
+    for f in &backend.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+            Filter::ResponseHeaders(m) => response_mods.push(m),
+            Filter::Redirect(r) => return Err(t.redirect(r, &path, query)),
+            Filter::Rewrite(rw) => {
+                let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                path = Cow::Owned(out.path);
+                if out.host.is_some() {
+                    upstream_host = out.host;
+                }
+            }
+            // Rejected at backendRef level by validation.
+            Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
+        }
+    }
+    let path_and_query = match path {
+        Cow::Borrowed(_) => target.clone(),
+        Cow::Owned(p) => {
+            let pq = match query {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            PathAndQuery::try_from(pq).map_err(|e| {
+                Err(Rejection::new(
+                    Reason::BadRequest,
+                    format!("invalid request target: {e}"),
+                ))
+            })?
+        }
+    };
+    Ok(Planned {
+        backend,
+        parts,
+        path_and_query,
+        upstream_host,
+        response_mods,
+    })
+}
+
+/// The response header modifiers applied to a response.
+fn finish(
+    resp: Result<Response<Body>, Rejection>,
+    mods: &[&HeaderModifier],
+) -> Result<Response<Body>, Rejection> {
+    resp.map(|mut r| {
+        for m in mods {
+            filters::modify_headers(m, r.headers_mut());
+        }
+        r
+    })
 }
 
 /// Whether a header describes one hop only (RFC 9110 §7.6.1).

@@ -271,7 +271,13 @@ impl Pools {
                         },
                     }
                 }
-                None => return self.send_new(index, shard, key, dial, req).await,
+                // Boxed: connecting (TCP, TLS, HTTP/2 handshakes) is the
+                // rare path, and its state would make every request's
+                // future — which is moved, byte for byte, as it is
+                // awaited — kilobytes larger.
+                None => {
+                    return Box::pin(self.send_new(index, shard, key, dial, req)).await;
+                }
             }
         }
     }

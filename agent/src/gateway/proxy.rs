@@ -155,10 +155,17 @@ impl Proxy {
         shard.tls.get(&shard.listener_port(port)).cloned()
     }
 
-    /// Handles one request of a connection. Generic over the request body
-    /// so the request-path benchmark can run it without sockets (the server
-    /// passes hyper's `Incoming`).
-    pub async fn handle<B>(&self, conn: &ConnInfo, req: Request<B>) -> Response<Body>
+    /// Handles one request of a connection. Errors are responses: the
+    /// `Result` is what hyper's service wants. Takes its `Arc`s by value and
+    /// is generic over the request body: the server boxes this future
+    /// itself (one allocation, no wrapper future around it), and the
+    /// request-path benchmark runs it without sockets (the server passes
+    /// hyper's `Incoming`).
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<B>,
+    ) -> Result<Response<Body>, std::convert::Infallible>
     where
         B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
         B::Error: Into<super::BoxError>,
@@ -166,7 +173,154 @@ impl Proxy {
         let start = Instant::now();
         // The request keeps this snapshot to the end, whatever is published meanwhile.
         let snapshot = self.snapshot.load_full();
-        let (response, handled) = self.serve(&snapshot, conn, req).await;
+        let snapshot: &Snapshot = &snapshot;
+        let conn: &ConnInfo = &conn;
+        // Inline rather than a function of its own: every async call level
+        // stores its callee's state in its own and copies it when it is
+        // first awaited.
+        let (response, handled) = 'serve: {
+            let rejected = |r: Rejection, shard: &Arc<str>, route: &Arc<str>| {
+                let handled = Handled {
+                    shard: shard.clone(),
+                    route: route.clone(),
+                    reason: r.reason.label(),
+                    rule: None,
+                };
+                (r.into_response(), handled)
+            };
+            // Connection → listener.
+            let Some(shard) = snapshot.shard(conn.shard) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoGateway, "no gateway"),
+                    &NONE,
+                    &NONE,
+                );
+            };
+            let Some(authority) = Authority::of(&req) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::MissingHost, "missing Host header"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            let host = lower(host_without_port(authority.as_str()));
+            let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoRoute, "no route"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            if let Some(tls) = &conn.tls {
+                // The certificate was chosen for the SNI's listener; a Host that
+                // belongs to another listener on the port is misdirected (RFC 9110
+                // §15.5.20), as the Gateway API asks for listeners sharing a port.
+                let by_sni =
+                    shard.listener_for(conn.local.port(), tls.sni.as_deref().unwrap_or(""));
+                if by_sni.is_none_or(|l| l.name != listener.name) {
+                    break 'serve rejected(
+                        Rejection::new(Reason::Misdirected, "misdirected request"),
+                        &shard.name,
+                        &NONE,
+                    );
+                }
+            }
+            // The route lookup has no side effects: the pre-route checks use
+            // the matched route's effective policy (or the listener's).
+            let view = RequestView::new(
+                req.method(),
+                req.uri().path(),
+                req.uri().query(),
+                req.headers(),
+            );
+            let entry = listener.routes.find(&host, &view);
+            drop(view);
+            let route_name = entry.map_or(&*NONE, |e| &e.route_name);
+            let policy: &RoutePolicy = match entry {
+                Some(e) => &e.action.policy,
+                None => &listener.policy,
+            };
+            let (parts, body) = req.into_parts();
+            let has_policy = !policy.is_empty();
+            let mut ctx = has_policy.then(|| {
+                let mut ctx = RequestCtx::new(
+                    conn.peer,
+                    self.client_ip(conn.peer.ip(), &parts.headers),
+                    &host,
+                );
+                ctx.source_namespace = snapshot.identity.namespace_of(ctx.client_ip);
+                ctx
+            });
+            if let Some(ctx) = &ctx {
+                if let Err(r) = policy.pre_route(ctx, &parts) {
+                    break 'serve rejected(r, &shard.name, route_name);
+                }
+            }
+            let Some(entry) = entry else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoRoute, "no route"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            let target = Target {
+                entry,
+                listener_port: listener.port,
+                scheme: conn.scheme(),
+                host: &host,
+                authority: &authority,
+            };
+            let body: Body = body.map_err(Into::into).boxed();
+            let deadline = entry
+                .action
+                .timeouts
+                .request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            // The exchange is made in the arm that awaits it: a future made
+            // before the `match` and moved into `timeout_at` would be stored
+            // twice in this future's state.
+            let outcome = match deadline {
+                Some(at) => match tokio::time::timeout_at(
+                    at,
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body),
+                )
+                .await
+                {
+                    // The body streams after this returns: it gets the rest of the budget.
+                    Ok(r) => r.map(|resp| resp.map(|b| Deadline::new(b, at).boxed())),
+                    Err(_) => Err(Rejection::new(Reason::RequestTimeout, "request timeout")),
+                },
+                None => {
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body)
+                        .await
+                }
+            };
+            let (mut response, reason) = match outcome {
+                Ok(resp) => {
+                    let reason = resp
+                        .extensions()
+                        .get::<Answered>()
+                        .map_or("upstream", |a| a.0);
+                    (resp, reason)
+                }
+                Err(r) => {
+                    let reason = r.reason.label();
+                    (r.into_response(), reason)
+                }
+            };
+            if let Some(ctx) = &ctx {
+                policy.response(ctx, response.headers_mut());
+            }
+            (
+                response,
+                Handled {
+                    shard: shard.name.clone(),
+                    route: entry.route_name.clone(),
+                    reason,
+                    rule: Some(&entry.action.metrics),
+                },
+            )
+        };
         let status = response.status().as_u16();
         let elapsed = start.elapsed().as_secs_f64();
         match handled.rule {
@@ -191,7 +345,7 @@ impl Proxy {
                     .observe(elapsed);
             }
         }
-        response
+        Ok(response)
     }
 
     /// Counts a request through the family (answers of the gateway itself).
@@ -207,172 +361,46 @@ impl Proxy {
             .inc();
     }
 
-    async fn serve<'s, B>(
+    /// The policy phases that need the body (CORS preflight,
+    /// authentication, authorization, transforms, body limit) and the
+    /// upstream phase.
+    async fn exchange(
         &self,
-        snapshot: &'s Snapshot,
+        policy: &RoutePolicy,
+        ctx: Option<&mut RequestCtx<'_>>,
+        target: Target<'_>,
         conn: &ConnInfo,
-        req: Request<B>,
-    ) -> (Response<Body>, Handled<'s>)
-    where
-        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
-        B::Error: Into<super::BoxError>,
-    {
-        let rejected = |r: Rejection, shard: &Arc<str>, route: &Arc<str>| {
-            let handled = Handled {
-                shard: shard.clone(),
-                route: route.clone(),
-                reason: r.reason.label(),
-                rule: None,
-            };
-            (r.into_response(), handled)
-        };
-        // Connection → listener.
-        let Some(shard) = snapshot.shard(conn.shard) else {
-            return rejected(
-                Rejection::new(Reason::NoGateway, "no gateway"),
-                &NONE,
-                &NONE,
-            );
-        };
-        let Some(authority) = Authority::of(&req) else {
-            return rejected(
-                Rejection::new(Reason::MissingHost, "missing Host header"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        let host = lower(host_without_port(authority.as_str()));
-        let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
-            return rejected(
-                Rejection::new(Reason::NoRoute, "no route"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        if let Some(tls) = &conn.tls {
-            // The certificate was chosen for the SNI's listener; a Host that
-            // belongs to another listener on the port is misdirected (RFC 9110
-            // §15.5.20), as the Gateway API asks for listeners sharing a port.
-            let by_sni = shard.listener_for(conn.local.port(), tls.sni.as_deref().unwrap_or(""));
-            if by_sni.is_none_or(|l| l.name != listener.name) {
-                return rejected(
-                    Rejection::new(Reason::Misdirected, "misdirected request"),
-                    &shard.name,
-                    &NONE,
-                );
-            }
-        }
-        // The route lookup has no side effects: the pre-route checks use
-        // the matched route's effective policy (or the listener's).
-        let view = RequestView::new(
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-            req.headers(),
-        );
-        let entry = listener.routes.find(&host, &view);
-        drop(view);
-        let route_name = entry.map_or(&*NONE, |e| &e.route_name);
-        let policy: &RoutePolicy = match entry {
-            Some(e) => &e.action.policy,
-            None => &listener.policy,
-        };
-        let (mut parts, body) = req.into_parts();
-        let has_policy = !policy.is_empty();
-        let mut ctx = has_policy.then(|| {
-            let mut ctx = RequestCtx::new(
-                conn.peer,
-                self.client_ip(conn.peer.ip(), &parts.headers),
-                &host,
-            );
-            ctx.source_namespace = snapshot.identity.namespace_of(ctx.client_ip);
-            ctx
-        });
-        if let Some(ctx) = &ctx {
-            if let Err(r) = policy.pre_route(ctx, &parts) {
-                return rejected(r, &shard.name, route_name);
-            }
-        }
-        let Some(entry) = entry else {
-            return rejected(
-                Rejection::new(Reason::NoRoute, "no route"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        let target = Target {
-            entry,
-            listener_port: listener.port,
-            scheme: conn.scheme(),
-            host: &host,
-            authority: &authority,
-        };
-        let mut body: Body = body.map_err(Into::into).boxed();
-        let deadline = entry
-            .action
-            .timeouts
-            .request
-            .map(|limit| tokio::time::Instant::now() + limit);
-        let work = async {
-            let mut limit_hit = None;
-            if let Some(ctx) = &mut ctx {
-                ctx.origin = parts.headers.get(header::ORIGIN).cloned();
-                match policy.request(ctx, &mut parts, &mut body).await? {
-                    Verdict::Respond(mut resp) => {
-                        resp.extensions_mut().insert(Answered("cors_preflight"));
-                        return Ok(resp);
-                    }
-                    Verdict::Forward => {}
+        mut parts: http::request::Parts,
+        mut body: Body,
+    ) -> Result<Response<Body>, Rejection> {
+        let mut limit_hit = None;
+        if let Some(ctx) = ctx {
+            ctx.origin = parts.headers.get(header::ORIGIN).cloned();
+            // Boxed: authentication may call out (JWKS, external auth), and
+            // that state inline would enlarge every request's future, policy
+            // or not (futures are moved byte for byte as they are awaited).
+            match Box::pin(policy.request(ctx, &mut parts, &mut body)).await? {
+                Verdict::Respond(mut resp) => {
+                    resp.extensions_mut().insert(Answered("cors_preflight"));
+                    return Ok(resp);
                 }
-                let (limited, hit) = policy.limit_body(body);
-                body = limited;
-                limit_hit = hit;
+                Verdict::Forward => {}
             }
-            let outcome = self.forward(target, conn, parts, body).await;
-            match (outcome, limit_hit) {
-                // The body outgrew the limit while streaming: the exchange
-                // failed because of it, and it is the client's 413.
-                (Err(_), Some(hit)) if hit.hit() => Err(policy
-                    .limits
-                    .as_ref()
-                    .map(|l| l.streamed_rejection())
-                    .unwrap_or_else(|| Rejection::new(Reason::BodyTooLarge, "body too large"))),
-                (outcome, _) => outcome,
-            }
-        };
-        let outcome = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, work).await {
-                // The body streams after this returns: it gets the rest of the budget.
-                Ok(r) => r.map(|resp| resp.map(|b| Deadline::new(b, at).boxed())),
-                Err(_) => Err(Rejection::new(Reason::RequestTimeout, "request timeout")),
-            },
-            None => work.await,
-        };
-        let (mut response, reason) = match outcome {
-            Ok(resp) => {
-                let reason = resp
-                    .extensions()
-                    .get::<Answered>()
-                    .map_or("upstream", |a| a.0);
-                (resp, reason)
-            }
-            Err(r) => {
-                let reason = r.reason.label();
-                (r.into_response(), reason)
-            }
-        };
-        if let Some(ctx) = &ctx {
-            policy.response(ctx, response.headers_mut());
+            let (limited, hit) = policy.limit_body(body);
+            body = limited;
+            limit_hit = hit;
         }
-        (
-            response,
-            Handled {
-                shard: shard.name.clone(),
-                route: entry.route_name.clone(),
-                reason,
-                rule: Some(&entry.action.metrics),
-            },
-        )
+        let outcome = self.forward(target, conn, parts, body).await;
+        match (outcome, limit_hit) {
+            // The body outgrew the limit while streaming: the exchange
+            // failed because of it, and it is the client's 413.
+            (Err(_), Some(hit)) if hit.hit() => Err(policy
+                .limits
+                .as_ref()
+                .map(|l| l.streamed_rejection())
+                .unwrap_or_else(|| Rejection::new(Reason::BodyTooLarge, "body too large"))),
+            (outcome, _) => outcome,
+        }
     }
 }
 

@@ -274,11 +274,10 @@ async fn serve_io<I>(
     let (shard, peer) = (info.shard, info.peer);
     // Shared by the connection's requests (HTTP/2 streams run as tasks of their own).
     let info = Arc::new(info);
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&info, req).await) }
-    });
+    // The request's future is boxed here, once: hyper then moves a pointer
+    // into its in-flight slot instead of the whole state, and an idle
+    // keep-alive connection holds no room for it.
+    let service = service_fn(move |req| Box::pin(proxy.clone().handle(info.clone(), req)));
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
