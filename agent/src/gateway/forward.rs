@@ -462,21 +462,47 @@ fn is_forwarding(name: &HeaderName) -> bool {
 }
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // One pass over the names first: most messages carry none, and a
-    // lookup per hop-by-hop name costs a hash each.
-    if !headers.keys().any(is_hop_by_hop) {
+    // One pass over the names: which hop-by-hop headers are there at all
+    // (most messages carry none, or only `Connection`), so only those are
+    // looked up and removed — each lookup hashes the name.
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
         return;
     }
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(n);
+    // Headers named in Connection are hop-by-hop too. The usual tokens
+    // (`keep-alive`, `close`, `upgrade`, `te`) name no header, or one of the
+    // list above, which goes anyway.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            let usual = ["keep-alive", "close", "upgrade", "te"]
+                .iter()
+                .any(|u| token.eq_ignore_ascii_case(u));
+            if !usual {
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name);
     }
 }
 
