@@ -1229,9 +1229,15 @@ impl IdleMemory {
     }
 }
 
-/// Raises this process's open-file limit to its hard limit: the idle test
-/// holds thousands of sockets, and the proxies started from here inherit it.
-fn raise_nofile_limit() -> Result<u64> {
+/// Raises this process's open-file limit to `wanted` (as root, the hard
+/// limit too, up to the kernel's `fs.nr_open`), else to the hard limit: the
+/// idle test holds thousands of sockets, and the proxies started from here
+/// inherit the limit (HAProxy wants two descriptors per `maxconn`).
+fn raise_nofile_limit(wanted: u64) -> Result<u64> {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(wanted);
     // SAFETY: getrlimit/setrlimit on this process with a valid struct.
     unsafe {
         let mut lim = libc::rlimit {
@@ -1242,6 +1248,17 @@ fn raise_nofile_limit() -> Result<u64> {
             libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0,
             "getrlimit(RLIMIT_NOFILE) failed"
         );
+        let want = wanted.min(nr_open);
+        if lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // Only root may raise the hard limit; otherwise keep it.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(want);
+            }
+        }
         lim.rlim_cur = lim.rlim_max;
         ensure!(
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0,
@@ -1659,10 +1676,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     crate::setup::ensure_tools("bench proxy", TOOLS)?;
     let sluice = sluice_binary(root, opts)?;
     if opts.idle_connections > 0 {
-        let limit = raise_nofile_limit()?;
+        // HAProxy reserves two descriptors per connection of its `maxconn`.
+        let wanted = 2 * u64::from(conn_limit(opts.idle_connections)) + 256;
+        let limit = raise_nofile_limit(wanted)?;
         ensure!(
-            limit > u64::from(opts.idle_connections) + 1024,
-            "--idle-connections {}: the open-file limit is {limit}",
+            limit >= wanted,
+            "--idle-connections {}: needs an open-file limit of {wanted}, the hard limit is {limit} \
+             (run as root, or lower --idle-connections)",
             opts.idle_connections
         );
     }
