@@ -262,8 +262,9 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     request_path(&mut c, &fixtures);
     c.final_summary();
-    // `cargo test --benches` runs this in test mode: skip the long summary.
-    if !std::env::args().any(|a| a == "--test" || a == "--list") {
+    // Only for a plain `cargo bench` run: test mode (`cargo test
+    // --benches`), a filter or `--profile-time` (profilers) skip it.
+    if std::env::args().skip(1).all(|a| a == "--bench") {
         summary(&fixtures);
     }
 }

@@ -671,6 +671,8 @@ fn haproxy_config(dir: &Path, name: &str, ports: Ports, backend: u16, max_conns:
 
 defaults
   mode http
+  # Frontends default to fewer connections than the global maxconn.
+  maxconn {max_conns}
   option http-keep-alive
   # Share idle backend connections between clients, as nginx's upstream
   # keepalive pool and Sluice's client pool do.
@@ -1318,7 +1320,9 @@ fn idle_memory(targets: &[Target], n: u32) -> Result<Vec<IdleMemory>> {
         let before = memory(&ids);
         let mut open = Vec::with_capacity(n as usize);
         for i in 0..n {
-            let mut c = TcpStream::connect(("127.0.0.1", t.ports.h1))
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], t.ports.h1));
+            // A proxy at its connection limit leaves new ones in the backlog.
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
                 .with_context(|| format!("{}: idle connection {i}", t.label))?;
             c.set_read_timeout(Some(Duration::from_secs(10)))?;
             write!(c, "GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n")?;
