@@ -228,6 +228,11 @@ enum Bench {
         /// as a list (`0`, `0,2-3`).
         #[arg(long, default_value = "0")]
         load_cpus: String,
+        /// After the loads, open this many idle keep-alive connections to
+        /// each proxy (one request each) and report memory per connection
+        /// (e.g. 10000; 0 skips it).
+        #[arg(long, default_value_t = 0)]
+        idle_connections: u32,
     },
     /// Per-request cost of each SluicePolicy section (JWT RS256/ES256 with
     /// repeat and fresh tokens, API key, Basic, external auth) next to the
@@ -316,6 +321,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             sluice_bin,
             proxy_cpu,
             load_cpus,
+            idle_connections,
         } => bench_proxy::run(
             root,
             &bench_proxy::Options {
@@ -329,6 +335,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 proxy_cpu,
                 load_cpus: bench_proxy::parse_cpu_list(&load_cpus)
                     .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
+                idle_connections: idle_connections.min(100_000),
             },
         ),
         Bench::Routes { stores_only } => {

@@ -409,6 +409,7 @@ fn listener_routes(
                 retry: rule.retry.clone(),
                 mirrors,
                 policy: policies.for_rule(gateway, listener, route, ri),
+                metrics: Default::default(),
             });
             for (mi, m) in rule.matches.iter().enumerate() {
                 for h in &hosts {

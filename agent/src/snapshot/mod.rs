@@ -163,7 +163,10 @@ pub struct ListenerRoutes {
 /// Gateway API precedence, so matching is a walk that stops at the first hit.
 #[derive(Debug, Default)]
 pub struct RouteTable {
-    exact: HashMap<String, Vec<RouteEntry>>,
+    /// By hostname. Looked up with the request's Host on every request:
+    /// a seeded fast hash (the keys come from the config, so there is no
+    /// flooding to defend against with SipHash).
+    exact: HashMap<String, Vec<RouteEntry>, foldhash::fast::RandomState>,
     /// Longest suffix first.
     wildcard: Vec<(String, Vec<RouteEntry>)>,
     any: Vec<RouteEntry>,
@@ -279,6 +282,9 @@ pub struct RuleAction {
     pub mirrors: Vec<MirrorTarget>,
     /// The effective API policy of the rule through this listener.
     pub policy: Arc<crate::policy::RoutePolicy>,
+    /// Request counters of the rule, resolved once (the rule belongs to one
+    /// shard and one route).
+    pub metrics: crate::metrics::RuleMetrics,
 }
 
 /// Where a RequestMirror filter sends copies, and how many.
