@@ -541,7 +541,7 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
             let acc = routes.entry(name.clone()).or_default();
             acc.listeners.insert(listener.name.clone());
             acc.hostnames.extend(host.map(|h| h.to_string()));
-            acc.rules.insert(entry.rule);
+            acc.rules.insert(entry.rule as usize);
             acc.policies.extend(attached(&entry.action.policy));
             for (backend, mirror) in backends_of(entry) {
                 let key = upstream(backend, &name, upstreams);

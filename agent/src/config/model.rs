@@ -56,7 +56,7 @@ pub struct Config {
 }
 
 /// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Secret {
     pub id: ObjectRef,
     /// `type`, e.g. `kubernetes.io/tls` (`Opaque` when unset).
@@ -97,7 +97,7 @@ impl Config {
 }
 
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -105,7 +105,7 @@ pub struct Namespace {
 
 /// A ReferenceGrant: lets objects of the `from` kinds/namespaces refer to the
 /// `to` objects in the grant's own namespace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceGrant {
     pub id: ObjectRef,
     pub from: Vec<GrantFrom>,
@@ -127,7 +127,7 @@ pub struct GrantTo {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayClass {
     pub name: String,
     pub controller_name: String,
@@ -138,7 +138,7 @@ pub struct GatewayClass {
 }
 
 /// A Gateway: one shard of the agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub id: ObjectRef,
     /// `metadata.generation`, echoed as `observedGeneration` in status.
@@ -217,7 +217,7 @@ pub enum ListenerProtocol {
     Other(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub port: u16,
@@ -361,7 +361,7 @@ impl fmt::Display for Hostname {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
     pub id: ObjectRef,
     /// `metadata.generation`, echoed as `observedGeneration` in status.
@@ -381,12 +381,13 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteRule {
     /// `name`: what a policy's `sectionName` selects.
     pub name: Option<String>,
-    /// Matches; never empty (an omitted list means "PathPrefix /").
-    pub matches: Vec<RouteMatch>,
+    /// Matches; never empty (an omitted list means "PathPrefix /"). Shared
+    /// with the route table entries compiled from them.
+    pub matches: Vec<Arc<RouteMatch>>,
     /// Rule-level filters, in the order given.
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
@@ -434,6 +435,14 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// `PathPrefix /`, what a rule without matches matches: one shared
+    /// value, as most rules in a cluster have no matches.
+    pub fn any_path() -> Arc<RouteMatch> {
+        static ANY: std::sync::LazyLock<Arc<RouteMatch>> =
+            std::sync::LazyLock::new(|| Arc::new(RouteMatch::path(PathMatch::Prefix("/".into()))));
+        ANY.clone()
+    }
+
     /// A match on a path alone.
     pub fn path(path: PathMatch) -> Self {
         Self {
@@ -532,13 +541,13 @@ pub struct BackendRef {
     pub unsupported_kind: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub id: ObjectRef,
     pub ports: Vec<ServicePort>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
@@ -548,7 +557,7 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSlice {
     pub id: ObjectRef,
     /// Service this slice belongs to (`kubernetes.io/service-name` label).
@@ -558,14 +567,14 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointPort {
     pub name: Option<String>,
     pub port: u16,
 }
 
 /// A ConfigMap; only `data` is kept (CA bundles under `ca.crt`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConfigMap {
     pub id: ObjectRef,
     pub data: BTreeMap<String, String>,
@@ -573,7 +582,7 @@ pub struct ConfigMap {
 
 /// A BackendTLSPolicy: connections to the targeted Service (ports) use TLS,
 /// verified against the given CAs and names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendTlsPolicy {
     pub id: ObjectRef,
     pub generation: Option<i64>,

@@ -55,13 +55,11 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         let mut matches = Vec::new();
         for (mi, m) in rule.matches.iter().enumerate() {
             if let Some(m) = route_match(doc, &format!("{at}.matches[{mi}]"), m) {
-                matches.push(m);
+                matches.push(std::sync::Arc::new(m));
             }
         }
         if rule.matches.is_empty() {
-            matches.push(model::RouteMatch::path(model::PathMatch::Prefix(
-                "/".into(),
-            )));
+            matches.push(model::RouteMatch::any_path());
         }
         let single_prefix_match =
             matches.len() == 1 && matches!(matches[0].path, model::PathMatch::Prefix(_));
@@ -136,9 +134,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     if r.spec.rules.is_empty() {
         rules.push(model::RouteRule {
             name: None,
-            matches: vec![model::RouteMatch::path(model::PathMatch::Prefix(
-                "/".into(),
-            ))],
+            matches: vec![model::RouteMatch::any_path()],
             filters: Vec::new(),
             backends: Vec::new(),
             timeouts: model::Timeouts::default(),

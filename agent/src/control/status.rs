@@ -6,6 +6,7 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use serde::Serialize;
@@ -25,10 +26,20 @@ use crate::{
 pub struct Status {
     pub gateway_classes: Vec<ClassStatus>,
     pub gateways: Vec<GatewayStatus>,
-    #[serde(rename = "httpRoutes")]
-    pub http_routes: Vec<RouteStatus>,
+    /// Sorted by namespace/name. Shared by `Arc` with the previous status
+    /// where a route did not change: a clone of the status is cheap, and a
+    /// writer can tell changed routes by pointer.
+    #[serde(rename = "httpRoutes", serialize_with = "serialize_shared")]
+    pub http_routes: Vec<Arc<RouteStatus>>,
     /// BackendTLSPolicies with their ancestors.
     pub policies: Vec<PolicyStatus>,
+}
+
+fn serialize_shared<S: serde::Serializer>(
+    routes: &[Arc<RouteStatus>],
+    s: S,
+) -> Result<S::Ok, S::Error> {
+    s.collect_seq(routes.iter().map(|r| &**r))
 }
 
 /// One `metav1.Condition`.
@@ -60,14 +71,14 @@ fn cond(
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClassStatus {
     pub name: String,
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     pub namespace: String,
@@ -86,7 +97,7 @@ pub struct GatewayStatusAddress {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerStatus {
     pub name: String,
@@ -101,7 +112,7 @@ pub struct RouteKind {
     pub kind: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
     pub namespace: String,
@@ -109,7 +120,7 @@ pub struct RouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
     pub parent_ref: ParentRefStatus,
@@ -117,7 +128,7 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRefStatus {
     pub group: &'static str,
@@ -219,15 +230,16 @@ fn attach_failure(
 }
 
 /// Computes the status. `ours`: Gateways of our classes; `served`: those
-/// that got a shard.
+/// that got a shard; `attached`: per Gateway of `ours` and listener, the
+/// routes attached to it; `http_routes`: the routes' status (sorted).
 pub(super) fn compute(
     config: &Config,
     controller: &'static str,
     ours: &[&Gateway],
     served: &HashSet<&ObjectRef>,
-    resolver: &BackendResolver<'_>,
-    namespaces: &NamespaceLabels<'_>,
     problems: &ListenerProblems,
+    attached: &[Vec<u32>],
+    http_routes: Vec<Arc<RouteStatus>>,
 ) -> Status {
     let mut status = Status::default();
     for class in config
@@ -249,23 +261,14 @@ pub(super) fn compute(
             conditions: vec![accepted],
         });
     }
-    let mut routes: Vec<&HttpRoute> = config.routes.iter().map(|r| &**r).collect();
-    routes.sort_by(|a, b| a.id.cmp(&b.id));
-
-    for gateway in ours {
+    for (gi, gateway) in ours.iter().enumerate() {
         let is_served = served.contains(&gateway.id);
         let mut listeners = Vec::new();
-        for l in &gateway.listeners {
+        for (li, l) in gateway.listeners.iter().enumerate() {
             // Attached: selected by a parentRef, allowed, hostnames intersect —
-            // exactly the routes whose Accepted condition is True for it.
-            let attached = routes
-                .iter()
-                .filter(|r| {
-                    r.parents.iter().any(|p| parent_selects(p, gateway, l))
-                        && namespace_allowed(l, gateway, r, namespaces)
-                        && !effective_hostnames(l.hostname.as_ref(), &r.hostnames).is_empty()
-                })
-                .count() as u32;
+            // exactly the routes whose Accepted condition is True for it
+            // (counted per route by the route compile).
+            let attached = attached[gi][li];
             let http_route = RouteKind {
                 group: super::refgrant::GATEWAY_GROUP,
                 kind: "HTTPRoute",
@@ -436,41 +439,54 @@ pub(super) fn compute(
         });
     }
 
-    for route in routes {
-        let mut parents = Vec::new();
-        for p in &route.parents {
-            let Some(gateway) = ours.iter().find(|g| g.id == p.gateway) else {
-                // Not ours (or missing): its controller reports, not us.
-                continue;
-            };
-            let accepted = match attach_failure(route, gateway, p, namespaces) {
-                None => cond("Accepted", true, "Accepted", ""),
-                Some((reason, message)) => cond("Accepted", false, reason, message),
-            };
-            let mut conditions = vec![accepted, resolved_refs(route, resolver)];
-            set_generation(&mut conditions, route.generation);
-            parents.push(RouteParentStatus {
-                parent_ref: ParentRefStatus {
-                    group: super::refgrant::GATEWAY_GROUP,
-                    kind: "Gateway",
-                    namespace: p.gateway.namespace.clone(),
-                    name: p.gateway.name.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                },
-                controller_name: controller,
-                conditions,
-            });
-        }
-        if !parents.is_empty() {
-            status.http_routes.push(RouteStatus {
-                namespace: route.id.namespace.clone(),
-                name: route.id.name.clone(),
-                parents,
-            });
-        }
-    }
+    status.http_routes = http_routes;
     status
+}
+
+/// The status of one route towards each of its parents of ours; `None`
+/// when it has none.
+pub(super) fn route_status(
+    route: &HttpRoute,
+    ours: &[&Gateway],
+    namespaces: &NamespaceLabels<'_>,
+    resolver: &BackendResolver<'_>,
+    controller: &'static str,
+) -> Option<RouteStatus> {
+    let mut parents = Vec::with_capacity(route.parents.len());
+    // Computed once for all parents, and only when there is one of ours.
+    let mut refs: Option<Condition> = None;
+    for p in &route.parents {
+        let Some(gateway) = ours.iter().find(|g| g.id == p.gateway) else {
+            // Not ours (or missing): its controller reports, not us.
+            continue;
+        };
+        let accepted = match attach_failure(route, gateway, p, namespaces) {
+            None => cond("Accepted", true, "Accepted", ""),
+            Some((reason, message)) => cond("Accepted", false, reason, message),
+        };
+        let resolved = refs
+            .get_or_insert_with(|| resolved_refs(route, resolver))
+            .clone();
+        let mut conditions = vec![accepted, resolved];
+        set_generation(&mut conditions, route.generation);
+        parents.push(RouteParentStatus {
+            parent_ref: ParentRefStatus {
+                group: super::refgrant::GATEWAY_GROUP,
+                kind: "Gateway",
+                namespace: p.gateway.namespace.clone(),
+                name: p.gateway.name.clone(),
+                section_name: p.section_name.clone(),
+                port: p.port,
+            },
+            controller_name: controller,
+            conditions,
+        });
+    }
+    (!parents.is_empty()).then(|| RouteStatus {
+        namespace: route.id.namespace.clone(),
+        name: route.id.name.clone(),
+        parents,
+    })
 }
 
 /// Why the parameters of a Gateway (its own `infrastructure.parametersRef`

@@ -92,8 +92,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             status
                 .http_routes
                 .iter()
-                .cloned()
-                .map(ObjectStatus::HttpRoute),
+                .map(|r| ObjectStatus::HttpRoute(RouteStatus::clone(r))),
         )
         .chain(
             status
