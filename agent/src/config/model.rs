@@ -80,6 +80,25 @@ impl fmt::Debug for Secret {
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
 impl Config {
+    /// Appends copies of everything in `other`, sharing its routes.
+    pub fn extend_from(&mut self, other: &Config) {
+        self.gateway_classes
+            .extend_from_slice(&other.gateway_classes);
+        self.gateways.extend_from_slice(&other.gateways);
+        self.routes.extend_from_slice(&other.routes);
+        self.services.extend_from_slice(&other.services);
+        self.endpoint_slices
+            .extend_from_slice(&other.endpoint_slices);
+        self.namespaces.extend_from_slice(&other.namespaces);
+        self.reference_grants
+            .extend_from_slice(&other.reference_grants);
+        self.secrets.extend_from_slice(&other.secrets);
+        self.config_maps.extend_from_slice(&other.config_maps);
+        self.backend_tls_policies
+            .extend_from_slice(&other.backend_tls_policies);
+        self.policies.extend_from_slice(&other.policies);
+    }
+
     /// Appends everything in `other` (objects converted one by one).
     pub fn merge(&mut self, other: Config) {
         self.gateway_classes.extend(other.gateway_classes);

@@ -141,14 +141,46 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             retry: None,
         });
     }
-    (doc.errors.len() == before).then(|| model::HttpRoute {
-        id: model::ObjectRef::new(namespace, &r.metadata.name),
-        generation: r.metadata.generation,
-        created,
-        parents,
-        hostnames,
-        rules,
+    (doc.errors.len() == before).then(|| {
+        let mut route = model::HttpRoute {
+            id: model::ObjectRef::new(namespace, &r.metadata.name),
+            generation: r.metadata.generation,
+            created,
+            parents,
+            hostnames,
+            rules,
+        };
+        compact(&mut route);
+        route
     })
+}
+
+/// Gives every list of the route exactly the capacity it needs. A `Vec`
+/// grown by `push` keeps room for four elements, and route elements are
+/// large: at 5,000 routes the spare room was 17 MB.
+fn compact(route: &mut model::HttpRoute) {
+    route.parents.shrink_to_fit();
+    route.hostnames.shrink_to_fit();
+    route.rules.shrink_to_fit();
+    for rule in &mut route.rules {
+        rule.matches.shrink_to_fit();
+        compact_filters(&mut rule.filters);
+        rule.backends.shrink_to_fit();
+        for b in &mut rule.backends {
+            compact_filters(&mut b.filters);
+        }
+    }
+}
+
+fn compact_filters(filters: &mut Vec<model::Filter>) {
+    filters.shrink_to_fit();
+    for f in filters {
+        if let model::Filter::RequestHeaders(m) | model::Filter::ResponseHeaders(m) = f {
+            m.set.shrink_to_fit();
+            m.add.shrink_to_fit();
+            m.remove.shrink_to_fit();
+        }
+    }
 }
 
 fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<model::RouteMatch> {
@@ -267,6 +299,8 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
         }
     }
     let path = path?;
+    headers.shrink_to_fit();
+    query_params.shrink_to_fit();
     (doc.errors.len() == before).then_some(model::RouteMatch {
         path,
         method,
