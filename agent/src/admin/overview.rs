@@ -328,16 +328,19 @@ pub fn build(state: &AdminState, samples: &[Sample]) -> Overview {
             r.requests = route_requests
                 .remove(&(shard.name.to_string(), r.name.clone()))
                 .unwrap_or_default();
-            r.conditions = status
-                .http_routes
-                .iter()
-                .filter(|s| format!("{}/{}", s.namespace, s.name) == r.name)
-                .flat_map(|s| &s.parents)
+            // By key: a scan of every route's status per route was
+            // quadratic in the routes.
+            r.conditions = r
+                .name
+                .split_once('/')
+                .and_then(|(namespace, name)| status.http_routes.get(namespace, name))
+                .into_iter()
+                .flat_map(|s| s.parents)
                 .filter(|p| {
                     p.parent_ref.namespace == shard.gateway.namespace
                         && p.parent_ref.name == shard.gateway.name
                 })
-                .flat_map(|p| p.conditions.clone())
+                .flat_map(|p| p.conditions)
                 .collect();
         }
         let mut gateway_policies = BTreeSet::new();

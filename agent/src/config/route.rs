@@ -10,6 +10,9 @@ use super::{
     validate::{hostname, ns, Doc, GATEWAY_GROUP},
 };
 
+/// `spec.parentRefs` `maxItems` in the Gateway API CRD.
+pub const MAX_PARENT_REFS: usize = 32;
+
 pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model::HttpRoute> {
     let before = doc.errors.len();
     let namespace = ns(&r.metadata);
@@ -26,6 +29,12 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             }
         },
     };
+    if r.spec.parent_refs.len() > MAX_PARENT_REFS {
+        doc.err(
+            "spec.parentRefs",
+            format!("at most {MAX_PARENT_REFS} parentRefs (the CRD's maxItems)"),
+        );
+    }
     let mut parents = Vec::new();
     for p in &r.spec.parent_refs {
         let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);

@@ -8,6 +8,7 @@ mod frontend_tls;
 mod isolation;
 pub mod policy;
 pub mod refgrant;
+mod route_status;
 mod routes;
 pub mod status;
 pub mod tls;

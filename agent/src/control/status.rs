@@ -11,9 +11,13 @@ use std::{
 
 use serde::Serialize;
 
-pub use super::backend_tls::{PolicyAncestorStatus, PolicyStatus};
 use super::compile::{
     effective_hostnames, namespace_allowed, parent_selects, BackendResolver, NamespaceLabels,
+};
+use super::route_status::RouteOutcome;
+pub use super::{
+    backend_tls::{PolicyAncestorStatus, PolicyStatus},
+    route_status::RouteStatuses,
 };
 use crate::{
     config::{Config, Filter, Gateway, HttpRoute, ListenerProtocol, ObjectRef},
@@ -26,20 +30,12 @@ use crate::{
 pub struct Status {
     pub gateway_classes: Vec<ClassStatus>,
     pub gateways: Vec<GatewayStatus>,
-    /// Sorted by namespace/name. Shared by `Arc` with the previous status
-    /// where a route did not change: a clone of the status is cheap, and a
-    /// writer can tell changed routes by pointer.
-    #[serde(rename = "httpRoutes", serialize_with = "serialize_shared")]
-    pub http_routes: Vec<Arc<RouteStatus>>,
+    /// Sorted by namespace/name; compact and shared with the previous
+    /// status where routes did not change (see [`RouteStatuses`]).
+    #[serde(rename = "httpRoutes")]
+    pub http_routes: RouteStatuses,
     /// BackendTLSPolicies with their ancestors.
     pub policies: Vec<PolicyStatus>,
-}
-
-fn serialize_shared<S: serde::Serializer>(
-    routes: &[Arc<RouteStatus>],
-    s: S,
-) -> Result<S::Ok, S::Error> {
-    s.collect_seq(routes.iter().map(|r| &**r))
 }
 
 /// One `metav1.Condition`.
@@ -239,7 +235,7 @@ pub(super) fn compute(
     served: &HashSet<&ObjectRef>,
     problems: &ListenerProblems,
     attached: &[Vec<u32>],
-    http_routes: Vec<Arc<RouteStatus>>,
+    http_routes: RouteStatuses,
 ) -> Status {
     let mut status = Status::default();
     for class in config
@@ -443,49 +439,32 @@ pub(super) fn compute(
     status
 }
 
-/// The status of one route towards each of its parents of ours; `None`
-/// when it has none.
-pub(super) fn route_status(
-    route: &HttpRoute,
+/// What the status checks find for one route towards its parents of ours;
+/// `None` when it has none.
+pub(super) fn route_outcome(
+    route: &Arc<HttpRoute>,
     ours: &[&Gateway],
     namespaces: &NamespaceLabels<'_>,
     resolver: &BackendResolver<'_>,
-    controller: &'static str,
-) -> Option<RouteStatus> {
-    let mut parents = Vec::with_capacity(route.parents.len());
-    // Computed once for all parents, and only when there is one of ours.
-    let mut refs: Option<Condition> = None;
-    for p in &route.parents {
+) -> Option<RouteOutcome> {
+    let mut mask = 0u32;
+    let mut refused = Vec::new();
+    // Validation allows at most 32 parentRefs (the CRD's limit).
+    for (i, p) in route.parents.iter().enumerate().take(32) {
         let Some(gateway) = ours.iter().find(|g| g.id == p.gateway) else {
             // Not ours (or missing): its controller reports, not us.
             continue;
         };
-        let accepted = match attach_failure(route, gateway, p, namespaces) {
-            None => cond("Accepted", true, "Accepted", ""),
-            Some((reason, message)) => cond("Accepted", false, reason, message),
-        };
-        let resolved = refs
-            .get_or_insert_with(|| resolved_refs(route, resolver))
-            .clone();
-        let mut conditions = vec![accepted, resolved];
-        set_generation(&mut conditions, route.generation);
-        parents.push(RouteParentStatus {
-            parent_ref: ParentRefStatus {
-                group: super::refgrant::GATEWAY_GROUP,
-                kind: "Gateway",
-                namespace: p.gateway.namespace.clone(),
-                name: p.gateway.name.clone(),
-                section_name: p.section_name.clone(),
-                port: p.port,
-            },
-            controller_name: controller,
-            conditions,
-        });
+        mask |= 1 << i;
+        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces) {
+            refused.push((i as u8, reason, message.into_boxed_str()));
+        }
     }
-    (!parents.is_empty()).then(|| RouteStatus {
-        namespace: route.id.namespace.clone(),
-        name: route.id.name.clone(),
-        parents,
+    (mask != 0).then(|| RouteOutcome::Checked {
+        route: route.clone(),
+        ours: mask,
+        refused: refused.into(),
+        unresolved: unresolved_ref(route, resolver).map(Box::new),
     })
 }
 
@@ -596,26 +575,26 @@ pub fn node_addresses() -> Vec<IpAddr> {
     out.into_iter().map(|(_, ip)| ip).take(16).collect()
 }
 
-/// `ResolvedRefs` of a route: the first backendRef or mirror reference
+/// For `ResolvedRefs` of a route: the first backendRef or mirror reference
 /// that does not resolve names the reason.
-fn resolved_refs(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Condition {
+fn unresolved_ref(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Option<Unresolved> {
     for rule in &route.rules {
         for b in &rule.backends {
             if let Err(u) =
                 resolver.check(&route.id, b.unsupported_kind.as_deref(), &b.service, b.port)
             {
-                return cond("ResolvedRefs", false, u.reason, u.message);
+                return Some(u);
             }
         }
         for f in &rule.filters {
             if let Filter::Mirror(m) = f {
                 if let Err(u) = resolver.check(&route.id, None, &m.service, m.port) {
-                    return cond("ResolvedRefs", false, u.reason, u.message);
+                    return Some(u);
                 }
             }
         }
     }
-    cond("ResolvedRefs", true, "ResolvedRefs", "")
+    None
 }
 
 fn set_generation(conditions: &mut [Condition], generation: Option<i64>) {
@@ -737,7 +716,7 @@ spec: {ports: [{port: 8080}]}
             ("False", "NoMatchingListenerHostname")
         );
         assert_eq!(
-            s.http_routes[0].parents[0].conditions[0].observed_generation,
+            s.http_routes.iter().next().unwrap().parents[0].conditions[0].observed_generation,
             Some(7)
         );
         assert_eq!(s.gateway_classes[0].conditions[0].status, "True");

@@ -604,8 +604,8 @@ mod tests {
         }
     }
 
-    fn route(name: &str, message: &str) -> Arc<RouteStatus> {
-        Arc::new(RouteStatus {
+    fn route(name: &str, message: &str) -> RouteStatus {
+        RouteStatus {
             namespace: "ns".into(),
             name: name.into(),
             parents: vec![RouteParentStatus {
@@ -626,12 +626,16 @@ mod tests {
                     observed_generation: None,
                 }],
             }],
-        })
+        }
     }
 
     fn applied(routes: &[(&str, &str)]) -> Applied {
         let status = Status {
-            http_routes: routes.iter().map(|(n, m)| route(n, m)).collect(),
+            http_routes: routes
+                .iter()
+                .map(|(n, m)| route(n, m))
+                .collect::<Vec<_>>()
+                .into(),
             ..Status::default()
         };
         Some(Arc::new(StatusInput {

@@ -89,12 +89,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
         .cloned()
         .map(ObjectStatus::GatewayClass)
         .chain(status.gateways.iter().cloned().map(ObjectStatus::Gateway))
-        .chain(
-            status
-                .http_routes
-                .iter()
-                .map(|r| ObjectStatus::HttpRoute(RouteStatus::clone(r))),
-        )
+        .chain(status.http_routes.iter().map(ObjectStatus::HttpRoute))
         .chain(
             status
                 .policies

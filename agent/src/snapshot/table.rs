@@ -65,23 +65,20 @@ impl RouteTable {
     }
 
     /// A copy of this table without the entries of the routes in `removed`
-    /// (identified by their `route` `Arc`, found under the hostnames given)
-    /// and with `added`. Only the groups of those hostnames are copied; the
-    /// result equals [`RouteTable::build`] of the same entries.
+    /// (by namespace/name, found under the hostnames given) and with
+    /// `added`. Only the groups of those hostnames are copied; the result
+    /// equals [`RouteTable::build`] of the same entries when no two routes
+    /// share a namespace/name.
     pub fn update(
         &self,
-        removed: &[(Option<Hostname>, Arc<ObjectRef>)],
+        removed: &[(Option<Hostname>, ObjectRef)],
         added: Vec<(Option<Hostname>, RouteEntry)>,
     ) -> RouteTable {
         // Per touched hostname: the routes whose entries leave, the entries that come.
-        let mut touched: HashMap<Option<Hostname>, (Vec<*const ObjectRef>, Vec<RouteEntry>)> =
+        let mut touched: HashMap<Option<Hostname>, (Vec<&ObjectRef>, Vec<RouteEntry>)> =
             HashMap::new();
         for (host, route) in removed {
-            touched
-                .entry(host.clone())
-                .or_default()
-                .0
-                .push(Arc::as_ptr(route));
+            touched.entry(host.clone()).or_default().0.push(route);
         }
         for (host, e) in added {
             touched.entry(host).or_default().1.push(e);
@@ -91,9 +88,7 @@ impl RouteTable {
         for (host, (gone, mut new)) in touched {
             let mut merge = |old: Option<&Bucket>, out_len: &mut usize| -> Option<Bucket> {
                 let old = old.map(|b| &b[..]).unwrap_or_default();
-                let kept = old
-                    .iter()
-                    .filter(|e| !gone.contains(&Arc::as_ptr(&e.route)));
+                let kept = old.iter().filter(|e| !gone.contains(&&*e.route));
                 new.sort_by(matching::precedence);
                 let merged = merge_sorted(kept, std::mem::take(&mut new));
                 *out_len = *out_len + merged.len() - old.len();
@@ -408,11 +403,11 @@ mod tests {
         // Remove routes 0, 1, 2, 5; change 10, 11, 12, 15 (new path).
         let gone = [0, 1, 2, 5];
         let changed = [10, 11, 12, 15];
-        let removed: Vec<(Option<Hostname>, Arc<ObjectRef>)> = gone
+        let removed: Vec<(Option<Hostname>, ObjectRef)> = gone
             .iter()
             .chain(&changed)
             .flat_map(|&i| {
-                let id = ids[i].clone();
+                let id = ObjectRef::clone(&ids[i]);
                 hosts(i).into_iter().map(move |h| (h, id.clone()))
             })
             .collect();
@@ -445,9 +440,9 @@ mod tests {
             "wildcard entries of a changed route are replaced"
         );
         // Removing every route of a wildcard empties and drops its group.
-        let z: Vec<(Option<Hostname>, Arc<ObjectRef>)> = (0..300)
+        let z: Vec<(Option<Hostname>, ObjectRef)> = (0..300)
             .filter(|i| i % 10 == 2)
-            .map(|i| (wild(&format!(".z{}.org", i % 3)), ids[i].clone()))
+            .map(|i| (wild(&format!(".z{}.org", i % 3)), ObjectRef::clone(&ids[i])))
             .collect();
         let without_z = after.update(&z, Vec::new());
         assert!(without_z
