@@ -237,7 +237,7 @@ impl<'a> BackendTls<'a> {
         }
         let port = self
             .services
-            .get(&backend.service)
+            .get(&*backend.service)
             .and_then(|s| s.ports.iter().find(|p| p.port == backend.port))?;
         let policy = self.policy_for(&backend.service, port)?;
         match self.built_for(gateway, policy) {

@@ -26,6 +26,8 @@ pub(super) struct BackendResolver<'a> {
     /// Resolved by earlier compiles: an equal list is shared instead of a
     /// new one, so routes compiled at different times share it too.
     previous: RefCell<super::routes::EndpointMemo>,
+    /// One `Arc` per Service referenced in this compile, for the backends.
+    ids: RefCell<HashMap<ObjectRef, Arc<ObjectRef>>>,
 }
 
 impl<'a> BackendResolver<'a> {
@@ -43,7 +45,18 @@ impl<'a> BackendResolver<'a> {
             tls_policies: &config.backend_tls_policies,
             endpoints: RefCell::default(),
             previous: RefCell::new(previous),
+            ids: RefCell::default(),
         }
+    }
+
+    /// The shared `Arc` of a Service's namespace/name.
+    fn id(&self, service: &ObjectRef) -> Arc<ObjectRef> {
+        if let Some(id) = self.ids.borrow().get(service) {
+            return id.clone();
+        }
+        let id = Arc::new(service.clone());
+        self.ids.borrow_mut().insert(service.clone(), id.clone());
+        id
     }
 
     /// The lists resolved by this compile and those of earlier compiles
@@ -70,7 +83,7 @@ impl<'a> BackendResolver<'a> {
                         &b.service,
                         b.port,
                     );
-                    let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
+                    let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend.protocol = self.protocol(&b.service, b.port);
                     backend
@@ -88,7 +101,7 @@ impl<'a> BackendResolver<'a> {
             })
             .map(|m| {
                 let target = self.target(route, &m.service, m.port);
-                let backend = Backend::new(m.service.clone(), m.port, 1, target);
+                let backend = Backend::new(self.id(&m.service), m.port, 1, target);
                 MirrorTarget::new(backend, m.numerator, m.denominator)
             })
             .collect()

@@ -286,7 +286,8 @@ impl BackendGroup {
 /// A resolved backendRef.
 #[derive(Debug)]
 pub struct Backend {
-    pub service: ObjectRef,
+    /// Shared by every backend of the Service in a compile.
+    pub service: Arc<ObjectRef>,
     pub port: u16,
     pub weight: u32,
     pub target: BackendTarget,
@@ -335,9 +336,14 @@ impl std::fmt::Display for Unresolved {
 }
 
 impl Backend {
-    pub fn new(service: ObjectRef, port: u16, weight: u32, target: BackendTarget) -> Self {
+    pub fn new(
+        service: impl Into<Arc<ObjectRef>>,
+        port: u16,
+        weight: u32,
+        target: BackendTarget,
+    ) -> Self {
         Self {
-            service,
+            service: service.into(),
             port,
             weight,
             target,
