@@ -161,6 +161,8 @@ impl DirSource {
             ..LoadStats::default()
         };
         let mut files = BTreeMap::new();
+        // Files whose content changed, parsed below (in parallel when many).
+        let mut jobs = Vec::new();
         for path in paths {
             let meta = std::fs::metadata(&path).map_err(|source| ConfigError::ReadFile {
                 path: path.clone(),
@@ -182,21 +184,26 @@ impl DirSource {
                         Some(c) if c.digest == digest => CachedFile { stamp, ..c },
                         cached => {
                             stats.parsed += 1;
-                            let previous = match cached.as_ref().map(|c| &c.converted) {
-                                Some(Converted::Documents(docs)) => docs.iter().cloned().collect(),
+                            let previous = match cached.map(|c| c.converted) {
+                                Some(Converted::Documents(docs)) => docs.into_iter().collect(),
                                 _ => HashMap::new(),
                             };
-                            let (converted, parsed) = convert_file(&path, &text, &previous);
-                            stats.documents_parsed += parsed;
-                            CachedFile {
+                            jobs.push(Job {
+                                path,
+                                text,
                                 stamp,
                                 digest,
-                                converted,
-                            }
+                                previous,
+                            });
+                            continue;
                         }
                     }
                 }
             };
+            files.insert(path, entry);
+        }
+        for (path, entry, parsed) in parse_all(jobs) {
+            stats.documents_parsed += parsed;
             files.insert(path, entry);
         }
         // Files that disappeared are dropped with the old map.
@@ -228,6 +235,64 @@ impl DirSource {
             Err(ConfigError::Invalid(errors))
         }
     }
+}
+
+/// A file to parse.
+struct Job {
+    path: PathBuf,
+    text: String,
+    stamp: FileStamp,
+    digest: u64,
+    /// Its documents as last converted, by text hash.
+    previous: HashMap<u64, Document>,
+}
+
+/// Below this much text, parsing on more threads costs more than it saves.
+const PARALLEL_FROM_BYTES: usize = 256 * 1024;
+
+/// Converts the files of `jobs`: on as many threads as the process may use
+/// when there is enough to parse (start-up, a large sync), else here.
+/// Returns each file's entry and how many documents were parsed.
+fn parse_all(jobs: Vec<Job>) -> Vec<(PathBuf, CachedFile, usize)> {
+    let one = |job: Job| {
+        let (converted, parsed) = convert_file(&job.path, &job.text, job.previous);
+        let entry = CachedFile {
+            stamp: job.stamp,
+            digest: job.digest,
+            converted,
+        };
+        (job.path, entry, parsed)
+    };
+    let bytes: usize = jobs.iter().map(|j| j.text.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len());
+    if threads < 2 || bytes < PARALLEL_FROM_BYTES {
+        return jobs.into_iter().map(one).collect();
+    }
+    // Largest first, each to the least loaded thread: the threads finish
+    // together even when file sizes differ.
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.text.len()));
+    let mut shares: Vec<(usize, Vec<Job>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for job in jobs {
+        let least = shares
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least two threads");
+        least.0 += job.text.len();
+        least.1.push(job);
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|(_, share)| scope.spawn(move || share.into_iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("config parser thread panicked"))
+            .collect()
+    })
 }
 
 fn digest(text: &str) -> u64 {
@@ -267,13 +332,19 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
 /// Converts the documents of one file, re-using the conversion of documents
 /// whose text is unchanged (`previous`, by text hash). Returns how many
 /// documents were parsed.
-fn convert_file(path: &Path, text: &str, previous: &HashMap<u64, Document>) -> (Converted, usize) {
+fn convert_file(
+    path: &Path,
+    text: &str,
+    mut previous: HashMap<u64, Document>,
+) -> (Converted, usize) {
     let mut docs = Vec::new();
     let mut parsed = 0;
     for chunk in split_documents(text) {
         let d = digest(chunk);
-        if let Some(c) = previous.get(&d) {
-            docs.push((d, c.clone()));
+        // Taken, not copied: a document written twice in a file becomes two
+        // objects, as it would be parsed twice.
+        if let Some(c) = previous.remove(&d) {
+            docs.push((d, c));
             continue;
         }
         parsed += 1;
