@@ -24,11 +24,15 @@
 //! Figures are printed next to the targets of the design brief; nothing here
 //! asserts a time.
 use std::{
+    alloc::{GlobalAlloc, Layout, System},
     io::{Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
-    sync::Arc,
+    sync::{
+        atomic::{AtomicBool, AtomicIsize, Ordering},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -39,6 +43,52 @@ use sluice::{
     policy::{state::PolicyState, PolicyMetrics},
     snapshot::Snapshot,
 };
+
+/// Counts the bytes allocated and not freed, in the RSS child only (one
+/// relaxed load per allocation elsewhere): where the memory goes.
+struct Counting;
+
+static COUNTING: AtomicBool = AtomicBool::new(false);
+static LIVE: AtomicIsize = AtomicIsize::new(0);
+
+// SAFETY: every call is passed on to the system allocator unchanged.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_add(layout.size() as isize, Ordering::Relaxed);
+        }
+        p
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_sub(layout.size() as isize, Ordering::Relaxed);
+        }
+        // SAFETY: the caller's contract is passed on.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        // SAFETY: the caller's contract is passed on.
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() && COUNTING.load(Ordering::Relaxed) {
+            LIVE.fetch_add(
+                new_size as isize - layout.size() as isize,
+                Ordering::Relaxed,
+            );
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live_kb() -> f64 {
+    LIVE.load(Ordering::Relaxed) as f64 / 1024.0
+}
 
 const SIZES: [usize; 5] = [0, 100, 1_000, 5_000, 50_000];
 const SERVICES: usize = 50;
@@ -77,9 +127,10 @@ fn main() {
     );
     println!();
     println!(
-        "| routes | change→swap p50 (max) ms | of which read+parse+merge / compile / swap ms | target | cold load ms | target | old snapshot freed ms | state RSS MB | agent start→ready ms | agent file change→in effect p50 (max) ms | agent RSS MB | target |"
+        "| routes | change→swap p50 (max) ms | of which read+parse+merge / compile / swap ms | target | cold load ms | target | old snapshot freed ms | agent start→ready ms | agent file change→in effect p50 (max) ms | agent RSS MB (anon + file) | target |"
     );
-    println!("|---:|---|---|---|---:|---|---:|---:|---:|---|---:|---|");
+    println!("|---:|---|---|---|---:|---|---:|---:|---|---|---|");
+    let mut memory = Vec::new();
     for n in SIZES {
         if only.as_ref().is_some_and(|o| !o.contains(&n)) {
             continue;
@@ -100,13 +151,13 @@ fn main() {
             Some(Ok(a)) => (
                 format!("{:.0}", a.ready_ms),
                 format!("{:.1} ({:.1})", a.change_p50_ms, a.change_max_ms),
-                format!("{:.1}", a.rss_mb),
+                format!("{:.1} ({:.1} + {:.1})", a.rss_mb, a.anon_mb, a.file_mb),
             ),
             Some(Err(e)) => ("–".into(), format!("failed: {e}"), "–".into()),
             None => ("–".into(), "(set SLUICE_BIN)".into(), "–".into()),
         };
         println!(
-            "| {n} | {:.2} ({:.2}) | {:.2} / {:.2} / {:.3} | {} | {:.0} | {} | {:.2} | {} | {start} | {change} | {rss} | {} |",
+            "| {n} | {:.2} ({:.2}) | {:.2} / {:.2} / {:.3} | {} | {:.0} | {} | {:.2} | {start} | {change} | {rss} | {} |",
             t.total_p50_ms,
             t.total_max_ms,
             t.parse_ms,
@@ -116,10 +167,39 @@ fn main() {
             t.cold_ms,
             show(cold_target, "ms"),
             t.drop_ms,
-            state_rss.map_or("–".into(), |r| format!("{r:.1}")),
             show(rss_target, "MB"),
         );
+        memory.push((n, state_rss));
         let _ = std::fs::remove_dir_all(&dir);
+    }
+    println!();
+    println!("Where the memory goes: a process holding what the agent holds for its configuration");
+    println!();
+    println!(
+        "| routes | RSS MB | live heap MB | directory cache (config) | snapshot (tables, actions) | compiler cache | status | heap per route |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (n, m) in memory {
+        match m {
+            Some(m) => println!(
+                "| {n} | {:.1} | {:.1} | {:.1} | {:.1} | {:.1} | {:.2} | {} |",
+                m.rss,
+                m.heap,
+                m.config,
+                m.snapshot,
+                m.cache,
+                m.status,
+                if n == 0 {
+                    "–".to_owned()
+                } else {
+                    format!(
+                        "{:.2} kB",
+                        (m.config + m.snapshot + m.cache + m.status) * 1024.0 / n as f64
+                    )
+                }
+            ),
+            None => println!("| {n} | failed | | | | | | |"),
+        }
     }
     println!();
     println!(
@@ -128,12 +208,14 @@ fn main() {
          changed document, the compiler recompiles that route and patches the route table \
          (every other route's entries, actions and status are shared with the previous \
          snapshot), and the snapshot is stored. Parts are medians; change→swap is their sum \
-         per run. Cold load: every file read and parsed, every route compiled, stored. State \
-         RSS: a process holding the directory cache, the compiler's cache, the snapshot and the \
-         status (what the agent holds for its configuration). Agent columns: the release agent \
-         (userspace datapath) started on the directory until /readyz; then {AGENT_CHANGES} \
-         one-route file changes, each until the gateway answers the new path (including the \
-         watcher's {} ms quiet period); RSS after the changes.",
+         per run. Cold load: every file read and parsed, every route compiled, stored. Agent \
+         columns: the release agent (userspace datapath) started on the directory until \
+         /readyz; then {AGENT_CHANGES} one-route file changes, each until the gateway answers \
+         the new path (including the watcher's {} ms quiet period); RSS after the changes, \
+         split into anonymous memory and file-backed pages (the executable's code, shared and \
+         clean). Memory table: live heap counted by the bench's allocator, each part measured \
+         by freeing it (tables are shared by the snapshot and the compiler cache and count for \
+         the snapshot); RSS above the heap is allocator overhead and fragmentation.",
         sluice::reload::DEBOUNCE.as_millis()
     );
     let _ = std::fs::remove_dir_all(&root);
@@ -211,20 +293,26 @@ impl Env {
     }
 }
 
+/// A number from the environment, for profiling runs.
+fn knob(name: &str) -> Option<usize> {
+    std::env::var(name).ok()?.parse().ok()
+}
+
 fn rebuild_times(dir: &Path, n: usize) -> Times {
-    let runs = (20_000 / n.max(1)).clamp(10, 50);
+    let runs = knob("SLUICE_BENCH_RUNS").unwrap_or((20_000 / n.max(1)).clamp(10, 50));
     let swap = ArcSwap::from_pointee(Snapshot::default());
     let env = Env::new();
     let mut ids = ShardIds::default();
 
     // Cold loads: what the agent pays at start-up.
     let mut cold = vec![];
-    for run in 0..if n > 10_000 { 2 } else { 4 } {
+    let colds = knob("SLUICE_BENCH_COLD").unwrap_or(if n > 10_000 { 2 } else { 4 });
+    for run in 0..colds {
         let t0 = Instant::now();
         let cfg = DirSource::new(dir)
             .load()
             .expect("generated config is valid");
-        let compiled = env.compile(&mut Compiler::default(), &cfg, &mut ids, run + 1);
+        let compiled = env.compile(&mut Compiler::default(), &cfg, &mut ids, run as u64 + 1);
         swap.store(Arc::new(compiled.snapshot));
         cold.push(ms(t0.elapsed()));
     }
@@ -276,7 +364,11 @@ fn rebuild_times(dir: &Path, n: usize) -> Times {
     // Two matches per route: each rule has one.
     assert_eq!(routes, 2 * n, "every generated route is in the table");
     Times {
-        cold_ms: median(&mut cold),
+        cold_ms: if cold.is_empty() {
+            f64::NAN
+        } else {
+            median(&mut cold)
+        },
         parse_ms: median(&mut parse),
         compile_ms: median(&mut comp),
         store_ms: median(&mut store),
@@ -296,26 +388,53 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Child: load, compile, publish and keep what the agent keeps for its
-/// configuration; report VmRSS (kB).
+/// configuration; report VmRSS and the live heap of each part (kB).
 fn rss_child(dir: &Path) {
+    COUNTING.store(true, Ordering::Relaxed);
     let swap = ArcSwap::from_pointee(Snapshot::default());
     let env = Env::new();
     let mut source = DirSource::new(dir);
     let mut compiler = Compiler::default();
+    let start = live_kb();
     let cfg = source.load().expect("valid config");
+    // The merged list of routes is the caller's, dropped after the compile.
+    let config = live_kb() - start - (cfg.routes.capacity() * 8) as f64 / 1024.0;
     let compiled = env.compile(&mut compiler, &cfg, &mut ShardIds::default(), 1);
     drop(cfg);
     swap.store(Arc::new(compiled.snapshot));
     let status = compiled.status;
+    drop(compiled.kernel);
     // As the agent does after every reload: hand freed heap back to the kernel.
     // SAFETY: malloc_trim has no preconditions.
     unsafe { libc::malloc_trim(0) };
     let (rss, _) = proc_status_kb("self");
-    println!("{rss}");
-    drop((swap, status, compiler, source));
+    let heap = live_kb();
+    let all = heap - start;
+    // What each part holds alone: measured by letting it go.
+    let before = live_kb();
+    drop(status);
+    let status_kb = before - live_kb();
+    let before = live_kb();
+    drop(compiler);
+    let cache_kb = before - live_kb();
+    println!(
+        "{rss} {heap} {config} {} {status_kb} {cache_kb}",
+        all - config - status_kb - cache_kb
+    );
+    drop((swap, source));
 }
 
-fn rss_of_child(dir: &Path) -> Option<f64> {
+/// What the RSS child reports (MB).
+struct StateMemory {
+    rss: f64,
+    heap: f64,
+    config: f64,
+    snapshot: f64,
+    status: f64,
+    cache: f64,
+}
+
+fn rss_of_child(dir: &Path) -> Option<StateMemory> {
     let exe = std::env::current_exe().ok()?;
     let out = Command::new(exe)
         .arg("--rss-child")
@@ -323,7 +442,19 @@ fn rss_of_child(dir: &Path) -> Option<f64> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    Some(text.trim().parse::<f64>().ok()? / 1024.0)
+    let v: Vec<f64> = text
+        .split_whitespace()
+        .filter_map(|x| x.parse::<f64>().ok())
+        .map(|kb| kb / 1024.0)
+        .collect();
+    (v.len() == 6).then(|| StateMemory {
+        rss: v[0],
+        heap: v[1],
+        config: v[2],
+        snapshot: v[3],
+        status: v[4],
+        cache: v[5],
+    })
 }
 
 struct AgentFigures {
@@ -331,6 +462,8 @@ struct AgentFigures {
     change_p50_ms: f64,
     change_max_ms: f64,
     rss_mb: f64,
+    anon_mb: f64,
+    file_mb: f64,
 }
 
 /// Kills the agent (by its pid, through the `Child`) when dropped.
@@ -402,13 +535,17 @@ fn run_agent(bin: &Path, dir: &Path, n: usize, port: u16) -> Result<AgentFigures
         changes.push(f64::NAN);
     }
     std::thread::sleep(Duration::from_millis(300));
-    let (rss, _) = proc_status_kb(&agent.0.id().to_string());
+    let pid = agent.0.id().to_string();
+    let (rss, _) = proc_status_kb(&pid);
+    let field = |name| proc_field_kb(&pid, name) / 1024.0;
     let max = changes.iter().copied().fold(f64::NAN, f64::max);
     Ok(AgentFigures {
         ready_ms,
         change_p50_ms: median(&mut changes),
         change_max_ms: max,
         rss_mb: rss / 1024.0,
+        anon_mb: field("RssAnon:"),
+        file_mb: field("RssFile:") + field("RssShmem:"),
     })
 }
 
@@ -426,16 +563,18 @@ fn http_status(addr: SocketAddr, host: &str, path: &str) -> Option<u16> {
 }
 
 fn proc_status_kb(pid: &str) -> (f64, f64) {
+    (proc_field_kb(pid, "VmRSS:"), proc_field_kb(pid, "VmHWM:"))
+}
+
+/// A kB field of /proc/PID/status.
+fn proc_field_kb(pid: &str, name: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(f64::NAN)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(name))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or(f64::NAN)
 }
 
 fn free_port() -> u16 {
