@@ -534,7 +534,8 @@ fn run_agent(bin: &Path, dir: &Path, n: usize, port: u16) -> Result<AgentFigures
     } else {
         changes.push(f64::NAN);
     }
-    std::thread::sleep(Duration::from_millis(300));
+    // After the agent's coalesced heap trim (half a second after a change).
+    std::thread::sleep(Duration::from_millis(1_000));
     let pid = agent.0.id().to_string();
     let (rss, _) = proc_status_kb(&pid);
     let field = |name| proc_field_kb(&pid, name) / 1024.0;
