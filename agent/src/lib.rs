@@ -7,6 +7,7 @@
 //! types); [`reload`] applies a configuration (at start-up and on every
 //! change of the config directory); [`app`] wires it together.
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod config;

@@ -164,10 +164,11 @@ fn is_root() -> bool {
 
 #[derive(Subcommand)]
 enum Bench {
-    /// Route-table rebuild + swap time and agent RSS at 100 / 1,000 / 5,000
-    /// HTTPRoutes (release build), next to the design targets; then a
-    /// one-route change → in effect at 5,000 routes through the directory,
-    /// etcd and Consul KV (real servers on loopback).
+    /// Route change → in effect (file source), cold start, memory at 100 /
+    /// 1,000 / 5,000 / 50,000 HTTPRoutes (release build), in process and
+    /// through the real agent, next to the design targets; then a one-route
+    /// change → in effect at 5,000 routes through the directory, etcd and
+    /// Consul KV (real servers on loopback).
     Routes {
         /// Only the config-source part (directory, etcd, Consul).
         #[arg(long)]
@@ -339,9 +340,12 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             },
         ),
         Bench::Routes { stores_only } => {
-            // The real agent binary too: its RSS is what the target is about.
-            run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
-            if !stores_only {
+            if stores_only {
+                run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
+            } else {
+                // The real agent too: `cargo bench` builds the package's
+                // binary (with the same profile, into target/release) before
+                // the bench runs, so one build serves both.
                 run(cargo()
                     .args(["bench", "-p", "sluice", "--bench", "routes"])
                     .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))?;

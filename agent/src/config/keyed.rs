@@ -37,11 +37,11 @@ impl KeyedDocuments {
                 cached => {
                     stats.read += 1;
                     stats.parsed += 1;
-                    let previous = match cached.as_ref().map(|c| &c.1) {
-                        Some(Converted::Documents(docs)) => docs.iter().cloned().collect(),
+                    let previous = match cached {
+                        Some((_, Converted::Documents(docs))) => docs.into_iter().collect(),
                         _ => HashMap::new(),
                     };
-                    let (converted, parsed) = convert_file(Path::new(key), text, &previous);
+                    let (converted, parsed) = convert_file(Path::new(key), text, previous);
                     stats.documents_parsed += parsed;
                     (d, converted)
                 }
@@ -55,8 +55,8 @@ impl KeyedDocuments {
         for (_, converted) in self.keys.values() {
             match converted {
                 Converted::Documents(docs) => {
-                    for (_, c) in docs {
-                        config.merge(Config::clone(c));
+                    for (_, d) in docs {
+                        d.add_to(&mut config);
                     }
                 }
                 Converted::Invalid(e) => errors.extend(e.iter().cloned()),
