@@ -445,13 +445,13 @@ fn compile_route(
             .get_or_insert_with(|| Arc::from(route.id.to_string()))
             .clone();
         for (ri, rule) in route.rules.iter().enumerate() {
-            let mut backends = ctx.resolver.group(&route.id, rule);
+            let mut backends = ctx.resolver.group(route, rule);
             for b in &mut backends.backends {
                 if let Some(p) = ctx.backend_tls.apply(gateway, b) {
                     tls.push((gi as u32, p as u32));
                 }
             }
-            let mut mirrors = ctx.resolver.mirrors(&route.id, rule);
+            let mut mirrors = ctx.resolver.mirrors(route, rule);
             for m in &mut mirrors {
                 if let Some(p) = ctx.backend_tls.apply(gateway, &mut m.backend) {
                     tls.push((gi as u32, p as u32));

@@ -111,6 +111,8 @@ pub struct RouteKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     pub parents: Vec<RouteParentStatus>,
@@ -208,7 +210,8 @@ fn attach_failure(
         return Some((
             "NotAllowedByListeners",
             format!(
-                "no listener allows routes from namespace {}",
+                "no listener allows {}s from namespace {}",
+                route.kind.as_str(),
                 route.id.namespace
             ),
         ));
@@ -265,15 +268,24 @@ pub(super) fn compute(
             // exactly the routes whose Accepted condition is True for it
             // (counted per route by the route compile).
             let attached = attached[gi][li];
-            let http_route = RouteKind {
+            // Both route kinds Sluice serves, in the order allowedRoutes
+            // admits them (every kind when it names none).
+            let route_kinds: Vec<RouteKind> = [
+                (l.allows_http_routes, "HTTPRoute"),
+                (l.allows_grpc_routes, "GRPCRoute"),
+            ]
+            .into_iter()
+            .filter(|(allowed, _)| *allowed)
+            .map(|(_, kind)| RouteKind {
                 group: super::refgrant::GATEWAY_GROUP,
-                kind: "HTTPRoute",
-            };
+                kind,
+            })
+            .collect();
             let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) = match &l
                 .protocol
             {
                 ListenerProtocol::Http | ListenerProtocol::Https => (
-                    vec![http_route],
+                    route_kinds,
                     vec![
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
                             Some(
@@ -358,11 +370,6 @@ pub(super) fn compute(
                     ),
                 ));
             }
-            let supported_kinds = if l.allows_http_routes {
-                supported_kinds
-            } else {
-                Vec::new()
-            };
             conditions.push(match problems.get(&(gateway.id.clone(), l.name.clone())) {
                 Some(ListenerProblem::ProtocolConflict) => cond(
                     "Conflicted",
@@ -580,15 +587,14 @@ pub fn node_addresses() -> Vec<IpAddr> {
 fn unresolved_ref(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Option<Unresolved> {
     for rule in &route.rules {
         for b in &rule.backends {
-            if let Err(u) =
-                resolver.check(&route.id, b.unsupported_kind.as_deref(), &b.service, b.port)
+            if let Err(u) = resolver.check(route, b.unsupported_kind.as_deref(), &b.service, b.port)
             {
                 return Some(u);
             }
         }
         for f in &rule.filters {
             if let Filter::Mirror(m) = f {
-                if let Err(u) = resolver.check(&route.id, None, &m.service, m.port) {
+                if let Err(u) = resolver.check(route, None, &m.service, m.port) {
                     return Some(u);
                 }
             }

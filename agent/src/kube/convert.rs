@@ -39,9 +39,9 @@ pub struct Converted {
     pub errors: Vec<(ObjectKey, Vec<DocumentError>)>,
     /// `metadata.generation` of each Gateway API object, for `observedGeneration`.
     pub generations: HashMap<ObjectKey, i64>,
-    /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
-    /// status can say why they are not attached.
-    pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Invalid HTTPRoutes and GRPCRoutes and the Gateways their parentRefs
+    /// name, so their status can say why they are not attached.
+    pub invalid_route_parents: Vec<(ObjectKey, Vec<ObjectRef>)>,
     /// Invalid BackendTLSPolicies and the Services their targetRefs name,
     /// so their status can say why they are not accepted.
     pub invalid_policy_targets: Vec<(ObjectRef, Vec<ObjectRef>)>,
@@ -139,9 +139,9 @@ impl Converter {
             match &cached.result {
                 Ok(c) => out.config.merge(c.clone()),
                 Err(errors) => {
-                    if kind == Kind::HttpRoute {
+                    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) {
                         out.invalid_route_parents
-                            .push((key.1.clone(), raw_parents(obj)));
+                            .push((key.clone(), raw_parents(obj)));
                     }
                     if kind == Kind::BackendTlsPolicy {
                         out.invalid_policy_targets
@@ -188,6 +188,7 @@ impl Converter {
         }
         for kind in [
             Kind::HttpRoute,
+            Kind::GrpcRoute,
             Kind::ReferenceGrant,
             Kind::BackendTlsPolicy,
             Kind::SluicePolicy,
