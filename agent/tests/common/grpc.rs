@@ -1,0 +1,198 @@
+//! A real gRPC backend and client (tonic with prost messages, no generated
+//! code): the backend answers every unary call on every path with who it
+//! is, the path it saw and the request headers; the client calls through
+//! the gateway over HTTP/2 with prior knowledge under a chosen authority.
+use std::{
+    net::SocketAddr,
+    pin::Pin,
+    task::{Context, Poll},
+};
+
+use http::{uri::PathAndQuery, Request, Response, Uri};
+use hyper::{body::Incoming, service::service_fn};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::{TcpListener, TcpStream};
+use tonic::{codec::ProstCodec, Status};
+
+/// What the client sends.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoRequest {
+    #[prost(string, tag = "1")]
+    pub message: String,
+}
+
+/// What the backend answers.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct EchoReply {
+    /// The backend's name.
+    #[prost(string, tag = "1")]
+    pub backend: String,
+    /// The `:path` it was called on (`/service/method`).
+    #[prost(string, tag = "2")]
+    pub path: String,
+    /// The request message, echoed.
+    #[prost(string, tag = "3")]
+    pub message: String,
+    /// Request headers as `name=value` (metadata, `te`, `content-type`).
+    #[prost(string, repeated, tag = "4")]
+    pub headers: Vec<String>,
+}
+
+impl EchoReply {
+    /// The value of a request header the backend saw.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find_map(|h| h.strip_prefix(name)?.strip_prefix('='))
+    }
+}
+
+/// The unary handler for one call: knows the backend and the path.
+#[derive(Clone)]
+struct Echo {
+    backend: &'static str,
+    path: String,
+}
+
+impl tonic::server::UnaryService<EchoRequest> for Echo {
+    type Response = EchoReply;
+    type Future = Pin<
+        Box<dyn std::future::Future<Output = Result<tonic::Response<EchoReply>, Status>> + Send>,
+    >;
+
+    fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
+        let (backend, path) = (self.backend, self.path.clone());
+        Box::pin(async move {
+            let headers = request
+                .metadata()
+                .clone()
+                .into_headers()
+                .iter()
+                .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
+                .collect();
+            let message = request.into_inner().message;
+            if message == "fail" {
+                return Err(Status::not_found("the backend said so"));
+            }
+            let mut response = tonic::Response::new(EchoReply {
+                backend: backend.into(),
+                path,
+                message,
+                headers,
+            });
+            response
+                .metadata_mut()
+                .insert("x-backend", backend.parse().unwrap());
+            Ok(response)
+        })
+    }
+}
+
+/// Starts a gRPC backend named `name` on 127.0.0.1 that speaks HTTP/2 only
+/// (prior knowledge), as gRPC servers do.
+pub async fn grpc_backend(name: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: Request<Incoming>| {
+                    let echo = Echo {
+                        backend: name,
+                        path: req.uri().path().to_owned(),
+                    };
+                    async move {
+                        let mut grpc = tonic::server::Grpc::new(
+                            ProstCodec::<EchoReply, EchoRequest>::default(),
+                        );
+                        Ok::<_, std::convert::Infallible>(grpc.unary(echo, req).await)
+                    }
+                });
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+/// One HTTP/2 connection as the service a tonic client sends on.
+#[derive(Clone)]
+pub struct H2(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+impl tower_service::Service<Request<tonic::body::Body>> for H2 {
+    type Response = Response<Incoming>;
+    type Error = hyper::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Response<Incoming>, hyper::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), hyper::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<tonic::body::Body>) -> Self::Future {
+        Box::pin(self.0.send_request(req))
+    }
+}
+
+/// A gRPC client of the gateway on 127.0.0.1:`port`, sending `authority`
+/// as `:authority` (the host the routes are chosen by).
+pub struct GrpcClient {
+    grpc: tonic::client::Grpc<H2>,
+}
+
+impl GrpcClient {
+    pub async fn connect(port: u16, authority: &str) -> Self {
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the gateway");
+        let (send, conn) =
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+                .await
+                .expect("HTTP/2 handshake");
+        tokio::spawn(conn);
+        let origin: Uri = format!("http://{authority}").parse().expect("origin");
+        Self {
+            grpc: tonic::client::Grpc::with_origin(H2(send), origin),
+        }
+    }
+
+    /// Calls `path` (`/service/method`) with `message` and the metadata
+    /// `headers`.
+    pub async fn call(
+        &mut self,
+        path: &str,
+        message: &str,
+        headers: &[(&'static str, &str)],
+    ) -> Result<tonic::Response<EchoReply>, Status> {
+        let mut request = tonic::Request::new(EchoRequest {
+            message: message.into(),
+        });
+        for (k, v) in headers {
+            request
+                .metadata_mut()
+                .insert(*k, v.parse().expect("metadata value"));
+        }
+        self.grpc
+            .ready()
+            .await
+            .map_err(|e| Status::unknown(format!("not ready: {e}")))?;
+        let path: PathAndQuery = path.parse().expect("path");
+        self.grpc
+            .unary(
+                request,
+                path,
+                ProstCodec::<EchoRequest, EchoReply>::default(),
+            )
+            .await
+    }
+
+    /// Calls and expects success: the reply.
+    pub async fn ok(&mut self, path: &str, headers: &[(&'static str, &str)]) -> EchoReply {
+        match self.call(path, "hi", headers).await {
+            Ok(r) => r.into_inner(),
+            Err(s) => panic!("{path}: {s:?}"),
+        }
+    }
+}
