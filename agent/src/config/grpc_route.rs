@@ -338,6 +338,19 @@ mod tests {
     }
 
     #[test]
+    fn the_example_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/grpc");
+        let files: Vec<_> = ["gateway.yaml", "backends.yaml", "routes.yaml"]
+            .iter()
+            .map(|f| (dir.join(f), std::fs::read_to_string(dir.join(f)).unwrap()))
+            .collect();
+        let c = parse_documents(files.iter().map(|(p, t)| (p.as_path(), t.as_str()))).unwrap();
+        assert_eq!(c.routes.len(), 1);
+        assert_eq!(c.routes[0].kind, RouteKind::Grpc);
+        assert_eq!(c.routes[0].rules.len(), 3);
+    }
+
+    #[test]
     fn service_and_method_names_follow_the_crd_pattern() {
         for ok in ["a", "_a.b_1", ".pkg.Svc", "grpc.health.v1.Health"] {
             assert!(super::valid_service(ok), "{ok}");

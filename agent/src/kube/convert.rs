@@ -470,6 +470,65 @@ mod tests {
         assert!(!c.convert(&s, &[], &[]).changed);
     }
 
+    #[test]
+    fn grpc_routes_are_converted_and_bad_ones_reported_with_their_kind() {
+        let s = stores(vec![
+            (
+                Kind::GrpcRoute,
+                obj(
+                    Kind::GrpcRoute,
+                    Some("a"),
+                    "echo",
+                    serde_json::json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"method": {"service": "echo.Echo", "method": "Say"}}], "backendRefs": [{"name": "svc", "port": 50051}]}]}}),
+                ),
+            ),
+            (
+                Kind::GrpcRoute,
+                obj(
+                    Kind::GrpcRoute,
+                    Some("a"),
+                    "bad",
+                    serde_json::json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {}}]}]}}),
+                ),
+            ),
+        ]);
+        let out = Converter::default().convert(&s, &[], &[]);
+        assert_eq!(out.config.routes.len(), 1);
+        let r = &out.config.routes[0];
+        assert_eq!(r.kind, crate::config::RouteKind::Grpc);
+        assert_eq!(
+            r.rules[0].matches[0].path,
+            crate::config::PathMatch::Exact("/echo.Echo/Say".into())
+        );
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(
+            out.errors[0].0,
+            (Kind::GrpcRoute, ObjectRef::new("a", "bad"))
+        );
+        let text = out.errors[0].1[0].to_string();
+        assert!(text.contains("GRPCRoute a/bad"), "{text}");
+        assert!(text.contains("not allowed on a GRPCRoute"), "{text}");
+        // Its status names the kind, so the writer patches grpcroutes.
+        assert_eq!(
+            out.invalid_route_parents,
+            vec![(
+                (Kind::GrpcRoute, ObjectRef::new("a", "bad")),
+                vec![ObjectRef::new("a", "gw")]
+            )]
+        );
+        let status =
+            super::super::status::ObjectStatus::HttpRoute(crate::control::status::RouteStatus {
+                kind: "GRPCRoute",
+                namespace: "a".into(),
+                name: "echo".into(),
+                parents: vec![],
+            });
+        assert_eq!(
+            status.target(),
+            (Kind::GrpcRoute, ObjectRef::new("a", "echo"))
+        );
+    }
+
     fn node(labels: &[(&str, &str)]) -> DynamicObject {
         let mut n = obj(Kind::Node, None, "node-1", serde_json::json!({}));
         n.metadata.labels = Some(
