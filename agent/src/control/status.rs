@@ -190,6 +190,7 @@ fn attach_failure(
     gateway: &Gateway,
     parent: &crate::config::ParentRef,
     namespaces: &NamespaceLabels<'_>,
+    conflicts: &super::kind_conflict::KindConflicts,
 ) -> Option<(&'static str, String)> {
     let selected: Vec<_> = gateway
         .listeners
@@ -216,13 +217,33 @@ fn attach_failure(
             ),
         ));
     }
-    if allowed
-        .iter()
-        .all(|l| effective_hostnames(l.hostname.as_ref(), &route.hostnames).is_empty())
-    {
+    let intersecting: Vec<_> = allowed
+        .into_iter()
+        .filter(|l| !effective_hostnames(l.hostname.as_ref(), &route.hostnames).is_empty())
+        .collect();
+    if intersecting.is_empty() {
         return Some((
             "NoMatchingListenerHostname",
             "no listener hostname intersects the route's hostnames".into(),
+        ));
+    }
+    // The spec names no reason for the GRPCRoute/HTTPRoute conflict; the
+    // listener does not take the route, as with NotAllowedByListeners.
+    let mut yielded = intersecting
+        .iter()
+        .map(|l| conflicts.loses_to(route, gateway, &l.name));
+    if let Some(Some((kind, winner))) = yielded.next().filter(|_| {
+        intersecting
+            .iter()
+            .all(|l| conflicts.loses_to(route, gateway, &l.name).is_some())
+    }) {
+        return Some((
+            "NotAllowedByListeners",
+            format!(
+                "the {} {winner} has a hostname in common on this listener; a GRPCRoute and an \
+                 HTTPRoute cannot share a hostname (the older route is accepted)",
+                kind.as_str()
+            ),
         ));
     }
     None
@@ -453,6 +474,7 @@ pub(super) fn route_outcome(
     ours: &[&Gateway],
     namespaces: &NamespaceLabels<'_>,
     resolver: &BackendResolver<'_>,
+    conflicts: &super::kind_conflict::KindConflicts,
 ) -> Option<RouteOutcome> {
     let mut mask = 0u32;
     let mut refused = Vec::new();
@@ -463,7 +485,7 @@ pub(super) fn route_outcome(
             continue;
         };
         mask |= 1 << i;
-        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces) {
+        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces, conflicts) {
             refused.push((i as u8, reason, message.into_boxed_str()));
         }
     }
