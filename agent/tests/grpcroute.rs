@@ -11,20 +11,22 @@ use tonic::Code;
 
 /// Backends a, b, c, d, w1, w2, w0 in `infra`, a Service whose endpoint
 /// is a closed port, the Gateway and `routes`.
-async fn setup(routes: &str) -> (sluice::app::App, u16) {
+async fn setup(routes: &str) -> (sluice::app::App, u16, Recorded) {
     let port = free_port();
     let dir = config_dir();
     let mut text = gateway_yaml(port);
     for name in ["a", "b", "c", "d", "w1", "w2", "w0"] {
         text.push_str(&service_yaml("infra", name, grpc_backend(name).await));
     }
+    let (mirror, mirrored) = grpc_recording_backend("m").await;
+    text.push_str(&service_yaml("infra", "m", mirror));
     // Nothing listens there: taken and let go.
     let dead = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     text.push_str(&service_yaml("infra", "dead", dead));
     text.push_str("---\n");
     text.push_str(routes);
     write_config(&dir, "config.yaml", &text);
-    (start(&dir).await, port)
+    (start(&dir).await, port, mirrored)
 }
 
 const ROUTES: &str = r#"
@@ -45,6 +47,7 @@ spec:
       responseHeaderModifier: {set: [{name: x-answered, value: "yes"}]}
     backendRefs: [{name: b, port: 8080}]
   - matches: [{method: {type: RegularExpression, method: "Sh.*"}}]
+    filters: [{type: RequestMirror, requestMirror: {backendRef: {name: m, port: 8080}}}]
     backendRefs: [{name: c, port: 8080}]
   - matches:
     - method: {service: echo.Echo, method: Say}
@@ -74,7 +77,7 @@ spec:
 
 #[tokio::test]
 async fn routes_by_service_method_and_headers_with_the_grpc_precedence() {
-    let (app, port) = setup(ROUTES).await;
+    let (app, port, _) = setup(ROUTES).await;
     let mut c = GrpcClient::connect(port, "grpc.example.com").await;
     let r = c.ok("/echo.Echo/Say", &[]).await;
     assert_eq!(
@@ -107,7 +110,7 @@ async fn routes_by_service_method_and_headers_with_the_grpc_precedence() {
 
 #[tokio::test]
 async fn unmatched_methods_are_unimplemented_in_a_trailers_only_answer() {
-    let (app, port) = setup(ROUTES).await;
+    let (app, port, _) = setup(ROUTES).await;
     let mut c = GrpcClient::connect(port, "grpc.example.com").await;
     let s = c.call("/other.Other/Ping", "hi", &[]).await.unwrap_err();
     // tonic maps a bare HTTP 404 to UNIMPLEMENTED too, but with a message
@@ -128,7 +131,7 @@ async fn unmatched_methods_are_unimplemented_in_a_trailers_only_answer() {
 
 #[tokio::test]
 async fn a_dead_backend_is_unavailable() {
-    let (app, port) = setup(ROUTES).await;
+    let (app, port, _) = setup(ROUTES).await;
     let mut c = GrpcClient::connect(port, "dead.example.com").await;
     let s = c.call("/echo.Echo/Say", "hi", &[]).await.unwrap_err();
     assert_eq!(
@@ -140,7 +143,7 @@ async fn a_dead_backend_is_unavailable() {
 
 #[tokio::test]
 async fn header_modifiers_apply_to_requests_and_responses() {
-    let (app, port) = setup(ROUTES).await;
+    let (app, port, _) = setup(ROUTES).await;
     let mut c = GrpcClient::connect(port, "grpc.example.com").await;
     let r = c
         .call("/echo.Echo/Shout", "hi", &[("x-secret", "s")])
@@ -169,7 +172,7 @@ async fn header_modifiers_apply_to_requests_and_responses() {
 
 #[tokio::test]
 async fn weights_split_calls_and_weight_zero_gets_none() {
-    let (app, port) = setup(ROUTES).await;
+    let (app, port, _) = setup(ROUTES).await;
     let mut c = GrpcClient::connect(port, "weights.example.com").await;
     let mut seen: BTreeMap<String, u32> = BTreeMap::new();
     for _ in 0..40 {
@@ -208,7 +211,7 @@ spec:
 ---
 "#
     .replace("PORT", &free_port().to_string());
-    let (app, _) = setup(&format!("{kinds_only_http}{ROUTES}")).await;
+    let (app, _, _) = setup(&format!("{kinds_only_http}{ROUTES}")).await;
     let status: serde_json::Value =
         serde_json::from_str(&admin_get(&app, "/status").await).unwrap();
     let route = |name: &str| {
@@ -260,5 +263,28 @@ spec:
     let http_only = gateway("http-only");
     assert_eq!(http_only["attachedRoutes"], 0, "{http_only}");
     assert_eq!(http_only["supportedKinds"].as_array().unwrap().len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn request_mirror_sends_a_copy_of_the_call() {
+    let (app, port, mirrored) = setup(ROUTES).await;
+    let mut c = GrpcClient::connect(port, "grpc.example.com").await;
+    let r = c
+        .call("/other.Other/Shout", "copy me", &[])
+        .await
+        .expect("call");
+    assert_eq!(r.into_inner().backend, "c");
+    // Mirrors are sent on the side: wait (bounded) for the copy to land.
+    for _ in 0..200 {
+        if !mirrored.lock().unwrap().is_empty() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert_eq!(
+        *mirrored.lock().unwrap(),
+        ["/other.Other/Shout copy me".to_owned()]
+    );
     app.shutdown().await;
 }

@@ -52,6 +52,7 @@ impl EchoReply {
 struct Echo {
     backend: &'static str,
     path: String,
+    log: super::Recorded,
 }
 
 impl tonic::server::UnaryService<EchoRequest> for Echo {
@@ -61,7 +62,7 @@ impl tonic::server::UnaryService<EchoRequest> for Echo {
     >;
 
     fn call(&mut self, request: tonic::Request<EchoRequest>) -> Self::Future {
-        let (backend, path) = (self.backend, self.path.clone());
+        let (backend, path, log) = (self.backend, self.path.clone(), self.log.clone());
         Box::pin(async move {
             let headers = request
                 .metadata()
@@ -71,6 +72,7 @@ impl tonic::server::UnaryService<EchoRequest> for Echo {
                 .map(|(k, v)| format!("{k}={}", v.to_str().unwrap_or("?")))
                 .collect();
             let message = request.into_inner().message;
+            log.lock().unwrap().push(format!("{path} {message}"));
             if message == "fail" {
                 return Err(Status::not_found("the backend said so"));
             }
@@ -91,15 +93,24 @@ impl tonic::server::UnaryService<EchoRequest> for Echo {
 /// Starts a gRPC backend named `name` on 127.0.0.1 that speaks HTTP/2 only
 /// (prior knowledge), as gRPC servers do.
 pub async fn grpc_backend(name: &'static str) -> SocketAddr {
+    grpc_recording_backend(name).await.0
+}
+
+/// Like [`grpc_backend`], also recording each call as `path message`.
+pub async fn grpc_recording_backend(name: &'static str) -> (SocketAddr, super::Recorded) {
+    let seen = super::Recorded::default();
+    let log = seen.clone();
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
+            let log = log.clone();
             tokio::spawn(async move {
                 let svc = service_fn(move |req: Request<Incoming>| {
                     let echo = Echo {
                         backend: name,
                         path: req.uri().path().to_owned(),
+                        log: log.clone(),
                     };
                     async move {
                         let mut grpc = tonic::server::Grpc::new(
@@ -114,7 +125,7 @@ pub async fn grpc_backend(name: &'static str) -> SocketAddr {
             });
         }
     });
-    addr
+    (addr, seen)
 }
 
 /// One HTTP/2 connection as the service a tonic client sends on.
