@@ -288,3 +288,52 @@ async fn request_mirror_sends_a_copy_of_the_call() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn policy_refusals_are_unauthenticated_and_permission_denied() {
+    // A SluicePolicy on the whole Gateway covers its GRPCRoutes.
+    let policy = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: keys, namespace: infra}
+type: Opaque
+stringData: {good: key-good-1, limited: key-limited-1}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: keys, namespace: infra}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  apiKeys: {secretRefs: [{name: keys}]}
+  authorization:
+    defaultAction: Deny
+    rules: [{name: good-only, action: Allow, apiKeyClients: [good]}]
+---
+"#;
+    let (app, port, _) = setup(&format!("{policy}{ROUTES}")).await;
+    let mut c = GrpcClient::connect(port, "grpc.example.com").await;
+    let s = c.call("/echo.Echo/Say", "hi", &[]).await.unwrap_err();
+    // The codes alone tonic would also derive from HTTP 401/403; the
+    // gateway's messages show the answer was a gRPC status.
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::Unauthenticated,
+            "API key required in header x-api-key"
+        )
+    );
+    let s = c
+        .call("/echo.Echo/Say", "hi", &[("x-api-key", "key-limited-1")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (s.code(), s.message()),
+        (
+            Code::PermissionDenied,
+            "forbidden: no authorization rule allows this request"
+        )
+    );
+    let r = c.ok("/echo.Echo/Say", &[("x-api-key", "key-good-1")]).await;
+    assert_eq!(r.backend, "a");
+    app.shutdown().await;
+}
