@@ -337,3 +337,57 @@ spec:
     assert_eq!(r.backend, "a");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn backends_behind_tls_are_reached_over_h2_by_alpn() {
+    let (backend, ca) = grpc_tls_backend("secure", "grpc.backend.internal").await;
+    let ca: String = ca.lines().map(|l| format!("    {l}\n")).collect();
+    let routes = format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: secure, namespace: infra}}
+spec: {{ports: [{{name: grpcs, port: 443}}]}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: secure-1, namespace: infra, labels: {{kubernetes.io/service-name: secure}}}}
+addressType: IPv4
+endpoints: [{{addresses: ["127.0.0.1"]}}]
+ports: [{{name: grpcs, port: {port}}}]
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: backend-ca, namespace: infra}}
+data:
+  ca.crt: |
+{ca}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: BackendTLSPolicy
+metadata: {{name: secure, namespace: infra}}
+spec:
+  targetRefs: [{{group: "", kind: Service, name: secure, sectionName: grpcs}}]
+  validation:
+    caCertificateRefs: [{{group: "", kind: ConfigMap, name: backend-ca}}]
+    hostname: grpc.backend.internal
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: secure, namespace: infra}}
+spec:
+  parentRefs: [{{name: gw}}]
+  hostnames: [secure.example.com]
+  rules: [{{backendRefs: [{{name: secure, port: 443}}]}}]
+---
+"#,
+        port = backend.port()
+    );
+    let (app, port, _) = setup(&format!("{routes}{ROUTES}")).await;
+    let mut c = GrpcClient::connect(port, "secure.example.com").await;
+    let r = c.ok("/echo.Echo/Say", &[]).await;
+    assert_eq!(
+        (r.backend.as_str(), r.path.as_str()),
+        ("secure", "/echo.Echo/Say")
+    );
+    app.shutdown().await;
+}

@@ -5,6 +5,7 @@
 use std::{
     net::SocketAddr,
     pin::Pin,
+    sync::Arc,
     task::{Context, Poll},
 };
 
@@ -104,28 +105,70 @@ pub async fn grpc_recording_backend(name: &'static str) -> (SocketAddr, super::R
     let addr = listener.local_addr().expect("addr");
     tokio::spawn(async move {
         while let Ok((stream, _)) = listener.accept().await {
-            let log = log.clone();
-            tokio::spawn(async move {
-                let svc = service_fn(move |req: Request<Incoming>| {
-                    let echo = Echo {
-                        backend: name,
-                        path: req.uri().path().to_owned(),
-                        log: log.clone(),
-                    };
-                    async move {
-                        let mut grpc = tonic::server::Grpc::new(
-                            ProstCodec::<EchoReply, EchoRequest>::default(),
-                        );
-                        Ok::<_, std::convert::Infallible>(grpc.unary(echo, req).await)
-                    }
-                });
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(stream), svc)
-                    .await;
-            });
+            tokio::spawn(serve(stream, name, log.clone()));
         }
     });
     (addr, seen)
+}
+
+/// A gRPC backend behind TLS (ALPN `h2` only, as gRPC servers do) with a
+/// certificate for `hostname` from a CA of its own; returns the CA's PEM.
+pub async fn grpc_tls_backend(name: &'static str, hostname: &str) -> (SocketAddr, String) {
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec![hostname.to_owned()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(vec![leaf.der().clone()], key)
+        .unwrap();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind grpc");
+    let addr = listener.local_addr().expect("addr");
+    let log = super::Recorded::default();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let (acceptor, log) = (acceptor.clone(), log.clone());
+            tokio::spawn(async move {
+                if let Ok(tls) = acceptor.accept(tcp).await {
+                    serve(tls, name, log).await;
+                }
+            });
+        }
+    });
+    (addr, ca.pem())
+}
+
+/// Serves one connection: HTTP/2 only, every path answered by [`Echo`].
+async fn serve<T>(io: T, name: &'static str, log: super::Recorded)
+where
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let svc = service_fn(move |req: Request<Incoming>| {
+        let echo = Echo {
+            backend: name,
+            path: req.uri().path().to_owned(),
+            log: log.clone(),
+        };
+        async move {
+            let mut grpc =
+                tonic::server::Grpc::new(ProstCodec::<EchoReply, EchoRequest>::default());
+            Ok::<_, std::convert::Infallible>(grpc.unary(echo, req).await)
+        }
+    });
+    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+        .serve_connection(TokioIo::new(io), svc)
+        .await;
 }
 
 /// One HTTP/2 connection as the service a tonic client sends on.
