@@ -391,3 +391,22 @@ spec:
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_policy_on_an_httproute_of_the_same_name_does_not_apply() {
+    // Targets HTTPRoute infra/echo, which does not exist; GRPCRoute
+    // infra/echo is another object and stays open.
+    let policy = r#"
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: deny-echo, namespace: infra}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: echo}]
+  ipDeny: [127.0.0.0/8]
+---
+"#;
+    let (app, port, _) = setup(&format!("{policy}{ROUTES}")).await;
+    let mut c = GrpcClient::connect(port, "grpc.example.com").await;
+    assert_eq!(c.ok("/echo.Echo/Say", &[]).await.backend, "a");
+    app.shutdown().await;
+}
