@@ -209,6 +209,15 @@ spec:
   parentRefs: [{name: http-only}]
   rules: [{backendRefs: [{name: a, port: 8080}]}]
 ---
+# An HTTPRoute of the same namespace/name as a GRPCRoute: another object.
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: echo, namespace: infra}
+spec:
+  parentRefs: [{name: gw}]
+  hostnames: [web.example.com]
+  rules: [{backendRefs: [{name: a, port: 8080}]}]
+---
 "#
     .replace("PORT", &free_port().to_string());
     let (app, _, _) = setup(&format!("{kinds_only_http}{ROUTES}")).await;
@@ -219,7 +228,7 @@ spec:
             .as_array()
             .unwrap()
             .iter()
-            .find(|r| r["name"] == name)
+            .find(|r| r["name"] == name && r["kind"] != "HTTPRoute")
             .unwrap_or_else(|| panic!("{name} in {status}"))
             .clone()
     };
@@ -240,6 +249,13 @@ spec:
     let echo = route("echo");
     assert_eq!(echo["kind"], "GRPCRoute");
     assert_eq!(accepted(&echo), "True/Accepted");
+    let http_echo = status["httpRoutes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "echo" && r["kind"] == "HTTPRoute")
+        .expect("the HTTPRoute of the same name has its own status");
+    assert_eq!(accepted(http_echo), "True/Accepted");
     let refused = route("refused");
     assert_eq!(accepted(&refused), "False/NotAllowedByListeners");
     let gateway = |name: &str| {
@@ -252,7 +268,7 @@ spec:
             .clone()
     };
     let gw = gateway("gw");
-    assert_eq!(gw["attachedRoutes"], 3, "{gw}");
+    assert_eq!(gw["attachedRoutes"], 4, "{gw}");
     let kinds: Vec<&str> = gw["supportedKinds"]
         .as_array()
         .unwrap()
