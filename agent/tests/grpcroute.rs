@@ -426,3 +426,42 @@ spec:
     assert_eq!(c.ok("/echo.Echo/Say", &[]).await.backend, "a");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn https_listeners_take_grpc_over_alpn_h2() {
+    let cert = TestCert::new("tls.example.com");
+    let tls_port = free_port();
+    let config = format!(
+        r#"{secret}---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw-tls, namespace: infra}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - name: https
+    port: {tls_port}
+    protocol: HTTPS
+    hostname: tls.example.com
+    tls: {{certificateRefs: [{{name: gw-cert}}]}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {{name: over-tls, namespace: infra}}
+spec:
+  parentRefs: [{{name: gw-tls}}]
+  rules:
+  - matches: [{{method: {{service: echo.Echo}}}}]
+    backendRefs: [{{name: b, port: 8080}}]
+---
+"#,
+        secret = cert.secret_yaml("gw-cert")
+    );
+    let (app, _, _) = setup(&format!("{config}{ROUTES}")).await;
+    let mut c = GrpcClient::connect_tls(tls_port, "tls.example.com", &cert.ca).await;
+    assert_eq!(c.ok("/echo.Echo/Say", &[]).await.backend, "b");
+    let s = c.call("/other.Other/Say", "hi", &[]).await.unwrap_err();
+    assert_eq!((s.code(), s.message()), (Code::Unimplemented, "no route"));
+    app.shutdown().await;
+}

@@ -114,22 +114,14 @@ pub async fn grpc_recording_backend(name: &'static str) -> (SocketAddr, super::R
 /// A gRPC backend behind TLS (ALPN `h2` only, as gRPC servers do) with a
 /// certificate for `hostname` from a CA of its own; returns the CA's PEM.
 pub async fn grpc_tls_backend(name: &'static str, hostname: &str) -> (SocketAddr, String) {
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec![hostname.to_owned()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(leaf_key.serialize_der()).unwrap();
+    let cert = TestCert::new(hostname);
+    let key = rustls::pki_types::PrivateKeyDer::try_from(cert.leaf_key.serialize_der()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_no_client_auth()
-        .with_single_cert(vec![leaf.der().clone()], key)
+        .with_single_cert(vec![cert.leaf.der().clone()], key)
         .unwrap();
     config.alpn_protocols = vec![b"h2".to_vec()];
     let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
@@ -146,7 +138,40 @@ pub async fn grpc_tls_backend(name: &'static str, hostname: &str) -> (SocketAddr
             });
         }
     });
-    (addr, ca.pem())
+    (addr, cert.ca.pem())
+}
+
+/// A CA of its own and a certificate for one hostname signed by it.
+pub struct TestCert {
+    pub ca: rcgen::Certificate,
+    pub leaf: rcgen::Certificate,
+    pub leaf_key: rcgen::KeyPair,
+}
+
+impl TestCert {
+    pub fn new(hostname: &str) -> Self {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let leaf_key = rcgen::KeyPair::generate().unwrap();
+        let leaf = rcgen::CertificateParams::new(vec![hostname.to_owned()])
+            .unwrap()
+            .signed_by(&leaf_key, &ca, &ca_key)
+            .unwrap();
+        Self { ca, leaf, leaf_key }
+    }
+
+    /// A `kubernetes.io/tls` Secret `infra/name` with the certificate.
+    pub fn secret_yaml(&self, name: &str) -> String {
+        let indent = |t: &str| -> String { t.lines().map(|l| format!("    {l}\n")).collect() };
+        format!(
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: infra}}\n\
+             type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
+            indent(&self.leaf.pem()),
+            indent(&self.leaf_key.serialize_pem())
+        )
+    }
 }
 
 /// Serves one connection: HTTP/2 only, every path answered by [`Echo`].
@@ -201,12 +226,44 @@ impl GrpcClient {
         let tcp = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to the gateway");
+        Self::over(tcp, "http", authority).await
+    }
+
+    /// Over TLS (ALPN h2) to an HTTPS listener, trusting `ca`; SNI is the
+    /// authority's host.
+    pub async fn connect_tls(port: u16, authority: &str, ca: &rcgen::Certificate) -> Self {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let tcp = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect to the gateway");
+        let host = authority.split(':').next().unwrap_or(authority).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(host).expect("server name");
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake");
+        assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+        Self::over(tls, "https", authority).await
+    }
+
+    async fn over<T>(io: T, scheme: &str, authority: &str) -> Self
+    where
+        T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let (send, conn) =
-            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(io))
                 .await
                 .expect("HTTP/2 handshake");
         tokio::spawn(conn);
-        let origin: Uri = format!("http://{authority}").parse().expect("origin");
+        let origin: Uri = format!("{scheme}://{authority}").parse().expect("origin");
         Self {
             grpc: tonic::client::Grpc::with_origin(H2(send), origin),
         }
