@@ -209,6 +209,38 @@ spec:
   parentRefs: [{name: http-only}]
   rules: [{backendRefs: [{name: a, port: 8080}]}]
 ---
+# Cross-namespace backends: granted to GRPCRoutes of team-a, to HTTPRoutes
+# (only) of team-b.
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: grpc-from-team-a, namespace: infra}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: GRPCRoute, namespace: team-a}]
+  to: [{group: "", kind: Service}]
+---
+apiVersion: gateway.networking.k8s.io/v1beta1
+kind: ReferenceGrant
+metadata: {name: http-from-team-b, namespace: infra}
+spec:
+  from: [{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: team-b}]
+  to: [{group: "", kind: Service}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: granted, namespace: team-a}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [team-a.example.com]
+  rules: [{backendRefs: [{name: a, namespace: infra, port: 8080}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: not-granted, namespace: team-b}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [team-b.example.com]
+  rules: [{backendRefs: [{name: a, namespace: infra, port: 8080}]}]
+---
 # An HTTPRoute of the same namespace/name as a GRPCRoute: another object.
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
@@ -258,6 +290,22 @@ spec:
     assert_eq!(accepted(http_echo), "True/Accepted");
     let refused = route("refused");
     assert_eq!(accepted(&refused), "False/NotAllowedByListeners");
+    let resolved = |r: &serde_json::Value| {
+        let c = r["parents"][0]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["type"] == "ResolvedRefs")
+            .unwrap()
+            .clone();
+        format!(
+            "{}/{}",
+            c["status"].as_str().unwrap(),
+            c["reason"].as_str().unwrap()
+        )
+    };
+    assert_eq!(resolved(&route("granted")), "True/ResolvedRefs");
+    assert_eq!(resolved(&route("not-granted")), "False/RefNotPermitted");
     let gateway = |name: &str| {
         status["gateways"]
             .as_array()
@@ -268,7 +316,7 @@ spec:
             .clone()
     };
     let gw = gateway("gw");
-    assert_eq!(gw["attachedRoutes"], 4, "{gw}");
+    assert_eq!(gw["attachedRoutes"], 6, "{gw}");
     let kinds: Vec<&str> = gw["supportedKinds"]
         .as_array()
         .unwrap()
