@@ -103,6 +103,8 @@ pub struct Settings {
     /// Keep the pinned eBPF datapath when stopping without a successor, for
     /// the next agent (`systemctl restart`).
     pub keep_datapath_on_exit: bool,
+    /// Client-side timeouts and limits of the gateway listeners.
+    pub edge: crate::gateway::EdgeSettings,
 }
 
 impl Settings {
@@ -131,6 +133,7 @@ impl Settings {
             secret_tls: TlsFiles::default(),
             secret_poll: std::time::Duration::from_secs(10),
             keep_datapath_on_exit: false,
+            edge: crate::gateway::EdgeSettings::default(),
         }
     }
 }
@@ -230,7 +233,8 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
-            .with_trusted_proxies(settings.trusted_proxies.clone()),
+            .with_trusted_proxies(settings.trusted_proxies.clone())
+            .with_edge(settings.edge.clone()),
     );
     let mut runtime = Runtime::new(
         settings.config_dir.clone(),

@@ -11,6 +11,7 @@ use http::{
 use http_body_util::BodyExt;
 
 use super::{
+    body_idle::is_body_idle,
     deadline::Deadline,
     filters::{self, RedirectContext},
     full,
@@ -173,10 +174,18 @@ impl Proxy {
             let mut retries = 0;
             loop {
                 // backendRequest covers one attempt until its full response is in.
-                let deadline = action
-                    .timeouts
-                    .backend_request
-                    .map(|limit| tokio::time::Instant::now() + limit);
+                let now = tokio::time::Instant::now();
+                let deadline = action.timeouts.backend_request.map(|limit| now + limit);
+                // A route without timeouts still gets an answer in time (the
+                // default bounds the response head only: long downloads and
+                // streams are not cut).
+                let head_deadline = deadline.or_else(|| {
+                    action
+                        .timeouts
+                        .request
+                        .is_none()
+                        .then(|| now + self.edge.upstream_response_timeout)
+                });
                 let dial = Dial {
                     endpoint,
                     h2c: backend.protocol == AppProtocol::H2c,
@@ -184,7 +193,7 @@ impl Proxy {
                     authority: host,
                 };
                 // Made in the arm that awaits it (see `Proxy::serve`).
-                let outcome = match deadline {
+                let outcome = match head_deadline {
                     Some(at) => tokio::time::timeout_at(at, self.pools.send(dial, request))
                         .await
                         .ok(),
@@ -214,19 +223,40 @@ impl Proxy {
                     }
                 }
                 break 'send match outcome {
-                    None => Err(Rejection::new(
-                        Reason::UpstreamTimeout,
-                        "backend request timeout",
-                    )),
+                    None => {
+                        self.count_timeout(conn.shard, "upstream_response");
+                        Err(Rejection::new(
+                            Reason::UpstreamTimeout,
+                            "backend request timeout",
+                        ))
+                    }
                     Some(Ok(resp)) => {
                         let (mut parts, body) = resp.into_parts();
-                        strip_hop_by_hop(&mut parts.headers);
+                        let chunked = strip_hop_by_hop(&mut parts.headers);
+                        // RFC 9112 §6.1: a message with both is a smuggling
+                        // attempt or a broken backend; hyper read it as
+                        // chunked, but a Content-Length passed on would
+                        // frame it differently downstream.
+                        if chunked && parts.headers.contains_key(header::CONTENT_LENGTH) {
+                            tracing::warn!(route = %t.entry.route, endpoint = %endpoint, "backend response with both Content-Length and Transfer-Encoding");
+                            break 'send Err(Rejection::new(
+                                Reason::UpstreamError,
+                                "invalid response framing from backend",
+                            ));
+                        }
                         let body = body.map_err(Into::into).boxed();
                         let body = match deadline {
                             Some(at) => Deadline::new(body, at).boxed(),
                             None => body,
                         };
                         Ok(Response::from_parts(parts, body))
+                    }
+                    Some(Err(e)) if is_body_idle(&e) => {
+                        self.count_timeout(conn.shard, "request_body");
+                        Err(Rejection::new(
+                            Reason::RequestBodyTimeout,
+                            "request body timeout",
+                        ))
                     }
                     Some(Err(e)) => {
                         tracing::warn!(
@@ -461,7 +491,8 @@ fn is_forwarding(name: &HeaderName) -> bool {
     )
 }
 
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// Removes the hop-by-hop headers; whether there was a `Transfer-Encoding`.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     // One pass over the names: which hop-by-hop headers are there at all
     // (most messages carry none, or only `Connection`), so only those are
     // looked up and removed — each lookup hashes the name.
@@ -474,7 +505,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if !any {
-        return;
+        return false;
     }
     // Headers named in Connection are hop-by-hop too. The usual tokens
     // (`keep-alive`, `close`, `upgrade`, `te`) name no header, or one of the
@@ -504,6 +535,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+    present[5]
 }
 
 /// The request to the backend: `authority` is what the client asked for

@@ -1,9 +1,13 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
+mod body_idle;
 mod deadline;
+pub mod edge;
 pub mod filters;
 mod forward;
+mod host;
 mod mirror;
+mod per_source;
 pub mod pool;
 mod proxy;
 mod retry;
@@ -12,6 +16,7 @@ mod upgrade;
 mod upstream_tls;
 pub mod workers;
 
+pub use edge::EdgeSettings;
 pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 

@@ -15,7 +15,16 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use ipnet::IpNet;
 
-use super::{deadline::Deadline, forward::Target, pool::Pools, Body};
+use super::{
+    body_idle::IdleBody,
+    deadline::Deadline,
+    edge::EdgeSettings,
+    forward::Target,
+    host::{valid_authority, HostError},
+    per_source::PerSource,
+    pool::Pools,
+    Body,
+};
 use crate::{
     metrics::{Metrics, Name, RequestLabels, RuleMetrics, ShardLabels, StatusClass},
     policy::{Reason, Rejection, RequestCtx, RoutePolicy, Verdict},
@@ -75,6 +84,10 @@ pub struct Proxy {
     metrics: Metrics,
     /// Peers whose `X-Forwarded-*` headers are believed and extended.
     trusted_proxies: Vec<IpNet>,
+    /// Client-side timeouts and limits.
+    pub(super) edge: EdgeSettings,
+    /// Open connections per client address and shard.
+    pub(super) per_source: PerSource,
 }
 
 /// How a response the gateway made itself, that is not a rejection, is
@@ -100,7 +113,34 @@ impl Proxy {
             pools: Arc::new(Pools::default()),
             metrics,
             trusted_proxies: Vec::new(),
+            edge: EdgeSettings::default(),
+            per_source: PerSource::default(),
         }
+    }
+
+    /// Client-side timeouts and limits other than the defaults.
+    pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
+        self.edge = edge;
+        self
+    }
+
+    /// The shard's name for a metric label (`none` once it is gone): only
+    /// for rare events, it loads the snapshot.
+    fn shard_label(&self, shard: ShardId) -> Arc<str> {
+        self.snapshot
+            .load()
+            .shard(shard)
+            .map_or_else(|| NONE.clone(), |s| s.name.clone())
+    }
+
+    /// Counts an expired timeout of a shard's connection or request.
+    pub(super) fn count_timeout(&self, shard: ShardId, reason: &'static str) {
+        self.metrics.timeout(&self.shard_label(shard), reason);
+    }
+
+    /// Counts a connection closed to protect a shard.
+    pub(super) fn count_shed(&self, shard: ShardId, reason: &'static str) {
+        self.metrics.shed(&self.shard_label(shard), reason);
     }
 
     /// Upstream "connections" that answer every request with `200` and
@@ -196,13 +236,31 @@ impl Proxy {
                     &NONE,
                 );
             };
-            let Some(authority) = Authority::of(&req) else {
+            let authority = match Authority::of(&req) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = match e {
+                        HostError::Missing => Reason::MissingHost,
+                        _ => Reason::BadRequest,
+                    };
+                    break 'serve rejected(
+                        Rejection::new(reason, e.to_string()),
+                        &shard.name,
+                        &NONE,
+                    );
+                }
+            };
+            // hyper bounds the head; the target alone gets its own limit.
+            let uri = req.uri();
+            let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+                + uri.authority().map_or(0, |a| a.as_str().len());
+            if target_len > self.edge.max_uri_bytes {
                 break 'serve rejected(
-                    Rejection::new(Reason::MissingHost, "missing Host header"),
+                    Rejection::new(Reason::UriTooLong, "request target too long"),
                     &shard.name,
                     &NONE,
                 );
-            };
+            }
             let host = lower(host_without_port(authority.as_str()));
             let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
                 break 'serve rejected(
@@ -270,7 +328,15 @@ impl Proxy {
                 host: &host,
                 authority: &authority,
             };
-            let body: Body = body.map_err(Into::into).boxed();
+            let body: Body = if body.is_end_stream() {
+                body.map_err(Into::into).boxed()
+            } else {
+                IdleBody::new(
+                    body.map_err(Into::into).boxed(),
+                    self.edge.body_idle_timeout,
+                )
+                .boxed()
+            };
             let deadline = entry
                 .action
                 .timeouts
@@ -415,16 +481,43 @@ pub(super) struct Authority {
 }
 
 impl Authority {
-    fn of<B>(req: &Request<B>) -> Option<Self> {
+    /// The authority of `req`, checked: one `Host`, valid syntax, and on
+    /// HTTP/2 a `Host` that agrees with `:authority`. An absolute-form
+    /// HTTP/1.1 target wins over `Host` (RFC 9112 §3.2.2), which must still
+    /// be there and valid.
+    fn of<B>(req: &Request<B>) -> Result<Self, HostError> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(HostError::Duplicate);
+        }
+        if let Some(host) = host {
+            if !valid_authority(host.as_bytes()) {
+                return Err(HostError::Invalid);
+            }
+        }
         if let Some(a) = req.uri().authority() {
-            return Some(Self {
-                value: HeaderValue::from_str(a.as_str()).ok()?,
+            if !valid_authority(a.as_str().as_bytes()) {
+                return Err(HostError::InvalidAuthority);
+            }
+            match (req.version(), host) {
+                (http::Version::HTTP_2, Some(h))
+                    if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+                {
+                    return Err(HostError::Mismatch);
+                }
+                (http::Version::HTTP_11, None) => return Err(HostError::Missing),
+                _ => {}
+            }
+            return Ok(Self {
+                value: HeaderValue::from_str(a.as_str())
+                    .map_err(|_| HostError::InvalidAuthority)?,
                 from_host_header: false,
             });
         }
-        let value = req.headers().get(header::HOST)?;
-        // Visible ASCII only, so `as_str` below never falls back.
-        (value.to_str().is_ok_and(|h| !h.is_empty())).then(|| Self {
+        // Valid authority syntax is visible ASCII, so `as_str` never falls back.
+        let value = host.ok_or(HostError::Missing)?;
+        Ok(Self {
             value: value.clone(),
             from_host_header: true,
         })

@@ -1,6 +1,13 @@
 //! One accept loop per shard socket; each shard is a bulkhead with its own
 //! connection limit, so a flood on one Gateway cannot exhaust another's.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -157,7 +164,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<Stop>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = proxy.edge.builder();
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -224,6 +231,17 @@ fn serve(
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    // Shed at accept: a client past its share of the shard's connections
+    // is closed before any TLS or HTTP work is spent on it.
+    let Some(source_slot) =
+        proxy
+            .per_source
+            .admit(shard, peer.ip(), proxy.edge.max_connections_per_source)
+    else {
+        proxy.count_shed(shard, "per_source_limit");
+        tracing::debug!(shard, %peer, "connection limit per source address reached");
+        return;
+    };
     // Decided per connection from the current snapshot: a rotated
     // certificate is used by the next handshake, on the same socket.
     let tls = proxy.tls_config(shard, local.port());
@@ -234,7 +252,7 @@ fn serve(
         let Some(config) = tls else {
             let info = ConnInfo::new(shard, local, peer, None);
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-            drop(permit);
+            drop((permit, source_slot));
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -258,7 +276,7 @@ fn serve(
             .map(|n| Arc::<str>::from(n.to_ascii_lowercase()));
         let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni }));
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-        drop(permit);
+        drop((permit, source_slot));
     });
 }
 
@@ -274,14 +292,46 @@ async fn serve_io<I>(
     let (shard, peer) = (info.shard, info.peer);
     // Shared by the connection's requests (HTTP/2 streams run as tasks of their own).
     let info = Arc::new(info);
+    // Set by the first request: until then the connection is on the clock
+    // of the header timeout, which hyper only starts once it has told
+    // HTTP/1.1 from HTTP/2 (a client that sends nothing, or trickles the
+    // first bytes, would otherwise stay forever).
+    let started = Arc::new(AtomicBool::new(false));
+    let header_timeout = proxy.edge.header_timeout;
+    let counter = proxy.clone();
     // The request's future is boxed here, once: hyper then moves a pointer
     // into its in-flight slot instead of the whole state, and an idle
     // keep-alive connection holds no room for it.
-    let service = service_fn(move |req| Box::pin(proxy.clone().handle(info.clone(), req)));
+    let first = started.clone();
+    let service = service_fn(move |req| {
+        if !first.load(Ordering::Relaxed) {
+            first.store(true, Ordering::Relaxed);
+        }
+        Box::pin(proxy.clone().handle(info.clone(), req))
+    });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = watcher.watch(conn);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = &mut conn => r,
+        () = tokio::time::sleep(header_timeout) => {
+            if !started.load(Ordering::Relaxed) {
+                counter.count_timeout(shard, "header");
+                tracing::debug!(shard, %peer, "no request head within the header timeout; closing");
+                return;
+            }
+            conn.await
+        }
+    };
+    if let Err(e) = result {
+        // hyper's own header timeout (keep-alive idle, or a trickled head).
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            counter.count_timeout(shard, "header");
+        }
         tracing::debug!(shard, %peer, error = %e, "connection ended with error");
     }
 }

@@ -20,6 +20,8 @@ pub enum Reason {
     NoGateway,
     /// No Host / `:authority`.
     MissingHost,
+    /// The request target is longer than the edge limit (`414`).
+    UriTooLong,
     /// No listener or route for the request.
     NoRoute,
     /// The Host belongs to another TLS listener than the SNI's (421).
@@ -34,6 +36,8 @@ pub enum Reason {
     NoReadyEndpoints,
     /// The route's request timeout expired.
     RequestTimeout,
+    /// The client stopped sending the request body (`408`).
+    RequestBodyTimeout,
     /// The backend did not answer within the backend request timeout.
     UpstreamTimeout,
     /// The backend could not be connected to.
@@ -88,6 +92,7 @@ impl Reason {
         match self {
             NoGateway => "no_gateway",
             MissingHost => "missing_host",
+            UriTooLong => "uri_too_long",
             NoRoute => "no_route",
             Misdirected => "misdirected",
             BadRequest => "bad_request",
@@ -95,6 +100,7 @@ impl Reason {
             BackendNotResolvable => "backend_not_resolvable",
             NoReadyEndpoints => "no_ready_endpoints",
             RequestTimeout => "request_timeout",
+            RequestBodyTimeout => "request_body_timeout",
             UpstreamTimeout => "upstream_timeout",
             UpstreamConnect => "upstream_connect_failure",
             UpstreamError => "upstream_error",
@@ -126,6 +132,8 @@ impl Reason {
             NoRoute | NoGateway => StatusCode::NOT_FOUND,
             MissingHost | BadRequest => StatusCode::BAD_REQUEST,
             Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            UriTooLong => StatusCode::URI_TOO_LONG,
+            RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NoBackends | BackendNotResolvable | PolicyInvalid => StatusCode::INTERNAL_SERVER_ERROR,
             NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -148,6 +156,8 @@ impl Reason {
             self,
             NoGateway
                 | MissingHost
+                | UriTooLong
+                | RequestBodyTimeout
                 | NoRoute
                 | Misdirected
                 | BadRequest
