@@ -5,6 +5,10 @@
 use std::{
     future::Future,
     pin::Pin,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
     task::{Context, Poll},
     time::Duration,
 };
@@ -31,15 +35,19 @@ pub struct IdleBody {
     sleep: Option<Pin<Box<Sleep>>>,
     /// A frame arrived since the timer was last armed: re-arm before waiting.
     progressed: bool,
+    /// Set when the body has been read to its end (the upstream response
+    /// timeout waits for that).
+    sent: Arc<AtomicBool>,
 }
 
 impl IdleBody {
-    pub fn new(inner: Body, idle: Duration) -> Self {
+    pub fn new(inner: Body, idle: Duration, sent: Arc<AtomicBool>) -> Self {
         Self {
             inner,
             idle,
             sleep: None,
             progressed: false,
+            sent,
         }
     }
 }
@@ -55,6 +63,9 @@ impl HttpBody for IdleBody {
         let this = &mut *self;
         if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
             this.progressed = true;
+            if frame.is_none() || this.inner.is_end_stream() {
+                this.sent.store(true, Ordering::Relaxed);
+            }
             return Poll::Ready(frame);
         }
         let idle = this.idle;
@@ -115,19 +126,27 @@ mod tests {
             }
         });
         let body = StreamBody::new(tokio_stream_from(rx)).boxed();
-        let got = IdleBody::new(body, idle)
+        let sent = Arc::new(AtomicBool::new(false));
+        let got = IdleBody::new(body, idle, sent.clone())
             .collect()
             .await
             .unwrap()
             .to_bytes();
         assert_eq!(&got[..], b"xxxxx");
+        assert!(sent.load(Ordering::Relaxed), "read to its end");
         // One frame, then silence.
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, BoxError>>(1);
         tx.send(Ok(Frame::data(Bytes::from_static(b"x"))))
             .await
             .unwrap();
         let body = StreamBody::new(tokio_stream_from(rx)).boxed();
-        let err = IdleBody::new(body, idle).collect().await.err().unwrap();
+        let sent = Arc::new(AtomicBool::new(false));
+        let err = IdleBody::new(body, idle, sent.clone())
+            .collect()
+            .await
+            .err()
+            .unwrap();
+        assert!(!sent.load(Ordering::Relaxed), "not read to its end");
         assert!(is_body_idle(&*err), "{err}");
         drop(tx);
     }

@@ -2,7 +2,14 @@
 //! and its filters, the request to the backend (with retries, mirrors and
 //! the backend request timeout) and the response header modifiers. Every
 //! answer the gateway makes itself here is a [`Rejection`].
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use http::{
     header, request::Parts, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Request,
@@ -54,6 +61,9 @@ pub(super) struct Target<'a> {
     pub host: &'a str,
     /// Request authority as received (with port, if any).
     pub authority: &'a Authority,
+    /// Set once the client's request body has been read to its end; `None`
+    /// when the request has no body to stream.
+    pub body_sent: Option<&'a AtomicBool>,
 }
 
 impl Target<'_> {
@@ -194,9 +204,26 @@ impl Proxy {
                 };
                 // Made in the arm that awaits it (see `Proxy::serve`).
                 let outcome = match head_deadline {
-                    Some(at) => tokio::time::timeout_at(at, self.pools.send(dial, request))
-                        .await
-                        .ok(),
+                    Some(mut at) => {
+                        let send = self.pools.send(dial, request);
+                        tokio::pin!(send);
+                        loop {
+                            match tokio::time::timeout_at(at, &mut send).await {
+                                Ok(r) => break Some(r),
+                                // The default timeout waits for the backend, not
+                                // for an upload still coming in (the body idle
+                                // timeout bounds that): it starts again.
+                                Err(_)
+                                    if deadline.is_none()
+                                        && t.body_sent
+                                            .is_some_and(|s| !s.load(Ordering::Relaxed)) =>
+                                {
+                                    at += self.edge.upstream_response_timeout;
+                                }
+                                Err(_) => break None,
+                            }
+                        }
+                    }
                     None => Some(self.pools.send(dial, request).await),
                 };
                 if let (Some(policy), Some(replay)) = (&action.retry, &replay) {

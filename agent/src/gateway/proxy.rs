@@ -6,7 +6,7 @@
 use std::{
     borrow::Cow,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{atomic::AtomicBool, Arc},
     time::Instant,
 };
 
@@ -321,21 +321,24 @@ impl Proxy {
                     &NONE,
                 );
             };
+            // Only a request that streams a body pays for watching it.
+            let body_sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+            let body: Body = match &body_sent {
+                None => body.map_err(Into::into).boxed(),
+                Some(sent) => IdleBody::new(
+                    body.map_err(Into::into).boxed(),
+                    self.edge.body_idle_timeout,
+                    sent.clone(),
+                )
+                .boxed(),
+            };
             let target = Target {
                 entry,
                 listener_port: listener.port,
                 scheme: conn.scheme(),
                 host: &host,
                 authority: &authority,
-            };
-            let body: Body = if body.is_end_stream() {
-                body.map_err(Into::into).boxed()
-            } else {
-                IdleBody::new(
-                    body.map_err(Into::into).boxed(),
-                    self.edge.body_idle_timeout,
-                )
-                .boxed()
+                body_sent: body_sent.as_deref(),
             };
             let deadline = entry
                 .action
