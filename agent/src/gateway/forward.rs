@@ -259,13 +259,20 @@ impl Proxy {
                     }
                     Some(Ok(resp)) => {
                         let (mut parts, body) = resp.into_parts();
-                        let chunked = strip_hop_by_hop(&mut parts.headers);
-                        // RFC 9112 §6.1: a message with both is a smuggling
-                        // attempt or a broken backend; hyper read it as
-                        // chunked, but a Content-Length passed on would
-                        // frame it differently downstream.
-                        if chunked && parts.headers.contains_key(header::CONTENT_LENGTH) {
-                            tracing::warn!(route = %t.entry.route, endpoint = %endpoint, "backend response with both Content-Length and Transfer-Encoding");
+                        let coding = strip_hop_by_hop(&mut parts.headers);
+                        // RFC 9112 §6.1: a message with both Content-Length
+                        // and Transfer-Encoding is a smuggling attempt or a
+                        // broken backend; hyper read it as chunked, but the
+                        // Content-Length passed on would frame it
+                        // differently downstream. Other codings would be
+                        // lost with the (hop-by-hop) header.
+                        let ambiguous = match coding {
+                            Coding::None => false,
+                            Coding::Chunked => parts.headers.contains_key(header::CONTENT_LENGTH),
+                            Coding::Other => true,
+                        };
+                        if ambiguous {
+                            tracing::warn!(route = %t.entry.route, endpoint = %endpoint, "backend response with Content-Length and Transfer-Encoding, or a coding other than chunked");
                             break 'send Err(Rejection::new(
                                 Reason::UpstreamError,
                                 "invalid response framing from backend",
@@ -518,8 +525,19 @@ fn is_forwarding(name: &HeaderName) -> bool {
     )
 }
 
-/// Removes the hop-by-hop headers; whether there was a `Transfer-Encoding`.
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
+/// The `Transfer-Encoding` a message had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    None,
+    /// Exactly `chunked`.
+    Chunked,
+    /// Anything else: codings the gateway cannot pass on once the header
+    /// is gone (it is hop-by-hop), or a list.
+    Other,
+}
+
+/// Removes the hop-by-hop headers; the `Transfer-Encoding` there was.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Coding {
     // One pass over the names: which hop-by-hop headers are there at all
     // (most messages carry none, or only `Connection`), so only those are
     // looked up and removed — each lookup hashes the name.
@@ -532,8 +550,17 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
         }
     }
     if !any {
-        return false;
+        return Coding::None;
     }
+    let coding = if present[5] {
+        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Coding::Chunked,
+            _ => Coding::Other,
+        }
+    } else {
+        Coding::None
+    };
     // Headers named in Connection are hop-by-hop too. The usual tokens
     // (`keep-alive`, `close`, `upgrade`, `te`) name no header, or one of the
     // list above, which goes anyway.
@@ -562,7 +589,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> bool {
     for name in &named {
         headers.remove(name);
     }
-    present[5]
+    coding
 }
 
 /// The request to the backend: `authority` is what the client asked for
