@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{
-    admin::{AdminServer, AdminState, ConfigSource, SourceHealth},
+    admin::{AdminServer, AdminState, ConfigSource, Scope, SourceHealth},
     config::{self, ObjectRef},
     gateway::Proxy,
     kernel::{KernelDatapath, KernelError, KernelOptions, SockmapPref},
@@ -62,6 +62,10 @@ pub struct Settings {
     pub config_dir: PathBuf,
     pub datapath: DatapathMode,
     pub admin_addr: SocketAddr,
+    /// An extra listener serving only `/metrics`, `/healthz` and `/readyz`
+    /// (for Prometheus and probes on the node's address, while the full
+    /// admin endpoint stays on loopback).
+    pub metrics_addr: Option<SocketAddr>,
     pub interfaces: Vec<String>,
     /// aya-log level of the eBPF programs (1 error … 5 trace).
     pub ebpf_log_level: u8,
@@ -113,6 +117,7 @@ impl Settings {
             config_dir: config_dir.into(),
             datapath: DatapathMode::Auto,
             admin_addr: "127.0.0.1:9901".parse().expect("literal"),
+            metrics_addr: None,
             interfaces: Vec::new(),
             ebpf_log_level: 3,
             max_connections_per_shard: 16_384,
@@ -172,6 +177,8 @@ pub use crate::reload::ShardInfo;
 /// A running agent.
 pub struct App {
     pub admin_addr: SocketAddr,
+    /// The probes-and-metrics listener, when there is one.
+    pub metrics_addr: Option<SocketAddr>,
     pub datapath: ActiveDatapath,
     /// Shards as of start-up; see [`App::shards_now`] after reloads.
     pub shards: BTreeMap<ObjectRef, ShardInfo>,
@@ -183,6 +190,7 @@ pub struct App {
     /// Store sources, and the directory when discovery or secrets are used.
     sources: Option<SourceDriver>,
     admin: AdminServer,
+    metrics_server: Option<AdminServer>,
     admin_state: Arc<AdminState>,
 }
 
@@ -372,12 +380,23 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             }) as Box<dyn Fn() + Send + Sync>
         }),
     });
-    let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
+    let admin = AdminServer::bind(settings.admin_addr, admin_state.clone(), Scope::Full)
         .await
         .map_err(|source| AppError::Admin {
             addr: settings.admin_addr,
             source,
         })?;
+    let metrics_server = match settings.metrics_addr {
+        Some(addr) => match AdminServer::bind(addr, admin_state.clone(), Scope::Probes).await {
+            Ok(server) => Some(server),
+            Err(source) => {
+                runtime.shutdown().await;
+                admin.shutdown().await;
+                return Err(AppError::Admin { addr, source });
+            }
+        },
+        None => None,
+    };
     let kube = match settings.kubernetes.clone() {
         // Ready once the first sync is applied (the source says so).
         Some(k) => match KubeSource::start(k, runtime.clone(), admin_state.clone()).await {
@@ -385,6 +404,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             Err(e) => {
                 runtime.shutdown().await;
                 admin.shutdown().await;
+                if let Some(m) = metrics_server {
+                    m.shutdown().await;
+                }
                 return Err(e.into());
             }
         },
@@ -416,6 +438,8 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         .then(|| crate::drift::spawn_checker(&runtime, crate::drift::CHECK_PERIOD));
     Ok(App {
         admin_addr: admin.addr,
+        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
+        metrics_server,
         datapath,
         shards,
         runtime,
@@ -519,6 +543,9 @@ impl App {
         }
         self.runtime.shutdown().await;
         self.admin.shutdown().await;
+        if let Some(m) = self.metrics_server {
+            m.shutdown().await;
+        }
         // The kernel datapath is dropped (programs detached) with the last
         // Arc: the runtime and the metrics collector.
         drop(self.runtime);

@@ -146,9 +146,18 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = DatapathArg::Auto)]
     pub datapath: DatapathArg,
 
-    /// Listen address of the admin endpoint (/healthz, /readyz, /metrics, /config).
+    /// Listen address of the admin endpoint (/healthz, /readyz, /metrics,
+    /// /config, /status, the status page, POST /reconcile). Clients not on
+    /// loopback only get /metrics, /healthz and /readyz from it, whatever
+    /// the address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
+
+    /// An extra listener serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and probes on the node's address (e.g. `0.0.0.0:9902`),
+    /// while `--admin-addr` stays on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Interface to attach `xdp_ingress` to (repeatable). Without any, no XDP
     /// program is attached and only sk_lookup steering is used.
@@ -448,6 +457,7 @@ impl Cli {
             DatapathArg::Userspace => DatapathMode::Userspace,
         };
         s.admin_addr = self.admin_addr;
+        s.metrics_addr = self.metrics_addr;
         s.interfaces = self.interfaces.clone();
         s.bpffs = Some(self.bpffs.clone());
         s.xdp_mode = match self.xdp_mode {
