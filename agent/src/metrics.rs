@@ -204,6 +204,9 @@ pub struct Metrics {
     /// Connections closed by the gateway before or instead of serving them,
     /// by shard and reason (`per_source_limit`, `h2_resets`).
     pub connections_shed: Family<ShardReasonLabels, Counter>,
+    /// Requests the client abandoned before their response head (HTTP/2
+    /// stream reset, connection closed), by shard.
+    pub requests_abandoned: Family<ShardLabels, Counter>,
 }
 
 /// The request metrics of one route rule through one listener (so of one
@@ -276,6 +279,7 @@ impl Default for Metrics {
             policy: crate::policy::PolicyMetrics::default(),
             http_timeouts: Family::default(),
             connections_shed: Family::default(),
+            requests_abandoned: Family::default(),
         }
     }
 }
@@ -349,7 +353,22 @@ impl Metrics {
              (HTTP/2 client resetting forwarded streams past the limit: GOAWAY)",
             self.connections_shed.clone(),
         );
+        registry.register(
+            "sluice_http_requests_abandoned",
+            "Requests the client gave up on before the response head (HTTP/2 stream \
+             reset, connection closed); their upstream requests are cancelled. By shard",
+            self.requests_abandoned.clone(),
+        );
         self.policy.register(registry);
+    }
+
+    /// Counts requests a client abandoned.
+    pub fn abandoned(&self, shard: &Arc<str>, n: u64) {
+        self.requests_abandoned
+            .get_or_create(&ShardLabels {
+                shard: Name(shard.clone()),
+            })
+            .inc_by(n);
     }
 
     /// Counts an expired timeout of a shard.

@@ -106,7 +106,7 @@ impl EdgeSettings {
             .max_concurrent_streams(self.h2_max_concurrent_streams)
             // Resets of streams not yet accepted by the service are h2's
             // own business; resets of forwarded streams are counted by the
-            // gateway ([`super::resets`]).
+            // gateway ([`super::conn_watch`]).
             .max_pending_accept_reset_streams(self.h2_max_resets.min(20))
             .max_local_error_reset_streams(self.h2_max_resets);
         builder

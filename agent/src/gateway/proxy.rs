@@ -138,6 +138,11 @@ impl Proxy {
         self.metrics.timeout(&self.shard_label(shard), reason);
     }
 
+    /// Counts requests a client abandoned before their answer.
+    pub(super) fn count_abandoned(&self, shard: ShardId, n: u64) {
+        self.metrics.abandoned(&self.shard_label(shard), n);
+    }
+
     /// Counts a connection closed to protect a shard.
     pub(super) fn count_shed(&self, shard: ShardId, reason: &'static str) {
         self.metrics.shed(&self.shard_label(shard), reason);

@@ -1,13 +1,6 @@
 //! One accept loop per shard socket; each shard is a bulkhead with its own
 //! connection limit, so a flood on one Gateway cannot exhaust another's.
-use std::{
-    net::SocketAddr,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        Arc,
-    },
-    time::Duration,
-};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
@@ -20,7 +13,7 @@ use hyper_util::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::{ConnInfo, Proxy, TlsInfo};
+use super::{conn_watch::ConnWatch, ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::ShardId;
 
 /// A listening socket of a shard, before it is handed to the accept loop.
@@ -292,37 +285,52 @@ async fn serve_io<I>(
     let (shard, peer) = (info.shard, info.peer);
     // Shared by the connection's requests (HTTP/2 streams run as tasks of their own).
     let info = Arc::new(info);
-    // Set by the first request: until then the connection is on the clock
-    // of the header timeout, which hyper only starts once it has told
-    // HTTP/1.1 from HTTP/2 (a client that sends nothing, or trickles the
-    // first bytes, would otherwise stay forever).
-    let started = Arc::new(AtomicBool::new(false));
+    // Until the first request the connection is on the clock of the header
+    // timeout, which hyper only starts once it has told HTTP/1.1 from
+    // HTTP/2 (a client that sends nothing, or trickles the first bytes,
+    // would otherwise stay forever).
+    let watch = Arc::new(ConnWatch::new(proxy.clone(), shard));
     let header_timeout = proxy.edge.header_timeout;
     let counter = proxy.clone();
+    let requests = watch.clone();
     // The request's future is boxed here, once: hyper then moves a pointer
     // into its in-flight slot instead of the whole state, and an idle
     // keep-alive connection holds no room for it.
-    let first = started.clone();
     let service = service_fn(move |req| {
-        if !first.load(Ordering::Relaxed) {
-            first.store(true, Ordering::Relaxed);
-        }
-        Box::pin(proxy.clone().handle(info.clone(), req))
+        let guard = requests.request();
+        let handled = proxy.clone().handle(info.clone(), req);
+        Box::pin(async move {
+            let response = handled.await;
+            guard.answered();
+            response
+        })
     });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
     let conn = watcher.watch(conn);
     tokio::pin!(conn);
-    let result = tokio::select! {
-        r = &mut conn => r,
-        () = tokio::time::sleep(header_timeout) => {
-            if !started.load(Ordering::Relaxed) {
-                counter.count_timeout(shard, "header");
-                tracing::debug!(shard, %peer, "no request head within the header timeout; closing");
+    let first_head = tokio::time::sleep(header_timeout);
+    tokio::pin!(first_head);
+    let mut first_head_due = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut conn => break r,
+            () = &mut first_head, if first_head_due => {
+                first_head_due = false;
+                if !watch.started() {
+                    counter.count_timeout(shard, "header");
+                    tracing::debug!(shard, %peer, "no request head within the header timeout; closing");
+                    return;
+                }
+            }
+            () = watch.calm.notified() => {
+                // Dropping the connection drops its requests' futures, and
+                // with them their upstream requests.
+                counter.count_shed(shard, "h2_resets");
+                tracing::info!(shard, %peer, "client abandoned too many requests before their answer (HTTP/2 rapid reset?); closing the connection");
                 return;
             }
-            conn.await
         }
     };
     if let Err(e) = result {

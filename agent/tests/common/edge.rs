@@ -125,3 +125,57 @@ pub async fn metric(app: &App, name: &str, labels: &[&str]) -> f64 {
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+/// Connections a [`holding_backend`] has accepted, and of those, how many
+/// the gateway has closed.
+#[derive(Clone, Default)]
+pub struct Held {
+    pub accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    pub closed: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Held {
+    pub fn accepted(&self) -> usize {
+        self.accepted.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn closed(&self) -> usize {
+        self.closed.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// A backend that reads requests and never answers, counting the
+/// connections it gets and the ones closed from the gateway's side (an
+/// HTTP/1.1 upstream request is cancelled by closing its connection).
+pub async fn holding_backend() -> (SocketAddr, Held) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let held = Held::default();
+    let counts = held.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            counts
+                .accepted
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let closed = counts.closed.clone();
+            tokio::spawn(async move {
+                let mut buf = [0u8; 4096];
+                while matches!(s.read(&mut buf).await, Ok(n) if n > 0) {}
+                closed.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            });
+        }
+    });
+    (addr, held)
+}
+
+/// Waits (bounded by `within`) until `done` holds; whether it did.
+pub async fn eventually(within: Duration, mut done: impl FnMut() -> bool) -> bool {
+    let until = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < until {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
+}
