@@ -277,6 +277,11 @@ pub struct EdgeArgs {
     /// closed at accept. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 1024)]
     pub max_connections_per_source: usize,
+
+    /// Requests in flight per Gateway (until their response head); more are
+    /// answered 503 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_requests_in_flight_per_gateway: usize,
 }
 
 impl EdgeArgs {
@@ -294,6 +299,7 @@ impl EdgeArgs {
             h2_max_concurrent_streams: self.h2_max_concurrent_streams,
             h2_max_resets: self.h2_max_resets,
             max_connections_per_source: self.max_connections_per_source,
+            max_in_flight_per_shard: self.max_requests_in_flight_per_gateway,
         }
     }
 }

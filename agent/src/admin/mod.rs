@@ -289,6 +289,25 @@ impl AdminServer {
     }
 }
 
+/// Which Gateways have refused requests for load (`/readyz` stays 200: a
+/// flooded Gateway must not take the node's other Gateways out of service).
+fn shedding_note(state: &AdminState) -> String {
+    let Some(runtime) = state.runtime.upgrade() else {
+        return String::new();
+    };
+    let shedding = runtime.proxy.shedding();
+    if shedding.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = shedding
+        .iter()
+        .map(|(gw, shed, now, limit)| {
+            format!("{gw}: {shed} requests refused, {now} of {limit} in flight now")
+        })
+        .collect();
+    format!(" (shedding load since start: {})", list.join("; "))
+}
+
 /// The answer to a client outside loopback asking for more than the probes.
 fn refused() -> Response<Body> {
     text(
@@ -378,15 +397,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 text(
                     StatusCode::OK,
                     format!(
-                        "ready (serving the last good configuration; config source {}unreachable for {}s{})\n",
+                        "ready (serving the last good configuration; config source {}unreachable for {}s{}){}\n",
                         report.url.map(|u| format!("{u} ")).unwrap_or_default(),
                         stale.as_secs(),
                         report.outage.map(|e| format!(": {e}")).unwrap_or_default(),
+                        shedding_note(state),
                     ),
                     "text/plain",
                 )
             } else if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n".into(), "text/plain")
+                text(
+                    StatusCode::OK,
+                    format!("ready{}\n", shedding_note(state)),
+                    "text/plain",
+                )
             } else {
                 let report = state.source_health.report();
                 let why = report.outage.or(report.not_applied);

@@ -50,6 +50,9 @@ pub struct EdgeSettings {
     /// Open connections from one client address to one shard (Gateway);
     /// more are closed at accept and counted. `0`: no per-source limit.
     pub max_connections_per_source: usize,
+    /// Requests in flight per shard (Gateway) until their response head;
+    /// more are answered `503` with `Retry-After`. `0`: no limit.
+    pub max_in_flight_per_shard: usize,
 }
 
 /// hyper allocates the header array on the heap for every request when a
@@ -80,6 +83,7 @@ impl Default for EdgeSettings {
             h2_max_concurrent_streams: 128,
             h2_max_resets: 200,
             max_connections_per_source: 1024,
+            max_in_flight_per_shard: 10_000,
         }
     }
 }

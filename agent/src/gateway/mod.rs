@@ -7,6 +7,7 @@ pub mod edge;
 pub mod filters;
 mod forward;
 mod host;
+mod load;
 mod mirror;
 mod per_source;
 pub mod pool;

@@ -21,6 +21,7 @@ use super::{
     edge::EdgeSettings,
     forward::Target,
     host::{valid_authority, HostError},
+    load::{ShardLoad, ShardLoads},
     per_source::PerSource,
     pool::Pools,
     Body,
@@ -44,6 +45,9 @@ pub struct ConnInfo {
     /// The peer's address as an `X-Forwarded-For` value, formatted once per
     /// connection rather than per request.
     pub(super) peer_value: HeaderValue,
+    /// The shard's requests in flight (set by the accept loop; without it
+    /// the shard's cap is not applied).
+    pub(super) load: Option<Arc<ShardLoad>>,
 }
 
 /// The TLS side of a terminated connection.
@@ -63,6 +67,7 @@ impl ConnInfo {
             peer,
             tls,
             peer_value,
+            load: None,
         }
     }
 
@@ -88,6 +93,8 @@ pub struct Proxy {
     pub(super) edge: EdgeSettings,
     /// Open connections per client address and shard.
     pub(super) per_source: PerSource,
+    /// Requests in flight per shard.
+    pub(super) loads: ShardLoads,
 }
 
 /// How a response the gateway made itself, that is not a rejection, is
@@ -115,6 +122,7 @@ impl Proxy {
             trusted_proxies: Vec::new(),
             edge: EdgeSettings::default(),
             per_source: PerSource::default(),
+            loads: ShardLoads::default(),
         }
     }
 
@@ -136,6 +144,27 @@ impl Proxy {
     /// Counts an expired timeout of a shard's connection or request.
     pub(super) fn count_timeout(&self, shard: ShardId, reason: &'static str) {
         self.metrics.timeout(&self.shard_label(shard), reason);
+    }
+
+    /// Shards that refused requests for load since the agent started:
+    /// name, requests refused, in flight now, the limit (for `/readyz`).
+    pub fn shedding(&self) -> Vec<(Arc<str>, u64, usize, usize)> {
+        let mut out: Vec<_> = self
+            .loads
+            .all()
+            .into_iter()
+            .filter(|(_, l)| l.shed() > 0)
+            .map(|(id, l)| {
+                (
+                    self.shard_label(id),
+                    l.shed(),
+                    l.in_flight(),
+                    self.edge.max_in_flight_per_shard,
+                )
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Counts requests a client abandoned before their answer.
@@ -240,6 +269,21 @@ impl Proxy {
                     &NONE,
                     &NONE,
                 );
+            };
+            // Held until the response head: the shard's bulkhead for requests.
+            let _in_flight = match &conn.load {
+                Some(load) => match load.enter(self.edge.max_in_flight_per_shard) {
+                    Some(counted) => Some(counted),
+                    None => {
+                        break 'serve rejected(
+                            Rejection::new(Reason::Overloaded, "gateway overloaded")
+                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+                            &shard.name,
+                            &NONE,
+                        )
+                    }
+                },
+                None => None,
             };
             let authority = match Authority::of(&req) {
                 Ok(a) => a,

@@ -242,8 +242,10 @@ fn serve(
     let builder = builder.clone();
     let watcher = graceful.watcher();
     tokio::spawn(async move {
+        let load = proxy.loads.of(shard);
         let Some(config) = tls else {
-            let info = ConnInfo::new(shard, local, peer, None);
+            let mut info = ConnInfo::new(shard, local, peer, None);
+            info.load = Some(load);
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
             drop((permit, source_slot));
             return;
@@ -267,7 +269,8 @@ fn serve(
             .1
             .server_name()
             .map(|n| Arc::<str>::from(n.to_ascii_lowercase()));
-        let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni }));
+        let mut info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni }));
+        info.load = Some(load);
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop((permit, source_slot));
     });

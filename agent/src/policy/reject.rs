@@ -38,6 +38,8 @@ pub enum Reason {
     RequestTimeout,
     /// The client stopped sending the request body (`408`).
     RequestBodyTimeout,
+    /// The shard has its limit of requests in flight (`503`).
+    Overloaded,
     /// The backend did not answer within the backend request timeout.
     UpstreamTimeout,
     /// The backend could not be connected to.
@@ -101,6 +103,7 @@ impl Reason {
             NoReadyEndpoints => "no_ready_endpoints",
             RequestTimeout => "request_timeout",
             RequestBodyTimeout => "request_body_timeout",
+            Overloaded => "overloaded",
             UpstreamTimeout => "upstream_timeout",
             UpstreamConnect => "upstream_connect_failure",
             UpstreamError => "upstream_error",
@@ -135,9 +138,8 @@ impl Reason {
             UriTooLong => StatusCode::URI_TOO_LONG,
             RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NoBackends | BackendNotResolvable | PolicyInvalid => StatusCode::INTERNAL_SERVER_ERROR,
-            NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable
+            | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             RequestTimeout | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError => StatusCode::BAD_GATEWAY,
             SourceDenied | Forbidden | ExtAuthDenied => StatusCode::FORBIDDEN,
@@ -158,6 +160,7 @@ impl Reason {
                 | MissingHost
                 | UriTooLong
                 | RequestBodyTimeout
+                | Overloaded
                 | NoRoute
                 | Misdirected
                 | BadRequest
