@@ -24,7 +24,7 @@ use super::{
     full,
     mirror::{self, UpstreamBody},
     pool::Dial,
-    proxy::{Answered, Authority, ConnInfo, Proxy},
+    proxy::{Answered, Authority, ConnInfo, Proxy, UpstreamSeen},
     retry::Replay,
     upgrade::{self, upgrade_protocol},
     upstream_tls, Body,
@@ -113,6 +113,7 @@ impl Proxy {
         conn: &ConnInfo,
         parts: Parts,
         body: Body,
+        seen: &mut UpstreamSeen,
     ) -> Result<Response<Body>, Rejection> {
         let Planned {
             backend,
@@ -145,6 +146,7 @@ impl Proxy {
                     }
                 },
             };
+            seen.endpoint = Some(endpoint);
             let mut req = Request::from_parts(parts, body);
             let upgrade = upgrade_protocol(&req);
             let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -182,6 +184,9 @@ impl Proxy {
             };
             let mut endpoint = endpoint;
             let mut retries = 0;
+            if seen.timed {
+                seen.sent = Some(std::time::Instant::now());
+            }
             loop {
                 // backendRequest covers one attempt until its full response is in.
                 let now = tokio::time::Instant::now();
@@ -243,6 +248,8 @@ impl Proxy {
                             tokio::time::sleep(policy.backoff).await;
                             tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
                             retries += 1;
+                            seen.retries = retries;
+                            seen.endpoint = Some(ep);
                             endpoint = ep;
                             request = again;
                             continue;
@@ -258,6 +265,7 @@ impl Proxy {
                         ))
                     }
                     Some(Ok(resp)) => {
+                        seen.head = seen.sent.map(|t| t.elapsed());
                         let (mut parts, body) = resp.into_parts();
                         let coding = strip_hop_by_hop(&mut parts.headers);
                         // RFC 9112 §6.1: a message with both Content-Length

@@ -8,6 +8,7 @@ pub mod filters;
 mod forward;
 mod host;
 mod load;
+mod logged;
 mod mirror;
 mod per_source;
 pub mod pool;
