@@ -162,3 +162,28 @@ async fn connections_per_source_address_are_limited_at_accept() {
     assert!(admitted, "a place was released");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn trusted_proxies_are_exempt_from_the_per_source_limit() {
+    let backend = echo_backend("echo").await;
+    let port = free_port();
+    let app = start_routed(port, backend, |s| {
+        s.edge.max_connections_per_source = 1;
+        s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
+    })
+    .await;
+    let mut open = Vec::new();
+    for _ in 0..3 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    app.shutdown().await;
+}

@@ -42,13 +42,15 @@ pub struct EdgeSettings {
     pub max_uri_bytes: usize,
     /// HTTP/2: concurrent streams a client may open on one connection.
     pub h2_max_concurrent_streams: u32,
-    /// HTTP/2: streams a client may reset (or have reset because it broke
-    /// the protocol) before they were answered, per connection over its
-    /// lifetime window, before the connection is closed with GOAWAY
-    /// (`ENHANCE_YOUR_CALM`): the rapid-reset attack (CVE-2023-44487).
+    /// Requests a client may abandon before their answer (HTTP/2 stream
+    /// resets: the rapid-reset attack, CVE-2023-44487) per connection, over
+    /// its lifetime, before the gateway closes the connection; also the
+    /// limit of streams h2 resets because the client broke the protocol
+    /// ("MadeYouReset"), past which h2 sends GOAWAY `ENHANCE_YOUR_CALM`.
     pub h2_max_resets: usize,
     /// Open connections from one client address to one shard (Gateway);
     /// more are closed at accept and counted. `0`: no per-source limit.
+    /// Peers in `--trusted-proxies` are exempt (they carry many clients).
     pub max_connections_per_source: usize,
     /// Requests in flight per shard (Gateway) until their response head;
     /// more are answered `503` with `Retry-After`. `0`: no limit.

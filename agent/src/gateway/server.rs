@@ -226,11 +226,13 @@ fn serve(
     };
     // Shed at accept: a client past its share of the shard's connections
     // is closed before any TLS or HTTP work is spent on it.
-    let Some(source_slot) =
-        proxy
-            .per_source
-            .admit(shard, peer.ip(), proxy.edge.max_connections_per_source)
-    else {
+    // Trusted proxies in front carry many clients' connections: exempt.
+    let per_source_limit = if proxy.is_trusted(peer.ip()) {
+        0
+    } else {
+        proxy.edge.max_connections_per_source
+    };
+    let Some(source_slot) = proxy.per_source.admit(shard, peer.ip(), per_source_limit) else {
         proxy.count_shed(shard, "per_source_limit");
         tracing::debug!(shard, %peer, "connection limit per source address reached");
         return;
