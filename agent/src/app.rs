@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 
 use crate::{
-    admin::{AdminServer, AdminState, ConfigSource, SourceHealth},
+    admin::{AdminServer, AdminState, ConfigSource, Scope, SourceHealth},
     config::{self, ObjectRef},
     gateway::Proxy,
     kernel::{KernelDatapath, KernelError, KernelOptions, SockmapPref},
@@ -62,6 +62,10 @@ pub struct Settings {
     pub config_dir: PathBuf,
     pub datapath: DatapathMode,
     pub admin_addr: SocketAddr,
+    /// An extra listener serving only `/metrics`, `/healthz` and `/readyz`
+    /// (for Prometheus and probes on the node's address, while the full
+    /// admin endpoint stays on loopback).
+    pub metrics_addr: Option<SocketAddr>,
     pub interfaces: Vec<String>,
     /// aya-log level of the eBPF programs (1 error … 5 trace).
     pub ebpf_log_level: u8,
@@ -103,6 +107,8 @@ pub struct Settings {
     /// Keep the pinned eBPF datapath when stopping without a successor, for
     /// the next agent (`systemctl restart`).
     pub keep_datapath_on_exit: bool,
+    /// Client-side timeouts and limits of the gateway listeners.
+    pub edge: crate::gateway::EdgeSettings,
     /// Access log destination and format.
     pub access_log: crate::access_log::Settings,
     /// Generate (or keep a trusted proxy's) X-Request-Id on every request.
@@ -115,6 +121,7 @@ impl Settings {
             config_dir: config_dir.into(),
             datapath: DatapathMode::Auto,
             admin_addr: "127.0.0.1:9901".parse().expect("literal"),
+            metrics_addr: None,
             interfaces: Vec::new(),
             ebpf_log_level: 3,
             max_connections_per_shard: 16_384,
@@ -135,6 +142,7 @@ impl Settings {
             secret_tls: TlsFiles::default(),
             secret_poll: std::time::Duration::from_secs(10),
             keep_datapath_on_exit: false,
+            edge: crate::gateway::EdgeSettings::default(),
             access_log: Default::default(),
             request_ids: true,
         }
@@ -177,6 +185,8 @@ pub use crate::reload::ShardInfo;
 /// A running agent.
 pub struct App {
     pub admin_addr: SocketAddr,
+    /// The probes-and-metrics listener, when there is one.
+    pub metrics_addr: Option<SocketAddr>,
     pub datapath: ActiveDatapath,
     /// Shards as of start-up; see [`App::shards_now`] after reloads.
     pub shards: BTreeMap<ObjectRef, ShardInfo>,
@@ -188,6 +198,7 @@ pub struct App {
     /// Store sources, and the directory when discovery or secrets are used.
     sources: Option<SourceDriver>,
     admin: AdminServer,
+    metrics_server: Option<AdminServer>,
     admin_state: Arc<AdminState>,
 }
 
@@ -244,6 +255,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
+            .with_edge(settings.edge.clone())
             .with_access_log(access_log, settings.request_ids),
     );
     let mut runtime = Runtime::new(
@@ -382,12 +394,23 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             }) as Box<dyn Fn() + Send + Sync>
         }),
     });
-    let admin = AdminServer::bind(settings.admin_addr, admin_state.clone())
+    let admin = AdminServer::bind(settings.admin_addr, admin_state.clone(), Scope::Full)
         .await
         .map_err(|source| AppError::Admin {
             addr: settings.admin_addr,
             source,
         })?;
+    let metrics_server = match settings.metrics_addr {
+        Some(addr) => match AdminServer::bind(addr, admin_state.clone(), Scope::Probes).await {
+            Ok(server) => Some(server),
+            Err(source) => {
+                runtime.shutdown().await;
+                admin.shutdown().await;
+                return Err(AppError::Admin { addr, source });
+            }
+        },
+        None => None,
+    };
     let kube = match settings.kubernetes.clone() {
         // Ready once the first sync is applied (the source says so).
         Some(k) => match KubeSource::start(k, runtime.clone(), admin_state.clone()).await {
@@ -395,6 +418,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             Err(e) => {
                 runtime.shutdown().await;
                 admin.shutdown().await;
+                if let Some(m) = metrics_server {
+                    m.shutdown().await;
+                }
                 return Err(e.into());
             }
         },
@@ -426,6 +452,8 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         .then(|| crate::drift::spawn_checker(&runtime, crate::drift::CHECK_PERIOD));
     Ok(App {
         admin_addr: admin.addr,
+        metrics_addr: metrics_server.as_ref().map(|m| m.addr),
+        metrics_server,
         datapath,
         shards,
         runtime,
@@ -529,6 +557,9 @@ impl App {
         }
         self.runtime.shutdown().await;
         self.admin.shutdown().await;
+        if let Some(m) = self.metrics_server {
+            m.shutdown().await;
+        }
         // The kernel datapath is dropped (programs detached) with the last
         // Arc: the runtime and the metrics collector.
         drop(self.runtime);

@@ -146,9 +146,18 @@ pub struct Cli {
     #[arg(long, value_enum, default_value_t = DatapathArg::Auto)]
     pub datapath: DatapathArg,
 
-    /// Listen address of the admin endpoint (/healthz, /readyz, /metrics, /config).
+    /// Listen address of the admin endpoint (/healthz, /readyz, /metrics,
+    /// /config, /status, the status page, POST /reconcile). Clients not on
+    /// loopback only get /metrics, /healthz and /readyz from it, whatever
+    /// the address.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9901")]
     pub admin_addr: SocketAddr,
+
+    /// An extra listener serving only /metrics, /healthz and /readyz, for
+    /// Prometheus and probes on the node's address (e.g. `0.0.0.0:9902`),
+    /// while `--admin-addr` stays on loopback.
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_addr: Option<SocketAddr>,
 
     /// Interface to attach `xdp_ingress` to (repeatable). Without any, no XDP
     /// program is attached and only sk_lookup steering is used.
@@ -233,6 +242,111 @@ pub struct Cli {
     /// least 1; the choice is logged at start-up.
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
+
+    /// Client timeouts and limits (README: "Limits and timeouts").
+    #[command(flatten)]
+    pub edge: EdgeArgs,
+}
+
+/// Client-side timeouts and limits of the gateway listeners; durations take
+/// `ms`, `s` or `m` (plain numbers are seconds).
+#[derive(Debug, Clone, clap::Args)]
+pub struct EdgeArgs {
+    /// Longest wait for a whole request head, from the connection's start or
+    /// the end of the previous response (so also the keep-alive idle time).
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub client_header_timeout: Duration,
+
+    /// Longest a request body may go without a byte from the client (408).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub client_body_timeout: Duration,
+
+    /// Upstream response-head timeout of routes without `timeouts` (504).
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub upstream_response_timeout: Duration,
+
+    /// HTTP/2: PING interval on a connection without frames from the client.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub h2_keepalive_interval: Duration,
+
+    /// HTTP/2: how long the PING acknowledgement may take before the
+    /// connection is closed.
+    #[arg(long, value_name = "DURATION", default_value = "20s", value_parser = parse_duration)]
+    pub h2_keepalive_timeout: Duration,
+
+    /// Largest request head (request line and headers; HTTP/2 header list) in
+    /// bytes: 431 beyond it. At least 8192 for HTTP/1.1.
+    #[arg(long, value_name = "BYTES", default_value_t = 32 * 1024)]
+    pub max_request_head_bytes: usize,
+
+    /// Most header fields in a request: 431 beyond it (HTTP/1.1).
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub max_request_headers: usize,
+
+    /// Longest request target in bytes: 414 beyond it.
+    #[arg(long, value_name = "BYTES", default_value_t = 8 * 1024)]
+    pub max_uri_bytes: usize,
+
+    /// HTTP/2: concurrent streams per client connection.
+    #[arg(long, value_name = "N", default_value_t = 128)]
+    pub h2_max_concurrent_streams: u32,
+
+    /// HTTP/2: client resets of streams before their answer (or protocol
+    /// errors causing resets) per connection before GOAWAY (ENHANCE_YOUR_CALM).
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    pub h2_max_resets: usize,
+
+    /// Open connections from one client address to one Gateway; more are
+    /// closed at accept. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 1024)]
+    pub max_connections_per_source: usize,
+
+    /// Requests in flight per Gateway (until their response head); more are
+    /// answered 503 with Retry-After. 0: no limit.
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    pub max_requests_in_flight_per_gateway: usize,
+}
+
+impl EdgeArgs {
+    /// The gateway's edge settings.
+    pub fn settings(&self) -> crate::gateway::EdgeSettings {
+        crate::gateway::EdgeSettings {
+            header_timeout: self.client_header_timeout,
+            body_idle_timeout: self.client_body_timeout,
+            upstream_response_timeout: self.upstream_response_timeout,
+            h2_keepalive_interval: self.h2_keepalive_interval,
+            h2_keepalive_timeout: self.h2_keepalive_timeout,
+            max_head_bytes: self.max_request_head_bytes,
+            max_headers: self.max_request_headers,
+            max_uri_bytes: self.max_uri_bytes,
+            h2_max_concurrent_streams: self.h2_max_concurrent_streams,
+            h2_max_resets: self.h2_max_resets,
+            max_connections_per_source: self.max_connections_per_source,
+            max_in_flight_per_shard: self.max_requests_in_flight_per_gateway,
+        }
+    }
+}
+
+/// `500ms`, `30s`, `2m`, or a plain number of seconds; not zero.
+fn parse_duration(raw: &str) -> Result<Duration, String> {
+    let raw = raw.trim();
+    let (n, unit) = match raw.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => raw.split_at(i),
+        None => (raw, "s"),
+    };
+    let n: u64 = n
+        .parse()
+        .map_err(|_| format!("expected a duration like 30s or 500ms, got {raw:?}"))?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        _ => return Err(format!("unknown unit in {raw:?}: use ms, s or m")),
+    };
+    if d.is_zero() {
+        return Err("a timeout must be longer than zero".into());
+    }
+    Ok(d)
 }
 
 /// Subcommands besides running the agent.
@@ -379,6 +493,7 @@ impl Cli {
             DatapathArg::Userspace => DatapathMode::Userspace,
         };
         s.admin_addr = self.admin_addr;
+        s.metrics_addr = self.metrics_addr;
         s.interfaces = self.interfaces.clone();
         s.bpffs = Some(self.bpffs.clone());
         s.xdp_mode = match self.xdp_mode {
@@ -387,6 +502,7 @@ impl Cli {
             XdpModeArg::Generic => crate::kernel::XdpModePref::Generic,
         };
         s.trusted_proxies = self.trusted_proxies.clone();
+        s.edge = self.edge.settings();
         s.access_log = crate::access_log::Settings {
             destination: self.access_log.clone(),
             format: self.access_log_format,
@@ -511,6 +627,47 @@ mod tests {
         );
         let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--sockmap"]);
         assert!(cli.settings().unwrap().sockmap);
+    }
+
+    #[test]
+    fn edge_defaults_match_the_gateway_and_flags_override_them() {
+        let cli = Cli::parse_from(["sluice", "--config-dir", "d"]);
+        assert_eq!(
+            cli.settings().unwrap().edge,
+            crate::gateway::EdgeSettings::default(),
+            "the flags' defaults are the documented ones"
+        );
+        let cli = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--client-header-timeout",
+            "500ms",
+            "--upstream-response-timeout",
+            "2m",
+            "--client-body-timeout",
+            "7",
+            "--max-connections-per-source",
+            "0",
+        ]);
+        let e = cli.settings().unwrap().edge;
+        assert_eq!(e.header_timeout, Duration::from_millis(500));
+        assert_eq!(e.upstream_response_timeout, Duration::from_secs(120));
+        assert_eq!(e.body_idle_timeout, Duration::from_secs(7));
+        assert_eq!(e.max_connections_per_source, 0);
+        for bad in ["0s", "5h", "x", ""] {
+            assert!(
+                Cli::try_parse_from([
+                    "sluice",
+                    "--config-dir",
+                    "d",
+                    "--client-header-timeout",
+                    bad
+                ])
+                .is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -155,6 +155,14 @@ pub struct ShardLabels {
     pub shard: Name,
 }
 
+/// A shard and why something happened to one of its connections or
+/// requests (a timeout's or a shed's kind: a fixed set of names).
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardReasonLabels {
+    pub shard: Name,
+    pub reason: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ModeLabels {
     pub mode: &'static str,
@@ -190,6 +198,15 @@ pub struct Metrics {
     pub sockmap_enabled: Gauge,
     /// Policy decisions per section.
     pub policy: crate::policy::PolicyMetrics,
+    /// Client-side and upstream timeouts that expired, by shard and kind
+    /// (`header`, `request_body`, `upstream_response`).
+    pub http_timeouts: Family<ShardReasonLabels, Counter>,
+    /// Connections closed by the gateway before or instead of serving them,
+    /// by shard and reason (`per_source_limit`, `h2_resets`).
+    pub connections_shed: Family<ShardReasonLabels, Counter>,
+    /// Requests the client abandoned before their response head (HTTP/2
+    /// stream reset, connection closed), by shard.
+    pub requests_abandoned: Family<ShardLabels, Counter>,
 }
 
 /// The request metrics of one route rule through one listener (so of one
@@ -260,6 +277,9 @@ impl Default for Metrics {
             bpf_reconcile_errors: Family::default(),
             sockmap_enabled: Gauge::default(),
             policy: crate::policy::PolicyMetrics::default(),
+            http_timeouts: Family::default(),
+            connections_shed: Family::default(),
+            requests_abandoned: Family::default(),
         }
     }
 }
@@ -319,7 +339,56 @@ impl Metrics {
             "1 when the sockmap fast path between node-local sockets is attached (--sockmap)",
             self.sockmap_enabled.clone(),
         );
+        registry.register(
+            "sluice_http_timeouts",
+            "Timeouts that expired, by shard and kind: header (request head not complete \
+             in time, including an idle keep-alive connection), request_body (client body \
+             idle), upstream_response (the backend did not answer in time)",
+            self.http_timeouts.clone(),
+        );
+        registry.register(
+            "sluice_connections_shed",
+            "Client connections the gateway closed to protect itself, by shard and reason: \
+             per_source_limit (too many from one address, closed at accept), h2_resets \
+             (HTTP/2 client resetting forwarded streams past the limit: GOAWAY)",
+            self.connections_shed.clone(),
+        );
+        registry.register(
+            "sluice_http_requests_abandoned",
+            "Requests the client gave up on before the response head (HTTP/2 stream \
+             reset, connection closed); their upstream requests are cancelled. By shard",
+            self.requests_abandoned.clone(),
+        );
         self.policy.register(registry);
+    }
+
+    /// Counts requests a client abandoned.
+    pub fn abandoned(&self, shard: &Arc<str>, n: u64) {
+        self.requests_abandoned
+            .get_or_create(&ShardLabels {
+                shard: Name(shard.clone()),
+            })
+            .inc_by(n);
+    }
+
+    /// Counts an expired timeout of a shard.
+    pub fn timeout(&self, shard: &Arc<str>, reason: &'static str) {
+        self.http_timeouts
+            .get_or_create(&ShardReasonLabels {
+                shard: Name(shard.clone()),
+                reason,
+            })
+            .inc();
+    }
+
+    /// Counts a connection closed to protect the shard.
+    pub fn shed(&self, shard: &Arc<str>, reason: &'static str) {
+        self.connections_shed
+            .get_or_create(&ShardReasonLabels {
+                shard: Name(shard.clone()),
+                reason,
+            })
+            .inc();
     }
 }
 

@@ -307,7 +307,9 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
         UpstreamError => "UR",
         PolicyInvalid | PolicyUnavailable => "PE",
         SourceDenied => "SD",
-        HeadersTooLarge => "HL",
+        HeadersTooLarge | UriTooLong => "HL",
+        RequestBodyTimeout => "BT",
+        Overloaded => "OL",
         BodyTooLarge => "BL",
         JwtMissing | JwtMalformed | JwtSignature | JwtExpired | JwtClaims | ApiKeyMissing
         | ApiKeyInvalid | BasicAuthMissing | BasicAuthInvalid => "UA",

@@ -3,6 +3,13 @@
 //! applied), `/metrics` (Prometheus: OpenMetrics when asked for, else text
 //! format 0.0.4), `/config` (what is served), `/status` (Gateway API status
 //! conditions).
+//!
+//! Who may see what: `/metrics`, `/healthz` and `/readyz` are for anyone who
+//! reaches a listener (Prometheus, kubelet probes on the node's address);
+//! everything else — the served config, held Secret names, identities, the
+//! status page and every call that changes something — only for clients on
+//! loopback (the node itself), whatever address the listener is bound to.
+//! `--metrics-addr` adds a listener that never serves more than the probes.
 use std::{
     net::SocketAddr,
     path::PathBuf,
@@ -208,6 +215,27 @@ impl From<&crate::config::NamespaceIdentity> for IdentityNotes {
     }
 }
 
+/// What a listener of the admin endpoint serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Everything to loopback clients; only the probes and metrics to others.
+    Full,
+    /// Only `/metrics`, `/healthz` and `/readyz`, to anyone.
+    Probes,
+}
+
+/// Paths served to clients that are not on loopback, and on a
+/// [`Scope::Probes`] listener.
+const PUBLIC_PATHS: [&str; 3] = ["/metrics", "/healthz", "/readyz"];
+
+impl Scope {
+    /// Whether a client at `peer` gets `path` here: decided by where the
+    /// client is, not by anything it sends.
+    pub fn serves(self, peer: std::net::IpAddr, path: &str) -> bool {
+        PUBLIC_PATHS.contains(&path) || (self == Scope::Full && peer.to_canonical().is_loopback())
+    }
+}
+
 pub struct AdminServer {
     pub addr: SocketAddr,
     shutdown: watch::Sender<bool>,
@@ -215,21 +243,32 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    pub async fn bind(addr: SocketAddr, state: Arc<AdminState>) -> std::io::Result<Self> {
+    pub async fn bind(
+        addr: SocketAddr,
+        state: Arc<AdminState>,
+        scope: Scope,
+    ) -> std::io::Result<Self> {
         let listener = TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let (shutdown, mut rx) = watch::channel(false);
         let task = tokio::spawn(async move {
             loop {
-                let (stream, _) = tokio::select! {
+                let (stream, peer) = tokio::select! {
                     r = listener.accept() => match r { Ok(x) => x, Err(_) => continue },
                     _ = rx.changed() => break,
                 };
                 let state = state.clone();
                 tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
+                    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                         let state = state.clone();
-                        async move { Ok::<_, std::convert::Infallible>(handle(&state, req)) }
+                        async move {
+                            let resp = if scope.serves(peer.ip(), req.uri().path()) {
+                                handle(&state, req)
+                            } else {
+                                refused()
+                            };
+                            Ok::<_, std::convert::Infallible>(resp)
+                        }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -248,6 +287,36 @@ impl AdminServer {
         let _ = self.shutdown.send(true);
         let _ = self.task.await;
     }
+}
+
+/// Which Gateways have refused requests for load (`/readyz` stays 200: a
+/// flooded Gateway must not take the node's other Gateways out of service).
+fn shedding_note(state: &AdminState) -> String {
+    let Some(runtime) = state.runtime.upgrade() else {
+        return String::new();
+    };
+    let shedding = runtime.proxy.shedding();
+    if shedding.is_empty() {
+        return String::new();
+    }
+    let list: Vec<String> = shedding
+        .iter()
+        .map(|(gw, shed, now, limit)| {
+            format!("{gw}: {shed} requests refused, {now} of {limit} in flight now")
+        })
+        .collect();
+    format!(" (shedding load since start: {})", list.join("; "))
+}
+
+/// The answer to a client outside loopback asking for more than the probes.
+fn refused() -> Response<Body> {
+    text(
+        StatusCode::FORBIDDEN,
+        "only /metrics, /healthz and /readyz are served to clients outside loopback; \
+         the rest of the admin endpoint is on the loopback admin address (--admin-addr)\n"
+            .into(),
+        "text/plain",
+    )
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Body> {
@@ -328,15 +397,20 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 text(
                     StatusCode::OK,
                     format!(
-                        "ready (serving the last good configuration; config source {}unreachable for {}s{})\n",
+                        "ready (serving the last good configuration; config source {}unreachable for {}s{}){}\n",
                         report.url.map(|u| format!("{u} ")).unwrap_or_default(),
                         stale.as_secs(),
                         report.outage.map(|e| format!(": {e}")).unwrap_or_default(),
+                        shedding_note(state),
                     ),
                     "text/plain",
                 )
             } else if state.ready.load(Ordering::Acquire) {
-                text(StatusCode::OK, "ready\n".into(), "text/plain")
+                text(
+                    StatusCode::OK,
+                    format!("ready{}\n", shedding_note(state)),
+                    "text/plain",
+                )
             } else {
                 let report = state.source_health.report();
                 let why = report.outage.or(report.not_applied);
@@ -444,5 +518,38 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             )
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n".into(), "text/plain"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_clients_of_the_full_listener_get_more_than_the_probes() {
+        let lo: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+        let lo6: std::net::IpAddr = "::1".parse().unwrap();
+        let mapped: std::net::IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        let node: std::net::IpAddr = "10.0.0.5".parse().unwrap();
+        for path in ["/metrics", "/healthz", "/readyz"] {
+            for peer in [lo, node] {
+                assert!(Scope::Full.serves(peer, path));
+                assert!(Scope::Probes.serves(peer, path));
+            }
+        }
+        for path in [
+            "/config",
+            "/status",
+            "/",
+            "/api/overview",
+            "/reconcile",
+            "/nope",
+        ] {
+            assert!(Scope::Full.serves(lo, path), "{path}");
+            assert!(Scope::Full.serves(lo6, path), "{path}");
+            assert!(Scope::Full.serves(mapped, path), "{path}");
+            assert!(!Scope::Full.serves(node, path), "{path}");
+            assert!(!Scope::Probes.serves(lo, path), "{path}");
+        }
     }
 }

@@ -2,7 +2,14 @@
 //! and its filters, the request to the backend (with retries, mirrors and
 //! the backend request timeout) and the response header modifiers. Every
 //! answer the gateway makes itself here is a [`Rejection`].
-use std::{borrow::Cow, net::SocketAddr, sync::Arc};
+use std::{
+    borrow::Cow,
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        Arc,
+    },
+};
 
 use http::{
     header, request::Parts, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Request,
@@ -11,6 +18,7 @@ use http::{
 use http_body_util::BodyExt;
 
 use super::{
+    body_idle::is_body_idle,
     deadline::Deadline,
     filters::{self, RedirectContext},
     full,
@@ -53,6 +61,9 @@ pub(super) struct Target<'a> {
     pub host: &'a str,
     /// Request authority as received (with port, if any).
     pub authority: &'a Authority,
+    /// Set once the client's request body has been read to its end; `None`
+    /// when the request has no body to stream.
+    pub body_sent: Option<&'a AtomicBool>,
 }
 
 impl Target<'_> {
@@ -178,10 +189,18 @@ impl Proxy {
             }
             loop {
                 // backendRequest covers one attempt until its full response is in.
-                let deadline = action
-                    .timeouts
-                    .backend_request
-                    .map(|limit| tokio::time::Instant::now() + limit);
+                let now = tokio::time::Instant::now();
+                let deadline = action.timeouts.backend_request.map(|limit| now + limit);
+                // A route without timeouts still gets an answer in time (the
+                // default bounds the response head only: long downloads and
+                // streams are not cut).
+                let head_deadline = deadline.or_else(|| {
+                    action
+                        .timeouts
+                        .request
+                        .is_none()
+                        .then(|| now + self.edge.upstream_response_timeout)
+                });
                 let dial = Dial {
                     endpoint,
                     h2c: backend.protocol == AppProtocol::H2c,
@@ -189,10 +208,27 @@ impl Proxy {
                     authority: host,
                 };
                 // Made in the arm that awaits it (see `Proxy::serve`).
-                let outcome = match deadline {
-                    Some(at) => tokio::time::timeout_at(at, self.pools.send(dial, request))
-                        .await
-                        .ok(),
+                let outcome = match head_deadline {
+                    Some(mut at) => {
+                        let send = self.pools.send(dial, request);
+                        tokio::pin!(send);
+                        loop {
+                            match tokio::time::timeout_at(at, &mut send).await {
+                                Ok(r) => break Some(r),
+                                // The default timeout waits for the backend, not
+                                // for an upload still coming in (the body idle
+                                // timeout bounds that): it starts again.
+                                Err(_)
+                                    if deadline.is_none()
+                                        && t.body_sent
+                                            .is_some_and(|s| !s.load(Ordering::Relaxed)) =>
+                                {
+                                    at += self.edge.upstream_response_timeout;
+                                }
+                                Err(_) => break None,
+                            }
+                        }
+                    }
                     None => Some(self.pools.send(dial, request).await),
                 };
                 if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
@@ -221,20 +257,48 @@ impl Proxy {
                     }
                 }
                 break 'send match outcome {
-                    None => Err(Rejection::new(
-                        Reason::UpstreamTimeout,
-                        "backend request timeout",
-                    )),
+                    None => {
+                        self.count_timeout(conn.shard, "upstream_response");
+                        Err(Rejection::new(
+                            Reason::UpstreamTimeout,
+                            "backend request timeout",
+                        ))
+                    }
                     Some(Ok(resp)) => {
                         seen.head = seen.sent.map(|t| t.elapsed());
                         let (mut parts, body) = resp.into_parts();
-                        strip_hop_by_hop(&mut parts.headers);
+                        let coding = strip_hop_by_hop(&mut parts.headers);
+                        // RFC 9112 §6.1: a message with both Content-Length
+                        // and Transfer-Encoding is a smuggling attempt or a
+                        // broken backend; hyper read it as chunked, but the
+                        // Content-Length passed on would frame it
+                        // differently downstream. Other codings would be
+                        // lost with the (hop-by-hop) header.
+                        let ambiguous = match coding {
+                            Coding::None => false,
+                            Coding::Chunked => parts.headers.contains_key(header::CONTENT_LENGTH),
+                            Coding::Other => true,
+                        };
+                        if ambiguous {
+                            tracing::warn!(route = %t.entry.route, endpoint = %endpoint, "backend response with Content-Length and Transfer-Encoding, or a coding other than chunked");
+                            break 'send Err(Rejection::new(
+                                Reason::UpstreamError,
+                                "invalid response framing from backend",
+                            ));
+                        }
                         let body = body.map_err(Into::into).boxed();
                         let body = match deadline {
                             Some(at) => Deadline::new(body, at).boxed(),
                             None => body,
                         };
                         Ok(Response::from_parts(parts, body))
+                    }
+                    Some(Err(e)) if is_body_idle(&e) => {
+                        self.count_timeout(conn.shard, "request_body");
+                        Err(Rejection::new(
+                            Reason::RequestBodyTimeout,
+                            "request body timeout",
+                        ))
                     }
                     Some(Err(e)) => {
                         tracing::warn!(
@@ -471,7 +535,19 @@ fn is_forwarding(name: &HeaderName) -> bool {
     )
 }
 
-pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+/// The `Transfer-Encoding` a message had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Coding {
+    None,
+    /// Exactly `chunked`.
+    Chunked,
+    /// Anything else: codings the gateway cannot pass on once the header
+    /// is gone (it is hop-by-hop), or a list.
+    Other,
+}
+
+/// Removes the hop-by-hop headers; the `Transfer-Encoding` there was.
+pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) -> Coding {
     // One pass over the names: which hop-by-hop headers are there at all
     // (most messages carry none, or only `Connection`), so only those are
     // looked up and removed — each lookup hashes the name.
@@ -484,8 +560,17 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
         }
     }
     if !any {
-        return;
+        return Coding::None;
     }
+    let coding = if present[5] {
+        let mut values = headers.get_all(header::TRANSFER_ENCODING).iter();
+        match (values.next(), values.next()) {
+            (Some(v), None) if v.as_bytes().eq_ignore_ascii_case(b"chunked") => Coding::Chunked,
+            _ => Coding::Other,
+        }
+    } else {
+        Coding::None
+    };
     // Headers named in Connection are hop-by-hop too. The usual tokens
     // (`keep-alive`, `close`, `upgrade`, `te`) name no header, or one of the
     // list above, which goes anyway.
@@ -514,6 +599,7 @@ pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     for name in &named {
         headers.remove(name);
     }
+    coding
 }
 
 /// The request to the backend: `authority` is what the client asked for

@@ -1,11 +1,17 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
+mod body_idle;
+mod conn_watch;
 mod deadline;
+pub mod edge;
 pub mod filters;
 mod forward;
 mod grpc_status;
+mod host;
+mod load;
 mod logged;
 mod mirror;
+mod per_source;
 pub mod pool;
 mod proxy;
 mod retry;
@@ -14,6 +20,7 @@ mod upgrade;
 mod upstream_tls;
 pub mod workers;
 
+pub use edge::EdgeSettings;
 pub use proxy::{ConnInfo, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 

@@ -6,7 +6,7 @@
 use std::{
     borrow::Cow,
     net::{IpAddr, SocketAddr},
-    sync::Arc,
+    sync::{atomic::AtomicBool, Arc},
     time::Instant,
 };
 
@@ -16,9 +16,14 @@ use http_body_util::BodyExt;
 use ipnet::IpNet;
 
 use super::{
+    body_idle::IdleBody,
     deadline::Deadline,
+    edge::EdgeSettings,
     forward::Target,
+    host::{valid_authority, HostError},
+    load::{ShardLoad, ShardLoads},
     logged::{CountedRequest, LoggedResponse},
+    per_source::PerSource,
     pool::Pools,
     Body,
 };
@@ -42,6 +47,9 @@ pub struct ConnInfo {
     /// The peer's address as an `X-Forwarded-For` value, formatted once per
     /// connection rather than per request.
     pub(super) peer_value: HeaderValue,
+    /// The shard's requests in flight (set by the accept loop; without it
+    /// the shard's cap is not applied).
+    pub(super) load: Option<Arc<ShardLoad>>,
 }
 
 /// The TLS side of a terminated connection.
@@ -63,6 +71,7 @@ impl ConnInfo {
             peer,
             tls,
             peer_value,
+            load: None,
         }
     }
 
@@ -84,6 +93,12 @@ pub struct Proxy {
     metrics: Metrics,
     /// Peers whose `X-Forwarded-*` headers are believed and extended.
     trusted_proxies: Vec<IpNet>,
+    /// Client-side timeouts and limits.
+    pub(super) edge: EdgeSettings,
+    /// Open connections per client address and shard.
+    pub(super) per_source: PerSource,
+    /// Requests in flight per shard.
+    pub(super) loads: ShardLoads,
     access_log: AccessLog,
     /// Give every request an `X-Request-Id`.
     request_ids: bool,
@@ -136,9 +151,63 @@ impl Proxy {
             pools: Arc::new(Pools::default()),
             metrics,
             trusted_proxies: Vec::new(),
+            edge: EdgeSettings::default(),
+            per_source: PerSource::default(),
+            loads: ShardLoads::default(),
             access_log: AccessLog::default(),
             request_ids: false,
         }
+    }
+
+    /// Client-side timeouts and limits other than the defaults.
+    pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
+        self.edge = edge;
+        self
+    }
+
+    /// The shard's name for a metric label (`none` once it is gone): only
+    /// for rare events, it loads the snapshot.
+    fn shard_label(&self, shard: ShardId) -> Arc<str> {
+        self.snapshot
+            .load()
+            .shard(shard)
+            .map_or_else(|| NONE.clone(), |s| s.name.clone())
+    }
+
+    /// Counts an expired timeout of a shard's connection or request.
+    pub(super) fn count_timeout(&self, shard: ShardId, reason: &'static str) {
+        self.metrics.timeout(&self.shard_label(shard), reason);
+    }
+
+    /// Shards that refused requests for load since the agent started:
+    /// name, requests refused, in flight now, the limit (for `/readyz`).
+    pub fn shedding(&self) -> Vec<(Arc<str>, u64, usize, usize)> {
+        let mut out: Vec<_> = self
+            .loads
+            .all()
+            .into_iter()
+            .filter(|(_, l)| l.shed() > 0)
+            .map(|(id, l)| {
+                (
+                    self.shard_label(id),
+                    l.shed(),
+                    l.in_flight(),
+                    self.edge.max_in_flight_per_shard,
+                )
+            })
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Counts requests a client abandoned before their answer.
+    pub(super) fn count_abandoned(&self, shard: ShardId, n: u64) {
+        self.metrics.abandoned(&self.shard_label(shard), n);
+    }
+
+    /// Counts a connection closed to protect a shard.
+    pub(super) fn count_shed(&self, shard: ShardId, reason: &'static str) {
+        self.metrics.shed(&self.shard_label(shard), reason);
     }
 
     /// Logs every request to `log` (when enabled) and, with `request_ids`,
@@ -260,13 +329,46 @@ impl Proxy {
                     &NONE,
                 );
             };
-            let Some(authority) = Authority::of(&req) else {
+            // Held until the response head: the shard's bulkhead for requests.
+            let _in_flight = match &conn.load {
+                Some(load) => match load.enter(self.edge.max_in_flight_per_shard) {
+                    Some(counted) => Some(counted),
+                    None => {
+                        break 'serve rejected(
+                            Rejection::new(Reason::Overloaded, "gateway overloaded")
+                                .with_header(header::RETRY_AFTER, HeaderValue::from_static("1")),
+                            &shard.name,
+                            &NONE,
+                        )
+                    }
+                },
+                None => None,
+            };
+            let authority = match Authority::of(&req) {
+                Ok(a) => a,
+                Err(e) => {
+                    let reason = match e {
+                        HostError::Missing => Reason::MissingHost,
+                        _ => Reason::BadRequest,
+                    };
+                    break 'serve rejected(
+                        Rejection::new(reason, e.to_string()),
+                        &shard.name,
+                        &NONE,
+                    );
+                }
+            };
+            // hyper bounds the head; the target alone gets its own limit.
+            let uri = req.uri();
+            let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
+                + uri.authority().map_or(0, |a| a.as_str().len());
+            if target_len > self.edge.max_uri_bytes {
                 break 'serve rejected(
-                    Rejection::new(Reason::MissingHost, "missing Host header"),
+                    Rejection::new(Reason::UriTooLong, "request target too long"),
                     &shard.name,
                     &NONE,
                 );
-            };
+            }
             let host = lower(host_without_port(authority.as_str()));
             let listener = shard.listener_for(conn.local.port(), &host);
             if let (Some(e), Some(l)) = (&mut entry, listener) {
@@ -331,14 +433,25 @@ impl Proxy {
                     &NONE,
                 );
             };
+            // Only a request that streams a body pays for watching it.
+            let body_sent = (!body.is_end_stream()).then(|| Arc::new(AtomicBool::new(false)));
+            let mut body: Body = match &body_sent {
+                None => body.map_err(Into::into).boxed(),
+                Some(sent) => IdleBody::new(
+                    body.map_err(Into::into).boxed(),
+                    self.edge.body_idle_timeout,
+                    sent.clone(),
+                )
+                .boxed(),
+            };
             let target = Target {
                 entry: route_entry,
                 listener_port: listener.port,
                 scheme: conn.scheme(),
                 host: &host,
                 authority: &authority,
+                body_sent: body_sent.as_deref(),
             };
-            let mut body: Body = body.map_err(Into::into).boxed();
             let mut request_read = None;
             if entry.is_some() {
                 let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -603,16 +716,43 @@ pub(super) struct Authority {
 }
 
 impl Authority {
-    fn of<B>(req: &Request<B>) -> Option<Self> {
+    /// The authority of `req`, checked: one `Host`, valid syntax, and on
+    /// HTTP/2 a `Host` that agrees with `:authority`. An absolute-form
+    /// HTTP/1.1 target wins over `Host` (RFC 9112 §3.2.2), which must still
+    /// be there and valid.
+    fn of<B>(req: &Request<B>) -> Result<Self, HostError> {
+        let mut hosts = req.headers().get_all(header::HOST).iter();
+        let host = hosts.next();
+        if hosts.next().is_some() {
+            return Err(HostError::Duplicate);
+        }
+        if let Some(host) = host {
+            if !valid_authority(host.as_bytes()) {
+                return Err(HostError::Invalid);
+            }
+        }
         if let Some(a) = req.uri().authority() {
-            return Some(Self {
-                value: HeaderValue::from_str(a.as_str()).ok()?,
+            if !valid_authority(a.as_str().as_bytes()) {
+                return Err(HostError::InvalidAuthority);
+            }
+            match (req.version(), host) {
+                (http::Version::HTTP_2, Some(h))
+                    if !h.as_bytes().eq_ignore_ascii_case(a.as_str().as_bytes()) =>
+                {
+                    return Err(HostError::Mismatch);
+                }
+                (http::Version::HTTP_11, None) => return Err(HostError::Missing),
+                _ => {}
+            }
+            return Ok(Self {
+                value: HeaderValue::from_str(a.as_str())
+                    .map_err(|_| HostError::InvalidAuthority)?,
                 from_host_header: false,
             });
         }
-        let value = req.headers().get(header::HOST)?;
-        // Visible ASCII only, so `as_str` below never falls back.
-        (value.to_str().is_ok_and(|h| !h.is_empty())).then(|| Self {
+        // Valid authority syntax is visible ASCII, so `as_str` never falls back.
+        let value = host.ok_or(HostError::Missing)?;
+        Ok(Self {
             value: value.clone(),
             from_host_header: true,
         })

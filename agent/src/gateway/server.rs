@@ -13,7 +13,7 @@ use hyper_util::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::{ConnInfo, Proxy, TlsInfo};
+use super::{conn_watch::ConnWatch, ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::ShardId;
 
 /// A listening socket of a shard, before it is handed to the accept loop.
@@ -157,7 +157,7 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<Stop>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = auto::Builder::new(TokioExecutor::new());
+    let builder = proxy.edge.builder();
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -224,6 +224,19 @@ fn serve(
     let Ok(local) = stream.local_addr() else {
         return;
     };
+    // Shed at accept: a client past its share of the shard's connections
+    // is closed before any TLS or HTTP work is spent on it.
+    // Trusted proxies in front carry many clients' connections: exempt.
+    let per_source_limit = if proxy.is_trusted(peer.ip()) {
+        0
+    } else {
+        proxy.edge.max_connections_per_source
+    };
+    let Some(source_slot) = proxy.per_source.admit(shard, peer.ip(), per_source_limit) else {
+        proxy.count_shed(shard, "per_source_limit");
+        tracing::debug!(shard, %peer, "connection limit per source address reached");
+        return;
+    };
     // Decided per connection from the current snapshot: a rotated
     // certificate is used by the next handshake, on the same socket.
     let tls = proxy.tls_config(shard, local.port());
@@ -231,10 +244,12 @@ fn serve(
     let builder = builder.clone();
     let watcher = graceful.watcher();
     tokio::spawn(async move {
+        let load = proxy.loads.of(shard);
         let Some(config) = tls else {
-            let info = ConnInfo::new(shard, local, peer, None);
+            let mut info = ConnInfo::new(shard, local, peer, None);
+            info.load = Some(load);
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-            drop(permit);
+            drop((permit, source_slot));
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -261,9 +276,10 @@ fn serve(
             rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
             _ => "TLS",
         });
-        let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni, version }));
+        let mut info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni, version }));
+        info.load = Some(load);
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-        drop(permit);
+        drop((permit, source_slot));
     });
 }
 
@@ -279,14 +295,61 @@ async fn serve_io<I>(
     let (shard, peer) = (info.shard, info.peer);
     // Shared by the connection's requests (HTTP/2 streams run as tasks of their own).
     let info = Arc::new(info);
+    // Until the first request the connection is on the clock of the header
+    // timeout, which hyper only starts once it has told HTTP/1.1 from
+    // HTTP/2 (a client that sends nothing, or trickles the first bytes,
+    // would otherwise stay forever).
+    let watch = Arc::new(ConnWatch::new(proxy.clone(), shard));
+    let header_timeout = proxy.edge.header_timeout;
+    let counter = proxy.clone();
+    let requests = watch.clone();
     // The request's future is boxed here, once: hyper then moves a pointer
     // into its in-flight slot instead of the whole state, and an idle
     // keep-alive connection holds no room for it.
-    let service = service_fn(move |req| Box::pin(proxy.clone().handle(info.clone(), req)));
+    let service = service_fn(move |req| {
+        let guard = requests.request();
+        let handled = proxy.clone().handle(info.clone(), req);
+        Box::pin(async move {
+            let response = handled.await;
+            guard.answered();
+            response
+        })
+    });
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();
-    if let Err(e) = watcher.watch(conn).await {
+    let conn = watcher.watch(conn);
+    tokio::pin!(conn);
+    let first_head = tokio::time::sleep(header_timeout);
+    tokio::pin!(first_head);
+    let mut first_head_due = true;
+    let result = loop {
+        tokio::select! {
+            r = &mut conn => break r,
+            () = &mut first_head, if first_head_due => {
+                first_head_due = false;
+                if !watch.started() {
+                    counter.count_timeout(shard, "header");
+                    tracing::debug!(shard, %peer, "no request head within the header timeout; closing");
+                    return;
+                }
+            }
+            () = watch.calm.notified() => {
+                // Dropping the connection drops its requests' futures, and
+                // with them their upstream requests.
+                counter.count_shed(shard, "h2_resets");
+                tracing::info!(shard, %peer, "client abandoned too many requests before their answer (HTTP/2 rapid reset?); closing the connection");
+                return;
+            }
+        }
+    };
+    if let Err(e) = result {
+        // hyper's own header timeout (keep-alive idle, or a trickled head).
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_timeout)
+        {
+            counter.count_timeout(shard, "header");
+        }
         tracing::debug!(shard, %peer, error = %e, "connection ended with error");
     }
 }

@@ -20,6 +20,8 @@ pub enum Reason {
     NoGateway,
     /// No Host / `:authority`.
     MissingHost,
+    /// The request target is longer than the edge limit (`414`).
+    UriTooLong,
     /// No listener or route for the request.
     NoRoute,
     /// The Host belongs to another TLS listener than the SNI's (421).
@@ -34,6 +36,10 @@ pub enum Reason {
     NoReadyEndpoints,
     /// The route's request timeout expired.
     RequestTimeout,
+    /// The client stopped sending the request body (`408`).
+    RequestBodyTimeout,
+    /// The shard has its limit of requests in flight (`503`).
+    Overloaded,
     /// The backend did not answer within the backend request timeout.
     UpstreamTimeout,
     /// The backend could not be connected to.
@@ -88,6 +94,7 @@ impl Reason {
         match self {
             NoGateway => "no_gateway",
             MissingHost => "missing_host",
+            UriTooLong => "uri_too_long",
             NoRoute => "no_route",
             Misdirected => "misdirected",
             BadRequest => "bad_request",
@@ -95,6 +102,8 @@ impl Reason {
             BackendNotResolvable => "backend_not_resolvable",
             NoReadyEndpoints => "no_ready_endpoints",
             RequestTimeout => "request_timeout",
+            RequestBodyTimeout => "request_body_timeout",
+            Overloaded => "overloaded",
             UpstreamTimeout => "upstream_timeout",
             UpstreamConnect => "upstream_connect_failure",
             UpstreamError => "upstream_error",
@@ -126,10 +135,11 @@ impl Reason {
             NoRoute | NoGateway => StatusCode::NOT_FOUND,
             MissingHost | BadRequest => StatusCode::BAD_REQUEST,
             Misdirected => StatusCode::MISDIRECTED_REQUEST,
+            UriTooLong => StatusCode::URI_TOO_LONG,
+            RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NoBackends | BackendNotResolvable | PolicyInvalid => StatusCode::INTERNAL_SERVER_ERROR,
-            NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable
+            | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             RequestTimeout | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError => StatusCode::BAD_GATEWAY,
             SourceDenied | Forbidden | ExtAuthDenied => StatusCode::FORBIDDEN,
@@ -148,6 +158,9 @@ impl Reason {
             self,
             NoGateway
                 | MissingHost
+                | UriTooLong
+                | RequestBodyTimeout
+                | Overloaded
                 | NoRoute
                 | Misdirected
                 | BadRequest
