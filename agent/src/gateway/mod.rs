@@ -10,7 +10,7 @@ mod server;
 mod upgrade;
 mod upstream_tls;
 
-pub use proxy::{ConnInfo, Proxy, TlsInfo};
+pub use proxy::{ConnInfo, ConnectionGate, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 
 use bytes::Bytes;

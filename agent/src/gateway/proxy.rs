@@ -71,7 +71,13 @@ pub struct Proxy {
     metrics: Metrics,
     /// Peers whose `X-Forwarded-*` headers are believed and extended.
     trusted_proxies: Vec<IpNet>,
+    /// Asked by the accept loops whether a connection is served.
+    connection_gate: Option<ConnectionGate>,
 }
+
+/// Decides at accept whether a connection from a peer is served (the rate
+/// limits' penalty box, in userspace mode the only place it is enforced).
+pub type ConnectionGate = Arc<dyn Fn(ShardId, IpAddr) -> bool + Send + Sync>;
 
 /// How a response the gateway made itself, that is not a rejection, is
 /// labelled (a redirect filter, a CORS preflight).
@@ -110,7 +116,19 @@ impl Proxy {
             tls_pools: TlsPools::default(),
             metrics,
             trusted_proxies: Vec::new(),
+            connection_gate: None,
         }
+    }
+
+    /// Connections whose peer `gate` refuses are closed at accept.
+    pub fn with_connection_gate(mut self, gate: ConnectionGate) -> Self {
+        self.connection_gate = Some(gate);
+        self
+    }
+
+    /// Whether a connection from `peer` to `shard` is served.
+    pub fn admit_connection(&self, shard: ShardId, peer: IpAddr) -> bool {
+        self.connection_gate.as_ref().is_none_or(|g| g(shard, peer))
     }
 
     /// Peers in these networks are proxies in front of the gateway: their
