@@ -21,6 +21,13 @@ use crate::{
     policy::ratelimit::RateLimitService,
     reload::{ReloadError, Runtime},
     snapshot::Snapshot,
+    sources::{
+        consul::ConsulClient,
+        discovery::Discovery,
+        driver::{Extras, SourceDriver, Store},
+        vault::{VaultClient, VaultSecrets, VaultUrl},
+        Secret, SourceError, SourceUrl, StoreSettings, TlsFiles,
+    },
 };
 
 /// How listeners receive traffic.
@@ -83,6 +90,22 @@ pub struct Settings {
     pub sockmap: bool,
     /// Rate limits: bucket store size, the cluster store (Redis).
     pub rate_limits: crate::policy::ratelimit::ServiceOptions,
+    /// Where the configuration comes from; `None`: `config_dir`.
+    pub config_source: Option<SourceUrl>,
+    /// Credentials and TLS for Consul and etcd.
+    pub stores: StoreSettings,
+    /// Consul for `ConsulService` backends; `None`: the config source if it
+    /// is Consul.
+    pub consul_discovery: Option<SourceUrl>,
+    /// Secrets from a Vault-API KV v2 store.
+    pub secret_source: Option<VaultUrl>,
+    pub secret_token: Secret,
+    pub secret_tls: TlsFiles,
+    /// How often held Secrets' versions are checked.
+    pub secret_poll: std::time::Duration,
+    /// Keep the pinned eBPF datapath when stopping without a successor, for
+    /// the next agent (`systemctl restart`).
+    pub keep_datapath_on_exit: bool,
 }
 
 impl Settings {
@@ -104,6 +127,14 @@ impl Settings {
             kubernetes: None,
             sockmap: false,
             rate_limits: Default::default(),
+            config_source: None,
+            stores: StoreSettings::default(),
+            consul_discovery: None,
+            secret_source: None,
+            secret_token: Secret::None,
+            secret_tls: TlsFiles::default(),
+            secret_poll: std::time::Duration::from_secs(10),
+            keep_datapath_on_exit: false,
         }
     }
 }
@@ -128,6 +159,8 @@ pub enum AppError {
     Internal(String),
     #[error("Kubernetes config source: {0}")]
     Kubernetes(#[from] crate::kube::KubeError),
+    #[error("config, discovery or secret store: {0}")]
+    Source(#[from] SourceError),
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -148,6 +181,8 @@ pub struct App {
     /// Periodic eBPF map drift check (eBPF datapath only).
     drift: Option<tokio::task::JoinHandle<()>>,
     kube: Option<KubeSource>,
+    /// Store sources, and the directory when discovery or secrets are used.
+    sources: Option<SourceDriver>,
     admin: AdminServer,
     admin_state: Arc<AdminState>,
 }
@@ -238,9 +273,46 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     // which one an agent uses: a local directory is never stale.
     registry.register_collector(Box::new(StalenessCollector(source_health.clone())));
     let mut watcher = None;
-    if settings.kubernetes.is_none() {
+    let source_url = settings
+        .config_source
+        .clone()
+        .unwrap_or_else(|| SourceUrl::File(settings.config_dir.clone()));
+    let extras = match extras(&settings, &source_url) {
+        Ok(x) => x,
+        Err(e) => {
+            runtime.shutdown().await;
+            return Err(e.into());
+        }
+    };
+    let store = if settings.kubernetes.is_some() {
+        None
+    } else {
+        match Store::connect(&source_url, &settings.stores) {
+            Ok(s) => s,
+            Err(e) => {
+                runtime.shutdown().await;
+                return Err(e.into());
+            }
+        }
+    };
+    let mut sources = None;
+    if settings.kubernetes.is_none() && store.is_none() {
+        source_health.set_url(source_url.describe());
         // The first load must succeed; later ones may be rejected and keep this one.
-        if let Err(e) = runtime.load_and_apply().await {
+        let first = if extras.is_empty() {
+            runtime.load_and_apply().await.map(drop)
+        } else {
+            crate::sources::driver::start_dir(
+                &settings.config_dir,
+                runtime.clone(),
+                source_health.clone(),
+                extras.clone(),
+                settings.watch_config,
+            )
+            .await
+            .map(|driver| sources = Some(driver))
+        };
+        if let Err(e) = first {
             runtime.shutdown().await;
             return Err(match e {
                 ReloadError::Config(e) => AppError::Config(e),
@@ -263,7 +335,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         for (gateway, info) in &shards {
             tracing::info!(%gateway, shard = info.id, sockets = ?info.socket_addrs, "shard listening");
         }
-        watcher = if settings.watch_config {
+        watcher = if settings.watch_config && sources.is_none() {
             match runtime.watch() {
                 Ok(task) => Some(task),
                 Err(e) => {
@@ -289,6 +361,9 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
                 watch_namespace: k.watch_namespace.clone(),
                 node_name: k.node_name.clone(),
                 gateway_selector: k.gateway_selector.clone(),
+            },
+            None if store.is_some() => ConfigSource::Store {
+                url: source_url.describe(),
             },
             None => ConfigSource::Directory {
                 path: settings.config_dir.clone(),
@@ -326,8 +401,23 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             }
         },
         None => {
-            admin_state.ready.store(true, Ordering::Release);
-            tracing::info!(admin = %admin.addr, "sluice ready");
+            match store {
+                // Ready once the first configuration from the store is applied.
+                Some(store) => {
+                    tracing::info!(source = %source_url.describe(), admin = %admin.addr, "waiting for the first configuration from the store");
+                    sources = Some(crate::sources::driver::start_store(
+                        store,
+                        &source_url,
+                        runtime.clone(),
+                        admin_state.clone(),
+                        extras,
+                    ));
+                }
+                None => {
+                    admin_state.ready.store(true, Ordering::Release);
+                    tracing::info!(admin = %admin.addr, "sluice ready");
+                }
+            }
             None
         }
     };
@@ -344,6 +434,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         watcher,
         drift,
         kube,
+        sources,
         admin,
         admin_state,
     })
@@ -421,6 +512,48 @@ fn penalty_gate(
     })
 }
 
+/// Consul discovery and Vault-API secrets, when configured.
+fn extras(settings: &Settings, source: &SourceUrl) -> Result<Extras, SourceError> {
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let consul = match (&settings.consul_discovery, source) {
+        (Some(SourceUrl::Consul(addr)), _) | (None, SourceUrl::Consul(addr)) => Some(addr),
+        _ => None,
+    };
+    let discovery = match consul {
+        Some(addr) => {
+            let token = Secret::from_file_or_env(
+                settings.stores.consul_token_file.as_ref(),
+                &["CONSUL_HTTP_TOKEN"],
+            );
+            Some(Discovery::new(
+                ConsulClient::new(addr, &settings.stores.tls, token)?,
+                changed.clone(),
+            ))
+        }
+        None => None,
+    };
+    let secrets = match &settings.secret_source {
+        Some(url) => Some(VaultSecrets::start(
+            VaultClient::new(
+                url.clone(),
+                &settings.secret_tls,
+                settings.secret_token.clone(),
+            )?,
+            settings.secret_poll,
+            changed.clone(),
+        )),
+        None => None,
+    };
+    if settings.kubernetes.is_some() && (discovery.is_some() || secrets.is_some()) {
+        tracing::warn!("ConsulService discovery and --secret-source serve the directory and store sources, not --kubernetes");
+    }
+    Ok(Extras {
+        discovery,
+        secrets,
+        changed,
+    })
+}
+
 fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
     KernelDatapath::load(&KernelOptions {
         bpffs: settings.bpffs.clone(),
@@ -429,6 +562,7 @@ fn load_kernel(settings: &Settings) -> Result<KernelDatapath, KernelError> {
         map_sizes: settings.map_sizes.clone(),
         interfaces: settings.interfaces.clone(),
         log_level: settings.ebpf_log_level,
+        keep_on_exit: settings.keep_datapath_on_exit,
         sockmap: match (settings.sockmap, settings.datapath) {
             (false, _) => SockmapPref::Off,
             (true, DatapathMode::Auto) => SockmapPref::IfAvailable,
@@ -459,6 +593,9 @@ impl App {
         }
         if let Some(k) = self.kube {
             k.shutdown().await;
+        }
+        if let Some(s) = self.sources {
+            s.shutdown().await;
         }
         if let Some(w) = self.watcher {
             w.abort();

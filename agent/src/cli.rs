@@ -1,26 +1,94 @@
 //! Command line of the `sluice` binary.
-use std::{net::SocketAddr, path::PathBuf};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use clap::{Parser, ValueEnum};
+use clap::{Parser, Subcommand, ValueEnum};
 
 use crate::{
     app::{DatapathMode, Settings},
     kube::KubeSettings,
+    sources::{vault::VaultUrl, Secret, SourceUrl, StoreSettings, TlsFiles},
 };
 
 /// Sluice: eBPF-accelerated node-level API gateway agent (Gateway API).
 #[derive(Debug, Parser)]
-#[command(name = "sluice", version, about, long_about = None)]
+#[command(name = "sluice", version, about, long_about = None, subcommand_negates_reqs = true)]
 pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+
     /// Directory of Gateway API YAML documents (GatewayClass, Gateway, HTTPRoute,
     /// Service, EndpointSlice, Namespace); read recursively, *.yaml and *.yml.
+    /// The same as `--config-source file:///DIR`.
     #[arg(
         long,
         value_name = "DIR",
-        required_unless_present = "kubernetes",
-        conflicts_with = "kubernetes"
+        required_unless_present_any = ["kubernetes", "config_source"],
+        conflicts_with_all = ["kubernetes", "config_source"]
     )]
     pub config_dir: Option<PathBuf>,
+
+    /// Where the configuration comes from: `file:///PATH` (a directory, as
+    /// `--config-dir`), `consul://HOST:PORT/PREFIX` or `etcd://HOST:PORT/PREFIX`
+    /// (`consuls://`, `etcds://` for TLS): each key under the prefix holds one
+    /// YAML file's documents. Store changes apply whole or not at all; while
+    /// the store is down or reads empty, the last good configuration serves.
+    #[arg(long, value_name = "URL", conflicts_with = "kubernetes", value_parser = parse_source)]
+    pub config_source: Option<SourceUrl>,
+
+    /// Validate the configuration (`--config-dir` or `--config-source`)
+    /// exactly as the agent would, print every error, and exit: 0 when it
+    /// is valid, 1 when not.
+    #[arg(long)]
+    pub check: bool,
+
+    /// Consul for `ConsulService` backends (`consul://HOST:PORT`, `consuls://`).
+    /// Default: the config source when it is Consul.
+    #[arg(long, value_name = "URL", global = true, value_parser = parse_consul, env = "SLUICE_CONSUL_ADDR")]
+    pub consul_addr: Option<SourceUrl>,
+
+    /// File holding the Consul ACL token (re-read on every request); default:
+    /// the `CONSUL_HTTP_TOKEN` environment variable.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub consul_token_file: Option<PathBuf>,
+
+    /// etcd user (clusters with authentication); the password comes from
+    /// `--etcd-password-file` or `ETCD_PASSWORD`.
+    #[arg(long, value_name = "NAME", global = true)]
+    pub etcd_user: Option<String>,
+
+    #[arg(long, value_name = "FILE", global = true)]
+    pub etcd_password_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) for TLS to Consul or etcd; default: the platform's.
+    #[arg(long, value_name = "FILE", global = true)]
+    pub store_ca_file: Option<PathBuf>,
+
+    /// Client certificate (PEM) for Consul or etcd, with `--store-key-file`.
+    #[arg(long, value_name = "FILE", global = true, requires = "store_key_file")]
+    pub store_cert_file: Option<PathBuf>,
+
+    #[arg(long, value_name = "FILE", global = true, requires = "store_cert_file")]
+    pub store_key_file: Option<PathBuf>,
+
+    /// Secrets (listener certificates, SluicePolicy credentials) from a KV v2
+    /// store speaking the Vault HTTP API: `vault://HOST:PORT/MOUNT/PREFIX`
+    /// (`vaults://` for TLS). The Secret NAMESPACE/NAME is the entry
+    /// PREFIX/NAMESPACE/NAME (`tls.crt` and `tls.key` for certificates).
+    #[arg(long, value_name = "URL", value_parser = parse_vault)]
+    pub secret_source: Option<VaultUrl>,
+
+    /// File holding the Vault-API token (re-read; renewed before it
+    /// expires); default: `VAULT_TOKEN` or `BAO_TOKEN`.
+    #[arg(long, value_name = "FILE")]
+    pub secret_token_file: Option<PathBuf>,
+
+    /// CA bundle (PEM) for `vaults://`; default: the platform's.
+    #[arg(long, value_name = "FILE")]
+    pub secret_ca_file: Option<PathBuf>,
+
+    /// How often the versions of held Secrets are checked (KV v2 has no watch).
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub secret_poll_seconds: u64,
 
     /// Read the configuration from the Kubernetes API (KUBECONFIG, ~/.kube/config
     /// or the in-cluster service account) instead of a directory.
@@ -63,6 +131,14 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// When this agent stops without a successor, leave the pinned eBPF
+    /// datapath (XDP, sk_lookup, maps) in place for the next agent: new
+    /// connections to gateway ports wait for its sockets (their SYNs are
+    /// retransmitted) instead of being refused. The systemd unit sets it, so
+    /// `systemctl restart` is hitless; `sluice detach` removes the datapath.
+    #[arg(long)]
+    pub keep_datapath_on_exit: bool,
+
     /// Datapath: `ebpf` (XDP + sk_lookup; fail if they cannot load), `userspace`
     /// (the agent binds listener addresses itself), or `auto` (eBPF when it
     /// loads, userspace otherwise; the choice is logged and exported as the
@@ -86,7 +162,7 @@ pub struct Cli {
     /// bpf filesystem where the eBPF maps, the shard-socket SockMap and the XDP
     /// links are pinned (under `sluice/<netns inode>/`), so that a restarted
     /// agent takes over without refusing connections. Mounted if needed.
-    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf")]
+    #[arg(long, value_name = "DIR", default_value = "/sys/fs/bpf", global = true)]
     pub bpffs: PathBuf,
 
     /// XDP attach mode: `auto` (native where the driver supports it, generic
@@ -189,6 +265,55 @@ pub struct Cli {
     pub worker_threads: Option<std::num::NonZeroUsize>,
 }
 
+/// Subcommands besides running the agent.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Validate a config directory exactly as the agent would; print every
+    /// error; exit status 0 when valid, 1 when not (for CI and GitOps).
+    CheckConfig {
+        /// The directory (or a `file://`, `consul://`, `etcd://` URL).
+        dir: String,
+    },
+    /// Remove the eBPF datapath pinned for this network namespace under
+    /// `--bpffs` (what `--keep-datapath-on-exit` leaves when the agent stops):
+    /// XDP and sk_lookup detach once no running agent holds them.
+    Detach,
+    /// Mirror a config directory into Consul KV or etcd, one key per YAML
+    /// file (PREFIX/relative/path.yaml), deleting keys no file backs. The
+    /// directory is validated first; nothing is pushed when it is invalid.
+    Push {
+        dir: PathBuf,
+        /// `consul[s]://HOST:PORT/PREFIX` or `etcd[s]://HOST:PORT/PREFIX`.
+        #[arg(value_parser = parse_source)]
+        url: SourceUrl,
+    },
+}
+
+fn parse_source(raw: &str) -> Result<SourceUrl, String> {
+    SourceUrl::parse(raw).map_err(|e| e.to_string())
+}
+
+fn parse_consul(raw: &str) -> Result<SourceUrl, String> {
+    match SourceUrl::parse(raw).map_err(|e| e.to_string())? {
+        u @ SourceUrl::Consul(_) => Ok(u),
+        _ => Err("expected consul://HOST:PORT or consuls://HOST:PORT".into()),
+    }
+}
+
+fn parse_vault(raw: &str) -> Result<VaultUrl, String> {
+    VaultUrl::parse(raw).map_err(|e| e.to_string())
+}
+
+/// A config location given to `check-config`: a URL, or a plain directory.
+pub fn source_arg(raw: &str) -> Result<SourceUrl, String> {
+    if raw.contains("://") {
+        parse_source(raw)
+    } else {
+        let path = std::path::absolute(raw).map_err(|e| format!("{raw}: {e}"))?;
+        Ok(SourceUrl::File(path))
+    }
+}
+
 /// A CIDR, or a single address (as /32 or /128).
 fn parse_net(s: &str) -> Result<ipnet::IpNet, String> {
     let s = s.trim();
@@ -243,6 +368,23 @@ impl Cli {
         if let Some(path) = &self.agent_config {
             s.identity = crate::config::identity::load_agent_config(path)?;
         }
+        if let Some(SourceUrl::File(dir)) = &self.config_source {
+            s.config_dir = dir.clone();
+        }
+        s.config_source = self.config_source.clone();
+        s.stores = self.store_settings();
+        s.consul_discovery = self.consul_addr.clone();
+        s.secret_source = self.secret_source.clone();
+        s.secret_token = Secret::from_file_or_env(
+            self.secret_token_file.as_ref(),
+            &["VAULT_TOKEN", "BAO_TOKEN"],
+        );
+        s.secret_tls = TlsFiles {
+            ca: self.secret_ca_file.clone(),
+            ..TlsFiles::default()
+        };
+        s.secret_poll = Duration::from_secs(self.secret_poll_seconds.max(1));
+        s.keep_datapath_on_exit = self.keep_datapath_on_exit;
         s.cgroup = self.cgroup.clone();
         s.sockmap = self.sockmap;
         s.map_sizes = self.map_sizes.iter().cloned().collect();
@@ -344,6 +486,27 @@ impl Cli {
         store.naive = self.ratelimit_naive_cluster;
         opts.store = Some(store);
         Ok(opts)
+    }
+
+    /// Credentials and TLS for Consul and etcd.
+    pub fn store_settings(&self) -> StoreSettings {
+        StoreSettings {
+            tls: TlsFiles {
+                ca: self.store_ca_file.clone(),
+                cert: self.store_cert_file.clone(),
+                key: self.store_key_file.clone(),
+            },
+            consul_token_file: self.consul_token_file.clone(),
+            etcd_user: self.etcd_user.clone(),
+            etcd_password_file: self.etcd_password_file.clone(),
+        }
+    }
+
+    /// What `--check` validates: `--config-source`, else `--config-dir`.
+    pub fn check_target(&self) -> Option<SourceUrl> {
+        self.config_source
+            .clone()
+            .or_else(|| self.config_dir.clone().map(SourceUrl::File))
     }
 }
 
@@ -499,6 +662,66 @@ mod tests {
                 .is_err()
         );
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn config_sources_subcommands_and_check() {
+        let cli = Cli::parse_from([
+            "sluice",
+            "--config-source",
+            "consul://127.0.0.1:8500/sluice",
+        ]);
+        let s = cli.settings().unwrap();
+        assert!(matches!(s.config_source, Some(SourceUrl::Consul(_))));
+        let cli = Cli::parse_from(["sluice", "--config-source", "file:///etc/sluice"]);
+        assert_eq!(
+            cli.settings().unwrap().config_dir,
+            PathBuf::from("/etc/sluice")
+        );
+        assert!(Cli::try_parse_from(["sluice", "--config-source", "ftp://x"]).is_err());
+        assert!(Cli::try_parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--config-source",
+            "file:///d"
+        ])
+        .is_err());
+        assert!(
+            Cli::try_parse_from(["sluice", "--kubernetes", "--config-source", "etcd://h/p"])
+                .is_err()
+        );
+        let cli = Cli::parse_from(["sluice", "check-config", "deploy/examples"]);
+        assert!(matches!(cli.command, Some(Command::CheckConfig { .. })));
+        let cli = Cli::parse_from([
+            "sluice",
+            "push",
+            "d",
+            "etcds://127.0.0.1:2379/sluice",
+            "--etcd-user",
+            "root",
+        ]);
+        assert!(matches!(cli.command, Some(Command::Push { .. })));
+        assert_eq!(cli.etcd_user.as_deref(), Some("root"));
+        let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--check"]);
+        assert!(cli.check);
+        assert_eq!(cli.check_target(), Some(SourceUrl::File("d".into())));
+        let cli = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--secret-source",
+            "vault://127.0.0.1:8200/secret/sluice",
+        ]);
+        assert_eq!(
+            cli.settings().unwrap().secret_source.unwrap().mount,
+            "secret"
+        );
+        assert_eq!(
+            source_arg("consul://h:1/p").unwrap(),
+            SourceUrl::parse("consul://h:1/p").unwrap()
+        );
+        assert!(matches!(source_arg("rel/dir").unwrap(), SourceUrl::File(p) if p.is_absolute()));
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! types); [`reload`] applies a configuration (at start-up and on every
 //! change of the config directory); [`app`] wires it together.
 pub mod admin;
+pub mod alloc;
 pub mod app;
 pub mod cli;
 pub mod config;
@@ -21,6 +22,7 @@ pub mod metrics;
 pub mod policy;
 pub mod reload;
 pub mod snapshot;
+pub mod sources;
 
 /// The eBPF object built from `ebpf/sluice-ebpf` by `build.rs`.
 pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));

@@ -1,9 +1,60 @@
 use anyhow::Context as _;
 use clap::Parser as _;
-use sluice::cli::{Cli, LogFormat};
+use sluice::cli::{Cli, Command, LogFormat};
+
+/// mimalloc: a request allocates a few dozen small blocks (header maps,
+/// buffers, futures); its thread-local free lists make each a fraction of
+/// glibc malloc's cost (see docs/benchmarks.md).
+#[global_allocator]
+static ALLOCATOR: sluice::alloc::MiMalloc = sluice::alloc::MiMalloc;
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One-shot commands: no agent, no log setup beyond errors.
+    match &cli.command {
+        Some(Command::CheckConfig { dir }) => {
+            let url = sluice::cli::source_arg(dir).map_err(anyhow::Error::msg)?;
+            std::process::exit(check(&cli, &url));
+        }
+        Some(Command::Push { dir, url }) => {
+            let report = small_runtime()?
+                .block_on(sluice::sources::push::push(dir, url, &cli.store_settings()))
+                .with_context(|| format!("pushing {} to {}", dir.display(), url.describe()))?;
+            for key in &report.written {
+                println!("written  {key}");
+            }
+            for key in &report.deleted {
+                println!("deleted  {key}");
+            }
+            println!(
+                "{}: {} written, {} unchanged, {} deleted",
+                url.describe(),
+                report.written.len(),
+                report.unchanged,
+                report.deleted.len()
+            );
+            return Ok(());
+        }
+        Some(Command::Detach) => {
+            match sluice::kernel::pins::detach(&cli.bpffs).with_context(|| {
+                format!("removing the pinned datapath under {}", cli.bpffs.display())
+            })? {
+                Some(dir) => println!("removed the pinned eBPF datapath {}", dir.display()),
+                None => println!(
+                    "no pinned eBPF datapath for this network namespace under {}",
+                    cli.bpffs.display()
+                ),
+            }
+            return Ok(());
+        }
+        None if cli.check => {
+            let url = cli
+                .check_target()
+                .context("nothing to check: give --config-dir or --config-source")?;
+            std::process::exit(check(&cli, &url));
+        }
+        None => {}
+    }
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let fmt = tracing_subscriber::fmt()
@@ -35,12 +86,72 @@ fn main() -> anyhow::Result<()> {
             n
         }
     };
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(workers)
+    // Runtimes are single-threaded: no work stealing, no cross-thread
+    // wake-ups or run-queue synchronisation, which the multi-thread scheduler
+    // pays on every task switch even with one worker. One worker: everything
+    // (accept loops, connections, the control plane) runs on this thread.
+    // Several: a runtime per worker thread for the data path
+    // (gateway::workers), the control plane on this one.
+    let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("building the async runtime")?
-        .block_on(run(cli))
+        .context("building the async runtime")?;
+    let data_path = if workers > 1 {
+        Some(
+            sluice::gateway::workers::Workers::start(workers)
+                .context("starting the data-path worker threads")?,
+        )
+    } else {
+        None
+    };
+    let result = runtime.block_on(run(cli));
+    if let Some(w) = data_path {
+        w.stop();
+    }
+    result
+}
+
+/// A current-thread runtime for the one-shot commands.
+fn small_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("building the async runtime")
+}
+
+/// Validates `url` as the agent would; prints the verdict and every error.
+/// Exit status: 0 valid, 1 invalid, 2 unreadable.
+fn check(cli: &Cli, url: &sluice::sources::SourceUrl) -> i32 {
+    let rt = match small_runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("{e:#}");
+            return 2;
+        }
+    };
+    match rt.block_on(sluice::sources::push::check(url, &cli.store_settings())) {
+        Ok(cfg) => {
+            println!(
+                "{}: configuration valid: {} GatewayClass(es), {} Gateway(s), {} HTTPRoute(s), \
+                 {} Service(s), {} SluicePolicy(ies)",
+                url.describe(),
+                cfg.gateway_classes.len(),
+                cfg.gateways.len(),
+                cfg.routes.len(),
+                cfg.services.len(),
+                cfg.policies.len()
+            );
+            0
+        }
+        Err(e @ sluice::sources::push::PushError::Invalid(_)) => {
+            eprintln!("{}: {e}", url.describe());
+            1
+        }
+        Err(e) => {
+            eprintln!("{}: {e}", url.describe());
+            2
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {

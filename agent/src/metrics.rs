@@ -8,7 +8,7 @@
 //! counters end in `_total` (prometheus-client appends it), and labels take
 //! values from the configuration or from enums only — never from request
 //! data (paths, hosts, client addresses), so series stay bounded.
-use std::sync::{atomic::AtomicU64, Arc, Mutex, Weak};
+use std::sync::{atomic::AtomicU64, Arc, Mutex, OnceLock, Weak};
 
 use arc_swap::ArcSwap;
 use prometheus_client::{
@@ -137,6 +137,19 @@ pub struct RequestLabels {
     pub reason: &'static str,
 }
 
+impl StatusClass {
+    /// Position of the class among `1xx`..`5xx` (anything else counts as `5xx`).
+    fn index(self) -> usize {
+        match self.0 / 100 {
+            1 => 0,
+            2 => 1,
+            3 => 2,
+            4 => 3,
+            _ => 4,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ShardLabels {
     pub shard: Name,
@@ -177,6 +190,55 @@ pub struct Metrics {
     pub sockmap_enabled: Gauge,
     /// Policy decisions per section.
     pub policy: crate::policy::PolicyMetrics,
+}
+
+/// The request metrics of one route rule through one listener (so of one
+/// shard and one route), resolved from the families on first use: the data
+/// path then bumps an atomic instead of hashing four labels and taking the
+/// family's lock on every request. The handles share the families' series,
+/// so what they count shows in `/metrics` as before and survives reloads;
+/// a series appears only once a request has used it, as before.
+#[derive(Debug, Default)]
+pub struct RuleMetrics {
+    /// `reason="upstream"` (the backend answered), by status class.
+    upstream: [OnceLock<Counter>; 5],
+    duration: OnceLock<Histogram>,
+}
+
+impl RuleMetrics {
+    /// The counter of a request the backend answered with `status`.
+    pub fn upstream(
+        &self,
+        metrics: &Metrics,
+        shard: &Arc<str>,
+        route: &Arc<str>,
+        status: u16,
+    ) -> &Counter {
+        let class = StatusClass(status);
+        self.upstream[class.index()].get_or_init(|| {
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    shard: Name(shard.clone()),
+                    route: Name(route.clone()),
+                    status_class: class,
+                    reason: "upstream",
+                })
+                .clone()
+        })
+    }
+
+    /// The shard's latency histogram.
+    pub fn duration(&self, metrics: &Metrics, shard: &Arc<str>) -> &Histogram {
+        self.duration.get_or_init(|| {
+            metrics
+                .request_duration
+                .get_or_create(&ShardLabels {
+                    shard: Name(shard.clone()),
+                })
+                .clone()
+        })
+    }
 }
 
 fn latency_histogram() -> Histogram {

@@ -22,7 +22,7 @@ use tokio::sync::Semaphore;
 use crate::{
     admin::ConfigNotes,
     config::{self, ConfigError, DirWatcher, ObjectRef},
-    control::{compile_with, status::Status, Compiled, PolicyEnv, ShardIds},
+    control::{status::Status, Compiled, Compiler, PolicyEnv, ShardIds},
     gateway::{Proxy, ShardServer, ShardSocket},
     kernel::{
         self,
@@ -35,11 +35,13 @@ use crate::{
     snapshot::{Shard, ShardId, Snapshot},
 };
 
-/// How long the directory must be quiet before a reload. Short: a save or a
-/// `cp` of a few files settles within milliseconds, the per-file cache makes
-/// an extra reload cheap, and a half-copied directory that does not validate
-/// is rejected and reloaded on the next event anyway.
-pub const DEBOUNCE: Duration = Duration::from_millis(20);
+/// How long the directory must be quiet before a reload. Short: the watcher
+/// reports a file when its writer closes it, so a reload never sees a
+/// half-written file; a save or a `cp` of a few files settles within a
+/// millisecond or two; a reload that falls between the files of a larger
+/// copy costs little (only changed documents are parsed, only changed routes
+/// compiled) and the next one follows. It bounds how soon a change is in effect.
+pub const DEBOUNCE: Duration = Duration::from_millis(5);
 
 /// Longest a reload waits for the first fetch of new remote JWKS.
 const POLICY_WARM_UP: Duration = Duration::from_secs(3);
@@ -143,6 +145,8 @@ pub struct Runtime {
     /// Namespace identity from the agent config, merged into every load.
     pub identity: config::NamespaceIdentity,
     ids: Mutex<ShardIds>,
+    /// Remembers the last compile, so a change recompiles only what it touches.
+    compiler: Mutex<Compiler>,
     generation: AtomicU64,
     /// The kernel state of the snapshot being served, to return to when a
     /// later reconcile fails halfway. Shared with the metrics collector,
@@ -184,6 +188,7 @@ impl Runtime {
             max_connections,
             identity: Default::default(),
             ids: Mutex::default(),
+            compiler: Mutex::default(),
             generation: AtomicU64::new(0),
             kernel_applied: Arc::default(),
             shards: tokio::sync::Mutex::default(),
@@ -254,7 +259,18 @@ impl Runtime {
             metrics: &self.metrics.policy,
             state: &run,
         };
-        (compile_with(cfg, &mut ids, generation, &env), ids)
+        let mut compiler = self.compiler.lock().expect("compiler lock");
+        let compiled = compiler.compile(cfg, &mut ids, generation, &env);
+        let stats = compiler.stats();
+        tracing::debug!(
+            incremental = stats.incremental,
+            full_reason = stats.full_reason.unwrap_or(""),
+            routes = stats.routes,
+            compiled = stats.compiled,
+            removed = stats.removed,
+            "configuration compiled"
+        );
+        (compiled, ids)
     }
 
     /// Generation of the snapshot being served (0 before the first apply).
@@ -635,6 +651,28 @@ impl Runtime {
         }
         let mut running = self.shards.lock().await;
         self.connection_limits.lock().expect("limits lock").clear();
+        // Kept for the next agent: new SYNs wait for the next agent's
+        // sockets (dropped by XDP, retransmitted by clients), then what is
+        // queued on ours is served.
+        let keep = !handover
+            && self.kernel.as_ref().is_some_and(|k| {
+                let mut k = k.lock().expect("kernel lock");
+                if !k.keep_on_exit() {
+                    return false;
+                }
+                // XDP drops new SYNs first (clients retransmit them to the
+                // next agent); then our sockets leave the steering map.
+                if let Err(e) = k.park_listeners() {
+                    tracing::warn!(error = %e, "parking the gateway listeners for the next agent");
+                }
+                for id in running.keys() {
+                    for ipv6 in [false, true] {
+                        let _ = k.clear_shard_socket(*id, ipv6);
+                    }
+                }
+                true
+            });
+        let handover = handover || keep;
         for (_, shard) in std::mem::take(&mut *running) {
             for (_, server) in shard.servers {
                 if handover {
@@ -784,14 +822,35 @@ impl Runtime {
 /// glibc keeps freed memory in its arenas: without this the agent's RSS stays
 /// at the peak of the last reload. Runs off the async workers (it walks the
 /// heap) and after the swap, so it never delays a change taking effect.
+/// The agent binary allocates with mimalloc ([`crate::alloc`]), which gives
+/// freed pages back by itself after a short delay; this covers what still
+/// goes through glibc (C libraries, and the whole heap in tests and benches).
+///
+/// Coalesced: a trim walks the whole heap (tens of milliseconds at 50,000
+/// routes), so changes in quick succession get one trim, [`TRIM_AFTER`]
+/// after the first of them, instead of one each competing for the CPU.
 fn release_free_heap() {
     #[cfg(target_env = "gnu")]
-    tokio::task::spawn_blocking(|| {
-        // SAFETY: malloc_trim only returns free pages to the kernel; it is
-        // thread-safe and has no preconditions.
-        unsafe { libc::malloc_trim(0) };
-    });
+    {
+        static PENDING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+        if PENDING.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tokio::spawn(async {
+            tokio::time::sleep(TRIM_AFTER).await;
+            PENDING.store(false, Ordering::Release);
+            let _ = tokio::task::spawn_blocking(|| {
+                // SAFETY: malloc_trim only returns free pages to the kernel; it is
+                // thread-safe and has no preconditions.
+                unsafe { libc::malloc_trim(0) };
+            })
+            .await;
+        });
+    }
 }
+
+/// How long after a change its heap is trimmed ([`release_free_heap`]).
+const TRIM_AFTER: Duration = Duration::from_millis(500);
 
 /// A new socket and the key it is kept under in [`RunningShard::servers`].
 type KeyedSocket = (SocketAddr, ShardSocket);

@@ -6,4 +6,5 @@ pub mod flood;
 pub mod frames;
 pub mod netns;
 pub mod process;
+pub mod stores;
 pub mod ws;

@@ -19,7 +19,8 @@ use anyhow::{bail, Context, Result};
 use crate::kube::Kubelite;
 
 const SIZES: [usize; 3] = [100, 1_000, 5_000];
-const SAMPLES: usize = 30;
+/// Changes per size; p99 of 50 is the second-slowest.
+const SAMPLES: usize = 50;
 
 struct Killed(Child);
 
@@ -205,24 +206,32 @@ ports: [{{port: {echo_port}, protocol: TCP}}]
             n,
             samples[samples.len() / 2],
             samples[(samples.len() * 99).div_ceil(100) - 1],
+            samples[samples.len() - 1],
         ));
     }
 
     println!("\nroute change via the Kubernetes API → in effect at the data path ({profile} build, {SAMPLES} changes per size)");
-    println!("| routes | p50 | p99 | target (BRIEF) | anchors |");
-    println!("|---:|---:|---:|---|---|");
-    for (n, p50, p99) in rows {
-        let target = if n == 5_000 {
-            "≤ 50 ms at 5,000 routes"
+    println!("| routes | p50 | target | p99 | target | max | anchors (BRIEF) |");
+    println!("|---:|---:|---|---:|---|---:|---|");
+    for (n, p50, p99, max) in rows {
+        let (t50, t99) = if n == 5_000 {
+            ("≤ 50 ms", "≤ 200 ms")
         } else {
-            "—"
+            ("–", "–")
         };
         println!(
-            "| {n} | {:.1} ms | {:.1} ms | {target} | agentgateway 10–30 ms, Istio 120–300 ms, Envoy Gateway ~600 ms |",
+            "| {n} | {:.1} ms | {t50} | {:.1} ms | {t99} | {:.1} ms | agentgateway 10–30 ms, Istio 120–300 ms, Envoy Gateway ~600 ms |",
             p50.as_secs_f64() * 1e3,
-            p99.as_secs_f64() * 1e3
+            p99.as_secs_f64() * 1e3,
+            max.as_secs_f64() * 1e3
         );
     }
+    println!(
+        "\nThe clock starts when `kubectl patch` returns and stops at the first 200 for the new \
+         path (polled every 0.5 ms). Includes the watch event, the agent's 20 ms quiet period \
+         (KubeSettings::debounce) and the apply; the elected agent's status writes for each \
+         change run meanwhile (coalesced, at most one round per 250 ms)."
+    );
     Ok(())
 }
 

@@ -62,6 +62,9 @@ pub struct Options {
     pub proxy_cpu: u32,
     /// The CPUs of the load generators (one thread each) and the backend.
     pub load_cpus: Vec<u32>,
+    /// After the loads: open this many idle keep-alive connections to each
+    /// proxy and report its memory growth per connection (0: skip).
+    pub idle_connections: u32,
 }
 
 impl Options {
@@ -558,13 +561,26 @@ ports: [{{port: {backend}}}]
     s
 }
 
+/// Connections each proxy must accept: the loads', or the idle-connection
+/// test's when it asks for more (a higher limit is set only then: nginx
+/// preallocates its connection table, which would inflate its RSS).
+fn conn_limit(idle_connections: u32) -> u32 {
+    8192.max(idle_connections.saturating_add(512))
+}
+
 pub(crate) fn nginx_common(dir: &Path, name: &str) -> String {
+    nginx_common_with(dir, name, conn_limit(0))
+}
+
+/// [`nginx_common`] with room for `max_conns` connections.
+fn nginx_common_with(dir: &Path, name: &str, max_conns: u32) -> String {
     let d = dir.display();
     let user = if crate::is_root() { "user root;\n" } else { "" };
     format!(
         "{user}worker_processes 1;\ndaemon off;\nmaster_process on;\npid {d}/{name}.pid;\n\
-         error_log {d}/{name}-error.log warn;\nworker_rlimit_nofile 16384;\n\
-         events {{ worker_connections 8192; }}\n"
+         error_log {d}/{name}-error.log warn;\nworker_rlimit_nofile {nofile};\n\
+         events {{ worker_connections {max_conns}; }}\n",
+        nofile = 2 * max_conns
     )
 }
 
@@ -591,7 +607,14 @@ fn backend_config(dir: &Path, port: u16) -> String {
     )
 }
 
-fn nginx_config(dir: &Path, name: &str, ports: Ports, backend: u16, extra: u32) -> String {
+fn nginx_config(
+    dir: &Path,
+    name: &str,
+    ports: Ports,
+    backend: u16,
+    extra: u32,
+    max_conns: u32,
+) -> String {
     let d = dir.display();
     let listen = |default: &str| {
         format!(
@@ -600,7 +623,7 @@ fn nginx_config(dir: &Path, name: &str, ports: Ports, backend: u16, extra: u32) 
             ports.h1, ports.h2c, ports.tls
         )
     };
-    let mut s = nginx_common(dir, name);
+    let mut s = nginx_common_with(dir, name, max_conns);
     s.push_str("http {\n  access_log off;\n");
     s.push_str(&nginx_temp_paths(dir, name));
     s.push_str(&format!(
@@ -636,18 +659,20 @@ fn nginx_config(dir: &Path, name: &str, ports: Ports, backend: u16, extra: u32) 
     s
 }
 
-fn haproxy_config(dir: &Path, name: &str, ports: Ports, backend: u16) -> String {
+fn haproxy_config(dir: &Path, name: &str, ports: Ports, backend: u16, max_conns: u32) -> String {
     let d = dir.display();
     format!(
         r#"global
   nbthread 1
-  maxconn 8000
+  maxconn {max_conns}
   # Like nginx's and rustls's defaults, follow the client's cipher order, so
   # all three negotiate the same suite (HAProxy prefers its own by default).
   ssl-default-bind-options ssl-min-ver TLSv1.3 prefer-client-ciphers
 
 defaults
   mode http
+  # Frontends default to fewer connections than the global maxconn.
+  maxconn {max_conns}
   option http-keep-alive
   # Share idle backend connections between clients, as nginx's upstream
   # keepalive pool and Sluice's client pool do.
@@ -1184,6 +1209,176 @@ impl Runner<'_> {
     }
 }
 
+// ---------------------------------------------------------------- idle connections
+
+/// Memory of a proxy before and after it holds idle keep-alive connections.
+struct IdleMemory {
+    label: String,
+    connections: u32,
+    /// (RSS, PSS) in kB of the proxy's processes, before and with the connections.
+    before: (u64, u64),
+    after: (u64, u64),
+}
+
+impl IdleMemory {
+    /// Growth per connection in bytes: (RSS, PSS).
+    fn per_connection(&self) -> (f64, f64) {
+        let per = |a: u64, b: u64| (a as f64 - b as f64) * 1024.0 / f64::from(self.connections);
+        (
+            per(self.after.0, self.before.0),
+            per(self.after.1, self.before.1),
+        )
+    }
+}
+
+/// Raises this process's open-file limit to `wanted` (as root, the hard
+/// limit too, up to the kernel's `fs.nr_open`), else to the hard limit: the
+/// idle test holds thousands of sockets, and the proxies started from here
+/// inherit the limit (HAProxy wants two descriptors per `maxconn`).
+fn raise_nofile_limit(wanted: u64) -> Result<u64> {
+    let nr_open: u64 = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(wanted);
+    // SAFETY: getrlimit/setrlimit on this process with a valid struct.
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        ensure!(
+            libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0,
+            "getrlimit(RLIMIT_NOFILE) failed"
+        );
+        let want = wanted.min(nr_open);
+        if lim.rlim_max < want {
+            let raised = libc::rlimit {
+                rlim_cur: want,
+                rlim_max: want,
+            };
+            // Only root may raise the hard limit; otherwise keep it.
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                return Ok(want);
+            }
+        }
+        lim.rlim_cur = lim.rlim_max;
+        ensure!(
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim) == 0,
+            "setrlimit(RLIMIT_NOFILE) failed"
+        );
+        Ok(lim.rlim_cur)
+    }
+}
+
+/// Reads one HTTP/1.1 response (Content-Length or chunked) from a
+/// keep-alive connection; returns its status.
+fn read_response(stream: &mut TcpStream) -> Result<u16> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 4096];
+    let head_end = loop {
+        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            break i + 4;
+        }
+        let n = stream.read(&mut chunk)?;
+        ensure!(n > 0, "connection closed before the response head");
+        buf.extend_from_slice(&chunk[..n]);
+    };
+    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
+    let status: u16 = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .context("no status in the response")?;
+    let length = head.lines().find_map(|l| {
+        l.strip_prefix("content-length:")
+            .and_then(|v| v.trim().parse::<usize>().ok())
+    });
+    let done = |b: &[u8]| match length {
+        Some(n) => b.len() >= head_end + n,
+        // Chunked: the last chunk.
+        None => b[head_end..].windows(5).any(|w| w == b"0\r\n\r\n"),
+    };
+    while !done(&buf) {
+        let n = stream.read(&mut chunk)?;
+        ensure!(n > 0, "connection closed before the response body ended");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    Ok(status)
+}
+
+/// For each one-route proxy: its memory, then `n` keep-alive connections
+/// that each made one request and stay open and idle, its memory again
+/// after a second; then the connections close.
+fn idle_memory(targets: &[Target], n: u32) -> Result<Vec<IdleMemory>> {
+    let mut out = Vec::new();
+    for t in targets
+        .iter()
+        .filter(|t| t.proxy.is_some() && t.extra_routes == 0)
+    {
+        check_interrupted()?;
+        let ids = t.process.as_ref().map(Proc::tree).unwrap_or_default();
+        let before = memory(&ids);
+        let mut open = Vec::with_capacity(n as usize);
+        for i in 0..n {
+            let addr = std::net::SocketAddr::from(([127, 0, 0, 1], t.ports.h1));
+            // A proxy at its connection limit leaves new ones in the backlog.
+            let mut c = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
+                .with_context(|| format!("{}: idle connection {i}", t.label))?;
+            c.set_read_timeout(Some(Duration::from_secs(10)))?;
+            write!(c, "GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n")?;
+            let status = read_response(&mut c)
+                .with_context(|| format!("{}: idle connection {i}", t.label))?;
+            ensure!(
+                status == 200,
+                "{}: idle connection {i}: status {status}",
+                t.label
+            );
+            open.push(c);
+        }
+        std::thread::sleep(Duration::from_secs(1));
+        let after = memory(&ids);
+        drop(open);
+        eprintln!(
+            "idle: {} with {n} idle keep-alive connections: RSS {:.1} → {:.1} MB",
+            t.label,
+            before.0 as f64 / 1024.0,
+            after.0 as f64 / 1024.0
+        );
+        out.push(IdleMemory {
+            label: t.label.clone(),
+            connections: n,
+            before,
+            after,
+        });
+        // Let the proxy close its side before the next one is measured.
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    Ok(out)
+}
+
+fn print_idle(results: &[IdleMemory]) {
+    let Some(first) = results.first() else {
+        return;
+    };
+    println!(
+        "\n### Idle keep-alive connections: memory per connection ({} connections, each after one request)\n",
+        first.connections
+    );
+    println!("| proxy | RSS before | RSS with connections | RSS / connection | PSS / connection |");
+    println!("|---|---:|---:|---:|---:|");
+    for r in results {
+        let (rss, pss) = r.per_connection();
+        println!(
+            "| {} | {:.1} MB | {:.1} MB | {} B | {} B |",
+            r.label,
+            r.before.0 as f64 / 1024.0,
+            r.after.0 as f64 / 1024.0,
+            thousands(rss),
+            thousands(pss)
+        );
+    }
+}
+
 // ---------------------------------------------------------------- output
 
 fn thousands(v: f64) -> String {
@@ -1340,6 +1535,7 @@ fn start_proxy(
     cert: &str,
     key: &str,
     cpu: &str,
+    max_conns: u32,
 ) -> Result<()> {
     let dir = bench.dir.clone();
     let t = &mut bench.targets[k];
@@ -1373,7 +1569,7 @@ fn start_proxy(
             let conf = dir.join(format!("{name}.conf"));
             std::fs::write(
                 &conf,
-                nginx_config(&dir, &name, ports, BASE_PORT, t.extra_routes),
+                nginx_config(&dir, &name, ports, BASE_PORT, t.extra_routes, max_conns),
             )?;
             let mut cmd = pinned(cpu, &which("nginx"));
             cmd.arg("-c").arg(&conf).arg("-p").arg(&dir);
@@ -1386,7 +1582,10 @@ fn start_proxy(
                 .collect();
             std::fs::write(dir.join(format!("{name}-hosts.lst")), list)?;
             let conf = dir.join(format!("{name}.cfg"));
-            std::fs::write(&conf, haproxy_config(&dir, &name, ports, BASE_PORT))?;
+            std::fs::write(
+                &conf,
+                haproxy_config(&dir, &name, ports, BASE_PORT, max_conns),
+            )?;
             let mut cmd = pinned(cpu, &which("haproxy"));
             cmd.arg("-f").arg(&conf).arg("-db");
             Proc::spawn(&t.label, cmd, &log)?
@@ -1480,6 +1679,17 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     crate::setup::ensure_tools("bench proxy", TOOLS)?;
     let sluice = sluice_binary(root, opts)?;
+    if opts.idle_connections > 0 {
+        // HAProxy reserves two descriptors per connection of its `maxconn`.
+        let wanted = 2 * u64::from(conn_limit(opts.idle_connections)) + 256;
+        let limit = raise_nofile_limit(wanted)?;
+        ensure!(
+            limit >= wanted,
+            "--idle-connections {}: needs an open-file limit of {wanted}, the hard limit is {limit} \
+             (run as root, or lower --idle-connections)",
+            opts.idle_connections
+        );
+    }
     install_signal_handlers();
 
     let dir = std::env::temp_dir().join(format!("sluice-bench-proxy-{}", std::process::id()));
@@ -1553,6 +1763,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             &cert,
             &key,
             &opts.proxy_cpu.to_string(),
+            conn_limit(opts.idle_connections),
         )?;
     }
     check_equivalence(&bench.targets, &capture)?;
@@ -1638,7 +1849,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
     }
 
+    let idle = if opts.idle_connections > 0 {
+        idle_memory(&bench.targets, opts.idle_connections)?
+    } else {
+        Vec::new()
+    };
     print_report(opts, &loads, &bench.targets, &results);
+    print_idle(&idle);
     bench.keep_dir = false;
     Ok(())
 }
@@ -1833,13 +2050,13 @@ Application protocol: h2
         let ports = Ports::of_instance(0);
         assert_eq!(hosts(4).len(), 5);
         assert_eq!(hosts(4)[2], HOST);
-        let n = nginx_config(dir, "nginx", ports, 1, 3);
+        let n = nginx_config(dir, "nginx", ports, 1, 3, 8192);
         assert_eq!(n.matches("server_name ").count(), 1 + 4);
         assert_eq!(n.matches("default_server").count(), 3);
         let s = sluice_config(ports, 1, 3, "C\n", "K\n");
         assert_eq!(s.matches("kind: HTTPRoute").count(), 4);
         assert!(s.contains("hostnames: [bench.example.com]"));
-        let h = haproxy_config(dir, "haproxy", ports, 1);
+        let h = haproxy_config(dir, "haproxy", ports, 1, 8192);
         assert!(h.contains("-f /tmp/x/haproxy-hosts.lst"));
     }
 

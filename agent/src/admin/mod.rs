@@ -80,6 +80,10 @@ pub enum ConfigSource {
         node_name: String,
         gateway_selector: Option<String>,
     },
+    /// Consul KV or etcd (`consul://…`, `etcd://…`); its position and
+    /// outages are in [`SourceReport`].
+    #[serde(rename_all = "camelCase")]
+    Store { url: String },
 }
 
 /// Freshness of a remote config source. Readiness policy: the agent is ready
@@ -89,6 +93,23 @@ pub enum ConfigSource {
 #[derive(Debug, Default)]
 pub struct SourceHealth {
     failing_since: Mutex<Option<Instant>>,
+    /// What `/config` says about the source (stores outside Kubernetes).
+    report: Mutex<SourceReport>,
+}
+
+/// The config source as `/config` shows it.
+#[derive(Debug, Default, Clone, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceReport {
+    /// `file:///…`, `consul://…`, `etcd://…` (no credentials).
+    pub url: Option<String>,
+    /// The store's position last read: `index N` (Consul), `revision N` (etcd).
+    pub position: Option<String>,
+    /// The last failure while the source is unreachable.
+    pub outage: Option<String>,
+    /// Why what the source holds now is not what is served (an empty or
+    /// ACL-filtered read, an invalid document).
+    pub not_applied: Option<String>,
 }
 
 impl SourceHealth {
@@ -103,6 +124,33 @@ impl SourceHealth {
     /// The source answered again.
     pub fn ok(&self) {
         *self.failing_since.lock().expect("health lock") = None;
+        self.report.lock().expect("health lock").outage = None;
+    }
+
+    /// The source failed with `error` (shown on `/config` and `/readyz`).
+    pub fn failed_with(&self, error: &str) {
+        self.failed();
+        self.report.lock().expect("health lock").outage = Some(error.to_owned());
+    }
+
+    /// Names the source on `/config`.
+    pub fn set_url(&self, url: String) {
+        self.report.lock().expect("health lock").url = Some(url);
+    }
+
+    /// The store's position last read.
+    pub fn set_position(&self, position: String) {
+        self.report.lock().expect("health lock").position = Some(position);
+    }
+
+    /// Why the source's current content is not served (`None`: it is).
+    pub fn set_not_applied(&self, why: Option<String>) {
+        self.report.lock().expect("health lock").not_applied = why;
+    }
+
+    /// What `/config` shows.
+    pub fn report(&self) -> SourceReport {
+        self.report.lock().expect("health lock").clone()
     }
 
     /// How long the source has been unreachable; zero while it is fine.
@@ -330,11 +378,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 .map(|n| format!("{n}\n"))
                 .unwrap_or_default();
             if state.ready.load(Ordering::Acquire) && stale > Duration::ZERO {
+                let report = state.source_health.report();
                 text(
                     StatusCode::OK,
                     format!(
-                        "ready (serving the last good configuration; config source unreachable for {}s)\n{rate_limits}",
-                        stale.as_secs()
+                        "ready (serving the last good configuration; config source {}unreachable for {}s{})\n{rate_limits}",
+                        report.url.map(|u| format!("{u} ")).unwrap_or_default(),
+                        stale.as_secs(),
+                        report.outage.map(|e| format!(": {e}")).unwrap_or_default(),
                     ),
                     "text/plain",
                 )
@@ -345,9 +396,19 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                     "text/plain",
                 )
             } else {
+                let report = state.source_health.report();
+                let why = report.outage.or(report.not_applied);
                 text(
                     StatusCode::SERVICE_UNAVAILABLE,
-                    "not ready\n".into(),
+                    match (report.url, why) {
+                        (Some(url), Some(why)) => {
+                            format!("not ready (no configuration applied from {url} yet: {why})\n")
+                        }
+                        (Some(url), None) => {
+                            format!("not ready (waiting for the first configuration from {url})\n")
+                        }
+                        _ => "not ready\n".into(),
+                    },
                     "text/plain",
                 )
             }
@@ -424,6 +485,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 "heldConfigMaps": notes.held_config_maps,
                 "gatewaysElsewhere": notes.gateways_elsewhere,
                 "unresolvedPods": notes.unresolved_pods,
+                "source": state.source_health.report(),
             });
             text(
                 StatusCode::OK,

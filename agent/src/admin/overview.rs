@@ -328,16 +328,19 @@ pub fn build(state: &AdminState, samples: &[Sample]) -> Overview {
             r.requests = route_requests
                 .remove(&(shard.name.to_string(), r.name.clone()))
                 .unwrap_or_default();
-            r.conditions = status
-                .http_routes
-                .iter()
-                .filter(|s| format!("{}/{}", s.namespace, s.name) == r.name)
-                .flat_map(|s| &s.parents)
+            // By key: a scan of every route's status per route was
+            // quadratic in the routes.
+            r.conditions = r
+                .name
+                .split_once('/')
+                .and_then(|(namespace, name)| status.http_routes.get(namespace, name))
+                .into_iter()
+                .flat_map(|s| s.parents)
                 .filter(|p| {
                     p.parent_ref.namespace == shard.gateway.namespace
                         && p.parent_ref.name == shard.gateway.name
                 })
-                .flat_map(|p| p.conditions.clone())
+                .flat_map(|p| p.conditions)
                 .collect();
         }
         let mut gateway_policies = BTreeSet::new();
@@ -541,7 +544,7 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
             let acc = routes.entry(name.clone()).or_default();
             acc.listeners.insert(listener.name.clone());
             acc.hostnames.extend(host.map(|h| h.to_string()));
-            acc.rules.insert(entry.rule);
+            acc.rules.insert(entry.rule as usize);
             acc.policies.extend(attached(&entry.action.policy));
             for (backend, mirror) in backends_of(entry) {
                 let key = upstream(backend, &name, upstreams);

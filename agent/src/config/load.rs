@@ -13,7 +13,7 @@ use std::{
 
 use serde::Deserialize;
 
-use super::{validate, Config, ConfigError, DocumentError, Location};
+use super::{validate, Config, ConfigError, DocumentError, HttpRoute, Location};
 
 /// Reads every `*.yaml` / `*.yml` file under `dir` (recursively, in path order)
 /// and converts all documents into one validated [`Config`]. Any invalid
@@ -40,11 +40,47 @@ struct CachedFile {
 
 /// What a file converted to.
 #[derive(Debug)]
-enum Converted {
+pub(super) enum Converted {
     /// Each YAML document's objects, keyed by a hash of the document's text:
     /// a change to one route in a file of hundreds re-parses that one.
-    Documents(Vec<(u64, Arc<Config>)>),
+    Documents(Vec<(u64, Document)>),
     Invalid(Vec<DocumentError>),
+}
+
+/// The objects of one YAML document.
+#[derive(Debug, Clone)]
+pub(super) enum Document {
+    /// Just one HTTPRoute, the common case, kept without a whole `Config`
+    /// around it (a dozen empty lists per route add up at 50,000 routes).
+    Route(Arc<HttpRoute>),
+    Objects(Arc<Config>),
+}
+
+impl Document {
+    fn of(config: Config) -> Self {
+        let only_a_route = config.is_one_route();
+        if only_a_route {
+            let mut routes = config.routes;
+            Document::Route(routes.pop().expect("one route"))
+        } else {
+            Document::Objects(Arc::new(config))
+        }
+    }
+
+    fn routes(&self) -> usize {
+        match self {
+            Document::Route(_) => 1,
+            Document::Objects(c) => c.routes.len(),
+        }
+    }
+
+    /// Appends the objects to `config`, sharing the routes.
+    pub(super) fn add_to(&self, config: &mut Config) {
+        match self {
+            Document::Route(r) => config.routes.push(r.clone()),
+            Document::Objects(c) => config.extend_from(c),
+        }
+    }
 }
 
 /// What the file system says about a file; any difference means re-read.
@@ -114,6 +150,8 @@ impl DirSource {
             ..LoadStats::default()
         };
         let mut files = BTreeMap::new();
+        // Files whose content changed, parsed below (in parallel when many).
+        let mut jobs = Vec::new();
         for path in paths {
             let meta = std::fs::metadata(&path).map_err(|source| ConfigError::ReadFile {
                 path: path.clone(),
@@ -135,32 +173,46 @@ impl DirSource {
                         Some(c) if c.digest == digest => CachedFile { stamp, ..c },
                         cached => {
                             stats.parsed += 1;
-                            let previous = match cached.as_ref().map(|c| &c.converted) {
-                                Some(Converted::Documents(docs)) => docs.iter().cloned().collect(),
+                            let previous = match cached.map(|c| c.converted) {
+                                Some(Converted::Documents(docs)) => docs.into_iter().collect(),
                                 _ => HashMap::new(),
                             };
-                            let (converted, parsed) = convert_file(&path, &text, &previous);
-                            stats.documents_parsed += parsed;
-                            CachedFile {
+                            jobs.push(Job {
+                                path,
+                                text,
                                 stamp,
                                 digest,
-                                converted,
-                            }
+                                previous,
+                            });
+                            continue;
                         }
                     }
                 }
             };
             files.insert(path, entry);
         }
+        for (path, entry, parsed) in parse_all(jobs) {
+            stats.documents_parsed += parsed;
+            files.insert(path, entry);
+        }
         // Files that disappeared are dropped with the old map.
         self.files = files;
         let mut errors = Vec::new();
         let mut config = Config::default();
+        config.routes.reserve_exact(
+            self.files
+                .values()
+                .map(|f| match &f.converted {
+                    Converted::Documents(docs) => docs.iter().map(|(_, d)| d.routes()).sum(),
+                    Converted::Invalid(_) => 0,
+                })
+                .sum(),
+        );
         for file in self.files.values() {
             match &file.converted {
                 Converted::Documents(docs) => {
-                    for (_, c) in docs {
-                        config.merge(Config::clone(c));
+                    for (_, d) in docs {
+                        d.add_to(&mut config);
                     }
                 }
                 Converted::Invalid(e) => errors.extend(e.iter().cloned()),
@@ -174,7 +226,65 @@ impl DirSource {
     }
 }
 
-fn digest(text: &str) -> u64 {
+/// A file to parse.
+struct Job {
+    path: PathBuf,
+    text: String,
+    stamp: FileStamp,
+    digest: u64,
+    /// Its documents as last converted, by text hash.
+    previous: HashMap<u64, Document>,
+}
+
+/// Below this much text, parsing on more threads costs more than it saves.
+const PARALLEL_FROM_BYTES: usize = 256 * 1024;
+
+/// Converts the files of `jobs`: on as many threads as the process may use
+/// when there is enough to parse (start-up, a large sync), else here.
+/// Returns each file's entry and how many documents were parsed.
+fn parse_all(jobs: Vec<Job>) -> Vec<(PathBuf, CachedFile, usize)> {
+    let one = |job: Job| {
+        let (converted, parsed) = convert_file(&job.path, &job.text, job.previous);
+        let entry = CachedFile {
+            stamp: job.stamp,
+            digest: job.digest,
+            converted,
+        };
+        (job.path, entry, parsed)
+    };
+    let bytes: usize = jobs.iter().map(|j| j.text.len()).sum();
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(jobs.len());
+    if threads < 2 || bytes < PARALLEL_FROM_BYTES {
+        return jobs.into_iter().map(one).collect();
+    }
+    // Largest first, each to the least loaded thread: the threads finish
+    // together even when file sizes differ.
+    let mut jobs = jobs;
+    jobs.sort_by_key(|j| std::cmp::Reverse(j.text.len()));
+    let mut shares: Vec<(usize, Vec<Job>)> = (0..threads).map(|_| (0, Vec::new())).collect();
+    for job in jobs {
+        let least = shares
+            .iter_mut()
+            .min_by_key(|(load, _)| *load)
+            .expect("at least two threads");
+        least.0 += job.text.len();
+        least.1.push(job);
+    }
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = shares
+            .into_iter()
+            .map(|(_, share)| scope.spawn(move || share.into_iter().map(one).collect::<Vec<_>>()))
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("config parser thread panicked"))
+            .collect()
+    })
+}
+
+pub(super) fn digest(text: &str) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     text.hash(&mut h);
     h.finish()
@@ -211,24 +321,26 @@ fn collect_yaml(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), ConfigError> {
 /// Converts the documents of one file, re-using the conversion of documents
 /// whose text is unchanged (`previous`, by text hash). Returns how many
 /// documents were parsed.
-fn convert_file(
+pub(super) fn convert_file(
     path: &Path,
     text: &str,
-    previous: &HashMap<u64, Arc<Config>>,
+    mut previous: HashMap<u64, Document>,
 ) -> (Converted, usize) {
     let mut docs = Vec::new();
     let mut parsed = 0;
     for chunk in split_documents(text) {
         let d = digest(chunk);
-        if let Some(c) = previous.get(&d) {
-            docs.push((d, c.clone()));
+        // Taken, not copied: a document written twice in a file becomes two
+        // objects, as it would be parsed twice.
+        if let Some(c) = previous.remove(&d) {
+            docs.push((d, c));
             continue;
         }
         parsed += 1;
         let mut builder = validate::Builder::default();
         add_documents(&mut builder, path, chunk);
         match builder.finish() {
-            Ok(c) => docs.push((d, Arc::new(c))),
+            Ok(c) => docs.push((d, Document::of(c))),
             // The whole file again, so that every error names its real
             // document number and line.
             Err(_) => return (convert_whole_file(path, text), parsed),
@@ -241,7 +353,7 @@ fn convert_whole_file(path: &Path, text: &str) -> Converted {
     let mut builder = validate::Builder::default();
     add_documents(&mut builder, path, text);
     match builder.finish() {
-        Ok(c) => Converted::Documents(vec![(digest(text), Arc::new(c))]),
+        Ok(c) => Converted::Documents(vec![(digest(text), Document::of(c))]),
         Err(ConfigError::Invalid(errors)) => Converted::Invalid(errors),
         Err(other) => Converted::Invalid(vec![DocumentError {
             location: Location {

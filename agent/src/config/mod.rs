@@ -3,9 +3,11 @@
 mod annotations;
 mod backend_tls;
 mod backends;
+mod consul;
 mod filter;
 mod gateway;
 pub mod identity;
+mod keyed;
 mod load;
 pub mod model;
 pub mod policy;
@@ -20,6 +22,7 @@ use std::{fmt, path::PathBuf};
 
 pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
 pub use identity::NamespaceIdentity;
+pub use keyed::KeyedDocuments;
 pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
 pub use model::*;
 pub use policy::SluicePolicy;

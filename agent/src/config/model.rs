@@ -53,10 +53,34 @@ pub struct Config {
     pub backend_tls_policies: Vec<BackendTlsPolicy>,
     /// SluicePolicies (API policy attached to Gateways and HTTPRoutes).
     pub policies: Vec<super::SluicePolicy>,
+    /// Which Consul services back `ConsulService` backendRefs.
+    pub consul_services: Vec<ConsulService>,
 }
 
+/// `group: sluice.dev, kind: ConsulService` backends: the healthy instances
+/// of a Consul service, resolved by [`crate::sources::discovery`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConsulService {
+    pub id: ObjectRef,
+    /// The Consul service name.
+    pub service: String,
+    /// Instances must carry all of these tags.
+    pub tags: Vec<String>,
+    /// Consul datacenter; `None`: the agent's own.
+    pub datacenter: Option<String>,
+}
+
+/// The kind of Consul-backed backendRefs (group `sluice.dev`).
+pub const CONSUL_SERVICE_KIND: &str = "ConsulService";
+
+/// Name prefix of the Service a ConsulService backendRef resolves through
+/// (`consul:NAME` in the route's namespace). A `:` cannot occur in a
+/// Kubernetes name, so such a Service never collides with a real one; the
+/// discovery adds it, with an EndpointSlice per healthy instance.
+pub const CONSUL_BACKEND_PREFIX: &str = "consul:";
+
 /// A Secret (only `kubernetes.io/tls` ones are used: listener certificates).
-#[derive(Clone)]
+#[derive(Clone, PartialEq)]
 pub struct Secret {
     pub id: ObjectRef,
     /// `type`, e.g. `kubernetes.io/tls` (`Opaque` when unset).
@@ -80,24 +104,105 @@ impl fmt::Debug for Secret {
 pub const SECRET_TYPE_TLS: &str = "kubernetes.io/tls";
 
 impl Config {
+    /// Appends copies of everything in `other`, sharing its routes.
+    pub fn extend_from(&mut self, other: &Config) {
+        // Destructured so that a new kind of object cannot be forgotten here.
+        let Config {
+            gateway_classes,
+            gateways,
+            routes,
+            services,
+            endpoint_slices,
+            namespaces,
+            reference_grants,
+            identity: _,
+            secrets,
+            config_maps,
+            backend_tls_policies,
+            policies,
+            consul_services,
+        } = other;
+        self.gateway_classes.extend_from_slice(gateway_classes);
+        self.gateways.extend_from_slice(gateways);
+        self.routes.extend_from_slice(routes);
+        self.services.extend_from_slice(services);
+        self.endpoint_slices.extend_from_slice(endpoint_slices);
+        self.namespaces.extend_from_slice(namespaces);
+        self.reference_grants.extend_from_slice(reference_grants);
+        self.secrets.extend_from_slice(secrets);
+        self.config_maps.extend_from_slice(config_maps);
+        self.backend_tls_policies
+            .extend_from_slice(backend_tls_policies);
+        self.policies.extend_from_slice(policies);
+        self.consul_services.extend_from_slice(consul_services);
+    }
+
     /// Appends everything in `other` (objects converted one by one).
     pub fn merge(&mut self, other: Config) {
-        self.gateway_classes.extend(other.gateway_classes);
-        self.gateways.extend(other.gateways);
-        self.routes.extend(other.routes);
-        self.services.extend(other.services);
-        self.endpoint_slices.extend(other.endpoint_slices);
-        self.namespaces.extend(other.namespaces);
-        self.reference_grants.extend(other.reference_grants);
-        self.secrets.extend(other.secrets);
-        self.config_maps.extend(other.config_maps);
-        self.backend_tls_policies.extend(other.backend_tls_policies);
-        self.policies.extend(other.policies);
+        let Config {
+            gateway_classes,
+            gateways,
+            routes,
+            services,
+            endpoint_slices,
+            namespaces,
+            reference_grants,
+            identity: _,
+            secrets,
+            config_maps,
+            backend_tls_policies,
+            policies,
+            consul_services,
+        } = other;
+        self.gateway_classes.extend(gateway_classes);
+        self.gateways.extend(gateways);
+        self.routes.extend(routes);
+        self.services.extend(services);
+        self.endpoint_slices.extend(endpoint_slices);
+        self.namespaces.extend(namespaces);
+        self.reference_grants.extend(reference_grants);
+        self.secrets.extend(secrets);
+        self.config_maps.extend(config_maps);
+        self.backend_tls_policies.extend(backend_tls_policies);
+        self.policies.extend(policies);
+        self.consul_services.extend(consul_services);
+    }
+
+    /// Whether the document holds exactly one HTTPRoute and nothing else.
+    pub fn is_one_route(&self) -> bool {
+        let Config {
+            gateway_classes,
+            gateways,
+            routes,
+            services,
+            endpoint_slices,
+            namespaces,
+            reference_grants,
+            identity,
+            secrets,
+            config_maps,
+            backend_tls_policies,
+            policies,
+            consul_services,
+        } = self;
+        routes.len() == 1
+            && gateway_classes.is_empty()
+            && gateways.is_empty()
+            && services.is_empty()
+            && endpoint_slices.is_empty()
+            && namespaces.is_empty()
+            && reference_grants.is_empty()
+            && *identity == Default::default()
+            && secrets.is_empty()
+            && config_maps.is_empty()
+            && backend_tls_policies.is_empty()
+            && policies.is_empty()
+            && consul_services.is_empty()
     }
 }
 
 /// A Namespace; only its labels matter (for `allowedRoutes` selectors).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Namespace {
     pub name: String,
     pub labels: BTreeMap<String, String>,
@@ -105,7 +210,7 @@ pub struct Namespace {
 
 /// A ReferenceGrant: lets objects of the `from` kinds/namespaces refer to the
 /// `to` objects in the grant's own namespace.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ReferenceGrant {
     pub id: ObjectRef,
     pub from: Vec<GrantFrom>,
@@ -127,7 +232,7 @@ pub struct GrantTo {
     pub name: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct GatewayClass {
     pub name: String,
     pub controller_name: String,
@@ -138,7 +243,7 @@ pub struct GatewayClass {
 }
 
 /// A Gateway: one shard of the agent.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Gateway {
     pub id: ObjectRef,
     /// `metadata.generation`, echoed as `observedGeneration` in status.
@@ -217,7 +322,7 @@ pub enum ListenerProtocol {
     Other(String),
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Listener {
     pub name: String,
     pub port: u16,
@@ -361,7 +466,7 @@ impl fmt::Display for Hostname {
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
     pub id: ObjectRef,
     /// `metadata.generation`, echoed as `observedGeneration` in status.
@@ -381,12 +486,13 @@ pub struct ParentRef {
     pub port: Option<u16>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RouteRule {
     /// `name`: what a policy's `sectionName` selects.
     pub name: Option<String>,
-    /// Matches; never empty (an omitted list means "PathPrefix /").
-    pub matches: Vec<RouteMatch>,
+    /// Matches; never empty (an omitted list means "PathPrefix /"). Shared
+    /// with the route table entries compiled from them.
+    pub matches: Vec<Arc<RouteMatch>>,
     /// Rule-level filters, in the order given.
     pub filters: Vec<Filter>,
     pub backends: Vec<BackendRef>,
@@ -434,6 +540,14 @@ pub struct RouteMatch {
 }
 
 impl RouteMatch {
+    /// `PathPrefix /`, what a rule without matches matches: one shared
+    /// value, as most rules in a cluster have no matches.
+    pub fn any_path() -> Arc<RouteMatch> {
+        static ANY: std::sync::LazyLock<Arc<RouteMatch>> =
+            std::sync::LazyLock::new(|| Arc::new(RouteMatch::path(PathMatch::Prefix("/".into()))));
+        ANY.clone()
+    }
+
     /// A match on a path alone.
     pub fn path(path: PathMatch) -> Self {
         Self {
@@ -532,13 +646,13 @@ pub struct BackendRef {
     pub unsupported_kind: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Service {
     pub id: ObjectRef,
     pub ports: Vec<ServicePort>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ServicePort {
     pub name: Option<String>,
     pub port: u16,
@@ -548,7 +662,7 @@ pub struct ServicePort {
     pub app_protocol: Option<String>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointSlice {
     pub id: ObjectRef,
     /// Service this slice belongs to (`kubernetes.io/service-name` label).
@@ -558,14 +672,14 @@ pub struct EndpointSlice {
     pub ports: Vec<EndpointPort>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EndpointPort {
     pub name: Option<String>,
     pub port: u16,
 }
 
 /// A ConfigMap; only `data` is kept (CA bundles under `ca.crt`).
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ConfigMap {
     pub id: ObjectRef,
     pub data: BTreeMap<String, String>,
@@ -573,7 +687,7 @@ pub struct ConfigMap {
 
 /// A BackendTLSPolicy: connections to the targeted Service (ports) use TLS,
 /// verified against the given CAs and names.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BackendTlsPolicy {
     pub id: ObjectRef,
     pub generation: Option<i64>,

@@ -154,6 +154,15 @@ impl Builder {
                     }
                 }
             }
+            (super::policy::SLUICE_GROUP, model::CONSUL_SERVICE_KIND) => {
+                if !super::policy::POLICY_VERSIONS.contains(&api_version.as_str()) {
+                    doc.err("apiVersion", format!("unsupported ConsulService version {api_version:?} (supported: sluice.dev/v1alpha1)"));
+                } else if let Some(c) = decode::<super::consul::ConsulServiceDoc>(&mut doc, value) {
+                    if let Some(c) = super::consul::consul_service(&mut doc, c) {
+                        self.config.consul_services.push(c);
+                    }
+                }
+            }
             (GATEWAY_GROUP, "ReferenceGrant") => {
                 if !matches!(api_version.as_str(), "gateway.networking.k8s.io/v1beta1" | "gateway.networking.k8s.io/v1") {
                     doc.err("apiVersion", format!("unsupported ReferenceGrant version {api_version:?} (supported: v1beta1, v1)"));
@@ -168,7 +177,7 @@ impl Builder {
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
                      Gateway, HTTPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
-                     EndpointSlice (discovery.k8s.io/v1), SluicePolicy (sluice.dev/v1alpha1)"
+                     EndpointSlice (discovery.k8s.io/v1), SluicePolicy, ConsulService (sluice.dev/v1alpha1)"
                 ),
             ),
         }

@@ -5,7 +5,7 @@
 use std::{path::Path, time::Duration};
 
 use notify::{
-    event::{AccessKind, AccessMode, MetadataKind, ModifyKind},
+    event::{AccessKind, AccessMode, CreateKind, MetadataKind, ModifyKind},
     EventKind, RecursiveMode, Watcher as _,
 };
 use tokio::sync::mpsc;
@@ -27,12 +27,17 @@ impl std::fmt::Debug for DirWatcher {
 
 /// Whether an event can change what [`super::load_dir`] reads. Reads (ours
 /// included) and access-time updates must not count, or every reload would
-/// trigger the next.
+/// trigger the next. A file being written counts when the writer closes it
+/// (or renames it into place), not at its creation or at each write: a
+/// reload then never reads a half-written file, so the quiet period before
+/// a reload can be short.
 fn relevant(kind: &EventKind) -> bool {
     match kind {
         EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
         EventKind::Access(_) => false,
         EventKind::Modify(ModifyKind::Metadata(MetadataKind::AccessTime)) => false,
+        EventKind::Modify(ModifyKind::Data(_)) => false,
+        EventKind::Create(CreateKind::File) => false,
         _ => true,
     }
 }
@@ -158,6 +163,15 @@ mod tests {
             AccessMode::Write
         ))));
         assert!(relevant(&EventKind::Modify(ModifyKind::Any)));
+        assert!(relevant(&EventKind::Modify(ModifyKind::Name(
+            notify::event::RenameMode::To
+        ))));
+        // A write in progress: its close (or rename into place) counts.
+        assert!(!relevant(&EventKind::Modify(ModifyKind::Data(
+            notify::event::DataChange::Content
+        ))));
+        assert!(!relevant(&EventKind::Create(CreateKind::File)));
+        assert!(relevant(&EventKind::Create(CreateKind::Folder)));
         assert!(relevant(&EventKind::Remove(
             notify::event::RemoveKind::File
         )));

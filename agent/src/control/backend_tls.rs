@@ -56,6 +56,11 @@ struct Validation {
 
 type Built = Result<Arc<UpstreamTls>, Unresolved>;
 
+/// Backend TLS built per (Gateway, policy), kept from one compile for the
+/// next (see [`BackendTls::reuse`]).
+#[derive(Default)]
+pub(super) struct BuiltTls(HashMap<(ObjectRef, ObjectRef), Built>);
+
 /// Resolves backend TLS for one compile.
 pub(super) struct BackendTls<'a> {
     /// In precedence order: oldest first, then namespace/name.
@@ -68,6 +73,10 @@ pub(super) struct BackendTls<'a> {
     grants: ReferenceGrants<'a>,
     /// Per (Gateway, policy).
     built: RefCell<HashMap<(ObjectRef, ObjectRef), Built>>,
+    /// Built by the previous compile from the same Gateways, policies,
+    /// Secrets and ConfigMaps: taken instead of building again, so that
+    /// backends compiled at different times share one client config.
+    previous: RefCell<HashMap<(ObjectRef, ObjectRef), Built>>,
 }
 
 impl BackendTls<'_> {
@@ -109,7 +118,47 @@ impl<'a> BackendTls<'a> {
             secrets: config.secrets.iter().map(|s| (&s.id, s)).collect(),
             grants: ReferenceGrants::new(config),
             built: RefCell::default(),
+            previous: RefCell::default(),
         }
+    }
+
+    /// Takes over what the previous compile built; only for the same
+    /// Gateways, BackendTLSPolicies, Secrets and ConfigMaps.
+    pub(super) fn reuse(&self, built: BuiltTls) {
+        *self.previous.borrow_mut() = built.0;
+    }
+
+    /// What this compile built, for [`BackendTls::reuse`] by the next.
+    pub(super) fn into_built(self) -> BuiltTls {
+        BuiltTls(self.built.into_inner())
+    }
+
+    /// Whether any BackendTLSPolicy exists.
+    pub(super) fn has_policies(&self) -> bool {
+        !self.policies.is_empty()
+    }
+
+    /// Builds (once per compile) the TLS of `policy` (an index as returned
+    /// by [`BackendTls::apply`]) for `gateway`: for backends compiled
+    /// earlier and kept, so that their problems are still reported.
+    pub(super) fn touch(&self, gateway: &Gateway, policy: usize) {
+        if let Some(p) = self.policies.get(policy) {
+            // Built for its warnings; the backends hold the result already.
+            let _ = self.built_for(gateway, p);
+        }
+    }
+
+    fn built_for(&self, gateway: &Gateway, policy: &BackendTlsPolicy) -> Built {
+        let key = (gateway.id.clone(), policy.id.clone());
+        if let Some(b) = self.built.borrow().get(&key) {
+            return b.clone();
+        }
+        let b = match self.previous.borrow_mut().remove(&key) {
+            Some(b) => b,
+            None => self.build(gateway, policy),
+        };
+        self.built.borrow_mut().insert(key, b.clone());
+        b
     }
 
     /// The policy in force for a Service port (through the attachment
@@ -181,31 +230,21 @@ impl<'a> BackendTls<'a> {
     /// Gives a resolved backend its TLS settings when a policy targets its
     /// port; a policy without usable CAs makes the backend unresolvable
     /// rather than letting requests go out unverified or in plain text.
-    pub(super) fn apply(&self, gateway: &Gateway, backend: &mut Backend) {
+    /// Returns the index of the policy applied.
+    pub(super) fn apply(&self, gateway: &Gateway, backend: &mut Backend) -> Option<usize> {
         if !matches!(backend.target, BackendTarget::Endpoints(_)) {
-            return;
+            return None;
         }
-        let Some(port) = self
+        let port = self
             .services
-            .get(&backend.service)
-            .and_then(|s| s.ports.iter().find(|p| p.port == backend.port))
-        else {
-            return;
-        };
-        let Some(policy) = self.policy_for(&backend.service, port) else {
-            return;
-        };
-        let key = (gateway.id.clone(), policy.id.clone());
-        let built = self
-            .built
-            .borrow_mut()
-            .entry(key)
-            .or_insert_with(|| self.build(gateway, policy))
-            .clone();
-        match built {
+            .get(&*backend.service)
+            .and_then(|s| s.ports.iter().find(|p| p.port == backend.port))?;
+        let policy = self.policy_for(&backend.service, port)?;
+        match self.built_for(gateway, policy) {
             Ok(tls) => backend.tls = Some(tls),
             Err(u) => backend.target = BackendTarget::Invalid(u),
         }
+        self.policies.iter().position(|p| p.id == policy.id)
     }
 
     fn build(
@@ -426,7 +465,7 @@ fn validation(policy: &BackendTlsPolicy, maps: &HashMap<&ObjectRef, &ConfigMap>)
 }
 
 /// `status` of a policy (Gateway API PolicyStatus).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyStatus {
     pub kind: &'static str,
@@ -436,7 +475,7 @@ pub struct PolicyStatus {
 }
 
 /// One `status.ancestors` entry: a Gateway the policy takes effect through.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct PolicyAncestorStatus {
     pub ancestor_ref: ParentRefStatus,
@@ -557,7 +596,7 @@ data:
             ObjectRef::new("ns", "svc"),
             443,
             1,
-            BackendTarget::Endpoints(vec!["127.0.0.1:1".parse().unwrap()]),
+            BackendTarget::Endpoints(Arc::from(["127.0.0.1:1".parse().unwrap()])),
         );
         tls.apply(gateway, &mut b);
         assert!(

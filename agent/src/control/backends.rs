@@ -2,7 +2,7 @@
 //! Service and port, endpoints from EndpointSlices, the upstream protocol
 //! (`appProtocol`) and the BackendTLSPolicy that covers the port. The status
 //! model reports `ResolvedRefs` from the same checks.
-use std::{collections::HashMap, net::SocketAddr};
+use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use crate::{
     config::{Config, Filter, ObjectRef, RouteRule},
@@ -20,10 +20,19 @@ pub(super) struct BackendResolver<'a> {
     slices: HashMap<&'a ObjectRef, Vec<&'a crate::config::EndpointSlice>>,
     grants: ReferenceGrants<'a>,
     tls_policies: &'a [crate::config::BackendTlsPolicy],
+    /// Endpoints resolved in this compile by Service and port: every backend
+    /// of a Service port shares one list.
+    endpoints: RefCell<super::routes::EndpointMemo>,
+    /// Resolved by earlier compiles: an equal list is shared instead of a
+    /// new one, so routes compiled at different times share it too.
+    previous: RefCell<super::routes::EndpointMemo>,
+    /// One `Arc` per Service referenced in this compile, for the backends.
+    ids: RefCell<HashMap<ObjectRef, Arc<ObjectRef>>>,
 }
 
 impl<'a> BackendResolver<'a> {
-    pub(super) fn new(config: &'a Config) -> Self {
+    /// A resolver that shares lists equal to those in `previous`.
+    pub(super) fn with_previous(config: &'a Config, previous: super::routes::EndpointMemo) -> Self {
         let services = config.services.iter().map(|s| (&s.id, s)).collect();
         let mut slices: HashMap<_, Vec<_>> = HashMap::new();
         for s in &config.endpoint_slices {
@@ -34,7 +43,33 @@ impl<'a> BackendResolver<'a> {
             slices,
             grants: ReferenceGrants::new(config),
             tls_policies: &config.backend_tls_policies,
+            endpoints: RefCell::default(),
+            previous: RefCell::new(previous),
+            ids: RefCell::default(),
         }
+    }
+
+    /// The shared `Arc` of a Service's namespace/name.
+    fn id(&self, service: &ObjectRef) -> Arc<ObjectRef> {
+        if let Some(id) = self.ids.borrow().get(service) {
+            return id.clone();
+        }
+        let id = Arc::new(service.clone());
+        self.ids.borrow_mut().insert(service.clone(), id.clone());
+        id
+    }
+
+    /// The lists resolved by this compile and those of earlier compiles
+    /// that routes kept from then may still hold (of Services that still
+    /// exist), for [`Self::with_previous`].
+    pub(super) fn into_endpoints(self) -> super::routes::EndpointMemo {
+        let mut out = self.endpoints.into_inner();
+        for (key, list) in self.previous.into_inner() {
+            if self.services.contains_key(&key.0) {
+                out.entry(key).or_insert(list);
+            }
+        }
+        out
     }
 
     pub(super) fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
@@ -48,7 +83,7 @@ impl<'a> BackendResolver<'a> {
                         &b.service,
                         b.port,
                     );
-                    let mut backend = Backend::new(b.service.clone(), b.port, b.weight, target);
+                    let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend.protocol = self.protocol(&b.service, b.port);
                     backend
@@ -66,7 +101,7 @@ impl<'a> BackendResolver<'a> {
             })
             .map(|m| {
                 let target = self.target(route, &m.service, m.port);
-                let backend = Backend::new(m.service.clone(), m.port, 1, target);
+                let backend = Backend::new(self.id(&m.service), m.port, 1, target);
                 MirrorTarget::new(backend, m.numerator, m.denominator)
             })
             .collect()
@@ -211,6 +246,10 @@ impl<'a> BackendResolver<'a> {
             Ok(x) => x,
             Err(u) => return BackendTarget::Invalid(u),
         };
+        let key = (service.clone(), port);
+        if let Some(e) = self.endpoints.borrow().get(&key) {
+            return BackendTarget::Endpoints(e.clone());
+        }
         let mut endpoints = Vec::new();
         for slice in self.slices.get(service).into_iter().flatten() {
             // The slice port for this service port: same name, else the only one.
@@ -231,6 +270,11 @@ impl<'a> BackendResolver<'a> {
         }
         endpoints.sort();
         endpoints.dedup();
+        let endpoints: Arc<[SocketAddr]> = match self.previous.borrow_mut().remove(&key) {
+            Some(old) if *old == *endpoints => old,
+            _ => endpoints.into(),
+        };
+        self.endpoints.borrow_mut().insert(key, endpoints.clone());
         BackendTarget::Endpoints(endpoints)
     }
 }

@@ -1,6 +1,10 @@
 //! Config → snapshot (for the L7 data path) and desired kernel state (for the
 //! eBPF maps). Pure: the same input gives the same output, so both halves can
 //! be tested without sockets or a kernel.
+//!
+//! A [`Compiler`] keeps what it compiled, so that the next compile recompiles
+//! only the routes whose inputs changed ([`super::routes`]); [`compile`] and
+//! [`compile_with`] compile from scratch. Both give the same result.
 use std::{
     collections::{BTreeMap, BTreeSet, HashSet},
     net::IpAddr,
@@ -10,22 +14,22 @@ use std::{
 use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SHARDS, PROTO_TCP};
 
 use crate::{
-    config::{Config, Gateway, HttpRoute, Listener, ListenerProtocol, ObjectRef},
+    config::{Config, Gateway, ListenerProtocol, ObjectRef},
     kernel::{port_ranges::split, KernelDesired, PortBlock, SourceRule},
-    snapshot::{
-        ListenerRoutes, PortAlias, RouteEntry, RouteTable, RuleAction, Shard, ShardId, Snapshot,
-    },
+    snapshot::{ListenerRoutes, PortAlias, Shard, ShardId, Snapshot},
 };
 
 use super::{
     backend_tls::BackendTls,
     frontend_tls::FrontendTls,
     policy::{Policies, PolicyEnv},
+    routes::{self, Cache, Slot},
     status::{ListenerProblem, ListenerProblems, Status},
     tls::Certificates,
 };
 use crate::snapshot::tls::{server_config, SniResolver};
 
+pub use super::routes::CompileStats;
 pub(super) use super::{
     attach::{effective_hostnames, namespace_allowed, parent_selects, NamespaceLabels},
     backends::BackendResolver,
@@ -104,331 +108,365 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
     )
 }
 
-/// Compiles `config`; policy sections count in `env.metrics` and take the
-/// state that outlives reloads from `env.state` (commit it once the
-/// snapshot is published).
+/// Compiles `config` from scratch; policy sections count in `env.metrics`
+/// and take the state that outlives reloads from `env.state` (commit it
+/// once the snapshot is published).
 pub fn compile_with(
     config: &Config,
     ids: &mut ShardIds,
     generation: u64,
     env: &PolicyEnv<'_>,
 ) -> Compiled {
-    let mut warnings = Vec::new();
-    let ours: Vec<&Gateway> = config
-        .gateways
-        .iter()
-        .filter(|g| {
-            let class = config
-                .gateway_classes
-                .iter()
-                .find(|c| c.name == g.class_name);
-            match class {
-                Some(c) if c.controller_name == CONTROLLER_NAME => true,
-                Some(_) => false,
-                None => {
-                    warnings.push(format!(
-                        "Gateway {}: GatewayClass {:?} not found; not served",
-                        g.id, g.class_name
-                    ));
-                    false
-                }
-            }
-        })
-        .collect();
-    let resolver = BackendResolver::new(config);
-    let mut policies = Policies::new(config, &resolver, env);
-    let namespaces = NamespaceLabels::new(config);
-    let certificates = Certificates::new(config);
-    let backend_tls = BackendTls::new(config);
-    let frontend_tls = FrontendTls::new(config);
-    let mut problems = ListenerProblems::new();
-    // Precedence among otherwise equal matches: the oldest route, then
-    // namespace/name. Routes without a creation time count as newest.
-    let mut route_order: Vec<&HttpRoute> = config.routes.iter().map(|r| &**r).collect();
-    route_order.sort_by(|a, b| {
-        (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
-    });
+    Compiler::default().compile(config, ids, generation, env)
+}
 
-    // A Gateway (or its class) naming parameters Sluice cannot resolve is not
-    // accepted, so not served (status: InvalidParameters).
-    let accepted: Vec<&Gateway> = ours
-        .iter()
-        .copied()
-        .filter(|g| {
-            let Some(why) = super::status::invalid_parameters(config, g) else {
-                return true;
-            };
-            warnings.push(format!("Gateway {}: {why}; not served", g.id));
-            false
-        })
-        .collect();
-    let mut shards = Vec::new();
-    let mut kernel = KernelDesired::default();
-    for (gateway, id) in accepted.iter().zip(ids.assign(&accepted)) {
-        let Some(id) = id else {
-            warnings.push(format!(
-                "Gateway {}: more than {} Gateways; not served",
-                gateway.id,
-                MAX_SHARDS - 1
-            ));
-            continue;
-        };
-        let mut listeners = Vec::new();
-        // Listeners that are not distinct are all left out: the spec forbids
-        // picking a winner among conflicted listeners.
-        let conflicts = super::status::listener_conflicts(gateway);
-        for l in &gateway.listeners {
-            match &l.protocol {
-                ListenerProtocol::Http | ListenerProtocol::Https => {}
-                other => {
-                    warnings.push(format!(
-                        "Gateway {} listener {}: protocol {other:?} is not served",
-                        gateway.id, l.name
-                    ));
-                    continue;
-                }
-            }
-            if let Some(conflict) = conflicts.get(l.name.as_str()) {
-                warnings.push(format!(
-                    "Gateway {} listener {}: conflicts with another listener on port {} \
-                     ({conflict:?}); not served",
-                    gateway.id, l.name, l.port
-                ));
-                problems.insert((gateway.id.clone(), l.name.clone()), conflict.clone());
-                continue;
-            }
-            let tls = match &l.protocol {
-                ListenerProtocol::Https => match certificates.resolve(gateway, l).and_then(|key| {
-                    frontend_tls.verifier(gateway, l.port).inspect_err(|u| {
-                        problems.insert(
-                            (gateway.id.clone(), l.name.clone()),
-                            ListenerProblem::ClientValidation(u.clone()),
-                        );
-                    })?;
-                    Ok(key)
-                }) {
-                    Ok(key) => Some(key),
-                    Err(u) => {
-                        warnings.push(format!(
-                            "Gateway {} listener {}: not served: {u}",
-                            gateway.id, l.name
-                        ));
-                        problems
-                            .entry((gateway.id.clone(), l.name.clone()))
-                            .or_insert(ListenerProblem::Certificate(u));
-                        continue;
-                    }
-                },
-                _ => None,
-            };
-            let routes = listener_routes(
-                gateway,
-                l,
-                &route_order,
-                &resolver,
-                &namespaces,
-                &backend_tls,
-                &mut policies,
-            );
-            listeners.push(ListenerRoutes {
-                name: l.name.clone(),
-                port: l.port,
-                hostname: l.hostname.clone(),
-                routes,
-                tls,
-                policy: policies.for_listener(gateway, l),
-            });
-        }
-        let mut tls = BTreeMap::new();
-        let tls_ports: BTreeSet<u16> = listeners
-            .iter()
-            .filter(|l| l.tls.is_some())
-            .map(|l| l.port)
-            .collect();
-        for port in tls_ports {
-            let certs = listeners
-                .iter()
-                .filter(|l| l.port == port)
-                .filter_map(|l| Some((l.hostname.clone(), l.tls.clone()?)))
-                .collect();
-            // Checked per listener above: only ports whose validation resolves get here.
-            let client_auth = frontend_tls.verifier(gateway, port).ok().flatten();
-            match server_config(SniResolver::new(certs), client_auth) {
-                Ok(c) => {
-                    tls.insert(port, c);
-                }
-                Err(e) => {
-                    // Only a broken build of rustls gets here; never serve
-                    // plain text where TLS was asked for.
-                    warnings.push(format!(
-                        "Gateway {} port {port}: TLS setup failed: {e}; not served",
-                        gateway.id
-                    ));
-                    listeners.retain(|l| l.port != port);
-                }
-            }
-        }
-        // A range follows its listener: when the listener is not served (a
-        // protocol conflict, no usable certificate), neither are its ports.
-        let mut port_ranges = Vec::new();
-        for r in &gateway.port_ranges {
-            match listeners.iter().find(|l| l.name == r.listener) {
-                Some(l) => port_ranges.push(PortAlias {
-                    first: r.first,
-                    last: r.last,
-                    port: l.port,
-                }),
-                None => warnings.push(format!(
-                    "Gateway {}: port range {r} not served: listener {} is not served",
-                    gateway.id, r.listener
-                )),
-            }
-        }
-        // Whole-Gateway ipAllow/ipDeny also go to XDP: denies add up; an
-        // annotation's allow list wins (L7 still enforces the policy's).
-        let (policy_allow, policy_deny) = policies.xdp_sources(gateway);
-        let source_allow = if gateway.source_allow.is_empty() {
-            policy_allow
-        } else {
-            gateway.source_allow.clone()
-        };
-        let mut source_deny = gateway.source_deny.clone();
-        source_deny.extend(
-            policy_deny
-                .into_iter()
-                .filter(|n| !gateway.source_deny.contains(n)),
-        );
-        let shard = Shard {
-            id,
-            gateway: gateway.id.clone(),
-            name: Arc::from(gateway.id.to_string()),
-            addresses: gateway.addresses.clone(),
-            source_allow,
-            source_deny,
-            syn_budget: gateway.syn_budget,
-            listeners,
-            tls,
-            port_ranges,
-        };
-        program_kernel(&shard, &mut kernel, &mut warnings);
-        shards.push(shard);
-    }
-    shards.sort_by_key(|s| s.id);
-    let served_gateways: Vec<(ShardId, &Gateway)> = shards
-        .iter()
-        .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| (s.id, *g)))
-        .collect();
-    super::isolation::program(
-        &config.identity,
-        &served_gateways,
-        &mut ids.namespaces,
-        &mut kernel,
-    );
-    let served: HashSet<&ObjectRef> = shards
-        .iter()
-        .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| &g.id))
-        .collect();
-    let mut status = super::status::compute(
-        config,
-        CONTROLLER_NAME,
-        &ours,
-        &served,
-        &resolver,
-        &namespaces,
-        &problems,
-    );
-    status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
-    status.policies.extend(super::policy::policy_status(
-        config,
-        &policies,
-        &ours,
-        CONTROLLER_NAME,
-    ));
-    warnings.extend(backend_tls.warnings());
-    warnings.extend(policies.warnings());
-    for g in &mut status.gateways {
-        let gateway = ours
-            .iter()
-            .find(|x| x.id.namespace == g.namespace && x.id.name == g.name);
-        if let Some(gateway) = gateway {
-            g.conditions.extend(backend_tls.gateway_condition(gateway));
-            g.conditions.extend(FrontendTls::gateway_condition(gateway));
-        }
-    }
-    Compiled {
-        snapshot: Snapshot {
-            generation,
-            shards,
-            identity: crate::snapshot::NamespaceLookup::new(&config.identity.cidrs),
-        },
-        kernel,
-        warnings,
-        status,
-        policy_compile: env.state.id(),
+/// A compiler that remembers its last compile: the next one recompiles only
+/// the routes whose inputs changed and shares everything else (route entries,
+/// rule actions, route tables, route status) with the previous result by
+/// `Arc`. What a route's entries depend on — its own spec, its parent
+/// Gateways and listeners, Namespace labels, ReferenceGrants, the Services
+/// and EndpointSlices it references, BackendTLSPolicies, SluicePolicies and
+/// their Secrets and ConfigMaps — is compared with the previous compile;
+/// anything broad that changed (a Gateway, a grant, a policy...) makes it
+/// compile everything again. Either way the result equals [`compile_with`]'s
+/// for the same config.
+#[derive(Default)]
+pub struct Compiler {
+    cache: Option<Box<Cache>>,
+    stats: CompileStats,
+}
+
+impl std::fmt::Debug for Compiler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Compiler")
+            .field("cached", &self.cache.is_some())
+            .field("stats", &self.stats)
+            .finish()
     }
 }
 
-/// Routes attached to one listener, with their effective hostnames.
-fn listener_routes(
-    gateway: &Gateway,
-    listener: &Listener,
-    routes: &[&HttpRoute],
-    resolver: &BackendResolver,
-    namespaces: &NamespaceLabels,
-    backend_tls: &BackendTls,
-    policies: &mut Policies<'_>,
-) -> RouteTable {
-    let mut entries = Vec::new();
-    for (order, route) in routes.iter().enumerate() {
-        let attached = route
-            .parents
+impl Compiler {
+    /// What the last compile did.
+    pub fn stats(&self) -> CompileStats {
+        self.stats
+    }
+
+    /// Forgets the previous compile: the next one compiles everything.
+    pub fn reset(&mut self) {
+        self.cache = None;
+    }
+
+    /// Compiles `config`, reusing what is unchanged since the previous call
+    /// (whether or not that result was published: reuse depends only on the
+    /// inputs). See [`compile_with`] for `env`.
+    pub fn compile(
+        &mut self,
+        config: &Config,
+        ids: &mut ShardIds,
+        generation: u64,
+        env: &PolicyEnv<'_>,
+    ) -> Compiled {
+        let mut warnings = Vec::new();
+        let ours: Vec<&Gateway> = config
+            .gateways
             .iter()
-            .any(|p| parent_selects(p, gateway, listener));
-        if !attached || !namespace_allowed(listener, gateway, route, namespaces) {
-            continue;
-        }
-        let hosts = effective_hostnames(listener.hostname.as_ref(), &route.hostnames);
-        if hosts.is_empty() {
-            continue;
-        }
-        let route_id = Arc::new(route.id.clone());
-        let route_name: Arc<str> = Arc::from(route.id.to_string());
-        for (ri, rule) in route.rules.iter().enumerate() {
-            let mut backends = resolver.group(&route.id, rule);
-            for b in &mut backends.backends {
-                backend_tls.apply(gateway, b);
-            }
-            let mut mirrors = resolver.mirrors(&route.id, rule);
-            for m in &mut mirrors {
-                backend_tls.apply(gateway, &mut m.backend);
-            }
-            let action = Arc::new(RuleAction {
-                filters: rule.filters.clone(),
-                backends,
-                timeouts: rule.timeouts,
-                retry: rule.retry.clone(),
-                mirrors,
-                policy: policies.for_rule(gateway, listener, route, ri),
-            });
-            for (mi, m) in rule.matches.iter().enumerate() {
-                for h in &hosts {
-                    entries.push((
-                        h.clone(),
-                        RouteEntry {
-                            route: route_id.clone(),
-                            route_name: route_name.clone(),
-                            route_order: order,
-                            rule: ri,
-                            match_index: mi,
-                            matcher: m.clone(),
-                            action: action.clone(),
-                        },
+            .filter(|g| {
+                let class = config
+                    .gateway_classes
+                    .iter()
+                    .find(|c| c.name == g.class_name);
+                match class {
+                    Some(c) if c.controller_name == CONTROLLER_NAME => true,
+                    Some(_) => false,
+                    None => {
+                        warnings.push(format!(
+                            "Gateway {}: GatewayClass {:?} not found; not served",
+                            g.id, g.class_name
+                        ));
+                        false
+                    }
+                }
+            })
+            .collect();
+        // What the previous compile left that is still valid for this one.
+        let mut reuse = routes::Reuse::check(self.cache.take(), config);
+        let resolver = BackendResolver::with_previous(config, reuse.endpoints());
+        let mut policies = Policies::new(config, &resolver, env);
+        policies.reuse(reuse.policy_memo());
+        let namespaces = NamespaceLabels::new(config);
+        let certificates = Certificates::new(config);
+        let backend_tls = BackendTls::new(config);
+        backend_tls.reuse(reuse.backend_tls());
+        let frontend_tls = FrontendTls::new(config);
+        let mut problems = ListenerProblems::new();
+
+        // A Gateway (or its class) naming parameters Sluice cannot resolve is not
+        // accepted, so not served (status: InvalidParameters).
+        let accepted: Vec<(usize, &Gateway)> = ours
+            .iter()
+            .copied()
+            .enumerate()
+            .filter(|(_, g)| {
+                let Some(why) = super::status::invalid_parameters(config, g) else {
+                    return true;
+                };
+                warnings.push(format!("Gateway {}: {why}; not served", g.id));
+                false
+            })
+            .collect();
+        let accepted_refs: Vec<&Gateway> = accepted.iter().map(|(_, g)| *g).collect();
+
+        // Gateways and their listeners first: which listeners are served (and
+        // so get a route table) does not depend on routes.
+        let mut drafts: Vec<ShardDraft> = Vec::new();
+        let mut slots: Vec<Slot> = Vec::new();
+        for (&(gi, gateway), id) in accepted.iter().zip(ids.assign(&accepted_refs)) {
+            let Some(id) = id else {
+                warnings.push(format!(
+                    "Gateway {}: more than {} Gateways; not served",
+                    gateway.id,
+                    MAX_SHARDS - 1
+                ));
+                continue;
+            };
+            let mut listeners = Vec::new();
+            // Listeners that are not distinct are all left out: the spec forbids
+            // picking a winner among conflicted listeners.
+            let conflicts = super::status::listener_conflicts(gateway);
+            for (li, l) in gateway.listeners.iter().enumerate() {
+                match &l.protocol {
+                    ListenerProtocol::Http | ListenerProtocol::Https => {}
+                    other => {
+                        warnings.push(format!(
+                            "Gateway {} listener {}: protocol {other:?} is not served",
+                            gateway.id, l.name
+                        ));
+                        continue;
+                    }
+                }
+                if let Some(conflict) = conflicts.get(l.name.as_str()) {
+                    warnings.push(format!(
+                        "Gateway {} listener {}: conflicts with another listener on port {} \
+                         ({conflict:?}); not served",
+                        gateway.id, l.name, l.port
                     ));
+                    problems.insert((gateway.id.clone(), l.name.clone()), conflict.clone());
+                    continue;
+                }
+                let tls = match &l.protocol {
+                    ListenerProtocol::Https => {
+                        match certificates.resolve(gateway, l).and_then(|key| {
+                            frontend_tls.verifier(gateway, l.port).inspect_err(|u| {
+                                problems.insert(
+                                    (gateway.id.clone(), l.name.clone()),
+                                    ListenerProblem::ClientValidation(u.clone()),
+                                );
+                            })?;
+                            Ok(key)
+                        }) {
+                            Ok(key) => Some(key),
+                            Err(u) => {
+                                warnings.push(format!(
+                                    "Gateway {} listener {}: not served: {u}",
+                                    gateway.id, l.name
+                                ));
+                                problems
+                                    .entry((gateway.id.clone(), l.name.clone()))
+                                    .or_insert(ListenerProblem::Certificate(u));
+                                continue;
+                            }
+                        }
+                    }
+                    _ => None,
+                };
+                listeners.push((li, slots.len(), tls));
+                slots.push(Slot {
+                    gateway: gi,
+                    listener: li,
+                });
+            }
+            drafts.push(ShardDraft {
+                id,
+                gateway: gi,
+                listeners,
+            });
+        }
+
+        // Routes: compiled per route, the changed ones only when the previous
+        // compile can be reused.
+        let ctx = routes::RouteCtx::new(
+            config,
+            &ours,
+            &slots,
+            &resolver,
+            &namespaces,
+            &backend_tls,
+            CONTROLLER_NAME,
+        );
+        let mut routed = routes::compile_routes(&ctx, &mut policies, &mut reuse);
+
+        let mut shards = Vec::new();
+        let mut kernel = KernelDesired::default();
+        for draft in drafts {
+            let gateway = ours[draft.gateway];
+            let mut listeners: Vec<ListenerRoutes> = draft
+                .listeners
+                .into_iter()
+                .map(|(li, slot, tls)| {
+                    let l = &gateway.listeners[li];
+                    ListenerRoutes {
+                        name: l.name.clone(),
+                        port: l.port,
+                        hostname: l.hostname.clone(),
+                        routes: routed.tables[slot].clone(),
+                        tls,
+                        policy: policies.for_listener(gateway, l),
+                    }
+                })
+                .collect();
+            let mut tls = BTreeMap::new();
+            let tls_ports: BTreeSet<u16> = listeners
+                .iter()
+                .filter(|l| l.tls.is_some())
+                .map(|l| l.port)
+                .collect();
+            for port in tls_ports {
+                let certs = listeners
+                    .iter()
+                    .filter(|l| l.port == port)
+                    .filter_map(|l| Some((l.hostname.clone(), l.tls.clone()?)))
+                    .collect();
+                // Checked per listener above: only ports whose validation resolves get here.
+                let client_auth = frontend_tls.verifier(gateway, port).ok().flatten();
+                match server_config(SniResolver::new(certs), client_auth) {
+                    Ok(c) => {
+                        tls.insert(port, c);
+                    }
+                    Err(e) => {
+                        // Only a broken build of rustls gets here; never serve
+                        // plain text where TLS was asked for.
+                        warnings.push(format!(
+                            "Gateway {} port {port}: TLS setup failed: {e}; not served",
+                            gateway.id
+                        ));
+                        listeners.retain(|l| l.port != port);
+                    }
                 }
             }
+            // A range follows its listener: when the listener is not served (a
+            // protocol conflict, no usable certificate), neither are its ports.
+            let mut port_ranges = Vec::new();
+            for r in &gateway.port_ranges {
+                match listeners.iter().find(|l| l.name == r.listener) {
+                    Some(l) => port_ranges.push(PortAlias {
+                        first: r.first,
+                        last: r.last,
+                        port: l.port,
+                    }),
+                    None => warnings.push(format!(
+                        "Gateway {}: port range {r} not served: listener {} is not served",
+                        gateway.id, r.listener
+                    )),
+                }
+            }
+            // Whole-Gateway ipAllow/ipDeny also go to XDP: denies add up; an
+            // annotation's allow list wins (L7 still enforces the policy's).
+            let (policy_allow, policy_deny) = policies.xdp_sources(gateway);
+            let source_allow = if gateway.source_allow.is_empty() {
+                policy_allow
+            } else {
+                gateway.source_allow.clone()
+            };
+            let mut source_deny = gateway.source_deny.clone();
+            source_deny.extend(
+                policy_deny
+                    .into_iter()
+                    .filter(|n| !gateway.source_deny.contains(n)),
+            );
+            let shard = Shard {
+                id: draft.id,
+                gateway: gateway.id.clone(),
+                name: Arc::from(gateway.id.to_string()),
+                addresses: gateway.addresses.clone(),
+                source_allow,
+                source_deny,
+                syn_budget: gateway.syn_budget,
+                listeners,
+                tls,
+                port_ranges,
+            };
+            program_kernel(&shard, &mut kernel, &mut warnings);
+            shards.push(shard);
+        }
+        shards.sort_by_key(|s| s.id);
+        let served_gateways: Vec<(ShardId, &Gateway)> = shards
+            .iter()
+            .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| (s.id, *g)))
+            .collect();
+        super::isolation::program(
+            &config.identity,
+            &served_gateways,
+            &mut ids.namespaces,
+            &mut kernel,
+        );
+        let served: HashSet<&ObjectRef> = shards
+            .iter()
+            .filter_map(|s| ours.iter().find(|g| g.id == s.gateway).map(|g| &g.id))
+            .collect();
+        let mut status = super::status::compute(
+            config,
+            CONTROLLER_NAME,
+            &ours,
+            &served,
+            &problems,
+            &routed.attached,
+            routed.route_status.clone(),
+        );
+        status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
+        status.policies.extend(super::policy::policy_status(
+            config,
+            &policies,
+            &ours,
+            CONTROLLER_NAME,
+        ));
+        warnings.extend(backend_tls.warnings());
+        warnings.extend(policies.warnings());
+        for g in &mut status.gateways {
+            let gateway = ours
+                .iter()
+                .find(|x| x.id.namespace == g.namespace && x.id.name == g.name);
+            if let Some(gateway) = gateway {
+                g.conditions.extend(backend_tls.gateway_condition(gateway));
+                g.conditions.extend(FrontendTls::gateway_condition(gateway));
+            }
+        }
+        // Kept for the next compile: what this one built, while its inputs hold.
+        routed.policy_memo = policies.into_memo();
+        routed.backend_tls = backend_tls.into_built();
+        routed.endpoints = resolver.into_endpoints();
+        self.stats = routed.stats;
+        self.cache = Some(routed.into_cache(config));
+        Compiled {
+            snapshot: Snapshot {
+                generation,
+                shards,
+                identity: crate::snapshot::NamespaceLookup::new(&config.identity.cidrs),
+            },
+            kernel,
+            warnings,
+            status,
+            policy_compile: env.state.id(),
         }
     }
-    RouteTable::build(entries)
+}
+
+/// A served Gateway before its routes are compiled: its accepted
+/// listeners as (index in the Gateway, route-table slot, certificate).
+struct ShardDraft {
+    id: ShardId,
+    /// Index into the Gateways of our classes.
+    gateway: usize,
+    listeners: Vec<(usize, usize, Option<Arc<rustls::sign::CertifiedKey>>)>,
 }
 
 /// Adds a shard's listeners and source rules to the desired kernel state.
@@ -522,7 +560,10 @@ mod tests {
     use std::path::Path;
 
     use super::*;
-    use crate::{config::parse_documents, snapshot::BackendTarget};
+    use crate::{
+        config::parse_documents,
+        snapshot::{BackendTarget, RouteEntry},
+    };
 
     const CFG: &str = r#"
 apiVersion: gateway.networking.k8s.io/v1
@@ -605,7 +646,9 @@ ports: [{name: http, port: 9000}]
             .unwrap();
         let b = &e.action.backends.backends;
         match &b[0].target {
-            BackendTarget::Endpoints(eps) => assert_eq!(eps, &["127.0.0.1:9000".parse().unwrap()]),
+            BackendTarget::Endpoints(eps) => {
+                assert_eq!(&eps[..], ["127.0.0.1:9000".parse().unwrap()])
+            }
             t => panic!("{t:?}"),
         }
         assert!(matches!(&b[1].target, BackendTarget::Invalid(u) if u.reason == "BackendNotFound"));

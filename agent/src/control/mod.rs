@@ -8,8 +8,12 @@ mod frontend_tls;
 mod isolation;
 pub mod policy;
 pub mod refgrant;
+mod route_status;
+mod routes;
 pub mod status;
 pub mod tls;
 
-pub use compile::{compile, compile_with, Compiled, ShardIds, CONTROLLER_NAME};
+pub use compile::{
+    compile, compile_with, CompileStats, Compiled, Compiler, ShardIds, CONTROLLER_NAME,
+};
 pub use policy::PolicyEnv;

@@ -6,13 +6,18 @@
 use std::{
     collections::{HashMap, HashSet},
     net::IpAddr,
+    sync::Arc,
 };
 
 use serde::Serialize;
 
-pub use super::backend_tls::{PolicyAncestorStatus, PolicyStatus};
 use super::compile::{
     effective_hostnames, namespace_allowed, parent_selects, BackendResolver, NamespaceLabels,
+};
+use super::route_status::RouteOutcome;
+pub use super::{
+    backend_tls::{PolicyAncestorStatus, PolicyStatus},
+    route_status::RouteStatuses,
 };
 use crate::{
     config::{Config, Filter, Gateway, HttpRoute, ListenerProtocol, ObjectRef},
@@ -25,8 +30,10 @@ use crate::{
 pub struct Status {
     pub gateway_classes: Vec<ClassStatus>,
     pub gateways: Vec<GatewayStatus>,
+    /// Sorted by namespace/name; compact and shared with the previous
+    /// status where routes did not change (see [`RouteStatuses`]).
     #[serde(rename = "httpRoutes")]
-    pub http_routes: Vec<RouteStatus>,
+    pub http_routes: RouteStatuses,
     /// BackendTLSPolicies with their ancestors.
     pub policies: Vec<PolicyStatus>,
 }
@@ -60,14 +67,14 @@ fn cond(
     }
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ClassStatus {
     pub name: String,
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct GatewayStatus {
     pub namespace: String,
@@ -86,7 +93,7 @@ pub struct GatewayStatusAddress {
     pub value: String,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ListenerStatus {
     pub name: String,
@@ -101,7 +108,7 @@ pub struct RouteKind {
     pub kind: &'static str,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
     pub namespace: String,
@@ -109,7 +116,7 @@ pub struct RouteStatus {
     pub parents: Vec<RouteParentStatus>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteParentStatus {
     pub parent_ref: ParentRefStatus,
@@ -117,7 +124,7 @@ pub struct RouteParentStatus {
     pub conditions: Vec<Condition>,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRefStatus {
     pub group: &'static str,
@@ -219,15 +226,16 @@ fn attach_failure(
 }
 
 /// Computes the status. `ours`: Gateways of our classes; `served`: those
-/// that got a shard.
+/// that got a shard; `attached`: per Gateway of `ours` and listener, the
+/// routes attached to it; `http_routes`: the routes' status (sorted).
 pub(super) fn compute(
     config: &Config,
     controller: &'static str,
     ours: &[&Gateway],
     served: &HashSet<&ObjectRef>,
-    resolver: &BackendResolver<'_>,
-    namespaces: &NamespaceLabels<'_>,
     problems: &ListenerProblems,
+    attached: &[Vec<u32>],
+    http_routes: RouteStatuses,
 ) -> Status {
     let mut status = Status::default();
     for class in config
@@ -249,23 +257,14 @@ pub(super) fn compute(
             conditions: vec![accepted],
         });
     }
-    let mut routes: Vec<&HttpRoute> = config.routes.iter().map(|r| &**r).collect();
-    routes.sort_by(|a, b| a.id.cmp(&b.id));
-
-    for gateway in ours {
+    for (gi, gateway) in ours.iter().enumerate() {
         let is_served = served.contains(&gateway.id);
         let mut listeners = Vec::new();
-        for l in &gateway.listeners {
+        for (li, l) in gateway.listeners.iter().enumerate() {
             // Attached: selected by a parentRef, allowed, hostnames intersect —
-            // exactly the routes whose Accepted condition is True for it.
-            let attached = routes
-                .iter()
-                .filter(|r| {
-                    r.parents.iter().any(|p| parent_selects(p, gateway, l))
-                        && namespace_allowed(l, gateway, r, namespaces)
-                        && !effective_hostnames(l.hostname.as_ref(), &r.hostnames).is_empty()
-                })
-                .count() as u32;
+            // exactly the routes whose Accepted condition is True for it
+            // (counted per route by the route compile).
+            let attached = attached[gi][li];
             let http_route = RouteKind {
                 group: super::refgrant::GATEWAY_GROUP,
                 kind: "HTTPRoute",
@@ -436,41 +435,37 @@ pub(super) fn compute(
         });
     }
 
-    for route in routes {
-        let mut parents = Vec::new();
-        for p in &route.parents {
-            let Some(gateway) = ours.iter().find(|g| g.id == p.gateway) else {
-                // Not ours (or missing): its controller reports, not us.
-                continue;
-            };
-            let accepted = match attach_failure(route, gateway, p, namespaces) {
-                None => cond("Accepted", true, "Accepted", ""),
-                Some((reason, message)) => cond("Accepted", false, reason, message),
-            };
-            let mut conditions = vec![accepted, resolved_refs(route, resolver)];
-            set_generation(&mut conditions, route.generation);
-            parents.push(RouteParentStatus {
-                parent_ref: ParentRefStatus {
-                    group: super::refgrant::GATEWAY_GROUP,
-                    kind: "Gateway",
-                    namespace: p.gateway.namespace.clone(),
-                    name: p.gateway.name.clone(),
-                    section_name: p.section_name.clone(),
-                    port: p.port,
-                },
-                controller_name: controller,
-                conditions,
-            });
-        }
-        if !parents.is_empty() {
-            status.http_routes.push(RouteStatus {
-                namespace: route.id.namespace.clone(),
-                name: route.id.name.clone(),
-                parents,
-            });
+    status.http_routes = http_routes;
+    status
+}
+
+/// What the status checks find for one route towards its parents of ours;
+/// `None` when it has none.
+pub(super) fn route_outcome(
+    route: &Arc<HttpRoute>,
+    ours: &[&Gateway],
+    namespaces: &NamespaceLabels<'_>,
+    resolver: &BackendResolver<'_>,
+) -> Option<RouteOutcome> {
+    let mut mask = 0u32;
+    let mut refused = Vec::new();
+    // Validation allows at most 32 parentRefs (the CRD's limit).
+    for (i, p) in route.parents.iter().enumerate().take(32) {
+        let Some(gateway) = ours.iter().find(|g| g.id == p.gateway) else {
+            // Not ours (or missing): its controller reports, not us.
+            continue;
+        };
+        mask |= 1 << i;
+        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces) {
+            refused.push((i as u8, reason, message.into_boxed_str()));
         }
     }
-    status
+    (mask != 0).then(|| RouteOutcome::Checked {
+        route: route.clone(),
+        ours: mask,
+        refused: refused.into(),
+        unresolved: unresolved_ref(route, resolver).map(Box::new),
+    })
 }
 
 /// Why the parameters of a Gateway (its own `infrastructure.parametersRef`
@@ -580,26 +575,26 @@ pub fn node_addresses() -> Vec<IpAddr> {
     out.into_iter().map(|(_, ip)| ip).take(16).collect()
 }
 
-/// `ResolvedRefs` of a route: the first backendRef or mirror reference
+/// For `ResolvedRefs` of a route: the first backendRef or mirror reference
 /// that does not resolve names the reason.
-fn resolved_refs(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Condition {
+fn unresolved_ref(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Option<Unresolved> {
     for rule in &route.rules {
         for b in &rule.backends {
             if let Err(u) =
                 resolver.check(&route.id, b.unsupported_kind.as_deref(), &b.service, b.port)
             {
-                return cond("ResolvedRefs", false, u.reason, u.message);
+                return Some(u);
             }
         }
         for f in &rule.filters {
             if let Filter::Mirror(m) = f {
                 if let Err(u) = resolver.check(&route.id, None, &m.service, m.port) {
-                    return cond("ResolvedRefs", false, u.reason, u.message);
+                    return Some(u);
                 }
             }
         }
     }
-    cond("ResolvedRefs", true, "ResolvedRefs", "")
+    None
 }
 
 fn set_generation(conditions: &mut [Condition], generation: Option<i64>) {
@@ -721,7 +716,7 @@ spec: {ports: [{port: 8080}]}
             ("False", "NoMatchingListenerHostname")
         );
         assert_eq!(
-            s.http_routes[0].parents[0].conditions[0].observed_generation,
+            s.http_routes.iter().next().unwrap().parents[0].conditions[0].observed_generation,
             Some(7)
         );
         assert_eq!(s.gateway_classes[0].conditions[0].status, "True");

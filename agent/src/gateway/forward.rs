@@ -2,18 +2,21 @@
 //! and its filters, the request to the backend (with retries, mirrors and
 //! the backend request timeout) and the response header modifiers. Every
 //! answer the gateway makes itself here is a [`Rejection`].
-use std::net::SocketAddr;
+use std::{borrow::Cow, net::SocketAddr, sync::Arc};
 
-use http::{header, request::Parts, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
+use http::{
+    header, request::Parts, uri::PathAndQuery, HeaderMap, HeaderName, HeaderValue, Request,
+    Response, Uri,
+};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use super::{
     deadline::Deadline,
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
-    proxy::{Answered, ConnInfo, Proxy},
+    pool::Dial,
+    proxy::{Answered, Authority, ConnInfo, Proxy},
     retry::Replay,
     upgrade::{self, upgrade_protocol},
     upstream_tls, Body,
@@ -21,7 +24,7 @@ use super::{
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
     policy::{Reason, Rejection},
-    snapshot::{AppProtocol, BackendTarget, RouteEntry},
+    snapshot::{upstream_tls::UpstreamTls, AppProtocol, Backend, BackendTarget, RouteEntry},
 };
 
 /// Headers that describe one hop and must not be forwarded (RFC 9110 §7.6.1).
@@ -49,7 +52,7 @@ pub(super) struct Target<'a> {
     /// Request host, lower-case, without port.
     pub host: &'a str,
     /// Request authority as received (with port, if any).
-    pub authority: &'a str,
+    pub authority: &'a Authority,
 }
 
 impl Target<'_> {
@@ -89,259 +92,162 @@ impl Target<'_> {
 
 impl Proxy {
     /// Runs the rule's filters, picks a backend, runs its filters and
-    /// forwards; the response comes back with the response header modifiers applied.
+    /// forwards (retries, mirrors, timeouts); the response comes back with
+    /// the response header modifiers applied. One function rather than a
+    /// chain of async calls: each level would store and copy its callee's
+    /// state.
     pub(super) async fn forward(
-        &self,
-        t: Target<'_>,
-        conn: &ConnInfo,
-        mut parts: Parts,
-        body: Body,
-    ) -> Result<Response<Body>, Rejection> {
-        let action = &t.entry.action;
-        let mut path = parts.uri.path().to_owned();
-        let query = parts.uri.query().map(str::to_owned);
-        let mut upstream_host: Option<String> = None;
-        let mut response_mods: Vec<&HeaderModifier> = action
-            .filters
-            .iter()
-            .filter_map(|f| match f {
-                Filter::ResponseHeaders(m) => Some(m),
-                _ => None,
-            })
-            .collect();
-        let finish = |resp: Result<Response<Body>, Rejection>, mods: &[&HeaderModifier]| {
-            resp.map(|mut r| {
-                for m in mods {
-                    filters::modify_headers(m, r.headers_mut());
-                }
-                r
-            })
-        };
-        for f in &action.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                // Applied to the response, sent with the upstream request, or
-                // run by the policy phases before this one.
-                Filter::ResponseHeaders(_)
-                | Filter::Mirror(_)
-                | Filter::Cors(_)
-                | Filter::ExternalAuth(_) => {}
-                Filter::Redirect(r) => {
-                    return finish(t.redirect(r, &path, query.as_deref()), &response_mods);
-                }
-                Filter::Rewrite(rw) => {
-                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
-                    path = out.path;
-                    if out.host.is_some() {
-                        upstream_host = out.host;
-                    }
-                }
-            }
-        }
-        let Some(backend) = action.backends.pick() else {
-            // A rule without (non-zero-weight) backends answers 500 per Gateway API.
-            return finish(
-                Err(Rejection::new(Reason::NoBackends, "route has no backends")),
-                &response_mods,
-            );
-        };
-        // backendRef filters: only when this backend is picked, after the rule's.
-        for f in &backend.filters {
-            match f {
-                Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
-                Filter::ResponseHeaders(m) => response_mods.push(m),
-                Filter::Redirect(r) => return t.redirect(r, &path, query.as_deref()),
-                Filter::Rewrite(rw) => {
-                    let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
-                    path = out.path;
-                    if out.host.is_some() {
-                        upstream_host = out.host;
-                    }
-                }
-                // Rejected at backendRef level by validation.
-                Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
-            }
-        }
-        let response = self
-            .send(
-                t,
-                conn,
-                parts,
-                body,
-                path,
-                query,
-                upstream_host.as_deref(),
-                backend,
-            )
-            .await;
-        finish(response, &response_mods)
-    }
-
-    #[allow(clippy::too_many_arguments)] // The pieces of one request, as the filters left them.
-    async fn send(
         &self,
         t: Target<'_>,
         conn: &ConnInfo,
         parts: Parts,
         body: Body,
-        path: String,
-        query: Option<String>,
-        upstream_host: Option<&str>,
-        backend: &crate::snapshot::Backend,
     ) -> Result<Response<Body>, Rejection> {
-        let action = &t.entry.action;
-        let endpoint = match &backend.target {
-            BackendTarget::Invalid(reason) => {
-                tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
-                return Err(Rejection::new(
-                    Reason::BackendNotResolvable,
-                    "backend not resolvable",
-                ));
-            }
-            BackendTarget::Endpoints(_) => match backend.endpoint() {
-                Some(ep) => ep,
-                None => {
-                    return Err(Rejection::new(
-                        Reason::NoReadyEndpoints,
-                        "no ready endpoints",
-                    ))
+        let Planned {
+            backend,
+            parts,
+            path_and_query,
+            upstream_host,
+            response_mods,
+        } = match plan(&t, parts) {
+            Ok(p) => p,
+            Err(answer) => return answer,
+        };
+        let upstream_host = upstream_host.as_deref();
+        let response = 'send: {
+            let action = &t.entry.action;
+            let endpoint = match &backend.target {
+                BackendTarget::Invalid(reason) => {
+                    tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
+                    break 'send Err(Rejection::new(
+                        Reason::BackendNotResolvable,
+                        "backend not resolvable",
+                    ));
                 }
-            },
-        };
-        let path_and_query = match &query {
-            Some(q) => format!("{path}?{q}"),
-            None => path,
-        };
-        let mut req = Request::from_parts(parts, body);
-        let host = upstream_host.unwrap_or(t.authority);
-        let upgrade = upgrade_protocol(&req);
-        let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let version = match (backend.protocol, &upgrade) {
-            // Over TLS the version is ALPN's choice (see gateway::upstream_tls).
-            (AppProtocol::H2c, None) if backend.tls.is_none() => http::Version::HTTP_2,
-            _ => http::Version::HTTP_11,
-        };
-        let upstream = upstream_request(
-            req,
-            conn,
-            self.is_trusted(conn.peer.ip()),
-            t.authority,
-            host,
-            &path_and_query,
-            // TLS pools dial their endpoint; the URI carries the Host (HTTP/2 :authority).
-            &match backend.tls {
-                Some(_) => host.to_owned(),
-                None => endpoint.to_string(),
-            },
-            version,
-            upstream_tls::scheme(backend.tls.as_ref()),
-        )
-        .map_err(|e| Rejection::new(Reason::BadRequest, e))?;
-        if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
-            return upgrade::forward(
-                upstream,
-                protocol,
-                endpoint,
-                backend.tls.as_deref(),
-                downstream,
-                &t.entry.route,
+                BackendTarget::Endpoints(_) => match backend.endpoint() {
+                    Some(ep) => ep,
+                    None => {
+                        break 'send Err(Rejection::new(
+                            Reason::NoReadyEndpoints,
+                            "no ready endpoints",
+                        ))
+                    }
+                },
+            };
+            let mut req = Request::from_parts(parts, body);
+            let upgrade = upgrade_protocol(&req);
+            let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+            let upstream = upstream_request(
+                req,
+                conn,
+                self.is_trusted(conn.peer.ip()),
+                t.authority,
+                upstream_host,
+                path_and_query,
             )
-            .await;
-        }
-        let upstream = self.send_mirrors(t.entry, upstream, &path_and_query);
-        let (mut request, replay) = match &action.retry {
-            Some(_) => {
-                let (r, replay) = Replay::record(upstream);
-                (r, Some(replay))
+            .map_err(|e| Rejection::new(Reason::BadRequest, e))?;
+            // What the backend sees as Host: HTTP/2 to a TLS backend carries it
+            // as `:authority` too.
+            let host = upstream_host.unwrap_or(t.authority.as_str());
+            if let (Some(protocol), Some(downstream)) = (upgrade, downstream_upgrade) {
+                // Boxed: a rare path with connection set-up state.
+                break 'send Box::pin(upgrade::forward(
+                    upstream,
+                    protocol,
+                    endpoint,
+                    backend.tls.as_deref(),
+                    downstream,
+                    &t.entry.route,
+                ))
+                .await;
             }
-            None => (upstream, None),
-        };
-        let mut endpoint = endpoint;
-        let mut retries = 0;
-        loop {
-            // backendRequest covers one attempt until its full response is in.
-            let deadline = action
-                .timeouts
-                .backend_request
-                .map(|limit| tokio::time::Instant::now() + limit);
-            let tls_client = backend
-                .tls
-                .as_ref()
-                .map(|tls| self.tls_pools.client(tls, &self.connector, endpoint));
-            let client = match (&tls_client, version) {
-                (Some(c), _) => Upstream::Tls(c),
-                (None, http::Version::HTTP_2) => Upstream::Plain(&self.h2c),
-                (None, _) => Upstream::Plain(&self.client),
+            let upstream = self.send_mirrors(t.entry, upstream);
+            let (mut request, replay) = match &action.retry {
+                Some(_) => {
+                    let (r, replay) = Replay::record(upstream);
+                    (r, Some(replay))
+                }
+                None => (upstream, None),
             };
-            let sent = client.request(request);
-            let outcome = match deadline {
-                Some(at) => tokio::time::timeout_at(at, sent).await.ok(),
-                None => Some(sent.await),
-            };
-            if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
-                let retriable = match &outcome {
-                    None => true,
-                    Some(Err(e)) => e.is_connect(),
-                    Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
+            let mut endpoint = endpoint;
+            let mut retries = 0;
+            loop {
+                // backendRequest covers one attempt until its full response is in.
+                let deadline = action
+                    .timeouts
+                    .backend_request
+                    .map(|limit| tokio::time::Instant::now() + limit);
+                let dial = Dial {
+                    endpoint,
+                    h2c: backend.protocol == AppProtocol::H2c,
+                    tls: backend.tls.as_ref(),
+                    authority: host,
                 };
-                if retriable && retries < policy.attempts {
-                    // Another endpoint of the same backend, if it has several.
-                    let next = backend.endpoint().and_then(|ep| {
-                        let r = match backend.tls {
-                            // The pool of `ep` dials it; the URI keeps the Host.
-                            Some(_) => {
-                                let mut r = replay.again(host)?;
-                                *r.uri_mut() = with_scheme(r.uri(), "https")?;
-                                r
-                            }
-                            None => replay.again(&ep.to_string())?,
-                        };
-                        Some((ep, r))
-                    });
-                    if let Some((ep, again)) = next {
-                        drop(outcome);
-                        tokio::time::sleep(policy.backoff).await;
-                        tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
-                        retries += 1;
-                        endpoint = ep;
-                        request = again;
-                        continue;
+                // Made in the arm that awaits it (see `Proxy::serve`).
+                let outcome = match deadline {
+                    Some(at) => tokio::time::timeout_at(at, self.pools.send(dial, request))
+                        .await
+                        .ok(),
+                    None => Some(self.pools.send(dial, request).await),
+                };
+                if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
+                    let retriable = match &outcome {
+                        None => true,
+                        Some(Err(e)) => e.is_connect(),
+                        Some(Ok(resp)) => policy.codes.contains(&resp.status().as_u16()),
+                    };
+                    if retriable && retries < policy.attempts {
+                        // Another endpoint of the same backend, if it has several;
+                        // the pool gives the copy the target form its connection needs.
+                        let next = backend
+                            .endpoint()
+                            .and_then(|ep| Some((ep, replay.again()?)));
+                        if let Some((ep, again)) = next {
+                            drop(outcome);
+                            tokio::time::sleep(policy.backoff).await;
+                            tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
+                            retries += 1;
+                            endpoint = ep;
+                            request = again;
+                            continue;
+                        }
                     }
                 }
+                break 'send match outcome {
+                    None => Err(Rejection::new(
+                        Reason::UpstreamTimeout,
+                        "backend request timeout",
+                    )),
+                    Some(Ok(resp)) => {
+                        let (mut parts, body) = resp.into_parts();
+                        strip_hop_by_hop(&mut parts.headers);
+                        let body = body.map_err(Into::into).boxed();
+                        let body = match deadline {
+                            Some(at) => Deadline::new(body, at).boxed(),
+                            None => body,
+                        };
+                        Ok(Response::from_parts(parts, body))
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(
+                            route = %t.entry.route,
+                            endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
+                            error = %upstream_tls::error_chain(&e),
+                            "upstream request failed"
+                        );
+                        Err(Rejection::new(
+                            if e.is_connect() {
+                                Reason::UpstreamConnect
+                            } else {
+                                Reason::UpstreamError
+                            },
+                            "upstream unavailable",
+                        ))
+                    }
+                };
             }
-            return match outcome {
-                None => Err(Rejection::new(
-                    Reason::UpstreamTimeout,
-                    "backend request timeout",
-                )),
-                Some(Ok(resp)) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    let body = body.map_err(Into::into).boxed();
-                    let body = match deadline {
-                        Some(at) => Deadline::new(body, at).boxed(),
-                        None => body,
-                    };
-                    Ok(Response::from_parts(parts, body))
-                }
-                Some(Err(e)) => {
-                    tracing::warn!(
-                        route = %t.entry.route,
-                        endpoint = %upstream_tls::describe(endpoint, backend.tls.as_ref()),
-                        error = %upstream_tls::error_chain(&e),
-                        "upstream request failed"
-                    );
-                    Err(Rejection::new(
-                        if e.is_connect() {
-                            Reason::UpstreamConnect
-                        } else {
-                            Reason::UpstreamError
-                        },
-                        "upstream unavailable",
-                    ))
-                }
-            };
-        }
+        };
+        finish(response, &response_mods)
     }
 
     /// Starts the sampled mirrors of the rule with copies of `req` and
@@ -350,12 +256,11 @@ impl Proxy {
         &self,
         entry: &RouteEntry,
         req: Request<UpstreamBody>,
-        path_and_query: &str,
     ) -> Request<UpstreamBody> {
         if entry.action.mirrors.is_empty() {
             return req;
         }
-        let targets: Vec<(SocketAddr, Option<upstream_tls::TlsClient>)> = entry
+        let targets: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)> = entry
             .action
             .mirrors
             .iter()
@@ -365,13 +270,7 @@ impl Proxy {
                 if ep.is_none() {
                     tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
                 }
-                let ep = ep?;
-                let tls = m
-                    .backend
-                    .tls
-                    .as_ref()
-                    .map(|tls| self.tls_pools.client(tls, &self.connector, ep));
-                Some((ep, tls))
+                Some((ep?, m.backend.tls.clone()))
             })
             .collect();
         let (parts, body) = req.into_parts();
@@ -381,30 +280,23 @@ impl Proxy {
             .headers()
             .get(header::HOST)
             .and_then(|h| h.to_str().ok())
-            .map(str::to_owned);
+            .unwrap_or_default()
+            .to_owned();
         for ((endpoint, tls), body) in targets.into_iter().zip(copies) {
-            // As for the primary request: TLS pools dial their endpoint.
-            let authority = match (&tls, &host) {
-                (Some(_), Some(h)) => h.clone(),
-                _ => endpoint.to_string(),
-            };
-            let Ok(uri) = Uri::builder()
-                .scheme(if tls.is_some() { "https" } else { "http" })
-                .authority(authority)
-                .path_and_query(path_and_query)
-                .build()
-            else {
-                continue;
-            };
-            let copy = mirror::copy_head(&req, uri, body);
-            let client = match tls {
-                Some(c) => OwnedUpstream::Tls(c),
-                None => OwnedUpstream::Plain(self.client.clone()),
-            };
+            let copy = mirror::copy_head(&req, req.uri().clone(), body);
+            let pools = self.pools.clone();
             let route = entry.route.clone();
+            let host = host.clone();
             tokio::spawn(async move {
                 let exchange = async {
-                    match client.request(copy).await {
+                    let dial = Dial {
+                        endpoint,
+                        // Mirrors go over HTTP/1.1 (or what ALPN picks over TLS).
+                        h2c: false,
+                        tls: tls.as_ref(),
+                        authority: &host,
+                    };
+                    match pools.send(dial, copy).await {
                         // Drained so the pooled connection can be reused.
                         Ok(resp) => resp
                             .into_body()
@@ -412,7 +304,7 @@ impl Proxy {
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => Err(upstream_tls::error_chain(&e)),
                     }
                 };
                 match tokio::time::timeout(mirror::MIRROR_TIMEOUT, exchange).await {
@@ -428,105 +320,252 @@ impl Proxy {
     }
 }
 
-/// The client a request goes out with.
-enum Upstream<'a> {
-    Plain(&'a Client<HttpConnector, UpstreamBody>),
-    Tls(&'a upstream_tls::TlsClient),
+/// What the filters decided for a request that goes to a backend.
+struct Planned<'a> {
+    backend: &'a Backend,
+    parts: Parts,
+    path_and_query: PathAndQuery,
+    /// The Host a URLRewrite set.
+    upstream_host: Option<String>,
+    response_mods: Vec<&'a HeaderModifier>,
 }
 
-impl Upstream<'_> {
-    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            Upstream::Plain(c) => c.request(req),
-            Upstream::Tls(c) => c.request(req),
+/// The rule's filters, the backend choice and its filters; `Err` is the
+/// answer when the gateway answers itself (a redirect, a rule without
+/// backends, a target a rewrite made invalid).
+#[allow(clippy::result_large_err)] // Either way it is the request's answer.
+fn plan<'a>(
+    t: &Target<'a>,
+    mut parts: Parts,
+) -> Result<Planned<'a>, Result<Response<Body>, Rejection>> {
+    let action = &t.entry.action;
+    // A shared handle on the request target: the path is copied only
+    // when a filter rewrites it.
+    let target = parts
+        .uri
+        .path_and_query()
+        .cloned()
+        .unwrap_or_else(|| PathAndQuery::from_static("/"));
+    let mut path: Cow<'_, str> = Cow::Borrowed(target.path());
+    let query = target.query();
+    let mut upstream_host: Option<String> = None;
+    let mut response_mods: Vec<&HeaderModifier> = action
+        .filters
+        .iter()
+        .filter_map(|f| match f {
+            Filter::ResponseHeaders(m) => Some(m),
+            _ => None,
+        })
+        .collect();
+    for f in &action.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+            // Applied to the response, sent with the upstream request, or
+            // run by the policy phases before this one.
+            Filter::ResponseHeaders(_)
+            | Filter::Mirror(_)
+            | Filter::Cors(_)
+            | Filter::ExternalAuth(_) => {}
+            Filter::Redirect(r) => {
+                return Err(finish(t.redirect(r, &path, query), &response_mods));
+            }
+            Filter::Rewrite(rw) => {
+                let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                path = Cow::Owned(out.path);
+                if out.host.is_some() {
+                    upstream_host = out.host;
+                }
+            }
         }
     }
-}
-
-/// [`Upstream`] for a spawned task.
-enum OwnedUpstream {
-    Plain(Client<HttpConnector, UpstreamBody>),
-    Tls(upstream_tls::TlsClient),
-}
-
-impl OwnedUpstream {
-    fn request(&self, req: Request<UpstreamBody>) -> hyper_util::client::legacy::ResponseFuture {
-        match self {
-            OwnedUpstream::Plain(c) => c.request(req),
-            OwnedUpstream::Tls(c) => c.request(req),
+    let Some(backend) = action.backends.pick() else {
+        // A rule without (non-zero-weight) backends answers 500 per Gateway API.
+        return Err(Err(Rejection::new(
+            Reason::NoBackends,
+            "route has no backends",
+        )));
+    };
+    // backendRef filters: only when this backend is picked, after the rule's.
+    for f in &backend.filters {
+        match f {
+            Filter::RequestHeaders(m) => filters::modify_headers(m, &mut parts.headers),
+            Filter::ResponseHeaders(m) => response_mods.push(m),
+            Filter::Redirect(r) => return Err(t.redirect(r, &path, query)),
+            Filter::Rewrite(rw) => {
+                let out = filters::rewrite(rw, &t.entry.matcher.path, &path);
+                path = Cow::Owned(out.path);
+                if out.host.is_some() {
+                    upstream_host = out.host;
+                }
+            }
+            // Rejected at backendRef level by validation.
+            Filter::Mirror(_) | Filter::Cors(_) | Filter::ExternalAuth(_) => {}
         }
     }
+    let path_and_query = match path {
+        Cow::Borrowed(_) => target.clone(),
+        Cow::Owned(p) => {
+            let pq = match query {
+                Some(q) => format!("{p}?{q}"),
+                None => p,
+            };
+            PathAndQuery::try_from(pq).map_err(|e| {
+                Err(Rejection::new(
+                    Reason::BadRequest,
+                    format!("invalid request target: {e}"),
+                ))
+            })?
+        }
+    };
+    Ok(Planned {
+        backend,
+        parts,
+        path_and_query,
+        upstream_host,
+        response_mods,
+    })
 }
 
-/// `uri` with another scheme.
-fn with_scheme(uri: &Uri, scheme: &str) -> Option<Uri> {
-    let mut parts = uri.clone().into_parts();
-    parts.scheme = Some(scheme.parse().ok()?);
-    Uri::from_parts(parts).ok()
+/// The response header modifiers applied to a response.
+fn finish(
+    resp: Result<Response<Body>, Rejection>,
+    mods: &[&HeaderModifier],
+) -> Result<Response<Body>, Rejection> {
+    resp.map(|mut r| {
+        for m in mods {
+            filters::modify_headers(m, r.headers_mut());
+        }
+        r
+    })
+}
+
+/// Whether a header describes one hop only (RFC 9110 §7.6.1).
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
+
+/// Whether a header carries what a client claims about earlier hops.
+fn is_forwarding(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded"
+    )
 }
 
 pub(super) fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(n);
+    // One pass over the names: which hop-by-hop headers are there at all
+    // (most messages carry none, or only `Connection`), so only those are
+    // looked up and removed — each lookup hashes the name.
+    let mut present = [false; 7];
+    let mut any = false;
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+            any = true;
+        }
+    }
+    if !any {
+        return;
+    }
+    // Headers named in Connection are hop-by-hop too. The usual tokens
+    // (`keep-alive`, `close`, `upgrade`, `te`) name no header, or one of the
+    // list above, which goes anyway.
+    let mut named: Vec<HeaderName> = Vec::new();
+    if present[0] {
+        for token in headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+        {
+            let usual = ["keep-alive", "close", "upgrade", "te"]
+                .iter()
+                .any(|u| token.eq_ignore_ascii_case(u));
+            if !usual {
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    named.push(n);
+                }
+            }
+        }
+    }
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+        headers.remove(name);
+    }
+    for name in &named {
+        headers.remove(name);
     }
 }
 
 /// The request to the backend: `authority` is what the client asked for
-/// (kept in X-Forwarded-Host), `host` what the backend sees as Host (differs
-/// after a URLRewrite hostname).
-#[allow(clippy::too_many_arguments)] // One request's pieces, as decided by the routing.
+/// (kept in X-Forwarded-Host), `rewritten_host` the Host a URLRewrite set.
+/// The target is in origin form; the pool adds scheme and authority where
+/// the connection needs them (HTTP/2).
 fn upstream_request(
     req: Request<Body>,
     conn: &ConnInfo,
     trusted_peer: bool,
-    authority: &str,
-    host: &str,
-    path_and_query: &str,
-    uri_authority: &str,
-    version: http::Version,
-    scheme: &'static str,
+    authority: &Authority,
+    rewritten_host: Option<&str>,
+    path_and_query: PathAndQuery,
 ) -> Result<Request<Body>, String> {
     let (mut parts, body) = req.into_parts();
-    parts.uri = Uri::builder()
-        .scheme(scheme)
-        .authority(uri_authority)
-        .path_and_query(path_and_query)
-        .build()
-        .map_err(|e| format!("invalid request target: {e}"))?;
-    parts.version = version;
-    // `TE: trailers` is the one TE value that passes (gRPC relies on it).
-    let te_trailers = parts
-        .headers
-        .get_all(header::TE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|v| v.trim().eq_ignore_ascii_case("trailers"));
-    strip_hop_by_hop(&mut parts.headers);
-    if te_trailers {
-        parts
-            .headers
-            .insert(header::TE, HeaderValue::from_static("trailers"));
-    }
-    let forwarded_host = HeaderValue::from_str(authority).map_err(|_| "invalid Host".to_owned())?;
-    let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
-    parts.headers.insert(header::HOST, host);
-    let peer_ip = conn.peer.ip().to_canonical().to_string();
+    parts.uri = Uri::from(path_and_query);
+    parts.version = http::Version::HTTP_11;
     let h = &mut parts.headers;
+    let (mut hop, mut forwarding) = (false, false);
+    for name in h.keys() {
+        hop |= is_hop_by_hop(name);
+        forwarding |= is_forwarding(name);
+    }
+    if hop {
+        // `TE: trailers` is the one TE value that passes (gRPC relies on it).
+        let te_trailers = h
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|v| v.trim().eq_ignore_ascii_case("trailers"));
+        strip_hop_by_hop(h);
+        if te_trailers {
+            h.insert(header::TE, HeaderValue::from_static("trailers"));
+        }
+    }
+    match rewritten_host {
+        Some(host) => {
+            let host = HeaderValue::from_str(host).map_err(|_| "invalid Host".to_owned())?;
+            h.insert(header::HOST, host);
+        }
+        // The client's Host header goes on as it is.
+        None if authority.is_host_header() => {}
+        None => {
+            h.insert(header::HOST, authority.value().clone());
+        }
+    }
     if !trusted_peer {
         // Whatever an untrusted client claims about earlier hops is dropped.
-        for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
-            h.remove(name);
+        if forwarding {
+            for name in [&X_FORWARDED_FOR, &X_FORWARDED_PROTO, &X_FORWARDED_HOST] {
+                h.remove(name);
+            }
+            h.remove(header::FORWARDED);
         }
-        h.remove(header::FORWARDED);
+        h.insert(X_FORWARDED_FOR.clone(), conn.peer_value.clone());
+        h.insert(
+            X_FORWARDED_PROTO.clone(),
+            HeaderValue::from_static(conn.scheme()),
+        );
+        h.insert(X_FORWARDED_HOST.clone(), authority.value().clone());
+        return Ok(Request::from_parts(parts, body));
     }
     let earlier: Vec<&str> = h
         .get_all(&X_FORWARDED_FOR)
@@ -534,14 +573,13 @@ fn upstream_request(
         .filter_map(|v| v.to_str().ok())
         .collect();
     let xff = if earlier.is_empty() {
-        peer_ip
+        conn.peer_value.clone()
     } else {
-        format!("{}, {peer_ip}", earlier.join(", "))
+        let peer = conn.peer_value.to_str().unwrap_or_default();
+        HeaderValue::from_str(&format!("{}, {peer}", earlier.join(", ")))
+            .map_err(|_| "invalid X-Forwarded-For".to_owned())?
     };
-    h.insert(
-        X_FORWARDED_FOR.clone(),
-        HeaderValue::from_str(&xff).map_err(|_| "invalid X-Forwarded-For".to_owned())?,
-    );
+    h.insert(X_FORWARDED_FOR.clone(), xff);
     if !h.contains_key(&X_FORWARDED_PROTO) {
         h.insert(
             X_FORWARDED_PROTO.clone(),
@@ -549,7 +587,7 @@ fn upstream_request(
         );
     }
     if !h.contains_key(&X_FORWARDED_HOST) {
-        h.insert(X_FORWARDED_HOST.clone(), forwarded_host);
+        h.insert(X_FORWARDED_HOST.clone(), authority.value().clone());
     }
     Ok(Request::from_parts(parts, body))
 }

@@ -4,11 +4,13 @@ mod deadline;
 pub mod filters;
 mod forward;
 mod mirror;
+pub mod pool;
 mod proxy;
 mod retry;
 mod server;
 mod upgrade;
 mod upstream_tls;
+pub mod workers;
 
 pub use proxy::{ConnInfo, ConnectionGate, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};

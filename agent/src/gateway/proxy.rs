@@ -4,26 +4,20 @@
 //! response phase, once; whatever the gateway answers itself is a
 //! [`Rejection`], whose reason labels the request metrics.
 use std::{
+    borrow::Cow,
     net::{IpAddr, SocketAddr},
     sync::Arc,
     time::Instant,
 };
 
 use arc_swap::ArcSwap;
-use http::{header, Request, Response};
+use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
-use hyper::body::Incoming;
-use hyper_util::{
-    client::legacy::{connect::HttpConnector, Client},
-    rt::TokioExecutor,
-};
 use ipnet::IpNet;
 
-use super::{
-    deadline::Deadline, forward::Target, mirror::UpstreamBody, upstream_tls::TlsPools, Body,
-};
+use super::{deadline::Deadline, forward::Target, pool::Pools, Body};
 use crate::{
-    metrics::{Metrics, Name, RequestLabels, ShardLabels, StatusClass},
+    metrics::{Metrics, Name, RequestLabels, RuleMetrics, ShardLabels, StatusClass},
     policy::{Reason, Rejection, RequestCtx, RoutePolicy, Verdict},
     snapshot::{RequestView, ShardId, Snapshot},
 };
@@ -38,16 +32,31 @@ pub struct ConnInfo {
     pub peer: SocketAddr,
     /// Set when the connection was TLS-terminated here.
     pub tls: Option<TlsInfo>,
+    /// The peer's address as an `X-Forwarded-For` value, formatted once per
+    /// connection rather than per request.
+    pub(super) peer_value: HeaderValue,
 }
 
 /// The TLS side of a terminated connection.
 #[derive(Debug, Clone)]
 pub struct TlsInfo {
-    /// The server name the client sent (SNI), if any.
+    /// The server name the client sent (SNI), if any, lower-case.
     pub sni: Option<Arc<str>>,
 }
 
 impl ConnInfo {
+    pub fn new(shard: ShardId, local: SocketAddr, peer: SocketAddr, tls: Option<TlsInfo>) -> Self {
+        let peer_value = HeaderValue::try_from(peer.ip().to_canonical().to_string())
+            .expect("an IP address is a valid header value");
+        Self {
+            shard,
+            local,
+            peer,
+            tls,
+            peer_value,
+        }
+    }
+
     /// `https` for TLS-terminated connections, else `http`.
     pub fn scheme(&self) -> &'static str {
         if self.tls.is_some() {
@@ -61,13 +70,8 @@ impl ConnInfo {
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
     snapshot: Arc<ArcSwap<Snapshot>>,
-    pub(super) client: Client<HttpConnector, UpstreamBody>,
-    /// HTTP/2 with prior knowledge, for `kubernetes.io/h2c` backends.
-    pub(super) h2c: Client<HttpConnector, UpstreamBody>,
-    /// TCP connector under the TLS pools.
-    pub(super) connector: HttpConnector,
-    /// Pools of TLS backends (BackendTLSPolicy).
-    pub(super) tls_pools: TlsPools,
+    /// Upstream connections (plain HTTP/1.1, h2c and TLS), per worker.
+    pub(super) pools: Arc<Pools>,
     metrics: Metrics,
     /// Peers whose `X-Forwarded-*` headers are believed and extended.
     trusted_proxies: Vec<IpNet>,
@@ -85,35 +89,21 @@ pub type ConnectionGate = Arc<dyn Fn(ShardId, IpAddr) -> bool + Send + Sync>;
 pub(super) struct Answered(pub &'static str);
 
 /// The labels of one handled request.
-struct Handled {
+struct Handled<'s> {
     shard: Arc<str>,
     route: Arc<str>,
     reason: &'static str,
+    /// The matched rule's resolved counters (when a rule was matched).
+    rule: Option<&'s RuleMetrics>,
 }
 
 static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
 
 impl Proxy {
     pub fn new(snapshot: Arc<ArcSwap<Snapshot>>, metrics: Metrics) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(std::time::Duration::from_secs(5)));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .build(connector.clone());
-        let h2c = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(std::time::Duration::from_secs(60))
-            .http2_only(true)
-            .build(connector.clone());
-        let mut tcp = connector;
-        // The TLS layer asks for https URIs; TCP underneath does not care.
-        tcp.enforce_http(false);
         Self {
             snapshot,
-            client,
-            h2c,
-            connector: tcp,
-            tls_pools: TlsPools::default(),
+            pools: Arc::new(Pools::default()),
             metrics,
             trusted_proxies: Vec::new(),
             connection_gate: None,
@@ -129,6 +119,14 @@ impl Proxy {
     /// Whether a connection from `peer` to `shard` is served.
     pub fn admit_connection(&self, shard: ShardId, peer: IpAddr) -> bool {
         self.connection_gate.as_ref().is_none_or(|g| g(shard, peer))
+    }
+
+    /// Upstream "connections" that answer every request with `200` and
+    /// `body` without any I/O: the request-path benchmark measures
+    /// everything else of the data path with it.
+    pub fn with_canned_upstream(mut self, body: bytes::Bytes) -> Self {
+        self.pools = Arc::new(Pools::canned(body));
+        self
     }
 
     /// Peers in these networks are proxies in front of the gateway: their
@@ -175,199 +173,301 @@ impl Proxy {
         shard.tls.get(&shard.listener_port(port)).cloned()
     }
 
-    pub async fn handle(&self, conn: &ConnInfo, req: Request<Incoming>) -> Response<Body> {
+    /// Handles one request of a connection. Errors are responses: the
+    /// `Result` is what hyper's service wants. Takes its `Arc`s by value and
+    /// is generic over the request body: the server boxes this future
+    /// itself (one allocation, no wrapper future around it), and the
+    /// request-path benchmark runs it without sockets (the server passes
+    /// hyper's `Incoming`).
+    pub async fn handle<B>(
+        self: Arc<Self>,
+        conn: Arc<ConnInfo>,
+        req: Request<B>,
+    ) -> Result<Response<Body>, std::convert::Infallible>
+    where
+        B: hyper::body::Body<Data = bytes::Bytes> + Send + Sync + 'static,
+        B::Error: Into<super::BoxError>,
+    {
         let start = Instant::now();
         // The request keeps this snapshot to the end, whatever is published meanwhile.
         let snapshot = self.snapshot.load_full();
-        let (response, handled) = self.serve(&snapshot, conn, req).await;
+        let snapshot: &Snapshot = &snapshot;
+        let conn: &ConnInfo = &conn;
+        // Inline rather than a function of its own: every async call level
+        // stores its callee's state in its own and copies it when it is
+        // first awaited.
+        let (response, handled) = 'serve: {
+            let rejected = |r: Rejection, shard: &Arc<str>, route: &Arc<str>| {
+                let handled = Handled {
+                    shard: shard.clone(),
+                    route: route.clone(),
+                    reason: r.reason.label(),
+                    rule: None,
+                };
+                (r.into_response(), handled)
+            };
+            // Connection → listener.
+            let Some(shard) = snapshot.shard(conn.shard) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoGateway, "no gateway"),
+                    &NONE,
+                    &NONE,
+                );
+            };
+            let Some(authority) = Authority::of(&req) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::MissingHost, "missing Host header"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            let host = lower(host_without_port(authority.as_str()));
+            let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoRoute, "no route"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            if let Some(tls) = &conn.tls {
+                // The certificate was chosen for the SNI's listener; a Host that
+                // belongs to another listener on the port is misdirected (RFC 9110
+                // §15.5.20), as the Gateway API asks for listeners sharing a port.
+                let by_sni =
+                    shard.listener_for(conn.local.port(), tls.sni.as_deref().unwrap_or(""));
+                if by_sni.is_none_or(|l| l.name != listener.name) {
+                    break 'serve rejected(
+                        Rejection::new(Reason::Misdirected, "misdirected request"),
+                        &shard.name,
+                        &NONE,
+                    );
+                }
+            }
+            // The route lookup has no side effects: the pre-route checks use
+            // the matched route's effective policy (or the listener's).
+            let view = RequestView::new(
+                req.method(),
+                req.uri().path(),
+                req.uri().query(),
+                req.headers(),
+            );
+            let entry = listener.routes.find(&host, &view);
+            drop(view);
+            let route_name = entry.map_or(&*NONE, |e| &e.route_name);
+            let policy: &RoutePolicy = match entry {
+                Some(e) => &e.action.policy,
+                None => &listener.policy,
+            };
+            let (parts, body) = req.into_parts();
+            let has_policy = !policy.is_empty();
+            let mut ctx = has_policy.then(|| {
+                let mut ctx = RequestCtx::new(
+                    conn.peer,
+                    self.client_ip(conn.peer.ip(), &parts.headers),
+                    &host,
+                );
+                ctx.source_namespace = snapshot.identity.namespace_of(ctx.client_ip);
+                ctx
+            });
+            if let Some(ctx) = &ctx {
+                if let Err(r) = policy.pre_route(ctx, &parts) {
+                    break 'serve rejected(r, &shard.name, route_name);
+                }
+            }
+            let Some(entry) = entry else {
+                break 'serve rejected(
+                    Rejection::new(Reason::NoRoute, "no route"),
+                    &shard.name,
+                    &NONE,
+                );
+            };
+            let target = Target {
+                entry,
+                listener_port: listener.port,
+                scheme: conn.scheme(),
+                host: &host,
+                authority: &authority,
+            };
+            let body: Body = body.map_err(Into::into).boxed();
+            let deadline = entry
+                .action
+                .timeouts
+                .request
+                .map(|limit| tokio::time::Instant::now() + limit);
+            // The exchange is made in the arm that awaits it: a future made
+            // before the `match` and moved into `timeout_at` would be stored
+            // twice in this future's state.
+            let outcome = match deadline {
+                Some(at) => match tokio::time::timeout_at(
+                    at,
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body),
+                )
+                .await
+                {
+                    // The body streams after this returns: it gets the rest of the budget.
+                    Ok(r) => r.map(|resp| resp.map(|b| Deadline::new(b, at).boxed())),
+                    Err(_) => Err(Rejection::new(Reason::RequestTimeout, "request timeout")),
+                },
+                None => {
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body)
+                        .await
+                }
+            };
+            let (mut response, reason) = match outcome {
+                Ok(resp) => {
+                    let reason = resp
+                        .extensions()
+                        .get::<Answered>()
+                        .map_or("upstream", |a| a.0);
+                    (resp, reason)
+                }
+                Err(r) => {
+                    let reason = r.reason.label();
+                    (r.into_response(), reason)
+                }
+            };
+            if let Some(ctx) = &ctx {
+                policy.response(ctx, response.headers_mut());
+            }
+            (
+                response,
+                Handled {
+                    shard: shard.name.clone(),
+                    route: entry.route_name.clone(),
+                    reason,
+                    rule: Some(&entry.action.metrics),
+                },
+            )
+        };
         let status = response.status().as_u16();
-        let shard = Name(handled.shard);
+        let elapsed = start.elapsed().as_secs_f64();
+        match handled.rule {
+            // The common case: counters resolved once per rule, no label hashing.
+            Some(rule) => {
+                if handled.reason == "upstream" {
+                    rule.upstream(&self.metrics, &handled.shard, &handled.route, status)
+                        .inc();
+                } else {
+                    self.count(&handled, status);
+                }
+                rule.duration(&self.metrics, &handled.shard)
+                    .observe(elapsed);
+            }
+            None => {
+                self.count(&handled, status);
+                self.metrics
+                    .request_duration
+                    .get_or_create(&ShardLabels {
+                        shard: Name(handled.shard.clone()),
+                    })
+                    .observe(elapsed);
+            }
+        }
+        Ok(response)
+    }
+
+    /// Counts a request through the family (answers of the gateway itself).
+    fn count(&self, handled: &Handled<'_>, status: u16) {
         self.metrics
             .requests
             .get_or_create(&RequestLabels {
-                shard: shard.clone(),
-                route: Name(handled.route),
+                shard: Name(handled.shard.clone()),
+                route: Name(handled.route.clone()),
                 status_class: StatusClass(status),
                 reason: handled.reason,
             })
             .inc();
-        self.metrics
-            .request_duration
-            .get_or_create(&ShardLabels { shard })
-            .observe(start.elapsed().as_secs_f64());
-        response
     }
 
-    async fn serve(
+    /// The policy phases that need the body (CORS preflight,
+    /// authentication, authorization, transforms, body limit) and the
+    /// upstream phase.
+    async fn exchange(
         &self,
-        snapshot: &Snapshot,
+        policy: &RoutePolicy,
+        ctx: Option<&mut RequestCtx<'_>>,
+        target: Target<'_>,
         conn: &ConnInfo,
-        req: Request<Incoming>,
-    ) -> (Response<Body>, Handled) {
-        let rejected = |r: Rejection, shard: &Arc<str>, route: &Arc<str>| {
-            let handled = Handled {
-                shard: shard.clone(),
-                route: route.clone(),
-                reason: r.reason.label(),
-            };
-            (r.into_response(), handled)
-        };
-        // Connection → listener.
-        let Some(shard) = snapshot.shard(conn.shard) else {
-            return rejected(
-                Rejection::new(Reason::NoGateway, "no gateway"),
-                &NONE,
-                &NONE,
-            );
-        };
-        let Some(authority) = authority(&req) else {
-            return rejected(
-                Rejection::new(Reason::MissingHost, "missing Host header"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        let host = host_without_port(&authority).to_ascii_lowercase();
-        let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
-            return rejected(
-                Rejection::new(Reason::NoRoute, "no route"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        if let Some(tls) = &conn.tls {
-            // The certificate was chosen for the SNI's listener; a Host that
-            // belongs to another listener on the port is misdirected (RFC 9110
-            // §15.5.20), as the Gateway API asks for listeners sharing a port.
-            let sni = tls.sni.as_deref().unwrap_or("").to_ascii_lowercase();
-            let by_sni = shard.listener_for(conn.local.port(), &sni);
-            if by_sni.is_none_or(|l| l.name != listener.name) {
-                return rejected(
-                    Rejection::new(Reason::Misdirected, "misdirected request"),
-                    &shard.name,
-                    &NONE,
-                );
-            }
-        }
-        // The route lookup has no side effects: the pre-route checks use
-        // the matched route's effective policy (or the listener's).
-        let view = RequestView::new(
-            req.method(),
-            req.uri().path(),
-            req.uri().query(),
-            req.headers(),
-        );
-        let entry = listener.routes.find(&host, &view);
-        let route_name = entry.map_or(&*NONE, |e| &e.route_name);
-        let policy: &RoutePolicy = match entry {
-            Some(e) => &e.action.policy,
-            None => &listener.policy,
-        };
-        let (mut parts, body) = req.into_parts();
-        let mut ctx = RequestCtx::new(
-            conn.peer,
-            self.client_ip(conn.peer.ip(), &parts.headers),
-            &host,
-        );
-        let has_policy = !policy.is_empty();
-        if has_policy {
-            ctx.source_namespace = snapshot.identity.namespace_of(ctx.client_ip);
-            if let Err(r) = policy.pre_route(&ctx, &parts) {
-                return rejected(r, &shard.name, route_name);
-            }
-        }
-        let Some(entry) = entry else {
-            return rejected(
-                Rejection::new(Reason::NoRoute, "no route"),
-                &shard.name,
-                &NONE,
-            );
-        };
-        let target = Target {
-            entry,
-            listener_port: listener.port,
-            scheme: conn.scheme(),
-            host: &host,
-            authority: &authority,
-        };
-        let mut body: Body = body.map_err(Into::into).boxed();
-        let deadline = entry
-            .action
-            .timeouts
-            .request
-            .map(|limit| tokio::time::Instant::now() + limit);
-        let work = async {
-            let mut limit_hit = None;
-            if has_policy {
-                ctx.origin = parts.headers.get(header::ORIGIN).cloned();
-                match policy.request(&mut ctx, &mut parts, &mut body).await? {
-                    Verdict::Respond(mut resp) => {
-                        resp.extensions_mut().insert(Answered("cors_preflight"));
-                        return Ok(resp);
-                    }
-                    Verdict::Forward => {}
+        mut parts: http::request::Parts,
+        mut body: Body,
+    ) -> Result<Response<Body>, Rejection> {
+        let mut limit_hit = None;
+        if let Some(ctx) = ctx {
+            ctx.origin = parts.headers.get(header::ORIGIN).cloned();
+            // Boxed: authentication may call out (JWKS, external auth), and
+            // that state inline would enlarge every request's future, policy
+            // or not (futures are moved byte for byte as they are awaited).
+            match Box::pin(policy.request(ctx, &mut parts, &mut body)).await? {
+                Verdict::Respond(mut resp) => {
+                    resp.extensions_mut().insert(Answered("cors_preflight"));
+                    return Ok(resp);
                 }
-                let (limited, hit) = policy.limit_body(body);
-                body = limited;
-                limit_hit = hit;
+                Verdict::Forward => {}
             }
-            let outcome = self.forward(target, conn, parts, body).await;
-            match (outcome, limit_hit) {
-                // The body outgrew the limit while streaming: the exchange
-                // failed because of it, and it is the client's 413.
-                (Err(_), Some(hit)) if hit.hit() => Err(policy
-                    .limits
-                    .as_ref()
-                    .map(|l| l.streamed_rejection())
-                    .unwrap_or_else(|| Rejection::new(Reason::BodyTooLarge, "body too large"))),
-                (outcome, _) => outcome,
-            }
-        };
-        let outcome = match deadline {
-            Some(at) => match tokio::time::timeout_at(at, work).await {
-                // The body streams after this returns: it gets the rest of the budget.
-                Ok(r) => r.map(|resp| resp.map(|b| Deadline::new(b, at).boxed())),
-                Err(_) => Err(Rejection::new(Reason::RequestTimeout, "request timeout")),
-            },
-            None => work.await,
-        };
-        let (mut response, reason) = match outcome {
-            Ok(resp) => {
-                let reason = resp
-                    .extensions()
-                    .get::<Answered>()
-                    .map_or("upstream", |a| a.0);
-                (resp, reason)
-            }
-            Err(r) => {
-                let reason = r.reason.label();
-                (r.into_response(), reason)
-            }
-        };
-        if has_policy {
-            policy.response(&ctx, response.headers_mut());
+            let (limited, hit) = policy.limit_body(body);
+            body = limited;
+            limit_hit = hit;
         }
-        (
-            response,
-            Handled {
-                shard: shard.name.clone(),
-                route: entry.route_name.clone(),
-                reason,
-            },
-        )
+        let outcome = self.forward(target, conn, parts, body).await;
+        match (outcome, limit_hit) {
+            // The body outgrew the limit while streaming: the exchange
+            // failed because of it, and it is the client's 413.
+            (Err(_), Some(hit)) if hit.hit() => Err(policy
+                .limits
+                .as_ref()
+                .map(|l| l.streamed_rejection())
+                .unwrap_or_else(|| Rejection::new(Reason::BodyTooLarge, "body too large"))),
+            (outcome, _) => outcome,
+        }
     }
 }
 
-/// The request authority: `:authority` for HTTP/2, else the Host header.
-fn authority(req: &Request<Incoming>) -> Option<String> {
-    if let Some(a) = req.uri().authority() {
-        return Some(a.as_str().to_owned());
+/// The request authority as received: `:authority` for HTTP/2 (and an
+/// absolute-form HTTP/1.1 target), else the Host header. Kept as a header
+/// value: the Host header's is shared with the request, not copied.
+pub(super) struct Authority {
+    value: HeaderValue,
+    /// Whether `value` is the request's own Host header (else the
+    /// upstream request needs one).
+    from_host_header: bool,
+}
+
+impl Authority {
+    fn of<B>(req: &Request<B>) -> Option<Self> {
+        if let Some(a) = req.uri().authority() {
+            return Some(Self {
+                value: HeaderValue::from_str(a.as_str()).ok()?,
+                from_host_header: false,
+            });
+        }
+        let value = req.headers().get(header::HOST)?;
+        // Visible ASCII only, so `as_str` below never falls back.
+        (value.to_str().is_ok_and(|h| !h.is_empty())).then(|| Self {
+            value: value.clone(),
+            from_host_header: true,
+        })
     }
-    req.headers()
-        .get(header::HOST)
-        .and_then(|h| h.to_str().ok())
-        .filter(|h| !h.is_empty())
-        .map(str::to_owned)
+
+    pub(super) fn as_str(&self) -> &str {
+        self.value.to_str().unwrap_or_default()
+    }
+
+    pub(super) fn value(&self) -> &HeaderValue {
+        &self.value
+    }
+
+    pub(super) fn is_host_header(&self) -> bool {
+        self.from_host_header
+    }
+}
+
+/// `s` in lower case, copied only when it is not already.
+fn lower(s: &str) -> Cow<'_, str> {
+    if s.bytes().any(|b| b.is_ascii_uppercase()) {
+        Cow::Owned(s.to_ascii_lowercase())
+    } else {
+        Cow::Borrowed(s)
+    }
 }
 
 fn host_without_port(authority: &str) -> &str {

@@ -81,15 +81,32 @@ impl ShardServer {
         let (shutdown, rx) = watch::channel(Stop::Running);
         let mut tasks = JoinSet::new();
         let locals = sockets.iter().map(|s| s.local).collect();
+        let workers = super::workers::handles();
         for s in sockets {
-            let listener = TcpListener::from_std(s.listener)?;
-            tasks.spawn(accept_loop(
-                shard,
-                listener,
-                proxy.clone(),
-                limit.clone(),
-                rx.clone(),
-            ));
+            if workers.is_empty() {
+                let listener = TcpListener::from_std(s.listener)?;
+                tasks.spawn(accept_loop(
+                    shard,
+                    listener,
+                    proxy.clone(),
+                    limit.clone(),
+                    rx.clone(),
+                ));
+                continue;
+            }
+            // Every worker accepts from the same socket, through its own
+            // handle registered with its own event loop.
+            for worker in workers {
+                let handle = s.listener.try_clone()?;
+                let listener = {
+                    let _in_worker = worker.enter();
+                    TcpListener::from_std(handle)?
+                };
+                tasks.spawn_on(
+                    accept_loop(shard, listener, proxy.clone(), limit.clone(), rx.clone()),
+                    worker,
+                );
+            }
         }
         Ok(Self {
             shutdown,
@@ -219,12 +236,7 @@ fn serve(
     let watcher = graceful.watcher();
     tokio::spawn(async move {
         let Some(config) = tls else {
-            let info = ConnInfo {
-                shard,
-                local,
-                peer,
-                tls: None,
-            };
+            let info = ConnInfo::new(shard, local, peer, None);
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
             drop(permit);
             return;
@@ -242,13 +254,13 @@ fn serve(
                     return;
                 }
             };
-        let sni = stream.get_ref().1.server_name().map(Arc::<str>::from);
-        let info = ConnInfo {
-            shard,
-            local,
-            peer,
-            tls: Some(TlsInfo { sni }),
-        };
+        // Lower-cased once here, not per request (listener names are).
+        let sni = stream
+            .get_ref()
+            .1
+            .server_name()
+            .map(|n| Arc::<str>::from(n.to_ascii_lowercase()));
+        let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni }));
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop(permit);
     });
@@ -264,11 +276,12 @@ async fn serve_io<I>(
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let (shard, peer) = (info.shard, info.peer);
-    let service = service_fn(move |req| {
-        let proxy = proxy.clone();
-        let info = info.clone();
-        async move { Ok::<_, std::convert::Infallible>(proxy.handle(&info, req).await) }
-    });
+    // Shared by the connection's requests (HTTP/2 streams run as tasks of their own).
+    let info = Arc::new(info);
+    // The request's future is boxed here, once: hyper then moves a pointer
+    // into its in-flight slot instead of the whole state, and an idle
+    // keep-alive connection holds no room for it.
+    let service = service_fn(move |req| Box::pin(proxy.clone().handle(info.clone(), req)));
     let conn = builder
         .serve_connection_with_upgrades(io, service)
         .into_owned();

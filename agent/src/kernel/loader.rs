@@ -59,6 +59,12 @@ pub struct KernelOptions {
     /// Whether to attach the sockmap fast path (`sockops_track` on the
     /// cgroup, `msg_redirect` on `SOCK_PAIRS`).
     pub sockmap: SockmapPref,
+    /// Leave the pinned datapath in place when this agent stops without a
+    /// successor (`systemctl restart`): new connections to gateway ports
+    /// wait (their SYNs are dropped and retransmitted) until the next agent
+    /// inserts its sockets, instead of being refused. `sluice detach`
+    /// removes it for good.
+    pub keep_on_exit: bool,
 }
 
 /// Whether the sockmap fast path is wanted, and how much.
@@ -106,6 +112,8 @@ pub struct KernelDatapath {
     owner: Array<MapData, u32>,
     /// Pin directory and the pinned XDP links (path, fd) when pinning.
     pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
+    /// See [`KernelOptions::keep_on_exit`].
+    keep_on_exit: bool,
     _ebpf: Ebpf,
     logger: Option<tokio::task::JoinHandle<()>>,
 }
@@ -116,7 +124,13 @@ impl Drop for KernelDatapath {
             l.abort();
         }
         if let Some((dir, links)) = self.pins.take() {
-            if self.owned_by_us() {
+            if self.owned_by_us() && self.keep_on_exit {
+                tracing::info!(
+                    dir = %dir.display(),
+                    "eBPF datapath left pinned for the next agent (--keep-datapath-on-exit); \
+                     `sluice detach` removes it"
+                );
+            } else if self.owned_by_us() {
                 // The last agent: unpin so links detach and maps are freed
                 // once our fds close (right after this).
                 super::pins::remove_all(&dir);
@@ -224,9 +238,22 @@ impl KernelDatapath {
                 what: "opening /proc/thread-self/ns/net".into(),
                 source,
             })?;
-        program
+        let link = program
             .attach(&netns)
             .map_err(|e| sk("attach to network namespace", e))?;
+        if let Some(dir) = &pin_dir {
+            // Pinned, so that steering outlives this process when the
+            // datapath is kept for the next agent; the previous agent's pin
+            // is replaced (its program detaches once its process is gone).
+            let path = super::pins::sk_lookup_link_path(dir);
+            let fd = FdLink::from(program.take_link(link).map_err(|e| sk("take link", e))?);
+            let _ = std::fs::remove_file(&path);
+            let fd: FdLink = fd
+                .pin(&path)
+                .map_err(|e| link_err(format!("pin sk_lookup link at {}", path.display()), e))?
+                .into();
+            links.push((path, fd));
+        }
         tracing::info!("sk_lookup_dispatch attached to the network namespace");
 
         let cgroup_dir = match &opts.cgroup {
@@ -257,6 +284,7 @@ impl KernelDatapath {
             cgroup,
             owner,
             pins: pin_dir.map(|d| (d, links)),
+            keep_on_exit: opts.keep_on_exit,
             maps: AyaMaps {
                 listeners: take(&mut ebpf, "LISTENERS")?,
                 port_ranges: take(&mut ebpf, "PORT_RANGES")?,
@@ -275,6 +303,27 @@ impl KernelDatapath {
             _ebpf: ebpf,
             logger,
         })
+    }
+
+    /// Marks every listener and port range parked ([`sluice_common::LISTENER_F_PARKED`]):
+    /// `xdp_ingress` drops new SYNs to them until the next agent's reconcile
+    /// writes them again. Used when stopping with the datapath kept.
+    pub fn park_listeners(&mut self) -> Result<(), KernelError> {
+        use super::maps::DatapathMaps as _;
+        for (k, mut v) in self.maps.dump_listeners()? {
+            v.flags |= sluice_common::LISTENER_F_PARKED;
+            self.maps.put_listener(k, v)?;
+        }
+        for (b, mut v) in self.maps.dump_port_ranges()? {
+            v.flags |= sluice_common::LISTENER_F_PARKED;
+            self.maps.put_port_range(b, v)?;
+        }
+        Ok(())
+    }
+
+    /// Whether the pinned datapath stays when this agent stops (and owns it).
+    pub fn keep_on_exit(&self) -> bool {
+        self.keep_on_exit && self.pins.is_some()
     }
 
     /// Whether this process still owns the pinned datapath (no successor took over).

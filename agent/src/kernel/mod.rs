@@ -6,7 +6,7 @@ mod fast_path;
 mod loader;
 pub mod maps;
 mod penalty;
-mod pins;
+pub mod pins;
 pub mod port_ranges;
 mod reconcile;
 pub mod retry;

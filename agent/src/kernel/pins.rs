@@ -84,6 +84,24 @@ pub fn xdp_link_path(dir: &Path, ifindex: u32) -> PathBuf {
     dir.join(format!("xdp_link_{ifindex}"))
 }
 
+/// Where the network namespace's `sk_lookup_dispatch` link is pinned.
+pub fn sk_lookup_link_path(dir: &Path) -> PathBuf {
+    dir.join("sk_lookup_link")
+}
+
+/// Removes the pinned datapath of the calling thread's network namespace
+/// under `bpffs` (`sluice detach`): links detach and maps are freed once no
+/// running agent holds them. Returns the directory, if there was one.
+pub fn detach(bpffs: &Path) -> std::io::Result<Option<PathBuf>> {
+    let netns = std::fs::metadata("/proc/thread-self/ns/net")?.ino();
+    let dir = bpffs.join("sluice").join(netns.to_string());
+    if !dir.exists() {
+        return Ok(None);
+    }
+    remove_all(&dir);
+    Ok(Some(dir))
+}
+
 /// Removes every pin in `dir` and the directory. Objects whose last reference
 /// was the pin (maps, links) are freed by the kernel — links detach.
 pub fn remove_all(dir: &Path) {

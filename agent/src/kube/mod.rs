@@ -20,6 +20,7 @@ pub mod status;
 pub mod watch;
 
 use std::{
+    collections::{HashMap, HashSet},
     path::PathBuf,
     sync::{atomic::Ordering, Arc},
     time::{Duration, Instant},
@@ -394,19 +395,50 @@ async fn sync_loop(
 /// node does not serve (`sluice.dev/node-selector`) are not in the applied
 /// model; their status is computed from the whole configuration, as if
 /// served: status describes the Gateway, not this node, and the nodes that
-/// match the selector serve it. Compiled only when there are such Gateways.
-fn fleet_status(input: &StatusInput) -> crate::control::status::Status {
+/// match the selector serve it. Compiled only when there are such Gateways,
+/// by a compiler of the status writer's own (so only what changed since its
+/// last round is compiled again).
+fn fleet_status(input: &StatusInput, fleet: &mut FleetCompiler) -> crate::control::status::Status {
     if input.converted.elsewhere.is_empty() {
         return input.status.clone();
     }
     let mut all = input.converted.config.clone();
     all.gateways
         .extend(input.converted.elsewhere.iter().cloned());
-    crate::control::compile(&all, &mut crate::control::ShardIds::default(), 0).status
+    let run = fleet.state.compile();
+    let env = crate::control::PolicyEnv {
+        metrics: &fleet.metrics,
+        state: &run,
+    };
+    let status = fleet
+        .compiler
+        .compile(&all, &mut crate::control::ShardIds::default(), 0, &env)
+        .status;
+    fleet.state.commit(run.id());
+    status
 }
 
+/// What [`fleet_status`] compiles with: kept across status rounds.
+#[derive(Default)]
+struct FleetCompiler {
+    compiler: crate::control::Compiler,
+    state: crate::policy::state::PolicyState,
+    metrics: crate::policy::PolicyMetrics,
+}
+
+/// At most one round of status writes per this long: changes that come
+/// faster are coalesced into the next round, so that writing status never
+/// competes with applying configuration.
+const STATUS_INTERVAL: Duration = Duration::from_millis(250);
+
+/// After a change, how long to wait for more before a round: a burst of
+/// changes (and the apply they cause) finishes first.
+const STATUS_SETTLE: Duration = Duration::from_millis(50);
+
 /// Writes status whenever the applied state or leadership changes, while
-/// leader. Failed writes are retried after a pause.
+/// leader: rounds at most every [`STATUS_INTERVAL`], each writing only the
+/// objects whose wanted status differs from what this term already wrote.
+/// Failed writes are retried after a pause.
 async fn status_loop(
     writer: Box<dyn StatusWriter>,
     write_class_status: bool,
@@ -414,31 +446,54 @@ async fn status_loop(
     mut leader: signal::Receiver<bool>,
     mut stop: signal::Receiver<bool>,
 ) {
+    // Per object, the status written (or found as wanted) in this term.
+    let mut written: HashMap<(watch::Kind, crate::config::ObjectRef), status::ObjectStatus> =
+        HashMap::new();
+    let fleet = Arc::new(std::sync::Mutex::new(FleetCompiler::default()));
     loop {
         let current = applied.borrow_and_update().clone();
         let leading = *leader.borrow_and_update();
+        if !leading {
+            // A new term writes everything once more (the writer skips what
+            // the API server already has).
+            written.clear();
+        }
+        let round = tokio::time::Instant::now();
         let failed = match (leading, current) {
             (true, Some(input)) => {
                 let compute = input.clone();
+                let fleet = fleet.clone();
                 let objects = tokio::task::spawn_blocking(move || {
-                    status::objects(&fleet_status(&compute), &compute.converted)
+                    let mut fleet = fleet.lock().expect("fleet compiler lock");
+                    status::objects(&fleet_status(&compute, &mut fleet), &compute.converted)
                 })
                 .await
                 .unwrap_or_default();
                 let mut failed = false;
+                let mut wanted = HashSet::new();
                 for s in objects {
                     if !write_class_status && matches!(s, status::ObjectStatus::GatewayClass(_)) {
                         continue;
                     }
+                    let key = s.target();
+                    wanted.insert(key.clone());
+                    if written.get(&key) == Some(&s) {
+                        continue;
+                    }
                     match writer.write(&s).await {
-                        Ok(true) => tracing::debug!(?s, "status written"),
-                        Ok(false) => {}
+                        Ok(done) => {
+                            if done {
+                                tracing::debug!(?s, "status written");
+                            }
+                            written.insert(key, s);
+                        }
                         Err(e) => {
                             failed = true;
                             tracing::warn!(error = %e, "status not written; will retry");
                         }
                     }
                 }
+                written.retain(|k, _| wanted.contains(k));
                 failed
             }
             _ => false,
@@ -447,6 +502,12 @@ async fn status_loop(
             r = applied.changed() => if r.is_err() { return },
             r = leader.changed() => if r.is_err() { return },
             _ = tokio::time::sleep(Duration::from_secs(2)), if failed => {}
+            _ = stop.changed() => return,
+        }
+        // Coalesce: let a burst finish, and keep rounds apart.
+        let until = (tokio::time::Instant::now() + STATUS_SETTLE).max(round + STATUS_INTERVAL);
+        tokio::select! {
+            _ = tokio::time::sleep_until(until) => {}
             _ = stop.changed() => return,
         }
     }
@@ -508,5 +569,149 @@ impl Collector for StalenessCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(self.0.stale_for().as_secs_f64()).encode(metric)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+    use crate::control::status::{
+        Condition, ParentRefStatus, RouteParentStatus, RouteStatus, Status,
+    };
+    use status::{ObjectStatus, WriteFuture};
+
+    /// Records what it is asked to write.
+    #[derive(Clone, Default)]
+    struct Recorder(Arc<Mutex<Vec<(String, String)>>>);
+
+    impl StatusWriter for Recorder {
+        fn write<'a>(&'a self, s: &'a ObjectStatus) -> WriteFuture<'a> {
+            let (_, id) = s.target();
+            let message = match s {
+                ObjectStatus::HttpRoute(r) => r.parents[0].conditions[0].message.clone(),
+                _ => String::new(),
+            };
+            self.0.lock().unwrap().push((id.name, message));
+            Box::pin(async { Ok(true) })
+        }
+    }
+
+    impl Recorder {
+        fn take(&self) -> Vec<(String, String)> {
+            std::mem::take(&mut *self.0.lock().unwrap())
+        }
+    }
+
+    fn route(name: &str, message: &str) -> RouteStatus {
+        RouteStatus {
+            namespace: "ns".into(),
+            name: name.into(),
+            parents: vec![RouteParentStatus {
+                parent_ref: ParentRefStatus {
+                    group: "gateway.networking.k8s.io",
+                    kind: "Gateway",
+                    namespace: "ns".into(),
+                    name: "gw".into(),
+                    section_name: None,
+                    port: None,
+                },
+                controller_name: crate::control::CONTROLLER_NAME,
+                conditions: vec![Condition {
+                    kind: "Accepted",
+                    status: "True",
+                    reason: "Accepted",
+                    message: message.into(),
+                    observed_generation: None,
+                }],
+            }],
+        }
+    }
+
+    fn applied(routes: &[(&str, &str)]) -> Applied {
+        let status = Status {
+            http_routes: routes
+                .iter()
+                .map(|(n, m)| route(n, m))
+                .collect::<Vec<_>>()
+                .into(),
+            ..Status::default()
+        };
+        Some(Arc::new(StatusInput {
+            status,
+            converted: convert::Converted::default(),
+        }))
+    }
+
+    /// Lets the loop run: paused time moves on only when every task waits.
+    async fn settle() {
+        tokio::time::sleep(STATUS_INTERVAL * 2).await;
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn status_writes_are_coalesced_and_only_changed_objects_written() {
+        let recorder = Recorder::default();
+        let (applied_tx, applied_rx) = signal::channel(applied(&[("a", ""), ("b", ""), ("c", "")]));
+        let (leader_tx, leader_rx) = signal::channel(true);
+        let (stop_tx, stop_rx) = signal::channel(false);
+        let task = tokio::spawn(status_loop(
+            Box::new(recorder.clone()),
+            true,
+            applied_rx,
+            leader_rx,
+            stop_rx,
+        ));
+        settle().await;
+        let mut first = recorder.take();
+        first.sort();
+        assert_eq!(first.len(), 3, "every object once: {first:?}");
+
+        // One route changes: only it is written.
+        applied_tx.send_replace(applied(&[("a", ""), ("b", "changed"), ("c", "")]));
+        settle().await;
+        assert_eq!(recorder.take(), [("b".to_owned(), "changed".to_owned())]);
+
+        // A burst of changes: one round, with the last state.
+        for i in 0..5 {
+            applied_tx.send_replace(applied(&[
+                ("a", &format!("v{i}")),
+                ("b", "changed"),
+                ("c", ""),
+            ]));
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        settle().await;
+        assert_eq!(recorder.take(), [("a".to_owned(), "v4".to_owned())]);
+
+        // Rounds stay STATUS_INTERVAL apart however often the state changes.
+        let start = tokio::time::Instant::now();
+        let mut rounds = Vec::new();
+        for i in 0..20 {
+            applied_tx.send_replace(applied(&[
+                ("a", &format!("w{i}")),
+                ("b", "changed"),
+                ("c", ""),
+            ]));
+            tokio::time::sleep(Duration::from_millis(25)).await;
+            if !recorder.take().is_empty() {
+                rounds.push(start.elapsed());
+            }
+        }
+        assert!(rounds.len() >= 2, "{rounds:?}");
+        for w in rounds.windows(2) {
+            assert!(w[1] - w[0] >= STATUS_INTERVAL, "{rounds:?}");
+        }
+
+        // Leadership lost and regained: everything is written once more.
+        leader_tx.send_replace(false);
+        settle().await;
+        assert!(recorder.take().is_empty(), "no writes while not leading");
+        leader_tx.send_replace(true);
+        settle().await;
+        assert_eq!(recorder.take().len(), 3);
+
+        stop_tx.send_replace(true);
+        task.await.unwrap();
     }
 }

@@ -14,7 +14,7 @@ use k8s_openapi::jiff::Timestamp;
 use serde_json::{json, Value};
 
 use super::{
-    convert::{object_ref, Converted},
+    convert::Converted,
     watch::{Kind, Stores},
 };
 use crate::{
@@ -32,7 +32,7 @@ use crate::{
 pub const FIELD_MANAGER: &str = "sluice.dev/gateway-controller";
 
 /// The status of one object, as this agent wants it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum ObjectStatus {
     GatewayClass(ClassStatus),
     Gateway(GatewayStatus),
@@ -46,7 +46,8 @@ pub enum ObjectStatus {
 }
 
 impl ObjectStatus {
-    fn target(&self) -> (Kind, ObjectRef) {
+    /// The object this is the status of.
+    pub fn target(&self) -> (Kind, ObjectRef) {
         match self {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
@@ -88,13 +89,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
         .cloned()
         .map(ObjectStatus::GatewayClass)
         .chain(status.gateways.iter().cloned().map(ObjectStatus::Gateway))
-        .chain(
-            status
-                .http_routes
-                .iter()
-                .cloned()
-                .map(ObjectStatus::HttpRoute),
-        )
+        .chain(status.http_routes.iter().map(ObjectStatus::HttpRoute))
         .chain(
             status
                 .policies
@@ -316,10 +311,14 @@ impl ApiStatusWriter {
 
     async fn apply(&self, status: &ObjectStatus) -> Result<bool, StatusError> {
         let (kind, id) = status.target();
-        let current = self
-            .stores
-            .get(&kind)
-            .and_then(|s| s.find(|o| object_ref(o) == id));
+        // By key: a scan of the store per write was quadratic in the routes.
+        let key = ::kube::runtime::reflector::ObjectRef::new_with(&id.name, kind.resource());
+        let key = if id.namespace.is_empty() {
+            key
+        } else {
+            key.within(&id.namespace)
+        };
+        let current = self.stores.get(&kind).and_then(|s| s.get(&key));
         let Some(current) = current else {
             // Gone (or not listed yet): nothing to write to.
             return Ok(false);

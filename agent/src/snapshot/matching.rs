@@ -86,8 +86,8 @@ pub fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
 /// then (implementation-specific, as in Envoy Gateway) a RegularExpression path
 /// by pattern length, then the longest PathPrefix; then a method match; then
 /// more header matches; then more query matches; then the older route
-/// (creation time, then namespace/name — folded into `route_order`); then
-/// rule order within a route. `Less` means `a` is tried first.
+/// (creation time, then namespace/name); then rule order within a route.
+/// `Less` means `a` is tried first.
 pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
     fn rank(m: &RouteMatch) -> impl Ord {
         let (kind, len) = match &m.path {
@@ -105,7 +105,8 @@ pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
     }
     rank(&a.matcher)
         .cmp(&rank(&b.matcher))
-        .then(a.route_order.cmp(&b.route_order))
+        .then_with(|| a.created.cmp(&b.created))
+        .then_with(|| a.route.cmp(&b.route))
         .then(a.rule.cmp(&b.rule))
         .then(a.match_index.cmp(&b.match_index))
 }
@@ -182,10 +183,10 @@ mod tests {
             RouteEntry {
                 route: Arc::new(ObjectRef::new("ns", tag)),
                 route_name: Arc::from(tag),
-                route_order: order,
-                rule,
+                created: (order as i64, 0),
+                rule: rule as u32,
                 match_index: 0,
-                matcher: m,
+                matcher: Arc::new(m),
                 action: Arc::new(RuleAction::default()),
             },
         )

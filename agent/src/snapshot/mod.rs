@@ -15,10 +15,12 @@ use ipnet::IpNet;
 use crate::config::{Filter, Hostname, ObjectRef, Retry, RouteMatch, Timeouts};
 
 pub mod matching;
+pub mod table;
 pub mod tls;
 pub mod upstream_tls;
 
 pub use matching::RequestView;
+pub use table::{Bucket, RouteTable};
 
 /// Shard id as used in the eBPF maps (`1..MAX_SHARDS`).
 pub type ShardId = u32;
@@ -159,112 +161,31 @@ pub struct ListenerRoutes {
     pub policy: Arc<crate::policy::RoutePolicy>,
 }
 
-/// Routes of one listener, grouped by effective hostname and pre-sorted by
-/// Gateway API precedence, so matching is a walk that stops at the first hit.
-#[derive(Debug, Default)]
-pub struct RouteTable {
-    exact: HashMap<String, Vec<RouteEntry>>,
-    /// Longest suffix first.
-    wildcard: Vec<(String, Vec<RouteEntry>)>,
-    any: Vec<RouteEntry>,
-}
-
-impl RouteTable {
-    /// Builds the table; `entries` come with their effective hostname (`None`:
-    /// any host the listener accepts).
-    pub fn build(entries: Vec<(Option<Hostname>, RouteEntry)>) -> Self {
-        let mut t = RouteTable::default();
-        let mut wild: HashMap<String, Vec<RouteEntry>> = HashMap::new();
-        for (host, e) in entries {
-            match host {
-                Some(Hostname::Exact(h)) => t.exact.entry(h).or_default().push(e),
-                Some(Hostname::Wildcard(s)) => wild.entry(s).or_default().push(e),
-                None => t.any.push(e),
-            }
-        }
-        t.wildcard = wild.into_iter().collect();
-        t.wildcard
-            .sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.0.cmp(&b.0)));
-        for v in t.exact.values_mut() {
-            v.sort_by(matching::precedence);
-        }
-        for (_, v) in &mut t.wildcard {
-            v.sort_by(matching::precedence);
-        }
-        t.any.sort_by(matching::precedence);
-        t
-    }
-
-    /// The highest-precedence entry matching `host` and the request. Routes
-    /// with a more specific matching hostname win over any other precedence
-    /// (Gateway API).
-    pub fn find<'a>(&'a self, host: &str, req: &RequestView<'_>) -> Option<&'a RouteEntry> {
-        let hit = |v: &'a [RouteEntry]| v.iter().find(|e| matching::matches(&e.matcher, req));
-        if let Some(e) = self.exact.get(host).and_then(|v| hit(v)) {
-            return Some(e);
-        }
-        for (suffix, v) in &self.wildcard {
-            if host.len() > suffix.len() && host.ends_with(suffix.as_str()) {
-                if let Some(e) = hit(v) {
-                    return Some(e);
-                }
-            }
-        }
-        hit(&self.any)
-    }
-
-    /// The distinct routes with at least one entry in the table.
-    pub fn routes(&self) -> std::collections::BTreeSet<&ObjectRef> {
-        self.exact
-            .values()
-            .flatten()
-            .chain(self.wildcard.iter().flat_map(|(_, v)| v))
-            .chain(&self.any)
-            .map(|e| &*e.route)
-            .collect()
-    }
-
-    /// Every entry with the hostname it is filed under (`None`: any host the
-    /// listener accepts), for the admin page; matching uses [`Self::find`].
-    pub fn entries(&self) -> impl Iterator<Item = (Option<Hostname>, &RouteEntry)> {
-        let exact = self
-            .exact
-            .iter()
-            .flat_map(|(h, v)| v.iter().map(move |e| (Some(Hostname::Exact(h.clone())), e)));
-        let wildcard = self.wildcard.iter().flat_map(|(s, v)| {
-            v.iter()
-                .map(move |e| (Some(Hostname::Wildcard(s.clone())), e))
-        });
-        exact
-            .chain(wildcard)
-            .chain(self.any.iter().map(|e| (None, e)))
-    }
-
-    pub fn len(&self) -> usize {
-        self.exact.values().map(Vec::len).sum::<usize>()
-            + self.wildcard.iter().map(|(_, v)| v.len()).sum::<usize>()
-            + self.any.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
 /// One match of one rule of one route.
 #[derive(Debug, Clone)]
 pub struct RouteEntry {
     pub route: Arc<ObjectRef>,
     /// `namespace/name` of the route, formatted once for metric labels.
     pub route_name: Arc<str>,
-    /// Position of the route in precedence order among equals (creation order, then name).
-    pub route_order: usize,
-    pub rule: usize,
+    /// The route's creation time as a precedence key ([`created_key`]):
+    /// among otherwise equal matches the older route wins, then the lower
+    /// namespace/name. A key rather than a position in a global order, so
+    /// that adding a route does not renumber every other route's entries.
+    pub created: (i64, u32),
+    pub rule: u32,
     /// Index of the match within the rule.
-    pub match_index: usize,
-    pub matcher: RouteMatch,
+    pub match_index: u32,
+    /// Shared with the config and with every hostname and listener the
+    /// match is served under.
+    pub matcher: Arc<RouteMatch>,
     /// What the rule does; shared by every match of the rule.
     pub action: Arc<RuleAction>,
+}
+
+/// The precedence key of a creation time: routes without one count as newer
+/// than any (no real timestamp has `u32::MAX` nanoseconds).
+pub fn created_key(created: Option<(i64, u32)>) -> (i64, u32) {
+    created.unwrap_or((i64::MAX, u32::MAX))
 }
 
 /// Filters, backends and timeouts of one rule.
@@ -279,6 +200,9 @@ pub struct RuleAction {
     pub mirrors: Vec<MirrorTarget>,
     /// The effective API policy of the rule through this listener.
     pub policy: Arc<crate::policy::RoutePolicy>,
+    /// Request counters of the rule, resolved once (the rule belongs to one
+    /// shard and one route).
+    pub metrics: crate::metrics::RuleMetrics,
 }
 
 /// Where a RequestMirror filter sends copies, and how many.
@@ -365,7 +289,8 @@ impl BackendGroup {
 /// A resolved backendRef.
 #[derive(Debug)]
 pub struct Backend {
-    pub service: ObjectRef,
+    /// Shared by every backend of the Service in a compile.
+    pub service: Arc<ObjectRef>,
     pub port: u16,
     pub weight: u32,
     pub target: BackendTarget,
@@ -391,8 +316,9 @@ pub enum AppProtocol {
 
 #[derive(Debug)]
 pub enum BackendTarget {
-    /// Ready endpoints (may be empty: 503).
-    Endpoints(Vec<SocketAddr>),
+    /// Ready endpoints (may be empty: 503). Shared by every backend of the
+    /// same Service port in a compile.
+    Endpoints(Arc<[SocketAddr]>),
     /// The reference does not resolve; requests get a 500.
     Invalid(Unresolved),
 }
@@ -413,9 +339,14 @@ impl std::fmt::Display for Unresolved {
 }
 
 impl Backend {
-    pub fn new(service: ObjectRef, port: u16, weight: u32, target: BackendTarget) -> Self {
+    pub fn new(
+        service: impl Into<Arc<ObjectRef>>,
+        port: u16,
+        weight: u32,
+        target: BackendTarget,
+    ) -> Self {
         Self {
-            service,
+            service: service.into(),
             port,
             weight,
             target,
@@ -449,10 +380,10 @@ mod tests {
         RouteEntry {
             route: Arc::new(ObjectRef::new("ns", tag)),
             route_name: Arc::from(tag),
-            route_order: order,
+            created: (order as i64, 0),
             rule: 0,
             match_index: 0,
-            matcher: RouteMatch::path(path),
+            matcher: Arc::new(RouteMatch::path(path)),
             action: Arc::new(RuleAction::default()),
         }
     }
@@ -501,7 +432,7 @@ mod tests {
                 ObjectRef::new("ns", "m"),
                 80,
                 1,
-                BackendTarget::Endpoints(vec![]),
+                BackendTarget::Endpoints(Arc::from([])),
             )
         };
         for (num, den, want) in [(20, 100, 40), (25, 50, 100), (0, 100, 0), (1, 1, 200)] {
@@ -518,7 +449,7 @@ mod tests {
                 ObjectRef::new("ns", name),
                 80,
                 w,
-                BackendTarget::Endpoints(vec![]),
+                BackendTarget::Endpoints(Arc::from([])),
             )
         };
         let g = BackendGroup::new(vec![b("a", 1), b("b", 3), b("zero", 0)]);

@@ -36,15 +36,18 @@ pub enum Reason {
     DenyNamespaceLookup = 5,
     /// cgroup connect4/6: a local process of a namespace the shard does not admit (EPERM).
     DenyNamespaceConnect = 6,
+    /// SYN to a gateway port while its agent restarts (`LISTENER_F_PARKED`):
+    /// dropped so that the client retransmits it.
+    DropRestarting = 7,
     /// The source prefix is in the penalty box (`PENALTY`) until its expiry.
-    DropPenalty = 7,
+    DropPenalty = 8,
 }
 
 /// Number of reason slots per shard in the counter array (room to grow).
-pub const REASON_SLOTS: u32 = 8;
+pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::PassNotGateway,
         Reason::PassAllowed,
         Reason::DropSourceDenied,
@@ -52,6 +55,7 @@ impl Reason {
         Reason::PassMalformed,
         Reason::DenyNamespaceLookup,
         Reason::DenyNamespaceConnect,
+        Reason::DropRestarting,
         Reason::DropPenalty,
     ];
 
@@ -65,6 +69,7 @@ impl Reason {
             Reason::PassMalformed => "pass_malformed",
             Reason::DenyNamespaceLookup => "deny_namespace_lookup",
             Reason::DenyNamespaceConnect => "deny_namespace_connect",
+            Reason::DropRestarting => "drop_restarting",
             // As the rate-limit docs and dashboards name it.
             Reason::DropPenalty => "penalty",
         }
@@ -194,6 +199,11 @@ pub const fn syn_take(bucket: SynBucket, now_ns: u64, rate: u32, burst: u32) -> 
 pub const LISTENER_F_SOURCE_FILTER: u32 = 1;
 /// The shard admits only some namespaces (`ADMISSION`); unknown sources are refused.
 pub const LISTENER_F_NS_ADMISSION: u32 = 2;
+/// The shard's agent stopped and left the datapath for the next one
+/// (`--keep-datapath-on-exit`): `xdp_ingress` drops new connections' SYNs so
+/// clients retransmit them once the next agent's socket is in place, instead
+/// of being refused. The next agent's first reconcile clears it.
+pub const LISTENER_F_PARKED: u32 = 4;
 
 /// Default capacities of the namespace identity maps.
 pub const DEFAULT_MAX_NS_SOURCES: u32 = 16384;

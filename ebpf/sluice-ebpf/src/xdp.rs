@@ -14,7 +14,8 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use sluice_common::{
     penalty_active, syn_take, v4_mapped, ListenerKey, ListenerValue, Reason, SourceRuleKey,
-    SynBucket, SynKey, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP, SOURCE_ALLOW,
+    SynBucket, SynKey, LISTENER_F_PARKED, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP,
+    SOURCE_ALLOW,
 };
 
 use crate::{
@@ -109,6 +110,13 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
             "xdp_ingress: drop penalty shard={} port={}", shard, dport
         );
         return Ok(XDP_DROP);
+    }
+    if flow.proto == PROTO_TCP && listener.flags & LISTENER_F_PARKED != 0 {
+        let flags = read::<u8>(ctx, flow.l4 + 13)?;
+        if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
+            count(shard, Reason::DropRestarting);
+            return Ok(XDP_DROP);
+        }
     }
     if flow.proto == PROTO_TCP && listener.syn_rate != 0 {
         let flags = read::<u8>(ctx, flow.l4 + 13)?;

@@ -21,7 +21,7 @@ pub use crate::policy::{
 };
 
 /// A SluicePolicy.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct SluicePolicy {
     pub id: ObjectRef,
     pub generation: Option<i64>,

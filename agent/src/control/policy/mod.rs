@@ -37,6 +37,19 @@ pub struct PolicyEnv<'a> {
 
 type EffKey = (Vec<(SectionKind, Vec<Contribution>)>, Vec<ObjectRef>);
 
+/// Compiled policies by what they were merged from, kept from one compile
+/// for the next (see [`Policies::reuse`]).
+#[derive(Default)]
+pub(super) struct PolicyMemo(HashMap<EffKey, Arc<RoutePolicy>>);
+
+/// The policy of everything without one: one value for the whole process,
+/// so that routes compiled at different times still share it.
+fn empty_policy() -> Arc<RoutePolicy> {
+    static EMPTY: std::sync::LazyLock<Arc<RoutePolicy>> =
+        std::sync::LazyLock::new(|| Arc::new(RoutePolicy::default()));
+    EMPTY.clone()
+}
+
 /// The policies of one compile.
 pub(super) struct Policies<'a> {
     index: TargetIndex<'a, SluicePolicy>,
@@ -47,6 +60,10 @@ pub(super) struct Policies<'a> {
     bound: HashMap<(usize, ObjectRef, Option<ObjectRef>), Arc<RoutePolicy>>,
     /// The unbound policies of `bound`'s keys, alive for this compile.
     keep: Vec<Arc<RoutePolicy>>,
+    /// What the previous compile built from the same policies, Secrets and
+    /// ConfigMaps: a rebuilt equal policy is replaced by it, so routes
+    /// compiled at different times share one value.
+    previous: HashMap<EffKey, Arc<RoutePolicy>>,
     empty: Arc<RoutePolicy>,
 }
 
@@ -62,8 +79,22 @@ impl<'a> Policies<'a> {
             memo: HashMap::new(),
             bound: HashMap::new(),
             keep: Vec::new(),
-            empty: Arc::new(RoutePolicy::default()),
+            previous: HashMap::new(),
+            empty: empty_policy(),
         }
+    }
+
+    /// Uses `memo`, built by the previous compile from the same policies,
+    /// Secrets and ConfigMaps: every policy is still built (its errors,
+    /// warnings and state are this compile's), then the previous equal value
+    /// is kept instead of the new one.
+    pub(super) fn reuse(&mut self, memo: PolicyMemo) {
+        self.previous = memo.0;
+    }
+
+    /// What this compile built, for [`Policies::reuse`] by the next.
+    pub(super) fn into_memo(self) -> PolicyMemo {
+        PolicyMemo(self.memo)
     }
 
     fn merged(&self, levels: &[Level]) -> Effective {
@@ -82,7 +113,11 @@ impl<'a> Policies<'a> {
         if let Some(p) = self.memo.get(&key) {
             return p.clone();
         }
-        let p = Arc::new(self.builder.route_policy(eff));
+        let built = self.builder.route_policy(eff);
+        let p = self
+            .previous
+            .remove(&key)
+            .unwrap_or_else(|| Arc::new(built));
         self.memo.insert(key, p.clone());
         p
     }

@@ -133,9 +133,11 @@ impl<'a> SectionBuilder<'a> {
                     let b = self.build(kind, &key, &eff.sections);
                     if let Err(e) = &b {
                         let owner = key.last().expect("non-empty").policy.clone();
+                        // Sorted, so that the order does not depend on which
+                        // route happened to build the section first.
                         let list = self.errors.entry(owner).or_default();
-                        if !list.contains(e) {
-                            list.push(e.clone());
+                        if let Err(i) = list.binary_search(e) {
+                            list.insert(i, e.clone());
                         }
                     }
                     self.built.insert((kind, key.clone()), b.clone());
@@ -363,13 +365,14 @@ impl<'a> SectionBuilder<'a> {
         let htpasswd = parse_htpasswd(text)
             .map_err(|e| format!("Secret {ns}/{} key {:?}: {e}", b.secret, b.key))?;
         if !htpasswd.weak.is_empty() {
-            self.warnings
-                .entry(owner.policy.clone())
-                .or_default()
-                .push(format!(
+            let w = format!(
                 "basicAuth: users {:?} have unsalted {{SHA}} passwords; use bcrypt (htpasswd -B)",
                 htpasswd.weak
-            ));
+            );
+            let list = self.warnings.entry(owner.policy.clone()).or_default();
+            if let Err(i) = list.binary_search(&w) {
+                list.insert(i, w);
+            }
         }
         // Verified credentials stay valid while the file is unchanged.
         let cache = self.state.get_or_insert(
@@ -503,7 +506,7 @@ impl<'a> SectionBuilder<'a> {
         e: &ExtAuthSection,
     ) -> Result<ExtAuthConfig, String> {
         let endpoints = match self.resolver.target_from(from, from_ns, &e.service, e.port) {
-            BackendTarget::Endpoints(eps) => eps,
+            BackendTarget::Endpoints(eps) => eps.to_vec(),
             BackendTarget::Invalid(u) => return Err(format!("extAuth: {}", u.message)),
         };
         Ok(ExtAuthConfig {
