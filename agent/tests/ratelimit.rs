@@ -131,6 +131,43 @@ async fn local_limits_answer_429_with_headers_per_route_and_count_the_reason() {
     app.shutdown().await;
 }
 
+const SHADOW: &str = r#"
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: trial, namespace: team-a}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: orders}]
+  rateLimit:
+    headers: Off
+    local:
+    - {name: trial, requests: 1, unit: Hour, shadow: true}
+"#;
+
+#[tokio::test]
+async fn shadow_rules_serve_count_and_send_no_headers_when_off() {
+    let (app, c) = setup(SHADOW, ServiceOptions::default()).await;
+    for i in 0..3 {
+        let r = c.get("a.example.com", "/").await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}: {}", r.body);
+        assert!(
+            !r.headers.contains_key("ratelimit-policy"),
+            "{:?}",
+            r.headers
+        );
+        assert!(!r.headers.contains_key("ratelimit"), "{:?}", r.headers);
+    }
+    let metrics = admin_get(&app, "/metrics").await;
+    for (decision, reason, n) in [("allow", "ok", 1), ("allow", "rate_limited_shadow", 2)] {
+        let line = format!(
+            r#"sluice_policy_decisions_total{{namespace="team-a",policy="trial",section="rateLimit",decision="{decision}",reason="{reason}"}} {n}"#
+        );
+        assert!(metrics.contains(&line), "{line}\n{metrics}");
+    }
+    assert!(!metrics.contains(r#"policy="trial",section="rateLimit",decision="deny""#));
+    app.shutdown().await;
+}
+
 const PENALTY: &str = r#"
 ---
 apiVersion: sluice.dev/v1alpha1

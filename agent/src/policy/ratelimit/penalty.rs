@@ -643,4 +643,73 @@ mod tests {
         );
         assert_eq!(b.remove("10.0.0.2/32".parse().unwrap(), Some("ns/gw")), 1);
     }
+
+    /// What the kernel map was told, and what it held at attach.
+    #[derive(Clone, Default)]
+    struct FakeMap {
+        held: Vec<(u32, IpNet, u64)>,
+        ops: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl PenaltyMap for FakeMap {
+        fn put(&mut self, shard: u32, net: IpNet, expires_ns: u64) -> Result<(), String> {
+            self.ops
+                .lock()
+                .unwrap()
+                .push(format!("put {shard} {net} {expires_ns}"));
+            Ok(())
+        }
+        fn delete(&mut self, shard: u32, net: IpNet) -> Result<(), String> {
+            self.ops
+                .lock()
+                .unwrap()
+                .push(format!("delete {shard} {net}"));
+            Ok(())
+        }
+        fn dump(&self) -> Result<Vec<(u32, IpNet, u64)>, String> {
+            Ok(self.held.clone())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_kernel_map_adopts_live_entries_and_follows_the_box() {
+        let (b, _base) = boxed();
+        let now = b.now_ns();
+        let live: IpNet = "10.9.0.1/32".parse().unwrap();
+        let stale: IpNet = "10.9.0.2/32".parse().unwrap();
+        let fake = FakeMap {
+            held: vec![(3, live, now + 60_000_000_000), (3, stale, now - 1)],
+            ..Default::default()
+        };
+        let ops = fake.ops.clone();
+        b.attach_kernel(Box::new(fake));
+        // A previous agent's live entry is enforced at accept too.
+        assert!(!b.admits(3, "10.9.0.1".parse().unwrap()));
+        assert!(b.admits(3, "10.9.0.2".parse().unwrap()));
+        let s = spec(1, Duration::from_secs(1), Duration::from_secs(30));
+        b.penalize(
+            "ns/gw",
+            "10.1.1.1".parse().unwrap(),
+            &s,
+            "r",
+            PenaltyCause::RateLimit,
+        );
+        assert_eq!(b.remove("10.1.1.1/32".parse().unwrap(), None), 1);
+        let want = [
+            format!("delete 3 {stale}"),
+            format!("put 3 10.1.1.1/32 {}", now + 30_000_000_000),
+            "delete 3 10.1.1.1/32".to_owned(),
+        ];
+        // Programmed by a blocking task, in order.
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while ops.lock().unwrap().len() < want.len() {
+            assert!(
+                std::time::Instant::now() < until,
+                "{:?}",
+                ops.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(*ops.lock().unwrap(), want);
+    }
 }
