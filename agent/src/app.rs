@@ -106,6 +106,10 @@ pub struct Settings {
     /// Keep the pinned eBPF datapath when stopping without a successor, for
     /// the next agent (`systemctl restart`).
     pub keep_datapath_on_exit: bool,
+    /// Access log destination and format.
+    pub access_log: crate::access_log::Settings,
+    /// Generate (or keep a trusted proxy's) X-Request-Id on every request.
+    pub request_ids: bool,
 }
 
 impl Settings {
@@ -135,6 +139,8 @@ impl Settings {
             secret_tls: TlsFiles::default(),
             secret_poll: std::time::Duration::from_secs(10),
             keep_datapath_on_exit: false,
+            access_log: Default::default(),
+            request_ids: true,
         }
     }
 }
@@ -161,6 +167,8 @@ pub enum AppError {
     Kubernetes(#[from] crate::kube::KubeError),
     #[error("config, discovery or secret store: {0}")]
     Source(#[from] SourceError),
+    #[error("access log: {0}")]
+    AccessLog(#[from] crate::access_log::AccessLogError),
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -233,9 +241,15 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
     let rate_limits = start_rate_limits(&settings, &metrics, &snapshot, kernel.as_ref()).await;
+    let access_log = crate::access_log::AccessLog::start(&settings.access_log)?;
+    access_log.register(&mut registry);
+    if access_log.enabled() {
+        reopen_on_sighup(access_log.clone());
+    }
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
+            .with_access_log(access_log, settings.request_ids)
             .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),
     );
     let mut runtime = Runtime::new(
@@ -607,5 +621,22 @@ impl App {
         // Arc: the runtime and the metrics collector.
         drop(self.runtime);
         tracing::info!("sluice stopped");
+    }
+}
+
+/// SIGHUP reopens the access log file (after log rotation moved it).
+fn reopen_on_sighup(log: crate::access_log::AccessLog) {
+    use tokio::signal::unix::{signal, SignalKind};
+    match signal(SignalKind::hangup()) {
+        Ok(mut hup) => {
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    log.reopen();
+                }
+            });
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no SIGHUP handler: the access log cannot be reopened")
+        }
     }
 }

@@ -253,6 +253,29 @@ pub struct Cli {
     #[arg(long, hide = true, requires = "redis_url")]
     pub ratelimit_naive_cluster: bool,
 
+    /// Access log: one line per request to `stdout`, to a file (appended
+    /// to; reopened on SIGHUP for log rotation), or `off`.
+    #[arg(long, value_name = "stdout|PATH|off", default_value = "off")]
+    pub access_log: crate::access_log::Destination,
+
+    /// Access log line format.
+    #[arg(long, value_enum, default_value_t = crate::access_log::Format::Json)]
+    pub access_log_format: crate::access_log::Format,
+
+    /// What the access log keeps of query strings (`redact`: parameter
+    /// names only).
+    #[arg(long, value_enum, default_value_t = crate::access_log::QueryMode::Redact)]
+    pub access_log_query: crate::access_log::QueryMode,
+
+    /// Log only requests answered with at least this status (e.g. 400).
+    #[arg(long, value_name = "STATUS", default_value_t = 0)]
+    pub access_log_min_status: u16,
+
+    /// X-Request-Id on every request: `generate` one unless a trusted proxy
+    /// sent one (forwarded upstream and returned to the client), or `off`.
+    #[arg(long, value_enum, default_value_t = RequestIdMode::Generate)]
+    pub request_id: RequestIdMode,
+
     /// Log output format.
     #[arg(long, value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -346,6 +369,13 @@ pub enum EbpfLogLevel {
     Trace,
 }
 
+/// `--request-id`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RequestIdMode {
+    Generate,
+    Off,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum LogFormat {
     Text,
@@ -420,6 +450,14 @@ impl Cli {
         };
         s.trusted_proxies = self.trusted_proxies.clone();
         s.rate_limits = self.rate_limit_options()?;
+        s.access_log = crate::access_log::Settings {
+            destination: self.access_log.clone(),
+            format: self.access_log_format,
+            query: self.access_log_query,
+            min_status: self.access_log_min_status,
+            ..Default::default()
+        };
+        s.request_ids = self.request_id == RequestIdMode::Generate;
         s.ebpf_log_level = match self.ebpf_log_level {
             EbpfLogLevel::Error => 1,
             EbpfLogLevel::Warn => 2,

@@ -6,6 +6,7 @@
 //! phases of [`policy`] (compiled API policy, independent of the config
 //! types); [`reload`] applies a configuration (at start-up and on every
 //! change of the config directory); [`app`] wires it together.
+pub mod access_log;
 pub mod admin;
 pub mod alloc;
 pub mod app;

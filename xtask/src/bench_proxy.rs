@@ -65,6 +65,9 @@ pub struct Options {
     /// After the loads: open this many idle keep-alive connections to each
     /// proxy and report its memory growth per connection (0: skip).
     pub idle_connections: u32,
+    /// Also run Sluice with its access log (JSON to a file) and request ids
+    /// on, and print the cost against the same Sluice without.
+    pub access_log: bool,
 }
 
 impl Options {
@@ -206,6 +209,8 @@ struct Target {
     proxy: Option<Proxy>,
     /// Routes configured besides the measured one.
     extra_routes: u32,
+    /// Sluice with its access log and request ids on (`--access-log`).
+    access_log: bool,
     ports: Ports,
     process: Option<Proc>,
 }
@@ -872,7 +877,11 @@ fn curl(port: u16, scheme: &str, h2: bool, host: &str, path: &str) -> Result<u16
 /// head (HTTP/1.1, h2c, HTTPS, h2 over TLS), and says 404 to a wrong host or
 /// path.
 fn check_equivalence(targets: &[Target], capture: &Capture) -> Result<()> {
-    let proxies: Vec<&Target> = targets.iter().filter(|t| t.proxy.is_some()).collect();
+    // The access-log variant adds X-Request-Id by design.
+    let proxies: Vec<&Target> = targets
+        .iter()
+        .filter(|t| t.proxy.is_some() && !t.access_log)
+        .collect();
     let modes: [(&str, &str, bool); 4] = [
         ("HTTP/1.1", "http", false),
         ("h2c", "http", true),
@@ -1554,10 +1563,22 @@ fn start_proxy(
                 sluice_config(ports, BASE_PORT, t.extra_routes, cert, key),
             )?;
             let mut cmd = pinned(cpu, sluice);
-            cmd.arg("--config-dir")
-                .arg(&cfg)
-                .args(["--datapath", "userspace", "--worker-threads", "1"])
-                .arg("--admin-addr")
+            cmd.arg("--config-dir").arg(&cfg).args([
+                "--datapath",
+                "userspace",
+                "--worker-threads",
+                "1",
+            ]);
+            if t.access_log {
+                cmd.arg("--access-log")
+                    .arg(dir.join(format!("{name}-access.log")))
+                    .args(["--request-id", "generate"]);
+            } else {
+                // nginx and HAProxy add no request id either: the same
+                // forwarded request (the equivalence check compares them).
+                cmd.args(["--request-id", "off"]);
+            }
+            cmd.arg("--admin-addr")
                 .arg(format!("127.0.0.1:{}", ports.admin))
                 .env("RUST_LOG", "info");
             Proc::spawn(&t.label, cmd, &log)?
@@ -1709,6 +1730,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         label: "direct".into(),
         proxy: None,
         extra_routes: 0,
+        access_log: false,
         ports: Ports {
             h1: BASE_PORT,
             h2c: 0,
@@ -1733,11 +1755,22 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 label,
                 proxy: Some(proxy),
                 extra_routes: extra,
+                access_log: false,
                 ports: Ports::of_instance(k),
                 process: None,
             });
             k += 1;
         }
+    }
+    if opts.access_log {
+        bench.targets.push(Target {
+            label: "sluice+log".into(),
+            proxy: Some(Proxy::Sluice),
+            extra_routes: 0,
+            access_log: true,
+            ports: Ports::of_instance(k),
+            process: None,
+        });
     }
     // Every port must be free: a stray server would be measured instead.
     let mut ports = vec![BASE_PORT];
@@ -1870,7 +1903,7 @@ fn print_report(
     let find = |proxy: Proxy, extra: u32| {
         targets
             .iter()
-            .position(|t| t.proxy == Some(proxy) && t.extra_routes == extra)
+            .position(|t| t.proxy == Some(proxy) && t.extra_routes == extra && !t.access_log)
     };
     println!(
         "\n## cargo xtask bench proxy: {} s per run, median of {} interleaved rounds\n",
@@ -1983,6 +2016,27 @@ fn print_report(
                 r(Proxy::Sluice),
                 r(Proxy::Nginx),
                 r(Proxy::Haproxy)
+            );
+        }
+    }
+    if opts.access_log {
+        let logged = targets.iter().position(|t| t.access_log);
+        println!(
+            "\n### Access log and request ids on ÷ off (Sluice, JSON lines to a file; target: ≥ 0.95 req/s)\n"
+        );
+        println!("| load | req/s on ÷ off | CPU/req on ÷ off |");
+        println!("|---|---:|---:|");
+        for &load in loads {
+            let on = logged.and_then(|i| med(load, i));
+            let off = find(Proxy::Sluice, 0).and_then(|i| med(load, i));
+            println!(
+                "| {} | {} | {} |",
+                load.name(),
+                ratio(on.as_ref().map(|s| s.rps), off.as_ref().map(|s| s.rps)),
+                ratio(
+                    on.as_ref().and_then(|s| cpu_per_100k(s)),
+                    off.as_ref().and_then(|s| cpu_per_100k(s))
+                )
             );
         }
     }

@@ -234,6 +234,10 @@ enum Bench {
         /// (e.g. 10000; 0 skips it).
         #[arg(long, default_value_t = 0)]
         idle_connections: u32,
+        /// Also run Sluice with its access log and request ids on, and print
+        /// the cost against Sluice without (one more target in the same run).
+        #[arg(long)]
+        access_log: bool,
     },
     /// Per-request cost of each SluicePolicy section (JWT RS256/ES256 with
     /// repeat and fresh tokens, API key, Basic, external auth) next to the
@@ -323,6 +327,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             proxy_cpu,
             load_cpus,
             idle_connections,
+            access_log,
         } => bench_proxy::run(
             root,
             &bench_proxy::Options {
@@ -337,6 +342,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 load_cpus: bench_proxy::parse_cpu_list(&load_cpus)
                     .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
                 idle_connections: idle_connections.min(100_000),
+                access_log,
             },
         ),
         Bench::Routes { stores_only } => {

@@ -16,7 +16,7 @@ use super::{
     full,
     mirror::{self, UpstreamBody},
     pool::Dial,
-    proxy::{Answered, Authority, ConnInfo, Proxy},
+    proxy::{Answered, Authority, ConnInfo, Proxy, UpstreamSeen},
     retry::Replay,
     upgrade::{self, upgrade_protocol},
     upstream_tls, Body,
@@ -102,6 +102,7 @@ impl Proxy {
         conn: &ConnInfo,
         parts: Parts,
         body: Body,
+        seen: &mut UpstreamSeen,
     ) -> Result<Response<Body>, Rejection> {
         let Planned {
             backend,
@@ -134,6 +135,7 @@ impl Proxy {
                     }
                 },
             };
+            seen.endpoint = Some(endpoint);
             let mut req = Request::from_parts(parts, body);
             let upgrade = upgrade_protocol(&req);
             let downstream_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -171,6 +173,9 @@ impl Proxy {
             };
             let mut endpoint = endpoint;
             let mut retries = 0;
+            if seen.timed {
+                seen.sent = Some(std::time::Instant::now());
+            }
             loop {
                 // backendRequest covers one attempt until its full response is in.
                 let deadline = action
@@ -207,6 +212,8 @@ impl Proxy {
                             tokio::time::sleep(policy.backoff).await;
                             tracing::debug!(route = %t.entry.route, from = %endpoint, to = %ep, retry = retries + 1, "retrying");
                             retries += 1;
+                            seen.retries = retries;
+                            seen.endpoint = Some(ep);
                             endpoint = ep;
                             request = again;
                             continue;
@@ -219,6 +226,7 @@ impl Proxy {
                         "backend request timeout",
                     )),
                     Some(Ok(resp)) => {
+                        seen.head = seen.sent.map(|t| t.elapsed());
                         let (mut parts, body) = resp.into_parts();
                         strip_hop_by_hop(&mut parts.headers);
                         let body = body.map_err(Into::into).boxed();

@@ -3,6 +3,7 @@
 mod deadline;
 pub mod filters;
 mod forward;
+mod logged;
 mod mirror;
 pub mod pool;
 mod proxy;

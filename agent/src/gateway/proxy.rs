@@ -15,10 +15,17 @@ use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 use ipnet::IpNet;
 
-use super::{deadline::Deadline, forward::Target, pool::Pools, Body};
+use super::{
+    deadline::Deadline,
+    forward::Target,
+    logged::{CountedRequest, LoggedResponse},
+    pool::Pools,
+    Body,
+};
 use crate::{
+    access_log::{self, request_id, AccessLog, Entry},
     metrics::{Metrics, Name, RequestLabels, RuleMetrics, ShardLabels, StatusClass},
-    policy::{Reason, Rejection, RequestCtx, RoutePolicy, Verdict},
+    policy::{Reason, Rejection, RequestCtx, RoutePolicy, SectionMeta, Verdict},
     snapshot::{RequestView, ShardId, Snapshot},
 };
 
@@ -42,6 +49,8 @@ pub struct ConnInfo {
 pub struct TlsInfo {
     /// The server name the client sent (SNI), if any, lower-case.
     pub sni: Option<Arc<str>>,
+    /// The negotiated protocol version (`TLSv1.3`), for the access log.
+    pub version: Option<&'static str>,
 }
 
 impl ConnInfo {
@@ -77,6 +86,9 @@ pub struct Proxy {
     trusted_proxies: Vec<IpNet>,
     /// Asked by the accept loops whether a connection is served.
     connection_gate: Option<ConnectionGate>,
+    access_log: AccessLog,
+    /// Give every request an `X-Request-Id`.
+    request_ids: bool,
 }
 
 /// Decides at accept whether a connection from a peer is served (the rate
@@ -95,7 +107,31 @@ struct Handled<'s> {
     reason: &'static str,
     /// The matched rule's resolved counters (when a rule was matched).
     rule: Option<&'s RuleMetrics>,
+    /// Why the gateway answered itself, and which policy section decided.
+    rejected: Option<(Reason, Option<Arc<SectionMeta>>)>,
 }
+
+/// What the access log needs to know of the upstream exchange.
+#[derive(Debug, Default)]
+pub(super) struct UpstreamSeen {
+    /// Record times (only when the access log is on: two clock reads).
+    pub timed: bool,
+    /// The endpoint of the last attempt.
+    pub endpoint: Option<SocketAddr>,
+    pub retries: u32,
+    /// When the first attempt was sent.
+    pub sent: Option<Instant>,
+    /// First attempt sent → response head received.
+    pub head: Option<std::time::Duration>,
+}
+
+/// An access log entry in the making, with the request body's byte count.
+struct LogEntry {
+    entry: Entry,
+    request_read: Option<Arc<std::sync::atomic::AtomicU64>>,
+}
+
+const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
 
 static NONE: std::sync::LazyLock<Arc<str>> = std::sync::LazyLock::new(|| Arc::from("none"));
 
@@ -107,7 +143,18 @@ impl Proxy {
             metrics,
             trusted_proxies: Vec::new(),
             connection_gate: None,
+            access_log: AccessLog::default(),
+            request_ids: false,
         }
+    }
+
+    /// Logs every request to `log` (when enabled) and, with `request_ids`,
+    /// gives every request an `X-Request-Id` (kept when a trusted proxy sent
+    /// one), forwarded upstream and returned.
+    pub fn with_access_log(mut self, log: AccessLog, request_ids: bool) -> Self {
+        self.access_log = log;
+        self.request_ids = request_ids;
+        self
     }
 
     /// Connections whose peer `gate` refuses are closed at accept.
@@ -193,6 +240,20 @@ impl Proxy {
         let snapshot = self.snapshot.load_full();
         let snapshot: &Snapshot = &snapshot;
         let conn: &ConnInfo = &conn;
+        let mut req = req;
+        let request_id = self
+            .request_ids
+            .then(|| self.request_id(conn, req.headers_mut()));
+        // Boxed and only when logging: the fields live across the awaits
+        // below, and every byte of this future is copied as it is polled.
+        let mut entry = self
+            .access_log
+            .enabled()
+            .then(|| self.log_entry(conn, &req, request_id.clone()));
+        let mut seen = UpstreamSeen {
+            timed: entry.is_some(),
+            ..UpstreamSeen::default()
+        };
         // Inline rather than a function of its own: every async call level
         // stores its callee's state in its own and copies it when it is
         // first awaited.
@@ -203,6 +264,7 @@ impl Proxy {
                     route: route.clone(),
                     reason: r.reason.label(),
                     rule: None,
+                    rejected: Some((r.reason, r.section.clone())),
                 };
                 (r.into_response(), handled)
             };
@@ -222,7 +284,11 @@ impl Proxy {
                 );
             };
             let host = lower(host_without_port(authority.as_str()));
-            let Some(listener) = shard.listener_for(conn.local.port(), &host) else {
+            let listener = shard.listener_for(conn.local.port(), &host);
+            if let (Some(e), Some(l)) = (&mut entry, listener) {
+                e.entry.listener = Some(Arc::from(l.name.as_str()));
+            }
+            let Some(listener) = listener else {
                 break 'serve rejected(
                     Rejection::new(Reason::NoRoute, "no route"),
                     &shard.name,
@@ -251,10 +317,10 @@ impl Proxy {
                 req.uri().query(),
                 req.headers(),
             );
-            let entry = listener.routes.find(&host, &view);
+            let route_entry = listener.routes.find(&host, &view);
             drop(view);
-            let route_name = entry.map_or(&*NONE, |e| &e.route_name);
-            let policy: &RoutePolicy = match entry {
+            let route_name = route_entry.map_or(&*NONE, |e| &e.route_name);
+            let policy: &RoutePolicy = match route_entry {
                 Some(e) => &e.action.policy,
                 None => &listener.policy,
             };
@@ -274,7 +340,7 @@ impl Proxy {
                     break 'serve rejected(r, &shard.name, route_name);
                 }
             }
-            let Some(entry) = entry else {
+            let Some(route_entry) = route_entry else {
                 break 'serve rejected(
                     Rejection::new(Reason::NoRoute, "no route"),
                     &shard.name,
@@ -282,14 +348,23 @@ impl Proxy {
                 );
             };
             let target = Target {
-                entry,
+                entry: route_entry,
                 listener_port: listener.port,
                 scheme: conn.scheme(),
                 host: &host,
                 authority: &authority,
             };
-            let body: Body = body.map_err(Into::into).boxed();
-            let deadline = entry
+            let mut body: Body = body.map_err(Into::into).boxed();
+            let mut request_read = None;
+            if entry.is_some() {
+                let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
+                body = CountedRequest::new(body, read.clone()).boxed();
+                request_read = Some(read);
+            }
+            if let Some(e) = &mut entry {
+                e.entry.rule = Some(route_entry.rule);
+            }
+            let deadline = route_entry
                 .action
                 .timeouts
                 .request
@@ -300,7 +375,7 @@ impl Proxy {
             let outcome = match deadline {
                 Some(at) => match tokio::time::timeout_at(
                     at,
-                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body),
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body, &mut seen),
                 )
                 .await
                 {
@@ -309,33 +384,41 @@ impl Proxy {
                     Err(_) => Err(Rejection::new(Reason::RequestTimeout, "request timeout")),
                 },
                 None => {
-                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body)
+                    self.exchange(policy, ctx.as_mut(), target, conn, parts, body, &mut seen)
                         .await
                 }
             };
-            let (mut response, reason) = match outcome {
+            let (mut response, reason, rejected) = match outcome {
                 Ok(resp) => {
                     let reason = resp
                         .extensions()
                         .get::<Answered>()
                         .map_or("upstream", |a| a.0);
-                    (resp, reason)
+                    (resp, reason, None)
                 }
                 Err(r) => {
                     let reason = r.reason.label();
-                    (r.into_response(), reason)
+                    let rejected = Some((r.reason, r.section.clone()));
+                    (r.into_response(), reason, rejected)
                 }
             };
             if let Some(ctx) = &ctx {
                 policy.response(ctx, response.headers_mut());
+                if let Some(e) = &mut entry {
+                    e.entry.principal = ctx.identity.principal();
+                }
+            }
+            if let (Some(e), Some(read)) = (&mut entry, request_read) {
+                e.request_read = Some(read);
             }
             (
                 response,
                 Handled {
                     shard: shard.name.clone(),
-                    route: entry.route_name.clone(),
+                    route: route_entry.route_name.clone(),
                     reason,
-                    rule: Some(&entry.action.metrics),
+                    rule: Some(&route_entry.action.metrics),
+                    rejected,
                 },
             )
         };
@@ -363,7 +446,106 @@ impl Proxy {
                     .observe(elapsed);
             }
         }
+        let mut response = response;
+        if let Some(id) = request_id {
+            response.headers_mut().insert(X_REQUEST_ID, id);
+        }
+        if let Some(e) = entry {
+            response = self.logged(response, e, handled, seen, start);
+        }
         Ok(response)
+    }
+
+    /// The request's id: a trusted proxy's, else a new one; set on the
+    /// request, so that it is forwarded.
+    fn request_id(&self, conn: &ConnInfo, headers: &mut http::HeaderMap) -> HeaderValue {
+        if let Some(v) = headers.get(X_REQUEST_ID) {
+            if request_id::acceptable(v) && self.is_trusted(conn.peer.ip()) {
+                return v.clone();
+            }
+        }
+        let id = request_id::generate();
+        headers.insert(X_REQUEST_ID, id.clone());
+        id
+    }
+
+    /// The access log entry with what is known when the request arrives.
+    fn log_entry<B>(
+        &self,
+        conn: &ConnInfo,
+        req: &Request<B>,
+        request_id: Option<HeaderValue>,
+    ) -> Box<LogEntry> {
+        let h = req.headers();
+        let entry = Entry {
+            time: std::time::SystemTime::now(),
+            gateway: NONE.clone(),
+            listener: None,
+            route: None,
+            rule: None,
+            method: req.method().clone(),
+            authority: match req.uri().authority() {
+                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                None => h.get(header::HOST).cloned(),
+            },
+            uri: req.uri().clone(),
+            query: self.access_log.query_mode(),
+            version: req.version(),
+            status: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            duration: Default::default(),
+            upstream: None,
+            upstream_time: None,
+            retries: 0,
+            tls_version: conn.tls.as_ref().and_then(|t| t.version),
+            sni: conn.tls.as_ref().and_then(|t| t.sni.clone()),
+            peer: conn.peer,
+            client: self.client_ip(conn.peer.ip(), h),
+            x_forwarded_for: h.get("x-forwarded-for").cloned(),
+            user_agent: h.get(header::USER_AGENT).cloned(),
+            request_id: request_id.or_else(|| h.get(X_REQUEST_ID).cloned()),
+            trace_id: h.get("traceparent").and_then(access_log::trace_id),
+            principal: None,
+            policy: None,
+            reason: "upstream",
+            flag: "-",
+            incomplete: false,
+        };
+        Box::new(LogEntry {
+            entry,
+            request_read: None,
+        })
+    }
+
+    /// Completes the entry with the outcome and hands the response body the
+    /// job of sending it when the body is done.
+    fn logged(
+        &self,
+        response: Response<Body>,
+        log: Box<LogEntry>,
+        handled: Handled<'_>,
+        seen: UpstreamSeen,
+        start: Instant,
+    ) -> Response<Body> {
+        let LogEntry {
+            mut entry,
+            request_read,
+        } = *log;
+        entry.gateway = handled.shard;
+        entry.route = (!Arc::ptr_eq(&handled.route, &NONE)).then_some(handled.route);
+        entry.status = response.status().as_u16();
+        entry.reason = handled.reason;
+        let (reason, section) = handled.rejected.unzip();
+        entry.flag = access_log::flag(reason, handled.reason);
+        entry.policy = section.flatten().map(|s| (s.policy.to_string(), s.section));
+        entry.upstream = seen.endpoint;
+        entry.upstream_time = seen.head;
+        entry.retries = seen.retries;
+        let read = request_read.unwrap_or_default();
+        response.map(|body| {
+            LoggedResponse::new(body, Box::new(entry), self.access_log.clone(), start, read).boxed()
+        })
     }
 
     /// Counts a request through the family (answers of the gateway itself).
@@ -382,6 +564,9 @@ impl Proxy {
     /// The policy phases that need the body (CORS preflight,
     /// authentication, authorization, transforms, body limit) and the
     /// upstream phase.
+    // The request's parts travel as arguments rather than in a struct: a
+    // struct would be one more value moved into this future's state.
+    #[allow(clippy::too_many_arguments)]
     async fn exchange(
         &self,
         policy: &RoutePolicy,
@@ -390,6 +575,7 @@ impl Proxy {
         conn: &ConnInfo,
         mut parts: http::request::Parts,
         mut body: Body,
+        seen: &mut UpstreamSeen,
     ) -> Result<Response<Body>, Rejection> {
         let mut limit_hit = None;
         if let Some(ctx) = ctx {
@@ -408,7 +594,7 @@ impl Proxy {
             body = limited;
             limit_hit = hit;
         }
-        let outcome = self.forward(target, conn, parts, body).await;
+        let outcome = self.forward(target, conn, parts, body, seen).await;
         match (outcome, limit_hit) {
             // The body outgrew the limit while streaming: the exchange
             // failed because of it, and it is the client's 413.

@@ -260,7 +260,12 @@ fn serve(
             .1
             .server_name()
             .map(|n| Arc::<str>::from(n.to_ascii_lowercase()));
-        let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni }));
+        let version = stream.get_ref().1.protocol_version().map(|v| match v {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            _ => "TLS",
+        });
+        let info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni, version }));
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop(permit);
     });

@@ -1,0 +1,405 @@
+//! Access logs: one structured line per request, written off the request
+//! path.
+//!
+//! The data path fills an [`Entry`] (shared names, a few small copies) and
+//! hands it to a bounded channel with `try_send`: when the writer falls
+//! behind, the entry is dropped and counted (`sluice_access_log_dropped_total`),
+//! so a slow disk or a stalled stdout never delays a request. A writer thread
+//! ([`writer`]) formats and writes the lines in batches, and reopens a file
+//! destination when asked (SIGHUP, for log rotation).
+//!
+//! The response flag ([`flag`]) is a short code for answers the gateway made
+//! itself, in the spirit of Envoy's response flags, so `grep ' UT '` finds
+//! the upstream timeouts without knowing status codes.
+use std::{
+    net::{IpAddr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        atomic::{AtomicBool, Ordering},
+        mpsc::{SyncSender, TrySendError},
+        Arc,
+    },
+    time::{Duration, SystemTime},
+};
+
+use http::{HeaderValue, Method, Uri};
+use prometheus_client::{metrics::counter::Counter, registry::Registry};
+
+use crate::policy::Reason;
+
+mod format;
+pub mod request_id;
+mod writer;
+
+pub use format::{write_json, write_text};
+
+/// Where access log lines go (`--access-log`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Destination {
+    /// No access log (the default: a node agent's stdout is usually the
+    /// node's journal or the container log, which the operator opts into).
+    #[default]
+    Off,
+    Stdout,
+    /// A file, appended to; reopened on SIGHUP (after `logrotate` moved it).
+    File(PathBuf),
+}
+
+impl std::str::FromStr for Destination {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "off" => Ok(Self::Off),
+            "stdout" | "-" => Ok(Self::Stdout),
+            "" => Err("an empty access log destination; use off, stdout or a file path".into()),
+            path => Ok(Self::File(PathBuf::from(path))),
+        }
+    }
+}
+
+/// The line format (`--access-log-format`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum Format {
+    /// One JSON object per line.
+    #[default]
+    Json,
+    /// Space-separated fields in a fixed order, `-` for absent ones.
+    Text,
+}
+
+/// What is logged of the query string (`--access-log-query`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum QueryMode {
+    /// The path with its query as received.
+    Keep,
+    /// Parameter names kept, values replaced by `REDACTED` (tokens and
+    /// e-mail addresses travel in query strings).
+    #[default]
+    Redact,
+    /// The path only.
+    Drop,
+}
+
+/// Access log settings of the agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Settings {
+    pub destination: Destination,
+    pub format: Format,
+    pub query: QueryMode,
+    /// Only requests answered with at least this status are logged (e.g.
+    /// 400 for errors only); 0 logs everything.
+    pub min_status: u16,
+    /// Entries waiting for the writer; past this, entries are dropped.
+    pub queue: usize,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            destination: Destination::Off,
+            format: Format::Json,
+            query: QueryMode::Redact,
+            min_status: 0,
+            queue: 16_384,
+        }
+    }
+}
+
+/// Errors of opening the access log.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessLogError {
+    #[error("opening the access log file {path}: {source}")]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("starting the access log writer thread: {0}")]
+    Thread(#[source] std::io::Error),
+}
+
+/// The data path's handle: cheap to clone, `enabled()` is one load.
+#[derive(Clone, Default)]
+pub struct AccessLog {
+    inner: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    tx: SyncSender<Box<Entry>>,
+    min_status: u16,
+    query: QueryMode,
+    written: Counter,
+    dropped: Counter,
+    reopen: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for AccessLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AccessLog")
+            .field("enabled", &self.enabled())
+            .finish()
+    }
+}
+
+impl AccessLog {
+    /// Opens the destination and starts the writer thread; `Off` gives a
+    /// handle that logs nothing. The thread ends when every handle is gone.
+    pub fn start(settings: &Settings) -> Result<Self, AccessLogError> {
+        let sink = match &settings.destination {
+            Destination::Off => return Ok(Self::default()),
+            Destination::Stdout => writer::Sink::Stdout,
+            Destination::File(path) => writer::Sink::file(path)?,
+        };
+        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
+        let written = Counter::default();
+        let reopen = Arc::new(AtomicBool::new(false));
+        writer::spawn(rx, sink, settings.format, written.clone(), reopen.clone())
+            .map_err(AccessLogError::Thread)?;
+        Ok(Self {
+            inner: Some(Arc::new(Inner {
+                tx,
+                min_status: settings.min_status,
+                query: settings.query,
+                written,
+                dropped: Counter::default(),
+                reopen,
+            })),
+        })
+    }
+
+    /// Whether requests are logged at all (the data path collects nothing
+    /// otherwise).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.inner.is_some()
+    }
+
+    /// What is logged of query strings.
+    pub fn query_mode(&self) -> QueryMode {
+        self.inner.as_ref().map_or(QueryMode::Drop, |i| i.query)
+    }
+
+    /// Queues `entry` for the writer, or drops and counts it when the
+    /// writer is behind. Never blocks.
+    pub fn send(&self, entry: Box<Entry>) {
+        let Some(inner) = &self.inner else { return };
+        if entry.status < inner.min_status {
+            return;
+        }
+        match inner.tx.try_send(entry) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+                inner.dropped.inc();
+            }
+        }
+    }
+
+    /// Asks the writer to reopen a file destination (after rotation).
+    pub fn reopen(&self) {
+        if let Some(inner) = &self.inner {
+            inner.reopen.store(true, Ordering::Release);
+        }
+    }
+
+    /// Lines written and entries dropped so far.
+    pub fn counts(&self) -> (u64, u64) {
+        self.inner
+            .as_ref()
+            .map_or((0, 0), |i| (i.written.get(), i.dropped.get()))
+    }
+
+    /// `sluice_access_log_lines_total` and `sluice_access_log_dropped_total`.
+    pub fn register(&self, registry: &mut Registry) {
+        let (written, dropped) = match &self.inner {
+            Some(i) => (i.written.clone(), i.dropped.clone()),
+            None => (Counter::default(), Counter::default()),
+        };
+        registry.register(
+            "sluice_access_log_lines",
+            "Access log lines written",
+            written,
+        );
+        registry.register(
+            "sluice_access_log_dropped",
+            "Access log entries dropped because the writer was behind (requests are never \
+             delayed for the log)",
+            dropped,
+        );
+    }
+}
+
+/// One request, as logged. Filled by the gateway; formatted by the writer.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// When the request head was received.
+    pub time: SystemTime,
+    /// The shard's Gateway, `namespace/name`.
+    pub gateway: Arc<str>,
+    pub listener: Option<Arc<str>>,
+    /// The matched route, `namespace/name`.
+    pub route: Option<Arc<str>>,
+    /// Index of the matched rule within the route.
+    pub rule: Option<u32>,
+    pub method: Method,
+    pub authority: Option<HeaderValue>,
+    /// Path and query as received (the writer applies the query mode).
+    pub uri: Uri,
+    pub query: QueryMode,
+    pub version: http::Version,
+    pub status: u16,
+    /// Request body bytes read from the client.
+    pub bytes_in: u64,
+    /// Response body bytes sent to the client.
+    pub bytes_out: u64,
+    /// Request head received → response body finished (or abandoned).
+    pub duration: Duration,
+    /// The backend endpoint of the last attempt, when one was chosen.
+    pub upstream: Option<SocketAddr>,
+    /// First attempt sent → response head received from the backend.
+    pub upstream_time: Option<Duration>,
+    pub retries: u32,
+    /// TLS-terminated connections: the negotiated version.
+    pub tls_version: Option<&'static str>,
+    pub sni: Option<Arc<str>>,
+    /// The TCP peer.
+    pub peer: SocketAddr,
+    /// The client as the gateway sees it (the nearest untrusted
+    /// `X-Forwarded-For` hop when the peer is a trusted proxy).
+    pub client: IpAddr,
+    pub x_forwarded_for: Option<HeaderValue>,
+    pub user_agent: Option<HeaderValue>,
+    pub request_id: Option<HeaderValue>,
+    /// The W3C trace id of the request's `traceparent`, when it has one.
+    pub trace_id: Option<[u8; 32]>,
+    /// The authenticated principal (JWT `sub`, API-key client id, user).
+    pub principal: Option<String>,
+    /// The policy and section that rejected the request.
+    pub policy: Option<(String, &'static str)>,
+    /// The metric reason (`upstream`, or why the gateway answered).
+    pub reason: &'static str,
+    /// Short response flag ([`flag`]).
+    pub flag: &'static str,
+    /// The response body ended early (client gone, upstream reset).
+    pub incomplete: bool,
+}
+
+/// The short code of a response: `-` when the backend answered, else why
+/// the gateway answered itself. Stable; documented in docs/operating.md.
+pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
+    use Reason::*;
+    let Some(reason) = reason else {
+        return match answered {
+            "redirect" => "RD",
+            "cors_preflight" => "CP",
+            _ => "-",
+        };
+    };
+    match reason {
+        NoGateway | NoRoute => "NR",
+        MissingHost | BadRequest => "BR",
+        Misdirected => "MD",
+        NoBackends | BackendNotResolvable => "NB",
+        NoReadyEndpoints => "UH",
+        RequestTimeout => "RT",
+        UpstreamTimeout => "UT",
+        UpstreamConnect => "UF",
+        UpstreamError => "UR",
+        PolicyInvalid | PolicyUnavailable => "PE",
+        SourceDenied => "SD",
+        HeadersTooLarge => "HL",
+        BodyTooLarge => "BL",
+        JwtMissing | JwtMalformed | JwtSignature | JwtExpired | JwtClaims | ApiKeyMissing
+        | ApiKeyInvalid | BasicAuthMissing | BasicAuthInvalid => "UA",
+        ExtAuthDenied | Forbidden => "FB",
+        ExtAuthUnavailable => "EA",
+        // (A shadow refusal never answers; listed for completeness.)
+        RateLimited | QuotaExceeded | RateLimitShadow => "RL",
+        RateLimitUnavailable => "RU",
+    }
+}
+
+/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
+/// when it is well-formed and not all zeros.
+pub fn trace_id(traceparent: &HeaderValue) -> Option<[u8; 32]> {
+    let b = traceparent.as_bytes();
+    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
+        return None;
+    }
+    let id: [u8; 32] = b[3..35].try_into().ok()?;
+    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
+    (id.iter().all(hex) && id.iter().any(|c| *c != b'0')).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_only_from_well_formed_traceparents() {
+        let ok =
+            HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(
+            trace_id(&ok).map(|i| String::from_utf8(i.to_vec()).unwrap()),
+            Some("4bf92f3577b34da6a3ce929d0e0e4736".to_owned())
+        );
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e473-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id(&HeaderValue::from_static(bad)), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn flags_tell_gateway_answers_apart() {
+        assert_eq!(flag(None, "upstream"), "-");
+        assert_eq!(flag(None, "redirect"), "RD");
+        assert_eq!(flag(Some(Reason::NoRoute), ""), "NR");
+        assert_eq!(flag(Some(Reason::UpstreamTimeout), ""), "UT");
+        assert_eq!(flag(Some(Reason::UpstreamConnect), ""), "UF");
+        assert_eq!(flag(Some(Reason::JwtExpired), ""), "UA");
+        assert_eq!(flag(Some(Reason::Forbidden), ""), "FB");
+        assert_eq!(flag(Some(Reason::NoReadyEndpoints), ""), "UH");
+    }
+
+    #[test]
+    fn destinations_parse() {
+        assert_eq!("off".parse::<Destination>(), Ok(Destination::Off));
+        assert_eq!("stdout".parse::<Destination>(), Ok(Destination::Stdout));
+        assert_eq!(
+            "/var/log/sluice/access.log".parse::<Destination>(),
+            Ok(Destination::File("/var/log/sluice/access.log".into()))
+        );
+        assert!("".parse::<Destination>().is_err());
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        // A writer that cannot keep up: a pipe nobody reads would do, but a
+        // queue of one with a slow sink is enough to see drops.
+        let dir = std::env::temp_dir().join(format!("sluice-al-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = AccessLog::start(&Settings {
+            destination: Destination::File(dir.join("a.log")),
+            queue: 1,
+            ..Settings::default()
+        })
+        .unwrap();
+        let start = std::time::Instant::now();
+        for _ in 0..10_000 {
+            log.send(Box::new(format::tests::entry()));
+        }
+        // 10,000 sends into a queue of one cannot all have waited for a
+        // disk write each; the generous bound only catches blocking.
+        assert!(start.elapsed() < Duration::from_secs(5));
+        let (_, dropped) = log.counts();
+        assert!(
+            dropped > 0,
+            "a queue of one must drop some of 10,000 entries"
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+}

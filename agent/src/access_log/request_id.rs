@@ -1,0 +1,93 @@
+//! `X-Request-Id`: kept when a trusted proxy sent one, else generated, then
+//! forwarded upstream and returned to the client, so a line in the access
+//! log, the backend's log and the client's report can be matched.
+//!
+//! Generated ids are UUIDs (version 4 layout) from a per-thread generator:
+//! a random 128-bit seed per thread and a counter run through a bijective
+//! mixer, so ids never repeat within a thread and collide across threads
+//! or agents only by chance — without a system call or lock per request.
+use std::cell::Cell;
+
+use http::HeaderValue;
+
+thread_local! {
+    static STATE: Cell<(u64, u64)> = Cell::new(seed());
+}
+
+fn seed() -> (u64, u64) {
+    let mut b = [0u8; 16];
+    // A failure to read randomness leaves the ids unique per thread still
+    // (the counter), just predictable; ids are not secrets.
+    let _ = getrandom::fill(&mut b);
+    let a = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
+    let c = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
+    (a, c | 1)
+}
+
+/// SplitMix64's finalizer: a bijection on u64 with good avalanche.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// A new request id, e.g. `3f0c9a52-7d1e-4b8a-9c3e-0a1b2c3d4e5f`.
+pub fn generate() -> HeaderValue {
+    let (hi, lo) = STATE.with(|s| {
+        let (counter, key) = s.get();
+        s.set((counter.wrapping_add(1), key));
+        (
+            mix(counter ^ key),
+            mix(counter.wrapping_add(key.rotate_left(17))),
+        )
+    });
+    let mut v = (u128::from(hi) << 64) | u128::from(lo);
+    // Version 4, RFC 4122 variant.
+    v = (v & !(0xf << 76)) | (0x4 << 76);
+    v = (v & !(0x3 << 62)) | (0x2 << 62);
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 36];
+    let mut nibble = 0;
+    for (i, slot) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *slot = b'-';
+            continue;
+        }
+        *slot = HEX[((v >> (124 - 4 * nibble)) & 0xf) as usize];
+        nibble += 1;
+    }
+    HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
+}
+
+/// Whether a received id is usable: short, printable, no separators that
+/// would break log lines.
+pub fn acceptable(v: &HeaderValue) -> bool {
+    let b = v.as_bytes();
+    !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_uuid_shaped_and_distinct() {
+        let ids: std::collections::HashSet<_> = (0..10_000).map(|_| generate()).collect();
+        assert_eq!(ids.len(), 10_000);
+        let one = generate();
+        let s = one.to_str().unwrap();
+        assert_eq!(s.len(), 36);
+        assert_eq!(&s[14..15], "4", "{s}");
+        assert!(matches!(&s[19..20], "8" | "9" | "a" | "b"), "{s}");
+        assert_eq!(s.matches('-').count(), 4);
+    }
+
+    #[test]
+    fn received_ids_are_checked() {
+        assert!(acceptable(&HeaderValue::from_static("abc-123")));
+        assert!(!acceptable(&HeaderValue::from_static("has space")));
+        assert!(!acceptable(&HeaderValue::from_static("")));
+        let long = "x".repeat(200);
+        assert!(!acceptable(&HeaderValue::from_str(&long).unwrap()));
+    }
+}
