@@ -339,8 +339,8 @@ pub fn run(bin: &Path, consul: Option<PathBuf>) -> Result<()> {
     println!(
         "Each change rewrites the key (file) holding 500 routes, route 0 with a new prefix; timed from \
          the write until a request on the new prefix is routed. Includes the store's notification, \
-         the {} ms quiet period, parsing the key, compiling all routes and the swap.",
-        20
+         the agent's 5 ms quiet period (sluice::reload::DEBOUNCE), parsing the changed \
+         document of the key, compiling the changed route and the swap."
     );
     let _ = std::fs::remove_dir_all(&work);
     Ok(())

@@ -115,13 +115,14 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             .as_ref()
             .map(|a| a.kinds.as_slice())
             .unwrap_or_default();
-        let is_http_route = |k: &&wire::RouteGroupKind| {
-            k.kind == "HTTPRoute" && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
+        let is_kind = |k: &wire::RouteGroupKind, kind: &str| {
+            k.kind == kind && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         };
-        let allows_http_routes = kinds.is_empty() || kinds.iter().any(|k| is_http_route(&k));
+        let allows_http_routes = kinds.is_empty() || kinds.iter().any(|k| is_kind(k, "HTTPRoute"));
+        let allows_grpc_routes = kinds.is_empty() || kinds.iter().any(|k| is_kind(k, "GRPCRoute"));
         let invalid_route_kinds = kinds
             .iter()
-            .filter(|k| !is_http_route(k))
+            .filter(|k| !is_kind(k, "HTTPRoute") && !is_kind(k, "GRPCRoute"))
             .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GATEWAY_GROUP), k.kind))
             .collect();
         let tls = listener_tls(doc, i, &protocol, l.tls.as_ref(), &ns(&g.metadata));
@@ -132,6 +133,7 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             hostname,
             allowed_routes,
             allows_http_routes,
+            allows_grpc_routes,
             invalid_route_kinds,
             tls,
         });

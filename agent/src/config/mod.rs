@@ -6,6 +6,7 @@ mod backends;
 mod consul;
 mod filter;
 mod gateway;
+mod grpc_route;
 pub mod identity;
 mod keyed;
 mod load;

@@ -332,6 +332,9 @@ pub struct Listener {
     pub allowed_routes: AllowedRoutes,
     /// Whether `allowedRoutes.kinds` admits HTTPRoute (true when unset).
     pub allows_http_routes: bool,
+    /// Whether `allowedRoutes.kinds` admits GRPCRoute (true when unset: the
+    /// default kinds of HTTP and HTTPS listeners include it).
+    pub allows_grpc_routes: bool,
     /// `allowedRoutes.kinds` entries this agent does not serve (`group/kind`);
     /// reported as ResolvedRefs=False, InvalidRouteKinds.
     pub invalid_route_kinds: Vec<String>,
@@ -466,9 +469,33 @@ impl fmt::Display for Hostname {
     }
 }
 
+/// Which Gateway API kind a route was written as. A GRPCRoute is converted
+/// into the same route model as an HTTPRoute (a method match is a path match
+/// on `/service/method`); the kind stays for what differs: listener
+/// `allowedRoutes.kinds`, ReferenceGrant `from`, status, upstream protocol
+/// (HTTP/2 for gRPC) and how gateway-made errors are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+pub enum RouteKind {
+    #[default]
+    Http,
+    Grpc,
+}
+
+impl RouteKind {
+    /// The Kubernetes kind name (`HTTPRoute`, `GRPCRoute`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RouteKind::Http => "HTTPRoute",
+            RouteKind::Grpc => "GRPCRoute",
+        }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
     pub id: ObjectRef,
+    /// HTTPRoute or GRPCRoute.
+    pub kind: RouteKind,
     /// `metadata.generation`, echoed as `observedGeneration` in status.
     pub generation: Option<i64>,
     /// `metadata.creationTimestamp` as (Unix seconds, nanoseconds); older
@@ -537,6 +564,17 @@ pub struct RouteMatch {
     pub headers: Vec<HeaderMatch>,
     /// At most one per (case-sensitive) name.
     pub query_params: Vec<QueryMatch>,
+    /// Set for a GRPCRoute match: its precedence is by the length of the
+    /// service, then of the method, not by the path it was converted to.
+    pub grpc: Option<GrpcMethodRank>,
+}
+
+/// Lengths of a GRPCRoute method match (the pattern's for a regular
+/// expression; 0 when absent), which rank it among gRPC matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct GrpcMethodRank {
+    pub service: u16,
+    pub method: u16,
 }
 
 impl RouteMatch {
@@ -555,6 +593,7 @@ impl RouteMatch {
             method: None,
             headers: Vec::new(),
             query_params: Vec::new(),
+            grpc: None,
         }
     }
 }

@@ -168,6 +168,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     (doc.errors.len() == before).then(|| {
         let mut route = model::HttpRoute {
             id: model::ObjectRef::new(namespace, &r.metadata.name),
+            kind: model::RouteKind::Http,
             generation: r.metadata.generation,
             created,
             parents,
@@ -330,6 +331,7 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
         method,
         headers,
         query_params,
+        grpc: None,
     })
 }
 

@@ -105,6 +105,13 @@ impl Builder {
                     }
                 }
             }
+            (GATEWAY_GROUP, "GRPCRoute") => {
+                if let Some(r) = decode::<wire::GrpcRoute>(&mut doc, value) {
+                    if let Some(r) = super::grpc_route::grpc_route(&mut doc, r) {
+                        self.config.routes.push(std::sync::Arc::new(r));
+                    }
+                }
+            }
             ("", "Service") => {
                 if let Some(s) = decode::<wire::Service>(&mut doc, value) {
                     if let Some(s) = backends::service(&mut doc, s) {
@@ -176,7 +183,7 @@ impl Builder {
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
+                     Gateway, HTTPRoute, GRPCRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
                      EndpointSlice (discovery.k8s.io/v1), SluicePolicy, ConsulService (sluice.dev/v1alpha1)"
                 ),
             ),

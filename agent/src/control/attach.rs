@@ -4,7 +4,8 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
-    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, NAMESPACE_NAME_LABEL,
+    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, RouteKind,
+    NAMESPACE_NAME_LABEL,
 };
 
 pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
@@ -19,7 +20,11 @@ pub(super) fn namespace_allowed(
     route: &HttpRoute,
     namespaces: &NamespaceLabels,
 ) -> bool {
-    if !listener.allows_http_routes {
+    let kind_allowed = match route.kind {
+        RouteKind::Http => listener.allows_http_routes,
+        RouteKind::Grpc => listener.allows_grpc_routes,
+    };
+    if !kind_allowed {
         return false;
     }
     match &listener.allowed_routes {

@@ -5,7 +5,7 @@
 use std::{cell::RefCell, collections::HashMap, net::SocketAddr, sync::Arc};
 
 use crate::{
-    config::{Config, Filter, ObjectRef, RouteRule},
+    config::{Config, Filter, HttpRoute, ObjectRef, RouteKind, RouteRule},
     snapshot::{AppProtocol, Backend, BackendGroup, BackendTarget, MirrorTarget, Unresolved},
 };
 
@@ -72,27 +72,35 @@ impl<'a> BackendResolver<'a> {
         out
     }
 
-    pub(super) fn group(&self, route: &ObjectRef, rule: &RouteRule) -> BackendGroup {
+    pub(super) fn group(&self, route: &HttpRoute, rule: &RouteRule) -> BackendGroup {
+        let from = Kind::of_route(route.kind);
         BackendGroup::new(
             rule.backends
                 .iter()
                 .map(|b| {
                     let target = self.target_of_kind(
-                        route,
+                        from,
+                        &route.id,
                         b.unsupported_kind.as_deref(),
                         &b.service,
                         b.port,
                     );
                     let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
-                    backend.protocol = self.protocol(&b.service, b.port);
+                    backend.protocol = match route.kind {
+                        RouteKind::Http => self.protocol(&b.service, b.port),
+                        // gRPC needs HTTP/2: prior knowledge in the clear; over TLS
+                        // the pool offers h2 by ALPN (and h2c is not looked at).
+                        RouteKind::Grpc => AppProtocol::H2c,
+                    };
                     backend
                 })
                 .collect(),
         )
     }
 
-    pub(super) fn mirrors(&self, route: &ObjectRef, rule: &RouteRule) -> Vec<MirrorTarget> {
+    pub(super) fn mirrors(&self, route: &HttpRoute, rule: &RouteRule) -> Vec<MirrorTarget> {
+        let from = Kind::of_route(route.kind);
         rule.filters
             .iter()
             .filter_map(|f| match f {
@@ -100,34 +108,28 @@ impl<'a> BackendResolver<'a> {
                 _ => None,
             })
             .map(|m| {
-                let target = self.target(route, &m.service, m.port);
-                let backend = Backend::new(self.id(&m.service), m.port, 1, target);
+                let target = self.target_of_kind(from, &route.id, None, &m.service, m.port);
+                let mut backend = Backend::new(self.id(&m.service), m.port, 1, target);
+                if route.kind == RouteKind::Grpc {
+                    backend.protocol = AppProtocol::H2c;
+                }
                 MirrorTarget::new(backend, m.numerator, m.denominator)
             })
             .collect()
-    }
-
-    pub(super) fn target(
-        &self,
-        route: &ObjectRef,
-        service: &ObjectRef,
-        port: u16,
-    ) -> BackendTarget {
-        self.target_of_kind(route, None, service, port)
     }
 
     /// Checks a reference the way `ResolvedRefs` reports it: the kind, then
     /// the ReferenceGrant, then the Service and its port.
     pub(super) fn check(
         &self,
-        route: &ObjectRef,
+        route: &HttpRoute,
         unsupported_kind: Option<&str>,
         service: &ObjectRef,
         port: u16,
     ) -> Result<(&'a crate::config::Service, &'a crate::config::ServicePort), Unresolved> {
         self.check_from(
-            Kind::HTTP_ROUTE,
-            &route.namespace,
+            Kind::of_route(route.kind),
+            &route.id.namespace,
             unsupported_kind,
             service,
             port,
@@ -206,20 +208,15 @@ impl<'a> BackendResolver<'a> {
         }
     }
 
-    pub(super) fn target_of_kind(
+    fn target_of_kind(
         &self,
+        from: Kind<'_>,
         route: &ObjectRef,
         unsupported_kind: Option<&str>,
         service: &ObjectRef,
         port: u16,
     ) -> BackendTarget {
-        self.resolve(
-            Kind::HTTP_ROUTE,
-            &route.namespace,
-            unsupported_kind,
-            service,
-            port,
-        )
+        self.resolve(from, &route.namespace, unsupported_kind, service, port)
     }
 
     /// The endpoints of a Service port referenced by an object of `from`

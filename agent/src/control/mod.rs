@@ -6,6 +6,7 @@ mod backends;
 mod compile;
 mod frontend_tls;
 mod isolation;
+mod kind_conflict;
 pub mod policy;
 pub mod refgrant;
 mod route_status;

@@ -20,6 +20,10 @@ impl Kind<'static> {
         group: GATEWAY_GROUP,
         kind: "HTTPRoute",
     };
+    pub const GRPC_ROUTE: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "GRPCRoute",
+    };
     pub const SERVICE: Kind<'static> = Kind {
         group: "",
         kind: "Service",
@@ -32,6 +36,16 @@ impl Kind<'static> {
         group: "",
         kind: "Secret",
     };
+}
+
+impl Kind<'static> {
+    /// The kind a route was written as, for ReferenceGrant `from`.
+    pub fn of_route(kind: crate::config::RouteKind) -> Self {
+        match kind {
+            crate::config::RouteKind::Http => Kind::HTTP_ROUTE,
+            crate::config::RouteKind::Grpc => Kind::GRPC_ROUTE,
+        }
+    }
 }
 
 /// Every ReferenceGrant of a config, for lookups while compiling.

@@ -85,6 +85,7 @@ impl RouteOutcome {
             })
             .collect();
         RouteStatus {
+            kind: route.kind.as_str(),
             namespace: route.id.namespace.clone(),
             name: route.id.name.clone(),
             parents,

@@ -31,13 +31,15 @@ use super::{
     attach::{effective_hostnames, namespace_allowed, parent_selects, NamespaceLabels},
     backend_tls::{BackendTls, BuiltTls},
     backends::BackendResolver,
+    kind_conflict::KindConflicts,
     policy::{Policies, PolicyMemo},
     route_status::{RouteOutcome, RouteStatuses},
 };
 use crate::{
     config::{
         BackendTlsPolicy, Config, ConfigMap, EndpointSlice, Filter, Gateway, GatewayClass,
-        Hostname, HttpRoute, Namespace, ObjectRef, ReferenceGrant, Secret, Service, SluicePolicy,
+        Hostname, HttpRoute, Namespace, ObjectRef, ReferenceGrant, RouteKind, Secret, Service,
+        SluicePolicy,
     },
     snapshot::{created_key, RouteEntry, RouteTable, RuleAction},
 };
@@ -164,6 +166,10 @@ pub(super) struct Cache {
     order: Vec<usize>,
     /// Routes compiled every time (see [`RouteCtx::volatile`]).
     volatile: Vec<usize>,
+    /// GRPCRoutes in the config.
+    grpc_routes: usize,
+    /// GRPCRoute/HTTPRoute conflicts the routes were compiled with.
+    conflicts: KindConflicts,
     /// Routes per hash of their namespace/name (a collision only makes an
     /// incremental compile fall back to a full one).
     id_counts: hashbrown::HashMap<u64, u32>,
@@ -297,6 +303,9 @@ pub(super) struct RouteCtx<'c, 'a> {
     controller: &'static str,
     /// HTTPRoutes a SluicePolicy targets (the route or one of its rules).
     targeted: HashSet<ObjectRef>,
+    /// Set once per compile, before any route is compiled
+    /// ([`RouteCtx::init_conflicts`]).
+    conflicts: std::cell::OnceCell<KindConflicts>,
 }
 
 impl<'c, 'a> RouteCtx<'c, 'a> {
@@ -334,7 +343,27 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
             backend_tls,
             controller,
             targeted,
+            conflicts: std::cell::OnceCell::new(),
         }
+    }
+
+    /// Finds the GRPCRoute/HTTPRoute conflicts, given how many GRPCRoutes
+    /// the config has: without any there are none, and the (whole-config)
+    /// search is skipped.
+    fn init_conflicts(&self, grpc_routes: usize) -> &KindConflicts {
+        self.conflicts.get_or_init(|| {
+            if grpc_routes == 0 {
+                KindConflicts::default()
+            } else {
+                KindConflicts::compute(&self.config.routes, self.ours, self.namespaces)
+            }
+        })
+    }
+
+    fn conflicts(&self) -> &KindConflicts {
+        self.conflicts
+            .get()
+            .expect("conflicts are found before routes are compiled")
     }
 
     /// Whether the route holds per-route policy state and so is compiled
@@ -367,7 +396,13 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
                     .parents
                     .iter()
                     .any(|p| parent_selects(p, gateway, listener));
-                if !selected || !namespace_allowed(listener, gateway, route, self.namespaces) {
+                if !selected
+                    || !namespace_allowed(listener, gateway, route, self.namespaces)
+                    || self
+                        .conflicts()
+                        .loses_to(route, gateway, &listener.name)
+                        .is_some()
+                {
                     continue;
                 }
                 let hosts = effective_hostnames(listener.hostname.as_ref(), &route.hostnames);
@@ -445,13 +480,13 @@ fn compile_route(
             .get_or_insert_with(|| Arc::from(route.id.to_string()))
             .clone();
         for (ri, rule) in route.rules.iter().enumerate() {
-            let mut backends = ctx.resolver.group(&route.id, rule);
+            let mut backends = ctx.resolver.group(route, rule);
             for b in &mut backends.backends {
                 if let Some(p) = ctx.backend_tls.apply(gateway, b) {
                     tls.push((gi as u32, p as u32));
                 }
             }
-            let mut mirrors = ctx.resolver.mirrors(&route.id, rule);
+            let mut mirrors = ctx.resolver.mirrors(route, rule);
             for m in &mut mirrors {
                 if let Some(p) = ctx.backend_tls.apply(gateway, &mut m.backend) {
                     tls.push((gi as u32, p as u32));
@@ -495,7 +530,13 @@ fn compile_route(
         },
         entries,
         attached,
-        status: super::status::route_outcome(route, ctx.ours, ctx.namespaces, ctx.resolver),
+        status: super::status::route_outcome(
+            route,
+            ctx.ours,
+            ctx.namespaces,
+            ctx.resolver,
+            ctx.conflicts(),
+        ),
         volatile: ctx.volatile(route),
     }
 }
@@ -515,6 +556,8 @@ pub(super) struct Routed {
     units: hashbrown::HashMap<usize, RouteUnit>,
     order: Vec<usize>,
     volatile: Vec<usize>,
+    grpc_routes: usize,
+    conflicts: KindConflicts,
     id_counts: hashbrown::HashMap<u64, u32>,
     duplicates: bool,
     context: Option<Context>,
@@ -533,6 +576,8 @@ impl Routed {
             units: self.units,
             order: self.order,
             volatile: self.volatile,
+            grpc_routes: self.grpc_routes,
+            conflicts: self.conflicts,
             id_counts: self.id_counts,
             duplicates: self.duplicates,
             tables: self.tables,
@@ -601,6 +646,8 @@ fn full(ctx: &RouteCtx<'_, '_>, policies: &mut Policies<'_>, stamp: u64) -> Rout
         hashbrown::HashMap::with_capacity(routes.len());
     let mut ids: HashSet<&ObjectRef> = HashSet::with_capacity(routes.len());
     let mut duplicates = false;
+    let grpc_routes = routes.iter().filter(|r| r.kind == RouteKind::Grpc).count();
+    let conflicts = ctx.init_conflicts(grpc_routes).clone();
     for route in routes {
         duplicates |= !ids.insert(&route.id);
         *id_counts.entry(id_hash(&route.id)).or_default() += 1;
@@ -638,6 +685,8 @@ fn full(ctx: &RouteCtx<'_, '_>, policies: &mut Policies<'_>, stamp: u64) -> Rout
         units,
         order: routes.iter().map(key).collect(),
         volatile,
+        grpc_routes,
+        conflicts,
         id_counts,
         duplicates,
         context: None,
@@ -726,6 +775,16 @@ fn incremental(
     let stamp = cache.stamp + 1;
     let routes = &ctx.config.routes;
     let mut d = delta(routes, &mut cache, stamp)?;
+    let grpc_routes = cache.grpc_routes
+        + d.new.iter().filter(|r| r.kind == RouteKind::Grpc).count()
+        - d.gone
+            .iter()
+            .filter(|p| cache.units[*p].route.kind == RouteKind::Grpc)
+            .count();
+    if *ctx.init_conflicts(grpc_routes) != cache.conflicts {
+        // Routes that start or stop losing are not among the changed ones.
+        return Err("GRPCRoute/HTTPRoute hostname conflicts changed");
+    }
     let gone: HashSet<usize> = d.gone.iter().copied().collect();
     // Known routes compiled again: those with per-route state, and those
     // that reference a changed Service (this pass touches every route, but
@@ -844,6 +903,7 @@ fn incremental(
         volatile,
         id_counts,
         attached,
+        conflicts,
         ..
     } = *cache;
     Ok(Routed {
@@ -863,6 +923,8 @@ fn incremental(
         units,
         order,
         volatile,
+        grpc_routes,
+        conflicts,
         id_counts,
         duplicates: false,
         context: Some(context),

@@ -111,6 +111,8 @@ pub struct RouteKind {
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RouteStatus {
+    /// `HTTPRoute` or `GRPCRoute`.
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     pub parents: Vec<RouteParentStatus>,
@@ -188,6 +190,7 @@ fn attach_failure(
     gateway: &Gateway,
     parent: &crate::config::ParentRef,
     namespaces: &NamespaceLabels<'_>,
+    conflicts: &super::kind_conflict::KindConflicts,
 ) -> Option<(&'static str, String)> {
     let selected: Vec<_> = gateway
         .listeners
@@ -208,18 +211,39 @@ fn attach_failure(
         return Some((
             "NotAllowedByListeners",
             format!(
-                "no listener allows routes from namespace {}",
+                "no listener allows {}s from namespace {}",
+                route.kind.as_str(),
                 route.id.namespace
             ),
         ));
     }
-    if allowed
-        .iter()
-        .all(|l| effective_hostnames(l.hostname.as_ref(), &route.hostnames).is_empty())
-    {
+    let intersecting: Vec<_> = allowed
+        .into_iter()
+        .filter(|l| !effective_hostnames(l.hostname.as_ref(), &route.hostnames).is_empty())
+        .collect();
+    if intersecting.is_empty() {
         return Some((
             "NoMatchingListenerHostname",
             "no listener hostname intersects the route's hostnames".into(),
+        ));
+    }
+    // The spec names no reason for the GRPCRoute/HTTPRoute conflict; the
+    // listener does not take the route, as with NotAllowedByListeners.
+    let mut yielded = intersecting
+        .iter()
+        .map(|l| conflicts.loses_to(route, gateway, &l.name));
+    if let Some(Some((kind, winner))) = yielded.next().filter(|_| {
+        intersecting
+            .iter()
+            .all(|l| conflicts.loses_to(route, gateway, &l.name).is_some())
+    }) {
+        return Some((
+            "NotAllowedByListeners",
+            format!(
+                "the {} {winner} has a hostname in common on this listener; a GRPCRoute and an \
+                 HTTPRoute cannot share a hostname (the older route is accepted)",
+                kind.as_str()
+            ),
         ));
     }
     None
@@ -265,15 +289,24 @@ pub(super) fn compute(
             // exactly the routes whose Accepted condition is True for it
             // (counted per route by the route compile).
             let attached = attached[gi][li];
-            let http_route = RouteKind {
+            // Both route kinds Sluice serves, in the order allowedRoutes
+            // admits them (every kind when it names none).
+            let route_kinds: Vec<RouteKind> = [
+                (l.allows_http_routes, "HTTPRoute"),
+                (l.allows_grpc_routes, "GRPCRoute"),
+            ]
+            .into_iter()
+            .filter(|(allowed, _)| *allowed)
+            .map(|(_, kind)| RouteKind {
                 group: super::refgrant::GATEWAY_GROUP,
-                kind: "HTTPRoute",
-            };
+                kind,
+            })
+            .collect();
             let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) = match &l
                 .protocol
             {
                 ListenerProtocol::Http | ListenerProtocol::Https => (
-                    vec![http_route],
+                    route_kinds,
                     vec![
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
                             Some(
@@ -358,11 +391,6 @@ pub(super) fn compute(
                     ),
                 ));
             }
-            let supported_kinds = if l.allows_http_routes {
-                supported_kinds
-            } else {
-                Vec::new()
-            };
             conditions.push(match problems.get(&(gateway.id.clone(), l.name.clone())) {
                 Some(ListenerProblem::ProtocolConflict) => cond(
                     "Conflicted",
@@ -446,6 +474,7 @@ pub(super) fn route_outcome(
     ours: &[&Gateway],
     namespaces: &NamespaceLabels<'_>,
     resolver: &BackendResolver<'_>,
+    conflicts: &super::kind_conflict::KindConflicts,
 ) -> Option<RouteOutcome> {
     let mut mask = 0u32;
     let mut refused = Vec::new();
@@ -456,7 +485,7 @@ pub(super) fn route_outcome(
             continue;
         };
         mask |= 1 << i;
-        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces) {
+        if let Some((reason, message)) = attach_failure(route, gateway, p, namespaces, conflicts) {
             refused.push((i as u8, reason, message.into_boxed_str()));
         }
     }
@@ -580,15 +609,14 @@ pub fn node_addresses() -> Vec<IpAddr> {
 fn unresolved_ref(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Option<Unresolved> {
     for rule in &route.rules {
         for b in &rule.backends {
-            if let Err(u) =
-                resolver.check(&route.id, b.unsupported_kind.as_deref(), &b.service, b.port)
+            if let Err(u) = resolver.check(route, b.unsupported_kind.as_deref(), &b.service, b.port)
             {
                 return Some(u);
             }
         }
         for f in &rule.filters {
             if let Filter::Mirror(m) = f {
-                if let Err(u) = resolver.check(&route.id, None, &m.service, m.port) {
+                if let Err(u) = resolver.check(route, None, &m.service, m.port) {
                     return Some(u);
                 }
             }

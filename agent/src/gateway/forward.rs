@@ -268,7 +268,7 @@ impl Proxy {
         if entry.action.mirrors.is_empty() {
             return req;
         }
-        let targets: Vec<(SocketAddr, Option<Arc<UpstreamTls>>)> = entry
+        let targets: Vec<(SocketAddr, Option<Arc<UpstreamTls>>, bool)> = entry
             .action
             .mirrors
             .iter()
@@ -278,7 +278,8 @@ impl Proxy {
                 if ep.is_none() {
                     tracing::debug!(route = %entry.route, mirror = %m.backend.service, "mirror backend has no endpoint");
                 }
-                Some((ep?, m.backend.tls.clone()))
+                let h2c = m.backend.protocol == AppProtocol::H2c;
+                Some((ep?, m.backend.tls.clone(), h2c))
             })
             .collect();
         let (parts, body) = req.into_parts();
@@ -290,7 +291,7 @@ impl Proxy {
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default()
             .to_owned();
-        for ((endpoint, tls), body) in targets.into_iter().zip(copies) {
+        for ((endpoint, tls, h2c), body) in targets.into_iter().zip(copies) {
             let copy = mirror::copy_head(&req, req.uri().clone(), body);
             let pools = self.pools.clone();
             let route = entry.route.clone();
@@ -299,8 +300,9 @@ impl Proxy {
                 let exchange = async {
                     let dial = Dial {
                         endpoint,
-                        // Mirrors go over HTTP/1.1 (or what ALPN picks over TLS).
-                        h2c: false,
+                        // HTTP/1.1 unless HTTP/2 is required (gRPC), or what
+                        // ALPN picks over TLS.
+                        h2c,
                         tls: tls.as_ref(),
                         authority: &host,
                     };

@@ -3,6 +3,7 @@
 mod deadline;
 pub mod filters;
 mod forward;
+mod grpc_status;
 mod logged;
 mod mirror;
 pub mod pool;

@@ -257,6 +257,8 @@ impl Proxy {
         // Inline rather than a function of its own: every async call level
         // stores its callee's state in its own and copies it when it is
         // first awaited.
+        // Gateway-made answers to gRPC requests are gRPC statuses.
+        let grpc = super::grpc_status::is_grpc(req.headers());
         let (response, handled) = 'serve: {
             let rejected = |r: Rejection, shard: &Arc<str>, route: &Arc<str>| {
                 let handled = Handled {
@@ -266,7 +268,7 @@ impl Proxy {
                     rule: None,
                     rejected: Some((r.reason, r.section.clone())),
                 };
-                (r.into_response(), handled)
+                (super::grpc_status::answer(r, grpc), handled)
             };
             // Connection → listener.
             let Some(shard) = snapshot.shard(conn.shard) else {
@@ -399,7 +401,7 @@ impl Proxy {
                 Err(r) => {
                     let reason = r.reason.label();
                     let rejected = Some((r.reason, r.section.clone()));
-                    (r.into_response(), reason, rejected)
+                    (super::grpc_status::answer(r, grpc), reason, rejected)
                 }
             };
             if let Some(ctx) = &ctx {

@@ -39,9 +39,9 @@ pub struct Converted {
     pub errors: Vec<(ObjectKey, Vec<DocumentError>)>,
     /// `metadata.generation` of each Gateway API object, for `observedGeneration`.
     pub generations: HashMap<ObjectKey, i64>,
-    /// Invalid HTTPRoutes and the Gateways their parentRefs name, so their
-    /// status can say why they are not attached.
-    pub invalid_route_parents: Vec<(ObjectRef, Vec<ObjectRef>)>,
+    /// Invalid HTTPRoutes and GRPCRoutes and the Gateways their parentRefs
+    /// name, so their status can say why they are not attached.
+    pub invalid_route_parents: Vec<(ObjectKey, Vec<ObjectRef>)>,
     /// Invalid BackendTLSPolicies and the Services their targetRefs name,
     /// so their status can say why they are not accepted.
     pub invalid_policy_targets: Vec<(ObjectRef, Vec<ObjectRef>)>,
@@ -139,9 +139,9 @@ impl Converter {
             match &cached.result {
                 Ok(c) => out.config.merge(c.clone()),
                 Err(errors) => {
-                    if kind == Kind::HttpRoute {
+                    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) {
                         out.invalid_route_parents
-                            .push((key.1.clone(), raw_parents(obj)));
+                            .push((key.clone(), raw_parents(obj)));
                     }
                     if kind == Kind::BackendTlsPolicy {
                         out.invalid_policy_targets
@@ -188,6 +188,7 @@ impl Converter {
         }
         for kind in [
             Kind::HttpRoute,
+            Kind::GrpcRoute,
             Kind::ReferenceGrant,
             Kind::BackendTlsPolicy,
             Kind::SluicePolicy,
@@ -467,6 +468,65 @@ mod tests {
         assert!(text.contains("spec.rules[0].matches[0].path"), "{text}");
         // Nothing changed: the cache answers and says so.
         assert!(!c.convert(&s, &[], &[]).changed);
+    }
+
+    #[test]
+    fn grpc_routes_are_converted_and_bad_ones_reported_with_their_kind() {
+        let s = stores(vec![
+            (
+                Kind::GrpcRoute,
+                obj(
+                    Kind::GrpcRoute,
+                    Some("a"),
+                    "echo",
+                    serde_json::json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"matches": [{"method": {"service": "echo.Echo", "method": "Say"}}], "backendRefs": [{"name": "svc", "port": 50051}]}]}}),
+                ),
+            ),
+            (
+                Kind::GrpcRoute,
+                obj(
+                    Kind::GrpcRoute,
+                    Some("a"),
+                    "bad",
+                    serde_json::json!({"spec": {"parentRefs": [{"name": "gw"}], "rules": [{"filters": [{"type": "URLRewrite", "urlRewrite": {}}]}]}}),
+                ),
+            ),
+        ]);
+        let out = Converter::default().convert(&s, &[], &[]);
+        assert_eq!(out.config.routes.len(), 1);
+        let r = &out.config.routes[0];
+        assert_eq!(r.kind, crate::config::RouteKind::Grpc);
+        assert_eq!(
+            r.rules[0].matches[0].path,
+            crate::config::PathMatch::Exact("/echo.Echo/Say".into())
+        );
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(
+            out.errors[0].0,
+            (Kind::GrpcRoute, ObjectRef::new("a", "bad"))
+        );
+        let text = out.errors[0].1[0].to_string();
+        assert!(text.contains("GRPCRoute a/bad"), "{text}");
+        assert!(text.contains("not allowed on a GRPCRoute"), "{text}");
+        // Its status names the kind, so the writer patches grpcroutes.
+        assert_eq!(
+            out.invalid_route_parents,
+            vec![(
+                (Kind::GrpcRoute, ObjectRef::new("a", "bad")),
+                vec![ObjectRef::new("a", "gw")]
+            )]
+        );
+        let status =
+            super::super::status::ObjectStatus::HttpRoute(crate::control::status::RouteStatus {
+                kind: "GRPCRoute",
+                namespace: "a".into(),
+                name: "echo".into(),
+                parents: vec![],
+            });
+        assert_eq!(
+            status.target(),
+            (Kind::GrpcRoute, ObjectRef::new("a", "echo"))
+        );
     }
 
     fn node(labels: &[(&str, &str)]) -> DynamicObject {

@@ -606,6 +606,7 @@ mod tests {
 
     fn route(name: &str, message: &str) -> RouteStatus {
         RouteStatus {
+            kind: "HTTPRoute",
             namespace: "ns".into(),
             name: name.into(),
             parents: vec![RouteParentStatus {

@@ -36,7 +36,8 @@ pub const FIELD_MANAGER: &str = "sluice.dev/gateway-controller";
 pub enum ObjectStatus {
     GatewayClass(ClassStatus),
     Gateway(GatewayStatus),
-    /// Only the parents this agent serves.
+    /// An HTTPRoute or a GRPCRoute (`RouteStatus::kind`); only the parents
+    /// this agent serves.
     HttpRoute(RouteStatus),
     /// Only the ancestor Gateways of our classes.
     BackendTlsPolicy(PolicyStatus),
@@ -51,7 +52,14 @@ impl ObjectStatus {
         match self {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
-            ObjectStatus::HttpRoute(r) => (Kind::HttpRoute, ObjectRef::new(&r.namespace, &r.name)),
+            ObjectStatus::HttpRoute(r) => (
+                if r.kind == "GRPCRoute" {
+                    Kind::GrpcRoute
+                } else {
+                    Kind::HttpRoute
+                },
+                ObjectRef::new(&r.namespace, &r.name),
+            ),
             ObjectStatus::BackendTlsPolicy(p) => (
                 Kind::BackendTlsPolicy,
                 ObjectRef::new(&p.namespace, &p.name),
@@ -123,8 +131,8 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             }));
         }
     }
-    for (id, gateways) in &converted.invalid_route_parents {
-        let message = messages(Kind::HttpRoute, id);
+    for ((kind, id), gateways) in &converted.invalid_route_parents {
+        let message = messages(*kind, id);
         let parents: Vec<_> = gateways
             .iter()
             .filter(|gw| {
@@ -148,6 +156,11 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             .collect();
         if !parents.is_empty() {
             out.push(ObjectStatus::HttpRoute(RouteStatus {
+                kind: if *kind == Kind::GrpcRoute {
+                    "GRPCRoute"
+                } else {
+                    "HTTPRoute"
+                },
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
                 parents,
@@ -577,6 +590,7 @@ mod tests {
     fn route_parents_of_other_controllers_are_kept() {
         let current = json!({"parents": [{"controllerName": "other.io/x", "parentRef": {"name": "o"}, "conditions": []}]});
         let status = ObjectStatus::HttpRoute(RouteStatus {
+            kind: "HTTPRoute",
             namespace: "a".into(),
             name: "r".into(),
             parents: vec![RouteParentStatus {
@@ -702,7 +716,7 @@ spec:
             vec![error("HTTPRoute a/bad")],
         ));
         converted.invalid_route_parents.push((
-            ObjectRef::new("a", "bad"),
+            (Kind::HttpRoute, ObjectRef::new("a", "bad")),
             vec![ObjectRef::new("a", "gw"), ObjectRef::new("a", "not-ours")],
         ));
         converted.errors.push((

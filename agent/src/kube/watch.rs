@@ -44,6 +44,7 @@ pub enum Kind {
     GatewayClass,
     Gateway,
     HttpRoute,
+    GrpcRoute,
     ReferenceGrant,
     BackendTlsPolicy,
     /// `sluice.dev/v1alpha1` SluicePolicy.
@@ -63,10 +64,11 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
+        Kind::GrpcRoute,
         Kind::ReferenceGrant,
         Kind::BackendTlsPolicy,
         Kind::SluicePolicy,
@@ -81,6 +83,7 @@ impl Kind {
             Kind::GatewayClass => (GATEWAY_GROUP, "v1", "GatewayClass", "gatewayclasses"),
             Kind::Gateway => (GATEWAY_GROUP, "v1", "Gateway", "gateways"),
             Kind::HttpRoute => (GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
+            Kind::GrpcRoute => (GATEWAY_GROUP, "v1", "GRPCRoute", "grpcroutes"),
             Kind::ReferenceGrant => (GATEWAY_GROUP, "v1", "ReferenceGrant", "referencegrants"),
             Kind::BackendTlsPolicy => (
                 GATEWAY_GROUP,
@@ -106,13 +109,14 @@ impl Kind {
     }
 
     /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
+    /// than v1.1 without GRPCRoute v1,
     /// than v1.4 without BackendTLSPolicy v1 or a cluster without the
     /// SluicePolicy CRD, or RBAC not updated yet for them) must not keep the
     /// agent from serving everything else.
     pub fn optional(self) -> bool {
         matches!(
             self,
-            Kind::BackendTlsPolicy | Kind::SluicePolicy | Kind::ConfigMap
+            Kind::GrpcRoute | Kind::BackendTlsPolicy | Kind::SluicePolicy | Kind::ConfigMap
         )
     }
 

@@ -88,14 +88,32 @@ pub fn matches(m: &RouteMatch, req: &RequestView<'_>) -> bool {
 /// more header matches; then more query matches; then the older route
 /// (creation time, then namespace/name); then rule order within a route.
 /// `Less` means `a` is tried first.
+///
+/// GRPCRoute matches rank by their own rule: the longer service, then the
+/// longer method, then more header matches. GRPCRoutes and HTTPRoutes must
+/// not share a hostname (the status refuses the younger one); should their
+/// entries meet anyway, HTTPRoute entries come first, which keeps the order
+/// total.
 pub fn precedence(a: &RouteEntry, b: &RouteEntry) -> Ordering {
-    fn rank(m: &RouteMatch) -> impl Ord {
+    #[derive(PartialEq, Eq, PartialOrd, Ord)]
+    enum Rank {
+        Http(u8, Reverse<usize>, bool, Reverse<usize>, Reverse<usize>),
+        Grpc(Reverse<u16>, Reverse<u16>, Reverse<usize>),
+    }
+    fn rank(m: &RouteMatch) -> Rank {
+        if let Some(g) = m.grpc {
+            return Rank::Grpc(
+                Reverse(g.service),
+                Reverse(g.method),
+                Reverse(m.headers.len()),
+            );
+        }
         let (kind, len) = match &m.path {
             PathMatch::Exact(s) => (0u8, s.len()),
             PathMatch::Regex(p) => (1, p.as_str().len()),
             PathMatch::Prefix(s) => (2, s.len()),
         };
-        (
+        Rank::Http(
             kind,
             Reverse(len),
             m.method.is_none(),
@@ -336,6 +354,39 @@ mod tests {
         assert_eq!(name(&Method::POST, "/?q=1", &h), "header-and-query");
         h.insert("b", HeaderValue::from_static("2"));
         assert_eq!(name(&Method::POST, "/?q=1", &h), "two-headers");
+    }
+
+    #[test]
+    fn grpc_precedence_is_service_then_method_then_headers() {
+        let grpc = |path: PathMatch, service: u16, method: u16| RouteMatch {
+            grpc: Some(crate::config::GrpcMethodRank { service, method }),
+            ..RouteMatch::path(path)
+        };
+        // Method-only as a regex, which as an HTTPRoute path would be tried
+        // before the service prefix: for gRPC the service ranks first.
+        let method_only = grpc(PathMatch::Regex(Pattern::new("/[^/]+/Say").unwrap()), 0, 3);
+        let service_only = grpc(PathMatch::Prefix("/a.Echo".into()), 6, 0);
+        let with_header = RouteMatch {
+            headers: vec![header("x", exact("1"))],
+            ..grpc(PathMatch::Prefix("/a.Echo".into()), 6, 0)
+        };
+        let t = RouteTable::build(vec![
+            entry(0, 0, method_only, "method-only"),
+            entry(0, 1, service_only, "service-only"),
+            entry(1, 0, with_header, "service-and-header"),
+            entry(0, 2, grpc(PathMatch::Prefix("/".into()), 0, 0), "any"),
+        ]);
+        let mut h = HeaderMap::new();
+        let name = |pq: &str, h: &HeaderMap| {
+            t.find("h", &view(&Method::POST, pq, h))
+                .map(|e| e.route.name.clone())
+                .unwrap()
+        };
+        assert_eq!(name("/a.Echo/Say", &h), "service-only");
+        assert_eq!(name("/b.Echo/Say", &h), "method-only");
+        assert_eq!(name("/b.Echo/Other", &h), "any");
+        h.insert("x", HeaderValue::from_static("1"));
+        assert_eq!(name("/a.Echo/Say", &h), "service-and-header");
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! loopback, and a small HTTP client. Traffic never leaves 127.0.0.1.
 #![allow(dead_code)] // Each test binary uses a different part of the harness.
 
+pub mod grpc;
 pub mod idp;
 pub mod redis;
 

@@ -7,7 +7,7 @@
 use std::collections::HashMap;
 
 use crate::{
-    config::{BackendTlsPolicy, Gateway, HttpRoute, Listener, ObjectRef, PolicyTarget},
+    config::{BackendTlsPolicy, Gateway, HttpRoute, Listener, ObjectRef, PolicyTarget, RouteKind},
     control::refgrant::GATEWAY_GROUP,
 };
 
@@ -50,7 +50,9 @@ impl Level {
             Level::Gateway(gateway.id.clone()),
             Level::Listener(gateway.id.clone(), listener.name.clone()),
         ];
-        if let Some((route, rule_name)) = route {
+        // SluicePolicies target HTTPRoutes only: a GRPCRoute of the same
+        // namespace/name is another object.
+        if let Some((route, rule_name)) = route.filter(|(r, _)| r.kind == RouteKind::Http) {
             v.push(Level::Route(route.id.clone()));
             if let Some(n) = rule_name {
                 v.push(Level::Rule(route.id.clone(), n.to_owned()));
