@@ -18,6 +18,7 @@ use crate::{
     kernel::{KernelDatapath, KernelError, KernelOptions, SockmapPref},
     kube::{KubeSource, StalenessCollector},
     metrics::{KernelCounters, Metrics, ModeLabels, ProcessCollector, ShardCollector},
+    policy::ratelimit::RateLimitService,
     reload::{ReloadError, Runtime},
     snapshot::Snapshot,
     sources::{
@@ -91,6 +92,8 @@ pub struct Settings {
     pub kubernetes: Option<crate::kube::KubeSettings>,
     /// Attach the sockmap fast path between node-local sockets (opt-in).
     pub sockmap: bool,
+    /// Rate limits: bucket store size, the cluster store (Redis).
+    pub rate_limits: crate::policy::ratelimit::ServiceOptions,
     /// Where the configuration comes from; `None`: `config_dir`.
     pub config_source: Option<SourceUrl>,
     /// Credentials and TLS for Consul and etcd.
@@ -134,6 +137,7 @@ impl Settings {
             trusted_proxies: Vec::new(),
             kubernetes: None,
             sockmap: false,
+            rate_limits: Default::default(),
             config_source: None,
             stores: StoreSettings::default(),
             consul_discovery: None,
@@ -247,6 +251,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
 
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::default()));
     let kernel = kernel.map(|k| Arc::new(Mutex::new(k)));
+    let rate_limits = start_rate_limits(&settings, &metrics, &snapshot, kernel.as_ref()).await;
     let access_log = crate::access_log::AccessLog::start(&settings.access_log)?;
     access_log.register(&mut registry);
     if access_log.enabled() {
@@ -256,7 +261,8 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
             .with_edge(settings.edge.clone())
-            .with_access_log(access_log, settings.request_ids),
+            .with_access_log(access_log, settings.request_ids)
+            .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),
     );
     let mut runtime = Runtime::new(
         settings.config_dir.clone(),
@@ -267,6 +273,15 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         settings.max_connections_per_shard,
     );
     runtime.identity = settings.identity.clone();
+    if runtime
+        .policy_state
+        .set_rate_limits(rate_limits.clone())
+        .is_err()
+    {
+        return Err(AppError::Internal(
+            "rate-limit service set twice".to_owned(),
+        ));
+    }
     let runtime = Arc::new(runtime);
     if let Some(shared) = &runtime.kernel {
         registry.register_collector(Box::new(KernelCounters {
@@ -382,6 +397,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             },
         },
         runtime: Arc::downgrade(&runtime),
+        rate_limits: rate_limits.clone(),
         started: std::time::SystemTime::now(),
         request_drift_check: runtime.kernel.is_some().then(|| {
             // Weak: the admin state must not keep the kernel datapath alive
@@ -463,6 +479,78 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         sources,
         admin,
         admin_state,
+    })
+}
+
+/// The agent's rate-limit service: buckets, the cluster store (waited for
+/// briefly, so the first requests see it), the penalty box (programmed into
+/// the kernel's `PENALTY` map with eBPF).
+async fn start_rate_limits(
+    settings: &Settings,
+    metrics: &Metrics,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+    kernel: Option<&Arc<Mutex<KernelDatapath>>>,
+) -> Arc<RateLimitService> {
+    let mut opts = settings.rate_limits.clone();
+    if let Some(k) = kernel {
+        // The box holds what the kernel map can.
+        if let Some(n) = k.lock().expect("kernel lock").map_limits().get("PENALTY") {
+            opts.penalty_capacity = *n as usize;
+        }
+    }
+    let service = Arc::new(RateLimitService::new(
+        opts,
+        metrics.policy.ratelimit.clone(),
+    ));
+    let snap = snapshot.clone();
+    service
+        .penalties
+        .set_resolver(Arc::new(move |gateway: &str| {
+            snap.load()
+                .shards
+                .iter()
+                .find(|s| *s.name == *gateway)
+                .map(|s| s.id)
+        }));
+    if let Some(k) = kernel {
+        service
+            .penalties
+            .attach_kernel(Box::new(crate::kernel::KernelPenalties(k.clone())));
+    }
+    service.start();
+    if service.cluster.is_configured() {
+        if service
+            .wait_for_store(std::time::Duration::from_secs(2))
+            .await
+        {
+            tracing::info!(store = ?service.cluster.health().address, "rate-limit cluster store reachable");
+        } else {
+            tracing::warn!(
+                note = service.readiness_note().unwrap_or_default(),
+                "starting without the rate-limit cluster store"
+            );
+        }
+    }
+    service
+}
+
+/// The accept check of the penalty box (what XDP does at the NIC in eBPF
+/// mode; both run with eBPF, so connections queued before a penalty are
+/// refused too).
+fn penalty_gate(
+    service: &Arc<RateLimitService>,
+    snapshot: &Arc<ArcSwap<Snapshot>>,
+) -> crate::gateway::ConnectionGate {
+    let penalties = service.penalties.clone();
+    let snap = snapshot.clone();
+    Arc::new(move |shard, peer| {
+        if penalties.admits(shard, peer) {
+            return true;
+        }
+        if let Some(s) = snap.load().shard(shard) {
+            penalties.refused(&s.name);
+        }
+        false
     })
 }
 

@@ -209,6 +209,59 @@ pub struct Cli {
     #[arg(long, value_name = "CIDR,...", value_delimiter = ',', value_parser = parse_net)]
     pub trusted_proxies: Vec<ipnet::IpNet>,
 
+    /// Cluster store of `rateLimit.cluster` rules and quotas:
+    /// `redis://[user[:password]@]host[:port][/db]`, or `rediss://` for TLS.
+    /// Without it those rules follow their failureMode.
+    #[arg(long, value_name = "URL", env = "SLUICE_REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// File holding the Redis password (AUTH; e.g. a mounted Secret); wins
+    /// over a password in the URL.
+    #[arg(long, value_name = "FILE", requires = "redis_url")]
+    pub redis_password_file: Option<PathBuf>,
+
+    /// Redis user name for AUTH (ACL users; default: the URL's, else none).
+    #[arg(long, value_name = "NAME", requires = "redis_url")]
+    pub redis_username: Option<String>,
+
+    /// PEM CA bundle the Redis server certificate must chain to (rediss://;
+    /// default: the platform's CAs).
+    #[arg(long, value_name = "FILE", requires = "redis_url")]
+    pub redis_tls_ca: Option<PathBuf>,
+
+    /// PEM client certificate for mutual TLS with Redis (with --redis-tls-key).
+    #[arg(long, value_name = "FILE", requires = "redis_tls_key")]
+    pub redis_tls_cert: Option<PathBuf>,
+
+    /// PEM private key of --redis-tls-cert.
+    #[arg(long, value_name = "FILE", requires = "redis_tls_cert")]
+    pub redis_tls_key: Option<PathBuf>,
+
+    /// Name the Redis server certificate must carry (default: the URL's host).
+    #[arg(long, value_name = "NAME", requires = "redis_url")]
+    pub redis_tls_server_name: Option<String>,
+
+    /// Prefix of the agent's Redis keys; fleets sharing one Redis need
+    /// different ones.
+    #[arg(long, value_name = "PREFIX", default_value = "sluice")]
+    pub redis_key_prefix: String,
+
+    /// How often cluster counters are synchronised with Redis (in batches,
+    /// off the request path): bounds how far the fleet can overshoot a
+    /// cluster limit. At most a tenth of the shortest cluster rule unit.
+    #[arg(long, value_name = "MS", default_value_t = 100, value_parser = clap::value_parser!(u64).range(10..=10_000))]
+    pub ratelimit_sync_interval_ms: u64,
+
+    /// Local rate-limit buckets held at most, all rules together (memory
+    /// bound: ~34 bytes per bucket at most).
+    #[arg(long, value_name = "N", default_value_t = crate::policy::ratelimit::DEFAULT_MAX_KEYS)]
+    pub ratelimit_max_keys: usize,
+
+    /// Benchmark baseline only: cluster rules make one Redis call per
+    /// request instead of the batched sync.
+    #[arg(long, hide = true, requires = "redis_url")]
+    pub ratelimit_naive_cluster: bool,
+
     /// Access log: one line per request to `stdout`, to a file (appended
     /// to; reopened on SIGHUP for log rotation), or `off`.
     #[arg(long, value_name = "stdout|PATH|off", default_value = "off")]
@@ -443,9 +496,18 @@ pub enum LogFormat {
     Json,
 }
 
+/// Why the command line does not give usable settings.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingsError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Flag(String),
+}
+
 impl Cli {
     /// Settings for [`crate::app::build`]; reads the agent config file.
-    pub fn settings(&self) -> Result<Settings, crate::config::ConfigError> {
+    pub fn settings(&self) -> Result<Settings, SettingsError> {
         let mut s = Settings::new(self.config_dir.clone().unwrap_or_default());
         if let Some(path) = &self.agent_config {
             s.identity = crate::config::identity::load_agent_config(path)?;
@@ -503,6 +565,7 @@ impl Cli {
         };
         s.trusted_proxies = self.trusted_proxies.clone();
         s.edge = self.edge.settings();
+        s.rate_limits = self.rate_limit_options()?;
         s.access_log = crate::access_log::Settings {
             destination: self.access_log.clone(),
             format: self.access_log_format,
@@ -523,6 +586,62 @@ impl Cli {
 }
 
 impl Cli {
+    /// The rate-limit settings: the cluster store from the URL and the
+    /// files it names.
+    fn rate_limit_options(
+        &self,
+    ) -> Result<crate::policy::ratelimit::ServiceOptions, SettingsError> {
+        use crate::policy::ratelimit::cluster::StoreSettings;
+        let mut opts = crate::policy::ratelimit::ServiceOptions {
+            max_keys: self.ratelimit_max_keys.max(1),
+            ..Default::default()
+        };
+        let Some(url) = &self.redis_url else {
+            return Ok(opts);
+        };
+        let bad = |e: String| SettingsError::Flag(format!("--redis-url: {e}"));
+        let read = |flag: &str, p: &PathBuf| {
+            std::fs::read(p)
+                .map_err(|e| SettingsError::Flag(format!("{flag} {}: {e}", p.display())))
+        };
+        let mut store = StoreSettings::from_url(url).map_err(|e| bad(e.to_string()))?;
+        if let Some(p) = &self.redis_password_file {
+            let raw = read("--redis-password-file", p)?;
+            let text = String::from_utf8(raw)
+                .map_err(|_| SettingsError::Flag("--redis-password-file: not UTF-8".into()))?;
+            // Files written with `echo` end in a newline.
+            store.password = Some(text.trim_end_matches(['\n', '\r']).to_owned());
+        }
+        if let Some(u) = &self.redis_username {
+            store.username = Some(u.clone());
+        }
+        let tls_flags = self.redis_tls_ca.is_some()
+            || self.redis_tls_cert.is_some()
+            || self.redis_tls_server_name.is_some();
+        match &mut store.tls {
+            Some(tls) => {
+                if let Some(p) = &self.redis_tls_ca {
+                    tls.ca_pem = Some(read("--redis-tls-ca", p)?);
+                }
+                if let (Some(c), Some(k)) = (&self.redis_tls_cert, &self.redis_tls_key) {
+                    tls.client = Some((read("--redis-tls-cert", c)?, read("--redis-tls-key", k)?));
+                }
+                tls.server_name = self.redis_tls_server_name.clone();
+            }
+            None if tls_flags => {
+                return Err(bad(
+                    "TLS options need a rediss:// URL (redis:// is plain TCP)".into(),
+                ))
+            }
+            None => {}
+        }
+        store.key_prefix = self.redis_key_prefix.clone();
+        store.sync_interval = std::time::Duration::from_millis(self.ratelimit_sync_interval_ms);
+        store.naive = self.ratelimit_naive_cluster;
+        opts.store = Some(store);
+        Ok(opts)
+    }
+
     /// Credentials and TLS for Consul and etcd.
     pub fn store_settings(&self) -> StoreSettings {
         StoreSettings {
@@ -668,6 +787,76 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn redis_flags_build_the_cluster_store_settings() {
+        let dir = std::env::temp_dir().join(format!("sluice-cli-redis-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let pw = dir.join("pw");
+        std::fs::write(&pw, "from-file\n").unwrap();
+        let ca = dir.join("ca.pem");
+        std::fs::write(&ca, "PEM").unwrap();
+        let s = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--redis-url",
+            "rediss://agent:in-url@redis.internal:6390/1",
+            "--redis-password-file",
+            pw.to_str().unwrap(),
+            "--redis-tls-ca",
+            ca.to_str().unwrap(),
+            "--redis-key-prefix",
+            "fleet-a",
+            "--ratelimit-sync-interval-ms",
+            "50",
+        ])
+        .settings()
+        .unwrap();
+        let store = s.rate_limits.store.unwrap();
+        assert_eq!(store.addr(), "redis.internal:6390");
+        assert_eq!(store.db, 1);
+        assert_eq!(store.username.as_deref(), Some("agent"));
+        assert_eq!(store.password.as_deref(), Some("from-file"));
+        assert_eq!(store.tls.unwrap().ca_pem.as_deref(), Some(&b"PEM"[..]));
+        assert_eq!(store.key_prefix, "fleet-a");
+        assert_eq!(store.sync_interval, std::time::Duration::from_millis(50));
+        assert!(!store.naive);
+        // TLS options need rediss://; files must exist; no store without a URL.
+        let e = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--redis-url",
+            "redis://x",
+            "--redis-tls-ca",
+            ca.to_str().unwrap(),
+        ])
+        .settings()
+        .unwrap_err();
+        assert!(e.to_string().contains("rediss://"), "{e}");
+        let e = Cli::parse_from([
+            "sluice",
+            "--config-dir",
+            "d",
+            "--redis-url",
+            "redis://x",
+            "--redis-password-file",
+            "/nonexistent",
+        ])
+        .settings()
+        .unwrap_err();
+        assert!(e.to_string().contains("/nonexistent"), "{e}");
+        let s = Cli::parse_from(["sluice", "--config-dir", "d"])
+            .settings()
+            .unwrap();
+        assert!(s.rate_limits.store.is_none());
+        assert!(
+            Cli::try_parse_from(["sluice", "--config-dir", "d", "--redis-password-file", "x"])
+                .is_err()
+        );
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]

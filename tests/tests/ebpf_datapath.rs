@@ -833,3 +833,115 @@ fn a_full_map_stops_the_agent_with_a_clear_error() {
         "a failed start must not leave XDP attached"
     );
 }
+
+#[test]
+fn a_source_refused_too_often_is_dropped_by_xdp_listed_removed_and_expires() {
+    if !privileged("a_source_refused_too_often_is_dropped_by_xdp_listed_removed_and_expires") {
+        return;
+    }
+    // One request per hour per source address; two refusals put the source
+    // into the penalty box for 4 s.
+    let policy = r#"apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: per-source, namespace: team-a}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: edge}]
+  rateLimit:
+    local:
+    - name: per-source
+      requests: 1
+      unit: Hour
+      key: {sourceAddress: {}}
+      penalty: {after: 2, within: 1m, block: 4s}
+"#;
+    let s = Scenario::start_with("penalty", &[], "ebpf", |dir| {
+        std::fs::write(dir.join("config/policy.yaml"), policy).unwrap();
+        Vec::new()
+    });
+    let dropped = || {
+        metric(
+            &s.admin("/metrics"),
+            "sluice_xdp_packets_total",
+            &["team-a/edge", "reason=\"penalty\""],
+        )
+        .unwrap_or(0.0)
+    };
+    let attempt = |source: &str| {
+        s.topo.curl(
+            &url(Topology::NODE_V4, GATEWAY_PORT, "/"),
+            Some("echo.example.com"),
+            Some(source),
+            Duration::from_secs(1),
+        )
+    };
+    // Abusive source: served once, refused twice, then boxed.
+    let abuser = Topology::CLIENT_V4;
+    let box_it = || {
+        let mut statuses = Vec::new();
+        for _ in 0..6 {
+            let r = attempt(abuser);
+            if r.status.is_none() {
+                return statuses;
+            }
+            statuses.push(r.status);
+        }
+        panic!(
+            "{abuser} was never dropped: {statuses:?}\n{}",
+            s.agent_log()
+        );
+    };
+    assert_eq!(
+        box_it(),
+        [Some(200), Some(429), Some(429)],
+        "{}",
+        s.agent_log()
+    );
+    let before = dropped();
+    let r = attempt(abuser);
+    assert_eq!(r.exit, 28, "the SYN must be dropped by XDP: {r:?}");
+    assert!(
+        dropped() > before,
+        "XDP penalty counter did not rise:\n{}",
+        s.admin("/metrics")
+    );
+    // A well-behaved source is served.
+    let r = attempt(Topology::CLIENT_V4_ALT);
+    assert_eq!(r.status, Some(200), "{r:?}");
+    // Listed at the admin endpoint with its Gateway and rule.
+    let listed = s.admin("/ratelimit");
+    assert!(
+        listed.contains(&format!("\"{abuser}/32\"")) && listed.contains("team-a/edge"),
+        "{listed}"
+    );
+    // Expires by itself (the kernel entry's expiry against the clock).
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = attempt(abuser);
+        if r.status.is_some() {
+            assert_eq!(r.status, Some(429), "still over its limit: {r:?}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < until,
+            "the 4 s penalty never expired"
+        );
+    }
+    // Boxed again, then taken out by an admin call: served (429) at once.
+    let statuses = box_it();
+    assert!(statuses.iter().all(|s| *s == Some(429)), "{statuses:?}");
+    let out = s
+        .topo
+        .node
+        .command("curl")
+        .args(["-sS", "-X", "DELETE", "-w", "\n%{http_code}"])
+        .arg(format!(
+            "http://127.0.0.1:9901/ratelimit/penalties?prefix={abuser}/32"
+        ))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(out.ends_with("\n200"), "DELETE: {out}");
+    let r = attempt(abuser);
+    assert_eq!(r.status, Some(429), "removed from the box: {r:?}");
+    assert!(!s.admin("/ratelimit").contains(&format!("\"{abuser}/32\"")));
+}

@@ -199,6 +199,20 @@ async fn the_policy_example_does_what_its_readme_says() {
         .status,
         StatusCode::FORBIDDEN
     );
+    // Two requests a minute per client, with the RateLimit headers; the
+    // refused POST above used none of reporting's budget.
+    for left in ["1", "0"] {
+        let r = get("/inventory", vec![("x-api-key", "rp-2b8d4c60".into())]).await;
+        assert_eq!(r.status, StatusCode::OK);
+        assert_eq!(r.headers["ratelimit-policy"], "\"per-client\";q=2;w=60");
+        assert!(r.headers["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with(&format!("\"per-client\";r={left};")));
+    }
+    let r = get("/inventory", vec![("x-api-key", "rp-2b8d4c60".into())]).await;
+    assert_eq!(r.status, StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers.contains_key("retry-after"));
 
     // Admin: Basic auth.
     let r = get("/admin", vec![]).await;

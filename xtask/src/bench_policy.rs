@@ -9,7 +9,10 @@
 //! verified-token cache) and with fresh tokens (a new token per request from
 //! a pool larger than the cache, so every request is a signature check); an
 //! API key; Basic auth (bcrypt, repeated credentials: cached); and an
-//! external authorization call to the backend. Rounds are interleaved with
+//! external authorization call to the backend; rate limits: a local (GCRA)
+//! rule and a cluster rule counted in a Redis the benchmark starts (batched
+//! sync), each with a limit the load never reaches, so every request pays
+//! the check and the RateLimit headers. Rounds are interleaved with
 //! the order rotated; each row is the median round by req/s. The issue's
 //! target: JWT with repeat tokens costs at most 10 % of the no-policy req/s.
 use std::{
@@ -43,6 +46,7 @@ pub struct Options {
 const GATEWAY_PORT: u16 = 18600;
 const ADMIN_PORT: u16 = 18601;
 const BACKEND_PORT: u16 = 18602;
+const REDIS_PORT: u16 = 18603;
 const ISSUER: &str = "https://idp.bench";
 /// The bcrypt hash (cost 10) of `bench-secret` for user `bench`.
 const HTPASSWD: &str = "bench:$2b$10$OKtG6bJPfEIloX1dypstYeAASPQSC7M0scDHE07yLjHRxsq/l8DKu";
@@ -147,6 +151,8 @@ fn sluice_config(keys: &Keys) -> String {
         ("key", "key.bench"),
         ("basic", "basic.bench"),
         ("ext", "ext.bench"),
+        ("rl-local", "rl-local.bench"),
+        ("rl-cluster", "rl-cluster.bench"),
     ] {
         s.push_str(&route(name, host));
     }
@@ -169,6 +175,23 @@ fn sluice_config(keys: &Keys) -> String {
          spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: ext}]\n  \
          extAuth: {protocol: HTTP, backendRef: {name: backend, port: 80}, http: {path: /auth}}\n",
     );
+    // Limits far above what one proxy CPU serves: the cost of an admitted request.
+    for (name, rule) in [
+        (
+            "rl-local",
+            "local: [{name: per-source, requests: 1000000, unit: Second, key: {sourceAddress: {}}}]",
+        ),
+        (
+            "rl-cluster",
+            "cluster: [{name: fleet, requests: 1000000000, unit: Minute}]",
+        ),
+    ] {
+        s.push_str(&format!(
+            "---\napiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\nmetadata: {{name: {name}, namespace: bench}}\n\
+             spec:\n  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: {name}}}]\n  \
+             rateLimit: {{{rule}}}\n"
+        ));
+    }
     s
 }
 
@@ -254,6 +277,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 "wrk",
                 "HTTP/1.1 load generator (with Lua for tokens and percentiles)",
             ),
+            (
+                "redis-server",
+                "redis-server",
+                "the cluster store of the cluster rate-limit scenario",
+            ),
         ],
     )?;
     let sluice = match &opts.sluice_bin {
@@ -326,6 +354,15 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         port_open(BACKEND_PORT)
     })?;
 
+    let mut cmd = pinned(&opts.load_cpu.to_string(), &which("redis-server"));
+    cmd.args(["--bind", "127.0.0.1", "--port", &REDIS_PORT.to_string()])
+        .args(["--save", "", "--appendonly", "no", "--dir"])
+        .arg(dir);
+    let mut redis = Proc::spawn("redis", cmd, &dir.join("redis.log"))?;
+    wait_until("redis", &mut redis, Duration::from_secs(20), || {
+        port_open(REDIS_PORT)
+    })?;
+
     let config = dir.join("config");
     std::fs::create_dir_all(&config)?;
     std::fs::write(config.join("bench.yaml"), sluice_config(&keys))?;
@@ -333,6 +370,7 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
     cmd.arg("--config-dir")
         .arg(&config)
         .args(["--datapath", "userspace", "--worker-threads", "1"])
+        .arg(format!("--redis-url=redis://127.0.0.1:{REDIS_PORT}"))
         .arg("--admin-addr")
         .arg(format!("127.0.0.1:{ADMIN_PORT}"))
         .env("RUST_LOG", "warn");
@@ -405,6 +443,18 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
             headers: vec![],
             script: None,
         },
+        Scenario {
+            label: "rate limit, local (GCRA)",
+            host: "rl-local.bench",
+            headers: vec![],
+            script: None,
+        },
+        Scenario {
+            label: "rate limit, cluster (Redis, batched)",
+            host: "rl-cluster.bench",
+            headers: vec![],
+            script: None,
+        },
     ];
     // Every scenario must answer 200 before any load (a 401 would be fast and wrong).
     for s in &scenarios {
@@ -440,7 +490,7 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
             sluice.ensure_running()?;
             let s = run_wrk(opts, &scenarios[i], dir, &sluice)?;
             eprintln!(
-                "round {}: {:<28} {:>9.0} req/s  p99 {:>6.0} µs",
+                "round {}: {:<38} {:>9.0} req/s  p99 {:>6.0} µs",
                 round + 1,
                 scenarios[i].label,
                 s.rps,

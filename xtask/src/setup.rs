@@ -45,6 +45,11 @@ const APT: &[(&str, &str)] = &[
         "provides promtool: a test runs `promtool check metrics` on /metrics",
     ),
     (
+        "redis-server",
+        "the cluster rate-limit tests and `bench policy` run a real Redis (started by \
+         themselves, on loopback)",
+    ),
+    (
         "etcd-server",
         "the etcd config-source tests run a real etcd on loopback",
     ),
@@ -82,6 +87,12 @@ pub fn run() -> Result<()> {
                 .env("DEBIAN_FRONTEND", "noninteractive"),
         )
         .context("installing apt packages")?;
+        if missing.iter().any(|(pkg, _)| *pkg == "redis-server")
+            && ok(Command::new("systemctl").args(["disable", "--now", "redis-server"]))
+        {
+            // Tests and benchmarks start their own; nothing needs the system one.
+            eprintln!("setup: redis-server installed; its system service is disabled");
+        }
         if missing.iter().any(|(pkg, _)| *pkg == "prometheus") {
             // Only promtool is wanted; on a machine with systemd the package
             // also starts a Prometheus server, which nothing here needs.

@@ -315,6 +315,9 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
         | ApiKeyInvalid | BasicAuthMissing | BasicAuthInvalid => "UA",
         ExtAuthDenied | Forbidden => "FB",
         ExtAuthUnavailable => "EA",
+        // (A shadow refusal never answers; listed for completeness.)
+        RateLimited | QuotaExceeded | RateLimitShadow => "RL",
+        RateLimitUnavailable => "RU",
     }
 }
 

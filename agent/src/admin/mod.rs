@@ -2,7 +2,8 @@
 //! JSON), `/healthz` (process alive), `/readyz` (listeners up and config
 //! applied), `/metrics` (Prometheus: OpenMetrics when asked for, else text
 //! format 0.0.4), `/config` (what is served), `/status` (Gateway API status
-//! conditions).
+//! conditions), `/ratelimit` (penalty box, cluster store, quotas) and
+//! `DELETE /ratelimit/penalties?prefix=...` (take a source out of the box).
 //!
 //! Who may see what: `/metrics`, `/healthz` and `/readyz` are for anyone who
 //! reaches a listener (Prometheus, kubelet probes on the node's address);
@@ -62,6 +63,8 @@ pub struct AdminState {
     /// The running agent, for the status page (weak: the admin state must
     /// not keep the kernel datapath alive after shutdown).
     pub runtime: Weak<Runtime>,
+    /// Rate limits: penalties, cluster store, quotas (`/ratelimit`).
+    pub rate_limits: Arc<crate::policy::ratelimit::RateLimitService>,
     /// When the agent started.
     pub started: SystemTime,
 }
@@ -345,6 +348,50 @@ fn wants_openmetrics(req: &Request<Incoming>) -> bool {
         .any(|v| v.contains("application/openmetrics-text"))
 }
 
+/// `DELETE /ratelimit/penalties?prefix=10.0.0.7/32[&gateway=ns/name]`:
+/// takes a source out of the penalty box (every Gateway's, or one).
+fn remove_penalty(state: &AdminState, query: &str) -> Response<Body> {
+    let mut prefix = None;
+    let mut gateway = None;
+    for pair in query.split('&') {
+        match pair.split_once('=') {
+            Some(("prefix", v)) => prefix = Some(v.replace("%2F", "/").replace("%2f", "/")),
+            Some(("gateway", v)) => gateway = Some(v.replace("%2F", "/").replace("%2f", "/")),
+            _ => {}
+        }
+    }
+    let Some(raw) = prefix else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            "name the source: ?prefix=ADDRESS[/LEN][&gateway=NAMESPACE/NAME]\n".into(),
+            "text/plain",
+        );
+    };
+    let net = raw
+        .parse::<ipnet::IpNet>()
+        .or_else(|_| raw.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+    let Ok(net) = net else {
+        return text(
+            StatusCode::BAD_REQUEST,
+            format!("not an address or prefix: {raw:?}\n"),
+            "text/plain",
+        );
+    };
+    let n = state.rate_limits.penalties.remove(net, gateway.as_deref());
+    text(
+        if n > 0 {
+            StatusCode::OK
+        } else {
+            StatusCode::NOT_FOUND
+        },
+        format!(
+            "removed {n} penalty entr{}\n",
+            if n == 1 { "y" } else { "ies" }
+        ),
+        "text/plain",
+    )
+}
+
 fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
     match req.uri().path() {
         "/" => {
@@ -392,12 +439,19 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         "/healthz" => text(StatusCode::OK, "ok\n".into(), "text/plain"),
         "/readyz" => {
             let stale = state.source_health.stale_for();
+            // Degraded, not unready: the agent keeps serving (rate limits
+            // follow their failureMode) and says so.
+            let rate_limits = state
+                .rate_limits
+                .readiness_note()
+                .map(|n| format!("{n}\n"))
+                .unwrap_or_default();
             if state.ready.load(Ordering::Acquire) && stale > Duration::ZERO {
                 let report = state.source_health.report();
                 text(
                     StatusCode::OK,
                     format!(
-                        "ready (serving the last good configuration; config source {}unreachable for {}s{}){}\n",
+                        "ready (serving the last good configuration; config source {}unreachable for {}s{}){}\n{rate_limits}",
                         report.url.map(|u| format!("{u} ")).unwrap_or_default(),
                         stale.as_secs(),
                         report.outage.map(|e| format!(": {e}")).unwrap_or_default(),
@@ -408,7 +462,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
             } else if state.ready.load(Ordering::Acquire) {
                 text(
                     StatusCode::OK,
-                    format!("ready{}\n", shedding_note(state)),
+                    format!("ready{}\n{rate_limits}", shedding_note(state)),
                     "text/plain",
                 )
             } else {
@@ -508,6 +562,14 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 serde_json::to_string_pretty(&body).unwrap_or_default(),
                 "application/json",
             )
+        }
+        "/ratelimit" if req.method() == http::Method::GET => text(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&state.rate_limits.admin_view()).unwrap_or_default(),
+            "application/json",
+        ),
+        "/ratelimit/penalties" if req.method() == http::Method::DELETE => {
+            remove_penalty(state, req.uri().query().unwrap_or(""))
         }
         "/status" => {
             let status = state.status.lock().map(|s| s.clone()).unwrap_or_default();

@@ -21,7 +21,7 @@ mod upstream_tls;
 pub mod workers;
 
 pub use edge::EdgeSettings;
-pub use proxy::{ConnInfo, Proxy, TlsInfo};
+pub use proxy::{ConnInfo, ConnectionGate, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 
 use bytes::Bytes;

@@ -99,10 +99,16 @@ pub struct Proxy {
     pub(super) per_source: PerSource,
     /// Requests in flight per shard.
     pub(super) loads: ShardLoads,
+    /// Asked by the accept loops whether a connection is served.
+    connection_gate: Option<ConnectionGate>,
     access_log: AccessLog,
     /// Give every request an `X-Request-Id`.
     request_ids: bool,
 }
+
+/// Decides at accept whether a connection from a peer is served (the rate
+/// limits' penalty box, in userspace mode the only place it is enforced).
+pub type ConnectionGate = Arc<dyn Fn(ShardId, IpAddr) -> bool + Send + Sync>;
 
 /// How a response the gateway made itself, that is not a rejection, is
 /// labelled (a redirect filter, a CORS preflight).
@@ -154,6 +160,7 @@ impl Proxy {
             edge: EdgeSettings::default(),
             per_source: PerSource::default(),
             loads: ShardLoads::default(),
+            connection_gate: None,
             access_log: AccessLog::default(),
             request_ids: false,
         }
@@ -217,6 +224,17 @@ impl Proxy {
         self.access_log = log;
         self.request_ids = request_ids;
         self
+    }
+
+    /// Connections whose peer `gate` refuses are closed at accept.
+    pub fn with_connection_gate(mut self, gate: ConnectionGate) -> Self {
+        self.connection_gate = Some(gate);
+        self
+    }
+
+    /// Whether a connection from `peer` to `shard` is served.
+    pub fn admit_connection(&self, shard: ShardId, peer: IpAddr) -> bool {
+        self.connection_gate.as_ref().is_none_or(|g| g(shard, peer))
     }
 
     /// Upstream "connections" that answer every request with `200` and

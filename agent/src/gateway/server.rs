@@ -175,6 +175,10 @@ async fn accept_loop(
             },
             _ = shutdown.changed() => break,
         };
+        if !proxy.admit_connection(shard, peer.ip()) {
+            // In the penalty box: closed before any byte is read.
+            continue;
+        }
         serve(
             shard,
             stream,

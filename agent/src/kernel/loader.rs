@@ -97,6 +97,8 @@ pub struct KernelDatapath {
     // is aborted; the Ebpf handle owns the program links.
     /// The maps the reconciler programs.
     pub maps: AyaMaps,
+    /// The penalty box (written by the rate-limit service, not reconciled).
+    pub(super) penalty: aya::maps::LpmTrie<MapData, sluice_common::SourceRuleKey, u64>,
     sockets: SockMap<MapData>,
     counters: PerCpuArray<MapData, u64>,
     fast_path_counters: PerCpuArray<MapData, u64>,
@@ -292,6 +294,7 @@ impl KernelDatapath {
                 admission: take(&mut ebpf, "ADMISSION")?,
             },
             sockets: take(&mut ebpf, "SHARD_SOCKETS")?,
+            penalty: take(&mut ebpf, "PENALTY")?,
             counters: take(&mut ebpf, "COUNTERS")?,
             fast_path_counters: take(&mut ebpf, "FASTPATH_COUNTERS")?,
             sockmap,

@@ -5,6 +5,7 @@ mod aya_maps;
 mod fast_path;
 mod loader;
 pub mod maps;
+mod penalty;
 pub mod pins;
 pub mod port_ranges;
 mod reconcile;
@@ -16,11 +17,12 @@ use ipnet::IpNet;
 use sluice_common::{source_rule_prefix_len, ListenerKey, ListenerValue, SourceRuleKey};
 
 pub use loader::{KernelDatapath, KernelOptions, SockmapPref, XdpAttachMode, XdpModePref};
+pub use penalty::KernelPenalties;
 pub use port_ranges::PortBlock;
 pub use reconcile::{reconcile, ChangeKind, MapChange, ReconcileReport, ReconcileStats};
 
 /// Maps whose capacity `--map-size NAME=N` may set.
-pub const SIZABLE_MAPS: [&str; 8] = [
+pub const SIZABLE_MAPS: [&str; 9] = [
     "LISTENERS",
     "PORT_RANGES",
     "SOURCE_RULES",
@@ -29,6 +31,7 @@ pub const SIZABLE_MAPS: [&str; 8] = [
     "CGROUP_NS",
     "ADMISSION",
     "SOCK_PAIRS",
+    "PENALTY",
 ];
 
 /// Map contents the control plane wants. Compared against what the maps hold.

@@ -11,7 +11,7 @@ use std::{
 use super::KernelError;
 
 /// Maps pinned by name in the pin directory.
-pub const PINNED_MAPS: [&str; 12] = [
+pub const PINNED_MAPS: [&str; 13] = [
     "LISTENERS",
     "SOURCE_RULES",
     "SHARD_SOCKETS",
@@ -24,6 +24,8 @@ pub const PINNED_MAPS: [&str; 12] = [
     "PORT_RANGES",
     "SOCK_PAIRS",
     "FASTPATH_COUNTERS",
+    // Penalties survive an agent restart (the new agent adopts them).
+    "PENALTY",
 ];
 
 const BPF_FS_MAGIC: i64 = 0xcafe4a11;

@@ -28,6 +28,8 @@ pub struct RequestCtx<'a> {
     /// Response header values rendered at request time (templates that
     /// refer to the request are resolved while it is still here).
     pub response_edits: Vec<HeaderEdit>,
+    /// What the rate-limit rules said, for the response headers.
+    pub rate_limit: Option<Box<super::ratelimit::report::Report>>,
 }
 
 impl<'a> RequestCtx<'a> {
@@ -40,6 +42,7 @@ impl<'a> RequestCtx<'a> {
             origin: None,
             identity: Identity::default(),
             response_edits: Vec::new(),
+            rate_limit: None,
         }
     }
 }

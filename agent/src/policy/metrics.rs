@@ -27,6 +27,8 @@ pub struct DecisionLabels {
 #[derive(Debug, Clone, Default)]
 pub struct PolicyMetrics {
     pub decisions: Family<DecisionLabels, Counter>,
+    /// The rate-limit machinery (store health, tables, penalty box).
+    pub ratelimit: super::ratelimit::metrics::RateLimitMetrics,
 }
 
 impl PolicyMetrics {
@@ -36,6 +38,7 @@ impl PolicyMetrics {
             "Policy decisions per section: allow, or deny with the reason",
             self.decisions.clone(),
         );
+        self.ratelimit.register(registry);
     }
 
     /// The handle of one section of one policy.

@@ -32,7 +32,10 @@
 //!    only after the phase passed, so a client can never inject them.
 //! 6. **authorization** — [`authz`]: ordered rules over the request and the
 //!    identity, first match wins.
-//! 7. *(policy part 2: rate limits, response cache.)*
+//! 7. **rate limits** — [`ratelimit`]: local (GCRA) rules, cluster rules
+//!    and quotas, in that order; 429 with `Retry-After` and the RateLimit
+//!    headers, refusals counted towards the penalty box. Authentication
+//!    failures count towards penalties that ask for it.
 //! 8. **request transform** — [`transform`]: header set/add/remove with
 //!    templated values; the request body limit is armed ([`limits`]).
 //! 9. **upstream** — HTTPRoute filters, backend choice, retries, mirrors
@@ -60,6 +63,7 @@ pub mod jwt;
 pub mod limits;
 pub mod metrics;
 pub mod prefix;
+pub mod ratelimit;
 pub mod reject;
 pub mod state;
 pub mod template;
@@ -161,6 +165,8 @@ pub struct RoutePolicy {
     /// In evaluation order: JWT, API keys, Basic, external.
     pub authn: Vec<Authenticator>,
     pub authz: Option<Arc<authz::Authorization>>,
+    /// Bound to the route and Gateway it governs.
+    pub rate_limit: Option<Arc<ratelimit::Bound>>,
     pub transform: Option<Arc<transform::Transform>>,
 }
 
@@ -182,6 +188,7 @@ impl RoutePolicy {
             && self.cors.is_none()
             && self.authn.is_empty()
             && self.authz.is_none()
+            && self.rate_limit.is_none()
             && self.transform.is_none()
     }
 
@@ -200,6 +207,7 @@ impl RoutePolicy {
             Authenticator::Ext(e) => &*e.meta,
         }));
         out.extend(self.authz.iter().map(|a| &*a.meta));
+        out.extend(self.rate_limit.iter().map(|r| &*r.section.meta));
         out.extend(self.transform.iter().map(|t| &*t.meta));
         out
     }
@@ -234,10 +242,20 @@ impl RoutePolicy {
             }
         }
         if !self.authn.is_empty() {
-            self.authenticate(ctx, parts, body).await?;
+            if let Err(r) = self.authenticate(ctx, parts, body).await {
+                if let Some(rl) = &self.rate_limit {
+                    if r.status == http::StatusCode::UNAUTHORIZED {
+                        rl.auth_failed(ctx);
+                    }
+                }
+                return Err(r);
+            }
         }
         if let Some(a) = &self.authz {
             a.check(ctx, parts)?;
+        }
+        if let Some(rl) = &self.rate_limit {
+            ctx.rate_limit = Some(Box::new(rl.check(ctx, parts).await?));
         }
         if let Some(t) = &self.transform {
             t.request(ctx, parts);
@@ -316,10 +334,13 @@ impl RoutePolicy {
         }
     }
 
-    /// Response phase: CORS headers and response transforms.
+    /// Response phase: CORS headers, rate-limit headers and response transforms.
     pub fn response(&self, ctx: &RequestCtx, headers: &mut HeaderMap) {
         if let Some(c) = &self.cors {
             c.annotate(ctx.origin.as_ref(), headers);
+        }
+        if let Some(r) = &ctx.rate_limit {
+            r.apply(headers);
         }
         if let Some(t) = &self.transform {
             t.response(ctx, headers);

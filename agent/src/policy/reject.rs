@@ -85,6 +85,17 @@ pub enum Reason {
     // Authorization.
     /// Authenticated (or anonymous) but not allowed by the rules.
     Forbidden,
+    // Rate limits.
+    /// A local or cluster rate limit refused the request (429).
+    RateLimited,
+    /// The client's quota for the period is used up (429).
+    QuotaExceeded,
+    /// A `Closed` cluster rule or quota cannot reach the cluster store
+    /// (503); as an allow reason: served while the store was unreachable
+    /// (`Open`).
+    RateLimitUnavailable,
+    /// An allow reason only: a `shadow` rule would have refused.
+    RateLimitShadow,
 }
 
 impl Reason {
@@ -124,6 +135,10 @@ impl Reason {
             ExtAuthDenied => "ext_auth_denied",
             ExtAuthUnavailable => "ext_auth_unavailable",
             Forbidden => "forbidden",
+            RateLimited => "rate_limited",
+            QuotaExceeded => "quota_exceeded",
+            RateLimitUnavailable => "rate_limit_unavailable",
+            RateLimitShadow => "rate_limited_shadow",
         }
     }
 
@@ -139,7 +154,8 @@ impl Reason {
             RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NoBackends | BackendNotResolvable | PolicyInvalid => StatusCode::INTERNAL_SERVER_ERROR,
             NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable
-            | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
+            | Overloaded | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            RateLimited | QuotaExceeded | RateLimitShadow => StatusCode::TOO_MANY_REQUESTS,
             RequestTimeout | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError => StatusCode::BAD_GATEWAY,
             SourceDenied | Forbidden | ExtAuthDenied => StatusCode::FORBIDDEN,
@@ -349,6 +365,10 @@ mod tests {
             ExtAuthDenied,
             ExtAuthUnavailable,
             Forbidden,
+            RateLimited,
+            QuotaExceeded,
+            RateLimitUnavailable,
+            RateLimitShadow,
         ];
         let labels: std::collections::BTreeSet<_> = all.iter().map(|r| r.label()).collect();
         assert_eq!(labels.len(), all.len());

@@ -13,7 +13,7 @@ use std::{
     any::Any,
     collections::HashMap,
     hash::{Hash, Hasher},
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, OnceLock},
 };
 
 use super::PolicyId;
@@ -59,6 +59,9 @@ pub struct PolicyState {
     /// Runtime for background work of state (JWKS refreshes); `None` in
     /// pure compile tests, where nothing is fetched.
     runtime: Option<tokio::runtime::Handle>,
+    /// Rate-limit buckets, cluster counters and the penalty box: one per
+    /// agent, set by the app (a local-only one otherwise).
+    rate_limits: OnceLock<Arc<super::ratelimit::RateLimitService>>,
 }
 
 impl std::fmt::Debug for PolicyState {
@@ -83,7 +86,28 @@ impl PolicyState {
         Self {
             inner: Mutex::default(),
             runtime: Some(runtime),
+            rate_limits: OnceLock::new(),
         }
+    }
+
+    /// Uses `service` for every rate-limit section; fails when the store
+    /// already has one (set it before the first compile).
+    pub fn set_rate_limits(
+        &self,
+        service: Arc<super::ratelimit::RateLimitService>,
+    ) -> Result<(), Arc<super::ratelimit::RateLimitService>> {
+        self.rate_limits.set(service)
+    }
+
+    /// The agent's rate-limit service (a local-only one, without a cluster
+    /// store or background work, when none was set: pure compiles and tests).
+    pub fn rate_limits(&self) -> &Arc<super::ratelimit::RateLimitService> {
+        self.rate_limits.get_or_init(|| {
+            Arc::new(super::ratelimit::RateLimitService::new(
+                Default::default(),
+                Default::default(),
+            ))
+        })
     }
 
     pub fn runtime(&self) -> Option<&tokio::runtime::Handle> {

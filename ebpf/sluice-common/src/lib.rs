@@ -39,13 +39,15 @@ pub enum Reason {
     /// SYN to a gateway port while its agent restarts (`LISTENER_F_PARKED`):
     /// dropped so that the client retransmits it.
     DropRestarting = 7,
+    /// The source prefix is in the penalty box (`PENALTY`) until its expiry.
+    DropPenalty = 8,
 }
 
 /// Number of reason slots per shard in the counter array (room to grow).
-pub const REASON_SLOTS: u32 = 8;
+pub const REASON_SLOTS: u32 = 16;
 
 impl Reason {
-    pub const ALL: [Reason; 8] = [
+    pub const ALL: [Reason; 9] = [
         Reason::PassNotGateway,
         Reason::PassAllowed,
         Reason::DropSourceDenied,
@@ -54,6 +56,7 @@ impl Reason {
         Reason::DenyNamespaceLookup,
         Reason::DenyNamespaceConnect,
         Reason::DropRestarting,
+        Reason::DropPenalty,
     ];
 
     /// Stable label used for metrics.
@@ -67,6 +70,8 @@ impl Reason {
             Reason::DenyNamespaceLookup => "deny_namespace_lookup",
             Reason::DenyNamespaceConnect => "deny_namespace_connect",
             Reason::DropRestarting => "drop_restarting",
+            // As the rate-limit docs and dashboards name it.
+            Reason::DropPenalty => "penalty",
         }
     }
 }
@@ -233,6 +238,17 @@ pub const fn source_rule_prefix_len(addr_prefix_len: u32) -> u32 {
 /// Value of a source rule.
 pub const SOURCE_ALLOW: u32 = 1;
 pub const SOURCE_DENY: u32 = 2;
+
+/// Default capacity of the penalty box map (`PENALTY`).
+pub const DEFAULT_MAX_PENALTIES: u32 = 16384;
+
+/// Whether a penalty entry (its expiry, `bpf_ktime_get_ns` nanoseconds)
+/// still blocks at `now_ns`. Expired entries stay in the map until user
+/// space sweeps them; the data path never has to.
+#[inline(always)]
+pub const fn penalty_active(expires_ns: u64, now_ns: u64) -> bool {
+    now_ns < expires_ns
+}
 
 /// Default capacity of the port-range LPM trie (prefix-aligned blocks, not ranges:
 /// a range of n ports takes at most 2·log2(n) blocks).
@@ -459,6 +475,14 @@ mod tests {
         assert!(key(v6lo, v6lo).is_node_local());
         assert!(is_loopback(&v6lo) && is_loopback(&lo2) && !is_loopback(&node));
         assert!(!is_loopback(&[0; 16]), "the wildcard is not loopback");
+    }
+
+    #[test]
+    fn penalties_expire_by_the_clock_alone() {
+        assert!(penalty_active(2_000, 1_999));
+        assert!(!penalty_active(2_000, 2_000));
+        assert!(Reason::ALL.len() as u32 <= REASON_SLOTS);
+        assert_eq!(Reason::DropPenalty.label(), "penalty");
     }
 
     #[test]

@@ -7,9 +7,9 @@ use aya_ebpf::{
 use sluice_common::{
     port_range_prefix_len, AdmitKey, FastPathEvent, ListenerKey, ListenerValue, PortRangeKey,
     SockPairKey, SourceRuleKey, SynBucket, SynKey, COUNTER_ENTRIES, DEFAULT_MAX_ADMISSIONS,
-    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_PORT_RANGES,
-    DEFAULT_MAX_SOCK_PAIRS, DEFAULT_MAX_SOURCE_RULES, DEFAULT_MAX_SYN_SOURCES,
-    FASTPATH_COUNTER_ENTRIES, MAX_SHARDS,
+    DEFAULT_MAX_CGROUPS, DEFAULT_MAX_LISTENERS, DEFAULT_MAX_NS_SOURCES, DEFAULT_MAX_PENALTIES,
+    DEFAULT_MAX_PORT_RANGES, DEFAULT_MAX_SOCK_PAIRS, DEFAULT_MAX_SOURCE_RULES,
+    DEFAULT_MAX_SYN_SOURCES, FASTPATH_COUNTER_ENTRIES, MAX_SHARDS,
 };
 
 /// (address, port, proto) → shard. Address all-zero = any local address.
@@ -27,6 +27,13 @@ pub static PORT_RANGES: LpmTrie<PortRangeKey, ListenerValue> =
 #[map]
 pub static SOURCE_RULES: LpmTrie<SourceRuleKey, u32> =
     LpmTrie::with_max_entries(DEFAULT_MAX_SOURCE_RULES, 0);
+
+/// The penalty box: (shard, source prefix) → expiry (`bpf_ktime_get_ns`
+/// nanoseconds). Written by user space when a source was refused too often;
+/// an expired entry no longer drops, whether or not it was removed yet.
+#[map]
+pub static PENALTY: LpmTrie<SourceRuleKey, u64> =
+    LpmTrie::with_max_entries(DEFAULT_MAX_PENALTIES, 0);
 
 /// Per-(shard, source) SYN token buckets. LRU: a flood of spoofed sources
 /// evicts old buckets instead of failing inserts.

@@ -13,12 +13,13 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use sluice_common::{
-    syn_take, v4_mapped, ListenerKey, ListenerValue, Reason, SourceRuleKey, SynBucket, SynKey,
-    LISTENER_F_PARKED, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP, SOURCE_ALLOW,
+    penalty_active, syn_take, v4_mapped, ListenerKey, ListenerValue, Reason, SourceRuleKey,
+    SynBucket, SynKey, LISTENER_F_PARKED, LISTENER_F_SOURCE_FILTER, PROTO_TCP, PROTO_UDP,
+    SOURCE_ALLOW,
 };
 
 use crate::{
-    maps::{count, find_listener, SOURCE_RULES, SYN_BUDGET},
+    maps::{count, find_listener, PENALTY, SOURCE_RULES, SYN_BUDGET},
     packet::ptr_at,
 };
 
@@ -102,6 +103,14 @@ fn try_xdp_ingress(ctx: &XdpContext) -> Result<u32, ()> {
         );
         return Ok(XDP_DROP);
     }
+    if penalized(shard, &flow.src) {
+        count(shard, Reason::DropPenalty);
+        debug!(
+            ctx,
+            "xdp_ingress: drop penalty shard={} port={}", shard, dport
+        );
+        return Ok(XDP_DROP);
+    }
     if flow.proto == PROTO_TCP && listener.flags & LISTENER_F_PARKED != 0 {
         let flags = read::<u8>(ctx, flow.l4 + 13)?;
         if flags & (TCP_FLAG_SYN | TCP_FLAG_ACK) == TCP_FLAG_SYN {
@@ -178,6 +187,23 @@ fn source_allowed(shard: u32, src: &[u8; 16]) -> bool {
         },
     );
     matches!(SOURCE_RULES.get(&key), Some(&SOURCE_ALLOW))
+}
+
+/// Whether the source's prefix is in the penalty box of the shard: the
+/// entry's expiry against the clock, no sweep needed here.
+#[inline(always)]
+fn penalized(shard: u32, src: &[u8; 16]) -> bool {
+    let key = Key::new(
+        sluice_common::source_rule_prefix_len(128),
+        SourceRuleKey {
+            shard_be: shard.to_be_bytes(),
+            addr: *src,
+        },
+    );
+    match PENALTY.get(&key) {
+        Some(&expires) => penalty_active(expires, unsafe { bpf_ktime_get_ns() }),
+        None => false,
+    }
 }
 
 #[inline(always)]

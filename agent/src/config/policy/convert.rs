@@ -76,7 +76,7 @@ pub(in crate::config) fn sluice_policy(
         doc.err(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
-             extAuth, authorization, ipAllow, ipDeny, limits, transform, cors)",
+             extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit)",
         );
     }
     (doc.errors.len() == before).then(|| model::SluicePolicy {
@@ -249,7 +249,267 @@ fn sections(
                 },
             )
         }),
+        rate_limit: s
+            .rate_limit
+            .as_ref()
+            .and_then(|r| rate_limit(doc, &format!("{at}.rateLimit"), r)),
     }
+}
+
+/// Converts a `rateLimit` section.
+fn rate_limit(doc: &mut Doc<'_>, at: &str, r: &wire::RateLimit) -> Option<model::RateLimitSection> {
+    let before = doc.errors.len();
+    let headers = r.headers.as_deref().and_then(|h| match h {
+        "IETF" => Some(model::HeaderStyle::Ietf),
+        "Legacy" => Some(model::HeaderStyle::Legacy),
+        "Off" => Some(model::HeaderStyle::Off),
+        other => {
+            doc.err(
+                format!("{at}.headers"),
+                format!("must be IETF, Legacy or Off, not {other:?}"),
+            );
+            None
+        }
+    });
+    if r.local.is_empty() && r.cluster.is_empty() && r.quotas.is_empty() {
+        doc.err(at, "set at least one rule in local, cluster or quotas");
+    }
+    let mut names: Vec<(String, String)> = Vec::new();
+    let mut name = |doc: &mut Doc<'_>, field: String, n: &str| {
+        if n.is_empty() {
+            doc.err(format!("{field}.name"), "must not be empty");
+        } else if !n
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_' || b == b'.')
+        {
+            // The name is a token of the RateLimit headers and a metric label.
+            doc.err(
+                format!("{field}.name"),
+                format!("{n:?}: use letters, digits, '-', '_' and '.'"),
+            );
+        } else if let Some((_, first)) = names.iter().find(|(x, _)| *x == n) {
+            doc.err(
+                format!("{field}.name"),
+                format!("duplicate rule name {n:?} (also {first})"),
+            );
+        } else {
+            names.push((n.to_owned(), field));
+        }
+    };
+    let unit = |doc: &mut Doc<'_>, field: String, u: &str| {
+        model::Unit::parse(u).or_else(|| {
+            doc.err(
+                field,
+                format!("must be Second, Minute, Hour or Day, not {u:?}"),
+            );
+            None
+        })
+    };
+    let failure = |doc: &mut Doc<'_>, field: String, f: Option<&str>| match f {
+        None | Some("Open") => model::FailureMode::Open,
+        Some("Closed") => model::FailureMode::Closed,
+        Some(other) => {
+            doc.err(field, format!("must be Open or Closed, not {other:?}"));
+            model::FailureMode::Open
+        }
+    };
+    let mut local = Vec::new();
+    for (i, l) in r.local.iter().enumerate() {
+        let lat = format!("{at}.local[{i}]");
+        name(doc, lat.clone(), &l.name);
+        if l.requests == 0 {
+            doc.err(format!("{lat}.requests"), "must be at least 1");
+        }
+        if l.burst == Some(0) {
+            doc.err(format!("{lat}.burst"), "must be at least 1");
+        }
+        let u = unit(doc, format!("{lat}.unit"), &l.unit);
+        let key = rate_limit_key(doc, &format!("{lat}.key"), l.key.as_ref());
+        let penalty = l
+            .penalty
+            .as_ref()
+            .and_then(|p| penalty(doc, &format!("{lat}.penalty"), p));
+        if let (Some(unit), Some(key)) = (u, key) {
+            local.push(model::LocalRuleSpec {
+                name: l.name.clone(),
+                requests: l.requests.max(1),
+                unit,
+                burst: l.burst.unwrap_or(l.requests).max(1),
+                key,
+                shared: l.shared.unwrap_or(false),
+                shadow: l.shadow.unwrap_or(false),
+                penalty,
+            });
+        }
+    }
+    let mut cluster = Vec::new();
+    for (i, c) in r.cluster.iter().enumerate() {
+        let cat = format!("{at}.cluster[{i}]");
+        name(doc, cat.clone(), &c.name);
+        if c.requests == 0 {
+            doc.err(format!("{cat}.requests"), "must be at least 1");
+        }
+        let u = unit(doc, format!("{cat}.unit"), &c.unit);
+        let key = rate_limit_key(doc, &format!("{cat}.key"), c.key.as_ref());
+        let failure_mode = failure(doc, format!("{cat}.failureMode"), c.failure_mode.as_deref());
+        let penalty = c
+            .penalty
+            .as_ref()
+            .and_then(|p| penalty(doc, &format!("{cat}.penalty"), p));
+        if let (Some(unit), Some(key)) = (u, key) {
+            cluster.push(model::ClusterRuleSpec {
+                name: c.name.clone(),
+                requests: c.requests.max(1),
+                unit,
+                key,
+                shared: c.shared.unwrap_or(false),
+                shadow: c.shadow.unwrap_or(false),
+                failure_mode,
+                penalty,
+            });
+        }
+    }
+    let mut quotas = Vec::new();
+    for (i, q) in r.quotas.iter().enumerate() {
+        let qat = format!("{at}.quotas[{i}]");
+        name(doc, qat.clone(), &q.name);
+        if q.requests == 0 {
+            doc.err(format!("{qat}.requests"), "must be at least 1");
+        }
+        let period = match q.period.as_str() {
+            "Day" => Some(model::QuotaPeriod::Day),
+            "Month" => Some(model::QuotaPeriod::Month),
+            other => {
+                doc.err(
+                    format!("{qat}.period"),
+                    format!("must be Day or Month, not {other:?}"),
+                );
+                None
+            }
+        };
+        let key = match (q.key.api_key_client, q.key.claim.as_deref()) {
+            (Some(true), None) => Some(model::QuotaKey::ApiKeyClient),
+            (None | Some(false), Some(c)) if !c.is_empty() => {
+                Some(model::QuotaKey::Claim(c.to_owned()))
+            }
+            _ => {
+                doc.err(
+                    format!("{qat}.key"),
+                    "set exactly one of apiKeyClient: true or claim",
+                );
+                None
+            }
+        };
+        let failure_mode = failure(doc, format!("{qat}.failureMode"), q.failure_mode.as_deref());
+        if let (Some(period), Some(key)) = (period, key) {
+            quotas.push(model::QuotaSpec {
+                name: q.name.clone(),
+                requests: q.requests.max(1),
+                period,
+                key,
+                failure_mode,
+            });
+        }
+    }
+    (doc.errors.len() == before).then_some(model::RateLimitSection {
+        headers,
+        local,
+        cluster,
+        quotas,
+    })
+}
+
+fn rate_limit_key(
+    doc: &mut Doc<'_>,
+    at: &str,
+    k: Option<&wire::RateLimitKey>,
+) -> Option<model::KeySpec> {
+    let Some(k) = k else {
+        return Some(model::KeySpec::default());
+    };
+    let before = doc.errors.len();
+    let source = k.source_address.as_ref().map(|s| {
+        let v4 = s.prefix_length.unwrap_or(32);
+        let v6 = s.prefix_length_v6.unwrap_or(128);
+        if v4 > 32 {
+            doc.err(format!("{at}.sourceAddress.prefixLength"), "must be 0-32");
+        }
+        if v6 > 128 {
+            doc.err(
+                format!("{at}.sourceAddress.prefixLengthV6"),
+                "must be 0-128",
+            );
+        }
+        (v4.min(32) as u8, v6.min(128) as u8)
+    });
+    let header = k
+        .header
+        .as_ref()
+        .and_then(|h| header_name(doc, &format!("{at}.header"), h));
+    if k.claim.as_deref() == Some("") {
+        doc.err(format!("{at}.claim"), "must not be empty");
+    }
+    (doc.errors.len() == before).then(|| model::KeySpec {
+        source,
+        header,
+        claim: k.claim.clone(),
+        api_key_client: k.api_key_client.unwrap_or(false),
+        source_namespace: k.source_namespace.unwrap_or(false),
+        method: k.method.unwrap_or(false),
+        path: k.path.unwrap_or(false),
+    })
+}
+
+/// Longest a penalty may block a source.
+const MAX_PENALTY_BLOCK: Duration = Duration::from_secs(24 * 3600);
+
+fn penalty(doc: &mut Doc<'_>, at: &str, p: &wire::Penalty) -> Option<model::PenaltySpec> {
+    let before = doc.errors.len();
+    if p.after == 0 {
+        doc.err(format!("{at}.after"), "must be at least 1");
+    }
+    let within = duration(
+        doc,
+        &format!("{at}.within"),
+        Some(&p.within),
+        Duration::ZERO,
+    );
+    let block = duration(doc, &format!("{at}.block"), Some(&p.block), Duration::ZERO);
+    if within.is_zero() {
+        doc.err(format!("{at}.within"), "must be more than 0");
+    }
+    if block.is_zero() || block > MAX_PENALTY_BLOCK {
+        doc.err(format!("{at}.block"), "must be more than 0 and at most 24h");
+    }
+    let prefix = |doc: &mut Doc<'_>, field: &str, raw: Option<&str>, default: u8, max: u8| {
+        let Some(raw) = raw else {
+            return default;
+        };
+        match raw.trim_start_matches('/').parse::<u8>() {
+            // A penalty for a whole /0 would drop everyone: at least /8 (v4), /16 (v6).
+            Ok(n) if n <= max && n >= max / 4 => n,
+            _ => {
+                doc.err(
+                    format!("{at}.{field}"),
+                    format!(
+                        "must be a prefix length /{} to /{max}, not {raw:?}",
+                        max / 4
+                    ),
+                );
+                default
+            }
+        }
+    };
+    let prefix_v4 = prefix(doc, "prefix", p.prefix.as_deref(), 32, 32);
+    let prefix_v6 = prefix(doc, "prefixV6", p.prefix_v6.as_deref(), 64, 128);
+    (doc.errors.len() == before).then_some(model::PenaltySpec {
+        after: p.after,
+        within,
+        block,
+        prefix_v4,
+        prefix_v6,
+        on_auth_failure: p.on_auth_failure.unwrap_or(false),
+    })
 }
 
 fn header_name(doc: &mut Doc<'_>, at: &str, raw: &str) -> Option<HeaderName> {

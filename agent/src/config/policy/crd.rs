@@ -78,6 +78,7 @@ mod tests {
                     ("limits", s.limits.is_some()),
                     ("transform", s.transform.is_some()),
                     ("cors", s.cors.is_some()),
+                    ("rateLimit", s.rate_limit.is_some()),
                 ];
                 seen.extend(
                     set.iter()
@@ -103,6 +104,7 @@ mod tests {
             "limits",
             "transform",
             "cors",
+            "rateLimit",
         ] {
             assert!(bare.contains(section), "{section} missing from {seen:?}");
         }

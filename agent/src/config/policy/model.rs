@@ -9,7 +9,14 @@ use ipnet::IpNet;
 
 use crate::config::{Cors, ObjectRef, PolicyTarget};
 pub use crate::policy::{
-    authz::Rule as AuthzRule, credential::CredentialSource, jwt::JwtMode, transform::HeaderOps,
+    authz::Rule as AuthzRule,
+    credential::CredentialSource,
+    jwt::JwtMode,
+    ratelimit::spec::{
+        ClusterRuleSpec, FailureMode, HeaderStyle, KeySpec, LocalRuleSpec, PenaltySpec, QuotaKey,
+        QuotaPeriod, QuotaSpec, RateLimitSection, Unit,
+    },
+    transform::HeaderOps,
     Require,
 };
 
@@ -46,6 +53,7 @@ pub struct PolicySections {
     pub limits: Option<LimitsSection>,
     pub transform: Option<TransformSection>,
     pub cors: Option<Cors>,
+    pub rate_limit: Option<RateLimitSection>,
 }
 
 impl PolicySections {

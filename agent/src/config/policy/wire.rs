@@ -36,7 +36,7 @@ macro_rules! sections {
             printcolumn = r#"{"name":"Target-Kind","type":"string","jsonPath":".spec.targetRefs[0].kind"}"#,
             printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
             printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-            doc = "SluicePolicy attaches API policy (authentication, authorization, IP filtering, request limits, header transformation, CORS) to Gateways and HTTPRoutes in its own namespace (Gateway API policy attachment, GEP-713)."
+            doc = "SluicePolicy attaches API policy (authentication, authorization, IP filtering, request limits, rate limits and quotas, header transformation, CORS) to Gateways and HTTPRoutes in its own namespace (Gateway API policy attachment, GEP-713)."
         )]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         #[x_kube(validation = Rule::new("self.targetRefs.all(a, self.targetRefs.exists_one(b, a.kind == b.kind && a.name == b.name && (has(a.sectionName) ? has(b.sectionName) && a.sectionName == b.sectionName : !has(b.sectionName))))").message("targetRefs must be distinct (kind, name, sectionName)"))]
@@ -102,6 +102,9 @@ sections! {
     transform: Transform,
     /// CORS, with the semantics of Gateway API's HTTPCORSFilter.
     cors: Cors,
+    /// Rate limits per node (GCRA) and for the whole fleet (cluster store),
+    /// quotas per client, and the XDP penalty box for abusive sources.
+    rate_limit: RateLimit,
 }
 
 /// A policy target in the policy's namespace.
@@ -517,6 +520,177 @@ pub struct Cors {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"))]
     pub max_age: Option<u32>,
+}
+
+/// `rateLimit`. Every rule has a name, unique within the section; more
+/// specific policies replace a rule of the same name. Rules are evaluated
+/// local, cluster, quotas, in order; the first that refuses decides.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimit {
+    /// Response headers: `IETF` (default: `RateLimit-Policy` and `RateLimit`),
+    /// `Legacy` (`RateLimit-Limit`, `-Remaining`, `-Reset`) or `Off`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub headers: Option<String>,
+    /// Per-node limits (GCRA), enforced by each agent on its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub local: Vec<LocalRateLimit>,
+    /// One limit shared by every agent of the fleet, counted in the cluster
+    /// store (Redis, agent flag `--redis-url`) in batches: no store round trip
+    /// per request.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub cluster: Vec<ClusterRateLimit>,
+    /// Requests per client and UTC day or month, kept in the cluster store.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub quotas: Vec<RateLimitQuota>,
+}
+
+/// A per-node rate limit.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LocalRateLimit {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Requests per `unit`.
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub requests: u32,
+    /// `Second`, `Minute`, `Hour` or `Day`.
+    pub unit: String,
+    /// Requests allowed at once (default: `requests`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub burst: Option<u32>,
+    /// What a bucket is per; default: one bucket for all requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RateLimitKey>,
+    /// On a Gateway or listener, one bucket for every route (default: per route).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    /// Count and log what would be refused, never refuse.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+    /// Drop sources refused too often at the NIC (XDP) or at accept.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<Penalty>,
+}
+
+/// A fleet-wide rate limit: fixed windows of `unit` counted in the cluster store.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ClusterRateLimit {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    /// Requests per `unit` for the whole fleet.
+    #[schemars(extend("format" = "int64"), range(min = 1))]
+    pub requests: u64,
+    /// `Second`, `Minute`, `Hour` or `Day`.
+    pub unit: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key: Option<RateLimitKey>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shadow: Option<bool>,
+    /// While the cluster store is unreachable: `Open` (default; each agent
+    /// enforces the limit on its own count) or `Closed` (503).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub penalty: Option<Penalty>,
+}
+
+/// A quota of requests per client and UTC day or month.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitQuota {
+    #[schemars(length(min = 1, max = 63))]
+    pub name: String,
+    #[schemars(extend("format" = "int64"), range(min = 1))]
+    pub requests: u64,
+    /// `Day` or `Month` (UTC calendar periods).
+    pub period: String,
+    /// Whose quota: exactly one of `apiKeyClient: true` or `claim`.
+    pub key: QuotaKey,
+    /// `Open` (default) or `Closed`, as for cluster rules.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure_mode: Option<String>,
+}
+
+/// The client a quota is counted for.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct QuotaKey {
+    /// The API-key client id (`apiKeys`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_client: Option<bool>,
+    /// A claim of the verified JWT (nested with dots), e.g. `sub`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+}
+
+/// The parts a rate-limit bucket is keyed by (all given parts together).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RateLimitKey {
+    /// The client address (after `--trusted-proxies`), optionally as a prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<SourceAddressKey>,
+    /// A request header's value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header: Option<String>,
+    /// A claim of the verified JWT (nested with dots).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub claim: Option<String>,
+    /// The API-key client id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub api_key_client: Option<bool>,
+    /// The caller's Kubernetes namespace (pod identity).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_namespace: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub method: Option<bool>,
+    /// The request path (without the query).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<bool>,
+}
+
+/// Source addresses as prefixes: `{}` is the whole address.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceAddressKey {
+    /// IPv4 prefix length (default 32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 0, max = 32))]
+    pub prefix_length: Option<u32>,
+    /// IPv6 prefix length (default 128).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 0, max = 128))]
+    pub prefix_length_v6: Option<u32>,
+}
+
+/// The penalty box: after `after` refusals within `within`, the source's
+/// prefix is dropped for `block`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Penalty {
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub after: u32,
+    /// Duration, e.g. `10s`.
+    pub within: String,
+    /// Duration, e.g. `5m` (at most 24h).
+    pub block: String,
+    /// IPv4 prefix blocked, `/32` (default) … `/8`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<String>,
+    /// IPv6 prefix blocked, default `/64`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix_v6: Option<String>,
+    /// Authentication failures (401) on the governed routes count as refusals (default false).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub on_auth_failure: Option<bool>,
 }
 
 /// Gateway API `PolicyStatus`.

@@ -6,7 +6,8 @@
 //! - **Overrides** are then applied from the most to the least specific
 //!   level: a Gateway's override wins over everything below it.
 //! - The unit is the section; its named lists — `jwt.providers`,
-//!   `authorization.rules`, the headers of `transform` — are merged by name
+//!   `authorization.rules`, the headers of `transform`, the rules of
+//!   `rateLimit` (`local`, `cluster` and `quotas` each) — are merged by name
 //!   (the winning side's entries first, then the other side's entries of
 //!   other names — so an override's rules are evaluated first). Unnamed
 //!   rules are never replaced.
@@ -23,7 +24,10 @@ use http::HeaderName;
 use ipnet::IpNet;
 
 use crate::config::{
-    policy::{AuthorizationSection, HeaderOps, JwtSection, PolicySections, TransformSection},
+    policy::{
+        AuthorizationSection, HeaderOps, JwtSection, PolicySections, RateLimitSection,
+        TransformSection,
+    },
     ObjectRef, SluicePolicy,
 };
 
@@ -40,11 +44,12 @@ pub enum SectionKind {
     ExtAuth,
     Authentication,
     Authorization,
+    RateLimit,
     Transform,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 11] = [
+    pub const ALL: [SectionKind; 12] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -55,6 +60,7 @@ impl SectionKind {
         SectionKind::ExtAuth,
         SectionKind::Authentication,
         SectionKind::Authorization,
+        SectionKind::RateLimit,
         SectionKind::Transform,
     ];
 
@@ -71,6 +77,7 @@ impl SectionKind {
             SectionKind::ExtAuth => "extAuth",
             SectionKind::Authentication => "authentication",
             SectionKind::Authorization => "authorization",
+            SectionKind::RateLimit => "rateLimit",
             SectionKind::Transform => "transform",
         }
     }
@@ -87,6 +94,7 @@ impl SectionKind {
             SectionKind::ExtAuth => s.ext_auth.is_some(),
             SectionKind::Authentication => s.authentication.is_some(),
             SectionKind::Authorization => s.authorization.is_some(),
+            SectionKind::RateLimit => s.rate_limit.is_some(),
             SectionKind::Transform => s.transform.is_some(),
         }
     }
@@ -109,6 +117,9 @@ impl SectionKind {
             SectionKind::Authorization => {
                 into.authorization =
                     merge_authz(into.authorization.take(), from.authorization.clone())
+            }
+            SectionKind::RateLimit => {
+                into.rate_limit = merge_rate_limit(into.rate_limit.take(), from.rate_limit.clone())
             }
             SectionKind::Transform => {
                 into.transform = merge_transform(into.transform.take(), from.transform.clone())
@@ -153,6 +164,48 @@ fn merge_authz(
                     win.rules.push(r);
                 }
             }
+            Some(win)
+        }
+        (cur, None) => cur,
+        (None, win) => win,
+    }
+}
+
+/// Each rule list merged by name (the winner's rules first), `headers`
+/// from the winner when it says.
+fn merge_rate_limit(
+    current: Option<RateLimitSection>,
+    incoming: Option<RateLimitSection>,
+) -> Option<RateLimitSection> {
+    fn by_name<T>(win: &mut Vec<T>, cur: Vec<T>, name: fn(&T) -> &str) {
+        for r in cur {
+            if !win.iter().any(|w| name(w) == name(&r)) {
+                win.push(r);
+            }
+        }
+    }
+    match (current, incoming) {
+        (Some(cur), Some(mut win)) => {
+            // A name is one rule: a winner's local rule replaces a cluster
+            // rule of the same name, too.
+            let taken: Vec<String> = win.names().map(str::to_owned).collect();
+            let keep = |n: &str| !taken.iter().any(|t| t == n);
+            by_name(
+                &mut win.local,
+                cur.local.into_iter().filter(|r| keep(&r.name)).collect(),
+                |r| &r.name,
+            );
+            by_name(
+                &mut win.cluster,
+                cur.cluster.into_iter().filter(|r| keep(&r.name)).collect(),
+                |r| &r.name,
+            );
+            by_name(
+                &mut win.quotas,
+                cur.quotas.into_iter().filter(|r| keep(&r.name)).collect(),
+                |r| &r.name,
+            );
+            win.headers = win.headers.or(cur.headers);
             Some(win)
         }
         (cur, None) => cur,
@@ -467,5 +520,117 @@ spec:
             eff.sections.limits.is_none(),
             "an invalid policy contributes nothing"
         );
+    }
+}
+
+#[cfg(test)]
+mod rate_limit_tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::config::parse_documents;
+
+    fn policies(yaml: &str) -> Vec<SluicePolicy> {
+        parse_documents([(Path::new("p.yaml"), yaml)])
+            .unwrap_or_else(|e| panic!("{e}"))
+            .policies
+    }
+
+    #[test]
+    fn rate_limit_rules_merge_by_name_and_the_winner_comes_first() {
+        let ps = policies(
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: platform, namespace: ns}
+spec:
+  targetRefs: [{kind: Gateway, name: gw}]
+  rateLimit:
+    headers: Legacy
+    local:
+    - {name: per-source, requests: 100, unit: Second, key: {sourceAddress: {prefixLength: 24}}}
+    - {name: total, requests: 1000, unit: Second, shared: true}
+    quotas:
+    - {name: monthly, requests: 10, period: Month, key: {apiKeyClient: true}}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: team, namespace: ns}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: r}]
+  rateLimit:
+    local:
+    - {name: per-source, requests: 5, unit: Minute, burst: 2, shadow: true}
+    cluster:
+    - {name: total, requests: 50, unit: Second, failureMode: Closed}
+"#,
+        );
+        let gw = [&ps[0]];
+        let route = [&ps[1]];
+        let eff = effective(&[&gw, &route]);
+        let r = eff.sections.rate_limit.unwrap();
+        // The route's `per-source` replaces the Gateway's; the route's
+        // cluster `total` replaces the Gateway's local one of that name;
+        // the quota is inherited; headers too.
+        assert_eq!(r.local.len(), 1);
+        assert_eq!(r.local[0].requests, 5);
+        assert_eq!(r.local[0].burst, 2);
+        assert!(r.local[0].shadow);
+        assert_eq!(r.cluster.len(), 1);
+        assert_eq!(
+            r.cluster[0].failure_mode,
+            crate::config::policy::FailureMode::Closed
+        );
+        assert_eq!(r.quotas.len(), 1);
+        assert_eq!(r.headers, Some(crate::config::policy::HeaderStyle::Legacy));
+        let names: Vec<&str> = r.names().collect();
+        assert_eq!(names, ["per-source", "total", "monthly"]);
+    }
+
+    #[test]
+    fn rate_limit_conversion_reports_fields() {
+        let err = parse_documents([(
+            Path::new("p.yaml"),
+            r#"
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: bad, namespace: ns}
+spec:
+  targetRefs: [{kind: Gateway, name: gw}]
+  rateLimit:
+    headers: Fancy
+    local:
+    - {name: a, requests: 0, unit: Fortnight}
+    - name: a
+      requests: 1
+      unit: Second
+      key: {sourceAddress: {prefixLength: 33}, header: "bad header"}
+      penalty: {after: 0, within: 0s, block: 48h, prefix: /2}
+    cluster:
+    - {name: "b c", requests: 1, unit: Second, failureMode: Maybe}
+    quotas:
+    - {name: q, requests: 1, period: Year, key: {apiKeyClient: true, claim: sub}}
+"#,
+        )])
+        .unwrap_err()
+        .to_string();
+        for want in [
+            "spec.rateLimit.headers: must be IETF, Legacy or Off",
+            "spec.rateLimit.local[0].requests: must be at least 1",
+            "spec.rateLimit.local[0].unit: must be Second, Minute, Hour or Day",
+            "spec.rateLimit.local[1].name: duplicate rule name \"a\"",
+            "spec.rateLimit.local[1].key.sourceAddress.prefixLength: must be 0-32",
+            "spec.rateLimit.local[1].key.header: invalid header name",
+            "spec.rateLimit.local[1].penalty.after: must be at least 1",
+            "spec.rateLimit.local[1].penalty.within: must be more than 0",
+            "spec.rateLimit.local[1].penalty.block: must be more than 0 and at most 24h",
+            "spec.rateLimit.local[1].penalty.prefix: must be a prefix length /8 to /32",
+            "spec.rateLimit.cluster[0].name: \"b c\": use letters",
+            "spec.rateLimit.cluster[0].failureMode: must be Open or Closed",
+            "spec.rateLimit.quotas[0].period: must be Day or Month",
+            "spec.rateLimit.quotas[0].key: set exactly one of apiKeyClient: true or claim",
+        ] {
+            assert!(err.contains(want), "missing {want:?} in:\n{err}");
+        }
     }
 }

@@ -55,6 +55,11 @@ pub(super) struct Policies<'a> {
     index: TargetIndex<'a, SluicePolicy>,
     builder: SectionBuilder<'a>,
     memo: HashMap<EffKey, Arc<RoutePolicy>>,
+    /// Policies with rate limits bound to a Gateway and route: (policy
+    /// pointer, Gateway, route) → bound copy.
+    bound: HashMap<(usize, ObjectRef, Option<ObjectRef>), Arc<RoutePolicy>>,
+    /// The unbound policies of `bound`'s keys, alive for this compile.
+    keep: Vec<Arc<RoutePolicy>>,
     /// What the previous compile built from the same policies, Secrets and
     /// ConfigMaps: a rebuilt equal policy is replaced by it, so routes
     /// compiled at different times share one value.
@@ -72,6 +77,8 @@ impl<'a> Policies<'a> {
             index: TargetIndex::new(&config.policies),
             builder: SectionBuilder::new(config, resolver, env.metrics, env.state),
             memo: HashMap::new(),
+            bound: HashMap::new(),
+            keep: Vec::new(),
             previous: HashMap::new(),
             empty: empty_policy(),
         }
@@ -125,7 +132,44 @@ impl<'a> Policies<'a> {
             return self.empty.clone();
         }
         let eff = self.merged(&Level::chain(gateway, listener, None));
-        self.runtime(&eff)
+        let p = self.runtime(&eff);
+        self.bind(p, gateway, None)
+    }
+
+    /// `p` with its rate limits bound to `gateway` (penalties) and `route`
+    /// (buckets are per route unless a rule is shared); `p` itself when it
+    /// has none.
+    fn bind(
+        &mut self,
+        p: Arc<RoutePolicy>,
+        gateway: &Gateway,
+        route: Option<&HttpRoute>,
+    ) -> Arc<RoutePolicy> {
+        let Some(rl) = &p.rate_limit else {
+            return p;
+        };
+        let key = (
+            Arc::as_ptr(&p) as usize,
+            gateway.id.clone(),
+            route.map(|r| r.id.clone()),
+        );
+        if let Some(b) = self.bound.get(&key) {
+            return b.clone();
+        }
+        let mut copy = (*p).clone();
+        copy.rate_limit = Some(Arc::new(rl.bind(
+            &gateway.id.to_string(),
+            route.map(|r| r.id.to_string()).as_deref(),
+        )));
+        let copy = Arc::new(copy);
+        // Keeps `p` alive with the memo, so its address is not reused.
+        self.bound.insert(key, copy.clone());
+        self.memo_keepalive(p);
+        copy
+    }
+
+    fn memo_keepalive(&mut self, p: Arc<RoutePolicy>) {
+        self.keep.push(p);
     }
 
     /// The effective policy of rule `rule` of `route` through `listener`,
@@ -149,11 +193,13 @@ impl<'a> Policies<'a> {
                 .is_some_and(|s| s.iter().any(|c| c.overriding));
             let p = self.runtime(&eff);
             if overridden_cors {
-                return self.with_filters(p, route, rule, false);
+                let p = self.with_filters(p, route, rule, false);
+                return self.bind(p, gateway, Some(route));
             }
             p
         };
-        self.with_filters(base, route, rule, true)
+        let p = self.with_filters(base, route, rule, true);
+        self.bind(p, gateway, Some(route))
     }
 
     /// Adds the rule's CORS filter (the most specific default) and

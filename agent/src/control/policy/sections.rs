@@ -28,6 +28,7 @@ use crate::{
         ip::IpFilter,
         jwt::{JwtAuth, JwtConfig, KeySource, ProviderConfig},
         limits::Limits,
+        ratelimit::{self, RateLimit},
         state::{fingerprint, Compile, StateKey},
         transform::Transform,
         Authenticator, Broken, PolicyId, PolicyMetrics, Reason, RoutePolicy, SectionMeta,
@@ -43,6 +44,7 @@ enum Built {
     Cors(Arc<CorsPolicy>),
     Authn(Authenticator),
     Authz(Arc<Authorization>),
+    RateLimit(Arc<ratelimit::Bound>),
     Transform(Arc<Transform>),
     /// `authentication.require`: nothing to compile.
     Require,
@@ -148,6 +150,7 @@ impl<'a> SectionBuilder<'a> {
                 Ok(Built::Cors(c)) => rp.cors = Some(c),
                 Ok(Built::Authn(a)) => rp.authn.push(a),
                 Ok(Built::Authz(a)) => rp.authz = Some(a),
+                Ok(Built::RateLimit(r)) => rp.rate_limit = Some(r),
                 Ok(Built::Transform(t)) => rp.transform = Some(t),
                 Ok(Built::Require) => {}
                 Err(e) => failures.push((key.last().expect("non-empty").clone(), kind, e)),
@@ -214,6 +217,42 @@ impl<'a> SectionBuilder<'a> {
                     rules: a.rules,
                     meta,
                 }))
+            }
+            SectionKind::RateLimit => {
+                let r = s.rate_limit.as_ref().expect("set");
+                if (!r.cluster.is_empty() || !r.quotas.is_empty())
+                    && !self.state.state().rate_limits().cluster.is_configured()
+                {
+                    let w = "rateLimit: cluster rules and quotas need the cluster store \
+                             (agent flag --redis-url); without it they follow their failureMode \
+                             (Open: each agent enforces them on its own; Closed: 503)";
+                    let list = self.warnings.entry(last.policy.clone()).or_default();
+                    if !list.iter().any(|x| x == w) {
+                        list.push(w.to_owned());
+                    }
+                }
+                let owner = |rule: &str| -> PolicyId {
+                    let c = key
+                        .iter()
+                        .rev()
+                        .find(|c| {
+                            self.by_id.get(&c.policy).is_some_and(|p| {
+                                let sec = if c.overriding {
+                                    &p.overrides
+                                } else {
+                                    &p.defaults
+                                };
+                                sec.rate_limit
+                                    .as_ref()
+                                    .is_some_and(|r| r.names().any(|n| n == rule))
+                            })
+                        })
+                        .unwrap_or(last);
+                    PolicyId::new("SluicePolicy", &c.policy.namespace, &c.policy.name)
+                };
+                let section =
+                    RateLimit::compile(r, owner, meta, self.state.state().rate_limits().clone());
+                Built::RateLimit(Arc::new(ratelimit::Bound::new(Arc::new(section))))
             }
             SectionKind::Transform => {
                 let t = s.transform.clone().expect("set");
