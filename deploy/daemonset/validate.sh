@@ -219,9 +219,13 @@ reject "extAuth port out of range" 'spec.extAuth.backendRef.port.*less than or e
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
 extAuth: {protocol: HTTP, backendRef: {name: authz, port: 70000}}
 EOF
-reject "unknown override section" 'unknown field "spec.override.rateLimit"' <<'EOF'
+reject "rateLimit rule without a unit" 'spec.rateLimit.local\[0\].unit: Required value' <<'EOF'
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
-override: {rateLimit: {requests: 1}}
+rateLimit: {local: [{name: r, requests: 10}]}
+EOF
+reject "unknown override section" 'unknown field "spec.override.noSuchSection"' <<'EOF'
+targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+override: {noSuchSection: {requests: 1}}
 EOF
 reject "unknown field" 'unknown field "spec.ipAlow"' <<'EOF'
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
