@@ -10,11 +10,11 @@ use hyper_util::{
 
 use super::{cases::Request, certs::SuiteCerts, compare::Observed};
 
-/// HTTP/1.1 (Go-style title-case header names) and h2c prior-knowledge clients.
+/// HTTP/1.1 (Go-style title-case header names) and h2c prior-knowledge
+/// (a connection per request) clients.
 #[derive(Clone)]
 pub struct Clients {
     http1: Client<HttpConnector, Full<Bytes>>,
-    h2c: Client<HttpConnector, Full<Bytes>>,
     timeout: Duration,
     certs: Option<Arc<SuiteCerts>>,
 }
@@ -83,11 +83,8 @@ impl Clients {
         http1
             .http1_title_case_headers(true)
             .pool_idle_timeout(Duration::from_secs(5));
-        let mut h2c = Client::builder(TokioExecutor::new());
-        h2c.http2_only(true);
         Self {
             http1: http1.build_http(),
-            h2c: h2c.build_http(),
             timeout,
             certs: None,
         }
@@ -174,10 +171,55 @@ impl Clients {
         resp.map_err(|e| format!("request to {} failed: {}", req.dial, chain(&e)))
     }
 
+    /// h2c with prior knowledge as Go's client sends it (what upstream's
+    /// runner uses): the host travels as `:authority`, with no `Host`
+    /// header — a server may refuse a request whose `Host` names another
+    /// authority than `:authority` (RFC 9113 §8.3.1), and Sluice does.
+    async fn h2c_round_trip(
+        &self,
+        req: &Outgoing,
+    ) -> Result<http::Response<hyper::body::Incoming>, String> {
+        let tcp = tokio::net::TcpStream::connect(req.dial)
+            .await
+            .map_err(|e| format!("connecting to {}: {e}", req.dial))?;
+        let mut b = http::Request::builder()
+            .method(req.method.as_str())
+            .uri(format!("http://{}{}", req.host, req.path));
+        for (k, v) in &req.headers {
+            b = b.header(k.as_str(), v.as_str());
+        }
+        let request = b
+            .body(Full::new(Bytes::new()))
+            .map_err(|e| format!("cannot build request {}: {e}", req.path))?;
+        let (mut send, conn) = hyper::client::conn::http2::handshake(
+            TokioExecutor::new(),
+            hyper_util::rt::TokioIo::new(tcp),
+        )
+        .await
+        .map_err(|e| format!("HTTP/2 handshake: {}", chain(&e)))?;
+        tokio::spawn(conn);
+        send.send_request(request)
+            .await
+            .map_err(|e| format!("request to {} failed: {}", req.dial, chain(&e)))
+    }
+
     pub async fn round_trip(&self, req: &Outgoing) -> Result<Observed, String> {
         if let Some(tls) = &req.tls {
             let fut = async {
                 let resp = self.tls_round_trip(req, tls).await?;
+                observe(resp).await
+            };
+            return match tokio::time::timeout(self.timeout, fut).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "request to {} timed out after {:?}",
+                    req.dial, self.timeout
+                )),
+            };
+        }
+        if req.h2c {
+            let fut = async {
+                let resp = self.h2c_round_trip(req).await?;
                 observe(resp).await
             };
             return match tokio::time::timeout(self.timeout, fut).await {
@@ -199,7 +241,7 @@ impl Clients {
         let request = b
             .body(Full::new(Bytes::new()))
             .map_err(|e| format!("cannot build request {uri}: {e}"))?;
-        let client = if req.h2c { &self.h2c } else { &self.http1 };
+        let client = &self.http1;
         let fut = async {
             let resp = client
                 .request(request)
