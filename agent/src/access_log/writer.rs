@@ -8,7 +8,7 @@ use std::{
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, RecvTimeoutError},
+        mpsc::{Receiver, TryRecvError},
         Arc,
     },
     time::Duration,
@@ -20,8 +20,10 @@ use super::{AccessLogError, Entry, Format};
 
 /// Entries formatted before one write.
 const BATCH: usize = 256;
-/// How often an idle writer looks at the reopen flag.
-const IDLE_CHECK: Duration = Duration::from_millis(500);
+/// How often the writer drains the queue (and looks at the reopen flag).
+/// Lines reach the file at most this late; the queue must hold what
+/// arrives meanwhile (16,384 entries: 1.6 million requests per second).
+const FLUSH_EVERY: Duration = Duration::from_millis(10);
 
 pub(super) enum Sink {
     Stdout,
@@ -88,39 +90,54 @@ pub(super) fn spawn(
             let mut buf = Vec::with_capacity(64 * 1024);
             let mut failing = false;
             loop {
-                let first = match rx.recv_timeout(IDLE_CHECK) {
-                    Ok(e) => Some(e),
-                    Err(RecvTimeoutError::Timeout) => None,
-                    // Every handle is gone: the agent is stopping.
-                    Err(RecvTimeoutError::Disconnected) => break,
-                };
+                // Polled, never blocked on: a receiver waiting in `recv`
+                // makes every sender wake it (a futex call and a context
+                // switch per request, measured at ~40 % of the request
+                // path's CPU). Entries wait up to FLUSH_EVERY in the queue.
+                let mut n = 0;
+                let mut gone = false;
+                while n < BATCH {
+                    match rx.try_recv() {
+                        Ok(e) => {
+                            n += 1;
+                            match format {
+                                Format::Json => super::write_json(&e, &mut buf),
+                                Format::Text => super::write_text(&e, &mut buf),
+                            }
+                        }
+                        Err(TryRecvError::Empty) => break,
+                        // Every handle is gone: the agent is stopping.
+                        Err(TryRecvError::Disconnected) => {
+                            gone = true;
+                            break;
+                        }
+                    }
+                }
                 if reopen.swap(false, Ordering::AcqRel) {
                     sink.reopen();
                 }
-                let Some(first) = first else { continue };
-                let mut n = 0;
-                let mut next = Some(first);
-                while let Some(e) = next {
-                    n += 1;
-                    match format {
-                        Format::Json => super::write_json(&e, &mut buf),
-                        Format::Text => super::write_text(&e, &mut buf),
+                if n > 0 {
+                    match sink.write(&buf) {
+                        Ok(()) => {
+                            written.inc_by(n as u64);
+                            failing = false;
+                        }
+                        // Logged once per outage, not per batch.
+                        Err(e) if !failing => {
+                            failing = true;
+                            tracing::warn!(error = %e, "writing the access log failed; lines are lost until it works again");
+                        }
+                        Err(_) => {}
                     }
-                    next = if n < BATCH { rx.try_recv().ok() } else { None };
+                    buf.clear();
                 }
-                match sink.write(&buf) {
-                    Ok(()) => {
-                        written.inc_by(n as u64);
-                        failing = false;
-                    }
-                    // Logged once per outage, not per batch.
-                    Err(e) if !failing => {
-                        failing = true;
-                        tracing::warn!(error = %e, "writing the access log failed; lines are lost until it works again");
-                    }
-                    Err(_) => {}
+                if gone {
+                    break;
                 }
-                buf.clear();
+                // A full batch: more are probably waiting.
+                if n < BATCH {
+                    std::thread::sleep(FLUSH_EVERY);
+                }
             }
         })
         .map(drop)
