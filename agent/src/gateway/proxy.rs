@@ -141,8 +141,10 @@ pub(super) struct UpstreamSeen {
 }
 
 /// An access log entry in the making, with the request body's byte count.
+/// Not boxed itself (two words in the request's future); the entry is, once,
+/// and travels on to the response body as it is.
 struct LogEntry {
-    entry: Entry,
+    entry: Box<Entry>,
     request_read: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
@@ -590,7 +592,7 @@ impl Proxy {
         conn: &ConnInfo,
         req: &Request<B>,
         request_id: Option<HeaderValue>,
-    ) -> Box<LogEntry> {
+    ) -> LogEntry {
         let h = req.headers();
         let entry = Entry {
             time: std::time::SystemTime::now(),
@@ -627,10 +629,10 @@ impl Proxy {
             flag: "-",
             incomplete: false,
         };
-        Box::new(LogEntry {
-            entry,
+        LogEntry {
+            entry: Box::new(entry),
             request_read: None,
-        })
+        }
     }
 
     /// Completes the entry with the outcome and hands the response body the
@@ -638,7 +640,7 @@ impl Proxy {
     fn logged(
         &self,
         response: Response<Body>,
-        log: Box<LogEntry>,
+        log: LogEntry,
         handled: Handled<'_>,
         seen: UpstreamSeen,
         start: Instant,
@@ -646,7 +648,7 @@ impl Proxy {
         let LogEntry {
             mut entry,
             request_read,
-        } = *log;
+        } = log;
         entry.gateway = handled.shard;
         entry.route = (!Arc::ptr_eq(&handled.route, &NONE)).then_some(handled.route);
         entry.status = response.status().as_u16();
@@ -659,7 +661,7 @@ impl Proxy {
         entry.retries = seen.retries;
         let read = request_read.unwrap_or_default();
         response.map(|body| {
-            LoggedResponse::new(body, Box::new(entry), self.access_log.clone(), start, read).boxed()
+            LoggedResponse::new(body, entry, self.access_log.clone(), start, read).boxed()
         })
     }
 
