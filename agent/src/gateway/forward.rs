@@ -201,6 +201,7 @@ impl Proxy {
                         .is_none()
                         .then(|| now + self.edge.upstream_response_timeout)
                 });
+                seen.attempt_started(request.headers_mut(), endpoint);
                 let dial = Dial {
                     endpoint,
                     h2c: backend.protocol == AppProtocol::H2c,
@@ -231,6 +232,7 @@ impl Proxy {
                     }
                     None => Some(self.pools.send(dial, request).await),
                 };
+                seen.attempt_ended(outcome.as_ref());
                 if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
                     let retriable = match &outcome {
                         None => true,

@@ -32,6 +32,7 @@ use crate::{
     metrics::{Metrics, Name, RequestLabels, RuleMetrics, ShardLabels, StatusClass},
     policy::{Reason, Rejection, RequestCtx, RoutePolicy, SectionMeta, Verdict},
     snapshot::{RequestView, ShardId, Snapshot},
+    telemetry::{RequestTrace, Tracer},
 };
 
 /// What the accept loop knows about a connection.
@@ -104,6 +105,8 @@ pub struct Proxy {
     access_log: AccessLog,
     /// Give every request an `X-Request-Id`.
     request_ids: bool,
+    /// Trace context and OTLP spans (off: one `None` check per request).
+    tracer: Tracer,
 }
 
 /// Decides at accept whether a connection from a peer is served (the rate
@@ -138,6 +141,35 @@ pub(super) struct UpstreamSeen {
     pub sent: Option<Instant>,
     /// First attempt sent → response head received.
     pub head: Option<std::time::Duration>,
+    /// The trace of a recorded request: a client span per attempt.
+    pub trace: Option<RequestTrace>,
+}
+
+impl UpstreamSeen {
+    /// An attempt is about to be sent to `endpoint` (names its span in the
+    /// request's `traceparent` when the request is recorded).
+    #[inline]
+    pub(super) fn attempt_started(&mut self, headers: &mut http::HeaderMap, endpoint: SocketAddr) {
+        if let Some(t) = &mut self.trace {
+            t.start_attempt(headers, endpoint);
+        }
+    }
+
+    /// The attempt ended: the backend's status, or why it failed.
+    #[inline]
+    pub(super) fn attempt_ended<B>(
+        &mut self,
+        outcome: Option<&Result<Response<B>, super::pool::UpstreamError>>,
+    ) {
+        if let Some(t) = &mut self.trace {
+            match outcome {
+                None => t.end_attempt(None, Some("timeout")),
+                Some(Ok(r)) => t.end_attempt(Some(r.status().as_u16()), None),
+                Some(Err(e)) if e.is_connect() => t.end_attempt(None, Some("connect")),
+                Some(Err(_)) => t.end_attempt(None, Some("upstream")),
+            }
+        }
+    }
 }
 
 /// An access log entry in the making, with the request body's byte count.
@@ -165,7 +197,14 @@ impl Proxy {
             connection_gate: None,
             access_log: AccessLog::default(),
             request_ids: false,
+            tracer: Tracer::default(),
         }
+    }
+
+    /// Propagates trace context and records sampled requests as spans.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
     }
 
     /// Client-side timeouts and limits other than the defaults.
@@ -315,14 +354,17 @@ impl Proxy {
         let request_id = self
             .request_ids
             .then(|| self.request_id(conn, req.headers_mut()));
-        // Boxed and only when logging: the fields live across the awaits
-        // below, and every byte of this future is copied as it is polled.
-        let mut entry = self
-            .access_log
-            .enabled()
+        // Sets the traceparent the request is forwarded with; only recorded
+        // requests keep their trace.
+        let trace = self.tracer.begin(req.headers_mut()).filter(|t| t.sampled);
+        // Boxed and only when logging or tracing: the fields live across the
+        // awaits below, and every byte of this future is copied as it is
+        // polled. A recorded request's spans are made of its entry.
+        let mut entry = (self.access_log.enabled() || trace.is_some())
             .then(|| self.log_entry(conn, &req, request_id.clone()));
         let mut seen = UpstreamSeen {
             timed: entry.is_some(),
+            trace,
             ..UpstreamSeen::default()
         };
         // Inline rather than a function of its own: every async call level
@@ -628,6 +670,7 @@ impl Proxy {
             reason: "upstream",
             flag: "-",
             incomplete: false,
+            trace: None,
         };
         LogEntry {
             entry: Box::new(entry),
@@ -642,7 +685,7 @@ impl Proxy {
         response: Response<Body>,
         log: LogEntry,
         handled: Handled<'_>,
-        seen: UpstreamSeen,
+        mut seen: UpstreamSeen,
         start: Instant,
     ) -> Response<Body> {
         let LogEntry {
@@ -659,9 +702,18 @@ impl Proxy {
         entry.upstream = seen.endpoint;
         entry.upstream_time = seen.head;
         entry.retries = seen.retries;
+        entry.trace = seen.trace.take();
         let read = request_read.unwrap_or_default();
         response.map(|body| {
-            LoggedResponse::new(body, entry, self.access_log.clone(), start, read).boxed()
+            LoggedResponse::new(
+                body,
+                entry,
+                self.access_log.clone(),
+                self.tracer.clone(),
+                start,
+                read,
+            )
+            .boxed()
         })
     }
 
