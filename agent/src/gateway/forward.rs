@@ -199,7 +199,7 @@ impl Proxy {
                         .timeouts
                         .request
                         .is_none()
-                        .then(|| now + self.edge.upstream_response_timeout)
+                        .then(|| now + self.edge_of(conn).upstream_response_timeout)
                 });
                 seen.attempt_started(request.headers_mut(), endpoint);
                 let dial = Dial {
@@ -224,7 +224,7 @@ impl Proxy {
                                         && t.body_sent
                                             .is_some_and(|s| !s.load(Ordering::Relaxed)) =>
                                 {
-                                    at += self.edge.upstream_response_timeout;
+                                    at += self.edge_of(conn).upstream_response_timeout;
                                 }
                                 Err(_) => break None,
                             }

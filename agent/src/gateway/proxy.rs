@@ -51,6 +51,9 @@ pub struct ConnInfo {
     /// The shard's requests in flight (set by the accept loop; without it
     /// the shard's cap is not applied).
     pub(super) load: Option<Arc<ShardLoad>>,
+    /// The Gateway's connection settings when its policy sets any (set by
+    /// the accept loop); otherwise the agent's.
+    pub(super) edge: Option<Arc<EdgeSettings>>,
 }
 
 /// The TLS side of a terminated connection.
@@ -73,6 +76,7 @@ impl ConnInfo {
             tls,
             peer_value,
             load: None,
+            edge: None,
         }
     }
 
@@ -88,7 +92,7 @@ impl ConnInfo {
 
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream connections (plain HTTP/1.1, h2c and TLS), per worker.
     pub(super) pools: Arc<Pools>,
     metrics: Metrics,
@@ -207,6 +211,12 @@ impl Proxy {
         self
     }
 
+    /// The timeouts and limits of a connection: its Gateway's, or the agent's.
+    #[inline]
+    pub(super) fn edge_of<'a>(&'a self, conn: &'a ConnInfo) -> &'a EdgeSettings {
+        conn.edge.as_deref().unwrap_or(&self.edge)
+    }
+
     /// Client-side timeouts and limits other than the defaults.
     pub fn with_edge(mut self, edge: EdgeSettings) -> Self {
         self.edge = edge;
@@ -230,19 +240,19 @@ impl Proxy {
     /// Shards that refused requests for load since the agent started:
     /// name, requests refused, in flight now, the limit (for `/readyz`).
     pub fn shedding(&self) -> Vec<(Arc<str>, u64, usize, usize)> {
+        let snapshot = self.snapshot.load();
+        let limit = |id: ShardId| {
+            snapshot
+                .shard(id)
+                .and_then(|s| s.connection.as_ref()?.max_requests_in_flight)
+                .unwrap_or(self.edge.max_in_flight_per_shard)
+        };
         let mut out: Vec<_> = self
             .loads
             .all()
             .into_iter()
             .filter(|(_, l)| l.shed() > 0)
-            .map(|(id, l)| {
-                (
-                    self.shard_label(id),
-                    l.shed(),
-                    l.in_flight(),
-                    self.edge.max_in_flight_per_shard,
-                )
-            })
+            .map(|(id, l)| (self.shard_label(id), l.shed(), l.in_flight(), limit(id)))
             .collect();
         out.sort();
         out
@@ -393,7 +403,7 @@ impl Proxy {
             };
             // Held until the response head: the shard's bulkhead for requests.
             let _in_flight = match &conn.load {
-                Some(load) => match load.enter(self.edge.max_in_flight_per_shard) {
+                Some(load) => match load.enter(self.edge_of(conn).max_in_flight_per_shard) {
                     Some(counted) => Some(counted),
                     None => {
                         break 'serve rejected(
@@ -424,7 +434,7 @@ impl Proxy {
             let uri = req.uri();
             let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
                 + uri.authority().map_or(0, |a| a.as_str().len());
-            if target_len > self.edge.max_uri_bytes {
+            if target_len > self.edge_of(conn).max_uri_bytes {
                 break 'serve rejected(
                     Rejection::new(Reason::UriTooLong, "request target too long"),
                     &shard.name,
@@ -501,7 +511,7 @@ impl Proxy {
                 None => body.map_err(Into::into).boxed(),
                 Some(sent) => IdleBody::new(
                     body.map_err(Into::into).boxed(),
-                    self.edge.body_idle_timeout,
+                    self.edge_of(conn).body_idle_timeout,
                     sent.clone(),
                 )
                 .boxed(),
