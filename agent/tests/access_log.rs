@@ -299,3 +299,50 @@ async fn a_stalled_writer_drops_lines_and_never_delays_requests() {
     // SAFETY: our own descriptor.
     unsafe { libc::close(reader) };
 }
+
+#[tokio::test]
+async fn a_policy_logs_a_share_of_a_route_or_only_its_errors() {
+    let log = log_path("filtered.log");
+    let policies = r#"---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: shop-errors, namespace: team}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: shop}]
+  accessLog: {minStatus: 400}
+---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: broken-quiet, namespace: team}
+spec:
+  targetRefs: [{kind: HTTPRoute, name: broken}]
+  accessLog: {samplePercent: 0}
+"#;
+    let s = start_logging(&log, |settings| {
+        write_config(&settings.config_dir, "policies.yaml", policies)
+    })
+    .await;
+    for _ in 0..5 {
+        assert_eq!(s.client.get("shop.example.com", "/ok").await.status, 200);
+        assert_eq!(s.client.get("broken.example.com", "/").await.status, 503);
+    }
+    // An error of the shop route is logged; so is what matches no route.
+    let failed = s
+        .client
+        .get(
+            "shop.example.com",
+            "/?fail_first=1&id=filtered-log&code=500",
+        )
+        .await;
+    assert_eq!(failed.status, 500);
+    assert_eq!(s.client.get("nobody.example.com", "/").await.status, 404);
+    let got = lines(&log, 2).await;
+    let statuses: Vec<u64> = got.iter().map(|l| l["status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses, [500, 404], "{got:?}");
+    let admin = admin_get(&s.app, "/metrics").await;
+    assert!(
+        admin.contains("sluice_access_log_filtered_total 10"),
+        "5 successes and 5 unsampled failures left out: {admin}"
+    );
+    s.app.shutdown().await;
+}

@@ -314,6 +314,7 @@ pub(super) mod tests {
             flag: "-",
             incomplete: false,
             trace: None,
+            filter: None,
         }
     }
 

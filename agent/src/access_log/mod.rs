@@ -135,6 +135,8 @@ struct Inner {
     query: QueryMode,
     written: Counter,
     dropped: Counter,
+    /// Left out by a policy's `accessLog` filter.
+    filtered: Counter,
     reopen: Arc<AtomicBool>,
 }
 
@@ -167,6 +169,7 @@ impl AccessLog {
                 query: settings.query,
                 written,
                 dropped: Counter::default(),
+                filtered: Counter::default(),
                 reopen,
             })),
         })
@@ -189,6 +192,10 @@ impl AccessLog {
     pub fn send(&self, entry: Box<Entry>) {
         let Some(inner) = &self.inner else { return };
         if entry.status < inner.min_status {
+            return;
+        }
+        if entry.filter.is_some_and(|f| !f.keeps(entry.status)) {
+            inner.filtered.inc();
             return;
         }
         match inner.tx.try_send(entry) {
@@ -215,10 +222,16 @@ impl AccessLog {
 
     /// `sluice_access_log_lines_total` and `sluice_access_log_dropped_total`.
     pub fn register(&self, registry: &mut Registry) {
-        let (written, dropped) = match &self.inner {
-            Some(i) => (i.written.clone(), i.dropped.clone()),
-            None => (Counter::default(), Counter::default()),
+        let (written, dropped, filtered) = match &self.inner {
+            Some(i) => (i.written.clone(), i.dropped.clone(), i.filtered.clone()),
+            None => Default::default(),
         };
+        registry.register(
+            "sluice_access_log_filtered",
+            "Requests left out of the access log by a SluicePolicy accessLog section \
+             (samplePercent, minStatus)",
+            filtered,
+        );
         registry.register(
             "sluice_access_log_lines",
             "Access log lines written",
@@ -289,6 +302,9 @@ pub struct Entry {
     /// The request's trace, when tracing is on and it is recorded: the
     /// exporter makes spans of the entry.
     pub trace: Option<crate::telemetry::RequestTrace>,
+    /// The matched route's (or listener's) SluicePolicy `accessLog`
+    /// filter, applied when the entry is sent.
+    pub filter: Option<crate::policy::log_sampling::LogFilter>,
 }
 
 /// The short code of a response: `-` when the backend answered, else why

@@ -482,6 +482,9 @@ impl Proxy {
                 Some(e) => &e.action.policy,
                 None => &listener.policy,
             };
+            if let (Some(e), Some(log)) = (&mut entry, &policy.log) {
+                e.entry.filter = Some(log.filter);
+            }
             let (parts, body) = req.into_parts();
             let has_policy = !policy.is_empty();
             let mut ctx = has_policy.then(|| {
@@ -681,6 +684,7 @@ impl Proxy {
             flag: "-",
             incomplete: false,
             trace: None,
+            filter: None,
         };
         LogEntry {
             entry: Box::new(entry),

@@ -62,6 +62,7 @@ pub mod jose;
 pub mod jwks;
 pub mod jwt;
 pub mod limits;
+pub mod log_sampling;
 pub mod metrics;
 pub mod prefix;
 pub mod ratelimit;
@@ -169,6 +170,8 @@ pub struct RoutePolicy {
     /// Bound to the route and Gateway it governs.
     pub rate_limit: Option<Arc<ratelimit::Bound>>,
     pub transform: Option<Arc<transform::Transform>>,
+    /// Which of the requests reach the access log.
+    pub log: Option<Arc<log_sampling::LogSampling>>,
 }
 
 /// What the request phases decided, when the request goes on.
@@ -210,6 +213,7 @@ impl RoutePolicy {
         out.extend(self.authz.iter().map(|a| &*a.meta));
         out.extend(self.rate_limit.iter().map(|r| &*r.section.meta));
         out.extend(self.transform.iter().map(|t| &*t.meta));
+        out.extend(self.log.iter().map(|l| &*l.meta));
         out
     }
 

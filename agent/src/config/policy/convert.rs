@@ -77,7 +77,7 @@ pub(in crate::config) fn sluice_policy(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
              extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit, \
-             connection)",
+             connection, accessLog)",
         );
     }
     // Connection settings apply from the accept, before any listener or
@@ -272,6 +272,25 @@ fn sections(
             .connection
             .as_ref()
             .and_then(|c| connection(doc, &format!("{at}.connection"), c)),
+        access_log: s.access_log.as_ref().and_then(|l| {
+            let at = format!("{at}.accessLog");
+            if l.sample_percent.is_none() && l.min_status.is_none() {
+                doc.err(at, "set samplePercent and/or minStatus");
+                return None;
+            }
+            if l.sample_percent.is_some_and(|p| p > 100) {
+                doc.err(format!("{at}.samplePercent"), "must be between 0 and 100");
+                return None;
+            }
+            if l.min_status.is_some_and(|s| !(100..=599).contains(&s)) {
+                doc.err(format!("{at}.minStatus"), "must be between 100 and 599");
+                return None;
+            }
+            Some(model::AccessLogSection {
+                sample_percent: l.sample_percent.unwrap_or(100),
+                min_status: l.min_status.unwrap_or(0),
+            })
+        }),
     }
 }
 

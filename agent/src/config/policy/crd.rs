@@ -80,6 +80,7 @@ mod tests {
                     ("cors", s.cors.is_some()),
                     ("rateLimit", s.rate_limit.is_some()),
                     ("connection", s.connection.is_some()),
+                    ("accessLog", s.access_log.is_some()),
                 ];
                 seen.extend(
                     set.iter()
@@ -107,6 +108,7 @@ mod tests {
             "cors",
             "rateLimit",
             "connection",
+            "accessLog",
         ] {
             assert!(bare.contains(section), "{section} missing from {seen:?}");
         }

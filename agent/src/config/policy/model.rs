@@ -55,6 +55,16 @@ pub struct PolicySections {
     pub cors: Option<Cors>,
     pub rate_limit: Option<RateLimitSection>,
     pub connection: Option<ConnectionSection>,
+    pub access_log: Option<AccessLogSection>,
+}
+
+/// `accessLog`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub struct AccessLogSection {
+    /// 0..=100.
+    pub sample_percent: u32,
+    /// 0: every status.
+    pub min_status: u16,
 }
 
 /// `connection`: a Gateway's client-side timeouts and limits (validated

@@ -108,6 +108,8 @@ sections! {
     /// The Gateway's client-side timeouts and limits, in place of the
     /// agent's defaults (only for targetRefs of kind Gateway without sectionName).
     connection: Connection,
+    /// Which requests reach the access log (a share of them, or errors only).
+    access_log: AccessLog,
 }
 
 /// A policy target in the policy's namespace.
@@ -509,6 +511,20 @@ pub struct Connection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"))]
     pub max_requests_in_flight: Option<u32>,
+}
+
+/// `accessLog`: applies when the agent writes an access log (`--access-log`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AccessLog {
+    /// Percent of requests logged, 0 to 100 (default 100).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(max = 100))]
+    pub sample_percent: Option<u32>,
+    /// Only answers with at least this status are logged (e.g. 400), 100 to 599.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 100, max = 599))]
+    pub min_status: Option<u16>,
 }
 
 /// `transform`.

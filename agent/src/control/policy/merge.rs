@@ -48,10 +48,12 @@ pub enum SectionKind {
     Transform,
     /// Not a request phase: a whole Gateway's connection settings.
     Connection,
+    /// Applied when the access log entry is sent.
+    AccessLog,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 13] = [
+    pub const ALL: [SectionKind; 14] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -65,6 +67,7 @@ impl SectionKind {
         SectionKind::RateLimit,
         SectionKind::Transform,
         SectionKind::Connection,
+        SectionKind::AccessLog,
     ];
 
     /// The field name in the spec (and the `section` metric label).
@@ -83,6 +86,7 @@ impl SectionKind {
             SectionKind::RateLimit => "rateLimit",
             SectionKind::Transform => "transform",
             SectionKind::Connection => "connection",
+            SectionKind::AccessLog => "accessLog",
         }
     }
 
@@ -101,6 +105,7 @@ impl SectionKind {
             SectionKind::RateLimit => s.rate_limit.is_some(),
             SectionKind::Transform => s.transform.is_some(),
             SectionKind::Connection => s.connection.is_some(),
+            SectionKind::AccessLog => s.access_log.is_some(),
         }
     }
 
@@ -130,6 +135,7 @@ impl SectionKind {
                 into.transform = merge_transform(into.transform.take(), from.transform.clone())
             }
             SectionKind::Connection => into.connection = from.connection.clone(),
+            SectionKind::AccessLog => into.access_log = from.access_log,
         }
     }
 }

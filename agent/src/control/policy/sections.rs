@@ -28,6 +28,7 @@ use crate::{
         ip::IpFilter,
         jwt::{JwtAuth, JwtConfig, KeySource, ProviderConfig},
         limits::Limits,
+        log_sampling::{LogFilter, LogSampling},
         ratelimit::{self, RateLimit},
         state::{fingerprint, Compile, StateKey},
         transform::Transform,
@@ -46,6 +47,7 @@ enum Built {
     Authz(Arc<Authorization>),
     RateLimit(Arc<ratelimit::Bound>),
     Transform(Arc<Transform>),
+    Log(Arc<LogSampling>),
     /// `authentication.require`: nothing to compile.
     Require,
 }
@@ -157,6 +159,7 @@ impl<'a> SectionBuilder<'a> {
                 Ok(Built::Authz(a)) => rp.authz = Some(a),
                 Ok(Built::RateLimit(r)) => rp.rate_limit = Some(r),
                 Ok(Built::Transform(t)) => rp.transform = Some(t),
+                Ok(Built::Log(l)) => rp.log = Some(l),
                 Ok(Built::Require) => {}
                 Err(e) => failures.push((key.last().expect("non-empty").clone(), kind, e)),
             }
@@ -258,6 +261,13 @@ impl<'a> SectionBuilder<'a> {
                 let section =
                     RateLimit::compile(r, owner, meta, self.state.state().rate_limits().clone());
                 Built::RateLimit(Arc::new(ratelimit::Bound::new(Arc::new(section))))
+            }
+            SectionKind::AccessLog => {
+                let l = s.access_log.expect("set");
+                Built::Log(Arc::new(LogSampling {
+                    filter: LogFilter::new(l.sample_percent, l.min_status),
+                    meta,
+                }))
             }
             SectionKind::Transform => {
                 let t = s.transform.clone().expect("set");
