@@ -7,6 +7,7 @@ mod bench_stores;
 mod kube;
 mod package;
 mod setup;
+mod soak;
 
 use std::{
     path::{Path, PathBuf},
@@ -43,6 +44,20 @@ enum Cmd {
     Bench {
         #[command(subcommand)]
         what: Bench,
+    },
+    /// The agent under steady load while routes churn, a backend dies and
+    /// comes back, invalid configs arrive and the log is rotated; checks
+    /// that it serves throughout and does not leak (see xtask/src/soak.rs).
+    Soak {
+        /// How long, in minutes (at least one full cycle of six events).
+        #[arg(long, default_value_t = 10)]
+        minutes: u64,
+        /// Seconds per window (one event per window).
+        #[arg(long, default_value_t = 10)]
+        window: u64,
+        /// Soak the release build.
+        #[arg(long)]
+        release: bool,
     },
     /// Set up, build, and run the agent with eBPF on the quickstart config,
     /// with a local echo backend. Ctrl-C stops and detaches everything.
@@ -86,6 +101,18 @@ fn main() -> Result<()> {
         Cmd::Setup => setup::run(),
         Cmd::Lint => lint(),
         Cmd::Bench { what } => bench(what, &root),
+        Cmd::Soak {
+            minutes,
+            window,
+            release,
+        } => soak::run(
+            &root,
+            &soak::Options {
+                minutes,
+                window_secs: window,
+                release,
+            },
+        ),
         Cmd::Test { args } => test(&args),
         Cmd::RunEbpf {
             interface,
