@@ -267,7 +267,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
-            .with_edge(settings.edge.clone())
+            .with_edge(settings.edge.clone().resolved())
             .with_access_log(access_log, settings.request_ids)
             .with_tracer(tracer)
             .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),

@@ -362,6 +362,11 @@ pub struct EdgeArgs {
     /// answered 503 with Retry-After. 0: no limit.
     #[arg(long, value_name = "N", default_value_t = 10_000)]
     pub max_requests_in_flight_per_gateway: usize,
+
+    /// Open client connections of the whole agent (all Gateways); more are
+    /// closed at accept. 0: half of the descriptor limit after a reserve.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    pub max_client_connections: usize,
 }
 
 impl EdgeArgs {
@@ -380,6 +385,7 @@ impl EdgeArgs {
             h2_max_resets: self.h2_max_resets,
             max_connections_per_source: self.max_connections_per_source,
             max_in_flight_per_shard: self.max_requests_in_flight_per_gateway,
+            max_client_connections: self.max_client_connections,
         }
     }
 }

@@ -187,3 +187,43 @@ async fn trusted_proxies_are_exempt_from_the_per_source_limit() {
     }
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn client_connections_of_the_whole_agent_are_limited_at_accept() {
+    let backend = echo_backend("echo").await;
+    let port = free_port();
+    let app = start_routed(port, backend, |s| s.edge.max_client_connections = 2).await;
+    let mut open = Vec::new();
+    for _ in 0..2 {
+        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 12];
+        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
+            .await
+            .unwrap();
+        assert_eq!(&buf, b"HTTP/1.1 200");
+        open.push(s);
+    }
+    let text = raw_exchange(port, &get_with("/", ""), WITHIN).await;
+    assert_eq!(text, "", "the third connection is shed at accept");
+    let shed = metric(
+        &app,
+        "sluice_connections_shed_total",
+        &[r#"reason="agent_connection_limit""#],
+    )
+    .await;
+    assert_eq!(shed, 1.0);
+    drop(open);
+    let mut admitted = false;
+    for _ in 0..50 {
+        if status_of(&raw_exchange(port, &get_with("/", ""), WITHIN).await) == 200 {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(admitted, "closed connections give their places back");
+    app.shutdown().await;
+}

@@ -59,6 +59,11 @@ pub struct EdgeSettings {
     /// Requests in flight per shard (Gateway) until their response head;
     /// more are answered `503` with `Retry-After`. `0`: no limit.
     pub max_in_flight_per_shard: usize,
+    /// Open client connections of the whole agent, all Gateways together;
+    /// more are closed at accept and counted. `0`: derived from the process's
+    /// descriptor limit ([`EdgeSettings::resolved`]), so that the agent
+    /// sheds load before `accept` and backend connects fail with `EMFILE`.
+    pub max_client_connections: usize,
 }
 
 /// The settings a shard's connections are accepted with, and the hyper
@@ -128,11 +133,34 @@ impl Default for EdgeSettings {
             h2_max_resets: 200,
             max_connections_per_source: 1024,
             max_in_flight_per_shard: 10_000,
+            max_client_connections: 0,
         }
     }
 }
 
 impl EdgeSettings {
+    /// With `max_client_connections` worked out when it is `0`: half of
+    /// the descriptors left after a reserve (each client connection may need
+    /// a backend connection too; the reserve is for listeners, maps, the
+    /// admin endpoint and stores).
+    pub fn resolved(mut self) -> Self {
+        if self.max_client_connections == 0 {
+            let mut lim = libc::rlimit {
+                rlim_cur: 0,
+                rlim_max: 0,
+            };
+            // SAFETY: a valid rlimit pointer.
+            let ok = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } == 0;
+            let nofile = if ok && lim.rlim_cur != libc::RLIM_INFINITY {
+                lim.rlim_cur as usize
+            } else {
+                1 << 20
+            };
+            self.max_client_connections = (nofile.saturating_sub(256) / 2).max(64);
+        }
+        self
+    }
+
     /// These settings with a Gateway's `connection` policy applied.
     pub fn with(&self, p: &ConnectionPolicy) -> EdgeSettings {
         EdgeSettings {

@@ -102,6 +102,8 @@ pub struct Proxy {
     pub(super) edge: EdgeSettings,
     /// Open connections per client address and shard.
     pub(super) per_source: PerSource,
+    /// Open client connections of the whole agent.
+    pub(super) clients: Arc<std::sync::atomic::AtomicUsize>,
     /// Requests in flight per shard.
     pub(super) loads: ShardLoads,
     /// Asked by the accept loops whether a connection is served.
@@ -197,6 +199,7 @@ impl Proxy {
             trusted_proxies: Vec::new(),
             edge: EdgeSettings::default(),
             per_source: PerSource::default(),
+            clients: Arc::default(),
             loads: ShardLoads::default(),
             connection_gate: None,
             access_log: AccessLog::default(),

@@ -212,6 +212,32 @@ async fn accept_loop(
     }
 }
 
+/// One open client connection of the agent-wide budget; released on drop.
+struct ClientSlot(Arc<std::sync::atomic::AtomicUsize>);
+
+impl ClientSlot {
+    /// A place, or `None` when `limit` connections are open (`0`: no limit).
+    fn take(open: &Arc<std::sync::atomic::AtomicUsize>, limit: usize) -> Option<Self> {
+        use std::sync::atomic::Ordering;
+        let mut n = open.load(Ordering::Relaxed);
+        loop {
+            if limit != 0 && n >= limit {
+                return None;
+            }
+            match open.compare_exchange_weak(n, n + 1, Ordering::AcqRel, Ordering::Relaxed) {
+                Ok(_) => return Some(Self(open.clone())),
+                Err(now) => n = now,
+            }
+        }
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
+}
+
 /// Longest a client may take to complete the TLS handshake.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -236,6 +262,14 @@ fn serve(
     } else {
         edge.settings.max_connections_per_source
     };
+    // The agent-wide guard first: whichever Gateway the connection is
+    // for, the process's descriptors are one budget.
+    let Some(agent_slot) = ClientSlot::take(&proxy.clients, edge.settings.max_client_connections)
+    else {
+        proxy.count_shed(shard, "agent_connection_limit");
+        tracing::debug!(shard, %peer, "agent-wide client connection limit reached");
+        return;
+    };
     let Some(source_slot) = proxy.per_source.admit(shard, peer.ip(), per_source_limit) else {
         proxy.count_shed(shard, "per_source_limit");
         tracing::debug!(shard, %peer, "connection limit per source address reached");
@@ -256,7 +290,7 @@ fn serve(
             info.load = Some(load);
             info.edge = settings;
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-            drop((permit, source_slot));
+            drop((permit, source_slot, agent_slot));
             return;
         };
         let acceptor = tokio_rustls::TlsAcceptor::from(config);
@@ -287,7 +321,7 @@ fn serve(
         info.load = Some(load);
         info.edge = settings;
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
-        drop((permit, source_slot));
+        drop((permit, source_slot, agent_slot));
     });
 }
 
