@@ -68,6 +68,7 @@ pub mod reject;
 pub mod state;
 pub mod template;
 pub mod transform;
+pub mod upstream;
 
 use std::{fmt, sync::Arc};
 
@@ -168,6 +169,11 @@ pub struct RoutePolicy {
     /// Bound to the route and Gateway it governs.
     pub rate_limit: Option<Arc<ratelimit::Bound>>,
     pub transform: Option<Arc<transform::Transform>>,
+    /// Resilience sections for the rule's backends (load balancing,
+    /// circuit breaking, outlier detection). Not a request phase: the
+    /// control plane compiles them into each backend of the rule, so they
+    /// do not count in [`RoutePolicy::is_empty`].
+    pub upstream: Option<Arc<upstream::UpstreamPolicy>>,
 }
 
 /// What the request phases decided, when the request goes on.
@@ -209,6 +215,7 @@ impl RoutePolicy {
         out.extend(self.authz.iter().map(|a| &*a.meta));
         out.extend(self.rate_limit.iter().map(|r| &*r.section.meta));
         out.extend(self.transform.iter().map(|t| &*t.meta));
+        out.extend(self.upstream.iter().flat_map(|u| u.sections()));
         out
     }
 

@@ -46,10 +46,13 @@ pub enum SectionKind {
     Authorization,
     RateLimit,
     Transform,
+    LoadBalancer,
+    CircuitBreaker,
+    OutlierDetection,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 15] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -62,7 +65,19 @@ impl SectionKind {
         SectionKind::Authorization,
         SectionKind::RateLimit,
         SectionKind::Transform,
+        SectionKind::LoadBalancer,
+        SectionKind::CircuitBreaker,
+        SectionKind::OutlierDetection,
     ];
+
+    /// The resilience sections: compiled into the governed rules' backends,
+    /// not into a request phase.
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            SectionKind::LoadBalancer | SectionKind::CircuitBreaker | SectionKind::OutlierDetection
+        )
+    }
 
     /// The field name in the spec (and the `section` metric label).
     pub fn name(self) -> &'static str {
@@ -79,6 +94,9 @@ impl SectionKind {
             SectionKind::Authorization => "authorization",
             SectionKind::RateLimit => "rateLimit",
             SectionKind::Transform => "transform",
+            SectionKind::LoadBalancer => "loadBalancer",
+            SectionKind::CircuitBreaker => "circuitBreaker",
+            SectionKind::OutlierDetection => "outlierDetection",
         }
     }
 
@@ -96,6 +114,9 @@ impl SectionKind {
             SectionKind::Authorization => s.authorization.is_some(),
             SectionKind::RateLimit => s.rate_limit.is_some(),
             SectionKind::Transform => s.transform.is_some(),
+            SectionKind::LoadBalancer => s.load_balancer.is_some(),
+            SectionKind::CircuitBreaker => s.circuit_breaker.is_some(),
+            SectionKind::OutlierDetection => s.outlier_detection.is_some(),
         }
     }
 
@@ -124,6 +145,10 @@ impl SectionKind {
             SectionKind::Transform => {
                 into.transform = merge_transform(into.transform.take(), from.transform.clone())
             }
+            // Whole sections: the most specific (or the overriding) one applies.
+            SectionKind::LoadBalancer => into.load_balancer = from.load_balancer.clone(),
+            SectionKind::CircuitBreaker => into.circuit_breaker = from.circuit_breaker,
+            SectionKind::OutlierDetection => into.outlier_detection = from.outlier_detection,
         }
     }
 }

@@ -306,6 +306,11 @@ impl<'a> Policies<'a> {
         out
     }
 
+    /// The compile's view of the policy state store (backend state).
+    pub(super) fn state(&self) -> &'a Compile<'a> {
+        self.builder.state()
+    }
+
     pub(super) fn index(&self) -> &TargetIndex<'a, SluicePolicy> {
         &self.index
     }

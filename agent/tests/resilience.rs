@@ -1,0 +1,487 @@
+//! The resilience sections end to end, in process: the real app on
+//! loopback (userspace datapath) in front of backends the test steers
+//! ([`common::upstreams::Controlled`]). Counts, never timings: where time
+//! matters (an ejection running out) a generous bound is polled.
+mod common;
+
+use std::{
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
+
+use common::{upstreams::*, *};
+use http::{Method, StatusCode};
+
+const BACKEND: &str = "shop/api:8080";
+
+/// The route `shop/api` (host `api.example.com`, rule `main`) to Service
+/// `shop/api` with `endpoints`, plus `extra` documents.
+fn config(port: u16, endpoints: &[std::net::SocketAddr], extra: &str) -> String {
+    format!(
+        r#"{gw}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {{name: api, namespace: shop}}
+spec:
+  parentRefs: [{{name: gw, namespace: infra}}]
+  hostnames: [api.example.com]
+  rules:
+  - name: main
+    backendRefs: [{{name: api, port: 8080}}]
+{svc}
+{extra}
+"#,
+        gw = gateway_yaml(port),
+        svc = service_with_endpoints("shop", "api", endpoints),
+    )
+}
+
+fn policy(sections: &str) -> String {
+    format!(
+        r#"---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {{name: resilience, namespace: shop}}
+spec:
+  targetRefs: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, name: api}}]
+{sections}
+"#
+    )
+}
+
+struct Fixture {
+    app: sluice::app::App,
+    client: TestClient,
+    dir: std::path::PathBuf,
+    port: u16,
+}
+
+/// The app serving the route to `endpoints` under the policy `sections`.
+async fn fixture(endpoints: &[std::net::SocketAddr], sections: &str) -> Fixture {
+    let port = free_port();
+    let dir = config_dir();
+    write_config(
+        &dir,
+        "all.yaml",
+        &config(port, endpoints, &policy(sections)),
+    );
+    let app = start(&dir).await;
+    Fixture {
+        app,
+        client: TestClient::new(port),
+        dir,
+        port,
+    }
+}
+
+impl Fixture {
+    async fn get(&self, headers: &[(&str, &str)]) -> Reply {
+        self.client
+            .send(Method::GET, "api.example.com", "/", headers)
+            .await
+    }
+
+    /// Rewrites the config with `endpoints` and `sections` and waits until
+    /// it is served.
+    async fn reload(&self, endpoints: &[std::net::SocketAddr], sections: &str) {
+        let next = generation(&self.app).await + 1;
+        write_config(
+            &self.dir,
+            "all.yaml",
+            &config(self.port, endpoints, &policy(sections)),
+        );
+        wait_generation(&self.app, next).await;
+    }
+}
+
+/// `n` concurrent batches of `f(i)` for `i` in `0..total`.
+async fn concurrently<F, Fut, T>(total: usize, n: usize, f: F) -> Vec<T>
+where
+    F: Fn(usize) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = T> + Send,
+    T: Send + 'static,
+{
+    let mut tasks = Vec::new();
+    for w in 0..n {
+        let f = f.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut out = Vec::new();
+            for i in (w..total).step_by(n) {
+                out.push((i, f(i).await));
+            }
+            out
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("worker"));
+    }
+    all.sort_by_key(|(i, _)| *i);
+    all.into_iter().map(|(_, v)| v).collect()
+}
+
+const HASH_ON_USER: &str = r#"  loadBalancer:
+    type: ConsistentHash
+    consistentHash: {header: x-user}
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_hash_keeps_keys_on_their_endpoint_and_moves_few_when_one_leaves() {
+    let backends = [
+        Controlled::start("a").await,
+        Controlled::start("b").await,
+        Controlled::start("c").await,
+        Controlled::start("d").await,
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let f = fixture(&addrs, HASH_ON_USER).await;
+    const KEYS: usize = 10_000;
+    let client = f.client.clone();
+    let ask = move |i: usize| {
+        let c = client.clone();
+        async move {
+            let user = format!("user-{i}");
+            c.send(Method::GET, "api.example.com", "/", &[("x-user", &user)])
+                .await
+                .backend()
+                .to_owned()
+        }
+    };
+    let first = concurrently(KEYS, 16, ask.clone()).await;
+    // The same key always reaches the same endpoint.
+    let again = concurrently(1_000, 16, ask.clone()).await;
+    assert_eq!(&first[..1_000], &again[..], "keys moved without a change");
+    let mut share: HashMap<&str, usize> = HashMap::new();
+    for b in &first {
+        *share.entry(b.as_str()).or_default() += 1;
+    }
+    assert_eq!(share.len(), 4, "every endpoint has keys: {share:?}");
+
+    // Endpoint `c` leaves: only its keys move.
+    let fewer: Vec<_> = addrs
+        .iter()
+        .copied()
+        .filter(|a| *a != backends[2].addr)
+        .collect();
+    f.reload(&fewer, HASH_ON_USER).await;
+    let after = concurrently(KEYS, 16, ask).await;
+    let moved: Vec<usize> = (0..KEYS).filter(|&i| first[i] != after[i]).collect();
+    assert!(
+        moved.iter().all(|&i| first[i] == "c"),
+        "a key of a remaining endpoint moved"
+    );
+    assert!(!after.iter().any(|b| b == "c"));
+    // 1/N of the keys, plus a small tolerance for the ring's unevenness.
+    assert!(
+        moved.len() <= KEYS / 4 + KEYS * 3 / 100,
+        "moved {} of {KEYS} keys",
+        moved.len()
+    );
+    // Requests without the header are still served (round robin).
+    assert_eq!(f.get(&[]).await.status, StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_request_prefers_the_idle_endpoint_when_one_is_slow() {
+    let slow = Controlled::start("slow").await;
+    let fast = Controlled::start("fast").await;
+    slow.set_delay(300);
+    let f = fixture(
+        &[slow.addr, fast.addr],
+        "  loadBalancer: {type: LeastRequest}
+",
+    )
+    .await;
+    let client = f.client.clone();
+    let served = concurrently(200, 8, move |_| {
+        let c = client.clone();
+        async move { c.get("api.example.com", "/").await.backend().to_owned() }
+    })
+    .await;
+    let to_fast = served.iter().filter(|b| *b == "fast").count();
+    assert_eq!(served.len(), 200);
+    // Round robin would send half to the slow one; with 8 in flight the
+    // slow one holds requests and loses nearly every draw.
+    assert!(to_fast >= 160, "fast endpoint served {to_fast} of 200");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn circuit_breaker_limits_answer_503_at_once_with_their_reason() {
+    let b = Controlled::start("api").await;
+    b.set_delay(1_000);
+    let f = fixture(
+        &[b.addr],
+        "  circuitBreaker: {maxRequests: 2}
+",
+    )
+    .await;
+    let client = f.client.clone();
+    let statuses = concurrently(10, 10, move |_| {
+        let c = client.clone();
+        async move {
+            let r = c.get("api.example.com", "/").await;
+            (r.status, r.body)
+        }
+    })
+    .await;
+    let ok = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::OK)
+        .count();
+    let refused: Vec<_> = statuses
+        .iter()
+        .filter(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE)
+        .collect();
+    assert_eq!(ok, 2, "{statuses:?}");
+    assert_eq!(refused.len(), 8, "{statuses:?}");
+    assert!(refused[0].1.contains("max_requests"), "{}", refused[0].1);
+    assert_eq!(b.hits(), 2, "refused requests never reached the backend");
+    let app = &f.app;
+    assert_eq!(
+        metric_sum(
+            app,
+            &format!(
+                "sluice_upstream_overflow_total{{backend=\"{BACKEND}\",limit=\"max_requests\"}}"
+            )
+        )
+        .await,
+        8.0
+    );
+    let metrics = admin_get(app, "/metrics").await;
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_http_requests_total")
+                && l.contains("reason=\"upstream_overflow\"")
+                && l.ends_with(" 8")),
+        "{metrics}"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("sluice_policy_decisions_total")
+                && l.contains("section=\"circuitBreaker\"")
+                && l.contains("reason=\"upstream_overflow\"")),
+        "{metrics}"
+    );
+
+    // maxConnections: two slow requests hold the two connections; the rest
+    // would need a third.
+    f.reload(
+        &[b.addr],
+        "  circuitBreaker: {maxConnections: 2}
+",
+    )
+    .await;
+    let client = f.client.clone();
+    let statuses = concurrently(6, 6, move |_| {
+        let c = client.clone();
+        async move { c.get("api.example.com", "/").await.status }
+    })
+    .await;
+    let ok = statuses.iter().filter(|s| **s == StatusCode::OK).count();
+    assert!((2..6).contains(&ok), "{statuses:?}");
+    assert_eq!(
+        metric_sum(
+            app,
+            &format!(
+                "sluice_upstream_overflow_total{{backend=\"{BACKEND}\",limit=\"max_connections\"}}"
+            )
+        )
+        .await,
+        (6 - ok) as f64
+    );
+}
+
+/// Polls (bounded) until `check` holds.
+async fn eventually<Fut: std::future::Future<Output = bool>>(
+    what: &str,
+    limit: Duration,
+    mut check: impl FnMut() -> Fut,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+const EJECT_AFTER_3: &str = r#"  outlierDetection:
+    consecutive5xx: 3
+    baseEjectionTime: 2s
+    maxEjectionPercent: 50
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_answering_5xx_is_ejected_and_comes_back() {
+    let backends = [
+        Controlled::start("a").await,
+        Controlled::start("b").await,
+        Controlled::start("bad").await,
+    ];
+    backends[2].set_status(500);
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let f = fixture(&addrs, EJECT_AFTER_3).await;
+    let mut failed = 0;
+    for _ in 0..30 {
+        if f.get(&[]).await.status != StatusCode::OK {
+            failed += 1;
+        }
+    }
+    assert_eq!(failed, 3, "three 5xx in a row eject it");
+    assert_eq!(backends[2].hits(), 3);
+    // The others got all the traffic after that.
+    assert_eq!(backends[0].hits() + backends[1].hits(), 27);
+    let view = upstream_view(&f.app, BACKEND).await;
+    let bad = view["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == backends[2].addr.to_string())
+        .unwrap()
+        .clone();
+    assert_eq!(bad["state"], "ejected", "{view:#}");
+    assert_eq!(bad["ejections"], 1);
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!("sluice_upstream_ejections_total{{backend=\"{BACKEND}\",cause=\"consecutive_5xx\"}}")
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        metric_sum(&f.app, "sluice_upstream_ejected_endpoints{").await,
+        1.0
+    );
+    // It comes back after its ejection time (2 s; polled up to 20 s).
+    backends[2].set_status(200);
+    let before = backends[2].hits();
+    eventually(
+        "the ejected endpoint to get requests again",
+        Duration::from_secs(20),
+        || async {
+            f.get(&[]).await;
+            backends[2].hits() > before
+        },
+    )
+    .await;
+    let view = upstream_view(&f.app, BACKEND).await;
+    assert!(
+        view["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["state"] == "ready"),
+        "{view:#}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ejection_survives_a_reload_that_changes_another_route() {
+    let backends = [Controlled::start("a").await, Controlled::start("bad").await];
+    backends[1].set_status(503);
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let sections =
+        "  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 300s, maxEjectionPercent: 50}
+";
+    let f = fixture(&addrs, sections).await;
+    for _ in 0..10 {
+        f.get(&[]).await;
+    }
+    assert_eq!(backends[1].hits(), 2);
+    // Another route appears (another file): the policy and backend stay.
+    let next = generation(&f.app).await + 1;
+    write_config(
+        &f.dir,
+        "other.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: shop}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [other.example.com]
+  rules: [{backendRefs: [{name: api, port: 8080}]}]
+"#,
+    );
+    wait_generation(&f.app, next).await;
+    backends[1].set_status(200);
+    // The other route has no policy: plain round robin over both.
+    for _ in 0..2 {
+        assert_eq!(
+            f.client.get("other.example.com", "/").await.status,
+            StatusCode::OK
+        );
+    }
+    let hits = backends[1].hits();
+    for _ in 0..10 {
+        assert_eq!(f.get(&[]).await.backend(), "a");
+    }
+    assert_eq!(backends[1].hits(), hits, "still ejected after the reload");
+    let view = upstream_view(&f.app, BACKEND).await;
+    assert!(
+        view["endpoints"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["state"] == "ejected"),
+        "{view:#}"
+    );
+    // A change of the section itself is new state: the endpoint is back.
+    f.reload(
+        &addrs,
+        "  outlierDetection: {consecutive5xx: 3, baseEjectionTime: 300s, maxEjectionPercent: 50}
+",
+    )
+    .await;
+    for _ in 0..10 {
+        f.get(&[]).await;
+    }
+    assert!(backends[1].hits() > hits);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_uses_every_endpoint_when_all_are_out() {
+    let backends = [Controlled::start("a").await, Controlled::start("b").await];
+    for b in &backends {
+        b.set_status(500);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let f = fixture(
+        &addrs,
+        "  outlierDetection: {consecutive5xx: 1, baseEjectionTime: 300s, maxEjectionPercent: 100}
+",
+    )
+    .await;
+    f.get(&[]).await;
+    f.get(&[]).await;
+    // Both are ejected; requests still go to them instead of a certain 503.
+    let hits = backends[0].hits() + backends[1].hits();
+    let mut seen = HashSet::new();
+    for _ in 0..10 {
+        let r = f.get(&[]).await;
+        assert_eq!(
+            r.status,
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "the backends' own answer"
+        );
+        seen.insert(r.backend().to_owned());
+    }
+    assert_eq!(backends[0].hits() + backends[1].hits(), hits + 10);
+    assert_eq!(seen.len(), 2, "every endpoint is used: {seen:?}");
+    let view = upstream_view(&f.app, BACKEND).await;
+    assert_eq!(view["panic"], true, "{view:#}");
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!("sluice_upstream_panic_mode{{backend=\"{BACKEND}\"}}")
+        )
+        .await,
+        1.0
+    );
+    assert!(metric_sum(&f.app, "sluice_upstream_panic_requests_total{").await >= 10.0);
+}
