@@ -10,6 +10,7 @@ use std::{
 };
 
 use common::{upstreams::*, *};
+use futures::FutureExt;
 use http::{Method, StatusCode};
 
 const BACKEND: &str = "shop/api:8080";
@@ -17,6 +18,12 @@ const BACKEND: &str = "shop/api:8080";
 /// The route `shop/api` (host `api.example.com`, rule `main`) to Service
 /// `shop/api` with `endpoints`, plus `extra` documents.
 fn config(port: u16, endpoints: &[std::net::SocketAddr], extra: &str) -> String {
+    config_rule(port, endpoints, "", extra)
+}
+
+/// [`config`] with `rule` (YAML fields at the rule's indentation) added to
+/// the rule.
+fn config_rule(port: u16, endpoints: &[std::net::SocketAddr], rule: &str, extra: &str) -> String {
     format!(
         r#"{gw}
 ---
@@ -29,6 +36,7 @@ spec:
   rules:
   - name: main
     backendRefs: [{{name: api, port: 8080}}]
+{rule}
 {svc}
 {extra}
 "#,
@@ -59,12 +67,17 @@ struct Fixture {
 
 /// The app serving the route to `endpoints` under the policy `sections`.
 async fn fixture(endpoints: &[std::net::SocketAddr], sections: &str) -> Fixture {
+    fixture_rule(endpoints, "", sections).await
+}
+
+/// [`fixture`] with `rule` added to the route's rule.
+async fn fixture_rule(endpoints: &[std::net::SocketAddr], rule: &str, sections: &str) -> Fixture {
     let port = free_port();
     let dir = config_dir();
     write_config(
         &dir,
         "all.yaml",
-        &config(port, endpoints, &policy(sections)),
+        &config_rule(port, endpoints, rule, &policy(sections)),
     );
     let app = start(&dir).await;
     Fixture {
@@ -484,4 +497,180 @@ async fn panic_mode_uses_every_endpoint_when_all_are_out() {
         1.0
     );
     assert!(metric_sum(&f.app, "sluice_upstream_panic_requests_total{").await >= 10.0);
+}
+
+/// The state the admin view gives endpoint `addr` of the backend.
+async fn endpoint_state(app: &sluice::app::App, addr: std::net::SocketAddr) -> String {
+    let view = upstream_view(app, BACKEND).await;
+    view["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == addr.to_string())
+        .map(|e| e["state"].as_str().unwrap().to_owned())
+        .unwrap_or_default()
+}
+
+const CHECK_FAST: &str = r#"  healthCheck:
+    path: /healthz
+    interval: 200ms
+    timeout: 200ms
+    unhealthyThreshold: 2
+    healthyThreshold: 1
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_endpoint_under_load_fails_no_request_after_detection() {
+    use std::sync::{
+        atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering},
+        Arc,
+    };
+    let backends = [
+        Controlled::start("a").await,
+        Controlled::start("b").await,
+        Controlled::start("c").await,
+    ];
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let f = fixture_rule(
+        &addrs,
+        "    retry: {codes: [502, 503], attempts: 2, backoff: 1ms}",
+        CHECK_FAST,
+    )
+    .await;
+    // Phase 0: all up; 1: `c` killed, not yet detected; 2: detected.
+    let phase = Arc::new(AtomicU8::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let counts: Arc<[[AtomicUsize; 2]; 3]> = Arc::new(Default::default());
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (c, phase, stop, counts) = (
+            f.client.clone(),
+            phase.clone(),
+            stop.clone(),
+            counts.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            // Bounded: stops on the flag, or after 20,000 requests.
+            for _ in 0..20_000 {
+                if stop.load(Ordering::SeqCst) {
+                    break;
+                }
+                let start = phase.load(Ordering::SeqCst) as usize;
+                let ok = c
+                    .try_send(Method::GET, "api.example.com", "/", &[])
+                    .await
+                    .is_ok_and(|r| r.status == StatusCode::OK);
+                // A request under way when `c` was killed counts as killed
+                // (its connection may have been cut mid-exchange); one that
+                // started after detection counts as after.
+                let p = match (start, phase.load(Ordering::SeqCst)) {
+                    (0, end) if end > 0 => 1,
+                    _ => start,
+                };
+                counts[p][usize::from(!ok)].fetch_add(1, Ordering::SeqCst);
+            }
+        }));
+    }
+    let served = |p: usize| counts[p][0].load(Ordering::SeqCst);
+    eventually(
+        "requests before the kill",
+        Duration::from_secs(10),
+        || async { served(0) >= 100 },
+    )
+    .await;
+    phase.store(1, Ordering::SeqCst);
+    backends[2].kill();
+    eventually(
+        "the killed endpoint to be unhealthy",
+        Duration::from_secs(10),
+        || { endpoint_state(&f.app, backends[2].addr) }.map(|s| s == "unhealthy"),
+    )
+    .await;
+    phase.store(2, Ordering::SeqCst);
+    let at_detection = served(2);
+    eventually(
+        "requests after detection",
+        Duration::from_secs(20),
+        || async { served(2) >= at_detection + 300 },
+    )
+    .await;
+    stop.store(true, Ordering::SeqCst);
+    for w in workers {
+        w.await.unwrap();
+    }
+    let failed: Vec<usize> = (0..3)
+        .map(|p| counts[p][1].load(Ordering::SeqCst))
+        .collect();
+    eprintln!(
+        "served {:?}, failed {failed:?} (before kill, until detection, after)",
+        (0..3).map(served).collect::<Vec<_>>()
+    );
+    assert_eq!(failed[2], 0, "no request fails once the endpoint is out");
+    assert_eq!(failed[0], 0);
+    assert!(
+        metric_sum(
+            &f.app,
+            &format!(
+                "sluice_upstream_health_checks_total{{backend=\"{BACKEND}\",result=\"failure\"}}"
+            )
+        )
+        .await
+            >= 2.0
+    );
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!("sluice_upstream_unhealthy_endpoints{{backend=\"{BACKEND}\"}}")
+        )
+        .await,
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_when_every_endpoint_is_unhealthy_and_recovery() {
+    let backends = [Controlled::start("a").await, Controlled::start("b").await];
+    for b in &backends {
+        b.set_status(503);
+    }
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let f = fixture(&addrs, CHECK_FAST).await;
+    for b in &backends {
+        eventually("both endpoints unhealthy", Duration::from_secs(10), || {
+            endpoint_state(&f.app, b.addr).map(|s| s == "unhealthy")
+        })
+        .await;
+    }
+    // Every endpoint is out: all are used rather than answering 503 ourselves.
+    let r = f.get(&[]).await;
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(
+        !r.backend().is_empty(),
+        "the backend's own answer: {}",
+        r.body
+    );
+    let view = upstream_view(&f.app, BACKEND).await;
+    assert_eq!(view["panic"], true, "{view:#}");
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!("sluice_upstream_panic_mode{{backend=\"{BACKEND}\"}}")
+        )
+        .await,
+        1.0
+    );
+    // They recover: back in the rotation, out of panic mode.
+    for b in &backends {
+        b.set_status(200);
+    }
+    for b in &backends {
+        eventually(
+            "the endpoints healthy again",
+            Duration::from_secs(10),
+            || endpoint_state(&f.app, b.addr).map(|s| s == "ready"),
+        )
+        .await;
+    }
+    assert_eq!(f.get(&[]).await.status, StatusCode::OK);
+    assert_eq!(upstream_view(&f.app, BACKEND).await["panic"], false);
 }

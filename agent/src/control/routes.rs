@@ -341,6 +341,7 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
                     s.load_balancer.is_some()
                         || s.circuit_breaker.is_some()
                         || s.outlier_detection.is_some()
+                        || s.health_check.is_some()
                 })
             })
             .flat_map(|p| {

@@ -77,7 +77,7 @@ pub(in crate::config) fn sluice_policy(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
              extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit, \
-             loadBalancer, circuitBreaker, outlierDetection)",
+             loadBalancer, circuitBreaker, outlierDetection, healthCheck)",
         );
     }
     (doc.errors.len() == before).then(|| model::SluicePolicy {
@@ -266,7 +266,80 @@ fn sections(
             .outlier_detection
             .as_ref()
             .and_then(|o| outlier_detection(doc, &format!("{at}.outlierDetection"), o)),
+        health_check: s
+            .health_check
+            .as_ref()
+            .and_then(|h| health_check(doc, &format!("{at}.healthCheck"), h)),
     }
+}
+
+/// Converts a `healthCheck` section.
+fn health_check(
+    doc: &mut Doc<'_>,
+    at: &str,
+    h: &wire::HealthCheck,
+) -> Option<model::HealthCheckSpec> {
+    let before = doc.errors.len();
+    let path = match http::uri::PathAndQuery::try_from(h.path.as_str()) {
+        Ok(p) if h.path.starts_with('/') => Some(p),
+        _ => {
+            doc.err(
+                format!("{at}.path"),
+                format!("not an absolute path: {:?}", h.path),
+            );
+            None
+        }
+    };
+    let interval = duration(
+        doc,
+        &format!("{at}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let timeout = duration(
+        doc,
+        &format!("{at}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1).min(interval),
+    );
+    if interval < Duration::from_millis(100) {
+        doc.err(format!("{at}.interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        doc.err(
+            format!("{at}.timeout"),
+            format!("must be more than 0 and at most the interval ({interval:?})"),
+        );
+    }
+    for (field, v) in [
+        ("healthyThreshold", h.healthy_threshold),
+        ("unhealthyThreshold", h.unhealthy_threshold),
+    ] {
+        if v == Some(0) {
+            doc.err(format!("{at}.{field}"), "must be at least 1");
+        }
+    }
+    for (i, s) in h.expected_statuses.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            doc.err(
+                format!("{at}.expectedStatuses[{i}]"),
+                format!("not an HTTP status: {s}"),
+            );
+        }
+    }
+    let expected_statuses = if h.expected_statuses.is_empty() {
+        vec![200]
+    } else {
+        h.expected_statuses.clone()
+    };
+    (doc.errors.len() == before).then(|| model::HealthCheckSpec {
+        path: path.expect("checked"),
+        interval,
+        timeout,
+        healthy_threshold: h.healthy_threshold.unwrap_or(1),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3),
+        expected_statuses,
+    })
 }
 
 /// Converts a `loadBalancer` section.

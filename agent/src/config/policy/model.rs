@@ -17,7 +17,7 @@ pub use crate::policy::{
         QuotaPeriod, QuotaSpec, RateLimitSection, Unit,
     },
     transform::HeaderOps,
-    upstream::{CircuitBreakerSpec, HashOn, LoadBalancerSpec, OutlierSpec},
+    upstream::{CircuitBreakerSpec, HashOn, HealthCheckSpec, LoadBalancerSpec, OutlierSpec},
     Require,
 };
 
@@ -58,6 +58,7 @@ pub struct PolicySections {
     pub load_balancer: Option<LoadBalancerSpec>,
     pub circuit_breaker: Option<CircuitBreakerSpec>,
     pub outlier_detection: Option<OutlierSpec>,
+    pub health_check: Option<HealthCheckSpec>,
 }
 
 impl PolicySections {

@@ -114,6 +114,9 @@ sections! {
     /// Passive health: endpoints that fail too often in a row leave the
     /// rotation for a while.
     outlier_detection: OutlierDetection,
+    /// Active health: each endpoint is asked an HTTP path at an interval;
+    /// unhealthy endpoints leave the rotation.
+    health_check: HealthCheck,
 }
 
 /// A policy target in the policy's namespace.
@@ -786,6 +789,34 @@ pub struct OutlierDetection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"), range(min = 0, max = 100))]
     pub max_ejection_percent: Option<u32>,
+}
+
+/// `healthCheck`: active HTTP/1.1 checks of every endpoint (plain HTTP,
+/// also for backends reached over TLS).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path (and query) of the `GET` request, e.g. `/healthz`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// Time between two checks of an endpoint (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Time a check may take (default 1s; at most the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Successes in a row that bring an unhealthy endpoint back (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub healthy_threshold: Option<u32>,
+    /// Failures in a row that take an endpoint out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Statuses that pass (default `[200]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub expected_statuses: Vec<u16>,
 }
 
 /// Gateway API `PolicyStatus`.

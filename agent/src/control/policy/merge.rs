@@ -49,10 +49,11 @@ pub enum SectionKind {
     LoadBalancer,
     CircuitBreaker,
     OutlierDetection,
+    HealthCheck,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 15] = [
+    pub const ALL: [SectionKind; 16] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -68,6 +69,7 @@ impl SectionKind {
         SectionKind::LoadBalancer,
         SectionKind::CircuitBreaker,
         SectionKind::OutlierDetection,
+        SectionKind::HealthCheck,
     ];
 
     /// The resilience sections: compiled into the governed rules' backends,
@@ -75,7 +77,10 @@ impl SectionKind {
     pub fn is_upstream(self) -> bool {
         matches!(
             self,
-            SectionKind::LoadBalancer | SectionKind::CircuitBreaker | SectionKind::OutlierDetection
+            SectionKind::LoadBalancer
+                | SectionKind::CircuitBreaker
+                | SectionKind::OutlierDetection
+                | SectionKind::HealthCheck
         )
     }
 
@@ -97,6 +102,7 @@ impl SectionKind {
             SectionKind::LoadBalancer => "loadBalancer",
             SectionKind::CircuitBreaker => "circuitBreaker",
             SectionKind::OutlierDetection => "outlierDetection",
+            SectionKind::HealthCheck => "healthCheck",
         }
     }
 
@@ -117,6 +123,7 @@ impl SectionKind {
             SectionKind::LoadBalancer => s.load_balancer.is_some(),
             SectionKind::CircuitBreaker => s.circuit_breaker.is_some(),
             SectionKind::OutlierDetection => s.outlier_detection.is_some(),
+            SectionKind::HealthCheck => s.health_check.is_some(),
         }
     }
 
@@ -149,6 +156,7 @@ impl SectionKind {
             SectionKind::LoadBalancer => into.load_balancer = from.load_balancer.clone(),
             SectionKind::CircuitBreaker => into.circuit_breaker = from.circuit_breaker,
             SectionKind::OutlierDetection => into.outlier_detection = from.outlier_detection,
+            SectionKind::HealthCheck => into.health_check = from.health_check.clone(),
         }
     }
 }

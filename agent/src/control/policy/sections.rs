@@ -218,7 +218,8 @@ impl<'a> SectionBuilder<'a> {
             // Built together by `upstream`, never here.
             SectionKind::LoadBalancer
             | SectionKind::CircuitBreaker
-            | SectionKind::OutlierDetection => Built::Require,
+            | SectionKind::OutlierDetection
+            | SectionKind::HealthCheck => Built::Require,
             SectionKind::Authorization => {
                 let a = s.authorization.clone().expect("set");
                 Built::Authz(Arc::new(Authorization {
@@ -316,8 +317,9 @@ impl<'a> SectionBuilder<'a> {
             key.iter().find(|(k, _)| *k == kind)?.1.last()
         };
         // The state's owner: the policy behind the section with the most
-        // state (ejections, then breaker counts, then in-flight counts).
+        // state (health checkers, ejections, breaker counts, in-flight counts).
         let owner = [
+            SectionKind::HealthCheck,
             SectionKind::OutlierDetection,
             SectionKind::CircuitBreaker,
             SectionKind::LoadBalancer,
@@ -344,6 +346,11 @@ impl<'a> SectionBuilder<'a> {
                 .outlier_detection
                 .zip(section(self, SectionKind::OutlierDetection))
                 .map(|(spec, meta)| UpstreamSection { spec, meta }),
+            health: s
+                .health_check
+                .clone()
+                .zip(section(self, SectionKind::HealthCheck))
+                .map(|(spec, meta)| UpstreamSection { spec, meta }),
             owner: PolicyId::new("SluicePolicy", &owner.policy.namespace, &owner.policy.name),
             // Who contributed, and what: a changed section is new state.
             fingerprint: fingerprint(&(
@@ -351,6 +358,7 @@ impl<'a> SectionBuilder<'a> {
                 &s.load_balancer,
                 &s.circuit_breaker,
                 &s.outlier_detection,
+                &s.health_check,
             )),
             metrics: self.metrics.upstream.clone(),
         });

@@ -25,6 +25,8 @@ pub struct EndpointState {
     pub(super) returned_at: AtomicU64,
     /// Active health checks' verdict (true without health checks).
     pub(super) healthy: AtomicBool,
+    pub(super) check_successes: AtomicU32,
+    pub(super) check_failures: AtomicU32,
 }
 
 impl EndpointState {
@@ -39,6 +41,8 @@ impl EndpointState {
             ejections: AtomicU32::new(0),
             returned_at: AtomicU64::new(0),
             healthy: AtomicBool::new(true),
+            check_successes: AtomicU32::new(0),
+            check_failures: AtomicU32::new(0),
         }
     }
 

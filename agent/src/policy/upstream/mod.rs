@@ -1,8 +1,9 @@
 //! The resilience sections of a SluicePolicy — `loadBalancer`,
-//! `circuitBreaker`, `outlierDetection` — which apply to every backend of
-//! the rules a policy governs (the model of Envoy Gateway's
-//! BackendTrafficPolicy). One file per section ([`balance`], [`breaker`],
-//! [`outlier`]); they share the per-endpoint state of [`endpoint`].
+//! `circuitBreaker`, `outlierDetection`, `healthCheck` — which apply to
+//! every backend of the rules a policy governs (the model of Envoy
+//! Gateway's BackendTrafficPolicy). One file per section ([`balance`],
+//! [`breaker`], [`outlier`], [`health`]); they share the per-endpoint state
+//! of [`endpoint`].
 //!
 //! Compiled in two steps: the control plane merges the sections of a rule
 //! into one [`UpstreamPolicy`], then makes a [`BackendPolicy`] of it for
@@ -21,6 +22,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod endpoint;
+pub mod health;
 pub mod metrics;
 pub mod outlier;
 
@@ -40,6 +42,7 @@ use prometheus_client::metrics::{counter::Counter, gauge::Gauge};
 pub use balance::{HashOn, LoadBalancerSpec};
 pub use breaker::{CircuitBreakerSpec, Limit, Slot};
 pub use endpoint::EndpointState;
+pub use health::HealthCheckSpec;
 pub use metrics::UpstreamMetrics;
 pub use outlier::{Outcome, OutlierSpec};
 
@@ -62,6 +65,7 @@ pub struct UpstreamPolicy {
     pub load_balancer: Option<Section<LoadBalancerSpec>>,
     pub circuit_breaker: Option<Section<CircuitBreakerSpec>>,
     pub outlier: Option<Section<OutlierSpec>>,
+    pub health: Option<Section<HealthCheckSpec>>,
     /// The policy the backends' state is kept under.
     pub owner: PolicyId,
     /// Digest of who contributed what: other sections, other state.
@@ -75,7 +79,8 @@ impl UpstreamPolicy {
         let lb = self.load_balancer.as_ref().map(|s| &*s.meta);
         let cb = self.circuit_breaker.as_ref().map(|s| &*s.meta);
         let od = self.outlier.as_ref().map(|s| &*s.meta);
-        lb.into_iter().chain(cb).chain(od)
+        let hc = self.health.as_ref().map(|s| &*s.meta);
+        lb.into_iter().chain(cb).chain(od).chain(hc)
     }
 
     /// The compiled form for one backend (`namespace/service:port`) with
@@ -94,6 +99,9 @@ impl UpstreamPolicy {
         };
         let state = compile.get_or_insert(key, || BackendState::new(backend.into(), &self.metrics));
         let states = state.endpoints(endpoints);
+        if let (Some(hc), Some(rt)) = (&self.health, compile.state().runtime()) {
+            BackendState::check(&state, &hc.spec, &states, rt);
+        }
         let ring = match self.load_balancer.as_ref().map(|s| &s.spec) {
             Some(LoadBalancerSpec::ConsistentHash(_)) => Some(balance::Ring::new(endpoints)),
             _ => None,
@@ -114,6 +122,9 @@ struct Counted {
     overflow: [Counter; 4],
     ejections: [Counter; 2],
     ejected: Gauge,
+    /// Health checks passed and failed.
+    checks: [Counter; 2],
+    unhealthy: Gauge,
     panic: Gauge,
     panic_requests: Counter,
 }
@@ -130,6 +141,8 @@ pub struct BackendState {
     /// Every endpoint is out, so all are used.
     panic: AtomicBool,
     counted: Counted,
+    /// The health-check task of each checked endpoint.
+    checkers: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
 }
 
 impl BackendState {
@@ -163,6 +176,15 @@ impl BackendState {
                 })
                 .clone()
         });
+        let checks = ["success", "failure"].map(|result| {
+            metrics
+                .health_checks
+                .get_or_create(&metrics::CheckLabels {
+                    backend: label.clone(),
+                    result,
+                })
+                .clone()
+        });
         let backend = metrics::BackendLabels { backend: label };
         Self {
             name,
@@ -170,10 +192,13 @@ impl BackendState {
             endpoints: Mutex::default(),
             breaker: breaker::Counters::default(),
             panic: AtomicBool::new(false),
+            checkers: Mutex::default(),
             counted: Counted {
                 overflow,
                 ejections,
                 ejected: metrics.ejected.get_or_create(&backend).clone(),
+                checks,
+                unhealthy: metrics.unhealthy.get_or_create(&backend).clone(),
                 panic: metrics.panic.get_or_create(&backend).clone(),
                 panic_requests: metrics.panic_requests.get_or_create(&backend).clone(),
             },
@@ -234,6 +259,42 @@ impl BackendState {
         self.counted.ejected.set(n as i64);
     }
 
+    /// Starts a health-check task for each of `endpoints` that has none
+    /// and stops those of endpoints no longer listed.
+    fn check(
+        this: &Arc<Self>,
+        spec: &HealthCheckSpec,
+        endpoints: &[Arc<EndpointState>],
+        rt: &tokio::runtime::Handle,
+    ) {
+        let mut checkers = this.checkers.lock().expect("health checkers");
+        checkers.retain(|addr, task| {
+            let listed = endpoints.iter().any(|e| e.addr == *addr);
+            if !listed {
+                task.abort();
+            }
+            listed
+        });
+        for ep in endpoints {
+            checkers.entry(ep.addr).or_insert_with(|| {
+                rt.spawn(health::run(spec.clone(), ep.clone(), Arc::downgrade(this)))
+                    .abort_handle()
+            });
+        }
+    }
+
+    /// Sets the unhealthy-endpoints gauge from the endpoints' state.
+    fn recount_unhealthy(&self) {
+        let n = self
+            .endpoints
+            .lock()
+            .expect("endpoint states")
+            .values()
+            .filter(|e| !e.is_healthy())
+            .count();
+        self.counted.unhealthy.set(n as i64);
+    }
+
     /// Whether every endpoint is out, so all are used.
     pub fn in_panic(&self) -> bool {
         self.panic.load(Ordering::Relaxed)
@@ -263,6 +324,22 @@ impl Drop for BackendState {
         }
         if self.panic.load(Ordering::Relaxed) {
             self.counted.panic.set(0);
+        }
+        let checkers = self
+            .checkers
+            .get_mut()
+            .map(std::mem::take)
+            .unwrap_or_default();
+        for task in checkers.into_values() {
+            task.abort();
+        }
+        let unhealthy = self
+            .endpoints
+            .get_mut()
+            .map(|m| m.values().any(|e| !e.is_healthy()))
+            .unwrap_or(false);
+        if unhealthy {
+            self.counted.unhealthy.set(0);
         }
     }
 }
