@@ -4,6 +4,8 @@
 //! source filters go to XDP, and the policy status ([`status`]).
 pub mod attach;
 pub mod merge;
+#[cfg(test)]
+mod resilience_tests;
 mod sections;
 mod status;
 
