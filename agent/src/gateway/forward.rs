@@ -133,7 +133,8 @@ impl Proxy {
             let action = &t.entry.action;
             // With resilience sections: the request's hold on the backend
             // (breaker slot, in-flight count) and the endpoint's index.
-            let mut held: Option<(Hold, usize)> = None;
+            // Boxed: the default path pays one word in this future's state.
+            let mut held: Option<Box<(Hold, usize)>> = None;
             let endpoint = match &backend.target {
                 BackendTarget::Invalid(reason) => {
                     tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
@@ -149,7 +150,7 @@ impl Proxy {
                             Err(refused) => break 'send Err(refused),
                             Ok(mut hold) => r.pick(&parts.headers, conn.peer.ip()).map(|i| {
                                 hold.attempt(r, i);
-                                held = Some((hold, i));
+                                held = Some(Box::new((hold, i)));
                                 r.endpoint(i)
                             }),
                         },
@@ -251,7 +252,7 @@ impl Proxy {
                     }
                     None => Some(self.pools.send(dial, request).await),
                 };
-                if let (Some(r), Some((_, i))) = (&backend.resilience, &held) {
+                if let (Some(r), Some((_, i))) = (&backend.resilience, held.as_deref()) {
                     let o = match &outcome {
                         None => Some(Outcome::ServerError),
                         Some(Ok(resp)) if resp.status().is_server_error() => {
@@ -278,23 +279,22 @@ impl Proxy {
                     if retriable && retries < policy.attempts {
                         // Another endpoint of the same backend, if it has several;
                         // the pool gives the copy the target form its connection needs.
-                        let next = match (&backend.resilience, &mut held) {
-                            (None, _) => backend.endpoint(),
+                        let next = match (&backend.resilience, held.as_deref_mut()) {
+                            (None, _) => backend
+                                .endpoint()
+                                .and_then(|ep| Some((ep, replay.again()?))),
                             // Another endpoint in the rotation, within the
                             // breaker's retry budget.
                             (Some(r), Some((hold, i))) => {
-                                if r.retry(hold) {
+                                replay.again().filter(|_| r.retry(hold)).map(|again| {
                                     let j = r.pick_other(*i);
                                     hold.attempt(r, j);
                                     *i = j;
-                                    Some(r.endpoint(j))
-                                } else {
-                                    None
-                                }
+                                    (r.endpoint(j), again)
+                                })
                             }
                             (Some(_), None) => None,
-                        }
-                        .and_then(|ep| Some((ep, replay.again()?)));
+                        };
                         if let Some((ep, again)) = next {
                             drop(outcome);
                             tokio::time::sleep(policy.backoff).await;
@@ -345,7 +345,7 @@ impl Proxy {
                         };
                         // The backend hold lasts until the body is done.
                         let body = match held.take() {
-                            Some((hold, _)) => Held { body, _hold: hold }.boxed(),
+                            Some(h) => Held { body, _hold: h.0 }.boxed(),
                             None => body,
                         };
                         Ok(Response::from_parts(parts, body))
