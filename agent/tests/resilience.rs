@@ -185,6 +185,7 @@ async fn consistent_hash_keeps_keys_on_their_endpoint_and_moves_few_when_one_lea
         "a key of a remaining endpoint moved"
     );
     assert!(!after.iter().any(|b| b == "c"));
+    assert_eq!(moved.len(), share["c"], "every key of `c` moved");
     // 1/N of the keys, plus a small tolerance for the ring's unevenness.
     assert!(
         moved.len() <= KEYS / 4 + KEYS * 3 / 100,
@@ -673,4 +674,104 @@ async fn panic_mode_when_every_endpoint_is_unhealthy_and_recovery() {
     }
     assert_eq!(f.get(&[]).await.status, StatusCode::OK);
     assert_eq!(upstream_view(&f.app, BACKEND).await["panic"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_retry_budget_caps_concurrent_retries() {
+    let b = Controlled::start("api").await;
+    b.set_status(503);
+    // Slow enough that the four first attempts fail together while the one
+    // retry that got the budget is still under way.
+    b.set_delay(2_000);
+    let f = fixture_rule(
+        &[b.addr],
+        "    retry: {codes: [503], attempts: 1, backoff: 1ms}",
+        "  circuitBreaker: {maxRetries: 1}\n",
+    )
+    .await;
+    let client = f.client.clone();
+    let statuses = concurrently(4, 4, move |_| {
+        let c = client.clone();
+        async move { c.get("api.example.com", "/").await.status }
+    })
+    .await;
+    // Every answer is the backend's own 503 (a refused retry is not a new answer).
+    assert!(statuses
+        .iter()
+        .all(|s| *s == StatusCode::SERVICE_UNAVAILABLE));
+    assert_eq!(b.hits(), 5, "four attempts and one retry");
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!(
+                "sluice_upstream_overflow_total{{backend=\"{BACKEND}\",limit=\"max_retries\"}}"
+            )
+        )
+        .await,
+        3.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_pending_requests_refuses_requests_waiting_for_a_connection() {
+    use socket2::{Domain, Socket, Type};
+    // A listener that never accepts, its accept queue filled: the kernel
+    // drops further SYNs, so a new connection to it stays pending.
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    sock.bind(&any.into()).unwrap();
+    sock.listen(0).unwrap();
+    let addr = sock.local_addr().unwrap().as_socket().unwrap();
+    let mut fillers = Vec::new();
+    for _ in 0..8 {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
+            Ok(Ok(s)) => fillers.push(s),
+            _ => break,
+        }
+    }
+    assert!(
+        tokio::time::timeout(
+            Duration::from_millis(300),
+            tokio::net::TcpStream::connect(addr)
+        )
+        .await
+        .is_err(),
+        "the stalled listener still completes connections"
+    );
+    let f = fixture(&[addr], "  circuitBreaker: {maxPendingRequests: 1}\n").await;
+    let client = f.client.clone();
+    let answers = concurrently(3, 3, move |_| {
+        let c = client.clone();
+        async move {
+            let r = c.get("api.example.com", "/").await;
+            (r.status, r.body)
+        }
+    })
+    .await;
+    // One waits for its connection (and gets the connect timeout's 503);
+    // the other two are refused at once.
+    assert!(answers
+        .iter()
+        .all(|(s, _)| *s == StatusCode::SERVICE_UNAVAILABLE));
+    let refused = answers
+        .iter()
+        .filter(|(_, b)| b.contains("max_pending_requests"))
+        .count();
+    assert_eq!(refused, 2, "{answers:?}");
+    assert_eq!(
+        metric_sum(
+            &f.app,
+            &format!(
+                "sluice_upstream_overflow_total{{backend=\"{BACKEND}\",limit=\"max_pending_requests\"}}"
+            )
+        )
+        .await,
+        2.0
+    );
+    drop(fillers);
 }

@@ -14,9 +14,11 @@ use std::{cell::Cell, hash::Hasher, net::SocketAddr};
 
 use http::{HeaderMap, HeaderName};
 
-/// Points per endpoint on the ring: with 256 the share of each endpoint
-/// stays within a few percent of 1/N.
-pub const VNODES: u32 = 256;
+/// Points per endpoint on the ring. An endpoint's share of the keys varies
+/// by about `1 / (N·√VNODES)` around 1/N: with 1,024 points, ±0.8 % of the
+/// keys for 4 endpoints. A point takes 8 bytes; each backend's ring is built
+/// once per endpoint list and shared by every rule that uses the backend.
+pub const VNODES: u32 = 1024;
 
 /// The `loadBalancer` section.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
@@ -84,14 +86,15 @@ fn cookie<'h>(headers: &'h HeaderMap, name: &str) -> Option<&'h str> {
         })
 }
 
-/// A hash ring over a backend's endpoints: sorted (point, endpoint index).
+/// A hash ring over a backend's endpoints: sorted (point, endpoint index),
+/// points being the top 32 bits of a hash.
 #[derive(Debug, Default)]
 pub struct Ring {
-    points: Box<[(u64, u32)]>,
+    points: Box<[(u32, u32)]>,
 }
 
 /// Position of an endpoint's `i`-th point: a function of its address only.
-fn point(addr: SocketAddr, i: u32) -> u64 {
+fn point(addr: SocketAddr, i: u32) -> u32 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
     match addr.ip().to_canonical() {
         std::net::IpAddr::V4(a) => h.write(&a.octets()),
@@ -99,12 +102,12 @@ fn point(addr: SocketAddr, i: u32) -> u64 {
     }
     h.write_u16(addr.port());
     h.write_u32(i);
-    h.finish()
+    (h.finish() >> 32) as u32
 }
 
 impl Ring {
     pub fn new(endpoints: &[SocketAddr]) -> Self {
-        let mut points: Vec<(u64, u32)> = endpoints
+        let mut points: Vec<(u32, u32)> = endpoints
             .iter()
             .enumerate()
             .flat_map(|(e, a)| (0..VNODES).map(move |i| (point(*a, i), e as u32)))
@@ -122,6 +125,7 @@ impl Ring {
         if n == 0 {
             return None;
         }
+        let key = (key >> 32) as u32;
         let start = self.points.partition_point(|(p, _)| *p < key);
         // Walking on past unusable endpoints; bounded by the ring's size.
         (0..n)
@@ -215,7 +219,7 @@ mod tests {
         }
         assert_eq!(counts.len(), 4);
         for (e, c) in counts {
-            assert!((1_800..=3_200).contains(&c), "endpoint {e}: {c} of 10,000");
+            assert!((2_200..=2_800).contains(&c), "endpoint {e}: {c} of 10,000");
         }
     }
 
@@ -236,6 +240,7 @@ mod tests {
             }
         }
         assert!(moved <= 10_000 / 5 + 300, "moved {moved}");
+        assert!(moved >= 10_000 / 5 - 300, "moved {moved}");
         assert!(moved > 0);
     }
 

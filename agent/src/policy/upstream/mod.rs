@@ -103,7 +103,7 @@ impl UpstreamPolicy {
             BackendState::check(&state, &hc.spec, &states, rt);
         }
         let ring = match self.load_balancer.as_ref().map(|s| &s.spec) {
-            Some(LoadBalancerSpec::ConsistentHash(_)) => Some(balance::Ring::new(endpoints)),
+            Some(LoadBalancerSpec::ConsistentHash(_)) => Some(state.ring(endpoints)),
             _ => None,
         };
         BackendPolicy {
@@ -143,7 +143,13 @@ pub struct BackendState {
     counted: Counted,
     /// The health-check task of each checked endpoint.
     checkers: Mutex<HashMap<SocketAddr, tokio::task::AbortHandle>>,
+    /// The hash ring of the last endpoint list (ConsistentHash), shared by
+    /// every rule that uses the backend.
+    ring: Mutex<Option<SharedRing>>,
 }
+
+/// A hash ring and the endpoint list it was built from.
+type SharedRing = (Box<[SocketAddr]>, Arc<balance::Ring>);
 
 impl BackendState {
     pub fn new(name: Arc<str>, metrics: &UpstreamMetrics) -> Self {
@@ -193,6 +199,7 @@ impl BackendState {
             breaker: breaker::Counters::default(),
             panic: AtomicBool::new(false),
             checkers: Mutex::default(),
+            ring: Mutex::default(),
             counted: Counted {
                 overflow,
                 ejections,
@@ -231,6 +238,19 @@ impl BackendState {
             map.remove(&a);
         }
         out
+    }
+
+    /// The hash ring of `endpoints`, built once per endpoint list.
+    fn ring(&self, endpoints: &[SocketAddr]) -> Arc<balance::Ring> {
+        let mut held = self.ring.lock().expect("hash ring");
+        if let Some((list, ring)) = &*held {
+            if **list == *endpoints {
+                return ring.clone();
+            }
+        }
+        let ring = Arc::new(balance::Ring::new(endpoints));
+        *held = Some((endpoints.into(), ring.clone()));
+        ring
     }
 
     /// Every endpoint's state (admin).
@@ -351,7 +371,7 @@ pub struct BackendPolicy {
     pub policy: Arc<UpstreamPolicy>,
     pub state: Arc<BackendState>,
     endpoints: Box<[Arc<EndpointState>]>,
-    ring: Option<balance::Ring>,
+    ring: Option<Arc<balance::Ring>>,
     next: AtomicU64,
 }
 
