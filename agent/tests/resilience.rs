@@ -775,3 +775,51 @@ async fn max_pending_requests_refuses_requests_waiting_for_a_connection() {
     );
     drop(fillers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_policy_keeps_its_ejections_across_a_reload_and_for_every_route() {
+    let backends = [Controlled::start("a").await, Controlled::start("bad").await];
+    backends[1].set_status(503);
+    let addrs: Vec<_> = backends.iter().map(|b| b.addr).collect();
+    let port = free_port();
+    let dir = config_dir();
+    let gateway_policy = r#"---
+apiVersion: sluice.dev/v1alpha1
+kind: SluicePolicy
+metadata: {name: platform, namespace: infra}
+spec:
+  targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+  outlierDetection: {consecutive5xx: 2, baseEjectionTime: 300s, maxEjectionPercent: 50}
+"#;
+    write_config(&dir, "all.yaml", &config(port, &addrs, gateway_policy));
+    let app = start(&dir).await;
+    let c = TestClient::new(port);
+    for _ in 0..10 {
+        c.get("api.example.com", "/").await;
+    }
+    assert_eq!(backends[1].hits(), 2);
+    // A new route under the same Gateway: a reload that leaves the policy
+    // and the backend as they were.
+    let next = generation(&app).await + 1;
+    write_config(
+        &dir,
+        "other.yaml",
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: shop}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [other.example.com]
+  rules: [{backendRefs: [{name: api, port: 8080}]}]
+"#,
+    );
+    wait_generation(&app, next).await;
+    backends[1].set_status(200);
+    // Still out, for the old route and for the new one the policy governs too.
+    for host in ["api.example.com", "other.example.com"] {
+        for _ in 0..5 {
+            assert_eq!(c.get(host, "/").await.backend(), "a", "{host}");
+        }
+    }
+    assert_eq!(backends[1].hits(), 2, "still ejected after the reload");
+}
