@@ -223,6 +223,18 @@ reject "rateLimit rule without a unit" 'spec.rateLimit.local\[0\].unit: Required
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
 rateLimit: {local: [{name: r, requests: 10}]}
 EOF
+reject "ConsistentHash without its key" 'consistentHash is set exactly when type is ConsistentHash' <<'EOF'
+targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}]
+loadBalancer: {type: ConsistentHash}
+EOF
+reject "maxEjectionPercent over 100" 'spec.outlierDetection.maxEjectionPercent.*less than or equal to 100' <<'EOF'
+targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}]
+outlierDetection: {maxEjectionPercent: 150}
+EOF
+reject "healthCheck without a path" 'spec.healthCheck.path: Required value' <<'EOF'
+targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: orders}]
+healthCheck: {interval: 5s}
+EOF
 reject "unknown override section" 'unknown field "spec.override.noSuchSection"' <<'EOF'
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
 override: {noSuchSection: {requests: 1}}

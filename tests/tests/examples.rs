@@ -248,5 +248,37 @@ async fn the_policy_example_does_what_its_readme_says() {
     )
     .await;
     assert_eq!(r.status, StatusCode::PAYLOAD_TOO_LARGE);
+
+    // Search: one of two endpoints is down; retries, ejection and health
+    // checks keep every request succeeding, and the admin view says why.
+    for i in 0..12 {
+        let user = format!("u{i}");
+        let r = get("/search", vec![("x-user", user)]).await;
+        assert_eq!(r.status, StatusCode::OK, "request {i}");
+    }
+    let admin = ex.app.admin_addr;
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(format!("http://{admin}/api/overview").parse().unwrap())
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let overview: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let search = overview["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "shop/search:80")
+        .expect("the search upstream");
+    let down = search["endpoints"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|e| e["address"] == "127.0.0.1:9")
+        .expect("the down endpoint");
+    assert!(
+        down["state"] == "ejected" || down["state"] == "unhealthy",
+        "{search:#}"
+    );
     ex.app.shutdown().await;
 }

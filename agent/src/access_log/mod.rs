@@ -341,6 +341,8 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
         // (A shadow refusal never answers; listed for completeness.)
         RateLimited | QuotaExceeded | RateLimitShadow => "RL",
         RateLimitUnavailable => "RU",
+        // Envoy's flag for a circuit breaker's overflow.
+        UpstreamOverflow => "UO",
     }
 }
 

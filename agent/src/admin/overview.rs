@@ -208,6 +208,8 @@ pub struct UpstreamView {
     pub protocol: &'static str,
     pub tls: bool,
     pub endpoints: Vec<EndpointView>,
+    /// Every endpoint is unhealthy or ejected, so all are used (panic mode).
+    pub panic: bool,
     /// Why the reference does not resolve (requests get a 500).
     pub unresolved: Option<String>,
     /// Routes that send to it.
@@ -215,12 +217,22 @@ pub struct UpstreamView {
 }
 
 #[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct EndpointView {
     pub address: SocketAddr,
-    /// What the agent knows of the endpoint's health. Today: `ready`, as
-    /// listed by its EndpointSlice (or static config); no active health
-    /// checks or outlier ejection yet.
+    /// What the agent knows of the endpoint's health: `ready` (listed as
+    /// ready by its EndpointSlice or the static config, and in the
+    /// rotation), `ejected` (outlierDetection) or `unhealthy` (healthCheck).
     pub state: &'static str,
+    /// With resilience sections: requests in flight to it now.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub in_flight: Option<u32>,
+    /// Recent ejections (the multiplier of the ejection time).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejections: Option<u32>,
+    /// Seconds left of its ejection.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for_seconds: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -596,6 +608,9 @@ fn upstream(
                     .map(|a| EndpointView {
                         address: *a,
                         state: "ready",
+                        in_flight: None,
+                        ejections: None,
+                        ejected_for_seconds: None,
                     })
                     .collect(),
                 None,
@@ -610,12 +625,38 @@ fn upstream(
             },
             tls: backend.tls.is_some(),
             endpoints,
+            panic: false,
             unresolved,
             used_by: BTreeSet::new(),
         }
     });
     view.used_by.insert(route.to_owned());
+    if let Some(r) = &backend.resilience {
+        resilience(view, &r.state);
+    }
     key
+}
+
+/// What the backend's resilience state says of its endpoints. Several
+/// routes may govern one backend with different policies: an endpoint is
+/// shown out when any of them holds it out.
+fn resilience(view: &mut UpstreamView, state: &crate::policy::upstream::BackendState) {
+    let now = state.now_ms();
+    view.panic |= state.in_panic();
+    for e in &mut view.endpoints {
+        let Some(s) = state.endpoint(e.address) else {
+            continue;
+        };
+        let left = s.ejection_left(now);
+        if left > 0 {
+            e.state = "ejected";
+            e.ejected_for_seconds = Some(left as f64 / 1000.0);
+        } else if !s.is_healthy() && e.state == "ready" {
+            e.state = "unhealthy";
+        }
+        e.in_flight = Some(e.in_flight.unwrap_or(0).max(s.in_flight()));
+        e.ejections = Some(e.ejections.unwrap_or(0).max(s.ejections()));
+    }
 }
 
 /// The policies (and their sections) in effect for a route or listener.

@@ -41,7 +41,7 @@ use crate::{
         Hostname, HttpRoute, Namespace, ObjectRef, ReferenceGrant, RouteKind, Secret, Service,
         SluicePolicy,
     },
-    snapshot::{created_key, RouteEntry, RouteTable, RuleAction},
+    snapshot::{created_key, BackendTarget, RouteEntry, RouteTable, RuleAction},
 };
 
 /// A listener that is served, so has a route table.
@@ -303,6 +303,11 @@ pub(super) struct RouteCtx<'c, 'a> {
     controller: &'static str,
     /// HTTPRoutes a SluicePolicy targets (the route or one of its rules).
     targeted: HashSet<ObjectRef>,
+    /// Gateways a SluicePolicy with resilience sections targets: their
+    /// routes' backends hold per-backend state that every compile must
+    /// find again in the policy state store, so those routes are compiled
+    /// every time.
+    resilient_gateways: HashSet<ObjectRef>,
     /// Set once per compile, before any route is compiled
     /// ([`RouteCtx::init_conflicts`]).
     conflicts: std::cell::OnceCell<KindConflicts>,
@@ -328,6 +333,24 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
                     .map(|t| ObjectRef::new(&p.id.namespace, &t.name))
             })
             .collect();
+        let resilient_gateways = config
+            .policies
+            .iter()
+            .filter(|p| {
+                [&p.defaults, &p.overrides].iter().any(|s| {
+                    s.load_balancer.is_some()
+                        || s.circuit_breaker.is_some()
+                        || s.outlier_detection.is_some()
+                        || s.health_check.is_some()
+                })
+            })
+            .flat_map(|p| {
+                p.targets
+                    .iter()
+                    .filter(|t| t.group == super::refgrant::GATEWAY_GROUP && t.kind == "Gateway")
+                    .map(|t| ObjectRef::new(&p.id.namespace, &t.name))
+            })
+            .collect();
         RouteCtx {
             config,
             ours,
@@ -343,6 +366,7 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
             backend_tls,
             controller,
             targeted,
+            resilient_gateways,
             conflicts: std::cell::OnceCell::new(),
         }
     }
@@ -370,6 +394,11 @@ impl<'c, 'a> RouteCtx<'c, 'a> {
     /// every time.
     fn volatile(&self, route: &HttpRoute) -> bool {
         self.targeted.contains(&route.id)
+            || (!self.resilient_gateways.is_empty()
+                && route
+                    .parents
+                    .iter()
+                    .any(|p| self.resilient_gateways.contains(&p.gateway)))
             || route.rules.iter().any(|r| {
                 r.filters
                     .iter()
@@ -492,13 +521,22 @@ fn compile_route(
                     tls.push((gi as u32, p as u32));
                 }
             }
+            let policy = policies.for_rule(gateway, listener, route, ri);
+            if let Some(up) = &policy.upstream {
+                for b in &mut backends.backends {
+                    if let BackendTarget::Endpoints(e) = &b.target {
+                        let name = format!("{}:{}", b.service, b.port);
+                        b.resilience = Some(Arc::new(up.for_backend(&name, e, policies.state())));
+                    }
+                }
+            }
             let action = Arc::new(RuleAction {
                 filters: rule.filters.clone(),
                 backends,
                 timeouts: rule.timeouts,
                 retry: rule.retry.clone(),
                 mirrors,
-                policy: policies.for_rule(gateway, listener, route, ri),
+                policy,
                 metrics: Default::default(),
             });
             for (mi, m) in rule.matches.iter().enumerate() {

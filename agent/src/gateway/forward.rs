@@ -23,7 +23,7 @@ use super::{
     filters::{self, RedirectContext},
     full,
     mirror::{self, UpstreamBody},
-    pool::Dial,
+    pool::{Dial, UpstreamError},
     proxy::{Answered, Authority, ConnInfo, Proxy, UpstreamSeen},
     retry::Replay,
     upgrade::{self, upgrade_protocol},
@@ -31,7 +31,10 @@ use super::{
 };
 use crate::{
     config::{Filter, HeaderModifier, Redirect},
-    policy::{Reason, Rejection},
+    policy::{
+        upstream::{Hold, Outcome},
+        Reason, Rejection,
+    },
     snapshot::{upstream_tls::UpstreamTls, AppProtocol, Backend, BackendTarget, RouteEntry},
 };
 
@@ -128,6 +131,10 @@ impl Proxy {
         let upstream_host = upstream_host.as_deref();
         let response = 'send: {
             let action = &t.entry.action;
+            // With resilience sections: the request's hold on the backend
+            // (breaker slot, in-flight count) and the endpoint's index.
+            // Boxed: the default path pays one word in this future's state.
+            let mut held: Option<Box<(Hold, usize)>> = None;
             let endpoint = match &backend.target {
                 BackendTarget::Invalid(reason) => {
                     tracing::debug!(route = %t.entry.route, %reason, "invalid backend");
@@ -136,15 +143,28 @@ impl Proxy {
                         "backend not resolvable",
                     ));
                 }
-                BackendTarget::Endpoints(_) => match backend.endpoint() {
-                    Some(ep) => ep,
-                    None => {
-                        break 'send Err(Rejection::new(
-                            Reason::NoReadyEndpoints,
-                            "no ready endpoints",
-                        ))
+                BackendTarget::Endpoints(_) => {
+                    let picked = match &backend.resilience {
+                        None => backend.endpoint(),
+                        Some(r) => match r.admit() {
+                            Err(refused) => break 'send Err(refused),
+                            Ok(mut hold) => r.pick(&parts.headers, conn.peer.ip()).map(|i| {
+                                hold.attempt(r, i);
+                                held = Some(Box::new((hold, i)));
+                                r.endpoint(i)
+                            }),
+                        },
+                    };
+                    match picked {
+                        Some(ep) => ep,
+                        None => {
+                            break 'send Err(Rejection::new(
+                                Reason::NoReadyEndpoints,
+                                "no ready endpoints",
+                            ))
+                        }
                     }
-                },
+                }
             };
             seen.endpoint = Some(endpoint);
             let mut req = Request::from_parts(parts, body);
@@ -207,6 +227,7 @@ impl Proxy {
                     h2c: backend.protocol == AppProtocol::H2c,
                     tls: backend.tls.as_ref(),
                     authority: host,
+                    breaker: backend.resilience.as_deref(),
                 };
                 // Made in the arm that awaits it (see `Proxy::serve`).
                 let outcome = match head_deadline {
@@ -233,6 +254,24 @@ impl Proxy {
                     None => Some(self.pools.send(dial, request).await),
                 };
                 seen.attempt_ended(outcome.as_ref());
+                if let (Some(r), Some((_, i))) = (&backend.resilience, held.as_deref()) {
+                    let o = match &outcome {
+                        None => Some(Outcome::ServerError),
+                        Some(Ok(resp)) if resp.status().is_server_error() => {
+                            Some(Outcome::ServerError)
+                        }
+                        Some(Ok(_)) => Some(Outcome::Success),
+                        // Refused here, or the client's upload stalled: not
+                        // the endpoint's doing.
+                        Some(Err(UpstreamError::Overflow(_))) => None,
+                        Some(Err(e)) if is_body_idle(e) => None,
+                        Some(Err(e)) if e.is_connect() => Some(Outcome::ConnectFailure),
+                        Some(Err(_)) => Some(Outcome::ServerError),
+                    };
+                    if let Some(o) = o {
+                        r.record(*i, o);
+                    }
+                }
                 if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
                     let retriable = match &outcome {
                         None => true,
@@ -242,9 +281,22 @@ impl Proxy {
                     if retriable && retries < policy.attempts {
                         // Another endpoint of the same backend, if it has several;
                         // the pool gives the copy the target form its connection needs.
-                        let next = backend
-                            .endpoint()
-                            .and_then(|ep| Some((ep, replay.again()?)));
+                        let next = match (&backend.resilience, held.as_deref_mut()) {
+                            (None, _) => backend
+                                .endpoint()
+                                .and_then(|ep| Some((ep, replay.again()?))),
+                            // Another endpoint in the rotation, within the
+                            // breaker's retry budget.
+                            (Some(r), Some((hold, i))) => {
+                                replay.again().filter(|_| r.retry(hold)).map(|again| {
+                                    let j = r.pick_other(*i);
+                                    hold.attempt(r, j);
+                                    *i = j;
+                                    (r.endpoint(j), again)
+                                })
+                            }
+                            (Some(_), None) => None,
+                        };
                         if let Some((ep, again)) = next {
                             drop(outcome);
                             tokio::time::sleep(policy.backoff).await;
@@ -293,6 +345,11 @@ impl Proxy {
                             Some(at) => Deadline::new(body, at).boxed(),
                             None => body,
                         };
+                        // The backend hold lasts until the body is done.
+                        let body = match held.take() {
+                            Some(h) => Held { body, _hold: h.0 }.boxed(),
+                            None => body,
+                        };
                         Ok(Response::from_parts(parts, body))
                     }
                     Some(Err(e)) if is_body_idle(&e) => {
@@ -302,6 +359,7 @@ impl Proxy {
                             "request body timeout",
                         ))
                     }
+                    Some(Err(UpstreamError::Overflow(refused))) => Err(*refused),
                     Some(Err(e)) => {
                         tracing::warn!(
                             route = %t.entry.route,
@@ -371,6 +429,8 @@ impl Proxy {
                         h2c,
                         tls: tls.as_ref(),
                         authority: &host,
+                        // Mirrors are fire and forget: no breaker counts them.
+                        breaker: None,
                     };
                     match pools.send(dial, copy).await {
                         // Drained so the pooled connection can be reused.
@@ -393,6 +453,33 @@ impl Proxy {
             });
         }
         req
+    }
+}
+
+/// A response body that keeps the request's hold on its backend (breaker
+/// slot, endpoint in-flight count) until it is done or dropped.
+struct Held {
+    body: Body,
+    _hold: Hold,
+}
+
+impl hyper::body::Body for Held {
+    type Data = bytes::Bytes;
+    type Error = crate::policy::BoxError;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 

@@ -33,7 +33,7 @@ use hyper::{
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::mirror::UpstreamBody;
-use crate::snapshot::upstream_tls::UpstreamTls;
+use crate::{policy::upstream::Slot, snapshot::upstream_tls::UpstreamTls};
 
 /// Longest wait for a backend's TCP connection (and TLS handshake).
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,13 +70,18 @@ pub enum UpstreamError {
     },
     #[error("upstream exchange")]
     Http(#[source] hyper::Error),
+    /// A new connection would pass a `circuitBreaker` limit of the backend
+    /// (`maxPendingRequests`, `maxConnections`): the request is answered
+    /// with this rejection, nothing was sent.
+    #[error("{0}")]
+    Overflow(Box<crate::policy::Rejection>),
 }
 
 impl UpstreamError {
     /// No connection could be made: nothing reached the backend, so
     /// another endpoint may be tried.
     pub fn is_connect(&self) -> bool {
-        !matches!(self, UpstreamError::Http(_))
+        !matches!(self, UpstreamError::Http(_) | UpstreamError::Overflow(_))
     }
 }
 
@@ -90,6 +95,10 @@ pub struct Dial<'a> {
     pub tls: Option<&'a Arc<UpstreamTls>>,
     /// `:authority` of HTTP/2 requests (HTTP/1.1 requests carry `Host`).
     pub authority: &'a str,
+    /// The backend's circuit breaker, when a policy sets one: a new
+    /// connection takes a pending slot while it is made and a connection
+    /// slot for as long as it is open.
+    pub breaker: Option<&'a crate::policy::upstream::BackendPolicy>,
 }
 
 /// Keys are endpoints from the config: a seeded fast hash, not SipHash.
@@ -276,7 +285,14 @@ impl Pools {
                 // future — which is moved, byte for byte, as it is
                 // awaited — kilobytes larger.
                 None => {
-                    return Box::pin(self.send_new(index, shard, key, dial, req)).await;
+                    let slots = match dial.breaker.map(|b| b.connect_slots()) {
+                        Some(Err(refused)) => {
+                            return Err(UpstreamError::Overflow(Box::new(refused)))
+                        }
+                        Some(Ok(slots)) => slots,
+                        None => None,
+                    };
+                    return Box::pin(self.send_new(index, shard, key, dial, req, slots)).await;
                 }
             }
         }
@@ -332,8 +348,13 @@ impl Pools {
         key: Key,
         dial: Dial<'_>,
         mut req: Request<UpstreamBody>,
+        slots: Option<(Slot, Slot)>,
     ) -> Result<Response<PooledBody>, UpstreamError> {
-        match connect(&dial).await? {
+        let (pending, open) = slots.unzip();
+        let conn = connect(&dial, open).await;
+        // Connected (or not): no longer pending.
+        drop(pending);
+        match conn? {
             Conn::H2(mut tx) => {
                 {
                     let mut s = shard.lock().expect("pool lock");
@@ -437,7 +458,7 @@ fn set_h2_uri(req: &mut Request<UpstreamBody>, dial: &Dial<'_>) {
 
 /// A new connection to the endpoint: TCP, TLS when configured, then the
 /// HTTP handshake; the connection runs in a task of its own.
-async fn connect(dial: &Dial<'_>) -> Result<Conn, UpstreamError> {
+async fn connect(dial: &Dial<'_>, open: Option<Slot>) -> Result<Conn, UpstreamError> {
     let endpoint = dial.endpoint;
     let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect(endpoint))
         .await
@@ -448,8 +469,8 @@ async fn connect(dial: &Dial<'_>) -> Result<Conn, UpstreamError> {
     };
     let _ = tcp.set_nodelay(true);
     match dial.tls {
-        None if dial.h2c => handshake_h2(endpoint, tcp).await,
-        None => handshake_h1(endpoint, tcp).await,
+        None if dial.h2c => handshake_h2(endpoint, tcp, open).await,
+        None => handshake_h1(endpoint, tcp, open).await,
         Some(tls) => {
             // ALPN offers both; the backend's choice decides the protocol.
             let config = Arc::new(tls.config_with_alpn(&[b"h2", b"http/1.1"]));
@@ -465,15 +486,21 @@ async fn connect(dial: &Dial<'_>) -> Result<Conn, UpstreamError> {
                 Err(_) => return Err(UpstreamError::ConnectTimeout { endpoint }),
             };
             if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                handshake_h2(endpoint, stream).await
+                handshake_h2(endpoint, stream, open).await
             } else {
-                handshake_h1(endpoint, stream).await
+                handshake_h1(endpoint, stream, open).await
             }
         }
     }
 }
 
-async fn handshake_h1<T>(endpoint: SocketAddr, io: T) -> Result<Conn, UpstreamError>
+/// `open` (a circuit breaker's connection slot) is held by the connection's
+/// task: given back when the connection closes.
+async fn handshake_h1<T>(
+    endpoint: SocketAddr,
+    io: T,
+    open: Option<Slot>,
+) -> Result<Conn, UpstreamError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -481,6 +508,7 @@ where
         .await
         .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = conn.await {
             tracing::debug!(%endpoint, error = %e, "upstream connection ended with error");
         }
@@ -488,7 +516,11 @@ where
     Ok(Conn::H1(tx))
 }
 
-async fn handshake_h2<T>(endpoint: SocketAddr, io: T) -> Result<Conn, UpstreamError>
+async fn handshake_h2<T>(
+    endpoint: SocketAddr,
+    io: T,
+    open: Option<Slot>,
+) -> Result<Conn, UpstreamError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
@@ -496,6 +528,7 @@ where
         .await
         .map_err(|source| UpstreamError::Handshake { endpoint, source })?;
     tokio::spawn(async move {
+        let _open = open;
         if let Err(e) = conn.await {
             tracing::debug!(%endpoint, error = %e, "upstream HTTP/2 connection ended with error");
         }
@@ -662,6 +695,7 @@ mod tests {
             h2c: false,
             tls: None,
             authority: "backend.example",
+            breaker: None,
         }
     }
 

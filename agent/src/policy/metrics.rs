@@ -29,6 +29,8 @@ pub struct PolicyMetrics {
     pub decisions: Family<DecisionLabels, Counter>,
     /// The rate-limit machinery (store health, tables, penalty box).
     pub ratelimit: super::ratelimit::metrics::RateLimitMetrics,
+    /// The resilience sections (breakers, ejections, panic mode).
+    pub upstream: super::upstream::UpstreamMetrics,
 }
 
 impl PolicyMetrics {
@@ -39,6 +41,7 @@ impl PolicyMetrics {
             self.decisions.clone(),
         );
         self.ratelimit.register(registry);
+        self.upstream.register(registry);
     }
 
     /// The handle of one section of one policy.

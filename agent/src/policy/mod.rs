@@ -70,6 +70,7 @@ pub mod reject;
 pub mod state;
 pub mod template;
 pub mod transform;
+pub mod upstream;
 
 use std::{fmt, sync::Arc};
 
@@ -172,6 +173,11 @@ pub struct RoutePolicy {
     pub transform: Option<Arc<transform::Transform>>,
     /// Which of the requests reach the access log.
     pub log: Option<Arc<log_sampling::LogSampling>>,
+    /// Resilience sections for the rule's backends (load balancing,
+    /// circuit breaking, outlier detection). Not a request phase: the
+    /// control plane compiles them into each backend of the rule, so they
+    /// do not count in [`RoutePolicy::is_empty`].
+    pub upstream: Option<Arc<upstream::UpstreamPolicy>>,
 }
 
 /// What the request phases decided, when the request goes on.
@@ -214,6 +220,7 @@ impl RoutePolicy {
         out.extend(self.rate_limit.iter().map(|r| &*r.section.meta));
         out.extend(self.transform.iter().map(|t| &*t.meta));
         out.extend(self.log.iter().map(|l| &*l.meta));
+        out.extend(self.upstream.iter().flat_map(|u| u.sections()));
         out
     }
 

@@ -96,6 +96,9 @@ pub enum Reason {
     RateLimitUnavailable,
     /// An allow reason only: a `shadow` rule would have refused.
     RateLimitShadow,
+    // Resilience (circuitBreaker).
+    /// A `circuitBreaker` limit of the backend is reached (503 at once).
+    UpstreamOverflow,
 }
 
 impl Reason {
@@ -139,6 +142,7 @@ impl Reason {
             QuotaExceeded => "quota_exceeded",
             RateLimitUnavailable => "rate_limit_unavailable",
             RateLimitShadow => "rate_limited_shadow",
+            UpstreamOverflow => "upstream_overflow",
         }
     }
 
@@ -154,7 +158,9 @@ impl Reason {
             RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             NoBackends | BackendNotResolvable | PolicyInvalid => StatusCode::INTERNAL_SERVER_ERROR,
             NoReadyEndpoints | UpstreamConnect | PolicyUnavailable | ExtAuthUnavailable
-            | Overloaded | RateLimitUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            | Overloaded | RateLimitUnavailable | UpstreamOverflow => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             RateLimited | QuotaExceeded | RateLimitShadow => StatusCode::TOO_MANY_REQUESTS,
             RequestTimeout | UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             UpstreamError => StatusCode::BAD_GATEWAY,

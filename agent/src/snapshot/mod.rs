@@ -303,6 +303,10 @@ pub struct Backend {
     pub protocol: AppProtocol,
     /// Set when connections use TLS (a BackendTLSPolicy targets the port).
     pub tls: Option<Arc<upstream_tls::UpstreamTls>>,
+    /// The governing policy's resilience sections (load balancing, circuit
+    /// breaker, outlier detection) compiled for this backend; `None` keeps
+    /// the plain round robin of [`Backend::endpoint`].
+    pub resilience: Option<Arc<crate::policy::upstream::BackendPolicy>>,
     next: AtomicU64,
 }
 
@@ -356,6 +360,7 @@ impl Backend {
             filters: Vec::new(),
             protocol: AppProtocol::Http1,
             tls: None,
+            resilience: None,
             next: AtomicU64::new(0),
         }
     }

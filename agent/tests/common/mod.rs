@@ -6,6 +6,7 @@ pub mod edge;
 pub mod grpc;
 pub mod idp;
 pub mod redis;
+pub mod upstreams;
 
 use std::{
     collections::BTreeMap,

@@ -77,7 +77,7 @@ pub(in crate::config) fn sluice_policy(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
              extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit, \
-             connection, accessLog)",
+             loadBalancer, circuitBreaker, outlierDetection, healthCheck, connection, accessLog)",
         );
     }
     // Connection settings apply from the accept, before any listener or
@@ -268,6 +268,22 @@ fn sections(
             .rate_limit
             .as_ref()
             .and_then(|r| rate_limit(doc, &format!("{at}.rateLimit"), r)),
+        load_balancer: s
+            .load_balancer
+            .as_ref()
+            .and_then(|l| load_balancer(doc, &format!("{at}.loadBalancer"), l)),
+        circuit_breaker: s
+            .circuit_breaker
+            .as_ref()
+            .and_then(|c| circuit_breaker(doc, &format!("{at}.circuitBreaker"), c)),
+        outlier_detection: s
+            .outlier_detection
+            .as_ref()
+            .and_then(|o| outlier_detection(doc, &format!("{at}.outlierDetection"), o)),
+        health_check: s
+            .health_check
+            .as_ref()
+            .and_then(|h| health_check(doc, &format!("{at}.healthCheck"), h)),
         connection: s
             .connection
             .as_ref()
@@ -377,6 +393,233 @@ fn connection(
         return None;
     }
     Some(section)
+}
+
+/// Converts a `healthCheck` section.
+fn health_check(
+    doc: &mut Doc<'_>,
+    at: &str,
+    h: &wire::HealthCheck,
+) -> Option<model::HealthCheckSpec> {
+    let before = doc.errors.len();
+    let path = match http::uri::PathAndQuery::try_from(h.path.as_str()) {
+        Ok(p) if h.path.starts_with('/') => Some(p),
+        _ => {
+            doc.err(
+                format!("{at}.path"),
+                format!("not an absolute path: {:?}", h.path),
+            );
+            None
+        }
+    };
+    let interval = duration(
+        doc,
+        &format!("{at}.interval"),
+        h.interval.as_deref(),
+        Duration::from_secs(5),
+    );
+    let timeout = duration(
+        doc,
+        &format!("{at}.timeout"),
+        h.timeout.as_deref(),
+        Duration::from_secs(1).min(interval),
+    );
+    if interval < Duration::from_millis(100) {
+        doc.err(format!("{at}.interval"), "must be at least 100ms");
+    }
+    if timeout.is_zero() || timeout > interval {
+        doc.err(
+            format!("{at}.timeout"),
+            format!("must be more than 0 and at most the interval ({interval:?})"),
+        );
+    }
+    for (field, v) in [
+        ("healthyThreshold", h.healthy_threshold),
+        ("unhealthyThreshold", h.unhealthy_threshold),
+    ] {
+        if v == Some(0) {
+            doc.err(format!("{at}.{field}"), "must be at least 1");
+        }
+    }
+    for (i, s) in h.expected_statuses.iter().enumerate() {
+        if !(100..=599).contains(s) {
+            doc.err(
+                format!("{at}.expectedStatuses[{i}]"),
+                format!("not an HTTP status: {s}"),
+            );
+        }
+    }
+    let expected_statuses = if h.expected_statuses.is_empty() {
+        vec![200]
+    } else {
+        h.expected_statuses.clone()
+    };
+    (doc.errors.len() == before).then(|| model::HealthCheckSpec {
+        path: path.expect("checked"),
+        interval,
+        timeout,
+        healthy_threshold: h.healthy_threshold.unwrap_or(1),
+        unhealthy_threshold: h.unhealthy_threshold.unwrap_or(3),
+        expected_statuses,
+    })
+}
+
+/// Converts a `loadBalancer` section.
+fn load_balancer(
+    doc: &mut Doc<'_>,
+    at: &str,
+    l: &wire::LoadBalancer,
+) -> Option<model::LoadBalancerSpec> {
+    let hash = l.consistent_hash.as_ref();
+    match (l.kind.as_str(), hash) {
+        ("RoundRobin", None) => Some(model::LoadBalancerSpec::RoundRobin),
+        ("LeastRequest", None) => Some(model::LoadBalancerSpec::LeastRequest),
+        ("RoundRobin" | "LeastRequest", Some(_)) => {
+            doc.err(
+                format!("{at}.consistentHash"),
+                format!("only with type ConsistentHash, not {:?}", l.kind),
+            );
+            None
+        }
+        ("ConsistentHash", None) => {
+            doc.err(
+                format!("{at}.consistentHash"),
+                "required with type ConsistentHash (header, cookie or sourceAddress)",
+            );
+            None
+        }
+        ("ConsistentHash", Some(h)) => {
+            let at = format!("{at}.consistentHash");
+            let given = usize::from(h.header.is_some())
+                + usize::from(h.cookie.is_some())
+                + usize::from(h.source_address.is_some());
+            if given != 1 {
+                doc.err(&at, "set exactly one of header, cookie, sourceAddress");
+                return None;
+            }
+            if let Some(name) = &h.header {
+                let name = header_name(doc, &format!("{at}.header"), name)?;
+                return Some(model::LoadBalancerSpec::ConsistentHash(
+                    model::HashOn::Header(name),
+                ));
+            }
+            if let Some(c) = &h.cookie {
+                // RFC 6265 cookie-name: an HTTP token.
+                let token = !c.is_empty()
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+                if !token {
+                    doc.err(format!("{at}.cookie"), format!("not a cookie name: {c:?}"));
+                    return None;
+                }
+                return Some(model::LoadBalancerSpec::ConsistentHash(
+                    model::HashOn::Cookie(c.clone()),
+                ));
+            }
+            if h.source_address != Some(true) {
+                doc.err(format!("{at}.sourceAddress"), "must be true when set");
+                return None;
+            }
+            Some(model::LoadBalancerSpec::ConsistentHash(
+                model::HashOn::SourceAddress,
+            ))
+        }
+        (other, _) => {
+            doc.err(
+                format!("{at}.type"),
+                format!("must be RoundRobin, LeastRequest or ConsistentHash, not {other:?}"),
+            );
+            None
+        }
+    }
+}
+
+/// Converts a `circuitBreaker` section.
+fn circuit_breaker(
+    doc: &mut Doc<'_>,
+    at: &str,
+    c: &wire::CircuitBreaker,
+) -> Option<model::CircuitBreakerSpec> {
+    let before = doc.errors.len();
+    let d = model::CircuitBreakerSpec::default();
+    let mut limit = |field: &str, v: Option<u32>, default: u32| match v {
+        Some(0) => {
+            doc.err(format!("{at}.{field}"), "must be at least 1");
+            default
+        }
+        Some(n) => n,
+        None => default,
+    };
+    let spec = model::CircuitBreakerSpec {
+        max_connections: limit("maxConnections", c.max_connections, d.max_connections),
+        max_pending_requests: limit(
+            "maxPendingRequests",
+            c.max_pending_requests,
+            d.max_pending_requests,
+        ),
+        max_requests: limit("maxRequests", c.max_requests, d.max_requests),
+        max_retries: limit("maxRetries", c.max_retries, d.max_retries),
+    };
+    if *c == wire::CircuitBreaker::default() {
+        doc.err(
+            at,
+            "set at least one of maxConnections, maxPendingRequests, maxRequests, maxRetries",
+        );
+    }
+    (doc.errors.len() == before).then_some(spec)
+}
+
+/// Converts an `outlierDetection` section.
+fn outlier_detection(
+    doc: &mut Doc<'_>,
+    at: &str,
+    o: &wire::OutlierDetection,
+) -> Option<model::OutlierSpec> {
+    let before = doc.errors.len();
+    let d = model::OutlierSpec::default();
+    let interval = duration(
+        doc,
+        &format!("{at}.interval"),
+        o.interval.as_deref(),
+        d.interval,
+    );
+    let base = duration(
+        doc,
+        &format!("{at}.baseEjectionTime"),
+        o.base_ejection_time.as_deref(),
+        d.base_ejection_time,
+    );
+    for (field, v) in [("interval", interval), ("baseEjectionTime", base)] {
+        if v < Duration::from_millis(100) {
+            doc.err(format!("{at}.{field}"), "must be at least 100ms");
+        }
+    }
+    if base > Duration::from_secs(300) {
+        doc.err(format!("{at}.baseEjectionTime"), "must be at most 300s");
+    }
+    let percent = o.max_ejection_percent.unwrap_or(d.max_ejection_percent);
+    if percent > 100 {
+        doc.err(
+            format!("{at}.maxEjectionPercent"),
+            format!("must be 0-100, not {percent}"),
+        );
+    }
+    let spec = model::OutlierSpec {
+        consecutive_5xx: o.consecutive_5xx.unwrap_or(d.consecutive_5xx),
+        consecutive_connect_failures: o
+            .consecutive_connect_failures
+            .unwrap_or(d.consecutive_connect_failures),
+        interval,
+        base_ejection_time: base,
+        max_ejection_percent: percent,
+    };
+    if spec.consecutive_5xx == 0 && spec.consecutive_connect_failures == 0 {
+        doc.err(
+            at,
+            "consecutive5xx and consecutiveConnectFailures are both 0: nothing would ever be ejected",
+        );
+    }
+    (doc.errors.len() == before).then_some(spec)
 }
 
 /// Converts a `rateLimit` section.

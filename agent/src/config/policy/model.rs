@@ -17,6 +17,7 @@ pub use crate::policy::{
         QuotaPeriod, QuotaSpec, RateLimitSection, Unit,
     },
     transform::HeaderOps,
+    upstream::{CircuitBreakerSpec, HashOn, HealthCheckSpec, LoadBalancerSpec, OutlierSpec},
     Require,
 };
 
@@ -54,6 +55,10 @@ pub struct PolicySections {
     pub transform: Option<TransformSection>,
     pub cors: Option<Cors>,
     pub rate_limit: Option<RateLimitSection>,
+    pub load_balancer: Option<LoadBalancerSpec>,
+    pub circuit_breaker: Option<CircuitBreakerSpec>,
+    pub outlier_detection: Option<OutlierSpec>,
+    pub health_check: Option<HealthCheckSpec>,
     pub connection: Option<ConnectionSection>,
     pub access_log: Option<AccessLogSection>,
 }

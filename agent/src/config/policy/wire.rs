@@ -110,6 +110,18 @@ sections! {
     connection: Connection,
     /// Which requests reach the access log (a share of them, or errors only).
     access_log: AccessLog,
+    /// How a request's endpoint is chosen among a backend's endpoints
+    /// (every backend of the governed rules).
+    load_balancer: LoadBalancer,
+    /// Per-backend limits on connections, pending requests, requests and
+    /// retries in flight; over a limit the gateway answers 503 at once.
+    circuit_breaker: CircuitBreaker,
+    /// Passive health: endpoints that fail too often in a row leave the
+    /// rotation for a while.
+    outlier_detection: OutlierDetection,
+    /// Active health: each endpoint is asked an HTTP path at an interval;
+    /// unhealthy endpoints leave the rotation.
+    health_check: HealthCheck,
 }
 
 /// A policy target in the policy's namespace.
@@ -751,6 +763,120 @@ pub struct Penalty {
     /// Authentication failures (401) on the governed routes count as refusals (default false).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub on_auth_failure: Option<bool>,
+}
+
+/// `loadBalancer`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[x_kube(validation = Rule::new("self.type == 'ConsistentHash' ? has(self.consistentHash) : !has(self.consistentHash)").message("consistentHash is set exactly when type is ConsistentHash"))]
+pub struct LoadBalancer {
+    /// `RoundRobin` (default), `LeastRequest` (the less loaded of two
+    /// random endpoints) or `ConsistentHash` (session affinity).
+    #[serde(rename = "type")]
+    #[schemars(length(max = 32))]
+    pub kind: String,
+    /// What `ConsistentHash` hashes: exactly one of the fields.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub consistent_hash: Option<ConsistentHash>,
+}
+
+/// The key of a consistent hash: exactly one of `header`, `cookie`,
+/// `sourceAddress`. Requests without the header or cookie are balanced
+/// round robin.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsistentHash {
+    /// A request header's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub header: Option<String>,
+    /// A cookie's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub cookie: Option<String>,
+    /// The client's address (the connection's peer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source_address: Option<bool>,
+}
+
+/// `circuitBreaker`: limits per backend and agent (each defaults to 1024).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CircuitBreaker {
+    /// Connections open to the backend's endpoints; a request that needs a
+    /// new connection over it gets 503.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_connections: Option<u32>,
+    /// Requests waiting for a new connection to be established.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_pending_requests: Option<u32>,
+    /// Requests in flight to the backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_requests: Option<u32>,
+    /// Retries in flight to the backend (a retry budget); past it a failed
+    /// attempt is not retried.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_retries: Option<u32>,
+}
+
+/// `outlierDetection`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct OutlierDetection {
+    /// 5xx answers (or timeouts) in a row that eject an endpoint (default 5; 0: never).
+    #[serde(
+        default,
+        rename = "consecutive5xx",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(extend("format" = "int32"))]
+    pub consecutive_5xx: Option<u32>,
+    /// Failed connection attempts in a row that eject an endpoint (default 5; 0: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub consecutive_connect_failures: Option<u32>,
+    /// Time back in the rotation that takes one off the ejection multiplier (default 10s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Ejection time, multiplied by the number of recent ejections (default 30s, at most 300s in all).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_ejection_time: Option<String>,
+    /// Percent of a backend's endpoints that may be ejected at once (default 10; at least one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 0, max = 100))]
+    pub max_ejection_percent: Option<u32>,
+}
+
+/// `healthCheck`: active HTTP/1.1 checks of every endpoint (plain HTTP,
+/// also for backends reached over TLS).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HealthCheck {
+    /// Path (and query) of the `GET` request, e.g. `/healthz`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub path: String,
+    /// Time between two checks of an endpoint (default 5s).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interval: Option<String>,
+    /// Time a check may take (default 1s; at most the interval).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<String>,
+    /// Successes in a row that bring an unhealthy endpoint back (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub healthy_threshold: Option<u32>,
+    /// Failures in a row that take an endpoint out (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"), range(min = 1))]
+    pub unhealthy_threshold: Option<u32>,
+    /// Statuses that pass (default `[200]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub expected_statuses: Vec<u16>,
 }
 
 /// Gateway API `PolicyStatus`.

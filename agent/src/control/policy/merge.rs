@@ -50,10 +50,14 @@ pub enum SectionKind {
     Connection,
     /// Applied when the access log entry is sent.
     AccessLog,
+    LoadBalancer,
+    CircuitBreaker,
+    OutlierDetection,
+    HealthCheck,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 14] = [
+    pub const ALL: [SectionKind; 18] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -68,7 +72,23 @@ impl SectionKind {
         SectionKind::Transform,
         SectionKind::Connection,
         SectionKind::AccessLog,
+        SectionKind::LoadBalancer,
+        SectionKind::CircuitBreaker,
+        SectionKind::OutlierDetection,
+        SectionKind::HealthCheck,
     ];
+
+    /// The resilience sections: compiled into the governed rules' backends,
+    /// not into a request phase.
+    pub fn is_upstream(self) -> bool {
+        matches!(
+            self,
+            SectionKind::LoadBalancer
+                | SectionKind::CircuitBreaker
+                | SectionKind::OutlierDetection
+                | SectionKind::HealthCheck
+        )
+    }
 
     /// The field name in the spec (and the `section` metric label).
     pub fn name(self) -> &'static str {
@@ -87,6 +107,10 @@ impl SectionKind {
             SectionKind::Transform => "transform",
             SectionKind::Connection => "connection",
             SectionKind::AccessLog => "accessLog",
+            SectionKind::LoadBalancer => "loadBalancer",
+            SectionKind::CircuitBreaker => "circuitBreaker",
+            SectionKind::OutlierDetection => "outlierDetection",
+            SectionKind::HealthCheck => "healthCheck",
         }
     }
 
@@ -106,6 +130,10 @@ impl SectionKind {
             SectionKind::Transform => s.transform.is_some(),
             SectionKind::Connection => s.connection.is_some(),
             SectionKind::AccessLog => s.access_log.is_some(),
+            SectionKind::LoadBalancer => s.load_balancer.is_some(),
+            SectionKind::CircuitBreaker => s.circuit_breaker.is_some(),
+            SectionKind::OutlierDetection => s.outlier_detection.is_some(),
+            SectionKind::HealthCheck => s.health_check.is_some(),
         }
     }
 
@@ -136,6 +164,11 @@ impl SectionKind {
             }
             SectionKind::Connection => into.connection = from.connection.clone(),
             SectionKind::AccessLog => into.access_log = from.access_log,
+            // Whole sections: the most specific (or the overriding) one applies.
+            SectionKind::LoadBalancer => into.load_balancer = from.load_balancer.clone(),
+            SectionKind::CircuitBreaker => into.circuit_breaker = from.circuit_breaker,
+            SectionKind::OutlierDetection => into.outlier_detection = from.outlier_detection,
+            SectionKind::HealthCheck => into.health_check = from.health_check.clone(),
         }
     }
 }

@@ -4,6 +4,8 @@
 //! source filters go to XDP, and the policy status ([`status`]).
 pub mod attach;
 pub mod merge;
+#[cfg(test)]
+mod resilience_tests;
 mod sections;
 mod status;
 
@@ -324,6 +326,11 @@ impl<'a> Policies<'a> {
             }
         }
         out
+    }
+
+    /// The compile's view of the policy state store (backend state).
+    pub(super) fn state(&self) -> &'a Compile<'a> {
+        self.builder.state()
     }
 
     pub(super) fn index(&self) -> &TargetIndex<'a, SluicePolicy> {

@@ -32,6 +32,7 @@ use crate::{
         ratelimit::{self, RateLimit},
         state::{fingerprint, Compile, StateKey},
         transform::Transform,
+        upstream::{Section as UpstreamSection, UpstreamPolicy},
         Authenticator, Broken, PolicyId, PolicyMetrics, Reason, RoutePolicy, SectionMeta,
     },
     snapshot::BackendTarget,
@@ -62,6 +63,8 @@ pub(super) struct SectionBuilder<'a> {
     metrics: &'a PolicyMetrics,
     state: &'a Compile<'a>,
     built: HashMap<(SectionKind, Vec<Contribution>), Result<Built, String>>,
+    /// Resilience sections by their contributions.
+    upstream: HashMap<Vec<(SectionKind, Vec<Contribution>)>, Arc<UpstreamPolicy>>,
     /// Problems found while building, per policy (status `Invalid`).
     pub errors: BTreeMap<ObjectRef, Vec<String>>,
     /// Warnings per policy (e.g. weak `{SHA}` passwords).
@@ -83,6 +86,7 @@ impl<'a> SectionBuilder<'a> {
             metrics,
             state,
             built: HashMap::new(),
+            upstream: HashMap::new(),
             errors: BTreeMap::new(),
             warnings: BTreeMap::new(),
         }
@@ -123,11 +127,13 @@ impl<'a> SectionBuilder<'a> {
         }
         for kind in SectionKind::ALL {
             // Connection settings belong to the Gateway's sockets, not to
-            // requests (see `Policies::connection`).
+            // requests (see `Policies::connection`); upstream sections are
+            // built together by `upstream`.
             if matches!(
                 kind,
                 SectionKind::IpAllow | SectionKind::IpDeny | SectionKind::Connection
-            ) {
+            ) || kind.is_upstream()
+            {
                 continue;
             }
             let key = match eff.sources.get(&kind) {
@@ -167,6 +173,7 @@ impl<'a> SectionBuilder<'a> {
         if let Some(r) = eff.sections.authentication {
             rp.require = r;
         }
+        rp.upstream = self.upstream(eff);
         if let Some((c, kind, e)) = failures.into_iter().next() {
             rp.broken = Some(Broken {
                 reason: Reason::PolicyInvalid,
@@ -218,6 +225,11 @@ impl<'a> SectionBuilder<'a> {
                 meta: Some(meta),
             })),
             SectionKind::Authentication | SectionKind::Connection => Built::Require,
+            // Built together by `upstream`, never here.
+            SectionKind::LoadBalancer
+            | SectionKind::CircuitBreaker
+            | SectionKind::OutlierDetection
+            | SectionKind::HealthCheck => Built::Require,
             SectionKind::Authorization => {
                 let a = s.authorization.clone().expect("set");
                 Built::Authz(Arc::new(Authorization {
@@ -308,6 +320,67 @@ impl<'a> SectionBuilder<'a> {
                 ))))
             }
         })
+    }
+
+    /// The resilience sections of `eff`, once per combination of
+    /// contributions; `None` without any.
+    fn upstream(&mut self, eff: &Effective) -> Option<Arc<UpstreamPolicy>> {
+        let key: Vec<(SectionKind, Vec<Contribution>)> = SectionKind::ALL
+            .into_iter()
+            .filter(|k| k.is_upstream())
+            .filter_map(|k| Some((k, eff.sources.get(&k)?.clone())))
+            .collect();
+        let last = |kind: SectionKind| -> Option<&Contribution> {
+            key.iter().find(|(k, _)| *k == kind)?.1.last()
+        };
+        // The state's owner: the policy behind the section with the most
+        // state (health checkers, ejections, breaker counts, in-flight counts).
+        let owner = [
+            SectionKind::HealthCheck,
+            SectionKind::OutlierDetection,
+            SectionKind::CircuitBreaker,
+            SectionKind::LoadBalancer,
+        ]
+        .into_iter()
+        .find_map(last)?
+        .clone();
+        if let Some(p) = self.upstream.get(&key) {
+            return Some(p.clone());
+        }
+        let s = &eff.sections;
+        let section = |this: &Self, kind: SectionKind| last(kind).map(|c| this.meta(c, kind));
+        let policy = Arc::new(UpstreamPolicy {
+            load_balancer: s
+                .load_balancer
+                .clone()
+                .zip(section(self, SectionKind::LoadBalancer))
+                .map(|(spec, meta)| UpstreamSection { spec, meta }),
+            circuit_breaker: s
+                .circuit_breaker
+                .zip(section(self, SectionKind::CircuitBreaker))
+                .map(|(spec, meta)| UpstreamSection { spec, meta }),
+            outlier: s
+                .outlier_detection
+                .zip(section(self, SectionKind::OutlierDetection))
+                .map(|(spec, meta)| UpstreamSection { spec, meta }),
+            health: s
+                .health_check
+                .clone()
+                .zip(section(self, SectionKind::HealthCheck))
+                .map(|(spec, meta)| UpstreamSection { spec, meta }),
+            owner: PolicyId::new("SluicePolicy", &owner.policy.namespace, &owner.policy.name),
+            // Who contributed, and what: a changed section is new state.
+            fingerprint: fingerprint(&(
+                &key,
+                &s.load_balancer,
+                &s.circuit_breaker,
+                &s.outlier_detection,
+                &s.health_check,
+            )),
+            metrics: self.metrics.upstream.clone(),
+        });
+        self.upstream.insert(key, policy.clone());
+        Some(policy)
     }
 
     /// The filter of one level's ipAllow and ipDeny, once per combination.
