@@ -38,7 +38,8 @@
 //!    failures count towards penalties that ask for it.
 //! 8. **request transform** — [`transform`]: header set/add/remove with
 //!    templated values; the request body limit is armed ([`limits`]).
-//! 9. **upstream** — HTTPRoute filters, backend choice, retries, mirrors
+//! 9. **upstream** — the response cache first ([`response_cache`]: a hit
+//!    answers here, concurrent misses coalesce), then HTTPRoute filters, backend choice, retries, mirrors
 //!    ([`crate::gateway`]).
 //! 10. **response transform** — [`RoutePolicy::response`]: CORS response
 //!     headers and response header transforms.
@@ -65,6 +66,7 @@ pub mod metrics;
 pub mod prefix;
 pub mod ratelimit;
 pub mod reject;
+pub mod response_cache;
 pub mod state;
 pub mod template;
 pub mod transform;
@@ -168,6 +170,8 @@ pub struct RoutePolicy {
     /// Bound to the route and Gateway it governs.
     pub rate_limit: Option<Arc<ratelimit::Bound>>,
     pub transform: Option<Arc<transform::Transform>>,
+    /// The response cache (`cache`), looked up after the request phases.
+    pub cache: Option<Arc<response_cache::ResponseCache>>,
 }
 
 /// What the request phases decided, when the request goes on.
@@ -190,6 +194,7 @@ impl RoutePolicy {
             && self.authz.is_none()
             && self.rate_limit.is_none()
             && self.transform.is_none()
+            && self.cache.is_none()
     }
 
     /// The sections in effect, each with the policy it comes from (for the
@@ -209,6 +214,7 @@ impl RoutePolicy {
         out.extend(self.authz.iter().map(|a| &*a.meta));
         out.extend(self.rate_limit.iter().map(|r| &*r.section.meta));
         out.extend(self.transform.iter().map(|t| &*t.meta));
+        out.extend(self.cache.iter().map(|c| &*c.meta));
         out
     }
 

@@ -79,6 +79,7 @@ mod tests {
                     ("transform", s.transform.is_some()),
                     ("cors", s.cors.is_some()),
                     ("rateLimit", s.rate_limit.is_some()),
+                    ("cache", s.cache.is_some()),
                 ];
                 seen.extend(
                     set.iter()
@@ -105,6 +106,7 @@ mod tests {
             "transform",
             "cors",
             "rateLimit",
+            "cache",
         ] {
             assert!(bare.contains(section), "{section} missing from {seen:?}");
         }

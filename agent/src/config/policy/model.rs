@@ -16,6 +16,7 @@ pub use crate::policy::{
         ClusterRuleSpec, FailureMode, HeaderStyle, KeySpec, LocalRuleSpec, PenaltySpec, QuotaKey,
         QuotaPeriod, QuotaSpec, RateLimitSection, Unit,
     },
+    response_cache::CacheSpec,
     transform::HeaderOps,
     Require,
 };
@@ -54,6 +55,8 @@ pub struct PolicySections {
     pub transform: Option<TransformSection>,
     pub cors: Option<Cors>,
     pub rate_limit: Option<RateLimitSection>,
+    /// `cache`.
+    pub cache: Option<CacheSpec>,
 }
 
 impl PolicySections {

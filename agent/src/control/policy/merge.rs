@@ -46,10 +46,11 @@ pub enum SectionKind {
     Authorization,
     RateLimit,
     Transform,
+    Cache,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 13] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -62,6 +63,7 @@ impl SectionKind {
         SectionKind::Authorization,
         SectionKind::RateLimit,
         SectionKind::Transform,
+        SectionKind::Cache,
     ];
 
     /// The field name in the spec (and the `section` metric label).
@@ -79,6 +81,7 @@ impl SectionKind {
             SectionKind::Authorization => "authorization",
             SectionKind::RateLimit => "rateLimit",
             SectionKind::Transform => "transform",
+            SectionKind::Cache => "cache",
         }
     }
 
@@ -96,6 +99,7 @@ impl SectionKind {
             SectionKind::Authorization => s.authorization.is_some(),
             SectionKind::RateLimit => s.rate_limit.is_some(),
             SectionKind::Transform => s.transform.is_some(),
+            SectionKind::Cache => s.cache.is_some(),
         }
     }
 
@@ -106,6 +110,7 @@ impl SectionKind {
             // Not merged: every level's source filter applies (see `effective`).
             SectionKind::IpAllow | SectionKind::IpDeny => {}
             SectionKind::Limits => into.limits = from.limits,
+            SectionKind::Cache => into.cache = from.cache,
             SectionKind::Cors => into.cors = from.cors.clone(),
             SectionKind::Jwt => {
                 into.jwt = merge_jwt(into.jwt.take(), from.jwt.clone(), from_wins_lists)

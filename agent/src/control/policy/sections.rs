@@ -29,6 +29,7 @@ use crate::{
         jwt::{JwtAuth, JwtConfig, KeySource, ProviderConfig},
         limits::Limits,
         ratelimit::{self, RateLimit},
+        response_cache::{store::Store, ResponseCache},
         state::{fingerprint, Compile, StateKey},
         transform::Transform,
         Authenticator, Broken, PolicyId, PolicyMetrics, Reason, RoutePolicy, SectionMeta,
@@ -46,6 +47,7 @@ enum Built {
     Authz(Arc<Authorization>),
     RateLimit(Arc<ratelimit::Bound>),
     Transform(Arc<Transform>),
+    Cache(Arc<ResponseCache>),
     /// `authentication.require`: nothing to compile.
     Require,
 }
@@ -152,6 +154,7 @@ impl<'a> SectionBuilder<'a> {
                 Ok(Built::Authz(a)) => rp.authz = Some(a),
                 Ok(Built::RateLimit(r)) => rp.rate_limit = Some(r),
                 Ok(Built::Transform(t)) => rp.transform = Some(t),
+                Ok(Built::Cache(c)) => rp.cache = Some(c),
                 Ok(Built::Require) => {}
                 Err(e) => failures.push((key.last().expect("non-empty").clone(), kind, e)),
             }
@@ -253,6 +256,23 @@ impl<'a> SectionBuilder<'a> {
                 let section =
                     RateLimit::compile(r, owner, meta, self.state.state().rate_limits().clone());
                 Built::RateLimit(Arc::new(ratelimit::Bound::new(Arc::new(section))))
+            }
+            SectionKind::Cache => {
+                let spec = s.cache.expect("set");
+                // The store belongs to the policy that set the section and
+                // outlives reloads that leave its spec unchanged.
+                let policy =
+                    PolicyId::new("SluicePolicy", &last.policy.namespace, &last.policy.name);
+                let store = self.state.get_or_insert(
+                    StateKey {
+                        policy: policy.clone(),
+                        section: "cache",
+                        item: "responses".into(),
+                        fingerprint: fingerprint(&spec),
+                    },
+                    || Store::new(policy, spec.max_bytes, spec.max_entry_bytes),
+                );
+                Built::Cache(Arc::new(ResponseCache { spec, store, meta }))
             }
             SectionKind::Transform => {
                 let t = s.transform.clone().expect("set");
