@@ -17,7 +17,13 @@ async fn setup(policy: &str) -> (sluice::app::App, TestClient, Origin) {
     let origin = Origin::start().await;
     let port = free_port();
     let dir = config_dir();
-    let text = format!(
+    write_config(&dir, "all.yaml", &config(port, &origin, policy));
+    let app = start(&dir).await;
+    (app, TestClient::new(port), origin)
+}
+
+fn config(port: u16, origin: &Origin, policy: &str) -> String {
+    format!(
         r#"{gw}
 ---
 apiVersion: gateway.networking.k8s.io/v1
@@ -33,10 +39,7 @@ spec:
 "#,
         gw = gateway_yaml(port),
         svc = service_yaml("team-a", "origin", origin.addr),
-    );
-    write_config(&dir, "all.yaml", &text);
-    let app = start(&dir).await;
-    (app, TestClient::new(port), origin)
+    )
 }
 
 const CACHE: &str = r#"
@@ -642,4 +645,70 @@ spec:
     }
     assert_eq!(o.count("/plain"), 1, "defaultTtl");
     assert_eq!(o.count("/zero"), 2, "the origin's max-age=0 wins");
+}
+
+#[tokio::test]
+async fn a_reload_keeps_the_entries_of_an_unchanged_policy_and_drops_a_changed_ones() {
+    let origin = Origin::start().await;
+    let port = free_port();
+    let dir = config_dir();
+    write_config(&dir, "all.yaml", &config(port, &origin, CACHE));
+    let _app = start(&dir).await;
+    let c = TestClient::new(port);
+    origin.script("/a", Script::ok("a", &[("cache-control", "max-age=600")]));
+    get(&c, "/a", &[]).await;
+    // Another route added: the policy is untouched.
+    let other = r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: team-a}
+spec:
+  parentRefs: [{name: gw, namespace: infra}]
+  hostnames: [other.example.com]
+  rules: [{backendRefs: [{name: origin, port: 8080}]}]
+"#;
+    write_config(
+        &dir,
+        "all.yaml",
+        &config(port, &origin, &format!("{CACHE}{other}")),
+    );
+    let mut applied = false;
+    for _ in 0..200 {
+        if c.send(Method::GET, "other.example.com", "/x", &[])
+            .await
+            .status
+            == StatusCode::OK
+        {
+            applied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(applied, "the reload was applied");
+    let r = get(&c, "/a", &[]).await;
+    assert!(
+        status(&r).starts_with("sluice; hit"),
+        "kept: {}",
+        status(&r)
+    );
+    assert_eq!(origin.count("/a"), 1);
+    // A changed cache section starts empty.
+    let changed = CACHE.replace("maxBytes: 1048576", "maxBytes: 2097152");
+    write_config(
+        &dir,
+        "all.yaml",
+        &config(port, &origin, &format!("{changed}{other}")),
+    );
+    let mut refetched = false;
+    for _ in 0..200 {
+        let r = get(&c, "/a", &[]).await;
+        if status(&r).starts_with("sluice; fwd=uri-miss") {
+            refetched = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(refetched, "a changed policy does not keep the old entries");
+    assert_eq!(origin.count("/a"), 2);
 }
