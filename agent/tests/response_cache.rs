@@ -623,6 +623,16 @@ spec:
         "cached, yet no key no answer"
     );
     assert_eq!(o.count("/k"), 1);
+    // Authenticated by the API key (stripped before the backend): the
+    // answer may be the client's own, stored only when it says `public`.
+    o.script(
+        "/mine",
+        Script::ok("mine", &[("cache-control", "max-age=600")]),
+    );
+    let r = get(&c, "/mine", &key).await;
+    assert_eq!(status(&r), "sluice; fwd=uri-miss; detail=authorization");
+    get(&c, "/mine", &key).await;
+    assert_eq!(o.count("/mine"), 2);
 }
 
 #[tokio::test]

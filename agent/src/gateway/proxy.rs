@@ -717,8 +717,15 @@ impl Proxy {
             limit_hit = hit;
             if let Some(c) = &policy.cache {
                 let id = &ctx.identity;
-                let authenticated =
-                    id.claims.is_some() || id.api_client.is_some() || id.user.is_some();
+                // An external authorization service leaves no identity
+                // here, but may have set identity headers for the backend.
+                let authenticated = id.claims.is_some()
+                    || id.api_client.is_some()
+                    || id.user.is_some()
+                    || policy
+                        .authn
+                        .iter()
+                        .any(|a| matches!(a, crate::policy::Authenticator::Ext(_)));
                 cache = Some((c, sent_credentials || authenticated));
             }
         }
