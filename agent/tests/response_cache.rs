@@ -722,3 +722,23 @@ spec:
     assert!(refetched, "a changed policy does not keep the old entries");
     assert_eq!(origin.count("/a"), 2);
 }
+
+#[tokio::test]
+async fn a_hit_answers_the_clients_own_conditions_with_304() {
+    let (_app, c, o) = setup(CACHE).await;
+    o.script(
+        "/c",
+        Script::ok(
+            "body",
+            &[("cache-control", "max-age=600"), ("etag", "\"e1\"")],
+        ),
+    );
+    get(&c, "/c", &[]).await;
+    let r = get(&c, "/c", &[("if-none-match", "\"e1\"")]).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::NOT_MODIFIED, ""));
+    assert!(status(&r).starts_with("sluice; hit"), "{}", status(&r));
+    assert_eq!(r.headers["etag"], "\"e1\"");
+    let r = get(&c, "/c", &[("if-none-match", "\"old\"")]).await;
+    assert_eq!((r.status, r.body.as_str()), (StatusCode::OK, "body"));
+    assert_eq!(o.count("/c"), 1, "both answered from the cache");
+}

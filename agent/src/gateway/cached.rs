@@ -26,8 +26,9 @@ use crate::policy::{
         coalesce::{FlightGuard, Join},
         fill::Fill,
         key::BaseKey,
-        respond,
+        respond, respond_not_modified,
         rules::{vary_names, RequestDirectives, RequestFacts},
+        satisfies_conditions,
         store::{Entry, Found},
         CacheStatus, ResponseCache,
     },
@@ -118,6 +119,10 @@ impl Proxy {
                         ttl: Some(e.ttl(now)),
                         ..CacheStatus::default()
                     };
+                    // The client's own validators match: it has the body.
+                    if satisfies_conditions(&e, &parts.headers) {
+                        return Ok(from_cache(respond_not_modified(&e, now, status)));
+                    }
                     return Ok(from_cache(respond(&e, head, now, status)));
                 }
                 if !directives.no_cache && young_enough && e.within_stale_while_revalidate(now) {

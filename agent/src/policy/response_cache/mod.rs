@@ -247,6 +247,45 @@ pub fn respond(entry: &Entry, head: bool, now: Instant, status: CacheStatus) -> 
     resp
 }
 
+/// Whether a client's own conditions are met by a stored entry, so that a
+/// `304 Not Modified` answers it (RFC 9111 §4.3.2; RFC 9110 §13.1.2:
+/// `If-None-Match` with the weak comparison, which then decides alone;
+/// else `If-Modified-Since` against `Last-Modified`).
+pub fn satisfies_conditions(entry: &Entry, request: &HeaderMap) -> bool {
+    let mut tags = request.get_all(header::IF_NONE_MATCH).iter().peekable();
+    if tags.peek().is_some() {
+        let Some(etag) = entry
+            .headers
+            .get(header::ETAG)
+            .and_then(|v| v.to_str().ok())
+        else {
+            return false;
+        };
+        let opaque = |t: &str| t.trim().trim_start_matches("W/").to_owned();
+        return tags
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim() == "*" || opaque(t) == opaque(etag));
+    }
+    let date = |v: &HeaderValue| httpdate::parse_http_date(v.to_str().ok()?).ok();
+    match (
+        request.get(header::IF_MODIFIED_SINCE).and_then(date),
+        entry.headers.get(header::LAST_MODIFIED).and_then(date),
+    ) {
+        (Some(since), Some(modified)) => modified <= since,
+        _ => false,
+    }
+}
+
+/// The `304 Not Modified` for a stored entry whose validators the client
+/// already has: its fields, no content.
+pub fn respond_not_modified(entry: &Entry, now: Instant, status: CacheStatus) -> Response<Body> {
+    let mut resp = respond(entry, true, now, status);
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    resp.headers_mut().remove(header::CONTENT_LENGTH);
+    resp
+}
+
 /// Adds the validators of a stored entry to a request that revalidates it
 /// (RFC 9111 §4.3.1), unless the client sent conditions of its own.
 pub fn add_conditions(entry: &Entry, headers: &mut HeaderMap) {
@@ -360,5 +399,66 @@ mod tests {
         let resp = respond(&e, true, Instant::now(), CacheStatus::default());
         assert_eq!(resp.headers()[header::AGE], "0");
         assert_eq!(resp.headers()[header::CONTENT_LENGTH], "5");
+        let nm = respond_not_modified(&e, Instant::now(), CacheStatus::default());
+        assert_eq!(nm.status(), StatusCode::NOT_MODIFIED);
+        assert!(!nm.headers().contains_key(header::CONTENT_LENGTH));
+        assert_eq!(nm.headers()[header::ETAG], "\"v1\"");
+    }
+
+    #[test]
+    fn client_conditions_are_evaluated_against_the_entry() {
+        let c = cache();
+        let mut h = HeaderMap::new();
+        h.insert(header::ETAG, HeaderValue::from_static("W/\"v1\""));
+        h.insert(
+            header::LAST_MODIFIED,
+            HeaderValue::from_static("Mon, 07 Dec 2026 04:00:00 GMT"),
+        );
+        let base = key::BaseKey::new(&Arc::from("ns/r"), 0, "http", "h", &"/".parse().unwrap());
+        let req = RequestFacts {
+            method: &http::Method::GET,
+            directives: Default::default(),
+            authorized: false,
+        };
+        let e = c
+            .prepare(
+                base,
+                req,
+                &HeaderMap::new(),
+                SystemTime::now(),
+                StatusCode::OK,
+                &h,
+            )
+            .unwrap()
+            .head;
+        let cond = |pairs: &[(&'static str, &'static str)]| {
+            let mut r = HeaderMap::new();
+            for (n, v) in pairs {
+                r.append(*n, HeaderValue::from_static(v));
+            }
+            satisfies_conditions(&e, &r)
+        };
+        assert!(
+            cond(&[("if-none-match", "\"v0\", \"v1\"")]),
+            "weak comparison"
+        );
+        assert!(cond(&[("if-none-match", "*")]));
+        assert!(!cond(&[("if-none-match", "\"v2\"")]));
+        assert!(
+            !cond(&[
+                ("if-none-match", "\"v2\""),
+                ("if-modified-since", "Tue, 08 Dec 2026 00:00:00 GMT")
+            ]),
+            "If-None-Match decides alone"
+        );
+        assert!(cond(&[(
+            "if-modified-since",
+            "Mon, 07 Dec 2026 04:00:00 GMT"
+        )]));
+        assert!(!cond(&[(
+            "if-modified-since",
+            "Mon, 07 Dec 2026 03:59:59 GMT"
+        )]));
+        assert!(!cond(&[]));
     }
 }
