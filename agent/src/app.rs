@@ -298,6 +298,11 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             desired: runtime.kernel_applied(),
         }));
     }
+    registry.register_collector(Box::new(
+        crate::policy::response_cache::metrics::CacheCollector(Arc::downgrade(
+            &runtime.policy_state,
+        )),
+    ));
     registry.register_collector(Box::new(ShardCollector {
         runtime: Arc::downgrade(&runtime),
     }));

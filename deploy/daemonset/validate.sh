@@ -215,6 +215,10 @@ reject "negative maxRequestBodyBytes" 'spec.limits.maxRequestBodyBytes.*greater 
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
 limits: {maxRequestBodyBytes: -1}
 EOF
+reject "cache maxBytes of zero" 'spec.cache.maxBytes.*greater than or equal to 1' <<'EOF'
+targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
+cache: {maxBytes: 0}
+EOF
 reject "extAuth port out of range" 'spec.extAuth.backendRef.port.*less than or equal to 65535' <<'EOF'
 targetRefs: [{group: gateway.networking.k8s.io, kind: Gateway, name: gw}]
 extAuth: {protocol: HTTP, backendRef: {name: authz, port: 70000}}

@@ -150,6 +150,29 @@ async fn the_policy_example_does_what_its_readme_says() {
         "https://shop.example.com"
     );
 
+    // Catalog: the response cache answers the second request, and the
+    // platform's override header is still applied to the hit.
+    let cache_status = |a: &Answer| {
+        a.headers
+            .get("cache-status")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned()
+    };
+    let first = get("/catalog/items", vec![]).await;
+    assert!(
+        cache_status(&first).starts_with("sluice; fwd=uri-miss; stored; ttl="),
+        "{}",
+        cache_status(&first)
+    );
+    let second = get("/catalog/items", vec![]).await;
+    assert!(
+        cache_status(&second).starts_with("sluice; hit; ttl="),
+        "{}",
+        cache_status(&second)
+    );
+    assert_eq!(second.headers["x-served-by"], "sluice");
+
     // Orders: JWT, claims, authorization.
     let r = get("/orders", vec![]).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);

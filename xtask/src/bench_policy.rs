@@ -12,7 +12,11 @@
 //! external authorization call to the backend; rate limits: a local (GCRA)
 //! rule and a cluster rule counted in a Redis the benchmark starts (batched
 //! sync), each with a limit the load never reaches, so every request pays
-//! the check and the RateLimit headers. Rounds are interleaved with
+//! the check and the RateLimit headers; the response cache: a route whose
+//! answers Sluice stores (`cache` with `defaultTtl`), so every measured
+//! request is a hit, next to the backend asked directly and to nginx with
+//! `proxy_cache` (one worker, on the proxy CPU like Sluice) in front of the
+//! same backend. Rounds are interleaved with
 //! the order rotated; each row is the median round by req/s. The issue's
 //! target: JWT with repeat tokens costs at most 10 % of the no-policy req/s.
 use std::{
@@ -47,13 +51,25 @@ const GATEWAY_PORT: u16 = 18600;
 const ADMIN_PORT: u16 = 18601;
 const BACKEND_PORT: u16 = 18602;
 const REDIS_PORT: u16 = 18603;
+/// nginx with `proxy_cache` in front of the backend (the cache-hit anchor).
+const NGINX_CACHE_PORT: u16 = 18604;
 const ISSUER: &str = "https://idp.bench";
 /// The bcrypt hash (cost 10) of `bench-secret` for user `bench`.
 const HTPASSWD: &str = "bench:$2b$10$OKtG6bJPfEIloX1dypstYeAASPQSC7M0scDHE07yLjHRxsq/l8DKu";
 
+/// Which process serves a scenario (its CPU time is the one counted).
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Served {
+    Sluice,
+    /// The backend asked directly (no proxy).
+    Backend,
+    NginxCache,
+}
+
 /// One measured scenario: a Host, and how wrk sends requests.
 struct Scenario {
     label: &'static str,
+    served: Served,
     host: &'static str,
     headers: Vec<String>,
     /// A Lua file that sends a fresh token per request.
@@ -153,6 +169,7 @@ fn sluice_config(keys: &Keys) -> String {
         ("ext", "ext.bench"),
         ("rl-local", "rl-local.bench"),
         ("rl-cluster", "rl-cluster.bench"),
+        ("cache", "cache.bench"),
     ] {
         s.push_str(&route(name, host));
     }
@@ -192,7 +209,30 @@ fn sluice_config(keys: &Keys) -> String {
              rateLimit: {{{rule}}}\n"
         ));
     }
+    // The backend sends no freshness: defaultTtl makes its answer a hit for the run.
+    s.push_str(
+        "---\napiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\nmetadata: {name: cache, namespace: bench}\n\
+         spec:\n  targetRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: cache}]\n  \
+         cache: {defaultTtl: 1h}\n",
+    );
     s
+}
+
+/// nginx with `proxy_cache` in front of the backend, stored for an hour
+/// like Sluice's `defaultTtl`, keep-alive to the backend.
+fn nginx_cache_config(dir: &Path) -> String {
+    format!(
+        "{}http {{\n  access_log off;\n{}  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
+         proxy_cache_path {}/nginx-cache levels=1 keys_zone=bench:10m max_size=64m;\n\
+         upstream backend {{ server 127.0.0.1:{BACKEND_PORT}; keepalive 32; }}\n\
+         server {{\n    listen 127.0.0.1:{NGINX_CACHE_PORT} default_server;\n    \
+         location / {{\n      proxy_pass http://backend;\n      proxy_http_version 1.1;\n      \
+         proxy_set_header Connection \"\";\n      proxy_cache bench;\n      proxy_cache_valid 200 1h;\n      \
+         add_header X-Cache-Status $upstream_cache_status;\n    }}\n  }}\n}}\n",
+        nginx_common(dir, "nginx-cache"),
+        nginx_temp_paths(dir, "nginx-cache"),
+        dir.display(),
+    )
 }
 
 /// The backend: `200 ok` from memory, and 200 (allow) for the external
@@ -228,7 +268,7 @@ struct Sample {
     errors: u64,
 }
 
-fn run_wrk(opts: &Options, s: &Scenario, dir: &Path, sluice: &Proc) -> Result<Sample> {
+fn run_wrk(opts: &Options, s: &Scenario, dir: &Path, served_by: &Proc) -> Result<Sample> {
     check_interrupted()?;
     let base = dir.join("percentiles.lua");
     let script = s.script.clone().unwrap_or(base);
@@ -243,8 +283,13 @@ fn run_wrk(opts: &Options, s: &Scenario, dir: &Path, sluice: &Proc) -> Result<Sa
     for h in &s.headers {
         cmd.arg("-H").arg(h);
     }
-    cmd.arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"));
-    let tree = sluice.tree();
+    let port = match s.served {
+        Served::Sluice => GATEWAY_PORT,
+        Served::Backend => BACKEND_PORT,
+        Served::NginxCache => NGINX_CACHE_PORT,
+    };
+    cmd.arg(format!("http://127.0.0.1:{port}/"));
+    let tree = served_by.tree();
     let tick = clock_ticks();
     let (cpu0, _) = usage(&tree, tick);
     let out = cmd.output().context("running wrk")?;
@@ -363,6 +408,24 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         port_open(REDIS_PORT)
     })?;
 
+    for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(format!("nginx-cache-tmp/{t}")))?;
+    }
+    std::fs::create_dir_all(dir.join("nginx-cache"))?;
+    std::fs::write(dir.join("nginx-cache.conf"), nginx_cache_config(dir))?;
+    let mut cmd = pinned(&opts.proxy_cpu.to_string(), &which("nginx"));
+    cmd.arg("-c")
+        .arg(dir.join("nginx-cache.conf"))
+        .arg("-p")
+        .arg(dir);
+    let mut nginx_cache = Proc::spawn("nginx-cache", cmd, &dir.join("nginx-cache.log"))?;
+    wait_until(
+        "nginx-cache",
+        &mut nginx_cache,
+        Duration::from_secs(20),
+        || port_open(NGINX_CACHE_PORT),
+    )?;
+
     let config = dir.join("config");
     std::fs::create_dir_all(&config)?;
     std::fs::write(config.join("bench.yaml"), sluice_config(&keys))?;
@@ -387,12 +450,14 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
     let scenarios = vec![
         Scenario {
             label: "no policy",
+            served: Served::Sluice,
             host: "none.bench",
             headers: vec![],
             script: None,
         },
         Scenario {
             label: "JWT RS256, repeat token",
+            served: Served::Sluice,
             host: "jwt-rs.bench",
             headers: vec![bearer(token(
                 &keys.rsa,
@@ -404,12 +469,14 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         },
         Scenario {
             label: "JWT RS256, fresh tokens",
+            served: Served::Sluice,
             host: "jwt-rs.bench",
             headers: vec![],
             script: Some(dir.join("rs-fresh.lua")),
         },
         Scenario {
             label: "JWT ES256, repeat token",
+            served: Served::Sluice,
             host: "jwt-es.bench",
             headers: vec![bearer(token(
                 &keys.ec,
@@ -421,37 +488,64 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         },
         Scenario {
             label: "JWT ES256, fresh tokens",
+            served: Served::Sluice,
             host: "jwt-es.bench",
             headers: vec![],
             script: Some(dir.join("es-fresh.lua")),
         },
         Scenario {
             label: "API key",
+            served: Served::Sluice,
             host: "key.bench",
             headers: vec!["x-api-key: bench-key-1".into()],
             script: None,
         },
         Scenario {
             label: "Basic auth (bcrypt, cached)",
+            served: Served::Sluice,
             host: "basic.bench",
             headers: vec![basic],
             script: None,
         },
         Scenario {
             label: "external auth (HTTP call)",
+            served: Served::Sluice,
             host: "ext.bench",
             headers: vec![],
             script: None,
         },
         Scenario {
             label: "rate limit, local (GCRA)",
+            served: Served::Sluice,
             host: "rl-local.bench",
             headers: vec![],
             script: None,
         },
         Scenario {
             label: "rate limit, cluster (Redis, batched)",
+            served: Served::Sluice,
             host: "rl-cluster.bench",
+            headers: vec![],
+            script: None,
+        },
+        Scenario {
+            label: "response cache, hit",
+            served: Served::Sluice,
+            host: "cache.bench",
+            headers: vec![],
+            script: None,
+        },
+        Scenario {
+            label: "anchor: backend direct (no proxy)",
+            served: Served::Backend,
+            host: "none.bench",
+            headers: vec![],
+            script: None,
+        },
+        Scenario {
+            label: "anchor: nginx proxy_cache, hit",
+            served: Served::NginxCache,
+            host: "none.bench",
             headers: vec![],
             script: None,
         },
@@ -473,9 +567,12 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
             c.arg("-H")
                 .arg(bearer(first.lines().next().unwrap_or("").to_owned()));
         }
-        let out = c
-            .arg(format!("http://127.0.0.1:{GATEWAY_PORT}/"))
-            .output()?;
+        let port = match s.served {
+            Served::Sluice => GATEWAY_PORT,
+            Served::Backend => BACKEND_PORT,
+            Served::NginxCache => NGINX_CACHE_PORT,
+        };
+        let out = c.arg(format!("http://127.0.0.1:{port}/")).output()?;
         let code = String::from_utf8_lossy(&out.stdout).to_string();
         ensure!(
             code == "200",
@@ -488,7 +585,13 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         for k in 0..scenarios.len() {
             let i = (k + round) % scenarios.len();
             sluice.ensure_running()?;
-            let s = run_wrk(opts, &scenarios[i], dir, &sluice)?;
+            nginx_cache.ensure_running()?;
+            let served_by = match scenarios[i].served {
+                Served::Sluice => &sluice,
+                Served::Backend => &backend,
+                Served::NginxCache => &nginx_cache,
+            };
+            let s = run_wrk(opts, &scenarios[i], dir, served_by)?;
             eprintln!(
                 "round {}: {:<38} {:>9.0} req/s  p99 {:>6.0} µs",
                 round + 1,
@@ -525,5 +628,24 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         jwt,
         if jwt >= 0.9 { "met" } else { "MISSED" }
     );
+    let row = |label: &str| {
+        scenarios
+            .iter()
+            .position(|s| s.label == label)
+            .map(|i| &medians[i])
+    };
+    if let (Some(hit), Some(nginx), Some(direct)) = (
+        row("response cache, hit"),
+        row("anchor: nginx proxy_cache, hit"),
+        row("anchor: backend direct (no proxy)"),
+    ) {
+        println!(
+            "Response cache hit: {:.2}× nginx proxy_cache req/s, CPU per request {:.2}× nginx's; \
+             {:.2}× the backend asked directly (CPU of each row: the process that served it)",
+            hit.rps / nginx.rps.max(1e-9),
+            hit.cpu_per_100k / nginx.cpu_per_100k.max(1e-9),
+            hit.rps / direct.rps.max(1e-9),
+        );
+    }
     Ok(())
 }

@@ -315,6 +315,7 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
         return match answered {
             "redirect" => "RD",
             "cors_preflight" => "CP",
+            "cache_hit" => "CH",
             _ => "-",
         };
     };
@@ -384,6 +385,7 @@ mod tests {
     fn flags_tell_gateway_answers_apart() {
         assert_eq!(flag(None, "upstream"), "-");
         assert_eq!(flag(None, "redirect"), "RD");
+        assert_eq!(flag(None, "cache_hit"), "CH");
         assert_eq!(flag(Some(Reason::NoRoute), ""), "NR");
         assert_eq!(flag(Some(Reason::UpstreamTimeout), ""), "UT");
         assert_eq!(flag(Some(Reason::UpstreamConnect), ""), "UF");

@@ -3,7 +3,9 @@
 //! applied), `/metrics` (Prometheus: OpenMetrics when asked for, else text
 //! format 0.0.4), `/config` (what is served), `/status` (Gateway API status
 //! conditions), `/ratelimit` (penalty box, cluster store, quotas) and
-//! `DELETE /ratelimit/penalties?prefix=...` (take a source out of the box).
+//! `DELETE /ratelimit/penalties?prefix=...` (take a source out of the box),
+//! `/cache` (response caches) and `DELETE /cache?policy=ns/name&prefix=/p`
+//! (purge).
 //!
 //! Who may see what: `/metrics`, `/healthz` and `/readyz` are for anyone who
 //! reaches a listener (Prometheus, kubelet probes on the node's address);
@@ -35,6 +37,7 @@ use crate::{
     snapshot::Snapshot,
 };
 
+mod cache;
 pub mod exposition;
 pub mod overview;
 
@@ -570,6 +573,10 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
         ),
         "/ratelimit/penalties" if req.method() == http::Method::DELETE => {
             remove_penalty(state, req.uri().query().unwrap_or(""))
+        }
+        "/cache" if req.method() == http::Method::GET => cache::view(state),
+        "/cache" if req.method() == http::Method::DELETE => {
+            cache::purge(state, req.uri().query().unwrap_or(""))
         }
         "/status" => {
             let status = state.status.lock().map(|s| s.clone()).unwrap_or_default();

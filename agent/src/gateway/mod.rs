@@ -1,6 +1,7 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
 mod body_idle;
+mod cached;
 mod conn_watch;
 mod deadline;
 pub mod edge;

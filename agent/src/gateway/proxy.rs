@@ -754,7 +754,7 @@ impl Proxy {
     // struct would be one more value moved into this future's state.
     #[allow(clippy::too_many_arguments)]
     async fn exchange(
-        &self,
+        self: &Arc<Self>,
         policy: &RoutePolicy,
         ctx: Option<&mut RequestCtx<'_>>,
         target: Target<'_>,
@@ -764,8 +764,13 @@ impl Proxy {
         seen: &mut UpstreamSeen,
     ) -> Result<Response<Body>, Rejection> {
         let mut limit_hit = None;
+        let mut cache = None;
         if let Some(ctx) = ctx {
             ctx.origin = parts.headers.get(header::ORIGIN).cloned();
+            // Before authentication strips it: a request that came with
+            // credentials may get a personal answer (RFC 9111 §3.5).
+            let sent_credentials =
+                policy.cache.is_some() && parts.headers.contains_key(header::AUTHORIZATION);
             // Boxed: authentication may call out (JWKS, external auth), and
             // that state inline would enlarge every request's future, policy
             // or not (futures are moved byte for byte as they are awaited).
@@ -779,8 +784,27 @@ impl Proxy {
             let (limited, hit) = policy.limit_body(body);
             body = limited;
             limit_hit = hit;
+            if let Some(c) = &policy.cache {
+                let id = &ctx.identity;
+                // An external authorization service leaves no identity
+                // here, but may have set identity headers for the backend.
+                let authenticated = id.claims.is_some()
+                    || id.api_client.is_some()
+                    || id.user.is_some()
+                    || policy
+                        .authn
+                        .iter()
+                        .any(|a| matches!(a, crate::policy::Authenticator::Ext(_)));
+                cache = Some((c, sent_credentials || authenticated));
+            }
         }
-        let outcome = self.forward(target, conn, parts, body, seen).await;
+        let outcome = match cache {
+            // Boxed: routes without a cache do not carry its state.
+            Some((c, authorized)) => {
+                Box::pin(self.cached(c, authorized, target, conn, parts, body, seen)).await
+            }
+            None => self.forward(target, conn, parts, body, seen).await,
+        };
         match (outcome, limit_hit) {
             // The body outgrew the limit while streaming: the exchange
             // failed because of it, and it is the client's 413.
@@ -797,6 +821,7 @@ impl Proxy {
 /// The request authority as received: `:authority` for HTTP/2 (and an
 /// absolute-form HTTP/1.1 target), else the Host header. Kept as a header
 /// value: the Host header's is shared with the request, not copied.
+#[derive(Clone)]
 pub(super) struct Authority {
     value: HeaderValue,
     /// Whether `value` is the request's own Host header (else the

@@ -38,7 +38,8 @@
 //!    failures count towards penalties that ask for it.
 //! 8. **request transform** — [`transform`]: header set/add/remove with
 //!    templated values; the request body limit is armed ([`limits`]).
-//! 9. **upstream** — HTTPRoute filters, backend choice, retries, mirrors
+//! 9. **upstream** — the response cache first ([`response_cache`]: a hit
+//!    answers here, concurrent misses coalesce), then HTTPRoute filters, backend choice, retries, mirrors
 //!    ([`crate::gateway`]).
 //! 10. **response transform** — [`RoutePolicy::response`]: CORS response
 //!     headers and response header transforms.
@@ -67,6 +68,7 @@ pub mod metrics;
 pub mod prefix;
 pub mod ratelimit;
 pub mod reject;
+pub mod response_cache;
 pub mod state;
 pub mod template;
 pub mod transform;
@@ -178,6 +180,8 @@ pub struct RoutePolicy {
     /// control plane compiles them into each backend of the rule, so they
     /// do not count in [`RoutePolicy::is_empty`].
     pub upstream: Option<Arc<upstream::UpstreamPolicy>>,
+    /// The response cache (`cache`), looked up after the request phases.
+    pub cache: Option<Arc<response_cache::ResponseCache>>,
 }
 
 /// What the request phases decided, when the request goes on.
@@ -200,6 +204,7 @@ impl RoutePolicy {
             && self.authz.is_none()
             && self.rate_limit.is_none()
             && self.transform.is_none()
+            && self.cache.is_none()
     }
 
     /// The sections in effect, each with the policy it comes from (for the
@@ -221,6 +226,7 @@ impl RoutePolicy {
         out.extend(self.transform.iter().map(|t| &*t.meta));
         out.extend(self.log.iter().map(|l| &*l.meta));
         out.extend(self.upstream.iter().flat_map(|u| u.sections()));
+        out.extend(self.cache.iter().map(|c| &*c.meta));
         out
     }
 

@@ -5,6 +5,7 @@
 pub mod edge;
 pub mod grpc;
 pub mod idp;
+pub mod origin;
 pub mod redis;
 pub mod upstreams;
 
@@ -421,4 +422,24 @@ pub async fn admin_get(app: &App, path: &str) -> String {
         .expect("admin body")
         .to_bytes();
     String::from_utf8_lossy(&body).into_owned()
+}
+
+/// A request with `method` on the admin endpoint: status and body as text.
+pub async fn admin_send(app: &App, method: Method, path: &str) -> (StatusCode, String) {
+    let client: Client<HttpConnector, Full<Bytes>> =
+        Client::builder(TokioExecutor::new()).build_http();
+    let req = Request::builder()
+        .method(method)
+        .uri(format!("http://{}{path}", app.admin_addr))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let resp = client.request(req).await.expect("admin request");
+    let status = resp.status();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .expect("admin body")
+        .to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -77,7 +77,8 @@ pub(in crate::config) fn sluice_policy(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
              extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit, \
-             loadBalancer, circuitBreaker, outlierDetection, healthCheck, connection, accessLog)",
+             loadBalancer, circuitBreaker, outlierDetection, healthCheck, connection, accessLog, \
+             cache)",
         );
     }
     // Connection settings apply from the accept, before any listener or
@@ -307,7 +308,42 @@ fn sections(
                 min_status: l.min_status.unwrap_or(0),
             })
         }),
+        cache: s
+            .cache
+            .as_ref()
+            .and_then(|c| cache(doc, &format!("{at}.cache"), c)),
     }
+}
+
+/// Converts a `cache` section.
+fn cache(doc: &mut Doc<'_>, at: &str, c: &wire::Cache) -> Option<model::CacheSpec> {
+    use crate::policy::response_cache as rc;
+    let before = doc.errors.len();
+    let default_ttl = c
+        .default_ttl
+        .as_deref()
+        .map(|raw| duration(doc, &format!("{at}.defaultTtl"), Some(raw), Duration::ZERO));
+    if default_ttl == Some(Duration::ZERO) && doc.errors.len() == before {
+        doc.err(format!("{at}.defaultTtl"), "must be longer than 0s");
+    }
+    let coalesce_wait = duration(
+        doc,
+        &format!("{at}.coalesceWait"),
+        c.coalesce_wait.as_deref(),
+        rc::DEFAULT_COALESCE_WAIT,
+    );
+    let spec = model::CacheSpec {
+        max_bytes: c.max_bytes.unwrap_or(rc::DEFAULT_MAX_BYTES),
+        max_entry_bytes: c
+            .max_entry_bytes
+            .unwrap_or(rc::DEFAULT_MAX_ENTRY_BYTES.min(c.max_bytes.unwrap_or(u64::MAX))),
+        default_ttl,
+        coalesce_wait,
+    };
+    if let Err(e) = spec.validate() {
+        doc.err(at, e.to_string());
+    }
+    (doc.errors.len() == before).then_some(spec)
 }
 
 /// Converts a `connection` section: every field within its range.

@@ -81,6 +81,7 @@ mod tests {
                     ("rateLimit", s.rate_limit.is_some()),
                     ("connection", s.connection.is_some()),
                     ("accessLog", s.access_log.is_some()),
+                    ("cache", s.cache.is_some()),
                 ];
                 seen.extend(
                     set.iter()
@@ -109,6 +110,7 @@ mod tests {
             "rateLimit",
             "connection",
             "accessLog",
+            "cache",
         ] {
             assert!(bare.contains(section), "{section} missing from {seen:?}");
         }

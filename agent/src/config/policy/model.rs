@@ -16,6 +16,7 @@ pub use crate::policy::{
         ClusterRuleSpec, FailureMode, HeaderStyle, KeySpec, LocalRuleSpec, PenaltySpec, QuotaKey,
         QuotaPeriod, QuotaSpec, RateLimitSection, Unit,
     },
+    response_cache::CacheSpec,
     transform::HeaderOps,
     upstream::{CircuitBreakerSpec, HashOn, HealthCheckSpec, LoadBalancerSpec, OutlierSpec},
     Require,
@@ -55,6 +56,8 @@ pub struct PolicySections {
     pub transform: Option<TransformSection>,
     pub cors: Option<Cors>,
     pub rate_limit: Option<RateLimitSection>,
+    /// `cache`.
+    pub cache: Option<CacheSpec>,
     pub load_balancer: Option<LoadBalancerSpec>,
     pub circuit_breaker: Option<CircuitBreakerSpec>,
     pub outlier_detection: Option<OutlierSpec>,

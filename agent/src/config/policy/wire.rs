@@ -36,7 +36,7 @@ macro_rules! sections {
             printcolumn = r#"{"name":"Target-Kind","type":"string","jsonPath":".spec.targetRefs[0].kind"}"#,
             printcolumn = r#"{"name":"Target","type":"string","jsonPath":".spec.targetRefs[0].name"}"#,
             printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-            doc = "SluicePolicy attaches API policy (authentication, authorization, IP filtering, request limits, rate limits and quotas, header transformation, CORS) to Gateways and HTTPRoutes in its own namespace (Gateway API policy attachment, GEP-713)."
+            doc = "SluicePolicy attaches API policy (authentication, authorization, IP filtering, request limits, rate limits and quotas, header transformation, CORS, response caching) to Gateways and HTTPRoutes in its own namespace (Gateway API policy attachment, GEP-713)."
         )]
         #[serde(rename_all = "camelCase", deny_unknown_fields)]
         #[x_kube(validation = Rule::new("self.targetRefs.all(a, self.targetRefs.exists_one(b, a.kind == b.kind && a.name == b.name && (has(a.sectionName) ? has(b.sectionName) && a.sectionName == b.sectionName : !has(b.sectionName))))").message("targetRefs must be distinct (kind, name, sectionName)"))]
@@ -122,6 +122,8 @@ sections! {
     /// Active health: each endpoint is asked an HTTP path at an interval;
     /// unhealthy endpoints leave the rotation.
     health_check: HealthCheck,
+    /// Shared HTTP response cache (RFC 9111) for the routes the policy governs.
+    cache: Cache,
 }
 
 /// A policy target in the policy's namespace.
@@ -927,4 +929,34 @@ pub struct Condition {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     pub last_transition_time: String,
+}
+
+/// `cache`: a shared HTTP cache with the RFC 9111 rules (`Cache-Control`,
+/// `Expires`, `Vary`, revalidation, `stale-while-revalidate`,
+/// `stale-if-error`). Only GET and HEAD are answered from it.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Cache {
+    /// Bytes the policy's cache may hold in all (bodies, headers, keys),
+    /// shared by every route the policy governs; least recently used
+    /// entries are evicted first. Default 64 MiB.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"), range(min = 1))]
+    pub max_bytes: Option<u64>,
+    /// Largest entry stored; a larger response streams through uncached.
+    /// Default 1 MiB; at most `maxBytes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int64"), range(min = 1))]
+    pub max_entry_bytes: Option<u64>,
+    /// Freshness given to responses for which the origin gives none (no
+    /// `max-age`, `s-maxage` or `Expires`). Unset: such responses are
+    /// stored only when they carry a validator, and revalidated on every use.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub default_ttl: Option<String>,
+    /// How long concurrent misses of one resource wait for the one request
+    /// that went upstream before going themselves. Default 5s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    pub coalesce_wait: Option<String>,
 }

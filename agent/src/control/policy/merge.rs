@@ -54,10 +54,11 @@ pub enum SectionKind {
     CircuitBreaker,
     OutlierDetection,
     HealthCheck,
+    Cache,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 18] = [
+    pub const ALL: [SectionKind; 19] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -76,6 +77,7 @@ impl SectionKind {
         SectionKind::CircuitBreaker,
         SectionKind::OutlierDetection,
         SectionKind::HealthCheck,
+        SectionKind::Cache,
     ];
 
     /// The resilience sections: compiled into the governed rules' backends,
@@ -111,6 +113,7 @@ impl SectionKind {
             SectionKind::CircuitBreaker => "circuitBreaker",
             SectionKind::OutlierDetection => "outlierDetection",
             SectionKind::HealthCheck => "healthCheck",
+            SectionKind::Cache => "cache",
         }
     }
 
@@ -134,6 +137,7 @@ impl SectionKind {
             SectionKind::CircuitBreaker => s.circuit_breaker.is_some(),
             SectionKind::OutlierDetection => s.outlier_detection.is_some(),
             SectionKind::HealthCheck => s.health_check.is_some(),
+            SectionKind::Cache => s.cache.is_some(),
         }
     }
 
@@ -144,6 +148,7 @@ impl SectionKind {
             // Not merged: every level's source filter applies (see `effective`).
             SectionKind::IpAllow | SectionKind::IpDeny => {}
             SectionKind::Limits => into.limits = from.limits,
+            SectionKind::Cache => into.cache = from.cache,
             SectionKind::Cors => into.cors = from.cors.clone(),
             SectionKind::Jwt => {
                 into.jwt = merge_jwt(into.jwt.take(), from.jwt.clone(), from_wins_lists)

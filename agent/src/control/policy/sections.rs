@@ -30,6 +30,7 @@ use crate::{
         limits::Limits,
         log_sampling::{LogFilter, LogSampling},
         ratelimit::{self, RateLimit},
+        response_cache::{store::Store, ResponseCache},
         state::{fingerprint, Compile, StateKey},
         transform::Transform,
         upstream::{Section as UpstreamSection, UpstreamPolicy},
@@ -49,6 +50,7 @@ enum Built {
     RateLimit(Arc<ratelimit::Bound>),
     Transform(Arc<Transform>),
     Log(Arc<LogSampling>),
+    Cache(Arc<ResponseCache>),
     /// `authentication.require`: nothing to compile.
     Require,
 }
@@ -166,6 +168,7 @@ impl<'a> SectionBuilder<'a> {
                 Ok(Built::RateLimit(r)) => rp.rate_limit = Some(r),
                 Ok(Built::Transform(t)) => rp.transform = Some(t),
                 Ok(Built::Log(l)) => rp.log = Some(l),
+                Ok(Built::Cache(c)) => rp.cache = Some(c),
                 Ok(Built::Require) => {}
                 Err(e) => failures.push((key.last().expect("non-empty").clone(), kind, e)),
             }
@@ -280,6 +283,23 @@ impl<'a> SectionBuilder<'a> {
                     filter: LogFilter::new(l.sample_percent, l.min_status),
                     meta,
                 }))
+            }
+            SectionKind::Cache => {
+                let spec = s.cache.expect("set");
+                // The store belongs to the policy that set the section and
+                // outlives reloads that leave its spec unchanged.
+                let policy =
+                    PolicyId::new("SluicePolicy", &last.policy.namespace, &last.policy.name);
+                let store = self.state.get_or_insert(
+                    StateKey {
+                        policy: policy.clone(),
+                        section: "cache",
+                        item: "responses".into(),
+                        fingerprint: fingerprint(&spec),
+                    },
+                    || Store::new(policy, spec.max_bytes, spec.max_entry_bytes),
+                );
+                Built::Cache(Arc::new(ResponseCache { spec, store, meta }))
             }
             SectionKind::Transform => {
                 let t = s.transform.clone().expect("set");
