@@ -165,7 +165,7 @@ pub(super) fn listener_conflicts(gateway: &Gateway) -> HashMap<&str, ListenerPro
     let served: Vec<_> = gateway
         .listeners
         .iter()
-        .filter(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
+        .filter(|l| l.protocol.is_served())
         .collect();
     let mut out = HashMap::new();
     for (i, l) in served.iter().enumerate() {
@@ -291,21 +291,21 @@ pub(super) fn compute(
             let attached = attached[gi][li];
             // Both route kinds Sluice serves, in the order allowedRoutes
             // admits them (every kind when it names none).
-            let route_kinds: Vec<RouteKind> = [
-                (l.allows_http_routes, "HTTPRoute"),
-                (l.allows_grpc_routes, "GRPCRoute"),
-            ]
-            .into_iter()
-            .filter(|(allowed, _)| *allowed)
-            .map(|(_, kind)| RouteKind {
-                group: super::refgrant::GATEWAY_GROUP,
-                kind,
-            })
-            .collect();
+            let route_kinds: Vec<RouteKind> = l
+                .allowed_kinds
+                .iter()
+                .map(|kind| RouteKind {
+                    group: super::refgrant::GATEWAY_GROUP,
+                    kind: kind.as_str(),
+                })
+                .collect();
             let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) = match &l
                 .protocol
             {
-                ListenerProtocol::Http | ListenerProtocol::Https => (
+                ListenerProtocol::Http
+                | ListenerProtocol::Https
+                | ListenerProtocol::TlsPassthrough
+                | ListenerProtocol::Tcp => (
                     route_kinds,
                     vec![
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
@@ -418,7 +418,7 @@ pub(super) fn compute(
             });
         }
         let any_programmed = gateway.listeners.iter().any(|l| {
-            matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
+            l.protocol.is_served()
                 && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
         });
         let addresses = gateway_addresses(gateway, node_addresses);
@@ -655,7 +655,7 @@ spec:
   listeners:
   - {name: http, port: 80, protocol: HTTP, hostname: foo.example.com}
   - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing-cert}]}}
-  - {name: tcp, port: 9000, protocol: TCP}
+  - {name: udp, port: 9000, protocol: UDP}
 ---
 apiVersion: v1
 kind: Service
@@ -729,10 +729,10 @@ spec: {ports: [{port: 8080}]}
             "False"
         );
         assert_eq!(
-            condition(&l("tcp").conditions, "Accepted").reason,
+            condition(&l("udp").conditions, "Accepted").reason,
             "UnsupportedProtocol"
         );
-        assert!(l("tcp").supported_kinds.is_empty());
+        assert!(l("udp").supported_kinds.is_empty());
         assert_eq!(condition(&gw.conditions, "Programmed").status, "True");
         assert_eq!(
             condition(&gw.conditions, "Accepted").observed_generation,
@@ -811,7 +811,7 @@ spec:
         let s = status("");
         let c = condition(&s.gateways[0].conditions, "Accepted");
         assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
-        assert!(c.message.contains("tcp"), "{}", c.message);
+        assert!(c.message.contains("udp"), "{}", c.message);
         let (s, _) = gateway_status(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
              metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \

@@ -1,6 +1,7 @@
 //! The in-process L7 gateway (the data path). Reads snapshots only; never
 //! touches config parsing or the kernel maps.
 mod body_idle;
+mod client_hello;
 mod conn_watch;
 mod deadline;
 pub mod edge;
@@ -8,6 +9,7 @@ pub mod filters;
 mod forward;
 mod grpc_status;
 mod host;
+mod l4;
 mod load;
 mod logged;
 mod mirror;
