@@ -335,6 +335,16 @@ async fn status_reports_kinds_attachments_and_refusals() {
         .await
             >= 1.0
     );
+    let config: serde_json::Value =
+        serde_json::from_str(&admin_get(&f.app, "/config").await).unwrap();
+    let served = config["shards"][0]["listeners"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["name"] == "tls")
+        .unwrap()
+        .clone();
+    assert_eq!(served["relay"], "TLS Passthrough");
     let cross = route_status(&status, "TLSRoute", "cross");
     assert_eq!(
         parent_condition(cross, "Accepted"),

@@ -167,6 +167,30 @@ mod tests {
     }
 
     #[test]
+    fn the_example_is_valid() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/l4");
+        let files: Vec<_> = ["gateway.yaml", "backends.yaml", "routes.yaml"]
+            .iter()
+            .map(|f| (dir.join(f), std::fs::read_to_string(dir.join(f)).unwrap()))
+            .collect();
+        let c = parse_documents(files.iter().map(|(p, t)| (p.as_path(), t.as_str()))).unwrap();
+        let kinds: Vec<RouteKind> = c.routes.iter().map(|r| r.kind).collect();
+        assert_eq!(kinds, [RouteKind::Tcp, RouteKind::Tls]);
+        let protocols: Vec<_> = c.gateways[0]
+            .listeners
+            .iter()
+            .map(|l| l.protocol.clone())
+            .collect();
+        assert_eq!(
+            protocols,
+            [
+                super::super::ListenerProtocol::Tcp,
+                super::super::ListenerProtocol::TlsPassthrough
+            ]
+        );
+    }
+
+    #[test]
     fn udp_route_is_refused_by_name() {
         let udp = TLS
             .replace("TLSRoute", "UDPRoute")

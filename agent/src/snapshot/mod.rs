@@ -174,6 +174,16 @@ pub enum L4Mode {
     Tcp,
 }
 
+impl L4Mode {
+    /// The listener protocol it serves, as `/config` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Mode::TlsPassthrough => "TLS Passthrough",
+            L4Mode::Tcp => "TCP",
+        }
+    }
+}
+
 impl Shard {
     /// The L4 mode of connections to destination `port`, when its listeners
     /// relay instead of speaking HTTP. Listeners of other protocols do not
