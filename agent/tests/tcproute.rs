@@ -66,8 +66,7 @@ spec:
     text.push_str(&route("echo", "echo", "{name: a, port: 8080}"));
     // A younger route on the same listener: attached, but the older serves.
     text.push_str(
-        &route("echo-younger", "echo", "{name: b, port: 8080}")
-            .replace("2026-01-01", "2026-02-01"),
+        &route("echo-younger", "echo", "{name: b, port: 8080}").replace("2026-01-01", "2026-02-01"),
     );
     text.push_str(&route(
         "split",
@@ -97,7 +96,11 @@ async fn connect(port: u16) -> TcpStream {
 async fn bytes_flow_both_ways_and_a_half_close_passes_through() {
     let f = fixture().await;
     let mut s = connect(f.echo).await;
-    assert_eq!(read_line(&mut s).await.unwrap(), "a", "the older route serves");
+    assert_eq!(
+        read_line(&mut s).await.unwrap(),
+        "a",
+        "the older route serves"
+    );
     // Binary data, every byte value, in one go and back.
     let data: Vec<u8> = (0..=255u8).cycle().take(64 * 1024).collect();
     let (mut r, mut w) = s.into_split();

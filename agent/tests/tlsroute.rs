@@ -54,7 +54,12 @@ spec:
     tls: {{mode: Passthrough}}
 "#
     );
-    for (name, addr) in [("a", a_addr), ("b", b_addr), ("wild", w_addr), ("ip", ip_addr)] {
+    for (name, addr) in [
+        ("a", a_addr),
+        ("b", b_addr),
+        ("wild", w_addr),
+        ("ip", ip_addr),
+    ] {
         text.push_str(&service_yaml("infra", name, addr));
     }
     text.push_str(&service_yaml("apps", "a2", a_addr));
@@ -321,7 +326,10 @@ async fn status_reports_kinds_attachments_and_refusals() {
         "False/RefNotPermitted"
     );
     let granted = route_status(&status, "TLSRoute", "refs-granted");
-    assert_eq!(parent_condition(granted, "ResolvedRefs"), "True/ResolvedRefs");
+    assert_eq!(
+        parent_condition(granted, "ResolvedRefs"),
+        "True/ResolvedRefs"
+    );
     // The backend a reference without grant would reach is never dialled.
     assert!(tls_connect(f.port, "denied.example.com", &f.a.ca, false)
         .await

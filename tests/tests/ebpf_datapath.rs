@@ -1029,5 +1029,8 @@ fn tcp_and_tls_listeners_are_steered_by_sk_lookup_like_http_ones() {
         "sluice_xdp_packets_total",
         &["team-a/l4", "pass_allowed"],
     );
-    assert!(allowed.unwrap_or(0.0) > 0.0, "XDP admitted the L4 traffic: {metrics}");
+    assert!(
+        allowed.unwrap_or(0.0) > 0.0,
+        "XDP admitted the L4 traffic: {metrics}"
+    );
 }

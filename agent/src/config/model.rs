@@ -346,7 +346,10 @@ impl ListenerProtocol {
 
     /// Whether connections are relayed at layer 4 (no HTTP is spoken).
     pub fn is_l4(&self) -> bool {
-        matches!(self, ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp)
+        matches!(
+            self,
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp
+        )
     }
 }
 

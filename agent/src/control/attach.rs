@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
-    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef,
-    NAMESPACE_NAME_LABEL,
+    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, NAMESPACE_NAME_LABEL,
 };
 
 pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {

@@ -418,8 +418,7 @@ pub(super) fn compute(
             });
         }
         let any_programmed = gateway.listeners.iter().any(|l| {
-            l.protocol.is_served()
-                && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
+            l.protocol.is_served() && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
         });
         let addresses = gateway_addresses(gateway, node_addresses);
         let mut conditions = vec![

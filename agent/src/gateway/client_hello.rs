@@ -209,7 +209,11 @@ mod tests {
     #[test]
     fn finds_the_server_name_among_other_extensions() {
         let hello = records(
-            &body(&[(10, vec![0, 2, 0, 29]), sni(b"API.Example.COM."), (16, vec![0])]),
+            &body(&[
+                (10, vec![0, 2, 0, 29]),
+                sni(b"API.Example.COM."),
+                (16, vec![0]),
+            ]),
             MAX_RECORD,
         );
         assert_eq!(parse(&hello), Parsed::Hello(Some("api.example.com".into())));
@@ -256,7 +260,10 @@ mod tests {
         let mut b = body(&[sni(b"a.example.com")]);
         let n = b.len();
         b[n - 20] = 0xff;
-        assert!(matches!(parse(&records(&b, MAX_RECORD)), Parsed::Invalid(_)));
+        assert!(matches!(
+            parse(&records(&b, MAX_RECORD)),
+            Parsed::Invalid(_)
+        ));
         // A name that is not a DNS name.
         let hello = records(&body(&[sni(b"a b\x00")]), MAX_RECORD);
         assert!(matches!(parse(&hello), Parsed::Invalid(_)));

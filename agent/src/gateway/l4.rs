@@ -134,9 +134,7 @@ pub(super) async fn serve(
 
 /// Reads until the ClientHello is complete: the bytes read (to be sent on
 /// as they are) and its server name.
-async fn read_client_hello(
-    client: &mut TcpStream,
-) -> Result<(Vec<u8>, Option<String>), Refused> {
+async fn read_client_hello(client: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), Refused> {
     let mut buf = Vec::with_capacity(2048);
     let read = async {
         loop {

@@ -534,7 +534,10 @@ mod tests {
     #[test]
     fn tls_and_tcp_routes_are_converted_and_bad_ones_reported_with_their_kind() {
         let route = |kind, name: &str, spec: serde_json::Value| {
-            (kind, obj(kind, Some("a"), name, serde_json::json!({ "spec": spec })))
+            (
+                kind,
+                obj(kind, Some("a"), name, serde_json::json!({ "spec": spec })),
+            )
         };
         let s = stores(vec![
             route(
@@ -555,12 +558,26 @@ mod tests {
             ),
         ]);
         let out = Converter::default().convert(&s, &[], &[]);
-        let kinds: Vec<_> = out.config.routes.iter().map(|r| (r.id.name.as_str(), r.kind)).collect();
-        assert!(kinds.contains(&("tls", crate::config::RouteKind::Tls)), "{kinds:?}");
-        assert!(kinds.contains(&("tcp", crate::config::RouteKind::Tcp)), "{kinds:?}");
+        let kinds: Vec<_> = out
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.id.name.as_str(), r.kind))
+            .collect();
+        assert!(
+            kinds.contains(&("tls", crate::config::RouteKind::Tls)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("tcp", crate::config::RouteKind::Tcp)),
+            "{kinds:?}"
+        );
         assert_eq!(kinds.len(), 2);
         assert_eq!(out.errors.len(), 1);
-        assert_eq!(out.errors[0].0, (Kind::TcpRoute, ObjectRef::new("a", "bad")));
+        assert_eq!(
+            out.errors[0].0,
+            (Kind::TcpRoute, ObjectRef::new("a", "bad"))
+        );
         assert!(out.errors[0].1[0].to_string().contains("exactly one rule"));
         assert_eq!(
             out.invalid_route_parents,

@@ -137,7 +137,11 @@ impl AsyncWrite for OneByteWrites {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let n = if self.one_byte { buf.len().min(1) } else { buf.len() };
+        let n = if self.one_byte {
+            buf.len().min(1)
+        } else {
+            buf.len()
+        };
         Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
     }
 
@@ -145,10 +149,7 @@ impl AsyncWrite for OneByteWrites {
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
-    fn poll_shutdown(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<std::io::Result<()>> {
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
@@ -177,7 +178,10 @@ pub async fn read_line<S: AsyncRead + Unpin>(s: &mut S) -> std::io::Result<Strin
 /// waiting at most `within`.
 pub async fn closed_without_data<S: AsyncRead + Unpin>(s: &mut S, within: Duration) -> bool {
     let mut b = [0u8; 64];
-    matches!(tokio::time::timeout(within, s.read(&mut b)).await, Ok(Ok(0) | Err(_)))
+    matches!(
+        tokio::time::timeout(within, s.read(&mut b)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 /// The route `name` of `kind` in admin `/status`.
