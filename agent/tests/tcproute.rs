@@ -215,6 +215,22 @@ async fn status_counts_every_route_of_a_listener() {
         .clone();
     assert_eq!(listener["supportedKinds"][0]["kind"], "TCPRoute");
     assert_eq!(listener["attachedRoutes"], 2);
+    // The status page's data: the routes and their backends, relayed.
+    let overview: serde_json::Value =
+        serde_json::from_str(&admin_get(&f.app, "/api/overview").await).unwrap();
+    let upstream = overview["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "infra/a:8080")
+        .unwrap_or_else(|| panic!("infra/a:8080 in {overview}"))
+        .clone();
+    assert_eq!(upstream["protocol"], "tcp");
+    assert!(upstream["usedBy"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r == "infra/split"));
     for name in ["echo", "echo-younger", "dead"] {
         let r = route_status(&status, "TCPRoute", name);
         assert_eq!(parent_condition(r, "Accepted"), "True/Accepted", "{name}");
