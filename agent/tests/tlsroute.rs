@@ -149,8 +149,8 @@ spec:
 }
 
 /// Handshake through the gateway, then the backend's greeting and an echo.
-async fn exchange(port: u16, sni: &str, cert: &TestCert, one_byte: bool) -> String {
-    let mut s = tls_connect(port, sni, &cert.ca, one_byte)
+async fn exchange(port: u16, sni: &str, cert: &TestCert, framing: Framing) -> String {
+    let mut s = tls_connect(port, sni, &cert.ca, framing)
         .await
         .unwrap_or_else(|e| panic!("TLS to {sni} through the gateway: {e}"));
     let name = read_line(&mut s).await.expect("greeting");
@@ -162,25 +162,35 @@ async fn exchange(port: u16, sni: &str, cert: &TestCert, one_byte: bool) -> Stri
 #[tokio::test]
 async fn sni_picks_the_backend_which_terminates_tls_itself() {
     let f = fixture().await;
-    assert_eq!(exchange(f.port, "a.example.com", &f.a, false).await, "a");
-    assert_eq!(exchange(f.port, "b.example.com", &f.b, false).await, "b");
     assert_eq!(
-        exchange(f.port, "x.wild.example.com", &f.wild, false).await,
+        exchange(f.port, "a.example.com", &f.a, Framing::Whole).await,
+        "a"
+    );
+    assert_eq!(
+        exchange(f.port, "b.example.com", &f.b, Framing::Whole).await,
+        "b"
+    );
+    assert_eq!(
+        exchange(f.port, "x.wild.example.com", &f.wild, Framing::Whole).await,
         "wild"
     );
     // The wildcard covers labels in front of its suffix, not the suffix.
-    assert!(tls_connect(f.port, "wild.example.com", &f.wild.ca, false)
-        .await
-        .is_err());
+    assert!(
+        tls_connect(f.port, "wild.example.com", &f.wild.ca, Framing::Whole)
+            .await
+            .is_err()
+    );
     // A client trusting only a's CA cannot be answered by b: the
     // certificate it verified is the backend's own.
-    assert!(tls_connect(f.port, "b.example.com", &f.a.ca, false)
-        .await
-        .is_err());
+    assert!(
+        tls_connect(f.port, "b.example.com", &f.a.ca, Framing::Whole)
+            .await
+            .is_err()
+    );
 
     // Half-close passes through TLS: after close_notify and FIN the
     // backend still answers.
-    let mut s = tls_connect(f.port, "a.example.com", &f.a.ca, false)
+    let mut s = tls_connect(f.port, "a.example.com", &f.a.ca, Framing::Whole)
         .await
         .unwrap();
     assert_eq!(read_line(&mut s).await.unwrap(), "a");
@@ -214,11 +224,34 @@ async fn sni_picks_the_backend_which_terminates_tls_itself() {
 }
 
 #[tokio::test]
+async fn a_client_hello_over_many_records_is_reassembled_and_relayed_as_sent() {
+    let f = fixture().await;
+    // The backend's TLS stack joins the records again: the gateway sent
+    // every one of them on.
+    for size in [1, 16, 100] {
+        assert_eq!(
+            exchange(f.port, "b.example.com", &f.b, Framing::SmallRecords(size)).await,
+            "b",
+            "records of {size} bytes"
+        );
+    }
+}
+
+#[tokio::test]
 async fn a_client_hello_in_one_byte_writes_is_reassembled() {
     let f = fixture().await;
-    assert_eq!(exchange(f.port, "a.example.com", &f.a, true).await, "a");
     assert_eq!(
-        exchange(f.port, "y.wild.example.com", &f.wild, true).await,
+        exchange(f.port, "a.example.com", &f.a, Framing::OneByteWrites).await,
+        "a"
+    );
+    assert_eq!(
+        exchange(
+            f.port,
+            "y.wild.example.com",
+            &f.wild,
+            Framing::OneByteWrites
+        )
+        .await,
         "wild"
     );
 }
@@ -226,18 +259,23 @@ async fn a_client_hello_in_one_byte_writes_is_reassembled() {
 #[tokio::test]
 async fn unknown_or_missing_sni_is_refused_unless_a_route_takes_every_name() {
     let f = fixture().await;
-    assert!(tls_connect(f.port, "c.example.com", &f.a.ca, false)
-        .await
-        .is_err());
+    assert!(
+        tls_connect(f.port, "c.example.com", &f.a.ca, Framing::Whole)
+            .await
+            .is_err()
+    );
     // An IP address as server name: rustls sends no SNI. The listener with
     // named routes only refuses it; the catch-all route takes it.
-    assert!(tls_connect(f.port, "127.0.0.1", &f.ip.ca, false)
+    assert!(tls_connect(f.port, "127.0.0.1", &f.ip.ca, Framing::Whole)
         .await
         .is_err());
-    assert_eq!(exchange(f.any_port, "127.0.0.1", &f.ip, false).await, "ip");
+    assert_eq!(
+        exchange(f.any_port, "127.0.0.1", &f.ip, Framing::Whole).await,
+        "ip"
+    );
     // A route without hostnames takes any SNI too; the backend's
     // certificate is for 127.0.0.1 only, so the client verifies it as such.
-    let mut s = tls_connect(f.any_port, "127.0.0.1", &f.ip.ca, true)
+    let mut s = tls_connect(f.any_port, "127.0.0.1", &f.ip.ca, Framing::OneByteWrites)
         .await
         .unwrap();
     assert_eq!(read_line(&mut s).await.unwrap(), "ip");
@@ -331,9 +369,11 @@ async fn status_reports_kinds_attachments_and_refusals() {
         "True/ResolvedRefs"
     );
     // The backend a reference without grant would reach is never dialled.
-    assert!(tls_connect(f.port, "denied.example.com", &f.a.ca, false)
-        .await
-        .is_err());
+    assert!(
+        tls_connect(f.port, "denied.example.com", &f.a.ca, Framing::Whole)
+            .await
+            .is_err()
+    );
     assert!(
         metric(
             &f.app,

@@ -81,6 +81,20 @@ pub async fn tls_echo_backend(name: &'static str, names: &str) -> (SocketAddr, T
     (addr, cert)
 }
 
+/// How the client's bytes leave it, to exercise ClientHello reassembly.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// As the TLS library writes them.
+    Whole,
+    /// Every write one byte (each its own `write` on a no-delay socket, so
+    /// the ClientHello leaves in many segments).
+    OneByteWrites,
+    /// The first TLS record (the ClientHello) re-framed into records of at
+    /// most this many payload bytes (valid TLS: a handshake message may span
+    /// records).
+    SmallRecords(usize),
+}
+
 /// Connects through the gateway at `port` with TLS, `server_name` as SNI
 /// (an IP address sends none), trusting only `ca`: a handshake that
 /// succeeds was answered by the backend holding that CA's certificate.
@@ -88,8 +102,8 @@ pub async fn tls_connect(
     port: u16,
     server_name: &str,
     ca: &rcgen::Certificate,
-    one_byte_writes: bool,
-) -> std::io::Result<TlsStream<OneByteWrites>> {
+    framing: Framing,
+) -> std::io::Result<TlsStream<Shaped>> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.der().clone()).unwrap();
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -101,9 +115,11 @@ pub async fn tls_connect(
     let tcp = TcpStream::connect(("127.0.0.1", port)).await?;
     tcp.set_nodelay(true)?;
     let name = rustls::pki_types::ServerName::try_from(server_name.to_owned()).expect("name");
-    let io = OneByteWrites {
+    let io = Shaped {
         inner: tcp,
-        one_byte: one_byte_writes,
+        framing,
+        first_record: Vec::new(),
+        pending: Vec::new(),
     };
     tokio::time::timeout(
         WAIT,
@@ -113,15 +129,27 @@ pub async fn tls_connect(
     .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
 }
 
-/// A TCP stream that can be told to send every write as one byte (each its
-/// own `write` on a no-delay socket, so a ClientHello leaves in many
-/// segments).
-pub struct OneByteWrites {
+/// A TCP stream whose writes are shaped by a [`Framing`].
+pub struct Shaped {
     pub inner: TcpStream,
-    one_byte: bool,
+    framing: Framing,
+    /// [`Framing::SmallRecords`]: the first record, until it is complete.
+    first_record: Vec<u8>,
+    /// Bytes accepted from the caller, not yet written.
+    pending: Vec<u8>,
 }
 
-impl AsyncRead for OneByteWrites {
+impl Shaped {
+    fn drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while !self.pending.is_empty() {
+            let n = std::task::ready!(Pin::new(&mut self.inner).poll_write(cx, &self.pending))?;
+            self.pending.drain(..n);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncRead for Shaped {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -131,25 +159,50 @@ impl AsyncRead for OneByteWrites {
     }
 }
 
-impl AsyncWrite for OneByteWrites {
+impl AsyncWrite for Shaped {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let n = if self.one_byte {
-            buf.len().min(1)
-        } else {
-            buf.len()
-        };
-        Pin::new(&mut self.inner).poll_write(cx, &buf[..n])
+        std::task::ready!(self.drain(cx))?;
+        match self.framing {
+            Framing::Whole => Pin::new(&mut self.inner).poll_write(cx, buf),
+            Framing::OneByteWrites => {
+                Pin::new(&mut self.inner).poll_write(cx, &buf[..buf.len().min(1)])
+            }
+            Framing::SmallRecords(size) => {
+                self.first_record.extend_from_slice(buf);
+                let r = &self.first_record;
+                if r.len() >= 5 {
+                    let len = usize::from(u16::from_be_bytes([r[3], r[4]]));
+                    if r.len() >= 5 + len {
+                        let mut out = Vec::new();
+                        for chunk in r[5..5 + len].chunks(size.max(1)) {
+                            out.extend_from_slice(&r[..3]);
+                            out.extend_from_slice(&(chunk.len() as u16).to_be_bytes());
+                            out.extend_from_slice(chunk);
+                        }
+                        out.extend_from_slice(&r[5 + len..]);
+                        self.pending = out;
+                        self.first_record.clear();
+                        self.framing = Framing::Whole;
+                        // Written now if the socket takes it; else by flush.
+                        let _ = self.drain(cx);
+                    }
+                }
+                Poll::Ready(Ok(buf.len()))
+            }
+        }
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.drain(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
