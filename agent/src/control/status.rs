@@ -871,6 +871,67 @@ spec:
     }
 
     #[test]
+    fn tls_and_tcp_listeners_take_their_kinds_and_conflict_with_other_protocols() {
+        let (s, compiled) = gateway_status(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: pass-a, port: 8443, protocol: TLS, hostname: a.example.com, tls: {mode: Passthrough}}
+  - {name: pass-b, port: 8443, protocol: TLS, hostname: b.example.com, tls: {mode: Passthrough}}
+  - {name: tcp, port: 5432, protocol: TCP}
+  - {name: tls-http, port: 9443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TLSRoute}]}}
+  - {name: terminate, port: 7443, protocol: TLS, tls: {mode: Terminate}}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}
+  - {name: tls-on-443, port: 443, protocol: TLS, tls: {mode: Passthrough}}
+"#,
+        );
+        let kinds = |name: &str| -> Vec<&str> {
+            listener(&s, name)
+                .supported_kinds
+                .iter()
+                .map(|k| k.kind)
+                .collect()
+        };
+        assert_eq!(kinds("pass-a"), ["TLSRoute"]);
+        assert_eq!(kinds("tcp"), ["TCPRoute"]);
+        // An HTTPRoute cannot go on a TLS listener: named, it is invalid.
+        assert_eq!(kinds("tls-http"), ["TLSRoute"]);
+        let c = condition(&listener(&s, "tls-http").conditions, "ResolvedRefs");
+        assert_eq!((c.status, c.reason), ("False", "InvalidRouteKinds"));
+        for name in ["pass-a", "pass-b", "tcp"] {
+            let l = listener(&s, name);
+            assert_eq!(
+                condition(&l.conditions, "Accepted").status,
+                "True",
+                "{name}"
+            );
+            assert_eq!(
+                condition(&l.conditions, "Programmed").status,
+                "True",
+                "{name}"
+            );
+        }
+        let c = condition(&listener(&s, "terminate").conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "UnsupportedProtocol"));
+        assert!(c.message.contains("Terminate"), "{}", c.message);
+        for name in ["https", "tls-on-443"] {
+            let c = condition(&listener(&s, name).conditions, "Conflicted");
+            assert_eq!((c.status, c.reason), ("True", "ProtocolConflict"), "{name}");
+        }
+        let shard = &compiled.snapshot.shards[0];
+        assert_eq!(
+            shard.l4_mode(8443),
+            Some(crate::snapshot::L4Mode::TlsPassthrough)
+        );
+        assert_eq!(shard.l4_mode(5432), Some(crate::snapshot::L4Mode::Tcp));
+        assert_eq!(shard.l4_mode(443), None);
+        assert_eq!(shard.ports(), [5432, 8443, 9443]);
+    }
+
+    #[test]
     fn unresolvable_parameters_ref_is_not_accepted_nor_served() {
         let (s, compiled) = gateway_status(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
