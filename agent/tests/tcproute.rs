@@ -21,6 +21,9 @@ struct Fixture {
     dead: u16,
     /// Listener `empty`: the Service has no endpoints.
     empty: u16,
+    dir: std::path::PathBuf,
+    /// The config written to `dir/config.yaml`.
+    text: String,
 }
 
 async fn fixture() -> Fixture {
@@ -82,6 +85,8 @@ spec:
         split,
         dead,
         empty,
+        dir,
+        text,
     }
 }
 
@@ -240,4 +245,37 @@ async fn status_counts_every_route_of_a_listener() {
             "{name}"
         );
     }
+}
+
+#[tokio::test]
+async fn a_reload_leaves_relayed_connections_alone() {
+    let f = fixture().await;
+    let mut s = connect(f.echo).await;
+    assert_eq!(read_line(&mut s).await.unwrap(), "a");
+    // A new config without the `split` listener: the shard's listener set
+    // changes, its sockets are replaced.
+    let text = f
+        .text
+        .replace(
+            &format!("  - {{name: split, port: {}, protocol: TCP}}\n", f.split),
+            "",
+        )
+        .replace("sectionName: split}", "sectionName: echo}");
+    assert_ne!(text, f.text);
+    write_config(&f.dir, "config.yaml", &text);
+    let mut gone = false;
+    for _ in 0..100 {
+        if TcpStream::connect(("127.0.0.1", f.split)).await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the reload removed the split listener");
+    // The connection relayed before the reload still carries bytes both ways.
+    s.write_all(b"after reload\n").await.unwrap();
+    assert_eq!(read_line(&mut s).await.unwrap(), "after reload");
+    // And new connections to the kept listener are served.
+    let mut n = connect(f.echo).await;
+    assert_eq!(read_line(&mut n).await.unwrap(), "a");
 }

@@ -249,9 +249,13 @@ fn serve(
         .and_then(|s| s.l4_mode(local.port()));
     if let Some(mode) = l4 {
         let proxy = proxy.clone();
+        // Held while the relay runs: the accept loop's bounded drain waits
+        // for it as for HTTP connections (a relay is not cut by the drain,
+        // only by the agent's exit after it).
+        let watcher = graceful.watcher();
         tokio::spawn(async move {
             super::l4::serve(shard, mode, stream, peer, local, proxy).await;
-            drop((permit, source_slot));
+            drop((permit, source_slot, watcher));
         });
         return;
     }
