@@ -28,47 +28,65 @@ pub enum Parsed {
     Invalid(&'static str),
 }
 
-/// Parses the start of a client's byte stream.
+/// Parses the start of a client's byte stream in one go (see [`HelloReader`]).
 pub fn parse(buf: &[u8]) -> Parsed {
-    // The handshake message, reassembled from the records' payloads.
-    let mut message = Vec::new();
-    let mut at = 0;
-    loop {
-        let Some(header) = buf.get(at..at + 5) else {
-            // Tell another protocol apart as soon as its first byte is here.
-            if at == 0 && !buf.is_empty() && buf[0] != HANDSHAKE {
+    HelloReader::default().feed(buf)
+}
+
+/// Reads a ClientHello as its bytes arrive. Each call is given everything
+/// received so far and looks only at what is new since the last call, so a
+/// client trickling its ClientHello byte by byte costs linear time, not
+/// quadratic.
+#[derive(Debug, Default)]
+pub struct HelloReader {
+    /// The handshake message, reassembled from the complete records so far.
+    message: Vec<u8>,
+    /// Bytes of the stream that made those records.
+    consumed: usize,
+}
+
+impl HelloReader {
+    /// `buf`: every byte of the stream so far (what earlier calls saw, and more).
+    pub fn feed(&mut self, buf: &[u8]) -> Parsed {
+        loop {
+            let at = self.consumed;
+            let Some(header) = buf.get(at..at + 5) else {
+                // Tell another protocol apart as soon as its first byte is here.
+                if at == 0 && !buf.is_empty() && buf[0] != HANDSHAKE {
+                    return Parsed::Invalid("not a TLS handshake record");
+                }
+                return Parsed::Incomplete;
+            };
+            if header[0] != HANDSHAKE {
                 return Parsed::Invalid("not a TLS handshake record");
             }
-            return Parsed::Incomplete;
-        };
-        if header[0] != HANDSHAKE {
-            return Parsed::Invalid("not a TLS handshake record");
-        }
-        // 3.0 (SSL) to 3.4; ClientHellos use 3.1 for compatibility.
-        if header[1] != 3 || header[2] > 4 {
-            return Parsed::Invalid("unknown TLS record version");
-        }
-        let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
-        if len == 0 || len > MAX_RECORD {
-            return Parsed::Invalid("TLS record length out of range");
-        }
-        let Some(payload) = buf.get(at + 5..at + 5 + len) else {
-            return Parsed::Incomplete;
-        };
-        message.extend_from_slice(payload);
-        at += 5 + len;
-        if message.len() >= 4 {
-            if message[0] != CLIENT_HELLO {
-                return Parsed::Invalid("first handshake message is not a ClientHello");
+            // 3.0 (SSL) to 3.4; ClientHellos use 3.1 for compatibility.
+            if header[1] != 3 || header[2] > 4 {
+                return Parsed::Invalid("unknown TLS record version");
             }
-            let body_len = usize::from(message[1]) << 16
-                | usize::from(message[2]) << 8
-                | usize::from(message[3]);
-            if message.len() >= 4 + body_len {
-                return match server_name(&message[4..4 + body_len]) {
-                    Ok(name) => Parsed::Hello(name),
-                    Err(why) => Parsed::Invalid(why),
-                };
+            let len = usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if len == 0 || len > MAX_RECORD {
+                return Parsed::Invalid("TLS record length out of range");
+            }
+            let Some(payload) = buf.get(at + 5..at + 5 + len) else {
+                return Parsed::Incomplete;
+            };
+            self.message.extend_from_slice(payload);
+            self.consumed = at + 5 + len;
+            let message = &self.message;
+            if message.len() >= 4 {
+                if message[0] != CLIENT_HELLO {
+                    return Parsed::Invalid("first handshake message is not a ClientHello");
+                }
+                let body_len = usize::from(message[1]) << 16
+                    | usize::from(message[2]) << 8
+                    | usize::from(message[3]);
+                if message.len() >= 4 + body_len {
+                    return match server_name(&message[4..4 + body_len]) {
+                        Ok(name) => Parsed::Hello(name),
+                        Err(why) => Parsed::Invalid(why),
+                    };
+                }
             }
         }
     }
@@ -232,6 +250,30 @@ mod tests {
                 "record size {record}"
             );
         }
+    }
+
+    #[test]
+    fn fed_a_byte_at_a_time_the_reader_gives_what_one_parse_gives() {
+        for record in [MAX_RECORD, 9, 1] {
+            let hello = records(&body(&[sni(b"b.example.com")]), record);
+            let mut reader = HelloReader::default();
+            for end in 0..hello.len() {
+                assert_eq!(reader.feed(&hello[..end]), Parsed::Incomplete);
+            }
+            assert_eq!(
+                reader.feed(&hello),
+                Parsed::Hello(Some("b.example.com".into()))
+            );
+        }
+        // Every byte of the input is looked at about once: the records
+        // already taken are not read again.
+        let hello = records(&body(&[sni(b"b.example.com")]), 1);
+        let mut reader = HelloReader::default();
+        for end in 0..hello.len() {
+            reader.feed(&hello[..end]);
+            assert!(reader.consumed <= end);
+        }
+        assert!(reader.message.len() * 6 == reader.consumed);
     }
 
     #[test]

@@ -136,9 +136,10 @@ pub(super) async fn serve(
 /// as they are) and its server name.
 async fn read_client_hello(client: &mut TcpStream) -> Result<(Vec<u8>, Option<String>), Refused> {
     let mut buf = Vec::with_capacity(2048);
+    let mut reader = client_hello::HelloReader::default();
     let read = async {
         loop {
-            match client_hello::parse(&buf) {
+            match reader.feed(&buf) {
                 Parsed::Hello(name) => return Ok(name),
                 Parsed::Invalid(_) => return Err(Refused::NotTls),
                 Parsed::Incomplete => {}
