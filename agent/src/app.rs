@@ -116,6 +116,8 @@ pub struct Settings {
     pub access_log: crate::access_log::Settings,
     /// Generate (or keep a trusted proxy's) X-Request-Id on every request.
     pub request_ids: bool,
+    /// Trace context propagation and OTLP span export.
+    pub tracing: crate::telemetry::Settings,
 }
 
 impl Settings {
@@ -149,6 +151,7 @@ impl Settings {
             edge: crate::gateway::EdgeSettings::default(),
             access_log: Default::default(),
             request_ids: true,
+            tracing: Default::default(),
         }
     }
 }
@@ -177,6 +180,8 @@ pub enum AppError {
     Source(#[from] SourceError),
     #[error("access log: {0}")]
     AccessLog(#[from] crate::access_log::AccessLogError),
+    #[error("tracing: {0}")]
+    Tracing(#[from] crate::telemetry::TelemetryError),
     #[error("admin endpoint: cannot listen on {addr}: {source}")]
     Admin {
         addr: SocketAddr,
@@ -257,11 +262,14 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     if access_log.enabled() {
         reopen_on_sighup(access_log.clone());
     }
+    let tracer = crate::telemetry::Tracer::start(&settings.tracing)?;
+    tracer.register(&mut registry);
     let proxy = Arc::new(
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
             .with_edge(settings.edge.clone())
             .with_access_log(access_log, settings.request_ids)
+            .with_tracer(tracer)
             .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),
     );
     let mut runtime = Runtime::new(

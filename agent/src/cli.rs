@@ -299,6 +299,10 @@ pub struct Cli {
     /// Client timeouts and limits (README: "Limits and timeouts").
     #[command(flatten)]
     pub edge: EdgeArgs,
+
+    /// Trace context and OTLP export (README: "Tracing").
+    #[command(flatten)]
+    pub tracing: crate::telemetry::TracingArgs,
 }
 
 /// Client-side timeouts and limits of the gateway listeners; durations take
@@ -574,6 +578,7 @@ impl Cli {
             ..Default::default()
         };
         s.request_ids = self.request_id == RequestIdMode::Generate;
+        s.tracing = self.tracing.settings();
         s.ebpf_log_level = match self.ebpf_log_level {
             EbpfLogLevel::Error => 1,
             EbpfLogLevel::Warn => 2,

@@ -24,6 +24,7 @@ pub mod policy;
 pub mod reload;
 pub mod snapshot;
 pub mod sources;
+pub mod telemetry;
 
 /// The eBPF object built from `ebpf/sluice-ebpf` by `build.rs`.
 pub static EBPF_OBJ: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/sluice-ebpf"));

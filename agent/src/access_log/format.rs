@@ -281,7 +281,7 @@ pub(super) mod tests {
 
     use super::*;
 
-    pub(in crate::access_log) fn entry() -> Entry {
+    pub(crate) fn entry() -> Entry {
         Entry {
             time: SystemTime::UNIX_EPOCH + Duration::from_millis(1_796_605_323_456),
             gateway: Arc::from("infra/public"),
@@ -313,6 +313,7 @@ pub(super) mod tests {
             reason: "upstream",
             flag: "-",
             incomplete: false,
+            trace: None,
         }
     }
 

@@ -33,6 +33,10 @@ mod writer;
 
 pub use format::{write_json, write_text};
 
+/// A filled-in entry for other modules' tests.
+#[cfg(test)]
+pub(crate) use format::tests::entry as sample_entry;
+
 /// Where access log lines go (`--access-log`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum Destination {
@@ -282,10 +286,13 @@ pub struct Entry {
     pub flag: &'static str,
     /// The response body ended early (client gone, upstream reset).
     pub incomplete: bool,
+    /// The request's trace, when tracing is on and it is recorded: the
+    /// exporter makes spans of the entry.
+    pub trace: Option<crate::telemetry::RequestTrace>,
 }
 
 /// The short code of a response: `-` when the backend answered, else why
-/// the gateway answered itself. Stable; documented in docs/operating.md.
+/// the gateway answered itself. Stable; listed in the README ("Access logs and request ids").
 pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
     use Reason::*;
     let Some(reason) = reason else {

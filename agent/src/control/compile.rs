@@ -399,6 +399,7 @@ impl Compiler {
                 listeners,
                 tls,
                 port_ranges,
+                connection: policies.connection(gateway),
             };
             program_kernel(&shard, &mut kernel, &mut warnings);
             shards.push(shard);

@@ -28,11 +28,6 @@ pub enum Parsed {
     Invalid(&'static str),
 }
 
-/// Parses the start of a client's byte stream in one go (see [`HelloReader`]).
-pub fn parse(buf: &[u8]) -> Parsed {
-    HelloReader::default().feed(buf)
-}
-
 /// Reads a ClientHello as its bytes arrive. Each call is given everything
 /// received so far and looks only at what is new since the last call, so a
 /// client trickling its ClientHello byte by byte costs linear time, not
@@ -181,6 +176,11 @@ fn host_name(raw: &[u8]) -> Result<String, &'static str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Parses a whole byte stream in one go.
+    fn parse(buf: &[u8]) -> Parsed {
+        HelloReader::default().feed(buf)
+    }
 
     /// A ClientHello body with the given extensions.
     fn body(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {

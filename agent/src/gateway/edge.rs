@@ -2,16 +2,20 @@
 //! what a client may take and send before the gateway gives up on it. The
 //! defaults follow what nginx, Envoy and HAProxy ship with, so the gateway is
 //! safe in front of hostile clients without any configuration.
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
 use hyper_util::{
     rt::{TokioExecutor, TokioTimer},
     server::conn::auto,
 };
 
+use crate::policy::connection::ConnectionPolicy;
+
 /// Timeouts and limits of client connections (agent-wide; `--client-*`,
-/// `--max-*` flags). Every field has a documented default
-/// ([`EdgeSettings::default`]); see the README's "Limits and timeouts".
+/// `--max-*` flags; a Gateway's SluicePolicy `connection` section replaces
+/// some of them for that Gateway, [`EdgeSettings::with`]). Every field has a
+/// documented default ([`EdgeSettings::default`]); see the README's "Limits
+/// and timeouts".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EdgeSettings {
     /// Longest wait for a complete request head: from the connection's
@@ -57,6 +61,44 @@ pub struct EdgeSettings {
     pub max_in_flight_per_shard: usize,
 }
 
+/// The settings a shard's connections are accepted with, and the hyper
+/// builder made of them, kept by each accept loop until the shard's
+/// `connection` policy changes.
+pub(super) struct ShardEdge {
+    /// The policy these were made from (compared by pointer).
+    policy: Option<Arc<ConnectionPolicy>>,
+    pub settings: Arc<EdgeSettings>,
+    pub builder: auto::Builder<TokioExecutor>,
+}
+
+impl ShardEdge {
+    pub(super) fn new(base: &EdgeSettings, policy: Option<Arc<ConnectionPolicy>>) -> Self {
+        let settings = match &policy {
+            Some(p) => base.with(p),
+            None => base.clone(),
+        };
+        Self {
+            builder: settings.builder(),
+            settings: Arc::new(settings),
+            policy,
+        }
+    }
+
+    /// Whether a Gateway policy set these (else they are the agent's).
+    pub(super) fn policy_set(&self) -> bool {
+        self.policy.is_some()
+    }
+
+    /// Whether these were made from `policy` (the same compiled value).
+    pub(super) fn is_for(&self, policy: Option<&Arc<ConnectionPolicy>>) -> bool {
+        match (&self.policy, policy) {
+            (None, None) => true,
+            (Some(a), Some(b)) => Arc::ptr_eq(a, b) || a == b,
+            _ => false,
+        }
+    }
+}
+
 /// hyper allocates the header array on the heap for every request when a
 /// header count is configured; at its built-in count it uses the stack.
 const HYPER_STACK_HEADERS: usize = 100;
@@ -91,6 +133,30 @@ impl Default for EdgeSettings {
 }
 
 impl EdgeSettings {
+    /// These settings with a Gateway's `connection` policy applied.
+    pub fn with(&self, p: &ConnectionPolicy) -> EdgeSettings {
+        EdgeSettings {
+            header_timeout: p.header_timeout.unwrap_or(self.header_timeout),
+            body_idle_timeout: p.body_idle_timeout.unwrap_or(self.body_idle_timeout),
+            upstream_response_timeout: p
+                .upstream_response_timeout
+                .unwrap_or(self.upstream_response_timeout),
+            max_head_bytes: p.max_request_head_bytes.unwrap_or(self.max_head_bytes),
+            max_headers: p.max_request_headers.unwrap_or(self.max_headers),
+            max_uri_bytes: p.max_uri_bytes.unwrap_or(self.max_uri_bytes),
+            h2_max_concurrent_streams: p
+                .h2_max_concurrent_streams
+                .unwrap_or(self.h2_max_concurrent_streams),
+            max_connections_per_source: p
+                .max_connections_per_source
+                .unwrap_or(self.max_connections_per_source),
+            max_in_flight_per_shard: p
+                .max_requests_in_flight
+                .unwrap_or(self.max_in_flight_per_shard),
+            ..self.clone()
+        }
+    }
+
     /// The connection builder for HTTP/1.1 and HTTP/2 connections with these
     /// settings in effect (hyper enforces its timeouts only with a timer).
     pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {

@@ -199,8 +199,9 @@ impl Proxy {
                         .timeouts
                         .request
                         .is_none()
-                        .then(|| now + self.edge.upstream_response_timeout)
+                        .then(|| now + self.edge_of(conn).upstream_response_timeout)
                 });
+                seen.attempt_started(request.headers_mut(), endpoint);
                 let dial = Dial {
                     endpoint,
                     h2c: backend.protocol == AppProtocol::H2c,
@@ -223,7 +224,7 @@ impl Proxy {
                                         && t.body_sent
                                             .is_some_and(|s| !s.load(Ordering::Relaxed)) =>
                                 {
-                                    at += self.edge.upstream_response_timeout;
+                                    at += self.edge_of(conn).upstream_response_timeout;
                                 }
                                 Err(_) => break None,
                             }
@@ -231,6 +232,7 @@ impl Proxy {
                     }
                     None => Some(self.pools.send(dial, request).await),
                 };
+                seen.attempt_ended(outcome.as_ref());
                 if let (Some(policy), Some(replay)) = (&action.retry, &replay) {
                     let retriable = match &outcome {
                         None => true,

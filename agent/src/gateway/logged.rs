@@ -17,7 +17,10 @@ use bytes::{Buf, Bytes};
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
 
 use super::{Body, BoxError};
-use crate::access_log::{AccessLog, Entry};
+use crate::{
+    access_log::{AccessLog, Entry},
+    telemetry::Tracer,
+};
 
 /// The request body, counting the bytes read from the client.
 pub(super) struct CountedRequest {
@@ -58,11 +61,13 @@ impl HttpBody for CountedRequest {
     }
 }
 
-/// The response body; sends `entry` when it ends or is dropped.
+/// The response body; sends `entry` to the access log and, when the
+/// request is recorded, to the trace exporter when it ends or is dropped.
 pub(super) struct LoggedResponse {
     inner: Body,
     entry: Option<Box<Entry>>,
     log: AccessLog,
+    tracer: Tracer,
     start: Instant,
     request_read: Arc<AtomicU64>,
     sent: u64,
@@ -74,6 +79,7 @@ impl LoggedResponse {
         inner: Body,
         entry: Box<Entry>,
         log: AccessLog,
+        tracer: Tracer,
         start: Instant,
         request_read: Arc<AtomicU64>,
     ) -> Self {
@@ -81,6 +87,7 @@ impl LoggedResponse {
             inner,
             entry: Some(entry),
             log,
+            tracer,
             start,
             request_read,
             sent: 0,
@@ -96,7 +103,18 @@ impl LoggedResponse {
         e.bytes_out = self.sent;
         e.bytes_in = self.request_read.load(Ordering::Relaxed);
         e.incomplete = !(self.finished || self.inner.is_end_stream());
-        self.log.send(e);
+        match (
+            self.log.enabled(),
+            e.trace.is_some() && self.tracer.enabled(),
+        ) {
+            (true, true) => {
+                self.tracer.send(e.clone());
+                self.log.send(e);
+            }
+            (true, false) => self.log.send(e),
+            (false, true) => self.tracer.send(e),
+            (false, false) => {}
+        }
     }
 }
 

@@ -32,6 +32,7 @@ use crate::{
     metrics::{Metrics, Name, RequestLabels, RuleMetrics, ShardLabels, StatusClass},
     policy::{Reason, Rejection, RequestCtx, RoutePolicy, SectionMeta, Verdict},
     snapshot::{RequestView, ShardId, Snapshot},
+    telemetry::{RequestTrace, Tracer},
 };
 
 /// What the accept loop knows about a connection.
@@ -50,6 +51,9 @@ pub struct ConnInfo {
     /// The shard's requests in flight (set by the accept loop; without it
     /// the shard's cap is not applied).
     pub(super) load: Option<Arc<ShardLoad>>,
+    /// The Gateway's connection settings when its policy sets any (set by
+    /// the accept loop); otherwise the agent's.
+    pub(super) edge: Option<Arc<EdgeSettings>>,
 }
 
 /// The TLS side of a terminated connection.
@@ -72,6 +76,7 @@ impl ConnInfo {
             tls,
             peer_value,
             load: None,
+            edge: None,
         }
     }
 
@@ -87,7 +92,7 @@ impl ConnInfo {
 
 /// The L7 request handler shared by all shards.
 pub struct Proxy {
-    snapshot: Arc<ArcSwap<Snapshot>>,
+    pub(super) snapshot: Arc<ArcSwap<Snapshot>>,
     /// Upstream connections (plain HTTP/1.1, h2c and TLS), per worker.
     pub(super) pools: Arc<Pools>,
     metrics: Metrics,
@@ -104,6 +109,8 @@ pub struct Proxy {
     access_log: AccessLog,
     /// Give every request an `X-Request-Id`.
     request_ids: bool,
+    /// Trace context and OTLP spans (off: one `None` check per request).
+    tracer: Tracer,
 }
 
 /// Decides at accept whether a connection from a peer is served (the rate
@@ -138,6 +145,35 @@ pub(super) struct UpstreamSeen {
     pub sent: Option<Instant>,
     /// First attempt sent → response head received.
     pub head: Option<std::time::Duration>,
+    /// The trace of a recorded request: a client span per attempt.
+    pub trace: Option<RequestTrace>,
+}
+
+impl UpstreamSeen {
+    /// An attempt is about to be sent to `endpoint` (names its span in the
+    /// request's `traceparent` when the request is recorded).
+    #[inline]
+    pub(super) fn attempt_started(&mut self, headers: &mut http::HeaderMap, endpoint: SocketAddr) {
+        if let Some(t) = &mut self.trace {
+            t.start_attempt(headers, endpoint);
+        }
+    }
+
+    /// The attempt ended: the backend's status, or why it failed.
+    #[inline]
+    pub(super) fn attempt_ended<B>(
+        &mut self,
+        outcome: Option<&Result<Response<B>, super::pool::UpstreamError>>,
+    ) {
+        if let Some(t) = &mut self.trace {
+            match outcome {
+                None => t.end_attempt(None, Some("timeout")),
+                Some(Ok(r)) => t.end_attempt(Some(r.status().as_u16()), None),
+                Some(Err(e)) if e.is_connect() => t.end_attempt(None, Some("connect")),
+                Some(Err(_)) => t.end_attempt(None, Some("upstream")),
+            }
+        }
+    }
 }
 
 /// An access log entry in the making, with the request body's byte count.
@@ -165,7 +201,20 @@ impl Proxy {
             connection_gate: None,
             access_log: AccessLog::default(),
             request_ids: false,
+            tracer: Tracer::default(),
         }
+    }
+
+    /// Propagates trace context and records sampled requests as spans.
+    pub fn with_tracer(mut self, tracer: Tracer) -> Self {
+        self.tracer = tracer;
+        self
+    }
+
+    /// The timeouts and limits of a connection: its Gateway's, or the agent's.
+    #[inline]
+    pub(super) fn edge_of<'a>(&'a self, conn: &'a ConnInfo) -> &'a EdgeSettings {
+        conn.edge.as_deref().unwrap_or(&self.edge)
     }
 
     /// Client-side timeouts and limits other than the defaults.
@@ -191,19 +240,19 @@ impl Proxy {
     /// Shards that refused requests for load since the agent started:
     /// name, requests refused, in flight now, the limit (for `/readyz`).
     pub fn shedding(&self) -> Vec<(Arc<str>, u64, usize, usize)> {
+        let snapshot = self.snapshot.load();
+        let limit = |id: ShardId| {
+            snapshot
+                .shard(id)
+                .and_then(|s| s.connection.as_ref()?.max_requests_in_flight)
+                .unwrap_or(self.edge.max_in_flight_per_shard)
+        };
         let mut out: Vec<_> = self
             .loads
             .all()
             .into_iter()
             .filter(|(_, l)| l.shed() > 0)
-            .map(|(id, l)| {
-                (
-                    self.shard_label(id),
-                    l.shed(),
-                    l.in_flight(),
-                    self.edge.max_in_flight_per_shard,
-                )
-            })
+            .map(|(id, l)| (self.shard_label(id), l.shed(), l.in_flight(), limit(id)))
             .collect();
         out.sort();
         out
@@ -324,14 +373,17 @@ impl Proxy {
         let request_id = self
             .request_ids
             .then(|| self.request_id(conn, req.headers_mut()));
-        // Boxed and only when logging: the fields live across the awaits
-        // below, and every byte of this future is copied as it is polled.
-        let mut entry = self
-            .access_log
-            .enabled()
+        // Sets the traceparent the request is forwarded with; only recorded
+        // requests keep their trace.
+        let trace = self.tracer.begin(req.headers_mut()).filter(|t| t.sampled);
+        // Boxed and only when logging or tracing: the fields live across the
+        // awaits below, and every byte of this future is copied as it is
+        // polled. A recorded request's spans are made of its entry.
+        let mut entry = (self.access_log.enabled() || trace.is_some())
             .then(|| self.log_entry(conn, &req, request_id.clone()));
         let mut seen = UpstreamSeen {
             timed: entry.is_some(),
+            trace,
             ..UpstreamSeen::default()
         };
         // Inline rather than a function of its own: every async call level
@@ -360,7 +412,7 @@ impl Proxy {
             };
             // Held until the response head: the shard's bulkhead for requests.
             let _in_flight = match &conn.load {
-                Some(load) => match load.enter(self.edge.max_in_flight_per_shard) {
+                Some(load) => match load.enter(self.edge_of(conn).max_in_flight_per_shard) {
                     Some(counted) => Some(counted),
                     None => {
                         break 'serve rejected(
@@ -391,7 +443,7 @@ impl Proxy {
             let uri = req.uri();
             let target_len = uri.path_and_query().map_or(0, |p| p.as_str().len())
                 + uri.authority().map_or(0, |a| a.as_str().len());
-            if target_len > self.edge.max_uri_bytes {
+            if target_len > self.edge_of(conn).max_uri_bytes {
                 break 'serve rejected(
                     Rejection::new(Reason::UriTooLong, "request target too long"),
                     &shard.name,
@@ -468,7 +520,7 @@ impl Proxy {
                 None => body.map_err(Into::into).boxed(),
                 Some(sent) => IdleBody::new(
                     body.map_err(Into::into).boxed(),
-                    self.edge.body_idle_timeout,
+                    self.edge_of(conn).body_idle_timeout,
                     sent.clone(),
                 )
                 .boxed(),
@@ -637,6 +689,7 @@ impl Proxy {
             reason: "upstream",
             flag: "-",
             incomplete: false,
+            trace: None,
         };
         LogEntry {
             entry: Box::new(entry),
@@ -651,7 +704,7 @@ impl Proxy {
         response: Response<Body>,
         log: LogEntry,
         handled: Handled<'_>,
-        seen: UpstreamSeen,
+        mut seen: UpstreamSeen,
         start: Instant,
     ) -> Response<Body> {
         let LogEntry {
@@ -668,9 +721,18 @@ impl Proxy {
         entry.upstream = seen.endpoint;
         entry.upstream_time = seen.head;
         entry.retries = seen.retries;
+        entry.trace = seen.trace.take();
         let read = request_read.unwrap_or_default();
         response.map(|body| {
-            LoggedResponse::new(body, entry, self.access_log.clone(), start, read).boxed()
+            LoggedResponse::new(
+                body,
+                entry,
+                self.access_log.clone(),
+                self.tracer.clone(),
+                start,
+                read,
+            )
+            .boxed()
         })
     }
 

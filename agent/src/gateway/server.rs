@@ -13,7 +13,7 @@ use hyper_util::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::{conn_watch::ConnWatch, ConnInfo, Proxy, TlsInfo};
+use super::{conn_watch::ConnWatch, edge::ShardEdge, ConnInfo, Proxy, TlsInfo};
 use crate::snapshot::ShardId;
 
 /// A listening socket of a shard, before it is handed to the accept loop.
@@ -157,7 +157,8 @@ async fn accept_loop(
     mut shutdown: watch::Receiver<Stop>,
 ) {
     let graceful = GracefulShutdown::new();
-    let builder = proxy.edge.builder();
+    // The Gateway's connection settings, remade only when its policy changes.
+    let mut edge = ShardEdge::new(&proxy.edge, None);
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -179,15 +180,14 @@ async fn accept_loop(
             // In the penalty box: closed before any byte is read.
             continue;
         }
-        serve(
-            shard,
-            stream,
-            peer,
-            &proxy,
-            &builder,
-            &graceful,
-            Some(permit),
-        );
+        {
+            let snapshot = proxy.snapshot.load();
+            let policy = snapshot.shard(shard).and_then(|s| s.connection.as_ref());
+            if !edge.is_for(policy) {
+                edge = ShardEdge::new(&proxy.edge, policy.cloned());
+            }
+        }
+        serve(shard, stream, peer, &proxy, &edge, &graceful, Some(permit));
     }
     if *shutdown.borrow() == Stop::AfterBacklog {
         // Bounded: until the queue stays empty for 100 ms, at most 2 s.
@@ -195,7 +195,7 @@ async fn accept_loop(
         while tokio::time::Instant::now() < until {
             match tokio::time::timeout(Duration::from_millis(100), listener.accept()).await {
                 Ok(Ok((stream, peer))) => {
-                    serve(shard, stream, peer, &proxy, &builder, &graceful, None)
+                    serve(shard, stream, peer, &proxy, &edge, &graceful, None)
                 }
                 _ => break,
             }
@@ -220,7 +220,7 @@ fn serve(
     stream: tokio::net::TcpStream,
     peer: SocketAddr,
     proxy: &Arc<Proxy>,
-    builder: &auto::Builder<TokioExecutor>,
+    edge: &ShardEdge,
     graceful: &GracefulShutdown,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) {
@@ -234,7 +234,7 @@ fn serve(
     let per_source_limit = if proxy.is_trusted(peer.ip()) {
         0
     } else {
-        proxy.edge.max_connections_per_source
+        edge.settings.max_connections_per_source
     };
     let Some(source_slot) = proxy.per_source.admit(shard, peer.ip(), per_source_limit) else {
         proxy.count_shed(shard, "per_source_limit");
@@ -263,13 +263,16 @@ fn serve(
     // certificate is used by the next handshake, on the same socket.
     let tls = proxy.tls_config(shard, local.port());
     let proxy = proxy.clone();
-    let builder = builder.clone();
+    let builder = edge.builder.clone();
+    // Only a Gateway with its own settings carries them per connection.
+    let settings = edge.policy_set().then(|| edge.settings.clone());
     let watcher = graceful.watcher();
     tokio::spawn(async move {
         let load = proxy.loads.of(shard);
         let Some(config) = tls else {
             let mut info = ConnInfo::new(shard, local, peer, None);
             info.load = Some(load);
+            info.edge = settings;
             serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
             drop((permit, source_slot));
             return;
@@ -300,6 +303,7 @@ fn serve(
         });
         let mut info = ConnInfo::new(shard, local, peer, Some(TlsInfo { sni, version }));
         info.load = Some(load);
+        info.edge = settings;
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop((permit, source_slot));
     });
@@ -322,7 +326,7 @@ async fn serve_io<I>(
     // HTTP/2 (a client that sends nothing, or trickles the first bytes,
     // would otherwise stay forever).
     let watch = Arc::new(ConnWatch::new(proxy.clone(), shard));
-    let header_timeout = proxy.edge.header_timeout;
+    let header_timeout = proxy.edge_of(&info).header_timeout;
     let counter = proxy.clone();
     let requests = watch.clone();
     // The request's future is boxed here, once: hyper then moves a pointer

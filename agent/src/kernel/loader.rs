@@ -114,7 +114,7 @@ pub struct KernelDatapath {
     pins: Option<(PathBuf, Vec<(PathBuf, FdLink)>)>,
     /// See [`KernelOptions::keep_on_exit`].
     keep_on_exit: bool,
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
     logger: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -300,7 +300,7 @@ impl KernelDatapath {
             sockmap,
             xdp,
             map_limits,
-            _ebpf: ebpf,
+            ebpf,
             logger,
         })
     }
@@ -390,6 +390,38 @@ impl KernelDatapath {
                 source,
             }),
         }
+    }
+
+    /// Runs `xdp_ingress` once on `frame` with `BPF_PROG_TEST_RUN`, against
+    /// the maps as they are programmed, and returns its verdict
+    /// (`XDP_PASS`, `XDP_DROP`, …). No interface is involved: this is how the
+    /// program is fuzzed (`tests/tests/xdp_fuzz.rs`). The kernel wants at
+    /// least an Ethernet header's worth of bytes.
+    pub fn run_xdp(&mut self, frame: &[u8]) -> Result<u32, KernelError> {
+        use aya::programs::{TestRun, TestRunOptions};
+        let err = |action: &str, source| KernelError::Program {
+            program: "xdp_ingress",
+            action: action.into(),
+            source,
+        };
+        let program: &mut Xdp = self
+            .ebpf
+            .program_mut("xdp_ingress")
+            .ok_or(KernelError::MissingMap("xdp_ingress"))?
+            .try_into()
+            .map_err(|e| err("open", e))?;
+        // Loaded at start only when attached to an interface.
+        if program.fd().is_err() {
+            program.load().map_err(|e| err("load", e))?;
+        }
+        let opts = TestRunOptions {
+            data_in: Some(frame),
+            ..TestRunOptions::new()
+        };
+        program
+            .test_run(opts)
+            .map(|r| r.return_value)
+            .map_err(|e| err("test run (BPF_PROG_TEST_RUN)", e))
     }
 
     /// Packet counters summed over CPUs, for shard 0 (no shard) and `shards`.

@@ -138,7 +138,7 @@ fn roots_from_pem(pem: &[u8]) -> Result<RootCertStore, JwksError> {
 }
 
 /// The platform's CA bundle, read once per process.
-fn system_roots() -> Result<RootCertStore, JwksError> {
+pub(crate) fn system_roots() -> Result<RootCertStore, JwksError> {
     static ROOTS: OnceLock<Result<RootCertStore, String>> = OnceLock::new();
     ROOTS
         .get_or_init(|| {

@@ -52,6 +52,7 @@ pub mod api_key;
 pub mod authz;
 pub mod basic_auth;
 pub mod cache;
+pub mod connection;
 pub mod context;
 pub mod cors;
 pub mod credential;

@@ -103,6 +103,9 @@ pub struct Shard {
     pub tls: BTreeMap<u16, Arc<rustls::ServerConfig>>,
     /// Destination port ranges served as a listener port (`sluice.dev/port-ranges`).
     pub port_ranges: Vec<PortAlias>,
+    /// The Gateway's own connection settings (a SluicePolicy `connection`
+    /// section on the whole Gateway); `None`: the agent's defaults.
+    pub connection: Option<Arc<crate::policy::connection::ConnectionPolicy>>,
 }
 
 /// Ports `first..=last` served as if they were `port` (a listener's port).

@@ -76,8 +76,23 @@ pub(in crate::config) fn sluice_policy(
         doc.err(
             "spec",
             "a SluicePolicy must configure at least one section (jwt, apiKeys, basicAuth, \
-             extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit)",
+             extAuth, authorization, ipAllow, ipDeny, limits, transform, cors, rateLimit, \
+             connection)",
         );
+    }
+    // Connection settings apply from the accept, before any listener or
+    // route is known: only a whole Gateway can have them.
+    if defaults.connection.is_some() || overrides.connection.is_some() {
+        for (i, t) in targets.iter().enumerate() {
+            if t.kind != "Gateway" || t.section_name.is_some() {
+                doc.err(
+                    format!("spec.targetRefs[{i}]"),
+                    "a policy with a connection section can only target whole Gateways \
+                     (kind Gateway, no sectionName): connections are accepted before a \
+                     listener or route is known",
+                );
+            }
+        }
     }
     (doc.errors.len() == before).then(|| model::SluicePolicy {
         id: ObjectRef::new(&namespace, &d.metadata.name),
@@ -253,7 +268,96 @@ fn sections(
             .rate_limit
             .as_ref()
             .and_then(|r| rate_limit(doc, &format!("{at}.rateLimit"), r)),
+        connection: s
+            .connection
+            .as_ref()
+            .and_then(|c| connection(doc, &format!("{at}.connection"), c)),
     }
+}
+
+/// Converts a `connection` section: every field within its range.
+fn connection(
+    doc: &mut Doc<'_>,
+    at: &str,
+    c: &wire::Connection,
+) -> Option<model::ConnectionSection> {
+    let before = doc.errors.len();
+    let mut duration = |field: &str, raw: &Option<String>| {
+        let raw = raw.as_ref()?;
+        match parse_duration(raw) {
+            Some(d) if (1..=3600).contains(&d.as_secs()) => Some(d),
+            Some(_) => {
+                doc.err(format!("{at}.{field}"), "must be between 1s and 1h");
+                None
+            }
+            None => {
+                doc.err(
+                    format!("{at}.{field}"),
+                    format!("{raw:?} is not a duration (e.g. 30s, 2m)"),
+                );
+                None
+            }
+        }
+    };
+    let header_timeout = duration("headerTimeout", &c.header_timeout);
+    let body_idle_timeout = duration("bodyIdleTimeout", &c.body_idle_timeout);
+    let upstream_response_timeout =
+        duration("upstreamResponseTimeout", &c.upstream_response_timeout);
+    let mut ranged = |field: &str, v: Option<u32>, min: u32, max: u32| {
+        let v = v?;
+        if (min..=max).contains(&v) {
+            Some(v)
+        } else {
+            doc.err(
+                format!("{at}.{field}"),
+                format!("must be between {min} and {max}, not {v}"),
+            );
+            None
+        }
+    };
+    let section = model::ConnectionSection {
+        header_timeout,
+        body_idle_timeout,
+        upstream_response_timeout,
+        max_request_head_bytes: ranged(
+            "maxRequestHeadBytes",
+            c.max_request_head_bytes,
+            1024,
+            1 << 20,
+        )
+        .map(|v| v as usize),
+        max_request_headers: ranged("maxRequestHeaders", c.max_request_headers, 1, 1000)
+            .map(|v| v as usize),
+        max_uri_bytes: ranged("maxUriBytes", c.max_uri_bytes, 256, 1 << 20).map(|v| v as usize),
+        h2_max_concurrent_streams: ranged(
+            "h2MaxConcurrentStreams",
+            c.h2_max_concurrent_streams,
+            1,
+            10_000,
+        ),
+        max_connections_per_source: ranged(
+            "maxConnectionsPerSource",
+            c.max_connections_per_source,
+            0,
+            1_000_000,
+        )
+        .map(|v| v as usize),
+        max_requests_in_flight: ranged(
+            "maxRequestsInFlight",
+            c.max_requests_in_flight,
+            0,
+            10_000_000,
+        )
+        .map(|v| v as usize),
+    };
+    if doc.errors.len() != before {
+        return None;
+    }
+    if section == model::ConnectionSection::default() {
+        doc.err(at, "set at least one field");
+        return None;
+    }
+    Some(section)
 }
 
 /// Converts a `rateLimit` section.

@@ -79,6 +79,7 @@ mod tests {
                     ("transform", s.transform.is_some()),
                     ("cors", s.cors.is_some()),
                     ("rateLimit", s.rate_limit.is_some()),
+                    ("connection", s.connection.is_some()),
                 ];
                 seen.extend(
                     set.iter()
@@ -105,6 +106,7 @@ mod tests {
             "transform",
             "cors",
             "rateLimit",
+            "connection",
         ] {
             assert!(bare.contains(section), "{section} missing from {seen:?}");
         }

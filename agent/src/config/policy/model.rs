@@ -54,6 +54,22 @@ pub struct PolicySections {
     pub transform: Option<TransformSection>,
     pub cors: Option<Cors>,
     pub rate_limit: Option<RateLimitSection>,
+    pub connection: Option<ConnectionSection>,
+}
+
+/// `connection`: a Gateway's client-side timeouts and limits (validated
+/// ranges; `None` keeps the agent's default).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct ConnectionSection {
+    pub header_timeout: Option<std::time::Duration>,
+    pub body_idle_timeout: Option<std::time::Duration>,
+    pub upstream_response_timeout: Option<std::time::Duration>,
+    pub max_request_head_bytes: Option<usize>,
+    pub max_request_headers: Option<usize>,
+    pub max_uri_bytes: Option<usize>,
+    pub h2_max_concurrent_streams: Option<u32>,
+    pub max_connections_per_source: Option<usize>,
+    pub max_requests_in_flight: Option<usize>,
 }
 
 impl PolicySections {

@@ -105,6 +105,9 @@ sections! {
     /// Rate limits per node (GCRA) and for the whole fleet (cluster store),
     /// quotas per client, and the XDP penalty box for abusive sources.
     rate_limit: RateLimit,
+    /// The Gateway's client-side timeouts and limits, in place of the
+    /// agent's defaults (only for targetRefs of kind Gateway without sectionName).
+    connection: Connection,
 }
 
 /// A policy target in the policy's namespace.
@@ -465,6 +468,47 @@ pub struct Limits {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"))]
     pub max_request_headers_bytes: Option<u32>,
+}
+
+/// `connection`: every field is optional; an absent one keeps the agent's
+/// default (README "Limits and timeouts").
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Connection {
+    /// Longest wait for a complete request head, and for a connection's first
+    /// request (Gateway API duration, 1s to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub header_timeout: Option<String>,
+    /// Longest a request body may go without a byte before 408 (1s to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_idle_timeout: Option<String>,
+    /// Upstream response timeout of routes without `timeouts` (1s to 1h).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream_response_timeout: Option<String>,
+    /// Largest request head, request line and headers (1024 to 1048576): 431 beyond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_request_head_bytes: Option<u32>,
+    /// Most header fields in a request (1 to 1000): 431 beyond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_request_headers: Option<u32>,
+    /// Longest request target (256 to 1048576): 414 beyond.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_uri_bytes: Option<u32>,
+    /// HTTP/2 streams a client may have open at once on one connection (1 to 10000).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub h2_max_concurrent_streams: Option<u32>,
+    /// Open connections from one client address to the Gateway (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_connections_per_source: Option<u32>,
+    /// Requests in flight through the Gateway, 503 beyond (0: no limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("format" = "int32"))]
+    pub max_requests_in_flight: Option<u32>,
 }
 
 /// `transform`.

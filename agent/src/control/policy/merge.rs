@@ -46,10 +46,12 @@ pub enum SectionKind {
     Authorization,
     RateLimit,
     Transform,
+    /// Not a request phase: a whole Gateway's connection settings.
+    Connection,
 }
 
 impl SectionKind {
-    pub const ALL: [SectionKind; 12] = [
+    pub const ALL: [SectionKind; 13] = [
         SectionKind::IpAllow,
         SectionKind::IpDeny,
         SectionKind::Limits,
@@ -62,6 +64,7 @@ impl SectionKind {
         SectionKind::Authorization,
         SectionKind::RateLimit,
         SectionKind::Transform,
+        SectionKind::Connection,
     ];
 
     /// The field name in the spec (and the `section` metric label).
@@ -79,6 +82,7 @@ impl SectionKind {
             SectionKind::Authorization => "authorization",
             SectionKind::RateLimit => "rateLimit",
             SectionKind::Transform => "transform",
+            SectionKind::Connection => "connection",
         }
     }
 
@@ -96,6 +100,7 @@ impl SectionKind {
             SectionKind::Authorization => s.authorization.is_some(),
             SectionKind::RateLimit => s.rate_limit.is_some(),
             SectionKind::Transform => s.transform.is_some(),
+            SectionKind::Connection => s.connection.is_some(),
         }
     }
 
@@ -124,6 +129,7 @@ impl SectionKind {
             SectionKind::Transform => {
                 into.transform = merge_transform(into.transform.take(), from.transform.clone())
             }
+            SectionKind::Connection => into.connection = from.connection.clone(),
         }
     }
 }

@@ -20,8 +20,8 @@ use super::{backends::BackendResolver, refgrant::Kind};
 use crate::{
     config::{Config, Filter, Gateway, HttpRoute, Listener, ObjectRef, SluicePolicy},
     policy::{
-        cors::CorsPolicy, ext_auth::ExtAuth, metrics::PolicyMetrics, state::Compile, Authenticator,
-        Broken, PolicyId, Reason, RoutePolicy,
+        connection::ConnectionPolicy, cors::CorsPolicy, ext_auth::ExtAuth, metrics::PolicyMetrics,
+        state::Compile, Authenticator, Broken, PolicyId, Reason, RoutePolicy,
     },
 };
 
@@ -281,6 +281,26 @@ impl<'a> Policies<'a> {
             .flat_map(|(_, v)| v.iter().copied())
             .collect();
         (allow, deny)
+    }
+
+    /// The connection settings of a whole Gateway (oldest policy wins a
+    /// conflict, an override wins over a default); `None` when no valid
+    /// policy on the Gateway sets them, so the agent's defaults apply.
+    pub(super) fn connection(&self, gateway: &Gateway) -> Option<Arc<ConnectionPolicy>> {
+        let attached = self.index.at(&Level::Gateway(gateway.id.clone()));
+        let eff = effective(&[attached]);
+        let c = eff.sections.connection?;
+        Some(Arc::new(ConnectionPolicy {
+            header_timeout: c.header_timeout,
+            body_idle_timeout: c.body_idle_timeout,
+            upstream_response_timeout: c.upstream_response_timeout,
+            max_request_head_bytes: c.max_request_head_bytes,
+            max_request_headers: c.max_request_headers,
+            max_uri_bytes: c.max_uri_bytes,
+            h2_max_concurrent_streams: c.h2_max_concurrent_streams,
+            max_connections_per_source: c.max_connections_per_source,
+            max_requests_in_flight: c.max_requests_in_flight,
+        }))
     }
 
     /// Problems found while building sections, per policy.

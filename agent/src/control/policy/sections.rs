@@ -120,7 +120,12 @@ impl<'a> SectionBuilder<'a> {
             rp.ip.push(self.ip_filter(level));
         }
         for kind in SectionKind::ALL {
-            if matches!(kind, SectionKind::IpAllow | SectionKind::IpDeny) {
+            // Connection settings belong to the Gateway's sockets, not to
+            // requests (see `Policies::connection`).
+            if matches!(
+                kind,
+                SectionKind::IpAllow | SectionKind::IpDeny | SectionKind::Connection
+            ) {
                 continue;
             }
             let key = match eff.sources.get(&kind) {
@@ -209,7 +214,7 @@ impl<'a> SectionBuilder<'a> {
                 cors: s.cors.clone().expect("set"),
                 meta: Some(meta),
             })),
-            SectionKind::Authentication => Built::Require,
+            SectionKind::Authentication | SectionKind::Connection => Built::Require,
             SectionKind::Authorization => {
                 let a = s.authorization.clone().expect("set");
                 Built::Authz(Arc::new(Authorization {
