@@ -207,6 +207,33 @@ pub struct Metrics {
     /// Requests the client abandoned before their response head (HTTP/2
     /// stream reset, connection closed), by shard.
     pub requests_abandoned: Family<ShardLabels, Counter>,
+    /// Connections of TLS Passthrough and TCP listeners, by shard, route and
+    /// result (`relayed` or why not).
+    pub l4_connections: Family<L4ConnectionLabels, Counter>,
+    /// Bytes relayed by TLS Passthrough and TCP listeners, by shard, route
+    /// and direction.
+    pub l4_bytes: Family<L4BytesLabels, Counter>,
+}
+
+/// Labels of `sluice_l4_connections_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct L4ConnectionLabels {
+    pub shard: Name,
+    /// `namespace/name` of the route; empty when none was found.
+    pub route: Name,
+    /// `relayed`, `no_route`, `not_tls`, `client_hello_timeout`,
+    /// `client_hello_too_large`, `no_backend`, `connect_failure`.
+    pub result: &'static str,
+}
+
+/// Labels of `sluice_l4_bytes_total`.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct L4BytesLabels {
+    pub shard: Name,
+    pub route: Name,
+    /// `upstream` (client to backend, the ClientHello included) or
+    /// `downstream` (backend to client).
+    pub direction: &'static str,
 }
 
 /// The request metrics of one route rule through one listener (so of one
@@ -280,6 +307,8 @@ impl Default for Metrics {
             http_timeouts: Family::default(),
             connections_shed: Family::default(),
             requests_abandoned: Family::default(),
+            l4_connections: Family::default(),
+            l4_bytes: Family::default(),
         }
     }
 }
@@ -359,7 +388,42 @@ impl Metrics {
              reset, connection closed); their upstream requests are cancelled. By shard",
             self.requests_abandoned.clone(),
         );
+        registry.register(
+            "sluice_l4_connections",
+            "Connections of TLS Passthrough and TCP listeners, by shard, route and result: \
+             relayed, or why not (no_route, not_tls, client_hello_timeout, \
+             client_hello_too_large, no_backend, connect_failure)",
+            self.l4_connections.clone(),
+        );
+        registry.register(
+            "sluice_l4_bytes",
+            "Bytes relayed by TLS Passthrough and TCP listeners, by shard, route and \
+             direction (upstream: client to backend; downstream: backend to client)",
+            self.l4_bytes.clone(),
+        );
         self.policy.register(registry);
+    }
+
+    /// Counts a connection of an L4 listener.
+    pub fn l4_connection(&self, shard: &Arc<str>, route: &Arc<str>, result: &'static str) {
+        self.l4_connections
+            .get_or_create(&L4ConnectionLabels {
+                shard: Name(shard.clone()),
+                route: Name(route.clone()),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts bytes relayed by an L4 listener.
+    pub fn l4_bytes(&self, shard: &Arc<str>, route: &Arc<str>, direction: &'static str, n: u64) {
+        self.l4_bytes
+            .get_or_create(&L4BytesLabels {
+                shard: Name(shard.clone()),
+                route: Name(route.clone()),
+                direction,
+            })
+            .inc_by(n);
     }
 
     /// Counts requests a client abandoned.

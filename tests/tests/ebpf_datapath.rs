@@ -945,3 +945,92 @@ spec:
     assert_eq!(r.status, Some(429), "removed from the box: {r:?}");
     assert!(!s.admin("/ratelimit").contains(&format!("\"{abuser}/32\"")));
 }
+
+/// A second Gateway with a TCP listener (TCPRoute to the echo backend) and a
+/// TLS Passthrough listener (no route for plain HTTP), for the L4 test.
+fn l4_config() -> String {
+    format!(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: l4, namespace: team-a}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{value: "{v4}"}}]
+  listeners:
+  - {{name: tcp, port: {TCP_PORT}, protocol: TCP}}
+  - {{name: tls, port: {TLS_PORT}, protocol: TLS, tls: {{mode: Passthrough}}}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {{name: echo-tcp, namespace: team-a}}
+spec:
+  parentRefs: [{{name: l4, sectionName: tcp}}]
+  rules: [{{backendRefs: [{{name: echo, port: 80}}]}}]
+"#,
+        v4 = Topology::NODE_V4,
+    )
+}
+
+const TCP_PORT: u16 = 5432;
+const TLS_PORT: u16 = 8443;
+
+#[test]
+fn tcp_and_tls_listeners_are_steered_by_sk_lookup_like_http_ones() {
+    if !privileged("tcp_and_tls_listeners_are_steered_by_sk_lookup_like_http_ones") {
+        return;
+    }
+    let s = Scenario::start_with("l4", &[], "ebpf", |dir| {
+        std::fs::write(dir.join("config/l4.yaml"), l4_config()).unwrap();
+        Vec::new()
+    });
+    // HTTP is bytes to a TCP listener: relayed to the echo backend as sent.
+    let r = s.get(Topology::NODE_V4, TCP_PORT, None);
+    assert_eq!(r.status, Some(200), "{r:?}\n{}", s.agent_log());
+    let echo: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(echo["path"], "/hello?x=1");
+    // Relayed, not proxied: no X-Forwarded-For added.
+    assert!(echo["headers"].get("X-Forwarded-For").is_none(), "{echo}");
+    // Plain HTTP to the TLS Passthrough listener reaches the shard (it is
+    // accepted, not refused) and is closed without an answer.
+    let r = s.get(Topology::NODE_V4, TLS_PORT, None);
+    // (Empty reply, or a reset when the close found request bytes unread.)
+    assert!(
+        matches!(r.exit, 52 | 56),
+        "expected the connection closed without an answer: {r:?}"
+    );
+    for port in [TCP_PORT, TLS_PORT] {
+        assert_eq!(
+            s.listeners_on(port),
+            "",
+            "agent must not bind {port} in eBPF mode"
+        );
+    }
+    let metrics = s.admin("/metrics");
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_l4_connections_total",
+            &["team-a/l4", "team-a/echo-tcp", "relayed"]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "sluice_l4_connections_total",
+            &["team-a/l4", "not_tls"]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    let allowed = metric(
+        &metrics,
+        "sluice_xdp_packets_total",
+        &["team-a/l4", "pass_allowed"],
+    );
+    assert!(
+        allowed.unwrap_or(0.0) > 0.0,
+        "XDP admitted the L4 traffic: {metrics}"
+    );
+}

@@ -1390,3 +1390,66 @@ async fn kube_sluice_policy_with_api_keys_fails_closed_and_reports_status() {
     .await;
     app.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_tcp_and_tls_routes_are_watched_served_and_their_status_written() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("l4routes", 27533, 34880) else {
+        return;
+    };
+    let echo = echo().await;
+    let (tcp_port, tls_port) = (free_port(), free_port());
+    // The Gateway, Service and EndpointSlice of `objects`, with L4
+    // listeners instead of the HTTP one.
+    let base = objects("l4", "fleet: a", tcp_port, "/", echo).replace(
+        &format!("listeners: [{{name: http, port: {tcp_port}, protocol: HTTP}}]"),
+        &format!(
+            "listeners:\n  - {{name: tcp, port: {tcp_port}, protocol: TCP}}\n  \
+             - {{name: tls, port: {tls_port}, protocol: TLS, tls: {{mode: Passthrough}}}}"
+        ),
+    );
+    kube.apply(&base);
+    kube.apply(
+        r#"apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: echo-tcp, namespace: apps}
+spec:
+  parentRefs: [{name: l4, sectionName: tcp}]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TLSRoute
+metadata: {name: echo-tls, namespace: apps}
+spec:
+  parentRefs: [{name: l4, sectionName: tls}]
+  hostnames: [db.example.com]
+  rules: [{backendRefs: [{name: echo, port: 80}]}]
+"#,
+    );
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    // HTTP is bytes to a TCP listener: the echo backend answers through it
+    // (the HTTPRoute of `objects` is on a listener that no longer exists).
+    eventually(
+        "traffic through the TCP listener",
+        Duration::from_secs(20),
+        || async { status_of(tcp_port, "/anything").await == 200 },
+    )
+    .await;
+    eventually(
+        "TCPRoute and TLSRoute status written, listeners with their kinds",
+        Duration::from_secs(20),
+        || async {
+            let gw = kube.get("gateway/l4", "apps");
+            let listeners = &gw["status"]["listeners"];
+            route_status_ok(&kube.get("tcproute/echo-tcp", "apps"))
+                && route_status_ok(&kube.get("tlsroute/echo-tls", "apps"))
+                && listeners[0]["supportedKinds"][0]["kind"] == "TCPRoute"
+                && listeners[0]["attachedRoutes"] == 1
+                && listeners[1]["supportedKinds"][0]["kind"] == "TLSRoute"
+                && listeners[1]["attachedRoutes"] == 1
+        },
+    )
+    .await;
+    app.shutdown().await;
+}

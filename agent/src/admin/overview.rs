@@ -204,7 +204,8 @@ pub struct AttachedPolicy {
 pub struct UpstreamView {
     /// `namespace/name:port`.
     pub name: String,
-    /// `http1` or `h2c`.
+    /// `http1`, `h2c`, or `tcp` for backends of TLSRoutes and TCPRoutes
+    /// (bytes relayed as they come).
     pub protocol: &'static str,
     pub tls: bool,
     pub endpoints: Vec<EndpointView>,
@@ -551,6 +552,8 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
     }
     let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
     for listener in &shard.listeners {
+        // TLS Passthrough and TCP listeners relay bytes to their backends.
+        let relay = listener.l4.is_some();
         for (host, entry) in listener.routes.entries() {
             let name = entry.route_name.to_string();
             let acc = routes.entry(name.clone()).or_default();
@@ -559,7 +562,7 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
             acc.rules.insert(entry.rule as usize);
             acc.policies.extend(attached(&entry.action.policy));
             for (backend, mirror) in backends_of(entry) {
-                let key = upstream(backend, &name, upstreams);
+                let key = upstream(backend, &name, upstreams, relay);
                 acc.backends.insert(BackendRefView {
                     upstream: key,
                     weight: if mirror { 0 } else { backend.weight },
@@ -594,11 +597,13 @@ fn backends_of(entry: &RouteEntry) -> impl Iterator<Item = (&Backend, bool)> {
         .chain(action.mirrors.iter().map(|m| (&m.backend, true)))
 }
 
-/// Registers `backend` (used by `route`) and returns its key.
+/// Registers `backend` (used by `route`; `relay`: through an L4 listener)
+/// and returns its key.
 fn upstream(
     backend: &Backend,
     route: &str,
     upstreams: &mut BTreeMap<String, UpstreamView>,
+    relay: bool,
 ) -> String {
     let key = format!("{}:{}", backend.service, backend.port);
     let view = upstreams.entry(key.clone()).or_insert_with(|| {
@@ -620,10 +625,12 @@ fn upstream(
         UpstreamView {
             name: key.clone(),
             protocol: match backend.protocol {
+                _ if relay => "tcp",
                 crate::snapshot::AppProtocol::Http1 => "http1",
                 crate::snapshot::AppProtocol::H2c => "h2c",
             },
-            tls: backend.tls.is_some(),
+            // A relayed TLS connection is the client's own, end to end.
+            tls: !relay && backend.tls.is_some(),
             endpoints,
             panic: false,
             unresolved,

@@ -64,6 +64,13 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
         let protocol = match l.protocol.as_str() {
             "HTTP" => model::ListenerProtocol::Http,
             "HTTPS" => model::ListenerProtocol::Https,
+            "TCP" => model::ListenerProtocol::Tcp,
+            "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
+                Some("Passthrough") => model::ListenerProtocol::TlsPassthrough,
+                // Terminating TLS for TLSRoutes is not implemented: the
+                // listener is reported as unsupported, like UDP.
+                _ => model::ListenerProtocol::Other("TLS with mode Terminate".into()),
+            },
             other => model::ListenerProtocol::Other(other.to_owned()),
         };
         if l.port == 0 {
@@ -76,6 +83,9 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             );
         }
         let hostname = match &l.hostname {
+            // A TCP listener has no hostname to match (the Gateway API
+            // ignores it for TCP); a routing decision must not depend on it.
+            Some(_) if protocol == model::ListenerProtocol::Tcp => None,
             Some(h) => hostname(doc, &format!("spec.listeners[{i}].hostname"), h),
             None => None,
         };
@@ -118,11 +128,18 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
         let is_kind = |k: &wire::RouteGroupKind, kind: &str| {
             k.kind == kind && k.group.as_deref().unwrap_or(GATEWAY_GROUP) == GATEWAY_GROUP
         };
-        let allows_http_routes = kinds.is_empty() || kinds.iter().any(|k| is_kind(k, "HTTPRoute"));
-        let allows_grpc_routes = kinds.is_empty() || kinds.iter().any(|k| is_kind(k, "GRPCRoute"));
+        // Kinds the protocol takes: all of them when `kinds` is unset, else
+        // those named; a named kind the protocol cannot take (an HTTPRoute
+        // on a TLS listener) is invalid, like an unknown one.
+        let served = protocol.route_kinds();
+        let allowed_kinds = served
+            .iter()
+            .copied()
+            .filter(|rk| kinds.is_empty() || kinds.iter().any(|k| is_kind(k, rk.as_str())))
+            .collect();
         let invalid_route_kinds = kinds
             .iter()
-            .filter(|k| !is_kind(k, "HTTPRoute") && !is_kind(k, "GRPCRoute"))
+            .filter(|k| !served.iter().any(|rk| is_kind(k, rk.as_str())))
             .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GATEWAY_GROUP), k.kind))
             .collect();
         let tls = listener_tls(doc, i, &protocol, l.tls.as_ref(), &ns(&g.metadata));
@@ -132,8 +149,7 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             protocol,
             hostname,
             allowed_routes,
-            allows_http_routes,
-            allows_grpc_routes,
+            allowed_kinds,
             invalid_route_kinds,
             tls,
         });
@@ -165,8 +181,9 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
     })
 }
 
-/// `spec.listeners[i].tls`: required for HTTPS (mode Terminate), not allowed
-/// for HTTP. Other protocols are not served, so their `tls` is not read.
+/// `spec.listeners[i].tls`: required for HTTPS (mode Terminate) and TLS
+/// (mode Passthrough: no certificates, the backend terminates), not allowed
+/// for HTTP and TCP. Other protocols are not served, so their `tls` is not read.
 fn listener_tls(
     doc: &mut Doc<'_>,
     i: usize,
@@ -180,6 +197,25 @@ fn listener_tls(
             doc.err(field, "not allowed for protocol HTTP");
             None
         }
+        (model::ListenerProtocol::Tcp, Some(_)) => {
+            doc.err(field, "not allowed for protocol TCP");
+            None
+        }
+        (model::ListenerProtocol::TlsPassthrough, Some(tls)) => {
+            if !tls.certificate_refs.is_empty() {
+                doc.err(
+                    format!("{field}.certificateRefs"),
+                    "not allowed with mode Passthrough (the backend holds the certificate)",
+                );
+            }
+            if let Some(key) = tls.options.keys().next() {
+                doc.err(
+                    format!("{field}.options"),
+                    format!("unsupported option {key:?} (no TLS options are implemented)"),
+                );
+            }
+            None
+        }
         (model::ListenerProtocol::Https, None) => {
             doc.err(field, "required for protocol HTTPS");
             None
@@ -189,7 +225,7 @@ fn listener_tls(
                 "Terminate" => {}
                 "Passthrough" => doc.err(
                     format!("{field}.mode"),
-                    "Passthrough is only valid for protocol TLS (not served); HTTPS terminates",
+                    "Passthrough is only valid for protocol TLS; HTTPS terminates",
                 ),
                 other => doc.err(
                     format!("{field}.mode"),

@@ -9,6 +9,7 @@ mod gateway;
 mod grpc_route;
 pub mod identity;
 mod keyed;
+mod l4_route;
 mod load;
 pub mod model;
 pub mod policy;

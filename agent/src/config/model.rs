@@ -317,9 +317,40 @@ pub struct SynBudget {
 pub enum ListenerProtocol {
     Http,
     Https,
-    /// A protocol this agent does not serve (TCP, TLS, UDP, ...): the listener
-    /// is reported as not accepted and carries no traffic.
+    /// `TLS` with `tls.mode: Passthrough`: connections are routed by the SNI
+    /// of their ClientHello (TLSRoute) and relayed unchanged.
+    TlsPassthrough,
+    /// `TCP`: connections are relayed to the backends of a TCPRoute.
+    Tcp,
+    /// A protocol this agent does not serve (UDP, TLS with mode Terminate,
+    /// ...): the listener is reported as not accepted and carries no traffic.
     Other(String),
+}
+
+impl ListenerProtocol {
+    /// Route kinds a listener of this protocol can take, in the order
+    /// `supportedKinds` reports them when `allowedRoutes.kinds` is unset.
+    pub fn route_kinds(&self) -> &'static [RouteKind] {
+        match self {
+            ListenerProtocol::Http | ListenerProtocol::Https => &[RouteKind::Http, RouteKind::Grpc],
+            ListenerProtocol::TlsPassthrough => &[RouteKind::Tls],
+            ListenerProtocol::Tcp => &[RouteKind::Tcp],
+            ListenerProtocol::Other(_) => &[],
+        }
+    }
+
+    /// Whether the agent serves listeners of this protocol.
+    pub fn is_served(&self) -> bool {
+        !matches!(self, ListenerProtocol::Other(_))
+    }
+
+    /// Whether connections are relayed at layer 4 (no HTTP is spoken).
+    pub fn is_l4(&self) -> bool {
+        matches!(
+            self,
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp
+        )
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -330,16 +361,22 @@ pub struct Listener {
     pub hostname: Option<Hostname>,
     /// Which namespaces' routes may attach (`allowedRoutes.namespaces.from`).
     pub allowed_routes: AllowedRoutes,
-    /// Whether `allowedRoutes.kinds` admits HTTPRoute (true when unset).
-    pub allows_http_routes: bool,
-    /// Whether `allowedRoutes.kinds` admits GRPCRoute (true when unset: the
-    /// default kinds of HTTP and HTTPS listeners include it).
-    pub allows_grpc_routes: bool,
-    /// `allowedRoutes.kinds` entries this agent does not serve (`group/kind`);
-    /// reported as ResolvedRefs=False, InvalidRouteKinds.
+    /// Route kinds `allowedRoutes.kinds` admits among those the protocol
+    /// takes ([`ListenerProtocol::route_kinds`]; all of them when unset).
+    pub allowed_kinds: Vec<RouteKind>,
+    /// `allowedRoutes.kinds` entries this agent does not serve on this
+    /// listener's protocol (`group/kind`); reported as ResolvedRefs=False,
+    /// InvalidRouteKinds.
     pub invalid_route_kinds: Vec<String>,
     /// `tls` of an HTTPS listener (always set for HTTPS; mode Terminate).
     pub tls: Option<ListenerTls>,
+}
+
+impl Listener {
+    /// Whether routes of `kind` may attach (protocol and `allowedRoutes.kinds`).
+    pub fn allows(&self, kind: RouteKind) -> bool {
+        self.allowed_kinds.contains(&kind)
+    }
 }
 
 /// `GatewayTLSConfig` with mode Terminate.
@@ -471,23 +508,45 @@ impl fmt::Display for Hostname {
 
 /// Which Gateway API kind a route was written as. A GRPCRoute is converted
 /// into the same route model as an HTTPRoute (a method match is a path match
-/// on `/service/method`); the kind stays for what differs: listener
-/// `allowedRoutes.kinds`, ReferenceGrant `from`, status, upstream protocol
-/// (HTTP/2 for gRPC) and how gateway-made errors are answered.
+/// on `/service/method`); so are TLSRoutes and TCPRoutes (their one rule has
+/// the match-everything match and only backends: the route table then does
+/// the hostname precedence for SNI). The kind stays for what differs:
+/// listener `allowedRoutes.kinds`, ReferenceGrant `from`, status, upstream
+/// protocol (HTTP/2 for gRPC, bytes relayed for TLS and TCP) and how
+/// gateway-made errors are answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum RouteKind {
     #[default]
     Http,
     Grpc,
+    /// TLSRoute: routed by SNI on a TLS Passthrough listener.
+    Tls,
+    /// TCPRoute: every connection of a TCP listener.
+    Tcp,
 }
 
 impl RouteKind {
-    /// The Kubernetes kind name (`HTTPRoute`, `GRPCRoute`).
+    /// The Kubernetes kind name (`HTTPRoute`, `GRPCRoute`, `TLSRoute`, `TCPRoute`).
     pub fn as_str(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
+            RouteKind::Tls => "TLSRoute",
+            RouteKind::Tcp => "TCPRoute",
         }
+    }
+
+    /// Every kind, for parsing `allowedRoutes.kinds`.
+    pub const ALL: [RouteKind; 4] = [
+        RouteKind::Http,
+        RouteKind::Grpc,
+        RouteKind::Tls,
+        RouteKind::Tcp,
+    ];
+
+    /// Whether the route's connections are relayed at layer 4.
+    pub fn is_l4(self) -> bool {
+        matches!(self, RouteKind::Tls | RouteKind::Tcp)
     }
 }
 

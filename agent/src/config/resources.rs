@@ -537,6 +537,39 @@ pub struct GrpcMethodMatch {
     pub method: Option<String>,
 }
 
+/// `TLSRoute` and `TCPRoute` (v1; v1alpha2/v1alpha3 read the same way):
+/// parents, hostnames (TLSRoute only) and one rule of backends. Converted in
+/// [`super::l4_route`].
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4Route {
+    pub metadata: ObjectMeta,
+    pub spec: L4RouteSpec,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4RouteSpec {
+    #[serde(default)]
+    pub parent_refs: Vec<ParentReference>,
+    /// TLSRoute only: SNI names the route takes.
+    #[serde(default)]
+    pub hostnames: Vec<String>,
+    #[serde(default)]
+    pub rules: Vec<L4RouteRule>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct L4RouteRule {
+    #[serde(default)]
+    pub name: Option<String>,
+    /// The HTTPRoute shape; `filters` is not part of these kinds and is
+    /// read only to be refused by name.
+    #[serde(default)]
+    pub backend_refs: Vec<HttpBackendRef>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Service {

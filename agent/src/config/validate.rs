@@ -112,6 +112,24 @@ impl Builder {
                     }
                 }
             }
+            (GATEWAY_GROUP, kind @ ("TLSRoute" | "TCPRoute")) => {
+                let (route_kind, versions) = if kind == "TLSRoute" {
+                    (model::RouteKind::Tls, &super::l4_route::TLS_ROUTE_VERSIONS[..])
+                } else {
+                    (model::RouteKind::Tcp, &super::l4_route::TCP_ROUTE_VERSIONS[..])
+                };
+                if !versions.contains(&api_version.as_str()) {
+                    doc.err("apiVersion", format!("unsupported {kind} version {api_version:?} (supported: {})", versions.join(", ")));
+                } else if let Some(r) = decode::<wire::L4Route>(&mut doc, value) {
+                    if let Some(r) = super::l4_route::l4_route(&mut doc, route_kind, r) {
+                        self.config.routes.push(std::sync::Arc::new(r));
+                    }
+                }
+            }
+            (GATEWAY_GROUP, "UDPRoute") => doc.err(
+                "kind",
+                "UDPRoute is not served: Sluice relays TCP only (TCPRoute, TLSRoute)",
+            ),
             ("", "Service") => {
                 if let Some(s) = decode::<wire::Service>(&mut doc, value) {
                     if let Some(s) = backends::service(&mut doc, s) {
@@ -183,7 +201,7 @@ impl Builder {
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute, GRPCRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
+                     Gateway, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
                      EndpointSlice (discovery.k8s.io/v1), SluicePolicy, ConsulService (sluice.dev/v1alpha1)"
                 ),
             ),

@@ -4,8 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 
 use crate::config::{
-    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, RouteKind,
-    NAMESPACE_NAME_LABEL,
+    AllowedRoutes, Config, Gateway, Hostname, HttpRoute, Listener, ParentRef, NAMESPACE_NAME_LABEL,
 };
 
 pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
@@ -20,11 +19,7 @@ pub(super) fn namespace_allowed(
     route: &HttpRoute,
     namespaces: &NamespaceLabels,
 ) -> bool {
-    let kind_allowed = match route.kind {
-        RouteKind::Http => listener.allows_http_routes,
-        RouteKind::Grpc => listener.allows_grpc_routes,
-    };
-    if !kind_allowed {
+    if !listener.allows(route.kind) {
         return false;
     }
     match &listener.allowed_routes {

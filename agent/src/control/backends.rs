@@ -88,7 +88,11 @@ impl<'a> BackendResolver<'a> {
                     let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend.protocol = match route.kind {
-                        RouteKind::Http => self.protocol(&b.service, b.port),
+                        // TLS and TCP connections are relayed as bytes: the
+                        // protocol is not looked at.
+                        RouteKind::Http | RouteKind::Tls | RouteKind::Tcp => {
+                            self.protocol(&b.service, b.port)
+                        }
                         // gRPC needs HTTP/2: prior knowledge in the clear; over TLS
                         // the pool offers h2 by ALPN (and h2c is not looked at).
                         RouteKind::Grpc => AppProtocol::H2c,

@@ -16,7 +16,7 @@ use sluice_common::{ListenerKey, ListenerValue, LISTENER_F_SOURCE_FILTER, MAX_SH
 use crate::{
     config::{Config, Gateway, ListenerProtocol, ObjectRef},
     kernel::{port_ranges::split, KernelDesired, PortBlock, SourceRule},
-    snapshot::{ListenerRoutes, PortAlias, Shard, ShardId, Snapshot},
+    snapshot::{L4Mode, ListenerRoutes, PortAlias, Shard, ShardId, Snapshot},
 };
 
 use super::{
@@ -235,7 +235,7 @@ impl Compiler {
             let conflicts = super::status::listener_conflicts(gateway);
             for (li, l) in gateway.listeners.iter().enumerate() {
                 match &l.protocol {
-                    ListenerProtocol::Http | ListenerProtocol::Https => {}
+                    p if p.is_served() => {}
                     other => {
                         warnings.push(format!(
                             "Gateway {} listener {}: protocol {other:?} is not served",
@@ -319,6 +319,11 @@ impl Compiler {
                         port: l.port,
                         hostname: l.hostname.clone(),
                         routes: routed.tables[slot].clone(),
+                        l4: match l.protocol {
+                            ListenerProtocol::TlsPassthrough => Some(L4Mode::TlsPassthrough),
+                            ListenerProtocol::Tcp => Some(L4Mode::Tcp),
+                            _ => None,
+                        },
                         tls,
                         policy: policies.for_listener(gateway, l),
                     }

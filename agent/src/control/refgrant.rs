@@ -24,6 +24,14 @@ impl Kind<'static> {
         group: GATEWAY_GROUP,
         kind: "GRPCRoute",
     };
+    pub const TLS_ROUTE: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "TLSRoute",
+    };
+    pub const TCP_ROUTE: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "TCPRoute",
+    };
     pub const SERVICE: Kind<'static> = Kind {
         group: "",
         kind: "Service",
@@ -44,6 +52,8 @@ impl Kind<'static> {
         match kind {
             crate::config::RouteKind::Http => Kind::HTTP_ROUTE,
             crate::config::RouteKind::Grpc => Kind::GRPC_ROUTE,
+            crate::config::RouteKind::Tls => Kind::TLS_ROUTE,
+            crate::config::RouteKind::Tcp => Kind::TCP_ROUTE,
         }
     }
 }

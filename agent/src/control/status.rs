@@ -165,7 +165,7 @@ pub(super) fn listener_conflicts(gateway: &Gateway) -> HashMap<&str, ListenerPro
     let served: Vec<_> = gateway
         .listeners
         .iter()
-        .filter(|l| matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https))
+        .filter(|l| l.protocol.is_served())
         .collect();
     let mut out = HashMap::new();
     for (i, l) in served.iter().enumerate() {
@@ -291,21 +291,21 @@ pub(super) fn compute(
             let attached = attached[gi][li];
             // Both route kinds Sluice serves, in the order allowedRoutes
             // admits them (every kind when it names none).
-            let route_kinds: Vec<RouteKind> = [
-                (l.allows_http_routes, "HTTPRoute"),
-                (l.allows_grpc_routes, "GRPCRoute"),
-            ]
-            .into_iter()
-            .filter(|(allowed, _)| *allowed)
-            .map(|(_, kind)| RouteKind {
-                group: super::refgrant::GATEWAY_GROUP,
-                kind,
-            })
-            .collect();
+            let route_kinds: Vec<RouteKind> = l
+                .allowed_kinds
+                .iter()
+                .map(|kind| RouteKind {
+                    group: super::refgrant::GATEWAY_GROUP,
+                    kind: kind.as_str(),
+                })
+                .collect();
             let (supported_kinds, mut conditions): (Vec<RouteKind>, Vec<Condition>) = match &l
                 .protocol
             {
-                ListenerProtocol::Http | ListenerProtocol::Https => (
+                ListenerProtocol::Http
+                | ListenerProtocol::Https
+                | ListenerProtocol::TlsPassthrough
+                | ListenerProtocol::Tcp => (
                     route_kinds,
                     vec![
                         match problems.get(&(gateway.id.clone(), l.name.clone())) {
@@ -418,8 +418,7 @@ pub(super) fn compute(
             });
         }
         let any_programmed = gateway.listeners.iter().any(|l| {
-            matches!(l.protocol, ListenerProtocol::Http | ListenerProtocol::Https)
-                && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
+            l.protocol.is_served() && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
         });
         let addresses = gateway_addresses(gateway, node_addresses);
         let mut conditions = vec![
@@ -655,7 +654,7 @@ spec:
   listeners:
   - {name: http, port: 80, protocol: HTTP, hostname: foo.example.com}
   - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing-cert}]}}
-  - {name: tcp, port: 9000, protocol: TCP}
+  - {name: udp, port: 9000, protocol: UDP}
 ---
 apiVersion: v1
 kind: Service
@@ -729,10 +728,10 @@ spec: {ports: [{port: 8080}]}
             "False"
         );
         assert_eq!(
-            condition(&l("tcp").conditions, "Accepted").reason,
+            condition(&l("udp").conditions, "Accepted").reason,
             "UnsupportedProtocol"
         );
-        assert!(l("tcp").supported_kinds.is_empty());
+        assert!(l("udp").supported_kinds.is_empty());
         assert_eq!(condition(&gw.conditions, "Programmed").status, "True");
         assert_eq!(
             condition(&gw.conditions, "Accepted").observed_generation,
@@ -811,7 +810,7 @@ spec:
         let s = status("");
         let c = condition(&s.gateways[0].conditions, "Accepted");
         assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
-        assert!(c.message.contains("tcp"), "{}", c.message);
+        assert!(c.message.contains("udp"), "{}", c.message);
         let (s, _) = gateway_status(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
              metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
@@ -869,6 +868,67 @@ spec:
         assert_eq!(served, ["other-host", "alone"]);
         let c = condition(&s.gateways[0].conditions, "Accepted");
         assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
+    }
+
+    #[test]
+    fn tls_and_tcp_listeners_take_their_kinds_and_conflict_with_other_protocols() {
+        let (s, compiled) = gateway_status(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: infra}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: pass-a, port: 8443, protocol: TLS, hostname: a.example.com, tls: {mode: Passthrough}}
+  - {name: pass-b, port: 8443, protocol: TLS, hostname: b.example.com, tls: {mode: Passthrough}}
+  - {name: tcp, port: 5432, protocol: TCP}
+  - {name: tls-http, port: 9443, protocol: TLS, tls: {mode: Passthrough}, allowedRoutes: {kinds: [{kind: HTTPRoute}, {kind: TLSRoute}]}}
+  - {name: terminate, port: 7443, protocol: TLS, tls: {mode: Terminate}}
+  - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}
+  - {name: tls-on-443, port: 443, protocol: TLS, tls: {mode: Passthrough}}
+"#,
+        );
+        let kinds = |name: &str| -> Vec<&str> {
+            listener(&s, name)
+                .supported_kinds
+                .iter()
+                .map(|k| k.kind)
+                .collect()
+        };
+        assert_eq!(kinds("pass-a"), ["TLSRoute"]);
+        assert_eq!(kinds("tcp"), ["TCPRoute"]);
+        // An HTTPRoute cannot go on a TLS listener: named, it is invalid.
+        assert_eq!(kinds("tls-http"), ["TLSRoute"]);
+        let c = condition(&listener(&s, "tls-http").conditions, "ResolvedRefs");
+        assert_eq!((c.status, c.reason), ("False", "InvalidRouteKinds"));
+        for name in ["pass-a", "pass-b", "tcp"] {
+            let l = listener(&s, name);
+            assert_eq!(
+                condition(&l.conditions, "Accepted").status,
+                "True",
+                "{name}"
+            );
+            assert_eq!(
+                condition(&l.conditions, "Programmed").status,
+                "True",
+                "{name}"
+            );
+        }
+        let c = condition(&listener(&s, "terminate").conditions, "Accepted");
+        assert_eq!((c.status, c.reason), ("False", "UnsupportedProtocol"));
+        assert!(c.message.contains("Terminate"), "{}", c.message);
+        for name in ["https", "tls-on-443"] {
+            let c = condition(&listener(&s, name).conditions, "Conflicted");
+            assert_eq!((c.status, c.reason), ("True", "ProtocolConflict"), "{name}");
+        }
+        let shard = &compiled.snapshot.shards[0];
+        assert_eq!(
+            shard.l4_mode(8443),
+            Some(crate::snapshot::L4Mode::TlsPassthrough)
+        );
+        assert_eq!(shard.l4_mode(5432), Some(crate::snapshot::L4Mode::Tcp));
+        assert_eq!(shard.l4_mode(443), None);
+        assert_eq!(shard.ports(), [5432, 8443, 9443]);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! touches config parsing or the kernel maps.
 mod body_idle;
 mod cached;
+mod client_hello;
 mod conn_watch;
 mod deadline;
 pub mod edge;
@@ -9,6 +10,7 @@ pub mod filters;
 mod forward;
 mod grpc_status;
 mod host;
+mod l4;
 mod load;
 mod logged;
 mod mirror;

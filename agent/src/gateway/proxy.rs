@@ -336,6 +336,15 @@ impl Proxy {
             .unwrap_or(peer)
     }
 
+    /// The snapshot being served (the L4 relay reads its routes from it).
+    pub(super) fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot.load_full()
+    }
+
+    pub(super) fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// The TLS server config of a shard port, when connections to it are TLS.
     pub fn tls_config(&self, shard: ShardId, port: u16) -> Option<Arc<rustls::ServerConfig>> {
         let snapshot = self.snapshot.load();

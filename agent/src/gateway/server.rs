@@ -275,6 +275,24 @@ fn serve(
         tracing::debug!(shard, %peer, "connection limit per source address reached");
         return;
     };
+    // TLS Passthrough and TCP listeners relay bytes instead of speaking HTTP
+    // (same socket, same admission and per-source limit as HTTP listeners).
+    let l4 = proxy
+        .snapshot()
+        .shard(shard)
+        .and_then(|s| s.l4_mode(local.port()));
+    if let Some(mode) = l4 {
+        let proxy = proxy.clone();
+        // Held while the relay runs: the accept loop's bounded drain waits
+        // for it as for HTTP connections (a relay is not cut by the drain,
+        // only by the agent's exit after it).
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            super::l4::serve(shard, mode, stream, peer, local, proxy).await;
+            drop((permit, source_slot, agent_slot, watcher));
+        });
+        return;
+    }
     // Decided per connection from the current snapshot: a rotated
     // certificate is used by the next handshake, on the same socket.
     let tls = proxy.tls_config(shard, local.port());

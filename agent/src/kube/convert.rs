@@ -139,7 +139,7 @@ impl Converter {
             match &cached.result {
                 Ok(c) => out.config.merge(c.clone()),
                 Err(errors) => {
-                    if matches!(kind, Kind::HttpRoute | Kind::GrpcRoute) {
+                    if kind.is_route() {
                         out.invalid_route_parents
                             .push((key.clone(), raw_parents(obj)));
                     }
@@ -189,6 +189,8 @@ impl Converter {
         for kind in [
             Kind::HttpRoute,
             Kind::GrpcRoute,
+            Kind::TlsRoute,
+            Kind::TcpRoute,
             Kind::ReferenceGrant,
             Kind::BackendTlsPolicy,
             Kind::SluicePolicy,
@@ -527,6 +529,79 @@ mod tests {
             status.target(),
             (Kind::GrpcRoute, ObjectRef::new("a", "echo"))
         );
+    }
+
+    #[test]
+    fn tls_and_tcp_routes_are_converted_and_bad_ones_reported_with_their_kind() {
+        let route = |kind, name: &str, spec: serde_json::Value| {
+            (
+                kind,
+                obj(kind, Some("a"), name, serde_json::json!({ "spec": spec })),
+            )
+        };
+        let s = stores(vec![
+            route(
+                Kind::TlsRoute,
+                "tls",
+                serde_json::json!({"parentRefs": [{"name": "gw"}], "hostnames": ["a.example.com"], "rules": [{"backendRefs": [{"name": "svc", "port": 443}]}]}),
+            ),
+            route(
+                Kind::TcpRoute,
+                "tcp",
+                serde_json::json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "svc", "port": 5432}]}]}),
+            ),
+            // Two rules: v1 has exactly one.
+            route(
+                Kind::TcpRoute,
+                "bad",
+                serde_json::json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "svc", "port": 1}]}, {"backendRefs": [{"name": "svc", "port": 2}]}]}),
+            ),
+        ]);
+        let out = Converter::default().convert(&s, &[], &[]);
+        let kinds: Vec<_> = out
+            .config
+            .routes
+            .iter()
+            .map(|r| (r.id.name.as_str(), r.kind))
+            .collect();
+        assert!(
+            kinds.contains(&("tls", crate::config::RouteKind::Tls)),
+            "{kinds:?}"
+        );
+        assert!(
+            kinds.contains(&("tcp", crate::config::RouteKind::Tcp)),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.len(), 2);
+        assert_eq!(out.errors.len(), 1);
+        assert_eq!(
+            out.errors[0].0,
+            (Kind::TcpRoute, ObjectRef::new("a", "bad"))
+        );
+        assert!(out.errors[0].1[0].to_string().contains("exactly one rule"));
+        assert_eq!(
+            out.invalid_route_parents,
+            vec![(
+                (Kind::TcpRoute, ObjectRef::new("a", "bad")),
+                vec![ObjectRef::new("a", "gw")]
+            )]
+        );
+        // Status goes to tlsroutes/tcproutes.
+        for (kind, name, plural) in [
+            ("TLSRoute", Kind::TlsRoute, "tlsroutes"),
+            ("TCPRoute", Kind::TcpRoute, "tcproutes"),
+        ] {
+            let status = super::super::status::ObjectStatus::HttpRoute(
+                crate::control::status::RouteStatus {
+                    kind,
+                    namespace: "a".into(),
+                    name: "r".into(),
+                    parents: vec![],
+                },
+            );
+            assert_eq!(status.target(), (name, ObjectRef::new("a", "r")));
+            assert_eq!(name.resource().plural, plural);
+        }
     }
 
     fn node(labels: &[(&str, &str)]) -> DynamicObject {

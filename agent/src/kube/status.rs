@@ -36,7 +36,7 @@ pub const FIELD_MANAGER: &str = "sluice.dev/gateway-controller";
 pub enum ObjectStatus {
     GatewayClass(ClassStatus),
     Gateway(GatewayStatus),
-    /// An HTTPRoute or a GRPCRoute (`RouteStatus::kind`); only the parents
+    /// An HTTPRoute, GRPCRoute, TLSRoute or TCPRoute (`RouteStatus::kind`); only the parents
     /// this agent serves.
     HttpRoute(RouteStatus),
     /// Only the ancestor Gateways of our classes.
@@ -53,11 +53,7 @@ impl ObjectStatus {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
             ObjectStatus::HttpRoute(r) => (
-                if r.kind == "GRPCRoute" {
-                    Kind::GrpcRoute
-                } else {
-                    Kind::HttpRoute
-                },
+                Kind::of_route_kind(r.kind),
                 ObjectRef::new(&r.namespace, &r.name),
             ),
             ObjectStatus::BackendTlsPolicy(p) => (
@@ -156,11 +152,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             .collect();
         if !parents.is_empty() {
             out.push(ObjectStatus::HttpRoute(RouteStatus {
-                kind: if *kind == Kind::GrpcRoute {
-                    "GRPCRoute"
-                } else {
-                    "HTTPRoute"
-                },
+                kind: kind.route_kind().unwrap_or("HTTPRoute"),
                 namespace: id.namespace.clone(),
                 name: id.name.clone(),
                 parents,

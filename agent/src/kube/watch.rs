@@ -45,6 +45,8 @@ pub enum Kind {
     Gateway,
     HttpRoute,
     GrpcRoute,
+    TlsRoute,
+    TcpRoute,
     ReferenceGrant,
     BackendTlsPolicy,
     /// `sluice.dev/v1alpha1` SluicePolicy.
@@ -64,11 +66,13 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 12] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
         Kind::GrpcRoute,
+        Kind::TlsRoute,
+        Kind::TcpRoute,
         Kind::ReferenceGrant,
         Kind::BackendTlsPolicy,
         Kind::SluicePolicy,
@@ -84,6 +88,8 @@ impl Kind {
             Kind::Gateway => (GATEWAY_GROUP, "v1", "Gateway", "gateways"),
             Kind::HttpRoute => (GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
             Kind::GrpcRoute => (GATEWAY_GROUP, "v1", "GRPCRoute", "grpcroutes"),
+            Kind::TlsRoute => (GATEWAY_GROUP, "v1", "TLSRoute", "tlsroutes"),
+            Kind::TcpRoute => (GATEWAY_GROUP, "v1", "TCPRoute", "tcproutes"),
             Kind::ReferenceGrant => (GATEWAY_GROUP, "v1", "ReferenceGrant", "referencegrants"),
             Kind::BackendTlsPolicy => (
                 GATEWAY_GROUP,
@@ -109,15 +115,46 @@ impl Kind {
     }
 
     /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
-    /// than v1.1 without GRPCRoute v1,
+    /// than v1.1 without GRPCRoute v1, than v1.5 without TLSRoute/TCPRoute v1,
     /// than v1.4 without BackendTLSPolicy v1 or a cluster without the
     /// SluicePolicy CRD, or RBAC not updated yet for them) must not keep the
     /// agent from serving everything else.
     pub fn optional(self) -> bool {
         matches!(
             self,
-            Kind::GrpcRoute | Kind::BackendTlsPolicy | Kind::SluicePolicy | Kind::ConfigMap
+            Kind::GrpcRoute
+                | Kind::TlsRoute
+                | Kind::TcpRoute
+                | Kind::BackendTlsPolicy
+                | Kind::SluicePolicy
+                | Kind::ConfigMap
         )
+    }
+
+    /// Whether objects of this kind are routes (their status has parents).
+    pub fn is_route(self) -> bool {
+        self.route_kind().is_some()
+    }
+
+    /// The Gateway API kind name of a route kind.
+    pub fn route_kind(self) -> Option<&'static str> {
+        match self {
+            Kind::HttpRoute => Some("HTTPRoute"),
+            Kind::GrpcRoute => Some("GRPCRoute"),
+            Kind::TlsRoute => Some("TLSRoute"),
+            Kind::TcpRoute => Some("TCPRoute"),
+            _ => None,
+        }
+    }
+
+    /// The watched kind of routes of kind name `kind` (`HTTPRoute`, ...).
+    pub fn of_route_kind(kind: &str) -> Kind {
+        match kind {
+            "GRPCRoute" => Kind::GrpcRoute,
+            "TLSRoute" => Kind::TlsRoute,
+            "TCPRoute" => Kind::TcpRoute,
+            _ => Kind::HttpRoute,
+        }
     }
 
     fn namespaced(self) -> bool {

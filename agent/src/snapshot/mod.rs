@@ -158,10 +158,46 @@ pub struct ListenerRoutes {
     pub port: u16,
     pub hostname: Option<Hostname>,
     pub routes: RouteTable,
+    /// Set for TLS Passthrough and TCP listeners: connections are relayed
+    /// at layer 4 to the backends of the route `routes` finds (by SNI for
+    /// TLS, the one route of the listener for TCP); no HTTP is spoken.
+    pub l4: Option<L4Mode>,
     /// The certificate of an HTTPS listener.
     pub tls: Option<Arc<rustls::sign::CertifiedKey>>,
     /// Policy of requests that match no route (Gateway and listener level).
     pub policy: Arc<crate::policy::RoutePolicy>,
+}
+
+/// How an L4 listener picks the route of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum L4Mode {
+    /// By the server name of the ClientHello, read without terminating TLS.
+    TlsPassthrough,
+    /// Every connection takes the listener's route.
+    Tcp,
+}
+
+impl L4Mode {
+    /// The listener protocol it serves, as `/config` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            L4Mode::TlsPassthrough => "TLS Passthrough",
+            L4Mode::Tcp => "TCP",
+        }
+    }
+}
+
+impl Shard {
+    /// The L4 mode of connections to destination `port`, when its listeners
+    /// relay instead of speaking HTTP. Listeners of other protocols do not
+    /// share a port with an L4 one (they conflict and are left out).
+    pub fn l4_mode(&self, port: u16) -> Option<L4Mode> {
+        let port = self.listener_port(port);
+        self.listeners
+            .iter()
+            .find(|l| l.port == port)
+            .and_then(|l| l.l4)
+    }
 }
 
 /// One match of one rule of one route.

@@ -5,6 +5,7 @@
 pub mod edge;
 pub mod grpc;
 pub mod idp;
+pub mod l4;
 pub mod origin;
 pub mod redis;
 pub mod upstreams;
