@@ -212,11 +212,32 @@ async fn echo(name: &str, req: Request<Incoming>, log: &Recorded) -> http::Respo
 /// A fresh, empty config directory under the system temp dir.
 pub fn config_dir() -> PathBuf {
     static N: AtomicUsize = AtomicUsize::new(0);
-    let dir = std::env::temp_dir().join(format!(
-        "sluice-test-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    ));
+    static PARENT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    let parent = PARENT.get_or_init(|| {
+        // Leftovers of test processes that are gone (killed, crashed) go
+        // first; this process's own directory goes when it exits.
+        let tmp = std::env::temp_dir();
+        if let Ok(entries) = std::fs::read_dir(&tmp) {
+            for e in entries.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                let Some(pid) = name.strip_prefix("sluice-tests-") else {
+                    continue;
+                };
+                if !Path::new(&format!("/proc/{pid}")).exists() {
+                    let _ = std::fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        extern "C" fn remove_parent() {
+            if let Some(p) = PARENT.get() {
+                let _ = std::fs::remove_dir_all(p);
+            }
+        }
+        // SAFETY: registers a plain function, run once at process exit.
+        unsafe { libc::atexit(remove_parent) };
+        tmp.join(format!("sluice-tests-{}", std::process::id()))
+    });
+    let dir = parent.join(N.fetch_add(1, Ordering::Relaxed).to_string());
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).expect("create config dir");
     dir
