@@ -305,7 +305,7 @@ fn sections(
             }
             Some(model::AccessLogSection {
                 sample_percent: l.sample_percent.unwrap_or(100),
-                min_status: l.min_status.unwrap_or(0),
+                min_status: l.min_status.map_or(0, |s| s as u16),
             })
         }),
         cache: s
@@ -488,7 +488,8 @@ fn health_check(
     let expected_statuses = if h.expected_statuses.is_empty() {
         vec![200]
     } else {
-        h.expected_statuses.clone()
+        // In range: checked above.
+        h.expected_statuses.iter().map(|s| *s as u16).collect()
     };
     (doc.errors.len() == before).then(|| model::HealthCheckSpec {
         path: path.expect("checked"),

@@ -538,7 +538,7 @@ pub struct AccessLog {
     /// Only answers with at least this status are logged (e.g. 400), 100 to 599.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"), range(min = 100, max = 599))]
-    pub min_status: Option<u16>,
+    pub min_status: Option<u32>,
 }
 
 /// `transform`.
@@ -877,8 +877,19 @@ pub struct HealthCheck {
     pub unhealthy_threshold: Option<u32>,
     /// Statuses that pass (default `[200]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 32))]
-    pub expected_statuses: Vec<u16>,
+    // Kubernetes knows int32/int64 formats only (uint16 draws an API
+    // server warning, which the deploy validation refuses).
+    #[schemars(schema_with = "status_list")]
+    pub expected_statuses: Vec<u32>,
+}
+
+/// The schema of `expectedStatuses`: up to 32 HTTP statuses.
+fn status_list(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": "array",
+        "maxItems": 32,
+        "items": {"type": "integer", "format": "int32", "minimum": 100, "maximum": 599}
+    })
 }
 
 /// Gateway API `PolicyStatus`.
