@@ -97,16 +97,7 @@ async fn each_gateway_has_its_own_timeouts_and_limits() {
     // the other Gateway takes three.
     let mut held = Vec::new();
     for port in [strict, strict, open, open, open] {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
-            .await
-            .unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200", "port {port}");
-        held.push(s);
+        held.push(admitted_connection(port).await);
     }
     let text = raw_exchange(strict, &get("/"), WITHIN).await;
     assert_eq!(

@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::{edge::*, *};
-use tokio::{io::AsyncWriteExt, net::TcpStream};
+use tokio::net::TcpStream;
 
 const WITHIN: Duration = Duration::from_secs(10);
 
@@ -119,19 +119,10 @@ async fn connections_per_source_address_are_limited_at_accept() {
     let backend = echo_backend("echo").await;
     let port = free_port();
     let app = start_routed(port, backend, |s| s.edge.max_connections_per_source = 3).await;
+    // A served request proves each connection was admitted.
     let mut open = Vec::new();
     for _ in 0..3 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        // A served request proves the connection was admitted.
-        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
-            .await
-            .unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        open.push(s);
+        open.push(admitted_connection(port).await);
     }
     // The fourth is closed without an answer.
     let text = raw_exchange(
@@ -172,18 +163,10 @@ async fn trusted_proxies_are_exempt_from_the_per_source_limit() {
         s.trusted_proxies = vec!["127.0.0.0/8".parse().unwrap()];
     })
     .await;
+    // A served request proves each connection was admitted.
     let mut open = Vec::new();
     for _ in 0..3 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
-            .await
-            .unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        open.push(s);
+        open.push(admitted_connection(port).await);
     }
     app.shutdown().await;
 }
@@ -193,18 +176,10 @@ async fn client_connections_of_the_whole_agent_are_limited_at_accept() {
     let backend = echo_backend("echo").await;
     let port = free_port();
     let app = start_routed(port, backend, |s| s.edge.max_client_connections = 2).await;
+    // A served request proves each connection was admitted.
     let mut open = Vec::new();
     for _ in 0..2 {
-        let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-        s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
-            .await
-            .unwrap();
-        let mut buf = [0u8; 12];
-        tokio::io::AsyncReadExt::read_exact(&mut s, &mut buf)
-            .await
-            .unwrap();
-        assert_eq!(&buf, b"HTTP/1.1 200");
-        open.push(s);
+        open.push(admitted_connection(port).await);
     }
     let text = raw_exchange(port, &get_with("/", ""), WITHIN).await;
     assert_eq!(text, "", "the third connection is shed at accept");

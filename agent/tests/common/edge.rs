@@ -38,6 +38,21 @@ pub async fn start_routed(port: u16, backend: SocketAddr, edit: impl FnOnce(&mut
     app::build(settings).await.expect("app starts")
 }
 
+/// A connection to the gateway on `port` that was admitted: a request on
+/// it has been answered 200 (the connection stays open).
+pub async fn admitted_connection(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .expect("connect to the gateway");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: echo.example.com\r\n\r\n")
+        .await
+        .expect("write request");
+    let mut buf = [0u8; 12];
+    s.read_exact(&mut buf).await.expect("read the status line");
+    assert_eq!(&buf, b"HTTP/1.1 200", "port {port}");
+    s
+}
+
 /// Writes `bytes` to the gateway on `port` and reads until it closes the
 /// connection (or `within` passes): what came back, as text.
 pub async fn raw_exchange(port: u16, bytes: &[u8], within: Duration) -> String {
