@@ -296,6 +296,12 @@ pub struct Cli {
     #[arg(long, value_name = "N")]
     pub worker_threads: Option<std::num::NonZeroUsize>,
 
+    /// Fair sharing of each worker between Gateways: a Gateway using more
+    /// than its share of a busy worker waits behind the others
+    /// (`gateway::fair`). `off`: one FIFO run queue for all.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub shard_fairness: Switch,
+
     /// Client timeouts and limits (README: "Limits and timeouts").
     #[command(flatten)]
     pub edge: EdgeArgs,
@@ -504,6 +510,13 @@ pub enum RequestIdMode {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// An on/off command-line switch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Switch {
+    On,
+    Off,
 }
 
 /// Why the command line does not give usable settings.
@@ -750,6 +763,7 @@ mod tests {
         assert!(s.kubernetes.is_none());
         assert!(!s.sockmap, "the sockmap fast path is opt-in");
         assert_eq!(cli.worker_threads, None, "default: from the CPU budget");
+        assert_eq!(cli.shard_fairness, Switch::On, "fair sharing by default");
         let cli = Cli::parse_from(["sluice", "--config-dir", "d", "--worker-threads", "3"]);
         assert_eq!(cli.worker_threads.map(|n| n.get()), Some(3));
         assert!(

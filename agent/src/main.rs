@@ -64,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         LogFormat::Text => fmt.init(),
         LogFormat::Json => fmt.json().init(),
     }
+    sluice::gateway::fair::set_enabled(cli.shard_fairness == sluice::cli::Switch::On);
     let budget = sluice::cpus::CpuBudget::detect();
     let workers = match cli.worker_threads {
         Some(n) => {

@@ -706,6 +706,15 @@ pub struct ProcessCollector;
 impl Collector for ProcessCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         use prometheus_client::metrics::{gauge::ConstGauge, MetricType};
+        // Kept by the workers themselves (thread-local schedulers).
+        ConstCounter::new(crate::gateway::fair::deferred_total()).encode(
+            encoder.encode_descriptor(
+                "sluice_fair_deferred_polls",
+                "Polls of a Gateway's tasks deferred because it used more than its fair share of a busy worker",
+                None,
+                MetricType::Counter,
+            )?,
+        )?;
         let Some(p) = ProcessStats::read() else {
             return Ok(());
         };

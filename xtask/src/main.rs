@@ -1,4 +1,5 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | gen-crd`.
+mod bench_isolation;
 mod bench_kube;
 mod bench_policy;
 mod bench_proxy;
@@ -292,6 +293,35 @@ enum Bench {
         #[arg(long)]
         sluice_bin: Option<PathBuf>,
     },
+    /// Noisy neighbour: one Gateway's latency and throughput at a fixed
+    /// rate, alone and while another Gateway of the same proxy is flooded;
+    /// Sluice with and without fair sharing, and nginx (two servers).
+    Isolation {
+        /// Seconds per phase (alone, flooded).
+        #[arg(long, default_value_t = 8)]
+        seconds: u32,
+        /// Rounds (proxies interleaved; the median round is reported).
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Tenant B's requests per second (open loop).
+        #[arg(long, default_value_t = 2000)]
+        rate: u32,
+        /// Tenant B's keep-alive connections.
+        #[arg(long, default_value_t = 8)]
+        connections: u32,
+        /// wrk's closed-loop connections flooding tenant A.
+        #[arg(long, default_value_t = 256)]
+        flood_connections: u32,
+        /// CPU of the proxies.
+        #[arg(long, default_value_t = 1)]
+        proxy_cpu: u32,
+        /// CPU of the load generators and backends.
+        #[arg(long, default_value_t = 0)]
+        load_cpu: u32,
+        /// Use this agent binary instead of building the release one.
+        #[arg(long)]
+        sluice_bin: Option<PathBuf>,
+    },
     /// HTTP latency (p50/p99) and throughput through the agent to a local
     /// echo backend with the sockmap fast path off and on, same run (root).
     Sockmap {
@@ -311,6 +341,28 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
     setup::run()?;
     match what {
         Bench::Kube { release } => bench_kube::run(root, release),
+        Bench::Isolation {
+            seconds,
+            rounds,
+            rate,
+            connections,
+            flood_connections,
+            proxy_cpu,
+            load_cpu,
+            sluice_bin,
+        } => bench_isolation::run(
+            root,
+            &bench_isolation::Options {
+                seconds: seconds.clamp(1, 120),
+                rounds: rounds.clamp(1, 10),
+                rate: rate.clamp(1, 1_000_000),
+                connections: connections.clamp(1, 1024),
+                flood_connections: flood_connections.clamp(1, 10_000),
+                proxy_cpu,
+                load_cpu,
+                sluice_bin,
+            },
+        ),
         Bench::Policy {
             seconds,
             rounds,

@@ -4,12 +4,10 @@
 //! safe in front of hostile clients without any configuration.
 use std::{sync::Arc, time::Duration};
 
-use hyper_util::{
-    rt::{TokioExecutor, TokioTimer},
-    server::conn::auto,
-};
+use hyper_util::{rt::TokioTimer, server::conn::auto};
 
-use crate::policy::connection::ConnectionPolicy;
+use super::fair::ShardExecutor;
+use crate::{policy::connection::ConnectionPolicy, snapshot::ShardId};
 
 /// Timeouts and limits of client connections (agent-wide; `--client-*`,
 /// `--max-*` flags; a Gateway's SluicePolicy `connection` section replaces
@@ -73,17 +71,21 @@ pub(super) struct ShardEdge {
     /// The policy these were made from (compared by pointer).
     policy: Option<Arc<ConnectionPolicy>>,
     pub settings: Arc<EdgeSettings>,
-    pub builder: auto::Builder<TokioExecutor>,
+    pub builder: auto::Builder<ShardExecutor>,
 }
 
 impl ShardEdge {
-    pub(super) fn new(base: &EdgeSettings, policy: Option<Arc<ConnectionPolicy>>) -> Self {
+    pub(super) fn new(
+        shard: ShardId,
+        base: &EdgeSettings,
+        policy: Option<Arc<ConnectionPolicy>>,
+    ) -> Self {
         let settings = match &policy {
             Some(p) => base.with(p),
             None => base.clone(),
         };
         Self {
-            builder: settings.builder(),
+            builder: settings.builder(shard),
             settings: Arc::new(settings),
             policy,
         }
@@ -187,8 +189,9 @@ impl EdgeSettings {
 
     /// The connection builder for HTTP/1.1 and HTTP/2 connections with these
     /// settings in effect (hyper enforces its timeouts only with a timer).
-    pub(super) fn builder(&self) -> auto::Builder<TokioExecutor> {
-        let mut builder = auto::Builder::new(TokioExecutor::new());
+    /// HTTP/2 streams of `shard`'s connections run as its [`Fair`](super::fair::Fair) tasks.
+    pub(super) fn builder(&self, shard: ShardId) -> auto::Builder<ShardExecutor> {
+        let mut builder = auto::Builder::new(ShardExecutor(shard));
         let mut h1 = builder.http1();
         h1.timer(TokioTimer::new())
             .header_read_timeout(self.header_timeout)

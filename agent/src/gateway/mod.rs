@@ -6,6 +6,7 @@ mod client_hello;
 mod conn_watch;
 mod deadline;
 pub mod edge;
+pub mod fair;
 pub mod filters;
 mod forward;
 mod grpc_status;

@@ -4,7 +4,7 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use hyper::service::service_fn;
 use hyper_util::{
-    rt::{TokioExecutor, TokioIo},
+    rt::TokioIo,
     server::{
         conn::auto,
         graceful::{GracefulShutdown, Watcher},
@@ -13,7 +13,12 @@ use hyper_util::{
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use super::{conn_watch::ConnWatch, edge::ShardEdge, ConnInfo, Proxy, TlsInfo};
+use super::{
+    conn_watch::ConnWatch,
+    edge::ShardEdge,
+    fair::{Fair, ShardExecutor},
+    ConnInfo, Proxy, TlsInfo,
+};
 use crate::snapshot::ShardId;
 
 /// A listening socket of a shard, before it is handed to the accept loop.
@@ -85,12 +90,9 @@ impl ShardServer {
         for s in sockets {
             if workers.is_empty() {
                 let listener = TcpListener::from_std(s.listener)?;
-                tasks.spawn(accept_loop(
+                tasks.spawn(Fair::new(
                     shard,
-                    listener,
-                    proxy.clone(),
-                    limit.clone(),
-                    rx.clone(),
+                    accept_loop(shard, listener, proxy.clone(), limit.clone(), rx.clone()),
                 ));
                 continue;
             }
@@ -103,7 +105,10 @@ impl ShardServer {
                     TcpListener::from_std(handle)?
                 };
                 tasks.spawn_on(
-                    accept_loop(shard, listener, proxy.clone(), limit.clone(), rx.clone()),
+                    Fair::new(
+                        shard,
+                        accept_loop(shard, listener, proxy.clone(), limit.clone(), rx.clone()),
+                    ),
                     worker,
                 );
             }
@@ -158,7 +163,7 @@ async fn accept_loop(
 ) {
     let graceful = GracefulShutdown::new();
     // The Gateway's connection settings, remade only when its policy changes.
-    let mut edge = ShardEdge::new(&proxy.edge, None);
+    let mut edge = ShardEdge::new(shard, &proxy.edge, None);
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -184,7 +189,7 @@ async fn accept_loop(
             let snapshot = proxy.snapshot.load();
             let policy = snapshot.shard(shard).and_then(|s| s.connection.as_ref());
             if !edge.is_for(policy) {
-                edge = ShardEdge::new(&proxy.edge, policy.cloned());
+                edge = ShardEdge::new(shard, &proxy.edge, policy.cloned());
             }
         }
         serve(shard, stream, peer, &proxy, &edge, &graceful, Some(permit));
@@ -287,10 +292,10 @@ fn serve(
         // for it as for HTTP connections (a relay is not cut by the drain,
         // only by the agent's exit after it).
         let watcher = graceful.watcher();
-        tokio::spawn(async move {
+        tokio::spawn(Fair::new(shard, async move {
             super::l4::serve(shard, mode, stream, peer, local, proxy).await;
             drop((permit, source_slot, agent_slot, watcher));
-        });
+        }));
         return;
     }
     // Decided per connection from the current snapshot: a rotated
@@ -301,7 +306,9 @@ fn serve(
     // Only a Gateway with its own settings carries them per connection.
     let settings = edge.policy_set().then(|| edge.settings.clone());
     let watcher = graceful.watcher();
-    tokio::spawn(async move {
+    // The connection's work is the shard's: a flooded Gateway's connections
+    // wait their turn behind a quiet one's (gateway::fair).
+    tokio::spawn(Fair::new(shard, async move {
         let load = proxy.loads.of(shard);
         let Some(config) = tls else {
             let mut info = ConnInfo::new(shard, local, peer, None);
@@ -340,14 +347,14 @@ fn serve(
         info.edge = settings;
         serve_io(info, TokioIo::new(stream), proxy, builder, watcher).await;
         drop((permit, source_slot, agent_slot));
-    });
+    }));
 }
 
 async fn serve_io<I>(
     info: ConnInfo,
     io: TokioIo<I>,
     proxy: Arc<Proxy>,
-    builder: auto::Builder<TokioExecutor>,
+    builder: auto::Builder<ShardExecutor>,
     watcher: Watcher,
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
