@@ -21,6 +21,7 @@ pub mod kube;
 pub mod matchers;
 pub mod metrics;
 pub mod policy;
+pub mod random;
 pub mod reload;
 pub mod snapshot;
 pub mod sources;

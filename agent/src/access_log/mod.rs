@@ -347,16 +347,13 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
     }
 }
 
-/// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`),
-/// when it is well-formed and not all zeros.
+/// The trace id (32 lower-case hex digits) of a W3C `traceparent`, when it
+/// is valid by [`TraceParent::parse`](crate::telemetry::TraceParent::parse).
 pub fn trace_id(traceparent: &HeaderValue) -> Option<[u8; 32]> {
-    let b = traceparent.as_bytes();
-    if b.len() < 55 || b[2] != b'-' || b[35] != b'-' || b[52] != b'-' {
-        return None;
-    }
-    let id: [u8; 32] = b[3..35].try_into().ok()?;
-    let hex = |c: &u8| c.is_ascii_digit() || (b'a'..=b'f').contains(c);
-    (id.iter().all(hex) && id.iter().any(|c| *c != b'0')).then_some(id)
+    let parsed = crate::telemetry::TraceParent::parse(traceparent)?;
+    let mut out = [0u8; 32];
+    crate::telemetry::context::hex_into(&mut out, &parsed.trace_id);
+    Some(out)
 }
 
 #[cfg(test)]

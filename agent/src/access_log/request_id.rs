@@ -2,45 +2,14 @@
 //! forwarded upstream and returned to the client, so a line in the access
 //! log, the backend's log and the client's report can be matched.
 //!
-//! Generated ids are UUIDs (version 4 layout) from a per-thread generator:
-//! a random 128-bit seed per thread and a counter run through a bijective
-//! mixer, so ids never repeat within a thread and collide across threads
-//! or agents only by chance — without a system call or lock per request.
-use std::cell::Cell;
-
+//! Generated ids are UUIDs (version 4 layout) from [`crate::random`]: they
+//! never repeat within a thread and collide across threads or agents only
+//! by chance — without a system call or lock per request.
 use http::HeaderValue;
-
-thread_local! {
-    static STATE: Cell<(u64, u64)> = Cell::new(seed());
-}
-
-fn seed() -> (u64, u64) {
-    let mut b = [0u8; 16];
-    // A failure to read randomness leaves the ids unique per thread still
-    // (the counter), just predictable; ids are not secrets.
-    let _ = getrandom::fill(&mut b);
-    let a = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-    let c = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
-    (a, c | 1)
-}
-
-/// SplitMix64's finalizer: a bijection on u64 with good avalanche.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
 
 /// A new request id, e.g. `3f0c9a52-7d1e-4b8a-9c3e-0a1b2c3d4e5f`.
 pub fn generate() -> HeaderValue {
-    let (hi, lo) = STATE.with(|s| {
-        let (counter, key) = s.get();
-        s.set((counter.wrapping_add(1), key));
-        (
-            mix(counter ^ key),
-            mix(counter.wrapping_add(key.rotate_left(17))),
-        )
-    });
+    let (hi, lo) = (crate::random::next_u64(), crate::random::next_u64());
     let mut v = (u128::from(hi) << 64) | u128::from(lo);
     // Version 4, RFC 4122 variant.
     v = (v & !(0xf << 76)) | (0x4 << 76);

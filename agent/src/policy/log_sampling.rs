@@ -3,7 +3,7 @@
 //! at least some status (`minStatus`). Applied when the entry is sent, on
 //! top of the agent-wide `--access-log-min-status`; a request the filter
 //! leaves out costs no formatting or write.
-use std::{cell::Cell, sync::Arc};
+use std::sync::Arc;
 
 use super::SectionMeta;
 
@@ -40,28 +40,8 @@ impl LogFilter {
         if self.per_10k >= 10_000 {
             return true;
         }
-        (next_random() % 10_000) < u64::from(self.per_10k)
+        crate::random::below(10_000) < u64::from(self.per_10k)
     }
-}
-
-thread_local! {
-    static STATE: Cell<u64> = Cell::new({
-        let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
-        u64::from_le_bytes(b) | 1
-    });
-}
-
-/// xorshift64: sampling needs no more than evenly spread numbers.
-fn next_random() -> u64 {
-    STATE.with(|s| {
-        let mut x = s.get();
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        s.set(x);
-        x
-    })
 }
 
 #[cfg(test)]

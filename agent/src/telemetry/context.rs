@@ -7,7 +7,7 @@
 //! spans hang below the attempt that reached it; `tracestate` is vendor data
 //! of the caller and travels unchanged (it is an ordinary header to the
 //! proxy).
-use std::{cell::Cell, net::SocketAddr, time::SystemTime};
+use std::{net::SocketAddr, time::SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 
@@ -96,35 +96,9 @@ pub fn hex_into(out: &mut [u8], bytes: &[u8]) {
     }
 }
 
-thread_local! {
-    static IDS: Cell<(u64, u64)> = Cell::new(seed());
-}
-
-fn seed() -> (u64, u64) {
-    let mut b = [0u8; 16];
-    // Without randomness ids stay unique per thread (the counter), only
-    // predictable; trace ids are not secrets.
-    let _ = getrandom::fill(&mut b);
-    let a = u64::from_le_bytes(b[..8].try_into().expect("8 bytes"));
-    let c = u64::from_le_bytes(b[8..].try_into().expect("8 bytes"));
-    (a, c | 1)
-}
-
-/// SplitMix64's finalizer: a bijection with good avalanche, so a counter
-/// run through it gives ids that never repeat within a thread.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// A random-looking, never-zero 64-bit id, without a system call or lock.
 fn next_id() -> u64 {
-    IDS.with(|s| {
-        let (counter, key) = s.get();
-        s.set((counter.wrapping_add(1), key));
-        mix(counter ^ key).max(1)
-    })
+    crate::random::next_u64().max(1)
 }
 
 fn new_span_id() -> [u8; 8] {

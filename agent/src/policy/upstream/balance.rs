@@ -10,7 +10,7 @@
 //!   owns [`VNODES`] points placed by a hash of its *address*, not of its
 //!   position in the list, so an endpoint joining or leaving moves only the
 //!   keys of the points it gains or loses (about 1/N of them).
-use std::{cell::Cell, hash::Hasher, net::SocketAddr};
+use std::{hash::Hasher, net::SocketAddr};
 
 use http::{HeaderMap, HeaderName};
 
@@ -134,27 +134,9 @@ impl Ring {
     }
 }
 
-thread_local! {
-    /// xorshift64* state of this thread (the draws of LeastRequest).
-    static RNG: Cell<u64> = Cell::new(seed());
-}
-
-fn seed() -> u64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    u64::from_ne_bytes(b) | 1
-}
-
 /// A random index below `n` (`n > 0`).
 pub fn random_below(n: usize) -> usize {
-    RNG.with(|r| {
-        let mut x = r.get();
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        r.set(x);
-        (x.wrapping_mul(0x2545_F491_4F6C_DD1D) >> 32) as usize % n
-    })
+    crate::random::below(n as u64) as usize
 }
 
 /// Power of two choices: of two distinct random usable endpoints, the one
