@@ -328,6 +328,11 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub upstream_response_timeout: Duration,
 
+    /// TLS Passthrough and TCP listeners: a relayed connection with no byte
+    /// in either direction for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
+    pub l4_idle_timeout: Duration,
+
     /// HTTP/2: PING interval on a connection without frames from the client.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub h2_keepalive_interval: Duration,
@@ -382,6 +387,7 @@ impl EdgeArgs {
             header_timeout: self.client_header_timeout,
             body_idle_timeout: self.client_body_timeout,
             upstream_response_timeout: self.upstream_response_timeout,
+            l4_idle_timeout: self.l4_idle_timeout,
             h2_keepalive_interval: self.h2_keepalive_interval,
             h2_keepalive_timeout: self.h2_keepalive_timeout,
             max_head_bytes: self.max_request_head_bytes,
@@ -793,8 +799,11 @@ mod tests {
             "7",
             "--max-connections-per-source",
             "0",
+            "--l4-idle-timeout",
+            "90s",
         ]);
         let e = cli.settings().unwrap().edge;
+        assert_eq!(e.l4_idle_timeout, Duration::from_secs(90));
         assert_eq!(e.header_timeout, Duration::from_millis(500));
         assert_eq!(e.upstream_response_timeout, Duration::from_secs(120));
         assert_eq!(e.body_idle_timeout, Duration::from_secs(7));

@@ -27,6 +27,10 @@ struct Fixture {
 }
 
 async fn fixture() -> Fixture {
+    fixture_with(|_| {}).await
+}
+
+async fn fixture_with(tune: impl FnOnce(&mut sluice::app::Settings)) -> Fixture {
     let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
     let (echo, split, dead, empty) = (ports[0], ports[1], ports[2], ports[3]);
     let dir = config_dir();
@@ -79,8 +83,12 @@ spec:
     text.push_str(&route("dead", "dead", "{name: closed, port: 8080}"));
     text.push_str(&route("empty", "empty", "{name: none, port: 8080}"));
     write_config(&dir, "config.yaml", &text);
+    let mut settings = sluice::app::Settings::new(&dir);
+    settings.datapath = sluice::app::DatapathMode::Userspace;
+    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    tune(&mut settings);
     Fixture {
-        app: start(&dir).await,
+        app: sluice::app::build(settings).await.expect("app starts"),
         echo,
         split,
         dead,
@@ -278,4 +286,39 @@ async fn a_reload_leaves_relayed_connections_alone() {
     // And new connections to the kept listener are served.
     let mut n = connect(f.echo).await;
     assert_eq!(read_line(&mut n).await.unwrap(), "a");
+}
+
+#[tokio::test]
+async fn an_idle_relay_is_closed_and_a_busy_one_is_not() {
+    let f = fixture_with(|s| s.edge.l4_idle_timeout = Duration::from_millis(800)).await;
+    let mut busy = connect(f.echo).await;
+    let mut quiet = connect(f.echo).await;
+    assert_eq!(read_line(&mut busy).await.unwrap(), "a");
+    assert_eq!(read_line(&mut quiet).await.unwrap(), "a");
+    // The busy one sends a line every 200 ms for about three idle timeouts
+    // and gets each back; the quiet one is closed meanwhile.
+    for i in 0..12 {
+        busy.write_all(format!("ping {i}\n").as_bytes())
+            .await
+            .unwrap();
+        let mut back = vec![0u8; format!("ping {i}\n").len()];
+        tokio::time::timeout(WAIT, busy.read_exact(&mut back))
+            .await
+            .expect("echo in time")
+            .expect("the busy relay stays open");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, quiet.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(_))) && rest.is_empty(),
+        "the idle relay was closed: {closed:?} {rest:?}"
+    );
+    let counted = metric(
+        &f.app,
+        "sluice_http_timeouts_total",
+        &["reason=\"l4_idle\""],
+    )
+    .await;
+    assert_eq!(counted, 1.0, "the quiet relay, once");
 }

@@ -29,6 +29,9 @@ pub struct EdgeSettings {
     /// request being sent to the backend until its response head arrives.
     /// Routes with a `backendRequest` or `request` timeout use theirs.
     pub upstream_response_timeout: Duration,
+    /// TLS Passthrough and TCP listeners: a relayed connection without a
+    /// byte in either direction for this long is closed (agent-wide).
+    pub l4_idle_timeout: Duration,
     /// HTTP/2: a PING is sent after this long without frames from the
     /// client; a client that does not acknowledge it within
     /// [`h2_keepalive_timeout`](Self::h2_keepalive_timeout) is disconnected.
@@ -122,6 +125,9 @@ impl Default for EdgeSettings {
             body_idle_timeout: Duration::from_secs(60),
             // nginx proxy_read_timeout.
             upstream_response_timeout: Duration::from_secs(60),
+            // Envoy's tcp_proxy idle_timeout; nginx's stream proxy_timeout
+            // is 10 min, which cuts quiet database sessions users expect to keep.
+            l4_idle_timeout: Duration::from_secs(3600),
             h2_keepalive_interval: Duration::from_secs(60),
             h2_keepalive_timeout: Duration::from_secs(20),
             // HAProxy's 16 KiB buffer holds a head; nginx allows 4 × 8 KiB

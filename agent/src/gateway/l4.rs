@@ -3,7 +3,14 @@
 //! table gives. For TLS the route is chosen by the SNI of the ClientHello,
 //! which is read (never answered) and then sent on to the backend with
 //! everything after it; the backend terminates TLS.
-use std::{net::SocketAddr, sync::Arc, time::Duration};
+use std::{
+    net::SocketAddr,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::Duration,
+};
 
 use http::{HeaderMap, Method};
 use tokio::{
@@ -112,24 +119,103 @@ pub(super) async fn serve(
     proxy
         .metrics()
         .l4_connection(&shard_name, &route, "relayed");
-    let mut sent = prefix.len() as u64;
     if !prefix.is_empty() && upstream.write_all(&prefix).await.is_err() {
         return;
     }
-    // Both directions until both ends are done; an end that closes its
-    // sending side (half-close) has that passed on while the other
-    // direction keeps flowing.
-    let (up, down) = match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::debug!(shard, %peer, error = %e, "relayed connection ended with error");
-            (0, 0)
+    let idle = proxy.edge.l4_idle_timeout;
+    let (up, down, ended) = relay(&mut client, &mut upstream, idle).await;
+    match ended {
+        Ended::Closed => {}
+        Ended::Idle => {
+            proxy.count_timeout(shard, "l4_idle");
+            tracing::debug!(shard, %peer, ?idle, "relayed connection idle; closed");
+        }
+        Ended::Error(e) => {
+            tracing::debug!(shard, %peer, error = %e, "relayed connection ended with error")
+        }
+    }
+    let metrics = proxy.metrics();
+    metrics.l4_bytes(&shard_name, &route, "upstream", prefix.len() as u64 + up);
+    metrics.l4_bytes(&shard_name, &route, "downstream", down);
+}
+
+/// How a relay ended.
+#[derive(Debug)]
+enum Ended {
+    /// Both ends closed (each half-close passed on).
+    Closed,
+    /// No byte either way for the idle timeout.
+    Idle,
+    Error(std::io::Error),
+}
+
+/// Relays both directions until both ends are done — an end that closes its
+/// sending side (half-close) has that passed on while the other direction
+/// keeps flowing — or until neither side sent a byte for `idle`. Returns the
+/// bytes relayed client → backend and back, also when cut short. The two
+/// directions run independently (a blocked write one way never stops the
+/// other way being read).
+async fn relay(
+    client: &mut TcpStream,
+    upstream: &mut TcpStream,
+    idle: Duration,
+) -> (u64, u64, Ended) {
+    let start = tokio::time::Instant::now();
+    // Time of the last byte either way, as nanoseconds since `start`.
+    let last = AtomicU64::new(0);
+    let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
+    let (mut client_read, mut client_write) = client.split();
+    let (mut upstream_read, mut upstream_write) = upstream.split();
+    let both = async {
+        tokio::try_join!(
+            pipe(&mut client_read, &mut upstream_write, &up, &last, start),
+            pipe(&mut upstream_read, &mut client_write, &down, &last, start),
+        )
+    };
+    tokio::pin!(both);
+    let ended = loop {
+        let since = Duration::from_nanos(last.load(Ordering::Relaxed));
+        let deadline = start + since + idle;
+        tokio::select! {
+            r = &mut both => break match r {
+                Ok(_) => Ended::Closed,
+                Err(e) => Ended::Error(e),
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                // A byte may have moved since the deadline was taken.
+                if Duration::from_nanos(last.load(Ordering::Relaxed)) == since {
+                    break Ended::Idle;
+                }
+            }
         }
     };
-    sent += up;
-    let metrics = proxy.metrics();
-    metrics.l4_bytes(&shard_name, &route, "upstream", sent);
-    metrics.l4_bytes(&shard_name, &route, "downstream", down);
+    (
+        up.load(Ordering::Relaxed),
+        down.load(Ordering::Relaxed),
+        ended,
+    )
+}
+
+/// One direction of [`relay`]: copies until the reader's end, then closes
+/// the writer's sending side.
+async fn pipe(
+    from: &mut (impl AsyncReadExt + Unpin),
+    to: &mut (impl AsyncWriteExt + Unpin),
+    count: &AtomicU64,
+    last: &AtomicU64,
+    start: tokio::time::Instant,
+) -> std::io::Result<()> {
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = from.read(&mut buf).await?;
+        if n == 0 {
+            return to.shutdown().await;
+        }
+        to.write_all(&buf[..n]).await?;
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        last.store(now, Ordering::Relaxed);
+    }
 }
 
 /// Reads until the ClientHello is complete: the bytes read (to be sent on
