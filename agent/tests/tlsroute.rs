@@ -399,3 +399,94 @@ async fn status_reports_kinds_attachments_and_refusals() {
         "False/NotAllowedByListeners"
     );
 }
+
+/// A `protocol: TLS` listener with `mode: Terminate`: the gateway completes
+/// the handshake with the listener's certificate, routes by the server name
+/// and relays the decrypted bytes to a plain TCP backend. The client trusts
+/// only the gateway's CA.
+#[tokio::test]
+async fn a_terminate_listener_relays_the_decrypted_bytes_by_server_name() {
+    let (port, other) = (free_port(), free_port());
+    let dir = config_dir();
+    let gateway_cert = TestCert::new("*.example.com");
+    let backend = tcp_echo_backend("db").await;
+    let config = |extra_listener: &str| {
+        let mut text = format!(
+            r#"apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {{name: sluice}}
+spec: {{controllerName: sluice.dev/gateway-controller}}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {{name: gw, namespace: infra}}
+spec:
+  gatewayClassName: sluice
+  addresses: [{{value: 127.0.0.1}}]
+  listeners:
+  - name: tls
+    port: {port}
+    protocol: TLS
+    tls: {{mode: Terminate, certificateRefs: [{{name: db-cert}}]}}
+{extra_listener}"#
+        );
+        text.push_str(&gateway_cert.secret_yaml("db-cert"));
+        text.push_str(&service_yaml("infra", "db", backend));
+        text.push_str(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TLSRoute\n\
+             metadata: {name: db, namespace: infra}\nspec:\n  \
+             parentRefs: [{name: gw, sectionName: tls}]\n  hostnames: [db.example.com]\n  \
+             rules: [{backendRefs: [{name: db, port: 8080}]}]\n",
+        );
+        text
+    };
+    // A Terminate listener needs certificates: the config is refused whole.
+    let without_cert = format!("  - {{name: no-cert, port: {other}, protocol: TLS}}\n");
+    write_config(&dir, "config.yaml", &config(&without_cert));
+    let mut settings = sluice::app::Settings::new(&dir);
+    settings.datapath = sluice::app::DatapathMode::Userspace;
+    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
+    let err = match sluice::app::build(settings).await {
+        Ok(_) => panic!("a Terminate listener without certificateRefs is refused"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("certificateRefs"), "{err}");
+
+    write_config(&dir, "config.yaml", &config(""));
+    let app = start(&dir).await;
+    let mut s = tls_connect(port, "db.example.com", &gateway_cert.ca, Framing::Whole)
+        .await
+        .expect("the gateway's certificate is trusted");
+    assert_eq!(
+        read_line(&mut s).await.unwrap(),
+        "db",
+        "decrypted bytes reach the backend"
+    );
+    s.write_all(b"select 1;\n").await.unwrap();
+    let mut back = [0u8; 10];
+    tokio::time::timeout(WAIT, s.read_exact(&mut back))
+        .await
+        .expect("echo in time")
+        .unwrap();
+    assert_eq!(&back, b"select 1;\n");
+    drop(s);
+    // A name no route takes: closed once the handshake is done, counted.
+    let mut s = tls_connect(port, "other.example.com", &gateway_cert.ca, Framing::Whole)
+        .await
+        .expect("the handshake completes before routing");
+    assert!(closed_without_data(&mut s, WAIT).await, "no route: closed");
+    let mut counted = 0.0;
+    for _ in 0..50 {
+        counted = metric(
+            &app,
+            "sluice_l4_connections_total",
+            &["result=\"no_route\""],
+        )
+        .await;
+        if counted > 0.0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(counted, 1.0);
+}

@@ -67,9 +67,9 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             "TCP" => model::ListenerProtocol::Tcp,
             "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
                 Some("Passthrough") => model::ListenerProtocol::TlsPassthrough,
-                // Terminating TLS for TLSRoutes is not implemented: the
-                // listener is reported as unsupported, like UDP.
-                _ => model::ListenerProtocol::Other("TLS with mode Terminate".into()),
+                // Terminate is the mode when none is given.
+                None | Some("Terminate") => model::ListenerProtocol::TlsTerminate,
+                Some(other) => model::ListenerProtocol::Other(format!("TLS with mode {other}")),
             },
             other => model::ListenerProtocol::Other(other.to_owned()),
         };
@@ -220,7 +220,14 @@ fn listener_tls(
             doc.err(field, "required for protocol HTTPS");
             None
         }
-        (model::ListenerProtocol::Https, Some(tls)) => {
+        (model::ListenerProtocol::TlsTerminate, None) => {
+            doc.err(
+                field,
+                "required for protocol TLS (mode Terminate needs certificateRefs)",
+            );
+            None
+        }
+        (model::ListenerProtocol::Https | model::ListenerProtocol::TlsTerminate, Some(tls)) => {
             match tls.mode.as_deref().unwrap_or("Terminate") {
                 "Terminate" => {}
                 "Passthrough" => doc.err(

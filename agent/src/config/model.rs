@@ -320,10 +320,14 @@ pub enum ListenerProtocol {
     /// `TLS` with `tls.mode: Passthrough`: connections are routed by the SNI
     /// of their ClientHello (TLSRoute) and relayed unchanged.
     TlsPassthrough,
+    /// `TLS` with `tls.mode: Terminate` (the default mode): the gateway
+    /// terminates TLS with the listener's certificates, routes by SNI
+    /// (TLSRoute) and relays the decrypted bytes to the backend.
+    TlsTerminate,
     /// `TCP`: connections are relayed to the backends of a TCPRoute.
     Tcp,
-    /// A protocol this agent does not serve (UDP, TLS with mode Terminate,
-    /// ...): the listener is reported as not accepted and carries no traffic.
+    /// A protocol this agent does not serve (UDP, ...): the listener is
+    /// reported as not accepted and carries no traffic.
     Other(String),
 }
 
@@ -333,7 +337,7 @@ impl ListenerProtocol {
     pub fn route_kinds(&self) -> &'static [RouteKind] {
         match self {
             ListenerProtocol::Http | ListenerProtocol::Https => &[RouteKind::Http, RouteKind::Grpc],
-            ListenerProtocol::TlsPassthrough => &[RouteKind::Tls],
+            ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate => &[RouteKind::Tls],
             ListenerProtocol::Tcp => &[RouteKind::Tcp],
             ListenerProtocol::Other(_) => &[],
         }
@@ -348,7 +352,9 @@ impl ListenerProtocol {
     pub fn is_l4(&self) -> bool {
         matches!(
             self,
-            ListenerProtocol::TlsPassthrough | ListenerProtocol::Tcp
+            ListenerProtocol::TlsPassthrough
+                | ListenerProtocol::TlsTerminate
+                | ListenerProtocol::Tcp
         )
     }
 }

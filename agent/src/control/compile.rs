@@ -254,7 +254,7 @@ impl Compiler {
                     continue;
                 }
                 let tls = match &l.protocol {
-                    ListenerProtocol::Https => {
+                    ListenerProtocol::Https | ListenerProtocol::TlsTerminate => {
                         match certificates.resolve(gateway, l).and_then(|key| {
                             frontend_tls.verifier(gateway, l.port).inspect_err(|u| {
                                 problems.insert(
@@ -321,6 +321,7 @@ impl Compiler {
                         routes: routed.tables[slot].clone(),
                         l4: match l.protocol {
                             ListenerProtocol::TlsPassthrough => Some(L4Mode::TlsPassthrough),
+                            ListenerProtocol::TlsTerminate => Some(L4Mode::TlsTerminate),
                             ListenerProtocol::Tcp => Some(L4Mode::Tcp),
                             _ => None,
                         },
@@ -343,7 +344,10 @@ impl Compiler {
                     .collect();
                 // Checked per listener above: only ports whose validation resolves get here.
                 let client_auth = frontend_tls.verifier(gateway, port).ok().flatten();
-                match server_config(SniResolver::new(certs), client_auth) {
+                // HTTP is spoken on HTTPS ports only: a TLS Terminate port
+                // offers no ALPN (its backend never learns of one).
+                let http = listeners.iter().any(|l| l.port == port && l.l4.is_none());
+                match server_config(SniResolver::new(certs), client_auth, http) {
                     Ok(c) => {
                         tls.insert(port, c);
                     }

@@ -14,7 +14,7 @@ use std::{
 
 use http::{HeaderMap, Method};
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt},
     net::TcpStream,
 };
 
@@ -30,6 +30,8 @@ pub const CLIENT_HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 /// post-quantum key shares is ~2 KB; one record holds 16 KiB, and a hello
 /// larger than four records' worth is refused rather than buffered.
 pub const MAX_CLIENT_HELLO_BYTES: usize = 64 * 1024;
+/// Longest a client may take to complete a TLS handshake (TLS Terminate).
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest a backend may take to accept the connection.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -37,6 +39,8 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Refused {
     NotTls,
+    TlsHandshake,
+    TlsHandshakeTimeout,
     HelloTimeout,
     HelloTooLarge,
     NoRoute,
@@ -48,6 +52,8 @@ impl Refused {
     fn label(self) -> &'static str {
         match self {
             Refused::NotTls => "not_tls",
+            Refused::TlsHandshake => "tls_handshake_failed",
+            Refused::TlsHandshakeTimeout => "tls_handshake_timeout",
             Refused::HelloTimeout => "client_hello_timeout",
             Refused::HelloTooLarge => "client_hello_too_large",
             Refused::NoRoute => "no_route",
@@ -67,27 +73,79 @@ pub(super) async fn serve(
     local: SocketAddr,
     proxy: Arc<Proxy>,
 ) {
-    let (prefix, host) = match mode {
-        L4Mode::Tcp => (Vec::new(), None),
-        L4Mode::TlsPassthrough => match read_client_hello(&mut client).await {
-            Ok(x) => x,
-            Err(why) => {
-                refuse(&proxy, shard, None, why, peer);
-                return;
-            }
-        },
+    let at = At {
+        shard,
+        mode,
+        peer,
+        local,
     };
+    match mode {
+        L4Mode::Tcp => route_and_relay(at, client, Vec::new(), String::new(), proxy).await,
+        L4Mode::TlsPassthrough => match read_client_hello(&mut client).await {
+            Ok((prefix, host)) => {
+                route_and_relay(at, client, prefix, host.unwrap_or_default(), proxy).await
+            }
+            Err(why) => refuse(&proxy, shard, None, why, peer),
+        },
+        L4Mode::TlsTerminate => {
+            // The certificates of the moment of the handshake, as for HTTPS.
+            let Some(config) = proxy.tls_config(shard, local.port()) else {
+                return;
+            };
+            let acceptor = tokio_rustls::TlsAcceptor::from(config);
+            let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(shard, %peer, error = %e, "TLS handshake failed");
+                    return refuse(&proxy, shard, None, Refused::TlsHandshake, peer);
+                }
+                Err(_) => return refuse(&proxy, shard, None, Refused::TlsHandshakeTimeout, peer),
+            };
+            let host = tls
+                .get_ref()
+                .1
+                .server_name()
+                .map(str::to_ascii_lowercase)
+                .unwrap_or_default();
+            route_and_relay(at, tls, Vec::new(), host, proxy).await
+        }
+    }
+}
+
+/// Where a connection came in.
+#[derive(Clone, Copy)]
+struct At {
+    shard: ShardId,
+    mode: L4Mode,
+    peer: SocketAddr,
+    local: SocketAddr,
+}
+
+/// Picks the route of the connection's listener (by `host`, the server name,
+/// for TLS) and relays `client` to one of its backends, `prefix` (the bytes
+/// already read) first.
+async fn route_and_relay<C>(at: At, mut client: C, prefix: Vec<u8>, host: String, proxy: Arc<Proxy>)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
+    let At {
+        shard,
+        mode,
+        peer,
+        local,
+    } = at;
     // The snapshot of the moment the route is chosen; a later reload does
     // not move a connection that is being relayed.
     let snapshot = proxy.snapshot();
     let Some(s) = snapshot.shard(shard) else {
         return;
     };
-    let host = host.unwrap_or_default();
     let listener = match mode {
         // The most specific listener hostname covering the SNI (a name-less
         // hello only reaches a listener without hostname).
-        L4Mode::TlsPassthrough => s.listener_for(local.port(), &host),
+        L4Mode::TlsPassthrough | L4Mode::TlsTerminate => s.listener_for(local.port(), &host),
         L4Mode::Tcp => {
             let port = s.listener_port(local.port());
             s.listeners.iter().find(|l| l.port == port)
@@ -155,16 +213,15 @@ enum Ended {
 /// bytes relayed client → backend and back, also when cut short. The two
 /// directions run independently (a blocked write one way never stops the
 /// other way being read).
-async fn relay(
-    client: &mut TcpStream,
-    upstream: &mut TcpStream,
-    idle: Duration,
-) -> (u64, u64, Ended) {
+async fn relay<C>(client: &mut C, upstream: &mut TcpStream, idle: Duration) -> (u64, u64, Ended)
+where
+    C: AsyncRead + AsyncWrite + Unpin,
+{
     let start = tokio::time::Instant::now();
     // Time of the last byte either way, as nanoseconds since `start`.
     let last = AtomicU64::new(0);
     let (up, down) = (AtomicU64::new(0), AtomicU64::new(0));
-    let (mut client_read, mut client_write) = client.split();
+    let (mut client_read, mut client_write) = tokio::io::split(client);
     let (mut upstream_read, mut upstream_write) = upstream.split();
     let both = async {
         tokio::try_join!(

@@ -173,6 +173,9 @@ pub struct ListenerRoutes {
 pub enum L4Mode {
     /// By the server name of the ClientHello, read without terminating TLS.
     TlsPassthrough,
+    /// TLS terminated here with the listener's certificates, routed by the
+    /// handshake's server name; the decrypted bytes are relayed.
+    TlsTerminate,
     /// Every connection takes the listener's route.
     Tcp,
 }
@@ -182,6 +185,7 @@ impl L4Mode {
     pub fn as_str(self) -> &'static str {
         match self {
             L4Mode::TlsPassthrough => "TLS Passthrough",
+            L4Mode::TlsTerminate => "TLS Terminate",
             L4Mode::Tcp => "TCP",
         }
     }

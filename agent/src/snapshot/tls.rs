@@ -66,12 +66,14 @@ impl ResolvesServerCert for SniResolver {
     }
 }
 
-/// The server config of a TLS port: TLS 1.2 and 1.3 only, ring crypto, ALPN
-/// h2 and http/1.1, certificates by SNI; with `client_auth`, clients are
-/// asked for a certificate (frontend client-certificate validation).
+/// The server config of a TLS port: TLS 1.2 and 1.3 only, ring crypto,
+/// certificates by SNI, ALPN h2 and http/1.1 when it serves `http` (none for
+/// TLS Terminate listeners, which relay bytes); with `client_auth`, clients
+/// are asked for a certificate (frontend client-certificate validation).
 pub fn server_config(
     resolver: SniResolver,
     client_auth: Option<Arc<dyn ClientCertVerifier>>,
+    http: bool,
 ) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let builder = ServerConfig::builder_with_provider(provider)
@@ -81,7 +83,9 @@ pub fn server_config(
         None => builder.with_no_client_auth(),
     };
     let mut config = builder.with_cert_resolver(Arc::new(resolver));
-    config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    if http {
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    }
     Ok(Arc::new(config))
 }
 
@@ -144,5 +148,19 @@ impl ClientCertVerifier for InsecureFallback {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.inner.supported_verify_schemes()
+    }
+}
+
+#[cfg(test)]
+mod alpn_tests {
+    use super::*;
+
+    #[test]
+    fn only_http_ports_offer_alpn() {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = server_config(SniResolver::new(Vec::new()), None, true).unwrap();
+        assert_eq!(http.alpn_protocols, [b"h2".to_vec(), b"http/1.1".to_vec()]);
+        let relay = server_config(SniResolver::new(Vec::new()), None, false).unwrap();
+        assert!(relay.alpn_protocols.is_empty());
     }
 }
