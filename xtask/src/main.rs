@@ -304,10 +304,10 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: u32,
         /// Tenant B's requests per second (open loop).
-        #[arg(long, default_value_t = 2000)]
+        #[arg(long, default_value_t = 1000)]
         rate: u32,
         /// Tenant B's keep-alive connections.
-        #[arg(long, default_value_t = 8)]
+        #[arg(long, default_value_t = 16)]
         connections: u32,
         /// wrk's closed-loop connections flooding tenant A.
         #[arg(long, default_value_t = 256)]
