@@ -971,5 +971,27 @@ mod tests {
         assert_eq!(k.lease_namespace, "sluice");
         assert_eq!(k.lease_name, "sluice-status-writer");
         assert_eq!(k.node_name, "node-1");
+        assert_eq!(k.ingress, crate::kube::ingress::IngressSettings::default());
+        let cli = Cli::parse_from([
+            "sluice",
+            "--kubernetes",
+            "--ingress-http-port",
+            "8080",
+            "--ingress-https-port",
+            "8443",
+            "--ingress-address",
+            "10.0.0.1",
+            "--ingress-address",
+            "::1",
+        ]);
+        let k = cli.settings().unwrap().kubernetes.unwrap();
+        assert_eq!((k.ingress.http_port, k.ingress.https_port), (8080, 8443));
+        assert_eq!(
+            k.ingress.addresses,
+            [
+                "10.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -37,6 +37,10 @@ fn ingress(
     annotations: &[(&str, &str)],
 ) -> Arc<DynamicObject> {
     let mut i = object(Kind::Ingress, Some("apps"), name, json!({ "spec": spec }));
+    Arc::make_mut(&mut i).metadata.creation_timestamp =
+        Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            "2026-01-01T00:00:00Z".parse().unwrap(),
+        ));
     if !annotations.is_empty() {
         Arc::make_mut(&mut i).metadata.annotations = Some(
             annotations
@@ -159,8 +163,11 @@ fn path_types_hosts_and_default_backend_become_routes_of_the_entry_point() {
         any.rules[0].matches[0].path,
         PathMatch::Prefix("/static".into())
     );
-    let default = route(&out, "ingress:shop:default-backend");
+    let default = route(&out, "ingress:shop:(default-backend)");
     assert!(default.hostnames.is_empty());
+    // No creation time: it loses every precedence tie with the rules.
+    assert_eq!(default.created, None);
+    assert!(host.created.is_some());
     assert_eq!(
         default.rules[0].matches[0].path,
         PathMatch::Prefix("/".into())
@@ -634,5 +641,46 @@ fn the_converter_reports_ingress_errors_and_reconverts_only_on_change() {
     assert_eq!(
         changed.config.routes[0].rules[0].matches[0].path,
         PathMatch::Prefix("/v2".into())
+    );
+}
+
+#[test]
+fn a_host_with_tls_in_another_ingress_is_redirected_too() {
+    let with_tls = json!({
+        "ingressClassName": "sluice",
+        "tls": [{"hosts": ["a.example.com"], "secretName": "cert"}],
+        "rules": [{"host": "a.example.com", "http": {"paths": [path("/", "Prefix", "web", 80)]}}],
+    });
+    let without = json!({
+        "ingressClassName": "sluice",
+        "rules": [{"host": "a.example.com", "http": {"paths": [path("/static", "Prefix", "web", 80)]}}],
+    });
+    let out = convert(
+        &[
+            ingress("main", with_tls, &[]),
+            ingress("static", without.clone(), &[]),
+        ],
+        &[secret("cert")],
+    );
+    assert_eq!(
+        route(&out, "ingress:static:a.example.com").parents[0].port,
+        Some(8443)
+    );
+    route(&out, "ingress:static:a.example.com:to-https");
+    // Unless that Ingress says otherwise.
+    let out = convert(
+        &[
+            ingress(
+                "main",
+                json!({"ingressClassName": "sluice", "tls": [{"hosts": ["a.example.com"], "secretName": "cert"}], "rules": [{"host": "a.example.com", "http": {"paths": [path("/", "Prefix", "web", 80)]}}]}),
+                &[],
+            ),
+            ingress("static", without, &[("ssl-redirect", "false")]),
+        ],
+        &[secret("cert")],
+    );
+    assert_eq!(
+        route(&out, "ingress:static:a.example.com").parents[0].port,
+        None
     );
 }
