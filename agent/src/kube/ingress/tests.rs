@@ -684,3 +684,50 @@ fn a_host_with_tls_in_another_ingress_is_redirected_too() {
         None
     );
 }
+
+#[test]
+fn status_gives_served_ingresses_the_node_addresses_and_skips_synthetic_objects() {
+    use crate::kube::status::{objects, ObjectStatus};
+    let spec = json!({"ingressClassName": "sluice", "rules": [{"http": {"paths": [path("/", "Prefix", "web", 80)]}}]});
+    let out = convert_all(
+        &ours(),
+        &[
+            ingress("ok", spec, &[]),
+            ingress("bad", json!({"ingressClassName": "sluice"}), &[]),
+        ],
+        &[service("web", &[("http", 80)])],
+        &[],
+        // No --ingress-address: every local address, the node's in status.
+        &IngressSettings::default(),
+    );
+    let converted = crate::kube::convert::Converted {
+        config: out.config.clone(),
+        ingresses: out.ours.clone(),
+        ..Default::default()
+    };
+    let status = crate::control::compile(
+        &converted.config,
+        &mut crate::control::ShardIds::default(),
+        1,
+    )
+    .status;
+    let written = objects(&status, &converted);
+    assert!(
+        written.iter().all(|o| !is_synthetic(&o.target().1)),
+        "no status for objects without an API object: {written:?}"
+    );
+    let ingress = |name: &str| {
+        written
+            .iter()
+            .find_map(|o| match o {
+                ObjectStatus::Ingress(i) if i.name == name => Some(i.addresses.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no status for {name}: {written:?}"))
+    };
+    let node = crate::control::status::node_addresses();
+    assert!(!node.is_empty());
+    let node: Vec<String> = node.iter().map(ToString::to_string).collect();
+    assert_eq!(ingress("ok"), node);
+    assert!(ingress("bad").is_empty(), "a refused Ingress gets none");
+}
