@@ -311,6 +311,13 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
     // Registered for every source, so dashboards and alerts need not know
     // which one an agent uses: a local directory is never stale.
     registry.register_collector(Box::new(StalenessCollector(source_health.clone())));
+    if let Some(k) = &settings.kubernetes {
+        registry.register_collector(Box::new(
+            crate::kube::ingress::metrics::IgnoredAnnotationsCollector(
+                k.ignored_annotations.clone(),
+            ),
+        ));
+    }
     let mut watcher = None;
     let source_url = settings
         .config_source

@@ -131,6 +131,20 @@ pub struct Cli {
     #[arg(long, value_name = "NAME", env = "POD_NAME")]
     pub pod_name: Option<String>,
 
+    /// Kubernetes: port of the Ingress entry point's plain-HTTP listener
+    /// (Ingresses of IngressClasses with controller `sluice.dev/ingress-controller`).
+    #[arg(long, value_name = "PORT", default_value_t = 80)]
+    pub ingress_http_port: u16,
+
+    /// Kubernetes: port of the Ingress entry point's HTTPS listeners (`spec.tls`).
+    #[arg(long, value_name = "PORT", default_value_t = 443)]
+    pub ingress_https_port: u16,
+
+    /// Kubernetes: address the Ingress entry point serves on (repeatable).
+    /// Default: every local address, the node's addresses in Ingress status.
+    #[arg(long, value_name = "IP")]
+    pub ingress_address: Vec<std::net::IpAddr>,
+
     /// When this agent stops without a successor, leave the pinned eBPF
     /// datapath (XDP, sk_lookup, maps) in place for the next agent: new
     /// connections to gateway ports wait for its sockets (their SYNs are
@@ -572,6 +586,11 @@ impl Cli {
             k.gateway_selector = self.gateway_selector.clone();
             k.lease_namespace = self.pod_namespace.clone();
             k.lease_name = self.lease_name.clone();
+            k.ingress = crate::kube::ingress::IngressSettings {
+                http_port: self.ingress_http_port,
+                https_port: self.ingress_https_port,
+                addresses: self.ingress_address.clone(),
+            };
             k.lease_identity = Some(match &self.pod_name {
                 Some(pod) => format!("{node}/{pod}"),
                 None => node,
@@ -975,5 +994,27 @@ mod tests {
         assert_eq!(k.lease_namespace, "sluice");
         assert_eq!(k.lease_name, "sluice-status-writer");
         assert_eq!(k.node_name, "node-1");
+        assert_eq!(k.ingress, crate::kube::ingress::IngressSettings::default());
+        let cli = Cli::parse_from([
+            "sluice",
+            "--kubernetes",
+            "--ingress-http-port",
+            "8080",
+            "--ingress-https-port",
+            "8443",
+            "--ingress-address",
+            "10.0.0.1",
+            "--ingress-address",
+            "::1",
+        ]);
+        let k = cli.settings().unwrap().kubernetes.unwrap();
+        assert_eq!((k.ingress.http_port, k.ingress.https_port), (8080, 8443));
+        assert_eq!(
+            k.ingress.addresses,
+            [
+                "10.0.0.1".parse::<std::net::IpAddr>().unwrap(),
+                "::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -1453,3 +1453,352 @@ spec:
     .await;
     app.shutdown().await;
 }
+
+/// An echo backend answering as pod `pod`.
+async fn echo_pod(pod: &str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(serve(
+        l,
+        Identity {
+            pod: pod.into(),
+            namespace: "apps".into(),
+        },
+    ));
+    addr
+}
+
+/// Service `name` (port 80, named http) and its EndpointSlice to `backend`.
+fn service(name: &str, backend: SocketAddr) -> String {
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: apps}}\n\
+         spec: {{ports: [{{name: http, port: 80, protocol: TCP}}]}}\n---\n\
+         apiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n\
+         metadata: {{name: {name}-1, namespace: apps, labels: {{kubernetes.io/service-name: {name}}}}}\n\
+         addressType: IPv4\nendpoints: [{{addresses: [127.0.0.1]}}]\n\
+         ports: [{{name: http, port: {}, protocol: TCP}}]\n",
+        backend.port()
+    )
+}
+
+/// GET `path` with Host `host` over plain HTTP: status, the echo body
+/// (`Null` when not an echo) and the Location header. Status 0: no answer.
+async fn get_via(port: u16, host: &str, path: &str) -> (u16, Value, String) {
+    let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let req = http::Request::get(format!("http://127.0.0.1:{port}{path}"))
+        .header("host", host)
+        .body(Empty::new())
+        .unwrap();
+    let Ok(Ok(resp)) = tokio::time::timeout(Duration::from_secs(2), client.request(req)).await
+    else {
+        return (0, Value::Null, String::new());
+    };
+    let status = resp.status().as_u16();
+    let location = resp
+        .headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = resp
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let echo = serde_json::from_slice::<Value>(&body).unwrap_or(Value::Null);
+    (status, echo, location)
+}
+
+/// GET `/` over TLS with SNI `host`, trusting only `root`: the raw response.
+async fn https_get(port: u16, host: &str, root: &rcgen::CertifiedKey) -> Result<String, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(root.cert.der().clone()).unwrap();
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(
+        rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth(),
+    ));
+    let name = rustls::pki_types::ServerName::try_from(host.to_owned()).unwrap();
+    let exchange = async {
+        let mut s = tls.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: {host}\r\nconnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .map_err(|e| e.to_string())?;
+        let mut out = Vec::new();
+        s.read_to_end(&mut out).await.map_err(|e| e.to_string())?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    };
+    tokio::time::timeout(Duration::from_secs(3), exchange)
+        .await
+        .map_err(|_| "timed out".to_owned())?
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_ingress_is_served_with_tls_redirects_status_and_warnings() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("ingress", 27543, 34890) else {
+        return;
+    };
+    // kubelite serves no networking.k8s.io: the fixture installs the two
+    // types as CRDs of the same group, version and schema.
+    kube.kubectl_ok(&[
+        "apply",
+        "--server-side",
+        "-f",
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("fixtures/networking-k8s-io-crds.yaml")
+            .to_str()
+            .unwrap(),
+    ]);
+    kube.kubectl_ok(&[
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd",
+        "ingresses.networking.k8s.io",
+        "ingressclasses.networking.k8s.io",
+    ]);
+    let (web, fallback) = (echo_pod("web").await, echo_pod("fallback").await);
+    kube.apply(&service("web", web));
+    kube.apply(&service("fallback", fallback));
+    let dir =
+        TempDir(std::env::temp_dir().join(format!("sluice-kube-ingress-{}", std::process::id())));
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["secure.example.com".into()]).unwrap();
+    let (crt, key) = (dir.0.join("tls.crt"), dir.0.join("tls.key"));
+    std::fs::write(&crt, cert.cert.pem()).unwrap();
+    std::fs::write(&key, cert.key_pair.serialize_pem()).unwrap();
+    kube.kubectl_ok(&[
+        "create",
+        "secret",
+        "tls",
+        "cert",
+        "-n",
+        "apps",
+        &format!("--cert={}", crt.display()),
+        &format!("--key={}", key.display()),
+    ]);
+    kube.apply(
+        r#"apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: sluice}
+spec: {controller: sluice.dev/ingress-controller}
+---
+apiVersion: networking.k8s.io/v1
+kind: IngressClass
+metadata: {name: nginx}
+spec: {controller: k8s.io/ingress-nginx}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: shop
+  namespace: apps
+  annotations: {nginx.ingress.kubernetes.io/proxy-read-timeout: "60"}
+spec:
+  ingressClassName: sluice
+  defaultBackend: {service: {name: fallback, port: {number: 80}}}
+  tls: [{hosts: [secure.example.com], secretName: cert}]
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - {path: /exact, pathType: Exact, backend: {service: {name: web, port: {number: 80}}}}
+      - {path: /app, pathType: Prefix, backend: {service: {name: web, port: {name: http}}}}
+  - host: secure.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: blog, namespace: apps}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: blog.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: private
+  namespace: apps
+  annotations: {nginx.ingress.kubernetes.io/whitelist-source-range: "10.0.0.0/8"}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: private.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: assets
+  namespace: apps
+  annotations:
+    nginx.ingress.kubernetes.io/use-regex: "true"
+    nginx.ingress.kubernetes.io/rewrite-target: /$2
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: assets.example.com
+    http:
+      paths:
+      - {path: "/static(/|$)(.*)", pathType: ImplementationSpecific, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata: {name: theirs, namespace: apps}
+spec:
+  ingressClassName: nginx
+  rules:
+  - host: other.example.com
+    http:
+      paths:
+      - {path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: broken
+  namespace: apps
+  annotations: {nginx.ingress.kubernetes.io/use-regex: "true"}
+spec:
+  ingressClassName: sluice
+  rules:
+  - host: broken.example.com
+    http:
+      paths:
+      - {path: "/(", pathType: ImplementationSpecific, backend: {service: {name: web, port: {number: 80}}}}
+"#,
+    );
+    let (http_port, https_port) = (free_port(), free_port());
+    let mut s = settings(&kube, "node-a", None);
+    s.metrics_addr = Some("127.0.0.1:0".parse().unwrap());
+    let k = s.kubernetes.as_mut().unwrap();
+    k.ingress = sluice::kube::ingress::IngressSettings {
+        http_port,
+        https_port,
+        addresses: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let app = build(s).await.unwrap();
+    wait_ready(&app).await;
+    let get = |host: &'static str, path: &'static str| get_via(http_port, host, path);
+
+    eventually("the Ingress is served", Duration::from_secs(20), || async {
+        let (status, echo, _) = get("shop.example.com", "/exact").await;
+        status == 200 && echo["pod"] == "web"
+    })
+    .await;
+    // Exact matches only the path itself; Prefix matches whole segments;
+    // what no rule matches goes to the default backend.
+    assert_eq!(
+        get("shop.example.com", "/exact/more").await.1["pod"],
+        "fallback"
+    );
+    assert_eq!(get("shop.example.com", "/app").await.1["pod"], "web");
+    assert_eq!(get("shop.example.com", "/app/cart").await.1["pod"], "web");
+    assert_eq!(
+        get("shop.example.com", "/application").await.1["pod"],
+        "fallback"
+    );
+    assert_eq!(get("unknown.example.com", "/").await.1["pod"], "fallback");
+    assert_eq!(get("blog.example.com", "/post").await.1["pod"], "web");
+    // The Ingress of another class is not served: its host gets the default backend.
+    assert_eq!(get("other.example.com", "/").await.1["pod"], "fallback");
+    // whitelist-source-range: a SluicePolicy ipAllow; 127.0.0.1 is not in it.
+    assert_eq!(get("private.example.com", "/").await.0, 403);
+    // The rewrite-target idiom strips the prefix.
+    let (_, echo, _) = get("assets.example.com", "/static/app.js").await;
+    assert_eq!(
+        (&echo["pod"], &echo["path"]),
+        (&Value::from("web"), &Value::from("/app.js"))
+    );
+    // The TLS host: plain HTTP is redirected, HTTPS with SNI has the Secret's certificate.
+    let (status, _, location) = get("secure.example.com", "/x?y=1").await;
+    assert_eq!(status, 308);
+    assert_eq!(
+        location,
+        format!("https://secure.example.com:{https_port}/x?y=1")
+    );
+    let answer = https_get(https_port, "secure.example.com", &cert)
+        .await
+        .expect("TLS handshake with the Secret's certificate");
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.contains("\"pod\":\"web\""),
+        "{answer}"
+    );
+
+    // status.loadBalancer of our Ingresses; none on the other class's.
+    eventually(
+        "status.loadBalancer written",
+        Duration::from_secs(20),
+        || async {
+            kube.get("ingress/shop", "apps")["status"]["loadBalancer"]["ingress"][0]["ip"]
+                == "127.0.0.1"
+                && kube.get("ingress/blog", "apps")["status"]["loadBalancer"]["ingress"][0]["ip"]
+                    == "127.0.0.1"
+        },
+    )
+    .await;
+    assert!(
+        kube.get("ingress/theirs", "apps")["status"]["loadBalancer"]["ingress"].is_null(),
+        "{}",
+        kube.get("ingress/theirs", "apps")
+    );
+
+    // The unsupported annotation is named in /config and counted; the
+    // invalid Ingress is reported by name and nothing else suffers.
+    let config = admin_config(app.admin_addr).await;
+    let warning = "Ingress apps/shop: annotation nginx.ingress.kubernetes.io/proxy-read-timeout is not supported by Sluice, ignored";
+    assert!(
+        config["ingressWarnings"]
+            .as_array()
+            .is_some_and(|w| w.iter().any(|w| w == warning)),
+        "{config}"
+    );
+    assert!(
+        config["objectErrors"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e
+                .as_str()
+                .is_some_and(|e| e.contains("Ingress apps/broken")
+                    && e.contains("not a valid regular expression")))),
+        "{config}"
+    );
+    let metrics = admin_get(app.metrics_addr.unwrap(), "/metrics").await;
+    assert!(
+        metrics.contains(
+            "sluice_ingress_ignored_annotations{annotation=\"nginx.ingress.kubernetes.io/proxy-read-timeout\"} 1"
+        ),
+        "{metrics}"
+    );
+    assert_eq!(get("broken.example.com", "/(").await.1["pod"], "fallback");
+
+    // Deleting the Ingress stops serving it; the other Ingress stays.
+    kube.kubectl_ok(&["delete", "ingress", "shop", "-n", "apps"]);
+    eventually(
+        "the deleted Ingress is no longer served",
+        Duration::from_secs(20),
+        || async { get("shop.example.com", "/app").await.0 == 404 },
+    )
+    .await;
+    assert_eq!(get("blog.example.com", "/").await.1["pod"], "web");
+    app.shutdown().await;
+}

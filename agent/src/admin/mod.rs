@@ -183,6 +183,9 @@ pub struct ConfigNotes {
     /// Objects of a per-object source (Kubernetes) left out as invalid,
     /// each with namespace/name and field.
     pub object_errors: Vec<String>,
+    /// Kubernetes: what valid Ingresses ask for and is not served as
+    /// written (ignored annotations, missing backends or TLS Secrets).
+    pub ingress_warnings: Vec<String>,
     /// The shards' own socket addresses, by Gateway. With eBPF these are the
     /// loopback steering sockets, not the Gateway's addresses.
     pub sockets: std::collections::BTreeMap<String, Vec<SocketAddr>>,
@@ -555,6 +558,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                 "warnings": notes.warnings,
                 "lastRejection": notes.last_rejection,
                 "objectErrors": notes.object_errors,
+                "ingressWarnings": notes.ingress_warnings,
                 "identity": notes.identity,
                 "heldSecrets": notes.held_secrets,
                 "heldConfigMaps": notes.held_config_maps,

@@ -13,6 +13,7 @@ use std::{
 use ::kube::api::DynamicObject;
 
 use super::{
+    ingress::{IngressOutput, IngressSettings},
     node_select::{select, Selection, NODE_SELECTOR_ANNOTATION},
     watch::{Kind, Stores},
 };
@@ -49,6 +50,12 @@ pub struct Converted {
     /// (`sluice.dev/node-selector`); not in `config`, but their status is
     /// still the leader's job.
     pub elsewhere: Vec<crate::config::Gateway>,
+    /// Ingresses of our IngressClasses, and whether each is served.
+    pub ingresses: Vec<(ObjectRef, bool)>,
+    /// What is not served of valid Ingresses as written (`Ingress ns/name: ...`).
+    pub ingress_warnings: Vec<String>,
+    /// Per ignored ingress-nginx annotation, how many served Ingresses carry it.
+    pub ignored_annotations: BTreeMap<String, u64>,
     /// Whether anything that conversion reads changed since the last call.
     pub changed: bool,
 }
@@ -67,9 +74,69 @@ pub struct Converter {
     cache: HashMap<ObjectKey, Cached>,
     /// The node's labels at the last call, to notice a change.
     node_labels: Option<BTreeMap<String, String>>,
+    /// Where the Ingress entry point listens.
+    ingress: IngressSettings,
+    /// The Ingresses converted last, by a fingerprint of everything that
+    /// conversion reads (Ingresses, IngressClasses, Services, held Secrets).
+    ingress_cache: Option<(u64, IngressOutput)>,
 }
 
 impl Converter {
+    /// A converter whose Ingress entry point listens as `ingress` says.
+    pub fn new(ingress: IngressSettings) -> Self {
+        Self {
+            ingress,
+            ..Self::default()
+        }
+    }
+
+    /// The Ingresses of our classes, converted again only when what they
+    /// read changed.
+    fn ingresses(
+        &mut self,
+        stores: &Stores,
+        secrets: &[DynamicObject],
+        changed: &mut bool,
+    ) -> &IngressOutput {
+        let objects = |kind: Kind| stores.get(&kind).map(|s| s.state()).unwrap_or_default();
+        let classes = objects(Kind::IngressClass);
+        let ingresses = objects(Kind::Ingress);
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        self.ingress.hash(&mut h);
+        let mut prints: Vec<u64> = classes
+            .iter()
+            .chain(&ingresses)
+            .map(|o| fingerprint(o))
+            .collect();
+        // Services matter only to Ingresses (named ports, missing backends).
+        if !ingresses.is_empty() {
+            prints.extend(objects(Kind::Service).iter().map(|s| fingerprint(s)));
+            let mut held: Vec<ObjectRef> = secrets.iter().map(object_ref).collect();
+            held.sort();
+            held.hash(&mut h);
+        }
+        prints.sort_unstable();
+        prints.hash(&mut h);
+        let key = h.finish();
+        if self.ingress_cache.as_ref().map(|(k, _)| *k) != Some(key) {
+            let services = if ingresses.is_empty() {
+                Vec::new()
+            } else {
+                objects(Kind::Service)
+            };
+            let converted = super::ingress::convert_all(
+                &classes,
+                &ingresses,
+                &services,
+                secrets,
+                &self.ingress,
+            );
+            *changed = true;
+            self.ingress_cache = Some((key, converted));
+        }
+        &self.ingress_cache.as_ref().expect("just filled").1
+    }
+
     /// Converts the stores and the held `secrets` and `config_maps`.
     pub fn convert(
         &mut self,
@@ -208,6 +275,17 @@ impl Converter {
         for m in config_maps {
             add(Kind::ConfigMap, m, &mut out);
         }
+        let mut ingress_changed = false;
+        let ingress = self.ingresses(stores, secrets, &mut ingress_changed);
+        out.changed |= ingress_changed;
+        out.config.extend_from(&ingress.config);
+        for (id, errors) in &ingress.errors {
+            out.errors
+                .push(((Kind::Ingress, id.clone()), errors.clone()));
+        }
+        out.ingresses = ingress.ours.clone();
+        out.ingress_warnings = ingress.warnings.clone();
+        out.ignored_annotations = ingress.ignored_annotations.clone();
         let (here, there): (Vec<_>, Vec<_>) = std::mem::take(&mut out.config.gateways)
             .into_iter()
             .partition(|g| !elsewhere.contains(&g.id));

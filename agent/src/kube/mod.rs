@@ -13,6 +13,7 @@
 //! see [`crate::admin::SourceHealth`]).
 pub mod convert;
 pub mod held;
+pub mod ingress;
 pub mod lease;
 pub mod node_select;
 pub mod pods;
@@ -73,6 +74,10 @@ pub struct KubeSettings {
     /// Quiet time after a change before converting: a `kubectl apply` of
     /// many objects becomes one apply.
     pub debounce: Duration,
+    /// Where the Ingress entry point listens ([`ingress`]).
+    pub ingress: ingress::IngressSettings,
+    /// Ignored ingress-nginx annotations, for `sluice_ingress_ignored_annotations`.
+    pub ignored_annotations: Arc<ingress::metrics::IgnoredAnnotations>,
 }
 
 impl KubeSettings {
@@ -89,6 +94,8 @@ impl KubeSettings {
             lease_duration: Duration::from_secs(15),
             lease_renew_every: Duration::from_secs(5),
             debounce: Duration::from_millis(20),
+            ingress: ingress::IngressSettings::default(),
+            ignored_annotations: Arc::default(),
         }
     }
 }
@@ -227,6 +234,8 @@ async fn session(
         )),
         tokio::spawn(sync_loop(
             watches,
+            Converter::new(settings.ingress.clone()),
+            settings.ignored_annotations.clone(),
             settings
                 .cgroup_root
                 .clone()
@@ -267,6 +276,8 @@ const POD_RETRY: Duration = Duration::from_secs(5);
 #[allow(clippy::too_many_arguments)]
 async fn sync_loop(
     watches: Watches,
+    mut converter: Converter,
+    ignored_annotations: Arc<ingress::metrics::IgnoredAnnotations>,
     cgroup_root: Option<PathBuf>,
     debounce: Duration,
     mut changed: mpsc::Receiver<()>,
@@ -280,7 +291,6 @@ async fn sync_loop(
         _ = stop.changed() => return,
     }
     tracing::info!("Kubernetes objects listed; applying");
-    let mut converter = Converter::default();
     // Whether the last apply failed: retry even if the objects did not change
     // (a port may have been freed meanwhile).
     let mut retry = false;
@@ -334,6 +344,10 @@ async fn sync_loop(
             for e in &errors {
                 tracing::warn!("object left out: {e}");
             }
+            for w in &converted.ingress_warnings {
+                tracing::warn!("{w}");
+            }
+            ignored_annotations.set(converted.ignored_annotations.clone());
             let mut config = converted.config.clone();
             config.identity = pods.identity.clone();
             match runtime.apply_config(config).await {
@@ -344,6 +358,7 @@ async fn sync_loop(
                     {
                         let mut notes = runtime.notes.lock().expect("notes lock");
                         notes.object_errors = errors;
+                        notes.ingress_warnings = converted.ingress_warnings.clone();
                         notes.held_secrets = watches.held_secret_names();
                         notes.held_config_maps = watches.config_maps.held_names();
                         notes.gateways_elsewhere = converted

@@ -44,6 +44,18 @@ pub enum ObjectStatus {
     /// Every ancestor entry of ours: SluicePolicy is Sluice's own kind, so an
     /// empty list removes entries that no longer apply.
     SluicePolicy(PolicyStatus),
+    /// An Ingress of our classes ([`super::ingress`]).
+    Ingress(IngressStatus),
+}
+
+/// `status.loadBalancer.ingress` of an Ingress: the entry point's addresses
+/// when served, none when refused as invalid.
+#[derive(Debug, Clone, PartialEq)]
+pub struct IngressStatus {
+    pub namespace: String,
+    pub name: String,
+    /// IP addresses.
+    pub addresses: Vec<String>,
 }
 
 impl ObjectStatus {
@@ -63,6 +75,7 @@ impl ObjectStatus {
             ObjectStatus::SluicePolicy(p) => {
                 (Kind::SluicePolicy, ObjectRef::new(&p.namespace, &p.name))
             }
+            ObjectStatus::Ingress(i) => (Kind::Ingress, ObjectRef::new(&i.namespace, &i.name)),
         }
     }
 }
@@ -199,6 +212,33 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             }));
         }
     }
+    // Objects made from Ingresses have no API object to write to; the
+    // Ingresses get the entry point's addresses instead.
+    out.retain(|o| !super::ingress::is_synthetic(&o.target().1));
+    let entry = super::ingress::entry_gateway();
+    let entry_addresses: Vec<String> = status
+        .gateways
+        .iter()
+        .find(|g| g.namespace == entry.namespace && g.name == entry.name)
+        .map(|g| {
+            g.addresses
+                .iter()
+                .filter(|a| a.kind == "IPAddress")
+                .map(|a| a.value.clone())
+                .collect()
+        })
+        .unwrap_or_default();
+    for (id, served) in &converted.ingresses {
+        out.push(ObjectStatus::Ingress(IngressStatus {
+            namespace: id.namespace.clone(),
+            name: id.name.clone(),
+            addresses: if *served {
+                entry_addresses.clone()
+            } else {
+                Vec::new()
+            },
+        }));
+    }
     for o in &mut out {
         let (kind, id) = o.target();
         let Some(generation) = converted.generations.get(&(kind, id)).copied() else {
@@ -213,6 +253,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             ObjectStatus::BackendTlsPolicy(p) | ObjectStatus::SluicePolicy(p) => {
                 p.ancestors.iter_mut().map(|a| &mut a.conditions).collect()
             }
+            ObjectStatus::Ingress(_) => Vec::new(),
         };
         for c in conditions.into_iter().flatten() {
             c.observed_generation.get_or_insert(generation);
@@ -474,6 +515,10 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
             );
             out.truncate(MAX_POLICY_ANCESTORS);
             json!({"ancestors": out})
+        }
+        ObjectStatus::Ingress(i) => {
+            let ingress: Vec<Value> = i.addresses.iter().map(|a| json!({"ip": a})).collect();
+            json!({"loadBalancer": {"ingress": ingress}})
         }
     }
 }

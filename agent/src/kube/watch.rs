@@ -62,11 +62,15 @@ pub enum Kind {
     Pod,
     /// This agent's own Node.
     Node,
+    /// `networking.k8s.io/v1` IngressClass ([`super::ingress`]).
+    IngressClass,
+    /// `networking.k8s.io/v1` Ingress ([`super::ingress`]).
+    Ingress,
 }
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 14] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::HttpRoute,
@@ -79,6 +83,8 @@ impl Kind {
         Kind::Service,
         Kind::EndpointSlice,
         Kind::Namespace,
+        Kind::IngressClass,
+        Kind::Ingress,
     ];
 
     /// Group, version, kind and plural as served by the API server.
@@ -110,6 +116,8 @@ impl Kind {
             Kind::ConfigMap => ("", "v1", "ConfigMap", "configmaps"),
             Kind::Pod => ("", "v1", "Pod", "pods"),
             Kind::Node => ("", "v1", "Node", "nodes"),
+            Kind::IngressClass => ("networking.k8s.io", "v1", "IngressClass", "ingressclasses"),
+            Kind::Ingress => ("networking.k8s.io", "v1", "Ingress", "ingresses"),
         };
         ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
     }
@@ -128,6 +136,9 @@ impl Kind {
                 | Kind::BackendTlsPolicy
                 | Kind::SluicePolicy
                 | Kind::ConfigMap
+                // RBAC of agents deployed before Ingress support has none.
+                | Kind::IngressClass
+                | Kind::Ingress
         )
     }
 
@@ -158,7 +169,10 @@ impl Kind {
     }
 
     fn namespaced(self) -> bool {
-        !matches!(self, Kind::GatewayClass | Kind::Namespace | Kind::Node)
+        !matches!(
+            self,
+            Kind::GatewayClass | Kind::Namespace | Kind::Node | Kind::IngressClass
+        )
     }
 }
 
