@@ -25,7 +25,7 @@
 //! multi-thread runtime a task may move between threads and its queue entry
 //! would be stranded, so there [`Fair`] is a plain pass-through.
 use std::{
-    cell::RefCell,
+    cell::{Cell, RefCell},
     collections::VecDeque,
     future::Future,
     pin::Pin,
@@ -134,6 +134,10 @@ where
 
 thread_local! {
     static SCHEDULER: RefCell<Scheduler> = RefCell::new(Scheduler::new());
+    /// A dispatcher task is running on this thread. Apart from the
+    /// scheduler so that a dispatcher dropped anywhere (even while the
+    /// scheduler is borrowed, e.g. by a runtime shutting down) can clear it.
+    static DISPATCHING: Cell<bool> = const { Cell::new(false) };
 }
 
 /// One worker's view of its shards.
@@ -142,8 +146,6 @@ struct Scheduler {
     local: Option<bool>,
     epoch_start: Instant,
     shards: Vec<ShardUse>,
-    /// A dispatcher task is running on this thread.
-    dispatching: bool,
     /// The heavy shard the dispatcher serves first next turn.
     next: usize,
 }
@@ -166,7 +168,6 @@ impl Scheduler {
             local: None,
             epoch_start: Instant::now(),
             shards: Vec::new(),
-            dispatching: false,
             next: 0,
         }
     }
@@ -208,8 +209,7 @@ impl Scheduler {
             .queue
             .push_back((waker.clone(), task.clone()));
         DEFERRED.fetch_add(1, Ordering::Relaxed);
-        if !self.dispatching {
-            self.dispatching = true;
+        if !DISPATCHING.replace(true) {
             tokio::spawn(dispatch());
         }
         None
@@ -313,7 +313,7 @@ async fn dispatch() {
     struct Running;
     impl Drop for Running {
         fn drop(&mut self) {
-            let _ = SCHEDULER.try_with(|s| s.borrow_mut().dispatching = false);
+            let _ = DISPATCHING.try_with(|d| d.set(false));
         }
     }
     let _running = Running;
