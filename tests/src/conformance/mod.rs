@@ -6,6 +6,7 @@ pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod compare;
+pub mod grpc;
 pub mod manifests;
 pub mod network;
 pub mod report;
