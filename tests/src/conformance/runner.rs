@@ -17,7 +17,7 @@ use super::{
     client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::compare,
     manifests::{self, Prepared, GATEWAY_CLASS},
-    report::{CaseResult, Report, StatusResult, TestResult, Traffic},
+    report::{CaseResult, Profile, Report, StatusResult, TestResult, Traffic},
     stats,
     status::{self as st, AgentStatus, Objects, Poll},
     websocket,
@@ -85,10 +85,16 @@ pub async fn run(opts: Options) -> Result<Report> {
             opts.run
         );
     }
-    let all_features: BTreeSet<String> = cases::load_dir(&opts.cases_dir)?
-        .iter()
-        .flat_map(|t| t.features.clone())
-        .collect();
+    let every_test = cases::load_dir(&opts.cases_dir)?;
+    let all_features: BTreeSet<String> =
+        every_test.iter().flat_map(|t| t.features.clone()).collect();
+    let mut profile_features: BTreeMap<Profile, BTreeSet<String>> = BTreeMap::new();
+    for t in &every_test {
+        profile_features
+            .entry(Profile::of(&t.features))
+            .or_default()
+            .extend(t.features.iter().cloned());
+    }
     let claimed = opts
         .features
         .clone()
@@ -180,6 +186,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         results,
         claimed,
         all_features,
+        profile_features,
         non_conformant,
         network: opts.network.describe(opts.port_offset),
         version: env!("CARGO_PKG_VERSION").into(),
