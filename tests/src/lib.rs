@@ -4,6 +4,7 @@ pub mod conformance;
 pub mod echo;
 pub mod flood;
 pub mod frames;
+pub mod grpc;
 pub mod netns;
 pub mod process;
 pub mod stores;

@@ -90,8 +90,29 @@ pub struct Case {
     pub expect_error: Option<serde_yaml::Value>,
     #[serde(default)]
     pub websocket: Option<serde_yaml::Value>,
+    /// A gRPC call to the echo service instead of an HTTP request
+    /// (GATEWAY-GRPC tests).
+    #[serde(default)]
+    pub grpc: Option<GrpcCall>,
+    /// Expected gRPC status of a `grpc` case, by upstream name
+    /// (`Unimplemented`) [OK].
+    #[serde(default)]
+    pub grpc_status: Option<String>,
     #[serde(default)]
     pub notes: String,
+}
+
+/// One unary call of upstream's `GrpcEcho` service.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct GrpcCall {
+    /// `Echo`, `EchoTwo` or `EchoThree`.
+    pub method: String,
+    /// `:authority` [the Gateway address, `ip:port`].
+    #[serde(default)]
+    pub authority: Option<String>,
+    /// Request metadata (sent with lower-cased keys, as gRPC clients do).
+    #[serde(default)]
+    pub metadata: BTreeMap<String, String>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]

@@ -1,4 +1,4 @@
-//! Gateway API conformance runner: replays the upstream GATEWAY-HTTP
+//! Gateway API conformance runner: replays the upstream GATEWAY-HTTP and GATEWAY-GRPC
 //! scenarios (`tests/conformance/cases/*.yaml` + the upstream manifests)
 //! against the `sluice` agent fed from files, one agent per test, with echo
 //! backends in process. See `tests/conformance/README.md`.
@@ -6,6 +6,7 @@ pub mod cases;
 pub mod certs;
 pub mod client;
 pub mod compare;
+pub mod grpc;
 pub mod manifests;
 pub mod network;
 pub mod report;

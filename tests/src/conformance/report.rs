@@ -11,6 +11,45 @@ use super::status::Verdict;
 
 /// Upstream GATEWAY-HTTP core features; every other feature is extended.
 pub const CORE_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
+/// Upstream GATEWAY-GRPC core features.
+pub const GRPC_CORE_FEATURES: &[&str] = &["Gateway", "GRPCRoute", "ReferenceGrant"];
+
+/// An upstream conformance profile. A test belongs to GATEWAY-GRPC when it
+/// needs the `GRPCRoute` feature, else to GATEWAY-HTTP (the Gateway and
+/// TLSRoute tests included, as before).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Profile {
+    Http,
+    Grpc,
+}
+
+impl Profile {
+    pub const ALL: [Profile; 2] = [Profile::Http, Profile::Grpc];
+
+    /// Upstream's profile name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Profile::Http => "GATEWAY-HTTP",
+            Profile::Grpc => "GATEWAY-GRPC",
+        }
+    }
+
+    pub fn core_features(self) -> &'static [&'static str] {
+        match self {
+            Profile::Http => CORE_FEATURES,
+            Profile::Grpc => GRPC_CORE_FEATURES,
+        }
+    }
+
+    /// The profile of a test needing `features`.
+    pub fn of(features: &[String]) -> Profile {
+        if features.iter().any(|f| f == "GRPCRoute") {
+            Profile::Grpc
+        } else {
+            Profile::Http
+        }
+    }
+}
 pub const GATEWAY_API_VERSION: &str = "v1.6.1";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,10 +121,14 @@ pub struct TestResult {
 }
 
 impl TestResult {
+    pub fn profile(&self) -> Profile {
+        Profile::of(&self.features)
+    }
+
+    /// Needs only core features of its profile.
     pub fn core(&self) -> bool {
-        self.features
-            .iter()
-            .all(|f| CORE_FEATURES.contains(&f.as_str()))
+        let core = self.profile().core_features();
+        self.features.iter().all(|f| core.contains(&f.as_str()))
     }
 
     /// Every request case passed (and there was at least one).
@@ -171,6 +214,8 @@ pub struct Report {
     pub claimed: BTreeSet<String>,
     /// Every feature named by a case file.
     pub all_features: BTreeSet<String>,
+    /// The features named by the case files of each profile.
+    pub profile_features: BTreeMap<Profile, BTreeSet<String>>,
     /// Set when the run deviates from the conformant setup (diagnostic flags).
     pub non_conformant: Option<String>,
     /// Where the agents ran and on which ports (see `network.rs`).
@@ -208,9 +253,13 @@ impl Stats {
 }
 
 impl Report {
-    fn stats(&self, core: bool) -> Stats {
+    fn stats(&self, profile: Profile, core: bool) -> Stats {
         let mut s = Stats::default();
-        for r in self.results.iter().filter(|r| r.core() == core) {
+        for r in self
+            .results
+            .iter()
+            .filter(|r| r.profile() == profile && r.core() == core)
+        {
             s.add(r.outcome());
         }
         s
@@ -227,24 +276,48 @@ impl Report {
         m
     }
 
+    /// The profiles that have results in this run.
+    pub fn profiles(&self) -> Vec<Profile> {
+        Profile::ALL
+            .into_iter()
+            .filter(|p| self.results.iter().any(|r| r.profile() == *p))
+            .collect()
+    }
+
+    /// The summary line of the whole run.
     pub fn summary(&self) -> String {
+        summarize(&self.results.iter().collect::<Vec<_>>())
+    }
+
+    /// The summary line of one profile's tests.
+    pub fn profile_summary(&self, p: Profile) -> String {
+        summarize(
+            &self
+                .results
+                .iter()
+                .filter(|r| r.profile() == p)
+                .collect::<Vec<_>>(),
+        )
+    }
+}
+
+fn summarize(results: &[&TestResult]) -> String {
+    {
         let mut all = Stats::default();
-        for r in &self.results {
+        for r in results {
             all.add(r.outcome());
         }
-        let traffic = self.results.iter().filter(|r| r.traffic_passed()).count();
-        let with_traffic = self
-            .results
+        let traffic = results.iter().filter(|r| r.traffic_passed()).count();
+        let with_traffic = results
             .iter()
             .filter(|r| !matches!(r.traffic, Traffic::NotRun | Traffic::NoCases))
             .count();
-        let refused = self
-            .results
+        let refused = results
             .iter()
             .filter(|r| matches!(r.traffic, Traffic::Refused(_)))
             .count();
         let mut st = StatusCounts::default();
-        for r in &self.results {
+        for r in results {
             let c = r.status_counts();
             st.passed += c.passed;
             st.failed += c.failed;
@@ -252,7 +325,7 @@ impl Report {
         }
         format!(
             "{} tests: {} passed, {} failed, {} skipped; request cases all passing in {traffic} of {with_traffic} tests with requests; status assertions {} passed, {} failed, {} unsupported; agent refused the config in {refused}",
-            self.results.len(),
+            results.len(),
             all.passed,
             all.failed,
             all.skipped,
@@ -261,10 +334,17 @@ impl Report {
             st.unsupported,
         )
     }
+}
 
+impl Report {
     pub fn markdown(&self) -> String {
         let mut out = String::new();
-        let _ = writeln!(out, "# Sluice Gateway API conformance report (GATEWAY-HTTP, Gateway API {GATEWAY_API_VERSION})\n");
+        let names: Vec<&str> = self.profiles().iter().map(|p| p.name()).collect();
+        let _ = writeln!(
+            out,
+            "# Sluice Gateway API conformance report ({}, Gateway API {GATEWAY_API_VERSION})\n",
+            names.join(", ")
+        );
         if let Some(n) = &self.non_conformant {
             let _ = writeln!(out, "**Non-conformant diagnostic run:** {n}\n");
         }
@@ -277,25 +357,10 @@ impl Report {
              total, checked against the agent's admin `/status` (*unsupported*: cannot be \
              evaluated without a cluster; they fail the test).\n"
         );
-        let _ = writeln!(
-            out,
-            "| test | upstream test | core | result | requests | status | reason |"
-        );
-        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
-        for r in &self.results {
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} | {} | {} | {} |",
-                r.id,
-                r.name,
-                if r.core() { "core" } else { "extended" },
-                r.outcome().label(),
-                r.traffic_label(),
-                r.status_label(),
-                md_escape(&short(&r.reason, 400))
-            );
+        for p in self.profiles() {
+            self.profile_table(&mut out, p);
         }
-        let _ = writeln!(out, "\n## Features\n");
+        let _ = writeln!(out, "## Features\n");
         let _ = writeln!(
             out,
             "| feature | claimed | passed | failed | skipped | verdict |"
@@ -368,20 +433,45 @@ impl Report {
         out
     }
 
+    /// Markdown: one profile's summary and every one of its tests.
+    fn profile_table(&self, out: &mut String, p: Profile) {
+        let _ = writeln!(out, "## {}\n", p.name());
+        let _ = writeln!(out, "{}\n", self.profile_summary(p));
+        let _ = writeln!(
+            out,
+            "| test | upstream test | core | result | requests | status | reason |"
+        );
+        let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+        for r in self.results.iter().filter(|r| r.profile() == p) {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} | {} | {} | {} |",
+                r.id,
+                r.name,
+                if r.core() { "core" } else { "extended" },
+                r.outcome().label(),
+                r.traffic_label(),
+                r.status_label(),
+                md_escape(&short(&r.reason, 400))
+            );
+        }
+        let _ = writeln!(out);
+    }
+
     /// The upstream `ConformanceReport` shape.
     pub fn conformance_report(&self) -> serde_json::Value {
-        let names = |core: bool, o: Outcome| -> Vec<String> {
+        let names = |p: Profile, core: bool, o: Outcome| -> Vec<String> {
             let mut v: Vec<String> = self
                 .results
                 .iter()
-                .filter(|r| r.core() == core && r.outcome() == o)
+                .filter(|r| r.profile() == p && r.core() == core && r.outcome() == o)
                 .map(|r| r.name.clone())
                 .collect();
             v.dedup();
             v
         };
-        let claim = |core: bool| {
-            let s = self.stats(core);
+        let claim = |p: Profile, core: bool| {
+            let s = self.stats(p, core);
             let result = if s.failed > 0 {
                 "failure"
             } else if s.passed > 0 && s.skipped == 0 {
@@ -394,14 +484,16 @@ impl Report {
             let mut v = serde_json::json!({
                 "result": result,
                 "statistics": {"Passed": s.passed, "Failed": s.failed, "Skipped": s.skipped},
-                "skippedTests": names(core, Outcome::Skipped),
-                "failedTests": names(core, Outcome::Failed),
+                "skippedTests": names(p, core, Outcome::Skipped),
+                "failedTests": names(p, core, Outcome::Failed),
             });
             if !core {
                 let extended: Vec<&String> = self
-                    .all_features
-                    .iter()
-                    .filter(|f| !CORE_FEATURES.contains(&f.as_str()))
+                    .profile_features
+                    .get(&p)
+                    .into_iter()
+                    .flatten()
+                    .filter(|f| !p.core_features().contains(&f.as_str()))
                     .collect();
                 v["supportedFeatures"] = serde_json::json!(extended
                     .iter()
@@ -428,12 +520,12 @@ impl Report {
                 "version": self.version,
                 "contact": ["sluice maintainers"],
             },
-            "profiles": [{
-                "name": "GATEWAY-HTTP",
-                "summary": self.summary(),
-                "core": claim(true),
-                "extended": claim(false),
-            }],
+            "profiles": self.profiles().into_iter().map(|p| serde_json::json!({
+                "name": p.name(),
+                "summary": self.profile_summary(p),
+                "core": claim(p, true),
+                "extended": claim(p, false),
+            })).collect::<Vec<_>>(),
         })
     }
 
@@ -584,6 +676,7 @@ mod tests {
             ],
             claimed: BTreeSet::new(),
             all_features: BTreeSet::from(["Gateway".into(), "HTTPRoute".into()]),
+            profile_features: BTreeMap::new(),
             non_conformant: None,
             network: "test".into(),
             version: "0".into(),
@@ -611,5 +704,64 @@ mod tests {
         assert_eq!(regressions.len(), 1);
         assert!(regressions[0].starts_with("a:"));
         assert_eq!(new, ["e", "g"]);
+    }
+
+    #[test]
+    fn grpc_tests_form_their_own_profile() {
+        let mut http = result(
+            "h",
+            Traffic::Ran {
+                passed: 1,
+                total: 1,
+            },
+            &[],
+        );
+        http.features = vec!["Gateway".into(), "HTTPRoute".into()];
+        let mut grpc = result(
+            "g",
+            Traffic::Ran {
+                passed: 0,
+                total: 1,
+            },
+            &[],
+        );
+        grpc.features = vec!["Gateway".into(), "GRPCRoute".into()];
+        let mut named = result("n", Traffic::NotRun, &[]);
+        named.features = vec![
+            "Gateway".into(),
+            "GRPCRoute".into(),
+            "GRPCRouteNamedRouteRule".into(),
+        ];
+        assert_eq!(grpc.profile(), Profile::Grpc);
+        assert!(grpc.core() && !named.core());
+        let report = Report {
+            results: vec![http, grpc, named],
+            claimed: BTreeSet::new(),
+            all_features: BTreeSet::new(),
+            profile_features: BTreeMap::from([(
+                Profile::Grpc,
+                BTreeSet::from([
+                    "Gateway".into(),
+                    "GRPCRoute".into(),
+                    "GRPCRouteNamedRouteRule".into(),
+                ]),
+            )]),
+            non_conformant: None,
+            network: "test".into(),
+            version: "0".into(),
+        };
+        let yaml = report.conformance_report();
+        assert_eq!(yaml["profiles"][0]["name"], "GATEWAY-HTTP");
+        assert_eq!(yaml["profiles"][0]["core"]["statistics"]["Passed"], 1);
+        assert_eq!(yaml["profiles"][1]["name"], "GATEWAY-GRPC");
+        assert_eq!(yaml["profiles"][1]["core"]["failedTests"][0], "g");
+        assert_eq!(yaml["profiles"][1]["extended"]["skippedTests"][0], "n");
+        assert_eq!(
+            yaml["profiles"][1]["extended"]["unsupportedFeatures"][0],
+            "GRPCRouteNamedRouteRule"
+        );
+        let md = report.markdown();
+        assert!(md.contains("## GATEWAY-GRPC"), "{md}");
+        assert!(md.contains("| n | n | extended | Skipped |"), "{md}");
     }
 }

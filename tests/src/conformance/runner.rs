@@ -17,7 +17,7 @@ use super::{
     client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::compare,
     manifests::{self, Prepared, GATEWAY_CLASS},
-    report::{CaseResult, Report, StatusResult, TestResult, Traffic},
+    report::{CaseResult, Profile, Report, StatusResult, TestResult, Traffic},
     stats,
     status::{self as st, AgentStatus, Objects, Poll},
     websocket,
@@ -85,10 +85,16 @@ pub async fn run(opts: Options) -> Result<Report> {
             opts.run
         );
     }
-    let all_features: BTreeSet<String> = cases::load_dir(&opts.cases_dir)?
-        .iter()
-        .flat_map(|t| t.features.clone())
-        .collect();
+    let every_test = cases::load_dir(&opts.cases_dir)?;
+    let all_features: BTreeSet<String> =
+        every_test.iter().flat_map(|t| t.features.clone()).collect();
+    let mut profile_features: BTreeMap<Profile, BTreeSet<String>> = BTreeMap::new();
+    for t in &every_test {
+        profile_features
+            .entry(Profile::of(&t.features))
+            .or_default()
+            .extend(t.features.iter().cloned());
+    }
     let claimed = opts
         .features
         .clone()
@@ -121,9 +127,14 @@ pub async fn run(opts: Options) -> Result<Report> {
             namespace: ns.clone(),
         };
         // Backends whose Deployment serves TLS (echo-basic's TLS_* settings).
-        match super::tls_backends::server_config(&all_docs, &(ns.clone(), name.clone()), &certs)
+        let key = (ns.clone(), name.clone());
+        match super::tls_backends::server_config(&all_docs, &key, &certs)
             .with_context(|| format!("TLS backend {ns}/{name}"))?
         {
+            // The gRPC echo backends (h2c) of the GATEWAY-GRPC tests.
+            None if super::grpc::is_grpc_backend(&all_docs, &key) => {
+                tokio::spawn(crate::grpc::serve_echo(listener, id))
+            }
             Some(tls) => tokio::spawn(serve_tls(listener, id, Some(log.clone()), true, tls)),
             None => tokio::spawn(serve_with(listener, id, Some(log.clone()), true)),
         };
@@ -175,6 +186,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         results,
         claimed,
         all_features,
+        profile_features,
         non_conformant,
         network: opts.network.describe(opts.port_offset),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -537,6 +549,22 @@ fn free_port() -> Result<SocketAddr> {
 }
 
 fn label(c: &Case) -> String {
+    if let Some(g) = &c.grpc {
+        let base = format!(
+            "gRPC {}/{}{}",
+            g.authority.as_deref().unwrap_or(""),
+            g.method,
+            if g.metadata.is_empty() {
+                String::new()
+            } else {
+                format!(" {:?}", g.metadata)
+            }
+        );
+        return match &c.name {
+            Some(n) => format!("{n} ({base})"),
+            None => base,
+        };
+    }
     let base = format!(
         "{} {}{}",
         c.request.method(),
@@ -696,6 +724,23 @@ async fn run_case(
 ) -> Result<(), String> {
     if let Some(why) = unsupported(c) {
         return Err(why);
+    }
+    if let Some(g) = &c.grpc {
+        let out = outgoing(env, t, c, prepared)?;
+        // Upstream's client dials the Gateway address `ip:port` and uses it
+        // as the authority when the case names none (port included, also 80).
+        let listener_port = out.dial.port().saturating_sub(env.opts.port_offset);
+        let host = format!("{}:{listener_port}", out.dial.ip());
+        return super::grpc::run_case(
+            c,
+            g,
+            out.dial,
+            &host,
+            env.opts.request_timeout,
+            env.opts.max_time_to_consistency,
+            CONSECUTIVE_SUCCESSES,
+        )
+        .await;
     }
     if let Some(ws) = &c.websocket {
         let out = outgoing(env, t, c, prepared)?;

@@ -20,10 +20,10 @@ const REQUESTS: usize = 500;
 const CONCURRENCY: usize = 10;
 
 /// A small xorshift generator: the checks need varied, not secret, values.
-struct Jitter(u64);
+pub(super) struct Jitter(pub(super) u64);
 
 impl Jitter {
-    fn next(&mut self) -> u64 {
+    pub(super) fn next(&mut self) -> u64 {
         self.0 ^= self.0 << 13;
         self.0 ^= self.0 >> 7;
         self.0 ^= self.0 << 17;

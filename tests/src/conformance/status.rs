@@ -85,6 +85,8 @@ pub struct KindSt {
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RouteSt {
+    /// `HTTPRoute` or `GRPCRoute` (the agent lists both).
+    pub kind: String,
     pub namespace: String,
     pub name: String,
     pub parents: Vec<ParentSt>,
@@ -610,6 +612,16 @@ fn gateway<'a>(s: &'a AgentStatus, key: &Key) -> Result<&'a GatewaySt, String> {
         .ok_or_else(|| format!("Gateway {key} is not in the agent's /status"))
 }
 
+/// The route's kind as the agent reports it (`HTTPRoute` when unknown).
+fn route_kind<'a>(s: &'a AgentStatus, key: &Key) -> &'a str {
+    s.http_routes
+        .iter()
+        .find(|r| r.namespace == key.namespace && r.name == key.name)
+        .map(|r| r.kind.as_str())
+        .filter(|k| !k.is_empty())
+        .unwrap_or("HTTPRoute")
+}
+
 fn route_parents<'a>(s: &'a AgentStatus, key: &Key) -> &'a [ParentSt] {
     s.http_routes
         .iter()
@@ -721,7 +733,7 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
         }
         Check::RouteParent(route, exp) => {
             let parents = route_parents(s, route);
-            let generation = objs.generation("HTTPRoute", route);
+            let generation = objs.generation(route_kind(s, route), route);
             let mut first = None;
             let mut found = false;
             for p in parents {
@@ -738,7 +750,8 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
             }
             if !found {
                 return Eval::Fail(format!(
-                    "HTTPRoute {route}: {}",
+                    "{} {route}: {}",
+                    route_kind(s, route),
                     first.unwrap_or_else(|| format!(
                         "no status.parents entry for {} (parents: [{}])",
                         exp.parent.name,
@@ -752,7 +765,7 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
             }
             for p in parents {
                 if let Err(e) = at_generation(&p.conditions, generation) {
-                    return Eval::Fail(format!("HTTPRoute {route}: {e}"));
+                    return Eval::Fail(format!("{} {route}: {e}", route_kind(s, route)));
                 }
             }
             Eval::Pass
@@ -769,22 +782,26 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
                     };
                     r2e(conditions_match(&[exp], &p.conditions)
                         .and_then(|()| {
-                            at_generation(&p.conditions, objs.generation("HTTPRoute", route))
+                            at_generation(
+                                &p.conditions,
+                                objs.generation(route_kind(s, route), route),
+                            )
                         })
-                        .map_err(|e| format!("HTTPRoute {route}: {e}")))
+                        .map_err(|e| format!("{} {route}: {e}", route_kind(s, route))))
                 }
                 more => Eval::Fail(format!(
-                    "HTTPRoute {route} has {} parent entries, expected none or one not accepted",
+                    "{} {route} has {} parent entries, expected none or one not accepted",
+                    route_kind(s, route),
                     more.len()
                 )),
             }
         }
         Check::RouteLatest(route) => {
-            let generation = objs.generation("HTTPRoute", route);
+            let generation = objs.generation(route_kind(s, route), route);
             r2e(route_parents(s, route)
                 .iter()
                 .try_for_each(|p| at_generation(&p.conditions, generation))
-                .map_err(|e| format!("HTTPRoute {route}: {e}")))
+                .map_err(|e| format!("{} {route}: {e}", route_kind(s, route))))
         }
         Check::GatewayAllListeners(key, exp) => r2e(gateway(s, key).and_then(|g| {
             for l in &g.listeners {

@@ -23,7 +23,7 @@ fn str_at<'a>(v: &'a Value, path: &[&str]) -> Option<&'a str> {
 }
 
 /// The Deployment in the Service's namespace whose pod labels the Service selects.
-fn deployment<'a>(docs: &'a [Value], service: &(String, String)) -> Option<&'a Value> {
+pub(super) fn deployment<'a>(docs: &'a [Value], service: &(String, String)) -> Option<&'a Value> {
     let svc = docs.iter().find(|d| {
         group_kind(d) == (String::new(), "Service".into()) && object_key(d) == *service
     })?;
