@@ -81,7 +81,7 @@ impl Figure {
             title: title.into(),
             command: format!("cargo xtask {}", args.join(" ")),
             date: today(),
-            notes: Vec::new(),
+            notes: vec![machine()],
             panels: Vec::new(),
         }
     }
@@ -116,6 +116,18 @@ pub fn replot(json: &Path, out: Option<&Path>) -> Result<PathBuf> {
     std::fs::write(&out, render(&fig)?).with_context(|| format!("writing {}", out.display()))?;
     println!("chart: {}", out.display());
     Ok(out)
+}
+
+/// The machine's size and how busy it was when the figures were taken: a
+/// chart must not look like an idle-machine result when it is not one.
+fn machine() -> String {
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load: Vec<&str> = load.split_whitespace().take(3).collect();
+    format!(
+        "machine: {cpus} CPUs, load average {} (1/5/15 min) when the run ended",
+        load.join(" / ")
+    )
 }
 
 /// Today's UTC date, from the system clock (civil-from-days conversion).
@@ -725,6 +737,15 @@ mod tests {
         // Three bars (one value missing), three points.
         assert_eq!(svg.matches("</title></rect>").count(), 3);
         assert_eq!(svg.matches("<circle").count(), 3);
+    }
+
+    #[test]
+    fn new_figures_say_what_ran_and_on_what() {
+        let f = Figure::new("t");
+        assert!(f.command.starts_with("cargo xtask "), "{}", f.command);
+        assert_eq!(f.date.len(), 10);
+        assert!(f.notes[0].starts_with("machine: "), "{:?}", f.notes);
+        assert!(f.notes[0].contains("load average"), "{:?}", f.notes);
     }
 
     #[test]
