@@ -115,6 +115,7 @@ pub fn routes(raw: Option<&Path>, stores: &[(&str, bench_stores::Figures)]) -> R
                 })
                 .collect(),
             reference: None,
+            log_y: false,
         });
     }
     Ok(fig)
@@ -181,6 +182,7 @@ pub fn xdp(raw: &Path) -> Result<Figure> {
             },
         ],
         reference: None,
+        log_y: false,
     });
     let base = per_packet.first().and_then(|v| median(v));
     fig.panels.push(Panel::Bars {
@@ -198,6 +200,7 @@ pub fn xdp(raw: &Path) -> Result<Figure> {
                 .collect(),
         }],
         reference: Some(1.0),
+        log_y: false,
     });
     Ok(fig)
 }

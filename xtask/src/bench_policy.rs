@@ -727,6 +727,7 @@ fn figure(opts: &Options, scenarios: &[Scenario], medians: &[Sample]) -> Figure 
             values: medians.iter().map(|m| Some(m.rps / base)).collect(),
         }],
         reference: Some(1.0),
+        log_y: false,
     });
     fig.panels.push(Panel::Bars {
         title: "Latency".into(),
@@ -743,6 +744,7 @@ fn figure(opts: &Options, scenarios: &[Scenario], medians: &[Sample]) -> Figure 
             },
         ],
         reference: None,
+        log_y: true,
     });
     fig
 }

@@ -437,6 +437,7 @@ fn figure(opts: &Options, chart: &[Row]) -> Figure {
                 })
                 .collect(),
             reference: None,
+            log_y: false,
         });
     }
     fig

@@ -45,6 +45,10 @@ pub enum Panel {
         /// Draw a dashed horizontal line at this value (e.g. 1.0 for ratios).
         #[serde(default)]
         reference: Option<f64>,
+        /// A log value axis (latency percentiles span decades); bars rise
+        /// from the axis' low end.
+        #[serde(default)]
+        log_y: bool,
     },
     /// Line series over a numeric x axis.
     Lines {
@@ -294,8 +298,31 @@ const COLORS: [&str; 10] = [
     "#bcbd22", "#17becf",
 ];
 
-fn color(i: usize) -> &'static str {
-    COLORS[i % COLORS.len()]
+/// Series colours by name, the same in every panel of a figure (a target
+/// missing from one panel must not shift the others' colours).
+struct Palette(Vec<String>);
+
+impl Palette {
+    fn of(fig: &Figure) -> Self {
+        let mut names: Vec<String> = Vec::new();
+        let mut add = |n: &String| {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        };
+        for p in &fig.panels {
+            match p {
+                Panel::Bars { series, .. } => series.iter().for_each(|s| add(&s.name)),
+                Panel::Lines { series, .. } => series.iter().for_each(|s| add(&s.name)),
+            }
+        }
+        Palette(names)
+    }
+
+    fn color(&self, name: &str) -> &'static str {
+        let i = self.0.iter().position(|n| n == name).unwrap_or(0);
+        COLORS[i % COLORS.len()]
+    }
 }
 
 /// Escapes text for SVG element content and attribute values.
@@ -383,6 +410,7 @@ pub fn render(fig: &Figure) -> Result<String> {
             n,
         );
     }
+    let palette = Palette::of(fig);
     let mut top = header;
     for (p, bottom) in fig.panels.iter().zip(&bottoms) {
         let _ = writeln!(out, "<g transform=\"translate(0,{top:.1})\">");
@@ -394,7 +422,13 @@ pub fn render(fig: &Figure) -> Result<String> {
                 categories,
                 series,
                 reference,
-            } => bars(&mut out, title, y_label, categories, series, *reference),
+                log_y,
+            } => {
+                let y = bar_scale(series, *reference, *log_y);
+                bars(
+                    &mut out, &palette, title, y_label, categories, series, *reference, &y,
+                )
+            }
             Panel::Lines {
                 title,
                 x_label,
@@ -402,7 +436,9 @@ pub fn render(fig: &Figure) -> Result<String> {
                 log_x,
                 log_y,
                 series,
-            } => lines(&mut out, title, x_label, y_label, *log_x, *log_y, series),
+            } => lines(
+                &mut out, &palette, title, x_label, y_label, *log_x, *log_y, series,
+            ),
         }
         out.push_str("</g>\n");
     }
@@ -438,7 +474,15 @@ impl Area {
 }
 
 /// Panel title, y axis with grid and label, frame, legend.
-fn frame(out: &mut String, a: &Area, title: &str, y_label: &str, y: &Scale, names: &[&str]) {
+fn frame(
+    out: &mut String,
+    palette: &Palette,
+    a: &Area,
+    title: &str,
+    y_label: &str,
+    y: &Scale,
+    names: &[&str],
+) {
     text(
         out,
         a.x0,
@@ -489,7 +533,7 @@ fn frame(out: &mut String, a: &Area, title: &str, y_label: &str, y: &Scale, name
             out,
             "<rect x=\"{:.1}\" y=\"{ly:.1}\" width=\"12\" height=\"12\" fill=\"{}\"/>",
             a.x1 + 14.0,
-            color(i)
+            palette.color(name)
         );
         text(out, a.x1 + 32.0, ly + 10.0, 11.0, "start", "", name);
     }
@@ -518,21 +562,37 @@ fn bottom_margin(p: &Panel) -> f64 {
     }
 }
 
+/// The value axis of a bar panel: from 0, or whole decades with `log`.
+fn bar_scale(series: &[BarSeries], reference: Option<f64>, log: bool) -> Scale {
+    let values = series
+        .iter()
+        .flat_map(|s| s.values.iter().flatten().copied())
+        .chain(reference);
+    if log {
+        Scale::log(values)
+    } else {
+        Scale::linear(values)
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
 fn bars(
     out: &mut String,
+    palette: &Palette,
     title: &str,
     y_label: &str,
     categories: &[String],
     series: &[BarSeries],
     reference: Option<f64>,
+    y: &Scale,
 ) {
     let a = Area::of_panel();
-    let values = series
-        .iter()
-        .flat_map(|s| s.values.iter().flatten().copied());
-    let y = Scale::linear(values.chain(reference));
     let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    frame(out, &a, title, y_label, &y, &names);
+    frame(out, palette, &a, title, y_label, y, &names);
+    let floor = match *y {
+        Scale::Linear { .. } => 0.0,
+        Scale::Log { min, .. } => min,
+    };
     let groups = categories.len().max(1) as f64;
     let group_w = (a.x1 - a.x0) / groups;
     let bar_w = group_w * 0.8 / series.len().max(1) as f64;
@@ -549,7 +609,7 @@ fn bars(
         }
         for (k, s) in series.iter().enumerate() {
             let Some(v) = s.values[c] else { continue };
-            let (top, base) = (a.y(&y, v), a.y(&y, 0.0));
+            let (top, base) = (a.y(y, v), a.y(y, floor));
             let _ = writeln!(
                 out,
                 "<rect x=\"{:.1}\" y=\"{:.1}\" width=\"{:.1}\" height=\"{:.1}\" fill=\"{}\"><title>{}: {}</title></rect>",
@@ -557,14 +617,14 @@ fn bars(
                 top.min(base),
                 (bar_w - 1.0).max(1.0),
                 (base - top).abs(),
-                color(k),
+                palette.color(&s.name),
                 esc(&format!("{} {cat}", s.name)),
                 format_number(v)
             );
         }
     }
     if let Some(r) = reference {
-        let py = a.y(&y, r);
+        let py = a.y(y, r);
         let _ = writeln!(
             out,
             "<line x1=\"{:.1}\" y1=\"{py:.1}\" x2=\"{:.1}\" y2=\"{py:.1}\" stroke=\"#000\" stroke-dasharray=\"5 4\"/>",
@@ -576,6 +636,7 @@ fn bars(
 #[allow(clippy::too_many_arguments)]
 fn lines(
     out: &mut String,
+    palette: &Palette,
     title: &str,
     x_label: &str,
     y_label: &str,
@@ -597,7 +658,7 @@ fn lines(
         Scale::linear(ys)
     };
     let names: Vec<&str> = series.iter().map(|s| s.name.as_str()).collect();
-    frame(out, &a, title, y_label, &y, &names);
+    frame(out, palette, &a, title, y_label, &y, &names);
     for t in x.ticks() {
         let px = a.x(&x, t);
         let _ = writeln!(
@@ -616,7 +677,7 @@ fn lines(
         "",
         x_label,
     );
-    for (k, s) in series.iter().enumerate() {
+    for s in series {
         let mut pts: Vec<(f64, f64)> = s.points.clone();
         pts.sort_by(|p, q| p.0.total_cmp(&q.0));
         let path: Vec<String> = pts
@@ -627,7 +688,7 @@ fn lines(
             out,
             "<polyline points=\"{}\" fill=\"none\" stroke=\"{}\" stroke-width=\"2\"/>",
             path.join(" "),
-            color(k)
+            palette.color(&s.name)
         );
         for &(px, py) in &pts {
             let _ = writeln!(
@@ -635,7 +696,7 @@ fn lines(
                 "<circle cx=\"{:.1}\" cy=\"{:.1}\" r=\"3.5\" fill=\"{}\"><title>{}: {}, {}</title></circle>",
                 a.x(&x, px),
                 a.y(&y, py),
-                color(k),
+                palette.color(&s.name),
                 esc(&s.name),
                 format_number(px),
                 format_number(py)
@@ -670,6 +731,7 @@ mod tests {
                         },
                     ],
                     reference: Some(100.0),
+                    log_y: false,
                 },
                 Panel::Lines {
                     title: "route change".into(),
@@ -777,6 +839,47 @@ mod tests {
         };
         assert!(height("sluice p99") > height("sluice p50"));
         assert!(height("sluice p50") > height("nginx p50"));
+    }
+
+    #[test]
+    fn log_bars_rise_from_the_low_end_and_keep_colours_by_name() {
+        let mut f = sample();
+        if let Panel::Bars { log_y, series, .. } = &mut f.panels[0] {
+            *log_y = true;
+            series.swap(0, 1);
+        }
+        let svg = render(&f).unwrap();
+        well_formed(&svg).unwrap();
+        let attr = |needle: &str, name: &str| -> String {
+            let line = svg.lines().find(|l| l.contains(needle)).unwrap();
+            let v = line.split(&format!(" {name}=\"")).nth(1).unwrap();
+            v[..v.find('"').unwrap()].to_owned()
+        };
+        // 80 and 400 on a 10..1000 axis: both visible, the larger taller.
+        let h = |n: &str| attr(n, "height").parse::<f64>().unwrap();
+        assert!(h("sluice p50") > 0.0);
+        assert!(h("sluice p99") > h("sluice p50"));
+        // Colours follow the name, not the position in the panel: nginx
+        // alone in a panel keeps its colour from the first panel.
+        f.panels.push(Panel::Bars {
+            title: "nginx only".into(),
+            y_label: "x".into(),
+            categories: vec!["q".into()],
+            series: vec![BarSeries {
+                name: "nginx".into(),
+                values: vec![Some(1.0)],
+            }],
+            reference: None,
+            log_y: false,
+        });
+        let svg = render(&f).unwrap();
+        let colour = |needle: &str| -> String {
+            let line = svg.lines().find(|l| l.contains(needle)).unwrap();
+            let v = line.split(" fill=\"").nth(1).unwrap();
+            v[..v.find('"').unwrap()].to_owned()
+        };
+        assert_eq!(colour("nginx q"), colour("nginx p50"));
+        assert_ne!(colour("sluice p50"), colour("nginx p50"));
     }
 
     #[test]
