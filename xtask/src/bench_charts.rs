@@ -12,6 +12,27 @@ use crate::{
     plot::{BarSeries, Figure, LineSeries, Panel},
 };
 
+/// `cargo xtask plot` on the raw output of a bench binary (not a
+/// [`Figure`]): the chart `bench routes --plot` / `bench xdp --plot` would
+/// draw from it. `None` when the file is neither.
+pub fn from_raw(path: &Path) -> Result<Option<Figure>> {
+    let doc = read(path)?;
+    let mut fig = if doc.get("modes").is_some() {
+        xdp(path)?
+    } else if doc.get("sizes").is_some() {
+        routes(Some(path), &[])?
+    } else {
+        return Ok(None);
+    };
+    // Relative to the workspace (the current directory) when inside it.
+    let cwd = std::env::current_dir().unwrap_or_default();
+    fig.notes.push(format!(
+        "drawn from {} (raw figures of the bench binary)",
+        path.strip_prefix(&cwd).unwrap_or(path).display()
+    ));
+    Ok(Some(fig))
+}
+
 fn read(path: &Path) -> Result<Value> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
@@ -174,7 +195,7 @@ pub fn xdp(raw: &Path) -> Result<Figure> {
                 values: stat(max),
             },
             BarSeries {
-                name: "XDP program alone (BPF stats)".into(),
+                name: "XDP program (BPF stats)".into(),
                 values: modes
                     .iter()
                     .map(|m| median(&numbers(&m["bpf_ns_per_run"])))

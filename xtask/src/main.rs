@@ -18,7 +18,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -92,7 +92,9 @@ enum Cmd {
     /// Build the Debian package (cargo deb, release build) into target/debian/.
     Deb,
     /// Render a chart again from figures a bench saved with `--plot`
-    /// (target/bench/<kind>.json), without re-running the bench.
+    /// (target/bench/<kind>.json), without re-running the bench; also takes
+    /// the raw output of `sluice-bench-xdp --json` and of the routes bench
+    /// (`SLUICE_BENCH_JSON`).
     Plot {
         /// The figures file.
         json: PathBuf,
@@ -140,7 +142,21 @@ fn main() -> Result<()> {
         } => conformance(tests.as_deref(), features.as_deref(), &args),
         Cmd::GenCrd => gen_crd(&root),
         Cmd::Plot { json, out } => {
-            plot::replot(&cwd.join(json), out.map(|o| cwd.join(o)).as_deref()).map(drop)
+            let (json, out) = (cwd.join(json), out.map(|o| cwd.join(o)));
+            match bench_charts::from_raw(&json)? {
+                // Raw runs of sluice-bench-xdp / the routes bench: their
+                // figures go next to the chart as well.
+                Some(fig) => {
+                    let out = out.unwrap_or_else(|| plot::raw_chart_path(&json));
+                    ensure!(
+                        out.with_extension("json") != json,
+                        "{}: the chart's figures would overwrite the raw file; pick another -o",
+                        out.display()
+                    );
+                    fig.write_to(&out)
+                }
+                None => plot::replot(&json, out.as_deref()).map(drop),
+            }
         }
         Cmd::Deb => {
             setup::run()?;

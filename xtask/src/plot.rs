@@ -97,15 +97,22 @@ impl Figure {
             .map(PathBuf::from)
             .unwrap_or_else(|| root.join("target"))
             .join("bench");
-        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-        let json = dir.join(format!("{kind}.json"));
+        let svg = dir.join(format!("{kind}.svg"));
+        self.write_to(&svg)?;
+        Ok(svg)
+    }
+
+    /// Writes the chart to `svg` and the figures next to it (`.json`).
+    pub fn write_to(&self, svg: &Path) -> Result<()> {
+        if let Some(dir) = svg.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let json = svg.with_extension("json");
         std::fs::write(&json, serde_json::to_string_pretty(self)? + "\n")
             .with_context(|| format!("writing {}", json.display()))?;
-        let svg = json.with_extension("svg");
-        std::fs::write(&svg, render(self)?)
-            .with_context(|| format!("writing {}", svg.display()))?;
+        std::fs::write(svg, render(self)?).with_context(|| format!("writing {}", svg.display()))?;
         println!("\nfigures: {}\nchart:   {}", json.display(), svg.display());
-        Ok(svg)
+        Ok(())
     }
 }
 
@@ -132,6 +139,19 @@ fn machine() -> String {
         "machine: {cpus} CPUs, load average {} (1/5/15 min) when the run ended",
         load.join(" / ")
     )
+}
+
+/// Where the chart of a bench binary's raw figures goes by default:
+/// `xdp-raw.json` → `xdp.svg` (as `bench xdp --plot` names it), else
+/// `<name>-chart.svg`; never onto the raw file itself.
+pub fn raw_chart_path(raw: &Path) -> PathBuf {
+    let stem = raw
+        .file_stem()
+        .map_or_else(String::new, |s| s.to_string_lossy().into_owned());
+    match stem.strip_suffix("-raw") {
+        Some(kind) if !kind.is_empty() => raw.with_file_name(format!("{kind}.svg")),
+        _ => raw.with_file_name(format!("{stem}-chart.svg")),
+    }
 }
 
 /// Today's UTC date, from the system clock (civil-from-days conversion).
@@ -808,6 +828,17 @@ mod tests {
         assert_eq!(f.date.len(), 10);
         assert!(f.notes[0].starts_with("machine: "), "{:?}", f.notes);
         assert!(f.notes[0].contains("load average"), "{:?}", f.notes);
+    }
+
+    #[test]
+    fn raw_figures_chart_next_to_them_without_overwriting() {
+        let p = |s: &str| raw_chart_path(Path::new(s));
+        assert_eq!(p("/t/bench/xdp-raw.json"), Path::new("/t/bench/xdp.svg"));
+        assert_eq!(p("/t/runs.json"), Path::new("/t/runs-chart.svg"));
+        assert_ne!(
+            p("/t/-raw.json").with_extension("json"),
+            Path::new("/t/-raw.json")
+        );
     }
 
     #[test]
