@@ -61,6 +61,10 @@ fn line(name: &str, points: Vec<(f64, f64)>) -> Option<LineSeries> {
 /// latency per config source.
 pub fn routes(raw: Option<&Path>, stores: &[(&str, bench_stores::Figures)]) -> Result<Figure> {
     let mut fig = Figure::new("bench routes: route changes and memory against the route count");
+    // The route counts are chosen by the environment, not the command line.
+    if let Ok(sizes) = std::env::var("SLUICE_BENCH_SIZES") {
+        fig.notes.push(format!("SLUICE_BENCH_SIZES={sizes}"));
+    }
     if let Some(raw) = raw {
         let doc = read(raw)?;
         let sizes = doc["sizes"]

@@ -394,10 +394,11 @@ pub fn render(fig: &Figure) -> Result<String> {
     let header = 56.0 + 16.0 * fig.notes.len() as f64;
     let bottoms: Vec<f64> = fig.panels.iter().map(bottom_margin).collect();
     let height = header + bottoms.iter().map(|b| PANEL_HEIGHT + b).sum::<f64>() + 10.0;
+    let width = figure_width(fig);
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{WIDTH}\" height=\"{height:.0}\" viewBox=\"0 0 {WIDTH} {height:.0}\">"
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width:.0}\" height=\"{height:.0}\" viewBox=\"0 0 {width:.0} {height:.0}\">"
     );
     let _ = writeln!(out, "<title>{}</title>", esc(&fig.title));
     let _ = writeln!(out, "<rect width=\"100%\" height=\"100%\" fill=\"white\"/>");
@@ -557,6 +558,24 @@ fn frame(
         );
         text(out, a.x1 + 32.0, ly + 10.0, 11.0, "start", "", name);
     }
+}
+
+/// The plot areas keep [`WIDTH`]; the document widens so that long legend
+/// entries and titles are not cut off at its right edge.
+fn figure_width(fig: &Figure) -> f64 {
+    let legend = Palette::of(fig)
+        .0
+        .iter()
+        .map(|n| text_width(n))
+        .fold(0.0, f64::max);
+    let titles = fig.panels.iter().map(|p| match p {
+        Panel::Bars { title, .. } | Panel::Lines { title, .. } => LEFT + text_width(title) * 1.2,
+    });
+    let header = std::iter::once(12.0 + text_width(&fig.title) * 1.45);
+    titles
+        .chain(header)
+        .fold(WIDTH - RIGHT + 32.0 + legend + 12.0, f64::max)
+        .max(WIDTH)
 }
 
 /// Estimated width of `s` at 11 px sans-serif (no font metrics at hand).
@@ -839,6 +858,21 @@ mod tests {
             p("/t/-raw.json").with_extension("json"),
             Path::new("/t/-raw.json")
         );
+    }
+
+    #[test]
+    fn long_legends_widen_the_document_not_the_plot() {
+        let mut f = sample();
+        assert_eq!(figure_width(&f), WIDTH);
+        if let Panel::Lines { series, .. } = &mut f.panels[1] {
+            series[0].name = "x".repeat(60);
+        }
+        let w = figure_width(&f);
+        assert!(
+            w >= WIDTH - RIGHT + 32.0 + text_width(&"x".repeat(60)),
+            "{w}"
+        );
+        assert!(render(&f).unwrap().contains(&format!("width=\"{w:.0}\"")));
     }
 
     #[test]
