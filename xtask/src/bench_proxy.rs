@@ -1942,23 +1942,24 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     }
     // The OTLP sink the tracing variants export to (started before them).
     let sink = if opts.tracing {
-        for (label, ratio) in [("sluice+trace", 1.0), ("sluice+trace0.01", 0.01)] {
+        for (j, (label, ratio)) in [("sluice+trace", 1.0), ("sluice+trace0.01", 0.01)]
+            .into_iter()
+            .enumerate()
+        {
             bench.targets.push(Target {
                 label: label.into(),
                 proxy: Some(Proxy::Sluice),
                 extra_routes: 0,
                 access_log: false,
                 trace_ratio: Some(ratio),
-                ports: Ports::of_instance(k),
+                ports: Ports::of_instance(k + j as u16),
                 process: None,
             });
-            k += 1;
         }
         Some(crate::otlp_sink::OtlpSink::start()?)
     } else {
         None
     };
-    let _ = k;
     // Every port must be free: a stray server would be measured instead.
     let mut ports = vec![BASE_PORT];
     for t in bench.targets.iter().filter(|t| t.proxy.is_some()) {
