@@ -131,6 +131,9 @@ fn main() {
     );
     println!("|---:|---|---|---|---:|---|---:|---:|---|---|---|");
     let mut memory = Vec::new();
+    // With SLUICE_BENCH_JSON: the figures of each size, for
+    // `cargo xtask bench routes --plot` (which charts them).
+    let mut figures = Vec::new();
     for n in SIZES {
         if only.as_ref().is_some_and(|o| !o.contains(&n)) {
             continue;
@@ -169,6 +172,16 @@ fn main() {
             t.drop_ms,
             show(rss_target, "MB"),
         );
+        figures.push(serde_json::json!({
+            "routes": n,
+            "change_p50_ms": t.total_p50_ms,
+            "change_max_ms": t.total_max_ms,
+            "cold_ms": t.cold_ms,
+            "state_rss_mb": state_rss.as_ref().map(|m| m.rss),
+            "agent_ready_ms": real.as_ref().and_then(|r| r.as_ref().ok()).map(|a| a.ready_ms),
+            "agent_change_p50_ms": real.as_ref().and_then(|r| r.as_ref().ok()).map(|a| a.change_p50_ms),
+            "agent_rss_mb": real.as_ref().and_then(|r| r.as_ref().ok()).map(|a| a.rss_mb),
+        }));
         memory.push((n, state_rss));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -219,6 +232,14 @@ fn main() {
         sluice::reload::DEBOUNCE.as_millis()
     );
     let _ = std::fs::remove_dir_all(&root);
+    if let Some(path) = std::env::var_os("SLUICE_BENCH_JSON") {
+        let doc = serde_json::json!({ "sizes": figures });
+        std::fs::write(
+            &path,
+            serde_json::to_string_pretty(&doc).expect("JSON") + "\n",
+        )
+        .unwrap_or_else(|e| panic!("writing {}: {e}", Path::new(&path).display()));
+    }
 }
 
 struct Times {

@@ -28,6 +28,7 @@ use crate::bench_proxy::{
     check_interrupted, http_status, install_signal_handlers, nginx_common, nginx_temp_paths,
     parse_wrk, pinned, port_open, wait_until, which, Proc, WRK_SCRIPT,
 };
+use crate::plot::{BarSeries, Figure, Panel};
 
 /// Options of the isolation benchmark.
 pub struct Options {
@@ -42,6 +43,8 @@ pub struct Options {
     pub proxy_cpu: u32,
     pub load_cpu: u32,
     pub sluice_bin: Option<PathBuf>,
+    /// Write a chart (`target/bench/isolation.svg`) next to the table.
+    pub plot: bool,
 }
 
 const BACKEND_A: u16 = 18730;
@@ -386,12 +389,12 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("sluice-bench-isolation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let result = run_in(opts, &sluice, &dir);
+    let result = run_in(root, opts, &sluice, &dir);
     let _ = std::fs::remove_dir_all(&dir);
     result
 }
 
-fn run_in(opts: &Options, sluice: &Path, dir: &Path) -> Result<()> {
+fn run_in(root: &Path, opts: &Options, sluice: &Path, dir: &Path) -> Result<()> {
     std::fs::write(dir.join("percentiles.lua"), WRK_SCRIPT)?;
     let _backend_a = start_backend(dir, opts.load_cpu, "backend-a", BACKEND_A)?;
     let _backend_b = start_backend(dir, opts.load_cpu, "backend-b", BACKEND_B)?;
@@ -480,7 +483,47 @@ fn run_in(opts: &Options, sluice: &Path, dir: &Path) -> Result<()> {
         }
     }
     print_report(opts, &targets, &rounds);
+    if opts.plot {
+        chart(opts, &targets, &rounds).write(root, "isolation")?;
+    }
     Ok(())
+}
+
+/// Tenant B's latency per proxy, alone and flooded (log scale: FIFO and
+/// flooded figures are orders of magnitude apart).
+fn chart(opts: &Options, targets: &[Target], rounds: &[Vec<Round>]) -> Figure {
+    let mut fig = Figure::new(format!(
+        "Noisy neighbour: tenant B at {} req/s, alone and while tenant A is flooded ({} connections)",
+        opts.rate, opts.flood_connections
+    ));
+    let medians: Vec<(&str, Round)> = targets
+        .iter()
+        .zip(rounds)
+        .filter(|(_, r)| !r.is_empty())
+        .map(|(t, r)| (t.label, median(r)))
+        .collect();
+    let categories: Vec<String> = medians.iter().map(|(l, _)| (*l).to_owned()).collect();
+    let series = |name: &str, pick: fn(&Round) -> f64| BarSeries {
+        name: name.to_owned(),
+        values: medians
+            .iter()
+            .map(|(_, r)| Some(pick(r) / 1000.0))
+            .collect(),
+    };
+    fig.panels.push(Panel::Bars {
+        title: "Tenant B's latency".into(),
+        y_label: "ms (log)".into(),
+        categories,
+        series: vec![
+            series("p50 alone", |r| r.alone.p50_us),
+            series("p99 alone", |r| r.alone.p99_us),
+            series("p50 flooded", |r| r.flooded.p50_us),
+            series("p99 flooded", |r| r.flooded.p99_us),
+        ],
+        reference: None,
+        log_y: true,
+    });
+    fig
 }
 
 /// The round with the median p99 under flood (the figure the target is about).

@@ -17,6 +17,7 @@ use std::{
 use anyhow::{bail, Context, Result};
 
 use crate::kube::Kubelite;
+use crate::plot::{Figure, LineSeries, Panel};
 
 const SIZES: [usize; 3] = [100, 1_000, 5_000];
 /// Changes per size; p99 of 50 is the second-slowest.
@@ -37,7 +38,7 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-pub fn run(root: &Path, release: bool) -> Result<()> {
+pub fn run(root: &Path, release: bool, plot: bool) -> Result<()> {
     let profile = if release { "release" } else { "debug" };
     let mut build = crate::cargo();
     build.args(["build", "-p", "sluice", "-p", "sluice-tests", "--bins"]);
@@ -213,7 +214,7 @@ ports: [{{port: {echo_port}, protocol: TCP}}]
     println!("\nroute change via the Kubernetes API → in effect at the data path ({profile} build, {SAMPLES} changes per size)");
     println!("| routes | p50 | target | p99 | target | max | anchors (BRIEF) |");
     println!("|---:|---:|---|---:|---|---:|---|");
-    for (n, p50, p99, max) in rows {
+    for &(n, p50, p99, max) in &rows {
         let (t50, t99) = if n == 5_000 {
             ("≤ 50 ms", "≤ 200 ms")
         } else {
@@ -232,6 +233,41 @@ ports: [{{port: {echo_port}, protocol: TCP}}]
          (KubeSettings::debounce) and the apply; the elected agent's status writes for each \
          change run meanwhile (coalesced, at most one round per 250 ms)."
     );
+    if plot {
+        let ms = |pick: fn(&(usize, Duration, Duration, Duration)) -> Duration| {
+            rows.iter()
+                .map(|r| (r.0 as f64, pick(r).as_secs_f64() * 1e3))
+                .collect::<Vec<_>>()
+        };
+        let mut fig =
+            Figure::new("bench kube: route change via the Kubernetes API against the route count");
+        fig.notes.push(format!(
+            "{profile} agent, kubelite API server, {SAMPLES} changes per size; from `kubectl patch` \
+             returning to the first 200 on the new path"
+        ));
+        fig.panels.push(Panel::Lines {
+            title: "HTTPRoute change → in effect at the data path".into(),
+            x_label: "HTTPRoutes".into(),
+            y_label: "milliseconds".into(),
+            log_x: true,
+            log_y: false,
+            series: vec![
+                LineSeries {
+                    name: "p50".into(),
+                    points: ms(|r| r.1),
+                },
+                LineSeries {
+                    name: "p99".into(),
+                    points: ms(|r| r.2),
+                },
+                LineSeries {
+                    name: "max".into(),
+                    points: ms(|r| r.3),
+                },
+            ],
+        });
+        fig.write(root, "kube")?;
+    }
     Ok(())
 }
 

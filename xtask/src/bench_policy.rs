@@ -33,6 +33,7 @@ use crate::bench_proxy::{
     check_interrupted, clock_ticks, http_status, install_signal_handlers, nginx_common,
     nginx_temp_paths, parse_wrk, pinned, port_open, usage, wait_until, which, Proc, WRK_SCRIPT,
 };
+use crate::plot::{BarSeries, Figure, Panel};
 
 /// Options of the policy benchmark.
 pub struct Options {
@@ -45,6 +46,8 @@ pub struct Options {
     pub proxy_cpu: u32,
     pub load_cpu: u32,
     pub sluice_bin: Option<PathBuf>,
+    /// Write the figures (`target/bench/policy.json`) and a chart of them.
+    pub plot: bool,
 }
 
 const GATEWAY_PORT: u16 = 18600;
@@ -687,6 +690,9 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
             naive.p99_us
         );
     }
+    if opts.plot {
+        figure(opts, &scenarios, &medians).write(root, "policy")?;
+    }
     if let (Some(hit), Some(nginx), Some(direct)) = (
         row("response cache, hit"),
         row("anchor: nginx proxy_cache, hit"),
@@ -701,4 +707,44 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         );
     }
     Ok(())
+}
+
+/// Each scenario's req/s relative to the no-policy route, and its p99.
+fn figure(opts: &Options, scenarios: &[Scenario], medians: &[Sample]) -> Figure {
+    let mut fig = Figure::new("bench policy: per-request cost of each SluicePolicy section");
+    fig.notes.push(format!(
+        "{} rounds × {} s, {} connections (wrk); Sluice on CPU {}, wrk + backend on CPU {}; median round",
+        opts.rounds, opts.seconds, opts.connections, opts.proxy_cpu, opts.load_cpu
+    ));
+    let base = medians[0].rps.max(1e-9);
+    let categories: Vec<String> = scenarios.iter().map(|s| s.label.to_owned()).collect();
+    fig.panels.push(Panel::Bars {
+        title: "req/s relative to the same route without policy (dashed: 1.0)".into(),
+        y_label: "req/s ÷ no policy".into(),
+        categories: categories.clone(),
+        series: vec![BarSeries {
+            name: "req/s ratio".into(),
+            values: medians.iter().map(|m| Some(m.rps / base)).collect(),
+        }],
+        reference: Some(1.0),
+        log_y: false,
+    });
+    fig.panels.push(Panel::Bars {
+        title: "Latency".into(),
+        y_label: "latency (µs)".into(),
+        categories,
+        series: vec![
+            BarSeries {
+                name: "p50".into(),
+                values: medians.iter().map(|m| Some(m.p50_us)).collect(),
+            },
+            BarSeries {
+                name: "p99".into(),
+                values: medians.iter().map(|m| Some(m.p99_us)).collect(),
+            },
+        ],
+        reference: None,
+        log_y: true,
+    });
+    fig
 }

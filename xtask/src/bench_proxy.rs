@@ -42,6 +42,8 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
+use crate::plot::{BarSeries, Figure, Panel};
+
 /// The measured route.
 const HOST: &str = "bench.example.com";
 /// The path the load requests (under the route's prefix `/bench`).
@@ -68,6 +70,11 @@ pub struct Options {
     /// Also run Sluice with its access log (JSON to a file) and request ids
     /// on, and print the cost against the same Sluice without.
     pub access_log: bool,
+    /// Also run Sluice exporting spans to an OTLP sink in the bench, at
+    /// sample ratio 1.0 and at the default 0.01, and print the cost.
+    pub tracing: bool,
+    /// Write the figures (`target/bench/proxy.json`) and a chart of them.
+    pub plot: bool,
 }
 
 impl Options {
@@ -203,6 +210,14 @@ impl Ports {
     }
 }
 
+impl Target {
+    /// Sluice with an observability feature on: compared with plain Sluice,
+    /// left out of the equivalence check (it adds headers by design).
+    fn is_variant(&self) -> bool {
+        self.access_log || self.trace_ratio.is_some()
+    }
+}
+
 /// A load target: the backend itself (direct) or a proxy with its routes.
 struct Target {
     label: String,
@@ -211,6 +226,8 @@ struct Target {
     extra_routes: u32,
     /// Sluice with its access log and request ids on (`--access-log`).
     access_log: bool,
+    /// Sluice exporting spans at this sample ratio (`--tracing`).
+    trace_ratio: Option<f64>,
     ports: Ports,
     process: Option<Proc>,
 }
@@ -877,10 +894,10 @@ fn curl(port: u16, scheme: &str, h2: bool, host: &str, path: &str) -> Result<u16
 /// head (HTTP/1.1, h2c, HTTPS, h2 over TLS), and says 404 to a wrong host or
 /// path.
 fn check_equivalence(targets: &[Target], capture: &Capture) -> Result<()> {
-    // The access-log variant adds X-Request-Id by design.
+    // The access-log variant adds X-Request-Id, the tracing one traceparent.
     let proxies: Vec<&Target> = targets
         .iter()
-        .filter(|t| t.proxy.is_some() && !t.access_log)
+        .filter(|t| t.proxy.is_some() && !t.is_variant())
         .collect();
     let modes: [(&str, &str, bool); 4] = [
         ("HTTP/1.1", "http", false),
@@ -1437,6 +1454,146 @@ fn median(samples: &[Sample]) -> Option<&Sample> {
     v.get(v.len() / 2).copied()
 }
 
+/// The figures of the run as charts: the latency distribution per load
+/// (median round of each target), req/s per load, and with `--access-log` /
+/// `--tracing` the variants' req/s relative to plain Sluice.
+fn figure(
+    opts: &Options,
+    loads: &[Load],
+    targets: &[Target],
+    results: &BTreeMap<(Load, usize), Vec<Sample>>,
+) -> Figure {
+    let med = |load: Load, i: usize| results.get(&(load, i)).and_then(|v| median(v));
+    let mut fig = Figure::new("bench proxy: Sluice, nginx, HAProxy and direct (loopback)");
+    fig.notes.push(format!(
+        "{} s per run, median of {} interleaved rounds; each proxy 1 worker on CPU {}, load generator + backend on CPU {}",
+        opts.seconds,
+        opts.rounds,
+        opts.proxy_cpu,
+        opts.load_cpu_list()
+    ));
+    let plain: Vec<usize> = (0..targets.len())
+        .filter(|&i| !targets[i].is_variant())
+        .collect();
+    for &load in loads {
+        let series: Vec<BarSeries> = plain
+            .iter()
+            .filter_map(|&i| {
+                let s = med(load, i)?;
+                Some(BarSeries {
+                    name: targets[i].label.clone(),
+                    values: vec![Some(s.p50), Some(s.p90), Some(s.p99), Some(s.p999)],
+                })
+            })
+            .collect();
+        fig.panels.push(Panel::Bars {
+            title: format!(
+                "{}: latency distribution — {}",
+                load.name(),
+                load.describe(opts)
+            ),
+            y_label: "latency (µs)".into(),
+            categories: ["p50", "p90", "p99", "p99.9"].map(String::from).to_vec(),
+            series,
+            reference: None,
+            log_y: true,
+        });
+    }
+    let names: Vec<String> = loads.iter().map(|l| l.name().to_owned()).collect();
+    fig.panels.push(Panel::Bars {
+        // The direct baseline (the backend alone, no proxy) would dwarf the
+        // proxies' bars: it is in the table and the latency panels.
+        title: "Throughput per load (proxies; the direct baseline is in the table)".into(),
+        y_label: "requests per second".into(),
+        categories: names.clone(),
+        series: (0..targets.len())
+            .filter(|&i| targets[i].proxy.is_some())
+            .map(|i| BarSeries {
+                name: targets[i].label.clone(),
+                values: loads.iter().map(|&l| med(l, i).map(|s| s.rps)).collect(),
+            })
+            .collect(),
+        reference: None,
+        log_y: false,
+    });
+    let plain_sluice = targets
+        .iter()
+        .position(|t| t.proxy == Some(Proxy::Sluice) && t.extra_routes == 0 && !t.is_variant());
+    let variants: Vec<BarSeries> = (0..targets.len())
+        .filter(|&i| targets[i].is_variant())
+        .map(|i| BarSeries {
+            name: targets[i].label.clone(),
+            values: loads
+                .iter()
+                .map(|&l| {
+                    let off = plain_sluice.and_then(|p| med(l, p))?.rps;
+                    Some(med(l, i)?.rps / off.max(1e-9))
+                })
+                .collect(),
+        })
+        .collect();
+    if !variants.is_empty() {
+        fig.panels.push(Panel::Bars {
+            title: "Access log / tracing on: req/s ÷ plain Sluice (dashed: 1.0)".into(),
+            y_label: "req/s ratio".into(),
+            categories: names,
+            series: variants,
+            reference: Some(1.0),
+            log_y: false,
+        });
+    }
+    fig
+}
+
+/// Plain GET, the whole body (for the agent's /metrics).
+fn http_body(port: u16, path: &str) -> Option<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    Some(out.split_once("\r\n\r\n")?.1.to_owned())
+}
+
+/// The value of an unlabelled Prometheus sample.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The tracing variants really exported: the sink received posts and each
+/// agent counts exported spans (a broken exporter would look free).
+fn check_spans(targets: &[Target], sink: &crate::otlp_sink::OtlpSink) -> Result<()> {
+    // Batches are posted at least every second: let the last ones arrive.
+    std::thread::sleep(Duration::from_millis(1500));
+    let (posts, bytes) = sink.received();
+    println!("\nOTLP sink: {posts} export requests, {bytes} bytes of protobuf received");
+    for t in targets.iter().filter(|t| t.trace_ratio.is_some()) {
+        let text = http_body(t.ports.admin, "/metrics")
+            .with_context(|| format!("{}: no /metrics", t.label))?;
+        let get = |n: &str| metric(&text, n).unwrap_or(0.0);
+        let (spans, dropped, failed) = (
+            get("sluice_trace_spans_total"),
+            get("sluice_trace_dropped_total"),
+            get("sluice_trace_export_failures_total"),
+        );
+        println!(
+            "- {}: {spans:.0} spans exported, {dropped:.0} requests dropped (queue full), {failed:.0} failed posts",
+            t.label
+        );
+        ensure!(
+            spans > 0.0 && posts > 0,
+            "{}: no spans reached the OTLP sink ({spans} exported, {posts} posts)",
+            t.label
+        );
+    }
+    Ok(())
+}
+
 // ---------------------------------------------------------------- the run
 
 /// The bench's directory and processes. Fields drop in order: the processes
@@ -1537,10 +1694,12 @@ pub(crate) fn which(cmd: &str) -> PathBuf {
     PathBuf::from(cmd)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn start_proxy(
     bench: &mut Bench,
     k: usize,
     sluice: &Path,
+    otlp: Option<&str>,
     cert: &str,
     key: &str,
     cpu: &str,
@@ -1577,6 +1736,11 @@ fn start_proxy(
                 // nginx and HAProxy add no request id either: the same
                 // forwarded request (the equivalence check compares them).
                 cmd.args(["--request-id", "off"]);
+            }
+            if let (Some(ratio), Some(endpoint)) = (t.trace_ratio, otlp) {
+                cmd.args(["--otlp-endpoint", endpoint])
+                    .arg("--trace-sample-ratio")
+                    .arg(ratio.to_string());
             }
             cmd.arg("--admin-addr")
                 .arg(format!("127.0.0.1:{}", ports.admin))
@@ -1731,6 +1895,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         proxy: None,
         extra_routes: 0,
         access_log: false,
+        trace_ratio: None,
         ports: Ports {
             h1: BASE_PORT,
             h2c: 0,
@@ -1756,6 +1921,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 proxy: Some(proxy),
                 extra_routes: extra,
                 access_log: false,
+                trace_ratio: None,
                 ports: Ports::of_instance(k),
                 process: None,
             });
@@ -1768,10 +1934,32 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             proxy: Some(Proxy::Sluice),
             extra_routes: 0,
             access_log: true,
+            trace_ratio: None,
             ports: Ports::of_instance(k),
             process: None,
         });
+        k += 1;
     }
+    // The OTLP sink the tracing variants export to (started before them).
+    let sink = if opts.tracing {
+        for (j, (label, ratio)) in [("sluice+trace", 1.0), ("sluice+trace0.01", 0.01)]
+            .into_iter()
+            .enumerate()
+        {
+            bench.targets.push(Target {
+                label: label.into(),
+                proxy: Some(Proxy::Sluice),
+                extra_routes: 0,
+                access_log: false,
+                trace_ratio: Some(ratio),
+                ports: Ports::of_instance(k + j as u16),
+                process: None,
+            });
+        }
+        Some(crate::otlp_sink::OtlpSink::start()?)
+    } else {
+        None
+    };
     // Every port must be free: a stray server would be measured instead.
     let mut ports = vec![BASE_PORT];
     for t in bench.targets.iter().filter(|t| t.proxy.is_some()) {
@@ -1793,6 +1981,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             &mut bench,
             k,
             &sluice,
+            sink.as_ref().map(|s| s.endpoint()).as_deref(),
             &cert,
             &key,
             &opts.proxy_cpu.to_string(),
@@ -1888,7 +2077,13 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         Vec::new()
     };
     print_report(opts, &loads, &bench.targets, &results);
+    if let Some(sink) = &sink {
+        check_spans(&bench.targets, sink)?;
+    }
     print_idle(&idle);
+    if opts.plot {
+        figure(opts, &loads, &bench.targets, &results).write(root, "proxy")?;
+    }
     bench.keep_dir = false;
     Ok(())
 }
@@ -1903,7 +2098,7 @@ fn print_report(
     let find = |proxy: Proxy, extra: u32| {
         targets
             .iter()
-            .position(|t| t.proxy == Some(proxy) && t.extra_routes == extra && !t.access_log)
+            .position(|t| t.proxy == Some(proxy) && t.extra_routes == extra && !t.is_variant())
     };
     println!(
         "\n## cargo xtask bench proxy: {} s per run, median of {} interleaved rounds\n",
@@ -2019,25 +2214,35 @@ fn print_report(
             );
         }
     }
-    if opts.access_log {
-        let logged = targets.iter().position(|t| t.access_log);
+    let variants: Vec<usize> = (0..targets.len())
+        .filter(|&i| targets[i].is_variant())
+        .collect();
+    if !variants.is_empty() {
         println!(
-            "\n### Access log and request ids on ÷ off (Sluice, JSON lines to a file; target: ≥ 0.95 req/s)\n"
+            "\n### Observability on ÷ off (Sluice, same run; target: access log ≥ 0.95 req/s)\n"
         );
-        println!("| load | req/s on ÷ off | CPU/req on ÷ off |");
-        println!("|---|---:|---:|");
+        println!(
+            "sluice+log: JSON access log to a file and generated request ids; sluice+trace: \
+             OTLP/HTTP spans to a sink in the bench at sample ratio 1.0; sluice+trace0.01: \
+             the default ratio 0.01.\n"
+        );
+        println!("| load | variant | req/s | req/s plain | req/s on ÷ off | CPU/req on ÷ off | p99 on ÷ off |");
+        println!("|---|---|---:|---:|---:|---:|---:|");
         for &load in loads {
-            let on = logged.and_then(|i| med(load, i));
             let off = find(Proxy::Sluice, 0).and_then(|i| med(load, i));
-            println!(
-                "| {} | {} | {} |",
-                load.name(),
-                ratio(on.as_ref().map(|s| s.rps), off.as_ref().map(|s| s.rps)),
-                ratio(
-                    on.as_ref().and_then(|s| cpu_per_100k(s)),
-                    off.as_ref().and_then(|s| cpu_per_100k(s))
-                )
-            );
+            for &v in &variants {
+                let on = med(load, v);
+                println!(
+                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    load.name(),
+                    targets[v].label,
+                    on.map_or("–".into(), |s| thousands(s.rps)),
+                    off.map_or("–".into(), |s| thousands(s.rps)),
+                    ratio(on.map(|s| s.rps), off.map(|s| s.rps)),
+                    ratio(on.and_then(cpu_per_100k), off.and_then(cpu_per_100k)),
+                    ratio(on.map(|s| s.p99), off.map(|s| s.p99)),
+                );
+            }
         }
     }
     if !tls_notes.is_empty() {

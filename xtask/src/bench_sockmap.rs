@@ -15,6 +15,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::plot::{BarSeries, Figure, Panel};
 use anyhow::{bail, Context, Result};
 
 const GATEWAY: &str = "127.0.0.1:8080";
@@ -64,6 +65,8 @@ pub struct Options {
     pub rounds: u32,
     /// Connections of the loaded scenario.
     pub connections: u32,
+    /// Write the figures (`target/bench/sockmap.json`) and a chart of them.
+    pub plot: bool,
 }
 
 /// The private namespace, cgroup and bpffs; removed on drop.
@@ -369,6 +372,8 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         "| load | sockmap | req/s | p50 | p99 | req/s on ÷ off | p50 on ÷ off | p99 on ÷ off |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    // Per load: its label, then [off, on] of req/s, p50, p99 (the chart's).
+    let mut chart: Vec<Row> = Vec::new();
     for (i, (label, _, conns)) in loads.iter().enumerate() {
         let med =
             |mode: usize, f: fn(&Sample) -> f64| median(results[i][mode].iter().map(f).collect());
@@ -377,6 +382,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             [med(0, |s| s.p50_us), med(1, |s| s.p50_us)],
             [med(0, |s| s.p99_us), med(1, |s| s.p99_us)],
         );
+        chart.push((format!("{label} ({conns} conn)"), rps, p50, p99));
         for (mode, name) in [(0, "off"), (1, "on")] {
             let ratios = if mode == 1 {
                 format!(
@@ -394,7 +400,47 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             );
         }
     }
+    if opts.plot {
+        figure(opts, &chart).write(root, "sockmap")?;
+    }
     Ok(())
+}
+
+/// A load's chart figures: label, then `[off, on]` req/s, p50 µs, p99 µs.
+type Row = (String, [f64; 2], [f64; 2], [f64; 2]);
+/// One figure of a [`Row`].
+type Pick = fn(&Row) -> [f64; 2];
+
+fn figure(opts: &Options, chart: &[Row]) -> Figure {
+    let mut fig = Figure::new("bench sockmap: the sockmap fast path off and on");
+    fig.notes.push(format!(
+        "{} s per run, median of {} rounds; client → sluice → echo on loopback in a private netns",
+        opts.seconds, opts.rounds
+    ));
+    let categories: Vec<String> = chart.iter().map(|r| r.0.clone()).collect();
+    let panels: [(&str, &str, Pick); 3] = [
+        ("Throughput", "requests per second", |r| r.1),
+        ("p50 latency", "latency (µs)", |r| r.2),
+        ("p99 latency", "latency (µs)", |r| r.3),
+    ];
+    for (title, y_label, pick) in panels {
+        fig.panels.push(Panel::Bars {
+            title: title.into(),
+            y_label: y_label.into(),
+            categories: categories.clone(),
+            series: ["sockmap off", "sockmap on"]
+                .iter()
+                .enumerate()
+                .map(|(mode, name)| BarSeries {
+                    name: (*name).into(),
+                    values: chart.iter().map(|r| Some(pick(r)[mode])).collect(),
+                })
+                .collect(),
+            reference: None,
+            log_y: false,
+        });
+    }
+    fig
 }
 
 #[cfg(test)]

@@ -125,10 +125,11 @@ fn routes_file(file: usize, prefix: Option<&str>) -> String {
     text
 }
 
-struct Figures {
-    p50: f64,
-    p90: f64,
-    max: f64,
+/// Change → in effect through one source, ms.
+pub struct Figures {
+    pub p50: f64,
+    pub p90: f64,
+    pub max: f64,
 }
 
 fn figures(mut ms: Vec<f64>) -> Figures {
@@ -205,8 +206,8 @@ fn push(bin: &Path, dir: &Path, url: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs the three sources; prints one table.
-pub fn run(bin: &Path, consul: Option<PathBuf>) -> Result<()> {
+/// Runs the three sources; prints one table and returns its rows.
+pub fn run(bin: &Path, consul: Option<PathBuf>) -> Result<Vec<(&'static str, Figures)>> {
     let work = std::env::temp_dir().join(format!("sluice-bench-stores-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&work);
     let dir = work.join("config");
@@ -332,7 +333,7 @@ pub fn run(bin: &Path, consul: Option<PathBuf>) -> Result<()> {
     println!();
     println!("| source | p50 ms | p90 ms | max ms |");
     println!("|---|---|---|---|");
-    for (name, f) in rows {
+    for (name, f) in &rows {
         println!("| {name} | {:.1} | {:.1} | {:.1} |", f.p50, f.p90, f.max);
     }
     println!();
@@ -343,7 +344,7 @@ pub fn run(bin: &Path, consul: Option<PathBuf>) -> Result<()> {
          document of the key, compiling the changed route and the swap."
     );
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    Ok(rows)
 }
 
 fn put_http(port: u16, req: String) -> Result<()> {

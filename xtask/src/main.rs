@@ -1,4 +1,5 @@
-//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | gen-crd`.
+//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | plot | gen-crd`.
+mod bench_charts;
 mod bench_isolation;
 mod bench_kube;
 mod bench_policy;
@@ -6,7 +7,9 @@ mod bench_proxy;
 mod bench_sockmap;
 mod bench_stores;
 mod kube;
+mod otlp_sink;
 mod package;
+mod plot;
 mod setup;
 mod soak;
 
@@ -16,7 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -89,6 +92,17 @@ enum Cmd {
     },
     /// Build the Debian package (cargo deb, release build) into target/debian/.
     Deb,
+    /// Render a chart again from figures a bench saved with `--plot`
+    /// (target/bench/<kind>.json), without re-running the bench; also takes
+    /// the raw output of `sluice-bench-xdp --json` and of the routes bench
+    /// (`SLUICE_BENCH_JSON`).
+    Plot {
+        /// The figures file.
+        json: PathBuf,
+        /// Where the SVG goes (default: next to the JSON, `.svg`).
+        #[arg(short, long)]
+        out: Option<PathBuf>,
+    },
     /// Regenerate deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml from
     /// the SluicePolicy Rust types (agent/src/config/policy/wire.rs).
     GenCrd,
@@ -97,6 +111,8 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let root = workspace_root();
+    // Paths given on the command line are relative to where it was typed.
+    let cwd = std::env::current_dir()?;
     std::env::set_current_dir(&root)?;
     match cli.cmd {
         Cmd::Setup => setup::run(),
@@ -126,6 +142,23 @@ fn main() -> Result<()> {
             args,
         } => conformance(tests.as_deref(), features.as_deref(), &args),
         Cmd::GenCrd => gen_crd(&root),
+        Cmd::Plot { json, out } => {
+            let (json, out) = (cwd.join(json), out.map(|o| cwd.join(o)));
+            match bench_charts::from_raw(&json)? {
+                // Raw runs of sluice-bench-xdp / the routes bench: their
+                // figures go next to the chart as well.
+                Some(fig) => {
+                    let out = out.unwrap_or_else(|| plot::raw_chart_path(&json));
+                    ensure!(
+                        out.with_extension("json") != json,
+                        "{}: the chart's figures would overwrite the raw file; pick another -o",
+                        out.display()
+                    );
+                    fig.write_to(&out)
+                }
+                None => plot::replot(&json, out.as_deref()).map(drop),
+            }
+        }
         Cmd::Deb => {
             setup::run()?;
             package::build(&root, "release").map(drop)
@@ -201,6 +234,10 @@ enum Bench {
         /// Only the config-source part (directory, etcd, Consul).
         #[arg(long)]
         stores_only: bool,
+        /// Write the figures to target/bench/routes.json and a chart of them
+        /// to target/bench/routes.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// Route change through the Kubernetes API (kubelite) → in effect at the
     /// data path, p50/p99 at 100 / 1,000 / 5,000 routes.
@@ -208,6 +245,10 @@ enum Bench {
         /// Build and run the agent in release mode.
         #[arg(long)]
         release: bool,
+        /// Write the figures to target/bench/kube.json and a chart of them
+        /// to target/bench/kube.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// CPU cost per dropped packet: xdp_ingress (native and generic) versus
     /// iptables and nftables drops of the same SYN flood, on veth (root):
@@ -220,6 +261,10 @@ enum Bench {
         /// Runs per mode (interleaved; min/median/max printed).
         #[arg(long, default_value_t = 3)]
         runs: u32,
+        /// Write the figures to target/bench/xdp.json and a chart of them
+        /// to target/bench/xdp.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// Sluice next to nginx and HAProxy (one worker each on CPU 1, configured
     /// equivalently and checked to forward identically) and a direct baseline:
@@ -266,6 +311,15 @@ enum Bench {
         /// the cost against Sluice without (one more target in the same run).
         #[arg(long)]
         access_log: bool,
+        /// Also run Sluice exporting OTLP spans (to a sink in the bench that
+        /// answers 200) at sample ratio 1.0 and at the default 0.01, and
+        /// print their cost against Sluice without (two more targets).
+        #[arg(long)]
+        tracing: bool,
+        /// Write the figures to target/bench/proxy.json and a chart of them
+        /// to target/bench/proxy.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// Per-request cost of each SluicePolicy section (JWT RS256/ES256 with
     /// repeat and fresh tokens, API key, Basic, external auth) next to the
@@ -292,6 +346,10 @@ enum Bench {
         /// Use this agent binary instead of building the release one.
         #[arg(long)]
         sluice_bin: Option<PathBuf>,
+        /// Write the figures to target/bench/policy.json and a chart of them
+        /// to target/bench/policy.svg.
+        #[arg(long)]
+        plot: bool,
     },
     /// Noisy neighbour: one Gateway's latency and throughput at a fixed
     /// rate, alone and while another Gateway of the same proxy is flooded;
@@ -321,6 +379,9 @@ enum Bench {
         /// Use this agent binary instead of building the release one.
         #[arg(long)]
         sluice_bin: Option<PathBuf>,
+        /// Write a chart (target/bench/isolation.svg) next to the table.
+        #[arg(long)]
+        plot: bool,
     },
     /// HTTP latency (p50/p99) and throughput through the agent to a local
     /// echo backend with the sockmap fast path off and on, same run (root).
@@ -334,13 +395,17 @@ enum Bench {
         /// Connections of the loaded scenario.
         #[arg(long, default_value_t = 32)]
         connections: u32,
+        /// Write the figures to target/bench/sockmap.json and a chart of them
+        /// to target/bench/sockmap.svg.
+        #[arg(long)]
+        plot: bool,
     },
 }
 
 fn bench(what: Bench, root: &Path) -> Result<()> {
     setup::run()?;
     match what {
-        Bench::Kube { release } => bench_kube::run(root, release),
+        Bench::Kube { release, plot } => bench_kube::run(root, release, plot),
         Bench::Isolation {
             seconds,
             rounds,
@@ -350,6 +415,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             proxy_cpu,
             load_cpu,
             sluice_bin,
+            plot,
         } => bench_isolation::run(
             root,
             &bench_isolation::Options {
@@ -361,6 +427,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 proxy_cpu,
                 load_cpu,
                 sluice_bin,
+                plot,
             },
         ),
         Bench::Policy {
@@ -371,6 +438,7 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             proxy_cpu,
             load_cpu,
             sluice_bin,
+            plot,
         } => bench_policy::run(
             root,
             &bench_policy::Options {
@@ -381,18 +449,21 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 proxy_cpu,
                 load_cpu,
                 sluice_bin,
+                plot,
             },
         ),
         Bench::Sockmap {
             seconds,
             rounds,
             connections,
+            plot,
         } => bench_sockmap::run(
             root,
             &bench_sockmap::Options {
                 seconds: seconds.clamp(1, 120),
                 rounds: rounds.clamp(1, 10),
                 connections: connections.clamp(1, 1024),
+                plot,
             },
         ),
         Bench::Proxy {
@@ -407,6 +478,8 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
             load_cpus,
             idle_connections,
             access_log,
+            tracing,
+            plot,
         } => bench_proxy::run(
             root,
             &bench_proxy::Options {
@@ -422,9 +495,16 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                     .with_context(|| format!("--load-cpus {load_cpus:?}: not a CPU list"))?,
                 idle_connections: idle_connections.min(100_000),
                 access_log,
+                tracing,
+                plot,
             },
         ),
-        Bench::Routes { stores_only } => {
+        Bench::Routes { stores_only, plot } => {
+            let raw = workspace_root().join("target/bench/routes-raw.json");
+            if plot {
+                std::fs::create_dir_all(raw.parent().expect("a parent"))?;
+                let _ = std::fs::remove_file(&raw);
+            }
             if stores_only {
                 run(cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
             } else {
@@ -433,16 +513,26 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 // the bench runs, so one build serves both.
                 run(cargo()
                     .args(["bench", "-p", "sluice", "--bench", "routes"])
-                    .env("SLUICE_BIN", workspace_root().join("target/release/sluice")))?;
+                    .env("SLUICE_BIN", workspace_root().join("target/release/sluice"))
+                    .envs(plot.then_some(("SLUICE_BENCH_JSON", &raw))))?;
             }
             // The same change through each config source, in the same run.
             let consul = Path::new(setup::CONSUL_DIR).join("usr/bin/consul");
-            bench_stores::run(
+            let stores = bench_stores::run(
                 &workspace_root().join("target/release/sluice"),
                 consul.exists().then_some(consul),
-            )
+            )?;
+            if plot {
+                let raw = (!stores_only).then_some(raw.as_path());
+                bench_charts::routes(raw, &stores)?.write(root, "routes")?;
+            }
+            Ok(())
         }
-        Bench::Xdp { packets, runs } => {
+        Bench::Xdp {
+            packets,
+            runs,
+            plot,
+        } => {
             if !is_root() {
                 bail!("bench xdp needs root: `sudo -E cargo xtask bench xdp`");
             }
@@ -479,13 +569,23 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 "--bins",
             ]))?;
             let target = workspace_root().join("target/release");
-            run(Command::new(target.join("sluice-bench-xdp"))
-                .arg("--packets")
+            let raw = workspace_root().join("target/bench/xdp-raw.json");
+            let mut cmd = Command::new(target.join("sluice-bench-xdp"));
+            cmd.arg("--packets")
                 .arg(packets.to_string())
                 .arg("--runs")
                 .arg(runs.clamp(1, 20).to_string())
                 .arg("--sluice")
-                .arg(target.join("sluice")))
+                .arg(target.join("sluice"));
+            if plot {
+                std::fs::create_dir_all(raw.parent().expect("a parent"))?;
+                cmd.arg("--json").arg(&raw);
+            }
+            run(&mut cmd)?;
+            if plot {
+                bench_charts::xdp(&raw)?.write(root, "xdp")?;
+            }
+            Ok(())
         }
     }
 }

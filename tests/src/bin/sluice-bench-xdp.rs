@@ -17,7 +17,7 @@
 //! run checks the filter's own drop counter.
 use std::{
     net::Ipv4Addr,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::Command,
     time::{Duration, Instant},
 };
@@ -41,6 +41,10 @@ struct Args {
     /// The agent binary.
     #[arg(long)]
     sluice: PathBuf,
+    /// Also write every run's figures to this JSON file (for
+    /// `cargo xtask bench xdp --plot`, which charts them).
+    #[arg(long)]
+    json: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
@@ -541,6 +545,32 @@ fn need(tools: &[&str]) -> Result<()> {
     Ok(())
 }
 
+/// The raw figures of every run, per mode (the table's medians are derived
+/// from them).
+fn write_json(path: &Path, args: &Args, iptables: &Iptables, results: &[Vec<Run>]) -> Result<()> {
+    let modes: Vec<serde_json::Value> = Mode::ALL
+        .iter()
+        .zip(results)
+        .map(|(mode, runs)| {
+            serde_json::json!({
+                "mode": mode.label(iptables),
+                "xdp": mode.is_xdp(),
+                "ns_per_packet": runs.iter().map(|r| r.ns_per_packet).collect::<Vec<_>>(),
+                "offered_pps": runs.iter().map(|r| r.offered_pps).collect::<Vec<_>>(),
+                "dropped": runs.iter().map(|r| r.dropped).collect::<Vec<_>>(),
+                "bpf_ns_per_run": runs
+                    .iter()
+                    .filter_map(|r| r.bpf.map(|(ns, n)| ns as f64 / n.max(1) as f64))
+                    .collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    let doc = serde_json::json!({ "packets": args.packets, "runs": args.runs, "modes": modes });
+    std::fs::write(path, serde_json::to_string_pretty(&doc)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     if unsafe { libc::geteuid() } != 0 {
@@ -578,6 +608,9 @@ fn main() -> Result<()> {
         }
     }
 
+    if let Some(path) = &args.json {
+        write_json(path, &args, &iptables, &results)?;
+    }
     let per_packet = |i: usize| spread(results[i].iter().map(|r| r.ns_per_packet).collect());
     let base = per_packet(0).1;
     println!(
