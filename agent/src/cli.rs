@@ -342,7 +342,7 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub upstream_response_timeout: Duration,
 
-    /// TLS Passthrough and TCP listeners: a relayed connection with no byte
+    /// TLS (Passthrough and Terminate) and TCP listeners: a relayed connection with no byte
     /// in either direction for this long is closed.
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
     pub l4_idle_timeout: Duration,

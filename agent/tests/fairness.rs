@@ -15,7 +15,7 @@ use std::{
 };
 
 use common::{edge::*, *};
-use sluice::app::{self, DatapathMode, Settings};
+use sluice::app;
 
 fn config(flooded: u16, quiet: u16, backend: std::net::SocketAddr) -> String {
     format!(
@@ -77,10 +77,7 @@ async fn a_flooded_gateway_waits_its_turn_and_the_quiet_one_is_served() {
     let (flooded, quiet) = (free_port(), free_port());
     let dir = config_dir();
     write_config(&dir, "all.yaml", &config(flooded, quiet, backend));
-    let mut settings = Settings::new(&dir);
-    settings.datapath = DatapathMode::Userspace;
-    settings.admin_addr = "127.0.0.1:0".parse().unwrap();
-    let app = app::build(settings).await.expect("app starts");
+    let app = start(&dir).await;
     let client = TestClient::new(quiet);
     assert_eq!(client.get("echo.example.com", "/").await.status, 200);
 

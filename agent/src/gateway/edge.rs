@@ -29,7 +29,7 @@ pub struct EdgeSettings {
     /// request being sent to the backend until its response head arrives.
     /// Routes with a `backendRequest` or `request` timeout use theirs.
     pub upstream_response_timeout: Duration,
-    /// TLS Passthrough and TCP listeners: a relayed connection without a
+    /// TLS (Passthrough and Terminate) and TCP listeners: a relayed connection without a
     /// byte in either direction for this long is closed (agent-wide).
     pub l4_idle_timeout: Duration,
     /// HTTP/2: a PING is sent after this long without frames from the

@@ -117,8 +117,11 @@ impl<F: Future> Future for Fair<F> {
     }
 }
 
-/// hyper's executor for a shard's connections: HTTP/2 streams and upgrades
-/// run as [`Fair`] tasks of the shard.
+/// hyper's executor for a shard's connections: their HTTP/2 streams run as
+/// [`Fair`] tasks of the shard. (Upgraded connections are Fair tasks too,
+/// see `upgrade.rs`; pooled upstream connection drivers and mirrors are
+/// not accounted: their work follows from requests the shard's accounted
+/// tasks let through.)
 #[derive(Clone, Copy, Debug)]
 pub struct ShardExecutor(pub ShardId);
 
@@ -304,24 +307,28 @@ impl Scheduler {
     }
 }
 
-/// Releases queued tasks a few per turn of the run queue until none are
+/// Releases queued tasks a few per turn of the scheduler until none are
 /// left; `yield_now` puts it behind every task woken meanwhile, which is
 /// what lets light shards' tasks run first.
-async fn dispatch() {
-    /// Clears the running flag however the task ends (also when its
-    /// runtime is dropped with tasks still queued).
+fn dispatch() -> impl Future<Output = ()> + Send + 'static {
+    /// Clears the running flag however the task ends — also when it is
+    /// dropped before its first poll (its runtime shutting down), which is
+    /// why it is made here and not inside the async block.
     struct Running;
     impl Drop for Running {
         fn drop(&mut self) {
             let _ = DISPATCHING.try_with(|d| d.set(false));
         }
     }
-    let _running = Running;
-    loop {
-        if !SCHEDULER.with(|s| s.borrow_mut().release()) {
-            return;
+    let running = Running;
+    async move {
+        let _running = running;
+        loop {
+            if !SCHEDULER.with(|s| s.borrow_mut().release()) {
+                return;
+            }
+            tokio::task::yield_now().await;
         }
-        tokio::task::yield_now().await;
     }
 }
 

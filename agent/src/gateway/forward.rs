@@ -191,6 +191,7 @@ impl Proxy {
                     backend.tls.as_deref(),
                     downstream,
                     &t.entry.route,
+                    conn.shard,
                 ))
                 .await;
             }

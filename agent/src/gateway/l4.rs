@@ -90,7 +90,8 @@ pub(super) async fn serve(
         L4Mode::TlsTerminate => {
             // The certificates of the moment of the handshake, as for HTTPS.
             let Some(config) = proxy.tls_config(shard, local.port()) else {
-                return;
+                // The listener went away with a reload since the accept.
+                return refuse(&proxy, shard, None, Refused::NoRoute, peer);
             };
             let acceptor = tokio_rustls::TlsAcceptor::from(config);
             let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(client))
@@ -264,14 +265,19 @@ async fn pipe(
 ) -> std::io::Result<()> {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        let stamp = || {
+            let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            last.store(now, Ordering::Relaxed);
+        };
         let n = from.read(&mut buf).await?;
         if n == 0 {
             return to.shutdown().await;
         }
+        // Bytes moved: a relay waiting on a slow reader is not idle.
+        stamp();
         to.write_all(&buf[..n]).await?;
         count.fetch_add(n as u64, Ordering::Relaxed);
-        let now = u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX);
-        last.store(now, Ordering::Relaxed);
+        stamp();
     }
 }
 

@@ -53,6 +53,7 @@ pub async fn forward(
     tls: Option<&UpstreamTls>,
     downstream: OnUpgrade,
     route: &ObjectRef,
+    shard: crate::snapshot::ShardId,
 ) -> Result<Response<Body>, Rejection> {
     let unavailable = |reason| Rejection::new(reason, "upstream unavailable");
     upstream
@@ -90,11 +91,13 @@ pub async fn forward(
                 return Err(unavailable(Reason::UpstreamError));
             }
         };
-    tokio::spawn(async move {
+    // The shard's work like its connections' (gateway::fair): a tenant
+    // flooding over WebSockets waits its turn too.
+    tokio::spawn(super::fair::Fair::new(shard, async move {
         if let Err(e) = connection.with_upgrades().await {
             tracing::debug!(error = %e, "upgrade: backend connection ended with error");
         }
-    });
+    }));
     let mut response = match sender.send_request(upstream).await {
         Ok(r) => r,
         Err(e) => {
@@ -113,7 +116,7 @@ pub async fn forward(
     }
     let upstream_upgrade = hyper::upgrade::on(&mut response);
     let route = route.clone();
-    tokio::spawn(async move {
+    tokio::spawn(super::fair::Fair::new(shard, async move {
         let (down, up) = match tokio::join!(downstream, upstream_upgrade) {
             (Ok(d), Ok(u)) => (d, u),
             (d, u) => {
@@ -129,7 +132,7 @@ pub async fn forward(
             }
             Err(e) => tracing::debug!(%route, error = %e, "upgraded connection ended with error"),
         }
-    });
+    }));
     // 101 keeps Connection/Upgrade (they describe the switch) and anything
     // else the backend said, e.g. Sec-WebSocket-Accept.
     let (mut parts, body) = response.into_parts();
