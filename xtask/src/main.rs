@@ -1,9 +1,10 @@
-//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | gen-crd`.
+//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | fuzz | gen-crd`.
 mod bench_kube;
 mod bench_policy;
 mod bench_proxy;
 mod bench_sockmap;
 mod bench_stores;
+mod fuzz;
 mod kube;
 mod package;
 mod setup;
@@ -88,6 +89,18 @@ enum Cmd {
     },
     /// Build the Debian package (cargo deb, release build) into target/debian/.
     Deb,
+    /// Coverage-guided fuzzing (cargo fuzz, nightly) of the parsers in
+    /// agent/fuzz: every target (or one) for a bounded time from its
+    /// committed seed corpus; fails with the crash input and how to replay it.
+    Fuzz {
+        /// Only this target (config, route_match, request_head, jwt, jwks,
+        /// api_key, client_hello, traceparent).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+    },
     /// Regenerate deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml from
     /// the SluicePolicy Rust types (agent/src/config/policy/wire.rs).
     GenCrd,
@@ -125,6 +138,7 @@ fn main() -> Result<()> {
             args,
         } => conformance(tests.as_deref(), features.as_deref(), &args),
         Cmd::GenCrd => gen_crd(&root),
+        Cmd::Fuzz { target, seconds } => fuzz::run(&root, &fuzz::Options { target, seconds }),
         Cmd::Deb => {
             setup::run()?;
             package::build(&root, "release").map(drop)
@@ -451,6 +465,10 @@ fn lint() -> Result<()> {
     ]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`: 8 targets, so the
+/// runs add about two minutes to the (incremental) build of the targets.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
+
 fn test(extra: &[String]) -> Result<()> {
     let start = Instant::now();
     setup::run()?;
@@ -483,6 +501,23 @@ fn test(extra: &[String]) -> Result<()> {
             .arg("--agent-bin")
             .arg(&bin),
     )?;
+    // Every fuzz target for a bounded time from its committed corpus (the
+    // build is most of this step's time; `cargo xtask fuzz` runs longer).
+    eprintln!(
+        "\n=== fuzz: {} targets x {FUZZ_SECONDS_IN_TEST} s (cargo xtask fuzz) ===",
+        fuzz::TARGETS.len()
+    );
+    match fuzz::prepare(&workspace_root()) {
+        Ok(()) => fuzz::run_targets(
+            &workspace_root(),
+            &fuzz::Options {
+                target: None,
+                seconds: FUZZ_SECONDS_IN_TEST,
+            },
+        )?,
+        Err(e) if ci => return Err(e.context("CI=true: the fuzz targets must build")),
+        Err(e) => eprintln!("\n!!! fuzz targets NOT RUN: {e:#}\n"),
+    }
     if !Path::new(setup::CONSUL_DIR).join("usr/bin/consul").exists() {
         eprintln!(
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\
