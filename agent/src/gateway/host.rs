@@ -45,14 +45,13 @@ pub fn valid_authority(authority: &[u8]) -> bool {
             None => (authority, &[][..]),
         },
     };
-    let host_ok = host.iter().all(|&b| {
+    let host_ok = host.iter().enumerate().all(|(i, &b)| {
         b.is_ascii_alphanumeric()
             || matches!(
                 b,
                 b'-' | b'.'
                     | b'_'
                     | b'~'
-                    | b'%'
                     | b'!'
                     | b'$'
                     | b'&'
@@ -65,6 +64,12 @@ pub fn valid_authority(authority: &[u8]) -> bool {
                     | b';'
                     | b'='
             )
+            // `%` only as a pct-encoded octet: a stray one makes the name
+            // (and a redirect Location built from it) an invalid URI.
+            || (b == b'%'
+                && host
+                    .get(i + 1..i + 3)
+                    .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)))
     });
     !host.is_empty() && host_ok && valid_port(port)
 }
@@ -109,6 +114,19 @@ mod tests {
             "a?b",
             "a#b",
         ] {
+            assert!(!valid_authority(bad.as_bytes()), "{bad}");
+        }
+    }
+
+    /// Found by the `request_head` fuzz target: `Host: exampl%.com` was
+    /// accepted, and a redirect then answered with a `Location` that is not
+    /// a URI (`https://api.exampl%.com/...`).
+    #[test]
+    fn percent_in_a_host_only_as_an_escape() {
+        for ok in ["a%41.example", "%7e", "x%2D:80"] {
+            assert!(valid_authority(ok.as_bytes()), "{ok}");
+        }
+        for bad in ["exampl%.com", "a%4", "a%", "%", "a%zz.example", "a%4g:80"] {
             assert!(!valid_authority(bad.as_bytes()), "{bad}");
         }
     }
