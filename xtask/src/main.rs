@@ -1,4 +1,4 @@
-//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | plot | gen-crd`.
+//! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | plot | fuzz | gen-crd`.
 mod bench_charts;
 mod bench_isolation;
 mod bench_kube;
@@ -6,6 +6,7 @@ mod bench_policy;
 mod bench_proxy;
 mod bench_sockmap;
 mod bench_stores;
+mod fuzz;
 mod kube;
 mod otlp_sink;
 mod package;
@@ -103,6 +104,22 @@ enum Cmd {
         #[arg(short, long)]
         out: Option<PathBuf>,
     },
+    /// Coverage-guided fuzzing (cargo fuzz, nightly) of the parsers in
+    /// agent/fuzz: every target (or one) for a bounded time from its
+    /// committed seed corpus; fails with the crash input and how to replay it.
+    Fuzz {
+        /// Only this target (config, route_match, request_head, jwt, jwks,
+        /// api_key, client_hello, traceparent).
+        #[arg(long)]
+        target: Option<String>,
+        /// Seconds each target runs.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
+        /// Unoptimised build without sanitizer (what `cargo xtask test`
+        /// runs): builds much faster; finds panics, not memory errors.
+        #[arg(long)]
+        quick: bool,
+    },
     /// Regenerate deploy/daemonset/crds/sluice.dev_sluicepolicies.yaml from
     /// the SluicePolicy Rust types (agent/src/config/policy/wire.rs).
     GenCrd,
@@ -159,6 +176,18 @@ fn main() -> Result<()> {
                 None => plot::replot(&json, out.as_deref()).map(drop),
             }
         }
+        Cmd::Fuzz {
+            target,
+            seconds,
+            quick,
+        } => fuzz::run(
+            &root,
+            &fuzz::Options {
+                target,
+                seconds,
+                quick,
+            },
+        ),
         Cmd::Deb => {
             setup::run()?;
             package::build(&root, "release").map(drop)
@@ -603,6 +632,10 @@ fn lint() -> Result<()> {
     ]))
 }
 
+/// Seconds each fuzz target runs in `cargo xtask test`: 8 targets, so the
+/// runs add about two minutes to the (incremental) build of the targets.
+const FUZZ_SECONDS_IN_TEST: u64 = 15;
+
 fn test(extra: &[String]) -> Result<()> {
     let start = Instant::now();
     setup::run()?;
@@ -635,6 +668,27 @@ fn test(extra: &[String]) -> Result<()> {
             .arg("--agent-bin")
             .arg(&bin),
     )?;
+    // Every fuzz target for a bounded time from its committed corpus (the
+    // build is most of this step's time; `cargo xtask fuzz` runs longer).
+    eprintln!(
+        "\n=== fuzz: {} targets x {FUZZ_SECONDS_IN_TEST} s (cargo xtask fuzz) ===",
+        fuzz::TARGETS.len()
+    );
+    // The quick build (unoptimised, no sanitizer): a CI machine builds the
+    // fuzz crate from scratch, which the optimised ASan build makes far
+    // longer than the runs.
+    match fuzz::prepare(&workspace_root(), true) {
+        Ok(()) => fuzz::run_targets(
+            &workspace_root(),
+            &fuzz::Options {
+                target: None,
+                seconds: FUZZ_SECONDS_IN_TEST,
+                quick: true,
+            },
+        )?,
+        Err(e) if ci => return Err(e.context("CI=true: the fuzz targets must build")),
+        Err(e) => eprintln!("\n!!! fuzz targets NOT RUN: {e:#}\n"),
+    }
     if !Path::new(setup::CONSUL_DIR).join("usr/bin/consul").exists() {
         eprintln!(
             "\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!\n\

@@ -417,6 +417,23 @@ fn add_documents(builder: &mut validate::Builder, path: &Path, text: &str) {
     }
 }
 
+/// One file's text converted and validated exactly as [`DirSource`] does it
+/// (document by document, every error of the file when one fails): what
+/// `sluice check-config` says of a directory holding just this file. The
+/// entry point of the `config` fuzz target (`agent/fuzz`).
+pub fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
+    match convert_file(path, text, HashMap::new()).0 {
+        Converted::Documents(docs) => {
+            let mut config = Config::default();
+            for (_, d) in &docs {
+                d.add_to(&mut config);
+            }
+            Ok(config)
+        }
+        Converted::Invalid(errors) => Err(ConfigError::Invalid(errors)),
+    }
+}
+
 /// Parses and validates documents from `(file name, text)` pairs.
 pub fn parse_documents<'a>(
     sources: impl IntoIterator<Item = (&'a Path, &'a str)>,

@@ -25,7 +25,7 @@ use std::{fmt, path::PathBuf};
 pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
 pub use identity::NamespaceIdentity;
 pub use keyed::KeyedDocuments;
-pub use load::{convert_object, load_dir, parse_documents, DirSource, LoadStats};
+pub use load::{convert_object, load_dir, load_text, parse_documents, DirSource, LoadStats};
 pub use model::*;
 pub use policy::SluicePolicy;
 pub use refs::NAMESPACE_NAME_LABEL;

@@ -158,15 +158,20 @@ fn server_name(body: &[u8]) -> Result<Option<String>, &'static str> {
     Ok(None)
 }
 
-/// A DNS name as routing compares it: ASCII letters, digits, `-`, `_` and
-/// dots, lower-cased, without a trailing dot.
+/// A DNS name as routing compares it: labels of ASCII letters, digits, `-`
+/// and `_` (none empty, none over 63 bytes) separated by dots, lower-cased,
+/// without a trailing dot.
 fn host_name(raw: &[u8]) -> Result<String, &'static str> {
     let raw = raw.strip_suffix(b".").unwrap_or(raw);
     let valid = !raw.is_empty()
         && raw.len() <= 253
-        && raw
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'));
+        && raw.split(|b| *b == b'.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_'))
+        });
     if !valid {
         return Err("server name is not a DNS name");
     }
@@ -309,6 +314,24 @@ mod tests {
         // A name that is not a DNS name.
         let hello = records(&body(&[sni(b"a b\x00")]), MAX_RECORD);
         assert!(matches!(parse(&hello), Parsed::Invalid(_)));
+    }
+
+    /// Found by the `client_hello` fuzz target: `oxEepSh..` came out as
+    /// the server name `oxeepsh.` (only one trailing dot was taken off, and
+    /// empty labels were let through).
+    #[test]
+    fn server_names_with_empty_or_long_labels_are_invalid() {
+        for bad in [&b"oxEepSh.."[..], b"a..b", b".a", b".", b"..", &[b'a'; 64]] {
+            let hello = records(&body(&[sni(bad)]), MAX_RECORD);
+            assert!(matches!(parse(&hello), Parsed::Invalid(_)), "{bad:?}");
+        }
+        let label = [b'a'; 63];
+        let hello = records(
+            &body(&[sni(&[&label[..], b".example."].concat())]),
+            MAX_RECORD,
+        );
+        let want = format!("{}.example", "a".repeat(63));
+        assert_eq!(parse(&hello), Parsed::Hello(Some(want)));
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! touches config parsing or the kernel maps.
 mod body_idle;
 mod cached;
-mod client_hello;
+pub mod client_hello;
 mod conn_watch;
 mod deadline;
 pub mod edge;
@@ -10,7 +10,7 @@ pub mod fair;
 pub mod filters;
 mod forward;
 mod grpc_status;
-mod host;
+pub mod host;
 mod l4;
 mod load;
 mod logged;
@@ -25,7 +25,7 @@ mod upstream_tls;
 pub mod workers;
 
 pub use edge::EdgeSettings;
-pub use proxy::{ConnInfo, ConnectionGate, Proxy, TlsInfo};
+pub use proxy::{request_host, ConnInfo, ConnectionGate, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
 
 use bytes::Bytes;

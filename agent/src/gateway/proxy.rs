@@ -453,7 +453,7 @@ impl Proxy {
                     &NONE,
                 );
             }
-            let host = lower(host_without_port(authority.as_str()));
+            let host = authority.routing_host();
             let listener = shard.listener_for(conn.local.port(), &host);
             if let (Some(e), Some(l)) = (&mut entry, listener) {
                 e.entry.listener = Some(Arc::from(l.name.as_str()));
@@ -892,6 +892,21 @@ impl Authority {
     pub(super) fn is_host_header(&self) -> bool {
         self.from_host_header
     }
+
+    /// The host that chooses the listener and the route: lower-case, without
+    /// the port (an IPv6 literal without its brackets).
+    fn routing_host(&self) -> Cow<'_, str> {
+        lower(host_without_port(self.as_str()))
+    }
+}
+
+/// The routing host of a request head as [`Proxy::handle`] computes it
+/// before any routing, or why the request is refused (`400`): one valid
+/// `Host`, agreeing with `:authority` on HTTP/2, then lower-cased and
+/// without the port. Used by the `request_head` and
+/// `route_match` fuzz targets (`agent/fuzz`).
+pub fn request_host<B>(req: &Request<B>) -> Result<String, HostError> {
+    Authority::of(req).map(|a| a.routing_host().into_owned())
 }
 
 /// `s` in lower case, copied only when it is not already.

@@ -62,9 +62,13 @@ pub struct AnnotationError {
 }
 
 /// Access control that Sluice does not implement as an annotation: an
-/// Ingress carrying it is refused rather than served unprotected.
+/// Ingress carrying it is refused rather than served unprotected. nginx
+/// snippets often hold `deny`/`allow`/`return 403`, and a canary Ingress
+/// served as a whole one would take all of its host's traffic: refused too.
 pub fn is_access_control(short: &str) -> bool {
-    short.starts_with("auth-")
+    short.ends_with("-snippet")
+        || short.starts_with("canary")
+        || short.starts_with("auth-")
         || short.starts_with("limit-")
         || short.starts_with("global-rate-limit")
         || short == "satisfy"

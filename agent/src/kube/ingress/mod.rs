@@ -16,9 +16,9 @@
 //!   class `sluice:ingress` (a `:` never occurs in a Kubernetes name, so no
 //!   user object collides, and `/config` and the status page show where it
 //!   came from). Listener `http` on `--ingress-http-port` (80), and for each
-//!   `spec.tls[].hosts` entry an HTTPS listener `https-<host>` on
+//!   `spec.tls[].hosts` entry an HTTPS listener `https-h.<host>` on
 //!   `--ingress-https-port` (443) with the Secret as certificate (SNI picks
-//!   it; `*` becomes `wildcard`), plus `https` without hostname for a TLS
+//!   it; `https-w.<suffix>` for `*.<suffix>`), plus `https` without hostname for a TLS
 //!   entry without hosts. Addresses: `--ingress-address`, or, when none is
 //!   given, every local address with the node's addresses in status (the
 //!   GatewayAddressEmpty behaviour of Gateways). Both datapaths serve it
@@ -198,10 +198,15 @@ pub fn convert_all(
                 .collect(),
         )
     };
-    // Hosts with TLS in any Ingress of ours: as ingress-nginx does per
-    // server, plain HTTP to them is redirected whichever Ingress routes it.
+    // Hosts with TLS in any Ingress of ours that is served: as ingress-nginx
+    // does per server, plain HTTP to them is redirected whichever Ingress
+    // routes it. A refused Ingress must not redirect another's host (there
+    // would be no HTTPS listener for it): whether one converts does not
+    // depend on this set, so a first pass with no hosts finds them.
+    let no_hosts = BTreeSet::new();
     let all_tls_hosts: BTreeSet<String> = mine
         .iter()
+        .filter(|i| routes::convert_one(i, &no_hosts, &service_ports, settings).is_ok())
         .filter_map(|i| i.data.get("spec")?.get("tls")?.as_array())
         .flatten()
         .filter(|t| {
@@ -236,6 +241,13 @@ pub fn convert_all(
                             && s.metadata.name.as_deref() == Some(&secret.name)
                     });
                     let shown = host.as_deref().unwrap_or("(hosts not listed)");
+                    if host.as_deref().is_some_and(|h| !valid_tls_host(h)) {
+                        out.warnings.push(format!(
+                            "Ingress {id}: TLS host {shown:?} is not a valid hostname: HTTPS \
+                             for it is not served"
+                        ));
+                        continue;
+                    }
                     if !held {
                         out.warnings.push(format!(
                             "Ingress {id}: TLS Secret {secret} not found (or not of type \
@@ -333,12 +345,37 @@ fn entry_point(
     ]
 }
 
-/// `https-<host>` (`*` spelled `wildcard`), or `https` for no host.
+/// `https-h.<host>`, `https-w.<suffix>` for a wildcard `*.<suffix>`, or
+/// `https` for no host: distinct for distinct hosts (a plain host can never
+/// give a wildcard's name), since one duplicate listener name would make
+/// the whole entry-point Gateway invalid.
 pub fn listener_name(host: Option<&str>) -> String {
     match host {
-        Some(h) => format!("https-{}", h.replace('*', "wildcard")),
+        Some(h) => match h.strip_prefix("*.") {
+            Some(suffix) => format!("https-w.{suffix}"),
+            None => format!("https-h.{h}"),
+        },
         None => "https".into(),
     }
+}
+
+/// Whether `host` can be a listener hostname: lower-case DNS labels,
+/// optionally under one leading `*.` (what the Gateway validation takes).
+/// Anything else is left out of the entry point with a warning instead of
+/// making the shared Gateway, and with it every Ingress, invalid.
+fn valid_tls_host(host: &str) -> bool {
+    let name = host.strip_prefix("*.").unwrap_or(host);
+    !name.is_empty()
+        && host.len() <= 253
+        && name.parse::<std::net::IpAddr>().is_err()
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        })
 }
 
 fn object_ref(obj: &DynamicObject) -> ObjectRef {

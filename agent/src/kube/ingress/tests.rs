@@ -254,12 +254,12 @@ fn tls_hosts_get_listeners_with_their_secrets_and_plain_http_redirects() {
         [
             ("http", 8080, None),
             (
-                "https-wildcard.wild.example.com",
+                "https-w.wild.example.com",
                 8443,
                 Some("*.wild.example.com".into())
             ),
             (
-                "https-secure.example.com",
+                "https-h.secure.example.com",
                 8443,
                 Some("secure.example.com".into())
             ),
@@ -730,4 +730,76 @@ fn status_gives_served_ingresses_the_node_addresses_and_skips_synthetic_objects(
     let node: Vec<String> = node.iter().map(ToString::to_string).collect();
     assert_eq!(ingress("ok"), node);
     assert!(ingress("bad").is_empty(), "a refused Ingress gets none");
+}
+
+#[test]
+fn tls_hosts_that_look_alike_or_are_invalid_never_take_the_entry_point_down() {
+    let spec = |host: &str, secret: &str| {
+        json!({
+            "ingressClassName": "sluice",
+            "tls": [{"hosts": [host], "secretName": secret}],
+            "rules": [{"http": {"paths": [path("/", "Prefix", "web", 80)]}}],
+        })
+    };
+    let out = convert(
+        &[
+            ingress("wild", spec("*.example.com", "one"), &[]),
+            // Once spelled like the wildcard's listener name.
+            ingress("plain", spec("wildcard.example.com", "two"), &[]),
+            ingress("upper", spec("Shop.Example.com", "three"), &[]),
+        ],
+        &[secret("one"), secret("two"), secret("three")],
+    );
+    assert_eq!(
+        out.config.gateways.len(),
+        1,
+        "the entry point stands: {:?}",
+        out.warnings
+    );
+    let names: Vec<&str> = out.config.gateways[0]
+        .listeners
+        .iter()
+        .map(|l| l.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "http",
+            "https-w.example.com",
+            "https-h.wildcard.example.com"
+        ]
+    );
+    assert!(
+        out.warnings
+            .iter()
+            .any(|w| w.contains("Ingress apps/upper") && w.contains("not a valid hostname")),
+        "{:?}",
+        out.warnings
+    );
+}
+
+#[test]
+fn snippets_and_canaries_refuse_the_ingress() {
+    let spec = json!({"ingressClassName": "sluice", "rules": [{"http": {"paths": [path("/", "Prefix", "web", 80)]}}]});
+    let out = convert(
+        &[
+            ingress(
+                "snippet",
+                spec.clone(),
+                &[("configuration-snippet", "deny all;")],
+            ),
+            ingress(
+                "canary",
+                spec,
+                &[("canary", "true"), ("canary-weight", "10")],
+            ),
+        ],
+        &[],
+    );
+    assert_eq!(out.errors.len(), 2, "{:?}", out.errors);
+    assert!(!out
+        .config
+        .routes
+        .iter()
+        .any(|r| r.id.name.starts_with("ingress:")));
 }
