@@ -43,6 +43,8 @@ struct Kubelite {
 
 impl Kubelite {
     /// `None` (after saying why) when kubelite or kubectl is missing outside CI.
+    /// Tests give fixed ports below the kernel's ephemeral range (32768+), so
+    /// a TIME-WAIT left by some client connection never holds one.
     fn start(tag: &str, api_port: u16, etcd_port: u16) -> Option<Self> {
         let scripts = shared_dir().join("kubelite");
         let missing = if !scripts.join("up.sh").exists() {
@@ -330,7 +332,7 @@ async fn wait_ready(app: &App) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_traffic_flows_status_is_written_and_route_changes_apply() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("traffic", 27443, 34790) else {
+    let Some(kube) = Kubelite::start("traffic", 27443, 28790) else {
         return;
     };
     let echo = echo().await;
@@ -400,7 +402,7 @@ async fn kube_traffic_flows_status_is_written_and_route_changes_apply() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_leader_hand_over_between_two_agents() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("lease", 27453, 34800) else {
+    let Some(kube) = Kubelite::start("lease", 27453, 28800) else {
         return;
     };
     let echo = echo().await;
@@ -457,7 +459,7 @@ async fn kube_leader_hand_over_between_two_agents() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_api_server_restart_keeps_serving_and_converges() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("restart", 27463, 34810) else {
+    let Some(kube) = Kubelite::start("restart", 27463, 28810) else {
         return;
     };
     let echo = echo().await;
@@ -591,7 +593,7 @@ fn set_pod_ip(kube: &Kubelite, name: &str, ip: &str) {
 async fn kube_pods_on_this_node_give_namespace_identity() {
     use std::os::unix::fs::MetadataExt as _;
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("pods", 27473, 34820) else {
+    let Some(kube) = Kubelite::start("pods", 27473, 28820) else {
         return;
     };
     let echo = echo().await;
@@ -669,7 +671,7 @@ async fn kube_pods_on_this_node_give_namespace_identity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_only_referenced_secrets_are_held() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("secrets", 27483, 34830) else {
+    let Some(kube) = Kubelite::start("secrets", 27483, 28830) else {
         return;
     };
     let echo = echo().await;
@@ -772,7 +774,7 @@ async fn kube_only_referenced_secrets_are_held() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_node_labels_select_the_gateways_served() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("nodes", 27493, 34840) else {
+    let Some(kube) = Kubelite::start("nodes", 27493, 28840) else {
         return;
     };
     let echo = echo().await;
@@ -946,7 +948,7 @@ fn policy_status_ok(policy: &Value) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_backend_tls_policy_with_ca_config_map() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("backendtls", 27503, 34850) else {
+    let Some(kube) = Kubelite::start("backendtls", 27503, 28850) else {
         return;
     };
     let (ca, other_ca) = (TestCa::new("backend CA"), TestCa::new("another CA"));
@@ -1089,7 +1091,7 @@ spec:
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_serves_without_the_backend_tls_policy_crd() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("nocrd", 27513, 34860) else {
+    let Some(kube) = Kubelite::start("nocrd", 27513, 28860) else {
         return;
     };
     // A cluster with a Gateway API older than BackendTLSPolicy v1.
@@ -1238,7 +1240,7 @@ fn sluice_policy_ancestors(policy: &Value) -> Option<Vec<Ancestor>> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_sluice_policy_with_api_keys_fails_closed_and_reports_status() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("sluicepolicy", 27523, 34870) else {
+    let Some(kube) = Kubelite::start("sluicepolicy", 27523, 28870) else {
         return;
     };
     let echo = echo().await;
@@ -1394,7 +1396,7 @@ async fn kube_sluice_policy_with_api_keys_fails_closed_and_reports_status() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_tcp_and_tls_routes_are_watched_served_and_their_status_written() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("l4routes", 27533, 34880) else {
+    let Some(kube) = Kubelite::start("l4routes", 27533, 28880) else {
         return;
     };
     let echo = echo().await;
@@ -1547,7 +1549,7 @@ async fn https_get(port: u16, host: &str, root: &rcgen::CertifiedKey) -> Result<
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kube_ingress_is_served_with_tls_redirects_status_and_warnings() {
     let _serial = SERIAL.lock().await;
-    let Some(kube) = Kubelite::start("ingress", 27543, 34890) else {
+    let Some(kube) = Kubelite::start("ingress", 27543, 28890) else {
         return;
     };
     // kubelite serves no networking.k8s.io: the fixture installs the two

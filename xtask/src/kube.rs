@@ -10,9 +10,10 @@ use anyhow::{bail, Context, Result};
 use crate::run;
 
 /// Ports for this run's kubelite (API, etcd, etcd+1): away from the defaults
-/// so a developer's own instance is left alone.
+/// so a developer's own instance is left alone, and below the kernel's
+/// ephemeral range (32768+) so no client connection's TIME-WAIT holds them.
 const API_PORT: &str = "26443";
-const ETCD_PORT: &str = "33790";
+const ETCD_PORT: &str = "28990";
 
 /// A kubelite instance; `down.sh` runs when it drops.
 pub struct Kubelite {

@@ -27,6 +27,10 @@ impl IgnoredAnnotations {
     }
 }
 
+/// Series of `sluice_ingress_ignored_annotations` before the rest are
+/// summed as `other` (a label value per user-chosen name is unbounded).
+const MAX_LABELS: usize = 50;
+
 /// Encodes [`IgnoredAnnotations`] at scrape time.
 #[derive(Debug)]
 pub struct IgnoredAnnotationsCollector(pub Arc<IgnoredAnnotations>);
@@ -41,6 +45,15 @@ impl Collector for IgnoredAnnotationsCollector {
             None,
             MetricType::Gauge,
         )?;
+        // Annotation names come from users: at most MAX_LABELS series (the
+        // most common), the rest summed under `annotation="other"`.
+        let mut counts: Vec<(String, u64)> = counts.into_iter().collect();
+        counts.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        let other: u64 = counts.iter().skip(MAX_LABELS).map(|(_, n)| n).sum();
+        counts.truncate(MAX_LABELS);
+        if other > 0 {
+            counts.push(("other".into(), other));
+        }
         for (name, n) in counts {
             let labels = [("annotation", name.as_str())];
             let metric = family.encode_family(&labels)?;
