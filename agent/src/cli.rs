@@ -392,6 +392,16 @@ pub struct EdgeArgs {
     /// closed at accept. 0: half of the descriptor limit after a reserve.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub max_client_connections: usize,
+
+    /// Merge runs of `/` in request paths into one before routing (like
+    /// nginx's merge_slashes); `.` and `..` segments are always removed.
+    #[arg(long, value_enum, default_value_t = Switch::On)]
+    pub merge_slashes: Switch,
+
+    /// `%2F` and `%5C` in request paths: keep (forward as sent), reject
+    /// (400) or unescape (decode before routing).
+    #[arg(long, value_enum, default_value = "keep")]
+    pub escaped_slashes: crate::policy::connection::EscapedSlashes,
 }
 
 impl EdgeArgs {
@@ -412,6 +422,10 @@ impl EdgeArgs {
             max_connections_per_source: self.max_connections_per_source,
             max_in_flight_per_shard: self.max_requests_in_flight_per_gateway,
             max_client_connections: self.max_client_connections,
+            path: crate::gateway::path::PathRules {
+                merge_slashes: self.merge_slashes == Switch::On,
+                escaped_slashes: self.escaped_slashes,
+            },
         }
     }
 }

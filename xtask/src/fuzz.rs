@@ -21,6 +21,7 @@ pub const TARGETS: &[&str] = &[
     "api_key",
     "client_hello",
     "traceparent",
+    "path",
 ];
 
 /// The cargo-fuzz release the targets are built with. It is a cargo

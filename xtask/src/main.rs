@@ -109,7 +109,7 @@ enum Cmd {
     /// committed seed corpus; fails with the crash input and how to replay it.
     Fuzz {
         /// Only this target (config, route_match, request_head, jwt, jwks,
-        /// api_key, client_hello, traceparent).
+        /// api_key, client_hello, traceparent, path).
         #[arg(long)]
         target: Option<String>,
         /// Seconds each target runs.

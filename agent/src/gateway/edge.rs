@@ -6,7 +6,7 @@ use std::{sync::Arc, time::Duration};
 
 use hyper_util::{rt::TokioTimer, server::conn::auto};
 
-use super::fair::ShardExecutor;
+use super::{fair::ShardExecutor, path::PathRules};
 use crate::{policy::connection::ConnectionPolicy, snapshot::ShardId};
 
 /// Timeouts and limits of client connections (agent-wide; `--client-*`,
@@ -65,6 +65,8 @@ pub struct EdgeSettings {
     /// descriptor limit ([`EdgeSettings::resolved`]), so that the agent
     /// sheds load before `accept` and backend connects fail with `EMFILE`.
     pub max_client_connections: usize,
+    /// How request paths are normalised before routing ([`super::path`]).
+    pub path: PathRules,
 }
 
 /// The settings a shard's connections are accepted with, and the hyper
@@ -142,6 +144,8 @@ impl Default for EdgeSettings {
             max_connections_per_source: 1024,
             max_in_flight_per_shard: 10_000,
             max_client_connections: 0,
+            // nginx merges slashes by default; dot segments are always removed.
+            path: PathRules::default(),
         }
     }
 }
@@ -189,6 +193,10 @@ impl EdgeSettings {
             max_in_flight_per_shard: p
                 .max_requests_in_flight
                 .unwrap_or(self.max_in_flight_per_shard),
+            path: PathRules {
+                merge_slashes: p.merge_slashes.unwrap_or(self.path.merge_slashes),
+                escaped_slashes: p.escaped_slashes.unwrap_or(self.path.escaped_slashes),
+            },
             ..self.clone()
         }
     }

@@ -15,6 +15,7 @@ mod l4;
 mod load;
 mod logged;
 mod mirror;
+pub mod path;
 mod per_source;
 pub mod pool;
 mod proxy;

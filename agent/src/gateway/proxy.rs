@@ -453,6 +453,21 @@ impl Proxy {
                     &NONE,
                 );
             }
+            // Matched and forwarded in one canonical form (`super::path`).
+            let normalized = match super::path::normalize(uri.path(), &self.edge_of(conn).path) {
+                Ok(std::borrow::Cow::Owned(path)) => Some(path),
+                Ok(std::borrow::Cow::Borrowed(_)) => None,
+                Err(e) => {
+                    break 'serve rejected(
+                        Rejection::new(Reason::BadRequest, e.to_string()),
+                        &shard.name,
+                        &NONE,
+                    )
+                }
+            };
+            if let Some(path) = normalized {
+                *req.uri_mut() = super::path::with_path(req.uri(), &path);
+            }
             let host = authority.routing_host();
             let listener = shard.listener_for(conn.local.port(), &host);
             if let (Some(e), Some(l)) = (&mut entry, listener) {

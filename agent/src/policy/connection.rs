@@ -30,4 +30,21 @@ pub struct ConnectionPolicy {
     pub max_connections_per_source: Option<usize>,
     /// Requests in flight through the Gateway (`503` beyond).
     pub max_requests_in_flight: Option<usize>,
+    /// Whether `//` in request paths is merged into `/`.
+    pub merge_slashes: Option<bool>,
+    /// What happens to `%2F` and `%5C` in request paths.
+    pub escaped_slashes: Option<EscapedSlashes>,
+}
+
+/// What the gateway does with an encoded slash (`%2F`) or backslash
+/// (`%5C`) in a request path (see [`crate::gateway::path`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
+pub enum EscapedSlashes {
+    /// Forwarded as sent and matched as part of its segment.
+    #[default]
+    Keep,
+    /// The request is refused with `400`.
+    Reject,
+    /// Decoded into `/` before the path is normalised, matched and forwarded.
+    Unescape,
 }

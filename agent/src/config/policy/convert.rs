@@ -374,6 +374,20 @@ fn connection(
     let body_idle_timeout = duration("bodyIdleTimeout", &c.body_idle_timeout);
     let upstream_response_timeout =
         duration("upstreamResponseTimeout", &c.upstream_response_timeout);
+    use crate::policy::connection::EscapedSlashes;
+    let escaped_slashes = match c.escaped_slashes.as_deref() {
+        None => None,
+        Some("Keep") => Some(EscapedSlashes::Keep),
+        Some("Reject") => Some(EscapedSlashes::Reject),
+        Some("Unescape") => Some(EscapedSlashes::Unescape),
+        Some(other) => {
+            doc.err(
+                format!("{at}.escapedSlashes"),
+                format!("must be Keep, Reject or Unescape, not {other:?}"),
+            );
+            None
+        }
+    };
     let mut ranged = |field: &str, v: Option<u32>, min: u32, max: u32| {
         let v = v?;
         if (min..=max).contains(&v) {
@@ -387,6 +401,8 @@ fn connection(
         }
     };
     let section = model::ConnectionSection {
+        merge_slashes: c.merge_slashes,
+        escaped_slashes,
         header_timeout,
         body_idle_timeout,
         upstream_response_timeout,

@@ -88,6 +88,8 @@ pub struct ConnectionSection {
     pub h2_max_concurrent_streams: Option<u32>,
     pub max_connections_per_source: Option<usize>,
     pub max_requests_in_flight: Option<usize>,
+    pub merge_slashes: Option<bool>,
+    pub escaped_slashes: Option<crate::policy::connection::EscapedSlashes>,
 }
 
 impl PolicySections {

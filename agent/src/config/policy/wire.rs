@@ -525,6 +525,14 @@ pub struct Connection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("format" = "int32"))]
     pub max_requests_in_flight: Option<u32>,
+    /// Whether `//` in a request path is merged into `/` before routing
+    /// (default true; dot segments are always removed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub merge_slashes: Option<bool>,
+    /// `%2F` and `%5C` in a request path: `Keep` (default: forwarded as sent),
+    /// `Reject` (400) or `Unescape` (decoded before routing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub escaped_slashes: Option<String>,
 }
 
 /// `accessLog`: applies when the agent writes an access log (`--access-log`).

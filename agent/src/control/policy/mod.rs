@@ -302,6 +302,8 @@ impl<'a> Policies<'a> {
             h2_max_concurrent_streams: c.h2_max_concurrent_streams,
             max_connections_per_source: c.max_connections_per_source,
             max_requests_in_flight: c.max_requests_in_flight,
+            merge_slashes: c.merge_slashes,
+            escaped_slashes: c.escaped_slashes,
         }))
     }
 
