@@ -26,7 +26,8 @@ use anyhow::{ensure, Context, Result};
 
 use crate::bench_proxy::{
     check_interrupted, http_status, install_signal_handlers, nginx_common, nginx_temp_paths,
-    parse_wrk, pinned, port_open, wait_until, which, Proc, WRK_SCRIPT,
+    parse_wrk, percentile, pinned, port_open, read_response, sluice_binary, wait_until, which,
+    Proc, WRK_SCRIPT,
 };
 use crate::plot::{BarSeries, Figure, Panel};
 
@@ -155,37 +156,6 @@ fn backend_config(dir: &Path, name: &str, port: u16) -> String {
     )
 }
 
-/// Reads one response (Content-Length bodies only: every server here sends
-/// one) and returns its status.
-fn read_status(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
-    buf.clear();
-    let mut chunk = [0u8; 2048];
-    let head_end = loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            break i + 4;
-        }
-        let n = stream.read(&mut chunk)?;
-        ensure!(n > 0, "connection closed before the response head");
-        buf.extend_from_slice(&chunk[..n]);
-    };
-    let head = String::from_utf8_lossy(&buf[..head_end]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no status")?;
-    let length: usize = head
-        .lines()
-        .find_map(|l| l.strip_prefix("content-length:")?.trim().parse().ok())
-        .context("no content-length")?;
-    while buf.len() < head_end + length {
-        let n = stream.read(&mut chunk)?;
-        ensure!(n > 0, "connection closed before the body ended");
-        buf.extend_from_slice(&chunk[..n]);
-    }
-    Ok(status)
-}
-
 /// Tenant B's load: `rate` requests per second over `connections`
 /// keep-alive connections for `duration`, each request sent at its
 /// scheduled time (or at once when the previous answer came later), its
@@ -228,7 +198,7 @@ fn fixed_rate(port: u16, rate: u32, connections: u32, duration: Duration) -> Pha
                         },
                     };
                     let ok = stream.write_all(request.as_bytes()).is_ok()
-                        && read_status(stream, &mut buf).is_ok_and(|s| s == 200);
+                        && read_response(stream, &mut buf).is_ok_and(|s| s == 200);
                     if ok {
                         lat.push(due.elapsed().as_secs_f64() * 1e6);
                     } else {
@@ -255,11 +225,7 @@ fn fixed_rate(port: u16, rate: u32, connections: u32, duration: Duration) -> Pha
         finished = finished.max(done);
     }
     lat.sort_by(f64::total_cmp);
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(f64::NAN)
-    };
+    let pct = |p: f64| percentile(&lat, p * 100.0);
     Phase {
         rps: lat.len() as f64 / finished.duration_since(start).as_secs_f64(),
         p50_us: pct(0.50),
@@ -273,7 +239,7 @@ fn get(port: u16, host: &str) -> Result<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     s.write_all(format!("GET /api HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes())?;
-    read_status(&mut s, &mut Vec::new())
+    read_response(&mut s, &mut Vec::new())
 }
 
 fn measure(opts: &Options, t: &mut Target, dir: &Path) -> Result<Round> {
@@ -368,24 +334,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         opts.rate > 0 && opts.connections > 0,
         "--rate and --connections must be > 0"
     );
-    let sluice = match &opts.sluice_bin {
-        Some(b) => b.clone(),
-        None => {
-            crate::run(crate::cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "sluice",
-                "--bin",
-                "sluice",
-            ]))?;
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"))
-                .join("release/sluice")
-        }
-    };
-    ensure!(sluice.exists(), "{}: no such file", sluice.display());
+    let sluice = sluice_binary(root, opts.sluice_bin.as_deref())?;
     let dir = std::env::temp_dir().join(format!("sluice-bench-isolation-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

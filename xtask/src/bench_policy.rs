@@ -339,23 +339,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
             ),
         ],
     )?;
-    let sluice = match &opts.sluice_bin {
-        Some(b) => b.clone(),
-        None => {
-            crate::run(crate::cargo().args([
-                "build",
-                "--release",
-                "-p",
-                "sluice",
-                "--bin",
-                "sluice",
-            ]))?;
-            std::env::var_os("CARGO_TARGET_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| root.join("target"))
-                .join("release/sluice")
-        }
-    };
+    let sluice = crate::bench_proxy::sluice_binary(root, opts.sluice_bin.as_deref())?;
     let dir = std::env::temp_dir().join(format!("sluice-bench-policy-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

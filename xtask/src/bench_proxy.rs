@@ -1095,7 +1095,7 @@ fn parse_h2load(out: &str) -> Option<H2loadSummary> {
 }
 
 /// Nearest-rank percentile of sorted values.
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
@@ -1298,8 +1298,10 @@ fn raise_nofile_limit(wanted: u64) -> Result<u64> {
 
 /// Reads one HTTP/1.1 response (Content-Length or chunked) from a
 /// keep-alive connection; returns its status.
-fn read_response(stream: &mut TcpStream) -> Result<u16> {
-    let mut buf = Vec::with_capacity(512);
+/// Reads one HTTP/1.1 response (Content-Length or chunked body) into `buf`
+/// (cleared first, so one buffer serves a connection) and returns its status.
+pub fn read_response(stream: &mut TcpStream, buf: &mut Vec<u8>) -> Result<u16> {
+    buf.clear();
     let mut chunk = [0u8; 4096];
     let head_end = loop {
         if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
@@ -1324,7 +1326,7 @@ fn read_response(stream: &mut TcpStream) -> Result<u16> {
         // Chunked: the last chunk.
         None => b[head_end..].windows(5).any(|w| w == b"0\r\n\r\n"),
     };
-    while !done(&buf) {
+    while !done(buf) {
         let n = stream.read(&mut chunk)?;
         ensure!(n > 0, "connection closed before the response body ended");
         buf.extend_from_slice(&chunk[..n]);
@@ -1352,7 +1354,7 @@ fn idle_memory(targets: &[Target], n: u32) -> Result<Vec<IdleMemory>> {
                 .with_context(|| format!("{}: idle connection {i}", t.label))?;
             c.set_read_timeout(Some(Duration::from_secs(10)))?;
             write!(c, "GET {PATH} HTTP/1.1\r\nHost: {HOST}\r\n\r\n")?;
-            let status = read_response(&mut c)
+            let status = read_response(&mut c, &mut Vec::with_capacity(512))
                 .with_context(|| format!("{}: idle connection {i}", t.label))?;
             ensure!(
                 status == 200,
@@ -1832,10 +1834,12 @@ fn make_cert(dir: &Path) -> Result<(String, String)> {
     Ok((cert, key))
 }
 
-fn sluice_binary(root: &Path, opts: &Options) -> Result<PathBuf> {
-    if let Some(bin) = &opts.sluice_bin {
+/// The agent a bench runs: `--sluice-bin` when given, else the release build
+/// (made or brought up to date first). Shared by every bench of the proxy.
+pub fn sluice_binary(root: &Path, given: Option<&Path>) -> Result<PathBuf> {
+    if let Some(bin) = given {
         ensure!(bin.exists(), "--sluice-bin {}: no such file", bin.display());
-        return Ok(bin.clone());
+        return Ok(bin.to_path_buf());
     }
     // Cargo reuses an up-to-date release build (a fresh one takes minutes).
     crate::run(crate::cargo().args(["build", "--release", "-p", "sluice", "--bin", "sluice"]))?;
@@ -1863,7 +1867,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         );
     }
     crate::setup::ensure_tools("bench proxy", TOOLS)?;
-    let sluice = sluice_binary(root, opts)?;
+    let sluice = sluice_binary(root, opts.sluice_bin.as_deref())?;
     if opts.idle_connections > 0 {
         // HAProxy reserves two descriptors per connection of its `maxconn`.
         let wanted = 2 * u64::from(conn_limit(opts.idle_connections)) + 256;
