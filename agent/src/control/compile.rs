@@ -167,6 +167,9 @@ impl Compiler {
         env: &PolicyEnv<'_>,
     ) -> Compiled {
         let mut warnings = Vec::new();
+        // Delegated HTTPRoutes become ordinary routes of the root's Gateways.
+        let flattened = super::delegation::flatten(config);
+        let config = flattened.as_ref().map_or(config, |f| &f.config);
         let ours: Vec<&Gateway> = config
             .gateways
             .iter()
@@ -432,6 +435,10 @@ impl Compiler {
             &routed.attached,
             routed.route_status.clone(),
         );
+        if let Some(f) = &flattened {
+            status.http_routes = f.patch_status(&status.http_routes);
+            warnings.extend(f.warnings());
+        }
         status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
         status.policies.extend(super::policy::policy_status(
             config,
