@@ -42,8 +42,7 @@ async fn setup(teams: &str) -> (sluice::app::App, TestClient, std::path::PathBuf
 
 /// The conditions of the first parent of route `ns/name` in `/status`.
 async fn conditions(app: &sluice::app::App, ns: &str, name: &str) -> serde_json::Value {
-    let status: serde_json::Value =
-        serde_json::from_str(&admin_get(app, "/status").await).unwrap();
+    let status: serde_json::Value = serde_json::from_str(&admin_get(app, "/status").await).unwrap();
     let route = status["httpRoutes"]
         .as_array()
         .unwrap()
@@ -62,18 +61,26 @@ async fn platform_team_and_sub_team_serve_their_prefixes() {
     // Team level, with the platform's header modifier.
     let r = c.get(HOST, "/orders/42").await;
     assert_eq!(r.backend(), "orders", "{}", r.body);
-    assert_eq!(r.seen_header("x-platform-tenant").as_deref(), Some("orders"));
+    assert_eq!(
+        r.seen_header("x-platform-tenant").as_deref(),
+        Some("orders")
+    );
     // Sub-team level: the longest prefix wins as for ordinary routes, and the
     // platform's filter reaches two levels down.
     let r = c.get(HOST, "/orders/returns/7").await;
     assert_eq!(r.backend(), "returns", "{}", r.body);
-    assert_eq!(r.seen_header("x-platform-tenant").as_deref(), Some("orders"));
+    assert_eq!(
+        r.seen_header("x-platform-tenant").as_deref(),
+        Some("orders")
+    );
     // The team's rule outside its prefix is not served.
     assert_eq!(c.get(HOST, "/admin").await.status, StatusCode::NOT_FOUND);
     // Wildcard delegation with the parent's header match added.
     let v2 = [("x-api-version", "v2")];
     assert_eq!(
-        c.send(Method::GET, HOST, "/payments/1", &v2).await.backend(),
+        c.send(Method::GET, HOST, "/payments/1", &v2)
+            .await
+            .backend(),
         "payments"
     );
     assert_eq!(
@@ -117,7 +124,10 @@ async fn parent_policy_applies_unless_the_child_has_its_own() {
     };
     // The platform's 1 KiB default, on the team and the sub-team.
     assert_eq!(post("/orders/1", 500, &[]).await, StatusCode::OK);
-    assert_eq!(post("/orders/1", 2000, &[]).await, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        post("/orders/1", 2000, &[]).await,
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
     assert_eq!(
         post("/orders/returns/1", 2000, &[]).await,
         StatusCode::PAYLOAD_TOO_LARGE

@@ -1089,6 +1089,45 @@ mod tests {
     }
 
     #[test]
+    fn an_incremental_compile_agrees_with_a_fresh_one() {
+        let config = |teams: &str| {
+            parse_documents([
+                (Path::new("gateway.yaml"), GATEWAY),
+                (Path::new("teams.yaml"), teams),
+                (Path::new("backends.yaml"), BACKENDS),
+            ])
+            .unwrap()
+        };
+        let state = crate::policy::state::PolicyState::default();
+        let run = state.compile();
+        let metrics = crate::policy::PolicyMetrics::default();
+        let env = crate::control::PolicyEnv {
+            metrics: &metrics,
+            state: &run,
+        };
+        let mut compiler = crate::control::Compiler::default();
+        let mut ids = ShardIds::default();
+        compiler.compile(&config(TEAMS), &mut ids, 1, &env);
+        let withdrawn = TEAMS.replace(
+            "name: from-orders\n  namespace: returns",
+            "name: from-orders\n  namespace: elsewhere",
+        );
+        let second = compiler.compile(&config(&withdrawn), &mut ids, 2, &env);
+        let fresh = compiled(|_| withdrawn.clone());
+        let paths = ["/orders/1", "/orders/returns/1", "/healthz", "/admin"];
+        for p in paths {
+            assert_eq!(served_by(&second, p, &[]), served_by(&fresh, p, &[]), "{p}");
+        }
+        assert_eq!(
+            served_by(&second, "/orders/returns/1", &[]).as_deref(),
+            Some("orders/orders")
+        );
+        let statuses = |c: &Compiled| format!("{:?}", c.status.http_routes);
+        assert_eq!(statuses(&second), statuses(&fresh));
+        assert_eq!(second.warnings, fresh.warnings);
+    }
+
+    #[test]
     fn a_config_without_delegation_is_compiled_as_it_is() {
         let cfg = parse_documents([(
             Path::new("g.yaml"),
