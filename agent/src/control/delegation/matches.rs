@@ -119,3 +119,82 @@ pub(super) fn constrain(
         grpc: None,
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::config::{HeaderMatch, StringMatch};
+
+    fn prefix(p: &str) -> Arc<RouteMatch> {
+        Arc::new(RouteMatch::path(PathMatch::Prefix(p.into())))
+    }
+
+    #[test]
+    fn paths_within_a_prefix_are_element_wise() {
+        assert!(within("/", "/anything"));
+        assert!(within("/orders", "/orders"));
+        assert!(within("/orders", "/orders/"));
+        assert!(within("/orders", "/orders/returns"));
+        assert!(!within("/orders", "/ordersx"));
+        assert!(!within("/orders", "/order"));
+        assert!(!within("/orders/returns", "/orders"));
+    }
+
+    #[test]
+    fn a_child_match_is_constrained_by_its_parent() {
+        let exact = Arc::new(RouteMatch::path(PathMatch::Exact("/orders/1".into())));
+        assert_eq!(
+            constrain(&prefix("/orders"), &exact).unwrap().path,
+            exact.path
+        );
+        assert!(constrain(&prefix("/payments"), &exact).is_err());
+        // Under an exact parent, a covering prefix narrows to the exact path.
+        let c = constrain(&exact, &prefix("/orders")).unwrap();
+        assert_eq!(c.path, PathMatch::Exact("/orders/1".into()));
+        // Omitted matches take the parent's, the very same one.
+        let p = prefix("/orders");
+        assert!(Arc::ptr_eq(
+            &constrain(&p, &RouteMatch::any_path()).unwrap(),
+            &p
+        ));
+        // An explicit "/" is a path outside /orders.
+        assert!(constrain(&p, &prefix("/")).is_err());
+        // The parent's header is added; another value of it contradicts.
+        let mut parent = RouteMatch::path(PathMatch::Prefix("/orders".into()));
+        parent.headers.push(HeaderMatch {
+            name: http::HeaderName::from_static("x-v"),
+            value: StringMatch::Exact("2".into()),
+        });
+        let parent = Arc::new(parent);
+        let c = constrain(&parent, &prefix("/orders/a")).unwrap();
+        assert_eq!(c.headers, parent.headers);
+        let mut child = RouteMatch::path(PathMatch::Prefix("/orders/a".into()));
+        child.headers.push(HeaderMatch {
+            name: http::HeaderName::from_static("x-v"),
+            value: StringMatch::Exact("1".into()),
+        });
+        assert!(constrain(&parent, &Arc::new(child)).is_err());
+    }
+
+    #[test]
+    fn hostnames_intersect() {
+        let h = |s: &str| match s.strip_prefix('*') {
+            Some(suffix) => Hostname::Wildcard(suffix.into()),
+            None => Hostname::Exact(s.into()),
+        };
+        assert_eq!(
+            intersect_hostnames(&[h("*.example.com")], &[h("api.example.com")]),
+            Some(vec![h("api.example.com")])
+        );
+        assert_eq!(
+            intersect_hostnames(&[h("a.example.com")], &[h("b.example.com")]),
+            None
+        );
+        assert_eq!(
+            intersect_hostnames(&[], &[h("b.example.com")]),
+            Some(vec![h("b.example.com")])
+        );
+    }
+}
