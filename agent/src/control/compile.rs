@@ -134,6 +134,8 @@ pub fn compile_with(
 pub struct Compiler {
     cache: Option<Box<Cache>>,
     stats: CompileStats,
+    /// The routes the last delegation flatten made.
+    delegated: super::delegation::Memo,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -154,6 +156,7 @@ impl Compiler {
     /// Forgets the previous compile: the next one compiles everything.
     pub fn reset(&mut self) {
         self.cache = None;
+        self.delegated.clear();
     }
 
     /// Compiles `config`, reusing what is unchanged since the previous call
@@ -168,7 +171,7 @@ impl Compiler {
     ) -> Compiled {
         let mut warnings = Vec::new();
         // Delegated HTTPRoutes become ordinary routes of the root's Gateways.
-        let flattened = super::delegation::flatten(config);
+        let flattened = super::delegation::flatten(config, &mut self.delegated);
         let config = flattened.as_ref().map_or(config, |f| &f.config);
         let ours: Vec<&Gateway> = config
             .gateways

@@ -110,14 +110,21 @@ fn is_delegating(rule: &RouteRule) -> bool {
         .any(|b| b.unsupported_kind.as_deref() == Some(DELEGATION_KIND))
 }
 
+/// The routes the previous flatten made, by namespace/name: an unchanged
+/// one is handed out again as the same allocation, so the incremental
+/// compile ([`super::routes`], which tells routes apart by address) reuses
+/// its entries instead of compiling every delegated route on every change.
+pub(super) type Memo = HashMap<ObjectRef, Arc<HttpRoute>>;
+
 /// Flattens every delegation tree of `config`; `None` when no route takes
 /// part in delegation (the config is compiled as it is).
-pub(super) fn flatten(config: &Config) -> Option<Flattened> {
+pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
     if !config
         .routes
         .iter()
         .any(|r| r.kind == RouteKind::Http && r.delegation.is_some())
     {
+        memo.clear();
         return None;
     }
     let mut by_id: HashMap<&ObjectRef, &HttpRoute> = HashMap::new();
@@ -151,6 +158,15 @@ pub(super) fn flatten(config: &Config) -> Option<Flattened> {
     let Flattener {
         out, mut report, ..
     } = f;
+    let mut next = Memo::new();
+    let mut made = |route: HttpRoute| {
+        let route = match memo.get(&route.id) {
+            Some(previous) if **previous == route => previous.clone(),
+            _ => Arc::new(route),
+        };
+        next.insert(route.id.clone(), route.clone());
+        route
+    };
     let mut flat = config.clone();
     flat.routes = config
         .routes
@@ -164,7 +180,7 @@ pub(super) fn flatten(config: &Config) -> Option<Flattened> {
                 // the children's.
                 let mut root = HttpRoute::clone(r);
                 root.rules.retain(|rule| !is_delegating(rule));
-                return Arc::new(root);
+                return made(root);
             }
             match out.get(&r.id) {
                 Some(o) if r.parents.is_empty() => {
@@ -173,7 +189,7 @@ pub(super) fn flatten(config: &Config) -> Option<Flattened> {
                         .as_ref()
                         .map(|d| d.parent_routes.clone())
                         .unwrap_or_default();
-                    Arc::new(HttpRoute {
+                    made(HttpRoute {
                         id: r.id.clone(),
                         kind: r.kind,
                         generation: r.generation,
@@ -191,6 +207,7 @@ pub(super) fn flatten(config: &Config) -> Option<Flattened> {
             }
         })
         .collect();
+    *memo = next;
     for (id, c) in &mut report.children {
         c.served = out.get(id).map_or(0, |o| o.rules.len());
     }

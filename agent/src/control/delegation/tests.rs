@@ -390,6 +390,53 @@ fn a_route_attached_to_a_gateway_is_not_a_child() {
 }
 
 #[test]
+fn unchanged_delegated_routes_are_not_compiled_again() {
+    let base = parse_documents([
+        (Path::new("gateway.yaml"), GATEWAY),
+        (Path::new("teams.yaml"), TEAMS),
+        (Path::new("backends.yaml"), BACKENDS),
+    ])
+    .unwrap();
+    let state = crate::policy::state::PolicyState::default();
+    let run = state.compile();
+    let metrics = crate::policy::PolicyMetrics::default();
+    let env = crate::control::PolicyEnv {
+        metrics: &metrics,
+        state: &run,
+    };
+    let mut compiler = crate::control::Compiler::default();
+    let mut ids = ShardIds::default();
+    let first = compiler.compile(&base, &mut ids, 1, &env);
+    // Only the team's route object changes (a new generation).
+    let mut changed = base.clone();
+    let i = changed
+        .routes
+        .iter()
+        .position(|r| r.id.name == "orders")
+        .unwrap();
+    let mut orders = crate::config::HttpRoute::clone(&changed.routes[i]);
+    orders.generation = Some(7);
+    changed.routes[i] = std::sync::Arc::new(orders);
+    let second = compiler.compile(&changed, &mut ids, 2, &env);
+    let stats = compiler.stats();
+    assert!(stats.incremental, "{stats:?}");
+    // orders/orders, and the two routes a SluicePolicy targets (compiled
+    // every time); not returns/returns.
+    assert_eq!(stats.compiled, 3, "{stats:?}");
+    let returns = |c: &Compiled| {
+        route(c, &http::Method::GET, "/orders/returns/1", &[])
+            .unwrap()
+            .action
+            .clone()
+    };
+    assert!(std::sync::Arc::ptr_eq(&returns(&first), &returns(&second)));
+    assert_eq!(
+        status(&second, "orders", "orders").parents[0].conditions[0].observed_generation,
+        Some(7)
+    );
+}
+
+#[test]
 fn a_config_without_delegation_is_compiled_as_it_is() {
     let cfg = parse_documents([(
         Path::new("g.yaml"),
@@ -400,5 +447,6 @@ fn a_config_without_delegation_is_compiled_as_it_is() {
         routes: Vec::new(),
         ..cfg
     };
-    assert!(super::flatten(&cfg).is_none());
+    let mut memo = super::Memo::new();
+    assert!(super::flatten(&cfg, &mut memo).is_none());
 }
