@@ -430,6 +430,21 @@ impl<'c> Flattener<'c> {
                 return;
             }
         };
+        if let Some(o) = self.out.get(&child.id) {
+            if o.parents != path.root.parents || o.hostnames != hostnames {
+                // One route has one set of parents and hostnames for all of
+                // its rules: a second tree with others cannot be merged in.
+                let why = "delegated to again through other Gateways or hostnames; only the \
+                           first delegation is served"
+                    .to_owned();
+                self.report.warnings.push(format!(
+                    "HTTPRoute {}: not served through {}: {why}",
+                    child.id, parent.id
+                ));
+                report.parent(&parent.id, Some(("NotAllowedByParents", why)));
+                return;
+            }
+        }
         report.parent(&parent.id, None);
         let mut next = path.clone();
         next.hostnames = hostnames;

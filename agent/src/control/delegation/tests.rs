@@ -437,6 +437,44 @@ fn unchanged_delegated_routes_are_not_compiled_again() {
 }
 
 #[test]
+fn a_second_tree_with_other_hostnames_is_refused_on_the_child() {
+    let c = compiled(|t| {
+        format!(
+            "{t}\n---\n{}",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: api2, namespace: platform}\n\
+             spec:\n  parentRefs: [{name: public}]\n  hostnames: [other.example.com]\n  rules:\n\
+             \x20 - matches: [{path: {value: /payments}}]\n\
+             \x20   backendRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: \"*\", namespace: payments}]\n"
+        )
+    });
+    // Served through the first tree only.
+    assert_eq!(
+        served_by(&c, "/payments/1", &[("x-api-version", "v2")]).as_deref(),
+        Some("payments/payments")
+    );
+    let other = c.snapshot.shards[0]
+        .listener_for(8080, "other.example.com")
+        .unwrap();
+    let h = http::HeaderMap::new();
+    let req = RequestView::new(&http::Method::GET, "/payments/1", None, &h);
+    assert!(other.routes.find("other.example.com", &req).is_none());
+    let s = status(&c, "payments", "payments");
+    let parents: Vec<(&str, &str)> = s
+        .parents
+        .iter()
+        .map(|p| {
+            let accepted = p.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
+            (p.parent_ref.name.as_str(), accepted.reason)
+        })
+        .collect();
+    assert_eq!(
+        parents,
+        [("api", "Accepted"), ("api2", "NotAllowedByParents")]
+    );
+}
+
+#[test]
 fn a_config_without_delegation_is_compiled_as_it_is() {
     let cfg = parse_documents([(
         Path::new("g.yaml"),
