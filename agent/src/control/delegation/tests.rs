@@ -475,6 +475,36 @@ fn a_second_tree_with_other_hostnames_is_refused_on_the_child() {
 }
 
 #[test]
+fn a_policy_on_a_named_parent_rule_is_inherited_through_that_rule_only() {
+    let c = compiled(|t| {
+        format!(
+            "{t}\n---\napiVersion: sluice.dev/v1alpha1\nkind: SluicePolicy\n\
+             metadata: {{name: orders-rule, namespace: platform}}\n\
+             spec:\n  targetRefs: [{{kind: HTTPRoute, name: api, sectionName: orders}}]\n  \
+             limits: {{maxRequestBodyBytes: 512}}\n"
+        )
+    });
+    let max_body = |path: &str, headers: &[(&'static str, &str)]| {
+        route(&c, &http::Method::GET, path, headers)
+            .unwrap()
+            .action
+            .policy
+            .limits
+            .as_ref()
+            .and_then(|l| l.max_body)
+    };
+    // The rule's policy is more specific than the route's.
+    assert_eq!(max_body("/orders/1", &[]), Some(512));
+    assert_eq!(max_body("/orders/returns/1", &[]), Some(512));
+    // The payments rule is another rule: the route's default, and payments' own.
+    assert_eq!(
+        max_body("/payments/1", &[("x-api-version", "v2")]),
+        Some(64)
+    );
+    assert_eq!(max_body("/healthz", &[]), Some(1024));
+}
+
+#[test]
 fn a_config_without_delegation_is_compiled_as_it_is() {
     let cfg = parse_documents([(
         Path::new("g.yaml"),
