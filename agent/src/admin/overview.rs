@@ -350,8 +350,10 @@ pub fn build(state: &AdminState, samples: &[Sample]) -> Overview {
                 .into_iter()
                 .flat_map(|s| s.parents)
                 .filter(|p| {
-                    p.parent_ref.namespace == shard.gateway.namespace
-                        && p.parent_ref.name == shard.gateway.name
+                    // A delegated route's parents are the routes above it.
+                    p.parent_ref.kind == "HTTPRoute"
+                        || (p.parent_ref.namespace == shard.gateway.namespace
+                            && p.parent_ref.name == shard.gateway.name)
                 })
                 .flat_map(|p| p.conditions)
                 .collect();

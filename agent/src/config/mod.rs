@@ -4,6 +4,7 @@ mod annotations;
 mod backend_tls;
 mod backends;
 mod consul;
+pub mod delegation;
 mod filter;
 mod gateway;
 mod grpc_route;
@@ -23,6 +24,7 @@ mod watch;
 use std::{fmt, path::PathBuf};
 
 pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
+pub use delegation::{Ancestor, Delegation, DELEGATE_ALL, DELEGATION_KIND};
 pub use identity::NamespaceIdentity;
 pub use keyed::KeyedDocuments;
 pub use load::{convert_object, load_dir, load_text, parse_documents, DirSource, LoadStats};

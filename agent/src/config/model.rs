@@ -569,6 +569,9 @@ pub struct HttpRoute {
     pub parents: Vec<ParentRef>,
     pub hostnames: Vec<Hostname>,
     pub rules: Vec<RouteRule>,
+    /// HTTPRoute delegation (parentRefs of kind HTTPRoute, or the chain a
+    /// flattened route was delegated through); `None` for most routes.
+    pub delegation: Option<Arc<super::Delegation>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -36,9 +36,18 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         );
     }
     let mut parents = Vec::new();
+    let mut parent_routes = Vec::new();
     for p in &r.spec.parent_refs {
         let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
         let kind = p.kind.as_deref().unwrap_or("Gateway");
+        if group == GATEWAY_GROUP && kind == "HTTPRoute" {
+            // A delegation parent (see `super::delegation`).
+            parent_routes.push(model::ObjectRef::new(
+                p.namespace.clone().unwrap_or_else(|| namespace.clone()),
+                &p.name,
+            ));
+            continue;
+        }
         if group != GATEWAY_GROUP || kind != "Gateway" {
             // Not a parent this agent can be; other controllers may own it.
             continue;
@@ -165,6 +174,11 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             retry: None,
         });
     }
+    let delegates = rules.iter().any(|r: &model::RouteRule| {
+        r.backends
+            .iter()
+            .any(|b| b.unsupported_kind.as_deref() == Some(super::DELEGATION_KIND))
+    });
     (doc.errors.len() == before).then(|| {
         let mut route = model::HttpRoute {
             id: model::ObjectRef::new(namespace, &r.metadata.name),
@@ -174,6 +188,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             parents,
             hostnames,
             rules,
+            delegation: super::Delegation::of_converted(parent_routes, delegates),
         };
         compact(&mut route);
         route

@@ -22,10 +22,17 @@ pub(super) fn namespace_allowed(
     if !listener.allows(route.kind) {
         return false;
     }
+    // A delegated route attaches as its root did: the root's namespace is
+    // the one the Gateway admits.
+    let namespace = route
+        .delegation
+        .as_ref()
+        .and_then(|d| d.root())
+        .map_or(&route.id.namespace, |r| &r.namespace);
     match &listener.allowed_routes {
-        AllowedRoutes::Same => route.id.namespace == gateway.id.namespace,
+        AllowedRoutes::Same => *namespace == gateway.id.namespace,
         AllowedRoutes::All => true,
-        AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(&route.id.namespace)),
+        AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(namespace)),
     }
 }
 

@@ -134,6 +134,8 @@ pub fn compile_with(
 pub struct Compiler {
     cache: Option<Box<Cache>>,
     stats: CompileStats,
+    /// The routes the last delegation flatten made.
+    delegated: super::delegation::Memo,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -154,6 +156,7 @@ impl Compiler {
     /// Forgets the previous compile: the next one compiles everything.
     pub fn reset(&mut self) {
         self.cache = None;
+        self.delegated.clear();
     }
 
     /// Compiles `config`, reusing what is unchanged since the previous call
@@ -167,6 +170,9 @@ impl Compiler {
         env: &PolicyEnv<'_>,
     ) -> Compiled {
         let mut warnings = Vec::new();
+        // Delegated HTTPRoutes become ordinary routes of the root's Gateways.
+        let flattened = super::delegation::flatten(config, &mut self.delegated);
+        let config = flattened.as_ref().map_or(config, |f| &f.config);
         let ours: Vec<&Gateway> = config
             .gateways
             .iter()
@@ -432,6 +438,10 @@ impl Compiler {
             &routed.attached,
             routed.route_status.clone(),
         );
+        if let Some(f) = &flattened {
+            status.http_routes = f.patch_status(&status.http_routes);
+            warnings.extend(f.warnings());
+        }
         status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
         status.policies.extend(super::policy::policy_status(
             config,

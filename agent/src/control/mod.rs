@@ -4,6 +4,7 @@ mod attach;
 mod backend_tls;
 mod backends;
 mod compile;
+mod delegation;
 mod frontend_tls;
 mod isolation;
 mod kind_conflict;

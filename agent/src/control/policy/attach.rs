@@ -62,6 +62,21 @@ impl Level {
     }
 }
 
+impl Level {
+    /// The levels of the routes (and named rules) a delegated rule was
+    /// delegated through, root first.
+    pub fn delegation(ancestors: &[crate::config::Ancestor]) -> Vec<Level> {
+        let mut v = Vec::with_capacity(ancestors.len() * 2);
+        for a in ancestors {
+            v.push(Level::Route(a.route.clone()));
+            if let Some(rule) = &a.rule {
+                v.push(Level::Rule(a.route.clone(), rule.clone()));
+            }
+        }
+        v
+    }
+}
+
 /// Policies of one kind by the level they target, each list in precedence
 /// order (oldest first, then namespace/name): on a conflict the first wins.
 pub struct TargetIndex<'a, P> {

@@ -187,7 +187,14 @@ impl<'a> Policies<'a> {
         let base = if self.index.is_empty() {
             self.empty.clone()
         } else {
-            let levels = Level::chain(gateway, listener, Some((route, r.name.as_deref())));
+            let mut levels = Level::chain(gateway, listener, Some((route, r.name.as_deref())));
+            if let Some(d) = &route.delegation {
+                // Delegated: the routes (and rules) above come between the
+                // listener and the route itself, so their sections are the
+                // defaults the route's own override.
+                let above = Level::delegation(d.ancestors(rule));
+                levels.splice(2..2, above);
+            }
             let eff = self.merged(&levels);
             let overridden_cors = eff
                 .sources
