@@ -167,6 +167,10 @@ impl Compiler {
         env: &PolicyEnv<'_>,
     ) -> Compiled {
         let mut warnings = Vec::new();
+        // ListenerSets become listeners of their Gateways: from here on,
+        // `config` is the resolved one.
+        let (resolved, sets) = super::listener_sets::resolve(config);
+        let config: &Config = &resolved;
         let ours: Vec<&Gateway> = config
             .gateways
             .iter()
@@ -431,6 +435,7 @@ impl Compiler {
             &problems,
             &routed.attached,
             routed.route_status.clone(),
+            &sets,
         );
         status.policies = backend_tls.status(config, &ours, CONTROLLER_NAME);
         status.policies.extend(super::policy::policy_status(

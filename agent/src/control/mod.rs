@@ -7,6 +7,7 @@ mod compile;
 mod frontend_tls;
 mod isolation;
 mod kind_conflict;
+mod listener_sets;
 pub mod policy;
 pub mod refgrant;
 mod route_status;

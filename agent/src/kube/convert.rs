@@ -254,6 +254,7 @@ impl Converter {
             add(Kind::Gateway, g, &mut out);
         }
         for kind in [
+            Kind::ListenerSet,
             Kind::HttpRoute,
             Kind::GrpcRoute,
             Kind::TlsRoute,
