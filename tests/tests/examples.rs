@@ -357,10 +357,17 @@ async fn the_listenerset_example_serves_the_admitted_team_only() {
     let shop = get("shop.example.com").await;
     assert_eq!(shop.status, StatusCode::OK);
     assert!(shop.echo.is_some(), "answered by the echo backend");
-    assert_eq!(get("sandbox.example.com").await.status, StatusCode::NOT_FOUND);
+    assert_eq!(
+        get("sandbox.example.com").await.status,
+        StatusCode::NOT_FOUND
+    );
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let resp = client
-        .get(format!("http://{}/status", ex.app.admin_addr).parse().unwrap())
+        .get(
+            format!("http://{}/status", ex.app.admin_addr)
+                .parse()
+                .unwrap(),
+        )
         .await
         .unwrap();
     let body = resp.into_body().collect().await.unwrap().to_bytes();
@@ -373,7 +380,11 @@ async fn the_listenerset_example_serves_the_admitted_team_only() {
             .find(|s| s["namespace"] == ns)
             .unwrap_or_else(|| panic!("{ns} in {status}"));
         let c = &set["conditions"][0];
-        format!("{}/{}", c["status"].as_str().unwrap(), c["reason"].as_str().unwrap())
+        format!(
+            "{}/{}",
+            c["status"].as_str().unwrap(),
+            c["reason"].as_str().unwrap()
+        )
     };
     assert_eq!(accepted("shop"), "True/Accepted");
     assert_eq!(accepted("sandbox"), "False/NotAllowed");

@@ -271,6 +271,9 @@ fn attach_failure(
 /// Computes the status. `ours`: Gateways of our classes; `served`: those
 /// that got a shard; `attached`: per Gateway of `ours` and listener, the
 /// routes attached to it; `http_routes`: the routes' status (sorted).
+/// `sets`: what resolving did with each ListenerSet (their status is
+/// computed with their Gateway's, whose listeners they became).
+#[allow(clippy::too_many_arguments)] // One caller (the compile), distinct inputs.
 pub(super) fn compute(
     config: &Config,
     controller: &'static str,
