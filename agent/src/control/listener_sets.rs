@@ -152,7 +152,8 @@ fn conflict(gateway: &Gateway, l: &Listener) -> Option<ListenerProblem> {
 
 /// The status of a set: `added` are the statuses of its listeners that were
 /// added to the Gateway (computed with the Gateway's); the conflicted ones
-/// are filled in here. Accepted (and Programmed) when at least one listener is.
+/// are filled in here. Accepted when at least one listener is valid
+/// (accepted, references resolved); Programmed when one is also programmed.
 pub(super) fn set_status(
     set: &SetOutcome,
     added: Option<Vec<ListenerStatus>>,
@@ -177,23 +178,21 @@ pub(super) fn set_status(
                     Some(p) => Some(conflicted(l, p, set.generation)),
                 })
                 .collect();
-            let holds = |kind: &str| {
-                listeners.iter().any(|l| {
-                    l.conditions
-                        .iter()
-                        .any(|c| c.kind == kind && c.status == "True")
-                })
+            let has = |l: &ListenerStatus, kind: &str| {
+                l.conditions
+                    .iter()
+                    .any(|c| c.kind == kind && c.status == "True")
             };
+            // Valid: accepted and its references resolve (a listener whose
+            // certificate is not permitted does not make its set valid).
+            let valid = |l: &ListenerStatus| has(l, "Accepted") && has(l, "ResolvedRefs");
+            let any_valid = listeners.iter().any(valid);
             let invalid: Vec<&str> = listeners
                 .iter()
-                .filter(|l| {
-                    l.conditions
-                        .iter()
-                        .any(|c| c.kind == "Accepted" && c.status == "False")
-                })
+                .filter(|l| !valid(l))
                 .map(|l| l.name.as_str())
                 .collect();
-            let accepted = if !holds("Accepted") {
+            let accepted = if !any_valid {
                 cond(
                     "Accepted",
                     false,
@@ -207,17 +206,17 @@ pub(super) fn set_status(
                     "Accepted",
                     true,
                     "ListenersNotValid",
-                    format!("listeners not accepted: {}", invalid.join(", ")),
+                    format!("listeners not valid: {}", invalid.join(", ")),
                 )
             };
-            let programmed = if !holds("Accepted") {
+            let programmed = if !any_valid {
                 cond(
                     "Programmed",
                     false,
                     "ListenersNotValid",
                     "no listener is valid",
                 )
-            } else if holds("Programmed") {
+            } else if listeners.iter().any(|l| has(l, "Programmed")) {
                 cond("Programmed", true, "Programmed", "")
             } else {
                 cond("Programmed", false, "Invalid", "no listener is programmed")

@@ -483,5 +483,13 @@ fn certificates_are_in_the_sets_namespace_or_granted() {
         listener_cond(team, "own", "ResolvedRefs"),
         "False/InvalidCertificateRef"
     );
-    assert_eq!(cond(&team.conditions, "Programmed"), "False/Invalid");
+    // Neither listener resolves its certificate: the set is not valid.
+    assert_eq!(
+        cond(&team.conditions, "Accepted"),
+        "False/ListenersNotValid"
+    );
+    assert_eq!(
+        cond(&team.conditions, "Programmed"),
+        "False/ListenersNotValid"
+    );
 }

@@ -1318,7 +1318,10 @@ listener_sets:
 "#,
             &s,
         );
-        assert!(fails(&bad[0], "attachedListenerSets 1, expected 2"), "{bad:?}");
+        assert!(
+            fails(&bad[0], "attachedListenerSets 1, expected 2"),
+            "{bad:?}"
+        );
         assert!(fails(&bad[1], "ListenerSet team/ls"), "{bad:?}");
         assert!(fails(&bad[2], "listener web"), "{bad:?}");
         assert!(matches!(&bad[3], Eval::Fail(_)), "{bad:?}");
