@@ -10,7 +10,7 @@
 //! port with another protocol, or same port, protocol and hostname) is not
 //! added: the Gateway's own listeners come first, then sets by age
 //! (`creationTimestamp`), then by namespace/name; within a set, by order.
-use std::borrow::Cow;
+use std::{borrow::Cow, collections::HashMap};
 
 use super::{
     attach::NamespaceLabels,
@@ -23,8 +23,11 @@ use crate::config::{
 /// What resolving did with one ListenerSet whose parent Gateway exists.
 #[derive(Debug, Clone)]
 pub(crate) struct SetOutcome {
+    /// The ListenerSet.
     pub set: ObjectRef,
+    /// Its `metadata.generation`, for `observedGeneration`.
     pub generation: Option<i64>,
+    /// Its parent Gateway.
     pub parent: ObjectRef,
     pub state: SetState,
 }
@@ -85,18 +88,22 @@ pub(super) fn resolve(config: &Config) -> (Cow<'_, Config>, Vec<SetOutcome>) {
             });
         }
     }
+    let parents: HashMap<&ObjectRef, &ObjectRef> = config
+        .listener_sets
+        .iter()
+        .map(|s| (&s.id, &s.parent))
+        .collect();
     for route in &mut resolved.routes {
         if route.parents.iter().all(|p| p.listener_set.is_none()) {
             continue;
         }
+        // Only routes with a ListenerSet parentRef are copied.
         let route = std::sync::Arc::make_mut(route);
         for p in &mut route.parents {
             if let Some(id) = &p.listener_set {
-                p.gateway = config
-                    .listener_sets
-                    .iter()
-                    .find(|s| &s.id == id)
-                    .map_or(ParentRef::UNRESOLVED, |s| s.parent.clone());
+                p.gateway = parents
+                    .get(id)
+                    .map_or(ParentRef::UNRESOLVED, |g| (*g).clone());
             }
         }
     }

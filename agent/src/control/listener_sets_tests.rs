@@ -322,6 +322,13 @@ spec:
   parentRefs: [{kind: ListenerSet, name: team, namespace: team-a}]
   rules: [{backendRefs: [{name: svc, port: 80}]}]
 ---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: to-missing-set, namespace: team-a}
+spec:
+  parentRefs: [{kind: ListenerSet, name: missing}]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
 apiVersion: v1
 kind: Service
 metadata: {name: svc, namespace: team-a}
@@ -386,6 +393,12 @@ spec: {ports: [{port: 80}]}
         cond(&route("other-team").parents[0].conditions, "Accepted"),
         "False/NotAllowedByListeners"
     );
+    // A ListenerSet that does not exist has no Gateway: not a parent of ours.
+    assert!(c
+        .status
+        .http_routes
+        .iter()
+        .all(|r| r.name != "to-missing-set"));
     let team = set_status(&c.status, "team-a", "team");
     let attached: Vec<(&str, u32)> = team
         .listeners
