@@ -159,14 +159,28 @@ fn conflict(gateway: &Gateway, l: &Listener) -> Option<ListenerProblem> {
 
 /// The status of a set: `added` are the statuses of its listeners that were
 /// added to the Gateway (computed with the Gateway's); the conflicted ones
-/// are filled in here. Accepted when at least one listener is valid
+/// are filled in here; `parent_refused`: the parent Gateway is not
+/// accepted. Accepted when at least one listener is valid
 /// (accepted, references resolved); Programmed when one is also programmed.
 pub(super) fn set_status(
     set: &SetOutcome,
     added: Option<Vec<ListenerStatus>>,
+    parent_refused: bool,
 ) -> ListenerSetStatus {
     let mut added = added.unwrap_or_default();
     let (mut conditions, listeners) = match &set.state {
+        // The Gateway itself is not accepted (parameters Sluice cannot
+        // resolve): nothing of the set is served either.
+        _ if parent_refused => {
+            let why = format!("the parent Gateway {} is not accepted", set.parent);
+            (
+                vec![
+                    cond("Accepted", false, "ParentNotAccepted", why.clone()),
+                    cond("Programmed", false, "ParentNotAccepted", why),
+                ],
+                Vec::new(),
+            )
+        }
         SetState::NotAllowed(why) => (
             vec![
                 cond("Accepted", false, "NotAllowed", why.clone()),

@@ -174,6 +174,22 @@ fn admission_follows_allowed_listeners_mode() {
 }
 
 #[test]
+fn a_set_of_a_gateway_not_accepted_is_parent_not_accepted() {
+    let text = format!(
+        "{}{}",
+        base("allowedListeners: {namespaces: {from: All}}\n  infrastructure: {parametersRef: {group: x.io, kind: P, name: p}}"),
+        set("team-a", "team", None, &[WEB_B])
+    );
+    let c = compiled(&text);
+    assert!(c.snapshot.shards.is_empty(), "the Gateway is not served");
+    let s = set_status(&c.status, "team-a", "team");
+    assert_eq!(cond(&s.conditions, "Accepted"), "False/ParentNotAccepted");
+    assert_eq!(cond(&s.conditions, "Programmed"), "False/ParentNotAccepted");
+    assert!(s.listeners.is_empty());
+    assert_eq!(c.status.gateways[0].attached_listener_sets, Some(0));
+}
+
+#[test]
 fn gateway_listeners_win_then_older_sets_then_names() {
     let text = [
         base("allowedListeners: {namespaces: {from: All}}"),

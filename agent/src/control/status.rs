@@ -465,8 +465,10 @@ pub(super) fn compute(
             }
         }
         let mut attached_listener_sets = 0;
+        let parent_refused = invalid_parameters(config, gateway).is_some();
         for set in sets.iter().filter(|s| s.parent == gateway.id) {
-            let st = super::listener_sets::set_status(set, of_sets.remove(&set.set));
+            let st =
+                super::listener_sets::set_status(set, of_sets.remove(&set.set), parent_refused);
             if st.conditions[0].status == "True" {
                 attached_listener_sets += 1;
             }

@@ -154,6 +154,24 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             }));
         }
     }
+    // An invalid ListenerSet of a Gateway of ours: Accepted=False (Invalid).
+    for (id, parent) in &converted.invalid_listener_sets {
+        if status
+            .gateways
+            .iter()
+            .any(|g| g.namespace == parent.namespace && g.name == parent.name)
+        {
+            out.push(ObjectStatus::ListenerSet(ListenerSetStatus {
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                conditions: vec![
+                    condition("Accepted", "Invalid", messages(Kind::ListenerSet, id)),
+                    condition("Programmed", "Invalid", "not accepted".into()),
+                ],
+                listeners: vec![],
+            }));
+        }
+    }
     for ((kind, id), gateways) in &converted.invalid_route_parents {
         let message = messages(*kind, id);
         let parents: Vec<_> = gateways
@@ -842,7 +860,38 @@ spec:
         converted
             .generations
             .insert((Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")), 7);
+        for (set, parent) in [("bad-set", "gw"), ("other-set", "not-ours")] {
+            converted.errors.push((
+                (Kind::ListenerSet, ObjectRef::new("t", set)),
+                vec![error(&format!("ListenerSet t/{set}"))],
+            ));
+            converted
+                .invalid_listener_sets
+                .push((ObjectRef::new("t", set), ObjectRef::new("a", parent)));
+        }
+        converted
+            .generations
+            .insert((Kind::ListenerSet, ObjectRef::new("t", "bad-set")), 2);
         let out = objects(&status, &converted);
+        let sets: Vec<&ListenerSetStatus> = out
+            .iter()
+            .filter_map(|o| match o {
+                ObjectStatus::ListenerSet(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sets.len(),
+            1,
+            "only the set whose Gateway is ours: {sets:?}"
+        );
+        let c = &sets[0].conditions[0];
+        assert_eq!(
+            (sets[0].name.as_str(), c.kind, c.status, c.reason),
+            ("bad-set", "Accepted", "False", "Invalid")
+        );
+        assert!(c.message.contains("ListenerSet t/bad-set"), "{}", c.message);
+        assert_eq!(c.observed_generation, Some(2));
         let policies: Vec<&PolicyStatus> = out
             .iter()
             .filter_map(|o| match o {
