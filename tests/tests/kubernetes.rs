@@ -1904,6 +1904,33 @@ async fn kube_listener_sets_are_served_and_get_status() {
         },
     )
     .await;
+    // A set Sluice cannot serve (TLS options it does not implement) is left
+    // out alone and says why on its status.
+    kube.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\n\
+         metadata: {{name: broken, namespace: team-a}}\nspec:\n  \
+         parentRef: {{name: gw, namespace: apps}}\n  \
+         listeners: [{{name: s, port: {port}, protocol: HTTPS, hostname: s.example.com, \
+         tls: {{certificateRefs: [{{name: c}}], options: {{example.com/x: \"v\"}}}}}}]\n"
+    ));
+    eventually(
+        "the invalid ListenerSet's status names the error",
+        Duration::from_secs(20),
+        || async {
+            let b = kube.get("listenerset/broken", "team-a");
+            let c = &b["status"]["conditions"];
+            reason(c, "Accepted").as_deref() == Some("False/Invalid")
+                && c[0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.listeners[0].tls.options"))
+        },
+    )
+    .await;
+    assert_eq!(
+        get("a.example.com").await,
+        200,
+        "the valid set keeps serving"
+    );
     // Labelling team B's namespace admits its set.
     kube.apply(
         "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-b, labels: {team: \"yes\"}}\n",
