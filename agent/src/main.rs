@@ -133,11 +133,12 @@ fn check(cli: &Cli, url: &sluice::sources::SourceUrl) -> i32 {
     match rt.block_on(sluice::sources::push::check(url, &cli.store_settings())) {
         Ok(cfg) => {
             println!(
-                "{}: configuration valid: {} GatewayClass(es), {} Gateway(s), {} HTTPRoute(s), \
-                 {} Service(s), {} SluicePolicy(ies)",
+                "{}: configuration valid: {} GatewayClass(es), {} Gateway(s), {} ListenerSet(s), \
+                 {} HTTPRoute(s), {} Service(s), {} SluicePolicy(ies)",
                 url.describe(),
                 cfg.gateway_classes.len(),
                 cfg.gateways.len(),
+                cfg.listener_sets.len(),
                 cfg.routes.len(),
                 cfg.services.len(),
                 cfg.policies.len()

@@ -98,11 +98,23 @@ async fn send(
     headers: &[(&str, &str)],
     body: Bytes,
 ) -> Answer {
+    send_to(gw, "shop.example.com", method, path, headers, body).await
+}
+
+/// [`send`] with another `Host`.
+async fn send_to(
+    gw: SocketAddr,
+    host: &str,
+    method: Method,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: Bytes,
+) -> Answer {
     let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
     let mut req = Request::builder()
         .method(method)
         .uri(format!("http://{gw}{path}"))
-        .header("host", "shop.example.com");
+        .header("host", host);
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
@@ -336,4 +348,46 @@ async fn the_l4_example_relays_tcp_to_its_backend() {
     assert_eq!(a.status, StatusCode::OK);
     assert_eq!(a.echo.expect("the echo answered").path, "/hello");
     drop(ex.app);
+}
+
+#[tokio::test]
+async fn the_listenerset_example_serves_the_admitted_team_only() {
+    let ex = start("listenerset").await;
+    let get = |host: &'static str| send_to(ex.gateway, host, Method::GET, "/", &[], Bytes::new());
+    let shop = get("shop.example.com").await;
+    assert_eq!(shop.status, StatusCode::OK);
+    assert!(shop.echo.is_some(), "answered by the echo backend");
+    assert_eq!(
+        get("sandbox.example.com").await.status,
+        StatusCode::NOT_FOUND
+    );
+    let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+    let resp = client
+        .get(
+            format!("http://{}/status", ex.app.admin_addr)
+                .parse()
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    let accepted = |ns: &str| {
+        let set = status["listenerSets"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["namespace"] == ns)
+            .unwrap_or_else(|| panic!("{ns} in {status}"));
+        let c = &set["conditions"][0];
+        format!(
+            "{}/{}",
+            c["status"].as_str().unwrap(),
+            c["reason"].as_str().unwrap()
+        )
+    };
+    assert_eq!(accepted("shop"), "True/Accepted");
+    assert_eq!(accepted("sandbox"), "False/NotAllowed");
+    assert_eq!(status["gateways"][0]["attachedListenerSets"], 1);
+    ex.app.shutdown().await;
 }

@@ -1804,3 +1804,148 @@ spec:
     assert_eq!(get("blog.example.com", "/").await.1["pod"], "web");
     app.shutdown().await;
 }
+
+/// A team's ListenerSet on a shared Gateway, from the API server: its
+/// hostname is served, a set of a namespace the Gateway does not select is
+/// not, and the agent writes both sets' status, the route's parent of kind
+/// ListenerSet and the Gateway's `attachedListenerSets`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kube_listener_sets_are_served_and_get_status() {
+    let _serial = SERIAL.lock().await;
+    let Some(kube) = Kubelite::start("listenerset", 27553, 28900) else {
+        return;
+    };
+    let echo = echo().await;
+    let port = free_port();
+    // `objects` gives the Gateway apps/gw (admitting ListenerSets from
+    // namespaces labelled team=yes) and the echo Service in apps.
+    let shared = objects("gw", "fleet: a", port, "/v1", echo).replace(
+        "  listeners: [",
+        "  allowedListeners: {namespaces: {from: Selector, selector: {matchLabels: {team: \"yes\"}}}}\n  listeners: [",
+    );
+    let team = |ns: &str, host: &str| {
+        format!(
+            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\n\
+             metadata: {{name: team, namespace: {ns}}}\nspec:\n  \
+             parentRef: {{name: gw, namespace: apps}}\n  \
+             listeners: [{{name: web, port: {port}, protocol: HTTP, hostname: {host}}}]\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {{name: team, namespace: {ns}}}\nspec:\n  \
+             parentRefs: [{{kind: ListenerSet, name: team, sectionName: web}}]\n  \
+             rules: [{{backendRefs: [{{name: echo, namespace: apps, port: 80}}]}}]\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+             metadata: {{name: from-{ns}, namespace: apps}}\nspec:\n  \
+             from: [{{group: gateway.networking.k8s.io, kind: HTTPRoute, namespace: {ns}}}]\n  \
+             to: [{{group: \"\", kind: Service}}]\n"
+        )
+    };
+    kube.apply(&format!(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {{name: team-a, labels: {{team: \"yes\"}}}}\n\
+         ---\napiVersion: v1\nkind: Namespace\nmetadata: {{name: team-b}}\n---\n{shared}{}{}",
+        team("team-a", "a.example.com"),
+        team("team-b", "b.example.com"),
+    ));
+    let app = build(settings(&kube, "node-a", None)).await.unwrap();
+    wait_ready(&app).await;
+    let get = |host: &'static str| async move {
+        let client: Client<_, Empty<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+        let req = http::Request::get(format!("http://127.0.0.1:{port}/"))
+            .header("host", host)
+            .body(Empty::new())
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(2), client.request(req)).await {
+            Ok(Ok(resp)) => resp.status().as_u16(),
+            _ => 0,
+        }
+    };
+    eventually(
+        "team A's hostname served through the shared Gateway",
+        Duration::from_secs(20),
+        || async { get("a.example.com").await == 200 },
+    )
+    .await;
+    assert_eq!(
+        get("b.example.com").await,
+        404,
+        "team B's set is not admitted"
+    );
+    let reason = |conditions: &Value, type_: &str| {
+        conditions.as_array().and_then(|cs| {
+            cs.iter().find(|c| c["type"] == type_).and_then(|c| {
+                Some(format!(
+                    "{}/{}",
+                    c["status"].as_str()?,
+                    c["reason"].as_str()?
+                ))
+            })
+        })
+    };
+    eventually(
+        "ListenerSet, route and Gateway status written",
+        Duration::from_secs(20),
+        || async {
+            let a = kube.get("listenerset/team", "team-a");
+            let b = kube.get("listenerset/team", "team-b");
+            let route = kube.get("httproute/team", "team-a");
+            let gw = kube.get("gateway/gw", "apps");
+            let parent = &route["status"]["parents"][0];
+            reason(&a["status"]["conditions"], "Accepted").as_deref() == Some("True/Accepted")
+                && a["status"]["conditions"][0]["observedGeneration"] == a["metadata"]["generation"]
+                && a["status"]["listeners"][0]["name"] == "web"
+                && a["status"]["listeners"][0]["attachedRoutes"] == 1
+                && reason(&b["status"]["conditions"], "Accepted").as_deref()
+                    == Some("False/NotAllowed")
+                && parent["parentRef"]["kind"] == "ListenerSet"
+                && parent["parentRef"]["name"] == "team"
+                && reason(&parent["conditions"], "Accepted").as_deref() == Some("True/Accepted")
+                && gw["status"]["attachedListenerSets"] == 1
+                // The set's listener is not one of the Gateway's.
+                && gw["status"]["listeners"].as_array().map(Vec::len) == Some(1)
+        },
+    )
+    .await;
+    // A set Sluice cannot serve (TLS options it does not implement) is left
+    // out alone and says why on its status.
+    kube.apply(&format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\n\
+         metadata: {{name: broken, namespace: team-a}}\nspec:\n  \
+         parentRef: {{name: gw, namespace: apps}}\n  \
+         listeners: [{{name: s, port: {port}, protocol: HTTPS, hostname: s.example.com, \
+         tls: {{certificateRefs: [{{name: c}}], options: {{example.com/x: \"v\"}}}}}}]\n"
+    ));
+    eventually(
+        "the invalid ListenerSet's status names the error",
+        Duration::from_secs(20),
+        || async {
+            let b = kube.get("listenerset/broken", "team-a");
+            let c = &b["status"]["conditions"];
+            reason(c, "Accepted").as_deref() == Some("False/Invalid")
+                && c[0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("spec.listeners[0].tls.options"))
+        },
+    )
+    .await;
+    assert_eq!(
+        get("a.example.com").await,
+        200,
+        "the valid set keeps serving"
+    );
+    // Labelling team B's namespace admits its set.
+    kube.apply(
+        "apiVersion: v1\nkind: Namespace\nmetadata: {name: team-b, labels: {team: \"yes\"}}\n",
+    );
+    eventually(
+        "team B's hostname served once its namespace is selected",
+        Duration::from_secs(20),
+        || async { get("b.example.com").await == 200 },
+    )
+    .await;
+    eventually(
+        "the Gateway counts both sets",
+        Duration::from_secs(20),
+        || async { kube.get("gateway/gw", "apps")["status"]["attachedListenerSets"] == 2 },
+    )
+    .await;
+    app.shutdown().await;
+}

@@ -59,8 +59,80 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
     if g.spec.listeners.is_empty() {
         doc.err("spec.listeners", "a Gateway needs at least one listener");
     }
+    let listeners = listeners(doc, &g.spec.listeners, &ns(&g.metadata));
+    let allowed_listeners = allowed_listeners(doc, g.spec.allowed_listeners.as_ref());
+    let GatewayAnnotations {
+        source_allow,
+        source_deny,
+        syn_budget,
+        admitted_namespaces,
+        port_ranges,
+    } = gateway_annotations(doc, &g.metadata.annotations, &listeners);
+    let (backend_client_certificate, frontend_validation) =
+        backend_tls::gateway_tls(doc, g.spec.tls.as_ref(), &ns(&g.metadata));
+    (doc.errors.len() == before).then(|| model::Gateway {
+        id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
+        generation: g.metadata.generation,
+        class_name: g.spec.gateway_class_name,
+        addresses,
+        assign_address,
+        parameters_ref,
+        listeners,
+        source_allow,
+        source_deny,
+        syn_budget,
+        admitted_namespaces,
+        port_ranges,
+        backend_client_certificate,
+        frontend_validation,
+        allowed_listeners,
+    })
+}
+
+/// `spec.allowedListeners`: which ListenerSets may add listeners.
+fn allowed_listeners(
+    doc: &mut Doc<'_>,
+    allowed: Option<&wire::AllowedListeners>,
+) -> model::AllowedListeners {
+    let namespaces = allowed.and_then(|a| a.namespaces.as_ref());
+    let field = "spec.allowedListeners.namespaces";
+    match namespaces.and_then(|n| n.from.as_deref()) {
+        None | Some("None") => model::AllowedListeners::None,
+        Some("Same") => model::AllowedListeners::Same,
+        Some("All") => model::AllowedListeners::All,
+        Some("Selector") => match namespaces.and_then(|n| n.selector.as_ref()) {
+            Some(sel) => model::AllowedListeners::Selector(label_selector(
+                doc,
+                &format!("{field}.selector"),
+                sel,
+            )),
+            None => {
+                doc.err(
+                    format!("{field}.selector"),
+                    "required when from is Selector",
+                );
+                model::AllowedListeners::None
+            }
+        },
+        Some(other) => {
+            doc.err(
+                format!("{field}.from"),
+                format!("unsupported value {other:?} (supported: None, Same, All, Selector)"),
+            );
+            model::AllowedListeners::None
+        }
+    }
+}
+
+/// `spec.listeners` of a Gateway or a ListenerSet; `namespace` is the
+/// object's, where certificateRefs without a namespace point.
+pub(super) fn listeners(
+    doc: &mut Doc<'_>,
+    wire_listeners: &[wire::Listener],
+    namespace: &str,
+) -> Vec<model::Listener> {
     let mut listeners = Vec::new();
-    for (i, l) in g.spec.listeners.iter().enumerate() {
+    for (i, l) in wire_listeners.iter().enumerate() {
         let protocol = match l.protocol.as_str() {
             "HTTP" => model::ListenerProtocol::Http,
             "HTTPS" => model::ListenerProtocol::Https,
@@ -142,7 +214,7 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             .filter(|k| !served.iter().any(|rk| is_kind(k, rk.as_str())))
             .map(|k| format!("{}/{}", k.group.as_deref().unwrap_or(GATEWAY_GROUP), k.kind))
             .collect();
-        let tls = listener_tls(doc, i, &protocol, l.tls.as_ref(), &ns(&g.metadata));
+        let tls = listener_tls(doc, i, &protocol, l.tls.as_ref(), namespace);
         listeners.push(model::Listener {
             name: l.name.clone(),
             port: l.port,
@@ -152,33 +224,10 @@ pub(super) fn gateway(doc: &mut Doc<'_>, g: wire::Gateway) -> Option<model::Gate
             allowed_kinds,
             invalid_route_kinds,
             tls,
+            origin: None,
         });
     }
-    let GatewayAnnotations {
-        source_allow,
-        source_deny,
-        syn_budget,
-        admitted_namespaces,
-        port_ranges,
-    } = gateway_annotations(doc, &g.metadata.annotations, &listeners);
-    let (backend_client_certificate, frontend_validation) =
-        backend_tls::gateway_tls(doc, g.spec.tls.as_ref(), &ns(&g.metadata));
-    (doc.errors.len() == before).then(|| model::Gateway {
-        id: model::ObjectRef::new(ns(&g.metadata), &g.metadata.name),
-        generation: g.metadata.generation,
-        class_name: g.spec.gateway_class_name,
-        addresses,
-        assign_address,
-        parameters_ref,
-        listeners,
-        source_allow,
-        source_deny,
-        syn_budget,
-        admitted_namespaces,
-        port_ranges,
-        backend_client_certificate,
-        frontend_validation,
-    })
+    listeners
 }
 
 /// `spec.listeners[i].tls`: required for HTTPS (mode Terminate) and TLS
@@ -189,7 +238,7 @@ fn listener_tls(
     i: usize,
     protocol: &model::ListenerProtocol,
     tls: Option<&wire::GatewayTlsConfig>,
-    gateway_ns: &str,
+    owner_ns: &str,
 ) -> Option<model::ListenerTls> {
     let field = format!("spec.listeners[{i}].tls");
     match (protocol, tls) {
@@ -252,7 +301,7 @@ fn listener_tls(
                     group: r.group.clone().unwrap_or_default(),
                     kind: r.kind.clone().unwrap_or_else(|| "Secret".into()),
                     object: model::ObjectRef::new(
-                        r.namespace.as_deref().unwrap_or(gateway_ns),
+                        r.namespace.as_deref().unwrap_or(owner_ns),
                         &r.name,
                     ),
                 })
@@ -263,7 +312,11 @@ fn listener_tls(
     }
 }
 
-fn label_selector(doc: &mut Doc<'_>, at: &str, s: &wire::LabelSelector) -> model::LabelSelector {
+pub(super) fn label_selector(
+    doc: &mut Doc<'_>,
+    at: &str,
+    s: &wire::LabelSelector,
+) -> model::LabelSelector {
     let mut out = model::LabelSelector {
         match_labels: s.match_labels.clone(),
         match_expressions: Vec::new(),

@@ -11,6 +11,7 @@ mod grpc_route;
 pub mod identity;
 mod keyed;
 mod l4_route;
+mod listener_set;
 mod load;
 pub mod model;
 pub mod policy;

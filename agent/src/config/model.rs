@@ -37,6 +37,9 @@ impl fmt::Display for ObjectRef {
 pub struct Config {
     pub gateway_classes: Vec<GatewayClass>,
     pub gateways: Vec<Gateway>,
+    /// ListenerSets: listeners other namespaces add to a Gateway that allows
+    /// them (resolved into the Gateway by the control plane).
+    pub listener_sets: Vec<ListenerSet>,
     /// Shared: the directory source caches converted documents and merges
     /// them into a new `Config` on every change; cloning 5,000 routes was
     /// most of that cost.
@@ -110,6 +113,7 @@ impl Config {
         let Config {
             gateway_classes,
             gateways,
+            listener_sets,
             routes,
             services,
             endpoint_slices,
@@ -124,6 +128,7 @@ impl Config {
         } = other;
         self.gateway_classes.extend_from_slice(gateway_classes);
         self.gateways.extend_from_slice(gateways);
+        self.listener_sets.extend_from_slice(listener_sets);
         self.routes.extend_from_slice(routes);
         self.services.extend_from_slice(services);
         self.endpoint_slices.extend_from_slice(endpoint_slices);
@@ -142,6 +147,7 @@ impl Config {
         let Config {
             gateway_classes,
             gateways,
+            listener_sets,
             routes,
             services,
             endpoint_slices,
@@ -156,6 +162,7 @@ impl Config {
         } = other;
         self.gateway_classes.extend(gateway_classes);
         self.gateways.extend(gateways);
+        self.listener_sets.extend(listener_sets);
         self.routes.extend(routes);
         self.services.extend(services);
         self.endpoint_slices.extend(endpoint_slices);
@@ -173,6 +180,7 @@ impl Config {
         let Config {
             gateway_classes,
             gateways,
+            listener_sets,
             routes,
             services,
             endpoint_slices,
@@ -188,6 +196,7 @@ impl Config {
         routes.len() == 1
             && gateway_classes.is_empty()
             && gateways.is_empty()
+            && listener_sets.is_empty()
             && services.is_empty()
             && endpoint_slices.is_empty()
             && namespaces.is_empty()
@@ -278,6 +287,59 @@ pub struct Gateway {
     /// Extra destination ports served by a listener, from `sluice.dev/port-ranges`
     /// (eBPF datapath only).
     pub port_ranges: Vec<PortRange>,
+    /// `spec.allowedListeners.namespaces`: which ListenerSets may attach.
+    pub allowed_listeners: AllowedListeners,
+}
+
+/// `allowedListeners.namespaces.from` of a Gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum AllowedListeners {
+    /// No ListenerSet attaches (the Gateway API default).
+    #[default]
+    None,
+    /// ListenerSets in the Gateway's namespace.
+    Same,
+    All,
+    /// ListenerSets in namespaces whose labels match.
+    Selector(LabelSelector),
+}
+
+/// A ListenerSet: listeners added to the Gateway `parent` from the
+/// ListenerSet's namespace. Its listeners are validated like a Gateway's;
+/// whether they are served (allowed, not conflicted) is decided by the
+/// control plane against the parent Gateway.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ListenerSet {
+    pub id: ObjectRef,
+    /// `metadata.generation`, echoed as `observedGeneration` in status.
+    pub generation: Option<i64>,
+    /// `metadata.creationTimestamp` (Unix seconds, nanoseconds): the older
+    /// ListenerSet wins a listener conflict. `None` sorts after every timestamp.
+    pub created: Option<(i64, u32)>,
+    /// The Gateway (`spec.parentRef`).
+    pub parent: ObjectRef,
+    /// Listeners with their ListenerSet names; their certificateRefs
+    /// default to the ListenerSet's namespace.
+    pub listeners: Vec<Listener>,
+}
+
+/// Where a listener of a Gateway came from when a ListenerSet added it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ListenerOrigin {
+    /// The ListenerSet.
+    pub set: ObjectRef,
+    /// The listener's name in the ListenerSet (what a route's `sectionName`
+    /// names); the Gateway knows it as [`ListenerOrigin::gateway_name`].
+    pub section: String,
+}
+
+impl ListenerOrigin {
+    /// The name of the listener within its Gateway: `namespace/set/section`.
+    /// A `/` cannot occur in a listener name, so it never collides with the
+    /// Gateway's own listeners nor with another set's.
+    pub fn gateway_name(&self) -> String {
+        format!("{}/{}/{}", self.set.namespace, self.set.name, self.section)
+    }
 }
 
 /// Destination ports `first..=last` served as if they were the port of
@@ -376,9 +438,25 @@ pub struct Listener {
     pub invalid_route_kinds: Vec<String>,
     /// `tls` of an HTTPS listener (always set for HTTPS; mode Terminate).
     pub tls: Option<ListenerTls>,
+    /// Set when a ListenerSet added this listener to its Gateway.
+    pub origin: Option<ListenerOrigin>,
 }
 
 impl Listener {
+    /// The name a route's `sectionName` selects this listener by (its name
+    /// in the ListenerSet for a ListenerSet's listener).
+    pub fn section(&self) -> &str {
+        self.origin.as_ref().map_or(&self.name, |o| &o.section)
+    }
+
+    /// The namespace the listener belongs to: its ListenerSet's, or the
+    /// Gateway's (`allowedRoutes` `Same`, ReferenceGrant `from`).
+    pub fn namespace<'a>(&'a self, gateway: &'a Gateway) -> &'a str {
+        self.origin
+            .as_ref()
+            .map_or(&gateway.id.namespace, |o| &o.set.namespace)
+    }
+
     /// Whether routes of `kind` may attach (protocol and `allowedRoutes.kinds`).
     pub fn allows(&self, kind: RouteKind) -> bool {
         self.allowed_kinds.contains(&kind)
@@ -576,9 +654,24 @@ pub struct HttpRoute {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ParentRef {
+    /// The Gateway; for a ListenerSet parentRef, the ListenerSet's parent
+    /// Gateway once the control plane has resolved it (until then, and when
+    /// the ListenerSet is not attached, [`ParentRef::UNRESOLVED`]).
     pub gateway: ObjectRef,
+    /// Set for a parentRef of kind ListenerSet: only that set's listeners
+    /// are selected. A parentRef to a Gateway selects only the Gateway's own.
+    pub listener_set: Option<ObjectRef>,
     pub section_name: Option<String>,
     pub port: Option<u16>,
+}
+
+impl ParentRef {
+    /// The `gateway` of a ListenerSet parentRef whose set is not attached:
+    /// no Gateway has an empty name, so it selects nothing.
+    pub const UNRESOLVED: ObjectRef = ObjectRef {
+        namespace: String::new(),
+        name: String::new(),
+    };
 }
 
 #[derive(Debug, Clone, PartialEq)]

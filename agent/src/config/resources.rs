@@ -54,6 +54,44 @@ pub struct GatewaySpec {
     #[serde(default)]
     pub infrastructure: Option<GatewayInfrastructure>,
     pub tls: Option<GatewaySpecTls>,
+    /// Which ListenerSets may attach (none when unset).
+    #[serde(default)]
+    pub allowed_listeners: Option<AllowedListeners>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AllowedListeners {
+    #[serde(default)]
+    pub namespaces: Option<RouteNamespaces>,
+}
+
+/// A ListenerSet (`gateway.networking.k8s.io/v1`): listeners added to a
+/// Gateway from another object, typically in another namespace.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSet {
+    pub metadata: ObjectMeta,
+    pub spec: ListenerSetSpec,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetSpec {
+    pub parent_ref: ListenerSetParentRef,
+    pub listeners: Vec<Listener>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetParentRef {
+    #[serde(default)]
+    pub group: Option<String>,
+    #[serde(default)]
+    pub kind: Option<String>,
+    pub name: String,
+    #[serde(default)]
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -48,15 +48,20 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             ));
             continue;
         }
-        if group != GATEWAY_GROUP || kind != "Gateway" {
+        let id = model::ObjectRef::new(
+            p.namespace.clone().unwrap_or_else(|| namespace.clone()),
+            &p.name,
+        );
+        let (gateway, listener_set) = match (group, kind) {
+            (GATEWAY_GROUP, "Gateway") => (id, None),
+            // The set's Gateway is known once the control plane resolves it.
+            (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(id)),
             // Not a parent this agent can be; other controllers may own it.
-            continue;
-        }
+            _ => continue,
+        };
         parents.push(model::ParentRef {
-            gateway: model::ObjectRef::new(
-                p.namespace.clone().unwrap_or_else(|| namespace.clone()),
-                &p.name,
-            ),
+            gateway,
+            listener_set,
             section_name: p.section_name.clone(),
             port: p.port,
         });

@@ -98,6 +98,13 @@ impl Builder {
                     }
                 }
             }
+            (GATEWAY_GROUP, "ListenerSet") => {
+                if let Some(l) = decode::<wire::ListenerSet>(&mut doc, value) {
+                    if let Some(l) = super::listener_set::listener_set(&mut doc, l) {
+                        self.config.listener_sets.push(l);
+                    }
+                }
+            }
             (GATEWAY_GROUP, "HTTPRoute") => {
                 if let Some(r) = decode::<wire::HttpRoute>(&mut doc, value) {
                     if let Some(r) = http_route(&mut doc, r) {
@@ -201,7 +208,7 @@ impl Builder {
                 "kind",
                 format!(
                     "unsupported kind {kind} (apiVersion {api_version:?}); supported: GatewayClass, \
-                     Gateway, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
+                     Gateway, ListenerSet, HTTPRoute, GRPCRoute, TLSRoute, TCPRoute, BackendTLSPolicy ({GATEWAY_GROUP}/v1), ReferenceGrant ({GATEWAY_GROUP}/v1beta1), Service, Namespace, Secret, ConfigMap (v1), \
                      EndpointSlice (discovery.k8s.io/v1), SluicePolicy, ConsulService (sluice.dev/v1alpha1)"
                 ),
             ),

@@ -9,7 +9,10 @@ use crate::config::{
 
 pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listener) -> bool {
     p.gateway == gateway.id
-        && p.section_name.as_ref().is_none_or(|s| *s == listener.name)
+        // A Gateway parentRef selects the Gateway's own listeners only; a
+        // ListenerSet parentRef only that set's (GEP-1713).
+        && p.listener_set.as_ref() == listener.origin.as_ref().map(|o| &o.set)
+        && p.section_name.as_ref().is_none_or(|s| s == listener.section())
         && p.port.is_none_or(|port| port == listener.port)
 }
 
@@ -30,7 +33,8 @@ pub(super) fn namespace_allowed(
         .and_then(|d| d.root())
         .map_or(&route.id.namespace, |r| &r.namespace);
     match &listener.allowed_routes {
-        AllowedRoutes::Same => *namespace == gateway.id.namespace,
+        // A ListenerSet's listener: the set's namespace.
+        AllowedRoutes::Same => *namespace == listener.namespace(gateway),
         AllowedRoutes::All => true,
         AllowedRoutes::Selector(sel) => sel.matches(&namespaces.get(namespace)),
     }

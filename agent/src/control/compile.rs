@@ -173,6 +173,10 @@ impl Compiler {
         // Delegated HTTPRoutes become ordinary routes of the root's Gateways.
         let flattened = super::delegation::flatten(config, &mut self.delegated);
         let config = flattened.as_ref().map_or(config, |f| &f.config);
+        // ListenerSets become listeners of their Gateways: from here on,
+        // `config` is the resolved one (delegated routes included).
+        let (resolved, sets) = super::listener_sets::resolve(config);
+        let config: &Config = &resolved;
         let ours: Vec<&Gateway> = config
             .gateways
             .iter()
@@ -437,6 +441,7 @@ impl Compiler {
             &problems,
             &routed.attached,
             routed.route_status.clone(),
+            &sets,
         );
         if let Some(f) = &flattened {
             status.http_routes = f.patch_status(&status.http_routes);

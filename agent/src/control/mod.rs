@@ -8,6 +8,7 @@ mod delegation;
 mod frontend_tls;
 mod isolation;
 mod kind_conflict;
+mod listener_sets;
 pub mod policy;
 pub mod refgrant;
 mod route_status;

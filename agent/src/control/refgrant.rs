@@ -40,6 +40,10 @@ impl Kind<'static> {
         group: GATEWAY_GROUP,
         kind: "Gateway",
     };
+    pub const LISTENER_SET: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "ListenerSet",
+    };
     pub const SECRET: Kind<'static> = Kind {
         group: "",
         kind: "Secret",

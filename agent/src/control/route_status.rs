@@ -66,6 +66,8 @@ impl RouteOutcome {
             .enumerate()
             .filter(|(i, _)| *i < 32 && ours & (1 << i) != 0)
             .map(|(i, p)| {
+                // As written: the ListenerSet, not the Gateway it resolved to.
+                let parent = p.listener_set.as_ref().unwrap_or(&p.gateway);
                 let accepted = match refused.iter().find(|(at, _, _)| usize::from(*at) == i) {
                     None => cond("Accepted", true, "Accepted", ""),
                     Some((_, reason, message)) => cond("Accepted", false, reason, message),
@@ -73,9 +75,13 @@ impl RouteOutcome {
                 RouteParentStatus {
                     parent_ref: ParentRefStatus {
                         group: super::refgrant::GATEWAY_GROUP,
-                        kind: "Gateway",
-                        namespace: p.gateway.namespace.clone(),
-                        name: p.gateway.name.clone(),
+                        kind: if p.listener_set.is_some() {
+                            "ListenerSet"
+                        } else {
+                            "Gateway"
+                        },
+                        namespace: parent.namespace.clone(),
+                        name: parent.name.clone(),
                         section_name: p.section_name.clone(),
                         port: p.port,
                     },

@@ -30,6 +30,8 @@ use crate::{
 pub struct Status {
     pub gateway_classes: Vec<ClassStatus>,
     pub gateways: Vec<GatewayStatus>,
+    /// ListenerSets whose parent Gateway is ours.
+    pub listener_sets: Vec<ListenerSetStatus>,
     /// Sorted by namespace/name; compact and shared with the previous
     /// status where routes did not change (see [`RouteStatuses`]).
     #[serde(rename = "httpRoutes")]
@@ -52,7 +54,7 @@ pub struct Condition {
     pub observed_generation: Option<i64>,
 }
 
-fn cond(
+pub(super) fn cond(
     kind: &'static str,
     ok: bool,
     reason: &'static str,
@@ -82,6 +84,23 @@ pub struct GatewayStatus {
     /// Addresses the Gateway is reachable on (its `spec.addresses`, which the
     /// agent binds or steers); empty for a Gateway on every local address.
     pub addresses: Vec<GatewayStatusAddress>,
+    pub conditions: Vec<Condition>,
+    /// The Gateway's own listeners (a ListenerSet's are in its status).
+    pub listeners: Vec<ListenerStatus>,
+    /// ListenerSets attached: admitted with at least one accepted listener.
+    /// `None` for a Gateway that admits none (`allowedListeners` unset), so
+    /// nothing is written where a Gateway API older than v1.5 has no field.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attached_listener_sets: Option<u32>,
+}
+
+/// Status of a ListenerSet: `Accepted` and `Programmed`, and its listeners
+/// by their names in the set.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ListenerSetStatus {
+    pub namespace: String,
+    pub name: String,
     pub conditions: Vec<Condition>,
     pub listeners: Vec<ListenerStatus>,
 }
@@ -252,6 +271,9 @@ fn attach_failure(
 /// Computes the status. `ours`: Gateways of our classes; `served`: those
 /// that got a shard; `attached`: per Gateway of `ours` and listener, the
 /// routes attached to it; `http_routes`: the routes' status (sorted).
+/// `sets`: what resolving did with each ListenerSet (their status is
+/// computed with their Gateway's, whose listeners they became).
+#[allow(clippy::too_many_arguments)] // One caller (the compile), distinct inputs.
 pub(super) fn compute(
     config: &Config,
     controller: &'static str,
@@ -260,6 +282,7 @@ pub(super) fn compute(
     problems: &ListenerProblems,
     attached: &[Vec<u32>],
     http_routes: RouteStatuses,
+    sets: &[super::listener_sets::SetOutcome],
 ) -> Status {
     let mut status = Status::default();
     for class in config
@@ -284,6 +307,8 @@ pub(super) fn compute(
     for (gi, gateway) in ours.iter().enumerate() {
         let is_served = served.contains(&gateway.id);
         let mut listeners = Vec::new();
+        // Statuses of ListenerSets' listeners, by set, named as in the set.
+        let mut of_sets: HashMap<&ObjectRef, Vec<ListenerStatus>> = HashMap::new();
         for (li, l) in gateway.listeners.iter().enumerate() {
             // Attached: selected by a parentRef, allowed, hostnames intersect —
             // exactly the routes whose Accepted condition is True for it
@@ -416,16 +441,43 @@ pub(super) fn compute(
                 ),
                 _ => cond("Conflicted", false, "NoConflicts", ""),
             });
-            set_generation(&mut conditions, gateway.generation);
-            listeners.push(ListenerStatus {
-                name: l.name.clone(),
+            let listener_status = ListenerStatus {
+                name: l.section().to_owned(),
                 supported_kinds,
                 attached_routes: attached,
                 conditions,
-            });
+            };
+            match &l.origin {
+                Some(o) => {
+                    let generation = sets
+                        .iter()
+                        .find(|s| s.set == o.set)
+                        .and_then(|s| s.generation);
+                    let mut st = listener_status;
+                    set_generation(&mut st.conditions, generation);
+                    of_sets.entry(&o.set).or_default().push(st);
+                }
+                None => {
+                    let mut st = listener_status;
+                    set_generation(&mut st.conditions, gateway.generation);
+                    listeners.push(st);
+                }
+            }
+        }
+        let mut attached_listener_sets = 0;
+        let parent_refused = invalid_parameters(config, gateway).is_some();
+        for set in sets.iter().filter(|s| s.parent == gateway.id) {
+            let st =
+                super::listener_sets::set_status(set, of_sets.remove(&set.set), parent_refused);
+            if st.conditions[0].status == "True" {
+                attached_listener_sets += 1;
+            }
+            status.listener_sets.push(st);
         }
         let any_programmed = gateway.listeners.iter().any(|l| {
-            l.protocol.is_served() && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
+            l.origin.is_none()
+                && l.protocol.is_served()
+                && !problems.contains_key(&(gateway.id.clone(), l.name.clone()))
         });
         let addresses = gateway_addresses(gateway, node_addresses);
         let mut conditions = vec![
@@ -466,6 +518,9 @@ pub(super) fn compute(
                 .collect(),
             conditions,
             listeners,
+            attached_listener_sets: (gateway.allowed_listeners
+                != crate::config::AllowedListeners::None)
+                .then_some(attached_listener_sets),
         });
     }
 
@@ -631,7 +686,7 @@ fn unresolved_ref(route: &HttpRoute, resolver: &BackendResolver<'_>) -> Option<U
     None
 }
 
-fn set_generation(conditions: &mut [Condition], generation: Option<i64>) {
+pub(super) fn set_generation(conditions: &mut [Condition], generation: Option<i64>) {
     for c in conditions {
         c.observed_generation = generation;
     }

@@ -49,8 +49,13 @@ impl<'a> Certificates<'a> {
                     r.object, r.group, r.kind
                 )))
             } else if !self.grants.allows(
-                Kind::GATEWAY,
-                &gateway.id.namespace,
+                // A ListenerSet's certificates need a grant from the set.
+                if listener.origin.is_some() {
+                    Kind::LISTENER_SET
+                } else {
+                    Kind::GATEWAY
+                },
+                listener.namespace(gateway),
                 Kind::SECRET,
                 &r.object,
             ) {

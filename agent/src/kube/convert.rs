@@ -43,6 +43,9 @@ pub struct Converted {
     /// Invalid HTTPRoutes and GRPCRoutes and the Gateways their parentRefs
     /// name, so their status can say why they are not attached.
     pub invalid_route_parents: Vec<(ObjectKey, Vec<ObjectRef>)>,
+    /// Invalid ListenerSets and the Gateway their parentRef names, so their
+    /// status can say why they are not accepted.
+    pub invalid_listener_sets: Vec<(ObjectRef, ObjectRef)>,
     /// Invalid BackendTLSPolicies and the Services their targetRefs name,
     /// so their status can say why they are not accepted.
     pub invalid_policy_targets: Vec<(ObjectRef, Vec<ObjectRef>)>,
@@ -210,6 +213,11 @@ impl Converter {
                         out.invalid_route_parents
                             .push((key.clone(), raw_parents(obj)));
                     }
+                    if kind == Kind::ListenerSet {
+                        if let Some(parent) = raw_listener_set_parent(obj) {
+                            out.invalid_listener_sets.push((key.1.clone(), parent));
+                        }
+                    }
                     if kind == Kind::BackendTlsPolicy {
                         out.invalid_policy_targets
                             .push((key.1.clone(), raw_service_targets(obj)));
@@ -254,6 +262,7 @@ impl Converter {
             add(Kind::Gateway, g, &mut out);
         }
         for kind in [
+            Kind::ListenerSet,
             Kind::HttpRoute,
             Kind::GrpcRoute,
             Kind::TlsRoute,
@@ -353,6 +362,21 @@ fn raw_parents(obj: &DynamicObject) -> Vec<ObjectRef> {
             Some(ObjectRef::new(pns, name))
         })
         .collect()
+}
+
+/// The Gateway a ListenerSet's raw `spec.parentRef` names (namespace
+/// defaulting to the set's); `None` for a parent of another kind.
+fn raw_listener_set_parent(obj: &DynamicObject) -> Option<ObjectRef> {
+    let p = obj.data.get("spec")?.get("parentRef")?;
+    if p.get("kind")
+        .and_then(|k| k.as_str())
+        .is_some_and(|k| k != "Gateway")
+    {
+        return None;
+    }
+    let ns = obj.metadata.namespace.as_deref().unwrap_or_default();
+    let pns = p.get("namespace").and_then(|n| n.as_str()).unwrap_or(ns);
+    Some(ObjectRef::new(pns, p.get("name")?.as_str()?))
 }
 
 /// A SluicePolicy that did not validate, as an invalid policy: no sections,

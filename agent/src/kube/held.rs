@@ -50,7 +50,8 @@ use super::{
 use crate::{
     admin::SourceHealth,
     config::{
-        policy::references, BackendTlsPolicy, Gateway, ObjectRef, SluicePolicy, SECRET_TYPE_TLS,
+        policy::references, BackendTlsPolicy, Gateway, ListenerSet, ObjectRef, SluicePolicy,
+        SECRET_TYPE_TLS,
     },
 };
 
@@ -313,6 +314,19 @@ pub fn referenced_secrets<'a>(
                 .flat_map(|t| &t.certificate_refs)
                 .chain(&g.backend_client_certificate)
         })
+        .filter(|r| r.group.is_empty() && r.kind == "Secret")
+        .map(|r| r.object.clone())
+        .collect()
+}
+
+/// The Secrets named by the listeners' `certificateRefs` of ListenerSets
+/// (whether or not their Gateway admits them: that is decided later, and a
+/// set admitted by a change must find its certificate held).
+pub fn referenced_listener_set_secrets(sets: &[ListenerSet]) -> BTreeSet<ObjectRef> {
+    sets.iter()
+        .flat_map(|s| &s.listeners)
+        .filter_map(|l| l.tls.as_ref())
+        .flat_map(|t| &t.certificate_refs)
         .filter(|r| r.group.is_empty() && r.kind == "Secret")
         .map(|r| r.object.clone())
         .collect()

@@ -310,7 +310,10 @@ async fn sync_loop(
         // new BackendTLSPolicy with its CA and a new SluicePolicy with its
         // keys (a policy whose Secret is missing fails closed meanwhile).
         let gateways = || converted.config.gateways.iter().chain(&converted.elsewhere);
-        let secrets = held::referenced_secrets(gateways());
+        let mut secrets = held::referenced_secrets(gateways());
+        secrets.extend(held::referenced_listener_set_secrets(
+            &converted.config.listener_sets,
+        ));
         let policy_secrets = held::referenced_policy_secrets(&converted.config.policies);
         let config_maps = held::referenced_config_maps(
             gateways(),

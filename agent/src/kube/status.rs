@@ -21,8 +21,9 @@ use crate::{
     config::ObjectRef,
     control::{
         status::{
-            ClassStatus, Condition, GatewayStatus, ParentRefStatus, PolicyAncestorStatus,
-            PolicyStatus, RouteParentStatus, RouteStatus, Status,
+            ClassStatus, Condition, GatewayStatus, ListenerSetStatus, ListenerStatus,
+            ParentRefStatus, PolicyAncestorStatus, PolicyStatus, RouteParentStatus, RouteStatus,
+            Status,
         },
         CONTROLLER_NAME,
     },
@@ -36,6 +37,8 @@ pub const FIELD_MANAGER: &str = "sluice.dev/gateway-controller";
 pub enum ObjectStatus {
     GatewayClass(ClassStatus),
     Gateway(GatewayStatus),
+    /// A ListenerSet whose parent Gateway is ours.
+    ListenerSet(ListenerSetStatus),
     /// An HTTPRoute, GRPCRoute, TLSRoute or TCPRoute (`RouteStatus::kind`); only the parents
     /// this agent serves.
     HttpRoute(RouteStatus),
@@ -64,6 +67,9 @@ impl ObjectStatus {
         match self {
             ObjectStatus::GatewayClass(c) => (Kind::GatewayClass, ObjectRef::new("", &c.name)),
             ObjectStatus::Gateway(g) => (Kind::Gateway, ObjectRef::new(&g.namespace, &g.name)),
+            ObjectStatus::ListenerSet(s) => {
+                (Kind::ListenerSet, ObjectRef::new(&s.namespace, &s.name))
+            }
             ObjectStatus::HttpRoute(r) => (
                 Kind::of_route_kind(r.kind),
                 ObjectRef::new(&r.namespace, &r.name),
@@ -106,6 +112,13 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
         .cloned()
         .map(ObjectStatus::GatewayClass)
         .chain(status.gateways.iter().cloned().map(ObjectStatus::Gateway))
+        .chain(
+            status
+                .listener_sets
+                .iter()
+                .cloned()
+                .map(ObjectStatus::ListenerSet),
+        )
         .chain(status.http_routes.iter().map(ObjectStatus::HttpRoute))
         .chain(
             status
@@ -134,6 +147,25 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
                 addresses: vec![],
                 conditions: vec![
                     condition("Accepted", "Invalid", messages(Kind::Gateway, id)),
+                    condition("Programmed", "Invalid", "not accepted".into()),
+                ],
+                listeners: vec![],
+                attached_listener_sets: None,
+            }));
+        }
+    }
+    // An invalid ListenerSet of a Gateway of ours: Accepted=False (Invalid).
+    for (id, parent) in &converted.invalid_listener_sets {
+        if status
+            .gateways
+            .iter()
+            .any(|g| g.namespace == parent.namespace && g.name == parent.name)
+        {
+            out.push(ObjectStatus::ListenerSet(ListenerSetStatus {
+                namespace: id.namespace.clone(),
+                name: id.name.clone(),
+                conditions: vec![
+                    condition("Accepted", "Invalid", messages(Kind::ListenerSet, id)),
                     condition("Programmed", "Invalid", "not accepted".into()),
                 ],
                 listeners: vec![],
@@ -248,6 +280,9 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
             ObjectStatus::GatewayClass(c) => vec![&mut c.conditions],
             ObjectStatus::Gateway(g) => std::iter::once(&mut g.conditions)
                 .chain(g.listeners.iter_mut().map(|l| &mut l.conditions))
+                .collect(),
+            ObjectStatus::ListenerSet(s) => std::iter::once(&mut s.conditions)
+                .chain(s.listeners.iter_mut().map(|l| &mut l.conditions))
                 .collect(),
             ObjectStatus::HttpRoute(r) => r.parents.iter_mut().map(|p| &mut p.conditions).collect(),
             ObjectStatus::BackendTlsPolicy(p) | ObjectStatus::SluicePolicy(p) => {
@@ -435,31 +470,22 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
             json!({"conditions": conditions_json(&c.conditions, current.get("conditions"), now)})
         }
         ObjectStatus::Gateway(g) => {
-            let listeners: Vec<Value> = g
-                .listeners
-                .iter()
-                .map(|l| {
-                    let old = current
-                        .get("listeners")
-                        .and_then(|ls| ls.as_array())
-                        .and_then(|ls| ls.iter().find(|x| x.get("name").and_then(|n| n.as_str()) == Some(&l.name)));
-                    json!({
-                        "name": l.name,
-                        "attachedRoutes": l.attached_routes,
-                        "supportedKinds": l.supported_kinds,
-                        "conditions": conditions_json(&l.conditions, old.and_then(|o| o.get("conditions")), now),
-                    })
-                })
-                .collect();
             let mut out = json!({
                 "conditions": conditions_json(&g.conditions, current.get("conditions"), now),
-                "listeners": listeners,
+                "listeners": listeners_json(&g.listeners, current, now),
             });
             if !g.addresses.is_empty() {
                 out["addresses"] = json!(g.addresses);
             }
+            if let Some(n) = g.attached_listener_sets {
+                out["attachedListenerSets"] = n.into();
+            }
             out
         }
+        ObjectStatus::ListenerSet(s) => json!({
+            "conditions": conditions_json(&s.conditions, current.get("conditions"), now),
+            "listeners": listeners_json(&s.listeners, current, now),
+        }),
         ObjectStatus::HttpRoute(r) => {
             let old_parents = current.get("parents").and_then(|p| p.as_array());
             // `parents` is an atomic list: applying it replaces every entry,
@@ -523,6 +549,28 @@ fn render(status: &ObjectStatus, current: &Value, now: &str) -> Value {
     }
 }
 
+/// `status.listeners` of a Gateway or a ListenerSet.
+fn listeners_json(listeners: &[ListenerStatus], current: &Value, now: &str) -> Vec<Value> {
+    listeners
+        .iter()
+        .map(|l| {
+            let old = current
+                .get("listeners")
+                .and_then(|ls| ls.as_array())
+                .and_then(|ls| {
+                    ls.iter()
+                        .find(|x| x.get("name").and_then(|n| n.as_str()) == Some(&l.name))
+                });
+            json!({
+                "name": l.name,
+                "attachedRoutes": l.attached_routes,
+                "supportedKinds": l.supported_kinds,
+                "conditions": conditions_json(&l.conditions, old.and_then(|o| o.get("conditions")), now),
+            })
+        })
+        .collect()
+}
+
 /// `status.ancestors` holds at most this many entries (CRD `maxItems`).
 const MAX_POLICY_ANCESTORS: usize = 16;
 
@@ -575,7 +623,6 @@ fn strip_times(v: &Value) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::status::ListenerStatus;
 
     fn cond(kind: &'static str, ok: bool) -> Condition {
         Condition {
@@ -602,7 +649,40 @@ mod tests {
                 attached_routes: 3,
                 conditions: vec![],
             }],
+            attached_listener_sets: Some(2),
         })
+    }
+
+    #[test]
+    fn listener_set_status_has_conditions_and_listeners() {
+        let set = ObjectStatus::ListenerSet(ListenerSetStatus {
+            namespace: "team".into(),
+            name: "ls".into(),
+            conditions: vec![cond("Accepted", true)],
+            listeners: vec![ListenerStatus {
+                name: "web".into(),
+                supported_kinds: vec![],
+                attached_routes: 1,
+                conditions: vec![cond("Programmed", true)],
+            }],
+        });
+        assert_eq!(
+            set.target(),
+            (Kind::ListenerSet, ObjectRef::new("team", "ls"))
+        );
+        let out = render(&set, &Value::Null, "T1");
+        assert_eq!(out["conditions"][0]["type"], "Accepted");
+        assert_eq!(out["listeners"][0]["name"], "web");
+        assert_eq!(out["listeners"][0]["attachedRoutes"], 1);
+        assert_eq!(
+            out["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "T1"
+        );
+        let again = render(&set, &out, "T2");
+        assert_eq!(
+            again["listeners"][0]["conditions"][0]["lastTransitionTime"],
+            "T1"
+        );
     }
 
     #[test]
@@ -612,6 +692,7 @@ mod tests {
         assert_eq!(first["conditions"][0]["observedGeneration"], 2);
         assert_eq!(first["listeners"][0]["attachedRoutes"], 3);
         assert_eq!(first["addresses"][0]["type"], "IPAddress");
+        assert_eq!(first["attachedListenerSets"], 2);
         let again = render(&gw(true), &first, "T2");
         assert_eq!(again["conditions"][0]["lastTransitionTime"], "T1");
         assert_eq!(strip_times(&again), strip_times(&project(&first, &again)));
@@ -779,7 +860,38 @@ spec:
         converted
             .generations
             .insert((Kind::BackendTlsPolicy, ObjectRef::new("a", "bad-tls")), 7);
+        for (set, parent) in [("bad-set", "gw"), ("other-set", "not-ours")] {
+            converted.errors.push((
+                (Kind::ListenerSet, ObjectRef::new("t", set)),
+                vec![error(&format!("ListenerSet t/{set}"))],
+            ));
+            converted
+                .invalid_listener_sets
+                .push((ObjectRef::new("t", set), ObjectRef::new("a", parent)));
+        }
+        converted
+            .generations
+            .insert((Kind::ListenerSet, ObjectRef::new("t", "bad-set")), 2);
         let out = objects(&status, &converted);
+        let sets: Vec<&ListenerSetStatus> = out
+            .iter()
+            .filter_map(|o| match o {
+                ObjectStatus::ListenerSet(s) => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            sets.len(),
+            1,
+            "only the set whose Gateway is ours: {sets:?}"
+        );
+        let c = &sets[0].conditions[0];
+        assert_eq!(
+            (sets[0].name.as_str(), c.kind, c.status, c.reason),
+            ("bad-set", "Accepted", "False", "Invalid")
+        );
+        assert!(c.message.contains("ListenerSet t/bad-set"), "{}", c.message);
+        assert_eq!(c.observed_generation, Some(2));
         let policies: Vec<&PolicyStatus> = out
             .iter()
             .filter_map(|o| match o {

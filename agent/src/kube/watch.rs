@@ -43,6 +43,8 @@ pub const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
 pub enum Kind {
     GatewayClass,
     Gateway,
+    /// `gateway.networking.k8s.io/v1` ListenerSet (optional: Gateway API v1.5+).
+    ListenerSet,
     HttpRoute,
     GrpcRoute,
     TlsRoute,
@@ -70,9 +72,10 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 14] = [
+    pub const ALL: [Kind; 15] = [
         Kind::GatewayClass,
         Kind::Gateway,
+        Kind::ListenerSet,
         Kind::HttpRoute,
         Kind::GrpcRoute,
         Kind::TlsRoute,
@@ -92,6 +95,7 @@ impl Kind {
         let (group, version, kind, plural) = match self {
             Kind::GatewayClass => (GATEWAY_GROUP, "v1", "GatewayClass", "gatewayclasses"),
             Kind::Gateway => (GATEWAY_GROUP, "v1", "Gateway", "gateways"),
+            Kind::ListenerSet => (GATEWAY_GROUP, "v1", "ListenerSet", "listenersets"),
             Kind::HttpRoute => (GATEWAY_GROUP, "v1", "HTTPRoute", "httproutes"),
             Kind::GrpcRoute => (GATEWAY_GROUP, "v1", "GRPCRoute", "grpcroutes"),
             Kind::TlsRoute => (GATEWAY_GROUP, "v1", "TLSRoute", "tlsroutes"),
@@ -131,6 +135,7 @@ impl Kind {
         matches!(
             self,
             Kind::GrpcRoute
+                | Kind::ListenerSet
                 | Kind::TlsRoute
                 | Kind::TcpRoute
                 | Kind::BackendTlsPolicy

@@ -409,6 +409,9 @@ impl VaultSecrets {
     pub async fn augment(&self, cfg: &mut Config) -> Vec<String> {
         let mut wanted: BTreeSet<ObjectRef> = crate::kube::held::referenced_secrets(&cfg.gateways);
         wanted.extend(crate::kube::held::referenced_policy_secrets(&cfg.policies));
+        wanted.extend(crate::kube::held::referenced_listener_set_secrets(
+            &cfg.listener_sets,
+        ));
         for s in &cfg.secrets {
             wanted.remove(&s.id);
         }

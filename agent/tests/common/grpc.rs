@@ -164,9 +164,14 @@ impl TestCert {
 
     /// A `kubernetes.io/tls` Secret `infra/name` with the certificate.
     pub fn secret_yaml(&self, name: &str) -> String {
+        self.secret_yaml_in("infra", name)
+    }
+
+    /// A `kubernetes.io/tls` Secret `namespace/name` with the certificate.
+    pub fn secret_yaml_in(&self, namespace: &str, name: &str) -> String {
         let indent = |t: &str| -> String { t.lines().map(|l| format!("    {l}\n")).collect() };
         format!(
-            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: infra}}\n\
+            "---\napiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {namespace}}}\n\
              type: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}  tls.key: |\n{}",
             indent(&self.leaf.pem()),
             indent(&self.leaf_key.serialize_pem())

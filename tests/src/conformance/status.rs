@@ -29,6 +29,17 @@ pub struct AgentStatus {
     pub http_routes: Vec<RouteSt>,
     /// Policies (BackendTLSPolicy) with their `status.ancestors`.
     pub policies: Vec<PolicySt>,
+    /// ListenerSets whose parent Gateway is the agent's.
+    pub listener_sets: Vec<ListenerSetSt>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase", default)]
+pub struct ListenerSetSt {
+    pub namespace: String,
+    pub name: String,
+    pub conditions: Vec<Cond>,
+    pub listeners: Vec<ListenerSt>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -56,6 +67,8 @@ pub struct GatewaySt {
     pub listeners: Vec<ListenerSt>,
     /// `status.addresses`; the agent does not report it (yet).
     pub addresses: Vec<AddressSt>,
+    /// `status.attachedListenerSets` (unset reads as 0, as upstream's).
+    pub attached_listener_sets: Option<i64>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -211,6 +224,15 @@ pub enum Check {
     GatewayConditions(Key, Vec<CondExp>),
     GatewayLatest(Key),
     GatewayZeroRoutes(Key),
+    /// `attached_listener_sets`: `status.attachedListenerSets` (unset = 0).
+    GatewayAttachedListenerSets(Key, i64),
+    /// `listener_sets[].conditions`: the ListenerSet's conditions (at the
+    /// latest generation).
+    ListenerSetConditions(Key, Vec<CondExp>),
+    /// `listener_sets[].listener_conditions`: one listener of the set.
+    ListenerSetListenerConditions(Key, String, Vec<CondExp>),
+    /// `listener_sets[].listeners`: the `listeners` rule on the set's.
+    ListenerSetListeners(Key, Vec<ListenerExp>),
     /// `policies[]`: the policy's `status.ancestors`.
     Policy {
         kind: String,
@@ -426,6 +448,16 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
                             "generation_changed" if gv.as_bool() == Some(true) => {
                                 generation_changed(&format!("gateway {gw}"))
                             }
+                            "attached_listener_sets" if gv.as_i64().is_some() => Assertion {
+                                label: label(format!(
+                                    "has {} attached ListenerSets",
+                                    gv.as_i64().unwrap_or(0)
+                                )),
+                                check: Check::GatewayAttachedListenerSets(
+                                    gw.clone(),
+                                    gv.as_i64().unwrap_or(0),
+                                ),
+                            },
                             other => Assertion {
                                 label: label(other.to_owned()),
                                 check: Check::Unsupported(format!(
@@ -435,6 +467,11 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
                         };
                         out.push(a);
                     }
+                }
+            }
+            "listener_sets" => {
+                for ls in items {
+                    listener_set_assertions(ls, &mut out);
                 }
             }
             "policies" => {
@@ -476,6 +513,74 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
         }
     }
     out
+}
+
+/// The assertions of one `listener_sets[]` entry: `listener_set` (the key),
+/// `conditions`, `listener_conditions` and `listeners`, as for a Gateway.
+fn listener_set_assertions(ls: &Value, out: &mut Vec<Assertion>) {
+    let key: Key = match ls.get("listener_set").map(|v| de(v, "listener_set")) {
+        Some(Ok(k)) => k,
+        other => {
+            out.push(Assertion {
+                label: "ListenerSet ?".into(),
+                check: Check::Unsupported(format!("{:?}", other.map(|e| e.err()))),
+            });
+            return;
+        }
+    };
+    let label = |what: String| format!("ListenerSet {key} {what}");
+    let Some(m) = ls.as_mapping() else { return };
+    for (k, v) in m {
+        let k = k.as_str().unwrap_or("");
+        match k {
+            "listener_set" => {}
+            "conditions" => out.push(match conds(Some(v)) {
+                Ok(c) => Assertion {
+                    label: label(format!("conditions: {}", list(&c))),
+                    check: Check::ListenerSetConditions(key.clone(), c),
+                },
+                Err(e) => Assertion {
+                    label: label("conditions".into()),
+                    check: Check::Unsupported(e),
+                },
+            }),
+            "listener_conditions" => {
+                for (ln, lc) in v.as_mapping().cloned().unwrap_or_default() {
+                    let ln = ln.as_str().unwrap_or("").to_owned();
+                    out.push(match conds(Some(&lc)) {
+                        Ok(c) => Assertion {
+                            label: label(format!("listener {ln}: {}", list(&c))),
+                            check: Check::ListenerSetListenerConditions(key.clone(), ln, c),
+                        },
+                        Err(e) => Assertion {
+                            label: label(format!("listener {ln}")),
+                            check: Check::Unsupported(e),
+                        },
+                    });
+                }
+            }
+            "listeners" => out.push(match de::<Vec<ListenerExp>>(v, "listeners") {
+                Ok(l) => Assertion {
+                    label: label(format!(
+                        "listeners [{}]",
+                        l.iter()
+                            .map(|l| l.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )),
+                    check: Check::ListenerSetListeners(key.clone(), l),
+                },
+                Err(e) => Assertion {
+                    label: label("listeners".into()),
+                    check: Check::Unsupported(e),
+                },
+            }),
+            other => out.push(Assertion {
+                label: label(other.to_owned()),
+                check: Check::Unsupported(format!("`{other}` is not evaluated by the runner")),
+            }),
+        }
+    }
 }
 
 fn generation_changed(what: &str) -> Assertion {
@@ -628,6 +733,18 @@ fn route_parents<'a>(s: &'a AgentStatus, key: &Key) -> &'a [ParentSt] {
         .find(|r| r.namespace == key.namespace && r.name == key.name)
         .map(|r| r.parents.as_slice())
         .unwrap_or(&[])
+}
+
+fn listener_set<'a>(s: &'a AgentStatus, key: &Key) -> Result<&'a ListenerSetSt, String> {
+    s.listener_sets
+        .iter()
+        .find(|l| l.namespace == key.namespace && l.name == key.name)
+        .ok_or_else(|| format!("ListenerSet {key} is not in the agent's /status"))
+}
+
+fn listener_set_latest(l: &ListenerSetSt, objs: &Objects<'_>, key: &Key) -> Result<(), String> {
+    at_generation(&l.conditions, objs.generation("ListenerSet", key))
+        .map_err(|e| format!("ListenerSet {key}: {e}"))
 }
 
 fn gateway_latest(g: &GatewaySt, objs: &Objects<'_>, key: &Key) -> Result<(), String> {
@@ -863,6 +980,35 @@ pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
             ancestor,
             conditions,
         } => r2e(policy_matches(s, objs, kind, policy, ancestor, conditions)),
+        Check::GatewayAttachedListenerSets(key, n) => r2e(gateway(s, key).and_then(|g| {
+            let got = g.attached_listener_sets.unwrap_or(0);
+            if got == *n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Gateway {key}: attachedListenerSets {got}, expected {n}"
+                ))
+            }
+        })),
+        Check::ListenerSetConditions(key, exp) => r2e(listener_set(s, key).and_then(|l| {
+            listener_set_latest(l, objs, key)?;
+            conditions_match(exp, &l.conditions).map_err(|e| format!("ListenerSet {key}: {e}"))
+        })),
+        Check::ListenerSetListenerConditions(key, name, exp) => {
+            r2e(listener_set(s, key).and_then(|ls| {
+                let l = ls
+                    .listeners
+                    .iter()
+                    .find(|l| l.name == *name)
+                    .ok_or_else(|| format!("ListenerSet {key}: no listener {name} in status"))?;
+                conditions_match(exp, &l.conditions)
+                    .map_err(|e| format!("ListenerSet {key} listener {name}: {e}"))
+            }))
+        }
+        Check::ListenerSetListeners(key, exp) => r2e(listener_set(s, key).and_then(|l| {
+            listener_set_latest(l, objs, key)?;
+            listeners_match(exp, &l.listeners).map_err(|e| format!("ListenerSet {key}: {e}"))
+        })),
     }
 }
 
@@ -1066,6 +1212,10 @@ metadata: {name: r, namespace: app, generation: 3}
 apiVersion: gateway.networking.k8s.io/v1
 kind: HTTPRoute
 metadata: {name: lonely, namespace: infra, generation: 1}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: ListenerSet
+metadata: {name: ls, namespace: team, generation: 4}
 "#;
 
     fn docs() -> Vec<Value> {
@@ -1115,6 +1265,67 @@ metadata: {name: lonely, namespace: infra, generation: 1}
 
     fn fails(e: &Eval, needle: &str) -> bool {
         matches!(e, Eval::Fail(m) if m.contains(needle))
+    }
+
+    #[test]
+    fn listener_set_status_and_attached_count() {
+        let s = agent(
+            r#"{
+          "gateways": [{"namespace": "infra", "name": "gw", "attachedListenerSets": 1, "conditions": [], "listeners": []}],
+          "listenerSets": [{
+            "namespace": "team", "name": "ls",
+            "conditions": [
+              {"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 4},
+              {"type": "Programmed", "status": "True", "reason": "Programmed", "observedGeneration": 4}],
+            "listeners": [
+              {"name": "web", "attachedRoutes": 2, "supportedKinds": [{"group": "gateway.networking.k8s.io", "kind": "HTTPRoute"}],
+               "conditions": [{"type": "Accepted", "status": "True", "reason": "Accepted", "observedGeneration": 4}]},
+              {"name": "clash", "attachedRoutes": 0, "supportedKinds": [],
+               "conditions": [{"type": "Conflicted", "status": "True", "reason": "HostnameConflict", "observedGeneration": 4}]}]
+          }]}"#,
+        );
+        let ok = run(
+            r#"
+gateways:
+- gateway: {namespace: infra, name: gw}
+  attached_listener_sets: 1
+listener_sets:
+- listener_set: {namespace: team, name: ls}
+  conditions: [{type: Accepted, status: "True"}, {type: Programmed, status: "True", reason: Programmed}]
+  listener_conditions:
+    clash: [{type: Conflicted, status: "True", reason: HostnameConflict}]
+  listeners:
+  - {name: web, attachedRoutes: 2, supportedKinds: [{kind: HTTPRoute}], conditions: [{type: Accepted, status: "True"}]}
+  - {name: clash, attachedRoutes: 0, conditions: []}
+"#,
+            &s,
+        );
+        assert_eq!(ok, vec![Eval::Pass; 4], "{ok:?}");
+        let bad = run(
+            r#"
+gateways:
+- gateway: {namespace: infra, name: gw}
+  attached_listener_sets: 2
+listener_sets:
+- listener_set: {namespace: team, name: ls}
+  conditions: [{type: Accepted, status: "False", reason: NotAllowed}]
+  listener_conditions:
+    web: [{type: Conflicted, status: "True"}]
+  listeners:
+  - {name: web, attachedRoutes: 1}
+- listener_set: {namespace: team, name: missing}
+  conditions: [{type: Accepted, status: "True"}]
+"#,
+            &s,
+        );
+        assert!(
+            fails(&bad[0], "attachedListenerSets 1, expected 2"),
+            "{bad:?}"
+        );
+        assert!(fails(&bad[1], "ListenerSet team/ls"), "{bad:?}");
+        assert!(fails(&bad[2], "listener web"), "{bad:?}");
+        assert!(matches!(&bad[3], Eval::Fail(_)), "{bad:?}");
+        assert!(fails(&bad[4], "not in the agent's /status"), "{bad:?}");
     }
 
     #[test]
