@@ -107,7 +107,9 @@ pub struct Cli {
     pub node_name: Option<String>,
 
     /// Kubernetes: label selector of the Gateways this agent serves, e.g.
-    /// `sluice.dev/fleet=dmz`. Default: every Gateway of a Sluice GatewayClass.
+    /// `sluice.dev/fleet=dmz`, and of the IngressClasses whose Ingresses it
+    /// serves. Default: every Gateway of a Sluice GatewayClass (and every
+    /// Sluice IngressClass).
     #[arg(long, value_name = "LABELSELECTOR")]
     pub gateway_selector: Option<String>,
 

@@ -1802,6 +1802,29 @@ spec:
     )
     .await;
     assert_eq!(get("blog.example.com", "/").await.1["pod"], "web");
+
+    // A fleet's agent (--gateway-selector) serves Ingresses only of the
+    // IngressClasses its selector selects: none until the class is labelled.
+    let fleet_port = free_port();
+    let mut s = settings(&kube, "node-b", Some("sluice.dev/fleet=dmz"));
+    s.kubernetes.as_mut().unwrap().ingress = sluice::kube::ingress::IngressSettings {
+        http_port: fleet_port,
+        https_port: free_port(),
+        addresses: vec!["127.0.0.1".parse().unwrap()],
+    };
+    let fleet = build(s).await.unwrap();
+    wait_ready(&fleet).await;
+    // Given time to sync: the class's Ingresses are not served by this fleet.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(get_via(fleet_port, "blog.example.com", "/").await.0, 0);
+    kube.kubectl_ok(&["label", "ingressclass", "sluice", "sluice.dev/fleet=dmz"]);
+    eventually(
+        "the labelled class's Ingress is served by the fleet",
+        Duration::from_secs(20),
+        || async { get_via(fleet_port, "blog.example.com", "/").await.1["pod"] == "web" },
+    )
+    .await;
+    fleet.shutdown().await;
     app.shutdown().await;
 }
 

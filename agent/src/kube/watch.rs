@@ -221,8 +221,11 @@ impl Watches {
                 // Namespaced mode: only the watched Namespace's labels matter.
                 config = config.fields(&format!("metadata.name={ns}"));
             }
-            if let (Some(selector), Kind::Gateway) = (&settings.gateway_selector, kind) {
-                // The Gateways this agent (fleet) serves; others are not ours.
+            if let (Some(selector), Kind::Gateway | Kind::IngressClass) =
+                (&settings.gateway_selector, kind)
+            {
+                // The Gateways this agent (fleet) serves, and the IngressClasses
+                // whose Ingresses it serves; others are not ours.
                 config = config.labels(selector);
             }
             let trim: fn(&mut DynamicObject) = match kind {
