@@ -13,24 +13,33 @@ use super::status::Verdict;
 pub const CORE_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 /// Upstream GATEWAY-GRPC core features.
 pub const GRPC_CORE_FEATURES: &[&str] = &["Gateway", "GRPCRoute", "ReferenceGrant"];
+/// Upstream GATEWAY-TLS core features.
+pub const TLS_CORE_FEATURES: &[&str] = &["Gateway", "ReferenceGrant", "TLSRoute"];
+/// Upstream GATEWAY-TCP core features.
+pub const TCP_CORE_FEATURES: &[&str] = &["Gateway", "TCPRoute", "ReferenceGrant"];
 
-/// An upstream conformance profile. A test belongs to GATEWAY-GRPC when it
-/// needs the `GRPCRoute` feature, else to GATEWAY-HTTP (the Gateway and
-/// TLSRoute tests included, as before).
+/// An upstream conformance profile, chosen by the route kind a test needs:
+/// `GRPCRoute` → GATEWAY-GRPC, `HTTPRoute` → GATEWAY-HTTP, else `TLSRoute` →
+/// GATEWAY-TLS, `TCPRoute` → GATEWAY-TCP; Gateway-only tests are
+/// GATEWAY-HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Profile {
     Http,
     Grpc,
+    Tls,
+    Tcp,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 2] = [Profile::Http, Profile::Grpc];
+    pub const ALL: [Profile; 4] = [Profile::Http, Profile::Grpc, Profile::Tls, Profile::Tcp];
 
     /// Upstream's profile name.
     pub fn name(self) -> &'static str {
         match self {
             Profile::Http => "GATEWAY-HTTP",
             Profile::Grpc => "GATEWAY-GRPC",
+            Profile::Tls => "GATEWAY-TLS",
+            Profile::Tcp => "GATEWAY-TCP",
         }
     }
 
@@ -38,13 +47,22 @@ impl Profile {
         match self {
             Profile::Http => CORE_FEATURES,
             Profile::Grpc => GRPC_CORE_FEATURES,
+            Profile::Tls => TLS_CORE_FEATURES,
+            Profile::Tcp => TCP_CORE_FEATURES,
         }
     }
 
     /// The profile of a test needing `features`.
     pub fn of(features: &[String]) -> Profile {
-        if features.iter().any(|f| f == "GRPCRoute") {
+        let has = |k: &str| features.iter().any(|f| f == k);
+        if has("GRPCRoute") {
             Profile::Grpc
+        } else if has("HTTPRoute") {
+            Profile::Http
+        } else if has("TLSRoute") {
+            Profile::Tls
+        } else if has("TCPRoute") {
+            Profile::Tcp
         } else {
             Profile::Http
         }
@@ -763,5 +781,20 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("## GATEWAY-GRPC"), "{md}");
         assert!(md.contains("| n | n | extended | Skipped |"), "{md}");
+    }
+
+    #[test]
+    fn route_kinds_choose_the_profile() {
+        let of = |f: &[&str]| Profile::of(&f.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(of(&["Gateway", "TLSRoute"]), Profile::Tls);
+        assert_eq!(
+            of(&["Gateway", "TLSRoute", "TLSRouteModeTerminate"]),
+            Profile::Tls
+        );
+        assert_eq!(of(&["Gateway", "TCPRoute", "ReferenceGrant"]), Profile::Tcp);
+        // An HTTPRoute test naming TLSRoute (disallowed kind) stays HTTP.
+        assert_eq!(of(&["Gateway", "HTTPRoute", "TLSRoute"]), Profile::Http);
+        assert_eq!(of(&["Gateway"]), Profile::Http);
+        assert_eq!(Profile::Tcp.name(), "GATEWAY-TCP");
     }
 }

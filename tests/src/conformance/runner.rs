@@ -16,6 +16,7 @@ use super::{
     certs::SuiteCerts,
     client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::compare,
+    l4,
     manifests::{self, Prepared, GATEWAY_CLASS},
     report::{CaseResult, Profile, Report, StatusResult, TestResult, Traffic},
     stats,
@@ -69,6 +70,9 @@ struct Env {
     opts: Options,
     base: Vec<Value>,
     backends: BTreeMap<(String, String), Backend>,
+    /// Backends with more than one port (the TCP echo server's plain and TLS
+    /// ports), by (namespace, Service, container port).
+    container_ports: BTreeMap<(String, String, u16), u16>,
     work: PathBuf,
     /// The Secrets the suite creates in code; HTTPS cases trust their CAs.
     certs: Arc<SuiteCerts>,
@@ -117,6 +121,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     }
     let certs = Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?);
     let mut backends = BTreeMap::new();
+    let mut container_ports = BTreeMap::new();
     for (ns, name) in services {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -128,6 +133,36 @@ pub async fn run(opts: Options) -> Result<Report> {
         };
         // Backends whose Deployment serves TLS (echo-basic's TLS_* settings).
         let key = (ns.clone(), name.clone());
+        if l4::is_tcp_echo_backend(&all_docs, &key) {
+            // echo-basic's TCP server: plain on 3000, TLS on 8443 when the
+            // Deployment mounts a certificate.
+            let tls = l4::tcp_echo_tls(&all_docs, &key, &certs)
+                .with_context(|| format!("TCP echo backend {ns}/{name}"))?;
+            let identity = l4::Assertions {
+                namespace: ns.clone(),
+                service: name.clone(),
+                pod: id.pod.clone(),
+                tcpport: l4::PLAIN_PORT.to_string(),
+                tlsport: l4::TLS_PORT.to_string(),
+                ..Default::default()
+            };
+            container_ports.insert((ns.clone(), name.clone(), l4::PLAIN_PORT), port);
+            if let Some(tls) = tls {
+                let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                container_ports.insert(
+                    (ns.clone(), name.clone(), l4::TLS_PORT),
+                    tls_listener.local_addr()?.port(),
+                );
+                tokio::spawn(l4::serve_tcp_echo(
+                    tls_listener,
+                    identity.clone(),
+                    Some(tls),
+                ));
+            }
+            tokio::spawn(l4::serve_tcp_echo(listener, identity, None));
+            backends.insert((ns, name), Backend { port, log });
+            continue;
+        }
         match super::tls_backends::server_config(&all_docs, &key, &certs)
             .with_context(|| format!("TLS backend {ns}/{name}"))?
         {
@@ -147,6 +182,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         opts: opts.clone(),
         base,
         backends,
+        container_ports,
         work: work.clone(),
         certs,
     };
@@ -213,6 +249,14 @@ async fn run_test(env: &Env, t: &TestFile, claimed: &BTreeSet<String>) -> TestRe
         r.reason = format!("not runnable without a cluster: {}", t.reason);
         return r;
     }
+    if let Some(f) = t
+        .returns_if_claimed
+        .as_ref()
+        .filter(|f| claimed.contains(*f))
+    {
+        r.reason = format!("upstream returns without assertions when {f} is claimed");
+        return r;
+    }
     let missing: Vec<&String> = t
         .features
         .iter()
@@ -276,7 +320,8 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         .collect();
 
     manifests::set_initial_generations(&mut source);
-    let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+    let prepared =
+        manifests::prepare_with(&source, env.opts.port_offset, &ports, &env.container_ports)?;
     let mut agent = Agent::start(env, dir, &prepared, 0).await?;
     r.status
         .extend(check_status(env, &agent, &t.status, &prepared, "").await);
@@ -286,9 +331,10 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         r.traffic = Traffic::NoCases;
     }
     for (i, step) in t.steps.iter().enumerate() {
-        let applied = match (&step.delete, &step.patch) {
-            (Some(d), _) => manifests::delete(&mut source, d),
-            (_, Some(p)) => manifests::patch(&mut source, p),
+        let applied = match (&step.delete, &step.patch, &step.create) {
+            (Some(d), _, _) => manifests::delete(&mut source, d),
+            (_, Some(p), _) => manifests::patch(&mut source, p),
+            (_, _, Some(c)) => manifests::create(&mut source, c),
             _ => Ok(()),
         };
         let prefix = format!("step {}: ", i + 1);
@@ -304,7 +350,8 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
             }));
             continue;
         }
-        let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+        let prepared =
+            manifests::prepare_with(&source, env.opts.port_offset, &ports, &env.container_ports)?;
         match Agent::start(env, dir, &prepared, i + 1).await {
             Ok(mut a) => {
                 r.status
@@ -549,6 +596,30 @@ fn free_port() -> Result<SocketAddr> {
 }
 
 fn label(c: &Case) -> String {
+    let l4 = match (&c.tcp, &c.tls_rejected) {
+        (Some(t), _) => Some(format!(
+            "{}{} -> {}{}",
+            if t.tls { "TLS" } else { "TCP" },
+            t.sni
+                .as_deref()
+                .map(|s| format!(" SNI {s}"))
+                .unwrap_or_default(),
+            c.backend.as_deref().unwrap_or("?"),
+            if c.weights.is_empty() {
+                ""
+            } else {
+                " (weights)"
+            }
+        )),
+        (None, Some(r)) => Some(format!("TLS SNI {} rejected", r.sni)),
+        _ => None,
+    };
+    if let Some(base) = l4 {
+        return match &c.name {
+            Some(n) => format!("{n} ({base})"),
+            None => base,
+        };
+    }
     if let Some(g) = &c.grpc {
         let base = format!(
             "gRPC {}/{}{}",
@@ -722,6 +793,20 @@ async fn run_case(
     prepared: &Prepared,
     clients: &Clients,
 ) -> Result<(), String> {
+    if c.tcp.is_some() || c.tls_rejected.is_some() {
+        let out = outgoing(env, t, c, prepared)?;
+        let target = l4::Target {
+            dial: out.dial,
+            certs: &env.certs,
+            request_timeout: env.opts.request_timeout,
+            max_time: env.opts.max_time_to_consistency,
+        };
+        return match (&c.tcp, &c.tls_rejected) {
+            (Some(tcp), _) => l4::run_case(c, tcp, &target).await,
+            (None, Some(r)) => l4::run_rejection(r, &target).await,
+            _ => unreachable!("checked above"),
+        };
+    }
     if let Some(why) = unsupported(c) {
         return Err(why);
     }
