@@ -5,6 +5,7 @@
 pub mod cases;
 pub mod certs;
 pub mod client;
+pub mod cluster;
 pub mod compare;
 pub mod grpc;
 pub mod l4;

@@ -372,8 +372,10 @@ impl Report {
             out,
             "Result is upstream's: every request case and every status assertion must pass. \
              *requests* = request cases passed / total; *status* = status assertions passed / \
-             total, checked against the agent's admin `/status` (*unsupported*: cannot be \
-             evaluated without a cluster; they fail the test).\n"
+             total, checked against the agent's admin `/status`, or, for the tests that check \
+             `metadata.generation`, against the objects in a Kubernetes API server (kubelite) \
+             that the agent serves with `--kubernetes` (*unsupported*: cannot be evaluated \
+             without a cluster; they fail the test).\n"
         );
         for p in self.profiles() {
             self.profile_table(&mut out, p);

@@ -66,16 +66,18 @@ struct Backend {
     log: Arc<RequestLog>,
 }
 
-struct Env {
-    opts: Options,
+pub(super) struct Env {
+    pub(super) opts: Options,
     base: Vec<Value>,
     backends: BTreeMap<(String, String), Backend>,
     /// Backends with more than one port (the TCP echo server's plain and TLS
     /// ports), by (namespace, Service, container port).
-    container_ports: BTreeMap<(String, String, u16), u16>,
+    pub(super) container_ports: BTreeMap<(String, String, u16), u16>,
     work: PathBuf,
     /// The Secrets the suite creates in code; HTTPS cases trust their CAs.
-    certs: Arc<SuiteCerts>,
+    pub(super) certs: Arc<SuiteCerts>,
+    /// The API server of the tests that need one (started on first use).
+    cluster: tokio::sync::OnceCell<Result<Arc<super::cluster::Cluster>, String>>,
 }
 
 /// Runs the selected tests and returns the report.
@@ -185,6 +187,7 @@ pub async fn run(opts: Options) -> Result<Report> {
         container_ports,
         work: work.clone(),
         certs,
+        cluster: tokio::sync::OnceCell::new(),
     };
     let mut results = Vec::new();
     for t in &tests {
@@ -322,6 +325,21 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
     manifests::set_initial_generations(&mut source);
     let prepared =
         manifests::prepare_with(&source, env.opts.port_offset, &ports, &env.container_ports)?;
+    if super::cluster::needs_api_server(t) {
+        let cluster = env
+            .cluster
+            .get_or_init(|| async {
+                let upstream = env.opts.upstream_dir.clone();
+                eprintln!("starting kubelite for the tests that need an API server");
+                tokio::task::spawn_blocking(move || super::cluster::Cluster::start(&upstream))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("{e:#}")))
+                    .map(Arc::new)
+            })
+            .await;
+        return super::cluster::run_test(env, t, dir, r, cluster, source, &ports, prepared).await;
+    }
     let mut agent = Agent::start(env, dir, &prepared, 0).await?;
     r.status
         .extend(check_status(env, &agent, &t.status, &prepared, "").await);
@@ -381,7 +399,7 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
 }
 
 /// Status assertions that cannot be checked because the agent did not run.
-fn unchecked(status: &Value, prefix: &str, why: &str) -> Vec<StatusResult> {
+pub(super) fn unchecked(status: &Value, prefix: &str, why: &str) -> Vec<StatusResult> {
     st::assertions(status)
         .into_iter()
         .map(|a| StatusResult {
@@ -421,22 +439,45 @@ async fn check_status(
     prepared: &Prepared,
     prefix: &str,
 ) -> Vec<StatusResult> {
+    let clients = Clients::new(Duration::from_secs(2));
+    poll_status(env, status, prefix, None, || async {
+        fetch_status(&clients, agent.admin)
+            .await
+            .map(|s| (s, prepared.docs.clone()))
+    })
+    .await
+}
+
+/// Polls `fetch` (a status snapshot and the objects it is judged against)
+/// until every assertion of `status` holds or `--status-timeout` has passed.
+/// `before_step`: the API server's objects before the step, when there is one.
+pub(super) async fn poll_status<F, Fut>(
+    env: &Env,
+    status: &Value,
+    prefix: &str,
+    before_step: Option<&[Value]>,
+    mut fetch: F,
+) -> Vec<StatusResult>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(AgentStatus, Vec<Value>), String>>,
+{
     let assertions = st::assertions(status);
     if assertions.is_empty() {
         return Vec::new();
     }
-    let objs = Objects {
-        docs: &prepared.docs,
-    };
-    let clients = Clients::new(Duration::from_secs(2));
     let timeout = env.opts.status_timeout;
     let deadline = Instant::now() + timeout;
     let mut poll = Poll::new(assertions.len(), Duration::from_secs(1));
     let mut fetch_error: Option<String>;
     loop {
-        match fetch_status(&clients, agent.admin).await {
-            Ok(s) => {
+        match fetch().await {
+            Ok((s, docs)) => {
                 fetch_error = None;
+                let objs = Objects {
+                    docs: &docs,
+                    before_step,
+                };
                 let now = Instant::now();
                 for (i, a) in assertions.iter().enumerate() {
                     if poll.pending(i) {
@@ -472,7 +513,7 @@ async fn check_status(
 }
 
 /// One agent process for one config.
-struct Agent {
+pub(super) struct Agent {
     child: tokio::process::Child,
     admin: SocketAddr,
 }
@@ -494,12 +535,45 @@ impl Agent {
             secrets.push_str(&serde_yaml::to_string(&d)?);
         }
         std::fs::write(config.join("suite-secrets.yaml"), secrets)?;
+        let mut cmd = tokio::process::Command::new(&env.opts.agent_bin);
+        cmd.arg("--config-dir").arg(&config);
+        Self::spawn(env, dir, n, cmd, &config).await
+    }
+
+    /// The agent reading the Kubernetes API of `kubeconfig` (its own
+    /// status-writer Lease `lease`, so that it need not wait for the
+    /// previous test's agent's Lease to expire).
+    pub(super) async fn start_kube(
+        env: &Env,
+        dir: &Path,
+        n: usize,
+        kubeconfig: &Path,
+        lease: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = tokio::process::Command::new(&env.opts.agent_bin);
+        cmd.args([
+            "--kubernetes",
+            "--node-name",
+            "conformance",
+            "--lease-name",
+            lease,
+        ])
+        .env("KUBECONFIG", kubeconfig);
+        Self::spawn(env, dir, n, cmd, dir).await
+    }
+
+    async fn spawn(
+        env: &Env,
+        dir: &Path,
+        n: usize,
+        mut cmd: tokio::process::Command,
+        config: &Path,
+    ) -> Result<Self> {
         let admin = free_port()?;
         let log_path = dir.join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(&env.opts.agent_bin)
-            .arg("--config-dir")
-            .arg(&config)
+        let child = cmd
             .args(["--datapath", "userspace", "--admin-addr"])
             .arg(admin.to_string())
             .env("RUST_BACKTRACE", "0")
@@ -516,7 +590,7 @@ impl Agent {
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                anyhow::bail!("{}", agent_error(&text, &config, status));
+                anyhow::bail!("{}", agent_error(&text, config, status));
             }
             let probe = Outgoing {
                 dial: admin,
@@ -543,7 +617,7 @@ impl Agent {
     }
 
     /// SIGTERM by pid, then SIGKILL after 5 s.
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: signalling our own child process by its pid.
             unsafe {
@@ -595,7 +669,7 @@ fn free_port() -> Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-fn label(c: &Case) -> String {
+pub(super) fn label(c: &Case) -> String {
     let l4 = match (&c.tcp, &c.tls_rejected) {
         (Some(t), _) => Some(format!(
             "{}{} -> {}{}",
@@ -648,7 +722,7 @@ fn label(c: &Case) -> String {
     }
 }
 
-async fn run_cases(
+pub(super) async fn run_cases(
     env: &Env,
     t: &TestFile,
     cases: &[Case],
