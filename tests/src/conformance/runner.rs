@@ -78,7 +78,11 @@ pub(super) struct Env {
     pub(super) certs: Arc<SuiteCerts>,
     /// The API server of the tests that need one (started on first use).
     cluster: tokio::sync::OnceCell<Result<Arc<super::cluster::Cluster>, String>>,
+    /// The background start of that API server.
+    cluster_start: tokio::sync::Mutex<Option<ClusterStart>>,
 }
+
+type ClusterStart = tokio::task::JoinHandle<Result<super::cluster::Cluster>>;
 
 /// Runs the selected tests and returns the report.
 pub async fn run(opts: Options) -> Result<Report> {
@@ -188,9 +192,28 @@ pub async fn run(opts: Options) -> Result<Report> {
         work: work.clone(),
         certs,
         cluster: tokio::sync::OnceCell::new(),
+        cluster_start: tokio::sync::Mutex::new(None),
     };
-    let mut results = Vec::new();
-    for t in &tests {
+    // kubelite starts in the background while the other tests run; the
+    // tests that need it run last.
+    let needs_cluster = |t: &TestFile| {
+        t.runnable
+            && super::cluster::needs_api_server(t)
+            && t.features.iter().all(|f| claimed.contains(f))
+    };
+    if tests.iter().any(needs_cluster) {
+        let upstream = opts.upstream_dir.clone();
+        *env.cluster_start.lock().await = Some(tokio::task::spawn_blocking(move || {
+            super::cluster::Cluster::start(&upstream)
+        }));
+    }
+    let order: Vec<usize> = (0..tests.len())
+        .filter(|i| !needs_cluster(&tests[*i]))
+        .chain((0..tests.len()).filter(|i| needs_cluster(&tests[*i])))
+        .collect();
+    let mut results: Vec<Option<TestResult>> = tests.iter().map(|_| None).collect();
+    for i in order {
+        let t = &tests[i];
         let started = Instant::now();
         let mut r = run_test(&env, t, &claimed).await;
         r.seconds = started.elapsed().as_secs_f64();
@@ -208,8 +231,9 @@ pub async fn run(opts: Options) -> Result<Report> {
                 format!(": {}", r.reason.lines().next().unwrap_or(""))
             }
         );
-        results.push(r);
+        results[i] = Some(r);
     }
+    let results: Vec<TestResult> = results.into_iter().flatten().collect();
     if !opts.keep_temp {
         let _ = std::fs::remove_dir_all(&work);
     } else {
@@ -329,9 +353,12 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         let cluster = env
             .cluster
             .get_or_init(|| async {
+                let started = env.cluster_start.lock().await.take();
                 let upstream = env.opts.upstream_dir.clone();
-                eprintln!("starting kubelite for the tests that need an API server");
-                tokio::task::spawn_blocking(move || super::cluster::Cluster::start(&upstream))
+                let start = started.unwrap_or_else(|| {
+                    tokio::task::spawn_blocking(move || super::cluster::Cluster::start(&upstream))
+                });
+                start
                     .await
                     .map_err(|e| e.to_string())
                     .and_then(|r| r.map_err(|e| format!("{e:#}")))
