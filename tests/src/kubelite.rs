@@ -9,11 +9,15 @@ use std::{
 
 use anyhow::{bail, Context, Result};
 
-/// A running kubelite; `down.sh` stops it (by its recorded pid) and its
-/// state directory is removed when this drops.
+/// A running kubelite; `down.sh` stops it (by its recorded pid) when this
+/// drops, and its state directory is removed unless the thread panics (a
+/// failed test keeps it for inspection).
 pub struct Kubelite {
     scripts: PathBuf,
     state: PathBuf,
+    api_port: u16,
+    etcd_port: u16,
+    crd_dir: PathBuf,
     pub kubeconfig: PathBuf,
 }
 
@@ -22,6 +26,17 @@ impl Kubelite {
     /// also takes ETCD_PORT+1), applies the CRDs of `crd_dir` and waits until
     /// they are served.
     pub fn start(scripts: &Path, api_port: u16, etcd_port: u16, crd_dir: &Path) -> Result<Self> {
+        Self::start_tagged("", scripts, api_port, etcd_port, crd_dir)
+    }
+
+    /// [`Self::start`] with `tag` in the state directory's name.
+    pub fn start_tagged(
+        tag: &str,
+        scripts: &Path,
+        api_port: u16,
+        etcd_port: u16,
+        crd_dir: &Path,
+    ) -> Result<Self> {
         if !scripts.join("up.sh").exists() {
             bail!("{} not found", scripts.join("up.sh").display());
         }
@@ -29,19 +44,31 @@ impl Kubelite {
             .args(["version", "--client"])
             .output()
             .context("kubectl not found")?;
-        let state =
-            std::env::temp_dir().join(format!("sluice-kubelite-{api_port}-{}", std::process::id()));
+        let state = std::env::temp_dir().join(format!(
+            "sluice-kubelite-{tag}{api_port}-{}",
+            std::process::id()
+        ));
         std::fs::create_dir_all(&state)?;
         let k = Kubelite {
             scripts: scripts.to_owned(),
             kubeconfig: state.join("kubeconfig"),
             state,
+            api_port,
+            etcd_port,
+            crd_dir: crd_dir.to_owned(),
         };
+        k.up()?;
+        Ok(k)
+    }
+
+    /// (Re)starts the server on the same ports: `up.sh` wipes the state, so
+    /// it comes back empty, with the CRDs applied again.
+    pub fn up(&self) -> Result<()> {
         let out = Command::new("bash")
-            .arg(scripts.join("up.sh"))
-            .arg(&k.state)
-            .arg(api_port.to_string())
-            .arg(etcd_port.to_string())
+            .arg(self.scripts.join("up.sh"))
+            .arg(&self.state)
+            .arg(self.api_port.to_string())
+            .arg(self.etcd_port.to_string())
             .output()
             .context("running kubelite/up.sh")?;
         if !out.status.success() {
@@ -50,10 +77,10 @@ impl Kubelite {
                 String::from_utf8_lossy(&out.stderr)
             );
         }
-        let crds = crd_dir.to_str().context("CRD path is not UTF-8")?;
-        k.kubectl_ok(&["apply", "--server-side", "-f", crds], None)?;
+        let crds = self.crd_dir.to_str().context("CRD path is not UTF-8")?;
+        self.kubectl_ok(&["apply", "--server-side", "-f", crds], None)?;
         // CRDs are served a moment after they are created.
-        k.kubectl_ok(
+        self.kubectl_ok(
             &[
                 "wait",
                 "--for=condition=Established",
@@ -63,7 +90,16 @@ impl Kubelite {
             ],
             None,
         )?;
-        Ok(k)
+        Ok(())
+    }
+
+    /// Stops the server (`down.sh`: the recorded pid only); [`Self::up`]
+    /// starts it again.
+    pub fn down(&self) {
+        let _ = Command::new("bash")
+            .arg(self.scripts.join("down.sh"))
+            .arg(&self.state)
+            .output();
     }
 
     /// Runs kubectl against this cluster, `stdin` piped in.
@@ -112,10 +148,9 @@ impl Kubelite {
 
 impl Drop for Kubelite {
     fn drop(&mut self) {
-        let _ = Command::new("bash")
-            .arg(self.scripts.join("down.sh"))
-            .arg(&self.state)
-            .output();
-        let _ = std::fs::remove_dir_all(&self.state);
+        self.down();
+        if !std::thread::panicking() {
+            let _ = std::fs::remove_dir_all(&self.state);
+        }
     }
 }

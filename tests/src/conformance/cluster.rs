@@ -1,11 +1,12 @@
 //! Tests that need a real Kubernetes API server: those that check that
 //! `metadata.generation` changed (`generation_changed`), which only the API
 //! server maintains. They run against kubelite (`shared/kubelite`), started
-//! once per run on first use and stopped with the runner. The same adapted
-//! documents a file-fed agent would get are applied with server-side apply,
-//! the agent runs with `--kubernetes`, steps are `kubectl patch`/`delete`/
-//! `apply`, and status is read as upstream reads it: from the objects in the
-//! API server, which the agent's status writer updates.
+//! once per run (in the background, from its start) and stopped with the
+//! runner. The same adapted documents a file-fed agent would get are applied
+//! with server-side apply, the agent runs with `--kubernetes`, steps are
+//! `kubectl patch`/`delete`/`apply`, and status is read as upstream reads it:
+//! from the objects in the API server, which the agent's status writer
+//! updates.
 use std::{collections::BTreeMap, path::Path, sync::Arc};
 
 use anyhow::{Context, Result};
@@ -21,11 +22,13 @@ use super::{
 };
 use crate::kubelite::Kubelite;
 
-/// kubelite's API port for the runner (the integration tests use 27443–27533).
-pub const API_PORT: u16 = 27543;
-/// kubelite's etcd ports (this and the next; the integration tests use
-/// 28790–28881).
-pub const ETCD_PORT: u16 = 28890;
+/// kubelite's API port for the runner (tests/tests/kubernetes.rs uses
+/// 27443–27543, every tenth).
+pub const API_PORT: u16 = 27553;
+/// kubelite's etcd ports (this and the next; tests/tests/kubernetes.rs uses
+/// 28790–28891, every tenth and the next), so that no other kubelite of a
+/// test run collides even on the host network.
+pub const ETCD_PORT: u16 = 28885;
 
 /// The resources whose status the assertions read.
 const STATUS_RESOURCES: &str = "gatewayclasses.gateway.networking.k8s.io,\
