@@ -540,12 +540,20 @@ impl Report {
                 "version": self.version,
                 "contact": ["sluice maintainers"],
             },
-            "profiles": self.profiles().into_iter().map(|p| serde_json::json!({
-                "name": p.name(),
-                "summary": self.profile_summary(p),
-                "core": claim(p, true),
-                "extended": claim(p, false),
-            })).collect::<Vec<_>>(),
+            "profiles": self.profiles().into_iter().map(|p| {
+                let mut v = serde_json::json!({
+                    "name": p.name(),
+                    "summary": self.profile_summary(p),
+                    "core": claim(p, true),
+                });
+                // A profile without extended tests (GATEWAY-TCP: every
+                // TCPRoute test is core) has no extended claim to report.
+                let ext = self.stats(p, false);
+                if ext.passed + ext.failed + ext.skipped > 0 {
+                    v["extended"] = claim(p, false);
+                }
+                v
+            }).collect::<Vec<_>>(),
         })
     }
 
@@ -798,5 +806,28 @@ mod tests {
         assert_eq!(of(&["Gateway", "HTTPRoute", "TLSRoute"]), Profile::Http);
         assert_eq!(of(&["Gateway"]), Profile::Http);
         assert_eq!(Profile::Tcp.name(), "GATEWAY-TCP");
+        // A profile with core tests only reports no extended section.
+        let mut tcp = result(
+            "t",
+            Traffic::Ran {
+                passed: 1,
+                total: 1,
+            },
+            &[],
+        );
+        tcp.features = vec!["Gateway".into(), "TCPRoute".into()];
+        let report = Report {
+            results: vec![tcp],
+            claimed: BTreeSet::new(),
+            all_features: BTreeSet::new(),
+            profile_features: BTreeMap::new(),
+            non_conformant: None,
+            network: "test".into(),
+            version: "0".into(),
+        };
+        let yaml = report.conformance_report();
+        assert_eq!(yaml["profiles"][0]["name"], "GATEWAY-TCP");
+        assert_eq!(yaml["profiles"][0]["core"]["result"], "success");
+        assert!(yaml["profiles"][0].get("extended").is_none());
     }
 }
