@@ -5,6 +5,7 @@ pub mod echo;
 pub mod flood;
 pub mod frames;
 pub mod grpc;
+pub mod kubelite;
 pub mod netns;
 pub mod process;
 pub mod stores;

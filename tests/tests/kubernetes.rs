@@ -33,11 +33,11 @@ fn shared_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared")
 }
 
-/// A kubelite instance; stopped with down.sh when dropped.
+/// The shared kubelite helper (`sluice_tests::kubelite`), failing the test
+/// on errors; it stops the server when dropped and keeps its state when the
+/// test failed.
 struct Kubelite {
-    state: PathBuf,
-    api_port: u16,
-    etcd_port: u16,
+    inner: sluice_tests::kubelite::Kubelite,
     kubeconfig: PathBuf,
 }
 
@@ -66,98 +66,52 @@ impl Kubelite {
             eprintln!("SKIPPED (not CI): Kubernetes test {tag}: {why}");
             return None;
         }
-        let state =
-            std::env::temp_dir().join(format!("sluice-kubelite-{tag}-{}", std::process::id()));
-        let k = Kubelite {
-            kubeconfig: state.join("kubeconfig"),
-            state,
+        let inner = sluice_tests::kubelite::Kubelite::start_tagged(
+            &format!("{tag}-"),
+            &scripts,
             api_port,
             etcd_port,
+            &shared_dir().join("gateway-api/crd/standard"),
+        )
+        .unwrap_or_else(|e| panic!("kubelite: {e:#}"));
+        let k = Kubelite {
+            kubeconfig: inner.kubeconfig.clone(),
+            inner,
         };
-        k.up();
+        k.namespaces();
         Some(k)
     }
 
-    fn up(&self) {
-        let out = Command::new(shared_dir().join("kubelite/up.sh"))
-            .arg(&self.state)
-            .arg(self.api_port.to_string())
-            .arg(self.etcd_port.to_string())
-            .output()
-            .expect("run up.sh");
-        assert!(
-            out.status.success(),
-            "kubelite up.sh failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        self.kubectl_ok(&[
-            "apply",
-            "--server-side",
-            "-f",
-            shared_dir()
-                .join("gateway-api/crd/standard")
-                .to_str()
-                .unwrap(),
-        ]);
-        // CRDs are served a moment after they are created.
-        self.kubectl_ok(&[
-            "wait",
-            "--for=condition=Established",
-            "--timeout=60s",
-            "crd",
-            "--all",
-        ]);
+    fn namespaces(&self) {
         self.apply("apiVersion: v1\nkind: Namespace\nmetadata: {name: sluice-system}\n---\napiVersion: v1\nkind: Namespace\nmetadata: {name: apps}\n");
     }
 
+    /// Starts the stopped server again (empty, with the CRDs and namespaces).
+    fn up(&self) {
+        self.inner
+            .up()
+            .unwrap_or_else(|e| panic!("kubelite up: {e:#}"));
+        self.namespaces();
+    }
+
     fn down(&self) {
-        let _ = Command::new(shared_dir().join("kubelite/down.sh"))
-            .arg(&self.state)
-            .output();
+        self.inner.down();
     }
 
     fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
-        use std::io::Write;
-        let mut child = Command::new("kubectl")
-            .env("KUBECONFIG", &self.kubeconfig)
-            .args(args)
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .expect("kubectl");
-        if let Some(input) = stdin {
-            child
-                .stdin
-                .take()
-                .unwrap()
-                .write_all(input.as_bytes())
-                .unwrap();
-        }
-        drop(child.stdin.take());
-        child.wait_with_output().unwrap()
+        self.inner.kubectl(args, stdin).expect("kubectl")
     }
 
     fn kubectl_ok(&self, args: &[&str]) -> String {
-        let out = self.kubectl(args, None);
-        assert!(
-            out.status.success(),
-            "kubectl {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        self.inner
+            .kubectl_ok(args, None)
+            .unwrap_or_else(|e| panic!("{e:#}"))
     }
 
     fn apply(&self, yaml: &str) {
-        let out = self.kubectl(
-            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
-            Some(yaml),
-        );
-        assert!(
-            out.status.success(),
-            "kubectl apply: {}\n{yaml}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = self.inner.apply(yaml) {
+            panic!("kubectl apply: {e:#}\n{yaml}");
+        }
     }
 
     fn get(&self, what: &str, ns: &str) -> Value {
@@ -166,17 +120,6 @@ impl Kubelite {
             return Value::Null;
         }
         serde_json::from_slice(&out.stdout).unwrap_or(Value::Null)
-    }
-}
-
-impl Drop for Kubelite {
-    fn drop(&mut self) {
-        self.down();
-        // The state (etcd data, the unpacked 80 MB binary, the log) is kept
-        // only when a test failed, for inspection.
-        if !std::thread::panicking() {
-            let _ = std::fs::remove_dir_all(&self.state);
-        }
     }
 }
 

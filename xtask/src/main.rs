@@ -78,7 +78,7 @@ enum Cmd {
         release: bool,
     },
     /// Build the agent and the runner, then replay the upstream Gateway API
-    /// HTTP and gRPC conformance scenarios against the agent (see
+    /// HTTP, gRPC, TLS and TCP conformance scenarios against the agent (see
     /// tests/conformance/README.md). Reports go to stdout and target/conformance/.
     Conformance {
         /// Only these tests (case file name or upstream ShortName, comma separated).

@@ -1,4 +1,4 @@
-//! Gateway API conformance runner (GATEWAY-HTTP and GATEWAY-GRPC). Usually run through
+//! Gateway API conformance runner (GATEWAY-HTTP, GATEWAY-GRPC, GATEWAY-TLS, GATEWAY-TCP). Usually run through
 //! `cargo xtask conformance`; see tests/conformance/README.md.
 use std::{collections::BTreeSet, path::PathBuf, time::Duration};
 
@@ -13,7 +13,7 @@ fn repo(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).join(rel)
 }
 
-/// Replays the upstream Gateway API HTTP and gRPC conformance scenarios against the
+/// Replays the upstream Gateway API HTTP, gRPC, TLS and TCP conformance scenarios against the
 /// sluice agent (one agent per test, userspace datapath, echo backends on
 /// loopback) and writes report.md and report.yaml.
 #[derive(Parser)]

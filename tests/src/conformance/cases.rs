@@ -38,6 +38,10 @@ pub struct TestFile {
     pub cases: Vec<Case>,
     #[serde(default)]
     pub steps: Vec<Step>,
+    /// Upstream returns at once, without assertions, when the implementation
+    /// claims this feature; the runner then reports the test skipped.
+    #[serde(default)]
+    pub returns_if_claimed: Option<String>,
     #[serde(default)]
     pub notes: String,
 }
@@ -98,6 +102,13 @@ pub struct Case {
     /// (`Unimplemented`) [OK].
     #[serde(default)]
     pub grpc_status: Option<String>,
+    /// A raw TCP or TLS exchange with the TCP echo backend instead of an
+    /// HTTP request (GATEWAY-TLS, GATEWAY-TCP; `l4.rs`).
+    #[serde(default)]
+    pub tcp: Option<super::l4::TcpCase>,
+    /// A TLS dial the Gateway must reject (GATEWAY-TLS; `l4.rs`).
+    #[serde(default)]
+    pub tls_rejected: Option<super::l4::TlsRejected>,
     #[serde(default)]
     pub notes: String,
 }
@@ -239,6 +250,9 @@ pub struct Step {
     pub delete: Option<ObjectSel>,
     #[serde(default)]
     pub patch: Option<Patch>,
+    /// An object the test creates in code (upstream `MustApplyObjectsWithCleanup`).
+    #[serde(default)]
+    pub create: Option<serde_yaml::Value>,
     #[serde(default)]
     pub status: serde_yaml::Value,
     #[serde(default)]

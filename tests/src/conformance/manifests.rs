@@ -148,6 +148,19 @@ pub fn prepare(
     port_offset: u16,
     backends: &BTreeMap<(String, String), u16>,
 ) -> Result<Prepared> {
+    prepare_with(source, port_offset, backends, &BTreeMap::new())
+}
+
+/// [`prepare`] for backends that listen on more than one port: a Service
+/// port whose `targetPort` (else `port`) is `p` gets the echo port
+/// `container_ports[(namespace, service, p)]` when listed (the TCP echo
+/// backend's plain and TLS ports), else the Service's one echo port.
+pub fn prepare_with(
+    source: &[Value],
+    port_offset: u16,
+    backends: &BTreeMap<(String, String), u16>,
+    container_ports: &BTreeMap<(String, String, u16), u16>,
+) -> Result<Prepared> {
     let mut p = Prepared::default();
     p.docs.push(serde_yaml::from_str(&format!(
         "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\nmetadata: {{name: {GATEWAY_CLASS}}}\nspec: {{controllerName: {CONTROLLER_NAME}}}\n"
@@ -180,7 +193,8 @@ pub fn prepare(
                 let key = object_key(&doc);
                 if !has_slice(&key) {
                     if let Some(port) = backends.get(&key) {
-                        p.docs.push(endpoint_slice(&doc, &key, *port)?);
+                        p.docs
+                            .push(endpoint_slice(&doc, &key, *port, container_ports)?);
                     }
                 }
             }
@@ -273,7 +287,12 @@ fn shift_parent_ref_ports(doc: &mut Value, offset: u16) {
     }
 }
 
-fn endpoint_slice(service: &Value, key: &(String, String), port: u16) -> Result<Value> {
+fn endpoint_slice(
+    service: &Value,
+    key: &(String, String),
+    port: u16,
+    container_ports: &BTreeMap<(String, String, u16), u16>,
+) -> Result<Value> {
     let mut ports = Vec::new();
     if let Some(ps) = service
         .get("spec")
@@ -285,7 +304,16 @@ fn endpoint_slice(service: &Value, key: &(String, String), port: u16) -> Result<
             if let Some(n) = s(sp, &["name"]) {
                 m.insert("name".into(), n.into());
             }
-            m.insert("port".into(), Value::from(port));
+            let target = sp
+                .get("targetPort")
+                .or_else(|| sp.get("port"))
+                .and_then(Value::as_u64)
+                .and_then(|p| u16::try_from(p).ok());
+            let echo = target
+                .and_then(|t| container_ports.get(&(key.0.clone(), key.1.clone(), t)))
+                .copied()
+                .unwrap_or(port);
+            m.insert("port".into(), Value::from(echo));
             ports.push(Value::Mapping(m));
         }
     }
@@ -331,6 +359,48 @@ pub fn patch(docs: &mut [Value], p: &Patch) -> Result<()> {
 }
 
 const GATEWAY_GROUP: &str = "gateway.networking.k8s.io";
+
+/// `metadata.creationTimestamp` of objects created before a `create` step.
+pub const CREATED_BEFORE: &str = "2026-01-01T00:00:00Z";
+/// `metadata.creationTimestamp` of an object a step creates (one second
+/// later, as upstream sleeps a second before creating it).
+pub const CREATED_BY_STEP: &str = "2026-01-01T00:00:01Z";
+
+/// Applies a step's `create`. Like the API server, it stamps
+/// `metadata.creationTimestamp` (where the order of creation matters, e.g.
+/// the oldest of conflicting routes wins): every Gateway API object without
+/// one gets [`CREATED_BEFORE`], the new object [`CREATED_BY_STEP`] and
+/// `metadata.generation: 1`.
+pub fn create(docs: &mut Vec<Value>, obj: &Value) -> Result<()> {
+    let (kind, key) = (group_kind(obj).1, object_key(obj));
+    anyhow::ensure!(
+        !docs
+            .iter()
+            .any(|d| matches(d, &kind, &Some(key.0.clone()), &key.1)),
+        "create: {kind} {}/{} already exists",
+        key.0,
+        key.1
+    );
+    let stamp = |d: &mut Value, t: &str| {
+        if let Some(m) = d.get_mut("metadata").and_then(Value::as_mapping_mut) {
+            if !m.contains_key("creationTimestamp") {
+                m.insert("creationTimestamp".into(), t.into());
+            }
+        }
+    };
+    for d in docs.iter_mut() {
+        if group_kind(d).0 == GATEWAY_GROUP {
+            stamp(d, CREATED_BEFORE);
+        }
+    }
+    let mut obj = obj.clone();
+    stamp(&mut obj, CREATED_BY_STEP);
+    if group_kind(&obj).0 == GATEWAY_GROUP && generation(&obj).is_none() {
+        set_generation(&mut obj, 1);
+    }
+    docs.push(obj);
+    Ok(())
+}
 
 fn generation(doc: &Value) -> Option<i64> {
     doc.get("metadata")?.get("generation")?.as_i64()

@@ -13,24 +13,33 @@ use super::status::Verdict;
 pub const CORE_FEATURES: &[&str] = &["Gateway", "HTTPRoute", "ReferenceGrant"];
 /// Upstream GATEWAY-GRPC core features.
 pub const GRPC_CORE_FEATURES: &[&str] = &["Gateway", "GRPCRoute", "ReferenceGrant"];
+/// Upstream GATEWAY-TLS core features.
+pub const TLS_CORE_FEATURES: &[&str] = &["Gateway", "ReferenceGrant", "TLSRoute"];
+/// Upstream GATEWAY-TCP core features.
+pub const TCP_CORE_FEATURES: &[&str] = &["Gateway", "TCPRoute", "ReferenceGrant"];
 
-/// An upstream conformance profile. A test belongs to GATEWAY-GRPC when it
-/// needs the `GRPCRoute` feature, else to GATEWAY-HTTP (the Gateway and
-/// TLSRoute tests included, as before).
+/// An upstream conformance profile, chosen by the route kind a test needs:
+/// `GRPCRoute` → GATEWAY-GRPC, `HTTPRoute` → GATEWAY-HTTP, else `TLSRoute` →
+/// GATEWAY-TLS, `TCPRoute` → GATEWAY-TCP; Gateway-only tests are
+/// GATEWAY-HTTP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Profile {
     Http,
     Grpc,
+    Tls,
+    Tcp,
 }
 
 impl Profile {
-    pub const ALL: [Profile; 2] = [Profile::Http, Profile::Grpc];
+    pub const ALL: [Profile; 4] = [Profile::Http, Profile::Grpc, Profile::Tls, Profile::Tcp];
 
     /// Upstream's profile name.
     pub fn name(self) -> &'static str {
         match self {
             Profile::Http => "GATEWAY-HTTP",
             Profile::Grpc => "GATEWAY-GRPC",
+            Profile::Tls => "GATEWAY-TLS",
+            Profile::Tcp => "GATEWAY-TCP",
         }
     }
 
@@ -38,13 +47,22 @@ impl Profile {
         match self {
             Profile::Http => CORE_FEATURES,
             Profile::Grpc => GRPC_CORE_FEATURES,
+            Profile::Tls => TLS_CORE_FEATURES,
+            Profile::Tcp => TCP_CORE_FEATURES,
         }
     }
 
     /// The profile of a test needing `features`.
     pub fn of(features: &[String]) -> Profile {
-        if features.iter().any(|f| f == "GRPCRoute") {
+        let has = |k: &str| features.iter().any(|f| f == k);
+        if has("GRPCRoute") {
             Profile::Grpc
+        } else if has("HTTPRoute") {
+            Profile::Http
+        } else if has("TLSRoute") {
+            Profile::Tls
+        } else if has("TCPRoute") {
+            Profile::Tcp
         } else {
             Profile::Http
         }
@@ -354,8 +372,10 @@ impl Report {
             out,
             "Result is upstream's: every request case and every status assertion must pass. \
              *requests* = request cases passed / total; *status* = status assertions passed / \
-             total, checked against the agent's admin `/status` (*unsupported*: cannot be \
-             evaluated without a cluster; they fail the test).\n"
+             total, checked against the agent's admin `/status`, or, for the tests that check \
+             `metadata.generation`, against the objects in a Kubernetes API server (kubelite) \
+             that the agent serves with `--kubernetes` (*unsupported*: cannot be evaluated \
+             without a cluster; they fail the test).\n"
         );
         for p in self.profiles() {
             self.profile_table(&mut out, p);
@@ -520,12 +540,20 @@ impl Report {
                 "version": self.version,
                 "contact": ["sluice maintainers"],
             },
-            "profiles": self.profiles().into_iter().map(|p| serde_json::json!({
-                "name": p.name(),
-                "summary": self.profile_summary(p),
-                "core": claim(p, true),
-                "extended": claim(p, false),
-            })).collect::<Vec<_>>(),
+            "profiles": self.profiles().into_iter().map(|p| {
+                let mut v = serde_json::json!({
+                    "name": p.name(),
+                    "summary": self.profile_summary(p),
+                    "core": claim(p, true),
+                });
+                // A profile without extended tests (GATEWAY-TCP: every
+                // TCPRoute test is core) has no extended claim to report.
+                let ext = self.stats(p, false);
+                if ext.passed + ext.failed + ext.skipped > 0 {
+                    v["extended"] = claim(p, false);
+                }
+                v
+            }).collect::<Vec<_>>(),
         })
     }
 
@@ -763,5 +791,43 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("## GATEWAY-GRPC"), "{md}");
         assert!(md.contains("| n | n | extended | Skipped |"), "{md}");
+    }
+
+    #[test]
+    fn route_kinds_choose_the_profile() {
+        let of = |f: &[&str]| Profile::of(&f.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>());
+        assert_eq!(of(&["Gateway", "TLSRoute"]), Profile::Tls);
+        assert_eq!(
+            of(&["Gateway", "TLSRoute", "TLSRouteModeTerminate"]),
+            Profile::Tls
+        );
+        assert_eq!(of(&["Gateway", "TCPRoute", "ReferenceGrant"]), Profile::Tcp);
+        // An HTTPRoute test naming TLSRoute (disallowed kind) stays HTTP.
+        assert_eq!(of(&["Gateway", "HTTPRoute", "TLSRoute"]), Profile::Http);
+        assert_eq!(of(&["Gateway"]), Profile::Http);
+        assert_eq!(Profile::Tcp.name(), "GATEWAY-TCP");
+        // A profile with core tests only reports no extended section.
+        let mut tcp = result(
+            "t",
+            Traffic::Ran {
+                passed: 1,
+                total: 1,
+            },
+            &[],
+        );
+        tcp.features = vec!["Gateway".into(), "TCPRoute".into()];
+        let report = Report {
+            results: vec![tcp],
+            claimed: BTreeSet::new(),
+            all_features: BTreeSet::new(),
+            profile_features: BTreeMap::new(),
+            non_conformant: None,
+            network: "test".into(),
+            version: "0".into(),
+        };
+        let yaml = report.conformance_report();
+        assert_eq!(yaml["profiles"][0]["name"], "GATEWAY-TCP");
+        assert_eq!(yaml["profiles"][0]["core"]["result"], "success");
+        assert!(yaml["profiles"][0].get("extended").is_none());
     }
 }

@@ -16,6 +16,7 @@ use super::{
     certs::SuiteCerts,
     client::{tls_request, Clients, Outgoing, NO_CLIENT_CERT_REQUEST},
     compare::compare,
+    l4,
     manifests::{self, Prepared, GATEWAY_CLASS},
     report::{CaseResult, Profile, Report, StatusResult, TestResult, Traffic},
     stats,
@@ -23,6 +24,12 @@ use super::{
     websocket,
 };
 use crate::echo::{serve_tls, serve_with, Identity, RequestLog};
+
+/// Features Sluice does not implement, never claimed by default:
+/// `TLSRouteModeMixed` (Terminate and Passthrough listeners on one port are a
+/// `ProtocolConflict`; `tlsroute-listener-mixed-termination-not-supported`
+/// checks exactly that).
+const NOT_IMPLEMENTED: &[&str] = &["TLSRouteModeMixed"];
 
 /// Upstream `RequiredConsecutiveSuccesses`.
 pub const CONSECUTIVE_SUCCESSES: usize = 3;
@@ -65,14 +72,23 @@ struct Backend {
     log: Arc<RequestLog>,
 }
 
-struct Env {
-    opts: Options,
+pub(super) struct Env {
+    pub(super) opts: Options,
     base: Vec<Value>,
     backends: BTreeMap<(String, String), Backend>,
+    /// Backends with more than one port (the TCP echo server's plain and TLS
+    /// ports), by (namespace, Service, container port).
+    pub(super) container_ports: BTreeMap<(String, String, u16), u16>,
     work: PathBuf,
     /// The Secrets the suite creates in code; HTTPS cases trust their CAs.
-    certs: Arc<SuiteCerts>,
+    pub(super) certs: Arc<SuiteCerts>,
+    /// The API server of the tests that need one (started on first use).
+    cluster: tokio::sync::OnceCell<Result<Arc<super::cluster::Cluster>, String>>,
+    /// The background start of that API server.
+    cluster_start: tokio::sync::Mutex<Option<ClusterStart>>,
 }
+
+type ClusterStart = tokio::task::JoinHandle<Result<super::cluster::Cluster>>;
 
 /// Runs the selected tests and returns the report.
 pub async fn run(opts: Options) -> Result<Report> {
@@ -95,10 +111,16 @@ pub async fn run(opts: Options) -> Result<Report> {
             .or_default()
             .extend(t.features.iter().cloned());
     }
-    let claimed = opts
-        .features
-        .clone()
-        .unwrap_or_else(|| all_features.clone());
+    // By default every feature a test names is claimed, except those Sluice
+    // does not implement (their tests are reported skipped, as upstream does
+    // for unclaimed features).
+    let claimed = opts.features.clone().unwrap_or_else(|| {
+        all_features
+            .iter()
+            .filter(|f| !NOT_IMPLEMENTED.contains(&f.as_str()))
+            .cloned()
+            .collect()
+    });
     let base = manifests::read_docs(
         &opts.upstream_dir.join("base/manifests.yaml"),
         GATEWAY_CLASS,
@@ -117,6 +139,7 @@ pub async fn run(opts: Options) -> Result<Report> {
     }
     let certs = Arc::new(SuiteCerts::generate().context("generating the suite's certificates")?);
     let mut backends = BTreeMap::new();
+    let mut container_ports = BTreeMap::new();
     for (ns, name) in services {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let port = listener.local_addr()?.port();
@@ -128,6 +151,36 @@ pub async fn run(opts: Options) -> Result<Report> {
         };
         // Backends whose Deployment serves TLS (echo-basic's TLS_* settings).
         let key = (ns.clone(), name.clone());
+        if l4::is_tcp_echo_backend(&all_docs, &key) {
+            // echo-basic's TCP server: plain on 3000, TLS on 8443 when the
+            // Deployment mounts a certificate.
+            let tls = l4::tcp_echo_tls(&all_docs, &key, &certs)
+                .with_context(|| format!("TCP echo backend {ns}/{name}"))?;
+            let identity = l4::Assertions {
+                namespace: ns.clone(),
+                service: name.clone(),
+                pod: id.pod.clone(),
+                tcpport: l4::PLAIN_PORT.to_string(),
+                tlsport: l4::TLS_PORT.to_string(),
+                ..Default::default()
+            };
+            container_ports.insert((ns.clone(), name.clone(), l4::PLAIN_PORT), port);
+            if let Some(tls) = tls {
+                let tls_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+                container_ports.insert(
+                    (ns.clone(), name.clone(), l4::TLS_PORT),
+                    tls_listener.local_addr()?.port(),
+                );
+                tokio::spawn(l4::serve_tcp_echo(
+                    tls_listener,
+                    identity.clone(),
+                    Some(tls),
+                ));
+            }
+            tokio::spawn(l4::serve_tcp_echo(listener, identity, None));
+            backends.insert((ns, name), Backend { port, log });
+            continue;
+        }
         match super::tls_backends::server_config(&all_docs, &key, &certs)
             .with_context(|| format!("TLS backend {ns}/{name}"))?
         {
@@ -147,11 +200,32 @@ pub async fn run(opts: Options) -> Result<Report> {
         opts: opts.clone(),
         base,
         backends,
+        container_ports,
         work: work.clone(),
         certs,
+        cluster: tokio::sync::OnceCell::new(),
+        cluster_start: tokio::sync::Mutex::new(None),
     };
-    let mut results = Vec::new();
-    for t in &tests {
+    // kubelite starts in the background while the other tests run; the
+    // tests that need it run last.
+    let needs_cluster = |t: &TestFile| {
+        t.runnable
+            && super::cluster::needs_api_server(t)
+            && t.features.iter().all(|f| claimed.contains(f))
+    };
+    if tests.iter().any(needs_cluster) {
+        let upstream = opts.upstream_dir.clone();
+        *env.cluster_start.lock().await = Some(tokio::task::spawn_blocking(move || {
+            super::cluster::Cluster::start(&upstream)
+        }));
+    }
+    let order: Vec<usize> = (0..tests.len())
+        .filter(|i| !needs_cluster(&tests[*i]))
+        .chain((0..tests.len()).filter(|i| needs_cluster(&tests[*i])))
+        .collect();
+    let mut results: Vec<Option<TestResult>> = tests.iter().map(|_| None).collect();
+    for i in order {
+        let t = &tests[i];
         let started = Instant::now();
         let mut r = run_test(&env, t, &claimed).await;
         r.seconds = started.elapsed().as_secs_f64();
@@ -169,8 +243,9 @@ pub async fn run(opts: Options) -> Result<Report> {
                 format!(": {}", r.reason.lines().next().unwrap_or(""))
             }
         );
-        results.push(r);
+        results[i] = Some(r);
     }
+    let results: Vec<TestResult> = results.into_iter().flatten().collect();
     if !opts.keep_temp {
         let _ = std::fs::remove_dir_all(&work);
     } else {
@@ -211,6 +286,14 @@ async fn run_test(env: &Env, t: &TestFile, claimed: &BTreeSet<String>) -> TestRe
     let mut r = skeleton(t);
     if !t.runnable {
         r.reason = format!("not runnable without a cluster: {}", t.reason);
+        return r;
+    }
+    if let Some(f) = t
+        .returns_if_claimed
+        .as_ref()
+        .filter(|f| claimed.contains(*f))
+    {
+        r.reason = format!("upstream returns without assertions when {f} is claimed");
         return r;
     }
     let missing: Vec<&String> = t
@@ -276,7 +359,26 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         .collect();
 
     manifests::set_initial_generations(&mut source);
-    let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+    let prepared =
+        manifests::prepare_with(&source, env.opts.port_offset, &ports, &env.container_ports)?;
+    if super::cluster::needs_api_server(t) {
+        let cluster = env
+            .cluster
+            .get_or_init(|| async {
+                let started = env.cluster_start.lock().await.take();
+                let upstream = env.opts.upstream_dir.clone();
+                let start = started.unwrap_or_else(|| {
+                    tokio::task::spawn_blocking(move || super::cluster::Cluster::start(&upstream))
+                });
+                start
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| format!("{e:#}")))
+                    .map(Arc::new)
+            })
+            .await;
+        return super::cluster::run_test(env, t, dir, r, cluster, source, &ports, prepared).await;
+    }
     let mut agent = Agent::start(env, dir, &prepared, 0).await?;
     r.status
         .extend(check_status(env, &agent, &t.status, &prepared, "").await);
@@ -286,9 +388,10 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
         r.traffic = Traffic::NoCases;
     }
     for (i, step) in t.steps.iter().enumerate() {
-        let applied = match (&step.delete, &step.patch) {
-            (Some(d), _) => manifests::delete(&mut source, d),
-            (_, Some(p)) => manifests::patch(&mut source, p),
+        let applied = match (&step.delete, &step.patch, &step.create) {
+            (Some(d), _, _) => manifests::delete(&mut source, d),
+            (_, Some(p), _) => manifests::patch(&mut source, p),
+            (_, _, Some(c)) => manifests::create(&mut source, c),
             _ => Ok(()),
         };
         let prefix = format!("step {}: ", i + 1);
@@ -304,7 +407,8 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
             }));
             continue;
         }
-        let prepared = manifests::prepare(&source, env.opts.port_offset, &ports)?;
+        let prepared =
+            manifests::prepare_with(&source, env.opts.port_offset, &ports, &env.container_ports)?;
         match Agent::start(env, dir, &prepared, i + 1).await {
             Ok(mut a) => {
                 r.status
@@ -334,7 +438,7 @@ async fn run_test_in(env: &Env, t: &TestFile, dir: &Path, r: &mut TestResult) ->
 }
 
 /// Status assertions that cannot be checked because the agent did not run.
-fn unchecked(status: &Value, prefix: &str, why: &str) -> Vec<StatusResult> {
+pub(super) fn unchecked(status: &Value, prefix: &str, why: &str) -> Vec<StatusResult> {
     st::assertions(status)
         .into_iter()
         .map(|a| StatusResult {
@@ -374,22 +478,45 @@ async fn check_status(
     prepared: &Prepared,
     prefix: &str,
 ) -> Vec<StatusResult> {
+    let clients = Clients::new(Duration::from_secs(2));
+    poll_status(env, status, prefix, None, || async {
+        fetch_status(&clients, agent.admin)
+            .await
+            .map(|s| (s, prepared.docs.clone()))
+    })
+    .await
+}
+
+/// Polls `fetch` (a status snapshot and the objects it is judged against)
+/// until every assertion of `status` holds or `--status-timeout` has passed.
+/// `before_step`: the API server's objects before the step, when there is one.
+pub(super) async fn poll_status<F, Fut>(
+    env: &Env,
+    status: &Value,
+    prefix: &str,
+    before_step: Option<&[Value]>,
+    mut fetch: F,
+) -> Vec<StatusResult>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(AgentStatus, Vec<Value>), String>>,
+{
     let assertions = st::assertions(status);
     if assertions.is_empty() {
         return Vec::new();
     }
-    let objs = Objects {
-        docs: &prepared.docs,
-    };
-    let clients = Clients::new(Duration::from_secs(2));
     let timeout = env.opts.status_timeout;
     let deadline = Instant::now() + timeout;
     let mut poll = Poll::new(assertions.len(), Duration::from_secs(1));
     let mut fetch_error: Option<String>;
     loop {
-        match fetch_status(&clients, agent.admin).await {
-            Ok(s) => {
+        match fetch().await {
+            Ok((s, docs)) => {
                 fetch_error = None;
+                let objs = Objects {
+                    docs: &docs,
+                    before_step,
+                };
                 let now = Instant::now();
                 for (i, a) in assertions.iter().enumerate() {
                     if poll.pending(i) {
@@ -425,7 +552,7 @@ async fn check_status(
 }
 
 /// One agent process for one config.
-struct Agent {
+pub(super) struct Agent {
     child: tokio::process::Child,
     admin: SocketAddr,
 }
@@ -447,12 +574,45 @@ impl Agent {
             secrets.push_str(&serde_yaml::to_string(&d)?);
         }
         std::fs::write(config.join("suite-secrets.yaml"), secrets)?;
+        let mut cmd = tokio::process::Command::new(&env.opts.agent_bin);
+        cmd.arg("--config-dir").arg(&config);
+        Self::spawn(env, dir, n, cmd, &config).await
+    }
+
+    /// The agent reading the Kubernetes API of `kubeconfig` (its own
+    /// status-writer Lease `lease`, so that it need not wait for the
+    /// previous test's agent's Lease to expire).
+    pub(super) async fn start_kube(
+        env: &Env,
+        dir: &Path,
+        n: usize,
+        kubeconfig: &Path,
+        lease: &str,
+    ) -> Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let mut cmd = tokio::process::Command::new(&env.opts.agent_bin);
+        cmd.args([
+            "--kubernetes",
+            "--node-name",
+            "conformance",
+            "--lease-name",
+            lease,
+        ])
+        .env("KUBECONFIG", kubeconfig);
+        Self::spawn(env, dir, n, cmd, dir).await
+    }
+
+    async fn spawn(
+        env: &Env,
+        dir: &Path,
+        n: usize,
+        mut cmd: tokio::process::Command,
+        config: &Path,
+    ) -> Result<Self> {
         let admin = free_port()?;
         let log_path = dir.join(format!("agent-{n}.log"));
         let log = std::fs::File::create(&log_path)?;
-        let child = tokio::process::Command::new(&env.opts.agent_bin)
-            .arg("--config-dir")
-            .arg(&config)
+        let child = cmd
             .args(["--datapath", "userspace", "--admin-addr"])
             .arg(admin.to_string())
             .env("RUST_BACKTRACE", "0")
@@ -469,7 +629,7 @@ impl Agent {
         loop {
             if let Ok(Some(status)) = agent.child.try_wait() {
                 let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-                anyhow::bail!("{}", agent_error(&text, &config, status));
+                anyhow::bail!("{}", agent_error(&text, config, status));
             }
             let probe = Outgoing {
                 dial: admin,
@@ -496,7 +656,7 @@ impl Agent {
     }
 
     /// SIGTERM by pid, then SIGKILL after 5 s.
-    async fn stop(&mut self) {
+    pub(super) async fn stop(&mut self) {
         if let Some(pid) = self.child.id() {
             // SAFETY: signalling our own child process by its pid.
             unsafe {
@@ -548,7 +708,31 @@ fn free_port() -> Result<SocketAddr> {
     Ok(l.local_addr()?)
 }
 
-fn label(c: &Case) -> String {
+pub(super) fn label(c: &Case) -> String {
+    let l4 = match (&c.tcp, &c.tls_rejected) {
+        (Some(t), _) => Some(format!(
+            "{}{} -> {}{}",
+            if t.tls { "TLS" } else { "TCP" },
+            t.sni
+                .as_deref()
+                .map(|s| format!(" SNI {s}"))
+                .unwrap_or_default(),
+            c.backend.as_deref().unwrap_or("?"),
+            if c.weights.is_empty() {
+                ""
+            } else {
+                " (weights)"
+            }
+        )),
+        (None, Some(r)) => Some(format!("TLS SNI {} rejected", r.sni)),
+        _ => None,
+    };
+    if let Some(base) = l4 {
+        return match &c.name {
+            Some(n) => format!("{n} ({base})"),
+            None => base,
+        };
+    }
     if let Some(g) = &c.grpc {
         let base = format!(
             "gRPC {}/{}{}",
@@ -577,7 +761,7 @@ fn label(c: &Case) -> String {
     }
 }
 
-async fn run_cases(
+pub(super) async fn run_cases(
     env: &Env,
     t: &TestFile,
     cases: &[Case],
@@ -722,6 +906,20 @@ async fn run_case(
     prepared: &Prepared,
     clients: &Clients,
 ) -> Result<(), String> {
+    if c.tcp.is_some() || c.tls_rejected.is_some() {
+        let out = outgoing(env, t, c, prepared)?;
+        let target = l4::Target {
+            dial: out.dial,
+            certs: &env.certs,
+            request_timeout: env.opts.request_timeout,
+            max_time: env.opts.max_time_to_consistency,
+        };
+        return match (&c.tcp, &c.tls_rejected) {
+            (Some(tcp), _) => l4::run_case(c, tcp, &target).await,
+            (None, Some(r)) => l4::run_rejection(r, &target).await,
+            _ => unreachable!("checked above"),
+        };
+    }
     if let Some(why) = unsupported(c) {
         return Err(why);
     }

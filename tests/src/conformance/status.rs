@@ -240,6 +240,13 @@ pub enum Check {
         ancestor: Key,
         conditions: Vec<CondExp>,
     },
+    /// `generation_changed`: the object's `metadata.generation` differs
+    /// from before the step (`true`: a route of any kind, else the Gateway).
+    /// Only evaluated against an API server ([`Objects::before_step`]).
+    GenerationChanged {
+        route: bool,
+        key: Key,
+    },
     /// Cannot be evaluated here; the reason.
     Unsupported(String),
 }
@@ -348,7 +355,7 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
                         });
                     }
                     if r.get("generation_changed").and_then(Value::as_bool) == Some(true) {
-                        out.push(generation_changed(&format!("route {route}")));
+                        out.push(generation_changed(true, &route));
                     }
                 }
             }
@@ -446,7 +453,7 @@ pub fn assertions(status: &Value) -> Vec<Assertion> {
                                 check: Check::GatewayAddress(gw.clone()),
                             },
                             "generation_changed" if gv.as_bool() == Some(true) => {
-                                generation_changed(&format!("gateway {gw}"))
+                                generation_changed(false, &gw)
                             }
                             "attached_listener_sets" if gv.as_i64().is_some() => Assertion {
                                 label: label(format!(
@@ -583,32 +590,70 @@ fn listener_set_assertions(ls: &Value, out: &mut Vec<Assertion>) {
     }
 }
 
-fn generation_changed(what: &str) -> Assertion {
+fn generation_changed(route: bool, key: &Key) -> Assertion {
+    let what = if route { "route" } else { "gateway" };
     Assertion {
-        label: format!("{what} metadata.generation changed"),
-        check: Check::Unsupported(
-            "metadata.generation is maintained by the Kubernetes API server; without a cluster \
-             the runner bumps it itself, so checking it would test the runner"
-                .into(),
-        ),
+        label: format!("{what} {key} metadata.generation changed"),
+        check: Check::GenerationChanged {
+            route,
+            key: key.clone(),
+        },
     }
 }
+
+/// Why `generation_changed` is not evaluated without an API server.
+pub const GENERATION_WITHOUT_CLUSTER: &str =
+    "metadata.generation is maintained by the Kubernetes API server; without a cluster \
+     the runner bumps it itself, so checking it would test the runner";
 
 // ---------------------------------------------------------------------------
 // Evaluation.
 
-/// The objects the agent was fed (the runner's view of the API server).
+/// The objects the agent was fed (the runner's view of the API server), or
+/// read back from a real API server.
 pub struct Objects<'a> {
     pub docs: &'a [Value],
+    /// The objects as a real API server had them before the current step;
+    /// `None` without one (then `generation_changed` is unsupported).
+    pub before_step: Option<&'a [Value]>,
+}
+
+fn find_in<'d>(docs: &'d [Value], kinds: &[&str], key: &Key) -> Option<&'d Value> {
+    docs.iter().find(|d| {
+        let (g, k) = group_kind(d);
+        let (ns, n) = object_key(d);
+        g == GATEWAY_GROUP && kinds.contains(&k.as_str()) && ns == key.namespace && n == key.name
+    })
+}
+
+fn generation_of(d: &Value) -> Option<i64> {
+    d.get("metadata")?.get("generation")?.as_i64()
+}
+
+/// `generation_changed` against the API server's objects before and now.
+fn generation_changed_eval(objs: &Objects<'_>, route: bool, key: &Key) -> Eval {
+    let Some(before) = objs.before_step else {
+        return Eval::Unsupported(GENERATION_WITHOUT_CLUSTER.into());
+    };
+    let kinds: &[&str] = if route {
+        &["HTTPRoute", "GRPCRoute", "TLSRoute", "TCPRoute"]
+    } else {
+        &["Gateway"]
+    };
+    let then = find_in(before, kinds, key).and_then(generation_of);
+    let now = find_in(objs.docs, kinds, key).and_then(generation_of);
+    match (then, now) {
+        (Some(a), Some(b)) if a != b => Eval::Pass,
+        (Some(a), Some(_)) => Eval::Fail(format!("{key}: metadata.generation is still {a}")),
+        _ => Eval::Fail(format!(
+            "{key}: no metadata.generation before or after the step"
+        )),
+    }
 }
 
 impl Objects<'_> {
     fn find(&self, kind: &str, key: &Key) -> Option<&Value> {
-        self.docs.iter().find(|d| {
-            let (g, k) = group_kind(d);
-            let (ns, n) = object_key(d);
-            g == GATEWAY_GROUP && k == kind && ns == key.namespace && n == key.name
-        })
+        find_in(self.docs, &[kind], key)
     }
 
     /// `metadata.generation` of a Gateway API object (the runner sets it).
@@ -803,6 +848,7 @@ fn parent_matches(exp: &ParentExp, p: &ParentSt) -> Result<(), String> {
 pub fn evaluate(check: &Check, s: &AgentStatus, objs: &Objects<'_>) -> Eval {
     match check {
         Check::Unsupported(why) => Eval::Unsupported(why.clone()),
+        Check::GenerationChanged { route, key } => generation_changed_eval(objs, *route, key),
         Check::NamespaceReady(ns) => {
             for d in objs.docs {
                 let (g, k) = group_kind(d);
@@ -1255,7 +1301,10 @@ metadata: {name: ls, namespace: team, generation: 4}
 
     fn run(status_yaml: &str, s: &AgentStatus) -> Vec<Eval> {
         let docs = docs();
-        let objs = Objects { docs: &docs };
+        let objs = Objects {
+            docs: &docs,
+            before_step: None,
+        };
         let v: Value = serde_yaml::from_str(status_yaml).unwrap();
         assertions(&v)
             .iter()
