@@ -424,7 +424,7 @@ impl EdgeArgs {
             max_connections_per_source: self.max_connections_per_source,
             max_in_flight_per_shard: self.max_requests_in_flight_per_gateway,
             max_client_connections: self.max_client_connections,
-            path: crate::gateway::path::PathRules {
+            path: crate::path::PathRules {
                 merge_slashes: self.merge_slashes == Switch::On,
                 escaped_slashes: self.escaped_slashes,
             },

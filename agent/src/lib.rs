@@ -20,6 +20,7 @@ pub mod kernel;
 pub mod kube;
 pub mod matchers;
 pub mod metrics;
+pub mod path;
 pub mod policy;
 pub mod random;
 pub mod reload;

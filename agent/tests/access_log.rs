@@ -92,7 +92,8 @@ async fn every_request_gets_a_line_with_its_fields_and_flag() {
         .send(
             Method::GET,
             "shop.example.com",
-            "/orders?token=secret&page=2",
+            // Logged as normalised, routed and forwarded.
+            "/x/../orders?token=secret&page=2",
             &[
                 ("user-agent", "test-agent/1"),
                 (

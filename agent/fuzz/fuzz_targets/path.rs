@@ -40,6 +40,6 @@ fuzz_target!(|data: &[u8]| {
     if rules.merge_slashes {
         assert!(!once.contains("//"), "{uri} → {once}");
     }
-    let rebuilt = sluice::gateway::path::with_path(&uri, &once);
+    let rebuilt = sluice::path::with_path(&uri, &once);
     assert_eq!(rebuilt.path(), once, "{uri} → {once} is not a valid path");
 });

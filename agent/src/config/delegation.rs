@@ -23,6 +23,10 @@ pub struct Delegation {
     /// `parentRefs` of kind HTTPRoute: when not empty, only these routes may
     /// delegate to this one.
     pub parent_routes: Vec<ObjectRef>,
+    /// The route has parentRefs of kinds this agent does not serve (a
+    /// Service for the mesh, another controller's parent): it is not a
+    /// child either, or `name: "*"` would put a mesh route on a Gateway.
+    pub foreign_parents: bool,
     /// Set on a route produced by flattening: per rule of that route, the
     /// routes (and rule names) it was delegated through, root first.
     pub chains: Vec<Arc<[Ancestor]>>,
@@ -39,14 +43,25 @@ pub struct Ancestor {
 
 impl Delegation {
     /// The delegation facts of a freshly converted route: `None` unless it
-    /// names parent routes or delegates itself.
-    pub fn of_converted(parent_routes: Vec<ObjectRef>, delegates: bool) -> Option<Arc<Self>> {
-        (delegates || !parent_routes.is_empty()).then(|| {
+    /// names parent routes, has parentRefs of other kinds, or delegates itself.
+    pub fn of_converted(
+        parent_routes: Vec<ObjectRef>,
+        foreign_parents: bool,
+        delegates: bool,
+    ) -> Option<Arc<Self>> {
+        (delegates || foreign_parents || !parent_routes.is_empty()).then(|| {
             Arc::new(Delegation {
                 parent_routes,
+                foreign_parents,
                 chains: Vec::new(),
             })
         })
+    }
+
+    /// Whether a route with these facts may be a delegated child: it has no
+    /// parentRefs but (optionally) HTTPRoute ones.
+    pub fn may_be_child(d: Option<&Self>) -> bool {
+        d.is_none_or(|d| !d.foreign_parents)
     }
 
     /// The root of a flattened route's delegation tree (the route attached

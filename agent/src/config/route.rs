@@ -37,6 +37,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     }
     let mut parents = Vec::new();
     let mut parent_routes = Vec::new();
+    let mut foreign_parents = false;
     for p in &r.spec.parent_refs {
         let group = p.group.as_deref().unwrap_or(GATEWAY_GROUP);
         let kind = p.kind.as_deref().unwrap_or("Gateway");
@@ -57,7 +58,10 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             // The set's Gateway is known once the control plane resolves it.
             (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(id)),
             // Not a parent this agent can be; other controllers may own it.
-            _ => continue,
+            _ => {
+                foreign_parents = true;
+                continue;
+            }
         };
         parents.push(model::ParentRef {
             gateway,
@@ -193,7 +197,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             parents,
             hostnames,
             rules,
-            delegation: super::Delegation::of_converted(parent_routes, delegates),
+            delegation: super::Delegation::of_converted(parent_routes, foreign_parents, delegates),
         };
         compact(&mut route);
         route
@@ -259,12 +263,22 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
             );
             None
         }
-        "Exact" => Some(model::PathMatch::Exact(value.to_owned())),
-        "PathPrefix" => {
-            let trimmed = value.trim_end_matches('/');
-            Some(model::PathMatch::Prefix(
-                if trimmed.is_empty() { "/" } else { trimmed }.into(),
-            ))
+        // Requests are matched in their normalised form (`crate::path`), so
+        // a literal path is too: `/%7Euser` matches a request for `/~user`.
+        "Exact" | "PathPrefix" => {
+            match crate::path::normalize(value, &crate::path::PathRules::default()) {
+                Err(e) => {
+                    doc.err(format!("{at}.path.value"), format!("{e}: {value:?}"));
+                    None
+                }
+                Ok(value) if kind == "Exact" => Some(model::PathMatch::Exact(value.into_owned())),
+                Ok(value) => {
+                    let trimmed = value.trim_end_matches('/');
+                    Some(model::PathMatch::Prefix(
+                        if trimmed.is_empty() { "/" } else { trimmed }.into(),
+                    ))
+                }
+            }
         }
         "RegularExpression" => {
             pattern(doc, &format!("{at}.path.value"), value).map(model::PathMatch::Regex)
@@ -518,6 +532,25 @@ mod tests {
             &r.rules[0].backends[0].filters[0],
             Filter::ResponseHeaders(_)
         ));
+    }
+
+    /// Literal paths are kept in the form requests are matched in.
+    #[test]
+    fn literal_paths_are_normalised_like_requests() {
+        let text = route(
+            "  - matches: [{path: {type: PathPrefix, value: /%7Euser/%41pi/}}, {path: {type: Exact, value: /a%2db}}]\n    backendRefs: [{name: svc, port: 80}]\n",
+        );
+        let c = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+        let m = &c.routes[0].rules[0].matches;
+        assert_eq!(m[0].path, PathMatch::Prefix("/~user/Api".into()));
+        assert_eq!(m[1].path, PathMatch::Exact("/a-b".into()));
+        let e = errors(&route(
+            "  - matches: [{path: {value: /a%zz}}]\n    backendRefs: [{name: svc, port: 80}]\n",
+        ));
+        assert!(
+            e.contains("matches[0].path.value") && e.contains("two hex digits"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::{sync::Arc, time::Duration};
 
 use hyper_util::{rt::TokioTimer, server::conn::auto};
 
-use super::{fair::ShardExecutor, path::PathRules};
-use crate::{policy::connection::ConnectionPolicy, snapshot::ShardId};
+use super::fair::ShardExecutor;
+use crate::{path::PathRules, policy::connection::ConnectionPolicy, snapshot::ShardId};
 
 /// Timeouts and limits of client connections (agent-wide; `--client-*`,
 /// `--max-*` flags; a Gateway's SluicePolicy `connection` section replaces

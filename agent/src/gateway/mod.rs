@@ -15,7 +15,6 @@ mod l4;
 mod load;
 mod logged;
 mod mirror;
-pub mod path;
 mod per_source;
 pub mod pool;
 mod proxy;

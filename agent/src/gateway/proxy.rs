@@ -454,7 +454,7 @@ impl Proxy {
                 );
             }
             // Matched and forwarded in one canonical form (`super::path`).
-            let normalized = match super::path::normalize(uri.path(), &self.edge_of(conn).path) {
+            let normalized = match crate::path::normalize(uri.path(), &self.edge_of(conn).path) {
                 Ok(std::borrow::Cow::Owned(path)) => Some(path),
                 Ok(std::borrow::Cow::Borrowed(_)) => None,
                 Err(e) => {
@@ -466,7 +466,11 @@ impl Proxy {
                 }
             };
             if let Some(path) = normalized {
-                *req.uri_mut() = super::path::with_path(req.uri(), &path);
+                *req.uri_mut() = crate::path::with_path(req.uri(), &path);
+                // Logged (and traced) as routed and forwarded.
+                if let Some(e) = &mut entry {
+                    e.entry.uri = req.uri().clone();
+                }
             }
             let host = authority.routing_host();
             let listener = shard.listener_for(conn.local.port(), &host);

@@ -37,7 +37,7 @@ pub struct ConnectionPolicy {
 }
 
 /// What the gateway does with an encoded slash (`%2F`) or backslash
-/// (`%5C`) in a request path (see [`crate::gateway::path`]).
+/// (`%5C`) in a request path (see [`crate::path`]).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, clap::ValueEnum)]
 pub enum EscapedSlashes {
     /// Forwarded as sent and matched as part of its segment.

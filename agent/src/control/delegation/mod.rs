@@ -23,8 +23,8 @@ use std::{
 
 use super::refgrant::{Kind, ReferenceGrants};
 use crate::config::{
-    Ancestor, Config, Delegation, Filter, Hostname, HttpRoute, ObjectRef, ParentRef, RouteKind,
-    RouteRule, Timeouts, DELEGATE_ALL, DELEGATION_KIND,
+    Ancestor, Config, Delegation, Filter, Hostname, HttpRoute, ObjectRef, ParentRef, PathMatch,
+    PathModifier, RouteKind, RouteMatch, RouteRule, Timeouts, DELEGATE_ALL, DELEGATION_KIND,
 };
 
 mod matches;
@@ -36,6 +36,8 @@ use matches::{constrain, intersect_hostnames, show_hostnames};
 
 /// `ResolvedRefs` reason of a delegation that would close a cycle.
 pub const REASON_CYCLE: &str = "DelegationCycle";
+/// The reason of a refusal past [`MAX_DEPTH`] or the walk's budget.
+pub const REASON_LIMIT: &str = "DelegationLimit";
 
 /// A config with its delegation trees flattened, and what to report.
 pub(super) struct Flattened {
@@ -119,11 +121,13 @@ pub(super) type Memo = HashMap<ObjectRef, Arc<HttpRoute>>;
 /// Flattens every delegation tree of `config`; `None` when no route takes
 /// part in delegation (the config is compiled as it is).
 pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
-    if !config
-        .routes
-        .iter()
-        .any(|r| r.kind == RouteKind::Http && r.delegation.is_some())
-    {
+    if !config.routes.iter().any(|r| {
+        r.kind == RouteKind::Http
+            && (delegates(r)
+                || r.delegation
+                    .as_ref()
+                    .is_some_and(|d| !d.parent_routes.is_empty()))
+    }) {
         memo.clear();
         return None;
     }
@@ -133,6 +137,10 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
     }
     let mut f = Flattener {
         config,
+        // Bounded: a tenant's routes delegating to `*` of their own
+        // namespace would otherwise make the walk (and every Gateway's
+        // compile) grow with the number of paths through them.
+        budget: MAX_DELEGATIONS_BASE + 2 * config.routes.len(),
         by_id,
         grants: ReferenceGrants::new(config),
         report: Report::default(),
@@ -199,6 +207,7 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
                         rules: o.rules.clone(),
                         delegation: Some(Arc::new(Delegation {
                             parent_routes,
+                            foreign_parents: false,
                             chains: o.chains.clone(),
                         })),
                     })
@@ -217,8 +226,17 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
     })
 }
 
+/// Delegation levels below a root at most (platform → team → sub-team is 2).
+const MAX_DEPTH: usize = 8;
+/// Delegations (parent rule → child) one compile walks at most, besides 2
+/// per route of the config (a legitimate tree visits each child about once
+/// per delegating rule above it).
+const MAX_DELEGATIONS_BASE: usize = 2_000;
+
 struct Flattener<'c> {
     config: &'c Config,
+    /// Delegations left to walk (see [`MAX_DELEGATIONS_BASE`]).
+    budget: usize,
     by_id: HashMap<&'c ObjectRef, &'c HttpRoute>,
     grants: ReferenceGrants<'c>,
     report: Report,
@@ -255,6 +273,7 @@ impl<'c> Flattener<'c> {
                         && r.id.namespace == target.namespace
                         && r.id != parent.id
                         && r.parents.is_empty()
+                        && Delegation::may_be_child(r.delegation.as_deref())
                         && r.delegation.as_ref().is_none_or(|d| {
                             d.parent_routes.is_empty() || d.parent_routes.contains(&parent.id)
                         })
@@ -280,6 +299,18 @@ impl<'c> Flattener<'c> {
                 format!(
                     "HTTPRoute {target} is attached to a Gateway itself; a delegated route has \
                      no Gateway parentRefs"
+                ),
+            );
+            return Vec::new();
+        }
+        if !Delegation::may_be_child(child.delegation.as_deref()) {
+            self.refuse(
+                &parent.id,
+                "RefNotPermitted",
+                format!(
+                    "HTTPRoute {target} has parentRefs of a kind Sluice does not serve (a \
+                     Service, another controller's parent); a delegated route has parentRefs \
+                     of kind HTTPRoute only"
                 ),
             );
             return Vec::new();
@@ -396,6 +427,26 @@ impl<'c> Flattener<'c> {
         if self.cycle(parent, path, &child.id) {
             return;
         }
+        if path.stack.len() > MAX_DEPTH {
+            self.refuse(
+                &parent.id,
+                REASON_LIMIT,
+                format!("delegation deeper than {MAX_DEPTH} levels below the root"),
+            );
+            return;
+        }
+        if self.budget == 0 {
+            self.refuse(
+                &parent.id,
+                REASON_LIMIT,
+                "the delegation trees of this config name more routes than one compile \
+                 walks; delegate to fewer routes (a `*` of a namespace whose routes delegate \
+                 to `*` again multiplies)"
+                    .to_owned(),
+            );
+            return;
+        }
+        self.budget -= 1;
         if !self.grants.allows(
             Kind::HTTP_ROUTE,
             &parent.id.namespace,
@@ -492,6 +543,45 @@ impl<'c> Flattener<'c> {
             }
             if matches.is_empty() {
                 continue;
+            }
+            // ReplacePrefixMatch replaces the matched prefix: valid only when
+            // the rule still matches its own single PathPrefix (a parent's
+            // Exact or regex path, or a rule without matches taking the
+            // parent's prefix, would rewrite another part of the path).
+            let replaces_prefix = crule.filters.iter().any(|f| {
+                let path = match f {
+                    Filter::Rewrite(r) => r.path.as_ref(),
+                    Filter::Redirect(r) => r.path.as_ref(),
+                    _ => None,
+                };
+                matches!(path, Some(PathModifier::ReplacePrefixMatch(_)))
+            });
+            if replaces_prefix {
+                let own = match crule.matches.as_slice() {
+                    [m] if !Arc::ptr_eq(m, &RouteMatch::any_path()) => Some(&m.path),
+                    _ => None,
+                };
+                let kept = own.is_some_and(|own| {
+                    matches!(own, PathMatch::Prefix(_)) && matches.iter().all(|m| m.path == *own)
+                });
+                if !kept {
+                    let msg = format!(
+                        "spec.rules[{ri}]: a ReplacePrefixMatch filter needs the rule's own single \
+                         PathPrefix match, which delegation under {} would change",
+                        parent.id
+                    );
+                    self.report.warnings.push(format!(
+                        "HTTPRoute {}: not served through {}: {msg}",
+                        child.id, parent.id
+                    ));
+                    self.report
+                        .children
+                        .get_mut(&child.id)
+                        .expect("entry made above")
+                        .dropped
+                        .push(msg);
+                    continue;
+                }
             }
             let own_cors = crule.filters.iter().any(|f| matches!(f, Filter::Cors(_)));
             let mut filters: Vec<Filter> = handed_down

@@ -518,3 +518,109 @@ fn a_config_without_delegation_is_compiled_as_it_is() {
     let mut memo = super::Memo::new();
     assert!(super::flatten(&cfg, &mut memo).is_none());
 }
+
+/// A mesh (GAMMA) route, with a Service parentRef, is not a child: `*`
+/// does not put it on the Gateway, and naming it is refused.
+#[test]
+fn routes_with_parent_refs_of_other_kinds_are_not_children() {
+    let mesh = "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {name: internal, namespace: payments}\nspec:\n  parentRefs: [{group: \"\", kind: Service, name: payments}]\n  rules:\n  - matches: [{path: {type: PathPrefix, value: /payments/internal}}]\n    backendRefs: [{name: payments, port: 80}]\n";
+    let c = compiled(|t| format!("{t}{mesh}"));
+    assert_eq!(
+        served_by(&c, "/payments/internal", &[("x-api-version", "v2")]).as_deref(),
+        Some("payments/payments"),
+        "the mesh route must not be served through the platform's `*`"
+    );
+    assert!(c.status.http_routes.get("payments", "internal").is_none());
+    // Named explicitly: refused on the parent's status.
+    let named = GATEWAY.replace(
+        "name: \"*\", namespace: payments}",
+        "name: internal, namespace: payments}",
+    );
+    assert_ne!(named, GATEWAY, "the example names payments/*");
+    let c = compiled_with(&named, |t| format!("{t}{mesh}"));
+    let platform = status(&c, "platform", "api");
+    let resolved = platform.parents[0]
+        .conditions
+        .iter()
+        .find(|c| c.kind == "ResolvedRefs")
+        .unwrap();
+    assert_eq!(
+        (resolved.status, resolved.reason),
+        ("False", "RefNotPermitted")
+    );
+    assert!(
+        resolved.message.contains("parentRefs of a kind"),
+        "{}",
+        resolved.message
+    );
+}
+
+/// Routes of one namespace that all delegate to `*` of that namespace: the
+/// paths through them multiply (10 routes, 10! orders), so the walk is
+/// bounded — refused with `DelegationLimit` — and the rest still serves.
+#[test]
+fn a_walk_through_many_paths_is_bounded() {
+    let mut team = String::new();
+    for i in 0..10 {
+        team.push_str(&format!(
+            "\n---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\nmetadata: {{name: r{i}, namespace: payments}}\nspec:\n  rules:\n  - matches: [{{path: {{type: PathPrefix, value: /payments/r{i}}}}}]\n    backendRefs: [{{name: orders, port: 80}}]\n  - matches: [{{path: {{type: PathPrefix, value: /payments}}}}]\n    backendRefs:\n    - {{group: gateway.networking.k8s.io, kind: HTTPRoute, name: \"*\", namespace: payments}}\n"
+        ));
+    }
+    let c = compiled(|t| format!("{t}{team}"));
+    let limited = c.status.http_routes.iter().any(|s| {
+        s.parents
+            .iter()
+            .flat_map(|p| p.conditions.iter())
+            .any(|c| c.reason == super::REASON_LIMIT)
+    });
+    assert!(
+        limited,
+        "{:?}",
+        c.warnings.iter().take(3).collect::<Vec<_>>()
+    );
+    // The other teams' trees are unaffected.
+    assert_eq!(
+        served_by(&c, "/orders/42", &[]).as_deref(),
+        Some("orders/orders")
+    );
+}
+
+/// ReplacePrefixMatch replaces the rule's own prefix: a child rule keeps it
+/// when delegation leaves its PathPrefix as it is, and is dropped when the
+/// effective match would be the parent's (a rule without matches).
+#[test]
+fn replace_prefix_match_needs_the_rules_own_prefix() {
+    let c = compiled(|t| {
+        t.replace(
+            "  # Outside /orders: not served (the route's status says so).\n",
+            "  - matches: [{path: {type: PathPrefix, value: /orders/v1}}]\n    filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /v2}}}]\n    backendRefs: [{name: orders, port: 80}]\n  - filters: [{type: URLRewrite, urlRewrite: {path: {type: ReplacePrefixMatch, replacePrefixMatch: /legacy}}}]\n    backendRefs: [{name: orders, port: 80}]\n  # Outside /orders: not served (the route's status says so).\n",
+        )
+    });
+    let e = route(&c, &http::Method::GET, "/orders/v1/x", &[]).unwrap();
+    assert_eq!(e.route.to_string(), "orders/orders");
+    assert!(
+        e.action
+            .filters
+            .iter()
+            .any(|f| format!("{f:?}").contains("/v2")),
+        "{:?}",
+        e.action.filters
+    );
+    // The rule without matches would have rewritten /orders → /legacy.
+    let e = route(&c, &http::Method::GET, "/orders/1", &[]).unwrap();
+    assert!(
+        !e.action
+            .filters
+            .iter()
+            .any(|f| format!("{f:?}").contains("/legacy")),
+        "{:?}",
+        e.action.filters
+    );
+    assert!(
+        c.warnings
+            .iter()
+            .any(|w| w.contains("ReplacePrefixMatch") && w.contains("orders/orders")),
+        "{:?}",
+        c.warnings
+    );
+}

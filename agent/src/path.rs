@@ -15,8 +15,9 @@
 //! 3. `.` and `..` segments are removed (RFC 3986 §5.2.4; `..` never climbs
 //!    above the root).
 //!
-//! Encoded slashes (`%2F`, and `%5C`, a backslash that some servers take for
-//! one) are left alone by default — APIs use them inside a segment, e.g. a
+//! A `.` or `..` segment with `;` parameters (`/..;/admin`, which servlet
+//! containers resolve as `..`) is refused. Encoded slashes (`%2F`, and `%5C`
+//! or a raw `\`, a backslash that some servers take for one) are left alone by default — APIs use them inside a segment, e.g. a
 //! project id `group%2Fproject` — or refused, or decoded before the steps
 //! above (the choices Envoy offers). Other percent-encodings pass unchanged;
 //! a `%` without two hex digits after it is refused.
@@ -47,8 +48,10 @@ impl Default for PathRules {
 /// Why a path is refused (`400`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
-    #[error("request path contains an encoded slash (%2F or %5C)")]
+    #[error("request path contains an encoded slash or a backslash (%2F, %5C or \\)")]
     EscapedSlash,
+    #[error("request path has a '.' or '..' segment with ';' parameters")]
+    DotSegmentParameters,
     #[error("request path has a '%' not followed by two hex digits")]
     BadEscape,
     #[error("request path does not start with '/'")]
@@ -65,7 +68,7 @@ pub fn normalize<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, P
     if !path.starts_with('/') {
         return Err(PathError::NotAbsolute);
     }
-    if is_canonical(path.as_bytes(), rules.merge_slashes) {
+    if is_canonical(path.as_bytes(), rules) {
         return Ok(Cow::Borrowed(path));
     }
     let decoded = decode(path, rules.escaped_slashes)?;
@@ -74,6 +77,13 @@ pub fn normalize<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, P
     let mut segments = decoded[1..].split('/').peekable();
     while let Some(seg) = segments.next() {
         let last = segments.peek().is_none();
+        // `..;x` is `..` to servlet containers (path parameters): a segment
+        // that one backend resolves and another does not is refused.
+        if let Some((name, _)) = seg.split_once(';') {
+            if name == "." || name == ".." {
+                return Err(PathError::DotSegmentParameters);
+            }
+        }
         match seg {
             "." => {
                 // `/a/.` is the directory `/a/`.
@@ -104,19 +114,21 @@ pub fn normalize<'a>(path: &'a str, rules: &PathRules) -> Result<Cow<'a, str>, P
     Ok(Cow::Owned(out))
 }
 
-/// Whether nothing in `path` needs a change: no `%`, no dot segment and (when
-/// merging) no `//`.
-fn is_canonical(path: &[u8], merge_slashes: bool) -> bool {
+/// Whether nothing in `path` needs a change: no `%`, no dot segment (with
+/// or without `;` parameters), no backslash unless kept, and (when merging)
+/// no `//`.
+fn is_canonical(path: &[u8], rules: &PathRules) -> bool {
     let mut prev = 0u8;
     for (i, &b) in path.iter().enumerate() {
         match b {
             b'%' => return false,
-            b'/' if merge_slashes && prev == b'/' => return false,
+            b'\\' if rules.escaped_slashes != EscapedSlashes::Keep => return false,
+            b'/' if rules.merge_slashes && prev == b'/' => return false,
             b'.' if prev == b'/' => {
-                // "/." or "/.." followed by '/' or the end.
+                // "/." or "/.." followed by '/', ';' or the end.
                 let rest = &path[i + 1..];
                 let rest = rest.strip_prefix(b".").unwrap_or(rest);
-                if rest.is_empty() || rest[0] == b'/' {
+                if rest.is_empty() || rest[0] == b'/' || rest[0] == b';' {
                     return false;
                 }
             }
@@ -130,7 +142,8 @@ fn is_canonical(path: &[u8], merge_slashes: bool) -> bool {
 /// `path` with unreserved characters decoded and encoded slashes handled
 /// per `slashes`; other escapes are kept as sent.
 fn decode(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, PathError> {
-    if !path.contains('%') {
+    let raw_backslash = slashes != EscapedSlashes::Keep && path.contains('\\');
+    if !path.contains('%') && !raw_backslash {
         return Ok(Cow::Borrowed(path));
     }
     let bytes = path.as_bytes();
@@ -147,6 +160,17 @@ fn decode(path: &str, slashes: EscapedSlashes) -> Result<Cow<'_, str>, PathError
             // would read "%5A"), and backends would each read it their way.
             if b == b'%' {
                 return Err(PathError::BadEscape);
+            }
+            // A backslash as sent is a separator to some servers: the same
+            // choice as for an encoded one.
+            if b == b'\\' {
+                match slashes {
+                    EscapedSlashes::Keep => out.push('\\'),
+                    EscapedSlashes::Reject => return Err(PathError::EscapedSlash),
+                    EscapedSlashes::Unescape => out.push('/'),
+                }
+                i += 1;
+                continue;
             }
             // The input is text, so whole characters are copied.
             let len = utf8_len(b);
@@ -293,6 +317,49 @@ mod tests {
         assert_eq!(uri.to_string(), "http://a.example/y?q=/../z");
         let origin: http::Uri = "/a/./b?x".parse().unwrap();
         assert_eq!(with_path(&origin, "/a/b").to_string(), "/a/b?x");
+    }
+
+    #[test]
+    fn raw_backslashes_follow_the_escaped_slash_setting() {
+        // Kept by default (a backslash is no separator to RFC 3986)...
+        assert!(matches!(
+            normalize("/public/..\\admin", &PathRules::default()),
+            Ok(Cow::Borrowed(_))
+        ));
+        let reject = PathRules {
+            escaped_slashes: EscapedSlashes::Reject,
+            ..PathRules::default()
+        };
+        // ...but refused or decoded like %5C when asked to.
+        assert_eq!(
+            normalize("/public/..\\admin", &reject),
+            Err(PathError::EscapedSlash)
+        );
+        let unescape = PathRules {
+            escaped_slashes: EscapedSlashes::Unescape,
+            ..PathRules::default()
+        };
+        assert_eq!(normalize("/public/..\\admin", &unescape).unwrap(), "/admin");
+    }
+
+    #[test]
+    fn dot_segments_with_parameters_are_refused() {
+        for p in [
+            "/public/..;/admin",
+            "/a/.;x/b",
+            "/public/%2e%2e;jsessionid=1/admin",
+        ] {
+            assert_eq!(
+                normalize(p, &PathRules::default()),
+                Err(PathError::DotSegmentParameters),
+                "{p}"
+            );
+        }
+        // Parameters on other segments are the backend's business.
+        assert!(matches!(
+            normalize("/a;v=1/b..;x", &PathRules::default()),
+            Ok(Cow::Borrowed(_))
+        ));
     }
 
     #[test]
