@@ -137,6 +137,7 @@ pub(super) fn listeners(
             "HTTP" => model::ListenerProtocol::Http,
             "HTTPS" => model::ListenerProtocol::Https,
             "TCP" => model::ListenerProtocol::Tcp,
+            "UDP" => model::ListenerProtocol::Udp,
             "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
                 Some("Passthrough") => model::ListenerProtocol::TlsPassthrough,
                 // Terminate is the mode when none is given.
@@ -157,7 +158,14 @@ pub(super) fn listeners(
         let hostname = match &l.hostname {
             // A TCP listener has no hostname to match (the Gateway API
             // ignores it for TCP); a routing decision must not depend on it.
-            Some(_) if protocol == model::ListenerProtocol::Tcp => None,
+            Some(_)
+                if matches!(
+                    protocol,
+                    model::ListenerProtocol::Tcp | model::ListenerProtocol::Udp
+                ) =>
+            {
+                None
+            }
             Some(h) => hostname(doc, &format!("spec.listeners[{i}].hostname"), h),
             None => None,
         };
@@ -248,6 +256,10 @@ fn listener_tls(
         }
         (model::ListenerProtocol::Tcp, Some(_)) => {
             doc.err(field, "not allowed for protocol TCP");
+            None
+        }
+        (model::ListenerProtocol::Udp, Some(_)) => {
+            doc.err(field, "not allowed for protocol UDP");
             None
         }
         (model::ListenerProtocol::TlsPassthrough, Some(tls)) => {

@@ -88,9 +88,9 @@ impl<'a> BackendResolver<'a> {
                     let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend.protocol = match route.kind {
-                        // TLS and TCP connections are relayed as bytes: the
-                        // protocol is not looked at.
-                        RouteKind::Http | RouteKind::Tls | RouteKind::Tcp => {
+                        // TLS and TCP connections (UDP datagrams) are relayed
+                        // as bytes: the protocol is not looked at.
+                        RouteKind::Http | RouteKind::Tls | RouteKind::Tcp | RouteKind::Udp => {
                             self.protocol(&b.service, b.port)
                         }
                         // gRPC needs HTTP/2: prior knowledge in the clear; over TLS

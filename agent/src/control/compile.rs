@@ -333,6 +333,7 @@ impl Compiler {
                             ListenerProtocol::TlsPassthrough => Some(L4Mode::TlsPassthrough),
                             ListenerProtocol::TlsTerminate => Some(L4Mode::TlsTerminate),
                             ListenerProtocol::Tcp => Some(L4Mode::Tcp),
+                            ListenerProtocol::Udp => Some(L4Mode::Udp),
                             _ => None,
                         },
                         tls,
