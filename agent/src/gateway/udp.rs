@@ -58,11 +58,14 @@ impl UdpServer {
         proxy: Arc<Proxy>,
     ) -> std::io::Result<Self> {
         let local = socket.local_addr()?;
-        let socket = Arc::new(UdpSocket::from_std(socket)?);
+        // Replies are sent through a handle of its own, straight to the
+        // kernel (see [`Sender`]).
+        let replies = Sender(Arc::new(socket.try_clone()?));
+        let socket = UdpSocket::from_std(socket)?;
         let (stop, rx) = watch::channel(false);
         let task = tokio::spawn(Fair::new(
             shard,
-            relay_loop(shard, socket, local, proxy, rx),
+            relay_loop(shard, (socket, replies), local, proxy, rx),
         ));
         Ok(Self { stop, task, local })
     }
@@ -83,7 +86,7 @@ impl UdpServer {
 /// Receives client datagrams, opens sessions and expires idle ones.
 async fn relay_loop(
     shard: ShardId,
-    socket: Arc<UdpSocket>,
+    (socket, replies): (UdpSocket, Sender),
     local: SocketAddr,
     proxy: Arc<Proxy>,
     mut stop: watch::Receiver<bool>,
@@ -129,7 +132,7 @@ async fn relay_loop(
                     continue;
                 }
                 let at = At { shard, local, peer, epoch: sessions.epoch };
-                let Some(session) = open(at, &socket, &proxy, &shard_name, now).await else {
+                let Some(session) = open(at, &replies, &proxy, &shard_name, now) else {
                     continue;
                 };
                 session.to_backend(&buf[..n]);
@@ -153,9 +156,9 @@ async fn relay_loop(
 /// snapshot of this moment), a weighted backend endpoint, a socket connected
 /// to it, and the task relaying its replies. `None` when it is refused
 /// (counted).
-async fn open(
+fn open(
     at: At,
-    socket: &Arc<UdpSocket>,
+    replies: &Sender,
     proxy: &Arc<Proxy>,
     shard_name: &Arc<str>,
     now: u64,
@@ -186,8 +189,8 @@ async fn open(
         return None;
     };
     drop(snapshot);
-    let upstream = match connect(endpoint).await {
-        Ok(u) => Arc::new(u),
+    let (send, upstream) = match connect(endpoint) {
+        Ok(u) => u,
         Err(e) => {
             tracing::debug!(shard, %peer, %endpoint, error = %e, "UDP backend socket not opened");
             metrics.udp_session(shard_name, &route, "connect_failure");
@@ -211,16 +214,10 @@ async fn open(
     let last = Arc::new(AtomicU64::new(now));
     let replies = tokio::spawn(Fair::new(
         shard,
-        relay_replies(
-            upstream.clone(),
-            socket.clone(),
-            peer,
-            (epoch, last.clone()),
-            down,
-        ),
+        relay_replies(upstream, replies.clone(), peer, (epoch, last.clone()), down),
     ));
     Some(Session {
-        upstream,
+        send,
         last,
         up,
         replies,
@@ -238,22 +235,33 @@ struct At {
 }
 
 /// A socket of the endpoint's family on an ephemeral port, connected to the
-/// endpoint (the kernel then drops datagrams from anyone else).
-async fn connect(endpoint: SocketAddr) -> std::io::Result<UdpSocket> {
+/// endpoint (the kernel then drops datagrams from anyone else): its sending
+/// handle and its receiving one.
+fn connect(endpoint: SocketAddr) -> std::io::Result<(Sender, UdpSocket)> {
     let any = match endpoint.ip() {
         IpAddr::V4(_) => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
     };
-    let s = UdpSocket::bind(SocketAddr::new(any, 0)).await?;
-    s.connect(endpoint).await?;
-    Ok(s)
+    let s = std::net::UdpSocket::bind(SocketAddr::new(any, 0))?;
+    s.connect(endpoint)?;
+    s.set_nonblocking(true)?;
+    let send = Sender(Arc::new(s.try_clone()?));
+    Ok((send, UdpSocket::from_std(s)?))
 }
+
+/// A non-blocking handle that sends straight to the kernel. The tokio
+/// socket's `try_send` answers WouldBlock until the reactor has seen the
+/// socket writable once, which would drop a new session's first datagram;
+/// and waiting for writability would let one full socket stall every
+/// session. UDP is lossy: a full send buffer drops the datagram.
+#[derive(Clone)]
+struct Sender(Arc<std::net::UdpSocket>);
 
 /// Sends the backend's datagrams to the client from the listener socket,
 /// until the session is dropped (which aborts this task).
 async fn relay_replies(
-    upstream: Arc<UdpSocket>,
-    listener: Arc<UdpSocket>,
+    upstream: UdpSocket,
+    listener: Sender,
     peer: SocketAddr,
     (epoch, last): (Instant, Arc<AtomicU64>),
     (datagrams, bytes): (Counter, Counter),
@@ -264,13 +272,13 @@ async fn relay_replies(
             Ok(n) => n,
             // ICMP port unreachable of an earlier send (backend not
             // listening): later datagrams may still get through.
-            Err(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => continue,
+            // Anything else is not going away; the session expires idle.
+            Err(_) => return,
         };
         let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         last.fetch_max(now, Ordering::Relaxed);
-        // Lossy like UDP itself: a full send buffer drops the datagram
-        // rather than stall the backend's other replies.
-        if listener.try_send_to(&buf[..n], peer).is_ok() {
+        if listener.0.send_to(&buf[..n], peer).is_ok() {
             datagrams.inc();
             bytes.inc_by(n as u64);
         }
@@ -279,7 +287,8 @@ async fn relay_replies(
 
 /// One client's session.
 struct Session {
-    upstream: Arc<UdpSocket>,
+    /// Sends to the backend (the reply task holds the receiving handle).
+    send: Sender,
     /// Last datagram either way, as nanoseconds since the table's epoch.
     last: Arc<AtomicU64>,
     /// Datagrams and bytes client → backend.
@@ -289,7 +298,7 @@ struct Session {
 
 impl Session {
     fn to_backend(&self, datagram: &[u8]) {
-        if self.upstream.try_send(datagram).is_ok() {
+        if self.send.0.send(datagram).is_ok() {
             self.up.0.inc();
             self.up.1.inc_by(datagram.len() as u64);
         }
@@ -304,7 +313,8 @@ impl Expiring for Session {
 
 impl Drop for Session {
     fn drop(&mut self) {
-        // Its reply task holds the other handle of the backend socket.
+        // Its reply task holds the receiving handle of the backend socket:
+        // ending it closes the socket.
         self.replies.abort();
     }
 }
