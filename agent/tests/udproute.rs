@@ -80,6 +80,26 @@ spec:
         "{name: a, port: 8080, weight: 3}, {name: b, port: 8080, weight: 1}",
     ));
     text.push_str(&route("empty", "empty", "{name: none, port: 8080}"));
+    // Younger routes on `empty` (which keeps serving the `empty` route) to
+    // Services of another namespace: `c` is granted to UDPRoutes of infra,
+    // `d` is not.
+    for (name, service) in [("cross", "c"), ("cross-denied", "d")] {
+        text.push_str(
+            &route(
+                name,
+                "empty",
+                &format!("{{name: {service}, namespace: other, port: 8080}}"),
+            )
+            .replace("2026-01-01", "2026-03-01"),
+        );
+        text.push_str(&service_yaml("other", service, a));
+    }
+    text.push_str(
+        "---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+         metadata: {name: udp, namespace: other}\nspec:\n  \
+         from: [{group: gateway.networking.k8s.io, kind: UDPRoute, namespace: infra}]\n  \
+         to: [{group: '', kind: Service, name: c}]\n",
+    );
     write_config(&dir, "config.yaml", &text);
     let mut settings = sluice::app::Settings::new(&dir);
     settings.datapath = sluice::app::DatapathMode::Userspace;
@@ -386,7 +406,24 @@ async fn status_accepts_the_listeners_and_counts_every_route() {
             .clone();
         assert_eq!(accepted["status"], "True", "{name}: {accepted}");
     }
-    for name in ["echo", "echo-younger", "split"] {
+    assert_eq!(listener("empty")["attachedRoutes"], 3);
+    let denied = route_status(&status, "UDPRoute", "cross-denied");
+    assert_eq!(
+        parent_condition(denied, "ResolvedRefs"),
+        "False/RefNotPermitted"
+    );
+    // The status page's data: UDP backends are relayed datagrams.
+    let overview: serde_json::Value =
+        serde_json::from_str(&admin_get(&f.app, "/api/overview").await).unwrap();
+    let upstream = overview["upstreams"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == "infra/a:8080")
+        .unwrap_or_else(|| panic!("infra/a:8080 in {overview}"))
+        .clone();
+    assert_eq!(upstream["protocol"], "udp");
+    for name in ["echo", "echo-younger", "split", "cross"] {
         let r = route_status(&status, "UDPRoute", name);
         assert_eq!(parent_condition(r, "Accepted"), "True/Accepted", "{name}");
         assert_eq!(

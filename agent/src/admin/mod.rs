@@ -544,7 +544,8 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                             "name": l.name,
                             "port": l.port,
                             "hostname": l.hostname.as_ref().map(ToString::to_string),
-                            // Connections relayed at layer 4 (TLSRoute, TCPRoute).
+                            // Connections relayed at layer 4 (TLSRoute,
+                            // TCPRoute), or datagrams (UDPRoute).
                             "relay": l.l4.map(|m| m.as_str()),
                             "routes": l.routes.len(),
                         })).collect::<Vec<_>>(),
