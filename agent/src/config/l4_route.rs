@@ -186,7 +186,7 @@ mod tests {
             .collect();
         let c = parse_documents(files.iter().map(|(p, t)| (p.as_path(), t.as_str()))).unwrap();
         let kinds: Vec<RouteKind> = c.routes.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, [RouteKind::Tcp, RouteKind::Tls]);
+        assert_eq!(kinds, [RouteKind::Tcp, RouteKind::Tls, RouteKind::Udp]);
         let protocols: Vec<_> = c.gateways[0]
             .listeners
             .iter()
@@ -196,7 +196,8 @@ mod tests {
             protocols,
             [
                 super::super::ListenerProtocol::Tcp,
-                super::super::ListenerProtocol::TlsPassthrough
+                super::super::ListenerProtocol::TlsPassthrough,
+                super::super::ListenerProtocol::Udp
             ]
         );
     }
