@@ -944,12 +944,16 @@ const TRIM_AFTER: Duration = Duration::from_millis(500);
 /// A new socket and the key it is kept under in [`RunningShard::servers`].
 type KeyedSocket = (SocketAddr, ShardSocket);
 
+/// A new UDP listener socket and the address it is kept under in
+/// [`RunningShard::udp`].
+type KeyedUdpSocket = (SocketAddr, std::net::UdpSocket);
+
 /// Sockets bound for one change, not yet serving.
 #[derive(Default)]
 struct Prepared {
     shards: Vec<(ShardId, ObjectRef, Vec<KeyedSocket>)>,
     /// UDP sockets bound for this change, by shard.
-    udp: Vec<(ShardId, ObjectRef, Vec<(SocketAddr, std::net::UdpSocket)>)>,
+    udp: Vec<(ShardId, ObjectRef, Vec<KeyedUdpSocket>)>,
     /// SockMap slots set for shards new in this change.
     kernel_slots: Vec<(ShardId, bool)>,
 }
