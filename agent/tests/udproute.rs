@@ -2,7 +2,8 @@
 //! relayed both ways in one session per client address, weighted backends
 //! over many clients, idle sessions expired (and the session bound), no
 //! route / no endpoints counted, and a reload that leaves a session on its
-//! backend while new sessions follow the new routes.
+//! backend while new sessions follow the new routes (and closes the socket
+//! of a removed listener).
 mod common;
 
 use std::{collections::BTreeMap, time::Duration};
@@ -339,8 +340,18 @@ async fn a_reload_keeps_a_session_on_its_backend() {
              spec:\n  parentRefs: [{name: gw, sectionName: echo}]\n  \
              rules: [{backendRefs: [{name: b, port: 8080}]}]",
     );
+    // And the orphan listener goes: its socket is closed.
+    let text = text.replace(
+        &format!("  - {{name: orphan, port: {}, protocol: UDP}}\n", f.orphan),
+        "",
+    );
+    assert!(!text.contains("name: orphan"), "{text}");
     assert!(!text.contains("sectionName: split"), "{text}");
     assert!(!text.contains("[{name: a, port: 8080}]"), "{text}");
+    assert!(
+        std::net::UdpSocket::bind(("127.0.0.1", f.orphan)).is_err(),
+        "the orphan listener holds its port before the reload"
+    );
     write_config(&f.dir, "config.yaml", &text);
     // New sessions follow the new route once it is applied.
     let mut moved = false;
@@ -362,6 +373,15 @@ async fn a_reload_keeps_a_session_on_its_backend() {
         udp_ask(&kept, f.echo, b"after", WAIT).await.as_deref(),
         Some("a:after")
     );
+    let mut released = false;
+    for _ in 0..100 {
+        if std::net::UdpSocket::bind(("127.0.0.1", f.orphan)).is_ok() {
+            released = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(released, "the removed listener's UDP socket was closed");
     // A listener without a route any more opens no new session.
     let c = udp_client().await;
     assert_eq!(
@@ -412,6 +432,24 @@ async fn status_accepts_the_listeners_and_counts_every_route() {
         parent_condition(denied, "ResolvedRefs"),
         "False/RefNotPermitted"
     );
+    // `/config` shows the UDP ports apart from the (TCP) ports.
+    let config: serde_json::Value =
+        serde_json::from_str(&admin_get(&f.app, "/config").await).unwrap();
+    let shard = &config["shards"][0];
+    let mut udp: Vec<u64> = shard["udpPorts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("udpPorts in {config}"))
+        .iter()
+        .map(|p| p.as_u64().unwrap())
+        .collect();
+    udp.sort_unstable();
+    let mut want: Vec<u64> = [f.echo, f.split, f.empty, f.orphan]
+        .iter()
+        .map(|p| u64::from(*p))
+        .collect();
+    want.sort_unstable();
+    assert_eq!(udp, want);
+    assert_eq!(shard["ports"], serde_json::json!([]));
     // The status page's data: UDP backends are relayed datagrams.
     let overview: serde_json::Value =
         serde_json::from_str(&admin_get(&f.app, "/api/overview").await).unwrap();

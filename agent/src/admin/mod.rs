@@ -539,6 +539,8 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                         "gateway": s.gateway.to_string(),
                         "addresses": s.addresses,
                         "ports": s.ports(),
+                        // Bound as UDP sockets (not steered, no accept loop).
+                        "udpPorts": s.udp_ports(),
                         "sockets": notes.sockets.get(&s.gateway.to_string()),
                         "listeners": s.listeners.iter().map(|l| serde_json::json!({
                             "name": l.name,
