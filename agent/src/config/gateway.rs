@@ -461,4 +461,37 @@ stringData: {tls.key: key}
             .to_string();
         assert!(err.contains("data[tls.crt]"), "{err}");
     }
+
+    #[test]
+    fn udp_listener_is_served_without_hostname_or_tls() {
+        let gw = |listener: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: ns1}}\nspec:\n  gatewayClassName: sluice\n  \
+                 listeners: [{listener}]\n"
+            )
+        };
+        let c = parse(&gw(
+            "{name: dns, port: 53, protocol: UDP, hostname: dns.example.com}",
+        ))
+        .unwrap();
+        let l = &c.gateways[0].listeners[0];
+        assert_eq!(l.protocol, super::super::ListenerProtocol::Udp);
+        assert!(l.protocol.is_served() && l.protocol.is_l4());
+        assert_eq!(l.hostname, None, "a UDP listener matches no hostname");
+        assert_eq!(
+            l.allowed_kinds,
+            [super::super::RouteKind::Udp],
+            "UDPRoutes only"
+        );
+        let err = parse(&gw(
+            "{name: dns, port: 53, protocol: UDP, tls: {mode: Passthrough}}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.listeners[0].tls") && err.contains("not allowed for protocol UDP"),
+            "{err}"
+        );
+    }
 }
