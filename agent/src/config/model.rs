@@ -869,6 +869,10 @@ pub struct ServicePort {
     /// EndpointSlice port of the same service-port name.
     pub target_port: Option<u16>,
     pub app_protocol: Option<String>,
+    /// `protocol: UDP` (else TCP): a UDPRoute takes the UDP port of a number
+    /// a Service has as both (DNS's `dns` and `dns-tcp`), other routes the
+    /// TCP one.
+    pub udp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
