@@ -349,6 +349,16 @@ pub struct EdgeArgs {
     #[arg(long, value_name = "DURATION", default_value = "60m", value_parser = parse_duration)]
     pub l4_idle_timeout: Duration,
 
+    /// UDP listeners: a session (one per client address) with no datagram
+    /// in either direction for this long is closed.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub udp_idle_timeout: Duration,
+
+    /// UDP listeners: most open sessions per listener socket; datagrams of
+    /// new clients are dropped while it is full.
+    #[arg(long, value_name = "N", default_value_t = 16_384, value_parser = clap::value_parser!(u32).range(1..))]
+    pub udp_max_sessions: u32,
+
     /// HTTP/2: PING interval on a connection without frames from the client.
     #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
     pub h2_keepalive_interval: Duration,
@@ -414,6 +424,8 @@ impl EdgeArgs {
             body_idle_timeout: self.client_body_timeout,
             upstream_response_timeout: self.upstream_response_timeout,
             l4_idle_timeout: self.l4_idle_timeout,
+            udp_idle_timeout: self.udp_idle_timeout,
+            udp_max_sessions: self.udp_max_sessions as usize,
             h2_keepalive_interval: self.h2_keepalive_interval,
             h2_keepalive_timeout: self.h2_keepalive_timeout,
             max_head_bytes: self.max_request_head_bytes,
@@ -836,9 +848,15 @@ mod tests {
             "0",
             "--l4-idle-timeout",
             "90s",
+            "--udp-idle-timeout",
+            "20s",
+            "--udp-max-sessions",
+            "100",
         ]);
         let e = cli.settings().unwrap().edge;
         assert_eq!(e.l4_idle_timeout, Duration::from_secs(90));
+        assert_eq!(e.udp_idle_timeout, Duration::from_secs(20));
+        assert_eq!(e.udp_max_sessions, 100);
         assert_eq!(e.header_timeout, Duration::from_millis(500));
         assert_eq!(e.upstream_response_timeout, Duration::from_secs(120));
         assert_eq!(e.body_idle_timeout, Duration::from_secs(7));

@@ -213,6 +213,15 @@ pub struct Metrics {
     /// Bytes relayed by TLS Passthrough and TCP listeners, by shard, route
     /// and direction.
     pub l4_bytes: Family<L4BytesLabels, Counter>,
+    /// Sessions of UDP listeners, by shard, route and result (`relayed`: a
+    /// session was opened; else why a new client's datagram was dropped).
+    pub udp_sessions: Family<L4ConnectionLabels, Counter>,
+    /// Open UDP sessions, by shard.
+    pub udp_sessions_active: Family<ShardLabels, Gauge>,
+    /// Datagrams relayed by UDP listeners, by shard, route and direction.
+    pub udp_datagrams: Family<L4BytesLabels, Counter>,
+    /// Payload bytes relayed by UDP listeners, by shard, route and direction.
+    pub udp_bytes: Family<L4BytesLabels, Counter>,
 }
 
 /// Labels of `sluice_l4_connections_total`.
@@ -309,6 +318,10 @@ impl Default for Metrics {
             requests_abandoned: Family::default(),
             l4_connections: Family::default(),
             l4_bytes: Family::default(),
+            udp_sessions: Family::default(),
+            udp_sessions_active: Family::default(),
+            udp_datagrams: Family::default(),
+            udp_bytes: Family::default(),
         }
     }
 }
@@ -401,12 +414,46 @@ impl Metrics {
              direction (upstream: client to backend; downstream: backend to client)",
             self.l4_bytes.clone(),
         );
+        registry.register(
+            "sluice_udp_sessions",
+            "Sessions of UDP listeners (one per client address), by shard, route and \
+             result: relayed (a session was opened), or why a new client's datagram was \
+             dropped (no_route, no_backend, connect_failure, session_limit)",
+            self.udp_sessions.clone(),
+        );
+        registry.register(
+            "sluice_udp_sessions_active",
+            "Open sessions of UDP listeners, by shard",
+            self.udp_sessions_active.clone(),
+        );
+        registry.register(
+            "sluice_udp_datagrams",
+            "Datagrams relayed by UDP listeners, by shard, route and direction \
+             (upstream: client to backend; downstream: backend to client)",
+            self.udp_datagrams.clone(),
+        );
+        registry.register(
+            "sluice_udp_bytes",
+            "Payload bytes relayed by UDP listeners, by shard, route and direction",
+            self.udp_bytes.clone(),
+        );
         self.policy.register(registry);
     }
 
     /// Counts a connection of an L4 listener.
     pub fn l4_connection(&self, shard: &Arc<str>, route: &Arc<str>, result: &'static str) {
         self.l4_connections
+            .get_or_create(&L4ConnectionLabels {
+                shard: Name(shard.clone()),
+                route: Name(route.clone()),
+                result,
+            })
+            .inc();
+    }
+
+    /// Counts a new client of a UDP listener: a session opened, or why not.
+    pub fn udp_session(&self, shard: &Arc<str>, route: &Arc<str>, result: &'static str) {
+        self.udp_sessions
             .get_or_create(&L4ConnectionLabels {
                 shard: Name(shard.clone()),
                 route: Name(route.clone()),

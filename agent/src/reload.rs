@@ -23,7 +23,7 @@ use crate::{
     admin::ConfigNotes,
     config::{self, ConfigError, DirWatcher, ObjectRef},
     control::{status::Status, Compiled, Compiler, PolicyEnv, ShardIds},
-    gateway::{Proxy, ShardServer, ShardSocket},
+    gateway::{Proxy, ShardServer, ShardSocket, UdpServer},
     kernel::{
         self,
         maps::DatapathMaps,
@@ -119,6 +119,20 @@ struct RunningShard {
     /// Userspace: keyed by the bound (address, port). eBPF: by the steering
     /// socket's own address.
     servers: BTreeMap<SocketAddr, ShardServer>,
+    /// UDP listener sockets by bound (address, port), in both datapaths
+    /// (sk_lookup steering is TCP-only).
+    udp: BTreeMap<SocketAddr, UdpServer>,
+}
+
+impl RunningShard {
+    fn new(gateway: &ObjectRef, max_connections: usize) -> Self {
+        Self {
+            gateway: gateway.clone(),
+            limit: Arc::new(Semaphore::new(max_connections)),
+            servers: BTreeMap::new(),
+            udp: BTreeMap::new(),
+        }
+    }
 }
 
 impl std::fmt::Debug for Runtime {
@@ -341,6 +355,12 @@ impl Runtime {
             .iter()
             .map(|s| (s.id, wanted_binds(s).into_iter().collect()))
             .collect();
+        let wanted_udp: BTreeMap<ShardId, BTreeSet<SocketAddr>> = compiled
+            .snapshot
+            .shards
+            .iter()
+            .map(|s| (s.id, wanted_udp_binds(s).into_iter().collect()))
+            .collect();
         let previous = self.snapshot.swap(Arc::new(compiled.snapshot));
         // Freeing a large route table takes tens of milliseconds; the new
         // snapshot is in effect already, so that is done off the reload path
@@ -348,6 +368,7 @@ impl Runtime {
         tokio::task::spawn_blocking(move || drop(previous));
 
         let mut stopping = Vec::new();
+        let mut stopping_udp = Vec::new();
         // Sockets are listening already (connections queue in the backlog);
         // accept loops start after the swap so the first request sees its shard.
         for (id, gateway, sockets) in prepared.shards {
@@ -355,13 +376,12 @@ impl Runtime {
                 // The id now stands for another Gateway: the old one's sockets go.
                 if let Some(old) = running.remove(&id) {
                     stopping.extend(old.servers.into_values());
+                    stopping_udp.extend(old.udp.into_values());
                 }
             }
-            let entry = running.entry(id).or_insert_with(|| RunningShard {
-                gateway: gateway.clone(),
-                limit: Arc::new(Semaphore::new(self.max_connections)),
-                servers: BTreeMap::new(),
-            });
+            let entry = running
+                .entry(id)
+                .or_insert_with(|| RunningShard::new(&gateway, self.max_connections));
             for (key, socket) in sockets {
                 let local = socket.local;
                 match ShardServer::spawn_with_limit(
@@ -381,6 +401,29 @@ impl Runtime {
             }
         }
 
+        for (id, gateway, sockets) in prepared.udp {
+            if running.get(&id).is_some_and(|r| r.gateway != gateway) {
+                if let Some(old) = running.remove(&id) {
+                    stopping.extend(old.servers.into_values());
+                    stopping_udp.extend(old.udp.into_values());
+                }
+            }
+            let entry = running
+                .entry(id)
+                .or_insert_with(|| RunningShard::new(&gateway, self.max_connections));
+            for (key, socket) in sockets {
+                match UdpServer::spawn(id, socket, self.proxy.clone()) {
+                    Ok(server) => {
+                        tracing::info!(%gateway, shard = id, socket = %server.local_addr(), "listening (UDP)");
+                        entry.udp.insert(key, server);
+                    }
+                    Err(e) => {
+                        tracing::error!(%gateway, shard = id, socket = %key, error = %e, "UDP relay not started")
+                    }
+                }
+            }
+        }
+
         // Stop what the new snapshot no longer has: whole shards, and in
         // userspace mode (address, port)s a shard dropped.
         running.retain(|id, shard| {
@@ -395,7 +438,15 @@ impl Runtime {
                     }
                 }
                 stopping.extend(std::mem::take(&mut shard.servers).into_values());
+                stopping_udp.extend(std::mem::take(&mut shard.udp).into_values());
                 return false;
+            }
+            // UDP sockets are bound directly in both datapaths.
+            let keep = &wanted_udp[id];
+            let gone: Vec<SocketAddr> = shard.udp.keys().filter(|a| !keep.contains(a)).copied().collect();
+            for addr in gone {
+                tracing::info!(gateway = %shard.gateway, %addr, "UDP listener removed; closing socket");
+                stopping_udp.extend(shard.udp.remove(&addr));
             }
             if self.kernel.is_none() {
                 let keep = &wanted[id];
@@ -428,6 +479,9 @@ impl Runtime {
         drop(running);
         for server in stopping {
             // Draining takes up to the drain timeout; the reload does not wait.
+            tokio::spawn(server.shutdown());
+        }
+        for server in stopping_udp {
             tokio::spawn(server.shutdown());
         }
 
@@ -674,6 +728,9 @@ impl Runtime {
             });
         let handover = handover || keep;
         for (_, shard) in std::mem::take(&mut *running) {
+            for (_, server) in shard.udp {
+                server.shutdown().await;
+            }
             for (_, server) in shard.servers {
                 if handover {
                     server.shutdown_after_backlog().await;
@@ -767,6 +824,38 @@ impl Runtime {
                     .shards
                     .push((shard.id, shard.gateway.clone(), sockets));
             }
+            let mut udp = Vec::new();
+            for addr in wanted_udp_binds(shard) {
+                if existing.is_some_and(|r| r.udp.contains_key(&addr)) {
+                    continue;
+                }
+                match crate::gateway::udp::bind(addr) {
+                    Ok(s) => udp.push((addr, s)),
+                    Err(e) if addr.ip() == IpAddr::V6(Ipv6Addr::UNSPECIFIED) => {
+                        tracing::warn!(gateway = %shard.gateway, %addr, error = %e, "IPv6 wildcard not bound (UDP)");
+                    }
+                    Err(source) => {
+                        if let Some(holder) = running
+                            .values()
+                            .find(|r| r.gateway != shard.gateway && r.udp.contains_key(&addr))
+                        {
+                            return Err(ReloadError::AddressHeld {
+                                gateway: shard.gateway.clone(),
+                                holder: holder.gateway.to_string(),
+                                addr,
+                            });
+                        }
+                        return Err(ReloadError::Listen {
+                            gateway: shard.gateway.clone(),
+                            addr,
+                            source,
+                        });
+                    }
+                }
+            }
+            if !udp.is_empty() {
+                prepared.udp.push((shard.id, shard.gateway.clone(), udp));
+            }
         }
         Ok(prepared)
     }
@@ -855,10 +944,16 @@ const TRIM_AFTER: Duration = Duration::from_millis(500);
 /// A new socket and the key it is kept under in [`RunningShard::servers`].
 type KeyedSocket = (SocketAddr, ShardSocket);
 
+/// A new UDP listener socket and the address it is kept under in
+/// [`RunningShard::udp`].
+type KeyedUdpSocket = (SocketAddr, std::net::UdpSocket);
+
 /// Sockets bound for one change, not yet serving.
 #[derive(Default)]
 struct Prepared {
     shards: Vec<(ShardId, ObjectRef, Vec<KeyedSocket>)>,
+    /// UDP sockets bound for this change, by shard.
+    udp: Vec<(ShardId, ObjectRef, Vec<KeyedUdpSocket>)>,
     /// SockMap slots set for shards new in this change.
     kernel_slots: Vec<(ShardId, bool)>,
 }
@@ -869,8 +964,19 @@ impl Prepared {
     }
 }
 
-/// Userspace mode: each (address, port) the shard's listeners need.
+/// Userspace mode: each (address, port) the shard's TCP listeners need.
 fn wanted_binds(shard: &Shard) -> Vec<SocketAddr> {
+    binds(shard, shard.ports())
+}
+
+/// Both datapaths: each (address, port) the shard's UDP listeners need.
+fn wanted_udp_binds(shard: &Shard) -> Vec<SocketAddr> {
+    binds(shard, shard.udp_ports())
+}
+
+/// Each of the shard's addresses (both wildcards when it has none) with
+/// each of `ports`.
+fn binds(shard: &Shard, ports: Vec<u16>) -> Vec<SocketAddr> {
     let addrs: Vec<IpAddr> = if shard.addresses.is_empty() {
         vec![
             IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -879,8 +985,7 @@ fn wanted_binds(shard: &Shard) -> Vec<SocketAddr> {
     } else {
         shard.addresses.clone()
     };
-    shard
-        .ports()
+    ports
         .into_iter()
         .flat_map(|port| addrs.iter().map(move |ip| SocketAddr::new(*ip, port)))
         .collect()

@@ -338,9 +338,17 @@ async fn the_l4_example_relays_tcp_to_its_backend() {
         .unwrap()
         .port();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/l4/gateway.yaml");
+    // And the UDP listener's.
+    let udp_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let gateway = std::fs::read_to_string(src)
         .unwrap()
-        .replace("port: 8443", &format!("port: {tls_port}"));
+        .replace("port: 8443", &format!("port: {tls_port}"))
+        .replace("port: 5300", &format!("port: {udp_port}"));
+    assert!(gateway.contains(&format!("port: {udp_port}")));
     let ex = start_with("l4", &[("gateway.yaml", gateway.as_str())]).await;
     // HTTP through the TCP listener: the bytes reach the echo backend and
     // its answer comes back, whatever the Host (no HTTP routing at L4).

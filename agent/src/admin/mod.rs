@@ -539,12 +539,15 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                         "gateway": s.gateway.to_string(),
                         "addresses": s.addresses,
                         "ports": s.ports(),
+                        // Bound as UDP sockets (not steered, no accept loop).
+                        "udpPorts": s.udp_ports(),
                         "sockets": notes.sockets.get(&s.gateway.to_string()),
                         "listeners": s.listeners.iter().map(|l| serde_json::json!({
                             "name": l.name,
                             "port": l.port,
                             "hostname": l.hostname.as_ref().map(ToString::to_string),
-                            // Connections relayed at layer 4 (TLSRoute, TCPRoute).
+                            // Connections relayed at layer 4 (TLSRoute,
+                            // TCPRoute), or datagrams (UDPRoute).
                             "relay": l.l4.map(|m| m.as_str()),
                             "routes": l.routes.len(),
                         })).collect::<Vec<_>>(),

@@ -204,8 +204,8 @@ pub struct AttachedPolicy {
 pub struct UpstreamView {
     /// `namespace/name:port`.
     pub name: String,
-    /// `http1`, `h2c`, or `tcp` for backends of TLSRoutes and TCPRoutes
-    /// (bytes relayed as they come).
+    /// `http1`, `h2c`, `tcp` for backends of TLSRoutes and TCPRoutes
+    /// (bytes relayed as they come), or `udp` for those of UDPRoutes.
     pub protocol: &'static str,
     pub tls: bool,
     pub endpoints: Vec<EndpointView>,
@@ -554,8 +554,8 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
     }
     let mut routes: BTreeMap<String, Acc> = BTreeMap::new();
     for listener in &shard.listeners {
-        // TLS Passthrough and TCP listeners relay bytes to their backends.
-        let relay = listener.l4.is_some();
+        // TLS, TCP and UDP listeners relay bytes to their backends.
+        let relay = listener.l4;
         for (host, entry) in listener.routes.entries() {
             let name = entry.route_name.to_string();
             let acc = routes.entry(name.clone()).or_default();
@@ -599,13 +599,13 @@ fn backends_of(entry: &RouteEntry) -> impl Iterator<Item = (&Backend, bool)> {
         .chain(action.mirrors.iter().map(|m| (&m.backend, true)))
 }
 
-/// Registers `backend` (used by `route`; `relay`: through an L4 listener)
-/// and returns its key.
+/// Registers `backend` (used by `route`; `relay`: the mode of the L4
+/// listener it is relayed through) and returns its key.
 fn upstream(
     backend: &Backend,
     route: &str,
     upstreams: &mut BTreeMap<String, UpstreamView>,
-    relay: bool,
+    relay: Option<crate::snapshot::L4Mode>,
 ) -> String {
     let key = format!("{}:{}", backend.service, backend.port);
     let view = upstreams.entry(key.clone()).or_insert_with(|| {
@@ -627,12 +627,13 @@ fn upstream(
         UpstreamView {
             name: key.clone(),
             protocol: match backend.protocol {
-                _ if relay => "tcp",
+                _ if relay == Some(crate::snapshot::L4Mode::Udp) => "udp",
+                _ if relay.is_some() => "tcp",
                 crate::snapshot::AppProtocol::Http1 => "http1",
                 crate::snapshot::AppProtocol::H2c => "h2c",
             },
             // A relayed TLS connection is the client's own, end to end.
-            tls: !relay && backend.tls.is_some(),
+            tls: relay.is_none() && backend.tls.is_some(),
             endpoints,
             panic: false,
             unresolved,

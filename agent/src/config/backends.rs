@@ -45,6 +45,7 @@ pub(super) fn service(doc: &mut Doc<'_>, s: wire::Service) -> Option<model::Serv
             port: p.port,
             target_port,
             app_protocol: p.app_protocol.clone(),
+            udp: p.protocol.as_deref() == Some("UDP"),
         });
     }
     (doc.errors.len() == before).then(|| model::Service {

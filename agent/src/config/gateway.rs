@@ -137,6 +137,7 @@ pub(super) fn listeners(
             "HTTP" => model::ListenerProtocol::Http,
             "HTTPS" => model::ListenerProtocol::Https,
             "TCP" => model::ListenerProtocol::Tcp,
+            "UDP" => model::ListenerProtocol::Udp,
             "TLS" => match l.tls.as_ref().and_then(|t| t.mode.as_deref()) {
                 Some("Passthrough") => model::ListenerProtocol::TlsPassthrough,
                 // Terminate is the mode when none is given.
@@ -157,7 +158,14 @@ pub(super) fn listeners(
         let hostname = match &l.hostname {
             // A TCP listener has no hostname to match (the Gateway API
             // ignores it for TCP); a routing decision must not depend on it.
-            Some(_) if protocol == model::ListenerProtocol::Tcp => None,
+            Some(_)
+                if matches!(
+                    protocol,
+                    model::ListenerProtocol::Tcp | model::ListenerProtocol::Udp
+                ) =>
+            {
+                None
+            }
             Some(h) => hostname(doc, &format!("spec.listeners[{i}].hostname"), h),
             None => None,
         };
@@ -248,6 +256,10 @@ fn listener_tls(
         }
         (model::ListenerProtocol::Tcp, Some(_)) => {
             doc.err(field, "not allowed for protocol TCP");
+            None
+        }
+        (model::ListenerProtocol::Udp, Some(_)) => {
+            doc.err(field, "not allowed for protocol UDP");
             None
         }
         (model::ListenerProtocol::TlsPassthrough, Some(tls)) => {
@@ -448,5 +460,38 @@ stringData: {tls.key: key}
             .unwrap_err()
             .to_string();
         assert!(err.contains("data[tls.crt]"), "{err}");
+    }
+
+    #[test]
+    fn udp_listener_is_served_without_hostname_or_tls() {
+        let gw = |listener: &str| {
+            format!(
+                "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+                 metadata: {{name: gw, namespace: ns1}}\nspec:\n  gatewayClassName: sluice\n  \
+                 listeners: [{listener}]\n"
+            )
+        };
+        let c = parse(&gw(
+            "{name: dns, port: 53, protocol: UDP, hostname: dns.example.com}",
+        ))
+        .unwrap();
+        let l = &c.gateways[0].listeners[0];
+        assert_eq!(l.protocol, super::super::ListenerProtocol::Udp);
+        assert!(l.protocol.is_served() && l.protocol.is_l4());
+        assert_eq!(l.hostname, None, "a UDP listener matches no hostname");
+        assert_eq!(
+            l.allowed_kinds,
+            [super::super::RouteKind::Udp],
+            "UDPRoutes only"
+        );
+        let err = parse(&gw(
+            "{name: dns, port: 53, protocol: UDP, tls: {mode: Passthrough}}",
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("spec.listeners[0].tls") && err.contains("not allowed for protocol UDP"),
+            "{err}"
+        );
     }
 }

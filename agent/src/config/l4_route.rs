@@ -1,9 +1,10 @@
-//! Conversion of TLSRoute and TCPRoute. Both carry parents, one rule of
+//! Conversion of TLSRoute, TCPRoute and UDPRoute. All carry parents, one rule of
 //! weighted backends and (TLSRoute) hostnames: exactly the parts an HTTPRoute
 //! has, so they are rewritten into an HTTPRoute without matches or filters
 //! and converted by [`super::route::http_route`]; the result keeps its kind
-//! ([`model::RouteKind::Tls`], [`model::RouteKind::Tcp`]), which decides the
-//! listeners it attaches to and that its connections are relayed, not proxied.
+//! ([`model::RouteKind::Tls`], [`model::RouteKind::Tcp`],
+//! [`model::RouteKind::Udp`]), which decides the listeners it attaches to and
+//! that its connections (datagrams) are relayed, not proxied.
 use super::{model, resources as wire, route::http_route, validate::Doc};
 
 /// apiVersions read for TLSRoute (v1 is the standard channel's; the alpha
@@ -20,18 +21,28 @@ pub(super) const TCP_ROUTE_VERSIONS: [&str; 2] = [
     "gateway.networking.k8s.io/v1alpha2",
 ];
 
+/// apiVersions read for UDPRoute (v1 is served by the experimental CRD;
+/// v1alpha2 has the same fields).
+pub(super) const UDP_ROUTE_VERSIONS: [&str; 2] = [
+    "gateway.networking.k8s.io/v1",
+    "gateway.networking.k8s.io/v1alpha2",
+];
+
 /// Most backendRefs a rule may have (the CRD's maxItems).
 const MAX_BACKEND_REFS: usize = 16;
 
-/// Converts a TLSRoute or TCPRoute (`kind` says which).
+/// Converts a TLSRoute, TCPRoute or UDPRoute (`kind` says which).
 pub(super) fn l4_route(
     doc: &mut Doc<'_>,
     kind: model::RouteKind,
     r: wire::L4Route,
 ) -> Option<model::HttpRoute> {
     let before = doc.errors.len();
-    if kind == model::RouteKind::Tcp && !r.spec.hostnames.is_empty() {
-        doc.err("spec.hostnames", "not a field of TCPRoute");
+    if kind != model::RouteKind::Tls && !r.spec.hostnames.is_empty() {
+        doc.err(
+            "spec.hostnames",
+            format!("not a field of {}", kind.as_str()),
+        );
     }
     // v1 allows exactly one rule: with no matches, a second rule could never
     // be chosen over the first.
@@ -175,7 +186,7 @@ mod tests {
             .collect();
         let c = parse_documents(files.iter().map(|(p, t)| (p.as_path(), t.as_str()))).unwrap();
         let kinds: Vec<RouteKind> = c.routes.iter().map(|r| r.kind).collect();
-        assert_eq!(kinds, [RouteKind::Tcp, RouteKind::Tls]);
+        assert_eq!(kinds, [RouteKind::Tcp, RouteKind::Tls, RouteKind::Udp]);
         let protocols: Vec<_> = c.gateways[0]
             .listeners
             .iter()
@@ -185,17 +196,41 @@ mod tests {
             protocols,
             [
                 super::super::ListenerProtocol::Tcp,
-                super::super::ListenerProtocol::TlsPassthrough
+                super::super::ListenerProtocol::TlsPassthrough,
+                super::super::ListenerProtocol::Udp
             ]
         );
     }
 
     #[test]
-    fn udp_route_is_refused_by_name() {
+    fn udp_route_converts_in_both_versions_and_refuses_hostnames() {
         let udp = TLS
             .replace("TLSRoute", "UDPRoute")
-            .replace("/v1\n", "/v1alpha2\n");
-        let err = parse(&udp).unwrap_err().to_string();
-        assert!(err.contains("UDPRoute is not served"), "{err}");
+            .replace("  hostnames: ['*.example.com', a.example.org]\n", "");
+        for v in ["v1", "v1alpha2"] {
+            let c = parse(&udp.replace("/v1\n", &format!("/{v}\n"))).unwrap();
+            let r = &c.routes[0];
+            assert_eq!(r.kind, RouteKind::Udp);
+            let b = &r.rules[0].backends;
+            assert_eq!((b[0].port, b[0].weight), (443, 3));
+            assert_eq!((b[1].port, b[1].weight), (8443, 1));
+        }
+        let err = parse(&TLS.replace("TLSRoute", "UDPRoute"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("spec.hostnames") && err.contains("not a field of UDPRoute"),
+            "{err}"
+        );
+        let err = parse(&udp.replace("/v1\n", "/v1alpha3\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unsupported UDPRoute version"), "{err}");
+        let no_backends = udp.replace(
+            "rules: [{backendRefs: [{name: svc, port: 443, weight: 3}, {name: other, port: 8443}]}]",
+            "rules: [{backendRefs: []}]",
+        );
+        let err = parse(&no_backends).unwrap_err().to_string();
+        assert!(err.contains("at least one backendRef"), "{err}");
     }
 }

@@ -388,7 +388,10 @@ pub enum ListenerProtocol {
     TlsTerminate,
     /// `TCP`: connections are relayed to the backends of a TCPRoute.
     Tcp,
-    /// A protocol this agent does not serve (UDP, ...): the listener is
+    /// `UDP`: datagrams are relayed, per client address, to the backends of
+    /// a UDPRoute.
+    Udp,
+    /// A protocol this agent does not serve (SCTP, ...): the listener is
     /// reported as not accepted and carries no traffic.
     Other(String),
 }
@@ -401,6 +404,7 @@ impl ListenerProtocol {
             ListenerProtocol::Http | ListenerProtocol::Https => &[RouteKind::Http, RouteKind::Grpc],
             ListenerProtocol::TlsPassthrough | ListenerProtocol::TlsTerminate => &[RouteKind::Tls],
             ListenerProtocol::Tcp => &[RouteKind::Tcp],
+            ListenerProtocol::Udp => &[RouteKind::Udp],
             ListenerProtocol::Other(_) => &[],
         }
     }
@@ -417,6 +421,7 @@ impl ListenerProtocol {
             ListenerProtocol::TlsPassthrough
                 | ListenerProtocol::TlsTerminate
                 | ListenerProtocol::Tcp
+                | ListenerProtocol::Udp
         )
     }
 }
@@ -607,30 +612,34 @@ pub enum RouteKind {
     Tls,
     /// TCPRoute: every connection of a TCP listener.
     Tcp,
+    /// UDPRoute: every datagram session of a UDP listener.
+    Udp,
 }
 
 impl RouteKind {
-    /// The Kubernetes kind name (`HTTPRoute`, `GRPCRoute`, `TLSRoute`, `TCPRoute`).
+    /// The Kubernetes kind name (`HTTPRoute`, `GRPCRoute`, `TLSRoute`, `TCPRoute`, `UDPRoute`).
     pub fn as_str(self) -> &'static str {
         match self {
             RouteKind::Http => "HTTPRoute",
             RouteKind::Grpc => "GRPCRoute",
             RouteKind::Tls => "TLSRoute",
             RouteKind::Tcp => "TCPRoute",
+            RouteKind::Udp => "UDPRoute",
         }
     }
 
     /// Every kind, for parsing `allowedRoutes.kinds`.
-    pub const ALL: [RouteKind; 4] = [
+    pub const ALL: [RouteKind; 5] = [
         RouteKind::Http,
         RouteKind::Grpc,
         RouteKind::Tls,
         RouteKind::Tcp,
+        RouteKind::Udp,
     ];
 
     /// Whether the route's connections are relayed at layer 4.
     pub fn is_l4(self) -> bool {
-        matches!(self, RouteKind::Tls | RouteKind::Tcp)
+        matches!(self, RouteKind::Tls | RouteKind::Tcp | RouteKind::Udp)
     }
 }
 
@@ -860,6 +869,10 @@ pub struct ServicePort {
     /// EndpointSlice port of the same service-port name.
     pub target_port: Option<u16>,
     pub app_protocol: Option<String>,
+    /// `protocol: UDP` (else TCP): a UDPRoute takes the UDP port of a number
+    /// a Service has as both (DNS's `dns` and `dns-tcp`), other routes the
+    /// TCP one.
+    pub udp: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]

@@ -119,11 +119,11 @@ impl Builder {
                     }
                 }
             }
-            (GATEWAY_GROUP, kind @ ("TLSRoute" | "TCPRoute")) => {
-                let (route_kind, versions) = if kind == "TLSRoute" {
-                    (model::RouteKind::Tls, &super::l4_route::TLS_ROUTE_VERSIONS[..])
-                } else {
-                    (model::RouteKind::Tcp, &super::l4_route::TCP_ROUTE_VERSIONS[..])
+            (GATEWAY_GROUP, kind @ ("TLSRoute" | "TCPRoute" | "UDPRoute")) => {
+                let (route_kind, versions) = match kind {
+                    "TLSRoute" => (model::RouteKind::Tls, &super::l4_route::TLS_ROUTE_VERSIONS[..]),
+                    "TCPRoute" => (model::RouteKind::Tcp, &super::l4_route::TCP_ROUTE_VERSIONS[..]),
+                    _ => (model::RouteKind::Udp, &super::l4_route::UDP_ROUTE_VERSIONS[..]),
                 };
                 if !versions.contains(&api_version.as_str()) {
                     doc.err("apiVersion", format!("unsupported {kind} version {api_version:?} (supported: {})", versions.join(", ")));
@@ -133,10 +133,6 @@ impl Builder {
                     }
                 }
             }
-            (GATEWAY_GROUP, "UDPRoute") => doc.err(
-                "kind",
-                "UDPRoute is not served: Sluice relays TCP only (TCPRoute, TLSRoute)",
-            ),
             ("", "Service") => {
                 if let Some(s) = decode::<wire::Service>(&mut doc, value) {
                     if let Some(s) = backends::service(&mut doc, s) {

@@ -88,9 +88,9 @@ impl<'a> BackendResolver<'a> {
                     let mut backend = Backend::new(self.id(&b.service), b.port, b.weight, target);
                     backend.filters = b.filters.clone();
                     backend.protocol = match route.kind {
-                        // TLS and TCP connections are relayed as bytes: the
-                        // protocol is not looked at.
-                        RouteKind::Http | RouteKind::Tls | RouteKind::Tcp => {
+                        // TLS and TCP connections (UDP datagrams) are relayed
+                        // as bytes: the protocol is not looked at.
+                        RouteKind::Http | RouteKind::Tls | RouteKind::Tcp | RouteKind::Udp => {
                             self.protocol(&b.service, b.port)
                         }
                         // gRPC needs HTTP/2: prior knowledge in the clear; over TLS
@@ -174,7 +174,15 @@ impl<'a> BackendResolver<'a> {
                 message: format!("backend {service}: Service not found"),
             });
         };
-        let Some(sp) = svc.ports.iter().find(|p| p.port == port) else {
+        // The port of the route's transport protocol when the Service has
+        // the number as both; else the one it has (files rarely say UDP).
+        let udp = from == Kind::UDP_ROUTE;
+        let Some(sp) = svc
+            .ports
+            .iter()
+            .find(|p| p.port == port && p.udp == udp)
+            .or_else(|| svc.ports.iter().find(|p| p.port == port))
+        else {
             return Err(Unresolved {
                 reason: "BackendNotFound",
                 message: format!("backend {service}: Service has no port {port}"),
@@ -204,7 +212,13 @@ impl<'a> BackendResolver<'a> {
         let app_protocol = self
             .services
             .get(service)
-            .and_then(|s| s.ports.iter().find(|p| p.port == port))
+            .and_then(|s| {
+                // HTTP is spoken over TCP: the TCP port of the number first.
+                s.ports
+                    .iter()
+                    .find(|p| p.port == port && !p.udp)
+                    .or_else(|| s.ports.iter().find(|p| p.port == port))
+            })
             .and_then(|p| p.app_protocol.as_deref());
         match app_protocol {
             Some("kubernetes.io/h2c") => AppProtocol::H2c,
@@ -247,7 +261,7 @@ impl<'a> BackendResolver<'a> {
             Ok(x) => x,
             Err(u) => return BackendTarget::Invalid(u),
         };
-        let key = (service.clone(), port);
+        let key = (service.clone(), port, sp.udp);
         if let Some(e) = self.endpoints.borrow().get(&key) {
             return BackendTarget::Endpoints(e.clone());
         }

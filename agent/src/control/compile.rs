@@ -333,6 +333,7 @@ impl Compiler {
                             ListenerProtocol::TlsPassthrough => Some(L4Mode::TlsPassthrough),
                             ListenerProtocol::TlsTerminate => Some(L4Mode::TlsTerminate),
                             ListenerProtocol::Tcp => Some(L4Mode::Tcp),
+                            ListenerProtocol::Udp => Some(L4Mode::Udp),
                             _ => None,
                         },
                         tls,
@@ -677,6 +678,62 @@ ports: [{name: http, port: 9000}]
             t => panic!("{t:?}"),
         }
         assert!(matches!(&b[1].target, BackendTarget::Invalid(u) if u.reason == "BackendNotFound"));
+    }
+
+    #[test]
+    fn a_udp_route_takes_the_udp_port_of_a_number_the_service_has_twice() {
+        let cfg = r#"
+apiVersion: gateway.networking.k8s.io/v1
+kind: GatewayClass
+metadata: {name: sluice}
+spec: {controllerName: sluice.dev/gateway-controller}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: Gateway
+metadata: {name: gw, namespace: app}
+spec:
+  gatewayClassName: sluice
+  listeners:
+  - {name: udp, port: 53, protocol: UDP}
+  - {name: tcp, port: 54, protocol: TCP}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: UDPRoute
+metadata: {name: dns-udp, namespace: app}
+spec: {parentRefs: [{name: gw, sectionName: udp}], rules: [{backendRefs: [{name: dns, port: 53}]}]}
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: TCPRoute
+metadata: {name: dns-tcp, namespace: app}
+spec: {parentRefs: [{name: gw, sectionName: tcp}], rules: [{backendRefs: [{name: dns, port: 53}]}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: dns, namespace: app}
+spec: {ports: [{name: dns-tcp, port: 53, protocol: TCP}, {name: dns, port: 53, protocol: UDP}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: dns-1, namespace: app, labels: {kubernetes.io/service-name: dns}}
+addressType: IPv4
+endpoints: [{addresses: [127.0.0.1]}]
+ports: [{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354, protocol: TCP}]
+"#;
+        let cfg = parse_documents([(Path::new("t.yaml"), cfg)]).unwrap();
+        let c = compile(&cfg, &mut ShardIds::default(), 1);
+        let shard = &c.snapshot.shards[0];
+        let headers = http::HeaderMap::new();
+        let req = crate::snapshot::RequestView::new(&http::Method::GET, "/", None, &headers);
+        let target = |l: &crate::snapshot::ListenerRoutes| -> Vec<std::net::SocketAddr> {
+            match &l.routes.find("", &req).unwrap().action.backends.backends[0].target {
+                BackendTarget::Endpoints(e) => e.to_vec(),
+                t => panic!("{t:?}"),
+            }
+        };
+        let udp = shard.udp_listener(53).expect("the UDP listener");
+        assert_eq!(target(udp), ["127.0.0.1:5353".parse().unwrap()]);
+        let tcp = shard.listeners.iter().find(|l| l.name == "tcp").unwrap();
+        assert_eq!(target(tcp), ["127.0.0.1:5354".parse().unwrap()]);
     }
 
     #[test]

@@ -32,6 +32,10 @@ impl Kind<'static> {
         group: GATEWAY_GROUP,
         kind: "TCPRoute",
     };
+    pub const UDP_ROUTE: Kind<'static> = Kind {
+        group: GATEWAY_GROUP,
+        kind: "UDPRoute",
+    };
     pub const SERVICE: Kind<'static> = Kind {
         group: "",
         kind: "Service",
@@ -58,6 +62,7 @@ impl Kind<'static> {
             crate::config::RouteKind::Grpc => Kind::GRPC_ROUTE,
             crate::config::RouteKind::Tls => Kind::TLS_ROUTE,
             crate::config::RouteKind::Tcp => Kind::TCP_ROUTE,
+            crate::config::RouteKind::Udp => Kind::UDP_ROUTE,
         }
     }
 }

@@ -187,7 +187,8 @@ pub(super) struct Cache {
 }
 
 /// Resolved endpoints by Service and port, shared by every backend of them.
-pub(super) type EndpointMemo = HashMap<(ObjectRef, u16), Arc<[SocketAddr]>>;
+/// Endpoints by Service, port and whether it is the UDP port of that number.
+pub(super) type EndpointMemo = HashMap<(ObjectRef, u16, bool), Arc<[SocketAddr]>>;
 
 /// What of the previous compile this one may use, decided before it starts.
 pub(super) struct Reuse {

@@ -331,7 +331,8 @@ pub(super) fn compute(
                 | ListenerProtocol::Https
                 | ListenerProtocol::TlsPassthrough
                 | ListenerProtocol::TlsTerminate
-                | ListenerProtocol::Tcp => (
+                | ListenerProtocol::Tcp
+                | ListenerProtocol::Udp => (
                     route_kinds,
                     vec![
                         // A conflict names itself in Accepted too, as the
@@ -716,7 +717,7 @@ spec:
   listeners:
   - {name: http, port: 80, protocol: HTTP, hostname: foo.example.com}
   - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: missing-cert}]}}
-  - {name: udp, port: 9000, protocol: UDP}
+  - {name: sctp, port: 9000, protocol: SCTP}
 ---
 apiVersion: v1
 kind: Service
@@ -790,10 +791,10 @@ spec: {ports: [{port: 8080}]}
             "False"
         );
         assert_eq!(
-            condition(&l("udp").conditions, "Accepted").reason,
+            condition(&l("sctp").conditions, "Accepted").reason,
             "UnsupportedProtocol"
         );
-        assert!(l("udp").supported_kinds.is_empty());
+        assert!(l("sctp").supported_kinds.is_empty());
         assert_eq!(condition(&gw.conditions, "Programmed").status, "True");
         assert_eq!(
             condition(&gw.conditions, "Accepted").observed_generation,
@@ -872,7 +873,7 @@ spec:
         let s = status("");
         let c = condition(&s.gateways[0].conditions, "Accepted");
         assert_eq!((c.status, c.reason), ("True", "ListenersNotValid"));
-        assert!(c.message.contains("udp"), "{}", c.message);
+        assert!(c.message.contains("sctp"), "{}", c.message);
         let (s, _) = gateway_status(
             "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
              metadata: {name: gw, namespace: infra}\nspec:\n  gatewayClassName: sluice\n  \
@@ -948,6 +949,7 @@ spec:
   - {name: terminate, port: 7443, protocol: TLS, tls: {mode: Terminate, certificateRefs: [{name: missing}]}}
   - {name: https, port: 443, protocol: HTTPS, tls: {certificateRefs: [{name: c}]}}
   - {name: tls-on-443, port: 443, protocol: TLS, tls: {mode: Passthrough}}
+  - {name: udp, port: 5353, protocol: UDP, hostname: ignored.example.com}
 "#,
         );
         let kinds = |name: &str| -> Vec<&str> {
@@ -963,7 +965,8 @@ spec:
         assert_eq!(kinds("tls-http"), ["TLSRoute"]);
         let c = condition(&listener(&s, "tls-http").conditions, "ResolvedRefs");
         assert_eq!((c.status, c.reason), ("False", "InvalidRouteKinds"));
-        for name in ["pass-a", "pass-b", "tcp"] {
+        assert_eq!(kinds("udp"), ["UDPRoute"]);
+        for name in ["pass-a", "pass-b", "tcp", "udp"] {
             let l = listener(&s, name);
             assert_eq!(
                 condition(&l.conditions, "Accepted").status,
@@ -991,7 +994,17 @@ spec:
         );
         assert_eq!(shard.l4_mode(5432), Some(crate::snapshot::L4Mode::Tcp));
         assert_eq!(shard.l4_mode(443), None);
+        // The UDP listener is bound apart: not a TCP port, not an accept
+        // loop's L4 mode, found as a UDP listener.
         assert_eq!(shard.ports(), [5432, 8443, 9443]);
+        assert_eq!(shard.udp_ports(), [5353]);
+        assert_eq!(shard.l4_mode(5353), None);
+        assert_eq!(shard.udp_listener(5353).unwrap().name, "udp");
+        assert!(shard.udp_listener(5432).is_none());
+        assert!(
+            compiled.kernel.listeners.keys().all(|k| k.port != 5353),
+            "UDP ports are not steered"
+        );
     }
 
     #[test]

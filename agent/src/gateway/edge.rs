@@ -32,6 +32,12 @@ pub struct EdgeSettings {
     /// TLS (Passthrough and Terminate) and TCP listeners: a relayed connection without a
     /// byte in either direction for this long is closed (agent-wide).
     pub l4_idle_timeout: Duration,
+    /// UDP listeners: a session (one per client address) without a
+    /// datagram in either direction for this long is closed (agent-wide).
+    pub udp_idle_timeout: Duration,
+    /// UDP listeners: most open sessions per listener socket; a new
+    /// client's datagrams are dropped (and counted) while it is full.
+    pub udp_max_sessions: usize,
     /// HTTP/2: a PING is sent after this long without frames from the
     /// client; a client that does not acknowledge it within
     /// [`h2_keepalive_timeout`](Self::h2_keepalive_timeout) is disconnected.
@@ -130,6 +136,10 @@ impl Default for EdgeSettings {
             // Envoy's tcp_proxy idle_timeout; nginx's stream proxy_timeout
             // is 10 min, which cuts quiet database sessions users expect to keep.
             l4_idle_timeout: Duration::from_secs(3600),
+            // Envoy's udp_proxy idle_timeout; DNS-like request/response
+            // flows are long done by then, streams keep sending.
+            udp_idle_timeout: Duration::from_secs(60),
+            udp_max_sessions: 16_384,
             h2_keepalive_interval: Duration::from_secs(60),
             h2_keepalive_timeout: Duration::from_secs(20),
             // HAProxy's 16 KiB buffer holds a head; nginx allows 4 × 8 KiB

@@ -81,6 +81,9 @@ pub(super) async fn serve(
     };
     match mode {
         L4Mode::Tcp => route_and_relay(at, client, Vec::new(), String::new(), proxy).await,
+        // UDP listeners have no accept loop ([`super::udp`]); a TCP
+        // connection to a UDP port is not ours to serve.
+        L4Mode::Udp => refuse(&proxy, shard, None, Refused::NoRoute, peer),
         L4Mode::TlsPassthrough => match read_client_hello(&mut client).await {
             Ok((prefix, host)) => {
                 route_and_relay(at, client, prefix, host.unwrap_or_default(), proxy).await
@@ -147,9 +150,11 @@ where
         // The most specific listener hostname covering the SNI (a name-less
         // hello only reaches a listener without hostname).
         L4Mode::TlsPassthrough | L4Mode::TlsTerminate => s.listener_for(local.port(), &host),
-        L4Mode::Tcp => {
+        L4Mode::Tcp | L4Mode::Udp => {
             let port = s.listener_port(local.port());
-            s.listeners.iter().find(|l| l.port == port)
+            s.listeners
+                .iter()
+                .find(|l| l.port == port && l.l4 == Some(mode))
         }
     };
     let headers = HeaderMap::new();

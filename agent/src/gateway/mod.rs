@@ -20,6 +20,7 @@ pub mod pool;
 mod proxy;
 mod retry;
 mod server;
+pub mod udp;
 mod upgrade;
 mod upstream_tls;
 pub mod workers;
@@ -27,6 +28,7 @@ pub mod workers;
 pub use edge::EdgeSettings;
 pub use proxy::{request_host, ConnInfo, ConnectionGate, Proxy, TlsInfo};
 pub use server::{ShardServer, ShardSocket};
+pub use udp::UdpServer;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};

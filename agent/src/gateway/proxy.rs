@@ -228,7 +228,7 @@ impl Proxy {
 
     /// The shard's name for a metric label (`none` once it is gone): only
     /// for rare events, it loads the snapshot.
-    fn shard_label(&self, shard: ShardId) -> Arc<str> {
+    pub(super) fn shard_label(&self, shard: ShardId) -> Arc<str> {
         self.snapshot
             .load()
             .shard(shard)

@@ -267,6 +267,7 @@ impl Converter {
             Kind::GrpcRoute,
             Kind::TlsRoute,
             Kind::TcpRoute,
+            Kind::UdpRoute,
             Kind::ReferenceGrant,
             Kind::BackendTlsPolicy,
             Kind::SluicePolicy,
@@ -652,6 +653,11 @@ mod tests {
                 "tcp",
                 serde_json::json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "svc", "port": 5432}]}]}),
             ),
+            route(
+                Kind::UdpRoute,
+                "udp",
+                serde_json::json!({"parentRefs": [{"name": "gw"}], "rules": [{"backendRefs": [{"name": "dns", "port": 53}]}]}),
+            ),
             // Two rules: v1 has exactly one.
             route(
                 Kind::TcpRoute,
@@ -674,7 +680,11 @@ mod tests {
             kinds.contains(&("tcp", crate::config::RouteKind::Tcp)),
             "{kinds:?}"
         );
-        assert_eq!(kinds.len(), 2);
+        assert!(
+            kinds.contains(&("udp", crate::config::RouteKind::Udp)),
+            "{kinds:?}"
+        );
+        assert_eq!(kinds.len(), 3);
         assert_eq!(out.errors.len(), 1);
         assert_eq!(
             out.errors[0].0,
@@ -692,6 +702,7 @@ mod tests {
         for (kind, name, plural) in [
             ("TLSRoute", Kind::TlsRoute, "tlsroutes"),
             ("TCPRoute", Kind::TcpRoute, "tcproutes"),
+            ("UDPRoute", Kind::UdpRoute, "udproutes"),
         ] {
             let status = super::super::status::ObjectStatus::HttpRoute(
                 crate::control::status::RouteStatus {

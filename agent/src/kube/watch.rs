@@ -49,6 +49,8 @@ pub enum Kind {
     GrpcRoute,
     TlsRoute,
     TcpRoute,
+    /// `gateway.networking.k8s.io/v1` UDPRoute (optional: experimental channel).
+    UdpRoute,
     ReferenceGrant,
     BackendTlsPolicy,
     /// `sluice.dev/v1alpha1` SluicePolicy.
@@ -72,7 +74,7 @@ pub enum Kind {
 
 impl Kind {
     /// The kinds converted into the configuration, each with a reflector.
-    pub const ALL: [Kind; 15] = [
+    pub const ALL: [Kind; 16] = [
         Kind::GatewayClass,
         Kind::Gateway,
         Kind::ListenerSet,
@@ -80,6 +82,7 @@ impl Kind {
         Kind::GrpcRoute,
         Kind::TlsRoute,
         Kind::TcpRoute,
+        Kind::UdpRoute,
         Kind::ReferenceGrant,
         Kind::BackendTlsPolicy,
         Kind::SluicePolicy,
@@ -100,6 +103,7 @@ impl Kind {
             Kind::GrpcRoute => (GATEWAY_GROUP, "v1", "GRPCRoute", "grpcroutes"),
             Kind::TlsRoute => (GATEWAY_GROUP, "v1", "TLSRoute", "tlsroutes"),
             Kind::TcpRoute => (GATEWAY_GROUP, "v1", "TCPRoute", "tcproutes"),
+            Kind::UdpRoute => (GATEWAY_GROUP, "v1", "UDPRoute", "udproutes"),
             Kind::ReferenceGrant => (GATEWAY_GROUP, "v1", "ReferenceGrant", "referencegrants"),
             Kind::BackendTlsPolicy => (
                 GATEWAY_GROUP,
@@ -128,6 +132,7 @@ impl Kind {
 
     /// Kinds whose absence (CRD not installed, e.g. a Gateway API older
     /// than v1.1 without GRPCRoute v1, than v1.5 without TLSRoute/TCPRoute v1,
+    /// a cluster without the experimental channel's UDPRoute v1,
     /// than v1.4 without BackendTLSPolicy v1 or a cluster without the
     /// SluicePolicy CRD, or RBAC not updated yet for them) must not keep the
     /// agent from serving everything else.
@@ -138,6 +143,7 @@ impl Kind {
                 | Kind::ListenerSet
                 | Kind::TlsRoute
                 | Kind::TcpRoute
+                | Kind::UdpRoute
                 | Kind::BackendTlsPolicy
                 | Kind::SluicePolicy
                 | Kind::ConfigMap
@@ -159,6 +165,7 @@ impl Kind {
             Kind::GrpcRoute => Some("GRPCRoute"),
             Kind::TlsRoute => Some("TLSRoute"),
             Kind::TcpRoute => Some("TCPRoute"),
+            Kind::UdpRoute => Some("UDPRoute"),
             _ => None,
         }
     }
@@ -169,6 +176,7 @@ impl Kind {
             "GRPCRoute" => Kind::GrpcRoute,
             "TLSRoute" => Kind::TlsRoute,
             "TCPRoute" => Kind::TcpRoute,
+            "UDPRoute" => Kind::UdpRoute,
             _ => Kind::HttpRoute,
         }
     }

@@ -117,12 +117,39 @@ pub struct PortAlias {
 }
 
 impl Shard {
-    /// Distinct ports of the programmed listeners.
+    /// Distinct TCP ports of the programmed listeners (every protocol but
+    /// UDP): what is bound, or steered by sk_lookup, for connections.
     pub fn ports(&self) -> Vec<u16> {
-        let mut p: Vec<u16> = self.listeners.iter().map(|l| l.port).collect();
+        let mut p: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|l| l.l4 != Some(L4Mode::Udp))
+            .map(|l| l.port)
+            .collect();
         p.sort_unstable();
         p.dedup();
         p
+    }
+
+    /// Distinct ports of the programmed UDP listeners: bound directly as
+    /// UDP sockets in both datapaths (sk_lookup steering is TCP-only).
+    pub fn udp_ports(&self) -> Vec<u16> {
+        let mut p: Vec<u16> = self
+            .listeners
+            .iter()
+            .filter(|l| l.l4 == Some(L4Mode::Udp))
+            .map(|l| l.port)
+            .collect();
+        p.sort_unstable();
+        p.dedup();
+        p
+    }
+
+    /// The UDP listener on `port` (exact port: port ranges are TCP-only).
+    pub fn udp_listener(&self, port: u16) -> Option<&ListenerRoutes> {
+        self.listeners
+            .iter()
+            .find(|l| l.port == port && l.l4 == Some(L4Mode::Udp))
     }
 
     /// The listener port that serves connections to destination `port`: the
@@ -178,6 +205,9 @@ pub enum L4Mode {
     TlsTerminate,
     /// Every connection takes the listener's route.
     Tcp,
+    /// Datagrams on a UDP socket; each client address's session takes the
+    /// listener's route. Never an accept loop's: UDP ports are bound apart.
+    Udp,
 }
 
 impl L4Mode {
@@ -187,6 +217,7 @@ impl L4Mode {
             L4Mode::TlsPassthrough => "TLS Passthrough",
             L4Mode::TlsTerminate => "TLS Terminate",
             L4Mode::Tcp => "TCP",
+            L4Mode::Udp => "UDP",
         }
     }
 }
@@ -199,7 +230,7 @@ impl Shard {
         let port = self.listener_port(port);
         self.listeners
             .iter()
-            .find(|l| l.port == port)
+            .find(|l| l.port == port && l.l4 != Some(L4Mode::Udp))
             .and_then(|l| l.l4)
     }
 }

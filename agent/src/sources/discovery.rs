@@ -186,6 +186,7 @@ impl Discovery {
                         port: *p,
                         target_port: None,
                         app_protocol: None,
+                        udp: false,
                     })
                     .collect(),
             });

@@ -1,7 +1,7 @@
-//! TLS Passthrough and TCP test harness: backends that speak raw bytes (TCP
-//! echo) or terminate TLS themselves, clients that verify the backend's
-//! certificate through the gateway, and route status from admin `/status`.
-//! Everything stays on 127.0.0.1.
+//! TLS Passthrough, TCP and UDP test harness: backends that speak raw bytes
+//! (TCP and UDP echo) or terminate TLS themselves, clients that verify the
+//! backend's certificate through the gateway, and route status from admin
+//! `/status`. Everything stays on 127.0.0.1.
 use std::{
     net::SocketAddr,
     pin::Pin,
@@ -12,7 +12,7 @@ use std::{
 
 use tokio::{
     io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf},
-    net::{TcpListener, TcpStream},
+    net::{TcpListener, TcpStream, UdpSocket},
 };
 use tokio_rustls::client::TlsStream;
 
@@ -41,6 +41,68 @@ pub async fn tcp_echo_backend(name: &'static str) -> SocketAddr {
         }
     });
     addr
+}
+
+/// Source addresses a [`udp_echo_backend`] has received datagrams from.
+pub type Sources = Arc<std::sync::Mutex<Vec<SocketAddr>>>;
+
+/// A UDP backend: answers every datagram with `name:` and the datagram, to
+/// its sender. Returns its address and the distinct source addresses seen,
+/// in order (one per gateway session).
+pub async fn udp_echo_backend(name: &'static str) -> (SocketAddr, Sources) {
+    let socket = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+    let addr = socket.local_addr().expect("addr");
+    let sources: Sources = Arc::default();
+    let seen = sources.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65_536];
+        while let Ok((n, from)) = socket.recv_from(&mut buf).await {
+            {
+                let mut seen = seen.lock().unwrap();
+                if !seen.contains(&from) {
+                    seen.push(from);
+                }
+            }
+            let mut reply = format!("{name}:").into_bytes();
+            reply.extend_from_slice(&buf[..n]);
+            let _ = socket.send_to(&reply, from).await;
+        }
+    });
+    (addr, sources)
+}
+
+/// A port free for both TCP and UDP on 127.0.0.1.
+pub fn free_udp_port() -> u16 {
+    loop {
+        let port = super::free_port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+/// A client socket of its own (its own source port: a session of its own).
+pub async fn udp_client() -> UdpSocket {
+    UdpSocket::bind("127.0.0.1:0").await.expect("bind client")
+}
+
+/// Sends `payload` to the gateway's `port` and returns the answer, or
+/// `None` when none comes within `within`.
+pub async fn udp_ask(
+    client: &UdpSocket,
+    port: u16,
+    payload: &[u8],
+    within: Duration,
+) -> Option<String> {
+    client
+        .send_to(payload, ("127.0.0.1", port))
+        .await
+        .expect("send");
+    let mut buf = vec![0u8; 65_536];
+    match tokio::time::timeout(within, client.recv_from(&mut buf)).await {
+        Ok(Ok((n, _))) => Some(String::from_utf8_lossy(&buf[..n]).into_owned()),
+        _ => None,
+    }
 }
 
 /// A TLS backend with a certificate for `names` from a CA of its own: after
