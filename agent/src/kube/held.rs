@@ -50,7 +50,7 @@ use super::{
 use crate::{
     admin::SourceHealth,
     config::{
-        policy::references, BackendTlsPolicy, Gateway, ListenerSet, ObjectRef, SluicePolicy,
+        policy::references, BackendTlsPolicy, Config, Gateway, ObjectRef, SluicePolicy,
         SECRET_TYPE_TLS,
     },
 };
@@ -320,16 +320,45 @@ pub fn referenced_secrets<'a>(
 }
 
 /// The Secrets named by the listeners' `certificateRefs` of ListenerSets
-/// (whether or not their Gateway admits them: that is decided later, and a
-/// set admitted by a change must find its certificate held).
-pub fn referenced_listener_set_secrets(sets: &[ListenerSet]) -> BTreeSet<ObjectRef> {
-    sets.iter()
-        .flat_map(|s| &s.listeners)
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| &t.certificate_refs)
-        .filter(|r| r.group.is_empty() && r.kind == "Secret")
-        .map(|r| r.object.clone())
-        .collect()
+/// whose parent is one of `gateways` (whether or not it admits them yet:
+/// admission can change without the set changing, and an admitted set must
+/// find its certificate held), in the set's own namespace or granted to
+/// ListenerSets of its namespace by a ReferenceGrant. Any namespace may
+/// create a ListenerSet: it must not make the agent read other namespaces'
+/// Secrets.
+pub fn referenced_listener_set_secrets<'a>(
+    config: &Config,
+    gateways: impl IntoIterator<Item = &'a Gateway>,
+) -> BTreeSet<ObjectRef> {
+    use crate::control::refgrant::{Kind, ReferenceGrants};
+    let ours: BTreeSet<&ObjectRef> = gateways.into_iter().map(|g| &g.id).collect();
+    let grants = ReferenceGrants::new(config);
+    let mut out = BTreeSet::new();
+    for set in config
+        .listener_sets
+        .iter()
+        .filter(|s| ours.contains(&s.parent))
+    {
+        let refs = set
+            .listeners
+            .iter()
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| &t.certificate_refs)
+            .filter(|r| r.group.is_empty() && r.kind == "Secret");
+        for r in refs {
+            if r.object.namespace == set.id.namespace
+                || grants.allows(
+                    Kind::LISTENER_SET,
+                    &set.id.namespace,
+                    Kind::SECRET,
+                    &r.object,
+                )
+            {
+                out.insert(r.object.clone());
+            }
+        }
+    }
+    out
 }
 
 /// The Secrets named by `policies` (always in the policy's own namespace:
@@ -423,6 +452,43 @@ mod tests {
             [
                 ObjectRef::new("certs", "other"),
                 ObjectRef::new("n", "cert")
+            ]
+            .into()
+        );
+    }
+
+    /// A ListenerSet's certificates are held only for a set on one of our
+    /// Gateways, and in another namespace only with a ReferenceGrant.
+    #[test]
+    fn listener_set_references_need_our_gateway_and_a_grant_across_namespaces() {
+        let set = |name: &str, ns: &str, parent: &str, cert_ns: &str| {
+            format!(
+                "---\napiVersion: gateway.networking.k8s.io/v1\nkind: ListenerSet\n\
+                 metadata: {{name: {name}, namespace: {ns}}}\n\
+                 spec:\n  parentRef: {{name: {parent}, namespace: n}}\n  listeners:\n  \
+                 - {{name: s, port: 443, protocol: HTTPS, hostname: {name}.example.com, \
+                 tls: {{certificateRefs: [{{name: c-{name}, namespace: {cert_ns}}}]}}}}\n"
+            )
+        };
+        let text = format!(
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\nmetadata: {{name: g, namespace: n}}\n\
+             spec:\n  gatewayClassName: c\n  listeners:\n  - {{name: h, port: 80, protocol: HTTP}}\n{}{}{}{}\
+             ---\napiVersion: gateway.networking.k8s.io/v1beta1\nkind: ReferenceGrant\n\
+             metadata: {{name: ok, namespace: shared}}\nspec:\n  \
+             from: [{{group: gateway.networking.k8s.io, kind: ListenerSet, namespace: granted}}]\n  \
+             to: [{{group: \"\", kind: Secret}}]\n",
+            set("own", "team", "g", "team"),
+            set("other-gw", "team", "elsewhere", "team"),
+            set("steal", "thief", "g", "victim"),
+            set("granted", "granted", "g", "shared"),
+        );
+        let cfg = crate::config::parse_documents([(std::path::Path::new("t.yaml"), text.as_str())])
+            .unwrap();
+        assert_eq!(
+            referenced_listener_set_secrets(&cfg, &cfg.gateways),
+            [
+                ObjectRef::new("shared", "c-granted"),
+                ObjectRef::new("team", "c-own"),
             ]
             .into()
         );

@@ -312,7 +312,8 @@ async fn sync_loop(
         let gateways = || converted.config.gateways.iter().chain(&converted.elsewhere);
         let mut secrets = held::referenced_secrets(gateways());
         secrets.extend(held::referenced_listener_set_secrets(
-            &converted.config.listener_sets,
+            &converted.config,
+            gateways(),
         ));
         let policy_secrets = held::referenced_policy_secrets(&converted.config.policies);
         let config_maps = held::referenced_config_maps(

@@ -410,7 +410,8 @@ impl VaultSecrets {
         let mut wanted: BTreeSet<ObjectRef> = crate::kube::held::referenced_secrets(&cfg.gateways);
         wanted.extend(crate::kube::held::referenced_policy_secrets(&cfg.policies));
         wanted.extend(crate::kube::held::referenced_listener_set_secrets(
-            &cfg.listener_sets,
+            cfg,
+            &cfg.gateways,
         ));
         for s in &cfg.secrets {
             wanted.remove(&s.id);
