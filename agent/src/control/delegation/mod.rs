@@ -146,12 +146,17 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
         report: Report::default(),
         out: BTreeMap::new(),
     };
-    let roots: Vec<&HttpRoute> = config
+    let mut roots: Vec<&HttpRoute> = config
         .routes
         .iter()
         .filter(|r| r.kind == RouteKind::Http && !r.parents.is_empty() && delegates(r))
         .map(|r| &**r)
         .collect();
+    // The older root wins a child that two trees claim (then namespace/name),
+    // not the order the source listed them in (random from Kubernetes).
+    roots.sort_by(|a, b| {
+        (a.created.is_none(), a.created, &a.id).cmp(&(b.created.is_none(), b.created, &b.id))
+    });
     for root in &roots {
         let path = Path {
             root,

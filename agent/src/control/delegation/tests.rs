@@ -624,3 +624,36 @@ fn replace_prefix_match_needs_the_rules_own_prefix() {
         c.warnings
     );
 }
+
+/// Of two trees claiming one child, the older root's is served, wherever
+/// the source lists it.
+#[test]
+fn the_older_root_wins_a_shared_child() {
+    let c = compiled(|t| {
+        format!(
+            "{t}\n---\n{}",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: api2, namespace: platform, creationTimestamp: \"2020-01-01T00:00:00Z\"}\n\
+             spec:\n  parentRefs: [{name: public}]\n  hostnames: [other.example.com]\n  rules:\n\
+             \x20 - matches: [{path: {value: /payments}}]\n\
+             \x20   backendRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: \"*\", namespace: payments}]\n"
+        )
+    });
+    let other = c.snapshot.shards[0]
+        .listener_for(8080, "other.example.com")
+        .unwrap();
+    let h = http::HeaderMap::new();
+    let req = RequestView::new(&http::Method::GET, "/payments/1", None, &h);
+    assert_eq!(
+        other
+            .routes
+            .find("other.example.com", &req)
+            .map(|e| e.route.to_string())
+            .as_deref(),
+        Some("payments/payments")
+    );
+    assert_eq!(
+        served_by(&c, "/payments/1", &[("x-api-version", "v2")]),
+        None
+    );
+}
