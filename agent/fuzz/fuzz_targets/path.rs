@@ -5,7 +5,7 @@
 
 use libfuzzer_sys::fuzz_target;
 use sluice::{
-    gateway::path::{normalize, PathRules},
+    path::{normalize, PathRules},
     policy::connection::EscapedSlashes,
 };
 
