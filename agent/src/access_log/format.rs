@@ -2,7 +2,10 @@
 //! per line) or text (fixed field order). Written by hand into a reused
 //! buffer — a line is a few hundred bytes and the writer formats thousands
 //! per second.
-use std::{io::Write as _, time::SystemTime};
+use std::{
+    io::Write as _,
+    time::{Duration, SystemTime},
+};
 
 use http::HeaderValue;
 
@@ -41,7 +44,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     }
     if let Some(r) = e.rule {
         key(out, "rule");
-        let _ = write!(out, "{r}");
+        int(out, r.into());
     }
     key(out, "method");
     string(out, e.method.as_str());
@@ -51,32 +54,32 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     }
     key(out, "path");
     out.push(b'"');
-    escape(out, &path(e));
+    write_path(e, out, escape);
     out.push(b'"');
     key(out, "protocol");
     string(out, version(e.version));
     key(out, "status");
-    let _ = write!(out, "{}", e.status);
+    int(out, e.status.into());
     key(out, "flag");
     string(out, e.flag);
     key(out, "reason");
     string(out, e.reason);
     key(out, "bytes_in");
-    let _ = write!(out, "{}", e.bytes_in);
+    int(out, e.bytes_in);
     key(out, "bytes_out");
-    let _ = write!(out, "{}", e.bytes_out);
+    int(out, e.bytes_out);
     key(out, "duration_ms");
-    let _ = write!(out, "{:.3}", e.duration.as_secs_f64() * 1e3);
+    millis(out, e.duration);
     if let Some(u) = e.upstream {
         key(out, "upstream");
         let _ = write!(out, "\"{u}\"");
     }
     if let Some(t) = e.upstream_time {
         key(out, "upstream_ms");
-        let _ = write!(out, "{:.3}", t.as_secs_f64() * 1e3);
+        millis(out, t);
     }
     key(out, "retries");
-    let _ = write!(out, "{}", e.retries);
+    int(out, e.retries.into());
     if let Some(v) = e.tls_version {
         key(out, "tls_version");
         string(out, v);
@@ -129,43 +132,47 @@ pub fn write_text(e: &Entry, out: &mut Vec<u8>) {
     let _ = write!(out, " {} {} {} ", e.gateway, e.client, e.method);
     field(out, e.authority.as_ref().map(HeaderValue::as_bytes));
     out.push(b' ');
-    for b in path(e).bytes() {
-        out.push(if b == b' ' { b'+' } else { b });
-    }
-    let _ = write!(
-        out,
-        " {} {} {} {} {} {:.3} ",
-        version(e.version),
-        e.status,
-        e.flag,
-        e.bytes_in,
-        e.bytes_out,
-        e.duration.as_secs_f64() * 1e3
-    );
+    write_path(e, out, |out, s| field(out, Some(s.as_bytes())));
+    out.push(b' ');
+    out.extend_from_slice(version(e.version).as_bytes());
+    out.push(b' ');
+    int(out, e.status.into());
+    out.push(b' ');
+    out.extend_from_slice(e.flag.as_bytes());
+    out.push(b' ');
+    int(out, e.bytes_in);
+    out.push(b' ');
+    int(out, e.bytes_out);
+    out.push(b' ');
+    millis(out, e.duration);
+    out.push(b' ');
     match e.upstream {
         Some(u) => {
             let _ = write!(out, "{u}");
         }
         None => out.push(b'-'),
     }
+    out.push(b' ');
     match e.upstream_time {
-        Some(t) => {
-            let _ = write!(out, " {:.3} ", t.as_secs_f64() * 1e3);
-        }
-        None => out.extend_from_slice(b" - "),
+        Some(t) => millis(out, t),
+        None => out.push(b'-'),
     }
+    out.push(b' ');
     field(out, e.route.as_deref().map(str::as_bytes));
     out.push(b' ');
     field(out, e.request_id.as_ref().map(HeaderValue::as_bytes));
     out.extend_from_slice(b" \"");
     if let Some(ua) = &e.user_agent {
-        escape(out, &String::from_utf8_lossy(ua.as_bytes()));
+        escape_bytes(out, ua.as_bytes());
     }
     out.extend_from_slice(b"\" ");
     field(out, e.principal.as_deref().map(str::as_bytes));
-    let _ = writeln!(out, " {}", e.reason);
+    out.push(b' ');
+    out.extend_from_slice(e.reason.as_bytes());
+    out.push(b'\n');
 }
 
+/// A text field: spaces become `+` so fields stay split by spaces.
 fn field(out: &mut Vec<u8>, v: Option<&[u8]>) {
     match v {
         Some(v) if !v.is_empty() => {
@@ -185,29 +192,31 @@ fn version(v: http::Version) -> &'static str {
     }
 }
 
-/// The path with the query as the entry's query mode says.
-fn path(e: &Entry) -> String {
-    let path = e.uri.path();
-    match (e.uri.query(), e.query) {
-        (None, _) | (_, QueryMode::Drop) => path.to_owned(),
-        (Some(q), QueryMode::Keep) => format!("{path}?{q}"),
-        (Some(q), QueryMode::Redact) => {
-            let mut s = String::with_capacity(path.len() + q.len() + 8);
-            s.push_str(path);
-            s.push('?');
+/// Writes the path with the query as the entry's query mode says, each
+/// piece through `put` (the format's escaping), without building a string.
+fn write_path(e: &Entry, out: &mut Vec<u8>, put: impl Fn(&mut Vec<u8>, &str)) {
+    put(out, e.uri.path());
+    let Some(q) = e.uri.query() else { return };
+    match e.query {
+        QueryMode::Drop => {}
+        QueryMode::Keep => {
+            put(out, "?");
+            put(out, q);
+        }
+        QueryMode::Redact => {
+            put(out, "?");
             for (i, pair) in q.split('&').enumerate() {
                 if i > 0 {
-                    s.push('&');
+                    put(out, "&");
                 }
                 match pair.split_once('=') {
                     Some((name, _)) => {
-                        s.push_str(name);
-                        s.push_str("=REDACTED");
+                        put(out, name);
+                        put(out, "=REDACTED");
                     }
-                    None => s.push_str(pair),
+                    None => put(out, pair),
                 }
             }
-            s
         }
     }
 }
@@ -221,43 +230,102 @@ fn string(out: &mut Vec<u8>, s: &str) {
 /// A header value as a JSON string: header values may hold any byte but
 /// controls; non-UTF-8 bytes are replaced.
 fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    string(out, &String::from_utf8_lossy(b));
+    out.push(b'"');
+    escape_bytes(out, b);
+    out.push(b'"');
 }
 
-/// JSON string escaping (RFC 8259 §7).
-fn escape(out: &mut Vec<u8>, s: &str) {
-    for c in s.chars() {
-        match c {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            c if (c as u32) < 0x20 || c == '\u{7f}' => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => {
-                let mut buf = [0; 4];
-                out.extend_from_slice(c.encode_utf8(&mut buf).as_bytes());
-            }
-        }
+fn escape_bytes(out: &mut Vec<u8>, b: &[u8]) {
+    match std::str::from_utf8(b) {
+        Ok(s) => escape(out, s),
+        Err(_) => escape(out, &String::from_utf8_lossy(b)),
     }
+}
+
+/// JSON string escaping (RFC 8259 §7). Everything that needs escaping is
+/// ASCII, so runs of other bytes (UTF-8 included) are copied whole: the
+/// writer formats a line per request, and nearly every field needs none.
+fn escape(out: &mut Vec<u8>, s: &str) {
+    let b = s.as_bytes();
+    let mut run = 0;
+    for (i, &c) in b.iter().enumerate() {
+        let short: &[u8] = match c {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f | 0x7f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&b[run..i]);
+        if short.is_empty() {
+            const HEX: &[u8; 16] = b"0123456789abcdef";
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(c >> 4)]);
+            out.push(HEX[usize::from(c & 0xf)]);
+        } else {
+            out.extend_from_slice(short);
+        }
+        run = i + 1;
+    }
+    out.extend_from_slice(&b[run..]);
+}
+
+fn int(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+}
+
+/// A duration in milliseconds with three decimals (microseconds, rounded),
+/// as `{:.3}` of the float would print it, without float formatting.
+fn millis(out: &mut Vec<u8>, d: Duration) {
+    let micros = (d.as_nanos() + 500) / 1_000;
+    int(out, (micros / 1_000) as u64);
+    out.push(b'.');
+    let frac = (micros % 1_000) as u16;
+    out.extend_from_slice(&[
+        b'0' + (frac / 100) as u8,
+        b'0' + (frac / 10 % 10) as u8,
+        b'0' + (frac % 10) as u8,
+    ]);
+}
+
+/// `n` as two digits (`n` < 100).
+fn two(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
 }
 
 /// `2026-12-07T01:02:03.456Z`.
 fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs() as i64;
-    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
     let (y, m, d) = civil_from_days(days);
-    let _ = write!(
-        out,
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        since.subsec_millis()
-    );
+    if (0..10_000).contains(&y) {
+        let y = y as u32;
+        two(out, y / 100);
+        two(out, y % 100);
+    } else {
+        let _ = write!(out, "{y:04}");
+    }
+    out.push(b'-');
+    two(out, m);
+    out.push(b'-');
+    two(out, d);
+    out.push(b'T');
+    two(out, rem / 3600);
+    out.push(b':');
+    two(out, rem % 3600 / 60);
+    out.push(b':');
+    two(out, rem % 60);
+    out.push(b'.');
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
@@ -342,6 +410,12 @@ pub(super) mod tests {
     #[test]
     fn query_modes() {
         let mut e = entry();
+        let path = |e: &Entry| {
+            let mut out = Vec::new();
+            write_path(e, &mut out, |out, s| out.extend_from_slice(s.as_bytes()));
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(path(&e), "/orders/7?token=REDACTED&debug");
         e.query = QueryMode::Keep;
         assert_eq!(path(&e), "/orders/7?token=abc&debug");
         e.query = QueryMode::Drop;
@@ -366,6 +440,44 @@ pub(super) mod tests {
         let mut out = Vec::new();
         escape(&mut out, "a\u{1}b\"\\\n");
         assert_eq!(out, b"a\\u0001b\\\"\\\\\\n");
+    }
+
+    #[test]
+    fn escaping_copies_plain_runs_and_escapes_the_rest() {
+        let mut out = Vec::new();
+        escape(&mut out, "plain/ascii");
+        assert_eq!(out, b"plain/ascii");
+        out.clear();
+        escape(&mut out, "caf\u{e9} \u{7f}x\u{1f}");
+        assert_eq!(out, "caf\u{e9} \\u007fx\\u001f".as_bytes());
+        // Non-UTF-8 header bytes are replaced, and the line stays JSON.
+        out.clear();
+        bytes(&mut out, b"a\xff\"b");
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v, "a\u{fffd}\"b");
+        // Every byte value, through the JSON parser and back.
+        let all: String = (0u8..=0x7f).map(char::from).chain(['\u{e9}', '\u{1f600}']).collect();
+        out.clear();
+        string(&mut out, &all);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_str(), Some(all.as_str()));
+    }
+
+    #[test]
+    fn milliseconds_print_as_the_float_would() {
+        for nanos in [0, 1, 499, 500, 999_499, 999_500, 1_500_000, 1_234_567, 61_000_000_123, 3_999_999_999] {
+            let d = Duration::from_nanos(nanos);
+            let mut out = Vec::new();
+            millis(&mut out, d);
+            let ours = String::from_utf8(out).unwrap();
+            let float: f64 = format!("{:.3}", d.as_secs_f64() * 1e3).parse().unwrap();
+            let parsed: f64 = ours.parse().unwrap();
+            assert!((parsed - float).abs() < 0.0011, "{nanos} ns: {ours} vs {float}");
+            assert_eq!(ours.split_once('.').map(|(_, f)| f.len()), Some(3), "{ours}");
+        }
+        let mut out = Vec::new();
+        millis(&mut out, Duration::from_micros(1_500));
+        assert_eq!(out, b"1.500");
     }
 
     #[test]
