@@ -1449,6 +1449,19 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
+/// The median over rounds of `f(on) ÷ f(off)`, each pair from the same
+/// round (samples are kept in round order).
+fn paired_median(on: &[Sample], off: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<f64> {
+    let mut r: Vec<f64> = on
+        .iter()
+        .zip(off)
+        .filter_map(|(a, b)| Some(f(a)? / f(b)?))
+        .filter(|r| r.is_finite())
+        .collect();
+    r.sort_by(f64::total_cmp);
+    r.get(r.len() / 2).copied()
+}
+
 /// The median round (by req/s) of a target's samples.
 fn median(samples: &[Sample]) -> Option<&Sample> {
     let mut v: Vec<&Sample> = samples.iter().collect();
@@ -1528,15 +1541,16 @@ fn figure(
             values: loads
                 .iter()
                 .map(|&l| {
-                    let off = plain_sluice.and_then(|p| med(l, p))?.rps;
-                    Some(med(l, i)?.rps / off.max(1e-9))
+                    let off = results.get(&(l, plain_sluice?))?;
+                    paired_median(results.get(&(l, i))?, off, |s| Some(s.rps))
                 })
                 .collect(),
         })
         .collect();
     if !variants.is_empty() {
         fig.panels.push(Panel::Bars {
-            title: "Access log / tracing on: req/s ÷ plain Sluice (dashed: 1.0)".into(),
+            title: "Access log / tracing on: req/s ÷ plain Sluice, same round (dashed: 1.0)"
+                .into(),
             y_label: "req/s ratio".into(),
             categories: names,
             series: variants,
@@ -2230,21 +2244,34 @@ fn print_report(
              OTLP/HTTP spans to a sink in the bench at sample ratio 1.0; sluice+trace0.01: \
              the default ratio 0.01.\n"
         );
+        println!(
+            "The ratios are the median over rounds of on ÷ off within a round (the two ran \
+             seconds apart, so a change in the machine's load between rounds cancels out).\n"
+        );
         println!("| load | variant | req/s | req/s plain | req/s on ÷ off | CPU/req on ÷ off | p99 on ÷ off |");
         println!("|---|---|---:|---:|---:|---:|---:|");
+        let plain = find(Proxy::Sluice, 0);
         for &load in loads {
-            let off = find(Proxy::Sluice, 0).and_then(|i| med(load, i));
+            let off = plain.and_then(|i| med(load, i));
+            let off_rounds = plain.and_then(|i| results.get(&(load, i)));
             for &v in &variants {
                 let on = med(load, v);
+                let paired = |f: fn(&Sample) -> Option<f64>| {
+                    match (results.get(&(load, v)), off_rounds) {
+                        (Some(on), Some(off)) => paired_median(on, off, f),
+                        _ => None,
+                    }
+                    .map_or("–".into(), |r| format!("{r:.2}×"))
+                };
                 println!(
                     "| {} | {} | {} | {} | {} | {} | {} |",
                     load.name(),
                     targets[v].label,
                     on.map_or("–".into(), |s| thousands(s.rps)),
                     off.map_or("–".into(), |s| thousands(s.rps)),
-                    ratio(on.map(|s| s.rps), off.map(|s| s.rps)),
-                    ratio(on.and_then(cpu_per_100k), off.and_then(cpu_per_100k)),
-                    ratio(on.map(|s| s.p99), off.map(|s| s.p99)),
+                    paired(|s| Some(s.rps)),
+                    paired(cpu_per_100k),
+                    paired(|s| Some(s.p99)),
                 );
             }
         }
@@ -2260,6 +2287,26 @@ fn print_report(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variants_are_compared_round_by_round() {
+        let rounds = |rps: &[f64]| -> Vec<Sample> {
+            rps.iter()
+                .map(|&rps| Sample {
+                    rps,
+                    ..Sample::default()
+                })
+                .collect()
+        };
+        // Round 1 ran on a busy machine and slowed both alike; the ratios
+        // per round are 0.9, 0.95 and 0.9.
+        let on = rounds(&[18.0, 95.0, 90.0]);
+        let off = rounds(&[20.0, 100.0, 100.0]);
+        let r = paired_median(&on, &off, |s| Some(s.rps)).unwrap();
+        assert!((r - 0.9).abs() < 1e-9, "{r}");
+        assert_eq!(paired_median(&on, &[], |s| Some(s.rps)), None);
+        assert_eq!(paired_median(&on, &off, |_| None), None);
+    }
 
     #[test]
     fn wrk_script_line_is_parsed() {

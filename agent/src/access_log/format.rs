@@ -4,6 +4,7 @@
 //! per second.
 use std::{
     io::Write as _,
+    net::{IpAddr, SocketAddr},
     time::{Duration, SystemTime},
 };
 
@@ -48,9 +49,9 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     }
     key(out, "method");
     string(out, e.method.as_str());
-    if let Some(a) = &e.authority {
+    if let Some(a) = e.authority() {
         key(out, "authority");
-        bytes(out, a.as_bytes());
+        bytes(out, a);
     }
     key(out, "path");
     out.push(b'"');
@@ -72,7 +73,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     millis(out, e.duration);
     if let Some(u) = e.upstream {
         key(out, "upstream");
-        let _ = write!(out, "\"{u}\"");
+        quoted(out, |out| socket_addr(out, u));
     }
     if let Some(t) = e.upstream_time {
         key(out, "upstream_ms");
@@ -89,9 +90,9 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
         string(out, s);
     }
     key(out, "client");
-    let _ = write!(out, "\"{}\"", e.client);
+    quoted(out, |out| ip_addr(out, e.client));
     key(out, "peer");
-    let _ = write!(out, "\"{}\"", e.peer);
+    quoted(out, |out| socket_addr(out, e.peer));
     for (k, v) in [
         ("x_forwarded_for", &e.x_forwarded_for),
         ("user_agent", &e.user_agent),
@@ -130,7 +131,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
 pub fn write_text(e: &Entry, out: &mut Vec<u8>) {
     rfc3339(e.time, out);
     let _ = write!(out, " {} {} {} ", e.gateway, e.client, e.method);
-    field(out, e.authority.as_ref().map(HeaderValue::as_bytes));
+    field(out, e.authority());
     out.push(b' ');
     write_path(e, out, |out, s| field(out, Some(s.as_bytes())));
     out.push(b' ');
@@ -147,9 +148,7 @@ pub fn write_text(e: &Entry, out: &mut Vec<u8>) {
     millis(out, e.duration);
     out.push(b' ');
     match e.upstream {
-        Some(u) => {
-            let _ = write!(out, "{u}");
-        }
+        Some(u) => socket_addr(out, u),
         None => out.push(b'-'),
     }
     out.push(b' ');
@@ -270,6 +269,46 @@ fn escape(out: &mut Vec<u8>, s: &str) {
         run = i + 1;
     }
     out.extend_from_slice(&b[run..]);
+}
+
+fn quoted(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
+    out.push(b'"');
+    f(out);
+    out.push(b'"');
+}
+
+/// IPv4 digit by digit (nearly every address logged); IPv6 by its
+/// `Display`, which compresses zeros as RFC 5952 says.
+fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                int(out, octet.into());
+            }
+        }
+        IpAddr::V6(v6) => {
+            let _ = write!(out, "{v6}");
+        }
+    }
+}
+
+/// `1.2.3.4:80` or `[::1]:80`.
+fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
+    match addr {
+        SocketAddr::V4(_) => ip_addr(out, addr.ip()),
+        SocketAddr::V6(v6) => {
+            let _ = write!(out, "[{}", v6.ip());
+            if v6.scope_id() != 0 {
+                let _ = write!(out, "%{}", v6.scope_id());
+            }
+            out.push(b']');
+        }
+    }
+    out.push(b':');
+    int(out, addr.port().into());
 }
 
 fn int(out: &mut Vec<u8>, n: u64) {
@@ -478,6 +517,27 @@ pub(super) mod tests {
         let mut out = Vec::new();
         millis(&mut out, Duration::from_micros(1_500));
         assert_eq!(out, b"1.500");
+    }
+
+    #[test]
+    fn addresses_print_as_display_does() {
+        for a in [
+            "10.0.0.7:8080",
+            "0.0.0.0:0",
+            "255.255.255.255:65535",
+            "[::1]:443",
+            "[2001:db8::7]:80",
+            "[fe80::1%3]:9",
+            "[::ffff:192.0.2.1]:1",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            socket_addr(&mut out, addr);
+            assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+            let mut out = Vec::new();
+            ip_addr(&mut out, addr.ip());
+            assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
+        }
     }
 
     #[test]

@@ -259,6 +259,8 @@ pub struct Entry {
     /// Index of the matched rule within the route.
     pub rule: Option<u32>,
     pub method: Method,
+    /// The `Host` header, when the request target has no authority (which
+    /// the entry has in `uri` then): read it with [`Entry::authority`].
     pub authority: Option<HeaderValue>,
     /// Path and query as received (the writer applies the query mode).
     pub uri: Uri,
@@ -305,6 +307,17 @@ pub struct Entry {
     /// The matched route's (or listener's) SluicePolicy `accessLog`
     /// filter, applied when the entry is sent.
     pub filter: Option<crate::policy::log_sampling::LogFilter>,
+}
+
+impl Entry {
+    /// The request's authority: the target's (HTTP/2, absolute form) or
+    /// the `Host` header's.
+    pub fn authority(&self) -> Option<&[u8]> {
+        match self.uri.authority() {
+            Some(a) => Some(a.as_str().as_bytes()),
+            None => self.authority.as_ref().map(HeaderValue::as_bytes),
+        }
+    }
 }
 
 /// The short code of a response: `-` when the backend answered, else why

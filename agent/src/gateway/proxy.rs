@@ -687,8 +687,9 @@ impl Proxy {
             route: None,
             rule: None,
             method: req.method().clone(),
+            // The URI's authority travels with `uri`; no copy of it here.
             authority: match req.uri().authority() {
-                Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+                Some(_) => None,
                 None => h.get(header::HOST).cloned(),
             },
             uri: req.uri().clone(),

@@ -123,8 +123,11 @@ fn server_span(e: &Entry, trace: &RequestTrace) -> Span {
         string("sluice.reason", e.reason),
         string("sluice.response_flag", e.flag),
     ];
-    if let Some(a) = &e.authority {
-        attributes.push(string("server.address", header_str(a)));
+    if let Some(a) = e.authority() {
+        attributes.push(string(
+            "server.address",
+            String::from_utf8_lossy(a).into_owned(),
+        ));
     }
     if let Some(l) = &e.listener {
         attributes.push(string("sluice.listener", &**l));
