@@ -14,111 +14,108 @@ use super::{Entry, QueryMode};
 
 /// Appends `e` as one JSON object and a newline.
 pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
-    out.push(b'{');
-    let mut first = true;
-    let mut key = |out: &mut Vec<u8>, k: &str| {
-        if !first {
-            out.push(b',');
-        }
-        first = false;
-        out.push(b'"');
-        out.extend_from_slice(k.as_bytes());
-        out.extend_from_slice(b"\":");
-    };
-    key(out, "time");
-    out.push(b'"');
+    // `time` comes first; every other key with its leading comma is one
+    // literal.
+    macro_rules! key {
+        ($k:literal) => {
+            out.extend_from_slice(concat!(",\"", $k, "\":").as_bytes())
+        };
+    }
+    out.extend_from_slice(b"{\"time\":\"");
     rfc3339(e.time, out);
     out.push(b'"');
-    key(out, "gateway");
+    key!("gateway");
     string(out, &e.gateway);
     if let Some(l) = &e.listener {
-        key(out, "listener");
+        key!("listener");
         string(out, l);
     }
     if let Some(r) = &e.route {
-        key(out, "route");
+        key!("route");
         string(out, r);
         if let Some((ns, _)) = r.split_once('/') {
-            key(out, "namespace");
+            key!("namespace");
             string(out, ns);
         }
     }
     if let Some(r) = e.rule {
-        key(out, "rule");
+        key!("rule");
         int(out, r.into());
     }
-    key(out, "method");
-    string(out, e.method.as_str());
+    key!("method");
+    known(out, e.method.as_str());
     if let Some(a) = e.authority() {
-        key(out, "authority");
+        key!("authority");
         bytes(out, a);
     }
-    key(out, "path");
+    key!("path");
     out.push(b'"');
     write_path(e, out, escape);
     out.push(b'"');
-    key(out, "protocol");
-    string(out, version(e.version));
-    key(out, "status");
+    key!("protocol");
+    known(out, version(e.version));
+    key!("status");
     int(out, e.status.into());
-    key(out, "flag");
-    string(out, e.flag);
-    key(out, "reason");
-    string(out, e.reason);
-    key(out, "bytes_in");
+    key!("flag");
+    known(out, e.flag);
+    key!("reason");
+    known(out, e.reason);
+    key!("bytes_in");
     int(out, e.bytes_in);
-    key(out, "bytes_out");
+    key!("bytes_out");
     int(out, e.bytes_out);
-    key(out, "duration_ms");
+    key!("duration_ms");
     millis(out, e.duration);
     if let Some(u) = e.upstream {
-        key(out, "upstream");
+        key!("upstream");
         quoted(out, |out| socket_addr(out, u));
     }
     if let Some(t) = e.upstream_time {
-        key(out, "upstream_ms");
+        key!("upstream_ms");
         millis(out, t);
     }
-    key(out, "retries");
+    key!("retries");
     int(out, e.retries.into());
     if let Some(v) = e.tls_version {
-        key(out, "tls_version");
-        string(out, v);
+        key!("tls_version");
+        known(out, v);
     }
     if let Some(s) = &e.sni {
-        key(out, "sni");
+        key!("sni");
         string(out, s);
     }
-    key(out, "client");
+    key!("client");
     quoted(out, |out| ip_addr(out, e.client));
-    key(out, "peer");
+    key!("peer");
     quoted(out, |out| socket_addr(out, e.peer));
-    for (k, v) in [
-        ("x_forwarded_for", &e.x_forwarded_for),
-        ("user_agent", &e.user_agent),
-        ("request_id", &e.request_id),
-    ] {
-        if let Some(v) = v {
-            key(out, k);
-            bytes(out, v.as_bytes());
-        }
+    if let Some(v) = &e.x_forwarded_for {
+        key!("x_forwarded_for");
+        bytes(out, v.as_bytes());
+    }
+    if let Some(v) = &e.user_agent {
+        key!("user_agent");
+        bytes(out, v.as_bytes());
+    }
+    if let Some(v) = &e.request_id {
+        key!("request_id");
+        bytes(out, v.as_bytes());
     }
     if let Some(t) = &e.trace_id {
-        key(out, "trace_id");
+        key!("trace_id");
         bytes(out, t);
     }
     if let Some(p) = &e.principal {
-        key(out, "principal");
+        key!("principal");
         string(out, p);
     }
     if let Some((policy, section)) = &e.policy {
-        key(out, "policy");
+        key!("policy");
         string(out, policy);
-        key(out, "section");
-        string(out, section);
+        key!("section");
+        known(out, section);
     }
     if e.incomplete {
-        key(out, "incomplete");
+        key!("incomplete");
         out.extend_from_slice(b"true");
     }
     out.extend_from_slice(b"}\n");
@@ -220,6 +217,16 @@ fn write_path(e: &Entry, out: &mut Vec<u8>, put: impl Fn(&mut Vec<u8>, &str)) {
     }
 }
 
+/// A string that needs no escaping: the gateway's own names (reasons,
+/// flags, protocol versions) and methods (tokens, RFC 9110 §5.6.2, which
+/// have no quote, backslash or control character).
+fn known(out: &mut Vec<u8>, s: &str) {
+    debug_assert!(!s.bytes().any(byte_needs_escape), "{s:?}");
+    out.push(b'"');
+    out.extend_from_slice(s.as_bytes());
+    out.push(b'"');
+}
+
 fn string(out: &mut Vec<u8>, s: &str) {
     out.push(b'"');
     escape(out, s);
@@ -235,40 +242,87 @@ fn bytes(out: &mut Vec<u8>, b: &[u8]) {
 }
 
 fn escape_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    match std::str::from_utf8(b) {
-        Ok(s) => escape(out, s),
-        Err(_) => escape(out, &String::from_utf8_lossy(b)),
+    if b.is_ascii() {
+        escape_utf8(out, b);
+    } else {
+        match std::str::from_utf8(b) {
+            Ok(s) => escape(out, s),
+            Err(_) => escape(out, &String::from_utf8_lossy(b)),
+        }
     }
 }
 
-/// JSON string escaping (RFC 8259 §7). Everything that needs escaping is
-/// ASCII, so runs of other bytes (UTF-8 included) are copied whole: the
-/// writer formats a line per request, and nearly every field needs none.
+/// JSON string escaping (RFC 8259 §7).
 fn escape(out: &mut Vec<u8>, s: &str) {
-    let b = s.as_bytes();
+    escape_utf8(out, s.as_bytes());
+}
+
+/// Escapes valid UTF-8. Everything that needs escaping is ASCII, so runs
+/// of other bytes are copied whole, and eight bytes at a time are checked
+/// for any that needs it: the writer formats a line per request, and
+/// nearly every field needs none.
+fn escape_utf8(out: &mut Vec<u8>, b: &[u8]) {
     let mut run = 0;
-    for (i, &c) in b.iter().enumerate() {
-        let short: &[u8] = match c {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f | 0x7f => b"",
-            _ => continue,
+    let mut i = 0;
+    while i < b.len() {
+        let word = match b.get(i..i + 8) {
+            Some(word) => u64::from_le_bytes(word.try_into().expect("eight bytes")),
+            // The last few bytes, padded with plain ones.
+            None => {
+                let mut tail = [b'a'; 8];
+                tail[..b.len() - i].copy_from_slice(&b[i..]);
+                u64::from_le_bytes(tail)
+            }
         };
-        out.extend_from_slice(&b[run..i]);
-        if short.is_empty() {
-            const HEX: &[u8; 16] = b"0123456789abcdef";
-            out.extend_from_slice(b"\\u00");
-            out.push(HEX[usize::from(c >> 4)]);
-            out.push(HEX[usize::from(c & 0xf)]);
-        } else {
-            out.extend_from_slice(short);
+        if !word_needs_escape(word) {
+            i += 8;
+            continue;
         }
-        run = i + 1;
+        let end = (i + 8).min(b.len());
+        for (j, &c) in b.iter().enumerate().take(end).skip(i) {
+            let short: &[u8] = match c {
+                b'"' => b"\\\"",
+                b'\\' => b"\\\\",
+                b'\n' => b"\\n",
+                b'\r' => b"\\r",
+                b'\t' => b"\\t",
+                0..=0x1f | 0x7f => b"",
+                _ => continue,
+            };
+            out.extend_from_slice(&b[run..j]);
+            if short.is_empty() {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX[usize::from(c >> 4)]);
+                out.push(HEX[usize::from(c & 0xf)]);
+            } else {
+                out.extend_from_slice(short);
+            }
+            run = j + 1;
+        }
+        i = end;
     }
     out.extend_from_slice(&b[run..]);
+}
+
+fn byte_needs_escape(c: u8) -> bool {
+    c < 0x20 || c == 0x7f || c == b'"' || c == b'\\'
+}
+
+/// Whether any of the eight bytes is a control character, DEL, `"` or
+/// `\` (bytes of 0x80 and above, parts of UTF-8 sequences, are not).
+/// Exact, by the classic "has a zero byte" / "has a byte less than n"
+/// tests.
+#[inline]
+fn word_needs_escape(w: u64) -> bool {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const HIGH: u64 = 0x8080_8080_8080_8080;
+    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
+    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
+    below_space
+        || has_zero(w ^ (ONES * u64::from(b'"')))
+        || has_zero(w ^ (ONES * u64::from(b'\\')))
+        || has_zero(w ^ (ONES * 0x7f))
 }
 
 fn quoted(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
@@ -286,7 +340,7 @@ fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
                 if i > 0 {
                     out.push(b'.');
                 }
-                int(out, octet.into());
+                small(out, octet);
             }
         }
         IpAddr::V6(v6) => {
@@ -311,6 +365,17 @@ fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     int(out, addr.port().into());
 }
 
+/// 0–255 in one to three digits.
+fn small(out: &mut Vec<u8>, n: u8) {
+    if n >= 100 {
+        out.push(b'0' + n / 100);
+    }
+    if n >= 10 {
+        out.push(b'0' + n / 10 % 10);
+    }
+    out.push(b'0' + n % 10);
+}
+
 fn int(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
@@ -318,8 +383,8 @@ fn int(out: &mut Vec<u8>, n: u64) {
 /// A duration in milliseconds with three decimals (microseconds, rounded),
 /// as `{:.3}` of the float would print it, without float formatting.
 fn millis(out: &mut Vec<u8>, d: Duration) {
-    let micros = (d.as_nanos() + 500) / 1_000;
-    int(out, (micros / 1_000) as u64);
+    let micros = d.as_secs() * 1_000_000 + u64::from(d.subsec_nanos() + 500) / 1_000;
+    int(out, micros / 1_000);
     out.push(b'.');
     let frac = (micros % 1_000) as u16;
     out.extend_from_slice(&[
@@ -334,10 +399,37 @@ fn two(out: &mut Vec<u8>, n: u32) {
     out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
 }
 
-/// `2026-12-07T01:02:03.456Z`.
+/// `2026-12-07T01:02:03.456Z`. The date and time up to the second is kept
+/// per thread: the writer formats many lines within one second.
 fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };
+    }
     let since = t.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
-    let secs = since.as_secs() as i64;
+    let secs = since.as_secs();
+    let (cached, text) = SECOND.get();
+    if cached == secs {
+        out.extend_from_slice(&text);
+    } else {
+        let start = out.len();
+        date_time(secs, out);
+        if let Ok(text) = out[start..].try_into() {
+            SECOND.set((secs, text));
+        }
+    }
+    out.push(b'.');
+    let ms = since.subsec_millis();
+    out.extend_from_slice(&[
+        b'0' + (ms / 100) as u8,
+        b'0' + (ms / 10 % 10) as u8,
+        b'0' + (ms % 10) as u8,
+    ]);
+    out.push(b'Z');
+}
+
+/// `2026-12-07T01:02:03` of seconds since the epoch.
+fn date_time(secs: u64, out: &mut Vec<u8>) {
+    let secs = secs as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400) as u32);
     let (y, m, d) = civil_from_days(days);
     if (0..10_000).contains(&y) {
@@ -357,14 +449,6 @@ fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     two(out, rem % 3600 / 60);
     out.push(b':');
     two(out, rem % 60);
-    out.push(b'.');
-    let ms = since.subsec_millis();
-    out.extend_from_slice(&[
-        b'0' + (ms / 100) as u8,
-        b'0' + (ms / 10 % 10) as u8,
-        b'0' + (ms % 10) as u8,
-    ]);
-    out.push(b'Z');
 }
 
 /// Days since 1970-01-01 → (year, month, day) in the proleptic Gregorian
@@ -503,6 +587,41 @@ pub(super) mod tests {
     }
 
     #[test]
+    fn the_word_test_agrees_with_a_byte_by_byte_one() {
+        let byte_needs = byte_needs_escape;
+        // Every byte value at every position among plain bytes.
+        for c in 0..=255u8 {
+            for at in 0..8 {
+                let mut word = *b"abcdefgh";
+                word[at] = c;
+                assert_eq!(
+                    word_needs_escape(u64::from_le_bytes(word)),
+                    byte_needs(c),
+                    "byte {c:#x} at {at}"
+                );
+            }
+        }
+        // Mixed words (a fixed xorshift sequence, so a failure repeats).
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..200_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let expected = x.to_le_bytes().into_iter().any(byte_needs);
+            assert_eq!(word_needs_escape(x), expected, "{x:#018x}");
+        }
+    }
+
+    #[test]
+    fn long_fields_escape_across_words() {
+        let s = format!("{}\"{}\\{}\u{1}é", "a".repeat(13), "b".repeat(8), "c".repeat(7));
+        let mut out = Vec::new();
+        string(&mut out, &s);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v.as_str(), Some(s.as_str()));
+    }
+
+    #[test]
     fn milliseconds_print_as_the_float_would() {
         for nanos in [0, 1, 499, 500, 999_499, 999_500, 1_500_000, 1_234_567, 61_000_000_123, 3_999_999_999] {
             let d = Duration::from_nanos(nanos);
@@ -538,6 +657,22 @@ pub(super) mod tests {
             ip_addr(&mut out, addr.ip());
             assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
         }
+    }
+
+    #[test]
+    fn timestamps_within_and_across_seconds() {
+        let at = |ms: u64| {
+            let mut out = Vec::new();
+            rfc3339(SystemTime::UNIX_EPOCH + Duration::from_millis(ms), &mut out);
+            String::from_utf8(out).unwrap()
+        };
+        assert_eq!(at(1_796_605_323_456), "2026-12-07T01:02:03.456Z");
+        assert_eq!(at(1_796_605_323_999), "2026-12-07T01:02:03.999Z");
+        assert_eq!(at(1_796_605_324_000), "2026-12-07T01:02:04.000Z");
+        assert_eq!(at(1_796_605_323_001), "2026-12-07T01:02:03.001Z");
+        assert_eq!(at(0), "1970-01-01T00:00:00.000Z");
+        assert_eq!(at(1_796_687_999_999), "2026-12-07T23:59:59.999Z");
+        assert_eq!(at(1_796_688_000_000), "2026-12-08T00:00:00.000Z");
     }
 
     #[test]

@@ -10,20 +10,24 @@ use http::HeaderValue;
 /// A new request id, e.g. `3f0c9a52-7d1e-4b8a-9c3e-0a1b2c3d4e5f`.
 pub fn generate() -> HeaderValue {
     let (hi, lo) = (crate::random::next_u64(), crate::random::next_u64());
-    let mut v = (u128::from(hi) << 64) | u128::from(lo);
-    // Version 4, RFC 4122 variant.
-    v = (v & !(0xf << 76)) | (0x4 << 76);
-    v = (v & !(0x3 << 62)) | (0x2 << 62);
+    // Version 4 (the high nibble of byte 6), RFC 4122 variant (the top two
+    // bits of byte 8).
+    let hi = (hi & !(0xf << 12)) | (0x4 << 12);
+    let lo = (lo & !(0x3 << 62)) | (0x2 << 62);
+    let mut raw = [0u8; 16];
+    raw[..8].copy_from_slice(&hi.to_be_bytes());
+    raw[8..].copy_from_slice(&lo.to_be_bytes());
     const HEX: &[u8; 16] = b"0123456789abcdef";
-    let mut out = [0u8; 36];
-    let mut nibble = 0;
-    for (i, slot) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *slot = b'-';
-            continue;
+    let mut out = [b'-'; 36];
+    // Byte i's two digits, skipping the dashes after bytes 4, 6, 8 and 10.
+    let mut at = 0;
+    for (i, byte) in raw.into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            at += 1;
         }
-        *slot = HEX[((v >> (124 - 4 * nibble)) & 0xf) as usize];
-        nibble += 1;
+        out[at] = HEX[usize::from(byte >> 4)];
+        out[at + 1] = HEX[usize::from(byte & 0xf)];
+        at += 2;
     }
     HeaderValue::from_bytes(&out).expect("hex digits and dashes are a valid header value")
 }

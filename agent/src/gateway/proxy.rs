@@ -321,7 +321,7 @@ impl Proxy {
             return peer;
         }
         let hops: Vec<IpAddr> = headers
-            .get_all("x-forwarded-for")
+            .get_all(&super::forward::X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
@@ -706,10 +706,12 @@ impl Proxy {
             sni: conn.tls.as_ref().and_then(|t| t.sni.clone()),
             peer: conn.peer,
             client: self.client_ip(conn.peer.ip(), h),
-            x_forwarded_for: h.get("x-forwarded-for").cloned(),
+            x_forwarded_for: h.get(&super::forward::X_FORWARDED_FOR).cloned(),
             user_agent: h.get(header::USER_AGENT).cloned(),
             request_id: request_id.or_else(|| h.get(X_REQUEST_ID).cloned()),
-            trace_id: h.get("traceparent").and_then(access_log::trace_id),
+            trace_id: h
+                .get(&crate::telemetry::context::TRACEPARENT)
+                .and_then(access_log::trace_id),
             principal: None,
             policy: None,
             reason: "upstream",
