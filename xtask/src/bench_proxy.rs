@@ -1549,8 +1549,7 @@ fn figure(
         .collect();
     if !variants.is_empty() {
         fig.panels.push(Panel::Bars {
-            title: "Access log / tracing on: req/s ÷ plain Sluice, same round (dashed: 1.0)"
-                .into(),
+            title: "Access log / tracing on: req/s ÷ plain Sluice, same round (dashed: 1.0)".into(),
             y_label: "req/s ratio".into(),
             categories: names,
             series: variants,

@@ -579,7 +579,10 @@ pub(super) mod tests {
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(v, "a\u{fffd}\"b");
         // Every byte value, through the JSON parser and back.
-        let all: String = (0u8..=0x7f).map(char::from).chain(['\u{e9}', '\u{1f600}']).collect();
+        let all: String = (0u8..=0x7f)
+            .map(char::from)
+            .chain(['\u{e9}', '\u{1f600}'])
+            .collect();
         out.clear();
         string(&mut out, &all);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -614,7 +617,12 @@ pub(super) mod tests {
 
     #[test]
     fn long_fields_escape_across_words() {
-        let s = format!("{}\"{}\\{}\u{1}é", "a".repeat(13), "b".repeat(8), "c".repeat(7));
+        let s = format!(
+            "{}\"{}\\{}\u{1}é",
+            "a".repeat(13),
+            "b".repeat(8),
+            "c".repeat(7)
+        );
         let mut out = Vec::new();
         string(&mut out, &s);
         let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
@@ -623,15 +631,33 @@ pub(super) mod tests {
 
     #[test]
     fn milliseconds_print_as_the_float_would() {
-        for nanos in [0, 1, 499, 500, 999_499, 999_500, 1_500_000, 1_234_567, 61_000_000_123, 3_999_999_999] {
+        for nanos in [
+            0,
+            1,
+            499,
+            500,
+            999_499,
+            999_500,
+            1_500_000,
+            1_234_567,
+            61_000_000_123,
+            3_999_999_999,
+        ] {
             let d = Duration::from_nanos(nanos);
             let mut out = Vec::new();
             millis(&mut out, d);
             let ours = String::from_utf8(out).unwrap();
             let float: f64 = format!("{:.3}", d.as_secs_f64() * 1e3).parse().unwrap();
             let parsed: f64 = ours.parse().unwrap();
-            assert!((parsed - float).abs() < 0.0011, "{nanos} ns: {ours} vs {float}");
-            assert_eq!(ours.split_once('.').map(|(_, f)| f.len()), Some(3), "{ours}");
+            assert!(
+                (parsed - float).abs() < 0.0011,
+                "{nanos} ns: {ours} vs {float}"
+            );
+            assert_eq!(
+                ours.split_once('.').map(|(_, f)| f.len()),
+                Some(3),
+                "{ours}"
+            );
         }
         let mut out = Vec::new();
         millis(&mut out, Duration::from_micros(1_500));

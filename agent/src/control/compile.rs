@@ -136,6 +136,8 @@ pub struct Compiler {
     stats: CompileStats,
     /// The routes the last delegation flatten made.
     delegated: super::delegation::Memo,
+    /// Routes with ListenerSet parentRefs as the previous compile resolved them.
+    listener_set_routes: super::listener_sets::Memo,
 }
 
 impl std::fmt::Debug for Compiler {
@@ -157,6 +159,7 @@ impl Compiler {
     pub fn reset(&mut self) {
         self.cache = None;
         self.delegated.clear();
+        self.listener_set_routes.clear();
     }
 
     /// Compiles `config`, reusing what is unchanged since the previous call
@@ -175,7 +178,7 @@ impl Compiler {
         let config = flattened.as_ref().map_or(config, |f| &f.config);
         // ListenerSets become listeners of their Gateways: from here on,
         // `config` is the resolved one (delegated routes included).
-        let (resolved, sets) = super::listener_sets::resolve(config);
+        let (resolved, sets) = super::listener_sets::resolve(config, &mut self.listener_set_routes);
         let config: &Config = &resolved;
         let ours: Vec<&Gateway> = config
             .gateways

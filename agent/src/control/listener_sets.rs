@@ -10,14 +10,15 @@
 //! port with another protocol, or same port, protocol and hostname) is not
 //! added: the Gateway's own listeners come first, then sets by age
 //! (`creationTimestamp`), then by namespace/name; within a set, by order.
-use std::{borrow::Cow, collections::HashMap};
+use std::{borrow::Cow, collections::HashMap, sync::Arc};
 
 use super::{
     attach::NamespaceLabels,
     status::{cond, set_generation, ListenerProblem, ListenerSetStatus, ListenerStatus, RouteKind},
 };
 use crate::config::{
-    AllowedListeners, Config, Gateway, Listener, ListenerOrigin, ListenerSet, ObjectRef, ParentRef,
+    AllowedListeners, Config, Gateway, HttpRoute, Listener, ListenerOrigin, ListenerSet, ObjectRef,
+    ParentRef,
 };
 
 /// What resolving did with one ListenerSet whose parent Gateway exists.
@@ -41,11 +42,29 @@ pub(crate) enum SetState {
     Admitted(Vec<(Listener, Option<ListenerProblem>)>),
 }
 
+/// The routes the previous resolve pointed at Gateways, by namespace/name:
+/// an unchanged route whose sets have the same Gateways is handed out again
+/// as the same allocation, so the incremental compile (which tells routes
+/// apart by address) reuses its entries instead of compiling it again.
+pub(super) type Memo = HashMap<ObjectRef, Resolved>;
+
+pub(super) struct Resolved {
+    /// The route as the config had it (kept, so its address stays unique).
+    input: Arc<HttpRoute>,
+    /// The Gateway of each ListenerSet parentRef, in order.
+    gateways: Vec<ObjectRef>,
+    output: Arc<HttpRoute>,
+}
+
 /// `config` with every admitted ListenerSet's listeners added to its
 /// Gateway and ListenerSet parentRefs of routes pointed at the set's Gateway;
 /// borrowed unchanged when there are no ListenerSets.
-pub(super) fn resolve(config: &Config) -> (Cow<'_, Config>, Vec<SetOutcome>) {
+pub(super) fn resolve<'c>(
+    config: &'c Config,
+    memo: &mut Memo,
+) -> (Cow<'c, Config>, Vec<SetOutcome>) {
     if config.listener_sets.is_empty() {
+        memo.clear();
         return (Cow::Borrowed(config), Vec::new());
     }
     let namespaces = NamespaceLabels::new(config);
@@ -93,19 +112,45 @@ pub(super) fn resolve(config: &Config) -> (Cow<'_, Config>, Vec<SetOutcome>) {
         .iter()
         .map(|s| (&s.id, &s.parent))
         .collect();
+    let mut previous = std::mem::take(memo);
     for route in &mut resolved.routes {
         if route.parents.iter().all(|p| p.listener_set.is_none()) {
             continue;
         }
-        // Only routes with a ListenerSet parentRef are copied.
-        let route = std::sync::Arc::make_mut(route);
-        for p in &mut route.parents {
-            if let Some(id) = &p.listener_set {
-                p.gateway = parents
+        let gateways: Vec<ObjectRef> = route
+            .parents
+            .iter()
+            .filter_map(|p| p.listener_set.as_ref())
+            .map(|id| {
+                parents
                     .get(id)
-                    .map_or(ParentRef::UNRESOLVED, |g| (*g).clone());
+                    .map_or(ParentRef::UNRESOLVED, |g| (*g).clone())
+            })
+            .collect();
+        let id = route.id.clone();
+        if let Some(r) = previous.remove(&id) {
+            if Arc::ptr_eq(&r.input, route) && r.gateways == gateways {
+                *route = r.output.clone();
+                memo.insert(id, r);
+                continue;
             }
         }
+        // Only routes with a ListenerSet parentRef are copied.
+        let input = route.clone();
+        let mut sets = gateways.iter();
+        for p in &mut Arc::make_mut(route).parents {
+            if p.listener_set.is_some() {
+                p.gateway = sets.next().expect("one Gateway per set").clone();
+            }
+        }
+        memo.insert(
+            id,
+            Resolved {
+                input,
+                gateways,
+                output: route.clone(),
+            },
+        );
     }
     (Cow::Owned(resolved), outcomes)
 }

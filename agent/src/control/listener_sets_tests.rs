@@ -522,3 +522,86 @@ fn certificates_are_in_the_sets_namespace_or_granted() {
         "False/ListenersNotValid"
     );
 }
+
+#[test]
+fn a_route_through_a_set_is_not_compiled_again_when_another_changes() {
+    let text = [
+        base("allowedListeners: {namespaces: {from: All}}"),
+        set(
+            "team-a",
+            "team",
+            None,
+            &["{name: web, port: 8080, protocol: HTTP}"],
+        ),
+        r#"
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: app, namespace: team-a}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team, sectionName: web}]
+  hostnames: [app.example.com]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: other, namespace: team-a}
+spec:
+  parentRefs: [{kind: ListenerSet, name: team, sectionName: web}]
+  hostnames: [other.example.com]
+  rules: [{backendRefs: [{name: svc, port: 80}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: svc, namespace: team-a}
+spec: {ports: [{port: 80}]}
+"#
+        .to_owned(),
+    ]
+    .concat();
+    let base = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
+    let state = crate::policy::state::PolicyState::default();
+    let run = state.compile();
+    let metrics = crate::policy::PolicyMetrics::default();
+    let env = crate::control::PolicyEnv {
+        metrics: &metrics,
+        state: &run,
+    };
+    let mut compiler = crate::control::Compiler::default();
+    let mut ids = ShardIds::default();
+    let first = compiler.compile(&base, &mut ids, 1, &env);
+    // A new generation of `other` only.
+    let mut changed = base.clone();
+    let i = changed
+        .routes
+        .iter()
+        .position(|r| r.id.name == "other")
+        .unwrap();
+    let mut other = crate::config::HttpRoute::clone(&changed.routes[i]);
+    other.generation = Some(7);
+    changed.routes[i] = std::sync::Arc::new(other);
+    let second = compiler.compile(&changed, &mut ids, 2, &env);
+    let stats = compiler.stats();
+    assert!(stats.incremental, "{stats:?}");
+    assert_eq!(stats.compiled, 1, "only `other`: {stats:?}");
+    let headers = http::HeaderMap::new();
+    let req = crate::snapshot::RequestView::new(&http::Method::GET, "/", None, &headers);
+    let app = |c: &Compiled| {
+        let web = c.snapshot.shards[0]
+            .listener_for(8080, "app.example.com")
+            .unwrap();
+        web.routes
+            .find("app.example.com", &req)
+            .unwrap()
+            .action
+            .clone()
+    };
+    assert!(std::sync::Arc::ptr_eq(&app(&first), &app(&second)));
+    // The set's Gateway changing (the set is removed) resolves it again.
+    let mut without = changed.clone();
+    without.listener_sets.clear();
+    let third = compiler.compile(&without, &mut ids, 3, &env);
+    assert!(third.snapshot.shards[0]
+        .listener_for(8080, "app.example.com")
+        .is_none());
+}
