@@ -183,23 +183,7 @@ fn not_allowed(
 
 /// How `l` conflicts with a listener already on `gateway`, which wins.
 fn conflict(gateway: &Gateway, l: &Listener) -> Option<ListenerProblem> {
-    if !l.protocol.is_served() {
-        return None;
-    }
-    let same_port = gateway
-        .listeners
-        .iter()
-        .filter(|o| o.protocol.is_served() && o.port == l.port);
-    let mut problem = None;
-    for o in same_port {
-        if o.protocol != l.protocol {
-            return Some(ListenerProblem::ProtocolConflict);
-        }
-        if o.hostname == l.hostname {
-            problem = Some(ListenerProblem::HostnameConflict);
-        }
-    }
-    problem
+    super::status::conflict_with(l, &gateway.listeners)
 }
 
 /// The status of a set: `added` are the statuses of its listeners that were

@@ -181,26 +181,45 @@ pub type ListenerProblems = HashMap<(ObjectRef, String), ListenerProblem>;
 /// (`HostnameConflict`). All of them are conflicted, none is picked as the
 /// winner. Listeners of protocols Sluice does not serve conflict with nothing.
 pub(super) fn listener_conflicts(gateway: &Gateway) -> HashMap<&str, ListenerProblem> {
-    let served: Vec<_> = gateway
-        .listeners
-        .iter()
-        .filter(|l| l.protocol.is_served())
-        .collect();
     let mut out = HashMap::new();
-    for (i, l) in served.iter().enumerate() {
-        for (j, o) in served.iter().enumerate() {
-            if i == j || l.port != o.port {
-                continue;
-            }
-            if l.protocol != o.protocol {
-                out.insert(l.name.as_str(), ListenerProblem::ProtocolConflict);
-            } else if l.hostname == o.hostname {
-                out.entry(l.name.as_str())
-                    .or_insert(ListenerProblem::HostnameConflict);
-            }
+    for (i, l) in gateway.listeners.iter().enumerate() {
+        let others = gateway
+            .listeners
+            .iter()
+            .enumerate()
+            .filter(|&(j, _)| j != i)
+            .map(|(_, o)| o);
+        if let Some(p) = conflict_with(l, others) {
+            out.insert(l.name.as_str(), p);
         }
     }
     out
+}
+
+/// How listener `l` conflicts with `others` (the same rule for a Gateway's
+/// own listeners and for a ListenerSet's joining them): a served listener
+/// on the port of one of another protocol (`ProtocolConflict`, which wins),
+/// or of the same protocol and hostname (`HostnameConflict`).
+pub(super) fn conflict_with<'a>(
+    l: &crate::config::Listener,
+    others: impl IntoIterator<Item = &'a crate::config::Listener>,
+) -> Option<ListenerProblem> {
+    if !l.protocol.is_served() {
+        return None;
+    }
+    let mut problem = None;
+    for o in others
+        .into_iter()
+        .filter(|o| o.protocol.is_served() && o.port == l.port)
+    {
+        if o.protocol != l.protocol {
+            return Some(ListenerProblem::ProtocolConflict);
+        }
+        if o.hostname == l.hostname {
+            problem = Some(ListenerProblem::HostnameConflict);
+        }
+    }
+    problem
 }
 
 /// Why a route does not attach to a Gateway through a parentRef.
