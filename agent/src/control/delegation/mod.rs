@@ -486,21 +486,15 @@ impl<'c> Flattener<'c> {
                 return;
             }
         };
-        if let Some(o) = self.out.get(&child.id) {
-            if o.parents != path.root.parents || o.hostnames != hostnames {
-                // One route has one set of parents and hostnames for all of
-                // its rules: a second tree with others cannot be merged in.
-                let why = "delegated to again through other Gateways or hostnames; only the \
-                           first delegation is served"
-                    .to_owned();
-                self.report.warnings.push(format!(
-                    "HTTPRoute {}: not served through {}: {why}",
-                    child.id, parent.id
-                ));
-                report.parent(&parent.id, Some(("NotAllowedByParents", why)));
-                return;
-            }
+        if self
+            .out
+            .get(&child.id)
+            .is_some_and(|o| o.parents != path.root.parents || o.hostnames != hostnames)
+        {
+            self.refuse_second_tree(child, parent);
+            return;
         }
+        let report = self.report.children.entry(child.id.clone()).or_default();
         report.parent(&parent.id, None);
         let mut next = path.clone();
         next.hostnames = hostnames;
@@ -617,6 +611,24 @@ impl<'c> Flattener<'c> {
         }
     }
 
+    /// Refuses `child` under `parent`: one route has one set of parents and
+    /// hostnames for all of its rules, so a second tree with others cannot
+    /// be merged into what an earlier one made of it.
+    fn refuse_second_tree(&mut self, child: &HttpRoute, parent: &HttpRoute) {
+        let why = "delegated to again through other Gateways or hostnames; only the first \
+                   delegation is served"
+            .to_owned();
+        self.report.warnings.push(format!(
+            "HTTPRoute {}: not served through {}: {why}",
+            child.id, parent.id
+        ));
+        self.report
+            .children
+            .entry(child.id.clone())
+            .or_default()
+            .parent(&parent.id, Some(("NotAllowedByParents", why)));
+    }
+
     /// Adds a served rule to the flattened `child`.
     fn emit(
         &mut self,
@@ -633,17 +645,7 @@ impl<'c> Flattener<'c> {
             chains: Vec::new(),
         });
         if out.parents != path.root.parents || out.hostnames != path.hostnames {
-            // One route has one set of parents and hostnames for all of its
-            // rules: a second tree with others cannot be merged in.
-            let why = "delegated to again through other Gateways or hostnames; only the first \
-                       delegation is served"
-                .to_owned();
-            self.report.warnings.push(format!(
-                "HTTPRoute {}: not served through {}: {why}",
-                child.id, parent.id
-            ));
-            let report = self.report.children.entry(child.id.clone()).or_default();
-            report.parent(&parent.id, Some(("NotAllowedByParents", why)));
+            self.refuse_second_tree(child, parent);
             return;
         }
         if out
