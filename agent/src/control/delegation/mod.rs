@@ -17,7 +17,7 @@
 //! path, hostnames outside the parent's) on the child, whose status names
 //! its parent routes (parentRef kind HTTPRoute). See docs/delegation.md.
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{BTreeMap, HashMap, HashSet},
     sync::Arc,
 };
 
@@ -101,6 +101,34 @@ struct Path<'c> {
     chain: Vec<Ancestor>,
 }
 
+/// Whether a route has a parentRef to a Gateway of Sluice's controller
+/// (directly or through a ListenerSet): only those are roots. A tree under
+/// another controller's Gateway is that controller's to serve, and walking
+/// it would let its (older) root claim children Sluice's roots share.
+fn on_our_gateways(config: &Config) -> impl Fn(&HttpRoute) -> bool + '_ {
+    let ours: HashSet<&ObjectRef> = config
+        .gateways
+        .iter()
+        .filter(|g| {
+            config.gateway_classes.iter().any(|c| {
+                c.name == g.class_name && c.controller_name == super::compile::CONTROLLER_NAME
+            })
+        })
+        .map(|g| &g.id)
+        .collect();
+    let set_gateway: HashMap<&ObjectRef, &ObjectRef> = config
+        .listener_sets
+        .iter()
+        .map(|s| (&s.id, &s.parent))
+        .collect();
+    move |route| {
+        route.parents.iter().any(|p| match &p.listener_set {
+            Some(set) => set_gateway.get(set).is_some_and(|g| ours.contains(g)),
+            None => ours.contains(&p.gateway),
+        })
+    }
+}
+
 /// Whether `route` has a rule that delegates.
 fn delegates(route: &HttpRoute) -> bool {
     route.rules.iter().any(is_delegating)
@@ -146,10 +174,11 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
         report: Report::default(),
         out: BTreeMap::new(),
     };
+    let on_ours = on_our_gateways(config);
     let mut roots: Vec<&HttpRoute> = config
         .routes
         .iter()
-        .filter(|r| r.kind == RouteKind::Http && !r.parents.is_empty() && delegates(r))
+        .filter(|r| r.kind == RouteKind::Http && delegates(r) && on_ours(r))
         .map(|r| &**r)
         .collect();
     // The older root wins a child that two trees claim (then namespace/name),

@@ -657,3 +657,34 @@ fn the_older_root_wins_a_shared_child() {
         None
     );
 }
+
+#[test]
+fn a_root_on_another_controllers_gateway_claims_no_child() {
+    // An older root of the same hostnames on a Gateway of another class:
+    // walked, it would take the payments child first and ours would be
+    // refused as a second tree.
+    let c = compiled(|t| {
+        format!(
+            "{t}\n---\n{}",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+             metadata: {name: other}\nspec: {controllerName: example.com/other}\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+             metadata: {name: theirs, namespace: platform}\n\
+             spec: {gatewayClassName: other, listeners: [{name: http, port: 9090, protocol: HTTP}]}\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: foreign, namespace: platform, creationTimestamp: \"2020-01-01T00:00:00Z\"}\n\
+             spec:\n  parentRefs: [{name: theirs}]\n  hostnames: [other.example.com]\n  rules:\n\
+             \x20 - matches: [{path: {value: /payments}}]\n\
+             \x20   backendRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: \"*\", namespace: payments}]\n"
+        )
+    });
+    assert_eq!(
+        served_by(&c, "/payments/1", &[("x-api-version", "v2")]).as_deref(),
+        Some("payments/payments")
+    );
+    assert!(
+        c.warnings.iter().all(|w| !w.contains("platform/foreign")),
+        "{:#?}",
+        c.warnings
+    );
+}
