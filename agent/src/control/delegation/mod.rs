@@ -64,8 +64,8 @@ struct ChildReport {
     parents: Vec<(ObjectRef, Option<(&'static str, String)>)>,
     /// Rules or matches not served, with why.
     dropped: Vec<String>,
-    /// Rules served.
-    served: usize,
+    /// Rules served, by the parent route they came through.
+    served: HashMap<ObjectRef, usize>,
 }
 
 impl ChildReport {
@@ -252,7 +252,12 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
         .collect();
     *memo = next;
     for (id, c) in &mut report.children {
-        c.served = out.get(id).map_or(0, |o| o.rules.len());
+        // A chain ends with the parent the rule came through.
+        for chain in out.get(id).map_or(&[][..], |o| &o.chains) {
+            if let Some(parent) = chain.last() {
+                *c.served.entry(parent.route.clone()).or_default() += 1;
+            }
+        }
     }
     Some(Flattened {
         config: flat,

@@ -101,9 +101,12 @@ fn child_status(route: &HttpRoute, c: &ChildReport, computed: Option<&RouteStatu
         .parents
         .iter()
         .map(|(parent, refused)| {
+            // Per parent: a child may serve through one parent route and
+            // not through another.
+            let served = c.served.get(parent).copied().unwrap_or(0);
             let accepted = match (refused, &gateway_accepted) {
                 (Some((reason, why)), _) => cond("Accepted", false, reason, why.clone()),
-                (None, _) if c.served == 0 => cond(
+                (None, _) if served == 0 => cond(
                     "Accepted",
                     false,
                     "UnsupportedValue",
@@ -116,7 +119,7 @@ fn child_status(route: &HttpRoute, c: &ChildReport, computed: Option<&RouteStatu
                 (None, _) => cond("Accepted", true, "Accepted", String::new()),
             };
             let mut conditions = vec![accepted, resolved.clone()];
-            if !c.dropped.is_empty() && c.served > 0 {
+            if !c.dropped.is_empty() && served > 0 {
                 conditions.push(cond(
                     "PartiallyInvalid",
                     true,

@@ -688,3 +688,41 @@ fn a_root_on_another_controllers_gateway_claims_no_child() {
         c.warnings
     );
 }
+
+#[test]
+fn accepted_is_per_parent_route() {
+    // payments/refunds serves /payments/refunds through platform/api, and
+    // nothing through platform/legacy (its /legacy prefix holds none of
+    // the child's paths): Accepted on the first parent only.
+    let c = compiled(|t| {
+        format!(
+            "{t}\n---\n{}",
+            "apiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: refunds, namespace: payments}\n\
+             spec:\n  rules:\n\
+             \x20 - matches: [{path: {value: /payments/refunds}}]\n\
+             \x20   backendRefs: [{name: payments, port: 80}]\n\
+             ---\napiVersion: gateway.networking.k8s.io/v1\nkind: HTTPRoute\n\
+             metadata: {name: legacy, namespace: platform, creationTimestamp: \"2030-01-01T00:00:00Z\"}\n\
+             spec:\n  parentRefs: [{name: public}]\n  hostnames: [api.example.com]\n  rules:\n\
+             \x20 - matches: [{path: {value: /legacy}}]\n\
+             \x20   backendRefs: [{group: gateway.networking.k8s.io, kind: HTTPRoute, name: refunds, namespace: payments}]\n"
+        )
+    });
+    assert_eq!(
+        served_by(&c, "/payments/refunds", &[("x-api-version", "v2")]).as_deref(),
+        Some("payments/refunds")
+    );
+    let s = status(&c, "payments", "refunds");
+    let accepted = |parent: &str| {
+        let p = s
+            .parents
+            .iter()
+            .find(|p| p.parent_ref.name == parent)
+            .unwrap_or_else(|| panic!("no parent {parent}: {s:#?}"));
+        let a = p.conditions.iter().find(|c| c.kind == "Accepted").unwrap();
+        (a.status, a.reason)
+    };
+    assert_eq!(accepted("api"), ("True", "Accepted"));
+    assert_eq!(accepted("legacy"), ("False", "UnsupportedValue"));
+}
