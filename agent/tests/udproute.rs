@@ -471,3 +471,48 @@ async fn status_accepts_the_listeners_and_counts_every_route() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_wildcard_listener_answers_from_the_address_the_client_sent_to() {
+    // A Gateway without addresses binds 0.0.0.0. A client that sends to
+    // 127.0.0.2 and is connected to it (as DNS resolvers are) accepts only
+    // answers from 127.0.0.2; the kernel would pick 127.0.0.1 as the source
+    // of a reply to 127.0.0.1 unless the relay says which address to use.
+    let port = free_udp_port();
+    let dir = config_dir();
+    let (a, _) = udp_echo_backend("a").await;
+    let mut text = format!(
+        "apiVersion: gateway.networking.k8s.io/v1\nkind: GatewayClass\n\
+         metadata: {{name: sluice}}\nspec: {{controllerName: sluice.dev/gateway-controller}}\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1\nkind: Gateway\n\
+         metadata: {{name: gw, namespace: infra}}\n\
+         spec:\n  gatewayClassName: sluice\n  listeners: [{{name: dns, port: {port}, protocol: UDP}}]\n\
+         ---\napiVersion: gateway.networking.k8s.io/v1alpha2\nkind: UDPRoute\n\
+         metadata: {{name: dns, namespace: infra}}\n\
+         spec:\n  parentRefs: [{{name: gw}}]\n  rules: [{{backendRefs: [{{name: a, port: 8080}}]}}]\n"
+    );
+    text.push_str(&service_yaml("infra", "a", a));
+    write_config(&dir, "config.yaml", &text);
+    let _app = start(&dir).await;
+    for target in ["127.0.0.2", "127.0.0.1", "127.0.0.3"] {
+        let client = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        client.connect((target, port)).await.unwrap();
+        client.send(b"query").await.unwrap();
+        let mut buf = [0u8; 64];
+        let n = tokio::time::timeout(WAIT, client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| {
+                panic!("no answer from {target} (it came from elsewhere, or not at all)")
+            })
+            .unwrap();
+        assert_eq!(&buf[..n], b"a:query", "{target}");
+        // A second datagram of the session is answered the same way.
+        client.send(b"again").await.unwrap();
+        let n = tokio::time::timeout(WAIT, client.recv(&mut buf))
+            .await
+            .unwrap_or_else(|_| panic!("no second answer from {target}"))
+            .unwrap();
+        assert_eq!(&buf[..n], b"a:again", "{target}");
+    }
+    std::fs::remove_dir_all(&dir).ok();
+}

@@ -16,6 +16,7 @@ mod load;
 mod logged;
 mod mirror;
 mod per_source;
+mod pktinfo;
 pub mod pool;
 mod proxy;
 mod retry;

@@ -9,6 +9,7 @@
 use std::{
     collections::HashMap,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    os::fd::AsRawFd,
     sync::{
         atomic::{AtomicU64, Ordering},
         Arc,
@@ -19,9 +20,9 @@ use std::{
 use http::{HeaderMap, Method};
 use prometheus_client::metrics::counter::Counter;
 use socket2::{Domain, Protocol, Socket, Type};
-use tokio::{net::UdpSocket, sync::watch, task::JoinHandle, time::Instant};
+use tokio::{io::Interest, net::UdpSocket, sync::watch, task::JoinHandle, time::Instant};
 
-use super::{fair::Fair, Proxy};
+use super::{fair::Fair, pktinfo, Proxy};
 use crate::{
     metrics::{L4BytesLabels, Name, ShardLabels},
     snapshot::{RequestView, ShardId},
@@ -39,6 +40,10 @@ pub fn bind(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
         socket.set_only_v6(true)?;
     }
     socket.bind(&addr.into())?;
+    if addr.ip().is_unspecified() {
+        // Replies must leave from the address each client sent to.
+        super::pktinfo::enable(&socket, addr)?;
+    }
     socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
@@ -110,8 +115,8 @@ async fn relay_loop(
         .clone();
     loop {
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let (n, peer) = match r {
+            r = socket.async_io(Interest::READABLE, || pktinfo::recv(socket.as_raw_fd(), &mut buf)) => {
+                let (n, peer, destination) = match r {
                     Ok(x) => x,
                     // ICMP errors of earlier sends, and the like: the socket
                     // itself is fine.
@@ -131,7 +136,14 @@ async fn relay_loop(
                     proxy.metrics().udp_session(&shard_name, &Arc::from(""), "session_limit");
                     continue;
                 }
-                let at = At { shard, local, peer, epoch: sessions.epoch };
+                // A wildcard socket answers from the address the client
+                // sent to (see [`pktinfo`]); a bound one has only its own.
+                let source = if local.ip().is_unspecified() {
+                    pktinfo::reply_source(destination)
+                } else {
+                    None
+                };
+                let at = At { shard, local, peer, source, epoch: sessions.epoch };
                 let Some(session) = open(at, &replies, &proxy, &shard_name, now) else {
                     continue;
                 };
@@ -167,6 +179,7 @@ fn open(
         shard,
         local,
         peer,
+        source,
         epoch,
     } = at;
     let snapshot = proxy.snapshot();
@@ -214,7 +227,13 @@ fn open(
     let last = Arc::new(AtomicU64::new(now));
     let replies = tokio::spawn(Fair::new(
         shard,
-        relay_replies(upstream, replies.clone(), peer, (epoch, last.clone()), down),
+        relay_replies(
+            upstream,
+            (replies.clone(), source),
+            peer,
+            (epoch, last.clone()),
+            down,
+        ),
     ));
     Some(Session {
         send,
@@ -230,6 +249,9 @@ struct At {
     shard: ShardId,
     local: SocketAddr,
     peer: SocketAddr,
+    /// The address to answer from (a wildcard listener's), or `None` for
+    /// the kernel's choice.
+    source: Option<IpAddr>,
     /// The session table's epoch, that activity times count from.
     epoch: Instant,
 }
@@ -261,7 +283,7 @@ struct Sender(Arc<std::net::UdpSocket>);
 /// until the session is dropped (which aborts this task).
 async fn relay_replies(
     upstream: UdpSocket,
-    listener: Sender,
+    (listener, source): (Sender, Option<IpAddr>),
     peer: SocketAddr,
     (epoch, last): (Instant, Arc<AtomicU64>),
     (datagrams, bytes): (Counter, Counter),
@@ -278,7 +300,7 @@ async fn relay_replies(
         };
         let now = u64::try_from(epoch.elapsed().as_nanos()).unwrap_or(u64::MAX);
         last.fetch_max(now, Ordering::Relaxed);
-        if listener.0.send_to(&buf[..n], peer).is_ok() {
+        if pktinfo::send(listener.0.as_raw_fd(), &buf[..n], peer, source).is_ok() {
             datagrams.inc();
             bytes.inc_by(n as u64);
         }
