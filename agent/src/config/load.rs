@@ -338,7 +338,14 @@ pub(super) fn convert_file(
         }
         parsed += 1;
         let mut builder = validate::Builder::default();
-        add_documents(&mut builder, path, chunk);
+        let location = Location {
+            file: path.to_path_buf(),
+            document: 1,
+            object: None,
+        };
+        if !builder.add_route_text(location, chunk) {
+            add_documents(&mut builder, path, chunk);
+        }
         match builder.finish() {
             Ok(c) => docs.push((d, Document::of(c))),
             // The whole file again, so that every error names its real
@@ -432,6 +439,45 @@ pub fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         Converted::Invalid(errors) => Err(ConfigError::Invalid(errors)),
     }
+}
+
+/// Checks, for each document of `text`, that the typed route path of the
+/// directory source ([`validate::Builder::add_route_text`]) either declines
+/// it or gives exactly the route the `Value` path gives: the oracle of the
+/// `config` fuzz target. An `Err` names the disagreement.
+#[doc(hidden)]
+pub fn check_typed_routes(path: &Path, text: &str) -> Result<(), String> {
+    for chunk in split_documents(text) {
+        let location = Location {
+            file: path.to_path_buf(),
+            document: 1,
+            object: None,
+        };
+        let mut typed = validate::Builder::default();
+        if !typed.add_route_text(location, chunk) {
+            continue;
+        }
+        let typed = typed
+            .finish()
+            .map_err(|e| format!("typed path accepted, then refused: {e}"))?;
+        let mut by_value = validate::Builder::default();
+        add_documents(&mut by_value, path, chunk);
+        match by_value.finish() {
+            Ok(c) if c.routes == typed.routes && c.is_one_route() => {}
+            Ok(c) => {
+                return Err(format!(
+                    "typed path gave {:?}, the Value path {:?} for {chunk:?}",
+                    typed.routes, c.routes
+                ))
+            }
+            Err(e) => {
+                return Err(format!(
+                    "typed path accepted what the Value path refuses ({e}): {chunk:?}"
+                ))
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates documents from `(file name, text)` pairs.
@@ -548,6 +594,155 @@ spec:
         assert_eq!(route_names(&c), ["fixed"]);
         assert_eq!(s.parsed, 1, "the valid gateway file is not parsed again");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A route with most of what a route holds: the typed path's work.
+    const FULL_ROUTE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: full, namespace: apps, labels: {app: x}, generation: 3,
+  creationTimestamp: \"2024-01-02T03:04:05Z\"}
+spec:
+  parentRefs: [{name: gw, namespace: default, sectionName: http, port: 8080}]
+  hostnames: [a.example.com, \"*.example.org\"]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: svc, port: 8080}]
+  - matches: [{path: {type: Exact, value: /health}, headers: [{name: x-probe, value: \"yes\"}],
+      queryParams: [{type: RegularExpression, name: q, value: \"^a+$\"}], method: GET}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: full}], remove: [x-drop]}
+    backendRefs: [{name: svc, port: 8080, weight: 3}, {name: other, port: 80}]
+    timeouts: {request: 10s}
+status: {parents: []}
+";
+
+    #[test]
+    fn the_typed_route_path_gives_what_the_value_path_gives() {
+        let mut typed = validate::Builder::default();
+        let location = Location {
+            file: PathBuf::from("t.yaml"),
+            document: 1,
+            object: None,
+        };
+        assert!(typed.add_route_text(location, FULL_ROUTE), "taken");
+        let typed = typed.finish().unwrap();
+        let by_value = parse_documents([(Path::new("t.yaml"), FULL_ROUTE)]).unwrap();
+        assert_eq!(typed.routes, by_value.routes);
+        assert_eq!(typed.routes[0].rules.len(), 2);
+        check_typed_routes(Path::new("t.yaml"), &format!("{GATEWAY}---\n{FULL_ROUTE}")).unwrap();
+        // Other kinds, and routes with anything to report, take the Value path.
+        let mut b = validate::Builder::default();
+        let location = Location {
+            file: PathBuf::from("t.yaml"),
+            document: 1,
+            object: None,
+        };
+        assert!(!b.add_route_text(location.clone(), GATEWAY));
+        let bad = FULL_ROUTE.replace("type: Exact", "type: Nope");
+        assert!(!b.add_route_text(location, &bad));
+    }
+
+    #[test]
+    fn the_typed_route_path_refuses_what_the_value_path_refuses() {
+        // Plain scalars that are not strings where a string is expected,
+        // quoted numbers where a number is, repeated keys: refused as before,
+        // with the field and the document named.
+        let cases = [
+            (
+                "name: full,",
+                "name: 123,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: true,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: null,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: 1.5,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "namespace: apps,",
+                "namespace: 7,",
+                "metadata.namespace",
+                "expected a string",
+            ),
+            (
+                "[a.example.com,",
+                "[0x10,",
+                "spec.hostnames[0]",
+                "expected a string",
+            ),
+            (
+                "value: /api}",
+                "value: 12}",
+                "spec.rules[0].matches[0].path.value",
+                "expected a string",
+            ),
+            (
+                "name: x-probe",
+                "name: false",
+                "spec.rules[1].matches[0].headers[0].name",
+                "expected a string",
+            ),
+            (
+                "port: 8080}]\n  -",
+                "port: \"8080\"}]\n  -",
+                "spec.rules[0].backendRefs[0].port",
+                "invalid type",
+            ),
+            (
+                "weight: 3}",
+                "weight: 3.5}",
+                "spec.rules[1].backendRefs[0].weight",
+                "invalid type",
+            ),
+            (
+                "labels: {app: x}",
+                "labels: {app: x, app: y}",
+                "",
+                "duplicate entry",
+            ),
+            (
+                "status: {parents: []}",
+                "status: {a: 1, a: 2}",
+                "",
+                "duplicate entry",
+            ),
+        ];
+        for (from, to, field, message) in cases {
+            assert!(FULL_ROUTE.contains(from), "{from}");
+            let bad = FULL_ROUTE.replacen(from, to, 1);
+            let text = format!("{GATEWAY}---\n{bad}");
+            check_typed_routes(Path::new("t.yaml"), &text).unwrap();
+            let errors = match load_text(Path::new("t.yaml"), &text) {
+                Err(ConfigError::Invalid(errors)) => errors,
+                other => panic!("{to}: expected an invalid-config error, got {other:?}"),
+            };
+            assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.location.document, 2, "{to}: {e}");
+            assert_eq!(e.field, field, "{to}: {e}");
+            assert!(e.message.contains(message), "{to}: {e}");
+            // The same error as reading the file whole.
+            match parse_documents([(Path::new("t.yaml"), text.as_str())]) {
+                Err(ConfigError::Invalid(whole)) => assert_eq!(&whole, &errors, "{to}"),
+                other => panic!("{to}: expected an invalid-config error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

@@ -211,6 +211,55 @@ impl Builder {
         }
     }
 
+    /// Adds `text` if it is one HTTPRoute document that converts without an
+    /// error, decoded straight into the wire type (see [`super::strict`]):
+    /// routes are most of a large config, and the `Value` tree [`Self::add`]
+    /// goes through is most of their parse. Returns `false`, having added
+    /// nothing, for any other text, and for a route with anything to report:
+    /// the caller then passes the text to [`Self::add`], whose result and
+    /// errors are the reference this must equal.
+    pub(super) fn add_route_text(&mut self, location: Location, text: &str) -> bool {
+        /// The fields [`Self::add`] reads to dispatch an HTTPRoute, and the route.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RouteDocument {
+            api_version: String,
+            kind: String,
+            metadata: wire::ObjectMeta,
+            spec: wire::HttpRouteSpec,
+        }
+        // Other kinds are not worth a failed attempt.
+        if !text.lines().any(|l| l.trim_end() == "kind: HTTPRoute") {
+            return false;
+        }
+        let Some(d) = super::strict::decode::<RouteDocument>(text) else {
+            return false;
+        };
+        let group = d.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        if d.kind != "HTTPRoute" || group != GATEWAY_GROUP {
+            return false;
+        }
+        let mut errors = Vec::new();
+        let mut doc = Doc {
+            location,
+            errors: &mut errors,
+        };
+        let route = http_route(
+            &mut doc,
+            wire::HttpRoute {
+                metadata: d.metadata,
+                spec: d.spec,
+            },
+        );
+        match route {
+            Some(r) if errors.is_empty() => {
+                self.config.routes.push(std::sync::Arc::new(r));
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         for (later, earlier, message) in port_range_overlaps(&self.config.gateways) {
             self.errors.push(DocumentError {
