@@ -328,7 +328,14 @@ pub(super) fn convert_file(
 ) -> (Converted, usize) {
     let mut docs = Vec::new();
     let mut parsed = 0;
-    for chunk in split_documents(text) {
+    let chunks = split_documents(text);
+    // A new file (start-up): its routes with one parser for the whole file.
+    let mut typed = if previous.is_empty() {
+        typed_routes_of_file(path, text, &chunks)
+    } else {
+        None
+    };
+    for (k, chunk) in chunks.into_iter().enumerate() {
         let d = digest(chunk);
         // Taken, not copied: a document written twice in a file becomes two
         // objects, as it would be parsed twice.
@@ -337,13 +344,12 @@ pub(super) fn convert_file(
             continue;
         }
         parsed += 1;
+        if let Some(route) = typed.as_mut().and_then(|t| t[k].take()) {
+            docs.push((d, Document::Route(route)));
+            continue;
+        }
         let mut builder = validate::Builder::default();
-        let location = Location {
-            file: path.to_path_buf(),
-            document: 1,
-            object: None,
-        };
-        if !builder.add_route_text(location, chunk) {
+        if !builder.add_route_text(location(path), chunk) {
             add_documents(&mut builder, path, chunk);
         }
         match builder.finish() {
@@ -354,6 +360,56 @@ pub(super) fn convert_file(
         }
     }
     (Converted::Documents(docs), parsed)
+}
+
+/// Where a document piece is, for the typed path (which reports nothing:
+/// a route with anything to report is read again on the `Value` path).
+fn location(path: &Path) -> Location {
+    Location {
+        file: path.to_path_buf(),
+        document: 1,
+        object: None,
+    }
+}
+
+/// The HTTPRoutes of a file whose pieces (`chunks`, from [`split_documents`])
+/// all look like routes, decoded by one parser over the whole text: a parser
+/// per piece costs its buffers (64 kB) and set-up per route. Each entry is
+/// the piece's route, or `None` where the typed path declined it (that piece
+/// is read again alone). `None` for the whole file when its documents might
+/// not be exactly its pieces: with document-end markers (`...`) or
+/// directives (`%`) the stream's documents are not only split at `---`
+/// lines, and with fewer or more documents than pieces something else is
+/// off.
+fn typed_routes_of_file(
+    path: &Path,
+    text: &str,
+    chunks: &[&str],
+) -> Option<Vec<Option<Arc<HttpRoute>>>> {
+    if chunks.len() < 2
+        || !chunks.iter().all(|c| validate::may_be_route(c))
+        || text
+            .lines()
+            .any(|l| l.starts_with("...") || l.starts_with('%'))
+    {
+        return None;
+    }
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let mut routes = Vec::with_capacity(chunks.len());
+    for _ in chunks {
+        let document = documents.next()?;
+        let mut builder = validate::Builder::default();
+        let route = builder
+            .add_route_document(location(path), document)
+            .then(|| builder.finish().ok())
+            .flatten()
+            .and_then(|mut c| c.routes.pop());
+        routes.push(route);
+    }
+    if documents.next().is_some() {
+        return None;
+    }
+    Some(routes)
 }
 
 fn convert_whole_file(path: &Path, text: &str) -> Converted {
@@ -447,34 +503,33 @@ pub fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
 /// `config` fuzz target. An `Err` names the disagreement.
 #[doc(hidden)]
 pub fn check_typed_routes(path: &Path, text: &str) -> Result<(), String> {
-    for chunk in split_documents(text) {
-        let location = Location {
-            file: path.to_path_buf(),
-            document: 1,
-            object: None,
+    let chunks = split_documents(text);
+    let whole = typed_routes_of_file(path, text, &chunks);
+    for (k, chunk) in chunks.iter().enumerate() {
+        let by_value = || {
+            let mut b = validate::Builder::default();
+            add_documents(&mut b, path, chunk);
+            b.finish()
+        };
+        let agrees = |typed: &[Arc<HttpRoute>], how: &str| match by_value() {
+            Ok(c) if c.routes == typed && c.is_one_route() => Ok(()),
+            Ok(c) => Err(format!(
+                "typed path ({how}) gave {typed:?}, the Value path {:?} for {chunk:?}",
+                c.routes
+            )),
+            Err(e) => Err(format!(
+                "typed path ({how}) accepted what the Value path refuses ({e}): {chunk:?}"
+            )),
         };
         let mut typed = validate::Builder::default();
-        if !typed.add_route_text(location, chunk) {
-            continue;
+        if typed.add_route_text(location(path), chunk) {
+            let typed = typed
+                .finish()
+                .map_err(|e| format!("typed path accepted, then refused: {e}"))?;
+            agrees(&typed.routes, "one piece")?;
         }
-        let typed = typed
-            .finish()
-            .map_err(|e| format!("typed path accepted, then refused: {e}"))?;
-        let mut by_value = validate::Builder::default();
-        add_documents(&mut by_value, path, chunk);
-        match by_value.finish() {
-            Ok(c) if c.routes == typed.routes && c.is_one_route() => {}
-            Ok(c) => {
-                return Err(format!(
-                    "typed path gave {:?}, the Value path {:?} for {chunk:?}",
-                    typed.routes, c.routes
-                ))
-            }
-            Err(e) => {
-                return Err(format!(
-                    "typed path accepted what the Value path refuses ({e}): {chunk:?}"
-                ))
-            }
+        if let Some(route) = whole.as_ref().and_then(|w| w[k].as_ref()) {
+            agrees(std::slice::from_ref(route), "whole file")?;
         }
     }
     Ok(())
@@ -642,6 +697,58 @@ status: {parents: []}
         assert!(!b.add_route_text(location.clone(), GATEWAY));
         let bad = FULL_ROUTE.replace("type: Exact", "type: Nope");
         assert!(!b.add_route_text(location, &bad));
+    }
+
+    #[test]
+    fn a_file_of_routes_is_read_with_one_parser_and_agrees_piece_by_piece() {
+        let path = Path::new("t.yaml");
+        let file = |third: &str| format!("{FULL_ROUTE}---\n{}---\n{third}", route("b"));
+        let text = file(&route("c"));
+        let chunks = split_documents(&text);
+        let whole = typed_routes_of_file(path, &text, &chunks).expect("all routes");
+        let names: Vec<_> = whole
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.id.name.as_str()))
+            .collect();
+        assert_eq!(names, [Some("full"), Some("b"), Some("c")]);
+        check_typed_routes(path, &text).unwrap();
+        assert_eq!(
+            route_names(&load_text(path, &text).unwrap()),
+            route_names(&parse_documents([(path, text.as_str())]).unwrap())
+        );
+
+        // A piece the typed path declines is left to be read alone; its
+        // error names its document in the file.
+        let text = file(&route("c").replace("name: c,", "name: 9,"));
+        let chunks = split_documents(&text);
+        let whole = typed_routes_of_file(path, &text, &chunks).expect("all routes");
+        assert!(whole[0].is_some() && whole[1].is_some() && whole[2].is_none());
+        check_typed_routes(path, &text).unwrap();
+        match load_text(path, &text) {
+            Err(ConfigError::Invalid(errors)) => {
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                assert_eq!(errors[0].location.document, 3, "{errors:?}");
+                assert_eq!(errors[0].field, "metadata.name", "{errors:?}");
+            }
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+
+        // Files whose documents might not be exactly their pieces, or with
+        // other kinds, are not read this way.
+        for text in [
+            format!("{GATEWAY}---\n{}", route("a")),
+            format!("{}...\n---\n{}", route("a"), route("b")),
+            format!("%YAML 1.2\n---\n{}---\n{}", route("a"), route("b")),
+            format!("# only a comment\n---\n{}---\n{}", route("a"), route("b")),
+            route("a"),
+        ] {
+            let chunks = split_documents(&text);
+            assert!(
+                typed_routes_of_file(path, &text, &chunks).is_none(),
+                "{text}"
+            );
+            check_typed_routes(path, &text).unwrap();
+        }
     }
 
     #[test]

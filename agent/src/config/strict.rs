@@ -417,11 +417,20 @@ impl<'de, A: MapAccess<'de>> MapAccess<'de> for StrictMap<'de, A> {
 /// `None` when anything about it is not exactly as the `Value` path would
 /// accept it (the caller then takes that path). Text with a tag indicator
 /// (`!`) anywhere is left to the `Value` path whole.
+#[cfg(test)]
 pub(super) fn decode<T: de::DeserializeOwned>(text: &str) -> Option<T> {
     if text.contains('!') {
         return None;
     }
-    T::deserialize(Strict(serde_yaml::Deserializer::from_str(text))).ok()
+    decode_from(serde_yaml::Deserializer::from_str(text))
+}
+
+/// [`decode`] from a parser: one document of a stream, which the caller has
+/// made sure holds no tag.
+pub(super) fn decode_from<'de, T: de::Deserialize<'de>, D: Deserializer<'de>>(
+    document: D,
+) -> Option<T> {
+    T::deserialize(Strict(document)).ok()
 }
 
 #[cfg(test)]

@@ -219,7 +219,19 @@ impl Builder {
     /// the caller then passes the text to [`Self::add`], whose result and
     /// errors are the reference this must equal.
     pub(super) fn add_route_text(&mut self, location: Location, text: &str) -> bool {
-        /// The fields [`Self::add`] reads to dispatch an HTTPRoute, and the route.
+        may_be_route(text)
+            && self.add_route_document(location, serde_yaml::Deserializer::from_str(text))
+    }
+
+    /// [`Self::add_route_text`] for a document of a parse already under way
+    /// (all documents of a file with one parser); the caller has checked
+    /// the document's text with [`may_be_route`].
+    pub(super) fn add_route_document<'de, D: serde::Deserializer<'de>>(
+        &mut self,
+        location: Location,
+        document: D,
+    ) -> bool {
+        /// The fields [`Builder::add`] reads to dispatch an HTTPRoute, and the route.
         #[derive(serde::Deserialize)]
         #[serde(rename_all = "camelCase")]
         struct RouteDocument {
@@ -228,11 +240,7 @@ impl Builder {
             metadata: wire::ObjectMeta,
             spec: wire::HttpRouteSpec,
         }
-        // Other kinds are not worth a failed attempt.
-        if !text.lines().any(|l| l.trim_end() == "kind: HTTPRoute") {
-            return false;
-        }
-        let Some(d) = super::strict::decode::<RouteDocument>(text) else {
+        let Some(d) = super::strict::decode_from::<RouteDocument, D>(document) else {
             return false;
         };
         let group = d.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
@@ -277,6 +285,13 @@ impl Builder {
             Err(ConfigError::Invalid(self.errors))
         }
     }
+}
+
+/// Whether a document's text is worth the typed route path: a top-level
+/// `kind: HTTPRoute` line (other kinds are not worth a failed attempt) and no
+/// tag indicator (`!`), which [`super::strict`] leaves to the `Value` path.
+pub(super) fn may_be_route(text: &str) -> bool {
+    !text.contains('!') && text.lines().any(|l| l.trim_end() == "kind: HTTPRoute")
 }
 
 fn decode<T: DeserializeOwned>(doc: &mut Doc<'_>, value: serde_yaml::Value) -> Option<T> {
