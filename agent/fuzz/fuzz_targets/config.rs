@@ -1,8 +1,9 @@
 //! Config loading: YAML text → validated domain types, exactly as the
 //! directory source and `sluice check-config` read a file. Bad input must be
 //! a typed, located error (never a panic); a config that validates must
-//! compile into a snapshot; and reading a file document by document (the
-//! directory source's cache) must accept what reading it whole accepts.
+//! compile into a snapshot; reading a file document by document (the
+//! directory source's cache) must accept what reading it whole accepts; and
+//! an HTTPRoute the typed fast path decodes must equal the `Value` path's.
 #![no_main]
 
 use std::path::Path;
@@ -41,6 +42,11 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let path = Path::new("fuzz.yaml");
+    // HTTPRoute documents decoded straight into their wire type (the
+    // directory source's fast path) give exactly what the `Value` path gives.
+    if let Err(e) = config::check_typed_routes(path, text) {
+        panic!("{e}");
+    }
     let by_document = config::load_text(path, text);
     match &by_document {
         Ok(cfg) => {

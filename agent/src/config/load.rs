@@ -328,7 +328,14 @@ pub(super) fn convert_file(
 ) -> (Converted, usize) {
     let mut docs = Vec::new();
     let mut parsed = 0;
-    for chunk in split_documents(text) {
+    let chunks = split_documents(text);
+    // A new file (start-up): its routes with one parser for the whole file.
+    let mut typed = if previous.is_empty() {
+        typed_routes_of_file(path, text, &chunks)
+    } else {
+        None
+    };
+    for (k, chunk) in chunks.into_iter().enumerate() {
         let d = digest(chunk);
         // Taken, not copied: a document written twice in a file becomes two
         // objects, as it would be parsed twice.
@@ -337,8 +344,14 @@ pub(super) fn convert_file(
             continue;
         }
         parsed += 1;
+        if let Some(route) = typed.as_mut().and_then(|t| t[k].take()) {
+            docs.push((d, Document::Route(route)));
+            continue;
+        }
         let mut builder = validate::Builder::default();
-        add_documents(&mut builder, path, chunk);
+        if !builder.add_route_text(location(path), chunk) {
+            add_documents(&mut builder, path, chunk);
+        }
         match builder.finish() {
             Ok(c) => docs.push((d, Document::of(c))),
             // The whole file again, so that every error names its real
@@ -347,6 +360,56 @@ pub(super) fn convert_file(
         }
     }
     (Converted::Documents(docs), parsed)
+}
+
+/// Where a document piece is, for the typed path (which reports nothing:
+/// a route with anything to report is read again on the `Value` path).
+fn location(path: &Path) -> Location {
+    Location {
+        file: path.to_path_buf(),
+        document: 1,
+        object: None,
+    }
+}
+
+/// The HTTPRoutes of a file whose pieces (`chunks`, from [`split_documents`])
+/// all look like routes, decoded by one parser over the whole text: a parser
+/// per piece costs its buffers (64 kB) and set-up per route. Each entry is
+/// the piece's route, or `None` where the typed path declined it (that piece
+/// is read again alone). `None` for the whole file when its documents might
+/// not be exactly its pieces: with document-end markers (`...`) or
+/// directives (`%`) the stream's documents are not only split at `---`
+/// lines, and with fewer or more documents than pieces something else is
+/// off.
+fn typed_routes_of_file(
+    path: &Path,
+    text: &str,
+    chunks: &[&str],
+) -> Option<Vec<Option<Arc<HttpRoute>>>> {
+    if chunks.len() < 2
+        || !chunks.iter().all(|c| validate::may_be_route(c))
+        || text
+            .lines()
+            .any(|l| l.starts_with("...") || l.starts_with('%'))
+    {
+        return None;
+    }
+    let mut documents = serde_yaml::Deserializer::from_str(text);
+    let mut routes = Vec::with_capacity(chunks.len());
+    for _ in chunks {
+        let document = documents.next()?;
+        let mut builder = validate::Builder::default();
+        let route = builder
+            .add_route_document(location(path), document)
+            .then(|| builder.finish().ok())
+            .flatten()
+            .and_then(|mut c| c.routes.pop());
+        routes.push(route);
+    }
+    if documents.next().is_some() {
+        return None;
+    }
+    Some(routes)
 }
 
 fn convert_whole_file(path: &Path, text: &str) -> Converted {
@@ -432,6 +495,44 @@ pub fn load_text(path: &Path, text: &str) -> Result<Config, ConfigError> {
         }
         Converted::Invalid(errors) => Err(ConfigError::Invalid(errors)),
     }
+}
+
+/// Checks, for each document of `text`, that the typed route path of the
+/// directory source ([`validate::Builder::add_route_text`]) either declines
+/// it or gives exactly the route the `Value` path gives: the oracle of the
+/// `config` fuzz target. An `Err` names the disagreement.
+#[doc(hidden)]
+pub fn check_typed_routes(path: &Path, text: &str) -> Result<(), String> {
+    let chunks = split_documents(text);
+    let whole = typed_routes_of_file(path, text, &chunks);
+    for (k, chunk) in chunks.iter().enumerate() {
+        let by_value = || {
+            let mut b = validate::Builder::default();
+            add_documents(&mut b, path, chunk);
+            b.finish()
+        };
+        let agrees = |typed: &[Arc<HttpRoute>], how: &str| match by_value() {
+            Ok(c) if c.routes == typed && c.is_one_route() => Ok(()),
+            Ok(c) => Err(format!(
+                "typed path ({how}) gave {typed:?}, the Value path {:?} for {chunk:?}",
+                c.routes
+            )),
+            Err(e) => Err(format!(
+                "typed path ({how}) accepted what the Value path refuses ({e}): {chunk:?}"
+            )),
+        };
+        let mut typed = validate::Builder::default();
+        if typed.add_route_text(location(path), chunk) {
+            let typed = typed
+                .finish()
+                .map_err(|e| format!("typed path accepted, then refused: {e}"))?;
+            agrees(&typed.routes, "one piece")?;
+        }
+        if let Some(route) = whole.as_ref().and_then(|w| w[k].as_ref()) {
+            agrees(std::slice::from_ref(route), "whole file")?;
+        }
+    }
+    Ok(())
 }
 
 /// Parses and validates documents from `(file name, text)` pairs.
@@ -548,6 +649,207 @@ spec:
         assert_eq!(route_names(&c), ["fixed"]);
         assert_eq!(s.parsed, 1, "the valid gateway file is not parsed again");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A route with most of what a route holds: the typed path's work.
+    const FULL_ROUTE: &str = "\
+apiVersion: gateway.networking.k8s.io/v1
+kind: HTTPRoute
+metadata: {name: full, namespace: apps, labels: {app: x}, generation: 3,
+  creationTimestamp: \"2024-01-02T03:04:05Z\"}
+spec:
+  parentRefs: [{name: gw, namespace: default, sectionName: http, port: 8080}]
+  hostnames: [a.example.com, \"*.example.org\"]
+  rules:
+  - matches: [{path: {type: PathPrefix, value: /api}}]
+    backendRefs: [{name: svc, port: 8080}]
+  - matches: [{path: {type: Exact, value: /health}, headers: [{name: x-probe, value: \"yes\"}],
+      queryParams: [{type: RegularExpression, name: q, value: \"^a+$\"}], method: GET}]
+    filters:
+    - type: RequestHeaderModifier
+      requestHeaderModifier: {set: [{name: x-route, value: full}], remove: [x-drop]}
+    backendRefs: [{name: svc, port: 8080, weight: 3}, {name: other, port: 80}]
+    timeouts: {request: 10s}
+status: {parents: []}
+";
+
+    #[test]
+    fn the_typed_route_path_gives_what_the_value_path_gives() {
+        let mut typed = validate::Builder::default();
+        let location = Location {
+            file: PathBuf::from("t.yaml"),
+            document: 1,
+            object: None,
+        };
+        assert!(typed.add_route_text(location, FULL_ROUTE), "taken");
+        let typed = typed.finish().unwrap();
+        let by_value = parse_documents([(Path::new("t.yaml"), FULL_ROUTE)]).unwrap();
+        assert_eq!(typed.routes, by_value.routes);
+        assert_eq!(typed.routes[0].rules.len(), 2);
+        check_typed_routes(Path::new("t.yaml"), &format!("{GATEWAY}---\n{FULL_ROUTE}")).unwrap();
+        // Other kinds, and routes with anything to report, take the Value path.
+        let mut b = validate::Builder::default();
+        let location = Location {
+            file: PathBuf::from("t.yaml"),
+            document: 1,
+            object: None,
+        };
+        assert!(!b.add_route_text(location.clone(), GATEWAY));
+        let bad = FULL_ROUTE.replace("type: Exact", "type: Nope");
+        assert!(!b.add_route_text(location, &bad));
+    }
+
+    #[test]
+    fn a_file_of_routes_is_read_with_one_parser_and_agrees_piece_by_piece() {
+        let path = Path::new("t.yaml");
+        let file = |third: &str| format!("{FULL_ROUTE}---\n{}---\n{third}", route("b"));
+        let text = file(&route("c"));
+        let chunks = split_documents(&text);
+        let whole = typed_routes_of_file(path, &text, &chunks).expect("all routes");
+        let names: Vec<_> = whole
+            .iter()
+            .map(|r| r.as_ref().map(|r| r.id.name.as_str()))
+            .collect();
+        assert_eq!(names, [Some("full"), Some("b"), Some("c")]);
+        check_typed_routes(path, &text).unwrap();
+        assert_eq!(
+            route_names(&load_text(path, &text).unwrap()),
+            route_names(&parse_documents([(path, text.as_str())]).unwrap())
+        );
+
+        // A piece the typed path declines is left to be read alone; its
+        // error names its document in the file.
+        let text = file(&route("c").replace("name: c,", "name: 9,"));
+        let chunks = split_documents(&text);
+        let whole = typed_routes_of_file(path, &text, &chunks).expect("all routes");
+        assert!(whole[0].is_some() && whole[1].is_some() && whole[2].is_none());
+        check_typed_routes(path, &text).unwrap();
+        match load_text(path, &text) {
+            Err(ConfigError::Invalid(errors)) => {
+                assert_eq!(errors.len(), 1, "{errors:?}");
+                assert_eq!(errors[0].location.document, 3, "{errors:?}");
+                assert_eq!(errors[0].field, "metadata.name", "{errors:?}");
+            }
+            other => panic!("expected an invalid-config error, got {other:?}"),
+        }
+
+        // Files whose documents might not be exactly their pieces, or with
+        // other kinds, are not read this way.
+        for text in [
+            format!("{GATEWAY}---\n{}", route("a")),
+            format!("{}...\n---\n{}", route("a"), route("b")),
+            format!("%YAML 1.2\n---\n{}---\n{}", route("a"), route("b")),
+            format!("# only a comment\n---\n{}---\n{}", route("a"), route("b")),
+            route("a"),
+        ] {
+            let chunks = split_documents(&text);
+            assert!(
+                typed_routes_of_file(path, &text, &chunks).is_none(),
+                "{text}"
+            );
+            check_typed_routes(path, &text).unwrap();
+        }
+    }
+
+    #[test]
+    fn the_typed_route_path_refuses_what_the_value_path_refuses() {
+        // Plain scalars that are not strings where a string is expected,
+        // quoted numbers where a number is, repeated keys: refused as before,
+        // with the field and the document named.
+        let cases = [
+            (
+                "name: full,",
+                "name: 123,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: true,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: null,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "name: full,",
+                "name: 1.5,",
+                "metadata.name",
+                "expected a string",
+            ),
+            (
+                "namespace: apps,",
+                "namespace: 7,",
+                "metadata.namespace",
+                "expected a string",
+            ),
+            (
+                "[a.example.com,",
+                "[0x10,",
+                "spec.hostnames[0]",
+                "expected a string",
+            ),
+            (
+                "value: /api}",
+                "value: 12}",
+                "spec.rules[0].matches[0].path.value",
+                "expected a string",
+            ),
+            (
+                "name: x-probe",
+                "name: false",
+                "spec.rules[1].matches[0].headers[0].name",
+                "expected a string",
+            ),
+            (
+                "port: 8080}]\n  -",
+                "port: \"8080\"}]\n  -",
+                "spec.rules[0].backendRefs[0].port",
+                "invalid type",
+            ),
+            (
+                "weight: 3}",
+                "weight: 3.5}",
+                "spec.rules[1].backendRefs[0].weight",
+                "invalid type",
+            ),
+            (
+                "labels: {app: x}",
+                "labels: {app: x, app: y}",
+                "",
+                "duplicate entry",
+            ),
+            (
+                "status: {parents: []}",
+                "status: {a: 1, a: 2}",
+                "",
+                "duplicate entry",
+            ),
+        ];
+        for (from, to, field, message) in cases {
+            assert!(FULL_ROUTE.contains(from), "{from}");
+            let bad = FULL_ROUTE.replacen(from, to, 1);
+            let text = format!("{GATEWAY}---\n{bad}");
+            check_typed_routes(Path::new("t.yaml"), &text).unwrap();
+            let errors = match load_text(Path::new("t.yaml"), &text) {
+                Err(ConfigError::Invalid(errors)) => errors,
+                other => panic!("{to}: expected an invalid-config error, got {other:?}"),
+            };
+            assert_eq!(errors.len(), 1, "{to}: {errors:?}");
+            let e = &errors[0];
+            assert_eq!(e.location.document, 2, "{to}: {e}");
+            assert_eq!(e.field, field, "{to}: {e}");
+            assert!(e.message.contains(message), "{to}: {e}");
+            // The same error as reading the file whole.
+            match parse_documents([(Path::new("t.yaml"), text.as_str())]) {
+                Err(ConfigError::Invalid(whole)) => assert_eq!(&whole, &errors, "{to}"),
+                other => panic!("{to}: expected an invalid-config error, got {other:?}"),
+            }
+        }
     }
 
     #[test]

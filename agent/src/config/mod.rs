@@ -18,6 +18,7 @@ pub mod policy;
 mod refs;
 mod resources;
 mod route;
+mod strict;
 mod time;
 mod validate;
 mod watch;
@@ -28,7 +29,9 @@ pub use annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION};
 pub use delegation::{Ancestor, Delegation, DELEGATE_ALL, DELEGATION_KIND};
 pub use identity::NamespaceIdentity;
 pub use keyed::KeyedDocuments;
-pub use load::{convert_object, load_dir, load_text, parse_documents, DirSource, LoadStats};
+pub use load::{
+    check_typed_routes, convert_object, load_dir, load_text, parse_documents, DirSource, LoadStats,
+};
 pub use model::*;
 pub use policy::SluicePolicy;
 pub use refs::NAMESPACE_NAME_LABEL;

@@ -211,6 +211,63 @@ impl Builder {
         }
     }
 
+    /// Adds `text` if it is one HTTPRoute document that converts without an
+    /// error, decoded straight into the wire type (see [`super::strict`]):
+    /// routes are most of a large config, and the `Value` tree [`Self::add`]
+    /// goes through is most of their parse. Returns `false`, having added
+    /// nothing, for any other text, and for a route with anything to report:
+    /// the caller then passes the text to [`Self::add`], whose result and
+    /// errors are the reference this must equal.
+    pub(super) fn add_route_text(&mut self, location: Location, text: &str) -> bool {
+        may_be_route(text)
+            && self.add_route_document(location, serde_yaml::Deserializer::from_str(text))
+    }
+
+    /// [`Self::add_route_text`] for a document of a parse already under way
+    /// (all documents of a file with one parser); the caller has checked
+    /// the document's text with [`may_be_route`].
+    pub(super) fn add_route_document<'de, D: serde::Deserializer<'de>>(
+        &mut self,
+        location: Location,
+        document: D,
+    ) -> bool {
+        /// The fields [`Builder::add`] reads to dispatch an HTTPRoute, and the route.
+        #[derive(serde::Deserialize)]
+        #[serde(rename_all = "camelCase")]
+        struct RouteDocument {
+            api_version: String,
+            kind: String,
+            metadata: wire::ObjectMeta,
+            spec: wire::HttpRouteSpec,
+        }
+        let Some(d) = super::strict::decode_from::<RouteDocument, D>(document) else {
+            return false;
+        };
+        let group = d.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
+        if d.kind != "HTTPRoute" || group != GATEWAY_GROUP {
+            return false;
+        }
+        let mut errors = Vec::new();
+        let mut doc = Doc {
+            location,
+            errors: &mut errors,
+        };
+        let route = http_route(
+            &mut doc,
+            wire::HttpRoute {
+                metadata: d.metadata,
+                spec: d.spec,
+            },
+        );
+        match route {
+            Some(r) if errors.is_empty() => {
+                self.config.routes.push(std::sync::Arc::new(r));
+                true
+            }
+            _ => false,
+        }
+    }
+
     pub fn finish(mut self) -> Result<Config, ConfigError> {
         for (later, earlier, message) in port_range_overlaps(&self.config.gateways) {
             self.errors.push(DocumentError {
@@ -228,6 +285,13 @@ impl Builder {
             Err(ConfigError::Invalid(self.errors))
         }
     }
+}
+
+/// Whether a document's text is worth the typed route path: a top-level
+/// `kind: HTTPRoute` line (other kinds are not worth a failed attempt) and no
+/// tag indicator (`!`), which [`super::strict`] leaves to the `Value` path.
+pub(super) fn may_be_route(text: &str) -> bool {
+    !text.contains('!') && text.lines().any(|l| l.trim_end() == "kind: HTTPRoute")
 }
 
 fn decode<T: DeserializeOwned>(doc: &mut Doc<'_>, value: serde_yaml::Value) -> Option<T> {
