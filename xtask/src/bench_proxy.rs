@@ -619,7 +619,7 @@ pub(crate) fn nginx_temp_paths(dir: &Path, name: &str) -> String {
 /// event loop, no body read, no file), so the backend's cost on the load CPUs stays
 /// small and identical behind every proxy; the repo's echo server builds a
 /// JSON body per request and would cost more than the proxies it serves.
-fn backend_config(dir: &Path, port: u16) -> String {
+pub(crate) fn backend_config(dir: &Path, port: u16) -> String {
     format!(
         "{}http {{\n  access_log off;\n{}  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
          server {{\n    listen 127.0.0.1:{port} default_server;\n    \

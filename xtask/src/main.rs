@@ -1,5 +1,6 @@
 //! Developer tasks: `cargo xtask setup | test | lint | run-ebpf | conformance | bench | plot | fuzz | gen-crd`.
 mod bench_charts;
+mod bench_instructions;
 mod bench_isolation;
 mod bench_kube;
 mod bench_policy;
@@ -254,6 +255,17 @@ fn is_root() -> bool {
 
 #[derive(Subcommand)]
 enum Bench {
+    /// User-space instructions per request of the agent, plain and with its
+    /// access log, counted by callgrind: the same on every run, unlike time
+    /// on a shared machine. Installs valgrind, nginx, h2load if missing.
+    Instructions {
+        /// Requests counted per variant.
+        #[arg(long, default_value_t = 20_000)]
+        requests: u32,
+        /// Use this sluice binary instead of building the release one.
+        #[arg(long)]
+        sluice_bin: Option<PathBuf>,
+    },
     /// Route change → in effect (file source), cold start, memory at 100 /
     /// 1,000 / 5,000 / 50,000 HTTPRoutes (release build), in process and
     /// through the real agent, next to the design targets; then a one-route
@@ -479,6 +491,16 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
                 load_cpu,
                 sluice_bin,
                 plot,
+            },
+        ),
+        Bench::Instructions {
+            requests,
+            sluice_bin,
+        } => bench_instructions::run(
+            root,
+            &bench_instructions::Options {
+                requests,
+                sluice_bin,
             },
         ),
         Bench::Sockmap {
