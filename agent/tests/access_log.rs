@@ -96,6 +96,7 @@ async fn every_request_gets_a_line_with_its_fields_and_flag() {
             "/x/../orders?token=secret&page=2",
             &[
                 ("user-agent", "test-agent/1"),
+                ("x-forwarded-for", "198.51.100.7"),
                 (
                     "traceparent",
                     "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
@@ -134,6 +135,8 @@ async fn every_request_gets_a_line_with_its_fields_and_flag() {
     assert!(ok_line["duration_ms"].as_f64().unwrap() >= ok_line["upstream_ms"].as_f64().unwrap());
     assert_eq!(ok_line["client"], "127.0.0.1");
     assert_eq!(ok_line["user_agent"], "test-agent/1");
+    // As received (the peer is no trusted proxy, so it is not the client).
+    assert_eq!(ok_line["x_forwarded_for"], "198.51.100.7");
     assert_eq!(ok_line["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
     assert!(ok_line["time"].as_str().unwrap().ends_with('Z'));
     assert!(ok_line.get("incomplete").is_none());

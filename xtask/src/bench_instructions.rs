@@ -43,7 +43,11 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         "bench instructions",
         &[
             ("valgrind", "valgrind", "counts the instructions"),
-            ("callgrind_control", "valgrind", "zeroes and dumps the counters"),
+            (
+                "callgrind_control",
+                "valgrind",
+                "zeroes and dumps the counters",
+            ),
             ("nginx", "nginx", "the backend"),
             ("h2load", "nghttp2-client", "sends the requests"),
         ],
@@ -63,11 +67,17 @@ fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
     }
     std::fs::write(dir.join("backend.conf"), backend_config(dir, BACKEND))?;
     let mut cmd = Command::new(which("nginx"));
-    cmd.arg("-c").arg(dir.join("backend.conf")).arg("-p").arg(dir);
+    cmd.arg("-c")
+        .arg(dir.join("backend.conf"))
+        .arg("-p")
+        .arg(dir);
     let mut backend = Proc::spawn("backend nginx", cmd, &dir.join("backend.log"))?;
-    wait_until("backend nginx", &mut backend, Duration::from_secs(20), || {
-        http_status(BACKEND, "/") == Some(200)
-    })?;
+    wait_until(
+        "backend nginx",
+        &mut backend,
+        Duration::from_secs(20),
+        || http_status(BACKEND, "/") == Some(200),
+    )?;
     let config = dir.join("config");
     std::fs::create_dir_all(&config)?;
     std::fs::write(config.join("bench.yaml"), agent_config())?;
@@ -144,7 +154,10 @@ fn count(dir: &Path, sluice: &Path, config: &Path, v: &Variant, requests: u32) -
 /// The instructions total of a callgrind dump.
 fn summary(text: &str) -> Option<u64> {
     text.lines()
-        .find_map(|l| l.strip_prefix("summary:").or_else(|| l.strip_prefix("totals:")))
+        .find_map(|l| {
+            l.strip_prefix("summary:")
+                .or_else(|| l.strip_prefix("totals:"))
+        })
         .and_then(|v| v.split_whitespace().next()?.parse().ok())
 }
 
@@ -231,7 +244,8 @@ mod tests {
 
     #[test]
     fn the_dump_summary_is_read() {
-        let dump = "# callgrind format\nversion: 1\nevents: Ir\nsummary: 1213995952\n\nfn=(1) x\n0 8\n";
+        let dump =
+            "# callgrind format\nversion: 1\nevents: Ir\nsummary: 1213995952\n\nfn=(1) x\n0 8\n";
         assert_eq!(summary(dump), Some(1_213_995_952));
         assert_eq!(summary("totals: 42\n"), Some(42));
         assert_eq!(summary("events: Ir\n"), None);

@@ -33,9 +33,9 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     if let Some(r) = &e.route {
         key!("route");
         string(out, r);
-        if let Some((ns, _)) = r.split_once('/') {
+        if let Some(slash) = r.bytes().position(|c| c == b'/') {
             key!("namespace");
-            string(out, ns);
+            string(out, &r[..slash]);
         }
     }
     if let Some(r) = e.rule {
@@ -265,17 +265,15 @@ fn escape_utf8(out: &mut Vec<u8>, b: &[u8]) {
     let mut run = 0;
     let mut i = 0;
     while i < b.len() {
-        let word = match b.get(i..i + 8) {
-            Some(word) => u64::from_le_bytes(word.try_into().expect("eight bytes")),
-            // The last few bytes, padded with plain ones.
-            None => {
-                let mut tail = [b'a'; 8];
-                tail[..b.len() - i].copy_from_slice(&b[i..]);
-                u64::from_le_bytes(tail)
+        let plain = match b.get(i..i + 8) {
+            Some(word) => {
+                !word_needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")))
             }
+            // The last few bytes (most names are short) one by one.
+            None => !b[i..].iter().copied().any(byte_needs_escape),
         };
-        if !word_needs_escape(word) {
-            i += 8;
+        if plain {
+            i = (i + 8).min(b.len());
             continue;
         }
         let end = (i + 8).min(b.len());
@@ -305,6 +303,7 @@ fn escape_utf8(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(&b[run..]);
 }
 
+#[inline]
 fn byte_needs_escape(c: u8) -> bool {
     c < 0x20 || c == 0x7f || c == b'"' || c == b'\\'
 }

@@ -662,14 +662,18 @@ impl Proxy {
     /// The request's id: a trusted proxy's, else a new one; set on the
     /// request, so that it is forwarded.
     fn request_id(&self, conn: &ConnInfo, headers: &mut http::HeaderMap) -> HeaderValue {
-        if let Some(v) = headers.get(X_REQUEST_ID) {
-            if request_id::acceptable(v) && self.is_trusted(conn.peer.ip()) {
-                return v.clone();
+        // One lookup for both the check and the insert.
+        match headers.entry(X_REQUEST_ID) {
+            http::header::Entry::Occupied(mut o) => {
+                if request_id::acceptable(o.get()) && self.is_trusted(conn.peer.ip()) {
+                    return o.get().clone();
+                }
+                let id = request_id::generate();
+                o.insert(id.clone());
+                id
             }
+            http::header::Entry::Vacant(v) => v.insert(request_id::generate()).clone(),
         }
-        let id = request_id::generate();
-        headers.insert(X_REQUEST_ID, id.clone());
-        id
     }
 
     /// The access log entry with what is known when the request arrives.
@@ -680,6 +684,27 @@ impl Proxy {
         request_id: Option<HeaderValue>,
     ) -> LogEntry {
         let h = req.headers();
+        // The headers the entry keeps, in one pass over a request's few
+        // headers rather than a hash lookup each; the first of each name,
+        // as `get` gives it.
+        let (mut host, mut x_forwarded_for, mut user_agent, mut received_id, mut traceparent) =
+            (None, None, None, None, None);
+        for (name, value) in h {
+            let slot = if name == header::HOST {
+                &mut host
+            } else if name == header::USER_AGENT {
+                &mut user_agent
+            } else if name == super::forward::X_FORWARDED_FOR {
+                &mut x_forwarded_for
+            } else if name == X_REQUEST_ID {
+                &mut received_id
+            } else if name == crate::telemetry::context::TRACEPARENT {
+                &mut traceparent
+            } else {
+                continue;
+            };
+            slot.get_or_insert(value);
+        }
         let entry = Entry {
             time: std::time::SystemTime::now(),
             gateway: NONE.clone(),
@@ -690,7 +715,7 @@ impl Proxy {
             // The URI's authority travels with `uri`; no copy of it here.
             authority: match req.uri().authority() {
                 Some(_) => None,
-                None => h.get(header::HOST).cloned(),
+                None => host.cloned(),
             },
             uri: req.uri().clone(),
             query: self.access_log.query_mode(),
@@ -706,12 +731,10 @@ impl Proxy {
             sni: conn.tls.as_ref().and_then(|t| t.sni.clone()),
             peer: conn.peer,
             client: self.client_ip(conn.peer.ip(), h),
-            x_forwarded_for: h.get(&super::forward::X_FORWARDED_FOR).cloned(),
-            user_agent: h.get(header::USER_AGENT).cloned(),
-            request_id: request_id.or_else(|| h.get(X_REQUEST_ID).cloned()),
-            trace_id: h
-                .get(&crate::telemetry::context::TRACEPARENT)
-                .and_then(access_log::trace_id),
+            x_forwarded_for: x_forwarded_for.cloned(),
+            user_agent: user_agent.cloned(),
+            request_id: request_id.or_else(|| received_id.cloned()),
+            trace_id: traceparent.and_then(access_log::trace_id),
             principal: None,
             policy: None,
             reason: "upstream",
