@@ -9,7 +9,8 @@
 //! nginx backend: a warm-up, then the counters are zeroed, `--requests`
 //! HTTP/1.1 requests are sent over 8 keep-alive connections (h2load), the
 //! counters are dumped, and instructions per request are printed next to the
-//! plain agent's. Installs valgrind, nginx and h2load if missing.
+//! plain agent's: plain (no request ids), the default (request ids), and
+//! with the access log on top. Installs valgrind, nginx and h2load if missing.
 use std::{
     path::{Path, PathBuf},
     process::Command,
@@ -18,7 +19,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::bench_proxy::{backend_config, http_status, wait_until, which, Proc};
+use crate::bench_proxy::{backend_config, http_status, http_status_of, wait_until, which, Proc};
 
 const BACKEND: u16 = 18700;
 const AGENT: u16 = 18701;
@@ -30,6 +31,10 @@ pub struct Options {
     /// Requests counted per variant.
     pub requests: u32,
     pub sluice_bin: Option<PathBuf>,
+    /// h2c (8 connections, 16 streams each) instead of HTTP/1.1.
+    pub h2c: bool,
+    /// Copy the callgrind dumps here (for `callgrind_annotate`).
+    pub keep: Option<PathBuf>,
 }
 
 /// One way of running the agent.
@@ -87,6 +92,11 @@ fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
             name: "plain",
             args: vec!["--request-id".into(), "off".into()],
         },
+        // The agent's default: no access log, request ids on.
+        Variant {
+            name: "request ids",
+            args: vec!["--request-id".into(), "generate".into()],
+        },
         Variant {
             name: "access log + request ids",
             args: vec![
@@ -99,27 +109,44 @@ fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
     ];
     let mut rows = Vec::new();
     for v in &variants {
-        let per_request = count(dir, sluice, &config, v, opts.requests)?;
+        let (per_request, dump) = count(dir, sluice, &config, v, opts)?;
+        if let Some(keep) = &opts.keep {
+            std::fs::create_dir_all(keep)?;
+            let to = keep.join(dump.file_name().unwrap_or_default());
+            std::fs::copy(&dump, &to)
+                .with_context(|| format!("copying {} to {}", dump.display(), to.display()))?;
+            eprintln!("kept {} (callgrind_annotate --inclusive=yes it)", to.display());
+        }
         eprintln!("{}: {per_request:.0} instructions per request", v.name);
         rows.push((v.name, per_request));
     }
     println!(
         "\n## cargo xtask bench instructions: user-space instructions per request (callgrind), \
-         {} HTTP/1.1 requests per variant\n",
-        opts.requests
+         {} {} requests per variant\n",
+        opts.requests,
+        if opts.h2c { "h2c" } else { "HTTP/1.1" }
     );
-    println!("| variant | instructions / request | ÷ plain |");
-    println!("|---|---:|---:|");
+    println!("| variant | instructions / request | ÷ plain | ÷ the row above |");
+    println!("|---|---:|---:|---:|");
     let plain = rows[0].1;
+    let mut above = plain;
     for (name, n) in &rows {
-        println!("| {name} | {n:.0} | {:.2}× |", n / plain);
+        println!("| {name} | {n:.0} | {:.2}× | {:.2}× |", n / plain, n / above);
+        above = *n;
     }
     drop(backend);
     Ok(())
 }
 
-/// Instructions per request of one variant.
-fn count(dir: &Path, sluice: &Path, config: &Path, v: &Variant, requests: u32) -> Result<f64> {
+/// Instructions per request of one variant, and its callgrind dump.
+fn count(
+    dir: &Path,
+    sluice: &Path,
+    config: &Path,
+    v: &Variant,
+    opts: &Options,
+) -> Result<(f64, PathBuf)> {
+    let requests = opts.requests;
     let tag = v.name.split_whitespace().next().unwrap_or("v");
     let out = dir.join(format!("callgrind-{tag}"));
     let mut cmd = Command::new(which("valgrind"));
@@ -135,12 +162,12 @@ fn count(dir: &Path, sluice: &Path, config: &Path, v: &Variant, requests: u32) -
     let mut agent = Proc::spawn(v.name, cmd, &dir.join(format!("agent-{tag}.log")))?;
     // Under valgrind the agent starts about fifty times slower.
     wait_until(v.name, &mut agent, Duration::from_secs(120), || {
-        http_status_host(AGENT) == Some(200)
+        http_status_of(AGENT, HOST, "/bench/ready", Duration::from_secs(5)) == Some(200)
     })?;
-    h2load(2_000)?;
+    h2load(2_000, opts.h2c)?;
     let pid = agent.child.id();
     callgrind_control("-z", pid)?;
-    h2load(requests)?;
+    h2load(requests, opts.h2c)?;
     callgrind_control("-d", pid)?;
     drop(agent);
     // The dump asked for is the first part file; the one at exit follows.
@@ -148,7 +175,7 @@ fn count(dir: &Path, sluice: &Path, config: &Path, v: &Variant, requests: u32) -
     let text = std::fs::read_to_string(&dump)
         .with_context(|| format!("reading the callgrind dump {}", dump.display()))?;
     let total = summary(&text).with_context(|| format!("no summary in {}", dump.display()))?;
-    Ok(total as f64 / f64::from(requests))
+    Ok((total as f64 / f64::from(requests), dump))
 }
 
 /// The instructions total of a callgrind dump.
@@ -175,10 +202,17 @@ fn callgrind_control(flag: &str, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// `n` requests over 8 keep-alive HTTP/1.1 connections; all must succeed.
-fn h2load(n: u32) -> Result<()> {
-    let out = Command::new(which("h2load"))
-        .args(["--h1", "-c", "8", "-n"])
+/// `n` requests over 8 keep-alive HTTP/1.1 connections (or h2c ones with
+/// 16 streams each); all must succeed.
+fn h2load(n: u32, h2c: bool) -> Result<()> {
+    let mut cmd = Command::new(which("h2load"));
+    if h2c {
+        cmd.args(["-m", "16"]);
+    } else {
+        cmd.arg("--h1");
+    }
+    let out = cmd
+        .args(["-c", "8", "-n"])
         .arg(n.to_string())
         .arg("-H")
         .arg(format!(":authority: {HOST}"))
@@ -195,26 +229,6 @@ fn h2load(n: u32) -> Result<()> {
         bail!("h2load: not all {n} requests got 2xx:\n{text}");
     }
     Ok(())
-}
-
-/// The status of `GET /bench/ready` with the route's Host.
-fn http_status_host(port: u16) -> Option<u16> {
-    use std::io::{Read, Write};
-    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET /bench/ready HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = [0u8; 64];
-    let n = s.read(&mut buf).ok()?;
-    std::str::from_utf8(&buf[..n])
-        .ok()?
-        .split_whitespace()
-        .nth(1)?
-        .parse()
-        .ok()
 }
 
 fn agent_config() -> String {

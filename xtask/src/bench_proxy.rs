@@ -1670,11 +1670,16 @@ pub(crate) fn port_open(port: u16) -> bool {
 
 /// Status of a plain GET (for the agent's /readyz).
 pub(crate) fn http_status(port: u16, path: &str) -> Option<u16> {
+    http_status_of(port, "localhost", path, Duration::from_secs(2))
+}
+
+/// The status of `GET path` with `Host: host`, waiting at most `wait`.
+pub(crate) fn http_status_of(port: u16, host: &str, path: &str, wait: Duration) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    s.set_read_timeout(Some(wait)).ok()?;
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
     )
     .ok()?;
     let mut buf = [0u8; 64];

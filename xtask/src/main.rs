@@ -265,6 +265,12 @@ enum Bench {
         /// Use this sluice binary instead of building the release one.
         #[arg(long)]
         sluice_bin: Option<PathBuf>,
+        /// h2c with 16 streams per connection instead of HTTP/1.1.
+        #[arg(long)]
+        h2c: bool,
+        /// Keep the callgrind dumps in this directory.
+        #[arg(long)]
+        keep: Option<PathBuf>,
     },
     /// Route change → in effect (file source), cold start, memory at 100 /
     /// 1,000 / 5,000 / 50,000 HTTPRoutes (release build), in process and
@@ -496,11 +502,15 @@ fn bench(what: Bench, root: &Path) -> Result<()> {
         Bench::Instructions {
             requests,
             sluice_bin,
+            h2c,
+            keep,
         } => bench_instructions::run(
             root,
             &bench_instructions::Options {
                 requests,
                 sluice_bin,
+                h2c,
+                keep,
             },
         ),
         Bench::Sockmap {

@@ -651,7 +651,9 @@ impl Proxy {
         }
         let mut response = response;
         if let Some(id) = request_id {
-            response.headers_mut().insert(X_REQUEST_ID, id);
+            response
+                .headers_mut()
+                .insert(X_REQUEST_ID, request_id::never_indexed(id));
         }
         if let Some(e) = entry {
             response = self.logged(response, e, handled, seen, start);
