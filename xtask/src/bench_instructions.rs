@@ -19,7 +19,9 @@ use std::{
 
 use anyhow::{bail, ensure, Context, Result};
 
-use crate::bench_proxy::{backend_config, http_status, http_status_of, wait_until, which, Proc};
+use crate::bench_proxy::{
+    backend_config, http_status, http_status_of, start_backend, wait_until, which, Proc,
+};
 
 const BACKEND: u16 = 18700;
 const AGENT: u16 = 18701;
@@ -67,22 +69,9 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
 }
 
 fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
-    for tmp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.join(format!("backend-tmp/{tmp}")))?;
-    }
-    std::fs::write(dir.join("backend.conf"), backend_config(dir, BACKEND))?;
-    let mut cmd = Command::new(which("nginx"));
-    cmd.arg("-c")
-        .arg(dir.join("backend.conf"))
-        .arg("-p")
-        .arg(dir);
-    let mut backend = Proc::spawn("backend nginx", cmd, &dir.join("backend.log"))?;
-    wait_until(
-        "backend nginx",
-        &mut backend,
-        Duration::from_secs(20),
-        || http_status(BACKEND, "/") == Some(200),
-    )?;
+    let backend = start_backend(dir, &backend_config(dir, BACKEND), None, || {
+        http_status(BACKEND, "/") == Some(200)
+    })?;
     let config = dir.join("config");
     std::fs::create_dir_all(&config)?;
     std::fs::write(config.join("bench.yaml"), agent_config())?;
@@ -115,7 +104,10 @@ fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
             let to = keep.join(dump.file_name().unwrap_or_default());
             std::fs::copy(&dump, &to)
                 .with_context(|| format!("copying {} to {}", dump.display(), to.display()))?;
-            eprintln!("kept {} (callgrind_annotate --inclusive=yes it)", to.display());
+            eprintln!(
+                "kept {} (callgrind_annotate --inclusive=yes it)",
+                to.display()
+            );
         }
         eprintln!("{}: {per_request:.0} instructions per request", v.name);
         rows.push((v.name, per_request));
@@ -131,7 +123,11 @@ fn measure(dir: &Path, sluice: &Path, opts: &Options) -> Result<()> {
     let plain = rows[0].1;
     let mut above = plain;
     for (name, n) in &rows {
-        println!("| {name} | {n:.0} | {:.2}× | {:.2}× |", n / plain, n / above);
+        println!(
+            "| {name} | {n:.0} | {:.2}× | {:.2}× |",
+            n / plain,
+            n / above
+        );
         above = *n;
     }
     drop(backend);

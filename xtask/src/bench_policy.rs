@@ -379,19 +379,12 @@ fn run_in(root: &Path, opts: &Options, sluice_bin: &Path, dir: &Path) -> Result<
         fresh_token_script(&dir.join("es.tokens")),
     )?;
 
-    for t in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.join(format!("backend-tmp/{t}")))?;
-    }
-    std::fs::write(dir.join("backend.conf"), backend_config(dir))?;
-    let mut cmd = pinned(&opts.load_cpu.to_string(), &which("nginx"));
-    cmd.arg("-c")
-        .arg(dir.join("backend.conf"))
-        .arg("-p")
-        .arg(dir);
-    let mut backend = Proc::spawn("backend", cmd, &dir.join("backend.log"))?;
-    wait_until("backend", &mut backend, Duration::from_secs(20), || {
-        port_open(BACKEND_PORT)
-    })?;
+    let backend = crate::bench_proxy::start_backend(
+        dir,
+        &backend_config(dir),
+        Some(&opts.load_cpu.to_string()),
+        || port_open(BACKEND_PORT),
+    )?;
 
     let mut cmd = pinned(&opts.load_cpu.to_string(), &which("redis-server"));
     cmd.args(["--bind", "127.0.0.1", "--port", &REDIS_PORT.to_string()])

@@ -214,7 +214,7 @@ impl Target {
     /// Sluice with an observability feature on: compared with plain Sluice,
     /// left out of the equivalence check (it adds headers by design).
     fn is_variant(&self) -> bool {
-        self.access_log || self.trace_ratio.is_some()
+        self.access_log || self.request_ids || self.trace_ratio.is_some()
     }
 }
 
@@ -224,8 +224,11 @@ struct Target {
     proxy: Option<Proxy>,
     /// Routes configured besides the measured one.
     extra_routes: u32,
-    /// Sluice with its access log and request ids on (`--access-log`).
+    /// Sluice with its access log on (`--access-log`).
     access_log: bool,
+    /// Sluice generating request ids (the agent's default; off for plain
+    /// Sluice, as nginx and HAProxy add none).
+    request_ids: bool,
     /// Sluice exporting spans at this sample ratio (`--tracing`).
     trace_ratio: Option<f64>,
     ports: Ports,
@@ -619,6 +622,36 @@ pub(crate) fn nginx_temp_paths(dir: &Path, name: &str) -> String {
 /// event loop, no body read, no file), so the backend's cost on the load CPUs stays
 /// small and identical behind every proxy; the repo's echo server builds a
 /// JSON body per request and would cost more than the proxies it serves.
+/// Starts the backend nginx with `config` in `dir` (making its temporary
+/// directories), pinned to `cpus` when given, and waits until `ready`.
+pub(crate) fn start_backend(
+    dir: &Path,
+    config: &str,
+    cpus: Option<&str>,
+    ready: impl Fn() -> bool,
+) -> Result<Proc> {
+    for tmp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        std::fs::create_dir_all(dir.join(format!("backend-tmp/{tmp}")))?;
+    }
+    std::fs::write(dir.join("backend.conf"), config)?;
+    let mut cmd = match cpus {
+        Some(cpus) => pinned(cpus, &which("nginx")),
+        None => Command::new(which("nginx")),
+    };
+    cmd.arg("-c")
+        .arg(dir.join("backend.conf"))
+        .arg("-p")
+        .arg(dir);
+    let mut backend = Proc::spawn("backend nginx", cmd, &dir.join("backend.log"))?;
+    wait_until(
+        "backend nginx",
+        &mut backend,
+        Duration::from_secs(20),
+        ready,
+    )?;
+    Ok(backend)
+}
+
 pub(crate) fn backend_config(dir: &Path, port: u16) -> String {
     format!(
         "{}http {{\n  access_log off;\n{}  keepalive_requests 100000000;\n  keepalive_timeout 300s;\n\
@@ -1451,6 +1484,20 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
 
 /// The median over rounds of `f(on) ÷ f(off)`, each pair from the same
 /// round (samples are kept in round order).
+/// What a variant is compared with: the access log with the request-ids
+/// variant (when it ran), so the log's own cost shows; anything else with
+/// plain Sluice (one route).
+fn baseline_of(targets: &[Target], v: usize) -> Option<usize> {
+    let plain = |t: &Target| t.proxy == Some(Proxy::Sluice) && t.extra_routes == 0;
+    let ids_only = targets
+        .iter()
+        .position(|t| plain(t) && t.request_ids && !t.access_log && t.trace_ratio.is_none());
+    match ids_only {
+        Some(ids) if targets[v].access_log => Some(ids),
+        _ => targets.iter().position(|t| plain(t) && !t.is_variant()),
+    }
+}
+
 fn paired_median(on: &[Sample], off: &[Sample], f: fn(&Sample) -> Option<f64>) -> Option<f64> {
     let mut r: Vec<f64> = on
         .iter()
@@ -1531,25 +1578,27 @@ fn figure(
         reference: None,
         log_y: false,
     });
-    let plain_sluice = targets
-        .iter()
-        .position(|t| t.proxy == Some(Proxy::Sluice) && t.extra_routes == 0 && !t.is_variant());
     let variants: Vec<BarSeries> = (0..targets.len())
         .filter(|&i| targets[i].is_variant())
-        .map(|i| BarSeries {
-            name: targets[i].label.clone(),
-            values: loads
-                .iter()
-                .map(|&l| {
-                    let off = results.get(&(l, plain_sluice?))?;
-                    paired_median(results.get(&(l, i))?, off, |s| Some(s.rps))
-                })
-                .collect(),
+        .filter_map(|i| {
+            let base = baseline_of(targets, i)?;
+            Some(BarSeries {
+                name: format!("{} ÷ {}", targets[i].label, targets[base].label),
+                values: loads
+                    .iter()
+                    .map(|&l| {
+                        let off = results.get(&(l, base))?;
+                        paired_median(results.get(&(l, i))?, off, |s| Some(s.rps))
+                    })
+                    .collect(),
+            })
         })
         .collect();
     if !variants.is_empty() {
         fig.panels.push(Panel::Bars {
-            title: "Access log / tracing on: req/s ÷ plain Sluice, same round (dashed: 1.0)".into(),
+            title:
+                "Request ids / access log / tracing on: req/s ÷ without, same round (dashed: 1.0)"
+                    .into(),
             y_label: "req/s ratio".into(),
             categories: names,
             series: variants,
@@ -1750,13 +1799,14 @@ fn start_proxy(
             ]);
             if t.access_log {
                 cmd.arg("--access-log")
-                    .arg(dir.join(format!("{name}-access.log")))
-                    .args(["--request-id", "generate"]);
-            } else {
-                // nginx and HAProxy add no request id either: the same
-                // forwarded request (the equivalence check compares them).
-                cmd.args(["--request-id", "off"]);
+                    .arg(dir.join(format!("{name}-access.log")));
             }
+            // Plain Sluice adds no request id, as nginx and HAProxy add none:
+            // the same forwarded request (the equivalence check compares them).
+            cmd.args([
+                "--request-id",
+                if t.request_ids { "generate" } else { "off" },
+            ]);
             if let (Some(ratio), Some(endpoint)) = (t.trace_ratio, otlp) {
                 cmd.args(["--otlp-endpoint", endpoint])
                     .arg("--trace-sample-ratio")
@@ -1917,6 +1967,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         proxy: None,
         extra_routes: 0,
         access_log: false,
+        request_ids: false,
         trace_ratio: None,
         ports: Ports {
             h1: BASE_PORT,
@@ -1943,6 +1994,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 proxy: Some(proxy),
                 extra_routes: extra,
                 access_log: false,
+                request_ids: false,
                 trace_ratio: None,
                 ports: Ports::of_instance(k),
                 process: None,
@@ -1951,16 +2003,21 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
         }
     }
     if opts.access_log {
-        bench.targets.push(Target {
-            label: "sluice+log".into(),
-            proxy: Some(Proxy::Sluice),
-            extra_routes: 0,
-            access_log: true,
-            trace_ratio: None,
-            ports: Ports::of_instance(k),
-            process: None,
-        });
-        k += 1;
+        // Request ids alone (the agent's default), then the access log on
+        // top of them: compared with each other, the cost of the log itself.
+        for (label, access_log) in [("sluice+ids", false), ("sluice+log", true)] {
+            bench.targets.push(Target {
+                label: label.into(),
+                proxy: Some(Proxy::Sluice),
+                extra_routes: 0,
+                access_log,
+                request_ids: true,
+                trace_ratio: None,
+                ports: Ports::of_instance(k),
+                process: None,
+            });
+            k += 1;
+        }
     }
     // The OTLP sink the tracing variants export to (started before them).
     let sink = if opts.tracing {
@@ -1973,6 +2030,7 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
                 proxy: Some(Proxy::Sluice),
                 extra_routes: 0,
                 access_log: false,
+                request_ids: false,
                 trace_ratio: Some(ratio),
                 ports: Ports::of_instance(k + j as u16),
                 process: None,
@@ -2013,20 +2071,10 @@ pub fn run(root: &Path, opts: &Options) -> Result<()> {
     check_equivalence(&bench.targets, &capture)?;
     drop(capture);
 
-    for tmp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        std::fs::create_dir_all(dir.join(format!("backend-tmp/{tmp}")))?;
-    }
-    std::fs::write(dir.join("backend.conf"), backend_config(&dir, BASE_PORT))?;
-    let mut cmd = pinned(&opts.load_cpu_list(), &which("nginx"));
-    cmd.arg("-c")
-        .arg(dir.join("backend.conf"))
-        .arg("-p")
-        .arg(&dir);
-    let mut backend = Proc::spawn("backend nginx", cmd, &dir.join("backend.log"))?;
-    wait_until(
-        "backend nginx",
-        &mut backend,
-        Duration::from_secs(20),
+    let backend = start_backend(
+        &dir,
+        &backend_config(&dir, BASE_PORT),
+        Some(&opts.load_cpu_list()),
         || http_status(BASE_PORT, "/") == Some(200),
     )?;
     bench.backend = Some(backend);
@@ -2244,33 +2292,37 @@ fn print_report(
             "\n### Observability on ÷ off (Sluice, same run; target: access log ≥ 0.95 req/s)\n"
         );
         println!(
-            "sluice+log: JSON access log to a file and generated request ids; sluice+trace: \
-             OTLP/HTTP spans to a sink in the bench at sample ratio 1.0; sluice+trace0.01: \
-             the default ratio 0.01.\n"
+            "Each variant against what it adds to: sluice+ids (request ids, the agent's \
+             default) against plain Sluice (no request ids, as the peers); sluice+log (a JSON \
+             access log to a file) against sluice+ids, so it shows the log's own cost; \
+             sluice+trace (OTLP/HTTP spans to a sink in the bench at sample ratio 1.0) and \
+             sluice+trace0.01 (the default ratio) against plain Sluice.\n"
         );
         println!(
             "The ratios are the median over rounds of on ÷ off within a round (the two ran \
              seconds apart, so a change in the machine's load between rounds cancels out).\n"
         );
-        println!("| load | variant | req/s | req/s plain | req/s on ÷ off | CPU/req on ÷ off | p99 on ÷ off |");
-        println!("|---|---|---:|---:|---:|---:|---:|");
-        let plain = find(Proxy::Sluice, 0);
+        println!("| load | variant | against | req/s | req/s against | req/s on ÷ off | CPU/req on ÷ off | p99 on ÷ off |");
+        println!("|---|---|---|---:|---:|---:|---:|---:|");
         for &load in loads {
-            let off = plain.and_then(|i| med(load, i));
-            let off_rounds = plain.and_then(|i| results.get(&(load, i)));
             for &v in &variants {
+                let Some(base) = baseline_of(targets, v) else {
+                    continue;
+                };
                 let on = med(load, v);
+                let off = med(load, base);
                 let paired = |f: fn(&Sample) -> Option<f64>| {
-                    match (results.get(&(load, v)), off_rounds) {
+                    match (results.get(&(load, v)), results.get(&(load, base))) {
                         (Some(on), Some(off)) => paired_median(on, off, f),
                         _ => None,
                     }
                     .map_or("–".into(), |r| format!("{r:.2}×"))
                 };
                 println!(
-                    "| {} | {} | {} | {} | {} | {} | {} |",
+                    "| {} | {} | {} | {} | {} | {} | {} | {} |",
                     load.name(),
                     targets[v].label,
+                    targets[base].label,
                     on.map_or("–".into(), |s| thousands(s.rps)),
                     off.map_or("–".into(), |s| thousands(s.rps)),
                     paired(|s| Some(s.rps)),

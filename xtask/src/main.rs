@@ -354,8 +354,9 @@ enum Bench {
         /// (e.g. 10000; 0 skips it).
         #[arg(long, default_value_t = 0)]
         idle_connections: u32,
-        /// Also run Sluice with its access log and request ids on, and print
-        /// the cost against Sluice without (one more target in the same run).
+        /// Also run Sluice with request ids (its default), and with a JSON
+        /// access log on top, and print what each costs: ids against plain
+        /// Sluice, the log against ids (two more targets in the same run).
         #[arg(long)]
         access_log: bool,
         /// Also run Sluice exporting OTLP spans (to a sink in the bench that

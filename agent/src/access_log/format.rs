@@ -269,8 +269,8 @@ fn escape_utf8(out: &mut Vec<u8>, b: &[u8]) {
             Some(word) => {
                 !word_needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")))
             }
-            // The last few bytes (most names are short) one by one.
-            None => !b[i..].iter().copied().any(byte_needs_escape),
+            // The last one to seven bytes (most names are short).
+            None => !tail_needs_escape(&b[i..]),
         };
         if plain {
             i = (i + 8).min(b.len());
@@ -322,6 +322,28 @@ fn word_needs_escape(w: u64) -> bool {
         || has_zero(w ^ (ONES * u64::from(b'"')))
         || has_zero(w ^ (ONES * u64::from(b'\\')))
         || has_zero(w ^ (ONES * 0x7f))
+}
+
+/// Whether any of one to seven bytes needs escaping, by one word test
+/// rather than a test per byte: four bytes and seven are read as two
+/// overlapping halves; one to three as the first, middle and last (which
+/// cover them), the rest of the word padded with a plain byte.
+#[inline]
+fn tail_needs_escape(t: &[u8]) -> bool {
+    let n = t.len();
+    let word = match n {
+        0 => return false,
+        1..=3 => u64::from_le_bytes([t[0], t[n / 2], t[n - 1], b'a', b'a', b'a', b'a', b'a']),
+        _ => {
+            let half = |at: usize| {
+                u64::from(u32::from_le_bytes(
+                    t[at..at + 4].try_into().expect("four bytes"),
+                ))
+            };
+            half(0) | half(n - 4) << 32
+        }
+    };
+    word_needs_escape(word)
 }
 
 fn quoted(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
@@ -612,6 +634,25 @@ pub(super) mod tests {
             let expected = x.to_le_bytes().into_iter().any(byte_needs);
             assert_eq!(word_needs_escape(x), expected, "{x:#018x}");
         }
+    }
+
+    #[test]
+    fn the_tail_test_agrees_with_a_byte_by_byte_one() {
+        // Every length of a tail, every byte value at every position.
+        for n in 1..8 {
+            for at in 0..n {
+                for c in 0..=255u8 {
+                    let mut tail = b"abcdefg"[..n].to_vec();
+                    tail[at] = c;
+                    assert_eq!(
+                        tail_needs_escape(&tail),
+                        byte_needs_escape(c),
+                        "byte {c:#x} at {at} of {n}"
+                    );
+                }
+            }
+        }
+        assert!(!tail_needs_escape(b""));
     }
 
     #[test]

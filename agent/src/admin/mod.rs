@@ -543,7 +543,7 @@ fn handle(state: &AdminState, req: Request<Incoming>) -> Response<Body> {
                         "udpPorts": s.udp_ports(),
                         "sockets": notes.sockets.get(&s.gateway.to_string()),
                         "listeners": s.listeners.iter().map(|l| serde_json::json!({
-                            "name": l.name,
+                            "name": &*l.name,
                             "port": l.port,
                             "hostname": l.hostname.as_ref().map(ToString::to_string),
                             // Connections relayed at layer 4 (TLSRoute,

@@ -374,7 +374,7 @@ pub fn build(state: &AdminState, samples: &[Sample]) -> Overview {
                 .listeners
                 .iter()
                 .map(|l| ListenerView {
-                    name: l.name.clone(),
+                    name: l.name.to_string(),
                     port: l.port,
                     protocol: if shard.tls.contains_key(&l.port) {
                         "HTTPS"
@@ -559,7 +559,7 @@ fn route_views(shard: &Shard, upstreams: &mut BTreeMap<String, UpstreamView>) ->
         for (host, entry) in listener.routes.entries() {
             let name = entry.route_name.to_string();
             let acc = routes.entry(name.clone()).or_default();
-            acc.listeners.insert(listener.name.clone());
+            acc.listeners.insert(listener.name.to_string());
             acc.hostnames.extend(host.map(|h| h.to_string()));
             acc.rules.insert(entry.rule as usize);
             acc.policies.extend(attached(&entry.action.policy));

@@ -328,7 +328,7 @@ impl Compiler {
                 .map(|(li, slot, tls)| {
                     let l = &gateway.listeners[li];
                     ListenerRoutes {
-                        name: l.name.clone(),
+                        name: l.name.as_str().into(),
                         port: l.port,
                         hostname: l.hostname.clone(),
                         routes: routed.tables[slot].clone(),
@@ -380,7 +380,7 @@ impl Compiler {
             // protocol conflict, no usable certificate), neither are its ports.
             let mut port_ranges = Vec::new();
             for r in &gateway.port_ranges {
-                match listeners.iter().find(|l| l.name == r.listener) {
+                match listeners.iter().find(|l| *l.name == *r.listener) {
                     Some(l) => port_ranges.push(PortAlias {
                         first: r.first,
                         last: r.last,
@@ -735,7 +735,7 @@ ports: [{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354, prot
         };
         let udp = shard.udp_listener(53).expect("the UDP listener");
         assert_eq!(target(udp), ["127.0.0.1:5353".parse().unwrap()]);
-        let tcp = shard.listeners.iter().find(|l| l.name == "tcp").unwrap();
+        let tcp = shard.listeners.iter().find(|l| &*l.name == "tcp").unwrap();
         assert_eq!(target(tcp), ["127.0.0.1:5354".parse().unwrap()]);
     }
 
@@ -769,7 +769,7 @@ ports: [{name: dns, port: 5353, protocol: UDP}, {name: dns-tcp, port: 5354, prot
         assert_eq!(shard.listener_port(31000), 81);
         assert_eq!(shard.listener_port(81), 81, "exact ports are their own");
         assert_eq!(shard.listener_port(30101), 30101);
-        assert_eq!(shard.listener_for(30000, "x").unwrap().name, "http");
+        assert_eq!(&*shard.listener_for(30000, "x").unwrap().name, "http");
         assert!(
             shard.listener_for(31000, "x").is_none(),
             "admin's hostname applies"

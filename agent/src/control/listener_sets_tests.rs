@@ -280,15 +280,23 @@ fn gateway_listeners_win_then_older_sets_then_names() {
     assert_eq!(gw.attached_listener_sets, Some(3));
     let shard = &c.snapshot.shards[0];
     assert_eq!(
-        shard.listener_for(80, "a.example.com").unwrap().name,
+        shard
+            .listener_for(80, "a.example.com")
+            .unwrap()
+            .name
+            .as_ref(),
         "http"
     );
     assert_eq!(
-        shard.listener_for(80, "b.example.com").unwrap().name,
+        shard
+            .listener_for(80, "b.example.com")
+            .unwrap()
+            .name
+            .as_ref(),
         "team-b/older/web"
     );
     assert_eq!(
-        shard.listener_for(90, "x").unwrap().name,
+        shard.listener_for(90, "x").unwrap().name.as_ref(),
         "team-b/b-first/s"
     );
     assert!(shard.listener_for(80, "c.example.com").is_none());

@@ -945,7 +945,7 @@ spec:
         let served: Vec<&str> = compiled.snapshot.shards[0]
             .listeners
             .iter()
-            .map(|l| l.name.as_str())
+            .map(|l| &*l.name)
             .collect();
         assert_eq!(served, ["other-host", "alone"]);
         let c = condition(&s.gateways[0].conditions, "Accepted");
@@ -1018,7 +1018,7 @@ spec:
         assert_eq!(shard.ports(), [5432, 8443, 9443]);
         assert_eq!(shard.udp_ports(), [5353]);
         assert_eq!(shard.l4_mode(5353), None);
-        assert_eq!(shard.udp_listener(5353).unwrap().name, "udp");
+        assert_eq!(&*shard.udp_listener(5353).unwrap().name, "udp");
         assert!(shard.udp_listener(5432).is_none());
         assert!(
             compiled.kernel.listeners.keys().all(|k| k.port != 5353),

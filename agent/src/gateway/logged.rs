@@ -69,7 +69,9 @@ pub(super) struct LoggedResponse {
     log: AccessLog,
     tracer: Tracer,
     start: Instant,
-    request_read: Arc<AtomicU64>,
+    /// The request body's bytes read so far; `None` for a request without
+    /// a body.
+    request_read: Option<Arc<AtomicU64>>,
     sent: u64,
     finished: bool,
 }
@@ -81,7 +83,7 @@ impl LoggedResponse {
         log: AccessLog,
         tracer: Tracer,
         start: Instant,
-        request_read: Arc<AtomicU64>,
+        request_read: Option<Arc<AtomicU64>>,
     ) -> Self {
         Self {
             inner,
@@ -101,7 +103,10 @@ impl LoggedResponse {
         };
         e.duration = self.start.elapsed();
         e.bytes_out = self.sent;
-        e.bytes_in = self.request_read.load(Ordering::Relaxed);
+        e.bytes_in = self
+            .request_read
+            .as_ref()
+            .map_or(0, |r| r.load(Ordering::Relaxed));
         e.incomplete = !(self.finished || self.inner.is_end_stream());
         match (
             self.log.enabled(),

@@ -475,7 +475,7 @@ impl Proxy {
             let host = authority.routing_host();
             let listener = shard.listener_for(conn.local.port(), &host);
             if let (Some(e), Some(l)) = (&mut entry, listener) {
-                e.entry.listener = Some(Arc::from(l.name.as_str()));
+                e.entry.listener = Some(l.name.clone());
             }
             let Some(listener) = listener else {
                 break 'serve rejected(
@@ -559,7 +559,8 @@ impl Proxy {
                 body_sent: body_sent.as_deref(),
             };
             let mut request_read = None;
-            if entry.is_some() {
+            // Without a body (most requests) there is nothing to count.
+            if entry.is_some() && body_sent.is_some() {
                 let read = Arc::new(std::sync::atomic::AtomicU64::new(0));
                 body = CountedRequest::new(body, read.clone()).boxed();
                 request_read = Some(read);
@@ -776,7 +777,6 @@ impl Proxy {
         entry.upstream_time = seen.head;
         entry.retries = seen.retries;
         entry.trace = seen.trace.take();
-        let read = request_read.unwrap_or_default();
         response.map(|body| {
             LoggedResponse::new(
                 body,
@@ -784,7 +784,7 @@ impl Proxy {
                 self.access_log.clone(),
                 self.tracer.clone(),
                 start,
-                read,
+                request_read,
             )
             .boxed()
         })

@@ -181,7 +181,8 @@ impl Shard {
 
 #[derive(Debug)]
 pub struct ListenerRoutes {
-    pub name: String,
+    /// The listener's name (shared with each access log entry).
+    pub name: Arc<str>,
     pub port: u16,
     pub hostname: Option<Hostname>,
     pub routes: RouteTable,
