@@ -58,16 +58,14 @@ spec:
     // Nothing listens there: taken and let go.
     let closed = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     text.push_str(&service_yaml("infra", "closed", closed));
-    text.push_str(
-        "---\napiVersion: v1\nkind: Service\nmetadata: {name: none, namespace: infra}\n\
-         spec: {ports: [{name: http, port: 8080}]}\n",
-    );
+    text.push_str(ENDPOINTLESS_SERVICE);
     let route = |name: &str, listener: &str, backends: &str| {
-        format!(
-            "---\napiVersion: gateway.networking.k8s.io/v1\nkind: TCPRoute\n\
-             metadata: {{name: {name}, namespace: infra, creationTimestamp: '2026-01-01T00:00:00Z'}}\n\
-             spec:\n  parentRefs: [{{name: gw, sectionName: {listener}}}]\n  \
-             rules: [{{backendRefs: [{backends}]}}]\n"
+        l4_route_yaml(
+            "gateway.networking.k8s.io/v1",
+            "TCPRoute",
+            name,
+            listener,
+            backends,
         )
     };
     text.push_str(&route("echo", "echo", "{name: a, port: 8080}"));

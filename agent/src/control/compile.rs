@@ -108,6 +108,46 @@ pub fn compile(config: &Config, ids: &mut ShardIds, generation: u64) -> Compiled
     )
 }
 
+/// Tests of incremental compiles: one [`Compiler`] with its shard ids and
+/// policy state, compiling config after config.
+#[cfg(test)]
+#[derive(Default)]
+pub(crate) struct Recompiles {
+    pub compiler: Compiler,
+    ids: ShardIds,
+    state: crate::policy::state::PolicyState,
+    metrics: crate::policy::PolicyMetrics,
+    generation: u64,
+}
+
+#[cfg(test)]
+impl Recompiles {
+    pub fn compile(&mut self, config: &Config) -> Compiled {
+        let run = self.state.compile();
+        let env = PolicyEnv {
+            metrics: &self.metrics,
+            state: &run,
+        };
+        self.generation += 1;
+        self.compiler
+            .compile(config, &mut self.ids, self.generation, &env)
+    }
+
+    /// `config` with a new generation of the HTTPRoute `route` only.
+    pub fn touched(config: &Config, route: &str) -> Config {
+        let mut changed = config.clone();
+        let i = changed
+            .routes
+            .iter()
+            .position(|r| r.id.name == route)
+            .unwrap_or_else(|| panic!("no HTTPRoute {route}"));
+        let mut touched = crate::config::HttpRoute::clone(&changed.routes[i]);
+        touched.generation = Some(touched.generation.unwrap_or(0) + 7);
+        changed.routes[i] = std::sync::Arc::new(touched);
+        changed
+    }
+}
+
 /// Compiles `config` from scratch; policy sections count in `env.metrics`
 /// and take the state that outlives reloads from `env.state` (commit it
 /// once the snapshot is published).

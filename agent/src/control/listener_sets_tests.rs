@@ -568,28 +568,12 @@ spec: {ports: [{port: 80}]}
     ]
     .concat();
     let base = parse_documents([(Path::new("t.yaml"), text.as_str())]).unwrap();
-    let state = crate::policy::state::PolicyState::default();
-    let run = state.compile();
-    let metrics = crate::policy::PolicyMetrics::default();
-    let env = crate::control::PolicyEnv {
-        metrics: &metrics,
-        state: &run,
-    };
-    let mut compiler = crate::control::Compiler::default();
-    let mut ids = ShardIds::default();
-    let first = compiler.compile(&base, &mut ids, 1, &env);
     // A new generation of `other` only.
-    let mut changed = base.clone();
-    let i = changed
-        .routes
-        .iter()
-        .position(|r| r.id.name == "other")
-        .unwrap();
-    let mut other = crate::config::HttpRoute::clone(&changed.routes[i]);
-    other.generation = Some(7);
-    changed.routes[i] = std::sync::Arc::new(other);
-    let second = compiler.compile(&changed, &mut ids, 2, &env);
-    let stats = compiler.stats();
+    let mut runs = crate::control::compile::Recompiles::default();
+    let first = runs.compile(&base);
+    let changed = crate::control::compile::Recompiles::touched(&base, "other");
+    let second = runs.compile(&changed);
+    let stats = runs.compiler.stats();
     assert!(stats.incremental, "{stats:?}");
     assert_eq!(stats.compiled, 1, "only `other`: {stats:?}");
     let headers = http::HeaderMap::new();
@@ -608,7 +592,7 @@ spec: {ports: [{port: 80}]}
     // The set's Gateway changing (the set is removed) resolves it again.
     let mut without = changed.clone();
     without.listener_sets.clear();
-    let third = compiler.compile(&without, &mut ids, 3, &env);
+    let third = runs.compile(&without);
     assert!(third.snapshot.shards[0]
         .listener_for(8080, "app.example.com")
         .is_none());

@@ -299,6 +299,28 @@ pub async fn closed_without_data<S: AsyncRead + Unpin>(s: &mut S, within: Durati
     )
 }
 
+/// A Service in `infra` without endpoints (its routes have no backend).
+pub const ENDPOINTLESS_SERVICE: &str = "---\napiVersion: v1\nkind: Service\n\
+    metadata: {name: none, namespace: infra}\nspec: {ports: [{name: http, port: 8080}]}\n";
+
+/// An L4 route (`apiVersion`/`kind`, e.g. `gateway.networking.k8s.io/v1`
+/// `TCPRoute`) in `infra` on listener `listener` of Gateway `gw`, one rule
+/// with `backends` (YAML flow items), created 2026-01-01.
+pub fn l4_route_yaml(
+    api_version: &str,
+    kind: &str,
+    name: &str,
+    listener: &str,
+    backends: &str,
+) -> String {
+    format!(
+        "---\napiVersion: {api_version}\nkind: {kind}\n\
+         metadata: {{name: {name}, namespace: infra, creationTimestamp: '2026-01-01T00:00:00Z'}}\n\
+         spec:\n  parentRefs: [{{name: gw, sectionName: {listener}}}]\n  \
+         rules: [{{backendRefs: [{backends}]}}]\n"
+    )
+}
+
 /// The route `name` of `kind` in admin `/status`.
 pub fn route_status<'a>(
     status: &'a serde_json::Value,

@@ -397,28 +397,12 @@ fn unchanged_delegated_routes_are_not_compiled_again() {
         (Path::new("backends.yaml"), BACKENDS),
     ])
     .unwrap();
-    let state = crate::policy::state::PolicyState::default();
-    let run = state.compile();
-    let metrics = crate::policy::PolicyMetrics::default();
-    let env = crate::control::PolicyEnv {
-        metrics: &metrics,
-        state: &run,
-    };
-    let mut compiler = crate::control::Compiler::default();
-    let mut ids = ShardIds::default();
-    let first = compiler.compile(&base, &mut ids, 1, &env);
     // Only the team's route object changes (a new generation).
-    let mut changed = base.clone();
-    let i = changed
-        .routes
-        .iter()
-        .position(|r| r.id.name == "orders")
-        .unwrap();
-    let mut orders = crate::config::HttpRoute::clone(&changed.routes[i]);
-    orders.generation = Some(7);
-    changed.routes[i] = std::sync::Arc::new(orders);
-    let second = compiler.compile(&changed, &mut ids, 2, &env);
-    let stats = compiler.stats();
+    let mut runs = crate::control::compile::Recompiles::default();
+    let first = runs.compile(&base);
+    let changed = crate::control::compile::Recompiles::touched(&base, "orders");
+    let second = runs.compile(&changed);
+    let stats = runs.compiler.stats();
     assert!(stats.incremental, "{stats:?}");
     // orders/orders, and the two routes a SluicePolicy targets (compiled
     // every time); not returns/returns.
