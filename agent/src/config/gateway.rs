@@ -149,6 +149,9 @@ pub(super) fn listeners(
         if l.port == 0 {
             doc.err(format!("spec.listeners[{i}].port"), "port must be 1-65535");
         }
+        if let Some(e) = super::names::subdomain_error(&l.name) {
+            doc.err(format!("spec.listeners[{i}].name"), e);
+        }
         if listeners.iter().any(|x: &model::Listener| x.name == l.name) {
             doc.err(
                 format!("spec.listeners[{i}].name"),

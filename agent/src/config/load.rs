@@ -549,7 +549,7 @@ pub fn parse_documents<'a>(
 /// object by object (Kubernetes): a bad object is reported and left out
 /// without holding back the others. Merge the results with [`Config::merge`].
 pub fn convert_object(value: serde_yaml::Value) -> Result<Config, Vec<DocumentError>> {
-    let mut builder = validate::Builder::default();
+    let mut builder = validate::Builder::for_api_objects();
     builder.add(Location::api_object(), value);
     builder.finish().map_err(|e| match e {
         ConfigError::Invalid(errors) => errors,
@@ -591,6 +591,39 @@ spec:
 
     fn route_names(c: &Config) -> Vec<String> {
         c.routes.iter().map(|r| r.id.name.clone()).collect()
+    }
+
+    #[test]
+    fn names_no_api_server_would_take_are_refused_with_the_rule() {
+        let errors = |text: &str| match load_text(Path::new("t.yaml"), text) {
+            Err(ConfigError::Invalid(e)) => e
+                .into_iter()
+                .map(|e| format!("{} {}", e.field, e.message))
+                .collect::<Vec<_>>(),
+            other => panic!("{other:?}"),
+        };
+        let gw = GATEWAY
+            .replace("name: gw,", "name: \"web gw\",")
+            .replace("name: http,", "name: HTTP,");
+        let e = errors(&gw);
+        assert_eq!(e.len(), 2, "{e:?}");
+        assert!(
+            e[0].starts_with("metadata.name ") && e[0].contains("DNS-1123 subdomain"),
+            "{e:?}"
+        );
+        assert!(e[1].starts_with("spec.listeners[0].name "), "{e:?}");
+        // A file of routes (decoded on the typed path) reports them too.
+        let routes = format!(
+            "{}---\n{}",
+            route("ok"),
+            route("bad").replace("namespace: default", "namespace: Team.A")
+        );
+        let e = errors(&routes);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("metadata.namespace ") && e[0].contains("DNS-1123 label"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -14,6 +14,7 @@ mod l4_route;
 mod listener_set;
 mod load;
 pub mod model;
+mod names;
 pub mod policy;
 mod refs;
 mod resources;

@@ -14,7 +14,7 @@ use serde::de::DeserializeOwned;
 
 use super::{
     annotations::{port_range_overlaps, PORT_RANGES_ANNOTATION},
-    backend_tls, backends, gateway, model, refs, resources as wire,
+    backend_tls, backends, gateway, model, names, refs, resources as wire,
     route::http_route,
     Config, ConfigError, DocumentError, Location,
 };
@@ -27,6 +27,10 @@ pub struct Builder {
     errors: Vec<DocumentError>,
     /// Where each of `config.gateways` came from, for errors across Gateways.
     gateway_locations: Vec<Location>,
+    /// Objects from the Kubernetes API: their names were checked by the API
+    /// server (and the objects made from Ingresses have names no API object
+    /// can have, so that they never collide with one).
+    names_checked: bool,
 }
 
 /// Collects the errors of one document.
@@ -46,6 +50,14 @@ impl Doc<'_> {
 }
 
 impl Builder {
+    /// A builder for objects from the Kubernetes API (see `names_checked`).
+    pub fn for_api_objects() -> Self {
+        Self {
+            names_checked: true,
+            ..Self::default()
+        }
+    }
+
     pub fn error(&mut self, e: DocumentError) {
         self.errors.push(e);
     }
@@ -84,6 +96,20 @@ impl Builder {
             location,
             errors: &mut self.errors,
         };
+        if !self.names_checked {
+            let metadata = value.get("metadata");
+            for (field, message) in names::metadata_errors(
+                &kind,
+                metadata
+                    .and_then(|m| m.get("name"))
+                    .and_then(|n| n.as_str()),
+                metadata
+                    .and_then(|m| m.get("namespace"))
+                    .and_then(|n| n.as_str()),
+            ) {
+                doc.err(field, message);
+            }
+        }
         match (group, kind.as_str()) {
             (GATEWAY_GROUP, "GatewayClass") => {
                 if let Some(gc) = decode::<wire::GatewayClass>(&mut doc, value) {
@@ -244,7 +270,16 @@ impl Builder {
             return false;
         };
         let group = d.api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-        if d.kind != "HTTPRoute" || group != GATEWAY_GROUP {
+        // Bad names take the other path too, which reports them.
+        if d.kind != "HTTPRoute"
+            || group != GATEWAY_GROUP
+            || !names::metadata_errors(
+                &d.kind,
+                Some(&d.metadata.name),
+                d.metadata.namespace.as_deref(),
+            )
+            .is_empty()
+        {
             return false;
         }
         let mut errors = Vec::new();

@@ -366,7 +366,8 @@ pub fn listener_name(host: Option<&str>) -> String {
 fn valid_tls_host(host: &str) -> bool {
     let name = host.strip_prefix("*.").unwrap_or(host);
     !name.is_empty()
-        && host.len() <= 253
+        // Its listener name (`https-h.` + host) must stay a valid one too.
+        && host.len() <= 253 - "https-h.".len()
         && name.parse::<std::net::IpAddr>().is_err()
         && name.split('.').all(|l| {
             !l.is_empty()
