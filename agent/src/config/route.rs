@@ -56,7 +56,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         let (gateway, listener_set) = match (group, kind) {
             (GATEWAY_GROUP, "Gateway") => (id, None),
             // The set's Gateway is known once the control plane resolves it.
-            (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(id)),
+            (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(Box::new(id))),
             // Not a parent this agent can be; other controllers may own it.
             _ => {
                 foreign_parents = true;
@@ -141,7 +141,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
                 ),
                 port,
                 weight: b.weight.unwrap_or(1),
-                filters: backend_filters,
+                filters: compact_filters(backend_filters),
                 unsupported_kind,
             });
         }
@@ -149,7 +149,8 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         let retry = rule
             .retry
             .as_ref()
-            .and_then(|r| retry(doc, &format!("{at}.retry"), r));
+            .and_then(|r| retry(doc, &format!("{at}.retry"), r))
+            .map(std::sync::Arc::new);
         if rule.session_persistence.is_some() {
             doc.err(
                 format!("{at}.sessionPersistence"),
@@ -167,7 +168,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         rules.push(model::RouteRule {
             name: rule.name.clone(),
             matches,
-            filters: rule_filters,
+            filters: compact_filters(rule_filters),
             backends,
             timeouts,
             retry,
@@ -177,7 +178,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         rules.push(model::RouteRule {
             name: None,
             matches: vec![model::RouteMatch::any_path()],
-            filters: Vec::new(),
+            filters: model::Filters::default(),
             backends: Vec::new(),
             timeouts: model::Timeouts::default(),
             retry: None,
@@ -213,23 +214,20 @@ fn compact(route: &mut model::HttpRoute) {
     route.rules.shrink_to_fit();
     for rule in &mut route.rules {
         rule.matches.shrink_to_fit();
-        compact_filters(&mut rule.filters);
         rule.backends.shrink_to_fit();
-        for b in &mut rule.backends {
-            compact_filters(&mut b.filters);
-        }
     }
 }
 
-fn compact_filters(filters: &mut Vec<model::Filter>) {
-    filters.shrink_to_fit();
-    for f in filters {
+/// The shared, exactly sized form of `filters` (see [`compact`]).
+fn compact_filters(mut filters: Vec<model::Filter>) -> model::Filters {
+    for f in &mut filters {
         if let model::Filter::RequestHeaders(m) | model::Filter::ResponseHeaders(m) = f {
             m.set.shrink_to_fit();
             m.add.shrink_to_fit();
             m.remove.shrink_to_fit();
         }
     }
+    filters.into()
 }
 
 fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<model::RouteMatch> {

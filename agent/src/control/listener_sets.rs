@@ -120,7 +120,7 @@ pub(super) fn resolve<'c>(
         let gateways: Vec<ObjectRef> = route
             .parents
             .iter()
-            .filter_map(|p| p.listener_set.as_ref())
+            .filter_map(|p| p.listener_set.as_deref())
             .map(|id| {
                 parents
                     .get(id)

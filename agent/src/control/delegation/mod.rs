@@ -122,10 +122,13 @@ fn on_our_gateways(config: &Config) -> impl Fn(&HttpRoute) -> bool + '_ {
         .map(|s| (&s.id, &s.parent))
         .collect();
     move |route| {
-        route.parents.iter().any(|p| match &p.listener_set {
-            Some(set) => set_gateway.get(set).is_some_and(|g| ours.contains(g)),
-            None => ours.contains(&p.gateway),
-        })
+        route
+            .parents
+            .iter()
+            .any(|p| match p.listener_set.as_deref() {
+                Some(set) => set_gateway.get(set).is_some_and(|g| ours.contains(g)),
+                None => ours.contains(&p.gateway),
+            })
     }
 }
 
@@ -626,7 +629,7 @@ impl<'c> Flattener<'c> {
             let rule = RouteRule {
                 name: crule.name.clone(),
                 matches,
-                filters,
+                filters: filters.into(),
                 backends: crule.backends.clone(),
                 timeouts: Timeouts {
                     request: crule.timeouts.request.or(prule.timeouts.request),
