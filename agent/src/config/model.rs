@@ -819,19 +819,21 @@ impl<'a> IntoIterator for &'a Filters {
     }
 }
 
-/// An HTTPRoute filter (rule level or backendRef level).
+/// An HTTPRoute filter (rule level or backendRef level). The larger, rarer
+/// variants are boxed so that every filter is not as large as the largest
+/// (144 bytes instead of 72 for the common header modifier).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Filter {
     RequestHeaders(HeaderModifier),
     ResponseHeaders(HeaderModifier),
-    Redirect(Redirect),
+    Redirect(Box<Redirect>),
     Rewrite(Rewrite),
     /// Rule level only; several may be given.
     Mirror(Mirror),
     /// Rule level only.
-    Cors(Cors),
+    Cors(Box<Cors>),
     /// Rule level only: the external authorization service decides.
-    ExternalAuth(super::policy::ExtAuthSection),
+    ExternalAuth(Box<super::policy::ExtAuthSection>),
 }
 
 /// `HTTPRequestMirrorFilter`: a copy of each sampled request goes to a

@@ -235,7 +235,7 @@ impl<'a> Policies<'a> {
         let mut p = (*base).clone();
         if let Some(c) = cors {
             p.cors = Some(Arc::new(CorsPolicy {
-                cors: c.clone(),
+                cors: (**c).clone(),
                 meta: None,
             }));
         }
