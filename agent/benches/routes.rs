@@ -23,6 +23,11 @@
 //!
 //! Figures are printed next to the targets of the design brief; nothing here
 //! asserts a time.
+//!
+//! For heap profilers, the bench binary also writes a config (`--generate
+//! DIR N`) and holds what the agent holds until it exits (`--rss-child DIR
+//! --hold`): `valgrind --tool=dhat` then reports the kept bytes by
+//! allocation site.
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     io::{Read, Write},
