@@ -645,7 +645,8 @@ impl RouteKind {
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct HttpRoute {
-    pub id: ObjectRef,
+    /// Shared with the route table entries compiled from the route.
+    pub id: Arc<ObjectRef>,
     /// HTTPRoute or GRPCRoute.
     pub kind: RouteKind,
     /// `metadata.generation`, echoed as `observedGeneration` in status.

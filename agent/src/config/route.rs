@@ -191,7 +191,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     });
     (doc.errors.len() == before).then(|| {
         let mut route = model::HttpRoute {
-            id: model::ObjectRef::new(namespace, &r.metadata.name),
+            id: model::ObjectRef::new(namespace, &r.metadata.name).into(),
             kind: model::RouteKind::Http,
             generation: r.metadata.generation,
             created,

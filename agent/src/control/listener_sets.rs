@@ -127,7 +127,7 @@ pub(super) fn resolve<'c>(
                     .map_or(ParentRef::UNRESOLVED, |g| (*g).clone())
             })
             .collect();
-        let id = route.id.clone();
+        let id = (*route.id).clone();
         if let Some(r) = previous.remove(&id) {
             if Arc::ptr_eq(&r.input, route) && r.gateways == gateways {
                 *route = r.output.clone();

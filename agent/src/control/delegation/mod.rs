@@ -209,7 +209,7 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
             Some(previous) if **previous == route => previous.clone(),
             _ => Arc::new(route),
         };
-        next.insert(route.id.clone(), route.clone());
+        next.insert((*route.id).clone(), route.clone());
         route
     };
     let mut flat = config.clone();
@@ -418,7 +418,7 @@ impl<'c> Flattener<'c> {
         }
         let mut chain = path.chain.clone();
         chain.push(Ancestor {
-            route: parent.id.clone(),
+            route: (*parent.id).clone(),
             rule: prule.name.clone(),
         });
         let chain: Arc<[Ancestor]> = chain.into();
@@ -506,8 +506,8 @@ impl<'c> Flattener<'c> {
             );
             return;
         }
-        let report = self.report.children.entry(child.id.clone()).or_default();
-        report.root.get_or_insert_with(|| path.root.id.clone());
+        let report = self.report.children.entry((*child.id).clone()).or_default();
+        report.root.get_or_insert_with(|| (*path.root.id).clone());
         let hostnames = match intersect_hostnames(&path.hostnames, &child.hostnames) {
             Some(h) => h,
             None => {
@@ -531,7 +531,7 @@ impl<'c> Flattener<'c> {
             self.refuse_second_tree(child, parent);
             return;
         }
-        let report = self.report.children.entry(child.id.clone()).or_default();
+        let report = self.report.children.entry((*child.id).clone()).or_default();
         report.parent(&parent.id, None);
         let mut next = path.clone();
         next.hostnames = hostnames;
@@ -661,7 +661,7 @@ impl<'c> Flattener<'c> {
         ));
         self.report
             .children
-            .entry(child.id.clone())
+            .entry((*child.id).clone())
             .or_default()
             .parent(&parent.id, Some(("NotAllowedByParents", why)));
     }
@@ -675,7 +675,7 @@ impl<'c> Flattener<'c> {
         chain: Arc<[Ancestor]>,
         path: &Path<'c>,
     ) {
-        let out = self.out.entry(child.id.clone()).or_insert_with(|| Out {
+        let out = self.out.entry((*child.id).clone()).or_insert_with(|| Out {
             parents: path.root.parents.clone(),
             hostnames: path.hostnames.clone(),
             rules: Vec::new(),
