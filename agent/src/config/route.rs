@@ -105,7 +105,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             // (ResolvedRefs=False, InvalidKind; its share of traffic gets 500).
             let consul = group == super::policy::SLUICE_GROUP && kind == model::CONSUL_SERVICE_KIND;
             let unsupported_kind = (!consul && (!group.is_empty() || kind != "Service"))
-                .then(|| format!("{group}/{kind}"));
+                .then(|| format!("{group}/{kind}").into_boxed_str());
             if consul && b.namespace.as_ref().is_some_and(|n| *n != namespace) {
                 doc.err(
                     format!("{field}.namespace"),

@@ -536,7 +536,7 @@ fn compile_route(
                 backends,
                 timeouts: rule.timeouts,
                 retry: rule.retry.clone(),
-                mirrors,
+                mirrors: mirrors.into_boxed_slice(),
                 policy,
                 metrics: Default::default(),
             });
