@@ -84,7 +84,7 @@ impl ChildReport {
 
 /// A flattened child being assembled.
 struct Out {
-    parents: Vec<ParentRef>,
+    parents: Box<[ParentRef]>,
     hostnames: Vec<Hostname>,
     rules: Vec<RouteRule>,
     chains: Vec<Arc<[Ancestor]>>,
@@ -192,7 +192,7 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
     for root in &roots {
         let path = Path {
             root,
-            hostnames: root.hostnames.clone(),
+            hostnames: root.hostnames.to_vec(),
             stack: vec![&root.id],
             chain: Vec::new(),
         };
@@ -224,7 +224,9 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
                 // The root keeps its own rules; the delegating ones became
                 // the children's.
                 let mut root = HttpRoute::clone(r);
-                root.rules.retain(|rule| !is_delegating(rule));
+                let mut rules = std::mem::take(&mut root.rules).into_vec();
+                rules.retain(|rule| !is_delegating(rule));
+                root.rules = rules.into_boxed_slice();
                 return made(root);
             }
             match out.get(&r.id) {
@@ -240,8 +242,8 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
                         generation: r.generation,
                         created: r.created,
                         parents: o.parents.clone(),
-                        hostnames: o.hostnames.clone(),
-                        rules: o.rules.clone(),
+                        hostnames: o.hostnames.as_slice().into(),
+                        rules: o.rules.as_slice().into(),
                         delegation: Some(Arc::new(Delegation {
                             parent_routes,
                             foreign_parents: false,
@@ -593,7 +595,7 @@ impl<'c> Flattener<'c> {
                 matches!(path, Some(PathModifier::ReplacePrefixMatch(_)))
             });
             if replaces_prefix {
-                let own = match crule.matches.as_slice() {
+                let own = match &*crule.matches {
                     [m] if !Arc::ptr_eq(m, &RouteMatch::any_path()) => Some(&m.path),
                     _ => None,
                 };
@@ -628,7 +630,7 @@ impl<'c> Flattener<'c> {
             filters.extend(crule.filters.iter().cloned());
             let rule = RouteRule {
                 name: crule.name.clone(),
-                matches,
+                matches: matches.into_boxed_slice(),
                 filters: filters.into(),
                 backends: crule.backends.clone(),
                 timeouts: Timeouts {
