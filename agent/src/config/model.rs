@@ -736,10 +736,11 @@ pub struct Timeouts {
 pub struct RouteMatch {
     pub path: PathMatch,
     pub method: Option<Method>,
-    /// At most one per (case-insensitive) name.
-    pub headers: Vec<HeaderMatch>,
+    /// At most one per (case-insensitive) name. (Boxed slices here: fixed
+    /// once converted, and 8 bytes smaller each.)
+    pub headers: Box<[HeaderMatch]>,
     /// At most one per (case-sensitive) name.
-    pub query_params: Vec<QueryMatch>,
+    pub query_params: Box<[QueryMatch]>,
     /// Set for a GRPCRoute match: its precedence is by the length of the
     /// service, then of the method, not by the path it was converted to.
     pub grpc: Option<GrpcMethodRank>,
@@ -767,8 +768,8 @@ impl RouteMatch {
         Self {
             path,
             method: None,
-            headers: Vec::new(),
-            query_params: Vec::new(),
+            headers: Box::default(),
+            query_params: Box::default(),
             grpc: None,
         }
     }

@@ -345,13 +345,11 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
         }
     }
     let path = path?;
-    headers.shrink_to_fit();
-    query_params.shrink_to_fit();
     (doc.errors.len() == before).then_some(model::RouteMatch {
         path,
         method,
-        headers,
-        query_params,
+        headers: headers.into_boxed_slice(),
+        query_params: query_params.into_boxed_slice(),
         grpc: None,
     })
 }
