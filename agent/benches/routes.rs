@@ -23,6 +23,11 @@
 //!
 //! Figures are printed next to the targets of the design brief; nothing here
 //! asserts a time.
+//!
+//! For heap profilers, the bench binary also writes a config (`--generate
+//! DIR N`) and holds what the agent holds until it exits (`--rss-child DIR
+//! --hold`): `valgrind --tool=dhat` then reports the kept bytes by
+//! allocation site.
 use std::{
     alloc::{GlobalAlloc, Layout, System},
     io::{Read, Write},
@@ -109,7 +114,14 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     // Child mode: load and hold the state, report memory, exit.
     if let Some(i) = args.iter().position(|a| a == "--rss-child") {
-        rss_child(Path::new(&args[i + 1]));
+        rss_child(Path::new(&args[i + 1]), args.iter().any(|a| a == "--hold"));
+        return;
+    }
+    // For heap profilers (`valgrind --tool=dhat`): write the config of N
+    // routes into DIR, then run `--rss-child DIR --hold` on it.
+    if let Some(i) = args.iter().position(|a| a == "--generate") {
+        let n = args[i + 2].parse().expect("--generate DIR N");
+        generate(Path::new(&args[i + 1]), n, free_port());
         return;
     }
     let only: Option<Vec<usize>> = std::env::var("SLUICE_BENCH_SIZES")
@@ -420,8 +432,10 @@ fn median(v: &mut [f64]) -> f64 {
 }
 
 /// Child: load, compile, publish and keep what the agent keeps for its
-/// configuration; report VmRSS and the live heap of each part (kB).
-fn rss_child(dir: &Path) {
+/// configuration; report VmRSS and the live heap of each part (kB). With
+/// `hold`, exit while still holding it all, so that a heap profiler's
+/// end-of-run figures are what the agent keeps, by allocation site.
+fn rss_child(dir: &Path, hold: bool) {
     COUNTING.store(true, Ordering::Relaxed);
     let swap = ArcSwap::from_pointee(Snapshot::default());
     let env = Env::new();
@@ -442,6 +456,10 @@ fn rss_child(dir: &Path) {
     let (rss, _) = proc_status_kb("self");
     let heap = live_kb();
     let all = heap - start;
+    if hold {
+        println!("{rss} {heap} {config}");
+        std::process::exit(0);
+    }
     // What each part holds alone: measured by letting it go.
     let before = live_kb();
     drop(status);

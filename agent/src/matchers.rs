@@ -22,33 +22,40 @@ impl StringMatch {
 
 /// A regular expression (RE2 syntax, as the Gateway API asks) anchored to match
 /// a whole value; compared by its source text.
-#[derive(Debug, Clone)]
-pub struct Pattern {
-    source: String,
-    regex: regex::Regex,
-}
+///
+/// Behind one pointer: inline, the source and the compiled expression made
+/// every path, header and query match (regular expression or not) 32 bytes
+/// larger, and a clone now shares the compiled expression.
+#[derive(Clone)]
+pub struct Pattern(std::sync::Arc<(String, regex::Regex)>);
 
 impl Pattern {
     pub fn new(source: &str) -> Result<Self, regex::Error> {
         let regex = regex::Regex::new(&format!("^(?:{source})$"))?;
-        Ok(Self {
-            source: source.to_owned(),
-            regex,
-        })
+        Ok(Self(std::sync::Arc::new((source.to_owned(), regex))))
     }
 
     pub fn as_str(&self) -> &str {
-        &self.source
+        &self.0 .0
     }
 
     pub fn is_match(&self, value: &str) -> bool {
-        self.regex.is_match(value)
+        self.0 .1.is_match(value)
+    }
+}
+
+impl std::fmt::Debug for Pattern {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pattern")
+            .field("source", &self.0 .0)
+            .field("regex", &self.0 .1)
+            .finish()
     }
 }
 
 impl PartialEq for Pattern {
     fn eq(&self, other: &Self) -> bool {
-        self.source == other.source
+        self.as_str() == other.as_str()
     }
 }
 

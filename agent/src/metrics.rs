@@ -251,8 +251,17 @@ pub struct L4BytesLabels {
 /// family's lock on every request. The handles share the families' series,
 /// so what they count shows in `/metrics` as before and survives reloads;
 /// a series appears only once a request has used it, as before.
+///
+/// The handles are boxed on first use: most rules of a large config see no
+/// traffic between reloads, and six unset handles in every rule action
+/// (96 bytes) cost more than the pointer (16 with its lock).
 #[derive(Debug, Default)]
 pub struct RuleMetrics {
+    handles: OnceLock<Box<RuleHandles>>,
+}
+
+#[derive(Debug, Default)]
+struct RuleHandles {
     /// `reason="upstream"` (the backend answered), by status class.
     upstream: [OnceLock<Counter>; 5],
     duration: OnceLock<Histogram>,
@@ -268,7 +277,7 @@ impl RuleMetrics {
         status: u16,
     ) -> &Counter {
         let class = StatusClass(status);
-        self.upstream[class.index()].get_or_init(|| {
+        self.handles().upstream[class.index()].get_or_init(|| {
             metrics
                 .requests
                 .get_or_create(&RequestLabels {
@@ -281,9 +290,13 @@ impl RuleMetrics {
         })
     }
 
+    fn handles(&self) -> &RuleHandles {
+        self.handles.get_or_init(Box::default)
+    }
+
     /// The shard's latency histogram.
     pub fn duration(&self, metrics: &Metrics, shard: &Arc<str>) -> &Histogram {
-        self.duration.get_or_init(|| {
+        self.handles().duration.get_or_init(|| {
             metrics
                 .request_duration
                 .get_or_create(&ShardLabels {

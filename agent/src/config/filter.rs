@@ -108,7 +108,7 @@ pub(super) fn filters(
                     r,
                     single_prefix_match,
                 )
-                .map(model::Filter::Redirect)
+                .map(|r| model::Filter::Redirect(Box::new(r)))
             }),
             "URLRewrite" => f.url_rewrite.as_ref().and_then(|r| {
                 rewrite(doc, &format!("{field}.urlRewrite"), r, single_prefix_match)
@@ -123,7 +123,7 @@ pub(super) fn filters(
                 .cors
                 .as_ref()
                 .and_then(|c| cors_filter(doc, &format!("{field}.cors"), c))
-                .map(model::Filter::Cors),
+                .map(|c| model::Filter::Cors(Box::new(c))),
             "ExternalAuth" => f.external_auth.as_ref().and_then(|e| {
                 super::policy::convert::ext_auth(
                     doc,
@@ -131,7 +131,7 @@ pub(super) fn filters(
                     e,
                     ctx.namespace,
                 )
-                .map(model::Filter::ExternalAuth)
+                .map(|e| model::Filter::ExternalAuth(Box::new(e)))
             }),
             "ExtensionRef" => {
                 doc.err(

@@ -56,7 +56,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         let (gateway, listener_set) = match (group, kind) {
             (GATEWAY_GROUP, "Gateway") => (id, None),
             // The set's Gateway is known once the control plane resolves it.
-            (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(id)),
+            (GATEWAY_GROUP, "ListenerSet") => (model::ParentRef::UNRESOLVED, Some(Box::new(id))),
             // Not a parent this agent can be; other controllers may own it.
             _ => {
                 foreign_parents = true;
@@ -105,7 +105,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             // (ResolvedRefs=False, InvalidKind; its share of traffic gets 500).
             let consul = group == super::policy::SLUICE_GROUP && kind == model::CONSUL_SERVICE_KIND;
             let unsupported_kind = (!consul && (!group.is_empty() || kind != "Service"))
-                .then(|| format!("{group}/{kind}"));
+                .then(|| format!("{group}/{kind}").into_boxed_str());
             if consul && b.namespace.as_ref().is_some_and(|n| *n != namespace) {
                 doc.err(
                     format!("{field}.namespace"),
@@ -141,7 +141,7 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
                 ),
                 port,
                 weight: b.weight.unwrap_or(1),
-                filters: backend_filters,
+                filters: compact_filters(backend_filters),
                 unsupported_kind,
             });
         }
@@ -149,7 +149,8 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         let retry = rule
             .retry
             .as_ref()
-            .and_then(|r| retry(doc, &format!("{at}.retry"), r));
+            .and_then(|r| retry(doc, &format!("{at}.retry"), r))
+            .map(std::sync::Arc::new);
         if rule.session_persistence.is_some() {
             doc.err(
                 format!("{at}.sessionPersistence"),
@@ -166,9 +167,9 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
         }
         rules.push(model::RouteRule {
             name: rule.name.clone(),
-            matches,
-            filters: rule_filters,
-            backends,
+            matches: matches.into_boxed_slice(),
+            filters: compact_filters(rule_filters),
+            backends: backends.into_boxed_slice(),
             timeouts,
             retry,
         });
@@ -176,9 +177,9 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
     if r.spec.rules.is_empty() {
         rules.push(model::RouteRule {
             name: None,
-            matches: vec![model::RouteMatch::any_path()],
-            filters: Vec::new(),
-            backends: Vec::new(),
+            matches: Box::new([model::RouteMatch::any_path()]),
+            filters: model::Filters::default(),
+            backends: Box::default(),
             timeouts: model::Timeouts::default(),
             retry: None,
         });
@@ -189,47 +190,33 @@ pub(super) fn http_route(doc: &mut Doc<'_>, r: wire::HttpRoute) -> Option<model:
             .any(|b| b.unsupported_kind.as_deref() == Some(super::DELEGATION_KIND))
     });
     (doc.errors.len() == before).then(|| {
-        let mut route = model::HttpRoute {
-            id: model::ObjectRef::new(namespace, &r.metadata.name),
+        model::HttpRoute {
+            id: model::ObjectRef::new(namespace, &r.metadata.name).into(),
             kind: model::RouteKind::Http,
             generation: r.metadata.generation,
             created,
-            parents,
-            hostnames,
-            rules,
+            // Exactly sized (see `compact_filters`).
+            parents: parents.into_boxed_slice(),
+            hostnames: hostnames.into_boxed_slice(),
+            rules: rules.into_boxed_slice(),
             delegation: super::Delegation::of_converted(parent_routes, foreign_parents, delegates),
-        };
-        compact(&mut route);
-        route
+        }
     })
 }
 
-/// Gives every list of the route exactly the capacity it needs. A `Vec`
-/// grown by `push` keeps room for four elements, and route elements are
-/// large: at 5,000 routes the spare room was 17 MB.
-fn compact(route: &mut model::HttpRoute) {
-    route.parents.shrink_to_fit();
-    route.hostnames.shrink_to_fit();
-    route.rules.shrink_to_fit();
-    for rule in &mut route.rules {
-        rule.matches.shrink_to_fit();
-        compact_filters(&mut rule.filters);
-        rule.backends.shrink_to_fit();
-        for b in &mut rule.backends {
-            compact_filters(&mut b.filters);
-        }
-    }
-}
-
-fn compact_filters(filters: &mut Vec<model::Filter>) {
-    filters.shrink_to_fit();
-    for f in filters {
+/// The shared, exactly sized form of `filters`: a `Vec` grown by `push`
+/// keeps room for four elements, and route elements are large (at 5,000
+/// routes the spare room was 17 MB; the route's other lists are boxed
+/// slices, exactly sized when converted, for the same reason).
+fn compact_filters(mut filters: Vec<model::Filter>) -> model::Filters {
+    for f in &mut filters {
         if let model::Filter::RequestHeaders(m) | model::Filter::ResponseHeaders(m) = f {
             m.set.shrink_to_fit();
             m.add.shrink_to_fit();
             m.remove.shrink_to_fit();
         }
     }
+    filters.into()
 }
 
 fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<model::RouteMatch> {
@@ -358,13 +345,11 @@ fn route_match(doc: &mut Doc<'_>, at: &str, m: &wire::HttpRouteMatch) -> Option<
         }
     }
     let path = path?;
-    headers.shrink_to_fit();
-    query_params.shrink_to_fit();
     (doc.errors.len() == before).then_some(model::RouteMatch {
         path,
         method,
-        headers,
-        query_params,
+        headers: headers.into_boxed_slice(),
+        query_params: query_params.into_boxed_slice(),
         grpc: None,
     })
 }

@@ -11,7 +11,7 @@ pub(super) fn parent_selects(p: &ParentRef, gateway: &Gateway, listener: &Listen
     p.gateway == gateway.id
         // A Gateway parentRef selects the Gateway's own listeners only; a
         // ListenerSet parentRef only that set's (GEP-1713).
-        && p.listener_set.as_ref() == listener.origin.as_ref().map(|o| &o.set)
+        && p.listener_set.as_deref() == listener.origin.as_ref().map(|o| &o.set)
         && p.section_name.as_ref().is_none_or(|s| s == listener.section())
         && p.port.is_none_or(|port| port == listener.port)
 }

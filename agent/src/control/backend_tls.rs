@@ -242,7 +242,7 @@ impl<'a> BackendTls<'a> {
         let policy = self.policy_for(&backend.service, port)?;
         match self.built_for(gateway, policy) {
             Ok(tls) => backend.tls = Some(tls),
-            Err(u) => backend.target = BackendTarget::Invalid(u),
+            Err(u) => backend.target = BackendTarget::Invalid(Box::new(u)),
         }
         self.policies.iter().position(|p| p.id == policy.id)
     }

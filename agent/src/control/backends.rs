@@ -259,7 +259,7 @@ impl<'a> BackendResolver<'a> {
     ) -> BackendTarget {
         let (_, sp) = match self.check_from(from, from_ns, unsupported_kind, service, port) {
             Ok(x) => x,
-            Err(u) => return BackendTarget::Invalid(u),
+            Err(u) => return BackendTarget::Invalid(Box::new(u)),
         };
         let key = (service.clone(), port, sp.udp);
         if let Some(e) = self.endpoints.borrow().get(&key) {

@@ -77,14 +77,14 @@ impl KindConflicts {
                     .find(|(other, other_hosts)| {
                         other.kind != route.kind && intersect(hosts, other_hosts)
                     })
-                    .map(|(other, _)| (other.kind, other.id.clone()));
+                    .map(|(other, _)| (other.kind, (*other.id).clone()));
                 match winner {
                     Some(w) => {
                         let gateway = ours[gi];
                         losers.insert(
                             (
                                 route.kind,
-                                route.id.clone(),
+                                (*route.id).clone(),
                                 gateway.id.clone(),
                                 gateway.listeners[li].name.clone(),
                             ),
@@ -110,7 +110,7 @@ impl KindConflicts {
         }
         self.losers.get(&(
             route.kind,
-            route.id.clone(),
+            (*route.id).clone(),
             gateway.id.clone(),
             listener.to_owned(),
         ))

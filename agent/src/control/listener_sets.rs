@@ -120,14 +120,14 @@ pub(super) fn resolve<'c>(
         let gateways: Vec<ObjectRef> = route
             .parents
             .iter()
-            .filter_map(|p| p.listener_set.as_ref())
+            .filter_map(|p| p.listener_set.as_deref())
             .map(|id| {
                 parents
                     .get(id)
                     .map_or(ParentRef::UNRESOLVED, |g| (*g).clone())
             })
             .collect();
-        let id = route.id.clone();
+        let id = (*route.id).clone();
         if let Some(r) = previous.remove(&id) {
             if Arc::ptr_eq(&r.input, route) && r.gateways == gateways {
                 *route = r.output.clone();

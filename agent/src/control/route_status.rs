@@ -67,7 +67,7 @@ impl RouteOutcome {
             .filter(|(i, _)| *i < 32 && ours & (1 << i) != 0)
             .map(|(i, p)| {
                 // As written: the ListenerSet, not the Gateway it resolved to.
-                let parent = p.listener_set.as_ref().unwrap_or(&p.gateway);
+                let parent = p.listener_set.as_deref().unwrap_or(&p.gateway);
                 let accepted = match refused.iter().find(|(at, _, _)| usize::from(*at) == i) {
                     None => cond("Accepted", true, "Accepted", ""),
                     Some((_, reason, message)) => cond("Accepted", false, reason, message),

@@ -496,7 +496,7 @@ fn compile_route(
     route: &Arc<HttpRoute>,
     stamp: u64,
 ) -> Compiled {
-    let id = Arc::new(route.id.clone());
+    let id = route.id.clone();
     let mut name: Option<Arc<str>> = None;
     let created = created_key(route.created);
     let (mut attached, mut tls, mut entries) = (vec![], vec![], vec![]);
@@ -536,7 +536,7 @@ fn compile_route(
                 backends,
                 timeouts: rule.timeouts,
                 retry: rule.retry.clone(),
-                mirrors,
+                mirrors: mirrors.into_boxed_slice(),
                 policy,
                 metrics: Default::default(),
             });
@@ -875,7 +875,7 @@ fn incremental(
             cache.attached[gi][li] -= 1;
             if let Some(&slot) = ctx.slot_of.get(&(gi, li)) {
                 let out = removed.entry(slot).or_default();
-                out.extend(hosts.into_iter().map(|h| (h, unit.route.id.clone())));
+                out.extend(hosts.into_iter().map(|h| (h, (*unit.route.id).clone())));
             }
         }
         if unit

@@ -302,7 +302,7 @@ pub fn objects(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
 /// exist (neither served nor left out as invalid).
 fn sluice_policies(status: &Status, converted: &Converted) -> Vec<ObjectStatus> {
     let route_exists = |id: &ObjectRef| {
-        converted.config.routes.iter().any(|r| r.id == *id)
+        converted.config.routes.iter().any(|r| *r.id == *id)
             || converted
                 .errors
                 .iter()

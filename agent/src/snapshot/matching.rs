@@ -213,7 +213,7 @@ mod tests {
     #[test]
     fn header_names_are_case_insensitive_and_values_exact() {
         let m = RouteMatch {
-            headers: vec![header("Version", exact("one"))],
+            headers: vec![header("Version", exact("one"))].into(),
             ..RouteMatch::path(PathMatch::Prefix("/".into()))
         };
         let mut h = HeaderMap::new();
@@ -227,7 +227,7 @@ mod tests {
     #[test]
     fn header_regex_matches_whole_value() {
         let m = RouteMatch {
-            headers: vec![header("x-id", regex("[0-9]+"))],
+            headers: vec![header("x-id", regex("[0-9]+"))].into(),
             ..RouteMatch::path(PathMatch::Prefix("/".into()))
         };
         let mut h = HeaderMap::new();
@@ -240,7 +240,7 @@ mod tests {
     #[test]
     fn repeated_headers_are_joined_with_commas() {
         let m = RouteMatch {
-            headers: vec![header("x", exact("a,b"))],
+            headers: vec![header("x", exact("a,b"))].into(),
             ..RouteMatch::path(PathMatch::Prefix("/".into()))
         };
         let mut h = HeaderMap::new();
@@ -261,7 +261,8 @@ mod tests {
                     name: "n".into(),
                     value: regex("[0-9]{2}"),
                 },
-            ],
+            ]
+            .into(),
             ..RouteMatch::path(PathMatch::Prefix("/".into()))
         };
         let h = HeaderMap::new();
@@ -305,19 +306,20 @@ mod tests {
             ..prefix("/")
         };
         let one_header = RouteMatch {
-            headers: vec![header("a", exact("1"))],
+            headers: vec![header("a", exact("1"))].into(),
             ..prefix("/")
         };
         let two_headers = RouteMatch {
-            headers: vec![header("a", exact("1")), header("b", exact("2"))],
+            headers: vec![header("a", exact("1")), header("b", exact("2"))].into(),
             ..prefix("/")
         };
         let query = RouteMatch {
-            headers: vec![header("a", exact("1"))],
+            headers: vec![header("a", exact("1"))].into(),
             query_params: vec![QueryMatch {
                 name: "q".into(),
                 value: exact("1"),
-            }],
+            }]
+            .into(),
             ..prefix("/")
         };
         let t = RouteTable::build(vec![
@@ -367,7 +369,7 @@ mod tests {
         let method_only = grpc(PathMatch::Regex(Pattern::new("/[^/]+/Say").unwrap()), 0, 3);
         let service_only = grpc(PathMatch::Prefix("/a.Echo".into()), 6, 0);
         let with_header = RouteMatch {
-            headers: vec![header("x", exact("1"))],
+            headers: vec![header("x", exact("1"))].into(),
             ..grpc(PathMatch::Prefix("/a.Echo".into()), 6, 0)
         };
         let t = RouteTable::build(vec![

@@ -88,7 +88,7 @@ pub(super) fn constrain(
         }
         (p, c) => c.clone().or_else(|| p.clone()),
     };
-    let mut headers = child.headers.clone();
+    let mut headers = child.headers.to_vec();
     for ph in &parent.headers {
         match headers.iter().find(|h| h.name == ph.name) {
             Some(h) if h.value != ph.value => {
@@ -98,7 +98,7 @@ pub(super) fn constrain(
             None => headers.push(ph.clone()),
         }
     }
-    let mut query_params = child.query_params.clone();
+    let mut query_params = child.query_params.to_vec();
     for pq in &parent.query_params {
         match query_params.iter().find(|q| q.name == pq.name) {
             Some(q) if q.value != pq.value => {
@@ -114,8 +114,8 @@ pub(super) fn constrain(
     Ok(Arc::new(RouteMatch {
         path,
         method,
-        headers,
-        query_params,
+        headers: headers.into_boxed_slice(),
+        query_params: query_params.into_boxed_slice(),
         grpc: None,
     }))
 }
@@ -163,18 +163,18 @@ mod tests {
         assert!(constrain(&p, &prefix("/")).is_err());
         // The parent's header is added; another value of it contradicts.
         let mut parent = RouteMatch::path(PathMatch::Prefix("/orders".into()));
-        parent.headers.push(HeaderMatch {
+        parent.headers = Box::new([HeaderMatch {
             name: http::HeaderName::from_static("x-v"),
             value: StringMatch::Exact("2".into()),
-        });
+        }]);
         let parent = Arc::new(parent);
         let c = constrain(&parent, &prefix("/orders/a")).unwrap();
         assert_eq!(c.headers, parent.headers);
         let mut child = RouteMatch::path(PathMatch::Prefix("/orders/a".into()));
-        child.headers.push(HeaderMatch {
+        child.headers = Box::new([HeaderMatch {
             name: http::HeaderName::from_static("x-v"),
             value: StringMatch::Exact("1".into()),
-        });
+        }]);
         assert!(constrain(&parent, &Arc::new(child)).is_err());
     }
 

@@ -84,7 +84,7 @@ impl ChildReport {
 
 /// A flattened child being assembled.
 struct Out {
-    parents: Vec<ParentRef>,
+    parents: Box<[ParentRef]>,
     hostnames: Vec<Hostname>,
     rules: Vec<RouteRule>,
     chains: Vec<Arc<[Ancestor]>>,
@@ -122,10 +122,13 @@ fn on_our_gateways(config: &Config) -> impl Fn(&HttpRoute) -> bool + '_ {
         .map(|s| (&s.id, &s.parent))
         .collect();
     move |route| {
-        route.parents.iter().any(|p| match &p.listener_set {
-            Some(set) => set_gateway.get(set).is_some_and(|g| ours.contains(g)),
-            None => ours.contains(&p.gateway),
-        })
+        route
+            .parents
+            .iter()
+            .any(|p| match p.listener_set.as_deref() {
+                Some(set) => set_gateway.get(set).is_some_and(|g| ours.contains(g)),
+                None => ours.contains(&p.gateway),
+            })
     }
 }
 
@@ -189,7 +192,7 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
     for root in &roots {
         let path = Path {
             root,
-            hostnames: root.hostnames.clone(),
+            hostnames: root.hostnames.to_vec(),
             stack: vec![&root.id],
             chain: Vec::new(),
         };
@@ -206,7 +209,7 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
             Some(previous) if **previous == route => previous.clone(),
             _ => Arc::new(route),
         };
-        next.insert(route.id.clone(), route.clone());
+        next.insert((*route.id).clone(), route.clone());
         route
     };
     let mut flat = config.clone();
@@ -221,7 +224,9 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
                 // The root keeps its own rules; the delegating ones became
                 // the children's.
                 let mut root = HttpRoute::clone(r);
-                root.rules.retain(|rule| !is_delegating(rule));
+                let mut rules = std::mem::take(&mut root.rules).into_vec();
+                rules.retain(|rule| !is_delegating(rule));
+                root.rules = rules.into_boxed_slice();
                 return made(root);
             }
             match out.get(&r.id) {
@@ -237,8 +242,8 @@ pub(super) fn flatten(config: &Config, memo: &mut Memo) -> Option<Flattened> {
                         generation: r.generation,
                         created: r.created,
                         parents: o.parents.clone(),
-                        hostnames: o.hostnames.clone(),
-                        rules: o.rules.clone(),
+                        hostnames: o.hostnames.as_slice().into(),
+                        rules: o.rules.as_slice().into(),
                         delegation: Some(Arc::new(Delegation {
                             parent_routes,
                             foreign_parents: false,
@@ -415,7 +420,7 @@ impl<'c> Flattener<'c> {
         }
         let mut chain = path.chain.clone();
         chain.push(Ancestor {
-            route: parent.id.clone(),
+            route: (*parent.id).clone(),
             rule: prule.name.clone(),
         });
         let chain: Arc<[Ancestor]> = chain.into();
@@ -503,8 +508,8 @@ impl<'c> Flattener<'c> {
             );
             return;
         }
-        let report = self.report.children.entry(child.id.clone()).or_default();
-        report.root.get_or_insert_with(|| path.root.id.clone());
+        let report = self.report.children.entry((*child.id).clone()).or_default();
+        report.root.get_or_insert_with(|| (*path.root.id).clone());
         let hostnames = match intersect_hostnames(&path.hostnames, &child.hostnames) {
             Some(h) => h,
             None => {
@@ -528,7 +533,7 @@ impl<'c> Flattener<'c> {
             self.refuse_second_tree(child, parent);
             return;
         }
-        let report = self.report.children.entry(child.id.clone()).or_default();
+        let report = self.report.children.entry((*child.id).clone()).or_default();
         report.parent(&parent.id, None);
         let mut next = path.clone();
         next.hostnames = hostnames;
@@ -590,7 +595,7 @@ impl<'c> Flattener<'c> {
                 matches!(path, Some(PathModifier::ReplacePrefixMatch(_)))
             });
             if replaces_prefix {
-                let own = match crule.matches.as_slice() {
+                let own = match &*crule.matches {
                     [m] if !Arc::ptr_eq(m, &RouteMatch::any_path()) => Some(&m.path),
                     _ => None,
                 };
@@ -625,8 +630,8 @@ impl<'c> Flattener<'c> {
             filters.extend(crule.filters.iter().cloned());
             let rule = RouteRule {
                 name: crule.name.clone(),
-                matches,
-                filters,
+                matches: matches.into_boxed_slice(),
+                filters: filters.into(),
                 backends: crule.backends.clone(),
                 timeouts: Timeouts {
                     request: crule.timeouts.request.or(prule.timeouts.request),
@@ -658,7 +663,7 @@ impl<'c> Flattener<'c> {
         ));
         self.report
             .children
-            .entry(child.id.clone())
+            .entry((*child.id).clone())
             .or_default()
             .parent(&parent.id, Some(("NotAllowedByParents", why)));
     }
@@ -672,7 +677,7 @@ impl<'c> Flattener<'c> {
         chain: Arc<[Ancestor]>,
         path: &Path<'c>,
     ) {
-        let out = self.out.entry(child.id.clone()).or_insert_with(|| Out {
+        let out = self.out.entry((*child.id).clone()).or_insert_with(|| Out {
             parents: path.root.parents.clone(),
             hostnames: path.hostnames.clone(),
             rules: Vec::new(),

@@ -25,7 +25,7 @@ impl Flattened {
             if statuses.get(&root.namespace, &root.name).is_none() {
                 continue; // a tree under Gateways of other controllers
             }
-            let Some(route) = self.config.routes.iter().find(|r| r.id == *id) else {
+            let Some(route) = self.config.routes.iter().find(|r| *r.id == *id) else {
                 continue;
             };
             let computed = statuses.get(&id.namespace, &id.name);

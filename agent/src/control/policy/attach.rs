@@ -53,9 +53,9 @@ impl Level {
         // SluicePolicies target HTTPRoutes only: a GRPCRoute of the same
         // namespace/name is another object.
         if let Some((route, rule_name)) = route.filter(|(r, _)| r.kind == RouteKind::Http) {
-            v.push(Level::Route(route.id.clone()));
+            v.push(Level::Route((*route.id).clone()));
             if let Some(n) = rule_name {
-                v.push(Level::Rule(route.id.clone(), n.to_owned()));
+                v.push(Level::Rule((*route.id).clone(), n.to_owned()));
             }
         }
         v

@@ -153,7 +153,7 @@ impl<'a> Policies<'a> {
         let key = (
             Arc::as_ptr(&p) as usize,
             gateway.id.clone(),
-            route.map(|r| r.id.clone()),
+            route.map(|r| (*r.id).clone()),
         );
         if let Some(b) = self.bound.get(&key) {
             return b.clone();
@@ -235,7 +235,7 @@ impl<'a> Policies<'a> {
         let mut p = (*base).clone();
         if let Some(c) = cors {
             p.cors = Some(Arc::new(CorsPolicy {
-                cors: c.clone(),
+                cors: (**c).clone(),
                 meta: None,
             }));
         }

@@ -138,7 +138,7 @@ fn resolve(config: &Config, ours: &[&Gateway], level: &Level) -> Result<Vec<Obje
             Ok(vec![g.id.clone()])
         }
         Level::Route(id) | Level::Rule(id, _) => {
-            let Some(route) = config.routes.iter().find(|r| r.id == *id) else {
+            let Some(route) = config.routes.iter().find(|r| *r.id == *id) else {
                 return Err(format!("HTTPRoute {id} not found"));
             };
             if let Level::Rule(_, name) = level {
@@ -158,7 +158,7 @@ fn route_gateways(config: &Config, ours: &[&Gateway], route: &ObjectRef) -> Vec<
     let set: BTreeSet<ObjectRef> = config
         .routes
         .iter()
-        .filter(|r| r.id == *route)
+        .filter(|r| *r.id == *route)
         .flat_map(|r| r.parents.iter().map(|p| p.gateway.clone()))
         .filter(|g| ours.iter().any(|o| o.id == *g))
         .collect();

@@ -387,7 +387,7 @@ fn annotations_map_onto_rewrites_policies_and_grpc() {
     );
     let r = route(&out, "ingress:r:a.example.com");
     assert_eq!(
-        r.rules[0].filters,
+        *r.rules[0].filters,
         [Filter::Rewrite(crate::config::Rewrite {
             hostname: None,
             path: Some(PathModifier::ReplaceFullPath("/".into()))
@@ -405,7 +405,7 @@ fn annotations_map_onto_rewrites_policies_and_grpc() {
     let r = route(&out, "ingress:r:a.example.com");
     assert_eq!(r.rules[0].matches[0].path, PathMatch::Prefix("/app".into()));
     assert_eq!(
-        r.rules[0].filters,
+        *r.rules[0].filters,
         [Filter::Rewrite(crate::config::Rewrite {
             hostname: None,
             path: Some(PathModifier::ReplacePrefixMatch("/".into()))
