@@ -1796,6 +1796,11 @@ fn start_proxy(
                 "userspace",
                 "--worker-threads",
                 "1",
+                // Every connection comes from 127.0.0.1, and the peers have
+                // no limit per client address either (`--idle-connections`
+                // opens thousands).
+                "--max-connections-per-source",
+                "0",
             ]);
             if t.access_log {
                 cmd.arg("--access-log")
