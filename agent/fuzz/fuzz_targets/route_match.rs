@@ -88,7 +88,7 @@ fuzz_target!(|data: &[u8]| {
     let route = cfg
         .routes
         .iter()
-        .find(|r| r.id == *entry.route)
+        .find(|r| *r.id == *entry.route)
         .expect("a matched route is in the config");
     assert!(
         route.hostnames.is_empty() || route.hostnames.iter().any(|h| h.matches(&host)),
