@@ -3,14 +3,19 @@
 //! buffer — a line is a few hundred bytes and the writer formats thousands
 //! per second.
 use std::{
+    cell::RefCell,
     io::Write as _,
-    net::{IpAddr, SocketAddr},
+    net::{IpAddr, Ipv4Addr, SocketAddr},
+    sync::Arc,
     time::{Duration, SystemTime},
 };
 
 use http::HeaderValue;
 
-use super::{Entry, QueryMode};
+use super::{
+    escape::{bytes, escape, escape_bytes, known, string},
+    Entry, QueryMode,
+};
 
 /// Appends `e` as one JSON object and a newline.
 pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
@@ -24,24 +29,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(b"{\"time\":\"");
     rfc3339(e.time, out);
     out.push(b'"');
-    key!("gateway");
-    string(out, &e.gateway);
-    if let Some(l) = &e.listener {
-        key!("listener");
-        string(out, l);
-    }
-    if let Some(r) = &e.route {
-        key!("route");
-        string(out, r);
-        if let Some(slash) = r.bytes().position(|c| c == b'/') {
-            key!("namespace");
-            string(out, &r[..slash]);
-        }
-    }
-    if let Some(r) = e.rule {
-        key!("rule");
-        int(out, r.into());
-    }
+    names_json(e, out);
     key!("method");
     known(out, e.method.as_str());
     if let Some(a) = e.authority() {
@@ -121,13 +109,99 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
     out.extend_from_slice(b"}\n");
 }
 
+/// The names of the entry's Gateway, listener, route (with its namespace)
+/// and rule, as JSON members (`,"gateway":…,"rule":1`): nearly every line
+/// repeats those of a few hot routes, so the writer keeps the rendered
+/// members of the last sixteen combinations it saw, keyed by the identity
+/// of the snapshot's shared names (held here, so an address is never
+/// reused for another name while it is a key).
+fn names_json(e: &Entry, out: &mut Vec<u8>) {
+    const SLOTS: usize = 16;
+    thread_local! {
+        static MEMO: RefCell<[Option<Names>; SLOTS]> = const { RefCell::new([const { None }; SLOTS]) };
+    }
+    // The route's address (else the Gateway's) picks the slot; allocations
+    // are 16-byte aligned, so the low bits say nothing.
+    let key = e.route.as_ref().unwrap_or(&e.gateway);
+    let slot = (Arc::as_ptr(key).cast::<u8>() as usize >> 4) % SLOTS;
+    MEMO.with_borrow_mut(|memo| {
+        if let Some(names) = &memo[slot] {
+            if names.same(e) {
+                out.extend_from_slice(&names.json);
+                return;
+            }
+        }
+        let start = out.len();
+        write_names(e, out);
+        memo[slot] = Some(Names {
+            gateway: e.gateway.clone(),
+            listener: e.listener.clone(),
+            route: e.route.clone(),
+            rule: e.rule,
+            json: out[start..].into(),
+        });
+    });
+}
+
+/// A rendered [`names_json`] and the names it was rendered from.
+struct Names {
+    gateway: Arc<str>,
+    listener: Option<Arc<str>>,
+    route: Option<Arc<str>>,
+    rule: Option<u32>,
+    json: Box<[u8]>,
+}
+
+impl Names {
+    fn same(&self, e: &Entry) -> bool {
+        fn same(a: &Option<Arc<str>>, b: &Option<Arc<str>>) -> bool {
+            match (a, b) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+        }
+        Arc::ptr_eq(&self.gateway, &e.gateway)
+            && same(&self.listener, &e.listener)
+            && same(&self.route, &e.route)
+            && self.rule == e.rule
+    }
+}
+
+fn write_names(e: &Entry, out: &mut Vec<u8>) {
+    out.extend_from_slice(b",\"gateway\":");
+    string(out, &e.gateway);
+    if let Some(l) = &e.listener {
+        out.extend_from_slice(b",\"listener\":");
+        string(out, l);
+    }
+    if let Some(r) = &e.route {
+        out.extend_from_slice(b",\"route\":");
+        string(out, r);
+        if let Some(slash) = r.bytes().position(|c| c == b'/') {
+            out.extend_from_slice(b",\"namespace\":");
+            string(out, &r[..slash]);
+        }
+    }
+    if let Some(r) = e.rule {
+        out.extend_from_slice(b",\"rule\":");
+        int(out, r.into());
+    }
+}
+
 /// Appends `e` as one text line: time, gateway, client, method, authority,
 /// path, protocol, status, flag, bytes in, bytes out, duration (ms),
 /// upstream, upstream time (ms), route, request id, user agent (quoted),
 /// principal, reason. `-` for an absent field.
 pub fn write_text(e: &Entry, out: &mut Vec<u8>) {
     rfc3339(e.time, out);
-    let _ = write!(out, " {} {} {} ", e.gateway, e.client, e.method);
+    out.push(b' ');
+    out.extend_from_slice(e.gateway.as_bytes());
+    out.push(b' ');
+    ip_addr(out, e.client);
+    out.push(b' ');
+    out.extend_from_slice(e.method.as_str().as_bytes());
+    out.push(b' ');
     field(out, e.authority());
     out.push(b' ');
     write_path(e, out, |out, s| field(out, Some(s.as_bytes())));
@@ -217,152 +291,20 @@ fn write_path(e: &Entry, out: &mut Vec<u8>, put: impl Fn(&mut Vec<u8>, &str)) {
     }
 }
 
-/// A string that needs no escaping: the gateway's own names (reasons,
-/// flags, protocol versions) and methods (tokens, RFC 9110 §5.6.2, which
-/// have no quote, backslash or control character).
-fn known(out: &mut Vec<u8>, s: &str) {
-    debug_assert!(!s.bytes().any(byte_needs_escape), "{s:?}");
-    out.push(b'"');
-    out.extend_from_slice(s.as_bytes());
-    out.push(b'"');
-}
-
-fn string(out: &mut Vec<u8>, s: &str) {
-    out.push(b'"');
-    escape(out, s);
-    out.push(b'"');
-}
-
-/// A header value as a JSON string: header values may hold any byte but
-/// controls; non-UTF-8 bytes are replaced.
-fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.push(b'"');
-    escape_bytes(out, b);
-    out.push(b'"');
-}
-
-fn escape_bytes(out: &mut Vec<u8>, b: &[u8]) {
-    if b.is_ascii() {
-        escape_utf8(out, b);
-    } else {
-        match std::str::from_utf8(b) {
-            Ok(s) => escape(out, s),
-            Err(_) => escape(out, &String::from_utf8_lossy(b)),
-        }
-    }
-}
-
-/// JSON string escaping (RFC 8259 §7).
-fn escape(out: &mut Vec<u8>, s: &str) {
-    escape_utf8(out, s.as_bytes());
-}
-
-/// Escapes valid UTF-8. Everything that needs escaping is ASCII, so runs
-/// of other bytes are copied whole, and eight bytes at a time are checked
-/// for any that needs it: the writer formats a line per request, and
-/// nearly every field needs none.
-fn escape_utf8(out: &mut Vec<u8>, b: &[u8]) {
-    let mut run = 0;
-    let mut i = 0;
-    while i < b.len() {
-        let plain = match b.get(i..i + 8) {
-            Some(word) => {
-                !word_needs_escape(u64::from_le_bytes(word.try_into().expect("eight bytes")))
-            }
-            // The last one to seven bytes (most names are short).
-            None => !tail_needs_escape(&b[i..]),
-        };
-        if plain {
-            i = (i + 8).min(b.len());
-            continue;
-        }
-        let end = (i + 8).min(b.len());
-        for (j, &c) in b.iter().enumerate().take(end).skip(i) {
-            let short: &[u8] = match c {
-                b'"' => b"\\\"",
-                b'\\' => b"\\\\",
-                b'\n' => b"\\n",
-                b'\r' => b"\\r",
-                b'\t' => b"\\t",
-                0..=0x1f | 0x7f => b"",
-                _ => continue,
-            };
-            out.extend_from_slice(&b[run..j]);
-            if short.is_empty() {
-                const HEX: &[u8; 16] = b"0123456789abcdef";
-                out.extend_from_slice(b"\\u00");
-                out.push(HEX[usize::from(c >> 4)]);
-                out.push(HEX[usize::from(c & 0xf)]);
-            } else {
-                out.extend_from_slice(short);
-            }
-            run = j + 1;
-        }
-        i = end;
-    }
-    out.extend_from_slice(&b[run..]);
-}
-
-#[inline]
-fn byte_needs_escape(c: u8) -> bool {
-    c < 0x20 || c == 0x7f || c == b'"' || c == b'\\'
-}
-
-/// Whether any of the eight bytes is a control character, DEL, `"` or
-/// `\` (bytes of 0x80 and above, parts of UTF-8 sequences, are not).
-/// Exact, by the classic "has a zero byte" / "has a byte less than n"
-/// tests.
-#[inline]
-fn word_needs_escape(w: u64) -> bool {
-    const ONES: u64 = 0x0101_0101_0101_0101;
-    const HIGH: u64 = 0x8080_8080_8080_8080;
-    let has_zero = |v: u64| v.wrapping_sub(ONES) & !v & HIGH != 0;
-    let below_space = w.wrapping_sub(ONES * 0x20) & !w & HIGH != 0;
-    below_space
-        || has_zero(w ^ (ONES * u64::from(b'"')))
-        || has_zero(w ^ (ONES * u64::from(b'\\')))
-        || has_zero(w ^ (ONES * 0x7f))
-}
-
-/// Whether any of one to seven bytes needs escaping, by one word test
-/// rather than a test per byte: four bytes and seven are read as two
-/// overlapping halves; one to three as the first, middle and last (which
-/// cover them), the rest of the word padded with a plain byte.
-#[inline]
-fn tail_needs_escape(t: &[u8]) -> bool {
-    let n = t.len();
-    let word = match n {
-        0 => return false,
-        1..=3 => u64::from_le_bytes([t[0], t[n / 2], t[n - 1], b'a', b'a', b'a', b'a', b'a']),
-        _ => {
-            let half = |at: usize| {
-                u64::from(u32::from_le_bytes(
-                    t[at..at + 4].try_into().expect("four bytes"),
-                ))
-            };
-            half(0) | half(n - 4) << 32
-        }
-    };
-    word_needs_escape(word)
-}
-
 fn quoted(out: &mut Vec<u8>, f: impl FnOnce(&mut Vec<u8>)) {
     out.push(b'"');
     f(out);
     out.push(b'"');
 }
 
-/// IPv4 digit by digit (nearly every address logged); IPv6 by its
+/// IPv4 from a table of octets (nearly every address logged); IPv6 by its
 /// `Display`, which compresses zeros as RFC 5952 says.
 fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
     match ip {
         IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    out.push(b'.');
-                }
-                small(out, octet);
-            }
+            let mut buf = [0; 22];
+            let n = ipv4(&mut buf, v4);
+            out.extend_from_slice(&buf[..n]);
         }
         IpAddr::V6(v6) => {
             let _ = write!(out, "{v6}");
@@ -373,46 +315,86 @@ fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
 /// `1.2.3.4:80` or `[::1]:80`.
 fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
-        SocketAddr::V4(_) => ip_addr(out, addr.ip()),
+        SocketAddr::V4(v4) => {
+            // Address and port in one buffer, copied once.
+            let mut buf = [0; 22];
+            let mut n = ipv4(&mut buf, *v4.ip());
+            buf[n] = b':';
+            n += 1;
+            let mut digits = itoa::Buffer::new();
+            let port = digits.format(v4.port()).as_bytes();
+            let len = port.len();
+            buf[n..n + len].copy_from_slice(port);
+            out.extend_from_slice(&buf[..n + len]);
+        }
         SocketAddr::V6(v6) => {
             let _ = write!(out, "[{}", v6.ip());
             if v6.scope_id() != 0 {
                 let _ = write!(out, "%{}", v6.scope_id());
             }
-            out.push(b']');
+            out.extend_from_slice(b"]:");
+            int(out, v6.port().into());
         }
     }
-    out.push(b':');
-    int(out, addr.port().into());
 }
 
-/// 0–255 in one to three digits.
-fn small(out: &mut Vec<u8>, n: u8) {
-    if n >= 100 {
-        out.push(b'0' + n / 100);
+/// Writes `ip` at the start of `buf`; returns its length.
+fn ipv4(buf: &mut [u8; 22], ip: Ipv4Addr) -> usize {
+    let mut n = 0;
+    for octet in ip.octets() {
+        // Every slot is four bytes (digits, a dot, maybe a zero); the next
+        // octet overwrites what is past the dot.
+        let (slot, len) = OCTETS[usize::from(octet)];
+        buf[n..n + 4].copy_from_slice(&slot);
+        n += usize::from(len) + 1;
     }
-    if n >= 10 {
-        out.push(b'0' + n / 10 % 10);
-    }
-    out.push(b'0' + n % 10);
+    // Without the last dot.
+    n - 1
 }
+
+/// Each octet's digits followed by a dot, and how many digits.
+const OCTETS: [([u8; 4], u8); 256] = {
+    let mut table = [([0; 4], 0); 256];
+    let mut i = 0;
+    while i < 256 {
+        let n = i as u8;
+        table[i] = if n >= 100 {
+            ([b'0' + n / 100, b'0' + n / 10 % 10, b'0' + n % 10, b'.'], 3)
+        } else if n >= 10 {
+            ([b'0' + n / 10, b'0' + n % 10, b'.', 0], 2)
+        } else {
+            ([b'0' + n, b'.', 0, 0], 1)
+        };
+        i += 1;
+    }
+    table
+};
 
 fn int(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
 }
 
 /// A duration in milliseconds with three decimals (microseconds, rounded),
-/// as `{:.3}` of the float would print it, without float formatting.
+/// as `{:.3}` of the float would print it, without float formatting: the
+/// microseconds' digits with a dot before the last three.
 fn millis(out: &mut Vec<u8>, d: Duration) {
     let micros = d.as_secs() * 1_000_000 + u64::from(d.subsec_nanos() + 500) / 1_000;
-    int(out, micros / 1_000);
-    out.push(b'.');
-    let frac = (micros % 1_000) as u16;
-    out.extend_from_slice(&[
-        b'0' + (frac / 100) as u8,
-        b'0' + (frac / 10 % 10) as u8,
-        b'0' + (frac % 10) as u8,
-    ]);
+    let mut buf = itoa::Buffer::new();
+    let digits = buf.format(micros).as_bytes();
+    match digits.len().checked_sub(3) {
+        Some(0) => out.push(b'0'),
+        Some(whole) => out.extend_from_slice(&digits[..whole]),
+        None => {}
+    }
+    let frac = &digits[digits.len().saturating_sub(3)..];
+    // Under a millisecond: `0.` and the fraction's leading zeros.
+    const ZEROS: [&[u8]; 4] = [b"0.000", b"0.00", b"0.0", b"0."];
+    if frac.len() < 3 {
+        out.extend_from_slice(ZEROS[frac.len()]);
+    } else {
+        out.push(b'.');
+    }
+    out.extend_from_slice(frac);
 }
 
 /// `n` as two digits (`n` < 100).
@@ -580,102 +562,16 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn control_characters_are_escaped() {
-        let mut out = Vec::new();
-        escape(&mut out, "a\u{1}b\"\\\n");
-        assert_eq!(out, b"a\\u0001b\\\"\\\\\\n");
-    }
-
-    #[test]
-    fn escaping_copies_plain_runs_and_escapes_the_rest() {
-        let mut out = Vec::new();
-        escape(&mut out, "plain/ascii");
-        assert_eq!(out, b"plain/ascii");
-        out.clear();
-        escape(&mut out, "caf\u{e9} \u{7f}x\u{1f}");
-        assert_eq!(out, "caf\u{e9} \\u007fx\\u001f".as_bytes());
-        // Non-UTF-8 header bytes are replaced, and the line stays JSON.
-        out.clear();
-        bytes(&mut out, b"a\xff\"b");
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v, "a\u{fffd}\"b");
-        // Every byte value, through the JSON parser and back.
-        let all: String = (0u8..=0x7f)
-            .map(char::from)
-            .chain(['\u{e9}', '\u{1f600}'])
-            .collect();
-        out.clear();
-        string(&mut out, &all);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v.as_str(), Some(all.as_str()));
-    }
-
-    #[test]
-    fn the_word_test_agrees_with_a_byte_by_byte_one() {
-        let byte_needs = byte_needs_escape;
-        // Every byte value at every position among plain bytes.
-        for c in 0..=255u8 {
-            for at in 0..8 {
-                let mut word = *b"abcdefgh";
-                word[at] = c;
-                assert_eq!(
-                    word_needs_escape(u64::from_le_bytes(word)),
-                    byte_needs(c),
-                    "byte {c:#x} at {at}"
-                );
-            }
-        }
-        // Mixed words (a fixed xorshift sequence, so a failure repeats).
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for _ in 0..200_000 {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            let expected = x.to_le_bytes().into_iter().any(byte_needs);
-            assert_eq!(word_needs_escape(x), expected, "{x:#018x}");
-        }
-    }
-
-    #[test]
-    fn the_tail_test_agrees_with_a_byte_by_byte_one() {
-        // Every length of a tail, every byte value at every position.
-        for n in 1..8 {
-            for at in 0..n {
-                for c in 0..=255u8 {
-                    let mut tail = b"abcdefg"[..n].to_vec();
-                    tail[at] = c;
-                    assert_eq!(
-                        tail_needs_escape(&tail),
-                        byte_needs_escape(c),
-                        "byte {c:#x} at {at} of {n}"
-                    );
-                }
-            }
-        }
-        assert!(!tail_needs_escape(b""));
-    }
-
-    #[test]
-    fn long_fields_escape_across_words() {
-        let s = format!(
-            "{}\"{}\\{}\u{1}é",
-            "a".repeat(13),
-            "b".repeat(8),
-            "c".repeat(7)
-        );
-        let mut out = Vec::new();
-        string(&mut out, &s);
-        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
-        assert_eq!(v.as_str(), Some(s.as_str()));
-    }
-
-    #[test]
     fn milliseconds_print_as_the_float_would() {
         for nanos in [
             0,
             1,
             499,
             500,
+            7_000,
+            42_000,
+            500_000,
+            999_000,
             999_499,
             999_500,
             1_500_000,
@@ -722,6 +618,82 @@ pub(super) mod tests {
             let mut out = Vec::new();
             ip_addr(&mut out, addr.ip());
             assert_eq!(String::from_utf8(out).unwrap(), addr.ip().to_string());
+        }
+    }
+
+    #[test]
+    fn every_octet_and_port_digit_count_prints_as_display_does() {
+        for o in 0..=255u8 {
+            for port in [0, 7, 42, 443, 8080, 65535] {
+                let addr = SocketAddr::from(([o, 255 - o, o / 2, 10], port));
+                let mut out = Vec::new();
+                socket_addr(&mut out, addr);
+                assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_names_follow_every_change_of_route_listener_and_rule() {
+        let names = |e: &Entry| {
+            let mut out = Vec::new();
+            write_json(e, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            ["gateway", "listener", "route", "namespace", "rule"]
+                .map(|k| v.get(k).map(|v| v.to_string().replace('"', "")))
+        };
+        let some = |s: &str| Some(s.to_owned());
+        let a = entry();
+        let mut b = entry();
+        // Same text, other allocations: still its own names.
+        b.route = Some(Arc::from("shop/payments"));
+        b.listener = Some(Arc::from("https"));
+        let mut c = a.clone();
+        c.rule = Some(4);
+        let mut d = a.clone();
+        d.route = None;
+        d.rule = None;
+        let mut e = a.clone();
+        e.gateway = Arc::from("infra/private");
+        // Many routes, so that slots are shared and entries replaced.
+        let many: Vec<Entry> = (0..40)
+            .map(|i| {
+                let mut m = entry();
+                m.route = Some(Arc::from(format!("ns{i}/r{i}")));
+                m
+            })
+            .collect();
+        for _ in 0..3 {
+            assert_eq!(
+                names(&a),
+                [
+                    some("infra/public"),
+                    some("http"),
+                    some("shop/orders"),
+                    some("shop"),
+                    some("1")
+                ]
+            );
+            assert_eq!(
+                names(&b),
+                [
+                    some("infra/public"),
+                    some("https"),
+                    some("shop/payments"),
+                    some("shop"),
+                    some("1")
+                ]
+            );
+            assert_eq!(names(&c)[4], some("4"));
+            assert_eq!(
+                names(&d),
+                [some("infra/public"), some("http"), None, None, None]
+            );
+            assert_eq!(names(&e)[0], some("infra/private"));
+            for (i, m) in many.iter().enumerate() {
+                assert_eq!(names(m)[2], Some(format!("ns{i}/r{i}")));
+                assert_eq!(names(m)[3], Some(format!("ns{i}")));
+            }
         }
     }
 

@@ -12,6 +12,7 @@
 //! itself, in the spirit of Envoy's response flags, so `grep ' UT '` finds
 //! the upstream timeouts without knowing status codes.
 use std::{
+    cell::Cell,
     net::{IpAddr, SocketAddr},
     path::PathBuf,
     sync::{
@@ -19,7 +20,7 @@ use std::{
         mpsc::{SyncSender, TrySendError},
         Arc,
     },
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use http::{HeaderValue, Method, Uri};
@@ -27,6 +28,7 @@ use prometheus_client::{metrics::counter::Counter, registry::Registry};
 
 use crate::policy::Reason;
 
+mod escape;
 mod format;
 pub mod request_id;
 mod writer;
@@ -360,6 +362,39 @@ pub fn flag(reason: Option<Reason>, answered: &str) -> &'static str {
     }
 }
 
+/// The wall-clock time of `at` (an instant of this thread's recent past or
+/// future), from a pair of clock readings this thread took within the last
+/// second: a request's arrival is logged without reading the clock again.
+/// A step of the wall clock shows within a second.
+pub fn wall_clock(at: Instant) -> SystemTime {
+    const FRESH: Duration = Duration::from_secs(1);
+    thread_local! {
+        static BASE: Cell<Option<(Instant, SystemTime)>> = const { Cell::new(None) };
+    }
+    BASE.with(|base| {
+        if let Some((then, wall)) = base.get() {
+            match at.checked_duration_since(then) {
+                Some(after) if after < FRESH => return wall + after,
+                Some(_) => {}
+                // An instant taken before the readings (a request that
+                // began before another refreshed them).
+                None => {
+                    let before = then.duration_since(at);
+                    if before < FRESH {
+                        return wall.checked_sub(before).unwrap_or(wall);
+                    }
+                }
+            }
+        }
+        let (now, wall) = (Instant::now(), SystemTime::now());
+        base.set(Some((now, wall)));
+        match at.checked_duration_since(now) {
+            Some(after) => wall + after,
+            None => wall.checked_sub(now - at).unwrap_or(wall),
+        }
+    })
+}
+
 /// The trace id (32 lower-case hex digits) of a W3C `traceparent`, when it
 /// is valid by [`TraceParent::parse`](crate::telemetry::TraceParent::parse).
 pub fn trace_id(traceparent: &HeaderValue) -> Option<[u8; 32]> {
@@ -402,6 +437,34 @@ mod tests {
         assert_eq!(flag(Some(Reason::JwtExpired), ""), "UA");
         assert_eq!(flag(Some(Reason::Forbidden), ""), "FB");
         assert_eq!(flag(Some(Reason::NoReadyEndpoints), ""), "UH");
+    }
+
+    #[test]
+    fn wall_clock_times_match_the_clock() {
+        let close = |a: SystemTime, b: SystemTime| {
+            let d = a.duration_since(b).unwrap_or_else(|e| e.duration());
+            assert!(d < Duration::from_millis(50), "{a:?} vs {b:?}");
+        };
+        let now = Instant::now();
+        close(wall_clock(now), SystemTime::now());
+        // From the same readings: later and earlier instants.
+        let later = now + Duration::from_millis(300);
+        assert_eq!(
+            wall_clock(later).duration_since(wall_clock(now)).unwrap(),
+            Duration::from_millis(300)
+        );
+        let earlier = now.checked_sub(Duration::from_millis(200)).unwrap();
+        assert_eq!(
+            wall_clock(now).duration_since(wall_clock(earlier)).unwrap(),
+            Duration::from_millis(200)
+        );
+        // Past the second the readings are taken again.
+        let much_later = now + Duration::from_secs(5);
+        close(
+            wall_clock(much_later),
+            SystemTime::now() + Duration::from_secs(5),
+        );
+        close(wall_clock(Instant::now()), SystemTime::now());
     }
 
     #[test]

@@ -205,12 +205,15 @@ impl Proxy {
             };
             let mut endpoint = endpoint;
             let mut retries = 0;
+            // One clock reading for the first attempt's deadlines and, when
+            // the request is logged, the upstream time.
+            let mut first = Some(tokio::time::Instant::now());
             if seen.timed {
-                seen.sent = Some(std::time::Instant::now());
+                seen.sent = first.map(tokio::time::Instant::into_std);
             }
             loop {
                 // backendRequest covers one attempt until its full response is in.
-                let now = tokio::time::Instant::now();
+                let now = first.take().unwrap_or_else(tokio::time::Instant::now);
                 let deadline = action.timeouts.backend_request.map(|limit| now + limit);
                 // A route without timeouts still gets an answer in time (the
                 // default bounds the response head only: long downloads and

@@ -383,7 +383,7 @@ impl Proxy {
         // awaits below, and every byte of this future is copied as it is
         // polled. A recorded request's spans are made of its entry.
         let mut entry = (self.access_log.enabled() || trace.is_some())
-            .then(|| self.log_entry(conn, &req, request_id.clone()));
+            .then(|| self.log_entry(conn, &req, request_id.clone(), start));
         let mut seen = UpstreamSeen {
             timed: entry.is_some(),
             trace,
@@ -685,6 +685,7 @@ impl Proxy {
         conn: &ConnInfo,
         req: &Request<B>,
         request_id: Option<HeaderValue>,
+        start: Instant,
     ) -> LogEntry {
         let h = req.headers();
         // The headers the entry keeps, in one pass over a request's few
@@ -709,7 +710,7 @@ impl Proxy {
             slot.get_or_insert(value);
         }
         let entry = Entry {
-            time: std::time::SystemTime::now(),
+            time: access_log::wall_clock(start),
             gateway: NONE.clone(),
             listener: None,
             route: None,
