@@ -72,10 +72,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
         key!("sni");
         string(out, s);
     }
-    key!("client");
-    quoted(out, |out| ip_addr(out, e.client));
-    key!("peer");
-    quoted(out, |out| socket_addr(out, e.peer));
+    client_and_peer(out, e.client, e.peer);
     if let Some(v) = &e.x_forwarded_for {
         key!("x_forwarded_for");
         bytes(out, v.as_bytes());
@@ -312,6 +309,30 @@ fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
     }
 }
 
+/// The `client` and `peer` members. The client is nearly always the peer
+/// itself, whose address is then formatted once for both.
+fn client_and_peer(out: &mut Vec<u8>, client: IpAddr, peer: SocketAddr) {
+    match peer {
+        SocketAddr::V4(v4) if client == IpAddr::V4(*v4.ip()) => {
+            let mut buf = [0; 22];
+            let n = ipv4(&mut buf, *v4.ip());
+            out.extend_from_slice(b",\"client\":\"");
+            out.extend_from_slice(&buf[..n]);
+            out.extend_from_slice(b"\",\"peer\":\"");
+            out.extend_from_slice(&buf[..n]);
+            out.push(b':');
+            int(out, v4.port().into());
+            out.push(b'"');
+        }
+        _ => {
+            out.extend_from_slice(b",\"client\":");
+            quoted(out, |out| ip_addr(out, client));
+            out.extend_from_slice(b",\"peer\":");
+            quoted(out, |out| socket_addr(out, peer));
+        }
+    }
+}
+
 /// `1.2.3.4:80` or `[::1]:80`.
 fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
@@ -531,6 +552,24 @@ pub(super) mod tests {
         assert_eq!(v["user_agent"], "curl/8 \"quoted\"");
         assert_eq!(v["principal"], "alice");
         assert!(v.get("policy").is_none());
+        assert_eq!(v["client"], "192.0.2.1");
+        assert_eq!(v["peer"], "192.0.2.1:40000");
+        // A client behind a trusted proxy, and IPv6.
+        for (client, peer) in [
+            ("203.0.113.9", "192.0.2.1:40000"),
+            ("2001:db8::1", "[2001:db8::1]:443"),
+        ] {
+            let mut e = entry();
+            e.client = client.parse().unwrap();
+            e.peer = peer.parse().unwrap();
+            let mut out = Vec::new();
+            write_json(&e, &mut out);
+            let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(
+                (v["client"].as_str(), v["peer"].as_str()),
+                (Some(client), Some(peer))
+            );
+        }
     }
 
     #[test]
