@@ -19,40 +19,45 @@ use super::{
 
 /// Appends `e` as one JSON object and a newline.
 pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
-    // `time` comes first; every other key with its leading comma is one
-    // literal.
+    // A key with its leading comma, as one literal (`time` comes first).
     macro_rules! key {
         ($k:literal) => {
             out.extend_from_slice(concat!(",\"", $k, "\":").as_bytes())
         };
     }
-    out.extend_from_slice(b"{\"time\":\"");
+    // Literal runs between values in one piece: a string value's closing
+    // quote goes with the next key. Methods (tokens, RFC 9110 §5.6.2),
+    // versions, flags and reasons never need escaping.
+    macro_rules! lit {
+        ($s:literal) => {
+            out.extend_from_slice($s.as_bytes())
+        };
+    }
+    lit!("{\"time\":\"");
     rfc3339(e.time, out);
     out.push(b'"');
     names_json(e, out);
-    key!("method");
-    known(out, e.method.as_str());
+    lit!(",\"method\":\"");
+    out.extend_from_slice(e.method.as_str().as_bytes());
     if let Some(a) = e.authority() {
-        key!("authority");
-        bytes(out, a);
+        lit!("\",\"authority\":\"");
+        escape_bytes(out, a);
     }
-    key!("path");
-    out.push(b'"');
+    lit!("\",\"path\":\"");
     write_path(e, out, escape);
-    out.push(b'"');
-    key!("protocol");
-    known(out, version(e.version));
-    key!("status");
+    lit!("\",\"protocol\":\"");
+    out.extend_from_slice(version(e.version).as_bytes());
+    lit!("\",\"status\":");
     int(out, e.status.into());
-    key!("flag");
-    known(out, e.flag);
-    key!("reason");
-    known(out, e.reason);
-    key!("bytes_in");
+    lit!(",\"flag\":\"");
+    out.extend_from_slice(e.flag.as_bytes());
+    lit!("\",\"reason\":\"");
+    out.extend_from_slice(e.reason.as_bytes());
+    lit!("\",\"bytes_in\":");
     int(out, e.bytes_in);
-    key!("bytes_out");
+    lit!(",\"bytes_out\":");
     int(out, e.bytes_out);
-    key!("duration_ms");
+    lit!(",\"duration_ms\":");
     millis(out, e.duration);
     if let Some(u) = e.upstream {
         key!("upstream");
@@ -391,8 +396,21 @@ const OCTETS: [([u8; 4], u8); 256] = {
     table
 };
 
+/// `n` in decimal. One digit (retries, an empty body, a rule index) and
+/// three (every status code) are written directly.
 fn int(out: &mut Vec<u8>, n: u64) {
-    out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes());
+    match n {
+        0..=9 => out.push(b'0' + n as u8),
+        100..=999 => {
+            let n = n as u16;
+            out.extend_from_slice(&[
+                b'0' + (n / 100) as u8,
+                b'0' + (n / 10 % 10) as u8,
+                b'0' + (n % 10) as u8,
+            ])
+        }
+        _ => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+    }
 }
 
 /// A duration in milliseconds with three decimals (microseconds, rounded),
@@ -598,6 +616,15 @@ pub(super) mod tests {
              /orders/7?token=REDACTED&debug HTTP/1.1 201 - 12 34 1.500 10.0.0.7:8080 1.200 \
              shop/orders rid-1 \"curl/8 \\\"quoted\\\"\" alice upstream\n"
         );
+    }
+
+    #[test]
+    fn integers_print_as_display_does() {
+        for n in (0..2_000).chain([9_999, 10_000, 65_535, u64::from(u32::MAX), u64::MAX]) {
+            let mut out = Vec::new();
+            int(&mut out, n);
+            assert_eq!(String::from_utf8(out).unwrap(), n.to_string());
+        }
     }
 
     #[test]
