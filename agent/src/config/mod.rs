@@ -36,7 +36,7 @@ pub use load::{
 pub use model::*;
 pub use policy::SluicePolicy;
 pub use refs::NAMESPACE_NAME_LABEL;
-pub use watch::DirWatcher;
+pub use watch::{settle, DirWatcher};
 
 /// Where in the input a problem was found.
 #[derive(Debug, Clone, PartialEq, Eq)]

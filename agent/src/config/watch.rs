@@ -90,15 +90,23 @@ impl DirWatcher {
     /// quiet for `quiet` (at most ten times `quiet`). `false` when the watch
     /// has ended.
     pub async fn settle(&mut self, quiet: Duration) -> bool {
-        let give_up = tokio::time::Instant::now() + quiet * 10;
-        loop {
-            let until = (tokio::time::Instant::now() + quiet).min(give_up);
-            match tokio::time::timeout_at(until, self.rx.recv()).await {
-                Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
-                Ok(Some(())) => return true,
-                Ok(None) => return false,
-                Err(_) => return true,
-            }
+        settle(&mut self.rx, quiet, quiet * 10).await
+    }
+}
+
+/// After a change was signalled on `rx`: waits until `quiet` passes without
+/// another signal, but no longer than `max` in all, so that a source that
+/// never stops changing (a stream of status echoes, a directory being
+/// written to) still gets its changes applied. `false` when `rx` has ended.
+pub async fn settle(rx: &mut mpsc::Receiver<()>, quiet: Duration, max: Duration) -> bool {
+    let give_up = tokio::time::Instant::now() + max;
+    loop {
+        let until = (tokio::time::Instant::now() + quiet).min(give_up);
+        match tokio::time::timeout_at(until, rx.recv()).await {
+            Ok(Some(())) if tokio::time::Instant::now() < give_up => continue,
+            Ok(Some(())) => return true,
+            Ok(None) => return false,
+            Err(_) => return true,
         }
     }
 }
@@ -146,6 +154,39 @@ mod tests {
             start.elapsed()
         );
         feeder.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_steady_stream_of_signals_waits_at_most_max() {
+        // The Kubernetes source's case: a 20 ms quiet period, echoes every
+        // 5 ms for seconds; the change must go through after 100 ms.
+        let (quiet, max) = (Duration::from_millis(20), Duration::from_millis(100));
+        let (tx, mut rx) = mpsc::channel(1);
+        let feeder = tokio::spawn(async move {
+            for _ in 0..1_000 {
+                if tx.send(()).await.is_err() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(1)).await;
+        let start = tokio::time::Instant::now();
+        assert!(settle(&mut rx, quiet, max).await);
+        let waited = start.elapsed();
+        assert!(
+            waited >= max && waited <= max + Duration::from_millis(5),
+            "{waited:?}"
+        );
+        feeder.abort();
+        // Alone, a signal waits one quiet period; an ended channel says so.
+        let (tx, mut rx) = mpsc::channel(1);
+        tx.send(()).await.unwrap();
+        let start = tokio::time::Instant::now();
+        assert!(settle(&mut rx, quiet, max).await);
+        assert_eq!(start.elapsed(), quiet);
+        drop(tx);
+        assert!(!settle(&mut rx, quiet, max).await);
     }
 
     #[test]

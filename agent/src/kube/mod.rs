@@ -400,15 +400,24 @@ async fn sync_loop(
             _ = tokio::time::sleep(POD_RETRY), if !pods.unresolved.is_empty() => {}
             _ = stop.changed() => return,
         }
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep(debounce) => break,
-                c = changed.recv() => if c.is_none() { return },
-                _ = stop.changed() => return,
+        // Not longer than DEBOUNCE_MAX in all: the echoes of a status round
+        // over thousands of objects arrive every few milliseconds for
+        // seconds, and a change made meanwhile must not wait for them to end
+        // (it did: 4 s for the first change after 1,000 new routes).
+        tokio::select! {
+            settled = crate::config::settle(&mut changed, debounce, DEBOUNCE_MAX) => {
+                if !settled {
+                    return;
+                }
             }
+            _ = stop.changed() => return,
         }
     }
 }
+
+/// The longest a change waits for the quiet period (`KubeSettings::debounce`)
+/// while more changes keep coming.
+const DEBOUNCE_MAX: Duration = Duration::from_millis(100);
 
 /// The status of everything of our classes, for the leader. Gateways this
 /// node does not serve (`sluice.dev/node-selector`) are not in the applied
