@@ -319,14 +319,11 @@ fn ip_addr(out: &mut Vec<u8>, ip: IpAddr) {
 fn client_and_peer(out: &mut Vec<u8>, client: IpAddr, peer: SocketAddr) {
     match peer {
         SocketAddr::V4(v4) if client == IpAddr::V4(*v4.ip()) => {
-            let mut buf = [0; 22];
-            let n = ipv4(&mut buf, *v4.ip());
+            let (buf, ip, all) = v4_text(v4);
             out.extend_from_slice(b",\"client\":\"");
-            out.extend_from_slice(&buf[..n]);
+            out.extend_from_slice(&buf[..ip]);
             out.extend_from_slice(b"\",\"peer\":\"");
-            out.extend_from_slice(&buf[..n]);
-            out.push(b':');
-            int(out, v4.port().into());
+            out.extend_from_slice(&buf[..all]);
             out.push(b'"');
         }
         _ => {
@@ -342,16 +339,8 @@ fn client_and_peer(out: &mut Vec<u8>, client: IpAddr, peer: SocketAddr) {
 fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
     match addr {
         SocketAddr::V4(v4) => {
-            // Address and port in one buffer, copied once.
-            let mut buf = [0; 22];
-            let mut n = ipv4(&mut buf, *v4.ip());
-            buf[n] = b':';
-            n += 1;
-            let mut digits = itoa::Buffer::new();
-            let port = digits.format(v4.port()).as_bytes();
-            let len = port.len();
-            buf[n..n + len].copy_from_slice(port);
-            out.extend_from_slice(&buf[..n + len]);
+            let (buf, _, all) = v4_text(v4);
+            out.extend_from_slice(&buf[..all]);
         }
         SocketAddr::V6(v6) => {
             let _ = write!(out, "[{}", v6.ip());
@@ -362,6 +351,19 @@ fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
             int(out, v6.port().into());
         }
     }
+}
+
+/// `1.2.3.4:80` in a buffer, copied once: the buffer, the address's
+/// length and the whole length.
+fn v4_text(addr: std::net::SocketAddrV4) -> ([u8; 22], usize, usize) {
+    let mut buf = [0; 22];
+    let ip = ipv4(&mut buf, *addr.ip());
+    buf[ip] = b':';
+    let mut digits = itoa::Buffer::new();
+    let port = digits.format(addr.port()).as_bytes();
+    let all = ip + 1 + port.len();
+    buf[ip + 1..all].copy_from_slice(port);
+    (buf, ip, all)
 }
 
 /// Writes `ip` at the start of `buf`; returns its length.
