@@ -1,5 +1,5 @@
-//! JSON string escaping (RFC 8259 §7) for access log lines, on the writer
-//! thread.
+//! JSON string escaping (RFC 8259 §7) for access log lines, on the request
+//! path (a line is formatted when its response ends).
 //!
 //! Nearly every field needs no escaping, so a field is first scanned eight
 //! bytes at a time (a few word operations per eight bytes, no branch per

@@ -1,7 +1,7 @@
-//! Formatting of access log entries, on the writer thread: JSON (one object
-//! per line) or text (fixed field order). Written by hand into a reused
-//! buffer — a line is a few hundred bytes and the writer formats thousands
-//! per second.
+//! Formatting of access log entries, on the thread that finished the
+//! request: JSON (one object per line) or text (fixed field order). Written
+//! by hand into a reused buffer — a line is a few hundred bytes, and this
+//! runs once per request.
 use std::{
     cell::RefCell,
     io::Write as _,
@@ -113,7 +113,7 @@ pub fn write_json(e: &Entry, out: &mut Vec<u8>) {
 
 /// The names of the entry's Gateway, listener, route (with its namespace)
 /// and rule, as JSON members (`,"gateway":…,"rule":1`): nearly every line
-/// repeats those of a few hot routes, so the writer keeps the rendered
+/// repeats those of a few hot routes, so each thread keeps the rendered
 /// members of the last sixteen combinations it saw, keyed by the identity
 /// of the snapshot's shared names (held here, so an address is never
 /// reused for another name while it is a key).
@@ -444,7 +444,7 @@ fn two(out: &mut Vec<u8>, n: u32) {
 }
 
 /// `2026-12-07T01:02:03.456Z`. The date and time up to the second is kept
-/// per thread: the writer formats many lines within one second.
+/// per thread: a thread formats many lines within one second.
 fn rfc3339(t: SystemTime, out: &mut Vec<u8>) {
     thread_local! {
         static SECOND: std::cell::Cell<(u64, [u8; 19])> = const { std::cell::Cell::new((u64::MAX, [0; 19])) };

@@ -1,25 +1,23 @@
 //! Access logs: one structured line per request, written off the request
 //! path.
 //!
-//! The data path fills an [`Entry`] (shared names, a few small copies) and
-//! hands it to a bounded channel with `try_send`: when the writer falls
-//! behind, the entry is dropped and counted (`sluice_access_log_dropped_total`),
-//! so a slow disk or a stalled stdout never delays a request. A writer thread
-//! ([`writer`]) formats and writes the lines in batches, and reopens a file
-//! destination when asked (SIGHUP, for log rotation).
+//! The data path fills an [`Entry`] (shared names, a few small copies) as
+//! the request goes; when the response ends, the line is formatted on the
+//! same thread and appended to a bounded buffer ([`writer`]). When the
+//! writer falls behind, lines are dropped and counted
+//! (`sluice_access_log_dropped_total`), so a slow disk or a stalled stdout
+//! never delays a request. A writer thread writes the waiting lines in one
+//! piece every few milliseconds, and reopens a file destination when asked
+//! (SIGHUP, for log rotation).
 //!
 //! The response flag ([`flag`]) is a short code for answers the gateway made
 //! itself, in the spirit of Envoy's response flags, so `grep ' UT '` finds
 //! the upstream timeouts without knowing status codes.
 use std::{
-    cell::Cell,
+    cell::{Cell, RefCell},
     net::{IpAddr, SocketAddr},
     path::PathBuf,
-    sync::{
-        atomic::{AtomicBool, Ordering},
-        mpsc::{SyncSender, TrySendError},
-        Arc,
-    },
+    sync::{atomic::Ordering, Arc},
     time::{Duration, Instant, SystemTime},
 };
 
@@ -96,7 +94,7 @@ pub struct Settings {
     /// Only requests answered with at least this status are logged (e.g.
     /// 400 for errors only); 0 logs everything.
     pub min_status: u16,
-    /// Entries waiting for the writer; past this, entries are dropped.
+    /// Lines waiting for the writer; past this, lines are dropped.
     pub queue: usize,
 }
 
@@ -132,14 +130,13 @@ pub struct AccessLog {
 }
 
 struct Inner {
-    tx: SyncSender<Box<Entry>>,
+    shared: Arc<writer::Shared>,
+    format: Format,
     min_status: u16,
     query: QueryMode,
-    written: Counter,
     dropped: Counter,
     /// Left out by a policy's `accessLog` filter.
     filtered: Counter,
-    reopen: Arc<AtomicBool>,
 }
 
 impl std::fmt::Debug for AccessLog {
@@ -159,20 +156,16 @@ impl AccessLog {
             Destination::Stdout => writer::Sink::Stdout,
             Destination::File(path) => writer::Sink::file(path)?,
         };
-        let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
-        let written = Counter::default();
-        let reopen = Arc::new(AtomicBool::new(false));
-        writer::spawn(rx, sink, settings.format, written.clone(), reopen.clone())
-            .map_err(AccessLogError::Thread)?;
+        let shared = Arc::new(writer::Shared::new(settings.queue));
+        writer::spawn(shared.clone(), sink).map_err(AccessLogError::Thread)?;
         Ok(Self {
             inner: Some(Arc::new(Inner {
-                tx,
+                shared,
+                format: settings.format,
                 min_status: settings.min_status,
                 query: settings.query,
-                written,
                 dropped: Counter::default(),
                 filtered: Counter::default(),
-                reopen,
             })),
         })
     }
@@ -189,9 +182,10 @@ impl AccessLog {
         self.inner.as_ref().map_or(QueryMode::Drop, |i| i.query)
     }
 
-    /// Queues `entry` for the writer, or drops and counts it when the
-    /// writer is behind. Never blocks.
-    pub fn send(&self, entry: Box<Entry>) {
+    /// Formats `entry`'s line and leaves it for the writer, or drops and
+    /// counts it when the writer is behind. Never blocks: the lock it
+    /// takes is only ever held for a copy.
+    pub fn send(&self, entry: &Entry) {
         let Some(inner) = &self.inner else { return };
         if entry.status < inner.min_status {
             return;
@@ -200,18 +194,28 @@ impl AccessLog {
             inner.filtered.inc();
             return;
         }
-        match inner.tx.try_send(entry) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
-                inner.dropped.inc();
+        thread_local! {
+            // Formatted here first: the shared buffer's lock is then held
+            // for one copy, not for the formatting.
+            static LINE: RefCell<Vec<u8>> = RefCell::new(Vec::with_capacity(1024));
+        }
+        let kept = LINE.with_borrow_mut(|line| {
+            line.clear();
+            match inner.format {
+                Format::Json => write_json(entry, line),
+                Format::Text => write_text(entry, line),
             }
+            inner.shared.push(line)
+        });
+        if !kept {
+            inner.dropped.inc();
         }
     }
 
     /// Asks the writer to reopen a file destination (after rotation).
     pub fn reopen(&self) {
         if let Some(inner) = &self.inner {
-            inner.reopen.store(true, Ordering::Release);
+            inner.shared.reopen.store(true, Ordering::Release);
         }
     }
 
@@ -219,13 +223,17 @@ impl AccessLog {
     pub fn counts(&self) -> (u64, u64) {
         self.inner
             .as_ref()
-            .map_or((0, 0), |i| (i.written.get(), i.dropped.get()))
+            .map_or((0, 0), |i| (i.shared.written.get(), i.dropped.get()))
     }
 
     /// `sluice_access_log_lines_total` and `sluice_access_log_dropped_total`.
     pub fn register(&self, registry: &mut Registry) {
         let (written, dropped, filtered) = match &self.inner {
-            Some(i) => (i.written.clone(), i.dropped.clone(), i.filtered.clone()),
+            Some(i) => (
+                i.shared.written.clone(),
+                i.dropped.clone(),
+                i.filtered.clone(),
+            ),
             None => Default::default(),
         };
         registry.register(
@@ -248,7 +256,8 @@ impl AccessLog {
     }
 }
 
-/// One request, as logged. Filled by the gateway; formatted by the writer.
+/// One request, as logged. Filled by the gateway as the request goes;
+/// formatted when its response ends.
 #[derive(Debug, Clone)]
 pub struct Entry {
     /// When the request head was received.
@@ -264,7 +273,7 @@ pub struct Entry {
     /// The `Host` header, when the request target has no authority (which
     /// the entry has in `uri` then): read it with [`Entry::authority`].
     pub authority: Option<HeaderValue>,
-    /// Path and query as received (the writer applies the query mode).
+    /// Path and query as received (formatting applies the query mode).
     pub uri: Uri,
     pub query: QueryMode,
     pub version: http::Version,
@@ -479,9 +488,60 @@ mod tests {
     }
 
     #[test]
+    fn lines_from_many_threads_arrive_whole_also_after_the_last_handle_goes() {
+        let dir = std::env::temp_dir().join(format!("sluice-al-mt-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        let log = AccessLog::start(&Settings {
+            destination: Destination::File(path.clone()),
+            ..Settings::default()
+        })
+        .unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|t| {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    for i in 0..500 {
+                        let mut e = format::tests::entry();
+                        e.bytes_in = t * 1_000 + i;
+                        log.send(&e);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        // The writer writes what is waiting when the last handle is gone,
+        // then ends.
+        drop(log);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let text = loop {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            if text.lines().count() >= 2_000 || Instant::now() > deadline {
+                break text;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        let mut seen: Vec<u64> = text
+            .lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).expect("a whole JSON line");
+                v["bytes_in"].as_u64().unwrap()
+            })
+            .collect();
+        seen.sort_unstable();
+        let sent: Vec<u64> = (0..4)
+            .flat_map(|t| (0..500).map(move |i| t * 1_000 + i))
+            .collect();
+        assert_eq!(seen, sent, "every line once, none torn");
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[test]
     fn a_full_queue_drops_and_counts_without_blocking() {
-        // A writer that cannot keep up: a pipe nobody reads would do, but a
-        // queue of one with a slow sink is enough to see drops.
+        // A writer that cannot keep up: a pipe nobody reads would do, but
+        // room for one line, taken every 10 ms, is enough to see drops.
         let dir = std::env::temp_dir().join(format!("sluice-al-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let log = AccessLog::start(&Settings {
@@ -492,7 +552,7 @@ mod tests {
         .unwrap();
         let start = std::time::Instant::now();
         for _ in 0..10_000 {
-            log.send(Box::new(format::tests::entry()));
+            log.send(&format::tests::entry());
         }
         // 10,000 sends into a queue of one cannot all have waited for a
         // disk write each; the generous bound only catches blocking.

@@ -1,29 +1,86 @@
-//! The writer thread: takes entries off the queue, formats them and writes
-//! them in batches; reopens a file destination when asked. A thread of its
-//! own rather than a task: file writes block, and a blocked writer must not
-//! hold up any of the data path's runtimes.
+//! Where lines wait, and the thread that writes them. The data path formats
+//! a finished request's line on its own thread (the entry is hot in its
+//! cache there, and its memory is freed where it was allocated) and appends
+//! it to one shared buffer under a lock held for a copy only. The writer
+//! thread swaps that buffer for an empty one every [`FLUSH_EVERY`] and
+//! writes it with the lock released, so a slow disk or a stalled stdout
+//! never holds up a request: once [`Pending`] holds the configured number
+//! of lines, more are dropped and counted. A thread of its own rather than
+//! a task: file writes block, and a blocked writer must not hold up any of
+//! the data path's runtimes.
 use std::{
     fs::{File, OpenOptions},
     io::Write,
     path::{Path, PathBuf},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc::{Receiver, TryRecvError},
-        Arc,
+        Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
 };
 
 use prometheus_client::metrics::counter::Counter;
 
-use super::{AccessLogError, Entry, Format};
+use super::AccessLogError;
 
-/// Entries formatted before one write.
-const BATCH: usize = 256;
-/// How often the writer drains the queue (and looks at the reopen flag).
-/// Lines reach the file at most this late; the queue must hold what
-/// arrives meanwhile (16,384 entries: 1.6 million requests per second).
+/// How often the writer takes the waiting lines (and looks at the reopen
+/// flag). Lines reach the destination at most about this late; the
+/// buffer must hold what arrives meanwhile (16,384 lines: 1.6 million
+/// requests per second).
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
+
+/// Lines formatted and waiting for the writer, in the order they were
+/// finished.
+#[derive(Default)]
+pub(super) struct Pending {
+    buf: Vec<u8>,
+    lines: usize,
+}
+
+/// What the data path and the writer thread share.
+pub(super) struct Shared {
+    pending: Mutex<Pending>,
+    /// Lines that may wait; past it, lines are dropped.
+    capacity: usize,
+    pub(super) reopen: AtomicBool,
+    pub(super) written: Counter,
+}
+
+impl Shared {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self {
+            pending: Mutex::default(),
+            capacity: capacity.max(1),
+            reopen: AtomicBool::new(false),
+            written: Counter::default(),
+        }
+    }
+
+    /// Appends one formatted line; `false` (and nothing appended) when
+    /// `capacity` lines are waiting already.
+    pub(super) fn push(&self, line: &[u8]) -> bool {
+        let mut p = self.lock();
+        if p.lines >= self.capacity {
+            return false;
+        }
+        p.buf.extend_from_slice(line);
+        p.lines += 1;
+        true
+    }
+
+    /// Swaps the waiting lines for the (empty) `spare`; their count.
+    fn take(&self, spare: &mut Vec<u8>) -> usize {
+        let mut p = self.lock();
+        std::mem::swap(&mut p.buf, spare);
+        std::mem::take(&mut p.lines)
+    }
+
+    // Nothing under the lock can leave the buffer inconsistent (a failed
+    // allocation aborts), so a poisoned lock is taken as it is.
+    fn lock(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
 
 pub(super) enum Sink {
     Stdout,
@@ -77,49 +134,31 @@ fn open(path: &Path) -> Result<File, AccessLogError> {
         })
 }
 
-pub(super) fn spawn(
-    rx: Receiver<Box<Entry>>,
-    mut sink: Sink,
-    format: Format,
-    written: Counter,
-    reopen: Arc<AtomicBool>,
-) -> std::io::Result<()> {
+/// Starts the writer thread. It ends, after writing what is left, once it
+/// holds the last reference to `shared` (every handle is gone).
+pub(super) fn spawn(shared: Arc<Shared>, mut sink: Sink) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("sluice-access-log".into())
         .spawn(move || {
             let mut buf = Vec::with_capacity(64 * 1024);
             let mut failing = false;
             loop {
-                // Polled, never blocked on: a receiver waiting in `recv`
-                // makes every sender wake it (a futex call and a context
-                // switch per request, measured at ~40 % of the request
-                // path's CPU). Entries wait up to FLUSH_EVERY in the queue.
-                let mut n = 0;
-                let mut gone = false;
-                while n < BATCH {
-                    match rx.try_recv() {
-                        Ok(e) => {
-                            n += 1;
-                            match format {
-                                Format::Json => super::write_json(&e, &mut buf),
-                                Format::Text => super::write_text(&e, &mut buf),
-                            }
-                        }
-                        Err(TryRecvError::Empty) => break,
-                        // Every handle is gone: the agent is stopping.
-                        Err(TryRecvError::Disconnected) => {
-                            gone = true;
-                            break;
-                        }
-                    }
-                }
-                if reopen.swap(false, Ordering::AcqRel) {
+                // Read before taking: a handle dropped after this read
+                // appended its lines before it went, so the take below
+                // gets them.
+                let last = Arc::strong_count(&shared) == 1;
+                // Pairs with the release of the handles' last drop.
+                std::sync::atomic::fence(Ordering::Acquire);
+                if shared.reopen.swap(false, Ordering::AcqRel) {
                     sink.reopen();
                 }
+                // Polled, never waited for: a writer woken by every line
+                // costs a futex call and a context switch per request.
+                let n = shared.take(&mut buf);
                 if n > 0 {
                     match sink.write(&buf) {
                         Ok(()) => {
-                            written.inc_by(n as u64);
+                            shared.written.inc_by(n as u64);
                             failing = false;
                         }
                         // Logged once per outage, not per batch.
@@ -131,14 +170,32 @@ pub(super) fn spawn(
                     }
                     buf.clear();
                 }
-                if gone {
+                if last {
                     break;
                 }
-                // A full batch: more are probably waiting.
-                if n < BATCH {
-                    std::thread::sleep(FLUSH_EVERY);
-                }
+                std::thread::sleep(FLUSH_EVERY);
             }
         })
         .map(drop)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_wait_in_order_up_to_the_capacity() {
+        let s = Shared::new(2);
+        assert!(s.push(b"a\n"));
+        assert!(s.push(b"b\n"));
+        assert!(!s.push(b"c\n"), "a third line past a capacity of two");
+        let mut buf = Vec::new();
+        assert_eq!(s.take(&mut buf), 2);
+        assert_eq!(buf, b"a\nb\n");
+        // Taking makes room again.
+        assert!(s.push(b"d\n"));
+        let mut buf = Vec::new();
+        assert_eq!(s.take(&mut buf), 1);
+        assert_eq!(buf, b"d\n");
+    }
 }

@@ -108,17 +108,9 @@ impl LoggedResponse {
             .as_ref()
             .map_or(0, |r| r.load(Ordering::Relaxed));
         e.incomplete = !(self.finished || self.inner.is_end_stream());
-        match (
-            self.log.enabled(),
-            e.trace.is_some() && self.tracer.enabled(),
-        ) {
-            (true, true) => {
-                self.tracer.send(e.clone());
-                self.log.send(e);
-            }
-            (true, false) => self.log.send(e),
-            (false, true) => self.tracer.send(e),
-            (false, false) => {}
+        self.log.send(&e);
+        if e.trace.is_some() && self.tracer.enabled() {
+            self.tracer.send(e);
         }
     }
 }
