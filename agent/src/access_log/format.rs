@@ -354,8 +354,34 @@ fn socket_addr(out: &mut Vec<u8>, addr: SocketAddr) {
 }
 
 /// `1.2.3.4:80` in a buffer, copied once: the buffer, the address's
-/// length and the whole length.
+/// length and the whole length. The few upstream endpoints and a
+/// keep-alive connection's peer come back line after line, so each thread
+/// keeps the text of the last 32 addresses it wrote, one slot per address
+/// picked by its port and address bits.
 fn v4_text(addr: std::net::SocketAddrV4) -> ([u8; 22], usize, usize) {
+    /// The address as `ip << 16 | port`, its text and the two lengths.
+    type Slot = (u64, [u8; 22], u8, u8);
+    const SLOTS: usize = 32;
+    // 48 bits are used: an empty slot's key matches no address.
+    const EMPTY: Slot = (u64::MAX, [0; 22], 0, 0);
+    thread_local! {
+        static MEMO: [std::cell::Cell<Slot>; SLOTS] = const { [const { std::cell::Cell::new(EMPTY) }; SLOTS] };
+    }
+    let key = u64::from(addr.ip().to_bits()) << 16 | u64::from(addr.port());
+    let slot = (key ^ key >> 16 ^ key >> 32) as usize % SLOTS;
+    MEMO.with(|memo| {
+        let (k, buf, ip, all) = memo[slot].get();
+        if k == key {
+            return (buf, usize::from(ip), usize::from(all));
+        }
+        let (buf, ip, all) = v4_text_uncached(addr);
+        // At most 21 bytes: the lengths fit.
+        memo[slot].set((key, buf, ip as u8, all as u8));
+        (buf, ip, all)
+    })
+}
+
+fn v4_text_uncached(addr: std::net::SocketAddrV4) -> ([u8; 22], usize, usize) {
     let mut buf = [0; 22];
     let ip = ipv4(&mut buf, *addr.ip());
     buf[ip] = b':';
@@ -401,16 +427,13 @@ const OCTETS: [([u8; 4], u8); 256] = {
 /// `n` in decimal. One digit (retries, an empty body, a rule index) and
 /// three (every status code) are written directly.
 fn int(out: &mut Vec<u8>, n: u64) {
+    // Up to four digits (statuses, small bodies, milliseconds) directly.
+    let d = |x: u64| b'0' + (x % 10) as u8;
     match n {
-        0..=9 => out.push(b'0' + n as u8),
-        100..=999 => {
-            let n = n as u16;
-            out.extend_from_slice(&[
-                b'0' + (n / 100) as u8,
-                b'0' + (n / 10 % 10) as u8,
-                b'0' + (n % 10) as u8,
-            ])
-        }
+        0..=9 => out.push(d(n)),
+        10..=99 => out.extend_from_slice(&[d(n / 10), d(n)]),
+        100..=999 => out.extend_from_slice(&[d(n / 100), d(n / 10), d(n)]),
+        1_000..=9_999 => out.extend_from_slice(&[d(n / 1_000), d(n / 100), d(n / 10), d(n)]),
         _ => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
     }
 }
@@ -420,6 +443,15 @@ fn int(out: &mut Vec<u8>, n: u64) {
 /// microseconds' digits with a dot before the last three.
 fn millis(out: &mut Vec<u8>, d: Duration) {
     let micros = d.as_secs() * 1_000_000 + u64::from(d.subsec_nanos() + 500) / 1_000;
+    // Under ten seconds, as nearly every request is: the whole
+    // milliseconds, then the three decimals at once.
+    if micros < 10_000_000 {
+        let frac = micros % 1_000;
+        int(out, micros / 1_000);
+        let d = |x: u64| b'0' + (x % 10) as u8;
+        out.extend_from_slice(&[b'.', d(frac / 100), d(frac / 10), d(frac)]);
+        return;
+    }
     let mut buf = itoa::Buffer::new();
     let digits = buf.format(micros).as_bytes();
     match digits.len().checked_sub(3) {
@@ -697,6 +729,24 @@ pub(super) mod tests {
                 let mut out = Vec::new();
                 socket_addr(&mut out, addr);
                 assert_eq!(String::from_utf8(out).unwrap(), addr.to_string());
+            }
+        }
+    }
+
+    #[test]
+    fn remembered_addresses_are_the_address_written() {
+        // 200 addresses over 32 slots, in two passes and interleaved with
+        // their neighbours: every slot is taken, replaced and hit.
+        let addrs: Vec<SocketAddr> = (0..200u16)
+            .map(|i| SocketAddr::from(([10, 0, (i % 7) as u8, (i / 7) as u8], 40_000 + i % 50)))
+            .collect();
+        for _ in 0..2 {
+            for (i, addr) in addrs.iter().enumerate() {
+                for a in [addr, &addrs[(i * 31) % addrs.len()], addr] {
+                    let mut out = Vec::new();
+                    socket_addr(&mut out, *a);
+                    assert_eq!(String::from_utf8(out).unwrap(), a.to_string());
+                }
             }
         }
     }
