@@ -209,6 +209,8 @@ pub struct App {
     admin: AdminServer,
     metrics_server: Option<AdminServer>,
     admin_state: Arc<AdminState>,
+    /// Flushed when the agent stops, after connections drained.
+    access_log: crate::access_log::AccessLog,
 }
 
 pub async fn build(settings: Settings) -> Result<App, AppError> {
@@ -268,7 +270,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         Proxy::new(snapshot.clone(), metrics.clone())
             .with_trusted_proxies(settings.trusted_proxies.clone())
             .with_edge(settings.edge.clone().resolved())
-            .with_access_log(access_log, settings.request_ids)
+            .with_access_log(access_log.clone(), settings.request_ids)
             .with_tracer(tracer)
             .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),
     );
@@ -499,6 +501,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         sources,
         admin,
         admin_state,
+        access_log,
     })
 }
 
@@ -664,6 +667,15 @@ impl App {
             let _ = w.await;
         }
         self.runtime.shutdown().await;
+        // The drained connections' last lines; bounded, as a stalled
+        // destination would never take them.
+        if !self
+            .access_log
+            .flush(std::time::Duration::from_secs(2))
+            .await
+        {
+            tracing::warn!("the access log's last lines were not written in time");
+        }
         self.admin.shutdown().await;
         if let Some(m) = self.metrics_server {
             m.shutdown().await;

@@ -243,6 +243,31 @@ async fn the_status_filter_keeps_only_errors() {
 }
 
 #[tokio::test]
+async fn lines_of_the_last_requests_are_written_before_shutdown_returns() {
+    let log = log_path("last.log");
+    let s = start_logging(&log, |_| {}).await;
+    for i in 0..5 {
+        let status = s
+            .client
+            .get("shop.example.com", &format!("/last/{i}"))
+            .await
+            .status;
+        assert_eq!(status, 200);
+    }
+    s.app.shutdown().await;
+    // Read at once: the agent flushed the log as it stopped.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let paths: Vec<String> = text
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["path"].to_string())
+        .collect();
+    assert_eq!(
+        paths,
+        (0..5).map(|i| format!("\"/last/{i}\"")).collect::<Vec<_>>()
+    );
+}
+
+#[tokio::test]
 async fn sighup_reopens_the_file_after_rotation() {
     let log = log_path("rotated.log");
     let s = start_logging(&log, |_| {}).await;

@@ -212,6 +212,28 @@ impl AccessLog {
         }
     }
 
+    /// Waits (at most `limit`) until the lines of requests finished before
+    /// the call are written: the agent calls it when it stops, after the
+    /// last connections drained, so their lines are not lost with the
+    /// process. `false` when the writer did not get there in time (a
+    /// stalled destination).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        // The round under way may have taken the buffer before the last
+        // lines came; the one after it takes them.
+        let until = inner.shared.rounds.load(Ordering::Acquire) + 2;
+        let deadline = Instant::now() + limit;
+        while inner.shared.rounds.load(Ordering::Acquire) < until {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
+    }
+
     /// Asks the writer to reopen a file destination (after rotation).
     pub fn reopen(&self) {
         if let Some(inner) = &self.inner {
@@ -536,6 +558,28 @@ mod tests {
             .collect();
         assert_eq!(seen, sent, "every line once, none torn");
         std::fs::remove_dir_all(&dir).ok();
+    }
+
+    #[tokio::test]
+    async fn a_flush_returns_once_the_lines_are_written() {
+        let dir = std::env::temp_dir().join(format!("sluice-al-flush-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("a.log");
+        let log = AccessLog::start(&Settings {
+            destination: Destination::File(path.clone()),
+            ..Settings::default()
+        })
+        .unwrap();
+        for round in 0..20 {
+            log.send(&format::tests::entry());
+            assert!(log.flush(Duration::from_secs(10)).await);
+            // Read at once: no waiting for the writer here.
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert_eq!(text.lines().count(), round + 1, "{text}");
+        }
+        std::fs::remove_dir_all(&dir).ok();
+        // Nothing to wait for without a log.
+        assert!(AccessLog::default().flush(Duration::ZERO).await);
     }
 
     #[test]

@@ -13,7 +13,7 @@ use std::{
     io::Write,
     path::{Path, PathBuf},
     sync::{
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         Arc, Mutex, MutexGuard, PoisonError,
     },
     time::Duration,
@@ -44,6 +44,9 @@ pub(super) struct Shared {
     capacity: usize,
     pub(super) reopen: AtomicBool,
     pub(super) written: Counter,
+    /// Rounds of the writer completed (each takes what waits and writes
+    /// it): a flush waits for two more.
+    pub(super) rounds: AtomicU64,
 }
 
 impl Shared {
@@ -53,6 +56,7 @@ impl Shared {
             capacity: capacity.max(1),
             reopen: AtomicBool::new(false),
             written: Counter::default(),
+            rounds: AtomicU64::new(0),
         }
     }
 
@@ -170,6 +174,7 @@ pub(super) fn spawn(shared: Arc<Shared>, mut sink: Sink) -> std::io::Result<()> 
                     }
                     buf.clear();
                 }
+                shared.rounds.fetch_add(1, Ordering::Release);
                 if last {
                     break;
                 }
