@@ -211,6 +211,7 @@ pub struct App {
     admin_state: Arc<AdminState>,
     /// Flushed when the agent stops, after connections drained.
     access_log: crate::access_log::AccessLog,
+    tracer: crate::telemetry::Tracer,
 }
 
 pub async fn build(settings: Settings) -> Result<App, AppError> {
@@ -271,7 +272,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
             .with_trusted_proxies(settings.trusted_proxies.clone())
             .with_edge(settings.edge.clone().resolved())
             .with_access_log(access_log.clone(), settings.request_ids)
-            .with_tracer(tracer)
+            .with_tracer(tracer.clone())
             .with_connection_gate(penalty_gate(&rate_limits, &snapshot)),
     );
     let mut runtime = Runtime::new(
@@ -502,6 +503,7 @@ pub async fn build(settings: Settings) -> Result<App, AppError> {
         admin,
         admin_state,
         access_log,
+        tracer,
     })
 }
 
@@ -667,14 +669,14 @@ impl App {
             let _ = w.await;
         }
         self.runtime.shutdown().await;
-        // The drained connections' last lines; bounded, as a stalled
-        // destination would never take them.
-        if !self
-            .access_log
-            .flush(std::time::Duration::from_secs(2))
-            .await
-        {
+        // The drained connections' last lines and spans; bounded, as a
+        // stalled destination or collector would never take them.
+        let limit = std::time::Duration::from_secs(2);
+        if !self.access_log.flush(limit).await {
             tracing::warn!("the access log's last lines were not written in time");
+        }
+        if !self.tracer.flush(limit).await {
+            tracing::warn!("the last spans were not exported in time");
         }
         self.admin.shutdown().await;
         if let Some(m) = self.metrics_server {

@@ -294,6 +294,40 @@ async fn a_sampled_caller_gets_a_server_and_a_client_span_linked_to_the_backend(
 }
 
 #[tokio::test]
+async fn the_last_spans_are_exported_before_shutdown_returns() {
+    // An interval far longer than the test: only the flush at shutdown
+    // can post these spans.
+    let s = start(1.0, |st| {
+        st.tracing.flush_interval = Duration::from_secs(600)
+    })
+    .await;
+    let r = s
+        .client
+        .send(
+            Method::GET,
+            "shop.example.com",
+            "/last",
+            &[("traceparent", CALLER)],
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(
+        s.receiver.spans.lock().unwrap().is_empty(),
+        "nothing is posted before the interval"
+    );
+    s.app.shutdown().await;
+    // Looked at once: the agent posted them as it stopped.
+    let caller = TraceParent::parse(&CALLER.parse().unwrap()).unwrap();
+    let spans = s.receiver.spans.lock().unwrap().clone();
+    let ours = spans
+        .iter()
+        .filter(|s| s.trace_id == caller.trace_id)
+        .count();
+    assert_eq!(ours, 2, "a server and a client span: {spans:#?}");
+}
+
+#[tokio::test]
 async fn an_unsampled_caller_is_followed_and_nothing_is_exported() {
     let s = start(1.0, |_| {}).await;
     let unsampled = CALLER.replace("-01", "-00");

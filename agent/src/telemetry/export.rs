@@ -6,9 +6,14 @@
 //! sleeping in `recv`, so a request never pays for waking it. A failed post
 //! is counted and logged (at most once a minute while failures go on); its
 //! spans are dropped rather than held, so an unreachable collector costs
-//! bounded memory.
+//! bounded memory. A [`Flush`] makes it post what is queued at once (the
+//! agent asks when it stops).
 use std::{
-    sync::mpsc::{Receiver, TryRecvError},
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc::{Receiver, TryRecvError},
+        Arc,
+    },
     time::{Duration, Instant},
 };
 
@@ -207,10 +212,19 @@ fn resource(service: &str) -> Resource {
 }
 
 /// Starts the exporter thread.
+/// A request to post everything queued now, and the rounds the exporter
+/// completed (a flush waits for two more than it saw).
+#[derive(Default)]
+pub(super) struct Flush {
+    pub(super) asked: AtomicBool,
+    pub(super) rounds: AtomicU64,
+}
+
 pub(super) fn spawn(
     rx: Receiver<Box<Entry>>,
     mut exporter: Exporter,
     settings: &Settings,
+    flush: Arc<Flush>,
 ) -> std::io::Result<()> {
     let interval = settings.flush_interval;
     let max = settings.max_batch.max(1);
@@ -223,6 +237,9 @@ pub(super) fn spawn(
             let mut batch = Vec::with_capacity(max);
             let mut oldest: Option<Instant> = None;
             loop {
+                // Before draining: whatever was queued before the request
+                // is then in this round's batches.
+                let forced = flush.asked.swap(false, Ordering::AcqRel);
                 let mut closed = false;
                 while batch.len() < max {
                     match rx.try_recv() {
@@ -238,10 +255,18 @@ pub(super) fn spawn(
                     }
                 }
                 let due = oldest.is_some_and(|t| t.elapsed() >= interval);
-                if !batch.is_empty() && (closed || due || batch.len() >= max) {
+                if !batch.is_empty() && (closed || due || forced || batch.len() >= max) {
+                    let full = batch.len() >= max;
                     runtime.block_on(exporter.export(&mut batch));
                     oldest = None;
+                    // A full batch when flushing: more may wait; the next
+                    // round takes them before counting as done.
+                    if forced && full {
+                        flush.asked.store(true, Ordering::Release);
+                        continue;
+                    }
                 }
+                flush.rounds.fetch_add(1, Ordering::Release);
                 if closed {
                     return;
                 }

@@ -13,6 +13,7 @@
 //! touches the network for tracing.
 use std::{
     sync::{
+        atomic::Ordering,
         mpsc::{SyncSender, TrySendError},
         Arc,
     },
@@ -99,6 +100,7 @@ struct Inner {
     tx: SyncSender<Box<Entry>>,
     sampler: Sampler,
     stats: Stats,
+    flush: Arc<export::Flush>,
 }
 
 impl std::fmt::Debug for Tracer {
@@ -120,14 +122,38 @@ impl Tracer {
         let stats = Stats::default();
         let exporter = export::Exporter::new(endpoint, settings, stats.clone())?;
         let (tx, rx) = std::sync::mpsc::sync_channel(settings.queue.max(1));
-        export::spawn(rx, exporter, settings).map_err(TelemetryError::Thread)?;
+        let flush = Arc::new(export::Flush::default());
+        export::spawn(rx, exporter, settings, flush.clone()).map_err(TelemetryError::Thread)?;
         Ok(Self {
             inner: Some(Arc::new(Inner {
                 tx,
                 sampler: Sampler::new(settings.sample_ratio),
                 stats,
+                flush,
             })),
         })
+    }
+
+    /// Posts what is queued now instead of at the next interval, and waits
+    /// (at most `limit`) until it is posted: the agent calls it when it
+    /// stops, after the last connections drained. `false` when the
+    /// exporter did not get there in time (a slow collector).
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let Some(inner) = &self.inner else {
+            return true;
+        };
+        // The round under way may have begun before the request; the one
+        // after it sees it.
+        let until = inner.flush.rounds.load(Ordering::Acquire) + 2;
+        inner.flush.asked.store(true, Ordering::Release);
+        let deadline = std::time::Instant::now() + limit;
+        while inner.flush.rounds.load(Ordering::Acquire) < until {
+            if std::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        true
     }
 
     #[inline]
