@@ -28,6 +28,10 @@ use super::AccessLogError;
 /// buffer must hold what arrives meanwhile (16,384 lines: 1.6 million
 /// requests per second).
 const FLUSH_EVERY: Duration = Duration::from_millis(10);
+/// Capacity a written buffer keeps: 10 ms of ~500-byte lines at 50,000
+/// requests per second. A burst that grew it further gives the rest back,
+/// so the agent's memory does not stay at its busiest moment.
+const KEEP_BYTES: usize = 256 * 1024;
 
 /// Lines formatted and waiting for the writer, in the order they were
 /// finished.
@@ -172,7 +176,7 @@ pub(super) fn spawn(shared: Arc<Shared>, mut sink: Sink) -> std::io::Result<()> 
                         }
                         Err(_) => {}
                     }
-                    buf.clear();
+                    recycle(&mut buf);
                 }
                 shared.rounds.fetch_add(1, Ordering::Release);
                 if last {
@@ -184,9 +188,30 @@ pub(super) fn spawn(shared: Arc<Shared>, mut sink: Sink) -> std::io::Result<()> 
         .map(drop)
 }
 
+/// Empties a written buffer for the next swap, giving back what a burst
+/// made it grow past [`KEEP_BYTES`].
+fn recycle(buf: &mut Vec<u8>) {
+    buf.clear();
+    buf.shrink_to(KEEP_BYTES);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_burst_does_not_keep_its_memory() {
+        let mut buf = vec![b'x'; 8 * 1024 * 1024];
+        recycle(&mut buf);
+        assert!(buf.is_empty());
+        assert!(buf.capacity() <= KEEP_BYTES, "{}", buf.capacity());
+        // A buffer of ordinary size keeps its room.
+        let mut buf = Vec::with_capacity(64 * 1024);
+        buf.extend_from_slice(b"line\n");
+        recycle(&mut buf);
+        assert!(buf.is_empty());
+        assert_eq!(buf.capacity(), 64 * 1024);
+    }
 
     #[test]
     fn lines_wait_in_order_up_to_the_capacity() {
