@@ -509,16 +509,24 @@ mod tests {
         assert!("".parse::<Destination>().is_err());
     }
 
-    #[test]
-    fn lines_from_many_threads_arrive_whole_also_after_the_last_handle_goes() {
-        let dir = std::env::temp_dir().join(format!("sluice-al-mt-{}", std::process::id()));
+    /// A log to `a.log` in a directory of its own (removed by the caller),
+    /// with room for `queue` lines; the directory and the file.
+    fn file_log(name: &str, queue: usize) -> (AccessLog, PathBuf, PathBuf) {
+        let dir = std::env::temp_dir().join(format!("sluice-al-{name}-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("a.log");
         let log = AccessLog::start(&Settings {
             destination: Destination::File(path.clone()),
+            queue,
             ..Settings::default()
         })
         .unwrap();
+        (log, dir, path)
+    }
+
+    #[test]
+    fn lines_from_many_threads_arrive_whole_also_after_the_last_handle_goes() {
+        let (log, dir, path) = file_log("mt", Settings::default().queue);
         let threads: Vec<_> = (0..4)
             .map(|t| {
                 let log = log.clone();
@@ -562,14 +570,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_flush_returns_once_the_lines_are_written() {
-        let dir = std::env::temp_dir().join(format!("sluice-al-flush-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("a.log");
-        let log = AccessLog::start(&Settings {
-            destination: Destination::File(path.clone()),
-            ..Settings::default()
-        })
-        .unwrap();
+        let (log, dir, path) = file_log("flush", Settings::default().queue);
         for round in 0..20 {
             log.send(&format::tests::entry());
             assert!(log.flush(Duration::from_secs(10)).await);
@@ -586,14 +587,7 @@ mod tests {
     fn a_full_queue_drops_and_counts_without_blocking() {
         // A writer that cannot keep up: a pipe nobody reads would do, but
         // room for one line, taken every 10 ms, is enough to see drops.
-        let dir = std::env::temp_dir().join(format!("sluice-al-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let log = AccessLog::start(&Settings {
-            destination: Destination::File(dir.join("a.log")),
-            queue: 1,
-            ..Settings::default()
-        })
-        .unwrap();
+        let (log, dir, _) = file_log("full", 1);
         let start = std::time::Instant::now();
         for _ in 0..10_000 {
             log.send(&format::tests::entry());
