@@ -224,14 +224,7 @@ impl AccessLog {
         // The round under way may have taken the buffer before the last
         // lines came; the one after it takes them.
         let until = inner.shared.rounds.load(Ordering::Acquire) + 2;
-        let deadline = Instant::now() + limit;
-        while inner.shared.rounds.load(Ordering::Acquire) < until {
-            if Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        rounds_reach(&inner.shared.rounds, until, limit).await
     }
 
     /// Asks the writer to reopen a file destination (after rotation).
@@ -276,6 +269,24 @@ impl AccessLog {
             dropped,
         );
     }
+}
+
+/// Waits (at most `limit`) until a background thread's count of completed
+/// `rounds` reaches `until`; `false` when it did not in time. The access
+/// log writer's and the trace exporter's flushes.
+pub(crate) async fn rounds_reach(
+    rounds: &std::sync::atomic::AtomicU64,
+    until: u64,
+    limit: Duration,
+) -> bool {
+    let deadline = Instant::now() + limit;
+    while rounds.load(Ordering::Acquire) < until {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    true
 }
 
 /// One request, as logged. Filled by the gateway as the request goes;

@@ -211,7 +211,6 @@ fn resource(service: &str) -> Resource {
     }
 }
 
-/// Starts the exporter thread.
 /// A request to post everything queued now, and the rounds the exporter
 /// completed (a flush waits for two more than it saw).
 #[derive(Default)]
@@ -220,6 +219,7 @@ pub(super) struct Flush {
     pub(super) rounds: AtomicU64,
 }
 
+/// Starts the exporter thread.
 pub(super) fn spawn(
     rx: Receiver<Box<Entry>>,
     mut exporter: Exporter,

@@ -146,14 +146,7 @@ impl Tracer {
         // after it sees it.
         let until = inner.flush.rounds.load(Ordering::Acquire) + 2;
         inner.flush.asked.store(true, Ordering::Release);
-        let deadline = std::time::Instant::now() + limit;
-        while inner.flush.rounds.load(Ordering::Acquire) < until {
-            if std::time::Instant::now() >= deadline {
-                return false;
-            }
-            tokio::time::sleep(Duration::from_millis(2)).await;
-        }
-        true
+        crate::access_log::rounds_reach(&inner.flush.rounds, until, limit).await
     }
 
     #[inline]
