@@ -323,10 +323,27 @@ impl Builder {
 }
 
 /// Whether a document's text is worth the typed route path: a top-level
-/// `kind: HTTPRoute` line (other kinds are not worth a failed attempt) and no
-/// tag indicator (`!`), which [`super::strict`] leaves to the `Value` path.
+/// `kind: HTTPRoute` line (other kinds are not worth a failed attempt), no
+/// tag indicator (`!`), which [`super::strict`] leaves to the `Value` path,
+/// and no anchor or alias indicator (`&`, `*`): serde_yaml's stream
+/// deserializer panics on some aliases across documents (found by the
+/// `config` fuzz target), so such text goes the `Value` path too.
 pub(super) fn may_be_route(text: &str) -> bool {
-    !text.contains('!') && text.lines().any(|l| l.trim_end() == "kind: HTTPRoute")
+    !text.contains('!')
+        && !has_anchor_or_alias(text)
+        && text.lines().any(|l| l.trim_end() == "kind: HTTPRoute")
+}
+
+/// Whether `text` may hold an anchor (`&a`) or an alias (`*a`): one of the
+/// two where a node can begin (at the start, after a space, a line break,
+/// `[`, `{` or `,`). A quoted wildcard hostname (`"*.example.com"`) or a `&`
+/// inside a path is not; a false positive only costs the `Value` path.
+fn has_anchor_or_alias(text: &str) -> bool {
+    let b = text.as_bytes();
+    b.iter().enumerate().any(|(i, &c)| {
+        (c == b'&' || c == b'*')
+            && (i == 0 || matches!(b[i - 1], b' ' | b'\t' | b'\n' | b'[' | b'{' | b','))
+    })
 }
 
 fn decode<T: DeserializeOwned>(doc: &mut Doc<'_>, value: serde_yaml::Value) -> Option<T> {
@@ -378,6 +395,28 @@ pub(super) fn hostname(doc: &mut Doc<'_>, field: &str, raw: &str) -> Option<mode
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn anchors_and_aliases_are_told_from_wildcards_and_ampersands() {
+        use super::has_anchor_or_alias as a;
+        for yes in [
+            "name: &n b",
+            "note: *n",
+            "[*x]",
+            "{a: 1,*x: 2}",
+            "&top\nkind: HTTPRoute",
+        ] {
+            assert!(a(yes), "{yes}");
+        }
+        for no in [
+            "hostnames: [\"*.example.org\"]",
+            "value: /a&b",
+            "x: 'a*b'",
+            "",
+        ] {
+            assert!(!a(no), "{no}");
+        }
+    }
+
     use std::path::Path;
 
     use super::super::{parse_documents, ConfigError, Hostname, PathMatch};
