@@ -51,3 +51,55 @@ unsafe impl std::alloc::GlobalAlloc for MiMalloc {
         }
     }
 }
+
+/// Gives mimalloc's freed pages back to the kernel now, in every thread's
+/// arena, instead of when some thread next allocates after the purge delay
+/// (see `reload::release_free_heap`). Harmless where mimalloc is not the
+/// global allocator (tests, benches): it then only has its own empty heap.
+pub fn release_free_pages() {
+    // SAFETY: no preconditions; a forced collect frees this thread's empty
+    // pages and purges the free pages of all arenas, whatever their delay.
+    unsafe { libmimalloc_sys::mi_collect(true) };
+}
+
+/// mimalloc 3's `mi_option_arena_eager_commit` (not among the -sys crate's
+/// constants): its place in `mi_option_e`.
+const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
+
+/// Sets mimalloc's options for an agent whose heap is mostly a long-lived
+/// config. An option given in the environment (`MIMALLOC_…`) is left as
+/// given. It must run before the first allocation creates mimalloc's first
+/// arena, which happens before `main`: the agent binary calls it from an
+/// early constructor (an `.init_array` entry
+/// ahead of the default priority, where mimalloc's own and Rust's start-up
+/// run).
+///
+/// Arenas are committed on demand, not eagerly. Eagerly committed arenas
+/// purge freed pages with `MADV_FREE`, which leaves them in the RSS until
+/// the kernel runs short of memory; committed on demand, a purge gives them
+/// back at once. Release agent, idle after loading the `cargo xtask bench
+/// routes` config: see the README's memory figures.
+pub extern "C" fn configure() {
+    // SAFETY: getenv with a NUL-terminated name; before `main` nothing else
+    // runs, so nothing changes the environment meanwhile.
+    let given = unsafe { libc::getenv(c"MIMALLOC_ARENA_EAGER_COMMIT".as_ptr()) };
+    if given.is_null() {
+        // SAFETY: mi_option_set is not thread-safe; it runs before `main`,
+        // on the only thread.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_ARENA_EAGER_COMMIT, 0) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_eager_commit_option_is_the_one_set() {
+        // Its default (2: only where the OS overcommits) tells it apart from
+        // its neighbours in `mi_option_e`, which default to 1.
+        if std::env::var_os("MIMALLOC_ARENA_EAGER_COMMIT").is_none() {
+            // SAFETY: reading an option has no preconditions.
+            let v = unsafe { libmimalloc_sys::mi_option_get(super::MI_OPTION_ARENA_EAGER_COMMIT) };
+            assert_eq!(v, 2);
+        }
+    }
+}

@@ -8,6 +8,12 @@ use sluice::cli::{Cli, Command, LogFormat};
 #[global_allocator]
 static ALLOCATOR: sluice::alloc::MiMalloc = sluice::alloc::MiMalloc;
 
+/// mimalloc's options, set before anything allocates (see
+/// `sluice::alloc::configure`); priority 101, the first one not reserved.
+#[used]
+#[unsafe(link_section = ".init_array.00101")]
+static CONFIGURE_ALLOCATOR: extern "C" fn() = sluice::alloc::configure;
+
 fn main() -> anyhow::Result<()> {
     no_transparent_huge_pages();
     let cli = Cli::parse();
