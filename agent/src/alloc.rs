@@ -76,13 +76,13 @@ const MI_OPTION_ARENA_EAGER_COMMIT: libmimalloc_sys::mi_option_t = 4;
 /// Arenas are committed on demand, not eagerly. With eager commit (the
 /// default where the OS overcommits) the idle agent's RSS carried 3.3–3.7 MB
 /// more with 0, 5,000 or 50,000 routes (2.2 MB more under the proxy
-/// benchmark's load): bookkeeping that grows with
-/// the arena's reserved size (1 GiB; with `MIMALLOC_ARENA_RESERVE=64M` it was
-/// 2 MB), which on-demand commit leaves untouched until it is used. The
-/// price is a system call when the heap grows (a commit is an `mprotect`:
-/// 1,587 of them in a cold start at 50,000 routes, none with eager commit);
-/// that start took 1.09–1.23 s against 1.02–1.06 s (three runs each), and
-/// request throughput did not change (README, memory figures).
+/// benchmark's load): bookkeeping that grows with the arena's reserved size
+/// (1 GiB; with `MIMALLOC_ARENA_RESERVE=64M` it was 2 MB), which on-demand
+/// commit leaves untouched until it is used. The price is a system call when
+/// the heap grows (a commit is an `mprotect`: 1,587 of them in a cold start
+/// at 50,000 routes, none with eager commit); that start took 1.09–1.23 s
+/// against 1.02–1.06 s (three runs each), and request throughput did not
+/// change (README, memory figures).
 pub extern "C" fn configure() {
     // SAFETY: getenv with a NUL-terminated name; before `main` nothing else
     // runs, so nothing changes the environment meanwhile.
